@@ -1,0 +1,357 @@
+//! The client manager machine: rounds of refill, dial tickets, backoff, gets by id.
+//!
+//! A round starts when the refill timer fires: the interval moves by the fill level,
+//! then up to `capacity - idle - in_flight` dials are handed out as tickets, at most
+//! `parallelism` at once. When every ticket of the round has come back, the capacity
+//! moves by how many the round created and the next round is due one interval later.
+//! After a failure the round stops handing out tickets, and the next rounds are single
+//! probes spaced by an exponential backoff with jitter, never closer than the minimum
+//! interval and never further apart than the maximum; a success ends the backoff.
+
+use std::time::{Duration, Instant};
+
+use crate::config::ClientConfig;
+use crate::hub::{Answer, Got, Hub, Landed};
+use crate::stats::{Counters, Stage, Status};
+use crate::waiters::Want;
+use crate::ConnId;
+
+/// Permission for one dial. Give it back exactly once, through
+/// [`ClientMachine::handle_dial_success`] or [`ClientMachine::handle_dial_failure`]; the
+/// in-flight count is right by construction.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a dial ticket must be returned as success or failure"]
+pub struct DialTicket {
+    serial: u64,
+    urgent: bool,
+    handshake_deadline: Instant,
+    id_timeout: Duration,
+}
+
+impl DialTicket {
+    /// A number unique within the machine.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+    /// Whether this dial serves a single-mode get that found nothing idle.
+    pub fn is_urgent(&self) -> bool {
+        self.urgent
+    }
+    /// When connect plus TLS handshake must be done.
+    pub fn handshake_deadline(&self) -> Instant {
+        self.handshake_deadline
+    }
+    /// When the id read must be done, counted from when the handshake finished.
+    pub fn id_deadline(&self, handshake_done: Instant) -> Instant {
+        handshake_done + self.id_timeout
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    budget: usize,
+    in_flight: usize,
+    created: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Refill = 0,
+}
+
+/// The client pool's decisions, with no I/O. Drive it as the crate docs show.
+#[derive(Debug)]
+pub struct ClientMachine<C> {
+    cfg: ClientConfig,
+    hub: Hub<C>,
+    capacity: usize,
+    interval: Duration,
+    in_flight: usize,
+    next_serial: u64,
+    round: Option<Round>,
+    failures: u32,
+    backoff: Duration,
+    timers: [Option<Instant>; 1],
+}
+
+impl<C> ClientMachine<C> {
+    /// A machine whose first round is due at `now`.
+    pub fn new(cfg: ClientConfig, now: Instant) -> Self {
+        Self {
+            capacity: cfg.min_capacity,
+            interval: cfg.min_interval,
+            cfg,
+            hub: Hub::new(),
+            in_flight: 0,
+            next_serial: 0,
+            round: None,
+            failures: 0,
+            backoff: Duration::ZERO,
+            timers: [Some(now)],
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let timer = self.timers.iter().flatten().min().copied();
+        match (timer, self.hub.waiters.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time passed: expires waiting gets and starts a round when one is due. Calling it
+    /// early or twice is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.hub.expire(now);
+        let due = self.timers[Timer::Refill as usize].is_some_and(|t| t <= now);
+        if !due || self.hub.closed {
+            return;
+        }
+        self.timers[Timer::Refill as usize] = None;
+        let idle = self.hub.idle.len();
+        let (min, max) = (self.cfg.min_interval, self.cfg.max_interval);
+        self.interval = self
+            .cfg
+            .interval_policy
+            .next(self.interval, idle, self.capacity, min, max);
+        let mut budget = self.capacity.saturating_sub(idle + self.in_flight);
+        if self.failures > 0 {
+            budget = budget.min(1);
+        }
+        self.round = Some(Round {
+            budget,
+            in_flight: 0,
+            created: 0,
+        });
+        self.maybe_end_round(now);
+    }
+
+    /// The next dial to start, if any. Call until `None` after every input.
+    pub fn poll_dial(&mut self, now: Instant) -> Option<DialTicket> {
+        if self.hub.closed {
+            return None;
+        }
+        let urgent = self.cfg.single && self.hub.waiters.any_len() > self.in_flight;
+        if !urgent {
+            let round = self.round.as_mut()?;
+            if round.budget == 0 || self.in_flight >= self.cfg.parallelism {
+                return None;
+            }
+            round.budget -= 1;
+            round.in_flight += 1;
+        }
+        self.in_flight += 1;
+        self.hub.counters.dialed += 1;
+        self.next_serial += 1;
+        Some(DialTicket {
+            serial: self.next_serial,
+            urgent,
+            handshake_deadline: now + self.cfg.handshake_timeout,
+            id_timeout: self.cfg.id_timeout,
+        })
+    }
+
+    /// A dial finished its handshake and has its id (read from the server, or in single
+    /// mode made by the driver from random bytes with [`ConnId::from_random`]).
+    pub fn handle_dial_success(
+        &mut self,
+        ticket: DialTicket,
+        id: ConnId,
+        conn: C,
+        now: Instant,
+    ) -> Landed<C, DialTicket> {
+        if self.hub.closed {
+            self.finish(&ticket, now);
+            return Landed::Closed;
+        }
+        match self.hub.land(id, conn) {
+            Err(conn) => Landed::Collision(ticket, conn),
+            Ok(()) => {
+                self.hub.counters.created += 1;
+                self.failures = 0;
+                self.backoff = Duration::ZERO;
+                if !ticket.urgent {
+                    if let Some(r) = self.round.as_mut() {
+                        r.created += 1;
+                    }
+                }
+                self.finish(&ticket, now);
+                Landed::Kept
+            }
+        }
+    }
+
+    /// A dial failed at `stage` (an error or its deadline). `jitter` is a random number
+    /// that spreads the backoff.
+    pub fn handle_dial_failure(
+        &mut self,
+        ticket: DialTicket,
+        stage: Stage,
+        jitter: u32,
+        now: Instant,
+    ) {
+        self.hub.counters.count_failure(stage);
+        if !self.hub.closed {
+            self.failures = self.failures.saturating_add(1);
+            self.backoff = backoff(&self.cfg, self.failures, jitter);
+            if let Some(r) = self.round.as_mut() {
+                r.budget = 0;
+            }
+        }
+        self.finish(&ticket, now);
+    }
+
+    fn finish(&mut self, ticket: &DialTicket, now: Instant) {
+        self.in_flight -= 1;
+        if !ticket.urgent {
+            if let Some(r) = self.round.as_mut() {
+                r.in_flight -= 1;
+            }
+        }
+        if self.in_flight == 0 {
+            self.hub.fail_id_waiters();
+        }
+        self.maybe_end_round(now);
+    }
+
+    fn maybe_end_round(&mut self, now: Instant) {
+        let Some(r) = self.round else { return };
+        if r.budget > 0 || r.in_flight > 0 {
+            return;
+        }
+        self.round = None;
+        if self.hub.closed {
+            return;
+        }
+        let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
+        self.capacity = self
+            .cfg
+            .capacity_policy
+            .next(self.capacity, r.created, min, max);
+        let wait = if self.failures > 0 {
+            self.interval.max(self.backoff)
+        } else {
+            self.interval
+        };
+        self.timers[Timer::Refill as usize] = Some(now + wait);
+    }
+
+    /// A get for the connection with `id`. Waits (until `deadline`) only while a
+    /// handshake in flight could still produce that id; otherwise `NotFound`.
+    /// `alive` probes a candidate; a dead one is dropped and counted.
+    pub fn get(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        deadline: Instant,
+        alive: impl FnMut(&C) -> bool,
+    ) -> Got<C> {
+        let can_arrive = self.in_flight > 0;
+        self.hub.get(Want::Id(id), now, deadline, alive, can_arrive)
+    }
+
+    /// A get for any live connection, oldest first. In single mode, when nothing is idle,
+    /// [`poll_dial`](Self::poll_dial) then hands out an urgent dial for it.
+    pub fn get_any(
+        &mut self,
+        now: Instant,
+        deadline: Instant,
+        alive: impl FnMut(&C) -> bool,
+    ) -> Got<C> {
+        self.hub.get(Want::Any, now, deadline, alive, true)
+    }
+
+    /// A waiting get was dropped by its caller.
+    pub fn cancel(&mut self, key: crate::WaiterKey) -> bool {
+        self.hub.waiters.cancel(key)
+    }
+
+    /// The next answer to a waiting get.
+    pub fn poll_answer(&mut self) -> Option<Answer<C>> {
+        self.hub.poll_answer()
+    }
+
+    /// Gives back a connection whose answer could not be delivered (the get was gone).
+    pub fn put_back(&mut self, id: ConnId, conn: C) -> Result<(), C> {
+        self.hub.put_back(id, conn)
+    }
+
+    /// Drops every idle connection that `alive` says is dead; how many.
+    pub fn sweep(&mut self, alive: impl FnMut(&C) -> bool) -> usize {
+        self.hub.sweep(alive)
+    }
+
+    /// Takes every idle connection out (to be closed) and refills at once (Go: `Flush`).
+    pub fn flush(&mut self, now: Instant) -> Vec<(ConnId, C)> {
+        let out = self.hub.idle.drain();
+        if !self.hub.closed && self.round.is_none() {
+            self.timers[Timer::Refill as usize] = Some(now);
+        }
+        out
+    }
+
+    /// Closes: waiting gets are answered `Closed`, idle connections come back to be
+    /// closed, no more dials; tickets still out may be returned and are dropped.
+    pub fn close(&mut self) -> Vec<(ConnId, C)> {
+        self.timers = [None];
+        self.round = None;
+        self.hub.close()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.hub.closed
+    }
+
+    /// The status snapshot.
+    pub fn status(&self) -> Status {
+        Status {
+            idle: self.hub.idle.len(),
+            capacity: self.capacity,
+            interval: self.interval,
+            in_flight: self.in_flight,
+            waiting: self.hub.waiters.len(),
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Counters {
+        self.hub.counters
+    }
+
+    /// Records an application error (Go: `AddError`).
+    pub fn add_error(&mut self) {
+        self.hub.counters.app_errors += 1;
+    }
+
+    /// Resets the application error count (Go, later releases: `ResetError`).
+    pub fn reset_errors(&mut self) {
+        self.hub.counters.app_errors = 0;
+    }
+
+    /// Consecutive dial failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// The delay after `failures` consecutive failures: the minimum interval doubled per
+/// failure, capped at the maximum interval, then drawn in `[d/2, d]` by `jitter` and
+/// never below the minimum interval.
+pub fn backoff(cfg: &ClientConfig, failures: u32, jitter: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(32);
+    let full = cfg
+        .min_interval
+        .checked_mul(1u32 << shift.min(31))
+        .unwrap_or(cfg.max_interval)
+        .min(cfg.max_interval);
+    let half = full / 2;
+    let extra = half.mul_f64(f64::from(jitter) / f64::from(u32::MAX));
+    (half + extra).clamp(cfg.min_interval, cfg.max_interval.max(cfg.min_interval))
+}

@@ -1,0 +1,446 @@
+//! Validated configuration of the client and server machines.
+//!
+//! `build()` refuses a configuration that cannot work with a [`ConfigError`].
+//! `build_go_normalized()` instead fixes it silently the way the Go package v1.0.6
+//! does: a capacity of zero becomes 1, an interval of zero becomes 1 s, a minimum above
+//! its maximum is swapped with it. The name says so on purpose.
+
+use std::time::Duration;
+
+use crate::adjust::{CapacityPolicy, IntervalPolicy};
+use crate::error::{show, ConfigError};
+use crate::IdForm;
+
+/// Settings of a [`ClientMachine`](crate::ClientMachine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub(crate) min_capacity: usize,
+    pub(crate) max_capacity: usize,
+    pub(crate) min_interval: Duration,
+    pub(crate) max_interval: Duration,
+    pub(crate) parallelism: usize,
+    pub(crate) single: bool,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) id_timeout: Duration,
+    pub(crate) id_form: IdForm,
+    pub(crate) interval_policy: IntervalPolicy,
+    pub(crate) capacity_policy: CapacityPolicy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            min_capacity: 64,
+            max_capacity: 1024,
+            min_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(1),
+            parallelism: 8,
+            single: false,
+            handshake_timeout: Duration::from_secs(5),
+            id_timeout: Duration::from_secs(5),
+            id_form: IdForm::Hex8,
+            interval_policy: IntervalPolicy::default(),
+            capacity_policy: CapacityPolicy::default(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A builder holding the defaults.
+    ///
+    /// ```
+    /// use pool_core::ClientConfig;
+    /// use std::time::Duration;
+    /// let cfg = ClientConfig::builder().capacity(4, 16).parallelism(2).build().unwrap();
+    /// assert_eq!(cfg.max_capacity(), 16);
+    /// assert!(ClientConfig::builder().capacity(9, 3).build().is_err());
+    /// let fixed = ClientConfig::builder().capacity(9, 3).build_go_normalized();
+    /// assert_eq!((fixed.min_capacity(), fixed.max_capacity()), (3, 9));
+    /// ```
+    pub fn builder() -> ClientConfigBuilder {
+        ClientConfigBuilder(Self::default())
+    }
+
+    /// Minimum capacity (the starting capacity).
+    pub fn min_capacity(&self) -> usize {
+        self.min_capacity
+    }
+    /// Maximum capacity.
+    pub fn max_capacity(&self) -> usize {
+        self.max_capacity
+    }
+    /// Minimum refill interval (the starting interval).
+    pub fn min_interval(&self) -> Duration {
+        self.min_interval
+    }
+    /// Maximum refill interval.
+    pub fn max_interval(&self) -> Duration {
+        self.max_interval
+    }
+    /// Dials in flight at most.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
+    }
+    /// Single mode: ids made here, nothing read from the server.
+    pub fn single(&self) -> bool {
+        self.single
+    }
+    /// Deadline of the connect plus TLS handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+    /// Deadline of the id read.
+    pub fn id_timeout(&self) -> Duration {
+        self.id_timeout
+    }
+    /// Wire form of the id.
+    pub fn id_form(&self) -> IdForm {
+        self.id_form
+    }
+}
+
+/// Builder of a [`ClientConfig`]. Every setter documents its default.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ClientConfigBuilder(ClientConfig);
+
+impl ClientConfigBuilder {
+    /// Minimum and maximum capacity. Default 64 and 1024. The pool starts at the
+    /// minimum (Go: `minCap`, `maxCap`).
+    pub fn capacity(mut self, min: usize, max: usize) -> Self {
+        self.0.min_capacity = min;
+        self.0.max_capacity = max;
+        self
+    }
+    /// Minimum and maximum refill interval. Default 100 ms and 1 s. The pool starts at
+    /// the minimum (Go: `minIvl`, `maxIvl`).
+    pub fn interval(mut self, min: Duration, max: Duration) -> Self {
+        self.0.min_interval = min;
+        self.0.max_interval = max;
+        self
+    }
+    /// Dials in flight at most. Default 8 (the Go package dials one at a time).
+    pub fn parallelism(mut self, n: usize) -> Self {
+        self.0.parallelism = n;
+        self
+    }
+    /// Single mode. Default false (Go: `isSingle`).
+    pub fn single(mut self, on: bool) -> Self {
+        self.0.single = on;
+        self
+    }
+    /// Deadline of connect plus TLS handshake. Default 5 s (the Go package has none).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.0.handshake_timeout = d;
+        self
+    }
+    /// Deadline of the id read. Default 5 s.
+    pub fn id_timeout(mut self, d: Duration) -> Self {
+        self.0.id_timeout = d;
+        self
+    }
+    /// Wire form of the id. Default [`IdForm::Hex8`] (Go v1.0.6).
+    pub fn id_form(mut self, form: IdForm) -> Self {
+        self.0.id_form = form;
+        self
+    }
+    /// Interval policy. Default: the Go rules.
+    pub fn interval_policy(mut self, p: IntervalPolicy) -> Self {
+        self.0.interval_policy = p;
+        self
+    }
+    /// Capacity policy. Default: the Go rules.
+    pub fn capacity_policy(mut self, p: CapacityPolicy) -> Self {
+        self.0.capacity_policy = p;
+        self
+    }
+
+    /// Checks and returns the configuration.
+    pub fn build(self) -> Result<ClientConfig, ConfigError> {
+        let c = self.0;
+        check_bounds(
+            c.min_capacity,
+            c.max_capacity,
+            c.min_interval,
+            c.max_interval,
+        )?;
+        if c.parallelism == 0 {
+            return Err(ConfigError::Zero {
+                what: "parallelism",
+            });
+        }
+        if c.handshake_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                what: "handshake timeout",
+            });
+        }
+        if c.id_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration { what: "id timeout" });
+        }
+        c.interval_policy.validate()?;
+        c.capacity_policy.validate()?;
+        Ok(c)
+    }
+
+    /// Fixes the bounds the way the Go package does (zero capacity becomes 1, zero
+    /// interval becomes 1 s, a minimum above its maximum is swapped), and any other
+    /// bad value falls back to its default. Never fails.
+    pub fn build_go_normalized(self) -> ClientConfig {
+        let mut c = self.0;
+        let d = ClientConfig::default();
+        (c.min_capacity, c.max_capacity) = go_caps(c.min_capacity, c.max_capacity);
+        (c.min_interval, c.max_interval) = go_intervals(c.min_interval, c.max_interval);
+        if c.parallelism == 0 {
+            c.parallelism = d.parallelism;
+        }
+        if c.handshake_timeout.is_zero() {
+            c.handshake_timeout = d.handshake_timeout;
+        }
+        if c.id_timeout.is_zero() {
+            c.id_timeout = d.id_timeout;
+        }
+        if c.interval_policy.validate().is_err() {
+            c.interval_policy = d.interval_policy;
+        }
+        if c.capacity_policy.validate().is_err() {
+            c.capacity_policy = d.capacity_policy;
+        }
+        c
+    }
+}
+
+/// Settings of a [`ServerMachine`](crate::ServerMachine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub(crate) max_capacity: usize,
+    pub(crate) max_handshakes: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) id_form: IdForm,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_capacity: 1024,
+            max_handshakes: 256,
+            handshake_timeout: Duration::from_secs(5),
+            id_form: IdForm::Hex8,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A builder holding the defaults.
+    ///
+    /// ```
+    /// use pool_core::ServerConfig;
+    /// let cfg = ServerConfig::builder().max_capacity(2000).build().unwrap();
+    /// assert_eq!(cfg.max_capacity(), 2000);
+    /// assert!(ServerConfig::builder().max_handshakes(0).build().is_err());
+    /// ```
+    pub fn builder() -> ServerConfigBuilder {
+        ServerConfigBuilder(Self::default())
+    }
+    /// Idle plus handshaking connections at most.
+    pub fn max_capacity(&self) -> usize {
+        self.max_capacity
+    }
+    /// Handshakes at once at most.
+    pub fn max_handshakes(&self) -> usize {
+        self.max_handshakes
+    }
+    /// Deadline of TLS handshake plus id write.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+    /// Wire form of the id.
+    pub fn id_form(&self) -> IdForm {
+        self.id_form
+    }
+}
+
+/// Builder of a [`ServerConfig`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ServerConfigBuilder(ServerConfig);
+
+impl ServerConfigBuilder {
+    /// Idle plus handshaking connections at most; more are refused (later Go releases:
+    /// `maxCap`). Default 1024.
+    pub fn max_capacity(mut self, n: usize) -> Self {
+        self.0.max_capacity = n;
+        self
+    }
+    /// Handshakes at once at most; more are refused as busy. Default 256.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.0.max_handshakes = n;
+        self
+    }
+    /// Deadline of TLS handshake plus id write. Default 5 s (the Go package has none, so
+    /// one silent peer stalls its TLS accept loop).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.0.handshake_timeout = d;
+        self
+    }
+    /// Wire form of the id. Default [`IdForm::Hex8`].
+    pub fn id_form(mut self, form: IdForm) -> Self {
+        self.0.id_form = form;
+        self
+    }
+    /// Checks and returns the configuration.
+    pub fn build(self) -> Result<ServerConfig, ConfigError> {
+        let c = self.0;
+        if c.max_capacity == 0 {
+            return Err(ConfigError::Zero {
+                what: "maximum capacity",
+            });
+        }
+        if c.max_handshakes == 0 {
+            return Err(ConfigError::Zero {
+                what: "maximum handshakes",
+            });
+        }
+        if c.handshake_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                what: "handshake timeout",
+            });
+        }
+        Ok(c)
+    }
+    /// Zero values become their defaults, as the Go package's would. Never fails.
+    pub fn build_go_normalized(self) -> ServerConfig {
+        let mut c = self.0;
+        let d = ServerConfig::default();
+        if c.max_capacity == 0 {
+            c.max_capacity = 1;
+        }
+        if c.max_handshakes == 0 {
+            c.max_handshakes = d.max_handshakes;
+        }
+        if c.handshake_timeout.is_zero() {
+            c.handshake_timeout = d.handshake_timeout;
+        }
+        c
+    }
+}
+
+fn check_bounds(
+    min_cap: usize,
+    max_cap: usize,
+    min_iv: Duration,
+    max_iv: Duration,
+) -> Result<(), ConfigError> {
+    if min_cap == 0 {
+        return Err(ConfigError::Zero {
+            what: "minimum capacity",
+        });
+    }
+    if max_cap == 0 {
+        return Err(ConfigError::Zero {
+            what: "maximum capacity",
+        });
+    }
+    if min_cap > max_cap {
+        return Err(ConfigError::MinAboveMax {
+            what: "capacity",
+            min: min_cap.to_string(),
+            max: max_cap.to_string(),
+        });
+    }
+    if min_iv.is_zero() {
+        return Err(ConfigError::ZeroDuration {
+            what: "minimum interval",
+        });
+    }
+    if max_iv.is_zero() {
+        return Err(ConfigError::ZeroDuration {
+            what: "maximum interval",
+        });
+    }
+    if min_iv > max_iv {
+        return Err(ConfigError::MinAboveMax {
+            what: "interval",
+            min: show(min_iv),
+            max: show(max_iv),
+        });
+    }
+    Ok(())
+}
+
+/// The Go package's capacity normalisation: zero becomes 1, then swap if reversed.
+pub fn go_caps(min: usize, max: usize) -> (usize, usize) {
+    let min = min.max(1);
+    let max = max.max(1);
+    if min > max {
+        (max, min)
+    } else {
+        (min, max)
+    }
+}
+
+/// The Go package's interval normalisation: zero becomes 1 s, then swap if reversed.
+pub fn go_intervals(min: Duration, max: Duration) -> (Duration, Duration) {
+    let fix = |d: Duration| {
+        if d.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            d
+        }
+    };
+    let (min, max) = (fix(min), fix(max));
+    if min > max {
+        (max, min)
+    } else {
+        (min, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn normalized_is_always_valid(a in 0usize..100, b in 0usize..100, x in 0u64..3000, y in 0u64..3000, par in 0usize..4) {
+            let cfg = ClientConfig::builder()
+                .capacity(a, b)
+                .interval(Duration::from_millis(x), Duration::from_millis(y))
+                .parallelism(par)
+                .build_go_normalized();
+            let rebuilt = ClientConfigBuilder(cfg.clone()).build();
+            prop_assert_eq!(rebuilt, Ok(cfg.clone()));
+            prop_assert_eq!(cfg.min_capacity, a.max(1).min(b.max(1)));
+            prop_assert_eq!(cfg.max_capacity, a.max(1).max(b.max(1)));
+            if a >= 1 && b >= 1 && a <= b && x > 0 && y > 0 && x <= y && par > 0 {
+                prop_assert!(ClientConfig::builder().capacity(a, b).interval(Duration::from_millis(x), Duration::from_millis(y)).parallelism(par).build().is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn strict_build_names_the_setting() {
+        let e = ClientConfig::builder().capacity(0, 4).build().unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::Zero {
+                what: "minimum capacity"
+            }
+        );
+        let e = ClientConfig::builder()
+            .interval(Duration::from_secs(2), Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("interval"), "{e}");
+        let e = ServerConfig::builder()
+            .handshake_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::ZeroDuration {
+                what: "handshake timeout"
+            }
+        );
+    }
+}

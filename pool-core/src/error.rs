@@ -1,0 +1,79 @@
+//! Errors of the core, split by who is at fault: the peer (a bad id), the configuration,
+//! or the caller of a `get`.
+
+use std::time::Duration;
+
+/// An id that came off the wire was not an id. The peer is at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// A byte that is not a lowercase hex digit.
+    #[error("byte 0x{byte:02x} at position {at} is not a lowercase hex digit")]
+    BadByte {
+        /// The byte.
+        byte: u8,
+        /// Its position in the id.
+        at: usize,
+    },
+    /// An id of the wrong length.
+    #[error("an id is 8 bytes, not {0}")]
+    BadLength(usize),
+}
+
+/// A configuration that cannot work. Returned by the strict `build()` of each config.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A capacity of zero.
+    #[error("{what} must be at least 1")]
+    Zero {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// A duration of zero.
+    #[error("{what} must be longer than zero")]
+    ZeroDuration {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// A minimum above its maximum.
+    #[error("minimum {what} {min} is above the maximum {max}")]
+    MinAboveMax {
+        /// Which pair of settings.
+        what: &'static str,
+        /// The minimum, as written.
+        min: String,
+        /// The maximum, as written.
+        max: String,
+    },
+    /// An adjustment threshold that is not a fraction between 0 and 1, or a low
+    /// threshold above the high one.
+    #[error("bad {what} threshold: {reason}")]
+    BadThreshold {
+        /// Which policy.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a `get` got no connection. The caller sees these through the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The deadline passed with nothing to hand out.
+    #[error("get timed out")]
+    Timeout,
+    /// The pool is closed.
+    #[error("pool is closed")]
+    Closed,
+    /// No connection with this id exists and none can still arrive: it is neither idle
+    /// nor can a handshake in flight produce it.
+    #[error("no connection with this id")]
+    NotFound,
+}
+
+/// Formats a duration the way the config errors print it.
+pub(crate) fn show(d: Duration) -> String {
+    format!("{d:?}")
+}

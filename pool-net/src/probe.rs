@@ -1,0 +1,69 @@
+//! The zero-loss liveness probe.
+
+use std::io::ErrorKind;
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+
+/// State of a connection as seen by [`probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// The peek would block: the connection is alive and nothing is pending.
+    Idle,
+    /// The connection is alive and at least one byte is waiting; it was left unread.
+    Pending,
+    /// The peek returned 0 bytes: the peer closed its sending side (or the local
+    /// receiving side was shut down).
+    Closed,
+    /// The peek failed with this error, for example `ConnectionReset`.
+    Dead(ErrorKind),
+}
+
+impl Liveness {
+    /// Whether the connection may still be used: [`Idle`](Self::Idle) or
+    /// [`Pending`](Self::Pending).
+    pub fn is_alive(self) -> bool {
+        matches!(self, Self::Idle | Self::Pending)
+    }
+}
+
+/// Checks whether the connection behind `s` is still alive, without consuming
+/// any data and without blocking.
+///
+/// Performs one `recv(fd, buf, 1, MSG_PEEK | MSG_DONTWAIT)` (retried only when
+/// interrupted by a signal). `MSG_PEEK` leaves any pending byte in the kernel's
+/// receive queue, so the next ordinary read still returns it; `MSG_DONTWAIT`
+/// makes this single call non-blocking whatever the descriptor's blocking mode,
+/// which is left unchanged. See the [crate documentation](crate) for why.
+///
+/// `s` should be a connected stream socket; it may be the TCP socket under a
+/// TLS session (only the kernel's queue is inspected, not the TLS library's own
+/// buffer). Anything else gives [`Liveness::Dead`] with the error the kernel
+/// reports (for example `NotConnected` for a listener).
+pub fn probe<S: AsFd>(s: &S) -> Liveness {
+    let sock = socket2::SockRef::from(s);
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+    loop {
+        return match sock.recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(0) => Liveness::Closed,
+            Ok(_) => Liveness::Pending,
+            Err(e) => match e.kind() {
+                ErrorKind::Interrupted => continue,
+                ErrorKind::WouldBlock => Liveness::Idle,
+                kind => Liveness::Dead(kind),
+            },
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_alive() {
+        assert!(Liveness::Idle.is_alive());
+        assert!(Liveness::Pending.is_alive());
+        assert!(!Liveness::Closed.is_alive());
+        assert!(!Liveness::Dead(ErrorKind::ConnectionReset).is_alive());
+    }
+}
