@@ -1,0 +1,616 @@
+//! The server pool: accepts the client pool's connections and keeps them idle by id.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pool_core::{
+    Admission, ConnId, Got, HandshakeTicket, IdForm, Landed, ServerConfig, ServerConfigBuilder,
+    ServerMachine, Stage, WaiterKey,
+};
+use pool_net::{IpFilter, SocketOptions};
+use pool_tls::{Fingerprint, ServerTls, TlsMode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::time::timeout_at;
+use tokio_rustls::{TlsAcceptor, TlsStream};
+use tracing::{debug, info, warn};
+
+use crate::conn::{PoolConn, Stream};
+use crate::error::{PoolError, StepError};
+use crate::rt::{now, random4, sleep_until, Shutdown, TaskToken, Tasks};
+use crate::shared::{cancel_in, close_all, lock, Delivery, Hub, Machine, Replies, Waiting};
+use crate::stats::Stats;
+
+enum Listen {
+    Addr(SocketAddr),
+    Std(std::net::TcpListener),
+    Tokio(TcpListener),
+}
+
+enum Tls {
+    Mode(TlsMode),
+    Cert(ServerTls),
+    Config(Arc<rustls::ServerConfig>),
+}
+
+/// Builder of a [`ServerPool`].
+#[must_use]
+pub struct ServerPoolBuilder {
+    core: ServerConfigBuilder,
+    go_normalized: bool,
+    listen: Option<Listen>,
+    backlog: u32,
+    filter: Result<IpFilter, pool_net::FilterError>,
+    tls: Tls,
+    hostname: String,
+    socket: SocketOptions,
+    get_timeout: Duration,
+    sweep_interval: Duration,
+}
+
+impl std::fmt::Debug for ServerPoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerPoolBuilder")
+            .field("core", &self.core)
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerPoolBuilder {
+    fn default() -> Self {
+        Self {
+            core: ServerConfig::builder(),
+            go_normalized: false,
+            listen: None,
+            backlog: 1024,
+            filter: Ok(IpFilter::any()),
+            tls: Tls::Mode(TlsMode::Off),
+            hostname: "localhost".into(),
+            socket: SocketOptions::default(),
+            get_timeout: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ServerPoolBuilder {
+    /// Listens on `addr` (with address reuse). One of `bind` and `listener` is required
+    /// (Go: `listener`).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(Listen::Addr(addr));
+        self
+    }
+    /// Listens on a listener you made.
+    pub fn listener(mut self, l: std::net::TcpListener) -> Self {
+        self.listen = Some(Listen::Std(l));
+        self
+    }
+    /// Listens on a tokio listener you made.
+    pub fn tokio_listener(mut self, l: TcpListener) -> Self {
+        self.listen = Some(Listen::Tokio(l));
+        self
+    }
+    /// Listen backlog when binding. Default 1024.
+    pub fn backlog(mut self, n: u32) -> Self {
+        self.backlog = n;
+        self
+    }
+    /// Allowed client addresses (Go: `clientIP`): empty means anyone, else addresses
+    /// and CIDR blocks separated by commas. A bad entry fails `build`. Default anyone.
+    pub fn client_ip(mut self, spec: &str) -> Self {
+        self.filter = IpFilter::parse(spec);
+        self
+    }
+    /// Allowed client addresses as a parsed filter.
+    pub fn filter(mut self, f: IpFilter) -> Self {
+        self.filter = Ok(f);
+        self
+    }
+    /// TLS mode (Go: `tlsCode`). Mode 1 without a certificate generates a self-signed
+    /// one for the [`hostname`](Self::hostname); mode 2 needs [`tls`](Self::tls).
+    /// Default `0`, plain.
+    pub fn tls_mode(mut self, mode: TlsMode) -> Self {
+        self.tls = Tls::Mode(mode);
+        self
+    }
+    /// Serves TLS with this certificate (Go: `tlsConfig`).
+    pub fn tls(mut self, cert: ServerTls) -> Self {
+        self.tls = Tls::Cert(cert);
+        self
+    }
+    /// Serves TLS with a rustls config of your own.
+    pub fn tls_config(mut self, cfg: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Tls::Config(cfg);
+        self
+    }
+    /// Name on a generated self-signed certificate. Default `localhost`.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = name.into();
+        self
+    }
+    /// TCP keep-alive period (Go: `keepAlive`). Default 30 s.
+    pub fn keepalive(mut self, period: Duration) -> Self {
+        self.socket.keepalive = Some(period);
+        self
+    }
+    /// All socket options at once.
+    pub fn socket_options(mut self, o: SocketOptions) -> Self {
+        self.socket = o;
+        self
+    }
+    /// Idle plus handshaking connections at most (later Go releases: `maxCap`).
+    /// Default 1024.
+    pub fn max_capacity(mut self, n: usize) -> Self {
+        self.core = self.core.max_capacity(n);
+        self
+    }
+    /// Handshakes at once at most. Default 256.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.core = self.core.max_handshakes(n);
+        self
+    }
+    /// Deadline of TLS handshake plus id write. Default 5 s (Go: none).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.core = self.core.handshake_timeout(d);
+        self
+    }
+    /// Wire form of the id. Default [`IdForm::Hex8`].
+    pub fn id_form(mut self, form: IdForm) -> Self {
+        self.core = self.core.id_form(form);
+        self
+    }
+    /// Timeout of [`ServerPool::get_default`]. Default 5 s.
+    pub fn get_timeout(mut self, d: Duration) -> Self {
+        self.get_timeout = d;
+        self
+    }
+    /// How often idle connections are probed and dead ones dropped. Default 1 s.
+    pub fn sweep_interval(mut self, d: Duration) -> Self {
+        self.sweep_interval = d;
+        self
+    }
+    /// Zero settings become defaults instead of errors, as the Go package would.
+    pub fn go_normalized(mut self, on: bool) -> Self {
+        self.go_normalized = on;
+        self
+    }
+
+    /// Checks the settings, binds, and starts the accept loop. Call from inside a tokio
+    /// runtime (Go: `NewServerPool` followed by `go ServerManager()`).
+    pub fn build(self) -> Result<ServerPool, PoolError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+        let cfg = if self.go_normalized {
+            self.core.build_go_normalized()
+        } else {
+            self.core.build()?
+        };
+        let filter = self.filter?;
+        if self.sweep_interval.is_zero() {
+            return Err(pool_core::ConfigError::ZeroDuration {
+                what: "sweep interval",
+            }
+            .into());
+        }
+        let (tls_config, fingerprint) = match self.tls {
+            Tls::Mode(TlsMode::Off) => (None, None),
+            Tls::Mode(TlsMode::SelfSigned) => {
+                let cert = ServerTls::self_signed([self.hostname.clone()])?;
+                (Some(cert.config()?), Some(cert.fingerprint()))
+            }
+            Tls::Mode(_) => {
+                return Err(PoolError::Missing(
+                    "a certificate for TLS mode 2 (use `tls`)",
+                ))
+            }
+            Tls::Cert(cert) => (Some(cert.config()?), Some(cert.fingerprint())),
+            Tls::Config(c) => (Some(c), None),
+        };
+        // No session tickets: nothing is resumed on a pooled connection, and unread
+        // tickets on an idle socket would hide a peer's close from the probe.
+        let acceptor = tls_config.map(|c| {
+            let mut c = (*c).clone();
+            c.send_tls13_tickets = 0;
+            TlsAcceptor::from(Arc::new(c))
+        });
+        let listener = {
+            let _guard = handle.enter();
+            let io = |source| PoolError::Io {
+                what: "listen",
+                source,
+            };
+            match self
+                .listen
+                .ok_or(PoolError::Missing("bind address or listener"))?
+            {
+                Listen::Addr(a) => {
+                    from_std(pool_net::bind_listener(a, self.backlog).map_err(io)?).map_err(io)?
+                }
+                Listen::Std(l) => from_std(l).map_err(io)?,
+                Listen::Tokio(l) => l,
+            }
+        };
+        let local = listener.local_addr().map_err(|source| PoolError::Io {
+            what: "listener address",
+            source,
+        })?;
+        let (shutdown_tx, shutdown) = Shutdown::new();
+        let inner = Arc::new(Inner {
+            id_form: cfg.id_form(),
+            state: Mutex::new(State {
+                m: ServerMachine::new(cfg),
+                replies: Replies::default(),
+            }),
+            wake: Notify::new(),
+            filter,
+            acceptor,
+            socket: self.socket,
+            sweep_interval: self.sweep_interval,
+            tasks: Arc::new(Tasks::default()),
+            shutdown,
+            shutdown_tx,
+        });
+        handle.spawn(accept_loop(inner.clone(), listener, inner.tasks.token()));
+        handle.spawn(drive(inner.clone(), inner.tasks.token()));
+        Ok(ServerPool {
+            owner: Arc::new(Owner(inner)),
+            local,
+            fingerprint,
+            get_timeout: self.get_timeout,
+        })
+    }
+}
+
+fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+struct State {
+    m: ServerMachine<PoolConn>,
+    replies: Replies,
+}
+
+impl Machine for ServerMachine<PoolConn> {
+    fn poll_answer(&mut self) -> Option<pool_core::Answer<PoolConn>> {
+        Self::poll_answer(self)
+    }
+    fn put_back(&mut self, id: ConnId, conn: PoolConn) -> Result<(), PoolConn> {
+        Self::put_back(self, id, conn)
+    }
+    fn cancel(&mut self, key: WaiterKey) -> bool {
+        Self::cancel(self, key)
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    wake: Notify,
+    filter: IpFilter,
+    acceptor: Option<TlsAcceptor>,
+    socket: SocketOptions,
+    id_form: IdForm,
+    sweep_interval: Duration,
+    tasks: Arc<Tasks>,
+    shutdown: Shutdown,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Hub for Inner {
+    fn cancel_waiter(&self, key: WaiterKey, rx: &mut oneshot::Receiver<Delivery>) {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        cancel_in(&mut st.m, &mut st.replies, key, rx);
+    }
+}
+
+impl Inner {
+    fn shut(&self) -> Vec<(ConnId, PoolConn)> {
+        let _ = self.shutdown_tx.send(true);
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let conns = st.m.close();
+        st.replies.deliver(&mut st.m);
+        close_all(&mut st.replies);
+        conns
+    }
+
+    async fn handshake(
+        &self,
+        ticket: &mut HandshakeTicket,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<PoolConn, (Stage, StepError)> {
+        let deadline = tokio::time::Instant::from_std(ticket.deadline());
+        if let Err(e) = self.socket.apply(&tcp) {
+            debug!(error = %e, "socket options not applied");
+        }
+        let stream = match &self.acceptor {
+            None => Stream::Plain(tcp),
+            Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
+                Err(_) => return Err((Stage::Tls, StepError::Timeout)),
+                Ok(Err(e)) => return Err((Stage::Tls, e.into())),
+                Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Server(s))),
+            },
+        };
+        let id = {
+            let mut st = lock(&self.state);
+            // A collision is one in four billion per idle id: a few draws at most.
+            loop {
+                if let Ok(id) = st.m.assign_id(ticket, random4()) {
+                    break id;
+                }
+            }
+        };
+        let mut conn = PoolConn { id, peer, stream };
+        let wire = self.id_form.encode(&id);
+        let write = async {
+            conn.write_all(wire.as_ref()).await?;
+            conn.flush().await
+        };
+        match timeout_at(deadline, write).await {
+            Err(_) => Err((Stage::Id, StepError::Timeout)),
+            Ok(Err(e)) => Err((Stage::Id, e.into())),
+            Ok(Ok(())) => Ok(conn),
+        }
+    }
+}
+
+async fn handshake(
+    inner: Arc<Inner>,
+    mut ticket: HandshakeTicket,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _token: TaskToken,
+) {
+    let mut shutdown = inner.shutdown.clone();
+    let res = tokio::select! {
+        r = inner.handshake(&mut ticket, tcp, peer) => r,
+        _ = shutdown.wait() => Err((Stage::Connect, StepError::Timeout)),
+    };
+    let mut st = lock(&inner.state);
+    let st = &mut *st;
+    let now = now();
+    match res {
+        Ok(conn) => match st.m.handle_ready(ticket, conn, now) {
+            Landed::Kept | Landed::Closed => {}
+            Landed::Collision(t, _conn) => st.m.handle_failure(t, Stage::Id, now),
+        },
+        Err((stage, e)) => {
+            debug!(%peer, ?stage, error = %e, "handshake failed");
+            st.m.handle_failure(ticket, stage, now);
+        }
+    }
+    st.replies.deliver(&mut st.m);
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, _token: TaskToken) {
+    let mut shutdown = inner.shutdown.clone();
+    let mut pause = Duration::ZERO;
+    loop {
+        let res = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait() => return,
+        };
+        let (tcp, peer) = match res {
+            Ok(pair) => {
+                pause = Duration::ZERO;
+                pair
+            }
+            Err(e) => {
+                // Out of descriptors and the like: the pending connection stays in the
+                // backlog, so retrying at once would spin. Back off, 5 ms doubling to 1 s.
+                pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                warn!(error = %e, ?pause, "accept failed; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = shutdown.wait() => return,
+                }
+            }
+        };
+        let allowed = inner.filter.allows(peer.ip());
+        let admission = lock(&inner.state).m.handle_accept(now(), allowed);
+        match admission {
+            Admission::Admit(ticket) => {
+                let token = inner.tasks.token();
+                tokio::spawn(handshake(inner.clone(), ticket, tcp, peer, token));
+            }
+            Admission::Refuse(why) => {
+                debug!(%peer, ?why, "connection refused");
+                drop(tcp);
+            }
+        }
+    }
+}
+
+async fn drive(inner: Arc<Inner>, _token: TaskToken) {
+    let mut shutdown = inner.shutdown.clone();
+    let mut next_sweep = now() + inner.sweep_interval;
+    loop {
+        let now = now();
+        let wake_at = {
+            let mut st = lock(&inner.state);
+            let st = &mut *st;
+            if st.m.is_closed() {
+                return;
+            }
+            st.m.handle_timeout(now);
+            if now >= next_sweep {
+                let dead = st.m.sweep(PoolConn::is_alive);
+                if dead > 0 {
+                    debug!(dead, "evicted dead idle connections");
+                }
+                next_sweep = now + inner.sweep_interval;
+            }
+            st.replies.deliver(&mut st.m);
+            st.m.poll_timeout()
+        };
+        let wake_at = wake_at.map_or(next_sweep, |w| w.min(next_sweep));
+        tokio::select! {
+            _ = sleep_until(wake_at) => {}
+            _ = inner.wake.notified() => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        drop(self.0.shut());
+    }
+}
+
+/// The server end of the pool. Cheap to clone; the pool closes when the last clone is
+/// dropped or [`close`](Self::close) is called.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), pool_tokio::PoolError> {
+/// use pool_tokio::ServerPool;
+/// use std::time::Duration;
+/// let pool = ServerPool::builder().bind("127.0.0.1:10101".parse().unwrap()).build()?;
+/// let (id, conn) = pool.get(Duration::from_secs(2)).await?;
+/// // Send `id` to the client side over the control channel, then relay on `conn`.
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServerPool {
+    owner: Arc<Owner>,
+    local: SocketAddr,
+    fingerprint: Option<Fingerprint>,
+    get_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerPool")
+            .field("local", &self.local)
+            .field("status", &self.stats().status)
+            .finish()
+    }
+}
+
+impl ServerPool {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerPoolBuilder {
+        ServerPoolBuilder::default()
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.owner.0
+    }
+
+    /// The address the pool listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The SHA-256 fingerprint of the certificate served, for a mode-1 client to pin.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
+    }
+
+    /// The oldest live idle connection and its id, waiting up to `timeout` (Go:
+    /// `ServerGet`; later releases: `IncomingGet`). The connection passed the liveness
+    /// probe; no byte of it was read by the pool.
+    pub async fn get(&self, timeout: Duration) -> Result<(ConnId, PoolConn), PoolError> {
+        let inner = self.inner();
+        let now = now();
+        let deadline = now + timeout;
+        let (rx, key) = {
+            let mut st = lock(&inner.state);
+            let st = &mut *st;
+            match st.m.get(now, deadline, PoolConn::is_alive) {
+                Got::Ready(id, c) => return Ok((id, c)),
+                Got::Failed(e) => return Err(PoolError::from_get(e, None)),
+                Got::Wait(key) => {
+                    let (tx, rx) = oneshot::channel();
+                    st.replies.insert(key, tx);
+                    (rx, key)
+                }
+            }
+        };
+        inner.wake.notify_one();
+        let waiting = Waiting {
+            hub: &**inner,
+            key,
+            rx: Some(rx),
+        };
+        waiting
+            .wait(deadline)
+            .await
+            .map_err(|e| PoolError::from_get(e, None))
+    }
+
+    /// [`get`](Self::get) with the pool's default timeout.
+    pub async fn get_default(&self) -> Result<(ConnId, PoolConn), PoolError> {
+        self.get(self.get_timeout).await
+    }
+
+    /// Closes every idle connection (Go: `Flush`).
+    pub fn flush(&self) {
+        let conns = lock(&self.inner().state).m.flush();
+        info!(closed = conns.len(), "server pool flushed");
+        drop(conns);
+    }
+
+    /// Closes the pool: the listener stops, waiting gets fail with
+    /// [`PoolError::Closed`], idle connections and handshakes in flight are closed, and
+    /// this returns once every task of the pool has ended (Go: `Close`).
+    pub async fn close(&self) {
+        drop(self.inner().shut());
+        self.inner().tasks.all_done().await;
+    }
+
+    /// Whether the pool accepts: true from `build` until `close` (Go: `Ready`).
+    pub fn is_ready(&self) -> bool {
+        !lock(&self.inner().state).m.is_closed()
+    }
+
+    /// Idle connections (Go: `Active`).
+    pub fn active(&self) -> usize {
+        lock(&self.inner().state).m.status().idle
+    }
+
+    /// The maximum capacity (Go: `Capacity`).
+    pub fn capacity(&self) -> usize {
+        lock(&self.inner().state).m.status().capacity
+    }
+
+    /// Always zero: a server pool does not refill (Go: `Interval`).
+    pub fn interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Records an application error (Go: `AddError`).
+    pub fn add_error(&self) {
+        lock(&self.inner().state).m.add_error();
+    }
+
+    /// Application errors recorded (Go: `ErrorCount`).
+    pub fn error_count(&self) -> u64 {
+        lock(&self.inner().state).m.counters().app_errors
+    }
+
+    /// Resets the application error count (Go, later releases: `ResetError`).
+    pub fn reset_error(&self) {
+        lock(&self.inner().state).m.reset_errors();
+    }
+
+    /// Status and counters.
+    pub fn stats(&self) -> Stats {
+        let st = lock(&self.inner().state);
+        Stats {
+            status: st.m.status(),
+            counters: st.m.counters(),
+        }
+    }
+
+    /// Waits until at least `n` connections are idle, or `timeout` passes.
+    pub async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
+        crate::stats::wait_until(timeout, || self.active() >= n).await
+    }
+}

@@ -1,0 +1,188 @@
+//! Pairing across every TLS mode and both id forms: bytes written on the server's
+//! connection arrive on the client's connection with the same id, and back.
+
+use std::time::Duration;
+
+use pool_tls::{ClientTlsBuilder, TestCa, TlsMode};
+use pool_tokio::{ClientPool, ConnId, IdForm, PoolConn, PoolError, ServerPool, ServerTls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn exchange(id: ConnId, mut s: PoolConn, mut c: PoolConn) {
+    assert_eq!(s.id(), id);
+    assert_eq!(c.id(), id);
+    let msg = format!("hello {id}");
+    s.write_all(msg.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, msg.as_bytes());
+    c.write_all(b"back").await.unwrap();
+    c.flush().await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"back");
+}
+
+async fn pair_many(server: &ServerPool, client: &ClientPool, n: usize) {
+    for _ in 0..n {
+        let (id, s) = server.get(T).await.unwrap();
+        let c = client.get(id, T).await.unwrap();
+        exchange(id, s, c).await;
+    }
+}
+
+async fn run(server: ServerPool, client: ClientPool, n: usize) {
+    assert!(client.wait_idle(4, T).await, "client never filled");
+    pair_many(&server, &client, n).await;
+    let sc = server.stats().counters;
+    let cc = client.stats().counters;
+    assert!(sc.served_at_once + sc.served_after_wait >= n as u64);
+    assert!(cc.served_at_once + cc.served_after_wait >= n as u64);
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_hex_ids_pair_thousands() {
+    let server = ServerPool::builder().bind(loopback()).build().unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .capacity(16, 64)
+        .build()
+        .unwrap();
+    run(server, client, 2_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_raw_ids_pair() {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .id_form(IdForm::Raw4)
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .id_form(IdForm::Raw4)
+        .capacity(8, 32)
+        .build()
+        .unwrap();
+    run(server, client, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mode1_self_signed_and_pinned() {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tls_mode(TlsMode::SelfSigned)
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(TlsMode::SelfSigned)
+        .pin(server.fingerprint().unwrap())
+        .capacity(8, 32)
+        .build()
+        .unwrap();
+    run(server, client, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mode2_verified_with_ca() {
+    let ca = TestCa::new().unwrap();
+    let leaf = ca.leaf(&["pool.test"], false).unwrap();
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tls(leaf)
+        .build()
+        .unwrap();
+    let cfg = ClientTlsBuilder::new(TlsMode::Verified)
+        .ca_der(ca.ca_der())
+        .build()
+        .unwrap()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(TlsMode::Verified)
+        .tls_config(cfg)
+        .hostname("pool.test")
+        .capacity(8, 32)
+        .build()
+        .unwrap();
+    run(server, client, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_mode_every_tls_mode() {
+    // Single mode: the client dials a plain target, makes its own ids, reads nothing.
+    for mode in [TlsMode::Off, TlsMode::SelfSigned] {
+        let target = ServerPool::builder()
+            .bind(loopback())
+            .tls_mode(mode)
+            .build()
+            .unwrap();
+        let client = ClientPool::builder()
+            .address(target.local_addr())
+            .tls_mode(mode)
+            .single(true)
+            .capacity(4, 8)
+            .build()
+            .unwrap();
+        assert!(client.wait_idle(4, T).await);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let c = client.get_any(T).await.unwrap();
+            assert!(seen.insert(c.id()), "an id was handed out twice");
+        }
+        client.close().await;
+        target.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mode2_wrong_name_is_refused_and_counted() {
+    let ca = TestCa::new().unwrap();
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tls(ca.leaf(&["right.test"], false).unwrap())
+        .build()
+        .unwrap();
+    let cfg = ClientTlsBuilder::new(TlsMode::Verified)
+        .ca_der(ca.ca_der())
+        .build()
+        .unwrap()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_config(cfg)
+        .hostname("wrong.test")
+        .capacity(4, 8)
+        .build()
+        .unwrap();
+    let ok = pool_tokio_wait(|| client.stats().counters.handshake_failures >= 2).await;
+    assert!(ok, "handshake failures were not counted");
+    assert_eq!(client.active(), 0);
+    let _ = ServerTls::self_signed(["x"]).unwrap();
+    let id = ConnId::from_random([1, 2, 3, 4]);
+    assert!(matches!(
+        client.get(id, Duration::from_millis(10)).await,
+        Err(PoolError::NotFound(_) | PoolError::GetTimeout)
+    ));
+    client.close().await;
+    server.close().await;
+}
+
+async fn pool_tokio_wait(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
