@@ -6,16 +6,20 @@ use std::time::Duration;
 use pool_tokio::{ClientPool, PoolConn, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A generous bound for any wait in a test.
 pub const T: Duration = Duration::from_secs(10);
 
+/// An ephemeral loopback address.
 pub fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A plain server pool on loopback.
 pub fn server() -> ServerPool {
     ServerPool::builder().bind(loopback()).build().unwrap()
 }
 
+/// A plain client pool of the given capacity for `server`.
 pub fn client(server: &ServerPool, min: usize, max: usize) -> ClientPool {
     ClientPool::builder()
         .address(server.local_addr())
