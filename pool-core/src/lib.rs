@@ -18,18 +18,22 @@
 //!   then ask `poll_timeout` for the next wake-up.
 //!
 //! ```
-//! # use pool_core::*; use std::time::{Duration, Instant};
-//! # let now = Instant::now();
-//! let mut m: ClientMachine<&str> = ClientMachine::new(ClientConfig::default(), now);
-//! m.handle_timeout(now);                                   // time passed
-//! while let Some(ticket) = m.poll_dial(now) {              // perform the dials
-//!     # let id = ConnId::from_random([0, 0, 0, ticket.serial() as u8]);
-//!     let _ = m.handle_dial_success(ticket, id, "conn", now); // report each outcome
+//! use pool_core::{ClientMachine, ConnId};
+//! use std::time::Instant;
+//!
+//! /// One turn of a driver: `now` comes from the driver's clock, ids from the wire.
+//! fn turn(m: &mut ClientMachine<String>, now: Instant, read_id: impl Fn() -> ConnId) {
+//!     m.handle_timeout(now);                                   // time passed
+//!     while let Some(ticket) = m.poll_dial(now) {              // perform the dials
+//!         let _ = m.handle_dial_success(ticket, read_id(), "conn".into(), now);
+//!     }
+//!     while let Some(_answer) = m.poll_answer() { /* deliver to the waiting get */ }
+//!     let _wake_at = m.poll_timeout();                         // arm one timer
 //! }
-//! while let Some(answer) = m.poll_answer() { /* deliver to the waiting get */ }
-//! let wake_at = m.poll_timeout();                           // arm one timer
-//! # assert!(wake_at.is_some()); assert_eq!(m.status().idle, 64);
 //! ```
+//!
+//! (A real driver starts dials concurrently and reports each ticket when its dial
+//! ends; `pool-tokio` and the simulated driver of `pool-testkit` do exactly that.)
 //!
 //! Dials and handshakes are accounted by `#[must_use]` tickets ([`DialTicket`],
 //! [`HandshakeTicket`]): each must come back exactly once as success or failure, so the
