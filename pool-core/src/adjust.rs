@@ -276,7 +276,7 @@ mod tests {
             };
             let next = p.next(iv, idle, cap, min, max);
             prop_assert!(next >= min && next <= max, "out of bounds");
-            let moved = if next > iv { next - iv } else { iv - next };
+            let moved = next.abs_diff(iv);
             prop_assert!(moved <= p.step, "moved more than a step");
             if (idle as u128) < p.low.of(cap) && (idle as u128) <= p.high.of(cap) {
                 prop_assert!(next <= iv, "rose while starved");
