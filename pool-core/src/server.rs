@@ -210,8 +210,15 @@ impl<C> ServerMachine<C> {
         self.hub.poll_answer()
     }
 
-    /// Gives back a connection whose answer could not be delivered.
+    /// Gives back a connection whose answer could not be delivered. Refused (the
+    /// connection comes back, to be closed) when its id is idle again or was drawn
+    /// meanwhile for a handshake under way.
     pub fn put_back(&mut self, id: ConnId, conn: C) -> Result<(), C> {
+        // Landing it would make that handshake's `handle_ready` collide for ever: its
+        // ticket keeps the id it already wrote on the wire.
+        if self.pending_ids.contains(&id) {
+            return Err(conn);
+        }
         self.hub.put_back(id, conn)
     }
 

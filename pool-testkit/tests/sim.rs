@@ -1,0 +1,264 @@
+//! The core machines under the simulated network and clock (no tokio anywhere).
+
+use std::time::{Duration, Instant};
+
+use pool_core::{CapacityPolicy, ClientConfig, IdForm, IntervalPolicy, ServerConfig};
+use pool_testkit::sim::{Faults, RoundRecord, SimPair};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Every round's decisions equal the default policies recomputed from what was observed.
+fn cross_check(sim: &SimPair, rounds: &[RoundRecord]) -> usize {
+    let cfg = sim.client_config();
+    let ip = IntervalPolicy::default();
+    let cp = CapacityPolicy::default();
+    for r in rounds {
+        let ivl = ip.next(
+            r.interval_before,
+            r.idle,
+            r.capacity,
+            cfg.min_interval(),
+            cfg.max_interval(),
+        );
+        assert_eq!(r.interval_after, ivl, "interval decision of {r:?}");
+        let cap = cp.next(
+            r.capacity,
+            r.created,
+            cfg.min_capacity(),
+            cfg.max_capacity(),
+        );
+        assert_eq!(r.capacity_after, cap, "capacity decision of {r:?}");
+        assert!(r.created <= r.capacity.saturating_sub(r.idle), "{r:?}");
+    }
+    rounds.len()
+}
+
+fn faulty_hour(form: IdForm, seed: u64, span: Duration) {
+    let client = ClientConfig::builder().id_form(form).build().unwrap();
+    let server = ServerConfig::builder().id_form(form).build().unwrap();
+    let mut sim = SimPair::new(seed, client, server, Faults::uniform(0.05));
+    sim.set_demand(20.0);
+    let wall = Instant::now();
+    // In slices, checking consistency between them.
+    let slice = SECS(60);
+    let mut done = Duration::ZERO;
+    while done < span {
+        sim.run_for(slice);
+        done += slice;
+        if let Err(e) = sim.check() {
+            panic!("at {:?}: {e}", sim.elapsed());
+        }
+    }
+    let wall = wall.elapsed();
+    let s = sim.stats();
+    let (c, v) = (sim.client_counters(), sim.server_counters());
+    println!(
+        "{form:?}: simulated {:?} in {wall:?} wall, {} steps, {} events\n{s:#?}\nclient {:?}\n{c:?}\nserver {:?}\n{v:?}",
+        sim.elapsed(),
+        s.steps,
+        s.events,
+        sim.client_status(),
+        sim.server_status()
+    );
+
+    assert_eq!(sim.elapsed(), span);
+    assert_eq!(
+        s.pairs_mismatched, 0,
+        "a pair held two different connections"
+    );
+    assert_eq!(s.double_handouts, 0);
+    assert_eq!(s.overreads, 0);
+    assert_eq!(s.timer_desyncs, 0);
+    // Progress, not throughput: a round waits for its slowest dial, so a silent peer
+    // holds refill for a whole handshake timeout (see the printed round lengths).
+    let expected_pairs = 20 * span.as_secs();
+    assert!(
+        s.pairs_ok > expected_pairs / 10,
+        "only {} pairs of ~{expected_pairs}",
+        s.pairs_ok
+    );
+    let rounds = sim.rounds();
+    let long = rounds.iter().filter(|r| r.ended - r.at >= SECS(4)).count();
+    let mean = rounds.iter().map(|r| r.ended - r.at).sum::<Duration>() / rounds.len() as u32;
+    println!(
+        "{} rounds, mean length {mean:?}, {long} held >= 4 s by a silent dial",
+        rounds.len()
+    );
+
+    // Every fault kind was injected, and the machines counted each where it lands.
+    for (what, n) in [
+        ("connect refused", s.injected_connect_refused),
+        ("tls", s.injected_tls_fail),
+        ("bad id", s.injected_bad_id),
+        ("silence in tls", s.injected_silence_tls),
+        ("silence in id", s.injected_silence_id),
+    ] {
+        assert!(n > 0, "no {what} fault injected");
+    }
+    assert_eq!(c.dialed, s.dials);
+    // Faults injected into dials still out at the end have not been counted yet.
+    let out = sim.client_status().in_flight as u64;
+    let near = |what: &str, counted: u64, injected: u64, out: u64| {
+        assert!(
+            counted <= injected && injected <= counted + out,
+            "{what}: counted {counted}, injected {injected}, {out} still out"
+        );
+    };
+    near(
+        "client connect",
+        c.dial_failures,
+        s.injected_connect_refused,
+        out,
+    );
+    near(
+        "client tls",
+        c.handshake_failures,
+        s.injected_tls_fail + s.injected_silence_tls + s.refused_by_server,
+        out,
+    );
+    near(
+        "client id",
+        c.id_errors,
+        s.injected_bad_id + s.injected_silence_id + s.client_collisions,
+        out,
+    );
+    near(
+        "server tls",
+        v.handshake_failures,
+        s.injected_tls_fail + s.injected_silence_tls,
+        sim.server_status().in_flight as u64,
+    );
+    // A connection whose id never reached the client dies at the server's probe, or
+    // fails its pair at the client when a waiting get took it first.
+    assert!(v.evicted_dead + s.pairs_failed_client > 0);
+    assert_eq!(v.evicted_dead, s.evicted_server);
+    assert_eq!(c.evicted_dead, s.evicted_client);
+    // Every dial ended once: created or failed at one stage, or is still out.
+    assert_eq!(
+        c.dialed,
+        c.created
+            + c.dial_failures
+            + c.handshake_failures
+            + c.id_errors
+            + sim.client_status().in_flight as u64
+    );
+    // Every round followed the Go rules.
+    assert!(cross_check(&sim, sim.rounds()) as u64 > span.as_secs() / 10);
+}
+
+#[test]
+fn an_hour_with_faults_and_demand() {
+    faulty_hour(IdForm::Hex8, 1, SECS(3_600));
+}
+
+#[test]
+fn raw_id_form_with_faults() {
+    faulty_hour(IdForm::Raw4, 2, SECS(600));
+}
+
+#[test]
+fn interval_and_capacity_follow_demand() {
+    let client = ClientConfig::builder()
+        .capacity(4, 32)
+        .interval(MS(100), MS(1_000))
+        .parallelism(8)
+        .build()
+        .unwrap();
+    let mut sim = SimPair::new(3, client, ServerConfig::default(), Faults::none());
+
+    // No demand: the pool fills, the interval rises to its maximum, the capacity
+    // settles at its minimum.
+    sim.run_for(SECS(120));
+    sim.check().unwrap();
+    let st = sim.client_status();
+    assert_eq!(st.interval, MS(1_000));
+    assert_eq!(st.capacity, 4);
+    let quiet = sim.rounds().len();
+    let peak = sim.rounds().iter().map(|r| r.capacity_after).max().unwrap();
+    assert!(peak > 4, "the first full round grew the capacity");
+    // Full: what was made while the capacity was higher stays idle (as in Go).
+    assert!((4..=peak).contains(&st.idle), "a full pool: {st:?}");
+    let ivl: Vec<Duration> = sim.rounds().iter().map(|r| r.interval_after).collect();
+    assert!(
+        ivl.windows(2).all(|w| w[1] >= w[0]),
+        "interval only rises when full"
+    );
+
+    // Heavy demand, drained faster than refilled: the interval falls to its minimum
+    // and the capacity grows to its maximum.
+    sim.set_demand(300.0);
+    sim.run_for(SECS(120));
+    sim.check().unwrap();
+    let st = sim.client_status();
+    let busy = &sim.rounds()[quiet..];
+    println!(
+        "busy rounds: {}; status {st:?}; {:?}",
+        busy.len(),
+        sim.stats()
+    );
+    assert_eq!(st.interval, MS(100));
+    assert_eq!(st.capacity, 32);
+    let caps: Vec<usize> = busy.iter().map(|r| r.capacity_after).collect();
+    assert!(caps.windows(2).filter(|w| w[1] < w[0]).count() <= caps.len() / 10);
+    assert!(busy
+        .iter()
+        .take(20)
+        .all(|r| r.interval_after <= r.interval_before));
+    assert!(sim.stats().pairs_ok > 10_000);
+
+    // Quiet again: the capacity drifts back down to its minimum, the interval up.
+    sim.set_demand(0.0);
+    sim.run_for(SECS(180));
+    sim.check().unwrap();
+    let st = sim.client_status();
+    assert_eq!(st.capacity, 4);
+    assert_eq!(st.interval, MS(1_000));
+
+    let checked = cross_check(&sim, sim.rounds());
+    assert!(checked > 200, "{checked} rounds");
+    assert_eq!(sim.stats().timer_desyncs, 0);
+    assert_eq!(sim.stats().pairs_mismatched, 0);
+}
+
+fn short_run(seed: u64) -> SimPair {
+    let client = ClientConfig::builder().capacity(8, 64).build().unwrap();
+    let mut sim = SimPair::new(seed, client, ServerConfig::default(), Faults::uniform(0.1));
+    sim.record_transcript();
+    sim.set_demand(30.0);
+    sim.run_for(SECS(120));
+    sim
+}
+
+#[test]
+fn same_seed_same_transcript() {
+    let a = short_run(42);
+    let b = short_run(42);
+    let c = short_run(43);
+    assert!(a.transcript().len() > 1_000);
+    assert_eq!(a.transcript(), b.transcript());
+    assert_eq!(a.transcript_hash(), b.transcript_hash());
+    assert_eq!(a.stats(), b.stats());
+    assert_eq!(a.client_counters(), b.client_counters());
+    assert_eq!(a.rounds(), b.rounds());
+    assert_ne!(a.transcript_hash(), c.transcript_hash());
+    a.check().unwrap();
+}
+
+#[test]
+fn step_goes_to_the_next_event() {
+    let mut sim = SimPair::new(
+        9,
+        ClientConfig::default(),
+        ServerConfig::default(),
+        Faults::none(),
+    );
+    let mut last = sim.elapsed();
+    for _ in 0..10_000 {
+        assert!(sim.step());
+        assert!(sim.elapsed() >= last);
+        last = sim.elapsed();
+    }
+    assert!(sim.client_status().idle >= 64);
+    sim.check().unwrap();
+}
