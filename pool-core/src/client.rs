@@ -1,12 +1,19 @@
 //! The client manager machine: rounds of refill, dial tickets, backoff, gets by id.
 //!
-//! A round starts when the refill timer fires: the interval moves by the fill level,
-//! then up to `capacity - idle - in_flight` dials are handed out as tickets, at most
-//! `parallelism` at once. When every ticket of the round has come back, the capacity
-//! moves by how many the round created and the next round is due one interval later.
-//! After a failure the round stops handing out tickets, and the next rounds are single
-//! probes spaced by an exponential backoff with jitter, never closer than the minimum
-//! interval and never further apart than the maximum; a success ends the backoff.
+//! A round starts when the refill timer fires. First the capacity moves by how many
+//! connections the previous round created (the Go rule, decided once that round's
+//! dials have had a whole interval to land), then the interval moves by the fill
+//! level, then up to `capacity - idle - in_flight` dials are handed out as tickets, at
+//! most `parallelism` at once. Once the last ticket of the round is out, the next round
+//! is due one interval later: a dial that hangs until its deadline holds one ticket,
+//! never the next round.
+//!
+//! A run of failures as long as the parallelism (or the capacity, if smaller) means
+//! the server is unreachable rather than unlucky: the round stops handing out
+//! tickets, and until a dial succeeds every round is a single probe, spaced by an
+//! exponential backoff with jitter, never closer than the minimum interval and never
+//! further apart than the maximum. Scattered failures among successes do not slow the
+//! pool down.
 
 use std::time::{Duration, Instant};
 
@@ -47,13 +54,6 @@ impl DialTicket {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Round {
-    budget: usize,
-    in_flight: usize,
-    created: usize,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Refill = 0,
@@ -68,7 +68,11 @@ pub struct ClientMachine<C> {
     interval: Duration,
     in_flight: usize,
     next_serial: u64,
-    round: Option<Round>,
+    /// Tickets the current round may still hand out; `None` between rounds.
+    budget: Option<usize>,
+    /// Connections created by round dials since the last round started; `None` before
+    /// the first round.
+    created: Option<usize>,
     failures: u32,
     backoff: Duration,
     timers: [Option<Instant>; 1],
@@ -84,7 +88,8 @@ impl<C> ClientMachine<C> {
             hub: Hub::new(),
             in_flight: 0,
             next_serial: 0,
-            round: None,
+            budget: None,
+            created: None,
             failures: 0,
             backoff: Duration::ZERO,
             timers: [Some(now)],
@@ -114,6 +119,14 @@ impl<C> ClientMachine<C> {
             return;
         }
         self.timers[Timer::Refill as usize] = None;
+        if let Some(created) = self.created {
+            let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
+            self.capacity = self
+                .cfg
+                .capacity_policy
+                .next(self.capacity, created, min, max);
+        }
+        self.created = Some(0);
         let idle = self.hub.idle.len();
         let (min, max) = (self.cfg.min_interval, self.cfg.max_interval);
         self.interval = self
@@ -121,14 +134,10 @@ impl<C> ClientMachine<C> {
             .interval_policy
             .next(self.interval, idle, self.capacity, min, max);
         let mut budget = self.capacity.saturating_sub(idle + self.in_flight);
-        if self.failures > 0 {
+        if self.backing_off() {
             budget = budget.min(1);
         }
-        self.round = Some(Round {
-            budget,
-            in_flight: 0,
-            created: 0,
-        });
+        self.budget = Some(budget);
         self.maybe_end_round(now);
     }
 
@@ -139,22 +148,23 @@ impl<C> ClientMachine<C> {
         }
         let urgent = self.cfg.single && self.hub.waiters.any_len() > self.in_flight;
         if !urgent {
-            let round = self.round.as_mut()?;
-            if round.budget == 0 || self.in_flight >= self.cfg.parallelism {
+            let budget = self.budget.as_mut()?;
+            if *budget == 0 || self.in_flight >= self.cfg.parallelism {
                 return None;
             }
-            round.budget -= 1;
-            round.in_flight += 1;
+            *budget -= 1;
         }
         self.in_flight += 1;
         self.hub.counters.dialed += 1;
         self.next_serial += 1;
-        Some(DialTicket {
+        let ticket = DialTicket {
             serial: self.next_serial,
             urgent,
             handshake_deadline: now + self.cfg.handshake_timeout,
             id_timeout: self.cfg.id_timeout,
-        })
+        };
+        self.maybe_end_round(now);
+        Some(ticket)
     }
 
     /// A dial finished its handshake and has its id (read from the server, or in single
@@ -167,21 +177,29 @@ impl<C> ClientMachine<C> {
         now: Instant,
     ) -> Landed<C, DialTicket> {
         if self.hub.closed {
-            self.finish(&ticket, now);
+            self.finish();
             return Landed::Closed;
         }
         match self.hub.land(id, conn) {
             Err(conn) => Landed::Collision(ticket, conn),
             Ok(()) => {
                 self.hub.counters.created += 1;
+                let was_backing_off = self.backing_off();
                 self.failures = 0;
                 self.backoff = Duration::ZERO;
                 if !ticket.urgent {
-                    if let Some(r) = self.round.as_mut() {
-                        r.created += 1;
+                    if let Some(c) = self.created.as_mut() {
+                        *c += 1;
                     }
                 }
-                self.finish(&ticket, now);
+                if was_backing_off {
+                    // The server is back: no need to sit out the rest of the backoff.
+                    let refill = &mut self.timers[Timer::Refill as usize];
+                    if let Some(t) = refill.as_mut() {
+                        *t = (*t).min(now + self.interval);
+                    }
+                }
+                self.finish();
                 Landed::Kept
             }
         }
@@ -196,45 +214,56 @@ impl<C> ClientMachine<C> {
         jitter: u32,
         now: Instant,
     ) {
+        let _ = ticket;
         self.hub.counters.count_failure(stage);
         if !self.hub.closed {
             self.failures = self.failures.saturating_add(1);
-            self.backoff = backoff(&self.cfg, self.failures, jitter);
-            if let Some(r) = self.round.as_mut() {
-                r.budget = 0;
+            if self.backing_off() {
+                let beyond = self.failures - self.backoff_threshold() + 1;
+                self.backoff = backoff(&self.cfg, beyond, jitter);
+                if let Some(b) = self.budget.as_mut() {
+                    *b = 0;
+                }
+                let refill = &mut self.timers[Timer::Refill as usize];
+                if let Some(t) = refill.as_mut() {
+                    *t = (*t).max(now + self.backoff);
+                }
             }
         }
-        self.finish(&ticket, now);
-    }
-
-    fn finish(&mut self, ticket: &DialTicket, now: Instant) {
-        self.in_flight -= 1;
-        if !ticket.urgent {
-            if let Some(r) = self.round.as_mut() {
-                r.in_flight -= 1;
-            }
-        }
-        if self.in_flight == 0 {
-            self.hub.fail_id_waiters();
-        }
+        self.finish();
         self.maybe_end_round(now);
     }
 
+    /// Consecutive failures that mean "unreachable": the parallelism, or the capacity
+    /// when smaller (a round cannot see more failures than it has dials).
+    fn backoff_threshold(&self) -> u32 {
+        let n = self.cfg.parallelism.min(self.capacity).max(1);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the pool is backing off: single probes until a dial succeeds.
+    pub fn backing_off(&self) -> bool {
+        self.failures >= self.backoff_threshold()
+    }
+
+    fn finish(&mut self) {
+        self.in_flight -= 1;
+        if self.in_flight == 0 {
+            self.hub.fail_id_waiters();
+        }
+    }
+
+    /// Once the round has handed out its last ticket, the next one is due an interval
+    /// later (or a backoff later, when backing off).
     fn maybe_end_round(&mut self, now: Instant) {
-        let Some(r) = self.round else { return };
-        if r.budget > 0 || r.in_flight > 0 {
+        if self.budget != Some(0) {
             return;
         }
-        self.round = None;
+        self.budget = None;
         if self.hub.closed {
             return;
         }
-        let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
-        self.capacity = self
-            .cfg
-            .capacity_policy
-            .next(self.capacity, r.created, min, max);
-        let wait = if self.failures > 0 {
+        let wait = if self.backing_off() {
             self.interval.max(self.backoff)
         } else {
             self.interval
@@ -290,7 +319,7 @@ impl<C> ClientMachine<C> {
     /// Takes every idle connection out (to be closed) and refills at once (Go: `Flush`).
     pub fn flush(&mut self, now: Instant) -> Vec<(ConnId, C)> {
         let out = self.hub.idle.drain();
-        if !self.hub.closed && self.round.is_none() {
+        if !self.hub.closed && self.budget.is_none() {
             self.timers[Timer::Refill as usize] = Some(now);
         }
         out
@@ -300,7 +329,7 @@ impl<C> ClientMachine<C> {
     /// closed, no more dials; tickets still out may be returned and are dropped.
     pub fn close(&mut self) -> Vec<(ConnId, C)> {
         self.timers = [None];
-        self.round = None;
+        self.budget = None;
         self.hub.close()
     }
 
@@ -333,6 +362,17 @@ impl<C> ClientMachine<C> {
     /// Resets the application error count (Go, later releases: `ResetError`).
     pub fn reset_errors(&mut self) {
         self.hub.counters.app_errors = 0;
+    }
+
+    /// When the next round is due; `None` while a round still hands out tickets (or
+    /// after close).
+    pub fn refill_at(&self) -> Option<Instant> {
+        self.timers[Timer::Refill as usize]
+    }
+
+    /// Whether a round is handing out tickets.
+    pub fn is_round_open(&self) -> bool {
+        self.budget.is_some()
     }
 
     /// Consecutive dial failures so far.

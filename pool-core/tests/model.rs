@@ -1027,14 +1027,17 @@ fn failing_server_does_not_spin() {
     // After a few doublings every probe is at least max_interval/2 after the last: at
     // most two per max_interval, plus the first probes of the ramp.
     let ramp = 1 + (c.max_interval().as_millis() / c.min_interval().as_millis()).ilog2() as usize;
-    let bound = (60_000 / (c.max_interval().as_millis() as usize / 2)) + ramp + 1;
+    // The first round dials in parallel; backing off starts after `parallelism`
+    // failures in a row (the capacity, 4, is larger).
+    let threshold = c.parallelism();
+    let bound = (60_000 / (c.max_interval().as_millis() as usize / 2)) + ramp + threshold;
     assert!(
         dials.len() <= bound,
         "{} dials in 60 s against a dead server (bound {bound})",
         dials.len()
     );
     assert!(dials.len() >= 30, "it still probes: {}", dials.len());
-    for w in dials.windows(2) {
+    for w in dials[threshold - 1..].windows(2) {
         assert!(
             w[1] - w[0] >= c.min_interval(),
             "probes closer than the minimum interval"
@@ -1080,8 +1083,13 @@ fn success_resets_backoff() {
         n += 1;
         m.handle_dial_failure(t, Stage::Tls, 0, next);
     }
-    assert_eq!(n, 1, "failure stops the round");
-    // One failure: a minimal backoff again.
+    assert_eq!(
+        n,
+        c.parallelism(),
+        "a run of failures as long as the parallelism stops the round"
+    );
+    assert!(m.backing_off());
+    // Just past the threshold: a minimal backoff again.
     let wait = m.poll_timeout().expect("timer") - next;
     assert!(
         wait <= c.min_interval().max(m.status().interval),
@@ -1181,4 +1189,45 @@ fn server_put_back_never_takes_a_pending_id() {
     assert_eq!(conn, 2);
     assert_eq!(s.put_back(id, conn), Ok(()));
     assert_eq!(s.status().idle, 1);
+}
+
+#[test]
+fn scattered_failures_do_not_cut_the_round() {
+    let c = ClientConfig::builder()
+        .capacity(16, 16)
+        .parallelism(4)
+        .build()
+        .expect("valid");
+    let t0 = Instant::now();
+    let mut m: ClientMachine<u64> = ClientMachine::new(c, t0);
+    m.handle_timeout(t0);
+    let mut issued = 0u64;
+    while let Some(t) = m.poll_dial(t0) {
+        issued += 1;
+        if issued.is_multiple_of(3) {
+            m.handle_dial_failure(t, Stage::Tls, 0, t0);
+        } else {
+            let id = ConnId::from_random((issued as u32).to_be_bytes());
+            assert!(matches!(
+                m.handle_dial_success(t, id, issued, t0),
+                Landed::Kept
+            ));
+        }
+        assert!(
+            !m.backing_off(),
+            "one failure among successes is not an outage"
+        );
+    }
+    assert_eq!(issued, 16, "the round handed out its whole budget");
+    assert_eq!(m.status().idle, 16 - 5);
+    // The next round tops up what failed.
+    let next = m.poll_timeout().expect("timer");
+    m.handle_timeout(next);
+    let mut topped = 0;
+    while let Some(t) = m.poll_dial(next) {
+        topped += 1;
+        let id = ConnId::from_random([0xee, 0, 0, topped]);
+        let _ = m.handle_dial_success(t, id, 100 + u64::from(topped), next);
+    }
+    assert_eq!(m.status().idle, 16);
 }

@@ -242,8 +242,9 @@ pub struct SimStats {
     pub double_handouts: u64,
     /// Id reads that consumed a byte past the id (must stay 0).
     pub overreads: u64,
-    /// Disagreements between the observed refill timer and the one the round log
-    /// predicts (must stay 0).
+    /// Disagreements between the client's round state or refill timer
+    /// (`is_round_open`, `refill_at`) and the ones the round observer predicts from the
+    /// round rules (must stay 0). Each disagreement counts once.
     pub timer_desyncs: u64,
     /// Dead idle connections the server dropped.
     pub evicted_server: u64,
@@ -252,26 +253,57 @@ pub struct SimStats {
 }
 
 /// One refill round of the client, as observed from outside the machine.
+///
+/// A round starts when the refill timer fires: the capacity moves first (by what the
+/// round dials created since the previous round started), then the interval (by the
+/// idle count, against the new capacity). It ends as soon as its last ticket is handed
+/// out (or at once when it has none, or when a failure while backing off cuts it);
+/// its dials may land later, and count toward the next round's capacity decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundRecord {
     /// Simulated time of the round's start.
     pub at: Duration,
-    /// Simulated time of its end (its last ticket came back).
+    /// Simulated time of its end: its last ticket was handed out (or it had none, or
+    /// it was cut).
     pub ended: Duration,
     /// Idle connections when it started.
     pub idle: usize,
-    /// Capacity during the round.
-    pub capacity: usize,
+    /// Capacity before the round's adjustment.
+    pub capacity_before: usize,
+    /// Capacity after it, during the round.
+    pub capacity_after: usize,
     /// Interval before the round's adjustment.
     pub interval_before: Duration,
-    /// Interval after it.
+    /// Interval after it (made with the new capacity).
     pub interval_after: Duration,
-    /// Connections the round created.
-    pub created: usize,
-    /// Capacity after the round's adjustment.
-    pub capacity_after: usize,
+    /// Connections created by round (not urgent) dials since the previous round
+    /// started: what the capacity decision used. `None` at the very first round, which
+    /// leaves the capacity alone.
+    pub created_prev: Option<usize>,
     /// Consecutive dial failures when the round ended.
     pub failures: u32,
+}
+
+/// The round observer's prediction of the client, built only from the client module's
+/// rules and what the driver sees (tickets, landings, failures, status at round starts).
+#[derive(Debug)]
+struct RoundObserver {
+    /// The round handing out tickets, and how many it may still hand out.
+    open: Option<(RoundRecord, usize)>,
+    /// When the next round is due; `None` while a round is open.
+    refill: Option<Duration>,
+    /// Round dials landed since the last round started; `None` before the first round.
+    created: Option<usize>,
+    /// Consecutive dial failures.
+    failures: u32,
+    /// The backoff of the last failure while backing off (zero after a success).
+    backoff: Duration,
+    /// The capacity decided at the last round start.
+    capacity: usize,
+    /// The interval decided at the last round start.
+    interval: Duration,
+    /// The prediction disagrees with the machine (counted once per disagreement).
+    desynced: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,9 +383,7 @@ pub struct SimPair {
     client_waiting: HashMap<WaiterKey, (ConnId, u64)>,
     stats: SimStats,
     // Round tracking.
-    round_open: Option<RoundRecord>,
-    expected_refill: Option<Duration>,
-    last_jitter: u32,
+    obs: RoundObserver,
     rounds: Vec<RoundRecord>,
     // Transcript.
     hash: u64,
@@ -375,6 +405,7 @@ impl SimPair {
         opts: SimOptions,
     ) -> Self {
         let clock = SimClock::new();
+        let (capacity, interval) = (client.min_capacity(), client.min_interval());
         Self {
             rng: SimRng::new(seed),
             server_form: server.id_form(),
@@ -395,9 +426,17 @@ impl SimPair {
             server_waiting: HashMap::new(),
             client_waiting: HashMap::new(),
             stats: SimStats::default(),
-            round_open: None,
-            expected_refill: Some(Duration::ZERO),
-            last_jitter: 0,
+            obs: RoundObserver {
+                open: None,
+                // The machine's first round is due at once.
+                refill: Some(Duration::ZERO),
+                created: None,
+                failures: 0,
+                backoff: Duration::ZERO,
+                capacity,
+                interval,
+                desynced: false,
+            },
             rounds: Vec::new(),
             hash: 0xcbf2_9ce4_8422_2325,
             lines: None,
@@ -409,6 +448,11 @@ impl SimPair {
         self.demand = pairs_per_sec.max(0.0);
         self.next_demand = None;
         self.schedule_demand();
+    }
+
+    /// Changes the fault probabilities; they apply to every stage drawn from now on.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
     }
 
     /// Keeps every transcript line (memory grows with the run; for short runs).
@@ -461,7 +505,7 @@ impl SimPair {
         self.client.config()
     }
 
-    /// Every completed refill round so far.
+    /// Every refill round that has ended (handed out its last ticket) so far.
     pub fn rounds(&self) -> &[RoundRecord] {
         &self.rounds
     }
@@ -590,35 +634,152 @@ impl SimPair {
 
     fn client_timeout(&mut self) {
         let now = self.clock.elapsed();
-        let starting = self.round_open.is_none() && self.expected_refill.is_some_and(|r| r <= now);
+        let starting = self.obs.open.is_none() && self.obs.refill.is_some_and(|r| r <= now);
         let before = self.client.status();
         self.client.handle_timeout(self.clock.now());
         if starting {
-            self.expected_refill = None;
-            let after = self.client.status();
-            self.round_open = Some(RoundRecord {
-                at: now,
-                ended: now,
-                idle: before.idle,
-                capacity: before.capacity,
-                interval_before: before.interval,
-                interval_after: after.interval,
-                created: 0,
-                capacity_after: before.capacity,
-                failures: 0,
-            });
-            self.log(format_args!(
-                "round idle={} cap={} ivl={:?}",
-                before.idle, before.capacity, after.interval
-            ));
+            self.start_round(before);
         }
     }
 
-    /// Drains the machines' outputs: dials to start, answers to deliver; notes the end
-    /// of a round.
+    /// A round starts (predicted): capacity first, then interval, then the budget.
+    fn start_round(&mut self, before: Status) {
+        let now = self.clock.elapsed();
+        let after = self.client.status();
+        self.obs.refill = None;
+        self.obs.capacity = after.capacity;
+        self.obs.interval = after.interval;
+        let created_prev = self.obs.created.replace(0);
+        let mut budget = after.capacity.saturating_sub(after.idle + after.in_flight);
+        if self.backing_off() {
+            budget = budget.min(1);
+        }
+        let r = RoundRecord {
+            at: now,
+            ended: now,
+            idle: after.idle,
+            capacity_before: before.capacity,
+            capacity_after: after.capacity,
+            interval_before: before.interval,
+            interval_after: after.interval,
+            created_prev,
+            failures: self.obs.failures,
+        };
+        self.log(format_args!(
+            "round idle={} cap={}->{} ivl={:?} created={created_prev:?} budget={budget}",
+            after.idle, before.capacity, after.capacity, after.interval
+        ));
+        self.obs.open = Some((r, budget));
+        if budget == 0 {
+            self.end_round();
+        }
+    }
+
+    /// The failures that mean "unreachable": the parallelism, or the capacity if
+    /// smaller, at least 1.
+    fn backoff_threshold(&self) -> u32 {
+        let n = self
+            .client
+            .config()
+            .parallelism()
+            .min(self.obs.capacity)
+            .max(1);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the client should be backing off, by the observer's count.
+    fn backing_off(&self) -> bool {
+        self.obs.failures >= self.backoff_threshold()
+    }
+
+    /// The open round handed out its last ticket (or had none, or was cut): the next
+    /// is due an interval later, or the backoff if longer when backing off.
+    fn end_round(&mut self) {
+        let Some((mut r, _)) = self.obs.open.take() else {
+            return;
+        };
+        let now = self.clock.elapsed();
+        r.ended = now;
+        r.failures = self.obs.failures;
+        let wait = if self.backing_off() {
+            r.interval_after.max(self.obs.backoff)
+        } else {
+            r.interval_after
+        };
+        self.obs.refill = Some(now + wait);
+        self.rounds.push(r);
+        self.log(format_args!(
+            "round end failures={} next in {wait:?}",
+            r.failures
+        ));
+    }
+
+    /// A ticket was handed out: a round ticket uses up the open round's budget.
+    fn observe_ticket(&mut self, urgent: bool) {
+        if urgent {
+            return;
+        }
+        match self.obs.open.as_mut() {
+            Some((_, left)) if *left > 0 => {
+                *left -= 1;
+                if *left == 0 {
+                    self.end_round();
+                }
+            }
+            // A round ticket with no round open.
+            _ => self.desync("round ticket outside a round"),
+        }
+    }
+
+    /// A dial landed at the client.
+    fn observe_success(&mut self, urgent: bool) {
+        if !urgent {
+            if let Some(c) = self.obs.created.as_mut() {
+                *c += 1;
+            }
+        }
+        if self.backing_off() {
+            // The server is back: the refill timer comes in to an interval from now.
+            let soon = self.clock.elapsed() + self.obs.interval;
+            if let Some(t) = self.obs.refill.as_mut() {
+                *t = (*t).min(soon);
+            }
+        }
+        self.obs.failures = 0;
+        self.obs.backoff = Duration::ZERO;
+    }
+
+    /// A dial failed, with this jitter.
+    fn observe_failure(&mut self, jitter: u32) {
+        self.obs.failures = self.obs.failures.saturating_add(1);
+        if !self.backing_off() {
+            // Scattered failures neither cut the round nor delay the next.
+            return;
+        }
+        let beyond = self.obs.failures - self.backoff_threshold() + 1;
+        self.obs.backoff = backoff(self.client.config(), beyond, jitter);
+        if self.obs.open.is_some() {
+            // The round is cut.
+            self.end_round();
+        } else if let Some(t) = self.obs.refill.as_mut() {
+            *t = (*t).max(self.clock.elapsed() + self.obs.backoff);
+        }
+    }
+
+    fn desync(&mut self, what: &str) {
+        if !self.obs.desynced {
+            self.stats.timer_desyncs += 1;
+            self.log(format_args!("DESYNC {what}"));
+        }
+        self.obs.desynced = true;
+    }
+
+    /// Drains the machines' outputs: dials to start, answers to deliver; then checks
+    /// the round prediction.
     fn pump(&mut self) {
         let now = self.clock.now();
         while let Some(ticket) = self.client.poll_dial(now) {
+            self.observe_ticket(ticket.is_urgent());
             self.start_dial(ticket);
         }
         while let Some(a) = self.server.poll_answer() {
@@ -643,51 +804,32 @@ impl SimPair {
                 Err(e) => self.abandon_pair(serial, e),
             }
         }
-        if let Some(mut r) = self.round_open {
-            if self.client_tickets == 0 {
-                self.end_round(&mut r);
-            }
-        }
         self.check_timer();
     }
 
-    fn end_round(&mut self, r: &mut RoundRecord) {
-        let st = self.client.status();
-        r.capacity_after = st.capacity;
-        r.ended = self.clock.elapsed();
-        r.failures = self.client.failures();
-        self.rounds.push(*r);
-        self.round_open = None;
-        let wait = if r.failures > 0 {
-            st.interval
-                .max(backoff(self.client.config(), r.failures, self.last_jitter))
-        } else {
-            st.interval
-        };
-        self.expected_refill = Some(self.clock.elapsed() + wait);
-        self.log(format_args!(
-            "round end created={} cap={} failures={}",
-            r.created, r.capacity_after, r.failures
-        ));
-    }
-
-    /// The observed wake-up must agree with the predicted refill timer.
+    /// The machine's round state and refill timer must agree with the prediction. A
+    /// disagreement counts once; the prediction then follows the machine's timer.
     fn check_timer(&mut self) {
-        if self.round_open.is_some() || self.client.is_closed() {
+        if self.client.is_closed() {
             return;
         }
-        let Some(refill) = self.expected_refill else {
+        let open = self.client.is_round_open();
+        let refill = self.client.refill_at().map(|t| self.clock.offset_of(t));
+        if open == self.obs.open.is_some() && refill == self.obs.refill {
+            self.obs.desynced = false;
             return;
-        };
-        let t = self.client.poll_timeout().map(|t| self.clock.offset_of(t));
-        let ok = match t {
-            None => false,
-            Some(t) if self.client_waiting.is_empty() => t == refill,
-            Some(t) => t <= refill,
-        };
-        if !ok {
-            self.stats.timer_desyncs += 1;
         }
+        let (want_open, want) = (self.obs.open.is_some(), self.obs.refill);
+        self.desync(&format!(
+            "machine open={open} refill={refill:?}, predicted open={want_open} refill={want:?}"
+        ));
+        if !open {
+            if let Some((mut r, _)) = self.obs.open.take() {
+                r.ended = self.clock.elapsed();
+                self.rounds.push(r);
+            }
+        }
+        self.obs.refill = refill;
     }
 
     fn start_dial(&mut self, ticket: DialTicket) {
@@ -734,9 +876,9 @@ impl SimPair {
         c.client = Side::Gone;
         c.client_closed = true;
         let jitter = self.rng.next_u32();
-        self.last_jitter = jitter;
         self.client
             .handle_dial_failure(ticket, stage, jitter, self.clock.now());
+        self.observe_failure(jitter);
         self.log(format_args!("client {serial} failed {stage:?}"));
         self.retire(serial);
     }
@@ -807,6 +949,7 @@ impl SimPair {
             // An id the server never drew got through the reader.
             self.stats.pairs_mismatched += 1;
         }
+        let urgent = ticket.is_urgent();
         let landed = self
             .client
             .handle_dial_success(ticket, id, serial, self.clock.now());
@@ -816,10 +959,8 @@ impl SimPair {
         match landed {
             Landed::Kept => {
                 c.client = Side::Idle;
-                if let Some(r) = self.round_open.as_mut() {
-                    r.created += 1;
-                }
                 self.log(format_args!("client {serial} landed {id}"));
+                self.observe_success(urgent);
             }
             Landed::Closed => {
                 c.client = Side::Gone;

@@ -8,33 +8,55 @@ use pool_testkit::sim::{Faults, RoundRecord, SimPair};
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// Every round's decisions equal the default policies recomputed from what was observed.
+/// Every round's decisions equal the default policies recomputed from what was observed,
+/// in the client's order: the capacity first (by what the round dials created since the
+/// previous round started; not at the first round), then the interval (by the idle
+/// count against the new capacity). Rounds chain, and the next round is never due
+/// before an interval after the previous one handed out its last ticket.
 fn cross_check(sim: &SimPair, rounds: &[RoundRecord]) -> usize {
     let cfg = sim.client_config();
     let ip = IntervalPolicy::default();
     let cp = CapacityPolicy::default();
-    for r in rounds {
+    let (min_cap, max_cap) = (cfg.min_capacity(), cfg.max_capacity());
+    let mut prev: Option<&RoundRecord> = None;
+    for (i, r) in rounds.iter().enumerate() {
+        let cap = match r.created_prev {
+            None => r.capacity_before,
+            Some(created) => cp.next(r.capacity_before, created, min_cap, max_cap),
+        };
+        assert_eq!(r.capacity_after, cap, "capacity decision of {r:?}");
         let ivl = ip.next(
             r.interval_before,
             r.idle,
-            r.capacity,
+            r.capacity_after,
             cfg.min_interval(),
             cfg.max_interval(),
         );
         assert_eq!(r.interval_after, ivl, "interval decision of {r:?}");
-        let cap = cp.next(
-            r.capacity,
-            r.created,
-            cfg.min_capacity(),
-            cfg.max_capacity(),
-        );
-        assert_eq!(r.capacity_after, cap, "capacity decision of {r:?}");
-        assert!(r.created <= r.capacity.saturating_sub(r.idle), "{r:?}");
+        assert_eq!(r.created_prev.is_none(), i == 0, "{r:?}");
+        assert!(r.ended >= r.at, "{r:?}");
+        match prev {
+            None => {
+                assert_eq!(r.at, Duration::ZERO);
+                assert_eq!(r.capacity_before, min_cap);
+                assert_eq!(r.interval_before, cfg.min_interval());
+            }
+            Some(p) => {
+                assert_eq!(r.capacity_before, p.capacity_after, "{p:?} then {r:?}");
+                assert_eq!(r.interval_before, p.interval_after, "{p:?} then {r:?}");
+                assert!(r.at >= p.ended + p.interval_after, "{p:?} then {r:?}");
+            }
+        }
+        prev = Some(r);
     }
+    // Round dials landed, counted once each (urgent dials and stragglers after the
+    // last round start are not in any record).
+    let counted: usize = rounds.iter().filter_map(|r| r.created_prev).sum();
+    assert!(counted as u64 <= sim.client_counters().created);
     rounds.len()
 }
 
-fn faulty_hour(form: IdForm, seed: u64, span: Duration) {
+fn faulty_hour(form: IdForm, seed: u64, span: Duration, min_served: f64) {
     let client = ClientConfig::builder().id_form(form).build().unwrap();
     let server = ServerConfig::builder().id_form(form).build().unwrap();
     let mut sim = SimPair::new(seed, client, server, Faults::uniform(0.05));
@@ -70,20 +92,30 @@ fn faulty_hour(form: IdForm, seed: u64, span: Duration) {
     assert_eq!(s.double_handouts, 0);
     assert_eq!(s.overreads, 0);
     assert_eq!(s.timer_desyncs, 0);
-    // Progress, not throughput: a round waits for its slowest dial, so a silent peer
-    // holds refill for a whole handshake timeout (see the printed round lengths).
+    // Throughput: a round ends once its last ticket is out, so a silent peer holds one
+    // ticket, never the next round, and scattered failures do not slow refill down.
     let expected_pairs = 20 * span.as_secs();
-    assert!(
-        s.pairs_ok > expected_pairs / 10,
-        "only {} pairs of ~{expected_pairs}",
-        s.pairs_ok
-    );
+    let served = s.pairs_ok as f64 / expected_pairs as f64;
     let rounds = sim.rounds();
-    let long = rounds.iter().filter(|r| r.ended - r.at >= SECS(4)).count();
-    let mean = rounds.iter().map(|r| r.ended - r.at).sum::<Duration>() / rounds.len() as u32;
+    let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1].at - w[0].at).collect();
+    let mean_gap = gaps.iter().sum::<Duration>() / gaps.len().max(1) as u32;
+    let max_gap = gaps.iter().max().copied().unwrap_or_default();
+    let backing = rounds
+        .iter()
+        .filter(|r| r.failures as usize >= sim.client_config().parallelism())
+        .count();
     println!(
-        "{} rounds, mean length {mean:?}, {long} held >= 4 s by a silent dial",
+        "{form:?}: served {:.1}% of demand ({} pairs of ~{expected_pairs}); {} rounds, \
+         mean gap {mean_gap:?}, max gap {max_gap:?}, {backing} ended backing off",
+        served * 100.0,
+        s.pairs_ok,
         rounds.len()
+    );
+    assert!(
+        served > min_served,
+        "only {} pairs of ~{expected_pairs} ({:.1}%)",
+        s.pairs_ok,
+        served * 100.0
     );
 
     // Every fault kind was injected, and the machines counted each where it lands.
@@ -149,12 +181,16 @@ fn faulty_hour(form: IdForm, seed: u64, span: Duration) {
 
 #[test]
 fn an_hour_with_faults_and_demand() {
-    faulty_hour(IdForm::Hex8, 1, SECS(3_600));
+    faulty_hour(IdForm::Hex8, 1, SECS(3_600), 0.8);
 }
 
 #[test]
 fn raw_id_form_with_faults() {
-    faulty_hour(IdForm::Raw4, 2, SECS(600));
+    // In the raw form a bad id cannot be told, only cut short: it hangs until the id
+    // deadline, so about 9% of dials hold one of the 8 dial slots for 5 s. That caps
+    // the pool near 13 connections a second, about 65% of the demand, whatever the
+    // rounds do.
+    faulty_hour(IdForm::Raw4, 2, SECS(600), 0.55);
 }
 
 #[test]
@@ -219,6 +255,56 @@ fn interval_and_capacity_follow_demand() {
     assert!(checked > 200, "{checked} rounds");
     assert_eq!(sim.stats().timer_desyncs, 0);
     assert_eq!(sim.stats().pairs_mismatched, 0);
+}
+
+#[test]
+fn outage_backs_off_and_recovery_pulls_in() {
+    let client = ClientConfig::builder()
+        .capacity(8, 64)
+        .interval(MS(100), SECS(2))
+        .parallelism(4)
+        .build()
+        .unwrap();
+    let threshold = 4;
+    let mut sim = SimPair::new(5, client, ServerConfig::default(), Faults::none());
+    sim.set_demand(10.0);
+    sim.run_for(SECS(30));
+    sim.check().unwrap();
+    let healthy = sim.rounds().len();
+
+    // The server is unreachable: after a run of failures as long as the parallelism,
+    // rounds are single probes spaced by the backoff, up to the maximum interval.
+    sim.set_faults(Faults {
+        connect_refused: 1.0,
+        ..Faults::none()
+    });
+    sim.run_for(SECS(60));
+    sim.check().unwrap();
+    let outage = &sim.rounds()[healthy..];
+    let backing: Vec<&RoundRecord> = outage.iter().filter(|r| r.failures >= threshold).collect();
+    let gaps: Vec<Duration> = outage.windows(2).map(|w| w[1].at - w[0].at).collect();
+    let widest = gaps.iter().max().copied().unwrap_or_default();
+    println!(
+        "outage: {} rounds, {} ended backing off, widest gap {widest:?}",
+        outage.len(),
+        backing.len()
+    );
+    assert!(backing.len() >= 10, "{outage:?}");
+    assert!(widest >= SECS(1), "the backoff grew: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= SECS(2) + MS(200)), "{gaps:?}");
+    let probes = outage.len();
+    let dials_before = sim.stats().dials;
+
+    // Back: the first probe that lands ends the backoff, and the pool refills.
+    sim.set_faults(Faults::none());
+    sim.run_for(SECS(30));
+    sim.check().unwrap();
+    let after = &sim.rounds()[healthy + probes..];
+    assert!(after.last().is_some_and(|r| r.failures == 0), "{after:?}");
+    assert!(sim.stats().dials > dials_before + 8);
+    assert!(sim.client_status().idle > 0);
+    assert_eq!(sim.stats().timer_desyncs, 0);
+    cross_check(&sim, sim.rounds());
 }
 
 fn short_run(seed: u64) -> SimPair {
