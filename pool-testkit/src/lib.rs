@@ -1,5 +1,20 @@
 //! Test kit of the pool: a simulated network and clock that drive the `pool-core`
-//! machines with no runtime; more tools join it as they land.
+//! machines with no runtime, fault injection, and the helpers of the model, soak and
+//! benchmark tests.
+//!
+//! Unpublished, like `rustls-test`: it exists so that the reliability suite in
+//! `tests/` and the benchmark binary share one set of well-behaved tools: a
+//! fault-injecting proxy ([`proxy`]), fake dialers ([`dialers`]), a loopback pair
+//! builder ([`pair`]) and the soak runner ([`soak`]). Every tool is bounded: proxies
+//! and pools end when closed, loops end at end of stream or at a deadline, and
+//! randomness comes from a seeded [`rng::SplitMix64`] so that a failing run replays
+//! from its seed.
 #![forbid(unsafe_code)]
 
 pub mod sim;
+
+pub mod dialers;
+pub mod pair;
+pub mod proxy;
+pub mod rng;
+pub mod soak;

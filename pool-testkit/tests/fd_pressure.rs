@@ -1,0 +1,137 @@
+//! Descriptor exhaustion, in a child process with a low open-file limit: the server
+//! keeps running through it (accept errors back off, no crash, no spin), and serves
+//! again once the pressure lifts.
+//!
+//! The parent re-runs this test binary with `POOL_FD_CHILD=1`, filtered to the child
+//! test; the child sets its limit before starting a runtime, reports on stdout and by
+//! its exit code, and the parent asserts on both.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cpu_ticks, set_nofile, ticks_per_sec};
+use pool_testkit::pair::{verify_healthy, Pair};
+use pool_tokio::{ClientPool, ServerPool};
+
+const LIMIT: u64 = 256;
+
+#[test]
+fn fd_pressure_parent() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "fd_pressure_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("POOL_FD_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("child stdout:\n{stdout}");
+    if !out.status.success() {
+        println!("child stderr:\n{stderr}");
+    }
+    assert!(out.status.success(), "child failed: {:?}", out.status);
+    assert!(
+        stdout.contains("FD_CHILD_OK"),
+        "child did not report success"
+    );
+}
+
+#[test]
+fn fd_pressure_child() {
+    if std::env::var_os("POOL_FD_CHILD").is_none() {
+        return; // Only meaningful as the parent's child.
+    }
+    assert!(set_nofile(LIMIT), "setrlimit failed");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), child()).await })
+        .expect("child scenario hung");
+    println!("FD_CHILD_OK");
+}
+
+async fn child() {
+    let server = ServerPool::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let addr = server.local_addr();
+    // Sockets made now, connected later: connecting needs no new descriptor, so the
+    // server's accept is what meets the exhaustion.
+    let pending: Vec<socket2::Socket> = (0..20)
+        .map(|_| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap())
+        .collect();
+    // Exhaust the table (bounded by the limit).
+    let mut hogs = Vec::new();
+    for _ in 0..LIMIT {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => hogs.push(f),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        std::fs::File::open("/dev/null").is_err(),
+        "the table is not full"
+    );
+    for s in &pending {
+        s.connect(&addr.into()).unwrap();
+    }
+    // Under pressure for a second: the accept loop must back off, not spin.
+    let cpu0 = cpu_ticks();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_pct =
+        100.0 * (cpu_ticks() - cpu0) as f64 / ticks_per_sec() as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "under pressure: {} hogs, cpu {cpu_pct:.1}%, server {:?}",
+        hogs.len(),
+        server.stats()
+    );
+    assert!(server.is_ready(), "server stopped under pressure");
+    assert_eq!(server.active(), 0, "accepted without a descriptor?");
+    assert!(cpu_pct < 50.0, "{cpu_pct:.1}% CPU: accept errors spin");
+    // A client pool made under pressure cannot dial yet; it must not crash either.
+    let client = ClientPool::builder()
+        .address(addr)
+        .capacity(4, 8)
+        .interval(Duration::from_millis(100), Duration::from_millis(500))
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!("client under pressure: {:?}", client.stats().counters);
+    // Lift the pressure.
+    drop(hogs);
+    let lifted = Instant::now();
+    // The backlog is accepted: the pending connections each get an id.
+    let accepted = pool_testkit::pair::wait_until(Duration::from_secs(5), || {
+        server.stats().counters.created >= 20
+    })
+    .await;
+    println!(
+        "after lifting: accepted backlog {accepted} in {:?}",
+        lifted.elapsed()
+    );
+    assert!(accepted, "the backlog was not served: {:?}", server.stats());
+    drop(pending);
+    let pair = Pair {
+        server,
+        client,
+        proxy: None,
+    };
+    verify_healthy(&pair, 4, 8, 1024).await.unwrap();
+    println!(
+        "client filled {:?} after lifting; server {:?}",
+        lifted.elapsed(),
+        pair.server.stats().counters
+    );
+    pair.close().await;
+}
