@@ -279,7 +279,7 @@ impl<C> ClientMachine<C> {
         id: ConnId,
         now: Instant,
         deadline: Instant,
-        alive: impl FnMut(&C) -> bool,
+        alive: impl FnMut(&mut C) -> bool,
     ) -> Got<C> {
         let can_arrive = self.in_flight > 0;
         self.hub.get(Want::Id(id), now, deadline, alive, can_arrive)
@@ -291,7 +291,7 @@ impl<C> ClientMachine<C> {
         &mut self,
         now: Instant,
         deadline: Instant,
-        alive: impl FnMut(&C) -> bool,
+        alive: impl FnMut(&mut C) -> bool,
     ) -> Got<C> {
         self.hub.get(Want::Any, now, deadline, alive, true)
     }
@@ -312,7 +312,7 @@ impl<C> ClientMachine<C> {
     }
 
     /// Drops every idle connection that `alive` says is dead; how many.
-    pub fn sweep(&mut self, alive: impl FnMut(&C) -> bool) -> usize {
+    pub fn sweep(&mut self, alive: impl FnMut(&mut C) -> bool) -> usize {
         self.hub.sweep(alive)
     }
 

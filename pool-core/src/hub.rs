@@ -89,7 +89,7 @@ impl<C> Hub<C> {
         want: Want,
         now: Instant,
         deadline: Instant,
-        mut alive: impl FnMut(&C) -> bool,
+        mut alive: impl FnMut(&mut C) -> bool,
         can_arrive: bool,
     ) -> Got<C> {
         if self.closed {
@@ -97,8 +97,8 @@ impl<C> Hub<C> {
         }
         match want {
             Want::Any => {
-                while let Some((id, conn)) = self.idle.take_oldest() {
-                    if alive(&conn) {
+                while let Some((id, mut conn)) = self.idle.take_oldest() {
+                    if alive(&mut conn) {
                         self.counters.served_at_once += 1;
                         return Got::Ready(id, conn);
                     }
@@ -106,8 +106,8 @@ impl<C> Hub<C> {
                 }
             }
             Want::Id(id) => {
-                if let Some(conn) = self.idle.take(&id) {
-                    if alive(&conn) {
+                if let Some(mut conn) = self.idle.take(&id) {
+                    if alive(&mut conn) {
                         self.counters.served_at_once += 1;
                         return Got::Ready(id, conn);
                     }
@@ -148,7 +148,7 @@ impl<C> Hub<C> {
         }
     }
 
-    pub(crate) fn sweep(&mut self, mut alive: impl FnMut(&C) -> bool) -> usize {
+    pub(crate) fn sweep(&mut self, mut alive: impl FnMut(&mut C) -> bool) -> usize {
         let dead = self.idle.evict_where(|_, c| !alive(c));
         self.counters.evicted_dead += dead.len() as u64;
         dead.len()

@@ -148,15 +148,17 @@ impl<C> IdleMap<C> {
 
     /// Keeps only the connections for which `keep` answers true; returns the others,
     /// oldest first. O(n): meant for a periodic sweep, not for the hot path.
-    pub fn evict_where(&mut self, mut evict: impl FnMut(&ConnId, &C) -> bool) -> Vec<(ConnId, C)> {
+    pub fn evict_where(
+        &mut self,
+        mut evict: impl FnMut(&ConnId, &mut C) -> bool,
+    ) -> Vec<(ConnId, C)> {
         let mut out = Vec::new();
         let order = std::mem::take(&mut self.order);
         for (seq, id) in order {
-            let live = matches!(self.map.get(&id), Some(slot) if slot.seq == seq);
-            if !live {
+            let Some(slot) = self.map.get_mut(&id).filter(|s| s.seq == seq) else {
                 continue;
-            }
-            if evict(&id, &self.map[&id].conn) {
+            };
+            if evict(&id, &mut slot.conn) {
                 if let Some(slot) = self.map.remove(&id) {
                     out.push((id, slot.conn));
                 }
@@ -239,7 +241,7 @@ mod tests {
                     }
                     Op::Oldest => prop_assert_eq!(map.take_oldest(), model.pop_front()),
                     Op::EvictOdd => {
-                        let gone = map.evict_where(|_, v| v % 2 == 1);
+                        let gone = map.evict_where(|_, v| *v % 2 == 1);
                         let want: Vec<_> = model.iter().copied().filter(|(_, v)| v % 2 == 1).collect();
                         model.retain(|(_, v)| v % 2 == 0);
                         prop_assert_eq!(gone, want);

@@ -195,7 +195,7 @@ impl<C> ServerMachine<C> {
         &mut self,
         now: Instant,
         deadline: Instant,
-        alive: impl FnMut(&C) -> bool,
+        alive: impl FnMut(&mut C) -> bool,
     ) -> Got<C> {
         self.hub.get(Want::Any, now, deadline, alive, true)
     }
@@ -223,7 +223,7 @@ impl<C> ServerMachine<C> {
     }
 
     /// Drops every idle connection that `alive` says is dead; how many.
-    pub fn sweep(&mut self, alive: impl FnMut(&C) -> bool) -> usize {
+    pub fn sweep(&mut self, alive: impl FnMut(&mut C) -> bool) -> usize {
         self.hub.sweep(alive)
     }
 

@@ -243,13 +243,10 @@ async fn peer_closing_after_the_id_is_evicted_tls() {
     leave_after_id(true, false).await;
 }
 
-/// POOL BUG (pool-tokio/pool-net probe): a TLS peer that closes the way Go's
-/// `tls.Conn.Close` does (a close_notify alert, then FIN) leaves an unread alert
-/// record on the socket; the one-byte `MSG_PEEK` probe sees data and says "alive", so
-/// `ServerPool::get` hands the dead connection out (evicted_dead stays 0, the client
-/// `get(id)` answers NotFound).
+/// A TLS peer that closes the way Go's `tls.Conn.Close` does (a close_notify alert,
+/// then FIN) leaves an alert record on the socket. A bare `MSG_PEEK` takes it for
+/// payload; the TLS-aware probe hands the queued records to rustls and sees the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pool bug: the MSG_PEEK probe takes a pending TLS close_notify for a live peer"]
 async fn peer_closing_with_close_notify_after_the_id_is_evicted_tls() {
     leave_after_id(true, true).await;
 }

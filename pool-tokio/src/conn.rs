@@ -66,14 +66,71 @@ impl PoolConn {
         self.stream.tcp()
     }
 
-    /// Probes the socket with one non-blocking `MSG_PEEK`: consumes nothing.
-    pub fn liveness(&self) -> Liveness {
-        pool_net::probe(self.stream.tcp())
+    /// Whether the connection is still usable, without losing a byte.
+    ///
+    /// A plain stream costs one non-blocking `MSG_PEEK`. On a TLS stream whose socket
+    /// holds pending bytes, those bytes may be a record rather than payload: a
+    /// peer's `close_notify` (what Go's `tls.Conn.Close` sends before its FIN) or a
+    /// session ticket. So the records already queued are handed to rustls and
+    /// processed; any payload they carry stays in rustls's plaintext buffer and is the
+    /// first thing the next read returns. Nothing blocks and nothing is lost.
+    pub fn liveness(&mut self) -> Liveness {
+        let tcp_state = pool_net::probe(self.stream.tcp());
+        match (&mut self.stream, tcp_state) {
+            (Stream::Tls(tls), Liveness::Pending) => match tls.as_mut() {
+                TlsStream::Client(s) => {
+                    let (tcp, conn) = s.get_mut();
+                    tls_liveness(tcp, conn)
+                }
+                TlsStream::Server(s) => {
+                    let (tcp, conn) = s.get_mut();
+                    tls_liveness(tcp, conn)
+                }
+            },
+            (_, state) => state,
+        }
     }
 
-    pub(crate) fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&mut self) -> bool {
         self.liveness().is_alive()
     }
+}
+
+/// A non-blocking `io::Read` over tokio's socket, for rustls's `read_tls`.
+struct TryRead<'a>(&'a TcpStream);
+
+impl io::Read for TryRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+/// Feeds the records already queued on the socket to rustls (a bounded number of
+/// reads) and reports what they said.
+fn tls_liveness<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>) -> Liveness {
+    for _ in 0..8 {
+        match conn.read_tls(&mut TryRead(tcp)) {
+            Ok(0) => {
+                // End of stream right behind the records: closed unless they held payload.
+                return match conn.process_new_packets() {
+                    Ok(st) if st.plaintext_bytes_to_read() > 0 => Liveness::Pending,
+                    Ok(_) => Liveness::Closed,
+                    Err(_) => Liveness::Dead(io::ErrorKind::InvalidData),
+                };
+            }
+            Ok(_) => match conn.process_new_packets() {
+                Err(_) => return Liveness::Dead(io::ErrorKind::InvalidData),
+                Ok(st) if st.plaintext_bytes_to_read() > 0 => return Liveness::Pending,
+                Ok(st) if st.peer_has_closed() => return Liveness::Closed,
+                Ok(_) => {}
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Idle,
+            // rustls refuses more input while its buffers are full: payload is waiting.
+            Err(e) if e.kind() == io::ErrorKind::Other => return Liveness::Pending,
+            Err(e) => return Liveness::Dead(e.kind()),
+        }
+    }
+    Liveness::Pending
 }
 
 impl AsyncRead for PoolConn {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pool_tokio::{ClientPool, PoolError, ServerPool};
+use pool_tokio::{ClientPool, PoolError, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -124,12 +124,29 @@ async fn the_sweep_replaces_dead_idle_connections_before_anyone_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_on_an_idle_connection_is_never_consumed() {
+    payload_survives(TlsMode::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_on_an_idle_tls_connection_is_never_consumed() {
+    // Here the probe hands the queued records to rustls: the payload must come out of
+    // its buffer intact.
+    payload_survives(TlsMode::SelfSigned).await;
+}
+
+async fn payload_survives(mode: TlsMode) {
     let server = ServerPool::builder()
         .bind(loopback())
+        .tls_mode(mode)
         .max_capacity(1)
         .build()
         .unwrap();
-    let client = client(&server, 1, 1);
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(mode)
+        .capacity(1, 1)
+        .build()
+        .unwrap();
     assert!(server.wait_idle(1, T).await && client.wait_idle(1, T).await);
     let mut c = client.get_any(T).await.unwrap();
     let payload: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
