@@ -32,6 +32,9 @@ pub struct Counters {
     pub handshake_failures: u64,
     /// Id reads or writes that failed, timed out or met a bad byte.
     pub id_errors: u64,
+    /// Connections that failed the step after the id (a wrong or missing tunnel-key
+    /// proof).
+    pub auth_failures: u64,
     /// Connections refused by the client-IP filter (server).
     pub refused_filter: u64,
     /// Connections refused because the pool was at its maximum (server).
@@ -73,7 +76,8 @@ impl Counters {
     pub(crate) fn count_failure(&mut self, stage: Stage) {
         match stage {
             Stage::Connect => self.dial_failures += 1,
-            Stage::Tls | Stage::Auth => self.handshake_failures += 1,
+            Stage::Tls => self.handshake_failures += 1,
+            Stage::Auth => self.auth_failures += 1,
             Stage::Id => self.id_errors += 1,
         }
     }

@@ -9,9 +9,9 @@ use pool_core::{
     IdForm, IdReader, IntervalPolicy, Landed, Stage, WaiterKey,
 };
 use pool_net::SocketOptions;
-use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
+use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode, TunnelKey};
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
@@ -39,6 +39,7 @@ pub struct ClientPoolBuilder {
     socket: SocketOptions,
     get_timeout: Duration,
     sweep_interval: Duration,
+    key: Option<TunnelKey>,
 }
 
 impl std::fmt::Debug for ClientPoolBuilder {
@@ -65,6 +66,7 @@ impl Default for ClientPoolBuilder {
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(1),
+            key: None,
         }
     }
 }
@@ -169,6 +171,13 @@ impl ClientPoolBuilder {
         self.core = self.core.capacity_policy(p);
         self
     }
+    /// Prove this key on every connection, right after reading its id: the server
+    /// pool (given the same key) admits nothing else. Not part of the Go wire
+    /// protocol: set it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
+        self
+    }
     /// Fix bad bounds silently the way the Go package does (zero capacity becomes 1,
     /// zero interval 1 s, a minimum above its maximum is swapped) instead of refusing
     /// them. Default false.
@@ -223,6 +232,7 @@ impl ClientPoolBuilder {
             tls: tls.map(|c| (TlsConnector::from(c), name)),
             socket: self.socket,
             sweep_interval: self.sweep_interval,
+            key: self.key,
             tasks: Arc::new(Tasks::default()),
             shutdown,
             shutdown_tx,
@@ -262,6 +272,7 @@ struct Inner {
     id_form: IdForm,
     single: bool,
     sweep_interval: Duration,
+    key: Option<TunnelKey>,
     tasks: Arc<Tasks>,
     shutdown: Shutdown,
     shutdown_tx: watch::Sender<bool>,
@@ -342,6 +353,19 @@ impl Inner {
                 Ok(Ok(id)) => id,
             }
         };
+        if let (Some(key), false) = (&self.key, self.single) {
+            let proof = key.proof(self.id_form.encode(&conn.id).as_ref());
+            let send = async {
+                conn.write_all(&proof).await?;
+                conn.flush().await
+            };
+            let deadline = tokio::time::Instant::from_std(ticket.id_deadline(now()));
+            match timeout_at(deadline, send).await {
+                Err(_) => return Err((Stage::Auth, StepError::Timeout)),
+                Ok(Err(e)) => return Err((Stage::Auth, e.into())),
+                Ok(Ok(())) => {}
+            }
+        }
         Ok(conn)
     }
 }

@@ -80,4 +80,6 @@ pub(crate) enum StepError {
     Id(#[from] pool_core::IdError),
     #[error("peer closed before the id was complete")]
     Eof,
+    #[error("wrong tunnel-key proof")]
+    BadProof,
 }

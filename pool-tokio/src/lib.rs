@@ -37,6 +37,6 @@ pub use dialer::{Dialer, TcpDialer};
 pub use error::PoolError;
 pub use pool_core::{ConnId, Counters, IdForm, Status};
 pub use pool_net::{IpFilter, Liveness, SocketOptions};
-pub use pool_tls::{Fingerprint, ServerTls, TlsMode};
+pub use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
 pub use server::{ServerPool, ServerPoolBuilder};
 pub use stats::Stats;

@@ -9,8 +9,8 @@ use pool_core::{
     ServerMachine, Stage, WaiterKey,
 };
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServerTls, TlsMode};
-use tokio::io::AsyncWriteExt;
+use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey, TAG_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::timeout_at;
@@ -48,6 +48,7 @@ pub struct ServerPoolBuilder {
     socket: SocketOptions,
     get_timeout: Duration,
     sweep_interval: Duration,
+    key: Option<TunnelKey>,
 }
 
 impl std::fmt::Debug for ServerPoolBuilder {
@@ -72,6 +73,7 @@ impl Default for ServerPoolBuilder {
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(1),
+            key: None,
         }
     }
 }
@@ -172,6 +174,14 @@ impl ServerPoolBuilder {
         self.sweep_interval = d;
         self
     }
+    /// Admit only connections that prove this key right after their id (within the
+    /// handshake deadline); the others are closed and counted as `auth_failures`, so a
+    /// stranger who reaches the tunnel port never enters the pool. Not part of the Go
+    /// wire protocol: set it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
+        self
+    }
     /// Zero settings become defaults instead of errors, as the Go package would.
     pub fn go_normalized(mut self, on: bool) -> Self {
         self.go_normalized = on;
@@ -248,6 +258,7 @@ impl ServerPoolBuilder {
             acceptor,
             socket: self.socket,
             sweep_interval: self.sweep_interval,
+            key: self.key,
             tasks: Arc::new(Tasks::default()),
             shutdown,
             shutdown_tx,
@@ -293,6 +304,7 @@ struct Inner {
     socket: SocketOptions,
     id_form: IdForm,
     sweep_interval: Duration,
+    key: Option<TunnelKey>,
     tasks: Arc<Tasks>,
     shutdown: Shutdown,
     shutdown_tx: watch::Sender<bool>,
@@ -351,10 +363,21 @@ impl Inner {
             conn.flush().await
         };
         match timeout_at(deadline, write).await {
-            Err(_) => Err((Stage::Id, StepError::Timeout)),
-            Ok(Err(e)) => Err((Stage::Id, e.into())),
-            Ok(Ok(())) => Ok(conn),
+            Err(_) => return Err((Stage::Id, StepError::Timeout)),
+            Ok(Err(e)) => return Err((Stage::Id, e.into())),
+            Ok(Ok(())) => {}
         }
+        if let Some(key) = &self.key {
+            // Exactly the proof: any payload behind it stays in the stream.
+            let mut tag = [0u8; TAG_LEN];
+            match timeout_at(deadline, conn.read_exact(&mut tag)).await {
+                Err(_) => return Err((Stage::Auth, StepError::Timeout)),
+                Ok(Err(e)) => return Err((Stage::Auth, e.into())),
+                Ok(Ok(_)) if key.verify(wire.as_ref(), &tag) => {}
+                Ok(Ok(_)) => return Err((Stage::Auth, StepError::BadProof)),
+            }
+        }
+        Ok(conn)
     }
 }
 

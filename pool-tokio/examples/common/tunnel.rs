@@ -77,29 +77,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`.
-pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    for p in parts {
-        inner.update(p);
-    }
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-/// Equality that takes the same time wherever the first difference is.
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`, from `pool-tls`.
+pub(crate) use pool_tls::{ct_eq, hmac_sha256 as hmac};
 
 /// Random bytes from the TLS crypto provider.
 pub(crate) fn random<const N: usize>() -> std::io::Result<[u8; N]> {
