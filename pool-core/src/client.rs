@@ -1,19 +1,23 @@
-//! The client manager machine: rounds of refill, dial tickets, backoff, gets by id.
+//! The client manager machine: refill, rounds of adjustment, dial tickets, backoff,
+//! gets by id.
 //!
-//! A round starts when the refill timer fires. First the capacity moves by how many
-//! connections the previous round created (the Go rule, decided once that round's
-//! dials have had a whole interval to land), then the interval moves by the fill
-//! level, then up to `capacity - idle - in_flight` dials are handed out as tickets, at
-//! most `parallelism` at once. Once the last ticket of the round is out, the next round
-//! is due one interval later: a dial that hangs until its deadline holds one ticket,
-//! never the next round.
+//! Between rounds the machine tops the pool up continuously: whenever idle plus in
+//! flight falls below the capacity, [`ClientMachine::poll_dial`] hands out another
+//! ticket, at most `parallelism` at once. A get that takes a connection is therefore
+//! replaced at once, not a whole interval later as in the Go package, whose refill
+//! runs only at the start of each round.
+//!
+//! A round starts each time the refill timer fires, one interval after the last: the
+//! capacity moves by how many connections the previous round created (the Go rule),
+//! then the interval moves by the fill level (the Go rule), then the next round is due
+//! one (new) interval later.
 //!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
-//! the server is unreachable rather than unlucky: the round stops handing out
-//! tickets, and until a dial succeeds every round is a single probe, spaced by an
-//! exponential backoff with jitter, never closer than the minimum interval and never
-//! further apart than the maximum. Scattered failures among successes do not slow the
-//! pool down.
+//! the server is unreachable rather than unlucky. The machine then backs off: no more
+//! top-up, a single probe per round, and rounds spaced by an exponential backoff with
+//! jitter, never closer than the minimum interval and never further apart than the
+//! maximum. The first success ends it. Scattered failures among successes do not slow
+//! the pool down.
 
 use std::time::{Duration, Instant};
 
@@ -68,8 +72,8 @@ pub struct ClientMachine<C> {
     interval: Duration,
     in_flight: usize,
     next_serial: u64,
-    /// Tickets the current round may still hand out; `None` between rounds.
-    budget: Option<usize>,
+    /// Whether the probe of this round is still to be handed out (while backing off).
+    probe: bool,
     /// Connections created by round dials since the last round started; `None` before
     /// the first round.
     created: Option<usize>,
@@ -88,7 +92,7 @@ impl<C> ClientMachine<C> {
             hub: Hub::new(),
             in_flight: 0,
             next_serial: 0,
-            budget: None,
+            probe: false,
             created: None,
             failures: 0,
             backoff: Duration::ZERO,
@@ -118,7 +122,6 @@ impl<C> ClientMachine<C> {
         if !due || self.hub.closed {
             return;
         }
-        self.timers[Timer::Refill as usize] = None;
         if let Some(created) = self.created {
             let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
             self.capacity = self
@@ -133,38 +136,44 @@ impl<C> ClientMachine<C> {
             .cfg
             .interval_policy
             .next(self.interval, idle, self.capacity, min, max);
-        let mut budget = self.capacity.saturating_sub(idle + self.in_flight);
-        if self.backing_off() {
-            budget = budget.min(1);
-        }
-        self.budget = Some(budget);
-        self.maybe_end_round(now);
+        let wait = if self.backing_off() {
+            self.probe = true;
+            self.interval.max(self.backoff)
+        } else {
+            self.interval
+        };
+        self.timers[Timer::Refill as usize] = Some(now + wait);
     }
 
-    /// The next dial to start, if any. Call until `None` after every input.
+    /// The next dial to start, if any. Call until `None` after every input, a get
+    /// that took a connection included.
     pub fn poll_dial(&mut self, now: Instant) -> Option<DialTicket> {
         if self.hub.closed {
             return None;
         }
         let urgent = self.cfg.single && self.hub.waiters.any_len() > self.in_flight;
         if !urgent {
-            let budget = self.budget.as_mut()?;
-            if *budget == 0 || self.in_flight >= self.cfg.parallelism {
+            self.created?; // no round has run yet
+            if self.backing_off() {
+                if !self.probe || self.in_flight > 0 {
+                    return None;
+                }
+                self.probe = false;
+            } else if self.hub.idle.len() + self.in_flight >= self.capacity
+                || self.in_flight >= self.cfg.parallelism
+            {
                 return None;
             }
-            *budget -= 1;
         }
         self.in_flight += 1;
         self.hub.counters.dialed += 1;
         self.next_serial += 1;
-        let ticket = DialTicket {
+        Some(DialTicket {
             serial: self.next_serial,
             urgent,
             handshake_deadline: now + self.cfg.handshake_timeout,
             id_timeout: self.cfg.id_timeout,
-        };
-        self.maybe_end_round(now);
-        Some(ticket)
+        })
     }
 
     /// A dial finished its handshake and has its id (read from the server, or in single
@@ -184,19 +193,19 @@ impl<C> ClientMachine<C> {
             Err(conn) => Landed::Collision(ticket, conn),
             Ok(()) => {
                 self.hub.counters.created += 1;
-                let was_backing_off = self.backing_off();
-                self.failures = 0;
-                self.backoff = Duration::ZERO;
-                if !ticket.urgent {
-                    if let Some(c) = self.created.as_mut() {
-                        *c += 1;
-                    }
-                }
-                if was_backing_off {
-                    // The server is back: no need to sit out the rest of the backoff.
+                if self.backing_off() {
+                    // The server is back: the next round need not sit out the backoff.
                     let refill = &mut self.timers[Timer::Refill as usize];
                     if let Some(t) = refill.as_mut() {
                         *t = (*t).min(now + self.interval);
+                    }
+                }
+                self.failures = 0;
+                self.backoff = Duration::ZERO;
+                self.probe = false;
+                if !ticket.urgent {
+                    if let Some(c) = self.created.as_mut() {
+                        *c += 1;
                     }
                 }
                 self.finish();
@@ -221,9 +230,7 @@ impl<C> ClientMachine<C> {
             if self.backing_off() {
                 let beyond = self.failures - self.backoff_threshold() + 1;
                 self.backoff = backoff(&self.cfg, beyond, jitter);
-                if let Some(b) = self.budget.as_mut() {
-                    *b = 0;
-                }
+                // The next probe waits at least the backoff from this failure.
                 let refill = &mut self.timers[Timer::Refill as usize];
                 if let Some(t) = refill.as_mut() {
                     *t = (*t).max(now + self.backoff);
@@ -231,17 +238,16 @@ impl<C> ClientMachine<C> {
             }
         }
         self.finish();
-        self.maybe_end_round(now);
     }
 
     /// Consecutive failures that mean "unreachable": the parallelism, or the capacity
-    /// when smaller (a round cannot see more failures than it has dials).
+    /// when smaller (the pool cannot see more failures at once than it has dials).
     fn backoff_threshold(&self) -> u32 {
         let n = self.cfg.parallelism.min(self.capacity).max(1);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    /// Whether the pool is backing off: single probes until a dial succeeds.
+    /// Whether the pool is backing off: one probe per round until a dial succeeds.
     pub fn backing_off(&self) -> bool {
         self.failures >= self.backoff_threshold()
     }
@@ -251,24 +257,6 @@ impl<C> ClientMachine<C> {
         if self.in_flight == 0 {
             self.hub.fail_id_waiters();
         }
-    }
-
-    /// Once the round has handed out its last ticket, the next one is due an interval
-    /// later (or a backoff later, when backing off).
-    fn maybe_end_round(&mut self, now: Instant) {
-        if self.budget != Some(0) {
-            return;
-        }
-        self.budget = None;
-        if self.hub.closed {
-            return;
-        }
-        let wait = if self.backing_off() {
-            self.interval.max(self.backoff)
-        } else {
-            self.interval
-        };
-        self.timers[Timer::Refill as usize] = Some(now + wait);
     }
 
     /// A get for the connection with `id`. Waits (until `deadline`) only while a
@@ -316,20 +304,17 @@ impl<C> ClientMachine<C> {
         self.hub.sweep(alive)
     }
 
-    /// Takes every idle connection out (to be closed) and refills at once (Go: `Flush`).
-    pub fn flush(&mut self, now: Instant) -> Vec<(ConnId, C)> {
-        let out = self.hub.idle.drain();
-        if !self.hub.closed && self.budget.is_none() {
-            self.timers[Timer::Refill as usize] = Some(now);
-        }
-        out
+    /// Takes every idle connection out (to be closed); [`poll_dial`](Self::poll_dial)
+    /// then refills at once (Go: `Flush`).
+    pub fn flush(&mut self, _now: Instant) -> Vec<(ConnId, C)> {
+        self.hub.idle.drain()
     }
 
     /// Closes: waiting gets are answered `Closed`, idle connections come back to be
     /// closed, no more dials; tickets still out may be returned and are dropped.
     pub fn close(&mut self) -> Vec<(ConnId, C)> {
         self.timers = [None];
-        self.budget = None;
+        self.probe = false;
         self.hub.close()
     }
 
@@ -364,15 +349,9 @@ impl<C> ClientMachine<C> {
         self.hub.counters.app_errors = 0;
     }
 
-    /// When the next round is due; `None` while a round still hands out tickets (or
-    /// after close).
+    /// When the next round is due; `None` after close.
     pub fn refill_at(&self) -> Option<Instant> {
         self.timers[Timer::Refill as usize]
-    }
-
-    /// Whether a round is handing out tickets.
-    pub fn is_round_open(&self) -> bool {
-        self.budget.is_some()
     }
 
     /// Consecutive dial failures so far.

@@ -34,7 +34,7 @@ impl Default for ClientConfig {
             max_capacity: 1024,
             min_interval: Duration::from_millis(100),
             max_interval: Duration::from_secs(1),
-            parallelism: 8,
+            parallelism: 64,
             single: false,
             handshake_timeout: Duration::from_secs(5),
             id_timeout: Duration::from_secs(5),
@@ -119,7 +119,8 @@ impl ClientConfigBuilder {
         self.0.max_interval = max;
         self
     }
-    /// Dials in flight at most. Default 8 (the Go package dials one at a time).
+    /// Dials in flight at most. Default 64 (the Go package dials one at a time): over a
+    /// 50 ms round trip, 1,000 TLS connections then take about 2 s instead of 13 s.
     pub fn parallelism(mut self, n: usize) -> Self {
         self.0.parallelism = n;
         self

@@ -242,9 +242,10 @@ pub struct SimStats {
     pub double_handouts: u64,
     /// Id reads that consumed a byte past the id (must stay 0).
     pub overreads: u64,
-    /// Disagreements between the client's round state or refill timer
-    /// (`is_round_open`, `refill_at`) and the ones the round observer predicts from the
-    /// round rules (must stay 0). Each disagreement counts once.
+    /// Disagreements between the client and the round observer's prediction from the
+    /// client module's rules (must stay 0): the refill timer (`refill_at`), the count of
+    /// consecutive failures, a ticket handed out against the top-up or probe rules, or
+    /// a top-up ticket withheld that the rules call for. Each disagreement counts once.
     pub timer_desyncs: u64,
     /// Dead idle connections the server dropped.
     pub evicted_server: u64,
@@ -254,33 +255,31 @@ pub struct SimStats {
 
 /// One refill round of the client, as observed from outside the machine.
 ///
-/// A round starts when the refill timer fires: the capacity moves first (by what the
-/// round dials created since the previous round started), then the interval (by the
-/// idle count, against the new capacity). It ends as soon as its last ticket is handed
-/// out (or at once when it has none, or when a failure while backing off cuts it);
-/// its dials may land later, and count toward the next round's capacity decision.
+/// Rounds only adjust and pace: between them the client tops the pool up continuously
+/// (unless it is backing off). A round starts when the refill timer fires: the capacity
+/// moves first (by what the non-urgent dials created since the previous round
+/// started), then the interval (by the idle count, against the new capacity); the next
+/// round is then due one interval later, or the interval or the backoff, whichever is
+/// longer, when backing off (and this round may then hand out a single probe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundRecord {
     /// Simulated time of the round's start.
     pub at: Duration,
-    /// Simulated time of its end: its last ticket was handed out (or it had none, or
-    /// it was cut).
-    pub ended: Duration,
     /// Idle connections when it started.
     pub idle: usize,
     /// Capacity before the round's adjustment.
     pub capacity_before: usize,
-    /// Capacity after it, during the round.
+    /// Capacity after it.
     pub capacity_after: usize,
     /// Interval before the round's adjustment.
     pub interval_before: Duration,
     /// Interval after it (made with the new capacity).
     pub interval_after: Duration,
-    /// Connections created by round (not urgent) dials since the previous round
-    /// started: what the capacity decision used. `None` at the very first round, which
-    /// leaves the capacity alone.
+    /// Connections created by non-urgent dials since the previous round started: what
+    /// the capacity decision used. `None` at the very first round, which leaves the
+    /// capacity alone.
     pub created_prev: Option<usize>,
-    /// Consecutive dial failures when the round ended.
+    /// Consecutive dial failures when the round started.
     pub failures: u32,
 }
 
@@ -288,16 +287,17 @@ pub struct RoundRecord {
 /// rules and what the driver sees (tickets, landings, failures, status at round starts).
 #[derive(Debug)]
 struct RoundObserver {
-    /// The round handing out tickets, and how many it may still hand out.
-    open: Option<(RoundRecord, usize)>,
-    /// When the next round is due; `None` while a round is open.
+    /// When the next round is due (the refill timer).
     refill: Option<Duration>,
-    /// Round dials landed since the last round started; `None` before the first round.
+    /// Non-urgent dials landed since the last round started; `None` before the first
+    /// round.
     created: Option<usize>,
     /// Consecutive dial failures.
     failures: u32,
     /// The backoff of the last failure while backing off (zero after a success).
     backoff: Duration,
+    /// Whether this round's probe may still be handed out (while backing off).
+    probe: bool,
     /// The capacity decided at the last round start.
     capacity: usize,
     /// The interval decided at the last round start.
@@ -427,12 +427,12 @@ impl SimPair {
             client_waiting: HashMap::new(),
             stats: SimStats::default(),
             obs: RoundObserver {
-                open: None,
                 // The machine's first round is due at once.
                 refill: Some(Duration::ZERO),
                 created: None,
                 failures: 0,
                 backoff: Duration::ZERO,
+                probe: false,
                 capacity,
                 interval,
                 desynced: false,
@@ -505,7 +505,7 @@ impl SimPair {
         self.client.config()
     }
 
-    /// Every refill round that has ended (handed out its last ticket) so far.
+    /// Every refill round that has started so far.
     pub fn rounds(&self) -> &[RoundRecord] {
         &self.rounds
     }
@@ -634,7 +634,7 @@ impl SimPair {
 
     fn client_timeout(&mut self) {
         let now = self.clock.elapsed();
-        let starting = self.obs.open.is_none() && self.obs.refill.is_some_and(|r| r <= now);
+        let starting = !self.client.is_closed() && self.obs.refill.is_some_and(|r| r <= now);
         let before = self.client.status();
         self.client.handle_timeout(self.clock.now());
         if starting {
@@ -642,21 +642,27 @@ impl SimPair {
         }
     }
 
-    /// A round starts (predicted): capacity first, then interval, then the budget.
+    /// A round starts (predicted): the capacity and interval move (read back from the
+    /// machine, checked by the tests against the policies), the count of created
+    /// connections restarts, and the refill timer is set: an interval from now, or the
+    /// interval or the backoff, whichever is longer, when backing off (which also
+    /// allows one probe).
     fn start_round(&mut self, before: Status) {
         let now = self.clock.elapsed();
         let after = self.client.status();
-        self.obs.refill = None;
         self.obs.capacity = after.capacity;
         self.obs.interval = after.interval;
         let created_prev = self.obs.created.replace(0);
-        let mut budget = after.capacity.saturating_sub(after.idle + after.in_flight);
-        if self.backing_off() {
-            budget = budget.min(1);
-        }
+        let backing_off = self.backing_off();
+        let wait = if backing_off {
+            self.obs.probe = true;
+            after.interval.max(self.obs.backoff)
+        } else {
+            after.interval
+        };
+        self.obs.refill = Some(now + wait);
         let r = RoundRecord {
             at: now,
-            ended: now,
             idle: after.idle,
             capacity_before: before.capacity,
             capacity_after: after.capacity,
@@ -665,14 +671,12 @@ impl SimPair {
             created_prev,
             failures: self.obs.failures,
         };
+        self.rounds.push(r);
         self.log(format_args!(
-            "round idle={} cap={}->{} ivl={:?} created={created_prev:?} budget={budget}",
-            after.idle, before.capacity, after.capacity, after.interval
+            "round idle={} cap={}->{} ivl={:?} created={created_prev:?} failures={} \
+             backing_off={backing_off} next in {wait:?}",
+            after.idle, before.capacity, after.capacity, after.interval, r.failures
         ));
-        self.obs.open = Some((r, budget));
-        if budget == 0 {
-            self.end_round();
-        }
     }
 
     /// The failures that mean "unreachable": the parallelism, or the capacity if
@@ -692,42 +696,35 @@ impl SimPair {
         self.obs.failures >= self.backoff_threshold()
     }
 
-    /// The open round handed out its last ticket (or had none, or was cut): the next
-    /// is due an interval later, or the backoff if longer when backing off.
-    fn end_round(&mut self) {
-        let Some((mut r, _)) = self.obs.open.take() else {
-            return;
-        };
-        let now = self.clock.elapsed();
-        r.ended = now;
-        r.failures = self.obs.failures;
-        let wait = if self.backing_off() {
-            r.interval_after.max(self.obs.backoff)
-        } else {
-            r.interval_after
-        };
-        self.obs.refill = Some(now + wait);
-        self.rounds.push(r);
-        self.log(format_args!(
-            "round end failures={} next in {wait:?}",
-            r.failures
-        ));
+    /// Whether the rules allow one more non-urgent ticket, given the client's counts
+    /// (before the ticket): none before the first round; while backing off only the
+    /// round's probe with nothing in flight; otherwise top-up below the capacity and the
+    /// parallelism.
+    fn may_dial(&self, st: &Status) -> bool {
+        if self.obs.created.is_none() {
+            return false;
+        }
+        if self.backing_off() {
+            return self.obs.probe && st.in_flight == 0;
+        }
+        st.idle + st.in_flight < self.obs.capacity
+            && st.in_flight < self.client.config().parallelism()
     }
 
-    /// A ticket was handed out: a round ticket uses up the open round's budget.
-    fn observe_ticket(&mut self, urgent: bool) {
+    /// A ticket was handed out; `st` is the client's status after it.
+    fn observe_ticket(&mut self, urgent: bool, st: Status) {
         if urgent {
             return;
         }
-        match self.obs.open.as_mut() {
-            Some((_, left)) if *left > 0 => {
-                *left -= 1;
-                if *left == 0 {
-                    self.end_round();
-                }
-            }
-            // A round ticket with no round open.
-            _ => self.desync("round ticket outside a round"),
+        let before = Status {
+            in_flight: st.in_flight.saturating_sub(1),
+            ..st
+        };
+        if !self.may_dial(&before) {
+            self.desync(&format!("ticket against the rules at {before:?}"));
+        }
+        if self.backing_off() {
+            self.obs.probe = false;
         }
     }
 
@@ -747,22 +744,22 @@ impl SimPair {
         }
         self.obs.failures = 0;
         self.obs.backoff = Duration::ZERO;
+        self.obs.probe = false;
     }
 
     /// A dial failed, with this jitter.
     fn observe_failure(&mut self, jitter: u32) {
         self.obs.failures = self.obs.failures.saturating_add(1);
         if !self.backing_off() {
-            // Scattered failures neither cut the round nor delay the next.
+            // Scattered failures do not delay the next round.
             return;
         }
         let beyond = self.obs.failures - self.backoff_threshold() + 1;
         self.obs.backoff = backoff(self.client.config(), beyond, jitter);
-        if self.obs.open.is_some() {
-            // The round is cut.
-            self.end_round();
-        } else if let Some(t) = self.obs.refill.as_mut() {
-            *t = (*t).max(self.clock.elapsed() + self.obs.backoff);
+        // The next probe waits at least the backoff from this failure.
+        let later = self.clock.elapsed() + self.obs.backoff;
+        if let Some(t) = self.obs.refill.as_mut() {
+            *t = (*t).max(later);
         }
     }
 
@@ -779,7 +776,8 @@ impl SimPair {
     fn pump(&mut self) {
         let now = self.clock.now();
         while let Some(ticket) = self.client.poll_dial(now) {
-            self.observe_ticket(ticket.is_urgent());
+            let st = self.client.status();
+            self.observe_ticket(ticket.is_urgent(), st);
             self.start_dial(ticket);
         }
         while let Some(a) = self.server.poll_answer() {
@@ -807,29 +805,32 @@ impl SimPair {
         self.check_timer();
     }
 
-    /// The machine's round state and refill timer must agree with the prediction. A
-    /// disagreement counts once; the prediction then follows the machine's timer.
+    /// The machine's refill timer and failure count must agree with the prediction,
+    /// and it must have handed out every ticket the rules call for (`poll_dial` was
+    /// drained). A disagreement counts once; the prediction then follows the machine.
     fn check_timer(&mut self) {
         if self.client.is_closed() {
             return;
         }
-        let open = self.client.is_round_open();
         let refill = self.client.refill_at().map(|t| self.clock.offset_of(t));
-        if open == self.obs.open.is_some() && refill == self.obs.refill {
+        let failures = self.client.failures();
+        let st = self.client.status();
+        let stalled = self.may_dial(&st);
+        if refill == self.obs.refill && failures == self.obs.failures && !stalled {
             self.obs.desynced = false;
             return;
         }
-        let (want_open, want) = (self.obs.open.is_some(), self.obs.refill);
+        let (want, want_failures) = (self.obs.refill, self.obs.failures);
         self.desync(&format!(
-            "machine open={open} refill={refill:?}, predicted open={want_open} refill={want:?}"
+            "machine refill={refill:?} failures={failures} stalled={stalled} at {st:?}, \
+             predicted refill={want:?} failures={want_failures}"
         ));
-        if !open {
-            if let Some((mut r, _)) = self.obs.open.take() {
-                r.ended = self.clock.elapsed();
-                self.rounds.push(r);
-            }
-        }
         self.obs.refill = refill;
+        self.obs.failures = failures;
+        if stalled {
+            // Follow the machine: whatever it withholds, it withholds.
+            self.obs.probe = false;
+        }
     }
 
     fn start_dial(&mut self, ticket: DialTicket) {

@@ -28,16 +28,24 @@ async fn back_to_baseline(name: &str, before: usize, before_list: &[String]) {
 
 /// Gets waiting on both ends while the pools are flushed and closed.
 async fn close_under_gets(tls: TlsMode, proxy: bool) {
-    let mut b = PairBuilder::new().tls(tls).capacity(4, 8);
-    if proxy {
-        b = b.through_proxy(Script::always(Fault::Latency(Duration::from_millis(2))));
-    }
+    // Always through the proxy, so that the supply can be cut below; `proxy` adds
+    // latency on top.
+    let script = if proxy {
+        Script::always(Fault::Latency(Duration::from_millis(2)))
+    } else {
+        Script::ok()
+    };
+    let b = PairBuilder::new().tls(tls).capacity(4, 8).through_proxy(script);
     let pair = std::sync::Arc::new(b.build().await.unwrap());
     verify_healthy(&pair, 4, 8, 2048).await.unwrap();
     // Hold a pair across the close: the pool must not care.
     let held = pair.take(T).await.unwrap();
-    // More server gets than the pool will ever hold, and client gets for ids that
-    // never come: they wait (client gets only while dials are in flight) until close.
+    // Cut the supply: new dials vanish into the proxy, so the client tops up in vain
+    // and gets beyond what is idle wait until close.
+    pair.proxy
+        .as_ref()
+        .expect("built with a proxy")
+        .set_script(Script::always(Fault::Blackhole));
     let mut waiters = Vec::new();
     for i in 0..40u32 {
         let p = pair.clone();

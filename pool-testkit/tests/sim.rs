@@ -9,10 +9,12 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
 /// Every round's decisions equal the default policies recomputed from what was observed,
-/// in the client's order: the capacity first (by what the round dials created since the
-/// previous round started; not at the first round), then the interval (by the idle
-/// count against the new capacity). Rounds chain, and the next round is never due
-/// before an interval after the previous one handed out its last ticket.
+/// in the client's order: the capacity first (by what the non-urgent dials created since
+/// the previous round started; not at the first round), then the interval (by the idle
+/// count at the round start against the new capacity). Rounds chain, and a round never
+/// starts before an interval after the previous one started (a backoff only pushes the
+/// timer out; a recovery pulls it in to an interval after the landing, which is later
+/// still).
 fn cross_check(sim: &SimPair, rounds: &[RoundRecord]) -> usize {
     let cfg = sim.client_config();
     let ip = IntervalPolicy::default();
@@ -34,7 +36,6 @@ fn cross_check(sim: &SimPair, rounds: &[RoundRecord]) -> usize {
         );
         assert_eq!(r.interval_after, ivl, "interval decision of {r:?}");
         assert_eq!(r.created_prev.is_none(), i == 0, "{r:?}");
-        assert!(r.ended >= r.at, "{r:?}");
         match prev {
             None => {
                 assert_eq!(r.at, Duration::ZERO);
@@ -44,12 +45,12 @@ fn cross_check(sim: &SimPair, rounds: &[RoundRecord]) -> usize {
             Some(p) => {
                 assert_eq!(r.capacity_before, p.capacity_after, "{p:?} then {r:?}");
                 assert_eq!(r.interval_before, p.interval_after, "{p:?} then {r:?}");
-                assert!(r.at >= p.ended + p.interval_after, "{p:?} then {r:?}");
+                assert!(r.at >= p.at + p.interval_after, "{p:?} then {r:?}");
             }
         }
         prev = Some(r);
     }
-    // Round dials landed, counted once each (urgent dials and stragglers after the
+    // Non-urgent dials landed, counted once each (urgent dials and landings after the
     // last round start are not in any record).
     let counted: usize = rounds.iter().filter_map(|r| r.created_prev).sum();
     assert!(counted as u64 <= sim.client_counters().created);
@@ -92,21 +93,23 @@ fn faulty_hour(form: IdForm, seed: u64, span: Duration, min_served: f64) {
     assert_eq!(s.double_handouts, 0);
     assert_eq!(s.overreads, 0);
     assert_eq!(s.timer_desyncs, 0);
-    // Throughput: a round ends once its last ticket is out, so a silent peer holds one
-    // ticket, never the next round, and scattered failures do not slow refill down.
+    // Throughput: the client tops up continuously, so a connection taken is replaced at
+    // once; a silent peer holds one dial slot until its deadline, never the refill, and
+    // scattered failures do not slow it down.
     let expected_pairs = 20 * span.as_secs();
     let served = s.pairs_ok as f64 / expected_pairs as f64;
     let rounds = sim.rounds();
     let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1].at - w[0].at).collect();
     let mean_gap = gaps.iter().sum::<Duration>() / gaps.len().max(1) as u32;
     let max_gap = gaps.iter().max().copied().unwrap_or_default();
+    let par = sim.client_config().parallelism();
     let backing = rounds
         .iter()
-        .filter(|r| r.failures as usize >= sim.client_config().parallelism())
+        .filter(|r| r.failures as usize >= par.min(r.capacity_after).max(1))
         .count();
     println!(
         "{form:?}: served {:.1}% of demand ({} pairs of ~{expected_pairs}); {} rounds, \
-         mean gap {mean_gap:?}, max gap {max_gap:?}, {backing} ended backing off",
+         mean gap {mean_gap:?}, max gap {max_gap:?}, {backing} started backing off",
         served * 100.0,
         s.pairs_ok,
         rounds.len()
@@ -187,10 +190,11 @@ fn an_hour_with_faults_and_demand() {
 #[test]
 fn raw_id_form_with_faults() {
     // In the raw form a bad id cannot be told, only cut short: it hangs until the id
-    // deadline, so about 9% of dials hold one of the 8 dial slots for 5 s. That caps
-    // the pool near 13 connections a second, about 65% of the demand, whatever the
-    // rounds do.
-    faulty_hour(IdForm::Raw4, 2, SECS(600), 0.55);
+    // deadline, so about 9% of dials hold a dial slot for 5 s. With continuous top-up
+    // the other slots keep refilling, so how much is served depends on the
+    // parallelism: about 92% at the default of 64 slots, about 67% with 8 slots (which
+    // cap the pool near 13 connections a second). The bound holds for both.
+    faulty_hour(IdForm::Raw4, 2, SECS(600), 0.6);
 }
 
 #[test]
@@ -221,20 +225,53 @@ fn interval_and_capacity_follow_demand() {
         "interval only rises when full"
     );
 
-    // Heavy demand, drained faster than refilled: the interval falls to its minimum
-    // and the capacity grows to its maximum.
+    // Heavy demand, drained faster than refilled: idle is (near) zero at every round
+    // start, under capacity * 2/10, so the interval falls to its minimum; the capacity
+    // grows while a round's non-urgent dials create more than 8/10 of it.
+    //
+    // With continuous top-up a round's creations are bounded by the dial throughput,
+    // not by the capacity: 8 dial slots of about 45 ms each land about 17 connections
+    // per 100 ms round, so the capacity stops growing where 8/10 of it exceeds what a
+    // round can create (about 25 to 28 here), short of the maximum of 32. That is what
+    // the rules imply, so it is asserted instead of the maximum: the capacity grew a
+    // long way from the minimum, never past the bound the rounds' creations allow, and
+    // rarely fell back.
     sim.set_demand(300.0);
     sim.run_for(SECS(120));
     sim.check().unwrap();
     let st = sim.client_status();
     let busy = &sim.rounds()[quiet..];
+    let late = &busy[busy.len() / 2..];
+    let most_created = late.iter().filter_map(|r| r.created_prev).max().unwrap();
+    let mean_created =
+        late.iter().filter_map(|r| r.created_prev).sum::<usize>() as f64 / late.len() as f64;
+    let starved = busy
+        .iter()
+        .filter(|r| r.idle * 10 < r.capacity_after * 2)
+        .count();
     println!(
-        "busy rounds: {}; status {st:?}; {:?}",
+        "busy rounds: {} ({starved} starved at their start); created per late round: mean \
+         {mean_created:.1}, max {most_created}; status {st:?}; {:?}",
         busy.len(),
         sim.stats()
     );
     assert_eq!(st.interval, MS(100));
-    assert_eq!(st.capacity, 32);
+    assert!(
+        starved * 10 >= busy.len() * 9,
+        "idle stays under capacity * 2/10"
+    );
+    assert!(
+        st.capacity >= 20,
+        "the capacity grew toward its maximum: {st:?}"
+    );
+    assert!(st.capacity <= 32);
+    // Growth needs created > 8/10 of the capacity, so the capacity ends at most one step
+    // above what the best late round allows.
+    assert!(
+        (st.capacity - 1) * 8 < most_created * 10 || st.capacity == 32,
+        "capacity {} beyond what {most_created} creations allow",
+        st.capacity
+    );
     let caps: Vec<usize> = busy.iter().map(|r| r.capacity_after).collect();
     assert!(caps.windows(2).filter(|w| w[1] < w[0]).count() <= caps.len() / 10);
     assert!(busy
@@ -273,7 +310,8 @@ fn outage_backs_off_and_recovery_pulls_in() {
     let healthy = sim.rounds().len();
 
     // The server is unreachable: after a run of failures as long as the parallelism,
-    // rounds are single probes spaced by the backoff, up to the maximum interval.
+    // top-up stops and rounds allow single probes, spaced by the backoff, up to the
+    // maximum interval.
     sim.set_faults(Faults {
         connect_refused: 1.0,
         ..Faults::none()
@@ -285,7 +323,7 @@ fn outage_backs_off_and_recovery_pulls_in() {
     let gaps: Vec<Duration> = outage.windows(2).map(|w| w[1].at - w[0].at).collect();
     let widest = gaps.iter().max().copied().unwrap_or_default();
     println!(
-        "outage: {} rounds, {} ended backing off, widest gap {widest:?}",
+        "outage: {} rounds, {} started backing off, widest gap {widest:?}",
         outage.len(),
         backing.len()
     );
@@ -295,12 +333,32 @@ fn outage_backs_off_and_recovery_pulls_in() {
     let probes = outage.len();
     let dials_before = sim.stats().dials;
 
-    // Back: the first probe that lands ends the backoff, and the pool refills.
+    // Back: the first probe that lands ends the backoff, pulls the refill timer in to an
+    // interval after its landing, and top-up resumes.
     sim.set_faults(Faults::none());
     sim.run_for(SECS(30));
     sim.check().unwrap();
     let after = &sim.rounds()[healthy + probes..];
     assert!(after.last().is_some_and(|r| r.failures == 0), "{after:?}");
+    let healed = after.iter().position(|r| r.failures == 0).unwrap();
+    assert!(
+        healed >= 1,
+        "the first round after the outage still backs off"
+    );
+    let (probe, next) = (&after[healed - 1], &after[healed]);
+    assert!(probe.failures >= threshold, "{probe:?}");
+    let pulled = next.at - probe.at;
+    println!(
+        "recovery: probe round at {:?}, next round {pulled:?} later (backoff gaps were up to \
+         {widest:?})",
+        probe.at
+    );
+    // Without the pull-in the next round would wait the backoff (at least half the
+    // maximum interval by now); with it, the probe's dial time plus an interval.
+    assert!(
+        pulled <= probe.interval_after + MS(200) && pulled < SECS(1),
+        "{probe:?} then {next:?}"
+    );
     assert!(sim.stats().dials > dials_before + 8);
     assert!(sim.client_status().idle > 0);
     assert_eq!(sim.stats().timer_desyncs, 0);

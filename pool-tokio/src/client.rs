@@ -131,7 +131,7 @@ impl ClientPoolBuilder {
         self.core = self.core.single(on);
         self
     }
-    /// Dials in flight at most. Default 8 (Go: 1).
+    /// Dials in flight at most. Default 64 (Go: 1).
     pub fn parallelism(mut self, n: usize) -> Self {
         self.core = self.core.parallelism(n);
         self
@@ -538,14 +538,20 @@ impl ClientPool {
         let now = now();
         let deadline = now + timeout;
         let (rx, key, tickets) = {
-            let mut st = lock(&inner.state);
-            let st = &mut *st;
+            let mut st_guard = lock(&inner.state);
+            let st = &mut *st_guard;
             let got = match id {
                 Some(id) => st.m.get(id, now, deadline, PoolConn::is_alive),
                 None => st.m.get_any(now, deadline, PoolConn::is_alive),
             };
             match got {
-                Got::Ready(_, c) => return Ok(c),
+                Got::Ready(_, c) => {
+                    // Replace it at once: the core tops up below the capacity.
+                    let tickets = Inner::outputs(st, now);
+                    drop(st_guard);
+                    inner.start_dials(tickets);
+                    return Ok(c);
+                }
                 Got::Failed(e) => return Err(PoolError::from_get(e, id)),
                 Got::Wait(key) => {
                     let (tx, rx) = oneshot::channel();
@@ -569,13 +575,16 @@ impl ClientPool {
 
     /// Closes every idle connection and refills at once (Go: `Flush`).
     pub fn flush(&self) {
-        let conns = {
+        let (conns, tickets) = {
             let mut st = lock(&self.inner().state);
-            st.m.flush(now())
+            let st = &mut *st;
+            let now = now();
+            let conns = st.m.flush(now);
+            (conns, Inner::outputs(st, now))
         };
         info!(closed = conns.len(), "client pool flushed");
         drop(conns);
-        self.inner().wake.notify_one();
+        self.inner().start_dials(tickets);
     }
 
     /// Closes the pool: waiting gets fail with [`PoolError::Closed`], idle connections
