@@ -340,7 +340,6 @@ impl Inner {
         };
         let mut conn = PoolConn {
             id: ConnId::from_random([0; 4]),
-            peer,
             stream,
         };
         conn.id = if self.single {

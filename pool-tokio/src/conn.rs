@@ -31,7 +31,6 @@ impl Stream {
 /// all still there (the pool's health check only peeks).
 pub struct PoolConn {
     pub(crate) id: ConnId,
-    pub(crate) peer: SocketAddr,
     pub(crate) stream: Stream,
 }
 
@@ -39,7 +38,7 @@ impl std::fmt::Debug for PoolConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolConn")
             .field("id", &self.id)
-            .field("peer", &self.peer)
+            .field("peer", &self.peer_addr().ok())
             .field("tls", &self.is_tls())
             .finish()
     }
@@ -51,9 +50,10 @@ impl PoolConn {
         self.id
     }
 
-    /// The address of the other end.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    /// The address of the other end, asked of the socket (not stored: an idle pool
+    /// holds thousands of connections, and every byte of each counts).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.tcp().peer_addr()
     }
 
     /// Whether the stream runs TLS.

@@ -333,7 +333,6 @@ impl Inner {
         &self,
         ticket: &mut HandshakeTicket,
         tcp: TcpStream,
-        peer: SocketAddr,
     ) -> Result<PoolConn, (Stage, StepError)> {
         let deadline = tokio::time::Instant::from_std(ticket.deadline());
         if let Err(e) = self.socket.apply(&tcp) {
@@ -356,7 +355,7 @@ impl Inner {
                 }
             }
         };
-        let mut conn = PoolConn { id, peer, stream };
+        let mut conn = PoolConn { id, stream };
         let wire = self.id_form.encode(&id);
         let write = async {
             conn.write_all(wire.as_ref()).await?;
@@ -390,7 +389,7 @@ async fn handshake(
 ) {
     let mut shutdown = inner.shutdown.clone();
     let res = tokio::select! {
-        r = inner.handshake(&mut ticket, tcp, peer) => r,
+        r = inner.handshake(&mut ticket, tcp) => r,
         _ = shutdown.wait() => Err((Stage::Connect, StepError::Timeout)),
     };
     let mut st = lock(&inner.state);

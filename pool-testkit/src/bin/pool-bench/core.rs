@@ -1,0 +1,138 @@
+//! Scenario 5: the core's hot operations at 1k, 16k and 64k entries, against a plain
+//! `std::collections::HashMap<u64, u64>` remove + insert at the same size.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use pool_core::{ClientConfig, ClientMachine, ConnId, Got, IdleMap};
+
+use crate::report::Figure;
+use crate::Sizes;
+
+const SIZES: [(usize, &str); 3] = [(1 << 10, "1k"), (1 << 14, "16k"), (1 << 16, "64k")];
+const RUNS: usize = 3;
+
+fn key(n: usize) -> u32 {
+    (n as u32).wrapping_mul(2_654_435_761)
+}
+
+fn id(n: usize) -> ConnId {
+    ConnId::from_random(key(n).to_be_bytes())
+}
+
+/// Best of `RUNS` runs of `ops` operations, in ns per operation.
+fn best_ns(ops: usize, mut run: impl FnMut(usize)) -> f64 {
+    (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            run(ops);
+            t.elapsed().as_nanos() as f64 / ops as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn baseline(n: usize, ops: usize) -> f64 {
+    let mut m: HashMap<u64, u64> = (0..n).map(|i| (u64::from(key(i)), i as u64)).collect();
+    let mut next = 0usize;
+    best_ns(ops, |ops| {
+        for _ in 0..ops {
+            let k = u64::from(key(next % n));
+            next += 1;
+            let v = m.remove(black_box(&k)).expect("present");
+            m.insert(k, black_box(v));
+        }
+    })
+}
+
+fn take_by_id(n: usize, ops: usize) -> f64 {
+    let mut m = IdleMap::new();
+    for i in 0..n {
+        m.insert(id(i), i as u64).expect("distinct ids");
+    }
+    let mut next = 0usize;
+    best_ns(ops, |ops| {
+        for _ in 0..ops {
+            let k = id(next % n);
+            next += 1;
+            let v = m.take(black_box(&k)).expect("present");
+            m.insert(k, black_box(v)).expect("absent");
+        }
+    })
+}
+
+fn take_oldest(n: usize, ops: usize) -> f64 {
+    let mut m = IdleMap::new();
+    for i in 0..n {
+        m.insert(id(i), i as u64).expect("distinct ids");
+    }
+    best_ns(ops, |ops| {
+        for _ in 0..ops {
+            let (k, v) = m.take_oldest().expect("not empty");
+            m.insert(black_box(k), black_box(v)).expect("absent");
+        }
+    })
+}
+
+fn client_get(n: usize, ops: usize) -> f64 {
+    let now = std::time::Instant::now();
+    let cfg = ClientConfig::builder()
+        .capacity(n, n)
+        .build()
+        .expect("valid config");
+    let mut m: ClientMachine<u64> = ClientMachine::new(cfg, now);
+    m.handle_timeout(now);
+    let mut i = 0;
+    while let Some(t) = m.poll_dial(now) {
+        let _ = m.handle_dial_success(t, id(i), i as u64, now);
+        i += 1;
+    }
+    assert_eq!(m.status().idle, n, "client machine filled");
+    let mut next = 0usize;
+    best_ns(ops, |ops| {
+        for _ in 0..ops {
+            let k = id(next % n);
+            next += 1;
+            match m.get(black_box(k), now, now, |_| true) {
+                Got::Ready(k, v) => m.put_back(k, black_box(v)).expect("absent"),
+                _ => panic!("id {k} not idle"),
+            }
+        }
+    })
+}
+
+pub(crate) fn core(sz: &Sizes, out: &mut Vec<Figure>) {
+    let ops = sz.core_ops;
+    for (n, label) in SIZES {
+        let base = baseline(n, ops);
+        let note =
+            format!("best of {RUNS} x {ops} ops; baseline std HashMap<u64,u64> remove+insert");
+        out.push(
+            Figure::vs(
+                &format!("core_take_by_id_ns_{label}"),
+                take_by_id(n, ops),
+                "ns",
+                base,
+            )
+            .note(format!("IdleMap take(id)+insert, {note}")),
+        );
+        out.push(
+            Figure::vs(
+                &format!("core_take_oldest_ns_{label}"),
+                take_oldest(n, ops),
+                "ns",
+                base,
+            )
+            .note(format!("IdleMap take_oldest+insert, {note}")),
+        );
+        out.push(
+            Figure::vs(
+                &format!("core_client_get_ns_{label}"),
+                client_get(n, ops),
+                "ns",
+                base,
+            )
+            .note(format!("ClientMachine get(id)+put_back, {note}")),
+        );
+    }
+}

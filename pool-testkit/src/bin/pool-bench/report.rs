@@ -1,0 +1,144 @@
+//! Figures, the table on stdout and the JSON file.
+
+use std::fmt::Write as _;
+
+/// One measured figure beside its baseline.
+#[derive(Clone, Debug)]
+pub(crate) struct Figure {
+    pub(crate) name: String,
+    pub(crate) value: f64,
+    pub(crate) unit: &'static str,
+    pub(crate) baseline: Option<f64>,
+    pub(crate) ratio: Option<f64>,
+    /// Printed in the table only: how the figure was made.
+    pub(crate) note: String,
+}
+
+impl Figure {
+    /// A figure whose ratio is `value / baseline`.
+    pub(crate) fn vs(name: &str, value: f64, unit: &'static str, baseline: f64) -> Self {
+        let ratio = (baseline != 0.0).then(|| value / baseline);
+        Self {
+            name: name.into(),
+            value,
+            unit,
+            baseline: Some(baseline),
+            ratio,
+            note: String::new(),
+        }
+    }
+
+    /// A figure with no baseline.
+    pub(crate) fn alone(name: &str, value: f64, unit: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit,
+            baseline: None,
+            ratio: None,
+            note: String::new(),
+        }
+    }
+
+    pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) machine: serde_json::Value,
+    pub(crate) figures: Vec<Figure>,
+}
+
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn json_num(v: f64) -> serde_json::Value {
+    // Three significant decimals are plenty and keep the file readable.
+    let r = (v * 1000.0).round() / 1000.0;
+    serde_json::Number::from_f64(r).map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+impl Report {
+    pub(crate) fn table(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "machine: {} | {} cores | kernel {} | {} | load at start {}",
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cores"],
+            m["kernel"].as_str().unwrap_or("?"),
+            m["rustc"].as_str().unwrap_or("rustc ?"),
+            m["loadavg_at_start"].as_str().unwrap_or("?"),
+        );
+        let _ = writeln!(
+            out,
+            "{:<28} {:>12} {:<8} {:>12} {:>8}  note",
+            "name", "value", "unit", "baseline", "ratio"
+        );
+        let _ = writeln!(out, "{}", "-".repeat(80));
+        for f in &self.figures {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>12} {:<8} {:>12} {:>8}  {}",
+                f.name,
+                num(f.value),
+                f.unit,
+                f.baseline.map_or_else(|| "-".into(), num),
+                f.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}")),
+                f.note
+            );
+        }
+        out
+    }
+
+    pub(crate) fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| name | value | unit | baseline | ratio | how |\n|---|---:|---|---:|---:|---|\n",
+        );
+        for f in &self.figures {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} | {} |",
+                f.name,
+                num(f.value),
+                f.unit,
+                f.baseline.map_or_else(|| "-".into(), num),
+                f.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}")),
+                f.note
+            );
+        }
+        out
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let figures: Vec<_> = self
+            .figures
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name,
+                    "value": json_num(f.value),
+                    "unit": f.unit,
+                    "baseline": f.baseline.map_or(serde_json::Value::Null, json_num),
+                    "ratio": f.ratio.map_or(serde_json::Value::Null, json_num),
+                })
+            })
+            .collect();
+        serde_json::json!({ "machine": self.machine, "figures": figures })
+    }
+}
