@@ -1,14 +1,19 @@
-//! The idle map: connections kept by id, taken by id or oldest first, all O(1) amortised.
+//! The idle map: connections kept by id, taken by id or oldest first, all O(1).
 //!
-//! A hash map holds the connections; a queue of `(sequence, id)` pairs remembers arrival
-//! order. Taking by id leaves a stale pair in the queue, skipped later by sequence
-//! mismatch, and the queue is compacted once stale pairs outnumber live ones, so no
-//! removal ever rebuilds anything in proportion to the pool (the Go package rebuilds
-//! its whole id channel on every take).
+//! The map is a slab. The connections sit in one dense `Vec` of slots; a hash table maps
+//! each id to its slot index, so the table holds only 12-byte `(id, index)` pairs rather
+//! than whole connections, and a table grown to twice the live count costs little.
+//! Arrival order is an intrusive doubly linked list threaded through the occupied slots
+//! by `u32` indices, so taking the oldest connection, or any connection by id, unlinks
+//! it in O(1) with no stale entries, lazy deletion or compaction. Vacant slots form a
+//! free list and are reused before the `Vec` grows, so the slab never holds more slots
+//! than the peak number of idle connections. (The Go package rebuilds its whole id
+//! channel on every take.)
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroU32;
 
 use crate::ConnId;
 
@@ -40,9 +45,155 @@ impl Hasher for IdHasher {
 
 pub(crate) type IdBuild = BuildHasherDefault<IdHasher>;
 
-struct Slot<C> {
-    seq: u64,
-    conn: C,
+/// A slot index in a link field, stored as `index + 1` so that the zero value is free
+/// for the compiler to mark a vacant [`Slot`]: the enum then needs no tag of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Link(NonZeroU32);
+
+/// The end of a list: no slot.
+const NIL: Link = Link(NonZeroU32::MAX);
+
+/// How many slots a slab can hold: every index whose link is neither 0 nor [`NIL`].
+const MAX_SLOTS: usize = u32::MAX as usize - 1;
+
+impl Link {
+    /// The link to slot `index`, which must be below [`MAX_SLOTS`].
+    fn to(index: usize) -> Self {
+        debug_assert!(index < MAX_SLOTS);
+        // `index < MAX_SLOTS` fits a u32 and `index + 1` stays below `NIL`.
+        Self(NonZeroU32::MIN.saturating_add(index as u32))
+    }
+
+    /// The slot this link points at, or `None` for [`NIL`].
+    fn get(self) -> Option<usize> {
+        (self != NIL).then(|| (self.0.get() - 1) as usize)
+    }
+}
+
+/// One entry of the slab: an idle connection linked into the arrival list, or a free
+/// slot linked into the free list.
+enum Slot<C> {
+    Occupied {
+        id: ConnId,
+        prev: Link,
+        next: Link,
+        conn: C,
+    },
+    Vacant {
+        next_free: Link,
+    },
+}
+
+/// The slab and its arrival list, without the id index.
+struct Slab<C> {
+    slots: Vec<Slot<C>>,
+    /// The oldest connection.
+    head: Link,
+    /// The newest connection.
+    tail: Link,
+    /// The most recently vacated slot.
+    free: Link,
+}
+
+impl<C> Slab<C> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(n),
+            head: NIL,
+            tail: NIL,
+            free: NIL,
+        }
+    }
+
+    /// Puts `conn` at the new end of the list, in a free slot if there is one.
+    fn push_back(&mut self, id: ConnId, conn: C) -> usize {
+        let slot = Slot::Occupied {
+            id,
+            prev: self.tail,
+            next: NIL,
+            conn,
+        };
+        let i = match self.free.get() {
+            Some(i) => {
+                match std::mem::replace(&mut self.slots[i], slot) {
+                    Slot::Vacant { next_free } => self.free = next_free,
+                    Slot::Occupied { .. } => {
+                        unreachable!("idle map: free list reached a live slot")
+                    }
+                }
+                i
+            }
+            None => {
+                let i = self.slots.len();
+                assert!(i < MAX_SLOTS, "idle map: more than 2^32 - 2 connections");
+                self.slots.push(slot);
+                i
+            }
+        };
+        let link = Link::to(i);
+        match self.tail.get() {
+            Some(t) => *self.next_mut(t) = link,
+            None => self.head = link,
+        }
+        self.tail = link;
+        i
+    }
+
+    /// Unlinks slot `i`, frees it and gives back what it held.
+    fn remove(&mut self, i: usize) -> (ConnId, C) {
+        let vacant = Slot::Vacant {
+            next_free: self.free,
+        };
+        let Slot::Occupied {
+            id,
+            prev,
+            next,
+            conn,
+        } = std::mem::replace(&mut self.slots[i], vacant)
+        else {
+            unreachable!("idle map: index pointed at a free slot")
+        };
+        self.free = Link::to(i);
+        match prev.get() {
+            Some(p) => *self.next_mut(p) = next,
+            None => self.head = next,
+        }
+        match next.get() {
+            Some(n) => *self.prev_mut(n) = prev,
+            None => self.tail = prev,
+        }
+        (id, conn)
+    }
+
+    fn next_mut(&mut self, i: usize) -> &mut Link {
+        match &mut self.slots[i] {
+            Slot::Occupied { next, .. } => next,
+            Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
+        }
+    }
+
+    fn prev_mut(&mut self, i: usize) -> &mut Link {
+        match &mut self.slots[i] {
+            Slot::Occupied { prev, .. } => prev,
+            Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
+        }
+    }
+
+    /// The slot after `i` in arrival order.
+    fn next_of(&self, i: usize) -> Option<usize> {
+        match &self.slots[i] {
+            Slot::Occupied { next, .. } => next.get(),
+            Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
+        }
+    }
+
+    /// Forgets every slot, keeping the allocation.
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.head = NIL;
+        self.tail = NIL;
+        self.free = NIL;
+    }
 }
 
 /// Idle connections of type `C`, by id and in arrival order.
@@ -60,9 +211,9 @@ struct Slot<C> {
 /// assert!(idle.is_empty());
 /// ```
 pub struct IdleMap<C> {
-    map: HashMap<ConnId, Slot<C>, IdBuild>,
-    order: VecDeque<(u64, ConnId)>,
-    next_seq: u64,
+    /// Id to slot index; always exactly the occupied slots.
+    index: HashMap<ConnId, u32, IdBuild>,
+    slab: Slab<C>,
 }
 
 impl<C> Default for IdleMap<C> {
@@ -80,38 +231,45 @@ impl<C> std::fmt::Debug for IdleMap<C> {
 impl<C> IdleMap<C> {
     /// An empty map.
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty map with room for `n` connections before it allocates again.
+    pub fn with_capacity(n: usize) -> Self {
         Self {
-            map: HashMap::default(),
-            order: VecDeque::new(),
-            next_seq: 0,
+            index: HashMap::with_capacity_and_hasher(n, IdBuild::default()),
+            slab: Slab::with_capacity(n),
         }
     }
 
     /// How many connections are idle.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     /// Whether nothing is idle.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.index.is_empty()
     }
 
     /// Whether `id` is idle.
     pub fn contains(&self, id: &ConnId) -> bool {
-        self.map.contains_key(id)
+        self.index.contains_key(id)
     }
 
     /// Keeps `conn` under `id`. An id already present is a collision: the connection
     /// comes back in the error and the one already idle stays.
+    ///
+    /// # Panics
+    ///
+    /// If `u32::MAX - 1` connections are already idle.
     pub fn insert(&mut self, id: ConnId, conn: C) -> Result<(), C> {
-        match self.map.entry(id) {
+        match self.index.entry(id) {
             MapEntry::Occupied(_) => Err(conn),
             MapEntry::Vacant(v) => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                v.insert(Slot { seq, conn });
-                self.order.push_back((seq, id));
+                let i = self.slab.push_back(id, conn);
+                // `push_back` keeps every index below `MAX_SLOTS`, so it fits a u32.
+                v.insert(i as u32);
                 Ok(())
             }
         }
@@ -119,51 +277,53 @@ impl<C> IdleMap<C> {
 
     /// Takes the connection with `id`.
     pub fn take(&mut self, id: &ConnId) -> Option<C> {
-        let slot = self.map.remove(id)?;
-        self.maybe_compact();
-        Some(slot.conn)
+        let i = self.index.remove(id)?;
+        Some(self.slab.remove(i as usize).1)
     }
 
     /// Takes the connection that has been idle longest.
     pub fn take_oldest(&mut self) -> Option<(ConnId, C)> {
-        while let Some((seq, id)) = self.order.pop_front() {
-            if let MapEntry::Occupied(e) = self.map.entry(id) {
-                if e.get().seq == seq {
-                    return Some((id, e.remove().conn));
-                }
-            }
-        }
-        None
+        let i = self.slab.head.get()?;
+        let (id, conn) = self.slab.remove(i);
+        self.index.remove(&id);
+        Some((id, conn))
     }
 
     /// Takes every connection, oldest first.
     pub fn drain(&mut self) -> Vec<(ConnId, C)> {
-        let mut out = Vec::with_capacity(self.map.len());
-        while let Some(pair) = self.take_oldest() {
-            out.push(pair);
+        let mut out = Vec::with_capacity(self.len());
+        let mut cur = self.slab.head.get();
+        while let Some(i) = cur {
+            let slot = std::mem::replace(&mut self.slab.slots[i], Slot::Vacant { next_free: NIL });
+            let Slot::Occupied { id, next, conn, .. } = slot else {
+                unreachable!("idle map: list reached a free slot")
+            };
+            out.push((id, conn));
+            cur = next.get();
         }
-        self.order.clear();
+        // Every slot is vacant now; `clear` keeps the allocation for the next fill.
+        self.slab.clear();
+        self.index.clear();
         out
     }
 
-    /// Keeps only the connections for which `keep` answers true; returns the others,
+    /// Keeps only the connections for which `evict` answers false; returns the others,
     /// oldest first. O(n): meant for a periodic sweep, not for the hot path.
     pub fn evict_where(
         &mut self,
         mut evict: impl FnMut(&ConnId, &mut C) -> bool,
     ) -> Vec<(ConnId, C)> {
         let mut out = Vec::new();
-        let order = std::mem::take(&mut self.order);
-        for (seq, id) in order {
-            let Some(slot) = self.map.get_mut(&id).filter(|s| s.seq == seq) else {
-                continue;
+        let mut cur = self.slab.head.get();
+        while let Some(i) = cur {
+            let Slot::Occupied { id, next, conn, .. } = &mut self.slab.slots[i] else {
+                unreachable!("idle map: list reached a free slot")
             };
-            if evict(&id, &mut slot.conn) {
-                if let Some(slot) = self.map.remove(&id) {
-                    out.push((id, slot.conn));
-                }
-            } else {
-                self.order.push_back((seq, id));
+            cur = next.get();
+            if evict(id, conn) {
+                let (id, conn) = self.slab.remove(i);
+                self.index.remove(&id);
+                out.push((id, conn));
             }
         }
         out
@@ -171,19 +331,13 @@ impl<C> IdleMap<C> {
 
     /// Ids in arrival order (for tests and diagnostics).
     pub fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.order
-            .iter()
-            .filter(|(seq, id)| matches!(self.map.get(id), Some(s) if s.seq == *seq))
-            .map(|(_, id)| *id)
-    }
-
-    /// Drops stale order entries once they outnumber live ones: amortised O(1).
-    fn maybe_compact(&mut self) {
-        if self.order.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            self.order
-                .retain(|(seq, id)| matches!(map.get(id), Some(s) if s.seq == *seq));
-        }
+        std::iter::successors(self.slab.head.get(), |&i| self.slab.next_of(i)).map(|i| match &self
+            .slab
+            .slots[i]
+        {
+            Slot::Occupied { id, .. } => *id,
+            Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
+        })
     }
 }
 
@@ -195,6 +349,65 @@ mod tests {
 
     fn id(n: u32) -> ConnId {
         ConnId::from_random(n.to_be_bytes())
+    }
+
+    /// Checks the slab against itself: the list runs both ways over exactly the indexed
+    /// slots, and every other slot is on the free list.
+    fn check_invariants<C>(map: &IdleMap<C>) {
+        let slab = &map.slab;
+        let mut forward = Vec::new();
+        let (mut prev, mut cur) = (NIL, slab.head);
+        while let Some(i) = cur.get() {
+            let Slot::Occupied {
+                id, prev: p, next, ..
+            } = &slab.slots[i]
+            else {
+                panic!("list reached free slot {i}");
+            };
+            assert_eq!(*p, prev, "back link of slot {i}");
+            assert_eq!(map.index.get(id).map(|&j| j as usize), Some(i));
+            forward.push(i);
+            (prev, cur) = (Link::to(i), *next);
+        }
+        assert_eq!(slab.tail, prev);
+        assert_eq!(forward.len(), map.index.len());
+        let mut free = 0;
+        let mut cur = slab.free;
+        while let Some(i) = cur.get() {
+            let Slot::Vacant { next_free } = &slab.slots[i] else {
+                panic!("free list reached live slot {i}");
+            };
+            free += 1;
+            assert!(free <= slab.slots.len(), "free list loops");
+            cur = *next_free;
+        }
+        assert_eq!(forward.len() + free, slab.slots.len());
+    }
+
+    #[test]
+    fn slots_carry_no_tag() {
+        use std::mem::size_of;
+        // id 8 + two links 4 + 4 + the connection; the tag lives in a link's niche.
+        assert_eq!(size_of::<Slot<[u8; 48]>>(), 64);
+        assert_eq!(size_of::<Slot<u64>>(), 24);
+        assert!(size_of::<Slot<()>>() <= 16);
+        assert_eq!(size_of::<(ConnId, u32)>(), 12);
+    }
+
+    #[test]
+    fn drain_keeps_the_slab_usable() {
+        let mut map = IdleMap::with_capacity(4);
+        for n in 0..10 {
+            map.insert(id(n), n).unwrap();
+        }
+        assert_eq!(map.take(&id(3)), Some(3));
+        let got: Vec<_> = map.drain().into_iter().map(|(_, v)| v).collect();
+        assert_eq!(got, [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+        check_invariants(&map);
+        assert!(map.is_empty() && map.take_oldest().is_none());
+        map.insert(id(3), 30).unwrap();
+        assert_eq!(map.take_oldest(), Some((id(3), 30)));
+        check_invariants(&map);
     }
 
     #[derive(Debug, Clone)]
@@ -221,6 +434,7 @@ mod tests {
             let mut map = IdleMap::new();
             let mut model: VecDeque<(ConnId, u32)> = VecDeque::new();
             let mut stamp = 0u32;
+            let mut peak = 0;
             for op in ops {
                 match op {
                     Op::Insert(n) => {
@@ -249,10 +463,48 @@ mod tests {
                 }
                 prop_assert_eq!(map.len(), model.len());
                 prop_assert!(map.ids().eq(model.iter().map(|(i, _)| *i)));
-                prop_assert!(map.order.len() <= 2 * map.len() + 65 + 1);
+                for (k, _) in &model {
+                    prop_assert!(map.contains(k));
+                }
+                peak = peak.max(model.len());
+                prop_assert!(map.slab.slots.len() <= peak);
+                check_invariants(&map);
             }
             let rest: Vec<_> = model.into_iter().collect();
             prop_assert_eq!(map.drain(), rest);
+            check_invariants(&map);
+        }
+
+        /// Long runs of inserts and takes never grow the slab beyond the peak number
+        /// of live entries: vacated slots are reused before the `Vec` grows.
+        #[test]
+        fn reuses_free_slots(
+            ops in proptest::collection::vec((any::<bool>(), 0u16..2048, 0usize..4), 0..3000),
+        ) {
+            let mut map = IdleMap::new();
+            let mut live = std::collections::HashSet::new();
+            let mut peak = 0;
+            for (insert, n, how) in ops {
+                let k = id(u32::from(n));
+                if insert {
+                    let fresh = live.insert(k);
+                    prop_assert_eq!(map.insert(k, n).is_ok(), fresh);
+                } else {
+                    match how {
+                        0 => {
+                            if let Some((k, _)) = map.take_oldest() {
+                                prop_assert!(live.remove(&k));
+                            }
+                        }
+                        _ => prop_assert_eq!(map.take(&k).is_some(), live.remove(&k)),
+                    }
+                }
+                peak = peak.max(live.len());
+                prop_assert_eq!(map.len(), live.len());
+                prop_assert!(map.slab.slots.len() <= peak);
+            }
+            check_invariants(&map);
+            prop_assert_eq!(map.slab.slots.len(), peak);
         }
     }
 }
