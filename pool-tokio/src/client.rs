@@ -21,8 +21,9 @@ use crate::conn::{PoolConn, Stream};
 use crate::dialer::{Dialer, TcpDialer};
 use crate::error::{PoolError, StepError};
 use crate::rt::{now, random4, random_u32, sleep_until, Shutdown, TaskToken, Tasks};
-use crate::shared::{cancel_in, close_all, lock, Delivery, Hub, Machine, Replies, Waiting};
-use crate::stats::Stats;
+use crate::shared::{
+    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Replies, Waiting,
+};
 
 /// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
 /// its default.
@@ -251,17 +252,7 @@ struct State {
     replies: Replies,
 }
 
-impl Machine for ClientMachine<PoolConn> {
-    fn poll_answer(&mut self) -> Option<pool_core::Answer<PoolConn>> {
-        Self::poll_answer(self)
-    }
-    fn put_back(&mut self, id: ConnId, conn: PoolConn) -> Result<(), PoolConn> {
-        Self::put_back(self, id, conn)
-    }
-    fn cancel(&mut self, key: WaiterKey) -> bool {
-        Self::cancel(self, key)
-    }
-}
+impl_machine!(ClientMachine<PoolConn>);
 
 struct Inner {
     state: Mutex<State>,
@@ -514,6 +505,12 @@ impl ClientPool {
         &self.owner.0
     }
 
+    fn machine(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.inner().state)
+    }
+
+    common_getters!();
+
     /// The connection with `id`, waiting up to `timeout` while a handshake in flight
     /// may still bring it (Go: `ClientGet`; later releases: `OutgoingGet`). The
     /// connection passed the liveness probe; no byte of it was read by the pool.
@@ -595,16 +592,6 @@ impl ClientPool {
         self.inner().tasks.all_done().await;
     }
 
-    /// Whether the manager runs: true from `build` until `close` (Go: `Ready`).
-    pub fn is_ready(&self) -> bool {
-        !lock(&self.inner().state).m.is_closed()
-    }
-
-    /// Idle connections (Go: `Active`).
-    pub fn active(&self) -> usize {
-        lock(&self.inner().state).m.status().idle
-    }
-
     /// Current capacity (Go: `Capacity`).
     pub fn capacity(&self) -> usize {
         lock(&self.inner().state).m.status().capacity
@@ -613,35 +600,5 @@ impl ClientPool {
     /// Current refill interval (Go: `Interval`).
     pub fn interval(&self) -> Duration {
         lock(&self.inner().state).m.status().interval
-    }
-
-    /// Records an application error (Go: `AddError`).
-    pub fn add_error(&self) {
-        lock(&self.inner().state).m.add_error();
-    }
-
-    /// Application errors recorded (Go: `ErrorCount`).
-    pub fn error_count(&self) -> u64 {
-        lock(&self.inner().state).m.counters().app_errors
-    }
-
-    /// Resets the application error count (Go, later releases: `ResetError`).
-    pub fn reset_error(&self) {
-        lock(&self.inner().state).m.reset_errors();
-    }
-
-    /// Status and counters.
-    pub fn stats(&self) -> Stats {
-        let st = lock(&self.inner().state);
-        Stats {
-            status: st.m.status(),
-            counters: st.m.counters(),
-        }
-    }
-
-    /// Waits until at least `n` connections are idle, or `timeout` passes. Whether
-    /// they are.
-    pub async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
-        crate::stats::wait_until(timeout, || self.active() >= n).await
     }
 }

@@ -20,8 +20,9 @@ use tracing::{debug, info, warn};
 use crate::conn::{PoolConn, Stream};
 use crate::error::{PoolError, StepError};
 use crate::rt::{now, random4, sleep_until, Shutdown, TaskToken, Tasks};
-use crate::shared::{cancel_in, close_all, lock, Delivery, Hub, Machine, Replies, Waiting};
-use crate::stats::Stats;
+use crate::shared::{
+    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Replies, Waiting,
+};
 
 enum Listen {
     Addr(SocketAddr),
@@ -284,17 +285,7 @@ struct State {
     replies: Replies,
 }
 
-impl Machine for ServerMachine<PoolConn> {
-    fn poll_answer(&mut self) -> Option<pool_core::Answer<PoolConn>> {
-        Self::poll_answer(self)
-    }
-    fn put_back(&mut self, id: ConnId, conn: PoolConn) -> Result<(), PoolConn> {
-        Self::put_back(self, id, conn)
-    }
-    fn cancel(&mut self, key: WaiterKey) -> bool {
-        Self::cancel(self, key)
-    }
-}
+impl_machine!(ServerMachine<PoolConn>);
 
 struct Inner {
     state: Mutex<State>,
@@ -525,6 +516,12 @@ impl ServerPool {
         &self.owner.0
     }
 
+    fn machine(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.inner().state)
+    }
+
+    common_getters!();
+
     /// The address the pool listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -587,16 +584,6 @@ impl ServerPool {
         self.inner().tasks.all_done().await;
     }
 
-    /// Whether the pool accepts: true from `build` until `close` (Go: `Ready`).
-    pub fn is_ready(&self) -> bool {
-        !lock(&self.inner().state).m.is_closed()
-    }
-
-    /// Idle connections (Go: `Active`).
-    pub fn active(&self) -> usize {
-        lock(&self.inner().state).m.status().idle
-    }
-
     /// The maximum capacity (Go: `Capacity`).
     pub fn capacity(&self) -> usize {
         lock(&self.inner().state).m.status().capacity
@@ -605,34 +592,5 @@ impl ServerPool {
     /// Always zero: a server pool does not refill (Go: `Interval`).
     pub fn interval(&self) -> Duration {
         Duration::ZERO
-    }
-
-    /// Records an application error (Go: `AddError`).
-    pub fn add_error(&self) {
-        lock(&self.inner().state).m.add_error();
-    }
-
-    /// Application errors recorded (Go: `ErrorCount`).
-    pub fn error_count(&self) -> u64 {
-        lock(&self.inner().state).m.counters().app_errors
-    }
-
-    /// Resets the application error count (Go, later releases: `ResetError`).
-    pub fn reset_error(&self) {
-        lock(&self.inner().state).m.reset_errors();
-    }
-
-    /// Status and counters.
-    pub fn stats(&self) -> Stats {
-        let st = lock(&self.inner().state);
-        Stats {
-            status: st.m.status(),
-            counters: st.m.counters(),
-        }
-    }
-
-    /// Waits until at least `n` connections are idle, or `timeout` passes.
-    pub async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
-        crate::stats::wait_until(timeout, || self.active() >= n).await
     }
 }

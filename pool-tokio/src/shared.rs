@@ -16,12 +16,97 @@ pub(crate) type Reply = oneshot::Sender<Delivery>;
 #[derive(Default)]
 pub(crate) struct Replies(HashMap<WaiterKey, Reply>);
 
-/// What both machines offer the delivery code.
+/// What both machines offer the delivery code and the status getters.
 pub(crate) trait Machine {
     fn poll_answer(&mut self) -> Option<Answer<PoolConn>>;
     fn put_back(&mut self, id: ConnId, conn: PoolConn) -> Result<(), PoolConn>;
     fn cancel(&mut self, key: WaiterKey) -> bool;
+    fn status(&self) -> pool_core::Status;
+    fn counters(&self) -> pool_core::Counters;
+    fn add_error(&mut self);
+    fn reset_errors(&mut self);
+    fn is_closed(&self) -> bool;
 }
+
+/// Implements [`Machine`] for a core machine by delegation.
+macro_rules! impl_machine {
+    ($m:ty) => {
+        impl $crate::shared::Machine for $m {
+            fn poll_answer(&mut self) -> Option<pool_core::Answer<PoolConn>> {
+                Self::poll_answer(self)
+            }
+            fn put_back(&mut self, id: ConnId, conn: PoolConn) -> Result<(), PoolConn> {
+                Self::put_back(self, id, conn)
+            }
+            fn cancel(&mut self, key: WaiterKey) -> bool {
+                Self::cancel(self, key)
+            }
+            fn status(&self) -> pool_core::Status {
+                Self::status(self)
+            }
+            fn counters(&self) -> pool_core::Counters {
+                Self::counters(self)
+            }
+            fn add_error(&mut self) {
+                Self::add_error(self)
+            }
+            fn reset_errors(&mut self) {
+                Self::reset_errors(self)
+            }
+            fn is_closed(&self) -> bool {
+                Self::is_closed(self)
+            }
+        }
+    };
+}
+pub(crate) use impl_machine;
+
+/// The getters both pools share, each one short lock on the machine. The pool type
+/// must have `fn machine(&self)` returning the locked state, whose `m` is the machine.
+macro_rules! common_getters {
+    () => {
+        /// Whether the pool runs: true from `build` until `close` (Go: `Ready`).
+        pub fn is_ready(&self) -> bool {
+            !crate::shared::Machine::is_closed(&self.machine().m)
+        }
+
+        /// Idle connections (Go: `Active`).
+        pub fn active(&self) -> usize {
+            crate::shared::Machine::status(&self.machine().m).idle
+        }
+
+        /// Records an application error (Go: `AddError`).
+        pub fn add_error(&self) {
+            crate::shared::Machine::add_error(&mut self.machine().m);
+        }
+
+        /// Application errors recorded (Go: `ErrorCount`).
+        pub fn error_count(&self) -> u64 {
+            crate::shared::Machine::counters(&self.machine().m).app_errors
+        }
+
+        /// Resets the application error count (Go, later releases: `ResetError`).
+        pub fn reset_error(&self) {
+            crate::shared::Machine::reset_errors(&mut self.machine().m);
+        }
+
+        /// Status and counters, taken together.
+        pub fn stats(&self) -> crate::stats::Stats {
+            let st = self.machine();
+            crate::stats::Stats {
+                status: crate::shared::Machine::status(&st.m),
+                counters: crate::shared::Machine::counters(&st.m),
+            }
+        }
+
+        /// Waits until at least `n` connections are idle, or `timeout` passes; whether
+        /// they are.
+        pub async fn wait_idle(&self, n: usize, timeout: std::time::Duration) -> bool {
+            crate::stats::wait_until(timeout, || self.active() >= n).await
+        }
+    };
+}
+pub(crate) use common_getters;
 
 impl Replies {
     pub(crate) fn insert(&mut self, key: WaiterKey, tx: Reply) {
