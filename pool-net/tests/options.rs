@@ -190,3 +190,21 @@ fn bind_listener_ipv6_dual_stack() {
     let _c = TcpStream::connect(loop6.local_addr().unwrap()).unwrap();
     loop6.accept().unwrap();
 }
+
+#[test]
+fn apply_tcp_sets_the_same_options_without_asking() {
+    let (a, _b) = pair();
+    let opts = SocketOptions {
+        keepalive: Some(Duration::from_secs(17)),
+        ..SocketOptions::default()
+    };
+    opts.apply_tcp(&a).unwrap();
+    let sock = SockRef::from(&a);
+    assert!(sock.keepalive().unwrap());
+    #[cfg(target_os = "linux")]
+    assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(17));
+    assert!(sock.nodelay().unwrap());
+    // On something that is not TCP the kernel says no: an error, not a panic.
+    let (u, _v) = UnixStream::pair().unwrap();
+    assert!(opts.apply_tcp(&u).is_err());
+}

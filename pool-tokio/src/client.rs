@@ -312,16 +312,19 @@ impl Inner {
             Ok(Err(e)) => return Err((Stage::Connect, e.into())),
             Ok(Ok(s)) => s,
         };
-        if let Err(e) = self.socket.apply(&tcp) {
+        if let Err(e) = self.socket.apply_tcp(&tcp) {
             debug!(error = %e, "socket options not applied");
         }
-        let peer = tcp.peer_addr().map_err(|e| (Stage::Connect, e.into()))?;
         let stream = match &self.tls {
             None => Stream::Plain(tcp),
             Some((connector, name)) => {
-                let name = name
-                    .clone()
-                    .unwrap_or_else(|| ServerName::IpAddress(peer.ip().into()));
+                let name = match name {
+                    Some(name) => name.clone(),
+                    None => {
+                        let peer = tcp.peer_addr().map_err(|e| (Stage::Connect, e.into()))?;
+                        ServerName::IpAddress(peer.ip().into())
+                    }
+                };
                 match timeout_at(deadline, connector.connect(name, tcp)).await {
                     Err(_) => return Err((Stage::Tls, StepError::Timeout)),
                     Ok(Err(e)) => return Err((Stage::Tls, e.into())),
@@ -382,10 +385,11 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, _token: TaskToken) {
         r = inner.establish(&ticket) => r,
         _ = shutdown.wait() => Err((Stage::Connect, StepError::Timeout)),
     };
-    let tickets = {
+    let (tickets, sooner) = {
         let mut st = lock(&inner.state);
         let st = &mut *st;
         let now = now();
+        let before = st.m.refill_at();
         match res {
             Ok(conn) => land(&mut st.m, ticket, conn, inner.single, now),
             Err((stage, e)) => {
@@ -393,10 +397,15 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, _token: TaskToken) {
                 st.m.handle_dial_failure(ticket, stage, random_u32(), now);
             }
         }
-        Inner::outputs(st, now)
+        (Inner::outputs(st, now), st.m.refill_at() < before)
     };
     inner.start_dials(tickets);
-    inner.wake.notify_one();
+    // The driver's timer only needs re-arming when the next round moved closer (the
+    // end of a backoff); a later one it notices when it wakes. Waking it for every
+    // dial would cost a task switch per connection.
+    if sooner {
+        inner.wake.notify_one();
+    }
 }
 
 fn land(

@@ -326,7 +326,7 @@ impl Inner {
         tcp: TcpStream,
     ) -> Result<PoolConn, (Stage, StepError)> {
         let deadline = tokio::time::Instant::from_std(ticket.deadline());
-        if let Err(e) = self.socket.apply(&tcp) {
+        if let Err(e) = self.socket.apply_tcp(&tcp) {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.acceptor {
