@@ -35,7 +35,10 @@ async fn close_under_gets(tls: TlsMode, proxy: bool) {
     } else {
         Script::ok()
     };
-    let b = PairBuilder::new().tls(tls).capacity(4, 8).through_proxy(script);
+    let b = PairBuilder::new()
+        .tls(tls)
+        .capacity(4, 8)
+        .through_proxy(script);
     let pair = std::sync::Arc::new(b.build().await.unwrap());
     verify_healthy(&pair, 4, 8, 2048).await.unwrap();
     // Hold a pair across the close: the pool must not care.
