@@ -300,16 +300,6 @@ fn tls12_only_server_refused_by_default_client() {
 }
 
 #[test]
-fn tls12_only_server_accepted_when_client_allows_tls12() {
-    let out = handshake(
-        tls12_server(),
-        client(ClientTlsBuilder::new(TlsMode::SelfSigned).allow_tls12(true)),
-        "localhost",
-    );
-    assert_eq!(out.expect_ok(), ProtocolVersion::TLSv1_2);
-}
-
-#[test]
 fn tls12_client_refused_by_default_server() {
     let server = self_signed();
     let tls12_client = rustls::ClientConfig::builder_with_provider(provider())

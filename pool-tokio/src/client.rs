@@ -22,7 +22,8 @@ use crate::dialer::{Dialer, TcpDialer};
 use crate::error::{PoolError, StepError};
 use crate::rt::{now, random4, random_u32, sleep_until, Shutdown, TaskToken, Tasks};
 use crate::shared::{
-    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Replies, Waiting,
+    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Owner, Replies, Shut,
+    Waiting,
 };
 
 /// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
@@ -294,7 +295,9 @@ impl Inner {
             tokio::spawn(dial(self.clone(), t, token));
         }
     }
+}
 
+impl Shut for Inner {
     fn shut(&self) -> Vec<(ConnId, PoolConn)> {
         let _ = self.shutdown_tx.send(true);
         let mut st = lock(&self.state);
@@ -304,7 +307,9 @@ impl Inner {
         close_all(&mut st.replies);
         conns
     }
+}
 
+impl Inner {
     async fn establish(&self, ticket: &DialTicket) -> Result<PoolConn, (Stage, StepError)> {
         let deadline = tokio::time::Instant::from_std(ticket.handshake_deadline());
         let tcp = match timeout_at(deadline, self.dialer.dial()).await {
@@ -466,14 +471,6 @@ async fn drive(inner: Arc<Inner>, _token: TaskToken) {
     }
 }
 
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        drop(self.0.shut());
-    }
-}
-
 /// The client end of the pool. Cheap to clone; the pool closes when the last clone is
 /// dropped or [`close`](Self::close) is called.
 ///
@@ -492,7 +489,7 @@ impl Drop for Owner {
 /// ```
 #[derive(Clone)]
 pub struct ClientPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
     get_timeout: Duration,
 }
 

@@ -21,7 +21,8 @@ use crate::conn::{PoolConn, Stream};
 use crate::error::{PoolError, StepError};
 use crate::rt::{now, random4, sleep_until, Shutdown, TaskToken, Tasks};
 use crate::shared::{
-    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Replies, Waiting,
+    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Owner, Replies, Shut,
+    Waiting,
 };
 
 enum Listen {
@@ -309,7 +310,9 @@ impl Hub for Inner {
     }
 }
 
-impl Inner {
+impl Inner {}
+
+impl Shut for Inner {
     fn shut(&self) -> Vec<(ConnId, PoolConn)> {
         let _ = self.shutdown_tx.send(true);
         let mut st = lock(&self.state);
@@ -319,7 +322,9 @@ impl Inner {
         close_all(&mut st.replies);
         conns
     }
+}
 
+impl Inner {
     async fn handshake(
         &self,
         ticket: &mut HandshakeTicket,
@@ -469,14 +474,6 @@ async fn drive(inner: Arc<Inner>, _token: TaskToken) {
     }
 }
 
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        drop(self.0.shut());
-    }
-}
-
 /// The server end of the pool. Cheap to clone; the pool closes when the last clone is
 /// dropped or [`close`](Self::close) is called.
 ///
@@ -491,7 +488,7 @@ impl Drop for Owner {
 /// ```
 #[derive(Clone)]
 pub struct ServerPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
     local: SocketAddr,
     fingerprint: Option<Fingerprint>,
     get_timeout: Duration,

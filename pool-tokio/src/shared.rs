@@ -195,3 +195,17 @@ pub(crate) fn close_all(replies: &mut Replies) {
         let _ = tx.send(Err(GetError::Closed));
     }
 }
+
+/// What a pool does when its last handle goes: close, without waiting.
+pub(crate) trait Shut {
+    fn shut(&self) -> Vec<(ConnId, PoolConn)>;
+}
+
+/// Held by every clone of a pool's handle; the last one dropped closes the pool.
+pub(crate) struct Owner<I: Shut>(pub(crate) std::sync::Arc<I>);
+
+impl<I: Shut> Drop for Owner<I> {
+    fn drop(&mut self) {
+        drop(self.0.shut());
+    }
+}
