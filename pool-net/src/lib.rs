@@ -49,6 +49,8 @@ mod listener;
 mod options;
 #[cfg(unix)]
 mod probe;
+#[cfg(unix)]
+pub mod process;
 
 pub use filter::{FilterError, IpFilter};
 pub use listener::bind_listener;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cpu_ticks, ticks_per_sec};
+use common::cpu_time;
 use pool_testkit::dialers::Counting;
 use pool_testkit::pair::{verify_healthy, Pair};
 use pool_tokio::{ClientPool, ServerPool, TcpDialer};
@@ -24,11 +24,11 @@ async fn backoff_while_down_then_refill() {
         .interval(Duration::from_millis(100), Duration::from_secs(1))
         .build()
         .unwrap();
-    let cpu0 = cpu_ticks();
+    let cpu0 = cpu_time();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks() - cpu0) as f64 / ticks_per_sec() as f64;
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
     let attempts = dialer.attempts_between(t0, Instant::now());
     let rate = attempts as f64 / secs;
     let cpu_pct = 100.0 * cpu / secs;

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cpu_ticks, set_nofile, ticks_per_sec};
+use common::{cpu_time, set_nofile};
 use pool_testkit::pair::{verify_healthy, Pair};
 use pool_tokio::{ClientPool, ServerPool};
 
@@ -86,11 +86,10 @@ async fn child() {
         s.connect(&addr.into()).unwrap();
     }
     // Under pressure for a second: the accept loop must back off, not spin.
-    let cpu0 = cpu_ticks();
+    let cpu0 = cpu_time();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_pct =
-        100.0 * (cpu_ticks() - cpu0) as f64 / ticks_per_sec() as f64 / t0.elapsed().as_secs_f64();
+    let cpu_pct = 100.0 * (cpu_time() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     println!(
         "under pressure: {} hogs, cpu {cpu_pct:.1}%, server {:?}",
         hogs.len(),

@@ -3,6 +3,7 @@
 //! Progress goes to stderr; the last line of stdout is the summary
 //! `soak: pairs=N mismatched=0 lost_bytes=0 leaked_fds=0 panics=0 faults=K`, and the
 //! exit code is 1 when any defect counter is not zero (2 on bad arguments).
+#![forbid(unsafe_code)]
 
 use pool_testkit::soak::{run, SoakConfig};
 

@@ -11,60 +11,17 @@ use tokio::net::TcpStream;
 
 /// Raises the soft open-file limit to the hard one; the new soft limit.
 pub(crate) fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass, which lives
-    // on this stack frame for the whole call.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
+    pool_net::process::raise_nofile().unwrap_or(0)
 }
 
 /// Sets the soft open-file limit (the hard one stays).
 pub(crate) fn set_nofile(soft: u64) -> bool {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as in `raise_nofile`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return false;
-        }
-        lim.rlim_cur = soft.min(lim.rlim_max);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
-    }
+    pool_net::process::set_nofile_soft(soft).is_ok()
 }
 
-/// Process CPU time (user + system) from /proc/self/stat, in clock ticks.
-pub(crate) fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let stime: u64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    utime + stime
-}
-
-/// Clock ticks per second (sysconf).
-pub(crate) fn ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+/// CPU time (user + system) this process has used.
+pub(crate) fn cpu_time() -> Duration {
+    pool_net::process::cpu_time().unwrap_or_default()
 }
 
 /// Closes a socket with an RST.

@@ -87,36 +87,22 @@ fn mem(mode: &str, n: usize) -> Res<Vec<f64>> {
             parallelism: 8,
             min_interval: None,
         };
-        trim();
         let before = rss_bytes();
-        let (after, trimmed);
+        let after;
         if mode.starts_with("raw") {
             let (_, pairs) = raw_fill(n, 8, tls.as_ref()).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             after = rss_bytes();
-            trim();
-            trimmed = rss_bytes();
             drop(pairs);
         } else {
             let (_, pools) = pool_fill(spec, tls.as_ref()).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             after = rss_bytes();
-            trim();
-            trimmed = rss_bytes();
             pools.close().await;
         }
         let per = after.saturating_sub(before) as f64 / n as f64;
-        let per_trimmed = trimmed.saturating_sub(before) as f64 / n as f64;
-        Ok(vec![per, before as f64, after as f64, per_trimmed])
+        Ok(vec![per, before as f64, after as f64])
     })
-}
-
-/// Returns freed heap memory to the system (glibc), so that RSS shows only live data.
-fn trim() {
-    // SAFETY: `malloc_trim` takes no pointer and only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// CPU % of one core over `secs` with a full idle pool of `n` (both ends here).
@@ -194,11 +180,9 @@ pub(crate) fn memory(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
         let marginal = |full: &[f64], h: &[f64]| (delta(full) - delta(h)) / (n - half) as f64;
         let (pm, rm) = (marginal(&pool, &pool_half), marginal(&raw, &raw_half));
         eprintln!(
-            "  {name}: pool {:.0} B/pair ({:.0} after malloc_trim), raw {:.0} B/pair ({:.0} after malloc_trim); marginal pool {pm:.0} raw {rm:.0} B/pair; fixed pool {:.0} KiB raw {:.0} KiB; size_of PoolConn {} B",
+            "  {name}: pool {:.0} B/pair, raw {:.0} B/pair; marginal pool {pm:.0} raw {rm:.0} B/pair; fixed pool {:.0} KiB raw {:.0} KiB; size_of PoolConn {} B",
             pool[0],
-            pool[3],
             raw[0],
-            raw[3],
             (delta(&pool) - pm * n as f64) / 1024.0,
             (delta(&raw) - rm * n as f64) / 1024.0,
             std::mem::size_of::<pool_tokio::PoolConn>()

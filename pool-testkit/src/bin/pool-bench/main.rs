@@ -8,6 +8,7 @@
 //! get latency, memory per idle pair, core operations, idle and down CPU. `--quick` runs
 //! each at a tenth of its size. `--only a,b` runs some scenarios (fill, rtt, checkout,
 //! mem, core, cpu). See BENCHMARKS.md at the workspace root.
+#![forbid(unsafe_code)]
 
 mod checkout;
 mod child;

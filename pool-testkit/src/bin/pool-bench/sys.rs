@@ -4,26 +4,9 @@ use std::time::Duration;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force.
 pub(crate) fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` writes one `rlimit` into the valid, exclusively borrowed `lim`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `setrlimit` only reads the valid `want`; raising the soft limit up to
-        // the hard limit needs no privilege and affects only this process.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    lim.rlim_cur
+    pool_net::process::raise_nofile()
+        .or_else(|_| pool_net::process::nofile_limit().map(|(soft, _)| soft))
+        .unwrap_or(1024)
 }
 
 /// `VmRSS` of this process, in bytes.
@@ -36,18 +19,9 @@ pub(crate) fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// User plus system CPU time of this process (all threads), from `getrusage`.
+/// User plus system CPU time of this process (all threads).
 pub(crate) fn cpu_time() -> Duration {
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `getrusage` writes one `rusage` into the valid, exclusively borrowed `ru`.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    pool_net::process::cpu_time().unwrap_or(Duration::ZERO)
 }
 
 /// The machine the figures come from.
