@@ -1,7 +1,7 @@
 //! Tests of socket options and listener binding.
 #![cfg(unix)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
@@ -173,20 +173,11 @@ fn rebind_right_after_close_with_time_wait() {
 }
 
 #[test]
-fn bind_listener_ipv6_dual_stack() {
-    let any6: SocketAddr = "[::]:0".parse().unwrap();
-    let Ok(listener) = bind_listener(any6, 16) else {
+fn bind_listener_ipv6_loopback() {
+    // Loopback only: the tests never listen on every interface.
+    let Ok(loop6) = bind_listener("[::1]:0".parse().unwrap(), 16) else {
         return; // no IPv6 on this host
     };
-    let port = listener.local_addr().unwrap().port();
-    if let Ok(false) = SockRef::from(&listener).only_v6() {
-        let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_s, peer) = listener.accept().unwrap();
-        assert!(pool_net::IpFilter::parse("127.0.0.1")
-            .unwrap()
-            .allows(peer.ip()));
-    }
-    let loop6 = bind_listener("[::1]:0".parse().unwrap(), 16).unwrap();
     let _c = TcpStream::connect(loop6.local_addr().unwrap()).unwrap();
     loop6.accept().unwrap();
 }
