@@ -255,6 +255,30 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever a peer sends, the reader answers an id or a typed error, takes no
+        /// more than the id's length, and never panics.
+        #[test]
+        fn any_bytes_give_an_id_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..32), raw_form in any::<bool>()) {
+            let form = if raw_form { IdForm::Raw4 } else { IdForm::Hex8 };
+            let mut r = IdReader::new(form);
+            match r.feed(&bytes) {
+                Ok(fed) => {
+                    prop_assert!(fed.consumed <= form.wire_len());
+                    prop_assert_eq!(fed.id.is_some(), bytes.len() >= form.wire_len());
+                    if let Some(id) = fed.id {
+                        let wire = form.encode(&id);
+                        prop_assert_eq!(wire.as_ref(), &bytes[..form.wire_len()]);
+                    }
+                }
+                Err(IdError::BadByte { byte, at }) => {
+                    prop_assert!(!raw_form);
+                    prop_assert_eq!(bytes[at], byte);
+                    prop_assert!(bytes[..at].iter().all(|b| is_lower_hex(*b)));
+                }
+                Err(e) => prop_assert!(false, "unexpected {e:?}"),
+            }
+        }
+
         #[test]
         fn chunked_feed_never_overreads(raw in any::<[u8; 4]>(), tail in proptest::collection::vec(any::<u8>(), 0..16), cuts in proptest::collection::vec(0usize..6, 0..12), raw_form in any::<bool>()) {
             let form = if raw_form { IdForm::Raw4 } else { IdForm::Hex8 };
