@@ -6,19 +6,6 @@ use std::time::Duration;
 /// to the kernel (Linux rejects anything above `MAX_TCP_KEEPIDLE` = 32767).
 #[cfg_attr(not(unix), allow(dead_code))]
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
-/// Largest keep-alive probe count passed to the kernel (Linux `MAX_TCP_KEEPCNT`).
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "dragonfly",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "fuchsia",
-    target_os = "illumos",
-))]
-const MAX_KEEPALIVE_RETRIES: u32 = 127;
 
 /// Socket options applied to every pooled TCP stream.
 ///
@@ -127,6 +114,8 @@ impl SocketOptions {
                     target_os = "illumos",
                 ))]
                 let params = {
+                    /// Largest probe count the kernel takes (Linux `MAX_TCP_KEEPCNT`).
+                    const MAX_KEEPALIVE_RETRIES: u32 = 127;
                     let interval = self.keepalive_interval.unwrap_or(idle);
                     let params = params.with_interval(keepalive_secs(interval));
                     match self.keepalive_retries {
