@@ -1,12 +1,13 @@
 //! Idle map and client machine costs at 1k, 16k and 64k idle entries.
 //!
 //! `cargo bench -p pool-core --bench idle_map`. Each iteration takes one connection and
-//! puts one back, so the map stays at its size.
+//! puts one back, so the map stays at its size. The client's get includes reporting
+//! its liveness check (always alive here).
 
 use std::time::Instant;
 
 use divan::Bencher;
-use pool_core::{ClientConfig, ClientMachine, ConnId, Got, IdleMap};
+use pool_core::{ClientConfig, ClientMachine, ConnId, Got, IdleMap, SeededRandom};
 
 const SIZES: &[usize] = &[1_024, 16_384, 65_536];
 
@@ -51,20 +52,22 @@ fn take_oldest_and_insert(b: Bencher<'_, '_>, n: usize) {
 fn client_get_and_land(b: Bencher<'_, '_>, n: usize) {
     let now = Instant::now();
     let cfg = ClientConfig::builder().capacity(n, n).build().unwrap();
-    let mut m: ClientMachine<u64> = ClientMachine::new(cfg, now);
+    let mut m: ClientMachine<u64> = ClientMachine::new(cfg, SeededRandom::from_seed([1; 32]), now);
     m.handle_timeout(now);
     let mut i = 0;
     while let Some(t) = m.poll_dial(now) {
-        let _ = m.handle_dial_success(t, id(i), i as u64, now);
+        m.handle_dial_success(t, id(i), i as u64, now);
         i += 1;
     }
     let mut next = 0usize;
     b.bench_local(|| {
         let k = id(next % n);
         next += 1;
-        if let Got::Ready(k, v) = m.get(k, now, now, |_| true) {
-            // Back in through the path a fresh dial takes.
-            m.put_back(k, v).unwrap();
+        if let Got::Check(check) = m.get(k, now, now) {
+            if let Got::Ready(k, v) = m.handle_check(check, true, now) {
+                // Back in through the path a fresh dial takes.
+                m.put_back(k, v, now);
+            }
         }
     });
 }

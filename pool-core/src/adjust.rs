@@ -104,7 +104,7 @@ impl IntervalPolicy {
             out = out.saturating_sub(self.step).max(min);
         }
         if (idle as u128) > self.high.of(capacity) && out < max {
-            out = (out + self.step).min(max);
+            out = out.saturating_add(self.step).min(max);
         }
         out
     }

@@ -19,11 +19,14 @@
 //! maximum. The first success ends it. Scattered failures among successes do not slow
 //! the pool down.
 
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use crate::common::{Got, PoolCommon};
 use crate::config::ClientConfig;
-use crate::hub::{Answer, Got, Hub, Landed};
-use crate::stats::{Counters, Stage, Status};
+use crate::random::{Entropy, Random};
+use crate::stats::{Stage, Status};
+use crate::time::deadline_after;
 use crate::waiters::Want;
 use crate::ConnId;
 
@@ -54,23 +57,20 @@ impl DialTicket {
     }
     /// When the id read must be done, counted from when the handshake finished.
     pub fn id_deadline(&self, handshake_done: Instant) -> Instant {
-        handshake_done + self.id_timeout
+        deadline_after(handshake_done, self.id_timeout)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
-    Refill = 0,
-}
-
 /// The client pool's decisions, with no I/O. Drive it as the crate docs show.
+///
+/// What it shares with the server machine (gets, liveness checks, the sweep, answers,
+/// counters) is in [`PoolCommon`], reached through `Deref`.
 #[derive(Debug)]
 pub struct ClientMachine<C> {
     cfg: ClientConfig,
-    hub: Hub<C>,
+    common: PoolCommon<C>,
     capacity: usize,
     interval: Duration,
-    in_flight: usize,
     next_serial: u64,
     /// Whether the probe of this round is still to be handed out (while backing off).
     probe: bool,
@@ -79,24 +79,44 @@ pub struct ClientMachine<C> {
     created: Option<usize>,
     failures: u32,
     backoff: Duration,
-    timers: [Option<Instant>; 1],
+    /// When the next round is due; `None` after close.
+    refill: Option<Instant>,
+}
+
+impl<C> Deref for ClientMachine<C> {
+    type Target = PoolCommon<C>;
+    fn deref(&self) -> &PoolCommon<C> {
+        &self.common
+    }
+}
+
+impl<C> DerefMut for ClientMachine<C> {
+    fn deref_mut(&mut self) -> &mut PoolCommon<C> {
+        &mut self.common
+    }
 }
 
 impl<C> ClientMachine<C> {
-    /// A machine whose first round is due at `now`.
-    pub fn new(cfg: ClientConfig, now: Instant) -> Self {
+    /// A machine whose first round is due at `now`, drawing its randomness (single-mode
+    /// ids, backoff jitter) from `random`: a [`SeededRandom`](crate::SeededRandom)
+    /// seeded from a secure source.
+    pub fn new(cfg: ClientConfig, random: impl Random + 'static, now: Instant) -> Self {
         Self {
             capacity: cfg.min_capacity,
             interval: cfg.min_interval,
+            common: PoolCommon::new(
+                Entropy::new(random),
+                now,
+                cfg.sweep_interval,
+                cfg.max_idle_age,
+            ),
             cfg,
-            hub: Hub::new(),
-            in_flight: 0,
             next_serial: 0,
             probe: false,
             created: None,
             failures: 0,
             backoff: Duration::ZERO,
-            timers: [Some(now)],
+            refill: Some(now),
         }
     }
 
@@ -105,21 +125,22 @@ impl<C> ClientMachine<C> {
         &self.cfg
     }
 
-    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work.
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work:
+    /// the next round, the next sweep or the first waiter's deadline.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let timer = self.timers.iter().flatten().min().copied();
-        match (timer, self.hub.waiters.next_deadline()) {
+        match (self.refill, self.common.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Time passed: expires waiting gets and starts a round when one is due. Calling it
-    /// early or twice is harmless.
+    /// Time passed: expires waiting gets, starts a sweep when one is due (its batches
+    /// come out of [`poll_probe`](PoolCommon::poll_probe)) and a round when one is due.
+    /// Calling it early or twice is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.hub.expire(now);
-        let due = self.timers[Timer::Refill as usize].is_some_and(|t| t <= now);
-        if !due || self.hub.closed {
+        self.common.expire(now);
+        let due = self.refill.is_some_and(|t| t <= now);
+        if !due || self.common.closed {
             return;
         }
         if let Some(created) = self.created {
@@ -130,7 +151,7 @@ impl<C> ClientMachine<C> {
                 .next(self.capacity, created, min, max);
         }
         self.created = Some(0);
-        let idle = self.hub.idle.len();
+        let idle = self.common.idle.len();
         let (min, max) = (self.cfg.min_interval, self.cfg.max_interval);
         self.interval = self
             .cfg
@@ -142,98 +163,96 @@ impl<C> ClientMachine<C> {
         } else {
             self.interval
         };
-        self.timers[Timer::Refill as usize] = Some(now + wait);
+        self.refill = Some(deadline_after(now, wait));
     }
 
     /// The next dial to start, if any. Call until `None` after every input, a get
     /// that took a connection included.
     pub fn poll_dial(&mut self, now: Instant) -> Option<DialTicket> {
-        if self.hub.closed {
+        if self.common.closed {
             return None;
         }
-        let urgent = self.cfg.single && self.hub.waiters.any_len() > self.in_flight;
+        let in_flight = self.common.in_flight;
+        let urgent = self.cfg.single && self.common.waiters.any_len() > in_flight;
         if !urgent {
             self.created?; // no round has run yet
+            let full = self.common.held() >= self.capacity;
             if self.backing_off() {
-                if !self.probe || self.in_flight > 0 {
+                if !self.probe || in_flight > 0 || full {
                     return None;
                 }
                 self.probe = false;
-            } else if self.hub.idle.len() + self.in_flight >= self.capacity
-                || self.in_flight >= self.cfg.parallelism
-            {
+            } else if full || in_flight >= self.cfg.parallelism {
                 return None;
             }
         }
-        self.in_flight += 1;
-        self.hub.counters.dialed += 1;
+        self.common.in_flight += 1;
+        self.common.counters.dialed += 1;
         self.next_serial += 1;
         Some(DialTicket {
             serial: self.next_serial,
             urgent,
-            handshake_deadline: now + self.cfg.handshake_timeout,
+            handshake_deadline: deadline_after(now, self.cfg.handshake_timeout),
             id_timeout: self.cfg.id_timeout,
         })
     }
 
-    /// A dial finished its handshake and has its id (read from the server, or in single
-    /// mode made by the driver from random bytes with [`ConnId::from_random`]).
-    pub fn handle_dial_success(
-        &mut self,
-        ticket: DialTicket,
-        id: ConnId,
-        conn: C,
-        now: Instant,
-    ) -> Landed<C, DialTicket> {
-        if self.hub.closed {
-            self.finish();
-            return Landed::Closed;
-        }
-        match self.hub.land(id, conn) {
-            Err(conn) => Landed::Collision(ticket, conn),
-            Ok(()) => {
-                self.hub.counters.created += 1;
-                if self.backing_off() {
-                    // The server is back: the next round need not sit out the backoff.
-                    let refill = &mut self.timers[Timer::Refill as usize];
-                    if let Some(t) = refill.as_mut() {
-                        *t = (*t).min(now + self.interval);
-                    }
-                }
-                self.failures = 0;
-                self.backoff = Duration::ZERO;
-                self.probe = false;
-                if !ticket.urgent {
-                    if let Some(c) = self.created.as_mut() {
-                        *c += 1;
-                    }
-                }
-                self.finish();
-                Landed::Kept
-            }
-        }
+    /// A fresh id for a single-mode connection, drawn from the machine's generator
+    /// and not idle. Call it in the same critical section as the
+    /// [`handle_dial_success`](Self::handle_dial_success) that lands it.
+    pub fn make_id(&mut self) -> ConnId {
+        self.common.fresh_id(|_| true)
     }
 
-    /// A dial failed at `stage` (an error or its deadline). `jitter` is a random number
-    /// that spreads the backoff.
-    pub fn handle_dial_failure(
-        &mut self,
-        ticket: DialTicket,
-        stage: Stage,
-        jitter: u32,
-        now: Instant,
-    ) {
+    /// A dial finished its handshake and has its id: read from the server, or in
+    /// single mode made with [`make_id`](Self::make_id). The connection goes idle or to
+    /// a waiting get. An id already idle here is the server's fault: the connection is
+    /// queued for closing ([`poll_close`](PoolCommon::poll_close)) and the dial counts
+    /// as failed at the id stage.
+    pub fn handle_dial_success(&mut self, ticket: DialTicket, id: ConnId, conn: C, now: Instant) {
+        if self.common.closed {
+            self.common.close_later(id, conn);
+            return self.finish();
+        }
+        if let Err(conn) = self.common.land(id, conn, now) {
+            self.common.counters.id_collisions += 1;
+            self.common.close_later(id, conn);
+            return self.handle_dial_failure(ticket, Stage::Id, now);
+        }
+        self.common.counters.created += 1;
+        if self.backing_off() {
+            // The server is back: the next round need not sit out the backoff.
+            let sooner = deadline_after(now, self.interval);
+            if let Some(t) = self.refill.as_mut() {
+                *t = (*t).min(sooner);
+            }
+        }
+        self.failures = 0;
+        self.backoff = Duration::ZERO;
+        self.probe = false;
+        if !ticket.urgent {
+            if let Some(c) = self.created.as_mut() {
+                *c += 1;
+            }
+        }
+        self.finish();
+    }
+
+    /// A dial failed at `stage` (an error or its deadline). After a run of failures
+    /// the machine backs off, with jitter drawn from its own generator.
+    pub fn handle_dial_failure(&mut self, ticket: DialTicket, stage: Stage, now: Instant) {
         let _ = ticket;
-        self.hub.counters.count_failure(stage);
-        if !self.hub.closed {
+        self.common.counters.count_failure(stage);
+        if !self.common.closed {
             self.failures = self.failures.saturating_add(1);
             if self.backing_off() {
                 let beyond = self.failures - self.backoff_threshold() + 1;
+                let jitter = self.common.random.next_u32();
                 self.backoff = backoff(&self.cfg, beyond, jitter);
                 // The next probe waits at least the backoff from this failure.
-                let refill = &mut self.timers[Timer::Refill as usize];
-                if let Some(t) = refill.as_mut() {
-                    *t = (*t).max(now + self.backoff);
+                let later = deadline_after(now, self.backoff);
+                if let Some(t) = self.refill.as_mut() {
+                    *t = (*t).max(later);
                 }
             }
         }
@@ -242,7 +261,7 @@ impl<C> ClientMachine<C> {
 
     /// Consecutive failures that mean "unreachable": the parallelism, or the capacity
     /// when smaller (the pool cannot see more failures at once than it has dials).
-    fn backoff_threshold(&self) -> u32 {
+    pub fn backoff_threshold(&self) -> u32 {
         let n = self.cfg.parallelism.min(self.capacity).max(1);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -253,105 +272,62 @@ impl<C> ClientMachine<C> {
     }
 
     fn finish(&mut self) {
-        self.in_flight -= 1;
-        if self.in_flight == 0 {
-            self.hub.fail_id_waiters();
+        self.common.in_flight -= 1;
+        if !self.common.can_arrive() {
+            self.common.fail_id_waiters();
         }
     }
 
     /// A get for the connection with `id`. Waits (until `deadline`) only while a
-    /// handshake in flight could still produce that id; otherwise `NotFound`.
-    /// `alive` probes a candidate; a dead one is dropped and counted.
-    pub fn get(
-        &mut self,
-        id: ConnId,
-        now: Instant,
-        deadline: Instant,
-        alive: impl FnMut(&mut C) -> bool,
-    ) -> Got<C> {
-        let can_arrive = self.in_flight > 0;
-        self.hub.get(Want::Id(id), now, deadline, alive, can_arrive)
+    /// handshake in flight could still produce that id; otherwise `NotFound`. A found
+    /// candidate comes as [`Got::Check`], to probe and report with
+    /// [`handle_check`](PoolCommon::handle_check).
+    pub fn get(&mut self, id: ConnId, now: Instant, deadline: Instant) -> Got<C> {
+        self.common.get(Want::Id(id), now, deadline)
     }
 
     /// A get for any live connection, oldest first. In single mode, when nothing is idle,
     /// [`poll_dial`](Self::poll_dial) then hands out an urgent dial for it.
-    pub fn get_any(
-        &mut self,
-        now: Instant,
-        deadline: Instant,
-        alive: impl FnMut(&mut C) -> bool,
-    ) -> Got<C> {
-        self.hub.get(Want::Any, now, deadline, alive, true)
-    }
-
-    /// A waiting get was dropped by its caller.
-    pub fn cancel(&mut self, key: crate::WaiterKey) -> bool {
-        self.hub.waiters.cancel(key)
-    }
-
-    /// The next answer to a waiting get.
-    pub fn poll_answer(&mut self) -> Option<Answer<C>> {
-        self.hub.poll_answer()
+    pub fn get_any(&mut self, now: Instant, deadline: Instant) -> Got<C> {
+        self.common.get(Want::Any, now, deadline)
     }
 
     /// Gives back a connection whose answer could not be delivered (the get was gone).
-    pub fn put_back(&mut self, id: ConnId, conn: C) -> Result<(), C> {
-        self.hub.put_back(id, conn)
-    }
-
-    /// Drops every idle connection that `alive` says is dead; how many.
-    pub fn sweep(&mut self, alive: impl FnMut(&mut C) -> bool) -> usize {
-        self.hub.sweep(alive)
+    /// One that cannot be kept is queued for closing.
+    pub fn put_back(&mut self, id: ConnId, conn: C, now: Instant) {
+        let capacity = self.capacity;
+        self.common.put_back(id, conn, now, capacity);
     }
 
     /// Takes every idle connection out (to be closed); [`poll_dial`](Self::poll_dial)
     /// then refills at once (Go: `Flush`).
     pub fn flush(&mut self, _now: Instant) -> Vec<(ConnId, C)> {
-        self.hub.idle.drain()
+        self.common.flush()
     }
 
     /// Closes: waiting gets are answered `Closed`, idle connections come back to be
-    /// closed, no more dials; tickets still out may be returned and are dropped.
+    /// closed, no more dials or sweeps; tickets still out may be returned and their
+    /// connections are queued for closing.
     pub fn close(&mut self) -> Vec<(ConnId, C)> {
-        self.timers = [None];
+        self.refill = None;
         self.probe = false;
-        self.hub.close()
-    }
-
-    /// Whether [`close`](Self::close) was called.
-    pub fn is_closed(&self) -> bool {
-        self.hub.closed
+        self.common.close()
     }
 
     /// The status snapshot.
     pub fn status(&self) -> Status {
         Status {
-            idle: self.hub.idle.len(),
+            idle: self.common.idle.len(),
             capacity: self.capacity,
             interval: self.interval,
-            in_flight: self.in_flight,
-            waiting: self.hub.waiters.len(),
+            in_flight: self.common.in_flight,
+            waiting: self.common.waiters.len(),
         }
-    }
-
-    /// The counters.
-    pub fn counters(&self) -> Counters {
-        self.hub.counters
-    }
-
-    /// Records an application error (Go: `AddError`).
-    pub fn add_error(&mut self) {
-        self.hub.counters.app_errors += 1;
-    }
-
-    /// Resets the application error count (Go, later releases: `ResetError`).
-    pub fn reset_errors(&mut self) {
-        self.hub.counters.app_errors = 0;
     }
 
     /// When the next round is due; `None` after close.
     pub fn refill_at(&self) -> Option<Instant> {
-        self.timers[Timer::Refill as usize]
+        self.refill
     }
 
     /// Consecutive dial failures so far.

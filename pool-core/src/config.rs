@@ -25,6 +25,8 @@ pub struct ClientConfig {
     pub(crate) id_form: IdForm,
     pub(crate) interval_policy: IntervalPolicy,
     pub(crate) capacity_policy: CapacityPolicy,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) max_idle_age: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +43,8 @@ impl Default for ClientConfig {
             id_form: IdForm::Hex8,
             interval_policy: IntervalPolicy::default(),
             capacity_policy: CapacityPolicy::default(),
+            sweep_interval: Duration::from_secs(1),
+            max_idle_age: None,
         }
     }
 }
@@ -96,6 +100,14 @@ impl ClientConfig {
     /// Wire form of the id.
     pub fn id_form(&self) -> IdForm {
         self.id_form
+    }
+    /// How often idle connections are probed.
+    pub fn sweep_interval(&self) -> Duration {
+        self.sweep_interval
+    }
+    /// Idle connections older than this are closed and replaced; `None`: no limit.
+    pub fn max_idle_age(&self) -> Option<Duration> {
+        self.max_idle_age
     }
 }
 
@@ -155,6 +167,19 @@ impl ClientConfigBuilder {
         self.0.capacity_policy = p;
         self
     }
+    /// How often idle connections are probed and dead ones replaced. Default 1 s (the
+    /// Go package probes only at `get`).
+    pub fn sweep_interval(mut self, d: Duration) -> Self {
+        self.0.sweep_interval = d;
+        self
+    }
+    /// Closes and replaces connections idle longer than this, checked at each sweep
+    /// and at each get, so a connection lives at most this plus one sweep interval.
+    /// Default `None`: no limit, as in the Go package.
+    pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
+        self.0.max_idle_age = age;
+        self
+    }
 
     /// Checks and returns the configuration.
     pub fn build(self) -> Result<ClientConfig, ConfigError> {
@@ -178,6 +203,7 @@ impl ClientConfigBuilder {
         if c.id_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration { what: "id timeout" });
         }
+        check_sweep(c.sweep_interval, c.max_idle_age)?;
         c.interval_policy.validate()?;
         c.capacity_policy.validate()?;
         Ok(c)
@@ -200,6 +226,7 @@ impl ClientConfigBuilder {
         if c.id_timeout.is_zero() {
             c.id_timeout = d.id_timeout;
         }
+        (c.sweep_interval, c.max_idle_age) = fix_sweep(c.sweep_interval, c.max_idle_age);
         if c.interval_policy.validate().is_err() {
             c.interval_policy = d.interval_policy;
         }
@@ -217,7 +244,13 @@ pub struct ServerConfig {
     pub(crate) max_handshakes: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) id_form: IdForm,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) max_idle_age: Option<Duration>,
+    pub(crate) settle: Duration,
 }
+
+/// The default [`ServerConfigBuilder::settle`] time.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(5);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -226,6 +259,9 @@ impl Default for ServerConfig {
             max_handshakes: 256,
             handshake_timeout: Duration::from_secs(5),
             id_form: IdForm::Hex8,
+            sweep_interval: Duration::from_secs(1),
+            max_idle_age: None,
+            settle: DEFAULT_SETTLE,
         }
     }
 }
@@ -258,6 +294,19 @@ impl ServerConfig {
     pub fn id_form(&self) -> IdForm {
         self.id_form
     }
+    /// How often idle connections are probed.
+    pub fn sweep_interval(&self) -> Duration {
+        self.sweep_interval
+    }
+    /// Idle connections older than this are closed; `None`: no limit.
+    pub fn max_idle_age(&self) -> Option<Duration> {
+        self.max_idle_age
+    }
+    /// How long after its id was written a connection waits before it can be handed
+    /// out.
+    pub fn settle(&self) -> Duration {
+        self.settle
+    }
 }
 
 /// Builder of a [`ServerConfig`].
@@ -288,6 +337,34 @@ impl ServerConfigBuilder {
         self.0.id_form = form;
         self
     }
+    /// How often idle connections are probed and dead ones dropped. Default 1 s.
+    pub fn sweep_interval(mut self, d: Duration) -> Self {
+        self.0.sweep_interval = d;
+        self
+    }
+    /// Closes connections idle longer than this, checked at each sweep and at each
+    /// get. Default `None`: no limit, as in the Go package.
+    pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
+        self.0.max_idle_age = age;
+        self
+    }
+    /// How long a new connection waits, after its id was written, before a get can
+    /// take it. Default [`DEFAULT_SETTLE`] (5 ms).
+    ///
+    /// Why: a Go client pool makes an id findable only once its read of the id has
+    /// returned and it has stored the connection, and its `ClientGet` never waits. A
+    /// server that hands a brand-new connection to a get at once lets the application
+    /// send the id over its control channel before the Go client has registered it, and
+    /// the Go client answers `nil`. (A Go server hides the race: each of its gets spends
+    /// at least 1 ms in a health check.) Connections idle longer than this are not
+    /// affected, so a get on a warm pool pays nothing; a waiting get is answered the
+    /// moment the time ends. Zero turns it off, which is right when the client is this
+    /// crate's (its get by id waits for a handshake in flight) or when a tunnel key is
+    /// proven (the client registers the id before its proof arrives).
+    pub fn settle(mut self, d: Duration) -> Self {
+        self.0.settle = d;
+        self
+    }
     /// Checks and returns the configuration.
     pub fn build(self) -> Result<ServerConfig, ConfigError> {
         let c = self.0;
@@ -306,6 +383,7 @@ impl ServerConfigBuilder {
                 what: "handshake timeout",
             });
         }
+        check_sweep(c.sweep_interval, c.max_idle_age)?;
         Ok(c)
     }
     /// Zero values become their defaults, as the Go package's would. Never fails.
@@ -321,8 +399,33 @@ impl ServerConfigBuilder {
         if c.handshake_timeout.is_zero() {
             c.handshake_timeout = d.handshake_timeout;
         }
+        (c.sweep_interval, c.max_idle_age) = fix_sweep(c.sweep_interval, c.max_idle_age);
         c
     }
+}
+
+fn check_sweep(interval: Duration, max_idle_age: Option<Duration>) -> Result<(), ConfigError> {
+    if interval.is_zero() {
+        return Err(ConfigError::ZeroDuration {
+            what: "sweep interval",
+        });
+    }
+    if max_idle_age.is_some_and(|a| a.is_zero()) {
+        return Err(ConfigError::ZeroDuration {
+            what: "maximum idle age",
+        });
+    }
+    Ok(())
+}
+
+/// A zero sweep interval becomes the default 1 s; a zero idle age means no limit.
+fn fix_sweep(interval: Duration, max_idle_age: Option<Duration>) -> (Duration, Option<Duration>) {
+    let interval = if interval.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        interval
+    };
+    (interval, max_idle_age.filter(|a| !a.is_zero()))
 }
 
 fn check_bounds(

@@ -46,6 +46,16 @@ pub enum ConfigError {
         /// The maximum, as written.
         max: String,
     },
+    /// Two settings that cannot be used together.
+    #[error("{first} and {second} do not go together: {hint}")]
+    Conflict {
+        /// One setting.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// An adjustment threshold that is not a fraction between 0 and 1, or a low
     /// threshold above the high one.
     #[error("bad {what} threshold: {reason}")]

@@ -43,6 +43,8 @@ pub struct Counters {
     pub refused_busy: u64,
     /// Idle connections found dead and dropped.
     pub evicted_dead: u64,
+    /// Idle connections closed because they were idle longer than the maximum idle age.
+    pub evicted_aged: u64,
     /// Gets served from the idle pool at once.
     pub served_at_once: u64,
     /// Gets served after waiting.

@@ -1,0 +1,385 @@
+//! The server machine against the model: admission and its refusals, ids drawn from
+//! the machine's generator (scripted over a tiny space, so they collide), handshakes
+//! ending ready or failed, and gets.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+use pool_core::{
+    deadline_after, Admission, ConnId, HandshakeTicket, Refusal, ServerConfig, ServerMachine, Want,
+};
+use proptest::prelude::*;
+
+use crate::common::{
+    check_fresh_draws, count_failure, stage_of, Common, Tape, BATCH_IDS_RESERVED, MS, STRICT_BOUND,
+};
+use crate::outside::Outside;
+
+#[derive(Clone, Debug)]
+pub(crate) enum SOp {
+    Advance(u16),
+    ToTimeout,
+    Accept(bool),
+    Assign(usize),
+    /// Finishes a handshake; with `true`, first draws it an id if it has none.
+    Ready(usize, bool),
+    Fail {
+        pick: usize,
+        stage: u8,
+    },
+    Get {
+        wait_ms: u16,
+        hold: bool,
+    },
+    Report(usize),
+    Cancel(usize),
+    Kill(usize),
+    Probe,
+    ProbeBack(bool),
+    PutBack(usize),
+    Flush,
+    /// Closes only when true.
+    Close(bool),
+}
+
+pub(crate) fn server_op() -> impl Strategy<Value = SOp> {
+    prop_oneof![
+        4 => (0u16..1500).prop_map(SOp::Advance),
+        2 => Just(SOp::ToTimeout),
+        6 => prop_oneof![9 => Just(true), 1 => Just(false)].prop_map(SOp::Accept),
+        6 => any::<usize>().prop_map(SOp::Assign),
+        5 => (any::<usize>(), proptest::bool::weighted(0.8)).prop_map(|(p, a)| SOp::Ready(p, a)),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(pick, stage)| SOp::Fail { pick, stage }),
+        4 => (0u16..3000, proptest::bool::weighted(0.2))
+            .prop_map(|(wait_ms, hold)| SOp::Get { wait_ms, hold }),
+        1 => any::<usize>().prop_map(SOp::Report),
+        2 => any::<usize>().prop_map(SOp::Cancel),
+        2 => any::<usize>().prop_map(SOp::Kill),
+        2 => Just(SOp::Probe),
+        2 => any::<bool>().prop_map(SOp::ProbeBack),
+        2 => any::<usize>().prop_map(SOp::PutBack),
+        1 => Just(SOp::Flush),
+        1 => proptest::bool::weighted(0.1).prop_map(SOp::Close),
+    ]
+}
+
+pub(crate) fn server_cfg() -> impl Strategy<Value = ServerConfig> {
+    (
+        (1usize..12, 1usize..6, 100u64..5000),
+        100u64..3000,
+        proptest::option::weighted(0.5, 200u64..5000),
+        prop_oneof![Just(0u64), 1u64..40],
+    )
+        .prop_map(|((cap, hs, to), sweep, age, settle)| {
+            ServerConfig::builder()
+                .max_capacity(cap)
+                .max_handshakes(hs)
+                .handshake_timeout(MS(to))
+                .sweep_interval(MS(sweep))
+                .max_idle_age(age.map(MS))
+                .settle(MS(settle))
+                .build()
+                .expect("valid config")
+        })
+}
+
+pub(crate) struct ServerHarness {
+    pub(crate) m: ServerMachine<u64>,
+    cfg: ServerConfig,
+    tape: Tape,
+    now: Instant,
+    pub(crate) tickets: Vec<(HandshakeTicket, u64)>,
+    /// Ready connections waiting out the settle time; their ids stay reserved.
+    settling: VecDeque<(Instant, ConnId, u64)>,
+    next_val: u64,
+    pub(crate) c: Common,
+    out: Outside,
+}
+
+impl ServerHarness {
+    pub(crate) fn new(cfg: ServerConfig, script: Vec<u32>) -> Self {
+        let now = Instant::now();
+        let tape = Tape::new(script);
+        Self {
+            m: ServerMachine::new(cfg.clone(), tape.clone(), now),
+            c: Common::new(now, cfg.sweep_interval(), cfg.max_idle_age()),
+            cfg,
+            tape,
+            now,
+            tickets: Vec::new(),
+            settling: VecDeque::new(),
+            next_val: 0,
+            out: Outside::default(),
+        }
+    }
+
+    /// Ids reserved: by a handshake under way, or by a connection settling.
+    fn pending(&self) -> Vec<ConnId> {
+        let settling = self.settling.iter().map(|(_, id, _)| *id);
+        self.tickets
+            .iter()
+            .filter_map(|(t, _)| t.id())
+            .chain(settling)
+            .collect()
+    }
+
+    /// Lands a connection that finished its handshake (or its settle time).
+    fn land(&mut self, id: ConnId, val: u64) {
+        let c = &mut self.c;
+        if c.land(id, val, self.now) {
+            c.k.created += 1;
+        } else {
+            // assign_id never draws an idle or reserved id, but a batch coming back
+            // can take one meanwhile (see BATCH_IDS_RESERVED).
+            if BATCH_IDS_RESERVED {
+                panic!("ready on a taken id");
+            }
+            c.k.id_collisions += 1;
+            c.close_later(id, val);
+        }
+    }
+
+    fn timeout(&mut self) {
+        while self
+            .settling
+            .front()
+            .is_some_and(|(due, _, _)| *due <= self.now)
+        {
+            let (_, id, val) = self.settling.pop_front().expect("front");
+            self.land(id, val);
+        }
+        self.c.expire(self.now);
+        self.m.handle_timeout(self.now);
+        assert!(!matches!(self.m.poll_timeout(), Some(t) if t <= self.now));
+    }
+
+    fn assign(&mut self, i: usize) {
+        let pending: HashSet<ConnId> = self.pending().into_iter().collect();
+        let had = self.tickets[i].0.id();
+        let got = self.m.assign_id(&mut self.tickets[i].0);
+        let drawn = self.tape.take();
+        match had {
+            Some(old) => {
+                assert_eq!(got, old, "a ticket keeps its id");
+                assert!(drawn.is_empty(), "a draw for a ticket with an id");
+            }
+            None => {
+                let idle = self.c.taken_ids();
+                let c = &mut self.c;
+                let taken = |id: &ConnId| idle.contains(id) || pending.contains(id);
+                assert_eq!(check_fresh_draws(&drawn, taken, &mut c.k), got);
+            }
+        }
+        assert_eq!(self.tickets[i].0.id(), Some(got));
+    }
+
+    pub(crate) fn apply(&mut self, op: &SOp) {
+        match op {
+            SOp::Advance(ms) => {
+                self.now += MS(u64::from(*ms));
+                self.timeout();
+            }
+            SOp::ToTimeout => {
+                if let Some(t) = self.m.poll_timeout() {
+                    self.now = self.now.max(t);
+                }
+                self.timeout();
+            }
+            SOp::Accept(allowed) => {
+                let held = self.held();
+                let k = &mut self.c.k;
+                let predicted = if self.c.closed {
+                    Some(Refusal::Closed)
+                } else if !allowed {
+                    k.refused_filter += 1;
+                    Some(Refusal::Filter)
+                } else if held >= self.cfg.max_capacity() {
+                    k.refused_full += 1;
+                    Some(Refusal::Full)
+                } else if self.tickets.len() >= self.cfg.max_handshakes() {
+                    k.refused_busy += 1;
+                    Some(Refusal::Busy)
+                } else {
+                    None
+                };
+                match (self.m.handle_accept(self.now, *allowed), predicted) {
+                    (Admission::Refuse(r), Some(p)) => assert_eq!(r, p),
+                    (Admission::Admit(t), None) => {
+                        let deadline = deadline_after(self.now, self.cfg.handshake_timeout());
+                        assert_eq!(t.deadline(), deadline);
+                        assert_eq!(t.id(), None);
+                        assert!(self.held() < self.cfg.max_capacity());
+                        self.next_val += 1;
+                        self.tickets.push((t, self.next_val));
+                        self.c.in_flight = self.tickets.len();
+                    }
+                    (got, p) => panic!("accept gave {got:?}, model says {p:?}"),
+                }
+            }
+            SOp::Assign(pick) if !self.tickets.is_empty() => {
+                self.assign(pick % self.tickets.len());
+            }
+            SOp::Ready(pick, assign) if !self.tickets.is_empty() => {
+                let i = pick % self.tickets.len();
+                if *assign {
+                    self.assign(i);
+                }
+                let (t, val) = self.tickets.swap_remove(i);
+                let id = t.id();
+                self.c.ledger.enter(val, None);
+                self.m.handle_ready(t, val, self.now);
+                self.c.in_flight = self.tickets.len();
+                match id {
+                    None => {
+                        self.c.k.id_errors += 1;
+                        self.c.close_later(ConnId::from_random([0; 4]), val);
+                    }
+                    Some(id) if self.c.closed => self.c.close_later(id, val),
+                    Some(id) if self.cfg.settle().is_zero() => self.land(id, val),
+                    Some(id) => {
+                        let due = deadline_after(self.now, self.cfg.settle());
+                        self.settling.push_back((due, id, val));
+                    }
+                }
+            }
+            SOp::Fail { pick, stage } if !self.tickets.is_empty() => {
+                let (t, _) = self.tickets.swap_remove(pick % self.tickets.len());
+                let stage = stage_of(*stage);
+                count_failure(&mut self.c.k, stage);
+                self.m.handle_failure(t, stage, self.now);
+                self.c.in_flight = self.tickets.len();
+            }
+            SOp::Assign(_) | SOp::Ready(..) | SOp::Fail { .. } => {}
+            SOp::Get { wait_ms, hold } => {
+                let deadline = self.now + MS(u64::from(*wait_ms));
+                let pred = self.c.get(Want::Any, self.now, deadline);
+                let got = self.m.get(self.now, deadline);
+                self.out.follow(
+                    &mut self.m,
+                    &mut self.c,
+                    (got, pred),
+                    (Want::Any, deadline),
+                    self.now,
+                    *hold,
+                );
+            }
+            SOp::Report(i) => self.out.report(&mut self.m, &mut self.c, *i, self.now),
+            SOp::Cancel(i) => {
+                let (key, live) = self.c.cancel(*i);
+                if let Some(key) = key {
+                    assert_eq!(self.m.cancel(key), live);
+                }
+            }
+            SOp::Kill(i) => self.c.kill(*i),
+            SOp::Probe => self.out.poll_probe(&mut self.m, &mut self.c, self.now),
+            SOp::ProbeBack(checked) => {
+                self.out
+                    .probe_back(&mut self.m, &mut self.c, *checked, self.now)
+            }
+            SOp::PutBack(i) => {
+                if let Some((id, v)) = self.out.take_app(&mut self.c, *i) {
+                    let pending = self.pending().contains(&id);
+                    self.m.put_back(id, v, self.now);
+                    if pending {
+                        // Its id was drawn again for a handshake under way.
+                        self.c.close_later(id, v);
+                    } else {
+                        let capacity = self.cfg.max_capacity() - self.settling.len();
+                        self.c.put_back(id, v, self.now, capacity);
+                    }
+                }
+            }
+            SOp::Flush => {
+                let mut out = self.m.flush();
+                let settled = self.settled_out(&mut out);
+                self.c.flush(&out);
+                self.close_settled(settled);
+            }
+            SOp::Close(false) => {}
+            SOp::Close(true) => {
+                let mut out = self.m.close();
+                let settled = self.settled_out(&mut out);
+                self.c.close(&out);
+                self.close_settled(settled);
+            }
+        }
+        self.check();
+    }
+
+    /// Idle, handshaking, settling and out-for-probe connections: what admission
+    /// counts.
+    fn held(&self) -> usize {
+        self.c.held() + self.settling.len()
+    }
+
+    /// Splits the settling connections (returned last, in order) off a flush or close.
+    fn settled_out(&mut self, out: &mut Vec<(ConnId, u64)>) -> Vec<(ConnId, u64)> {
+        let n = self.settling.len();
+        assert!(
+            out.len() >= n,
+            "settling connections missing from the flush"
+        );
+        let tail = out.split_off(out.len() - n);
+        let want: Vec<(ConnId, u64)> = self.settling.drain(..).map(|(_, i, v)| (i, v)).collect();
+        assert_eq!(tail, want, "flush returned other settling connections");
+        tail
+    }
+
+    fn close_settled(&mut self, settled: Vec<(ConnId, u64)>) {
+        for (_, v) in settled {
+            self.c.ledger.leave(v, crate::common::Loc::Closed);
+        }
+    }
+
+    fn check(&mut self) {
+        let answers = std::iter::from_fn(|| self.m.poll_answer()).collect();
+        let closes = std::iter::from_fn(|| self.m.poll_close()).collect();
+        self.c.check_outputs(answers, closes);
+        assert!(
+            self.tape.take().is_empty(),
+            "a draw the model did not expect"
+        );
+        let st = self.m.status();
+        assert_eq!(st.idle, self.c.idle.len(), "idle count");
+        assert_eq!(st.in_flight, self.tickets.len(), "handshake count");
+        assert_eq!(self.m.settling(), self.settling.len(), "settling count");
+        assert_eq!(st.waiting, self.c.waiters.len(), "waiting count");
+        assert_eq!(st.capacity, self.cfg.max_capacity());
+        assert!(
+            !STRICT_BOUND || self.held() <= self.cfg.max_capacity(),
+            "idle {} + handshaking {} above the maximum",
+            st.idle,
+            st.in_flight
+        );
+        assert!(st.in_flight <= self.cfg.max_handshakes());
+        assert_eq!(self.m.counters(), self.c.k, "counters");
+        let t = self.m.poll_timeout();
+        self.c.check_poll_timeout(t, self.m.sweep_at());
+        let settled = self.settling.front().map(|(due, _, _)| *due);
+        let shared = self.c.next_timeout();
+        let want = settled.into_iter().chain(shared).min();
+        assert_eq!(t, want, "the server's timers: settle times, waiters, sweep");
+        // Pending ids are unique, and never idle at the same time.
+        let pending = self.pending();
+        let set: HashSet<ConnId> = pending.iter().copied().collect();
+        assert_eq!(set.len(), pending.len(), "two handshakes share an id");
+        if BATCH_IDS_RESERVED {
+            assert!(self.c.idle.iter().all(|i| !set.contains(&i.id)));
+        }
+        let due: Vec<Instant> = self.settling.iter().map(|(d, _, _)| *d).collect();
+        assert!(due.is_sorted(), "settle times out of order");
+    }
+
+    /// Closes, finishes every handshake, returns every candidate and batch, and checks
+    /// that every connection left exactly once.
+    pub(crate) fn finish(&mut self) {
+        self.apply(&SOp::Close(true));
+        while !self.tickets.is_empty() {
+            self.apply(&SOp::Ready(0, false));
+        }
+        self.out.give_back(&mut self.m, &mut self.c, self.now);
+        self.check();
+        assert_eq!(self.m.status().in_flight, 0);
+        self.c.ledger.all_out();
+    }
+}
