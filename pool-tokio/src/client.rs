@@ -1,30 +1,26 @@
 //! The client pool: dials ahead so that idle connections wait at the server.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pool_core::{
-    CapacityPolicy, ClientConfig, ClientConfigBuilder, ClientMachine, ConnId, DialTicket, Got,
-    IdForm, IdReader, IntervalPolicy, Landed, Stage, WaiterKey,
+    CapacityPolicy, ClientConfig, ClientConfigBuilder, ClientMachine, ConnId, DialTicket, IdForm,
+    IdReader, IntervalPolicy, Stage, Want,
 };
 use pool_net::SocketOptions;
 use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::{debug, info};
 
 use crate::conn::{PoolConn, Stream};
 use crate::dialer::{Dialer, TcpDialer};
+use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
 use crate::error::{PoolError, StepError};
-use crate::rt::{now, random4, random_u32, sleep_until, Shutdown, TaskToken, Tasks};
-use crate::shared::{
-    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Owner, Replies, Shut,
-    Waiting,
-};
+use crate::rt::{now, seeded};
 
 /// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
 /// its default.
@@ -40,8 +36,8 @@ pub struct ClientPoolBuilder {
     hostname: Option<String>,
     socket: SocketOptions,
     get_timeout: Duration,
-    sweep_interval: Duration,
     key: Option<TunnelKey>,
+    single_tls: bool,
 }
 
 impl std::fmt::Debug for ClientPoolBuilder {
@@ -67,8 +63,8 @@ impl Default for ClientPoolBuilder {
             hostname: None,
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
-            sweep_interval: Duration::from_secs(1),
             key: None,
+            single_tls: false,
         }
     }
 }
@@ -128,9 +124,23 @@ impl ClientPoolBuilder {
         self.hostname = Some(name.into());
         self
     }
-    /// Single mode (Go: `isSingle`): ids made here, nothing read. Default false.
+    /// Single mode (Go: `isSingle`): ids made here, nothing read, and plain TCP as in
+    /// the Go package, whatever the TLS mode. A strict `build` refuses single mode with
+    /// a TLS mode (say which you meant); with [`go_normalized`](Self::go_normalized)
+    /// the TLS mode is ignored, as Go does. For TLS in single mode, an extension of
+    /// ours, see [`single_tls`](Self::single_tls). Default false.
     pub fn single(mut self, on: bool) -> Self {
         self.core = self.core.single(on);
+        self
+    }
+    /// Single mode over TLS: an extension (the Go package never runs TLS in single
+    /// mode), for a server of this crate in TLS mode. Implies [`single`](Self::single).
+    /// Default false.
+    pub fn single_tls(mut self, on: bool) -> Self {
+        self.single_tls = on;
+        if on {
+            self.core = self.core.single(true);
+        }
         self
     }
     /// Dials in flight at most. Default 64 (Go: 1).
@@ -160,7 +170,13 @@ impl ClientPoolBuilder {
     }
     /// How often idle connections are probed and dead ones replaced. Default 1 s.
     pub fn sweep_interval(mut self, d: Duration) -> Self {
-        self.sweep_interval = d;
+        self.core = self.core.sweep_interval(d);
+        self
+    }
+    /// Closes and replaces connections idle longer than this (checked at each sweep
+    /// and each get). Default `None`: no limit, as in the Go package.
+    pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
+        self.core = self.core.max_idle_age(age);
         self
     }
     /// Interval policy. Default: the Go rules.
@@ -190,15 +206,33 @@ impl ClientPoolBuilder {
 
     /// Checks the settings and starts the manager task. Call from inside a tokio
     /// runtime (Go: `NewClientPool` followed by `go ClientManager()`).
-    pub fn build(self) -> Result<ClientPool, PoolError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+    pub fn build(mut self) -> Result<ClientPool, PoolError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
         let cfg = if self.go_normalized {
             self.core.build_go_normalized()
         } else {
             self.core.build()?
         };
         let dialer = self.dialer.ok_or(PoolError::Missing("dialer or address"))?;
-        let tls = match self.tls_config {
+        let wants_tls = self.tls_config.is_some() || self.tls_mode != TlsMode::Off;
+        let tls_config = if cfg.single() && wants_tls && !self.single_tls {
+            if !self.go_normalized {
+                return Err(pool_core::ConfigError::Conflict {
+                    first: "single mode",
+                    second: "a TLS mode",
+                    hint: "single mode dials plain TCP, as the Go package does; drop the TLS \
+                           mode, drop single mode, or ask for TLS in single mode with \
+                           `single_tls(true)`",
+                }
+                .into());
+            }
+            // Go's single mode skips TLS whatever `tlsCode` says.
+            self.tls_mode = TlsMode::Off;
+            None
+        } else {
+            self.tls_config
+        };
+        let tls = match tls_config {
             Some(c) => Some(c),
             None => {
                 let mut b = ClientTlsBuilder::new(self.tls_mode);
@@ -215,101 +249,80 @@ impl ClientPoolBuilder {
             (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),
             _ => None,
         };
-        if self.sweep_interval.is_zero() {
-            return Err(pool_core::ConfigError::ZeroDuration {
-                what: "sweep interval",
-            }
-            .into());
-        }
-        let (shutdown_tx, shutdown) = Shutdown::new();
+        let engine = Arc::new(Engine::new(ClientMachine::new(
+            cfg.clone(),
+            seeded()?,
+            now(),
+        )));
         let inner = Arc::new(Inner {
             id_form: cfg.id_form(),
             single: cfg.single(),
-            state: Mutex::new(State {
-                m: ClientMachine::new(cfg, now()),
-                replies: Replies::default(),
-            }),
-            wake: Notify::new(),
+            engine: engine.clone(),
             dialer,
             tls: tls.map(|c| (TlsConnector::from(c), name)),
             socket: self.socket,
-            sweep_interval: self.sweep_interval,
             key: self.key,
-            tasks: Arc::new(Tasks::default()),
-            shutdown,
-            shutdown_tx,
+            rt,
         });
-        let token = inner.tasks.token();
-        handle.spawn(drive(inner.clone(), token));
+        inner.spawn(drive(inner.clone()));
         Ok(ClientPool {
             owner: Arc::new(Owner(inner)),
+            handle: PoolHandle::new(engine),
             get_timeout: self.get_timeout,
         })
     }
 }
 
-struct State {
-    m: ClientMachine<PoolConn>,
-    replies: Replies,
+impl Machine for ClientMachine<PoolConn> {
+    type Work = Vec<DialTicket>;
+    fn handle_timeout(&mut self, now: Instant) {
+        Self::handle_timeout(self, now);
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Self::poll_timeout(self)
+    }
+    fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant) {
+        Self::put_back(self, id, conn, now);
+    }
+    fn poll_work(&mut self, now: Instant) -> Vec<DialTicket> {
+        std::iter::from_fn(|| self.poll_dial(now)).collect()
+    }
+    fn status(&self) -> pool_core::Status {
+        Self::status(self)
+    }
+    fn close(&mut self) -> Vec<(ConnId, PoolConn)> {
+        Self::close(self)
+    }
 }
 
-impl_machine!(ClientMachine<PoolConn>);
-
 struct Inner {
-    state: Mutex<State>,
-    wake: Notify,
+    engine: Arc<Engine<ClientMachine<PoolConn>>>,
     dialer: Arc<dyn Dialer>,
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
     socket: SocketOptions,
     id_form: IdForm,
     single: bool,
-    sweep_interval: Duration,
     key: Option<TunnelKey>,
-    tasks: Arc<Tasks>,
-    shutdown: Shutdown,
-    shutdown_tx: watch::Sender<bool>,
+    rt: tokio::runtime::Handle,
 }
 
-impl Hub for Inner {
-    fn cancel_waiter(&self, key: WaiterKey, rx: &mut oneshot::Receiver<Delivery>) {
-        let mut st = lock(&self.state);
-        let st = &mut *st;
-        cancel_in(&mut st.m, &mut st.replies, key, rx);
+impl Side for Inner {
+    type M = ClientMachine<PoolConn>;
+    fn engine(&self) -> &Engine<Self::M> {
+        &self.engine
     }
-}
-
-impl Inner {
-    /// After any input: deliver answers, collect the dials to start.
-    fn outputs(st: &mut State, now: std::time::Instant) -> Vec<DialTicket> {
-        st.replies.deliver(&mut st.m);
-        let mut out = Vec::new();
-        while let Some(t) = st.m.poll_dial(now) {
-            out.push(t);
-        }
-        out
-    }
-
-    fn start_dials(self: &Arc<Self>, tickets: Vec<DialTicket>) {
+    fn start(self: &Arc<Self>, tickets: Vec<DialTicket>) {
         for t in tickets {
-            let token = self.tasks.token();
-            tokio::spawn(dial(self.clone(), t, token));
+            self.spawn(dial(self.clone(), t));
         }
     }
 }
 
-impl Shut for Inner {
-    fn shut(&self) -> Vec<(ConnId, PoolConn)> {
-        let _ = self.shutdown_tx.send(true);
-        let mut st = lock(&self.state);
-        let st = &mut *st;
-        let conns = st.m.close();
-        st.replies.deliver(&mut st.m);
-        close_all(&mut st.replies);
-        conns
-    }
-}
-
 impl Inner {
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.engine.tasks.spawn_on(task, &self.rt);
+    }
+
     async fn establish(&self, ticket: &DialTicket) -> Result<PoolConn, (Stage, StepError)> {
         let deadline = tokio::time::Instant::from_std(ticket.handshake_deadline());
         let tcp = match timeout_at(deadline, self.dialer.dial()).await {
@@ -337,21 +350,21 @@ impl Inner {
                 }
             }
         };
+        // Single mode: the machine draws the id when the connection lands.
         let mut conn = PoolConn {
             id: ConnId::from_random([0; 4]),
             stream,
         };
-        conn.id = if self.single {
-            ConnId::from_random(random4())
-        } else {
-            let id_deadline = tokio::time::Instant::from_std(ticket.id_deadline(now()));
-            match timeout_at(id_deadline, read_id(&mut conn, self.id_form)).await {
-                Err(_) => return Err((Stage::Id, StepError::Timeout)),
-                Ok(Err(e)) => return Err((Stage::Id, e)),
-                Ok(Ok(id)) => id,
-            }
+        if self.single {
+            return Ok(conn);
+        }
+        let id_deadline = tokio::time::Instant::from_std(ticket.id_deadline(now()));
+        conn.id = match timeout_at(id_deadline, read_id(&mut conn, self.id_form)).await {
+            Err(_) => return Err((Stage::Id, StepError::Timeout)),
+            Ok(Err(e)) => return Err((Stage::Id, e)),
+            Ok(Ok(id)) => id,
         };
-        if let (Some(key), false) = (&self.key, self.single) {
+        if let Some(key) = &self.key {
             let proof = key.proof(self.id_form.encode(&conn.id).as_ref());
             let send = async {
                 conn.write_all(&proof).await?;
@@ -384,95 +397,28 @@ async fn read_id(conn: &mut PoolConn, form: IdForm) -> Result<ConnId, StepError>
     }
 }
 
-async fn dial(inner: Arc<Inner>, ticket: DialTicket, _token: TaskToken) {
-    let mut shutdown = inner.shutdown.clone();
+async fn dial(inner: Arc<Inner>, ticket: DialTicket) {
     let res = tokio::select! {
         r = inner.establish(&ticket) => r,
-        _ = shutdown.wait() => Err((Stage::Connect, StepError::Timeout)),
+        _ = inner.engine.cancel.cancelled() => Err((Stage::Connect, StepError::Timeout)),
     };
-    let (tickets, sooner) = {
-        let mut st = lock(&inner.state);
-        let st = &mut *st;
-        let now = now();
-        let before = st.m.refill_at();
-        match res {
-            Ok(conn) => land(&mut st.m, ticket, conn, inner.single, now),
-            Err((stage, e)) => {
-                debug!(?stage, error = %e, "dial failed");
-                st.m.handle_dial_failure(ticket, stage, random_u32(), now);
-            }
+    let ((), out) = inner.engine.with(|m, now| match res {
+        Ok(mut conn) => {
+            let id = if inner.single { m.make_id() } else { conn.id };
+            conn.id = id;
+            m.handle_dial_success(ticket, id, conn, now);
         }
-        (Inner::outputs(st, now), st.m.refill_at() < before)
-    };
-    inner.start_dials(tickets);
-    // The driver's timer only needs re-arming when the next round moved closer (the
-    // end of a backoff); a later one it notices when it wakes. Waking it for every
-    // dial would cost a task switch per connection.
-    if sooner {
-        inner.wake.notify_one();
-    }
-}
-
-fn land(
-    m: &mut ClientMachine<PoolConn>,
-    mut ticket: DialTicket,
-    mut conn: PoolConn,
-    single: bool,
-    now: std::time::Instant,
-) {
-    loop {
-        let id = conn.id;
-        match m.handle_dial_success(ticket, id, conn, now) {
-            Landed::Kept | Landed::Closed => return,
-            Landed::Collision(t, mut c) if single => {
-                c.id = ConnId::from_random(random4());
-                ticket = t;
-                conn = c;
-            }
-            Landed::Collision(t, _) => {
-                debug!(%id, "server sent an id already idle here");
-                m.handle_dial_failure(t, Stage::Id, random_u32(), now);
-                return;
-            }
+        Err((stage, e)) => {
+            debug!(?stage, error = %e, "dial failed");
+            m.handle_dial_failure(ticket, stage, now);
         }
-    }
-}
-
-async fn drive(inner: Arc<Inner>, _token: TaskToken) {
-    let mut shutdown = inner.shutdown.clone();
-    let mut next_sweep = now() + inner.sweep_interval;
-    loop {
-        let now = now();
-        let (tickets, wake_at, dead) = {
-            let mut st = lock(&inner.state);
-            let st = &mut *st;
-            if st.m.is_closed() {
-                return;
-            }
-            st.m.handle_timeout(now);
-            let mut dead = 0;
-            if now >= next_sweep {
-                dead = st.m.sweep(PoolConn::is_alive);
-                next_sweep = now + inner.sweep_interval;
-            }
-            let t = Inner::outputs(st, now);
-            (t, st.m.poll_timeout(), dead)
-        };
-        if dead > 0 {
-            debug!(dead, "evicted dead idle connections");
-        }
-        inner.start_dials(tickets);
-        let wake_at = wake_at.map_or(next_sweep, |w| w.min(next_sweep));
-        tokio::select! {
-            _ = sleep_until(wake_at) => {}
-            _ = inner.wake.notified() => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+    });
+    perform(&inner, out);
 }
 
 /// The client end of the pool. Cheap to clone; the pool closes when the last clone is
-/// dropped or [`close`](Self::close) is called.
+/// dropped or [`close`](Self::close) is called. What both pools offer (stats, error
+/// counts, readiness) comes through `Deref` to [`PoolHandle`].
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), pool_tokio::PoolError> {
@@ -490,7 +436,15 @@ async fn drive(inner: Arc<Inner>, _token: TaskToken) {
 #[derive(Clone)]
 pub struct ClientPool {
     owner: Arc<Owner<Inner>>,
+    handle: PoolHandle<ClientMachine<PoolConn>>,
     get_timeout: Duration,
+}
+
+impl std::ops::Deref for ClientPool {
+    type Target = PoolHandle<ClientMachine<PoolConn>>;
+    fn deref(&self) -> &Self::Target {
+        &self.handle
+    }
 }
 
 impl std::fmt::Debug for ClientPool {
@@ -511,82 +465,43 @@ impl ClientPool {
         &self.owner.0
     }
 
-    fn machine(&self) -> std::sync::MutexGuard<'_, State> {
-        lock(&self.inner().state)
-    }
-
-    common_getters!();
-
     /// The connection with `id`, waiting up to `timeout` while a handshake in flight
     /// may still bring it (Go: `ClientGet`; later releases: `OutgoingGet`). The
     /// connection passed the liveness probe; no byte of it was read by the pool.
+    #[doc(alias = "ClientGet")]
+    #[doc(alias = "OutgoingGet")]
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<PoolConn, PoolError> {
-        self.take(Some(id), timeout).await
+        self.take(Want::Id(id), timeout).await
     }
 
     /// Any live idle connection, oldest first; in single mode one is dialed at once
     /// when none is idle.
     pub async fn get_any(&self, timeout: Duration) -> Result<PoolConn, PoolError> {
-        self.take(None, timeout).await
+        self.take(Want::Any, timeout).await
     }
 
     /// [`get`](Self::get) with the pool's default timeout.
     pub async fn get_default(&self, id: ConnId) -> Result<PoolConn, PoolError> {
-        self.take(Some(id), self.get_timeout).await
+        self.take(Want::Id(id), self.get_timeout).await
     }
 
-    async fn take(&self, id: Option<ConnId>, timeout: Duration) -> Result<PoolConn, PoolError> {
-        let inner = self.inner();
-        let now = now();
-        let deadline = now + timeout;
-        let (rx, key, tickets) = {
-            let mut st_guard = lock(&inner.state);
-            let st = &mut *st_guard;
-            let got = match id {
-                Some(id) => st.m.get(id, now, deadline, PoolConn::is_alive),
-                None => st.m.get_any(now, deadline, PoolConn::is_alive),
-            };
-            match got {
-                Got::Ready(_, c) => {
-                    // Replace it at once: the core tops up below the capacity.
-                    let tickets = Inner::outputs(st, now);
-                    drop(st_guard);
-                    inner.start_dials(tickets);
-                    return Ok(c);
-                }
-                Got::Failed(e) => return Err(PoolError::from_get(e, id)),
-                Got::Wait(key) => {
-                    let (tx, rx) = oneshot::channel();
-                    st.replies.insert(key, tx);
-                    (rx, key, Inner::outputs(st, now))
-                }
-            }
+    async fn take(&self, want: Want, timeout: Duration) -> Result<PoolConn, PoolError> {
+        let id = match want {
+            Want::Id(id) => Some(id),
+            Want::Any => None,
         };
-        inner.start_dials(tickets);
-        inner.wake.notify_one();
-        let waiting = Waiting {
-            hub: &**inner,
-            key,
-            rx: Some(rx),
-        };
-        match waiting.wait(deadline).await {
-            Ok((_, c)) => Ok(c),
+        match engine::get(self.inner(), want, timeout).await {
+            Ok((_, conn)) => Ok(conn),
             Err(e) => Err(PoolError::from_get(e, id)),
         }
     }
 
     /// Closes every idle connection and refills at once (Go: `Flush`).
     pub fn flush(&self) {
-        let (conns, tickets) = {
-            let mut st = lock(&self.inner().state);
-            let st = &mut *st;
-            let now = now();
-            let conns = st.m.flush(now);
-            (conns, Inner::outputs(st, now))
-        };
+        let (conns, out) = self.inner().engine.with(|m, now| m.flush(now));
         info!(closed = conns.len(), "client pool flushed");
         drop(conns);
-        self.inner().start_dials(tickets);
+        perform(self.inner(), out);
     }
 
     /// Closes the pool: waiting gets fail with [`PoolError::Closed`], idle connections
@@ -594,17 +509,17 @@ impl ClientPool {
     /// the pool has ended (Go: `Close`). Dropping the last handle does the same
     /// without the wait.
     pub async fn close(&self) {
-        drop(self.inner().shut());
-        self.inner().tasks.all_done().await;
+        drop(self.inner().engine.shut());
+        self.inner().engine.tasks.wait().await;
     }
 
     /// Current capacity (Go: `Capacity`).
     pub fn capacity(&self) -> usize {
-        lock(&self.inner().state).m.status().capacity
+        self.stats().status.capacity
     }
 
     /// Current refill interval (Go: `Interval`).
     pub fn interval(&self) -> Duration {
-        lock(&self.inner().state).m.status().interval
+        self.stats().status.interval
     }
 }

@@ -30,6 +30,10 @@ pub enum PoolError {
     /// A required setting was not given.
     #[error("missing setting: {0}")]
     Missing(&'static str),
+    /// The system's secure random generator failed, so no unpredictable ids could be
+    /// drawn; the pool was not built.
+    #[error("the system's secure random generator failed")]
+    Random,
     /// The pool was built outside a tokio runtime.
     #[error("no tokio runtime: build the pool from inside one")]
     NoRuntime,

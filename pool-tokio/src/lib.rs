@@ -25,15 +25,16 @@
 mod client;
 mod conn;
 mod dialer;
+mod engine;
 mod error;
 mod rt;
 mod server;
-mod shared;
 mod stats;
 
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::PoolConn;
 pub use dialer::{Dialer, TcpDialer};
+pub use engine::PoolHandle;
 pub use error::PoolError;
 pub use pool_core::{ConnId, Counters, IdForm, Status};
 pub use pool_net::{IpFilter, Liveness, SocketOptions};

@@ -1,29 +1,25 @@
 //! The server pool: accepts the client pool's connections and keeps them idle by id.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pool_core::{
-    Admission, ConnId, Got, HandshakeTicket, IdForm, Landed, ServerConfig, ServerConfigBuilder,
-    ServerMachine, Stage, WaiterKey,
+    Admission, ConnId, HandshakeTicket, IdForm, ServerConfig, ServerConfigBuilder, ServerMachine,
+    Stage, Want,
 };
 use pool_net::{IpFilter, SocketOptions};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey, TAG_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
 use tracing::{debug, info, warn};
 
 use crate::conn::{PoolConn, Stream};
+use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
 use crate::error::{PoolError, StepError};
-use crate::rt::{now, random4, sleep_until, Shutdown, TaskToken, Tasks};
-use crate::shared::{
-    cancel_in, close_all, common_getters, impl_machine, lock, Delivery, Hub, Owner, Replies, Shut,
-    Waiting,
-};
+use crate::rt::{now, seeded};
 
 enum Listen {
     Addr(SocketAddr),
@@ -49,8 +45,8 @@ pub struct ServerPoolBuilder {
     hostname: String,
     socket: SocketOptions,
     get_timeout: Duration,
-    sweep_interval: Duration,
     key: Option<TunnelKey>,
+    settle: Option<Duration>,
 }
 
 impl std::fmt::Debug for ServerPoolBuilder {
@@ -74,8 +70,8 @@ impl Default for ServerPoolBuilder {
             hostname: "localhost".into(),
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
-            sweep_interval: Duration::from_secs(1),
             key: None,
+            settle: None,
         }
     }
 }
@@ -173,7 +169,13 @@ impl ServerPoolBuilder {
     }
     /// How often idle connections are probed and dead ones dropped. Default 1 s.
     pub fn sweep_interval(mut self, d: Duration) -> Self {
-        self.sweep_interval = d;
+        self.core = self.core.sweep_interval(d);
+        self
+    }
+    /// Closes connections idle longer than this (checked at each sweep and each get).
+    /// Default `None`: no limit, as in the Go package.
+    pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
+        self.core = self.core.max_idle_age(age);
         self
     }
     /// Admit only connections that prove this key right after their id (within the
@@ -182,6 +184,16 @@ impl ServerPoolBuilder {
     /// wire protocol: set it on both ends or on neither. Default none.
     pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
         self.key = Some(key);
+        self
+    }
+    /// How long a new connection waits after its id was written before a get can take
+    /// it, so that a Go client pool has registered the id by the time the application
+    /// sends it over. Default 5 ms ([`pool_core::DEFAULT_SETTLE`]), or zero when a
+    /// [`tunnel_key`](Self::tunnel_key) is set (the client registers the id before its
+    /// proof arrives). Connections idle longer are not affected. See
+    /// [`pool_core::ServerConfigBuilder::settle`].
+    pub fn settle(mut self, d: Duration) -> Self {
+        self.settle = Some(d);
         self
     }
     /// Zero settings become defaults instead of errors, as the Go package would.
@@ -193,19 +205,19 @@ impl ServerPoolBuilder {
     /// Checks the settings, binds, and starts the accept loop. Call from inside a tokio
     /// runtime (Go: `NewServerPool` followed by `go ServerManager()`).
     pub fn build(self) -> Result<ServerPool, PoolError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+        let settle = match (self.settle, &self.key) {
+            (Some(d), _) => d,
+            (None, Some(_)) => Duration::ZERO,
+            (None, None) => pool_core::DEFAULT_SETTLE,
+        };
+        let core = self.core.settle(settle);
         let cfg = if self.go_normalized {
-            self.core.build_go_normalized()
+            core.build_go_normalized()
         } else {
-            self.core.build()?
+            core.build()?
         };
         let filter = self.filter?;
-        if self.sweep_interval.is_zero() {
-            return Err(pool_core::ConfigError::ZeroDuration {
-                what: "sweep interval",
-            }
-            .into());
-        }
         let (tls_config, fingerprint) = match self.tls {
             Tls::Mode(TlsMode::Off) => (None, None),
             Tls::Mode(TlsMode::SelfSigned) => {
@@ -228,7 +240,7 @@ impl ServerPoolBuilder {
             TlsAcceptor::from(Arc::new(c))
         });
         let listener = {
-            let _guard = handle.enter();
+            let _guard = rt.enter();
             let io = |source| PoolError::Io {
                 what: "listen",
                 source,
@@ -248,27 +260,25 @@ impl ServerPoolBuilder {
             what: "listener address",
             source,
         })?;
-        let (shutdown_tx, shutdown) = Shutdown::new();
+        let engine = Arc::new(Engine::new(ServerMachine::new(
+            cfg.clone(),
+            seeded()?,
+            now(),
+        )));
         let inner = Arc::new(Inner {
             id_form: cfg.id_form(),
-            state: Mutex::new(State {
-                m: ServerMachine::new(cfg),
-                replies: Replies::default(),
-            }),
-            wake: Notify::new(),
+            engine: engine.clone(),
             filter,
             acceptor,
             socket: self.socket,
-            sweep_interval: self.sweep_interval,
             key: self.key,
-            tasks: Arc::new(Tasks::default()),
-            shutdown,
-            shutdown_tx,
+            rt,
         });
-        handle.spawn(accept_loop(inner.clone(), listener, inner.tasks.token()));
-        handle.spawn(drive(inner.clone(), inner.tasks.token()));
+        inner.spawn(accept_loop(inner.clone(), listener));
+        inner.spawn(drive(inner.clone()));
         Ok(ServerPool {
             owner: Arc::new(Owner(inner)),
+            handle: PoolHandle::new(engine),
             local,
             fingerprint,
             get_timeout: self.get_timeout,
@@ -281,50 +291,49 @@ fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
-struct State {
-    m: ServerMachine<PoolConn>,
-    replies: Replies,
+impl Machine for ServerMachine<PoolConn> {
+    type Work = ();
+    fn handle_timeout(&mut self, now: Instant) {
+        Self::handle_timeout(self, now);
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Self::poll_timeout(self)
+    }
+    fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant) {
+        Self::put_back(self, id, conn, now);
+    }
+    fn poll_work(&mut self, _now: Instant) {}
+    fn status(&self) -> pool_core::Status {
+        Self::status(self)
+    }
+    fn close(&mut self) -> Vec<(ConnId, PoolConn)> {
+        Self::close(self)
+    }
 }
 
-impl_machine!(ServerMachine<PoolConn>);
-
 struct Inner {
-    state: Mutex<State>,
-    wake: Notify,
+    engine: Arc<Engine<ServerMachine<PoolConn>>>,
     filter: IpFilter,
     acceptor: Option<TlsAcceptor>,
     socket: SocketOptions,
     id_form: IdForm,
-    sweep_interval: Duration,
     key: Option<TunnelKey>,
-    tasks: Arc<Tasks>,
-    shutdown: Shutdown,
-    shutdown_tx: watch::Sender<bool>,
+    rt: tokio::runtime::Handle,
 }
 
-impl Hub for Inner {
-    fn cancel_waiter(&self, key: WaiterKey, rx: &mut oneshot::Receiver<Delivery>) {
-        let mut st = lock(&self.state);
-        let st = &mut *st;
-        cancel_in(&mut st.m, &mut st.replies, key, rx);
+impl Side for Inner {
+    type M = ServerMachine<PoolConn>;
+    fn engine(&self) -> &Engine<Self::M> {
+        &self.engine
     }
-}
-
-impl Inner {}
-
-impl Shut for Inner {
-    fn shut(&self) -> Vec<(ConnId, PoolConn)> {
-        let _ = self.shutdown_tx.send(true);
-        let mut st = lock(&self.state);
-        let st = &mut *st;
-        let conns = st.m.close();
-        st.replies.deliver(&mut st.m);
-        close_all(&mut st.replies);
-        conns
-    }
+    fn start(self: &Arc<Self>, _work: ()) {}
 }
 
 impl Inner {
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.engine.tasks.spawn_on(task, &self.rt);
+    }
+
     async fn handshake(
         &self,
         ticket: &mut HandshakeTicket,
@@ -342,15 +351,9 @@ impl Inner {
                 Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Server(s))),
             },
         };
-        let id = {
-            let mut st = lock(&self.state);
-            // A collision is one in four billion per idle id: a few draws at most.
-            loop {
-                if let Ok(id) = st.m.assign_id(ticket, random4()) {
-                    break id;
-                }
-            }
-        };
+        let (id, out) = self.engine.with(|m, _| m.assign_id(ticket));
+        drop(out); // an id drawn changes nothing else
+
         let mut conn = PoolConn { id, stream };
         let wire = self.id_form.encode(&id);
         let write = async {
@@ -381,36 +384,28 @@ async fn handshake(
     mut ticket: HandshakeTicket,
     tcp: TcpStream,
     peer: SocketAddr,
-    _token: TaskToken,
 ) {
-    let mut shutdown = inner.shutdown.clone();
     let res = tokio::select! {
         r = inner.handshake(&mut ticket, tcp) => r,
-        _ = shutdown.wait() => Err((Stage::Connect, StepError::Timeout)),
+        _ = inner.engine.cancel.cancelled() => Err((Stage::Connect, StepError::Timeout)),
     };
-    let mut st = lock(&inner.state);
-    let st = &mut *st;
-    let now = now();
-    match res {
-        Ok(conn) => match st.m.handle_ready(ticket, conn, now) {
-            Landed::Kept | Landed::Closed => {}
-            Landed::Collision(t, _conn) => st.m.handle_failure(t, Stage::Id, now),
-        },
+    let ((), out) = inner.engine.with(|m, now| match res {
+        Ok(conn) => m.handle_ready(ticket, conn, now),
         Err((stage, e)) => {
             debug!(%peer, ?stage, error = %e, "handshake failed");
-            st.m.handle_failure(ticket, stage, now);
+            m.handle_failure(ticket, stage, now);
         }
-    }
-    st.replies.deliver(&mut st.m);
+    });
+    perform(&inner, out);
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, _token: TaskToken) {
-    let mut shutdown = inner.shutdown.clone();
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let cancel = inner.engine.cancel.clone();
     let mut pause = Duration::ZERO;
     loop {
         let res = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.wait() => return,
+            _ = cancel.cancelled() => return,
         };
         let (tcp, peer) = match res {
             Ok(pair) => {
@@ -424,52 +419,19 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, _token: TaskToken
                 warn!(error = %e, ?pause, "accept failed; backing off");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => continue,
-                    _ = shutdown.wait() => return,
+                    _ = cancel.cancelled() => return,
                 }
             }
         };
         let allowed = inner.filter.allows(peer.ip());
-        let admission = lock(&inner.state).m.handle_accept(now(), allowed);
+        let (admission, out) = inner.engine.with(|m, now| m.handle_accept(now, allowed));
+        perform(&inner, out);
         match admission {
-            Admission::Admit(ticket) => {
-                let token = inner.tasks.token();
-                tokio::spawn(handshake(inner.clone(), ticket, tcp, peer, token));
-            }
+            Admission::Admit(ticket) => inner.spawn(handshake(inner.clone(), ticket, tcp, peer)),
             Admission::Refuse(why) => {
                 debug!(%peer, ?why, "connection refused");
                 drop(tcp);
             }
-        }
-    }
-}
-
-async fn drive(inner: Arc<Inner>, _token: TaskToken) {
-    let mut shutdown = inner.shutdown.clone();
-    let mut next_sweep = now() + inner.sweep_interval;
-    loop {
-        let now = now();
-        let wake_at = {
-            let mut st = lock(&inner.state);
-            let st = &mut *st;
-            if st.m.is_closed() {
-                return;
-            }
-            st.m.handle_timeout(now);
-            if now >= next_sweep {
-                let dead = st.m.sweep(PoolConn::is_alive);
-                if dead > 0 {
-                    debug!(dead, "evicted dead idle connections");
-                }
-                next_sweep = now + inner.sweep_interval;
-            }
-            st.replies.deliver(&mut st.m);
-            st.m.poll_timeout()
-        };
-        let wake_at = wake_at.map_or(next_sweep, |w| w.min(next_sweep));
-        tokio::select! {
-            _ = sleep_until(wake_at) => {}
-            _ = inner.wake.notified() => {}
-            _ = shutdown.wait() => return,
         }
     }
 }
@@ -489,9 +451,17 @@ async fn drive(inner: Arc<Inner>, _token: TaskToken) {
 #[derive(Clone)]
 pub struct ServerPool {
     owner: Arc<Owner<Inner>>,
+    handle: PoolHandle<ServerMachine<PoolConn>>,
     local: SocketAddr,
     fingerprint: Option<Fingerprint>,
     get_timeout: Duration,
+}
+
+impl std::ops::Deref for ServerPool {
+    type Target = PoolHandle<ServerMachine<PoolConn>>;
+    fn deref(&self) -> &Self::Target {
+        &self.handle
+    }
 }
 
 impl std::fmt::Debug for ServerPool {
@@ -513,12 +483,6 @@ impl ServerPool {
         &self.owner.0
     }
 
-    fn machine(&self) -> std::sync::MutexGuard<'_, State> {
-        lock(&self.inner().state)
-    }
-
-    common_getters!();
-
     /// The address the pool listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -532,31 +496,10 @@ impl ServerPool {
     /// The oldest live idle connection and its id, waiting up to `timeout` (Go:
     /// `ServerGet`; later releases: `IncomingGet`). The connection passed the liveness
     /// probe; no byte of it was read by the pool.
+    #[doc(alias = "ServerGet")]
+    #[doc(alias = "IncomingGet")]
     pub async fn get(&self, timeout: Duration) -> Result<(ConnId, PoolConn), PoolError> {
-        let inner = self.inner();
-        let now = now();
-        let deadline = now + timeout;
-        let (rx, key) = {
-            let mut st = lock(&inner.state);
-            let st = &mut *st;
-            match st.m.get(now, deadline, PoolConn::is_alive) {
-                Got::Ready(id, c) => return Ok((id, c)),
-                Got::Failed(e) => return Err(PoolError::from_get(e, None)),
-                Got::Wait(key) => {
-                    let (tx, rx) = oneshot::channel();
-                    st.replies.insert(key, tx);
-                    (rx, key)
-                }
-            }
-        };
-        inner.wake.notify_one();
-        let waiting = Waiting {
-            hub: &**inner,
-            key,
-            rx: Some(rx),
-        };
-        waiting
-            .wait(deadline)
+        engine::get(self.inner(), Want::Any, timeout)
             .await
             .map_err(|e| PoolError::from_get(e, None))
     }
@@ -568,22 +511,23 @@ impl ServerPool {
 
     /// Closes every idle connection (Go: `Flush`).
     pub fn flush(&self) {
-        let conns = lock(&self.inner().state).m.flush();
+        let (conns, out) = self.inner().engine.with(|m, _| m.flush());
         info!(closed = conns.len(), "server pool flushed");
         drop(conns);
+        perform(self.inner(), out);
     }
 
     /// Closes the pool: the listener stops, waiting gets fail with
     /// [`PoolError::Closed`], idle connections and handshakes in flight are closed, and
     /// this returns once every task of the pool has ended (Go: `Close`).
     pub async fn close(&self) {
-        drop(self.inner().shut());
-        self.inner().tasks.all_done().await;
+        drop(self.inner().engine.shut());
+        self.inner().engine.tasks.wait().await;
     }
 
     /// The maximum capacity (Go: `Capacity`).
     pub fn capacity(&self) -> usize {
-        lock(&self.inner().state).m.status().capacity
+        self.stats().status.capacity
     }
 
     /// Always zero: a server pool does not refill (Go: `Interval`).

@@ -119,7 +119,8 @@ async fn tls_mode2_verified_with_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_mode_every_tls_mode() {
-    // Single mode: the client dials a plain target, makes its own ids, reads nothing.
+    // Single mode: the client dials its target, makes its own ids, reads nothing. Plain
+    // as in Go, or TLS through the named extension.
     for mode in [TlsMode::Off, TlsMode::SelfSigned] {
         let target = ServerPool::builder()
             .bind(loopback())
@@ -130,6 +131,7 @@ async fn single_mode_every_tls_mode() {
             .address(target.local_addr())
             .tls_mode(mode)
             .single(true)
+            .single_tls(mode != TlsMode::Off)
             .capacity(4, 8)
             .build()
             .unwrap();

@@ -1,0 +1,406 @@
+//! The driver loop both pools share, written once over a small trait.
+//!
+//! As quinn's `ConnectionDriver`: take the lock, feed inputs, drain the outputs, let go
+//! of the lock, perform the outputs, arm one timer. The machine decides everything; the
+//! engine only performs:
+//! - answers to waiting gets go out through their reply channels (a get that went away
+//!   gives its connection back, never losing it);
+//! - connections the core wants closed are dropped after the lock is released;
+//! - the role's own work (the client's dials) is started;
+//! - liveness probes run with no lock held: a get's candidate is probed by the get
+//!   itself, sweep batches by the driver task.
+
+use std::collections::HashMap;
+use std::ops::DerefMut;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pool_core::{ConnId, GetError, Got, PoolCommon, Probe, Status, WaiterKey, Want};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::PoolConn;
+use crate::rt::now;
+use crate::stats::Stats;
+
+type Delivery = Result<(ConnId, PoolConn), GetError>;
+
+/// What differs between the client and the server machine, as the engine sees it.
+///
+/// Public only so that [`PoolHandle`] can name it; it lives in a private module, so
+/// nobody outside can implement or call it (a sealed trait).
+#[allow(unreachable_pub)]
+pub trait Machine: DerefMut<Target = PoolCommon<PoolConn>> + Send + 'static {
+    /// Work to start after any input: the client's dial tickets.
+    type Work: Send;
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant);
+    fn poll_work(&mut self, now: Instant) -> Self::Work;
+    fn status(&self) -> Status;
+    fn close(&mut self) -> Vec<(ConnId, PoolConn)>;
+}
+
+/// A pool's engine plus how its role starts work.
+pub(crate) trait Side: Send + Sync + 'static {
+    type M: Machine;
+    fn engine(&self) -> &Engine<Self::M>;
+    fn start(self: &Arc<Self>, work: <Self::M as Machine>::Work);
+}
+
+/// The machine behind its lock, the reply channels of waiting gets, the driver's wake-up,
+/// and the pool's tasks.
+pub(crate) struct Engine<M> {
+    state: Mutex<State<M>>,
+    pub(crate) wake: Notify,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+}
+
+struct State<M> {
+    m: M,
+    replies: HashMap<WaiterKey, oneshot::Sender<Delivery>>,
+}
+
+/// What to perform once the lock is released.
+pub(crate) struct Out<W> {
+    work: W,
+    close: Vec<(ConnId, PoolConn)>,
+    probe: Option<Probe<PoolConn>>,
+}
+
+impl<M: Machine> State<M> {
+    /// Drains the machine after an input. Sweep batches only for the driver task: a get
+    /// never pays for a sweep.
+    fn outputs(&mut self, now: Instant, sweep: bool) -> Out<M::Work> {
+        self.deliver(now);
+        let work = self.m.poll_work(now);
+        let probe = if sweep { self.m.poll_probe(now) } else { None };
+        let mut close = Vec::new();
+        while let Some(c) = self.m.poll_close() {
+            close.push(c);
+        }
+        Out { work, close, probe }
+    }
+
+    /// Sends every answer. A get that went away gets nothing: its connection goes back
+    /// to the pool.
+    fn deliver(&mut self, now: Instant) {
+        while let Some(a) = self.m.poll_answer() {
+            let undelivered = match self.replies.remove(&a.key) {
+                Some(tx) => tx.send(a.result).err(),
+                None => Some(a.result),
+            };
+            if let Some(Ok((id, conn))) = undelivered {
+                self.m.put_back(id, conn, now);
+            }
+        }
+    }
+}
+
+impl<M: Machine> Engine<M> {
+    pub(crate) fn new(m: M) -> Self {
+        Self {
+            state: Mutex::new(State {
+                m,
+                replies: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<M>> {
+        // Every critical section is short and calls no user code; the state stays
+        // consistent even if a thread panicked elsewhere while holding it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `input` on the machine under the lock and drains its outputs (no sweep).
+    /// When the input moved the machine's next deadline closer (a settle time, the end
+    /// of a backoff), the driver is woken to re-arm its timer; a later deadline it finds
+    /// when it wakes anyway, so most inputs cost no task switch.
+    pub(crate) fn with<R>(&self, input: impl FnOnce(&mut M, Instant) -> R) -> (R, Out<M::Work>) {
+        let now = now();
+        let mut st = self.lock();
+        let before = st.m.poll_timeout();
+        let r = input(&mut st.m, now);
+        let after = st.m.poll_timeout();
+        let out = st.outputs(now, false);
+        drop(st);
+        if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
+            self.wake.notify_one();
+        }
+        (r, out)
+    }
+
+    /// A read of the machine under the lock.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&M) -> R) -> R {
+        f(&self.lock().m)
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.read(|m| Stats {
+            status: m.status(),
+            counters: m.counters(),
+        })
+    }
+
+    /// Closes the machine: waiting gets are answered `Closed`, every task is told to
+    /// stop, and the connections come back to be dropped by the caller.
+    pub(crate) fn shut(&self) -> Vec<(ConnId, PoolConn)> {
+        self.cancel.cancel();
+        self.tasks.close();
+        let mut st = self.lock();
+        let mut conns = Machine::close(&mut st.m);
+        let now = now();
+        st.deliver(now);
+        for (_, tx) in st.replies.drain() {
+            let _ = tx.send(Err(GetError::Closed));
+        }
+        while let Some(c) = st.m.poll_close() {
+            conns.push(c);
+        }
+        conns
+    }
+}
+
+/// Performs what the machine asked for, outside the lock. Sweep batches are probed
+/// here and handed back, batch after batch, until the sweep is done.
+pub(crate) fn perform<S: Side>(side: &Arc<S>, mut out: Out<<S::M as Machine>::Work>) {
+    loop {
+        drop(out.close);
+        side.start(out.work);
+        let Some(mut probe) = out.probe else { return };
+        probe.check(PoolConn::is_alive);
+        let now = now();
+        let mut st = side.engine().lock();
+        st.m.handle_probe(probe, now);
+        out = st.outputs(now, true);
+    }
+}
+
+/// The driver task: wakes at the machine's next deadline, or when poked.
+pub(crate) async fn drive<S: Side>(side: Arc<S>) {
+    let engine = side.engine();
+    let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut armed: Option<Instant> = None;
+    loop {
+        let (out, wake_at) = {
+            let now = now();
+            let mut st = engine.lock();
+            if st.m.is_closed() {
+                return;
+            }
+            st.m.handle_timeout(now);
+            let out = st.outputs(now, true);
+            (out, st.m.poll_timeout())
+        };
+        perform(&side, out);
+        // Reset the timer only when the deadline moved.
+        if wake_at != armed {
+            armed = wake_at;
+            // No deadline at all: sleep a long time; a poke or a cancel ends it.
+            let at = wake_at.unwrap_or_else(|| pool_core::deadline_after(now(), Duration::MAX));
+            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        tokio::select! {
+            _ = sleep.as_mut(), if armed.is_some() => armed = None,
+            _ = engine.wake.notified() => {}
+            _ = engine.cancel.cancelled() => return,
+        }
+    }
+}
+
+/// A get, from the first look to the answer: candidates are probed here with no lock
+/// held, and a get that has to wait registers its reply channel under the same lock
+/// that queued it.
+pub(crate) async fn get<S: Side>(
+    side: &Arc<S>,
+    want: Want,
+    timeout: Duration,
+) -> Result<(ConnId, PoolConn), GetError> {
+    let engine = side.engine();
+    let start = now();
+    let deadline = pool_core::deadline_after(start, timeout);
+    let (mut got, mut rx, out) = {
+        let mut st = engine.lock();
+        let got = st.m.get(want, start, deadline);
+        let (got, rx) = register(&mut st, got);
+        let out = st.outputs(start, false);
+        (got, rx, out)
+    };
+    perform(side, out);
+    while let Some(Got::Check(mut check)) = got {
+        let alive = check.conn_mut().is_alive();
+        let now = now();
+        let mut st = engine.lock();
+        let next = st.m.handle_check(check, alive, now);
+        let (next, r) = register(&mut st, next);
+        let out = st.outputs(now, false);
+        drop(st);
+        perform(side, out);
+        got = next;
+        rx = r;
+    }
+    match got {
+        Some(Got::Ready(id, conn)) => Ok((id, conn)),
+        Some(Got::Failed(e)) => Err(e),
+        Some(Got::Check(_)) => unreachable!("the loop above consumed every candidate"),
+        Some(Got::Wait(_)) | None => {
+            let Some((key, rx)) = rx else {
+                return Err(GetError::Closed);
+            };
+            engine.wake.notify_one();
+            Waiting {
+                engine,
+                key,
+                rx: Some(rx),
+            }
+            .wait(deadline)
+            .await
+        }
+    }
+}
+
+type Registered = Option<(WaiterKey, oneshot::Receiver<Delivery>)>;
+
+/// Registers the reply channel of a get that must wait.
+fn register<M: Machine>(
+    st: &mut State<M>,
+    got: Got<PoolConn>,
+) -> (Option<Got<PoolConn>>, Registered) {
+    match got {
+        Got::Wait(key) => {
+            let (tx, rx) = oneshot::channel();
+            st.replies.insert(key, tx);
+            (Some(Got::Wait(key)), Some((key, rx)))
+        }
+        other => (Some(other), None),
+    }
+}
+
+/// A waiting get. Dropped before its answer came, it cancels the waiter; if the answer
+/// came in the meantime, the connection goes back to the pool.
+struct Waiting<'a, M: Machine> {
+    engine: &'a Engine<M>,
+    key: WaiterKey,
+    rx: Option<oneshot::Receiver<Delivery>>,
+}
+
+impl<M: Machine> Waiting<'_, M> {
+    /// Waits for the answer. A second past the core's own deadline is a safety net, so
+    /// that even a driver that died cannot make a get hang.
+    async fn wait(mut self, deadline: Instant) -> Delivery {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(GetError::Closed);
+        };
+        let net = pool_core::deadline_after(deadline, Duration::from_secs(1));
+        let out = tokio::select! {
+            r = rx => r.unwrap_or(Err(GetError::Closed)),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(net)) => {
+                return Err(GetError::Timeout); // the guard cancels
+            }
+        };
+        self.rx = None;
+        out
+    }
+}
+
+impl<M: Machine> Drop for Waiting<'_, M> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let now = now();
+        let mut close = Vec::new();
+        {
+            let mut st = self.engine.lock();
+            st.replies.remove(&self.key);
+            if !st.m.cancel(self.key) {
+                // The answer was already sent: give its connection back.
+                if let Ok(Ok((id, conn))) = rx.try_recv() {
+                    st.m.put_back(id, conn, now);
+                    st.deliver(now);
+                }
+            }
+            while let Some(c) = st.m.poll_close() {
+                close.push(c);
+            }
+        }
+        drop(close);
+    }
+}
+
+/// What both pools offer besides their gets: status, counters, the error count and
+/// readiness. [`ClientPool`](crate::ClientPool) and [`ServerPool`](crate::ServerPool)
+/// reach it through `Deref`, so it is written once.
+pub struct PoolHandle<M> {
+    engine: Arc<Engine<M>>,
+}
+
+impl<M> Clone for PoolHandle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl<M: Machine> PoolHandle<M> {
+    pub(crate) fn new(engine: Arc<Engine<M>>) -> Self {
+        Self { engine }
+    }
+
+    /// Whether the pool runs: true from `build` until `close` (Go: `Ready`).
+    #[doc(alias = "Ready")]
+    pub fn is_ready(&self) -> bool {
+        !self.engine.read(|m| m.is_closed())
+    }
+
+    /// Idle connections ready to hand out (Go: `Active`, which despite its name counts
+    /// idle connections, not connections in use).
+    #[doc(alias = "Active")]
+    pub fn active(&self) -> usize {
+        self.engine.read(|m| m.idle())
+    }
+
+    /// Records an application error (Go: `AddError`).
+    #[doc(alias = "AddError")]
+    pub fn add_error(&self) {
+        self.engine.lock().m.add_error();
+    }
+
+    /// Application errors recorded (Go: `ErrorCount`).
+    #[doc(alias = "ErrorCount")]
+    pub fn error_count(&self) -> u64 {
+        self.engine.read(|m| m.counters().app_errors)
+    }
+
+    /// Resets the application error count (Go, later releases: `ResetError`).
+    #[doc(alias = "ResetError")]
+    pub fn reset_error(&self) {
+        self.engine.lock().m.reset_errors();
+    }
+
+    /// Status and counters, taken together.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Waits until at least `n` connections are idle, or `timeout` passes; whether
+    /// they are.
+    pub async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
+        crate::stats::wait_until(timeout, || self.active() >= n).await
+    }
+}
+
+/// Held by every clone of a pool's handle; the last one dropped closes the pool.
+pub(crate) struct Owner<S: Side>(pub(crate) Arc<S>);
+
+impl<S: Side> Drop for Owner<S> {
+    fn drop(&mut self) {
+        drop(self.0.engine().shut());
+    }
+}
