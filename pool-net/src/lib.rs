@@ -44,13 +44,13 @@
 //! The descriptor-based APIs ([`SocketOptions::apply`] and [`probe`]) exist on
 //! Unix only; the crate targets Linux and also builds on the BSDs and macOS.
 
+#![forbid(unsafe_code)]
+
 mod filter;
 mod listener;
 mod options;
 #[cfg(unix)]
 mod probe;
-#[cfg(unix)]
-pub mod process;
 
 pub use filter::{FilterError, IpFilter};
 pub use listener::bind_listener;
