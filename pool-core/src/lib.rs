@@ -39,6 +39,12 @@
 //! [`HandshakeTicket`]): each must come back exactly once as success or failure, so the
 //! in-flight count is right by construction.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod adjust;
 mod client;

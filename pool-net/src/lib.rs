@@ -45,6 +45,12 @@
 //! Unix only; the crate targets Linux and also builds on the BSDs and macOS.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod filter;
 mod listener;
@@ -56,4 +62,5 @@ pub use filter::{FilterError, IpFilter};
 pub use listener::bind_listener;
 pub use options::{Applied, SocketOptions};
 #[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use probe::{probe, Liveness};

@@ -60,6 +60,11 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(not(feature = "ring"))]
 compile_error!("pool-tls needs a crypto provider: enable the `ring` feature");
 
