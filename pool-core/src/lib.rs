@@ -65,6 +65,12 @@
 //! [`deadline_after`], which saturates: a timeout of `Duration::MAX` means "never", not
 //! a panic.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod adjust;
 mod client;

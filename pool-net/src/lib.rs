@@ -44,16 +44,23 @@
 //! The descriptor-based APIs ([`SocketOptions::apply`] and [`probe`]) exist on
 //! Unix only; the crate targets Linux and also builds on the BSDs and macOS.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod filter;
 mod listener;
 mod options;
 #[cfg(unix)]
 mod probe;
-#[cfg(unix)]
-pub mod process;
 
 pub use filter::{FilterError, IpFilter};
 pub use listener::bind_listener;
 pub use options::{Applied, SocketOptions};
 #[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use probe::{probe, Liveness};

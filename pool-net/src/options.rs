@@ -64,6 +64,7 @@ fn keepalive_secs(d: Duration) -> Duration {
 }
 
 #[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 impl SocketOptions {
     /// Applies these options to `s`, which may be any descriptor.
     ///

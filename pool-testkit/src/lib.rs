@@ -5,7 +5,8 @@
 //! Unpublished, like `rustls-test`: it exists so that the reliability suite in
 //! `tests/` and the benchmark binary share one set of well-behaved tools: a
 //! fault-injecting proxy ([`proxy`]), fake dialers ([`dialers`]), a loopback pair
-//! builder ([`pair`]) and the soak runner ([`soak`]). Every tool is bounded: proxies
+//! builder ([`pair`]), the soak runner ([`soak`]) and the descriptor limit and CPU
+//! time of the process ([`process`]). Every tool is bounded: proxies
 //! and pools end when closed, loops end at end of stream or at a deadline, and
 //! randomness comes from a seeded [`rng::SplitMix64`] so that a failing run replays
 //! from its seed.
@@ -15,6 +16,8 @@ pub mod sim;
 
 pub mod dialers;
 pub mod pair;
+#[cfg(unix)]
+pub mod process;
 pub mod proxy;
 pub mod rng;
 pub mod soak;

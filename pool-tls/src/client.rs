@@ -71,7 +71,8 @@ impl ClientTlsBuilder {
         self
     }
 
-    /// Mode 2: trust this DER-encoded CA certificate (handy in tests, see [`TestCa`](crate::TestCa)).
+    /// Mode 2: trust this DER-encoded CA certificate (handy in tests with
+    /// `TestCa` of the `test-util` feature).
     ///
     /// Like [`ca_file`](Self::ca_file), this turns the bundled web roots off unless
     /// [`web_roots`](Self::web_roots) is set explicitly.

@@ -35,6 +35,11 @@
 //! (`ring`, the default), never the process-wide default provider, so installing (or not)
 //! a default elsewhere in the program does not change this crate's behaviour.
 //!
+//! # Test support
+//!
+//! The `test-util` feature (off by default) adds `TestCa`, an in-memory certificate
+//! authority for exercising mode 2 in tests. Enable it in `[dev-dependencies]` only.
+//!
 //! # Example
 //!
 //! ```
@@ -53,6 +58,12 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(not(feature = "ring"))]
 compile_error!("pool-tls needs a crypto provider: enable the `ring` feature");
@@ -69,6 +80,7 @@ mod key;
 mod mode;
 mod pem;
 mod server;
+#[cfg(feature = "test-util")]
 mod testca;
 
 pub use client::{server_name, ClientTlsBuilder, DangerousNoVerify};
@@ -77,6 +89,8 @@ pub use fingerprint::Fingerprint;
 pub use key::{ct_eq, hmac_sha256, TunnelKey, TAG_LEN};
 pub use mode::TlsMode;
 pub use server::ServerTls;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use testca::TestCa;
 
 /// Re-export of `rustls`, so users name the same version this crate builds configs with.

@@ -11,17 +11,17 @@ use tokio::net::TcpStream;
 
 /// Raises the soft open-file limit to the hard one; the new soft limit.
 pub(crate) fn raise_nofile() -> u64 {
-    pool_net::process::raise_nofile().unwrap_or(0)
+    pool_testkit::process::raise_nofile().unwrap_or(0)
 }
 
 /// Sets the soft open-file limit (the hard one stays).
 pub(crate) fn set_nofile(soft: u64) -> bool {
-    pool_net::process::set_nofile_soft(soft).is_ok()
+    pool_testkit::process::set_nofile_soft(soft).is_ok()
 }
 
 /// CPU time (user + system) this process has used.
 pub(crate) fn cpu_time() -> Duration {
-    pool_net::process::cpu_time().unwrap_or_default()
+    pool_testkit::process::cpu_time().unwrap_or_default()
 }
 
 /// Closes a socket with an RST.

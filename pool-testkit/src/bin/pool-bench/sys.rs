@@ -4,8 +4,8 @@ use std::time::Duration;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force.
 pub(crate) fn raise_nofile() -> u64 {
-    pool_net::process::raise_nofile()
-        .or_else(|_| pool_net::process::nofile_limit().map(|(soft, _)| soft))
+    pool_testkit::process::raise_nofile()
+        .or_else(|_| pool_testkit::process::nofile_limit().map(|(soft, _)| soft))
         .unwrap_or(1024)
 }
 
@@ -21,7 +21,7 @@ pub(crate) fn rss_bytes() -> u64 {
 
 /// User plus system CPU time of this process (all threads).
 pub(crate) fn cpu_time() -> Duration {
-    pool_net::process::cpu_time().unwrap_or(Duration::ZERO)
+    pool_testkit::process::cpu_time().unwrap_or(Duration::ZERO)
 }
 
 /// The machine the figures come from.
