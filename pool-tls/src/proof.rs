@@ -155,7 +155,6 @@ impl Exporter for rustls::Connection {
 }
 
 /// What both tags sign after their label: `Ns ‖ Nc ‖ id ‖ B`.
-#[derive(Clone)]
 struct Transcript {
     key: hmac::Key,
     bytes: Vec<u8>,
