@@ -71,6 +71,10 @@ pub enum TlsError {
     #[error("TLS error: {0}")]
     Rustls(#[from] rustls::Error),
 
+    /// A tunnel key could not be made.
+    #[error(transparent)]
+    Key(#[from] crate::KeyError),
+
     /// Generating a certificate with rcgen failed.
     #[error("certificate generation failed: {0}")]
     CertGen(String),

@@ -1,53 +1,102 @@
-//! A shared tunnel key and the HMAC-SHA256 proofs made with it.
+//! The shared tunnel key, made so that it resists guessing.
+//!
+//! A key is either random bytes (at least [`MIN_KEY_BYTES`]), or a passphrase of at
+//! least [`MIN_PASSPHRASE_CHARS`] characters stretched once with PBKDF2. Short secrets
+//! are refused rather than accepted quietly: whoever sees one tag made with the key
+//! (a man in the middle the client dialed, see [`crate::proof`]) can test guesses
+//! offline, as fast as they can compute HMACs.
 
-use sha2::{Digest, Sha256};
+use std::num::NonZeroU32;
 
-/// Length of an HMAC-SHA256 tag.
-pub const TAG_LEN: usize = 32;
+use ring::{hmac, pbkdf2};
 
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`.
+/// Fewest bytes a raw key may have: 128 bits, out of reach of exhaustive search.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Fewest characters a passphrase may have.
+pub const MIN_PASSPHRASE_CHARS: usize = 16;
+
+/// Length of a generated key and of a key derived from a passphrase: 256 bits.
+pub const KEY_LEN: usize = 32;
+
+/// PBKDF2-HMAC-SHA256 iterations that stretch a passphrase into a key: OWASP's 2023
+/// recommendation for PBKDF2-HMAC-SHA256.
 ///
-/// ```
-/// // RFC 4231, test case 2.
-/// let tag = pool_tls::hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-/// assert_eq!(tag[..4], [0x5b, 0xdc, 0xc1, 0x46]);
-/// ```
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    for p in parts {
-        inner.update(p);
-    }
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+/// Each guess at the passphrase then costs an attacker 600,000 HMAC-SHA256 instead of
+/// one. It costs the pool the same once, when the key is made (a fraction of a second
+/// on a current core, paid at start-up, never per connection). Changing it changes
+/// every passphrase-derived key: both ends must agree.
+pub const PBKDF2_ITERATIONS: u32 = 600_000;
+
+const ITERATIONS: NonZeroU32 = match NonZeroU32::new(PBKDF2_ITERATIONS) {
+    Some(n) => n,
+    None => panic!("PBKDF2_ITERATIONS is zero"),
+};
+
+/// The PBKDF2 salt: fixed, for domain separation only. Both ends must derive the same
+/// key from the same passphrase with no exchange, so the salt cannot be random; it
+/// stops precomputed tables made for other programs from applying to this one.
+pub const PBKDF2_SALT: &[u8] = b"nodepass-pool/key/v1";
+
+/// Why a tunnel key could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A raw key had fewer than [`MIN_KEY_BYTES`] bytes.
+    #[error(
+        "tunnel key too short: {len} bytes, need at least {MIN_KEY_BYTES} random bytes \
+         (128 bits) so that it cannot be guessed offline; `TunnelKey::generate` makes one"
+    )]
+    TooShort {
+        /// How many bytes were given.
+        len: usize,
+    },
+
+    /// A hex key was malformed or too short.
+    #[error("invalid hex tunnel key: {reason}")]
+    BadHex {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A passphrase had fewer than [`MIN_PASSPHRASE_CHARS`] characters.
+    #[error(
+        "tunnel passphrase too short: {chars} characters, need at least \
+         {MIN_PASSPHRASE_CHARS}: anyone who sees one proof made with it can test guesses \
+         offline, so a short passphrase falls to a dictionary; use a long passphrase or a \
+         random key (`TunnelKey::generate`)"
+    )]
+    WeakPassphrase {
+        /// How many characters were given.
+        chars: usize,
+    },
+
+    /// The system's secure random generator failed.
+    #[error("the system's secure random generator failed")]
+    Rng,
 }
 
-/// Equality whose time does not depend on where the first difference is.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A secret both ends of a tunnel share. With it, every pooled connection proves the
-/// key right after its id, so a stranger who reaches the tunnel port never enters the
-/// server's pool.
+/// A secret both ends of a tunnel share. With it, every pooled connection runs a mutual
+/// challenge-response right after its id ([`crate::proof`]), so a stranger who reaches
+/// the tunnel port never enters the server's pool.
+///
+/// Make one with [`generate`](Self::generate) (and print it once with
+/// [`to_hex`](Self::to_hex)), [`from_hex`](Self::from_hex), [`from_bytes`](Self::from_bytes),
+/// [`from_passphrase`](Self::from_passphrase), or [`parse`](Self::parse) for user input.
+/// Its `Debug` form never shows the key.
 ///
 /// ```
 /// use pool_tls::TunnelKey;
-/// let key = TunnelKey::new("s3cret");
-/// let proof = key.proof(b"0a0b0c0d");
-/// assert!(key.verify(b"0a0b0c0d", &proof));
-/// assert!(!TunnelKey::new("guess").verify(b"0a0b0c0d", &proof));
+/// let key = TunnelKey::generate().unwrap();
+/// let same = TunnelKey::from_hex(&key.to_hex()).unwrap();
+/// assert_eq!(format!("{same:?}"), "TunnelKey(..)");
+/// assert!(TunnelKey::from_passphrase("hunter2").is_err());
 /// ```
 #[derive(Clone)]
-pub struct TunnelKey(Vec<u8>);
+pub struct TunnelKey {
+    raw: Vec<u8>,
+    hmac: hmac::Key,
+}
 
 impl std::fmt::Debug for TunnelKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,22 +104,124 @@ impl std::fmt::Debug for TunnelKey {
     }
 }
 
-const LABEL_CONN: &[u8] = b"nodepass-pool/pool-conn/v1";
-
 impl TunnelKey {
-    /// A key from any bytes (a passphrase is fine: HMAC takes keys of any length).
-    pub fn new(secret: impl AsRef<[u8]>) -> Self {
-        Self(secret.as_ref().to_vec())
+    fn raw(bytes: &[u8]) -> Self {
+        Self {
+            raw: bytes.to_vec(),
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        }
     }
 
-    /// The proof for the connection whose id went over the wire as `id_wire`.
-    pub fn proof(&self, id_wire: &[u8]) -> [u8; TAG_LEN] {
-        hmac_sha256(&self.0, &[LABEL_CONN, id_wire])
+    /// A key from random bytes: at least [`MIN_KEY_BYTES`] (128 bits).
+    ///
+    /// The bytes must come from a secure random source; a word typed by a person belongs
+    /// in [`from_passphrase`](Self::from_passphrase), which stretches it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if bytes.len() < MIN_KEY_BYTES {
+            return Err(KeyError::TooShort { len: bytes.len() });
+        }
+        Ok(Self::raw(bytes))
     }
 
-    /// Whether `tag` is the proof for `id_wire`, in constant time.
-    pub fn verify(&self, id_wire: &[u8], tag: &[u8]) -> bool {
-        ct_eq(&self.proof(id_wire), tag)
+    /// A key from hexadecimal digits (either case, an even number, at least
+    /// `2 * MIN_KEY_BYTES` = 32 of them), as [`to_hex`](Self::to_hex) prints it.
+    pub fn from_hex(hex: &str) -> Result<Self, KeyError> {
+        let bad = |reason: String| KeyError::BadHex { reason };
+        if let Some((i, c)) = hex.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+            return Err(bad(format!("{c:?} at byte {i} is not a hex digit")));
+        }
+        if !hex.len().is_multiple_of(2) {
+            return Err(bad(format!("odd number of hex digits ({})", hex.len())));
+        }
+        if hex.len() < 2 * MIN_KEY_BYTES {
+            return Err(bad(format!(
+                "{} hex digits, need at least {} (128 bits)",
+                hex.len(),
+                2 * MIN_KEY_BYTES
+            )));
+        }
+        let bytes: Vec<u8> = hex
+            .as_bytes()
+            .chunks_exact(2)
+            .map(|p| (nibble(p[0]) << 4) | nibble(p[1]))
+            .collect();
+        Self::from_bytes(&bytes)
+    }
+
+    /// A key stretched from a passphrase of at least [`MIN_PASSPHRASE_CHARS`]
+    /// characters: PBKDF2-HMAC-SHA256 over its UTF-8 bytes, salt [`PBKDF2_SALT`],
+    /// [`PBKDF2_ITERATIONS`] iterations, [`KEY_LEN`] bytes out.
+    ///
+    /// This takes a noticeable moment on purpose (each attacker guess costs the same):
+    /// make the key once at start-up and clone it.
+    pub fn from_passphrase(passphrase: &str) -> Result<Self, KeyError> {
+        let chars = passphrase.chars().count();
+        if chars < MIN_PASSPHRASE_CHARS {
+            return Err(KeyError::WeakPassphrase { chars });
+        }
+        let mut out = [0u8; KEY_LEN];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            ITERATIONS,
+            PBKDF2_SALT,
+            passphrase.as_bytes(),
+            &mut out,
+        );
+        Ok(Self::raw(&out))
+    }
+
+    /// A key from what a user typed: a string of at least 32 characters that are all
+    /// hex digits is a raw key ([`from_hex`](Self::from_hex), so an odd count of them is
+    /// an error rather than a passphrase); anything else is a passphrase
+    /// ([`from_passphrase`](Self::from_passphrase)). The string is used as is, with no
+    /// trimming.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        if s.len() >= 2 * MIN_KEY_BYTES && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Self::from_hex(s)
+        } else {
+            Self::from_passphrase(s)
+        }
+    }
+
+    /// A fresh 256-bit key from the crypto provider's secure random generator.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut out = [0u8; KEY_LEN];
+        fill_random(&mut out)?;
+        Ok(Self::raw(&out))
+    }
+
+    /// The key as lowercase hex, to show once to a user who must copy it to the other
+    /// end. For a passphrase key this is the derived key, equivalent to the passphrase.
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(self.raw.len() * 2);
+        for b in &self.raw {
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        s
+    }
+
+    pub(crate) fn hmac_key(&self) -> &hmac::Key {
+        &self.hmac
+    }
+}
+
+/// Fills `out` from the crypto provider's secure random generator.
+pub(crate) fn fill_random(out: &mut [u8]) -> Result<(), KeyError> {
+    crate::provider()
+        .secure_random
+        .fill(out)
+        .map_err(|_| KeyError::Rng)
+}
+
+/// The value of one ASCII hex digit (checked by the caller).
+fn nibble(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
     }
 }
 
@@ -78,39 +229,93 @@ impl TunnelKey {
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+    #[test]
+    fn raw_keys_need_128_bits() {
+        assert_eq!(
+            TunnelKey::from_bytes(&[7; 15]).unwrap_err(),
+            KeyError::TooShort { len: 15 }
+        );
+        assert!(TunnelKey::from_bytes(&[7; 16]).is_ok());
+        let e = TunnelKey::from_bytes(b"").unwrap_err().to_string();
+        assert!(e.contains("at least 16") && e.contains("128 bits"), "{e}");
     }
 
     #[test]
-    fn rfc4231_vectors() {
-        // Test case 1.
-        let tag = hmac_sha256(&[0x0b; 20], &[b"Hi There"]);
+    fn hex_keys_round_trip_and_bad_hex_says_why() {
+        let hex = "00112233445566778899aabbccddeeff";
+        let k = TunnelKey::from_hex(hex).unwrap();
+        assert_eq!(k.to_hex(), hex);
         assert_eq!(
-            tag.to_vec(),
-            unhex("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+            TunnelKey::from_hex(&hex.to_uppercase()).unwrap().to_hex(),
+            hex
         );
-        // Test case 6: a key longer than the block.
-        let tag = hmac_sha256(
-            &[0xaa; 131],
-            &[b"Test Using Larger Than Block-Size Key - Hash Key First"],
+        for (bad, why) in [
+            (&hex[..30], "need at least 32"),
+            (&hex[..31], "odd number"),
+            ("00112233445566778899aabbccddeefg", "not a hex digit"),
+            (" 00112233445566778899aabbccddeeff", "not a hex digit"),
+        ] {
+            let e = TunnelKey::from_hex(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn short_passphrases_are_refused_with_the_reason() {
+        let e = TunnelKey::from_passphrase("correct horse").unwrap_err();
+        assert_eq!(e, KeyError::WeakPassphrase { chars: 13 });
+        assert!(e.to_string().contains("offline"), "{e}");
+        // Characters, not bytes: 15 two-byte characters are still too few.
+        assert!(TunnelKey::from_passphrase(&"é".repeat(15)).is_err());
+        assert!(TunnelKey::parse("s3cret").is_err());
+    }
+
+    #[test]
+    fn a_passphrase_is_stretched_with_pbkdf2() {
+        let pass = "correct horse battery staple";
+        let k = TunnelKey::from_passphrase(pass).unwrap();
+        let mut want = [0u8; KEY_LEN];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(600_000).unwrap(),
+            b"nodepass-pool/key/v1",
+            pass.as_bytes(),
+            &mut want,
         );
+        assert_eq!(k.raw, want);
+        // Computed independently (Python's hashlib.pbkdf2_hmac); also in PROTOCOL.md.
         assert_eq!(
-            tag.to_vec(),
-            unhex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+            k.to_hex(),
+            "4a46b99ad314576c80b4c5451ae824424769c96ac6876821293551d123f5a34b"
+        );
+        assert_eq!(TunnelKey::parse(pass).unwrap().raw, want);
+        assert_ne!(
+            TunnelKey::from_passphrase("correct horse battery stapler")
+                .unwrap()
+                .raw,
+            want
         );
     }
 
     #[test]
-    fn a_proof_is_bound_to_its_id_and_key() {
-        let k = TunnelKey::new("k");
-        let p = k.proof(b"00000001");
-        assert!(k.verify(b"00000001", &p));
-        assert!(!k.verify(b"00000002", &p));
-        assert!(!k.verify(b"00000001", &p[..31]));
-        assert!(!TunnelKey::new("K").verify(b"00000001", &p));
+    fn parse_takes_long_hex_as_a_raw_key() {
+        let hex = "ffeeddccbbaa99887766554433221100";
+        assert_eq!(TunnelKey::parse(hex).unwrap().to_hex(), hex);
+        // 31 hex digits are a (long enough) passphrase; 33 an error, not a passphrase.
+        assert_eq!(TunnelKey::parse(&hex[..31]).unwrap().raw.len(), KEY_LEN);
+        assert!(matches!(
+            TunnelKey::parse(&format!("{hex}0")),
+            Err(KeyError::BadHex { .. })
+        ));
+    }
+
+    #[test]
+    fn generated_keys_are_256_bits_fresh_and_never_printed() {
+        let a = TunnelKey::generate().unwrap();
+        let b = TunnelKey::generate().unwrap();
+        assert_eq!(a.to_hex().len(), 2 * KEY_LEN);
+        assert_ne!(a.to_hex(), b.to_hex());
+        let shown = format!("{a:?} {a:#?}");
+        assert!(!shown.contains(&a.to_hex()[..8]), "{shown}");
     }
 }

@@ -29,6 +29,16 @@
 //! is refused with `certificate pin mismatch: expected …, got …`. The handshake
 //! signature is always checked, so the server must hold the pinned certificate's key.
 //!
+//! # Tunnel key
+//!
+//! A [`TunnelKey`] shared by both ends lets every pooled connection prove the key in a
+//! mutual challenge-response right after its id ([`proof`]), bound to the TLS session in
+//! modes 1 and 2, so that a stranger who reaches the tunnel port never enters the pool.
+//! Keys that can be guessed are refused, passphrases are stretched with PBKDF2. The
+//! bytes on the wire, the reasons for their order, and test vectors are in
+//! `PROTOCOL.md` beside this crate's `Cargo.toml`, rendered here as [`protocol`]. The
+//! HMACs and PBKDF2 come from `ring`.
+//!
 //! # Crypto provider
 //!
 //! All configurations use [`provider()`], the provider selected by this crate's features
@@ -79,6 +89,7 @@ mod fingerprint;
 mod key;
 mod mode;
 mod pem;
+pub mod proof;
 mod server;
 #[cfg(feature = "test-util")]
 mod testca;
@@ -86,12 +97,19 @@ mod testca;
 pub use client::{server_name, ClientTlsBuilder, DangerousNoVerify};
 pub use error::TlsError;
 pub use fingerprint::Fingerprint;
-pub use key::{ct_eq, hmac_sha256, TunnelKey, TAG_LEN};
+pub use key::{
+    KeyError, TunnelKey, KEY_LEN, MIN_KEY_BYTES, MIN_PASSPHRASE_CHARS, PBKDF2_ITERATIONS,
+    PBKDF2_SALT,
+};
 pub use mode::TlsMode;
+pub use proof::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof};
 pub use server::ServerTls;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use testca::TestCa;
+
+#[doc = include_str!("../PROTOCOL.md")]
+pub mod protocol {}
 
 /// Re-export of `rustls`, so users name the same version this crate builds configs with.
 pub use rustls;

@@ -11,7 +11,7 @@ use pool_core::{
 use pool_net::SocketOptions;
 use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode, TunnelKey};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::{debug, info};
@@ -189,9 +189,13 @@ impl ClientPoolBuilder {
         self.core = self.core.capacity_policy(p);
         self
     }
-    /// Prove this key on every connection, right after reading its id: the server
-    /// pool (given the same key) admits nothing else. Not part of the Go wire
-    /// protocol: set it on both ends or on neither. Default none.
+    /// Prove this key on every connection, right after reading its id, and require the
+    /// server to prove it back: a mutual challenge-response over fresh nonces, bound to
+    /// the TLS session in modes 1 and 2 (`pool_tls::proof`, bytes in pool-tls's
+    /// `PROTOCOL.md`). The server pool (given the same key) admits nothing else, and a
+    /// connection whose server fails its proof is dropped and counted as an auth
+    /// failure. Not part of the Go wire protocol: set it on both ends or on neither.
+    /// Default none.
     pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
         self.key = Some(key);
         self
@@ -365,17 +369,9 @@ impl Inner {
             Ok(Ok(id)) => id,
         };
         if let Some(key) = &self.key {
-            let proof = key.proof(self.id_form.encode(&conn.id).as_ref());
-            let send = async {
-                conn.write_all(&proof).await?;
-                conn.flush().await
-            };
+            let wire = self.id_form.encode(&conn.id);
             let deadline = tokio::time::Instant::from_std(ticket.id_deadline(now()));
-            match timeout_at(deadline, send).await {
-                Err(_) => return Err((Stage::Auth, StepError::Timeout)),
-                Ok(Err(e)) => return Err((Stage::Auth, e.into())),
-                Ok(Ok(())) => {}
-            }
+            crate::auth::client_auth(&mut conn, key, wire.as_ref(), deadline).await?;
         }
         Ok(conn)
     }

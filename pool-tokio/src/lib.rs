@@ -28,6 +28,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod auth;
 mod client;
 mod conn;
 mod dialer;

@@ -9,8 +9,8 @@ use pool_core::{
     Stage, Want,
 };
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey, TAG_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
@@ -179,8 +179,10 @@ impl ServerPoolBuilder {
         self
     }
     /// Admit only connections that prove this key right after their id (within the
-    /// handshake deadline); the others are closed and counted as `auth_failures`, so a
-    /// stranger who reaches the tunnel port never enters the pool. Not part of the Go
+    /// handshake deadline), in a mutual challenge-response over fresh nonces, bound to
+    /// the TLS session in modes 1 and 2 (`pool_tls::proof`); the others are closed and
+    /// counted as `auth_failures`, so a stranger who reaches the tunnel port never
+    /// enters the pool (and never receives anything computed with the key). Not part of the Go
     /// wire protocol: set it on both ends or on neither. Default none.
     pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
         self.key = Some(key);
@@ -366,14 +368,7 @@ impl Inner {
             Ok(Ok(())) => {}
         }
         if let Some(key) = &self.key {
-            // Exactly the proof: any payload behind it stays in the stream.
-            let mut tag = [0u8; TAG_LEN];
-            match timeout_at(deadline, conn.read_exact(&mut tag)).await {
-                Err(_) => return Err((Stage::Auth, StepError::Timeout)),
-                Ok(Err(e)) => return Err((Stage::Auth, e.into())),
-                Ok(Ok(_)) if key.verify(wire.as_ref(), &tag) => {}
-                Ok(Ok(_)) => return Err((Stage::Auth, StepError::BadProof)),
-            }
+            crate::auth::server_auth(&mut conn, key, wire.as_ref(), deadline).await?;
         }
         Ok(conn)
     }

@@ -77,8 +77,24 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`, from `pool-tls`.
-pub(crate) use pool_tls::{ct_eq, hmac_sha256 as hmac};
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`, by `ring`.
+pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// Whether `tag` is the HMAC-SHA256 of the concatenation of `parts`, compared in
+/// constant time by `ring`.
+pub(crate) fn hmac_ok(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    ring::hmac::verify(&key, &parts.concat(), tag).is_ok()
+}
 
 /// Random bytes from the TLS crypto provider.
 pub(crate) fn random<const N: usize>() -> std::io::Result<[u8; N]> {
@@ -93,6 +109,16 @@ pub(crate) fn random<const N: usize>() -> std::io::Result<[u8; N]> {
 /// The proof a client writes on a pooled connection before relaying.
 pub(crate) fn conn_proof(key: &[u8], server_nonce: &[u8; NONCE_LEN], id: &ConnId) -> [u8; TAG_LEN] {
     hmac(key, &[LABEL_CONN, server_nonce, id.as_bytes()])
+}
+
+/// Whether `tag` is [`conn_proof`], in constant time.
+pub(crate) fn conn_proof_ok(
+    key: &[u8],
+    server_nonce: &[u8; NONCE_LEN],
+    id: &ConnId,
+    tag: &[u8],
+) -> bool {
+    hmac_ok(key, &[LABEL_CONN, server_nonce, id.as_bytes()], tag)
 }
 
 /// Splits `host:port` (IPv6 in brackets) into host and port.
@@ -511,7 +537,7 @@ async fn server_handshake(
         .await
         .map_err(|e| format!("short answer: {e}"))?;
     let (nc, tag) = answer.split_at(NONCE_LEN);
-    if !ct_eq(tag, &hmac(key, &[LABEL_CLIENT, &ns, nc])) {
+    if !hmac_ok(key, &[LABEL_CLIENT, &ns, nc], tag) {
         return Err("wrong tunnel key (or not a tunnel client)".into());
     }
     io.write_all(&hmac(key, &[LABEL_SERVER, &ns, nc])).await?;
@@ -655,8 +681,7 @@ async fn user_session(shared: &ServerShared, mut user: TcpStream) -> bool {
         }
         let mut proof = [0u8; TAG_LEN];
         let read = timeout(shared.t.proof, conn.read_exact(&mut proof)).await;
-        let good =
-            matches!(read, Ok(Ok(_))) && ct_eq(&proof, &conn_proof(&shared.key, &ctl.nonce, &id));
+        let good = matches!(read, Ok(Ok(_))) && conn_proof_ok(&shared.key, &ctl.nonce, &id, &proof);
         if !good {
             shared.stats.bad_proofs.fetch_add(1, Relaxed);
             continue;
@@ -920,7 +945,7 @@ async fn client_handshake(s: &ClientShared) -> Result<(BoxIo, [u8; NONCE_LEN]), 
     io.read_exact(&mut tag)
         .await
         .map_err(|_| "refused by the server: wrong tunnel key?")?;
-    if !ct_eq(&tag, &hmac(&s.key, &[LABEL_SERVER, &ns, &nc])) {
+    if !hmac_ok(&s.key, &[LABEL_SERVER, &ns, &nc], &tag) {
         return Err("the server does not know the tunnel key".into());
     }
     Ok((io, ns))

@@ -1,0 +1,102 @@
+//! The tunnel-key step after the id: the I/O around `pool_tls::proof`.
+//!
+//! Each side reads exactly the bytes of the message it expects (`read_exact` on an
+//! array of that length), so payload that follows is never consumed. Both sides run
+//! under a deadline given by the caller; any failure is `Stage::Auth`.
+
+use pool_core::Stage;
+use pool_tls::proof::{BINDING_LEN, CHALLENGE_LEN, CONFIRM_LEN, RESPONSE_LEN};
+use pool_tls::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof, TunnelKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsStream;
+
+use crate::conn::{PoolConn, Stream};
+use crate::error::StepError;
+
+/// The server's side: challenge, check the response, confirm. The connection is ready
+/// only when this returns `Ok`.
+pub(crate) async fn server_auth(
+    conn: &mut PoolConn,
+    key: &TunnelKey,
+    id_wire: &[u8],
+    deadline: Instant,
+) -> Result<(), (Stage, StepError)> {
+    let binding = binding(conn).map_err(fail)?;
+    let ns = fresh_nonce().map_err(|e| fail(StepError::Io(std::io::Error::other(e))))?;
+    let proof = ServerProof::new(key, ns, id_wire, or_empty(&binding));
+    let exchange = async {
+        conn.write_all(&proof.challenge()).await?;
+        conn.flush().await?;
+        let mut response = [0u8; RESPONSE_LEN];
+        conn.read_exact(&mut response).await?;
+        let confirm = proof.check_response(&response)?;
+        conn.write_all(&confirm).await?;
+        conn.flush().await?;
+        Ok(())
+    };
+    run(deadline, exchange).await
+}
+
+/// The client's side: read the challenge, respond, check the confirmation.
+pub(crate) async fn client_auth(
+    conn: &mut PoolConn,
+    key: &TunnelKey,
+    id_wire: &[u8],
+    deadline: Instant,
+) -> Result<(), (Stage, StepError)> {
+    let binding = binding(conn).map_err(fail)?;
+    let nc = fresh_nonce().map_err(|e| fail(StepError::Io(std::io::Error::other(e))))?;
+    let exchange = async {
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        conn.read_exact(&mut challenge).await?;
+        let (proof, response) =
+            ClientProof::respond(key, &challenge, nc, id_wire, or_empty(&binding));
+        conn.write_all(&response).await?;
+        conn.flush().await?;
+        let mut confirm = [0u8; CONFIRM_LEN];
+        conn.read_exact(&mut confirm).await?;
+        proof.check_confirm(&confirm)?;
+        Ok(())
+    };
+    run(deadline, exchange).await
+}
+
+async fn run(
+    deadline: Instant,
+    exchange: impl std::future::Future<Output = Result<(), StepError>>,
+) -> Result<(), (Stage, StepError)> {
+    match timeout_at(deadline, exchange).await {
+        Err(_) => Err(fail(StepError::Timeout)),
+        Ok(r) => r.map_err(fail),
+    }
+}
+
+fn fail(e: StepError) -> (Stage, StepError) {
+    (Stage::Auth, e)
+}
+
+fn or_empty(b: &Option<[u8; BINDING_LEN]>) -> &[u8] {
+    b.as_ref().map_or(&[], |b| b)
+}
+
+/// The TLS session's channel binding, or `None` on a plain stream.
+fn binding(conn: &PoolConn) -> Result<Option<[u8; BINDING_LEN]>, StepError> {
+    let b = match &conn.stream {
+        Stream::Plain(_) => return Ok(None),
+        Stream::Tls(s) => match s.as_ref() {
+            TlsStream::Client(c) => tls_binding(c.get_ref().1),
+            TlsStream::Server(c) => tls_binding(c.get_ref().1),
+        },
+    };
+    Ok(Some(b?))
+}
+
+impl From<ProofError> for StepError {
+    fn from(e: ProofError) -> Self {
+        match e {
+            ProofError::BadResponse | ProofError::BadConfirm => Self::BadProof,
+            other => Self::Io(std::io::Error::other(other)),
+        }
+    }
+}
