@@ -228,6 +228,7 @@ impl<C> ClientMachine<C> {
             }
         }
         self.failures = 0;
+        self.common.unreachable = false;
         self.backoff = Duration::ZERO;
         self.probe = false;
         if !ticket.urgent {
@@ -253,6 +254,10 @@ impl<C> ClientMachine<C> {
                 let later = deadline_after(now, self.backoff);
                 if let Some(t) = self.refill.as_mut() {
                     *t = (*t).max(later);
+                }
+                if self.cfg.fail_fast && self.common.counters.created == 0 {
+                    self.common.unreachable = true;
+                    self.common.fail_waiters_unreachable();
                 }
             }
         }

@@ -157,6 +157,8 @@ pub struct PoolCommon<C> {
     /// Dials (client) or handshakes (server) under way.
     pub(crate) in_flight: usize,
     pub(crate) random: Entropy,
+    /// Whether gets fail at once because nothing can succeed (set by the client).
+    pub(crate) unreachable: bool,
     epoch: Instant,
     sweep: Sweep,
 }
@@ -177,6 +179,7 @@ impl<C> PoolCommon<C> {
             closed: false,
             in_flight: 0,
             random,
+            unreachable: false,
             epoch: now,
             sweep: Sweep {
                 interval: sweep_interval,
@@ -239,6 +242,10 @@ impl<C> PoolCommon<C> {
     pub fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         if self.closed {
             return Got::Failed(GetError::Closed);
+        }
+        if self.unreachable {
+            self.counters.unreachable += 1;
+            return Got::Failed(GetError::Unreachable);
         }
         loop {
             let taken = match want {
@@ -434,6 +441,17 @@ impl<C> PoolCommon<C> {
     /// Queues a connection to be closed by the driver.
     pub(crate) fn close_later(&mut self, id: ConnId, conn: C) {
         self.to_close.push((id, conn));
+    }
+
+    /// Answers every waiting get with `Unreachable`: nothing can succeed.
+    pub(crate) fn fail_waiters_unreachable(&mut self) {
+        for key in self.waiters.drain() {
+            self.counters.unreachable += 1;
+            self.answers.push_back(Answer {
+                key,
+                result: Err(GetError::Unreachable),
+            });
+        }
     }
 
     /// Answers every get by id with `NotFound` (nothing under way can bring their ids).

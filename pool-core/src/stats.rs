@@ -53,6 +53,8 @@ pub struct Counters {
     pub get_timeouts: u64,
     /// Gets by an id that could no longer arrive.
     pub not_found: u64,
+    /// Gets failed at once because nothing could succeed (client, `fail_fast`).
+    pub unreachable: u64,
     /// Ids drawn or read that were already in use.
     pub id_collisions: u64,
     /// Errors the application recorded (Go: `AddError`, `ErrorCount`, `ResetError`).

@@ -16,12 +16,15 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::{ConnId, GetError, Got, PoolCommon, Probe, Status, WaiterKey, Want};
+use std::net::SocketAddr;
+
+use pool_core::{ConnId, GetError, Got, PoolCommon, Probe, Stage, Status, WaiterKey, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::PoolConn;
+use crate::error::{Cause, Failure};
 use crate::rt::now;
 use crate::stats::Stats;
 
@@ -41,6 +44,7 @@ pub trait Machine: DerefMut<Target = PoolCommon<PoolConn>> + Send + 'static {
     fn poll_work(&mut self, now: Instant) -> Self::Work;
     fn status(&self) -> Status;
     fn close(&mut self) -> Vec<(ConnId, PoolConn)>;
+    fn is_client(&self) -> bool;
 }
 
 /// A pool's engine plus how its role starts work.
@@ -62,6 +66,45 @@ pub(crate) struct Engine<M> {
 struct State<M> {
     m: M,
     replies: HashMap<WaiterKey, oneshot::Sender<Delivery>>,
+    log: FailureLog,
+}
+
+/// The last background failure and the run it belongs to.
+#[derive(Default)]
+pub(crate) struct FailureLog {
+    last: Option<Failure>,
+    in_a_row: u64,
+}
+
+impl FailureLog {
+    /// A dial or handshake failed.
+    pub(crate) fn fail(
+        &mut self,
+        stage: Stage,
+        cause: Cause,
+        peer: Option<SocketAddr>,
+        client: bool,
+    ) {
+        self.in_a_row += 1;
+        self.last = Some(Failure {
+            stage,
+            cause,
+            peer,
+            in_a_row: self.in_a_row,
+            at: now(),
+            client,
+        });
+    }
+
+    /// A dial or handshake succeeded: the run of failures is over.
+    pub(crate) fn succeed(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// The failure of the run under way, if one is.
+    fn failing(&self) -> Option<Failure> {
+        (self.in_a_row > 0).then(|| self.last.clone()).flatten()
+    }
 }
 
 /// What to perform once the lock is released.
@@ -106,6 +149,7 @@ impl<M: Machine> Engine<M> {
             state: Mutex::new(State {
                 m,
                 replies: HashMap::new(),
+                log: FailureLog::default(),
             }),
             wake: Notify::new(),
             tasks: TaskTracker::new(),
@@ -124,13 +168,21 @@ impl<M: Machine> Engine<M> {
     /// of a backoff), the driver is woken to re-arm its timer; a later deadline it finds
     /// when it wakes anyway, so most inputs cost no task switch.
     pub(crate) fn with<R>(&self, input: impl FnOnce(&mut M, Instant) -> R) -> (R, Out<M::Work>) {
+        self.with_log(|m, _, now| input(m, now))
+    }
+
+    /// [`with`](Self::with), with the failure log at hand.
+    pub(crate) fn with_log<R>(
+        &self,
+        input: impl FnOnce(&mut M, &mut FailureLog, Instant) -> R,
+    ) -> (R, Out<M::Work>) {
         let now = now();
         let mut st = self.lock();
         let before = st.m.poll_timeout();
-        let r = input(&mut st.m, now);
+        let st = &mut *st;
+        let r = input(&mut st.m, &mut st.log, now);
         let after = st.m.poll_timeout();
         let out = st.outputs(now, false);
-        drop(st);
         if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
             self.wake.notify_one();
         }
@@ -143,10 +195,18 @@ impl<M: Machine> Engine<M> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.read(|m| Stats {
-            status: m.status(),
-            counters: m.counters(),
-        })
+        let st = self.lock();
+        Stats {
+            status: st.m.status(),
+            counters: st.m.counters(),
+            last_failure: st.log.last.clone(),
+            client: st.m.is_client(),
+        }
+    }
+
+    /// The run of failures under way, if any.
+    pub(crate) fn failing(&self) -> Option<Failure> {
+        self.lock().log.failing()
     }
 
     /// Closes the machine: waiting gets are answered `Closed`, every task is told to
@@ -215,10 +275,35 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
     }
 }
 
+/// A get as the user sees it: the core's answer, with a failing pool's last
+/// [`Failure`] attached to the error.
+pub(crate) async fn get_for_user<S: Side>(
+    side: &Arc<S>,
+    want: Want,
+    timeout: Duration,
+) -> Result<(ConnId, PoolConn), crate::GetError> {
+    use crate::GetError as E;
+    let start = now();
+    let e = match get(side, want, timeout).await {
+        Ok(got) => return Ok(got),
+        Err(e) => e,
+    };
+    let failing = side.engine().failing();
+    let waited = now().saturating_duration_since(start);
+    Err(match (e, want) {
+        (GetError::NotFound, Want::Id(id)) => E::NotFound(id),
+        (GetError::Closed, _) => E::Closed,
+        (GetError::Unreachable, _) if failing.is_some() => {
+            E::Unreachable(failing.expect("checked"))
+        }
+        _ => E::Timeout { waited, failing },
+    })
+}
+
 /// A get, from the first look to the answer: candidates are probed here with no lock
 /// held, and a get that has to wait registers its reply channel under the same lock
 /// that queued it.
-pub(crate) async fn get<S: Side>(
+async fn get<S: Side>(
     side: &Arc<S>,
     want: Want,
     timeout: Duration,

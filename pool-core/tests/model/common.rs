@@ -206,6 +206,8 @@ pub(crate) struct Common {
     /// Connections the machine owes to `poll_close` after the current step.
     pub(crate) to_close: Vec<(ConnId, u64)>,
     pub(crate) closed: bool,
+    /// Whether gets fail at once: the client never connected and backs off.
+    pub(crate) unreachable: bool,
     /// Dials or handshakes under way (kept by the harness).
     pub(crate) in_flight: usize,
     pub(crate) sweep_due: Option<Instant>,
@@ -229,6 +231,7 @@ impl Common {
             max_idle_age,
             idle: VecDeque::new(),
             waiters: BTreeMap::new(),
+            unreachable: false,
             done: HashSet::new(),
             issued: HashSet::new(),
             dead: HashSet::new(),
@@ -341,6 +344,10 @@ impl Common {
     pub(crate) fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Pred {
         if self.closed {
             return Pred::Failed(GetError::Closed);
+        }
+        if self.unreachable {
+            self.k.unreachable += 1;
+            return Pred::Failed(GetError::Unreachable);
         }
         loop {
             let taken = match want {
@@ -492,6 +499,17 @@ impl Common {
         assert_eq!(out, want, "flush returned another idle set");
         for (_, v) in out {
             self.ledger.leave(*v, Loc::Closed);
+        }
+    }
+
+    /// Nothing can succeed: every waiter is answered `Unreachable`.
+    pub(crate) fn fail_unreachable(&mut self) {
+        self.unreachable = true;
+        let keys: Vec<WaiterKey> = self.waiters.keys().copied().collect();
+        for k in keys {
+            self.waiters.remove(&k);
+            self.k.unreachable += 1;
+            self.expected.push((k, Err(GetError::Unreachable)));
         }
     }
 
