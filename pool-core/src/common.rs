@@ -292,6 +292,16 @@ impl<C> PoolCommon<C> {
         self.get(check.want, now, check.deadline)
     }
 
+    /// A connection handed to a waiting get through [`poll_answer`](Self::poll_answer)
+    /// was found dead by the driver before it reached the caller (its peer gave up
+    /// while it settled, say). It is counted as evicted, not as served, and queued for
+    /// closing; the driver then repeats the get.
+    pub fn handle_dead_answer(&mut self, id: ConnId, conn: C, _now: Instant) {
+        self.counters.served_after_wait = self.counters.served_after_wait.saturating_sub(1);
+        self.counters.evicted_dead += 1;
+        self.to_close.push((id, conn));
+    }
+
     // ---- outputs ----
 
     /// The next answer to a waiting get.

@@ -112,34 +112,72 @@ pub(crate) struct Out<W> {
     work: W,
     close: Vec<(ConnId, PoolConn)>,
     probe: Option<Probe<PoolConn>>,
+    sends: Sends,
 }
+
+/// Answers to send to waiting gets: sending wakes a task, which is kept out of the lock.
+type Sends = Vec<(oneshot::Sender<Delivery>, Delivery)>;
 
 impl<M: Machine> State<M> {
     /// Drains the machine after an input. Sweep batches only for the driver task: a get
     /// never pays for a sweep.
     fn outputs(&mut self, now: Instant, sweep: bool) -> Out<M::Work> {
-        self.deliver(now);
+        let sends = self.deliver(now);
         let work = self.m.poll_work(now);
         let probe = if sweep { self.m.poll_probe(now) } else { None };
-        let mut close = Vec::new();
-        while let Some(c) = self.m.poll_close() {
-            close.push(c);
+        let close = self.closes();
+        Out {
+            work,
+            close,
+            probe,
+            sends,
         }
-        Out { work, close, probe }
     }
 
-    /// Sends every answer. A get that went away gets nothing: its connection goes back
-    /// to the pool.
-    fn deliver(&mut self, now: Instant) {
+    fn closes(&mut self) -> Vec<(ConnId, PoolConn)> {
+        std::iter::from_fn(|| self.m.poll_close()).collect()
+    }
+
+    /// Pairs every answer with its get's reply channel, to be sent after the lock is
+    /// released. An answer whose get went away gives its connection back to the pool.
+    fn deliver(&mut self, now: Instant) -> Sends {
+        let mut sends = Vec::new();
         while let Some(a) = self.m.poll_answer() {
-            let undelivered = match self.replies.remove(&a.key) {
-                Some(tx) => tx.send(a.result).err(),
-                None => Some(a.result),
-            };
-            if let Some(Ok((id, conn))) = undelivered {
-                self.m.put_back(id, conn, now);
+            match self.replies.remove(&a.key) {
+                Some(tx) => sends.push((tx, a.result)),
+                None => {
+                    if let Ok((id, conn)) = a.result {
+                        self.m.put_back(id, conn, now);
+                    }
+                }
             }
         }
+        sends
+    }
+}
+
+impl<M: Machine> Engine<M> {
+    /// Sends answers with no lock held. A get that went away between the answer and
+    /// the send gives its connection back (which may answer another get: repeat).
+    fn send_all(&self, mut sends: Sends) -> Vec<(ConnId, PoolConn)> {
+        let mut close = Vec::new();
+        while !sends.is_empty() {
+            let back: Vec<_> = sends
+                .drain(..)
+                .filter_map(|(tx, d)| tx.send(d).err().and_then(Result::ok))
+                .collect();
+            if back.is_empty() {
+                break;
+            }
+            let now = now();
+            let mut st = self.lock();
+            for (id, conn) in back {
+                st.m.put_back(id, conn, now);
+            }
+            sends = st.deliver(now);
+            close.extend(st.closes());
+        }
+        close
     }
 }
 
@@ -217,12 +255,14 @@ impl<M: Machine> Engine<M> {
         let mut st = self.lock();
         let mut conns = Machine::close(&mut st.m);
         let now = now();
-        st.deliver(now);
-        for (_, tx) in st.replies.drain() {
+        let sends = st.deliver(now);
+        let replies: Vec<_> = st.replies.drain().map(|(_, tx)| tx).collect();
+        conns.extend(st.closes());
+        drop(st);
+        // A closed machine answers only `Closed`: nothing can come back to put away.
+        conns.extend(self.send_all(sends));
+        for tx in replies {
             let _ = tx.send(Err(GetError::Closed));
-        }
-        while let Some(c) = st.m.poll_close() {
-            conns.push(c);
         }
         conns
     }
@@ -233,6 +273,7 @@ impl<M: Machine> Engine<M> {
 pub(crate) fn perform<S: Side>(side: &Arc<S>, mut out: Out<<S::M as Machine>::Work>) {
     loop {
         drop(out.close);
+        drop(side.engine().send_all(out.sends));
         side.start(out.work);
         let Some(mut probe) = out.probe else { return };
         probe.check(PoolConn::is_alive);
@@ -302,52 +343,66 @@ pub(crate) async fn get_for_user<S: Side>(
 
 /// A get, from the first look to the answer: candidates are probed here with no lock
 /// held, and a get that has to wait registers its reply channel under the same lock
-/// that queued it.
+/// that queued it. A connection that arrives for a waiting get (a new one, or one back
+/// from a sweep) is probed here too before it is handed out: a peer that gave up while
+/// the connection settled is found dead, counted, and the get goes on waiting.
 async fn get<S: Side>(
     side: &Arc<S>,
     want: Want,
     timeout: Duration,
 ) -> Result<(ConnId, PoolConn), GetError> {
     let engine = side.engine();
-    let start = now();
-    let deadline = pool_core::deadline_after(start, timeout);
-    let (mut got, mut rx, out) = {
-        let mut st = engine.lock();
-        let got = st.m.get(want, start, deadline);
-        let (got, rx) = register(&mut st, got);
-        let out = st.outputs(start, false);
-        (got, rx, out)
-    };
-    perform(side, out);
-    while let Some(Got::Check(mut check)) = got {
-        let alive = check.conn_mut().is_alive();
-        let now = now();
-        let mut st = engine.lock();
-        let next = st.m.handle_check(check, alive, now);
-        let (next, r) = register(&mut st, next);
-        let out = st.outputs(now, false);
-        drop(st);
+    let deadline = pool_core::deadline_after(now(), timeout);
+    // Bounded: each turn either hands out a connection, fails, or evicts a dead one.
+    loop {
+        let start = now();
+        let (mut got, mut rx, out) = {
+            let mut st = engine.lock();
+            let got = st.m.get(want, start, deadline);
+            let (got, rx) = register(&mut st, got);
+            let out = st.outputs(start, false);
+            (got, rx, out)
+        };
         perform(side, out);
-        got = next;
-        rx = r;
-    }
-    match got {
-        Some(Got::Ready(id, conn)) => Ok((id, conn)),
-        Some(Got::Failed(e)) => Err(e),
-        Some(Got::Check(_)) => unreachable!("the loop above consumed every candidate"),
-        Some(Got::Wait(_)) | None => {
-            let Some((key, rx)) = rx else {
-                return Err(GetError::Closed);
-            };
-            engine.wake.notify_one();
-            Waiting {
-                engine,
-                key,
-                rx: Some(rx),
-            }
-            .wait(deadline)
-            .await
+        while let Some(Got::Check(mut check)) = got {
+            let alive = check.conn_mut().is_alive();
+            let now = now();
+            let mut st = engine.lock();
+            let next = st.m.handle_check(check, alive, now);
+            let (next, r) = register(&mut st, next);
+            let out = st.outputs(now, false);
+            drop(st);
+            perform(side, out);
+            got = next;
+            rx = r;
         }
+        let (id, mut conn) = match got {
+            Some(Got::Ready(id, conn)) => return Ok((id, conn)),
+            Some(Got::Failed(e)) => return Err(e),
+            Some(Got::Check(_)) => unreachable!("the loop above consumed every candidate"),
+            Some(Got::Wait(_)) | None => {
+                let Some((key, rx)) = rx else {
+                    return Err(GetError::Closed);
+                };
+                engine.wake.notify_one();
+                let waiting = Waiting {
+                    engine,
+                    key,
+                    rx: Some(rx),
+                };
+                waiting.wait(deadline).await?
+            }
+        };
+        if conn.is_alive() {
+            return Ok((id, conn));
+        }
+        let out = {
+            let now = now();
+            let mut st = engine.lock();
+            st.m.handle_dead_answer(id, conn, now);
+            st.outputs(now, false)
+        };
+        perform(side, out);
     }
 }
 
@@ -399,22 +454,21 @@ impl<M: Machine> Drop for Waiting<'_, M> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
         let now = now();
-        let mut close = Vec::new();
-        {
+        let (sends, close) = {
             let mut st = self.engine.lock();
             st.replies.remove(&self.key);
+            let mut sends = Vec::new();
             if !st.m.cancel(self.key) {
                 // The answer was already sent: give its connection back.
                 if let Ok(Ok((id, conn))) = rx.try_recv() {
                     st.m.put_back(id, conn, now);
-                    st.deliver(now);
+                    sends = st.deliver(now);
                 }
             }
-            while let Some(c) = st.m.poll_close() {
-                close.push(c);
-            }
-        }
+            (sends, st.closes())
+        };
         drop(close);
+        drop(self.engine.send_all(sends));
     }
 }
 
