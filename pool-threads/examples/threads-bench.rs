@@ -145,7 +145,7 @@ fn checkout(rt: &Handle, kind: &str, dur: Duration) -> Res<f64> {
     let start = Instant::now();
     let mut pairs = 0u64;
     while start.elapsed() < dur {
-        let (id, mut s) = rt.block_on(server.get(T))?;
+        let (id, mut s) = rt.block_on(server.get_timeout(T))?;
         let mut b = [1u8];
         rt.block_on(s.write_all(&b))?;
         match &client {
@@ -155,7 +155,7 @@ fn checkout(rt: &Handle, kind: &str, dur: Duration) -> Res<f64> {
                 c.write_all(&b)?;
             }
             Client::Tokio(p) => rt.block_on(async {
-                let mut c = p.get(id, T).await?;
+                let mut c = p.get_timeout(id, T).await?;
                 c.read_exact(&mut b).await?;
                 c.write_all(&b).await?;
                 Res::Ok(())

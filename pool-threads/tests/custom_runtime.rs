@@ -69,7 +69,7 @@ async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// client (a get must not lose them), the client takes the same id and answers with
 /// its id and the bytes reversed.
 async fn pair(server: &ServerPool, client: &Arc<ThreadClientPool>, n: u64) {
-    let (id, mut on_server) = server.get(T).await.expect("server get");
+    let (id, mut on_server) = server.get_timeout(T).await.expect("server get");
     let sent = n.to_be_bytes();
     on_server.write_all(&sent).await.unwrap();
     on_server.flush().await.unwrap();
@@ -217,7 +217,7 @@ fn close_and_drop_leave_no_descriptor() {
             assert!(open_fds() >= baseline + 64);
             pair(&server, &client, 7).await;
             // A connection handed out stays the user's; the rest go with the pool.
-            let (id, held) = server.get(T).await.unwrap();
+            let (id, held) = server.get_timeout(T).await.unwrap();
             let pool = client.clone();
             let taken = tokio::task::spawn_blocking(move || pool.get(id, T).unwrap())
                 .await
