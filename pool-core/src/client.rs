@@ -118,6 +118,12 @@ impl<C> ClientMachine<C> {
             backoff: Duration::ZERO,
             refill: Some(now),
         }
+        .starting()
+    }
+
+    fn starting(mut self) -> Self {
+        self.common.starting = true;
+        self
     }
 
     /// The configuration.
@@ -143,6 +149,7 @@ impl<C> ClientMachine<C> {
         if !due || self.common.closed {
             return;
         }
+        self.common.starting = false;
         if let Some(created) = self.created {
             let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
             self.capacity = self

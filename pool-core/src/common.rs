@@ -159,6 +159,9 @@ pub struct PoolCommon<C> {
     pub(crate) random: Entropy,
     /// Whether gets fail at once because nothing can succeed (set by the client).
     pub(crate) unreachable: bool,
+    /// Whether the client's first round has yet to run: a get by id made right after
+    /// the pool was built waits for the dials it is about to start.
+    pub(crate) starting: bool,
     epoch: Instant,
     sweep: Sweep,
 }
@@ -180,6 +183,7 @@ impl<C> PoolCommon<C> {
             in_flight: 0,
             random,
             unreachable: false,
+            starting: false,
             epoch: now,
             sweep: Sweep {
                 interval: sweep_interval,
@@ -413,7 +417,7 @@ impl<C> PoolCommon<C> {
     }
 
     pub(crate) fn can_arrive(&self) -> bool {
-        self.in_flight > 0 || self.sweep.out.is_some()
+        self.in_flight > 0 || self.sweep.out.is_some() || self.starting
     }
 
     /// Connections this machine holds: idle, out for a sweep probe, or in flight. The

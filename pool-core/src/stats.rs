@@ -59,6 +59,8 @@ pub struct Counters {
     pub id_collisions: u64,
     /// Errors the application recorded (Go: `AddError`, `ErrorCount`, `ResetError`).
     pub app_errors: u64,
+    /// Connections whose peer spoke TLS to a plain end or plaintext to a TLS end.
+    pub protocol_mismatches: u64,
 }
 
 /// Which step of the connection handshake failed. The handshake is a sequence of steps,
@@ -74,6 +76,10 @@ pub enum Stage {
     Id,
     /// An application-defined step after the id (for example proving a shared key).
     Auth,
+    /// The peer speaks another protocol: a TLS client against a plain server, or a
+    /// plain server answering a TLS client. Counted apart, since it is a setting to fix
+    /// rather than a network fault.
+    Protocol,
 }
 
 impl Counters {
@@ -83,6 +89,7 @@ impl Counters {
             Stage::Tls => self.handshake_failures += 1,
             Stage::Auth => self.auth_failures += 1,
             Stage::Id => self.id_errors += 1,
+            Stage::Protocol => self.protocol_mismatches += 1,
         }
     }
 }

@@ -420,7 +420,14 @@ impl Inner {
                 };
                 match timeout_at(deadline, connector.connect(name, tcp)).await {
                     Err(_) => return Err((Stage::Tls, StepError::Timeout)),
-                    Ok(Err(e)) => return Err((Stage::Tls, e.into())),
+                    Ok(Err(e)) => {
+                        let cause = StepError::from(e);
+                        let stage = match cause {
+                            StepError::NotTls(_) => Stage::Protocol,
+                            _ => Stage::Tls,
+                        };
+                        return Err((stage, cause));
+                    }
                     Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Client(s))),
                 }
             }

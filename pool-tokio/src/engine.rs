@@ -45,6 +45,10 @@ pub trait Machine: DerefMut<Target = PoolCommon<PoolConn>> + Send + 'static {
     fn status(&self) -> Status;
     fn close(&mut self) -> Vec<(ConnId, PoolConn)>;
     fn is_client(&self) -> bool;
+    /// Whether an idle connection may be handed out; never loses a byte.
+    fn alive(conn: &mut PoolConn) -> bool {
+        conn.liveness().is_alive()
+    }
 }
 
 /// A pool's engine plus how its role starts work.
@@ -227,6 +231,11 @@ impl<M: Machine> Engine<M> {
         (r, out)
     }
 
+    /// An input that makes no output (drawing an id), under the lock.
+    pub(crate) fn draw<R>(&self, f: impl FnOnce(&mut M) -> R) -> R {
+        f(&mut self.lock().m)
+    }
+
     /// A read of the machine under the lock.
     pub(crate) fn read<R>(&self, f: impl FnOnce(&M) -> R) -> R {
         f(&self.lock().m)
@@ -276,7 +285,7 @@ pub(crate) fn perform<S: Side>(side: &Arc<S>, mut out: Out<<S::M as Machine>::Wo
         drop(side.engine().send_all(out.sends));
         side.start(out.work);
         let Some(mut probe) = out.probe else { return };
-        probe.check(PoolConn::is_alive);
+        probe.check(<S::M as Machine>::alive);
         let now = now();
         let mut st = side.engine().lock();
         st.m.handle_probe(probe, now);
@@ -365,7 +374,7 @@ async fn get<S: Side>(
         };
         perform(side, out);
         while let Some(Got::Check(mut check)) = got {
-            let alive = check.conn_mut().is_alive();
+            let alive = S::M::alive(check.conn_mut());
             let now = now();
             let mut st = engine.lock();
             let next = st.m.handle_check(check, alive, now);
@@ -393,7 +402,7 @@ async fn get<S: Side>(
                 waiting.wait(deadline).await?
             }
         };
-        if conn.is_alive() {
+        if S::M::alive(&mut conn) {
             return Ok((id, conn));
         }
         let out = {

@@ -152,8 +152,11 @@ pub enum Cause {
     #[error("bad id: {0}")]
     Id(#[from] pool_core::IdError),
     /// The peer closed before the id was complete.
-    #[error("peer closed before the id was complete")]
+    #[error("the server closed the connection before the id was complete (does its client-IP filter allow this address? is it at its maximum capacity?)")]
     Eof,
+    /// The server's client-IP filter refused the peer.
+    #[error("refused by the client-IP filter")]
+    Filtered,
     /// The tunnel-key proof was wrong.
     #[error("wrong tunnel-key proof")]
     BadProof,
@@ -216,6 +219,7 @@ fn stage_name(s: Stage) -> &'static str {
         Stage::Tls => "TLS",
         Stage::Id => "id",
         Stage::Auth => "tunnel-key",
+        Stage::Protocol => "protocol",
         _ => "handshake",
     }
 }

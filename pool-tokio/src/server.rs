@@ -271,6 +271,24 @@ impl ServerPoolBuilder {
             what: "listener address",
             source,
         })?;
+        // A filter that can never match the listener's address family shuts everybody
+        // out, silently: refuse it here instead.
+        let reachable = match local.ip() {
+            std::net::IpAddr::V4(_) => filter.can_match_family(true),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                filter.can_match_family(true) || filter.can_match_family(false)
+            }
+            std::net::IpAddr::V6(_) => filter.can_match_family(false),
+        };
+        if !reachable {
+            return Err(pool_core::ConfigError::Conflict {
+                first: "the client-IP filter",
+                second: "the listening address",
+                hint: "no entry of the filter is of the listener's address family, so every \
+                       client would be refused",
+            }
+            .into());
+        }
         let engine = Arc::new(Engine::new(ServerMachine::new(
             cfg.clone(),
             seeded()?,
@@ -323,6 +341,21 @@ impl Machine for ServerMachine<PoolConn> {
     fn is_client(&self) -> bool {
         false
     }
+    /// Stricter than the client's rule: an idle server connection receives nothing
+    /// from a pool client until the application takes it, so bytes pending on it come
+    /// from something else. Pending bytes that open a TLS record (a client in the wrong
+    /// mode), or pending bytes behind which the peer already closed, make it dead.
+    fn alive(conn: &mut PoolConn) -> bool {
+        match conn.liveness() {
+            pool_net::Liveness::Pending if !conn.is_tls() => {
+                let mut first = [0u8; 3];
+                let tls = pool_net::peek_now(conn.tcp(), &mut first)
+                    .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]));
+                !tls && !pool_net::peer_closed(conn.tcp())
+            }
+            state => state.is_alive(),
+        }
+    }
 }
 
 struct Inner {
@@ -365,8 +398,7 @@ impl Inner {
                 Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Server(s))),
             },
         };
-        let (id, out) = self.engine.with(|m, _| m.assign_id(ticket));
-        drop(out); // an id drawn changes nothing else
+        let id = self.engine.draw(|m| m.assign_id(ticket));
 
         let mut conn = PoolConn { id, stream };
         let wire = self.id_form.encode(&id);
@@ -378,6 +410,16 @@ impl Inner {
             Err(_) => return Err((Stage::Id, StepError::Timeout)),
             Ok(Err(e)) => return Err((Stage::Id, e.into())),
             Ok(Ok(())) => {}
+        }
+        if let Stream::Plain(tcp) = &conn.stream {
+            // A client in TLS mode sends its ClientHello at once: if it is already
+            // here, say so now (it would otherwise sit idle until the client gives up).
+            let mut first = [0u8; 3];
+            if pool_net::peek_now(tcp, &mut first)
+                .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]))
+            {
+                return Err((Stage::Protocol, StepError::ClientSpeaksTls));
+            }
         }
         if let Some(key) = &self.key {
             crate::auth::server_auth(&mut conn, key, wire.as_ref(), deadline).await?;
@@ -441,7 +483,14 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             }
         };
         let allowed = inner.filter.allows(peer.ip());
-        let (admission, out) = inner.engine.with(|m, now| m.handle_accept(now, allowed));
+        let (admission, out) = inner.engine.with_log(|m, log, now| {
+            if !allowed {
+                // Seen by a get that times out: a filter that shuts out the real client
+                // names itself.
+                log.fail(Stage::Connect, StepError::Filtered, Some(peer), false);
+            }
+            m.handle_accept(now, allowed)
+        });
         perform(&inner, out);
         match admission {
             Admission::Admit(ticket) => inner.spawn(handshake(inner.clone(), ticket, tcp, peer)),

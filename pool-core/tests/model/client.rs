@@ -141,7 +141,7 @@ impl ClientHarness {
         let tape = Tape::new(script);
         Self {
             m: ClientMachine::new(cfg.clone(), tape.clone(), now),
-            c: Common::new(now, cfg.sweep_interval(), cfg.max_idle_age()),
+            c: Common::new(now, cfg.sweep_interval(), cfg.max_idle_age()).starting(),
             cfg,
             tape,
             now,
@@ -390,6 +390,10 @@ impl ClientHarness {
     fn timeout(&mut self) {
         self.c.expire(self.now);
         self.m.handle_timeout(self.now);
+        // The first round is due when the machine is made: any turn runs it.
+        if !self.c.closed {
+            self.c.starting = false;
+        }
         let next = self.m.poll_timeout();
         assert!(
             !matches!(next, Some(t) if t <= self.now),

@@ -208,6 +208,8 @@ pub(crate) struct Common {
     pub(crate) closed: bool,
     /// Whether gets fail at once: the client never connected and backs off.
     pub(crate) unreachable: bool,
+    /// Whether the client's first round is still to run (gets by id wait for it).
+    pub(crate) starting: bool,
     /// Dials or handshakes under way (kept by the harness).
     pub(crate) in_flight: usize,
     pub(crate) sweep_due: Option<Instant>,
@@ -232,6 +234,7 @@ impl Common {
             idle: VecDeque::new(),
             waiters: BTreeMap::new(),
             unreachable: false,
+            starting: false,
             done: HashSet::new(),
             issued: HashSet::new(),
             dead: HashSet::new(),
@@ -261,8 +264,14 @@ impl Common {
             .is_some_and(|max| u128::from(self.ms(now).saturating_sub(since_ms)) > max.as_millis())
     }
 
+    /// A client's common part: its first round is still to run.
+    pub(crate) fn starting(mut self) -> Self {
+        self.starting = true;
+        self
+    }
+
     fn can_arrive(&self) -> bool {
-        self.in_flight > 0 || self.batch.is_some()
+        self.in_flight > 0 || self.batch.is_some() || self.starting
     }
 
     /// A new connection lands now; `false` is a collision (nothing counted).
@@ -587,6 +596,7 @@ pub(crate) fn count_failure(k: &mut Counters, stage: Stage) {
         Stage::Connect => k.dial_failures += 1,
         Stage::Tls => k.handshake_failures += 1,
         Stage::Id => k.id_errors += 1,
+        Stage::Protocol => k.protocol_mismatches += 1,
         _ => k.auth_failures += 1,
     }
 }
