@@ -16,7 +16,7 @@ use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::conn::{PoolConn, Stream};
+use crate::conn::{PoolConn, PoolStream};
 use crate::dialer::{Dialer, TcpDialer};
 use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
 use crate::error::{BuildError, GetError, StepError};
@@ -409,7 +409,7 @@ impl Inner {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.tls {
-            None => Stream::Plain(tcp),
+            None => PoolStream::Plain(tcp),
             Some((connector, name)) => {
                 let name = match name {
                     Some(name) => name.clone(),
@@ -421,7 +421,7 @@ impl Inner {
                 match timeout_at(deadline, connector.connect(name, tcp)).await {
                     Err(_) => return Err((Stage::Tls, StepError::Timeout)),
                     Ok(Err(e)) => return Err((Stage::Tls, e.into())),
-                    Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Client(s))),
+                    Ok(Ok(s)) => PoolStream::Tls(Box::new(TlsStream::Client(s))),
                 }
             }
         };

@@ -39,7 +39,7 @@ mod server;
 mod stats;
 
 pub use client::{ClientPool, ClientPoolBuilder};
-pub use conn::PoolConn;
+pub use conn::{PoolConn, PoolStream};
 pub use dialer::{Dialer, TcpDialer};
 pub use engine::PoolHandle;
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};

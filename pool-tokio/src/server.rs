@@ -16,7 +16,7 @@ use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::conn::{PoolConn, Stream};
+use crate::conn::{PoolConn, PoolStream};
 use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
 use crate::error::{BuildError, GetError, StepError};
 use crate::rt::{now, seeded};
@@ -358,11 +358,11 @@ impl Inner {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.acceptor {
-            None => Stream::Plain(tcp),
+            None => PoolStream::Plain(tcp),
             Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
                 Err(_) => return Err((Stage::Tls, StepError::Timeout)),
                 Ok(Err(e)) => return Err((Stage::Tls, e.into())),
-                Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Server(s))),
+                Ok(Ok(s)) => PoolStream::Tls(Box::new(TlsStream::Server(s))),
             },
         };
         let (id, out) = self.engine.with(|m, _| m.assign_id(ticket));
