@@ -34,6 +34,9 @@ mod conn;
 mod dialer;
 mod engine;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod rt;
 mod server;
 mod stats;

@@ -46,6 +46,7 @@ pub struct ServerPoolBuilder {
     socket: SocketOptions,
     get_timeout: Duration,
     key: Option<TunnelKey>,
+    name: String,
     settle: Option<Duration>,
 }
 
@@ -71,6 +72,7 @@ impl Default for ServerPoolBuilder {
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
             key: None,
+            name: "pool".into(),
             settle: None,
         }
     }
@@ -198,6 +200,12 @@ impl ServerPoolBuilder {
         self.settle = Some(d);
         self
     }
+    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
+    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
     /// Zero settings become defaults instead of errors, as the Go package would.
     pub fn go_normalized(mut self, on: bool) -> Self {
         self.go_normalized = on;
@@ -271,11 +279,10 @@ impl ServerPoolBuilder {
             what: "listener address",
             source,
         })?;
-        let engine = Arc::new(Engine::new(ServerMachine::new(
-            cfg.clone(),
-            seeded()?,
-            now(),
-        )));
+        let engine = Arc::new(Engine::new(
+            ServerMachine::new(cfg.clone(), seeded()?, now()),
+            &self.name,
+        ));
         let inner = Arc::new(Inner {
             id_form: cfg.id_form(),
             engine: engine.clone(),
@@ -518,6 +525,7 @@ impl std::fmt::Debug for ServerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerPool")
             .field("local", &self.local)
+            .field("name", &self.name())
             .field("status", &self.stats().status)
             .finish()
     }
