@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsStream;
 
-use crate::conn::{PoolConn, Stream};
+use crate::conn::{PoolConn, PoolStream};
 use crate::error::StepError;
 
 /// The server's side: challenge, check the response, confirm. The connection is ready
@@ -83,8 +83,8 @@ fn or_empty(b: &Option<[u8; BINDING_LEN]>) -> &[u8] {
 /// The TLS session's channel binding, or `None` on a plain stream.
 fn binding(conn: &PoolConn) -> Result<Option<[u8; BINDING_LEN]>, StepError> {
     let b = match &conn.stream {
-        Stream::Plain(_) => return Ok(None),
-        Stream::Tls(s) => match s.as_ref() {
+        PoolStream::Plain(_) => return Ok(None),
+        PoolStream::Tls(s) => match s.as_ref() {
             TlsStream::Client(c) => tls_binding(c.get_ref().1),
             TlsStream::Server(c) => tls_binding(c.get_ref().1),
         },

@@ -16,7 +16,7 @@ use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::conn::{PoolConn, Stream};
+use crate::conn::{PoolConn, PoolStream};
 use crate::dialer::{Dialer, TcpDialer};
 use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
 use crate::error::{BuildError, GetError, StepError};
@@ -37,6 +37,7 @@ pub struct ClientPoolBuilder {
     socket: SocketOptions,
     get_timeout: Duration,
     key: Option<TunnelKey>,
+    name: String,
     single_tls: bool,
 }
 
@@ -64,6 +65,7 @@ impl Default for ClientPoolBuilder {
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
             key: None,
+            name: "pool".into(),
             single_tls: false,
         }
     }
@@ -209,6 +211,12 @@ impl ClientPoolBuilder {
         self.core = self.core.fail_fast(on);
         self
     }
+    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
+    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
     /// Fix bad bounds silently the way the Go package does (zero capacity becomes 1,
     /// zero interval 1 s, a minimum above its maximum is swapped) instead of refusing
     /// them. Default false.
@@ -275,11 +283,10 @@ impl ClientPoolBuilder {
             (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),
             _ => None,
         };
-        let engine = Arc::new(Engine::new(ClientMachine::new(
-            cfg.clone(),
-            seeded()?,
-            now(),
-        )));
+        let engine = Arc::new(Engine::new(
+            ClientMachine::new(cfg.clone(), seeded()?, now()),
+            &self.name,
+        ));
         let inner = Arc::new(Inner {
             id_form: cfg.id_form(),
             single: cfg.single(),
@@ -409,7 +416,7 @@ impl Inner {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.tls {
-            None => Stream::Plain(tcp),
+            None => PoolStream::Plain(tcp),
             Some((connector, name)) => {
                 let name = match name {
                     Some(name) => name.clone(),
@@ -428,7 +435,7 @@ impl Inner {
                         };
                         return Err((stage, cause));
                     }
-                    Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Client(s))),
+                    Ok(Ok(s)) => PoolStream::Tls(Box::new(TlsStream::Client(s))),
                 }
             }
         };
@@ -543,6 +550,7 @@ impl std::ops::Deref for ClientPool {
 impl std::fmt::Debug for ClientPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientPool")
+            .field("name", &self.name())
             .field("status", &self.stats().status)
             .finish()
     }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::ops::DerefMut;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,27 @@ pub(crate) struct Engine<M> {
     pub(crate) wake: Notify,
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
+    name: Box<str>,
+    waits: WaitTotals,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::Publisher,
+}
+
+/// The time spent by gets that had to wait, kept with two relaxed atomics beside the
+/// lock rather than under it: a get adds to them once, as it ends, and never takes the
+/// lock again for it.
+#[derive(Default)]
+struct WaitTotals {
+    nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl WaitTotals {
+    fn add(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
 }
 
 struct State<M> {
@@ -186,7 +208,9 @@ impl<M: Machine> Engine<M> {
 }
 
 impl<M: Machine> Engine<M> {
-    pub(crate) fn new(m: M) -> Self {
+    pub(crate) fn new(m: M, name: &str) -> Self {
+        #[cfg(feature = "metrics")]
+        let metrics = crate::metrics::Publisher::new(m.is_client(), name);
         Self {
             state: Mutex::new(State {
                 m,
@@ -196,6 +220,10 @@ impl<M: Machine> Engine<M> {
             wake: Notify::new(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            name: name.into(),
+            waits: WaitTotals::default(),
+            #[cfg(feature = "metrics")]
+            metrics,
         }
     }
 
@@ -247,6 +275,8 @@ impl<M: Machine> Engine<M> {
             status: st.m.status(),
             counters: st.m.counters(),
             last_failure: st.log.last.clone(),
+            get_wait: Duration::from_nanos(self.waits.nanos.load(Relaxed)),
+            gets_waited: self.waits.count.load(Relaxed),
             client: st.m.is_client(),
         }
     }
@@ -299,16 +329,20 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
     let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
     let mut armed: Option<Instant> = None;
     loop {
-        let (out, wake_at) = {
+        let (out, wake_at, reading) = {
             let now = now();
             let mut st = engine.lock();
             if st.m.is_closed() {
                 return;
             }
             st.m.handle_timeout(now);
+            // Before the outputs: a sweep batch out for probing is not in the idle
+            // count, and the gauge should not dip at every sweep.
+            let reading = Reading::take(&st.m);
             let out = st.outputs(now, true);
-            (out, st.m.poll_timeout())
+            (out, st.m.poll_timeout(), reading)
         };
+        reading.publish(engine);
         perform(&side, out);
         // Reset the timer only when the deadline moved.
         if wake_at != armed {
@@ -325,6 +359,34 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
     }
 }
 
+/// What the driver reads for the metrics once per turn, under the lock it holds
+/// anyway: the status and the counters with feature `metrics`, nothing without.
+struct Reading {
+    #[cfg(feature = "metrics")]
+    status: Status,
+    #[cfg(feature = "metrics")]
+    counters: pool_core::Counters,
+}
+
+impl Reading {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn take<M: Machine>(m: &M) -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            status: m.status(),
+            #[cfg(feature = "metrics")]
+            counters: m.counters(),
+        }
+    }
+
+    /// Publishes the reading, with no lock held.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn publish<M>(self, engine: &Engine<M>) {
+        #[cfg(feature = "metrics")]
+        engine.metrics.publish(&self.status, &self.counters);
+    }
+}
+
 /// A get as the user sees it: the core's answer, with a failing pool's last
 /// [`Failure`] attached to the error.
 pub(crate) async fn get_for_user<S: Side>(
@@ -334,7 +396,13 @@ pub(crate) async fn get_for_user<S: Side>(
 ) -> Result<(ConnId, PoolConn), crate::GetError> {
     use crate::GetError as E;
     let start = now();
-    let e = match get(side, want, timeout).await {
+    let res = get(side, want, timeout).await;
+    #[cfg(feature = "metrics")]
+    side.engine()
+        .metrics
+        .get_wait
+        .record(now().saturating_duration_since(start));
+    let e = match res {
         Ok(got) => return Ok(got),
         Err(e) => e,
     };
@@ -399,7 +467,10 @@ async fn get<S: Side>(
                     key,
                     rx: Some(rx),
                 };
-                waiting.wait(deadline).await?
+                let began = now();
+                let res = waiting.wait(deadline).await;
+                engine.waits.add(now().saturating_duration_since(began));
+                res?
             }
         };
         if S::M::alive(&mut conn) {
@@ -501,6 +572,12 @@ impl<M: Machine> PoolHandle<M> {
         Self { engine }
     }
 
+    /// The pool's name, set with the builder's `name` (default `pool`): the `name`
+    /// label of its metrics.
+    pub fn name(&self) -> &str {
+        &self.engine.name
+    }
+
     /// Whether the pool runs: true from `build` until `close` (Go: `Ready`).
     #[doc(alias = "Ready")]
     pub fn is_ready(&self) -> bool {
@@ -518,6 +595,8 @@ impl<M: Machine> PoolHandle<M> {
     #[doc(alias = "AddError")]
     pub fn add_error(&self) {
         self.engine.lock().m.add_error();
+        #[cfg(feature = "metrics")]
+        self.engine.metrics.app_errors.increment(1);
     }
 
     /// Application errors recorded (Go: `ErrorCount`).

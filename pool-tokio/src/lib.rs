@@ -34,12 +34,15 @@ mod conn;
 mod dialer;
 mod engine;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod rt;
 mod server;
 mod stats;
 
 pub use client::{ClientPool, ClientPoolBuilder};
-pub use conn::PoolConn;
+pub use conn::{PoolConn, PoolStream};
 pub use dialer::{Dialer, TcpDialer};
 pub use engine::PoolHandle;
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};
@@ -52,3 +55,33 @@ pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKe
 pub use rustls;
 pub use server::{ServerPool, ServerPoolBuilder};
 pub use stats::Stats;
+
+/// Compile-time proof that the pools, their connections and the futures of their
+/// async methods can move across threads (a multi-threaded runtime's `tokio::spawn`
+/// needs `Send`), and that the pools and `PoolConn` can be shared (`Sync`). A change
+/// that held a `MutexGuard` or an `Rc` across an `.await` fails the build here, not in
+/// a user's `spawn`.
+const _: fn(&ClientPool, &ServerPool) = |client, server| {
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ClientPool>();
+    send_sync::<ServerPool>();
+    send_sync::<PoolConn>();
+    send_sync::<PoolStream>();
+    send_sync::<PoolHandle<pool_core::ClientMachine<PoolConn>>>();
+    send_sync::<PoolHandle<pool_core::ServerMachine<PoolConn>>>();
+    send_sync::<Stats>();
+    send_sync::<PoolError>();
+
+    let id = ConnId::from_random([0; 4]);
+    let timeout = std::time::Duration::ZERO;
+    send(&client.get(id));
+    send(&client.get_timeout(id, timeout));
+    send(&client.get_any());
+    send(&client.get_any_timeout(timeout));
+    send(&client.close());
+    send(&client.wait_idle(1, timeout));
+    send(&server.get());
+    send(&server.get_timeout(timeout));
+    send(&server.close());
+};

@@ -16,7 +16,7 @@ use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::conn::{PoolConn, Stream};
+use crate::conn::{PoolConn, PoolStream};
 use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
 use crate::error::{BuildError, GetError, StepError};
 use crate::rt::{now, seeded};
@@ -46,6 +46,7 @@ pub struct ServerPoolBuilder {
     socket: SocketOptions,
     get_timeout: Duration,
     key: Option<TunnelKey>,
+    name: String,
     settle: Option<Duration>,
 }
 
@@ -71,6 +72,7 @@ impl Default for ServerPoolBuilder {
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
             key: None,
+            name: "pool".into(),
             settle: None,
         }
     }
@@ -198,6 +200,12 @@ impl ServerPoolBuilder {
         self.settle = Some(d);
         self
     }
+    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
+    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
     /// Zero settings become defaults instead of errors, as the Go package would.
     pub fn go_normalized(mut self, on: bool) -> Self {
         self.go_normalized = on;
@@ -289,11 +297,10 @@ impl ServerPoolBuilder {
             }
             .into());
         }
-        let engine = Arc::new(Engine::new(ServerMachine::new(
-            cfg.clone(),
-            seeded()?,
-            now(),
-        )));
+        let engine = Arc::new(Engine::new(
+            ServerMachine::new(cfg.clone(), seeded()?, now()),
+            &self.name,
+        ));
         let inner = Arc::new(Inner {
             id_form: cfg.id_form(),
             engine: engine.clone(),
@@ -391,11 +398,11 @@ impl Inner {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.acceptor {
-            None => Stream::Plain(tcp),
+            None => PoolStream::Plain(tcp),
             Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
                 Err(_) => return Err((Stage::Tls, StepError::Timeout)),
                 Ok(Err(e)) => return Err((Stage::Tls, e.into())),
-                Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Server(s))),
+                Ok(Ok(s)) => PoolStream::Tls(Box::new(TlsStream::Server(s))),
             },
         };
         let id = self.engine.draw(|m| m.assign_id(ticket));
@@ -411,7 +418,7 @@ impl Inner {
             Ok(Err(e)) => return Err((Stage::Id, e.into())),
             Ok(Ok(())) => {}
         }
-        if let Stream::Plain(tcp) = &conn.stream {
+        if let PoolStream::Plain(tcp) = &conn.stream {
             // A client in TLS mode sends its ClientHello at once: if it is already
             // here, say so now (it would otherwise sit idle until the client gives up).
             let mut first = [0u8; 3];
@@ -567,6 +574,7 @@ impl std::fmt::Debug for ServerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerPool")
             .field("local", &self.local)
+            .field("name", &self.name())
             .field("status", &self.stats().status)
             .finish()
     }

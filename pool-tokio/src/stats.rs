@@ -24,6 +24,12 @@ pub struct Stats {
     /// The last dial (client) or handshake (server) that failed, if any did; see
     /// [`Failure::in_a_row`] for whether the pool is still failing.
     pub last_failure: Option<Failure>,
+    /// Total time spent by the gets that had to wait (the ones not answered at once),
+    /// from call to answer, whether a connection or a timeout ended the wait (bb8:
+    /// `get_wait_time`). Measured by the driver on tokio's clock.
+    pub get_wait: Duration,
+    /// Gets that had to wait: how many `get_wait` adds up (bb8: `get_waited`).
+    pub gets_waited: u64,
     pub(crate) client: bool,
 }
 
@@ -64,6 +70,13 @@ impl fmt::Display for Stats {
             "  gets: {} at once, {} after waiting, {} timed out, {} not found; evicted dead {}, too old {}",
             k.served_at_once, k.served_after_wait, k.get_timeouts, k.not_found, k.evicted_dead, k.evicted_aged
         )?;
+        if self.gets_waited > 0 {
+            writeln!(
+                f,
+                "  {} gets waited, {:?} in all",
+                self.gets_waited, self.get_wait
+            )?;
+        }
         match &self.last_failure {
             Some(fail) => write!(f, "  last failure: {fail}"),
             None => write!(f, "  no failure"),

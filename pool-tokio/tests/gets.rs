@@ -190,3 +190,24 @@ async fn everything_after_close_is_a_typed_error_or_works() {
         "a closed pool kept dialing"
     );
 }
+
+#[tokio::test]
+async fn stats_add_up_the_time_gets_waited() {
+    let server = server();
+    let s = server.clone();
+    let waiting = tokio::spawn(async move { s.get_timeout(T).await });
+    assert!(eventually(|| server.stats().status.waiting == 1).await);
+    let delay = Duration::from_millis(100);
+    tokio::time::sleep(delay).await;
+    let client = client(&server, 1, 1);
+    let (id, _conn) = waiting.await.unwrap().unwrap();
+    assert!(client.wait_idle(1, T).await);
+    let _peer = client.get_timeout(id, T).await.unwrap();
+    // One get waited (the server's); the client's was answered at once.
+    let (st, ct) = (server.stats(), client.stats());
+    assert_eq!(st.gets_waited, 1);
+    assert!(st.get_wait >= delay, "{:?}", st.get_wait);
+    assert_eq!(ct.gets_waited, 0);
+    assert_eq!(ct.get_wait, Duration::ZERO);
+    assert!(st.to_string().contains("1 gets waited"), "{st}");
+}

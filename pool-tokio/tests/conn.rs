@@ -1,0 +1,98 @@
+//! What a connection tells and gives its user: addresses, the negotiated TLS facts,
+//! the stream itself for a relay, and a clean TLS close.
+
+mod common;
+
+use common::*;
+use pool_tokio::{rustls, ClientPool, PoolStream, ServerPool, TlsMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn tls_pair() -> (ServerPool, ClientPool) {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tls_mode(TlsMode::SelfSigned)
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(TlsMode::SelfSigned)
+        .pin(server.fingerprint().unwrap())
+        .capacity(2, 2)
+        .build()
+        .unwrap();
+    (server, client)
+}
+
+#[tokio::test]
+async fn plain_connections_have_addresses_and_no_tls_facts() {
+    let server = server();
+    let client = client(&server, 2, 2);
+    let (id, s) = server.get_timeout(T).await.unwrap();
+    let c = client.get_timeout(id, T).await.unwrap();
+    assert_eq!(s.local_addr().unwrap(), c.peer_addr().unwrap());
+    assert_eq!(c.local_addr().unwrap(), s.peer_addr().unwrap());
+    assert_eq!(s.local_addr().unwrap(), server.local_addr());
+    assert!(!c.is_tls() && c.protocol_version().is_none());
+    assert!(c.cipher_suite().is_none() && c.peer_certificates().is_none());
+}
+
+#[tokio::test]
+async fn tls_connections_tell_what_was_negotiated() {
+    let (server, client) = tls_pair();
+    let (id, s) = server.get_timeout(T).await.unwrap();
+    let c = client.get_timeout(id, T).await.unwrap();
+    for conn in [&s, &c] {
+        assert!(conn.is_tls());
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let suite = conn.cipher_suite().unwrap();
+        assert_eq!(suite, s.cipher_suite().unwrap());
+    }
+    // The client saw the server's certificate; the server asked for none.
+    let chain = c.peer_certificates().unwrap();
+    assert_eq!(chain.len(), 1);
+    assert!(s.peer_certificates().is_none());
+}
+
+#[tokio::test]
+async fn the_stream_comes_out_for_a_relay() {
+    let server = server();
+    let client = client(&server, 2, 2);
+    let (id, s) = server.get_timeout(T).await.unwrap();
+    let c = client.get_timeout(id, T).await.unwrap();
+    let (cid, stream) = c.into_parts();
+    assert_eq!(cid, id);
+    let PoolStream::Plain(tcp) = stream else {
+        panic!("a plain pool gives a plain stream")
+    };
+    let (mut read, mut write) = tcp.into_split();
+    let PoolStream::Plain(mut s) = s.into_inner() else {
+        panic!("a plain pool gives a plain stream")
+    };
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    read.read_exact(&mut buf).await.unwrap();
+    write.write_all(b"pong").await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+}
+
+#[tokio::test]
+async fn a_tls_stream_is_a_stream_and_shuts_down_cleanly() {
+    let (server, client) = tls_pair();
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    let mut c = client.get_timeout(id, T).await.unwrap().into_inner();
+    assert!(matches!(c, PoolStream::Tls(_)));
+    // `PoolStream` reads and writes as it is.
+    c.write_all(b"ping").await.unwrap();
+    c.flush().await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    // `shutdown` sends close_notify: the peer reads a clean end of stream, not a
+    // truncation error.
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).await.unwrap(), 0);
+}
