@@ -15,7 +15,7 @@
 //! - **N dial workers** (N = the configured parallelism) take tickets from a channel,
 //!   connect with `TcpStream::connect_timeout`, set the socket options of
 //!   [`SocketOptions`], run TLS through rustls's blocking `StreamOwned` (configs from
-//!   [`ClientTlsBuilder`]), read the id with the core's [`IdReader`] under a read
+//!   [`ClientTlsBuilder`]), read the id with the core's [`IdReader`](pool_core::IdReader) under a read
 //!   timeout, and report each ticket exactly once;
 //! - **the callers of [`get`](ThreadClientPool::get)**, blocked on a per-get channel
 //!   while they wait; a candidate the machine offers is probed by the caller, with no

@@ -26,7 +26,7 @@
 //!   ([`SimStats::timer_desyncs`]).
 //!
 //! Everything random comes from one seed: the network's draws, and the seeds of both
-//! machines' own generators ([`SeededRandom`](pool_core::SeededRandom)). A run is
+//! machines' own generators ([`SeededRandom`]). A run is
 //! therefore a pure function of its seed, configurations and faults:
 //! [`SimPair::transcript_hash`] proves it.
 //!
