@@ -133,14 +133,10 @@ impl ThreadClientPoolBuilder {
         self
     }
 
-    /// Seeds the machine from `pool_tls::provider().secure_random` and starts the
-    /// driver and the dial workers.
+    /// Seeds the machine from `pool_tls::secure_seed` and starts the driver and the
+    /// dial workers.
     pub fn build(self) -> Result<ThreadClientPool, BuildError> {
-        let mut seed = [0u8; 32];
-        pool_tls::provider()
-            .secure_random
-            .fill(&mut seed)
-            .map_err(|_| BuildError::Random)?;
+        let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
         let tls = self.tls.build()?;
         let name = match (&tls, &self.hostname) {
             (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),

@@ -116,6 +116,19 @@ pub use rustls;
 
 /// The crypto provider selected by this crate's features (`ring`).
 ///
+/// 32 bytes from the provider's secure generator: the seed a driver gives a pool-core
+/// machine (`pool_core::SeededRandom::from_seed`). There is no fallback; a driver that
+/// cannot seed must not build a pool whose ids could be guessed.
+///
+/// # Errors
+///
+/// [`KeyError::Rng`] when the system's generator fails.
+pub fn secure_seed() -> Result<[u8; 32], KeyError> {
+    let mut seed = [0u8; 32];
+    key::fill_random(&mut seed)?;
+    Ok(seed)
+}
+
 /// It is never the process default (`CryptoProvider::get_default`), and the same `Arc` is
 /// returned on every call.
 #[must_use]

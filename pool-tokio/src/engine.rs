@@ -406,7 +406,7 @@ pub(crate) async fn get_for_user<S: Side>(
         Ok(got) => return Ok(got),
         Err(e) => e,
     };
-    let failing = side.engine().failing();
+    let failing = side.engine().failing().map(Box::new);
     let waited = now().saturating_duration_since(start);
     Err(match (e, want) {
         (GetError::NotFound, Want::Id(id)) => E::NotFound(id),

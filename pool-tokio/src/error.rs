@@ -55,12 +55,12 @@ pub enum GetError {
         /// How long the get waited.
         waited: Duration,
         /// The run of failures under way when it gave up, if any.
-        failing: Option<Failure>,
+        failing: Option<Box<Failure>>,
     },
     /// Nothing can succeed: the pool has never made a connection and every recent dial
     /// failed (`fail_fast`, on by default). Answered within one backoff step.
     #[error("no connection can be made: {0}")]
-    Unreachable(Failure),
+    Unreachable(Box<Failure>),
     /// A get by id for an id that is not idle and that no handshake in flight can
     /// produce.
     #[error("no connection with id {0}")]
@@ -232,6 +232,6 @@ fn show(d: Duration) -> String {
     }
 }
 
-fn because(f: &Option<Failure>) -> String {
+fn because(f: &Option<Box<Failure>>) -> String {
     f.as_ref().map(|f| format!("; {f}")).unwrap_or_default()
 }

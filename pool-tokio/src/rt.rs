@@ -14,10 +14,6 @@ pub(crate) fn now() -> Instant {
 /// The seed of a machine's generator, from the TLS provider's secure generator. There
 /// is no fallback: a pool whose ids could be guessed is not built.
 pub(crate) fn seeded() -> Result<SeededRandom, BuildError> {
-    let mut seed = [0u8; 32];
-    pool_tls::provider()
-        .secure_random
-        .fill(&mut seed)
-        .map_err(|_| BuildError::Random)?;
+    let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
     Ok(SeededRandom::from_seed(seed))
 }
