@@ -276,7 +276,9 @@ impl<C> ServerMachine<C> {
     /// The status snapshot.
     pub fn status(&self) -> Status {
         Status {
-            idle: self.common.idle.len(),
+            // Settling connections count, as in Go's `Active()`: the Go server puts a
+            // connection in its map as soon as the id is written.
+            idle: self.common.idle.len() + self.settling.len(),
             capacity: self.cfg.max_capacity,
             interval: std::time::Duration::ZERO,
             in_flight: self.common.in_flight,

@@ -5,7 +5,9 @@ use std::time::Duration;
 /// A snapshot of a pool's state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
-    /// Idle connections ready to hand out (Go: `Active()`).
+    /// Idle connections (Go: `Active()`). On a server this includes connections still
+    /// settling (see `ServerConfigBuilder::settle`), as Go counts them from the moment
+    /// the id is written.
     pub idle: usize,
     /// Current capacity (Go: `Capacity()`). For a server pool, its maximum capacity.
     pub capacity: usize,

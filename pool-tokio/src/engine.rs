@@ -588,7 +588,7 @@ impl<M: Machine> PoolHandle<M> {
     /// idle connections, not connections in use).
     #[doc(alias = "Active")]
     pub fn active(&self) -> usize {
-        self.engine.read(|m| m.idle())
+        self.engine.read(|m| m.status().idle)
     }
 
     /// Records an application error (Go: `AddError`).

@@ -340,7 +340,11 @@ impl ServerHarness {
             "a draw the model did not expect"
         );
         let st = self.m.status();
-        assert_eq!(st.idle, self.c.idle.len(), "idle count");
+        assert_eq!(
+            st.idle,
+            self.c.idle.len() + self.settling.len(),
+            "idle count (settling included)"
+        );
         assert_eq!(st.in_flight, self.tickets.len(), "handshake count");
         assert_eq!(self.m.settling(), self.settling.len(), "settling count");
         assert_eq!(st.waiting, self.c.waiters.len(), "waiting count");
