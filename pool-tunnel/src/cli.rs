@@ -103,8 +103,10 @@ pub struct ServerArgs {
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
     #[arg(long, value_name = "IPS")]
     pub client_ip: Option<String>,
-    /// Server pool capacity.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Server pool capacity: idle plus handshaking connections. Above the client's
+    /// maximum, so that silent strangers holding handshake slots do not crowd out the
+    /// client's connections.
+    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub max: u64,
     /// User sessions at once; more are closed at once.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]

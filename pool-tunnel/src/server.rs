@@ -175,9 +175,12 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         .bind(cfg.tunnel)
         .max_capacity(cfg.max_capacity)
         // Silent strangers hold a handshake slot for at most this long; the real
-        // client's handshake and proof take a few round trips.
+        // client's handshake and proof take a few round trips. Slots are many, so that
+        // a crowd of silent peers is held to this deadline rather than refused at
+        // once (which invites an immediate reconnect, and a churn that starves the
+        // accept loop).
         .handshake_timeout(Duration::from_secs(2))
-        .max_handshakes(1024)
+        .max_handshakes(4096)
         .tunnel_key(cfg.key.clone())
         .filter(filter.clone());
     if let Some(tls) = &cfg.tls {
@@ -460,6 +463,9 @@ const ATTEMPTS: usize = 3;
 /// to take its pooled connection (the client is gone or hung).
 async fn user_session(shared: &Shared, user: TcpStream) -> bool {
     let mut control = shared.control.subscribe();
+    if gone(&user).await {
+        return false; // a connect/close flood costs no pooled connection
+    }
     let mut taken = None;
     for _ in 0..ATTEMPTS {
         let ctl = match timeout(shared.t.control_wait, control.wait_for(Option::is_some)).await {
@@ -488,6 +494,9 @@ async fn user_session(shared: &Shared, user: TcpStream) -> bool {
         }
     }
     let Some(conn) = taken else { return false };
+    if gone(&user).await {
+        return false;
+    }
     let traffic = Traffic::default();
     let end = relay(user, conn, shared.relay, &traffic).await;
     shared
@@ -510,4 +519,14 @@ async fn user_session(shared: &Shared, user: TcpStream) -> bool {
             false
         }
     }
+}
+
+/// Whether the user already closed (EOF or error waiting, no byte pending), without
+/// waiting: the peek is polled once.
+async fn gone(user: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        timeout(Duration::ZERO, user.peek(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
 }
