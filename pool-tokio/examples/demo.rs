@@ -1,7 +1,8 @@
-//! The whole reverse tunnel in one process, on loopback: a server side, a client side
-//! in TLS mode 1, an echo service behind the client, and thousands of user sessions
-//! that send pseudo-random bytes through the public port and check every byte that
-//! comes back.
+//! A reverse tunnel on the two pools, in one process on loopback: a server pool and a
+//! client pool in TLS mode 1 (the client pins the server's certificate) proving a tunnel
+//! key on every connection, an echo service behind the client, and thousands of user
+//! sessions that send pseudo-random bytes through the public port and check every byte
+//! that comes back.
 //!
 //! ```text
 //! cargo run --release -p pool-tokio --example demo
@@ -9,19 +10,26 @@
 //! cargo run --release -p pool-tokio --example demo -- --quick
 //! ```
 //!
-//! Exits with status 1 if any session failed, 2 on bad arguments. See
-//! `examples/TUNNEL.md` for the control protocol.
+//! In one process the two sides need no control connection: the server side hands each
+//! user's connection id to the client side over a channel. The two-process tunnel, with
+//! its authenticated control connection, is the `pool-tunnel` crate.
+//!
+//! Exits with status 1 if any session failed, 2 on bad arguments.
 
-#[path = "common/tunnel.rs"]
-mod tunnel;
-
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pool_tls::{ServerTls, TlsMode};
-use tunnel::{ClientConfig, LoadProgress, ServerConfig};
+use pool_core::{Random, SeededRandom};
+use pool_tokio::{ClientPool, ConnId, ServerPool, ServerTls, TlsMode, TunnelKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "\
 usage: demo [--sessions N] [--concurrency C] [--bytes B] [--quick]
@@ -123,39 +131,46 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
-    let (echo, echo_task) = tunnel::start_echo().await?;
+async fn run(args: Args) -> Result<bool, BoxError> {
+    let (echo, echo_task) = start_echo().await?;
 
-    // A random key, as a real deployment would set with --tunnel-key.
-    let key = tunnel::hex(&tunnel::random::<16>()?).into_bytes();
+    let key = TunnelKey::generate()?;
     let cert = ServerTls::self_signed(["localhost"])?;
     let fingerprint = cert.fingerprint();
-    let server = tunnel::start_server(ServerConfig {
-        tls: Some(cert),
-        key: Some(key),
-        max_capacity: MAX_CAP,
-        ..ServerConfig::loopback()
-    })
-    .await?;
-    let client = tunnel::start_client(ClientConfig {
-        mode: TlsMode::SelfSigned,
-        pin: Some(fingerprint),
-        hostname: Some("localhost".into()),
-        min: MIN_CAP,
-        max: MAX_CAP,
-        parallelism: 16,
-        ..ClientConfig::for_server(&server, echo)
-    })
-    .await?;
+    let server = ServerPool::builder()
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .max_capacity(MAX_CAP)
+        .tls(cert)
+        .tunnel_key(key.clone())
+        .build()?;
+    let started = Instant::now();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .capacity(MIN_CAP, MAX_CAP)
+        .parallelism(16)
+        .tls_mode(TlsMode::SelfSigned)
+        .pin(fingerprint)
+        .hostname("localhost")
+        .tunnel_key(key)
+        .build()?;
+    let public = TcpListener::bind("127.0.0.1:0").await?;
+    let public_addr = public.local_addr()?;
+    let counts = Arc::new(Counts::default());
+    let (ids, id_rx) = mpsc::channel::<ConnId>(4096);
+    let client_side = tokio::spawn(client_side(client.clone(), id_rx, echo));
+    let server_side = tokio::spawn(server_side(server.clone(), public, ids, counts.clone()));
 
     println!(
-        "tunnel {}  control {}  public {}  service (echo) {}",
-        server.tunnel_addr(),
-        server.control_addr(),
-        server.public_addr(),
+        "tunnel {}  public {}  service (echo) {}",
+        server.local_addr(),
+        public_addr,
         echo
     );
     println!("TLS mode 1, client pins {fingerprint}");
+    println!(
+        "tunnel key: generated at random for this run (TunnelKey::generate) and given to \
+         both pools; every pooled connection proves it"
+    );
     println!(
         "{} sessions, {} at once, {} bytes each way per session; client pool {MIN_CAP}..{MAX_CAP}",
         args.sessions, args.concurrency, args.bytes
@@ -163,22 +178,18 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
 
     // Time to fill: until the client pool first holds its minimum capacity idle.
     let fill = {
-        let pool = client.pool().clone();
-        let started = client.started();
+        let pool = client.clone();
         tokio::spawn(async move {
             pool.wait_idle(MIN_CAP, Duration::from_secs(60))
                 .await
                 .then(|| started.elapsed())
         })
     };
-    if !client.wait_control(Duration::from_secs(10)).await {
-        return Err("the control connection did not come up within 10 s".into());
-    }
     // Warm up like a real deployment: users arrive once the pool has filled (or after
     // 10 s at most, so that a pool that cannot fill still gets measured).
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        client.pool().wait_idle(MIN_CAP, Duration::from_secs(10)),
+        client.wait_idle(MIN_CAP, Duration::from_secs(10)),
     )
     .await;
 
@@ -186,8 +197,8 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
     let start = Instant::now();
     let printer = {
         let progress = progress.clone();
-        let server_pool = server.pool().clone();
-        let client_pool = client.pool().clone();
+        let server_pool = server.clone();
+        let client_pool = client.clone();
         let total = args.sessions;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -209,12 +220,11 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
         })
     };
 
-    let report = tunnel::run_load(
-        server.public_addr(),
+    let report = run_load(
+        public_addr,
         args.sessions,
         args.concurrency,
         args.bytes,
-        SESSION_LIMIT,
         progress,
     )
     .await;
@@ -224,17 +234,16 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
     // Let the relays of the last sessions finish their bookkeeping.
     let settle = Instant::now() + Duration::from_secs(2);
     while Instant::now() < settle {
-        let s = server.stats();
-        if s.relayed + s.failed >= s.users {
+        if counts.relayed.load(Relaxed) + counts.failed.load(Relaxed) >= counts.users.load(Relaxed)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let ss = server.stats();
-    let cs = client.stats();
     let passed = report.latencies.len() as u64;
     let failures = report.errors.len() as u64;
     let verified = passed * args.bytes as u64;
+    let counters = client.stats().counters;
 
     let rows: Vec<(&str, String)> = vec![
         (
@@ -246,11 +255,19 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
         ),
         (
             "bytes user -> service",
-            format!("{} verified, {} relayed", mib(verified), mib(ss.bytes_up)),
+            format!(
+                "{} verified, {} relayed",
+                mib(verified),
+                mib(counts.bytes_up.load(Relaxed))
+            ),
         ),
         (
             "bytes service -> user",
-            format!("{} verified, {} relayed", mib(verified), mib(ss.bytes_down)),
+            format!(
+                "{} verified, {} relayed",
+                mib(verified),
+                mib(counts.bytes_down.load(Relaxed))
+            ),
         ),
         ("failures", failures.to_string()),
         (
@@ -274,16 +291,12 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
             format!("{:.0}", passed as f64 / report.elapsed.as_secs_f64()),
         ),
         (
-            "pool dials / refused proofs",
+            "pool dials / key proofs refused",
             format!(
-                "{} dialed, {} proofs refused",
-                client.pool().stats().counters.dialed,
-                ss.bad_proofs
+                "{} dialed, {} refused",
+                counters.dialed,
+                server.stats().counters.auth_failures + counters.auth_failures
             ),
-        ),
-        (
-            "control connections",
-            format!("{} (client side: {} ids)", cs.control_ok, cs.ids),
         ),
     ];
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -302,8 +315,255 @@ async fn run(args: Args) -> Result<bool, tunnel::BoxError> {
         eprintln!("... and {} more", failures - 10);
     }
 
-    client.shutdown().await;
-    server.shutdown().await;
+    server_side.abort();
+    client_side.abort();
+    client.close().await;
+    server.close().await;
     echo_task.abort();
     Ok(failures == 0)
+}
+
+/// What the server side's relays counted.
+#[derive(Debug, Default)]
+struct Counts {
+    users: AtomicU64,
+    relayed: AtomicU64,
+    failed: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+/// The public side: for each user, the oldest idle pooled connection; its id goes to
+/// the client side (in a two-process tunnel: over the control connection).
+async fn server_side(
+    pool: ServerPool,
+    public: TcpListener,
+    ids: mpsc::Sender<ConnId>,
+    counts: Arc<Counts>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        while sessions.try_join_next().is_some() {}
+        let Ok((mut user, _)) = public.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = user.set_nodelay(true);
+        counts.users.fetch_add(1, Relaxed);
+        let (pool, ids, counts) = (pool.clone(), ids.clone(), counts.clone());
+        sessions.spawn(async move {
+            let relayed = async {
+                let (id, mut conn) = pool.get_timeout(Duration::from_secs(5)).await.ok()?;
+                ids.send(id).await.ok()?;
+                tokio::io::copy_bidirectional(&mut user, &mut conn)
+                    .await
+                    .ok()
+            };
+            match relayed.await {
+                Some((up, down)) => {
+                    counts.bytes_up.fetch_add(up, Relaxed);
+                    counts.bytes_down.fetch_add(down, Relaxed);
+                    counts.relayed.fetch_add(1, Relaxed);
+                }
+                None => {
+                    counts.failed.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+}
+
+/// The private side: takes the pooled connection with each id and relays it to a
+/// fresh connection to the service.
+async fn client_side(pool: ClientPool, mut ids: mpsc::Receiver<ConnId>, service: SocketAddr) {
+    let mut sessions = JoinSet::new();
+    while let Some(id) = ids.recv().await {
+        while sessions.try_join_next().is_some() {}
+        let pool = pool.clone();
+        sessions.spawn(async move {
+            let Ok(mut conn) = pool.get_timeout(id, Duration::from_secs(5)).await else {
+                return;
+            };
+            let Ok(mut target) = TcpStream::connect(service).await else {
+                return;
+            };
+            let _ = target.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut target).await;
+        });
+    }
+}
+
+/// An echo server on loopback port 0: every byte comes back, then the write half
+/// closes when the read half does.
+async fn start_echo() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            while conns.try_join_next().is_some() {}
+            let Ok((s, _)) = l.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            conns.spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// The bytes of session `n`: the workspace's seeded generator, 4 bytes a draw, so the
+/// stream does not depend on how it is cut into buffers.
+struct Payload {
+    rng: SeededRandom,
+    word: [u8; 4],
+    used: usize,
+}
+
+impl Payload {
+    fn for_session(n: u64) -> Self {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_le_bytes());
+        Self {
+            rng: SeededRandom::from_seed(seed),
+            word: [0; 4],
+            used: 4,
+        }
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            if self.used == 4 {
+                self.word = self.rng.next_u32().to_le_bytes();
+                self.used = 0;
+            }
+            *b = self.word[self.used];
+            self.used += 1;
+        }
+    }
+}
+
+/// One user: sends `bytes` bytes and half-closes while reading the echo back, checks
+/// every byte and then the end of stream.
+async fn user_session(public: SocketAddr, n: u64, bytes: usize) -> Result<Duration, String> {
+    let start = Instant::now();
+    let run = async {
+        let s = TcpStream::connect(public)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = s.set_nodelay(true);
+        let (mut r, mut w) = s.into_split();
+        let send = async {
+            let mut p = Payload::for_session(n);
+            let mut buf = [0u8; 8192];
+            let mut left = bytes;
+            while left > 0 {
+                let k = left.min(buf.len());
+                p.fill(&mut buf[..k]);
+                w.write_all(&buf[..k])
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+                left -= k;
+            }
+            w.shutdown().await.map_err(|e| format!("half-close: {e}"))
+        };
+        let check = async {
+            let mut p = Payload::for_session(n);
+            let (mut buf, mut want) = ([0u8; 8192], [0u8; 8192]);
+            let mut got = 0usize;
+            while got < bytes {
+                let k = r
+                    .read(&mut buf[..(bytes - got).min(8192)])
+                    .await
+                    .map_err(|e| format!("receive after {got} bytes: {e}"))?;
+                if k == 0 {
+                    return Err(format!("closed after {got} of {bytes} bytes"));
+                }
+                p.fill(&mut want[..k]);
+                if let Some(i) = (0..k).find(|&i| buf[i] != want[i]) {
+                    return Err(format!("byte {} differs", got + i));
+                }
+                got += k;
+            }
+            match r.read(&mut buf[..1]).await {
+                Ok(0) => Ok(()),
+                Ok(_) => Err(format!("bytes after the {bytes} expected")),
+                Err(e) => Err(format!("no clean end: {e}")),
+            }
+        };
+        tokio::try_join!(send, check).map(|_| ())
+    };
+    match tokio::time::timeout(SESSION_LIMIT, run).await {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("timed out after {SESSION_LIMIT:?}")),
+    }
+}
+
+#[derive(Default)]
+struct LoadProgress {
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct LoadReport {
+    latencies: Vec<Duration>,
+    errors: Vec<(u64, String)>,
+    elapsed: Duration,
+}
+
+impl LoadReport {
+    fn quantile(&self, q: f64) -> Option<Duration> {
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        let last = v.len().checked_sub(1)?;
+        v.get((((last as f64) * q).round() as usize).min(last))
+            .copied()
+    }
+}
+
+/// `sessions` user sessions against `public`, `concurrency` at once.
+async fn run_load(
+    public: SocketAddr,
+    sessions: u64,
+    concurrency: usize,
+    bytes: usize,
+    progress: Arc<LoadProgress>,
+) -> LoadReport {
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for n in 0..sessions {
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
+        let progress = progress.clone();
+        set.spawn(async move {
+            let r = user_session(public, n, bytes).await;
+            drop(permit);
+            if r.is_err() {
+                progress.failed.fetch_add(1, Relaxed);
+            }
+            progress.done.fetch_add(1, Relaxed);
+            (n, r)
+        });
+    }
+    let mut report = LoadReport::default();
+    while let Some(j) = set.join_next().await {
+        match j {
+            Ok((_, Ok(d))) => report.latencies.push(d),
+            Ok((n, Err(e))) => report.errors.push((n, e)),
+            Err(e) => report.errors.push((u64::MAX, format!("task: {e}"))),
+        }
+    }
+    report.errors.sort();
+    report.elapsed = start.elapsed();
+    report
 }

@@ -1,0 +1,423 @@
+//! The command line: `tunnel server ...` and `tunnel client ...`, and where the key
+//! comes from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
+
+use crate::relay::RelayLimits;
+use crate::state::{self, Origin};
+use crate::{BoxError, ClientConfig, ServerConfig, Timeouts};
+
+/// The environment variable that may hold the tunnel key.
+pub const KEY_ENV: &str = "POOL_TUNNEL_KEY";
+
+/// A reverse tunnel on the pool: the server side on the public machine, the client side
+/// next to the service. Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+#[derive(Debug, Parser)]
+#[command(name = "tunnel", version, propagate_version = true)]
+pub struct Cli {
+    /// Which side to run.
+    #[command(subcommand)]
+    pub side: Side,
+}
+
+/// The two sides.
+#[derive(Debug, Subcommand)]
+pub enum Side {
+    /// The public side: the tunnel (pool) port, the control port, the public port.
+    ///
+    /// Without a key (--tunnel-key-file, $POOL_TUNNEL_KEY, or the state directory) it
+    /// generates a random 256-bit key and prints it once.
+    Server(ServerArgs),
+    /// The private side: dials the server's tunnel and control ports and forwards
+    /// each user to the target. Requires the server's tunnel key.
+    Client(ClientArgs),
+}
+
+/// Where the tunnel key comes from (one of them).
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Read the tunnel key from this file: 64 hex digits as the server prints them,
+    /// or a passphrase of at least 16 characters. Also: $POOL_TUNNEL_KEY.
+    #[arg(long, value_name = "PATH")]
+    pub tunnel_key_file: Option<PathBuf>,
+    /// The tunnel key on the command line. Works, but every local user can read it
+    /// (ps, /proc): prefer --tunnel-key-file or $POOL_TUNNEL_KEY.
+    #[arg(long, value_name = "KEY")]
+    pub tunnel_key: Option<String>,
+}
+
+/// Relay deadlines, both sides.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Close a session when nothing moved either way for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Close a session this many seconds after one direction ended if the other is
+    /// still open.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub half_close_timeout: u64,
+}
+
+impl RelayArgs {
+    fn limits(&self) -> RelayLimits {
+        RelayLimits {
+            idle: Duration::from_secs(self.idle_timeout),
+            half_close: Duration::from_secs(self.half_close_timeout),
+        }
+    }
+}
+
+/// `tunnel server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address the pool listens on (clients dial it).
+    #[arg(long, value_name = "ADDR")]
+    pub tunnel: SocketAddr,
+    /// Address users connect to.
+    #[arg(long, value_name = "ADDR")]
+    pub public: SocketAddr,
+    /// Control address [default: tunnel port + 1].
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<SocketAddr>,
+    /// 0 plain; 1 TLS, self-signed (clients should --pin it); 2 TLS, verified.
+    #[arg(long, value_name = "0|1|2", default_value = "0")]
+    pub tls: TlsMode,
+    /// PEM certificate chain (mode 2; mode 1: a stable certificate to pin).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Keep the generated tunnel key and (mode 1) certificate here, and reuse them on
+    /// restart, so that clients need no new key or --pin.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Name on the self-signed certificate (mode 1).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub hostname: String,
+    /// Allowed client addresses/CIDRs, comma separated (pool and control).
+    #[arg(long, value_name = "IPS")]
+    pub client_ip: Option<String>,
+    /// Server pool capacity: idle plus handshaking connections. Above the client's
+    /// maximum, so that silent strangers holding handshake slots do not crowd out the
+    /// client's connections.
+    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: u64,
+    /// User sessions at once; more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions: u64,
+    /// Unauthenticated control connections at once (the oldest is evicted).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_candidates: u64,
+    /// Unauthenticated control connections at once from one address.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_candidates_per_ip: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub key_args: KeyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub relay: RelayArgs,
+}
+
+/// `tunnel client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server's tunnel address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tunnel: String,
+    /// The service behind the tunnel.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target: String,
+    /// The server's control address [default: tunnel port + 1].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub control: Option<String>,
+    /// 0 plain; 1 TLS, self-signed (give --pin); 2 TLS, verified.
+    #[arg(long, value_name = "0|1|2", default_value = "0")]
+    pub tls: TlsMode,
+    /// TLS server name [default: the tunnel host].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// PEM CA file to trust (mode 2) instead of the web roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server certificate (mode 1), as the server prints it.
+    #[arg(long, value_name = "SHA256")]
+    pub pin: Option<Fingerprint>,
+    /// Client pool minimum capacity.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min: u64,
+    /// Client pool maximum capacity.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub key_args: KeyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub relay: RelayArgs,
+}
+
+/// Where the key in use came from, to tell the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--tunnel-key-file`.
+    File(PathBuf),
+    /// `$POOL_TUNNEL_KEY`.
+    Env,
+    /// `--tunnel-key` (visible to local users).
+    Argv,
+    /// The state directory's key file.
+    StateDir(PathBuf, Origin),
+    /// Generated for this run only.
+    Generated,
+}
+
+/// The key given by the user (file, environment, argv; at most one), if any.
+pub fn given_key(
+    args: &KeyArgs,
+    env: Option<String>,
+) -> Result<Option<(TunnelKey, KeySource)>, BoxError> {
+    let env = env.filter(|v| !v.is_empty());
+    let given = [
+        args.tunnel_key_file.is_some(),
+        env.is_some(),
+        args.tunnel_key.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(format!(
+            "the tunnel key is given more than once (--tunnel-key-file, ${KEY_ENV}, \
+             --tunnel-key): give exactly one"
+        )
+        .into());
+    }
+    if let Some(path) = &args.tunnel_key_file {
+        let key = state::read_key_file(path).map_err(|e| format!("--tunnel-key-file {e}"))?;
+        return Ok(Some((key, KeySource::File(path.clone()))));
+    }
+    if let Some(v) = env {
+        let key = TunnelKey::parse(&v).map_err(|e| format!("${KEY_ENV}: {e}"))?;
+        return Ok(Some((key, KeySource::Env)));
+    }
+    if let Some(v) = &args.tunnel_key {
+        let key = TunnelKey::parse(v).map_err(|e| format!("--tunnel-key: {e}"))?;
+        return Ok(Some((key, KeySource::Argv)));
+    }
+    Ok(None)
+}
+
+/// A server configuration, with the key's and the certificate's origins to report.
+#[derive(Debug)]
+pub struct ServerSetup {
+    /// The configuration.
+    pub config: ServerConfig,
+    /// Where the key came from.
+    pub key_source: KeySource,
+    /// Warnings to print before starting.
+    pub warnings: Vec<String>,
+    /// A note on the certificate (mode 1 and 2).
+    pub cert_note: Option<String>,
+}
+
+impl ServerArgs {
+    /// Checks the arguments and reads or makes the key and certificate.
+    pub fn setup(&self, env_key: Option<String>) -> Result<ServerSetup, BoxError> {
+        let mut warnings = Vec::new();
+        let (key, key_source) = match given_key(&self.key_args, env_key)? {
+            Some(k) => k,
+            None => match &self.state_dir {
+                Some(dir) => {
+                    let (k, origin, path) = state::tunnel_key(dir)?;
+                    (k, KeySource::StateDir(path, origin))
+                }
+                None => (TunnelKey::generate()?, KeySource::Generated),
+            },
+        };
+        if key_source == KeySource::Argv {
+            warnings.push(ARGV_WARNING.into());
+        }
+        let (tls, cert_note) = match self.tls {
+            TlsMode::Off => {
+                if self.cert.is_some() {
+                    return Err("--cert/--key need --tls 1 or 2".into());
+                }
+                (None, None)
+            }
+            TlsMode::SelfSigned => match (&self.cert, &self.state_dir) {
+                (Some(c), _) => {
+                    let key = self.key.as_ref().ok_or("--cert needs --key")?;
+                    let tls = ServerTls::from_pem_files(c, key)?;
+                    (Some(tls), Some(format!("from {}", c.display())))
+                }
+                (None, Some(dir)) => {
+                    let (tls, origin) = state::certificate(dir, &self.hostname)?;
+                    let how = match origin {
+                        Origin::Loaded => "reused from",
+                        Origin::Created => "generated and kept in",
+                    };
+                    (Some(tls), Some(format!("{how} {}", dir.display())))
+                }
+                (None, None) => {
+                    warnings.push(
+                        "warning: --tls 1 without --cert/--key or --state-dir: the certificate \
+                         is new at every start, so a client's --pin breaks on restart"
+                            .into(),
+                    );
+                    let tls = ServerTls::self_signed([self.hostname.clone()])?;
+                    (Some(tls), Some("generated for this run only".into()))
+                }
+            },
+            TlsMode::Verified => {
+                let (Some(c), Some(k)) = (&self.cert, &self.key) else {
+                    return Err("--tls 2 needs --cert FILE and --key FILE".into());
+                };
+                let tls = ServerTls::from_pem_files(c, k)?;
+                (Some(tls), Some(format!("from {}", c.display())))
+            }
+        };
+        let timeouts = Timeouts::default();
+        Ok(ServerSetup {
+            config: ServerConfig {
+                tunnel: self.tunnel,
+                public: self.public,
+                control: self.control,
+                tls,
+                client_ip: self.client_ip.clone(),
+                key,
+                max_capacity: self.max as usize,
+                max_sessions: self.max_sessions as usize,
+                candidates: (
+                    self.max_candidates as usize,
+                    self.max_candidates_per_ip as usize,
+                ),
+                relay: self.relay.limits(),
+                timeouts,
+            },
+            key_source,
+            warnings,
+            cert_note,
+        })
+    }
+}
+
+const ARGV_WARNING: &str = "warning: --tunnel-key puts the key on the command line, where \
+    every local user can read it (ps, /proc); use --tunnel-key-file or $POOL_TUNNEL_KEY";
+
+impl ClientArgs {
+    /// Checks the arguments and reads the key; also the warnings to print.
+    pub fn setup(
+        &self,
+        env_key: Option<String>,
+    ) -> Result<(ClientConfig, KeySource, Vec<String>), BoxError> {
+        let mut warnings = Vec::new();
+        let Some((key, source)) = given_key(&self.key_args, env_key)? else {
+            return Err(format!(
+                "the client needs the server's tunnel key: --tunnel-key-file PATH or \
+                 ${KEY_ENV} (the server prints it when it generates one)"
+            )
+            .into());
+        };
+        if source == KeySource::Argv {
+            warnings.push(ARGV_WARNING.into());
+        }
+        if self.ca.is_some() && self.tls != TlsMode::Verified {
+            return Err("--ca needs --tls 2".into());
+        }
+        if self.pin.is_some() && self.tls != TlsMode::SelfSigned {
+            return Err("--pin needs --tls 1".into());
+        }
+        if self.tls == TlsMode::SelfSigned && self.pin.is_none() {
+            warnings.push(
+                "warning: --tls 1 without --pin: the server's certificate is not checked, so a \
+                 man in the middle can read the traffic (not the key); give --pin with the \
+                 fingerprint the server prints"
+                    .into(),
+            );
+        }
+        if self.min > self.max {
+            return Err(format!("--min {} is above --max {}", self.min, self.max).into());
+        }
+        let mut cfg = ClientConfig::new(
+            self.tunnel.clone(),
+            self.control.clone(),
+            self.target.clone(),
+            key,
+        );
+        cfg.mode = self.tls;
+        cfg.hostname = self.hostname.clone();
+        cfg.ca = self.ca.clone();
+        cfg.pin = self.pin;
+        cfg.min = self.min as usize;
+        cfg.max = self.max as usize;
+        cfg.relay = self.relay.limits();
+        Ok((cfg, source, warnings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_key_is_given_once_and_strong() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let none = KeyArgs {
+            tunnel_key_file: None,
+            tunnel_key: None,
+        };
+        assert!(given_key(&none, None).unwrap().is_none());
+        let (k, src) = given_key(&none, Some(hex.into())).unwrap().unwrap();
+        assert_eq!((k.to_hex().as_str(), src), (hex, KeySource::Env));
+        let argv = KeyArgs {
+            tunnel_key_file: None,
+            tunnel_key: Some("s3cret".into()),
+        };
+        let e = given_key(&argv, None).unwrap_err().to_string();
+        assert!(e.contains("too short"), "{e}");
+        assert!(given_key(&argv, Some(hex.into())).is_err());
+    }
+
+    #[test]
+    fn the_client_requires_a_key() {
+        let cli = Cli::try_parse_from([
+            "tunnel",
+            "client",
+            "--tunnel",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        let Side::Client(c) = cli.side else { panic!() };
+        let e = c.setup(None).unwrap_err().to_string();
+        assert!(e.contains("needs the server's tunnel key"), "{e}");
+    }
+
+    #[test]
+    fn the_server_generates_a_key() {
+        let cli = Cli::try_parse_from([
+            "tunnel",
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let Side::Server(s) = cli.side else { panic!() };
+        let setup = s.setup(None).unwrap();
+        assert_eq!(setup.key_source, KeySource::Generated);
+        assert!(setup.warnings.is_empty());
+    }
+}

@@ -1,0 +1,359 @@
+//! The client side: the pool that dials the tunnel port, the control connection, and
+//! one relay to the target per id.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pool_core::{Random, SeededRandom};
+use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
+use pool_tokio::{ClientPool, ConnId, TcpDialer, TunnelKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{
+    client_handshake, default_control, parse_server_line, split_host_port, ServerLine, Timeouts,
+    MAX_LINE, TAKEN,
+};
+use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
+use crate::server::BoxIo;
+use crate::stats::{bump, ClientSnapshot, ClientStats};
+use crate::BoxError;
+
+/// The private side.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server's tunnel address, `HOST:PORT`.
+    pub tunnel: String,
+    /// The server's control address; `None`: the tunnel host, tunnel port + 1.
+    pub control: Option<String>,
+    /// The service behind the tunnel, `HOST:PORT`.
+    pub target: String,
+    /// TLS mode of pool and control.
+    pub mode: TlsMode,
+    /// TLS server name (mode 2: checked); default: the tunnel host.
+    pub hostname: Option<String>,
+    /// Mode 2: trust this PEM CA file instead of the web roots.
+    pub ca: Option<PathBuf>,
+    /// Mode 1: accept only this server certificate.
+    pub pin: Option<Fingerprint>,
+    /// Client pool capacity bounds.
+    pub min: usize,
+    /// See `min`.
+    pub max: usize,
+    /// Client pool dials in flight at most.
+    pub parallelism: usize,
+    /// The tunnel key (the server's).
+    pub key: TunnelKey,
+    /// Relay deadlines.
+    pub relay: RelayLimits,
+    /// Control deadlines.
+    pub timeouts: Timeouts,
+}
+
+impl ClientConfig {
+    /// A client of the server at `tunnel` / `control` forwarding to `target`, mode 0,
+    /// capacity 16..256.
+    pub fn new(tunnel: String, control: Option<String>, target: String, key: TunnelKey) -> Self {
+        Self {
+            tunnel,
+            control,
+            target,
+            mode: TlsMode::Off,
+            hostname: None,
+            ca: None,
+            pin: None,
+            min: 16,
+            max: 256,
+            parallelism: 8,
+            key,
+            relay: RelayLimits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// A client of `server` (in this process) forwarding to `target`.
+    pub fn for_server(server: &crate::ServerHandle, target: std::net::SocketAddr) -> Self {
+        Self::new(
+            server.tunnel_addr().to_string(),
+            Some(server.control_addr().to_string()),
+            target.to_string(),
+            server.key().clone(),
+        )
+    }
+}
+
+struct Shared {
+    pool: ClientPool,
+    control: String,
+    target: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    key: TunnelKey,
+    t: Timeouts,
+    relay: RelayLimits,
+    stats: ClientStats,
+    up: watch::Sender<bool>,
+}
+
+/// A running client side. Dropping it stops its tasks.
+pub struct ClientHandle {
+    shared: Arc<Shared>,
+    started: Instant,
+    task: JoinHandle<()>,
+}
+
+impl ClientHandle {
+    /// The client pool.
+    pub fn pool(&self) -> &ClientPool {
+        &self.shared.pool
+    }
+    /// When the pool was built.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+    /// Counters.
+    pub fn stats(&self) -> ClientSnapshot {
+        self.shared.stats.snapshot()
+    }
+    /// Whether the control connection is up.
+    pub fn control_up(&self) -> bool {
+        *self.shared.up.borrow()
+    }
+    /// Waits until the control connection is `up` (or down), or `within` passes.
+    pub async fn wait_control_state(&self, up: bool, within: Duration) -> bool {
+        let mut rx = self.shared.up.subscribe();
+        let ok = matches!(timeout(within, rx.wait_for(|u| *u == up)).await, Ok(Ok(_)));
+        ok
+    }
+    /// Waits until the control connection is up, or `within` passes.
+    pub async fn wait_control(&self, within: Duration) -> bool {
+        self.wait_control_state(true, within).await
+    }
+    /// Stops every task (sessions included) and closes the pool.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        let shared = self.shared.clone();
+        drop(self);
+        shared.pool.close().await;
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the client pool and the control loop.
+pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
+    let (host, _) = split_host_port(&cfg.tunnel).map_err(|e| format!("--tunnel: {e}"))?;
+    split_host_port(&cfg.target).map_err(|e| format!("--target: {e}"))?;
+    let control = match cfg.control {
+        Some(c) => c,
+        None => default_control(&cfg.tunnel)?,
+    };
+    let name = cfg.hostname.clone().unwrap_or_else(|| host.to_owned());
+    let mut b = ClientPool::builder()
+        .dialer(TcpDialer::host(cfg.tunnel.clone()))
+        .capacity(cfg.min, cfg.max)
+        .parallelism(cfg.parallelism)
+        .tunnel_key(cfg.key.clone())
+        .tls_mode(cfg.mode);
+    let mut tls = ClientTlsBuilder::new(cfg.mode);
+    if let Some(fp) = cfg.pin {
+        b = b.pin(fp);
+        tls = tls.pin(fp);
+    }
+    if let Some(ca) = &cfg.ca {
+        b = b.ca_file(ca.clone());
+        tls = tls.ca_file(ca.clone());
+    }
+    if cfg.mode.is_tls() {
+        b = b.hostname(name.clone());
+    }
+    let tls = match tls.build()? {
+        Some(c) => Some((TlsConnector::from(c), pool_tls::server_name(&name)?)),
+        None => None,
+    };
+    let started = Instant::now();
+    let pool = b.build()?;
+    let shared = Arc::new(Shared {
+        pool,
+        control,
+        target: cfg.target,
+        tls,
+        key: cfg.key,
+        t: cfg.timeouts,
+        relay: cfg.relay,
+        stats: ClientStats::default(),
+        up: watch::channel(false).0,
+    });
+    let task = tokio::spawn(control_loop(shared.clone()));
+    Ok(ClientHandle {
+        shared,
+        started,
+        task,
+    })
+}
+
+/// Keeps one control connection up, reconnecting with exponential backoff and jitter.
+async fn control_loop(shared: Arc<Shared>) {
+    let (first, longest) = shared.t.backoff;
+    let mut pause = first;
+    let mut sessions = JoinSet::new();
+    let mut rng = SeededRandom::from_seed(pool_tls::fresh_nonce().unwrap_or([7; 32]));
+    loop {
+        let attempt = timeout(
+            shared.t.io + shared.t.tls + shared.t.answer,
+            connect_control(&shared),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(io)) => {
+                bump(&shared.stats.control_ok);
+                shared.up.send_replace(true);
+                info!("control: connected to {}", shared.control);
+                pause = first;
+                let why = run_control(&shared, io, &mut sessions).await;
+                shared.up.send_replace(false);
+                warn!("control: lost: {why}");
+            }
+            Ok(Err(e)) => {
+                bump(&shared.stats.control_failed);
+                warn!("control: {}: {e}; retry in {pause:?}", shared.control);
+            }
+            Err(_) => {
+                bump(&shared.stats.control_failed);
+                warn!(
+                    "control: {}: no handshake in time; retry in {pause:?}",
+                    shared.control
+                );
+            }
+        }
+        // Up to 25 % jitter so that many clients do not retry in step.
+        let jitter = f64::from(rng.next_u32()) / f64::from(u32::MAX) / 4.0;
+        tokio::time::sleep(pause + pause.mul_f64(jitter)).await;
+        pause = (pause * 2).min(longest);
+        while sessions.try_join_next().is_some() {}
+    }
+}
+
+/// TCP, TLS and the client half of the handshake.
+async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
+    let tcp = timeout(s.t.io, TcpStream::connect(&s.control))
+        .await
+        .map_err(|_| "connect: timed out")?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = s.t.control_socket().apply_tcp(&tcp);
+    match &s.tls {
+        Some((c, name)) => {
+            let mut tls = c
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let binding = pool_tls::tls_binding(tls.get_ref().1)?;
+            client_handshake(&mut tls, &s.key, &binding).await?;
+            Ok(Box::new(tls))
+        }
+        None => {
+            let mut tcp = tcp;
+            client_handshake(&mut tcp, &s.key, &[]).await?;
+            Ok(Box::new(tcp))
+        }
+    }
+}
+
+/// Reads ids and heartbeats until control breaks or falls silent, sending heartbeats;
+/// one session task per id.
+async fn run_control(shared: &Arc<Shared>, io: BoxIo, sessions: &mut JoinSet<()>) -> String {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let t = &shared.t;
+    let mut heartbeat = tokio::time::interval(t.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
+    let mut line = Vec::with_capacity(MAX_LINE);
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(0) => return "closed by the server".into(),
+                    Ok(n) => n,
+                    Err(e) => return format!("read error: {e}"),
+                };
+                heard = tokio::time::Instant::now();
+                for &b in &buf[..n] {
+                    if b != b'\n' {
+                        if line.len() >= MAX_LINE {
+                            return "line too long".into();
+                        }
+                        line.push(b);
+                        continue;
+                    }
+                    match parse_server_line(&line) {
+                        Ok(ServerLine::Heartbeat) => {}
+                        Ok(ServerLine::Take(id)) => {
+                            bump(&shared.stats.ids);
+                            while sessions.try_join_next().is_some() {}
+                            let shared = shared.clone();
+                            sessions.spawn(async move {
+                                let ok = client_session(&shared, id).await;
+                                bump(if ok { &shared.stats.relayed } else { &shared.stats.failed });
+                            });
+                        }
+                        Err(e) => return e.to_string(),
+                    }
+                    line.clear();
+                }
+            }
+            _ = heartbeat.tick() => {
+                let w = timeout(t.dead_after, async {
+                    wr.write_all(b"\n").await?;
+                    wr.flush().await
+                });
+                if !matches!(w.await, Ok(Ok(()))) {
+                    return "heartbeat write failed or stalled".into();
+                }
+            }
+            _ = tokio::time::sleep_until(heard + t.dead_after) => {
+                bump(&shared.stats.control_silent);
+                return format!("no heartbeat from the server for {:?}", t.dead_after);
+            }
+        }
+    }
+}
+
+/// One session: the pooled connection with `id`, a fresh target connection, a relay.
+async fn client_session(s: &Shared, id: ConnId) -> bool {
+    let Ok(mut conn) = s.pool.get_timeout(id, s.t.get).await else {
+        debug!("session {id}: no such pooled connection");
+        return false;
+    };
+    let target = match timeout(s.t.io, TcpStream::connect(&s.target)).await {
+        Ok(Ok(t)) => t,
+        _ => {
+            warn!("session {id}: target {} unreachable", s.target);
+            return false; // dropping `conn` tells the server side
+        }
+    };
+    let _ = peer_socket_options().apply_tcp(&target);
+    if conn.write_all(&[TAKEN]).await.is_err() {
+        return false;
+    }
+    let traffic = Traffic::default();
+    let end = relay(conn, target, s.relay, &traffic).await;
+    s.stats
+        .bytes_down
+        .fetch_add(traffic.a_to_b.load(Relaxed), Relaxed);
+    s.stats
+        .bytes_up
+        .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
+    end == RelayEnd::Done
+}

@@ -1,0 +1,41 @@
+//! A reverse tunnel in two processes on the pool, safe by default against strangers on
+//! every port.
+//!
+//! The **server** side runs on the public machine: a [`ServerPool`](pool_tokio::ServerPool)
+//! on the tunnel port, a control port, and the public port users connect to. The
+//! **client** side runs next to the service and dials out: a
+//! [`ClientPool`](pool_tokio::ClientPool) and one control connection. For each user
+//! the server takes an idle pooled connection and sends its id on control; the client
+//! takes the connection with that id, connects to the target, and both relay.
+//!
+//! Every port faces strangers, so each one admits only what proves the tunnel key:
+//!
+//! - pool connections run the pool's own key proof (`tunnel_key` on both builders), so a
+//!   stranger never enters either pool;
+//! - control runs the [`protocol`] handshake (fresh nonces from both sides, the client
+//!   proves first, bound to the TLS session), with a bounded, evicting candidate table
+//!   ([`candidates`]) and heartbeats both ways;
+//! - the public port caps concurrent sessions and relays with an idle and a half-close
+//!   deadline ([`relay`]).
+//!
+//! `TUNNEL.md` beside this crate has the protocol, the threat model port by port and the
+//! figures measured by `examples/attack.rs`.
+#![forbid(unsafe_code)]
+
+pub mod candidates;
+pub mod cli;
+pub mod client;
+pub mod limits;
+pub mod load;
+pub mod protocol;
+pub mod relay;
+pub mod server;
+pub mod state;
+pub mod stats;
+
+pub use client::{start_client, ClientConfig, ClientHandle};
+pub use protocol::Timeouts;
+pub use server::{start_server, ServerConfig, ServerHandle};
+
+/// Errors of setup: shown to the user, never matched on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

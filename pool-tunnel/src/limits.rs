@@ -1,0 +1,26 @@
+//! The open-descriptor limit: every user, target and pooled connection is a descriptor,
+//! and the default soft limit (often 1024) is reached by a modest flood.
+
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force
+/// (`None`: unlimited). Needs no privilege and affects only this process.
+pub fn raise_nofile() -> std::io::Result<Option<u64>> {
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return Ok(lim.current);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    )?;
+    Ok(lim.maximum)
+}
+
+/// Descriptors this process has open now (Linux: entries of `/proc/self/fd`).
+pub fn open_descriptors() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}

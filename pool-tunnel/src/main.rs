@@ -1,0 +1,154 @@
+//! `tunnel server ...` / `tunnel client ...`: see `tunnel --help` and `TUNNEL.md`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use pool_tunnel::cli::{Cli, ClientArgs, KeySource, ServerArgs, Side, KEY_ENV};
+use pool_tunnel::state::Origin;
+use pool_tunnel::{limits, BoxError};
+use tracing::info;
+
+fn init_logs() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    // The key must not linger in the environment of anything this process starts.
+    let env_key = std::env::var(KEY_ENV).ok();
+    match limits::raise_nofile() {
+        Ok(Some(n)) => info!("descriptor limit {n}"),
+        Ok(None) => info!("descriptor limit: unlimited"),
+        Err(e) => eprintln!("warning: cannot raise the descriptor limit: {e}"),
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.side {
+            Side::Server(a) => server(a, env_key).await,
+            Side::Client(a) => client(a, env_key).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxError> {
+    let setup = args.setup(env_key)?;
+    for w in &setup.warnings {
+        eprintln!("{w}");
+    }
+    let fingerprint = setup.config.tls.as_ref().map(|t| t.fingerprint());
+    let key_hex = setup.config.key.to_hex();
+    let s = pool_tunnel::start_server(setup.config).await?;
+    println!("tunnel server: TLS mode {}", args.tls);
+    println!("  pool (tunnel) {}", s.tunnel_addr());
+    println!("  control       {}", s.control_addr());
+    println!("  public        {}", s.public_addr());
+    if let (Some(fp), Some(note)) = (fingerprint, &setup.cert_note) {
+        println!("  certificate   sha256 {fp} ({note}; clients may --pin it)");
+    }
+    match &setup.key_source {
+        KeySource::Generated => println!(
+            "  tunnel key    generated for this run; give it to the client in a file \
+             (--tunnel-key-file) or ${KEY_ENV}:\n{key_hex}"
+        ),
+        KeySource::StateDir(path, Origin::Created) => println!(
+            "  tunnel key    generated and kept in {}; give it to the client in a file \
+             (--tunnel-key-file) or ${KEY_ENV}:\n{key_hex}",
+            path.display()
+        ),
+        KeySource::StateDir(path, Origin::Loaded) => {
+            println!("  tunnel key    from {}", path.display())
+        }
+        KeySource::File(path) => println!("  tunnel key    from {}", path.display()),
+        KeySource::Env => println!("  tunnel key    from ${KEY_ENV}"),
+        KeySource::Argv => println!("  tunnel key    from --tunnel-key"),
+    }
+    println!("waiting for the client's control connection; Ctrl-C stops");
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = every.tick() => {
+                let st = s.stats();
+                info!(
+                    "status: control {}  users {}  relayed {}  failed {}  refused {}  pool idle {}  \
+                     up {} B  down {} B  control refused {} evicted {}",
+                    if s.control_up() { "up" } else { "down" },
+                    st.users, st.relayed, st.failed, st.users_refused, s.pool().active(),
+                    st.bytes_up, st.bytes_down, st.control_refused, st.control_evicted
+                );
+            }
+        }
+    }
+    println!("stopping");
+    s.shutdown().await;
+    Ok(())
+}
+
+async fn client(args: ClientArgs, env_key: Option<String>) -> Result<(), BoxError> {
+    let (cfg, source, warnings) = args.setup(env_key)?;
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let control = match &cfg.control {
+        Some(c) => c.clone(),
+        None => pool_tunnel::protocol::default_control(&cfg.tunnel)?,
+    };
+    let from = match source {
+        KeySource::File(p) => p.display().to_string(),
+        KeySource::Env => format!("${KEY_ENV}"),
+        _ => "--tunnel-key".into(),
+    };
+    println!(
+        "tunnel client: TLS mode {}, pool -> {}, control -> {control}, target {}, key from {from}",
+        cfg.mode, cfg.tunnel, cfg.target
+    );
+    let c = pool_tunnel::start_client(cfg).await?;
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = every.tick() => {
+                let st = c.stats();
+                let pool = c.pool();
+                info!(
+                    "status: control {}  sessions {}  failed {}  pool idle {}/{}",
+                    if c.control_up() { "up" } else { "down" },
+                    st.relayed, st.failed, pool.active(), pool.capacity()
+                );
+            }
+        }
+    }
+    println!("stopping");
+    c.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The control connection: its handshake, its messages, its deadlines.
+//!
+//! After TCP (and TLS in modes 1 and 2), in `TUNNEL.md`'s words:
+//!
+//! 1. server → client: [`MAGIC`] ‖ `Ns` (32 fresh random bytes), [`GREETING_LEN`] bytes;
+//! 2. client → server: `Nc` ‖ `tag_c` ([`RESPONSE_LEN`] bytes), within
+//!    [`Timeouts::answer`] of the greeting;
+//! 3. server → client: `tag_s` ([`CONFIRM_LEN`] bytes).
+//!
+//! The tags are `pool_tls::proof`'s: HMAC-SHA256 under the tunnel key over a direction
+//! label, both nonces, the context [`CONTROL_CONTEXT`] and the TLS channel binding
+//! (empty in mode 0), compared in constant time by `ring`. The context has a length no
+//! pool id has (8 or 4 bytes), so a control tag is never a pool-connection tag.
+//!
+//! The client proves first because the attacker most likely to exist dials the server:
+//! such a stranger gets a nonce and nothing computed with the key.
+//!
+//! Then both sides send lines: the server `<8 hex id>\n` (take this connection) or `\n`
+//! (heartbeat); the client only `\n` (heartbeat). On each pooled connection it takes,
+//! the client writes [`TAKEN`] before relaying. Either side drops control after
+//! [`Timeouts::dead_after`] without a byte from the other.
+
+use std::time::Duration;
+
+use pool_tls::proof::{ClientProof, ServerProof, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
+use pool_tls::TunnelKey;
+use pool_tokio::{ConnId, SocketOptions};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::BoxError;
+
+/// First bytes the server writes on a control connection (version 2: 32-byte nonces).
+pub const MAGIC: &[u8; 4] = b"NPT2";
+/// Length of the server's greeting.
+pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
+pub use pool_tls::proof::{
+    CONFIRM_LEN as CONTROL_CONFIRM_LEN, RESPONSE_LEN as CONTROL_RESPONSE_LEN,
+};
+/// What the control tags sign in place of a pool connection's id.
+pub const CONTROL_CONTEXT: &[u8] = b"nodepass-tunnel/control/v1";
+/// The byte the client writes on a pooled connection once it took it and reached the
+/// target; the server relays nothing before it. Not a proof (the connection proved the
+/// key when it entered the pool): it tells the server the client is alive and ready,
+/// so the user's bytes never reach a connection the client has not taken yet.
+pub const TAKEN: u8 = 0x06;
+/// Longest control line accepted (an id is 8 hex digits plus `\n`).
+pub const MAX_LINE: usize = 64;
+
+/// Deadlines of the tunnel (the pools keep their own, set in [`crate::server`] and
+/// [`crate::client`]).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    /// A control candidate's TLS handshake (mode 0: nothing).
+    pub tls: Duration,
+    /// From the greeting to the client's full answer.
+    pub answer: Duration,
+    /// How long a user waits for a control connection before being closed.
+    pub control_wait: Duration,
+    /// How long the server waits for [`TAKEN`] on a pooled connection it handed out.
+    pub ack: Duration,
+    /// One `get` from either pool.
+    pub get: Duration,
+    /// Heartbeat period on control, both ways.
+    pub heartbeat: Duration,
+    /// Silence after which either side drops control.
+    pub dead_after: Duration,
+    /// Client: connecting to the control port and to the target; writes on control.
+    pub io: Duration,
+    /// Client: first and longest pause between control reconnects.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tls: Duration::from_secs(3),
+            answer: Duration::from_secs(1),
+            control_wait: Duration::from_secs(1),
+            ack: Duration::from_secs(3),
+            get: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
+            dead_after: Duration::from_secs(3),
+            io: Duration::from_secs(5),
+            backoff: (Duration::from_millis(100), Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Socket options of a control connection: keep-alive probes every second after
+    /// one idle second, three unanswered probes or unacknowledged data for
+    /// `dead_after` drop it. The heartbeats decide first; these catch a peer whose
+    /// host vanished while a write is pending.
+    pub fn control_socket(&self) -> SocketOptions {
+        SocketOptions {
+            keepalive: Some(Duration::from_secs(1)),
+            keepalive_interval: Some(Duration::from_secs(1)),
+            keepalive_retries: Some(3),
+            nodelay: true,
+            user_timeout: Some(self.dead_after.max(Duration::from_secs(1))),
+        }
+    }
+}
+
+/// The server's half of the handshake, after TLS. `binding` is the TLS channel binding
+/// (empty in mode 0). `Ok` when the client proved the key; the confirmation is sent.
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    key: &TunnelKey,
+    binding: &[u8],
+    answer_within: Duration,
+) -> Result<(), BoxError> {
+    let ns = pool_tls::fresh_nonce()?;
+    let proof = ServerProof::new(key, ns, CONTROL_CONTEXT, binding);
+    let mut hello = [0u8; GREETING_LEN];
+    hello[..MAGIC.len()].copy_from_slice(MAGIC);
+    hello[MAGIC.len()..].copy_from_slice(&proof.challenge());
+    io.write_all(&hello).await?;
+    io.flush().await?;
+    let mut answer = [0u8; RESPONSE_LEN];
+    match timeout(answer_within, io.read_exact(&mut answer)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("short answer: {e}").into()),
+        Err(_) => return Err(format!("no answer within {answer_within:?}").into()),
+    }
+    let confirm = proof
+        .check_response(&answer)
+        .map_err(|_| "wrong tunnel key (or not a tunnel client)")?;
+    io.write_all(&confirm).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+/// The client's half of the handshake, after TLS. `Ok` when the server proved the key.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    key: &TunnelKey,
+    binding: &[u8],
+) -> Result<(), BoxError> {
+    let mut hello = [0u8; GREETING_LEN];
+    io.read_exact(&mut hello)
+        .await
+        .map_err(|e| format!("no greeting: {e}"))?;
+    if &hello[..MAGIC.len()] != MAGIC {
+        return Err("not a tunnel control port (bad greeting)".into());
+    }
+    let mut ns = [0u8; NONCE_LEN];
+    ns.copy_from_slice(&hello[MAGIC.len()..]);
+    let nc = pool_tls::fresh_nonce()?;
+    let (proof, response) = ClientProof::respond(key, &ns, nc, CONTROL_CONTEXT, binding);
+    io.write_all(&response).await?;
+    io.flush().await?;
+    let mut confirm = [0u8; CONFIRM_LEN];
+    io.read_exact(&mut confirm)
+        .await
+        .map_err(|_| "refused by the server: wrong tunnel key?")?;
+    proof
+        .check_confirm(&confirm)
+        .map_err(|_| "the server does not know the tunnel key")?;
+    Ok(())
+}
+
+/// One line the server sends after the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerLine {
+    /// `\n`.
+    Heartbeat,
+    /// `<8 hex>\n`: take the pooled connection with this id.
+    Take(ConnId),
+}
+
+/// Parses one line without its `\n`.
+pub fn parse_server_line(line: &[u8]) -> Result<ServerLine, BoxError> {
+    if line.is_empty() {
+        return Ok(ServerLine::Heartbeat);
+    }
+    ConnId::from_hex_bytes(line)
+        .map(ServerLine::Take)
+        .map_err(|_| format!("bad line {:?}", String::from_utf8_lossy(line)).into())
+}
+
+/// Appends `id\n`.
+pub fn push_id(out: &mut Vec<u8>, id: &ConnId) {
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'\n');
+}
+
+/// Splits `host:port` (IPv6 in brackets) into host and port.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), BoxError> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{s}`: bad port `{port}`"))?;
+    if host.is_empty() {
+        return Err(format!("`{s}`: empty host").into());
+    }
+    Ok((host, port))
+}
+
+/// The default control address: the tunnel host, the tunnel port plus one.
+pub fn default_control(tunnel: &str) -> Result<String, BoxError> {
+    let (host, port) = split_host_port(tunnel)?;
+    let next = port.checked_add(1).filter(|_| port != 0).ok_or_else(|| {
+        format!("tunnel port {port} has no `port + 1` control port: give --control ADDR")
+    })?;
+    Ok(format!("{host}:{next}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> TunnelKey {
+        TunnelKey::from_bytes(&[b; 32]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_same_key_passes_a_wrong_one_fails_both_ways() {
+        for (ks, kc, ok) in [(1, 1, true), (1, 2, false)] {
+            let (mut a, mut b) = tokio::io::duplex(256);
+            let (ks, kc) = (key(ks), key(kc));
+            let server = async move {
+                // A refused client sees the server close: nothing more is sent.
+                let r = server_handshake(&mut a, &ks, &[], Duration::from_secs(1)).await;
+                drop(a);
+                r
+            };
+            let (s, c) = tokio::join!(server, client_handshake(&mut b, &kc, &[]));
+            assert_eq!(s.is_ok(), ok);
+            assert_eq!(c.is_ok(), ok);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_refused_after_the_answer_deadline() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let start = std::time::Instant::now();
+        let r = server_handshake(&mut a, &key(1), &[], Duration::from_millis(200)).await;
+        assert!(r.unwrap_err().to_string().contains("no answer"));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // It got the greeting and nothing else.
+        let mut got = Vec::new();
+        drop(a);
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), GREETING_LEN);
+    }
+
+    #[test]
+    fn the_control_context_is_no_pool_id_length() {
+        assert!(![4, 8].contains(&CONTROL_CONTEXT.len()));
+        assert_eq!(CONTROL_RESPONSE_LEN, 2 * NONCE_LEN);
+        assert_eq!(CONTROL_CONFIRM_LEN, 32);
+    }
+
+    #[test]
+    fn lines_and_addresses() {
+        assert_eq!(parse_server_line(b"").unwrap(), ServerLine::Heartbeat);
+        assert!(parse_server_line(b"zz").is_err());
+        let id = ConnId::from_hex_bytes(b"0a0b0c0d").unwrap();
+        let mut out = Vec::new();
+        push_id(&mut out, &id);
+        assert_eq!(parse_server_line(&out[..8]).unwrap(), ServerLine::Take(id));
+        assert_eq!(
+            default_control("example.org:10101").unwrap(),
+            "example.org:10102"
+        );
+        assert_eq!(default_control("[::1]:80").unwrap(), "[::1]:81");
+        assert!(default_control("h:65535").is_err());
+        assert!(default_control("no-port").is_err());
+    }
+}

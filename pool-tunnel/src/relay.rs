@@ -1,0 +1,203 @@
+//! The relay between a user (or target) and a pooled connection, with deadlines.
+//!
+//! `tokio::io::copy_bidirectional` runs for as long as both peers keep their sockets
+//! open: a user who connects and goes quiet, or half-closes and never reads, holds two
+//! descriptors and a pooled connection for ever. [`relay`] ends a session when nothing
+//! moved either way for [`RelayLimits::idle`], and when one direction has ended but the
+//! other is still open after [`RelayLimits::half_close`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use pool_tokio::SocketOptions;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Deadlines of one relay.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayLimits {
+    /// Nothing moved either way for this long: the session ends.
+    pub idle: Duration,
+    /// One direction ended (EOF passed on) and the other is still open this long after:
+    /// the session ends.
+    pub half_close: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(300),
+            half_close: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both directions reached EOF.
+    Done,
+    /// An I/O error on either side.
+    Error,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// One direction stayed open past the half-close timeout.
+    HalfClosed,
+}
+
+/// Bytes moved so far, readable while the relay runs.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// `a` → `b`.
+    pub a_to_b: AtomicU64,
+    /// `b` → `a`.
+    pub b_to_a: AtomicU64,
+    /// Milliseconds since the relay started at the last byte moved.
+    last: AtomicU64,
+}
+
+/// Socket options of user and target connections: keep-alive after 30 s idle, probes
+/// every 10 s, 3 unanswered drop it; unacknowledged data for 60 s drops it too. A peer
+/// whose host vanished is noticed within about a minute even when the relay is idle.
+pub fn peer_socket_options() -> SocketOptions {
+    SocketOptions {
+        keepalive: Some(Duration::from_secs(30)),
+        keepalive_interval: Some(Duration::from_secs(10)),
+        keepalive_retries: Some(3),
+        nodelay: true,
+        user_timeout: Some(Duration::from_secs(60)),
+    }
+}
+
+async fn copy_one<R, W>(
+    mut r: R,
+    mut w: W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        if w.write_all(&buf[..n]).await.is_err() {
+            return false;
+        }
+        count.fetch_add(n as u64, Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+    w.shutdown().await.is_ok()
+}
+
+/// Relays `a` ⇄ `b` until both directions end or a limit is reached; half-closes pass
+/// through. Counts into `traffic`.
+pub async fn relay<A, B>(a: A, b: B, limits: RelayLimits, traffic: &Traffic) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let up = copy_one(ar, bw, &traffic.a_to_b, &traffic.last, start);
+    let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut half_since: Option<Instant> = None;
+    let tick = limits
+        .idle
+        .min(limits.half_close)
+        .min(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ok = &mut up, if !up_done => {
+                if !ok { return RelayEnd::Error; }
+                up_done = true;
+            }
+            ok = &mut down, if !down_done => {
+                if !ok { return RelayEnd::Error; }
+                down_done = true;
+            }
+            _ = tokio::time::sleep(tick) => {}
+        }
+        if up_done && down_done {
+            return RelayEnd::Done;
+        }
+        let now = Instant::now();
+        if up_done || down_done {
+            let since = *half_since.get_or_insert(now);
+            if now.duration_since(since) >= limits.half_close {
+                return RelayEnd::HalfClosed;
+            }
+        }
+        let last = start + Duration::from_millis(traffic.last.load(Relaxed));
+        if now.duration_since(last) >= limits.idle {
+            return RelayEnd::Idle;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_half_closed_relays_end() {
+        let limits = RelayLimits {
+            idle: Duration::from_secs(5),
+            half_close: Duration::from_secs(2),
+        };
+        // Idle: nobody sends.
+        let (a, _a_peer) = tokio::io::duplex(64);
+        let (b, _b_peer) = tokio::io::duplex(64);
+        let t = Traffic::default();
+        let start = Instant::now();
+        assert_eq!(relay(a, b, limits, &t).await, RelayEnd::Idle);
+        assert!(start.elapsed() < Duration::from_secs(7));
+
+        // Half-closed: `a`'s peer sends and closes, `b`'s peer never closes.
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        a_peer.write_all(b"hi").await.unwrap();
+        a_peer.shutdown().await.unwrap();
+        let t = Traffic::default();
+        let start = Instant::now();
+        assert_eq!(relay(a, b, limits, &t).await, RelayEnd::HalfClosed);
+        assert!(start.elapsed() < Duration::from_secs(4));
+        let mut got = Vec::new();
+        b_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hi");
+        assert_eq!(t.a_to_b.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn both_halves_closing_is_done() {
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        let t = Traffic::default();
+        let run = relay(a, b, RelayLimits::default(), &t);
+        let peers = async {
+            a_peer.write_all(b"ping").await.unwrap();
+            a_peer.shutdown().await.unwrap();
+            let mut got = [0u8; 4];
+            b_peer.read_exact(&mut got).await.unwrap();
+            b_peer.write_all(b"pong!").await.unwrap();
+            b_peer.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            a_peer.read_to_end(&mut back).await.unwrap();
+            back
+        };
+        let (end, back) = tokio::join!(run, peers);
+        assert_eq!(end, RelayEnd::Done);
+        assert_eq!(back, b"pong!");
+        assert_eq!(t.b_to_a.load(Relaxed), 5);
+    }
+}

@@ -1,0 +1,532 @@
+//! The server side: the pool on the tunnel port, the control port, the public port.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pool_tls::ServerTls;
+use pool_tokio::{ConnId, IpFilter, ServerPool, TunnelKey};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::candidates::{CandidateId, Candidates};
+use crate::protocol::{push_id, server_handshake, Timeouts, TAKEN};
+use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
+use crate::stats::{bump, ServerSnapshot, ServerStats};
+use crate::BoxError;
+
+/// A plain or TLS control stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A boxed control stream.
+pub type BoxIo = Box<dyn Io>;
+
+/// The public side.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the pool listens (clients dial in here).
+    pub tunnel: SocketAddr,
+    /// Where users connect.
+    pub public: SocketAddr,
+    /// Where the control connection comes in. `None`: tunnel port + 1 (or port 0 when
+    /// the tunnel port is 0).
+    pub control: Option<SocketAddr>,
+    /// TLS certificate for pool and control (modes 1 and 2); `None` is mode 0.
+    pub tls: Option<ServerTls>,
+    /// Client-IP filter for pool and control (`None`: anyone).
+    pub client_ip: Option<String>,
+    /// The tunnel key: pool connections and control prove it.
+    pub key: TunnelKey,
+    /// Server pool maximum capacity.
+    pub max_capacity: usize,
+    /// User sessions at once at most; more are closed at once.
+    pub max_sessions: usize,
+    /// Unauthenticated control candidates at most, in total and per source address.
+    pub candidates: (usize, usize),
+    /// Relay deadlines.
+    pub relay: RelayLimits,
+    /// Control and session deadlines.
+    pub timeouts: Timeouts,
+}
+
+impl ServerConfig {
+    /// Loopback everywhere, port 0 everywhere, mode 0, the given key.
+    pub fn loopback(key: TunnelKey) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            tunnel: any,
+            public: any,
+            control: Some(any),
+            tls: None,
+            client_ip: None,
+            key,
+            max_capacity: 1024,
+            max_sessions: 4096,
+            candidates: (64, 4),
+            relay: RelayLimits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// The active control connection, as user sessions see it.
+#[derive(Clone)]
+struct Control {
+    gen: u64,
+    tx: mpsc::Sender<ConnId>,
+    /// Closed (its sender dropped) when this control connection ends.
+    gone: watch::Receiver<()>,
+}
+
+struct Shared {
+    pool: ServerPool,
+    key: TunnelKey,
+    t: Timeouts,
+    relay: RelayLimits,
+    stats: ServerStats,
+    control: watch::Sender<Option<Control>>,
+    next_gen: AtomicU64,
+}
+
+/// A running server side. Dropping it stops its tasks; [`shutdown`](Self::shutdown)
+/// also waits for the pool to close.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    tunnel: SocketAddr,
+    public: SocketAddr,
+    control: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The pool's address (where clients dial).
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel
+    }
+    /// Where users connect.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+    /// Where the control connection comes in.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control
+    }
+    /// The server pool.
+    pub fn pool(&self) -> &ServerPool {
+        &self.shared.pool
+    }
+    /// The key in use.
+    pub fn key(&self) -> &TunnelKey {
+        &self.shared.key
+    }
+    /// Counters.
+    pub fn stats(&self) -> ServerSnapshot {
+        self.shared.stats.snapshot()
+    }
+    /// Whether an authenticated control connection is active.
+    pub fn control_up(&self) -> bool {
+        self.shared.control.borrow().is_some()
+    }
+    /// Waits until a control connection is active (`up`) or none is, or `within` passes.
+    pub async fn wait_control_state(&self, up: bool, within: Duration) -> bool {
+        let mut rx = self.shared.control.subscribe();
+        let ok = matches!(
+            timeout(within, rx.wait_for(|c| c.is_some() == up)).await,
+            Ok(Ok(_))
+        );
+        ok
+    }
+    /// Waits until a control connection is active, or `within` passes.
+    pub async fn wait_control(&self, within: Duration) -> bool {
+        self.wait_control_state(true, within).await
+    }
+    /// Stops every task (sessions included) and closes the pool.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.shared.control.send_replace(None);
+        self.shared.pool.close().await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds the three ports and starts the server side.
+pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
+    let filter = match &cfg.client_ip {
+        Some(spec) => IpFilter::parse(spec).map_err(|e| format!("--client-ip: {e}"))?,
+        None => IpFilter::any(),
+    };
+    let mut b = ServerPool::builder()
+        .bind(cfg.tunnel)
+        .max_capacity(cfg.max_capacity)
+        // Silent strangers hold a handshake slot for at most this long; the real
+        // client's handshake and proof take a few round trips. Slots are many, so that
+        // a crowd of silent peers is held to this deadline rather than refused at
+        // once (which invites an immediate reconnect, and a churn that starves the
+        // accept loop).
+        .handshake_timeout(Duration::from_secs(2))
+        .max_handshakes(4096)
+        .tunnel_key(cfg.key.clone())
+        .filter(filter.clone());
+    if let Some(tls) = &cfg.tls {
+        b = b.tls(tls.clone());
+    }
+    let pool = b
+        .build()
+        .map_err(|e| format!("tunnel {}: {e}", cfg.tunnel))?;
+    let tunnel = pool.local_addr();
+    let control_addr = match cfg.control {
+        Some(a) => a,
+        None if tunnel.port() == 0 => tunnel,
+        None => {
+            let port = tunnel
+                .port()
+                .checked_add(1)
+                .ok_or("tunnel port 65535 has no `port + 1` control port: give --control ADDR")?;
+            SocketAddr::new(tunnel.ip(), port)
+        }
+    };
+    let control_l = TcpListener::bind(control_addr)
+        .await
+        .map_err(|e| format!("control {control_addr}: {e}"))?;
+    let public_l = TcpListener::bind(cfg.public)
+        .await
+        .map_err(|e| format!("public {}: {e}", cfg.public))?;
+    let acceptor = match &cfg.tls {
+        Some(t) => Some(TlsAcceptor::from(t.config()?)),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        pool,
+        key: cfg.key,
+        t: cfg.timeouts,
+        relay: cfg.relay,
+        stats: ServerStats::default(),
+        control: watch::channel(None).0,
+        next_gen: AtomicU64::new(0),
+    });
+    let control = control_l.local_addr()?;
+    let public = public_l.local_addr()?;
+    let (total, per_source) = cfg.candidates;
+    let tasks = vec![
+        tokio::spawn(control_accept_loop(
+            shared.clone(),
+            control_l,
+            acceptor,
+            filter,
+            Candidates::new(total, per_source),
+        )),
+        tokio::spawn(public_accept_loop(
+            shared.clone(),
+            public_l,
+            cfg.max_sessions,
+        )),
+    ];
+    Ok(ServerHandle {
+        shared,
+        tunnel,
+        public,
+        control,
+        tasks,
+    })
+}
+
+type Candidate = (CandidateId, SocketAddr, Result<BoxIo, BoxError>);
+
+/// Accepts control candidates into the bounded table; each authenticates in its own
+/// task under its deadlines; the winner runs as the control connection.
+async fn control_accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    filter: IpFilter,
+    mut table: Candidates,
+) {
+    let mut pending: JoinSet<Candidate> = JoinSet::new();
+    let mut aborts = std::collections::HashMap::new();
+    let mut controls = JoinSet::new();
+    loop {
+        while controls.try_join_next().is_some() {}
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: do not spin.
+                        warn!("control: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if !filter.allows(peer.ip()) {
+                    bump(&shared.stats.control_ip_refused);
+                    debug!("control: {peer} refused by --client-ip");
+                    continue;
+                }
+                let (cid, evicted) = table.admit(peer.ip());
+                if let Some(old) = evicted.and_then(|e| aborts.remove(&e)) {
+                    tokio::task::AbortHandle::abort(&old);
+                    bump(&shared.stats.control_evicted);
+                }
+                let _ = shared.t.control_socket().apply_tcp(&tcp);
+                let shared = shared.clone();
+                let acceptor = acceptor.clone();
+                let h = pending.spawn(async move {
+                    (cid, peer, authenticate(tcp, acceptor, &shared).await)
+                });
+                aborts.insert(cid, h);
+            }
+            Some(done) = pending.join_next() => {
+                let Ok((cid, peer, res)) = done else { continue }; // evicted
+                aborts.remove(&cid);
+                table.remove(cid);
+                match res {
+                    Ok(io) => {
+                        bump(&shared.stats.control_ok);
+                        controls.spawn(serve_control(shared.clone(), io, peer));
+                    }
+                    Err(e) => {
+                        bump(&shared.stats.control_refused);
+                        debug!("control: {peer} refused: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// TLS (if any) and the handshake, each under its deadline.
+async fn authenticate(
+    tcp: TcpStream,
+    acceptor: Option<TlsAcceptor>,
+    shared: &Shared,
+) -> Result<BoxIo, BoxError> {
+    let t = &shared.t;
+    match acceptor {
+        Some(a) => {
+            let mut tls = timeout(t.tls, a.accept(tcp))
+                .await
+                .map_err(|_| "no TLS handshake in time")?
+                .map_err(|e| format!("TLS: {e}"))?;
+            let binding = pool_tls::tls_binding(tls.get_ref().1)?;
+            server_handshake(&mut tls, &shared.key, &binding, t.answer).await?;
+            Ok(Box::new(tls))
+        }
+        None => {
+            let mut tcp = tcp;
+            server_handshake(&mut tcp, &shared.key, &[], t.answer).await?;
+            Ok(Box::new(tcp))
+        }
+    }
+}
+
+/// Runs one authenticated control connection until it breaks, falls silent, or is
+/// replaced by a newer one.
+async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr) {
+    let gen = shared.next_gen.fetch_add(1, Relaxed) + 1;
+    let (tx, mut rx) = mpsc::channel::<ConnId>(4096);
+    let (gone_tx, gone) = watch::channel(());
+    let mut current = shared.control.subscribe();
+    let old = shared.control.send_replace(Some(Control { gen, tx, gone }));
+    info!(
+        "control: {peer} authenticated{}",
+        if old.is_some() {
+            ", replacing the previous control connection"
+        } else {
+            ""
+        }
+    );
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let t = shared.t.clone();
+    let mut heartbeat = tokio::time::interval(t.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
+    let mut buf = [0u8; 64];
+    let mut out = Vec::with_capacity(1024);
+    let reason = loop {
+        tokio::select! {
+            id = rx.recv() => {
+                let Some(id) = id else { break "closed" };
+                out.clear();
+                push_id(&mut out, &id);
+                while out.len() < 8192 {
+                    match rx.try_recv() {
+                        Ok(id) => push_id(&mut out, &id),
+                        Err(_) => break,
+                    }
+                }
+                if write_flush(&mut wr, &out, t.dead_after).await.is_err() {
+                    break "write failed or stalled";
+                }
+            }
+            _ = heartbeat.tick() => {
+                if write_flush(&mut wr, b"\n", t.dead_after).await.is_err() {
+                    break "write failed or stalled";
+                }
+            }
+            r = rd.read(&mut buf) => match r {
+                Ok(0) => break "closed by the client",
+                Ok(n) if buf[..n].iter().all(|&b| b == b'\n') => heard = Instant::now(),
+                Ok(_) => break "unexpected bytes from the client",
+                Err(_) => break "read error",
+            },
+            _ = tokio::time::sleep_until(heard + t.dead_after) => {
+                bump(&shared.stats.control_silent);
+                break "no heartbeat from the client";
+            }
+            r = current.changed() => {
+                let now = current.borrow_and_update().as_ref().map(|c| c.gen);
+                if r.is_err() || now != Some(gen) {
+                    break "replaced by a newer control connection";
+                }
+            }
+        }
+    };
+    shared.control.send_if_modified(|c| {
+        if c.as_ref().map(|c| c.gen) == Some(gen) {
+            *c = None;
+            true
+        } else {
+            false
+        }
+    });
+    drop(gone_tx);
+    info!("control: {peer} ended: {reason}");
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], t: Duration) -> Result<(), ()> {
+    match timeout(t, async {
+        w.write_all(buf).await?;
+        w.flush().await
+    })
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn public_accept_loop(shared: Arc<Shared>, listener: TcpListener, max_sessions: usize) {
+    let gate = Arc::new(Semaphore::new(max_sessions.max(1)));
+    let mut sessions = JoinSet::new();
+    let options = peer_socket_options();
+    loop {
+        while sessions.try_join_next().is_some() {}
+        let user = match listener.accept().await {
+            Ok((user, _)) => user,
+            Err(e) => {
+                warn!("public: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        bump(&shared.stats.users);
+        let Ok(permit) = gate.clone().try_acquire_owned() else {
+            bump(&shared.stats.users_refused);
+            continue; // closed at once
+        };
+        let _ = options.apply_tcp(&user);
+        let shared = shared.clone();
+        sessions.spawn(async move {
+            let ok = user_session(&shared, user).await;
+            drop(permit);
+            bump(if ok {
+                &shared.stats.relayed
+            } else {
+                &shared.stats.failed
+            });
+        });
+    }
+}
+
+/// Tries of one user session when a pooled connection is not taken in time.
+const ATTEMPTS: usize = 3;
+
+/// One user: a control connection, a pooled connection the client says it took, a
+/// relay. A user for whom no control connection comes within `control_wait` is closed
+/// at once; so is one whose control connection is lost while it waits for the client
+/// to take its pooled connection (the client is gone or hung).
+async fn user_session(shared: &Shared, user: TcpStream) -> bool {
+    let mut control = shared.control.subscribe();
+    if gone(&user).await {
+        return false; // a connect/close flood costs no pooled connection
+    }
+    let mut taken = None;
+    for _ in 0..ATTEMPTS {
+        let ctl = match timeout(shared.t.control_wait, control.wait_for(Option::is_some)).await {
+            Ok(Ok(c)) => c.clone(),
+            _ => return false,
+        };
+        let Some(mut ctl) = ctl else { return false };
+        let Ok((id, mut conn)) = shared.pool.get_timeout(shared.t.get).await else {
+            return false;
+        };
+        if ctl.tx.send(id).await.is_err() {
+            continue; // that control connection just ended
+        }
+        tokio::select! {
+            r = timeout(shared.t.ack, conn.read_u8()) => match r {
+                Ok(Ok(TAKEN)) => {
+                    taken = Some(conn);
+                    break;
+                }
+                _ => bump(&shared.stats.not_taken),
+            },
+            _ = ctl.gone.changed() => {
+                bump(&shared.stats.orphaned);
+                return false;
+            }
+        }
+    }
+    let Some(conn) = taken else { return false };
+    if gone(&user).await {
+        return false;
+    }
+    let traffic = Traffic::default();
+    let end = relay(user, conn, shared.relay, &traffic).await;
+    shared
+        .stats
+        .bytes_up
+        .fetch_add(traffic.a_to_b.load(Relaxed), Relaxed);
+    shared
+        .stats
+        .bytes_down
+        .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
+    match end {
+        RelayEnd::Done => true,
+        RelayEnd::Error => false,
+        RelayEnd::Idle => {
+            bump(&shared.stats.idle_closed);
+            false
+        }
+        RelayEnd::HalfClosed => {
+            bump(&shared.stats.half_close_timeouts);
+            false
+        }
+    }
+}
+
+/// Whether the user already closed (EOF or error waiting, no byte pending), without
+/// waiting: the peek is polled once.
+async fn gone(user: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        timeout(Duration::ZERO, user.peek(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}

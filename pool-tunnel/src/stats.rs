@@ -1,0 +1,84 @@
+//! Counters of each side, readable while it runs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident / $snap:ident { $($(#[$fm:meta])* $f:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        pub struct $name { $($(#[$fm])* pub $f: AtomicU64,)* }
+        /// A copy of the counters at one instant.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $snap { $($(#[$fm])* pub $f: u64,)* }
+        impl $name {
+            /// The counters now.
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($f: self.$f.load(Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// What the server side counted.
+    ServerStats / ServerSnapshot {
+        /// User connections accepted on the public port.
+        users,
+        /// User sessions whose relay ended cleanly.
+        relayed,
+        /// User sessions that failed (no control, no pooled connection, relay error).
+        failed,
+        /// User connections closed at once because `max_sessions` were running.
+        users_refused,
+        /// Relays ended because nothing moved for the idle timeout.
+        idle_closed,
+        /// Relays ended because one direction stayed open too long after the other closed.
+        half_close_timeouts,
+        /// Sessions closed because their control connection was lost while they waited
+        /// for the client to take their pooled connection.
+        orphaned,
+        /// Pooled connections the client did not confirm in time (another is tried).
+        not_taken,
+        /// Bytes relayed user -> client side.
+        bytes_up,
+        /// Bytes relayed client side -> user.
+        bytes_down,
+        /// Control candidates that proved the key.
+        control_ok,
+        /// Control candidates dropped: wrong key, garbage, silence, TLS failure.
+        control_refused,
+        /// Control candidates refused by the client-IP filter.
+        control_ip_refused,
+        /// Unauthenticated control candidates closed to make room for a newer one.
+        control_evicted,
+        /// Control connections dropped because the client's heartbeats stopped.
+        control_silent,
+    }
+}
+
+counters! {
+    /// What the client side counted.
+    ClientStats / ClientSnapshot {
+        /// Ids received on the control connection.
+        ids,
+        /// Sessions whose relay ended cleanly.
+        relayed,
+        /// Sessions that failed (unknown id, target down, relay error).
+        failed,
+        /// Bytes relayed target -> server side.
+        bytes_up,
+        /// Bytes relayed server side -> target.
+        bytes_down,
+        /// Control connections established (key proved both ways).
+        control_ok,
+        /// Control attempts that failed (connect, TLS, key, timeout).
+        control_failed,
+        /// Control connections dropped because the server's heartbeats stopped.
+        control_silent,
+    }
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}

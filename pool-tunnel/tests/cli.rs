@@ -1,0 +1,86 @@
+//! The built `tunnel` binary: help for both sides, a generated key the client accepts,
+//! and a client that refuses to start without a key.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tunnel");
+
+#[test]
+fn both_sides_have_help() {
+    for side in ["server", "client"] {
+        let out = Command::new(BIN).args([side, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("--tunnel-key-file"), "{text}");
+    }
+}
+
+#[test]
+fn the_client_refuses_to_start_without_a_key() {
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "--tunnel",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+        ])
+        .env_remove("POOL_TUNNEL_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs the server's tunnel key"), "{err}");
+}
+
+#[test]
+fn a_key_on_argv_is_checked_and_warned_about() {
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "--tunnel",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+        ])
+        .args(["--tunnel-key", "s3cret"])
+        .env_remove("POOL_TUNNEL_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
+}
+
+#[test]
+fn the_server_prints_a_generated_key_once() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .args([
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ])
+        .args(["--control", "127.0.0.1:0"])
+        .env_remove("POOL_TUNNEL_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut key = None;
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if line.len() == 64 && line.bytes().all(|b| b.is_ascii_hexdigit()) {
+            key = Some(line);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let key = key.expect("no key printed");
+    assert!(pool_tls::TunnelKey::from_hex(&key).is_ok());
+}
