@@ -86,4 +86,6 @@ pub(crate) enum StepError {
     Eof,
     #[error("wrong tunnel-key proof")]
     BadProof,
+    #[error("evicted by a newer connection, or the pool closed")]
+    Evicted,
 }

@@ -1,7 +1,8 @@
 //! The server pool: accepts the client pool's connections and keeps them idle by id.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_core::{
@@ -14,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::conn::{PoolConn, Stream};
@@ -147,9 +149,33 @@ impl ServerPoolBuilder {
         self.core = self.core.max_capacity(n);
         self
     }
-    /// Handshakes at once at most. Default 256.
+    /// Handshakes at once at most. Default 256. When every slot is taken, a new
+    /// connection evicts the oldest handshake (slowloris defence, see
+    /// [`pool_core::ServerConfigBuilder::max_handshakes`]).
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.core = self.core.max_handshakes(n);
+        self
+    }
+    /// Handshakes under way from one source at most; over it, a new connection from
+    /// that source evicts the source's oldest handshake. Default `Some(64)`: a client
+    /// pool of this crate dials up to 64 at once, a Go client pool one. See
+    /// [`pool_core::ServerConfigBuilder::pending_per_source`].
+    pub fn pending_per_source(mut self, n: Option<usize>) -> Self {
+        self.core = self.core.pending_per_source(n);
+        self
+    }
+    /// Idle connections from one source at most; over it, new connections from that
+    /// source are refused (`refused_quota`). Default `None`: the legitimate client is
+    /// one source that holds the whole pool, so only an operator who knows the
+    /// topology can set it. See [`pool_core::ServerConfigBuilder::idle_per_source`].
+    pub fn idle_per_source(mut self, n: Option<usize>) -> Self {
+        self.core = self.core.idle_per_source(n);
+        self
+    }
+    /// Prefix lengths that group peer addresses into sources for the quotas. Default
+    /// /32 for IPv4 and /64 for IPv6.
+    pub fn source_prefixes(mut self, v4: u8, v6: u8) -> Self {
+        self.core = self.core.source_prefixes(v4, v6);
         self
     }
     /// Deadline of TLS handshake plus id write. Default 5 s (Go: none).
@@ -173,7 +199,10 @@ impl ServerPoolBuilder {
         self
     }
     /// Closes connections idle longer than this (checked at each sweep and each get).
-    /// Default `None`: no limit, as in the Go package.
+    /// Default 10 minutes, so that a stranger cannot hold an idle slot for ever when no
+    /// tunnel key is set; the client replaces a closed connection at its next sweep.
+    /// `None`: no limit, as in the Go package. See
+    /// [`pool_core::ServerConfigBuilder::max_idle_age`].
     pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
         self.core = self.core.max_idle_age(age);
         self
@@ -275,6 +304,7 @@ impl ServerPoolBuilder {
             socket: self.socket,
             key: self.key,
             rt,
+            handshakes: Mutex::new(HashMap::new()),
         });
         inner.spawn(accept_loop(inner.clone(), listener));
         inner.spawn(drive(inner.clone()));
@@ -294,7 +324,8 @@ fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
 }
 
 impl Machine for ServerMachine<PoolConn> {
-    type Work = ();
+    /// Serials of evicted handshakes to abort.
+    type Work = Vec<u64>;
     fn handle_timeout(&mut self, now: Instant) {
         Self::handle_timeout(self, now);
     }
@@ -304,7 +335,9 @@ impl Machine for ServerMachine<PoolConn> {
     fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant) {
         Self::put_back(self, id, conn, now);
     }
-    fn poll_work(&mut self, _now: Instant) {}
+    fn poll_work(&mut self, _now: Instant) -> Vec<u64> {
+        std::iter::from_fn(|| self.poll_abort()).collect()
+    }
     fn status(&self) -> pool_core::Status {
         Self::status(self)
     }
@@ -321,6 +354,9 @@ struct Inner {
     id_form: IdForm,
     key: Option<TunnelKey>,
     rt: tokio::runtime::Handle,
+    /// The cancel token of each handshake task, by ticket serial; a task removes its
+    /// own when it ends.
+    handshakes: Mutex<HashMap<u64, CancellationToken>>,
 }
 
 impl Side for Inner {
@@ -328,10 +364,25 @@ impl Side for Inner {
     fn engine(&self) -> &Engine<Self::M> {
         &self.engine
     }
-    fn start(self: &Arc<Self>, _work: ()) {}
+    /// Aborts the evicted handshakes; each task then reports its ticket as usual.
+    fn start(self: &Arc<Self>, evicted: Vec<u64>) {
+        if evicted.is_empty() {
+            return;
+        }
+        let mut map = self.tasks();
+        for serial in evicted {
+            if let Some(token) = map.remove(&serial) {
+                token.cancel();
+            }
+        }
+    }
 }
 
 impl Inner {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+        self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.engine.tasks.spawn_on(task, &self.rt);
     }
@@ -374,16 +425,30 @@ impl Inner {
     }
 }
 
+/// Removes a handshake's cancel token when its task ends, however it ends.
+struct Forget<'a>(&'a Inner, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.tasks().remove(&self.1);
+    }
+}
+
 async fn handshake(
     inner: Arc<Inner>,
     mut ticket: HandshakeTicket,
     tcp: TcpStream,
     peer: SocketAddr,
+    cancel: CancellationToken,
 ) {
+    let forget = Forget(&inner, ticket.serial());
+    // Cancelled when the pool closes (a child of the pool's token) or when a newer
+    // connection evicted this handshake; the ticket goes back either way.
     let res = tokio::select! {
         r = inner.handshake(&mut ticket, tcp) => r,
-        _ = inner.engine.cancel.cancelled() => Err((Stage::Connect, StepError::Timeout)),
+        _ = cancel.cancelled() => Err((Stage::Connect, StepError::Evicted)),
     };
+    drop(forget);
     let ((), out) = inner.engine.with(|m, now| match res {
         Ok(conn) => m.handle_ready(ticket, conn, now),
         Err((stage, e)) => {
@@ -419,10 +484,18 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             }
         };
         let allowed = inner.filter.allows(peer.ip());
-        let (admission, out) = inner.engine.with(|m, now| m.handle_accept(now, allowed));
-        perform(&inner, out);
+        let (admission, out) = inner
+            .engine
+            .with(|m, now| m.handle_accept(now, peer.ip(), allowed));
+        perform(&inner, out); // aborts the handshake this one evicted, if any
         match admission {
-            Admission::Admit(ticket) => inner.spawn(handshake(inner.clone(), ticket, tcp, peer)),
+            Admission::Admit(ticket) => {
+                // Only this loop admits, so the token is in the map before any later
+                // accept can evict its handshake.
+                let token = inner.engine.cancel.child_token();
+                inner.tasks().insert(ticket.serial(), token.clone());
+                inner.spawn(handshake(inner.clone(), ticket, tcp, peer, token));
+            }
             Admission::Refuse(why) => {
                 debug!(%peer, ?why, "connection refused");
                 drop(tcp);
