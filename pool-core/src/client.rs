@@ -118,6 +118,12 @@ impl<C> ClientMachine<C> {
             backoff: Duration::ZERO,
             refill: Some(now),
         }
+        .starting()
+    }
+
+    fn starting(mut self) -> Self {
+        self.common.starting = true;
+        self
     }
 
     /// The configuration.
@@ -143,6 +149,7 @@ impl<C> ClientMachine<C> {
         if !due || self.common.closed {
             return;
         }
+        self.common.starting = false;
         if let Some(created) = self.created {
             let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
             self.capacity = self
@@ -228,6 +235,7 @@ impl<C> ClientMachine<C> {
             }
         }
         self.failures = 0;
+        self.common.unreachable = false;
         self.backoff = Duration::ZERO;
         self.probe = false;
         if !ticket.urgent {
@@ -253,6 +261,10 @@ impl<C> ClientMachine<C> {
                 let later = deadline_after(now, self.backoff);
                 if let Some(t) = self.refill.as_mut() {
                     *t = (*t).max(later);
+                }
+                if self.cfg.fail_fast && self.common.counters.created == 0 {
+                    self.common.unreachable = true;
+                    self.common.fail_waiters_unreachable();
                 }
             }
         }

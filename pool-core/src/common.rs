@@ -157,6 +157,11 @@ pub struct PoolCommon<C> {
     /// Dials (client) or handshakes (server) under way.
     pub(crate) in_flight: usize,
     pub(crate) random: Entropy,
+    /// Whether gets fail at once because nothing can succeed (set by the client).
+    pub(crate) unreachable: bool,
+    /// Whether the client's first round has yet to run: a get by id made right after
+    /// the pool was built waits for the dials it is about to start.
+    pub(crate) starting: bool,
     epoch: Instant,
     sweep: Sweep,
     /// Ids of connections that left the pool (to a get or to be closed), kept only
@@ -180,6 +185,8 @@ impl<C> PoolCommon<C> {
             closed: false,
             in_flight: 0,
             random,
+            unreachable: false,
+            starting: false,
             epoch: now,
             sweep: Sweep {
                 interval: sweep_interval,
@@ -244,6 +251,10 @@ impl<C> PoolCommon<C> {
         if self.closed {
             return Got::Failed(GetError::Closed);
         }
+        if self.unreachable {
+            self.counters.unreachable += 1;
+            return Got::Failed(GetError::Unreachable);
+        }
         loop {
             let taken = match want {
                 Want::Any => self.idle.take_oldest(),
@@ -288,6 +299,16 @@ impl<C> PoolCommon<C> {
         self.counters.evicted_dead += 1;
         self.to_close.push((check.id, check.conn));
         self.get(check.want, now, check.deadline)
+    }
+
+    /// A connection handed to a waiting get through [`poll_answer`](Self::poll_answer)
+    /// was found dead by the driver before it reached the caller (its peer gave up
+    /// while it settled, say). It is counted as evicted, not as served, and queued for
+    /// closing; the driver then repeats the get.
+    pub fn handle_dead_answer(&mut self, id: ConnId, conn: C, _now: Instant) {
+        self.counters.served_after_wait = self.counters.served_after_wait.saturating_sub(1);
+        self.counters.evicted_dead += 1;
+        self.to_close.push((id, conn));
     }
 
     // ---- outputs ----
@@ -404,7 +425,7 @@ impl<C> PoolCommon<C> {
     }
 
     pub(crate) fn can_arrive(&self) -> bool {
-        self.in_flight > 0 || self.sweep.out.is_some()
+        self.in_flight > 0 || self.sweep.out.is_some() || self.starting
     }
 
     /// Connections this machine holds: idle, out for a sweep probe, or in flight. The
@@ -450,6 +471,17 @@ impl<C> PoolCommon<C> {
     /// Queues a connection to be closed by the driver.
     pub(crate) fn close_later(&mut self, id: ConnId, conn: C) {
         self.to_close.push((id, conn));
+    }
+
+    /// Answers every waiting get with `Unreachable`: nothing can succeed.
+    pub(crate) fn fail_waiters_unreachable(&mut self) {
+        for key in self.waiters.drain() {
+            self.counters.unreachable += 1;
+            self.answers.push_back(Answer {
+                key,
+                result: Err(GetError::Unreachable),
+            });
+        }
     }
 
     /// Answers every get by id with `NotFound` (nothing under way can bring their ids).

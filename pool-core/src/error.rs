@@ -89,6 +89,10 @@ pub enum GetError {
     /// nor can a handshake in flight produce it.
     #[error("no connection with this id")]
     NotFound,
+    /// Nothing can succeed: the pool has never made a connection and every recent
+    /// dial failed (see `ClientConfigBuilder::fail_fast`). The driver knows why.
+    #[error("no connection can be made: every dial so far failed")]
+    Unreachable,
 }
 
 /// Formats a duration the way the config errors print it.

@@ -65,6 +65,9 @@
 //! in-flight count is right by construction. Every deadline is computed with
 //! [`deadline_after`], which saturates: a timeout of `Duration::MAX` means "never", not
 //! a panic.
+//!
+//! See `DRIVING.md` beside this crate's `Cargo.toml`, "Driving pool-core on your own
+//! runtime": inputs, outputs, the timer and the lock, with `pool-threads` as the example.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

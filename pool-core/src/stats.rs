@@ -62,10 +62,14 @@ pub struct Counters {
     pub get_timeouts: u64,
     /// Gets by an id that could no longer arrive.
     pub not_found: u64,
+    /// Gets failed at once because nothing could succeed (client, `fail_fast`).
+    pub unreachable: u64,
     /// Ids drawn or read that were already in use.
     pub id_collisions: u64,
     /// Errors the application recorded (Go: `AddError`, `ErrorCount`, `ResetError`).
     pub app_errors: u64,
+    /// Connections whose peer spoke TLS to a plain end or plaintext to a TLS end.
+    pub protocol_mismatches: u64,
 }
 
 /// Which step of the connection handshake failed. The handshake is a sequence of steps,
@@ -81,6 +85,10 @@ pub enum Stage {
     Id,
     /// An application-defined step after the id (for example proving a shared key).
     Auth,
+    /// The peer speaks another protocol: a TLS client against a plain server, or a
+    /// plain server answering a TLS client. Counted apart, since it is a setting to fix
+    /// rather than a network fault.
+    Protocol,
 }
 
 impl Counters {
@@ -90,6 +98,7 @@ impl Counters {
             Stage::Tls => self.handshake_failures += 1,
             Stage::Auth => self.auth_failures += 1,
             Stage::Id => self.id_errors += 1,
+            Stage::Protocol => self.protocol_mismatches += 1,
         }
     }
 }

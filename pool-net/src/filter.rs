@@ -240,6 +240,29 @@ impl IpFilter {
     pub fn is_any(&self) -> bool {
         self.nets.is_empty()
     }
+
+    /// Whether some IPv4 client (`v4 == true`) or some IPv6 client that is not an
+    /// IPv4-mapped address (`v4 == false`) can pass. A server bound to one family only
+    /// with a filter that can never match it refuses everybody; `pool-tokio` refuses
+    /// to build such a pool.
+    ///
+    /// ```
+    /// use pool_net::IpFilter;
+    /// let f = IpFilter::parse("::1, fe80::/10").unwrap();
+    /// assert!(!f.can_match_family(true));
+    /// assert!(f.can_match_family(false));
+    /// assert!(IpFilter::any().can_match_family(true));
+    /// ```
+    pub fn can_match_family(&self, v4: bool) -> bool {
+        self.is_any()
+            || self.nets.iter().any(|n| match *n {
+                Net::V4 { .. } => v4,
+                // A block wide enough to hold the mapped range admits IPv4 clients too.
+                Net::V6 { net, prefix } => {
+                    !v4 || (prefix <= 96 && MAPPED_PREFIX & mask_v6(prefix) == net)
+                }
+            })
+    }
 }
 
 impl FromStr for IpFilter {

@@ -55,6 +55,48 @@ pub fn probe<S: AsFd>(s: &S) -> Liveness {
     }
 }
 
+/// Copies the first bytes already queued on the socket into `buf` without taking them
+/// off the queue and without waiting: `Ok(0)` when nothing is queued or the peer
+/// closed. A plain server uses it to spot a TLS ClientHello (`16 03 ..`) from a client
+/// in the wrong mode.
+pub fn peek_now<S: AsFd>(s: &S, buf: &mut [u8]) -> std::io::Result<usize> {
+    use rustix::net::{recv, RecvFlags};
+    loop {
+        return match recv(s, &mut *buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => Ok(n),
+            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) if e == rustix::io::Errno::AGAIN => Ok(0),
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+/// Whether the first bytes of a stream are a TLS handshake record (a ClientHello):
+/// content type 22, protocol major version 3.
+pub fn looks_like_tls(first: &[u8]) -> bool {
+    matches!(first, [0x16, 0x03, ..])
+}
+
+/// Whether the peer has shut down its sending side (a FIN arrived), even when bytes
+/// it sent before are still queued unread. [`probe`] cannot tell: it sees the first
+/// pending byte and stops. One `poll` with `POLLRDHUP` and no wait; it reads nothing.
+///
+/// A pool uses it where pending bytes are suspect: on a server, an idle connection
+/// whose client pool has not taken it yet receives nothing from a well-behaved peer,
+/// so pending bytes followed by a close are a stranger (or a client in the wrong TLS
+/// mode) that gave up. (On a client, pending bytes then a close can be an early reply,
+/// so it keeps such a connection.)
+pub fn peer_closed<S: AsFd>(s: &S) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(s, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

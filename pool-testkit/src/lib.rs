@@ -8,8 +8,9 @@
 //! builder ([`pair`]), the soak runner ([`soak`]) and the descriptor limit and CPU
 //! time of the process ([`process`]). Every tool is bounded: proxies
 //! and pools end when closed, loops end at end of stream or at a deadline, and
-//! randomness comes from a seeded [`rng::SplitMix64`] so that a failing run replays
-//! from its seed.
+//! randomness comes from one seeded generator, [`rng::SplitMix64`], so that a failing
+//! run replays from its seed. The simulated pair ([`sim`]) seeds the machines' own
+//! generators from it too.
 #![forbid(unsafe_code)]
 
 pub mod sim;

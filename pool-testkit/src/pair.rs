@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use pool_tls::{ClientTlsBuilder, TestCa};
 use pool_tokio::{
-    ClientPool, ClientPoolBuilder, ConnId, IdForm, PoolConn, PoolError, ServerPool,
+    ClientPool, ClientPoolBuilder, ConnId, GetError, IdForm, PoolConn, ServerPool,
     ServerPoolBuilder, TlsMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -238,9 +238,9 @@ pub const ROUNDTRIP_TIMEOUT: Duration = Duration::from_secs(10);
 impl Pair {
     /// Takes one pair: a server `get`, then the client `get` of the same id, each
     /// waiting up to `timeout`. Both connections carry the id.
-    pub async fn take(&self, timeout: Duration) -> Result<(ConnId, PoolConn, PoolConn), PoolError> {
-        let (id, s) = self.server.get(timeout).await?;
-        let c = self.client.get(id, timeout).await?;
+    pub async fn take(&self, timeout: Duration) -> Result<(ConnId, PoolConn, PoolConn), GetError> {
+        let (id, s) = self.server.get_timeout(timeout).await?;
+        let c = self.client.get_timeout(id, timeout).await?;
         Ok((id, s, c))
     }
 

@@ -1,8 +1,12 @@
-//! A tiny seeded PRNG (splitmix64), so that every fault schedule can be replayed from
-//! its seed without a `rand` dependency.
+//! The test kit's one seeded generator (splitmix64), so that every fault schedule and
+//! every simulated run can be replayed from its seed without a `rand` dependency.
+
+use std::time::Duration;
 
 /// Sebastiano Vigna's splitmix64: 64 bits of state, one add and three mixes per draw.
-/// Not cryptographic; good enough to pick faults and payload bytes reproducibly.
+/// Any seed works, zero included. Not cryptographic; good enough to pick faults,
+/// latencies and payload bytes reproducibly. (The pool machines draw from their own
+/// generator, `pool_core::SeededRandom`; the test kit seeds it from this one.)
 #[derive(Clone, Debug)]
 pub struct SplitMix64 {
     state: u64,
@@ -23,6 +27,11 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// The next 32 random bits (the high half of a draw).
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
     /// A number in `0..n` (`0` when `n == 0`). Multiply-shift, so no modulo bias worth
     /// mentioning at test sizes.
     pub fn below(&mut self, n: u64) -> u64 {
@@ -34,9 +43,19 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// True with probability `p` (clamped to `[0, 1]`).
+    /// True with probability `p` (clamped to `[0, 1]`). A probability of zero or less
+    /// draws nothing, so a fault switched off leaves the rest of the run unchanged.
     pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p.clamp(0.0, 1.0)
+        p > 0.0 && self.unit() < p.min(1.0)
+    }
+
+    /// A duration in `[lo, hi]`, to the microsecond (`lo` when `hi <= lo`).
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        if hi <= lo {
+            return lo;
+        }
+        let span = u64::try_from((hi - lo).as_micros()).unwrap_or(u64::MAX - 1);
+        lo + Duration::from_micros(self.below(span + 1))
     }
 
     /// Fills `buf` with random bytes.
@@ -46,10 +65,19 @@ impl SplitMix64 {
             chunk.copy_from_slice(&r[..chunk.len()]);
         }
     }
+
+    /// A 32-byte seed for another generator (a machine's `pool_core::SeededRandom`).
+    pub fn seed32(&mut self) -> [u8; 32] {
+        let mut seed = [0; 32];
+        self.fill(&mut seed);
+        seed
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::SplitMix64;
 
     #[test]
@@ -68,5 +96,21 @@ mod tests {
             let u = a.unit();
             assert!((0.0..1.0).contains(&u));
         }
+    }
+
+    #[test]
+    fn ranges_and_chances() {
+        let mut r = SplitMix64::new(7);
+        let (lo, hi) = (Duration::from_millis(1), Duration::from_millis(20));
+        for _ in 0..1000 {
+            assert!((lo..=hi).contains(&r.between(lo, hi)));
+            assert!(r.chance(1.0));
+        }
+        assert_eq!(r.between(hi, lo), hi);
+        // No draw for a probability of zero: the stream is left as it was.
+        let mut s = r.clone();
+        assert!(!r.chance(0.0));
+        assert_eq!(r.next_u64(), s.next_u64());
+        assert_ne!(r.seed32(), [0; 32]);
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pool_tokio::{PoolConn, PoolError, TlsMode};
+use pool_tokio::{GetError, PoolConn, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pair::{open_fds, PairBuilder};
@@ -260,15 +260,15 @@ fn faulted(proxy: Option<&FaultProxy>, c: &PoolConn) -> bool {
 
 async fn one_pair(pair: &crate::pair::Pair, tally: &Tally, rng: &mut SplitMix64, max: usize) {
     let t = Duration::from_secs(2);
-    let (id, mut s) = match pair.server.get(t).await {
+    let (id, mut s) = match pair.server.get_timeout(t).await {
         Ok(x) => x,
-        Err(PoolError::Closed) => return,
+        Err(GetError::Closed) => return,
         Err(_) => {
             tally.get_failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
-    let mut c = match pair.client.get(id, t).await {
+    let mut c = match pair.client.get_timeout(id, t).await {
         Ok(c) => c,
         Err(_) => {
             // The server end exists but the client end does not: allowed only if the

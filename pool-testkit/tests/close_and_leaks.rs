@@ -11,7 +11,7 @@ use std::time::Duration;
 use pool_testkit::pair::{open_fds, verify_healthy, wait_until, Pair, PairBuilder};
 use pool_testkit::proxy::{Fault, Script};
 use pool_testkit::soak::fd_targets;
-use pool_tokio::{ConnId, PoolError, TlsMode};
+use pool_tokio::{ConnId, GetError, TlsMode};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -54,9 +54,15 @@ async fn close_under_gets(tls: TlsMode, proxy: bool) {
         let p = pair.clone();
         waiters.push(tokio::spawn(async move {
             let r = if i % 2 == 0 {
-                p.server.get(Duration::from_secs(30)).await.map(|_| ())
+                p.server
+                    .get_timeout(Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
             } else {
-                p.client.get_any(Duration::from_secs(30)).await.map(|_| ())
+                p.client
+                    .get_any_timeout(Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
             };
             (i, r)
         }));
@@ -81,16 +87,21 @@ async fn close_under_gets(tls: TlsMode, proxy: bool) {
             .expect("a get panicked");
         match r {
             Ok(()) => {}
-            Err(PoolError::Closed) => closed += 1,
+            Err(GetError::Closed) => closed += 1,
             Err(e) => panic!("get {i}: {e} instead of Closed"),
         }
     }
     assert!(closed > 0, "no waiter was still waiting at close");
     // After close, every get fails at once with Closed.
-    assert!(matches!(pair.server.get(T).await, Err(PoolError::Closed)));
     assert!(matches!(
-        pair.client.get(ConnId::from_random([1, 2, 3, 4]), T).await,
-        Err(PoolError::Closed)
+        pair.server.get_timeout(T).await,
+        Err(GetError::Closed)
+    ));
+    assert!(matches!(
+        pair.client
+            .get_timeout(ConnId::from_random([1, 2, 3, 4]), T)
+            .await,
+        Err(GetError::Closed)
     ));
     assert!(!pair.server.is_ready() && !pair.client.is_ready());
     println!("{tls:?} proxy={proxy}: {closed} of 40 gets got Closed");

@@ -102,11 +102,7 @@ fn faulty_hour(form: IdForm, seed: u64, span: Duration, min_served: f64) {
     let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1].at - w[0].at).collect();
     let mean_gap = gaps.iter().sum::<Duration>() / gaps.len().max(1) as u32;
     let max_gap = gaps.iter().max().copied().unwrap_or_default();
-    let par = sim.client_config().parallelism();
-    let backing = rounds
-        .iter()
-        .filter(|r| r.failures as usize >= par.min(r.capacity_after).max(1))
-        .count();
+    let backing = rounds.iter().filter(|r| r.backing_off).count();
     println!(
         "{form:?}: served {:.1}% of demand ({} pairs of ~{expected_pairs}); {} rounds, \
          mean gap {mean_gap:?}, max gap {max_gap:?}, {backing} started backing off",
@@ -242,7 +238,18 @@ fn interval_and_capacity_follow_demand() {
     let st = sim.client_status();
     let busy = &sim.rounds()[quiet..];
     let late = &busy[busy.len() / 2..];
-    let most_created = late.iter().filter_map(|r| r.created_prev).max().unwrap();
+    // The best round that lasted the minimum interval. Not only the late half: the
+    // capacity is a ratchet under this demand (shrinking needs a round that creates
+    // under 2/10 of it), so one lucky round anywhere in the busy phase can lift it for
+    // good. Seed 3 has one at 156 s that creates 24 at capacity 28 (24 * 10 > 28 * 8),
+    // while no late round creates more than 21. Rounds before the interval reached its
+    // minimum lasted longer and are left out.
+    let most_created = busy
+        .iter()
+        .filter(|r| r.interval_before == MS(100))
+        .filter_map(|r| r.created_prev)
+        .max()
+        .unwrap();
     let mean_created =
         late.iter().filter_map(|r| r.created_prev).sum::<usize>() as f64 / late.len() as f64;
     let starved = busy
@@ -251,7 +258,7 @@ fn interval_and_capacity_follow_demand() {
         .count();
     println!(
         "busy rounds: {} ({starved} starved at their start); created per late round: mean \
-         {mean_created:.1}, max {most_created}; status {st:?}; {:?}",
+         {mean_created:.1}, max at the minimum interval {most_created}; status {st:?}; {:?}",
         busy.len(),
         sim.stats()
     );
@@ -266,7 +273,7 @@ fn interval_and_capacity_follow_demand() {
     );
     assert!(st.capacity <= 32);
     // Growth needs created > 8/10 of the capacity, so the capacity ends at most one step
-    // above what the best late round allows.
+    // above what the best round at the minimum interval allows.
     assert!(
         (st.capacity - 1) * 8 < most_created * 10 || st.capacity == 32,
         "capacity {} beyond what {most_created} creations allow",
@@ -302,7 +309,6 @@ fn outage_backs_off_and_recovery_pulls_in() {
         .parallelism(4)
         .build()
         .unwrap();
-    let threshold = 4;
     let mut sim = SimPair::new(5, client, ServerConfig::default(), Faults::none());
     sim.set_demand(10.0);
     sim.run_for(SECS(30));
@@ -319,7 +325,7 @@ fn outage_backs_off_and_recovery_pulls_in() {
     sim.run_for(SECS(60));
     sim.check().unwrap();
     let outage = &sim.rounds()[healthy..];
-    let backing: Vec<&RoundRecord> = outage.iter().filter(|r| r.failures >= threshold).collect();
+    let backing: Vec<&RoundRecord> = outage.iter().filter(|r| r.backing_off).collect();
     let gaps: Vec<Duration> = outage.windows(2).map(|w| w[1].at - w[0].at).collect();
     let widest = gaps.iter().max().copied().unwrap_or_default();
     println!(
@@ -346,7 +352,8 @@ fn outage_backs_off_and_recovery_pulls_in() {
         "the first round after the outage still backs off"
     );
     let (probe, next) = (&after[healed - 1], &after[healed]);
-    assert!(probe.failures >= threshold, "{probe:?}");
+    // The client backs off after 4 failures: the parallelism, below the capacity.
+    assert!(probe.backing_off && probe.failures >= 4, "{probe:?}");
     let pulled = next.at - probe.at;
     println!(
         "recovery: probe round at {:?}, next round {pulled:?} later (backoff gaps were up to \

@@ -23,7 +23,7 @@ pub(crate) async fn server_auth(
     deadline: Instant,
 ) -> Result<(), (Stage, StepError)> {
     let binding = binding(conn).map_err(fail)?;
-    let ns = fresh_nonce().map_err(|e| fail(StepError::Io(std::io::Error::other(e))))?;
+    let ns = fresh_nonce().map_err(|e| fail(StepError::from(std::io::Error::other(e))))?;
     let proof = ServerProof::new(key, ns, id_wire, or_empty(&binding));
     let exchange = async {
         conn.write_all(&proof.challenge()).await?;
@@ -46,7 +46,7 @@ pub(crate) async fn client_auth(
     deadline: Instant,
 ) -> Result<(), (Stage, StepError)> {
     let binding = binding(conn).map_err(fail)?;
-    let nc = fresh_nonce().map_err(|e| fail(StepError::Io(std::io::Error::other(e))))?;
+    let nc = fresh_nonce().map_err(|e| fail(StepError::from(std::io::Error::other(e))))?;
     let exchange = async {
         let mut challenge = [0u8; CHALLENGE_LEN];
         conn.read_exact(&mut challenge).await?;
@@ -96,7 +96,7 @@ impl From<ProofError> for StepError {
     fn from(e: ProofError) -> Self {
         match e {
             ProofError::BadResponse | ProofError::BadConfirm => Self::BadProof,
-            other => Self::Io(std::io::Error::other(other)),
+            other => Self::from(std::io::Error::other(other)),
         }
     }
 }

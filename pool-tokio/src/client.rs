@@ -14,12 +14,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
-use tracing::{debug, info};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, Stream};
 use crate::dialer::{Dialer, TcpDialer};
 use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
-use crate::error::{PoolError, StepError};
+use crate::error::{BuildError, GetError, StepError};
 use crate::rt::{now, seeded};
 
 /// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
@@ -158,7 +158,7 @@ impl ClientPoolBuilder {
         self.core = self.core.id_timeout(d);
         self
     }
-    /// Timeout of [`ClientPool::get_default`]. Default 5 s.
+    /// Timeout of [`ClientPool::get`] and [`ClientPool::get_any`]. Default 5 s.
     pub fn get_timeout(mut self, d: Duration) -> Self {
         self.get_timeout = d;
         self
@@ -200,6 +200,15 @@ impl ClientPoolBuilder {
         self.key = Some(key);
         self
     }
+    /// Fail gets at once while nothing can succeed: the pool has never made a
+    /// connection and every recent dial failed, so a wrong address, port, pin or TLS
+    /// mode shows within one backoff step as [`GetError::Unreachable`], naming the
+    /// failure, instead of after a whole get timeout. Once a connection was made, an
+    /// outage is a passing fault and gets wait as usual. Default true.
+    pub fn fail_fast(mut self, on: bool) -> Self {
+        self.core = self.core.fail_fast(on);
+        self
+    }
     /// Fix bad bounds silently the way the Go package does (zero capacity becomes 1,
     /// zero interval 1 s, a minimum above its maximum is swapped) instead of refusing
     /// them. Default false.
@@ -210,14 +219,27 @@ impl ClientPoolBuilder {
 
     /// Checks the settings and starts the manager task. Call from inside a tokio
     /// runtime (Go: `NewClientPool` followed by `go ClientManager()`).
-    pub fn build(mut self) -> Result<ClientPool, PoolError> {
-        let rt = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::NoRuntime`] outside a tokio runtime, [`BuildError::Config`] for a
+    /// setting that cannot work (bounds, single mode with a TLS mode, a pin without
+    /// TLS...), [`BuildError::Tls`] for TLS material that cannot be loaded,
+    /// [`BuildError::Missing`] without a dialer, [`BuildError::Random`] if the system's
+    /// secure generator fails.
+    pub fn build(mut self) -> Result<ClientPool, BuildError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        if !self.go_normalized {
+            self.check_tls_settings(self.tls_config.is_some())?;
+        }
         let cfg = if self.go_normalized {
             self.core.build_go_normalized()
         } else {
             self.core.build()?
         };
-        let dialer = self.dialer.ok_or(PoolError::Missing("dialer or address"))?;
+        let dialer = self
+            .dialer
+            .ok_or(BuildError::Missing("dialer or address"))?;
         let wants_tls = self.tls_config.is_some() || self.tls_mode != TlsMode::Off;
         let tls_config = if cfg.single() && wants_tls && !self.single_tls {
             if !self.go_normalized {
@@ -277,6 +299,52 @@ impl ClientPoolBuilder {
     }
 }
 
+impl ClientPoolBuilder {
+    /// Settings that only make sense with TLS, or with another TLS mode, are refused
+    /// rather than silently ignored (a pin in plaintext would make a user believe the
+    /// server is authenticated).
+    fn check_tls_settings(&self, own_config: bool) -> Result<(), BuildError> {
+        let conflict = |first, second, hint| {
+            Err(pool_core::ConfigError::Conflict {
+                first,
+                second,
+                hint,
+            }
+            .into())
+        };
+        let plain = self.tls_mode == TlsMode::Off && !own_config;
+        if plain && self.pin.is_some() {
+            return conflict(
+                "a certificate pin",
+                "TLS mode 0",
+                "a pin checks the server's TLS certificate; set tls_mode(SelfSigned) or drop the pin",
+            );
+        }
+        if plain && self.hostname.is_some() {
+            return conflict(
+                "a TLS server name",
+                "TLS mode 0",
+                "the hostname is what TLS verifies; set a TLS mode or drop the hostname",
+            );
+        }
+        if plain && self.ca_file.is_some() {
+            return conflict(
+                "a CA file",
+                "TLS mode 0",
+                "a CA file verifies the server in mode 2 (Verified)",
+            );
+        }
+        if self.tls_mode == TlsMode::SelfSigned && self.ca_file.is_some() {
+            return conflict(
+                "a CA file",
+                "TLS mode 1",
+                "mode 1 does not verify chains; use mode 2 (Verified) with a CA file, or a pin",
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Machine for ClientMachine<PoolConn> {
     type Work = Vec<DialTicket>;
     fn handle_timeout(&mut self, now: Instant) {
@@ -296,6 +364,9 @@ impl Machine for ClientMachine<PoolConn> {
     }
     fn close(&mut self) -> Vec<(ConnId, PoolConn)> {
         Self::close(self)
+    }
+    fn is_client(&self) -> bool {
+        true
     }
 }
 
@@ -349,7 +420,14 @@ impl Inner {
                 };
                 match timeout_at(deadline, connector.connect(name, tcp)).await {
                     Err(_) => return Err((Stage::Tls, StepError::Timeout)),
-                    Ok(Err(e)) => return Err((Stage::Tls, e.into())),
+                    Ok(Err(e)) => {
+                        let cause = StepError::from(e);
+                        let stage = match cause {
+                            StepError::NotTls(_) => Stage::Protocol,
+                            _ => Stage::Tls,
+                        };
+                        return Err((stage, cause));
+                    }
                     Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Client(s))),
                 }
             }
@@ -394,21 +472,39 @@ async fn read_id(conn: &mut PoolConn, form: IdForm) -> Result<ConnId, StepError>
 }
 
 async fn dial(inner: Arc<Inner>, ticket: DialTicket) {
+    let span =
+        tracing::debug_span!("dial", serial = ticket.serial(), peer = ?inner.dialer.target());
     let res = tokio::select! {
-        r = inner.establish(&ticket) => r,
+        r = inner.establish(&ticket).instrument(span.clone()) => r,
         _ = inner.engine.cancel.cancelled() => Err((Stage::Connect, StepError::Timeout)),
     };
-    let ((), out) = inner.engine.with(|m, now| match res {
-        Ok(mut conn) => {
-            let id = if inner.single { m.make_id() } else { conn.id };
-            conn.id = id;
-            m.handle_dial_success(ticket, id, conn, now);
+    let cancelled = inner.engine.cancel.is_cancelled();
+    let ((was, now_off), out) = inner.engine.with_log(|m, log, now| {
+        let was = m.backing_off();
+        match res {
+            Ok(mut conn) => {
+                let id = if inner.single { m.make_id() } else { conn.id };
+                conn.id = id;
+                span.in_scope(|| debug!(%id, "dial landed"));
+                m.handle_dial_success(ticket, id, conn, now);
+                log.succeed();
+            }
+            Err((stage, e)) => {
+                span.in_scope(|| debug!(?stage, error = %e, "dial failed"));
+                if !cancelled {
+                    log.fail(stage, e, inner.dialer.target(), true);
+                }
+                m.handle_dial_failure(ticket, stage, now);
+            }
         }
-        Err((stage, e)) => {
-            debug!(?stage, error = %e, "dial failed");
-            m.handle_dial_failure(ticket, stage, now);
-        }
+        (was, m.backing_off())
     });
+    if !was && now_off && !cancelled {
+        let failing = inner.engine.failing();
+        warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");
+    } else if was && !now_off {
+        warn!("client pool recovered: a dial succeeded");
+    }
     perform(&inner, out);
 }
 
@@ -423,10 +519,11 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket) {
 /// let pool = ClientPool::builder()
 ///     .address("127.0.0.1:10101".parse().unwrap())
 ///     .capacity(16, 256)
+///     .get_timeout(Duration::from_secs(2))
 ///     .build()?;
 /// # let id = "0a0b0c0d".parse().unwrap();
 /// // `id` came from the server over the application's control channel.
-/// let conn = pool.get(id, Duration::from_secs(2)).await?;
+/// let conn = pool.get(id).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -452,7 +549,8 @@ impl std::fmt::Debug for ClientPool {
 }
 
 impl ClientPool {
-    /// A builder with the defaults.
+    /// A builder with the defaults (Go: `NewClientPool`).
+    #[doc(alias = "NewClientPool")]
     pub fn builder() -> ClientPoolBuilder {
         ClientPoolBuilder::default()
     }
@@ -461,38 +559,78 @@ impl ClientPool {
         &self.owner.0
     }
 
-    /// The connection with `id`, waiting up to `timeout` while a handshake in flight
-    /// may still bring it (Go: `ClientGet`; later releases: `OutgoingGet`). The
-    /// connection passed the liveness probe; no byte of it was read by the pool.
+    /// The connection with `id`, waiting up to the builder's
+    /// [`get_timeout`](ClientPoolBuilder::get_timeout) while a handshake in flight may
+    /// still bring it (Go: `ClientGet`; later releases: `OutgoingGet`). The connection
+    /// passed the liveness probe; no byte of it was read by the pool. It is yours to
+    /// use once: dropping it closes it (it does not go back to the pool).
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::NotFound`] at once when the id is not idle and no dial in flight
+    /// can bring it; [`GetError::Timeout`] (with the failure behind it, if the pool is
+    /// failing); [`GetError::Unreachable`] when nothing can succeed (see
+    /// [`fail_fast`](ClientPoolBuilder::fail_fast)); [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it completes loses no connection. A
+    /// connection that was already on its way to this get goes back to the pool.
     #[doc(alias = "ClientGet")]
     #[doc(alias = "OutgoingGet")]
-    pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<PoolConn, PoolError> {
-        self.take(Want::Id(id), timeout).await
-    }
-
-    /// Any live idle connection, oldest first; in single mode one is dialed at once
-    /// when none is idle.
-    pub async fn get_any(&self, timeout: Duration) -> Result<PoolConn, PoolError> {
-        self.take(Want::Any, timeout).await
-    }
-
-    /// [`get`](Self::get) with the pool's default timeout.
-    pub async fn get_default(&self, id: ConnId) -> Result<PoolConn, PoolError> {
+    pub async fn get(&self, id: ConnId) -> Result<PoolConn, GetError> {
         self.take(Want::Id(id), self.get_timeout).await
     }
 
-    async fn take(&self, want: Want, timeout: Duration) -> Result<PoolConn, PoolError> {
-        let id = match want {
-            Want::Id(id) => Some(id),
-            Want::Any => None,
-        };
-        match engine::get(self.inner(), want, timeout).await {
-            Ok((_, conn)) => Ok(conn),
-            Err(e) => Err(PoolError::from_get(e, id)),
-        }
+    /// [`get`](Self::get) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_timeout(&self, id: ConnId, timeout: Duration) -> Result<PoolConn, GetError> {
+        self.take(Want::Id(id), timeout).await
+    }
+
+    /// Any live idle connection, oldest first, waiting up to the builder's
+    /// `get_timeout`; in single mode one is dialed at once when none is idle (Go:
+    /// `ClientGet("")` in single mode).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get), but never `NotFound`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_any(&self) -> Result<PoolConn, GetError> {
+        self.take(Want::Any, self.get_timeout).await
+    }
+
+    /// [`get_any`](Self::get_any) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_any`](Self::get_any).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_any_timeout(&self, timeout: Duration) -> Result<PoolConn, GetError> {
+        self.take(Want::Any, timeout).await
+    }
+
+    async fn take(&self, want: Want, timeout: Duration) -> Result<PoolConn, GetError> {
+        engine::get_for_user(self.inner(), want, timeout)
+            .await
+            .map(|(_, conn)| conn)
     }
 
     /// Closes every idle connection and refills at once (Go: `Flush`).
+    #[doc(alias = "Flush")]
     pub fn flush(&self) {
         let (conns, out) = self.inner().engine.with(|m, now| m.flush(now));
         info!(closed = conns.len(), "client pool flushed");
@@ -500,21 +638,29 @@ impl ClientPool {
         perform(self.inner(), out);
     }
 
-    /// Closes the pool: waiting gets fail with [`PoolError::Closed`], idle connections
+    /// Closes the pool: waiting gets fail with [`GetError::Closed`], idle connections
     /// are closed, dials in flight are abandoned, and this returns once every task of
     /// the pool has ended (Go: `Close`). Dropping the last handle does the same
-    /// without the wait.
+    /// without the wait. Closing twice is harmless.
+    ///
+    /// # Cancel safety
+    ///
+    /// The pool is closed by the time the future is first polled; dropping the future
+    /// only stops waiting for the pool's tasks to end.
+    #[doc(alias = "Close")]
     pub async fn close(&self) {
         drop(self.inner().engine.shut());
         self.inner().engine.tasks.wait().await;
     }
 
     /// Current capacity (Go: `Capacity`).
+    #[doc(alias = "Capacity")]
     pub fn capacity(&self) -> usize {
         self.stats().status.capacity
     }
 
     /// Current refill interval (Go: `Interval`).
+    #[doc(alias = "Interval")]
     pub fn interval(&self) -> Duration {
         self.stats().status.interval
     }

@@ -90,10 +90,6 @@ impl PoolConn {
             (_, state) => state,
         }
     }
-
-    pub(crate) fn is_alive(&mut self) -> bool {
-        self.liveness().is_alive()
-    }
 }
 
 /// A non-blocking `io::Read` over tokio's socket, for rustls's `read_tls`.

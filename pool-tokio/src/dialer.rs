@@ -24,6 +24,11 @@ use tokio::net::TcpStream;
 pub trait Dialer: Send + Sync + 'static {
     /// Connects.
     async fn dial(&self) -> io::Result<TcpStream>;
+
+    /// The address dialed, when there is one fixed address: failures name it.
+    fn target(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -71,6 +76,13 @@ impl Dialer for TcpDialer {
         match &self.target {
             Target::Addr(a) => TcpStream::connect(*a).await,
             Target::Host(h) => TcpStream::connect(h.as_str()).await,
+        }
+    }
+
+    fn target(&self) -> Option<SocketAddr> {
+        match &self.target {
+            Target::Addr(a) => Some(*a),
+            Target::Host(_) => None,
         }
     }
 }

@@ -16,12 +16,15 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::{ConnId, GetError, Got, PoolCommon, Probe, Status, WaiterKey, Want};
+use std::net::SocketAddr;
+
+use pool_core::{ConnId, GetError, Got, PoolCommon, Probe, Stage, Status, WaiterKey, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::PoolConn;
+use crate::error::{Cause, Failure};
 use crate::rt::now;
 use crate::stats::Stats;
 
@@ -41,6 +44,11 @@ pub trait Machine: DerefMut<Target = PoolCommon<PoolConn>> + Send + 'static {
     fn poll_work(&mut self, now: Instant) -> Self::Work;
     fn status(&self) -> Status;
     fn close(&mut self) -> Vec<(ConnId, PoolConn)>;
+    fn is_client(&self) -> bool;
+    /// Whether an idle connection may be handed out; never loses a byte.
+    fn alive(conn: &mut PoolConn) -> bool {
+        conn.liveness().is_alive()
+    }
 }
 
 /// A pool's engine plus how its role starts work.
@@ -62,6 +70,45 @@ pub(crate) struct Engine<M> {
 struct State<M> {
     m: M,
     replies: HashMap<WaiterKey, oneshot::Sender<Delivery>>,
+    log: FailureLog,
+}
+
+/// The last background failure and the run it belongs to.
+#[derive(Default)]
+pub(crate) struct FailureLog {
+    last: Option<Failure>,
+    in_a_row: u64,
+}
+
+impl FailureLog {
+    /// A dial or handshake failed.
+    pub(crate) fn fail(
+        &mut self,
+        stage: Stage,
+        cause: Cause,
+        peer: Option<SocketAddr>,
+        client: bool,
+    ) {
+        self.in_a_row += 1;
+        self.last = Some(Failure {
+            stage,
+            cause,
+            peer,
+            in_a_row: self.in_a_row,
+            at: now(),
+            client,
+        });
+    }
+
+    /// A dial or handshake succeeded: the run of failures is over.
+    pub(crate) fn succeed(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// The failure of the run under way, if one is.
+    fn failing(&self) -> Option<Failure> {
+        (self.in_a_row > 0).then(|| self.last.clone()).flatten()
+    }
 }
 
 /// What to perform once the lock is released.
@@ -69,34 +116,72 @@ pub(crate) struct Out<W> {
     work: W,
     close: Vec<(ConnId, PoolConn)>,
     probe: Option<Probe<PoolConn>>,
+    sends: Sends,
 }
+
+/// Answers to send to waiting gets: sending wakes a task, which is kept out of the lock.
+type Sends = Vec<(oneshot::Sender<Delivery>, Delivery)>;
 
 impl<M: Machine> State<M> {
     /// Drains the machine after an input. Sweep batches only for the driver task: a get
     /// never pays for a sweep.
     fn outputs(&mut self, now: Instant, sweep: bool) -> Out<M::Work> {
-        self.deliver(now);
+        let sends = self.deliver(now);
         let work = self.m.poll_work(now);
         let probe = if sweep { self.m.poll_probe(now) } else { None };
-        let mut close = Vec::new();
-        while let Some(c) = self.m.poll_close() {
-            close.push(c);
+        let close = self.closes();
+        Out {
+            work,
+            close,
+            probe,
+            sends,
         }
-        Out { work, close, probe }
     }
 
-    /// Sends every answer. A get that went away gets nothing: its connection goes back
-    /// to the pool.
-    fn deliver(&mut self, now: Instant) {
+    fn closes(&mut self) -> Vec<(ConnId, PoolConn)> {
+        std::iter::from_fn(|| self.m.poll_close()).collect()
+    }
+
+    /// Pairs every answer with its get's reply channel, to be sent after the lock is
+    /// released. An answer whose get went away gives its connection back to the pool.
+    fn deliver(&mut self, now: Instant) -> Sends {
+        let mut sends = Vec::new();
         while let Some(a) = self.m.poll_answer() {
-            let undelivered = match self.replies.remove(&a.key) {
-                Some(tx) => tx.send(a.result).err(),
-                None => Some(a.result),
-            };
-            if let Some(Ok((id, conn))) = undelivered {
-                self.m.put_back(id, conn, now);
+            match self.replies.remove(&a.key) {
+                Some(tx) => sends.push((tx, a.result)),
+                None => {
+                    if let Ok((id, conn)) = a.result {
+                        self.m.put_back(id, conn, now);
+                    }
+                }
             }
         }
+        sends
+    }
+}
+
+impl<M: Machine> Engine<M> {
+    /// Sends answers with no lock held. A get that went away between the answer and
+    /// the send gives its connection back (which may answer another get: repeat).
+    fn send_all(&self, mut sends: Sends) -> Vec<(ConnId, PoolConn)> {
+        let mut close = Vec::new();
+        while !sends.is_empty() {
+            let back: Vec<_> = sends
+                .drain(..)
+                .filter_map(|(tx, d)| tx.send(d).err().and_then(Result::ok))
+                .collect();
+            if back.is_empty() {
+                break;
+            }
+            let now = now();
+            let mut st = self.lock();
+            for (id, conn) in back {
+                st.m.put_back(id, conn, now);
+            }
+            sends = st.deliver(now);
+            close.extend(st.closes());
+        }
+        close
     }
 }
 
@@ -106,6 +191,7 @@ impl<M: Machine> Engine<M> {
             state: Mutex::new(State {
                 m,
                 replies: HashMap::new(),
+                log: FailureLog::default(),
             }),
             wake: Notify::new(),
             tasks: TaskTracker::new(),
@@ -124,17 +210,30 @@ impl<M: Machine> Engine<M> {
     /// of a backoff), the driver is woken to re-arm its timer; a later deadline it finds
     /// when it wakes anyway, so most inputs cost no task switch.
     pub(crate) fn with<R>(&self, input: impl FnOnce(&mut M, Instant) -> R) -> (R, Out<M::Work>) {
+        self.with_log(|m, _, now| input(m, now))
+    }
+
+    /// [`with`](Self::with), with the failure log at hand.
+    pub(crate) fn with_log<R>(
+        &self,
+        input: impl FnOnce(&mut M, &mut FailureLog, Instant) -> R,
+    ) -> (R, Out<M::Work>) {
         let now = now();
         let mut st = self.lock();
         let before = st.m.poll_timeout();
-        let r = input(&mut st.m, now);
+        let st = &mut *st;
+        let r = input(&mut st.m, &mut st.log, now);
         let after = st.m.poll_timeout();
         let out = st.outputs(now, false);
-        drop(st);
         if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
             self.wake.notify_one();
         }
         (r, out)
+    }
+
+    /// An input that makes no output (drawing an id), under the lock.
+    pub(crate) fn draw<R>(&self, f: impl FnOnce(&mut M) -> R) -> R {
+        f(&mut self.lock().m)
     }
 
     /// A read of the machine under the lock.
@@ -143,10 +242,18 @@ impl<M: Machine> Engine<M> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.read(|m| Stats {
-            status: m.status(),
-            counters: m.counters(),
-        })
+        let st = self.lock();
+        Stats {
+            status: st.m.status(),
+            counters: st.m.counters(),
+            last_failure: st.log.last.clone(),
+            client: st.m.is_client(),
+        }
+    }
+
+    /// The run of failures under way, if any.
+    pub(crate) fn failing(&self) -> Option<Failure> {
+        self.lock().log.failing()
     }
 
     /// Closes the machine: waiting gets are answered `Closed`, every task is told to
@@ -157,12 +264,14 @@ impl<M: Machine> Engine<M> {
         let mut st = self.lock();
         let mut conns = Machine::close(&mut st.m);
         let now = now();
-        st.deliver(now);
-        for (_, tx) in st.replies.drain() {
+        let sends = st.deliver(now);
+        let replies: Vec<_> = st.replies.drain().map(|(_, tx)| tx).collect();
+        conns.extend(st.closes());
+        drop(st);
+        // A closed machine answers only `Closed`: nothing can come back to put away.
+        conns.extend(self.send_all(sends));
+        for tx in replies {
             let _ = tx.send(Err(GetError::Closed));
-        }
-        while let Some(c) = st.m.poll_close() {
-            conns.push(c);
         }
         conns
     }
@@ -173,9 +282,10 @@ impl<M: Machine> Engine<M> {
 pub(crate) fn perform<S: Side>(side: &Arc<S>, mut out: Out<<S::M as Machine>::Work>) {
     loop {
         drop(out.close);
+        drop(side.engine().send_all(out.sends));
         side.start(out.work);
         let Some(mut probe) = out.probe else { return };
-        probe.check(PoolConn::is_alive);
+        probe.check(<S::M as Machine>::alive);
         let now = now();
         let mut st = side.engine().lock();
         st.m.handle_probe(probe, now);
@@ -215,54 +325,93 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
     }
 }
 
+/// A get as the user sees it: the core's answer, with a failing pool's last
+/// [`Failure`] attached to the error.
+pub(crate) async fn get_for_user<S: Side>(
+    side: &Arc<S>,
+    want: Want,
+    timeout: Duration,
+) -> Result<(ConnId, PoolConn), crate::GetError> {
+    use crate::GetError as E;
+    let start = now();
+    let e = match get(side, want, timeout).await {
+        Ok(got) => return Ok(got),
+        Err(e) => e,
+    };
+    let failing = side.engine().failing();
+    let waited = now().saturating_duration_since(start);
+    Err(match (e, want) {
+        (GetError::NotFound, Want::Id(id)) => E::NotFound(id),
+        (GetError::Closed, _) => E::Closed,
+        (GetError::Unreachable, _) if failing.is_some() => {
+            E::Unreachable(failing.expect("checked"))
+        }
+        _ => E::Timeout { waited, failing },
+    })
+}
+
 /// A get, from the first look to the answer: candidates are probed here with no lock
 /// held, and a get that has to wait registers its reply channel under the same lock
-/// that queued it.
-pub(crate) async fn get<S: Side>(
+/// that queued it. A connection that arrives for a waiting get (a new one, or one back
+/// from a sweep) is probed here too before it is handed out: a peer that gave up while
+/// the connection settled is found dead, counted, and the get goes on waiting.
+async fn get<S: Side>(
     side: &Arc<S>,
     want: Want,
     timeout: Duration,
 ) -> Result<(ConnId, PoolConn), GetError> {
     let engine = side.engine();
-    let start = now();
-    let deadline = pool_core::deadline_after(start, timeout);
-    let (mut got, mut rx, out) = {
-        let mut st = engine.lock();
-        let got = st.m.get(want, start, deadline);
-        let (got, rx) = register(&mut st, got);
-        let out = st.outputs(start, false);
-        (got, rx, out)
-    };
-    perform(side, out);
-    while let Some(Got::Check(mut check)) = got {
-        let alive = check.conn_mut().is_alive();
-        let now = now();
-        let mut st = engine.lock();
-        let next = st.m.handle_check(check, alive, now);
-        let (next, r) = register(&mut st, next);
-        let out = st.outputs(now, false);
-        drop(st);
+    let deadline = pool_core::deadline_after(now(), timeout);
+    // Bounded: each turn either hands out a connection, fails, or evicts a dead one.
+    loop {
+        let start = now();
+        let (mut got, mut rx, out) = {
+            let mut st = engine.lock();
+            let got = st.m.get(want, start, deadline);
+            let (got, rx) = register(&mut st, got);
+            let out = st.outputs(start, false);
+            (got, rx, out)
+        };
         perform(side, out);
-        got = next;
-        rx = r;
-    }
-    match got {
-        Some(Got::Ready(id, conn)) => Ok((id, conn)),
-        Some(Got::Failed(e)) => Err(e),
-        Some(Got::Check(_)) => unreachable!("the loop above consumed every candidate"),
-        Some(Got::Wait(_)) | None => {
-            let Some((key, rx)) = rx else {
-                return Err(GetError::Closed);
-            };
-            engine.wake.notify_one();
-            Waiting {
-                engine,
-                key,
-                rx: Some(rx),
-            }
-            .wait(deadline)
-            .await
+        while let Some(Got::Check(mut check)) = got {
+            let alive = S::M::alive(check.conn_mut());
+            let now = now();
+            let mut st = engine.lock();
+            let next = st.m.handle_check(check, alive, now);
+            let (next, r) = register(&mut st, next);
+            let out = st.outputs(now, false);
+            drop(st);
+            perform(side, out);
+            got = next;
+            rx = r;
         }
+        let (id, mut conn) = match got {
+            Some(Got::Ready(id, conn)) => return Ok((id, conn)),
+            Some(Got::Failed(e)) => return Err(e),
+            Some(Got::Check(_)) => unreachable!("the loop above consumed every candidate"),
+            Some(Got::Wait(_)) | None => {
+                let Some((key, rx)) = rx else {
+                    return Err(GetError::Closed);
+                };
+                engine.wake.notify_one();
+                let waiting = Waiting {
+                    engine,
+                    key,
+                    rx: Some(rx),
+                };
+                waiting.wait(deadline).await?
+            }
+        };
+        if S::M::alive(&mut conn) {
+            return Ok((id, conn));
+        }
+        let out = {
+            let now = now();
+            let mut st = engine.lock();
+            st.m.handle_dead_answer(id, conn, now);
+            st.outputs(now, false)
+        };
+        perform(side, out);
     }
 }
 
@@ -314,22 +463,21 @@ impl<M: Machine> Drop for Waiting<'_, M> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
         let now = now();
-        let mut close = Vec::new();
-        {
+        let (sends, close) = {
             let mut st = self.engine.lock();
             st.replies.remove(&self.key);
+            let mut sends = Vec::new();
             if !st.m.cancel(self.key) {
                 // The answer was already sent: give its connection back.
                 if let Ok(Ok((id, conn))) = rx.try_recv() {
                     st.m.put_back(id, conn, now);
-                    st.deliver(now);
+                    sends = st.deliver(now);
                 }
             }
-            while let Some(c) = st.m.poll_close() {
-                close.push(c);
-            }
-        }
+            (sends, st.closes())
+        };
         drop(close);
+        drop(self.engine.send_all(sends));
     }
 }
 

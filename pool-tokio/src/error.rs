@@ -1,27 +1,22 @@
-//! The errors a pool user sees.
+//! The errors a pool user sees, split by operation: building a pool, and getting a
+//! connection. Neither is ever a panic or a `None`.
 
+use std::fmt;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pool_core::{ConfigError, ConnId, GetError};
+use pool_core::{ConfigError, ConnId, Stage};
 
-/// Everything that can go wrong in the public API. Never a panic, never `None`.
+/// Why `build()` failed: the settings, or the machine the pool was built on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PoolError {
-    /// A `get` waited its whole timeout and nothing came.
-    #[error("get timed out: no connection became available")]
-    GetTimeout,
-    /// The pool is closed (or was dropped).
-    #[error("pool is closed")]
-    Closed,
-    /// A `get` by id for an id that is not idle and that no handshake in flight can
-    /// produce.
-    #[error("no connection with id {0}")]
-    NotFound(ConnId),
+pub enum BuildError {
     /// A bad setting.
     #[error("bad configuration: {0}")]
     Config(#[from] ConfigError),
-    /// A client-IP filter entry that does not parse.
+    /// A client-IP filter entry that does not parse, or can never match.
     #[error("bad client-IP filter: {0}")]
     Filter(#[from] pool_net::FilterError),
     /// A TLS setting that cannot work (a missing certificate file, a bad mode...).
@@ -30,13 +25,13 @@ pub enum PoolError {
     /// A required setting was not given.
     #[error("missing setting: {0}")]
     Missing(&'static str),
+    /// The pool was built outside a tokio runtime.
+    #[error("no tokio runtime: build the pool from inside one")]
+    NoRuntime,
     /// The system's secure random generator failed, so no unpredictable ids could be
     /// drawn; the pool was not built.
     #[error("the system's secure random generator failed")]
     Random,
-    /// The pool was built outside a tokio runtime.
-    #[error("no tokio runtime: build the pool from inside one")]
-    NoRuntime,
     /// An I/O error while setting the pool up (binding the listener...).
     #[error("{what}: {source}")]
     Io {
@@ -48,44 +43,198 @@ pub enum PoolError {
     },
 }
 
-impl PoolError {
-    pub(crate) fn from_get(e: GetError, id: Option<ConnId>) -> Self {
-        match (e, id) {
-            (GetError::Timeout, _) => Self::GetTimeout,
-            (GetError::NotFound, Some(id)) => Self::NotFound(id),
-            (GetError::NotFound, None) => Self::GetTimeout,
-            (GetError::Closed, _) => Self::Closed,
-            (_, _) => Self::Closed,
-        }
+/// Why a get returned no connection. When background dials or handshakes are failing,
+/// the error carries the last [`Failure`], so a wrong address, pin or TLS mode names
+/// itself instead of showing as a bare timeout.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The timeout passed with nothing to hand out.
+    #[error("get timed out: no connection in {}{}", show(*.waited), because(.failing))]
+    Timeout {
+        /// How long the get waited.
+        waited: Duration,
+        /// The run of failures under way when it gave up, if any.
+        failing: Option<Failure>,
+    },
+    /// Nothing can succeed: the pool has never made a connection and every recent dial
+    /// failed (`fail_fast`, on by default). Answered within one backoff step.
+    #[error("no connection can be made: {0}")]
+    Unreachable(Failure),
+    /// A get by id for an id that is not idle and that no handshake in flight can
+    /// produce.
+    #[error("no connection with id {0}")]
+    NotFound(ConnId),
+    /// The pool is closed (or was dropped).
+    #[error("pool is closed")]
+    Closed,
+    /// An I/O error in the application's own use of a connection (so that `?` works
+    /// inside a session that returns this error).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Any error of this crate: a build error or a get error. Convenient for an
+/// application's `?`; match on the inner error for the details.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// Building a pool failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A get failed.
+    #[error(transparent)]
+    Get(#[from] GetError),
+}
+
+impl From<io::Error> for PoolError {
+    fn from(e: io::Error) -> Self {
+        Self::Get(GetError::Io(e))
     }
 }
 
-impl From<PoolError> for io::Error {
-    fn from(e: PoolError) -> Self {
+impl From<GetError> for io::Error {
+    fn from(e: GetError) -> Self {
         let kind = match &e {
-            PoolError::GetTimeout => io::ErrorKind::TimedOut,
-            PoolError::Closed => io::ErrorKind::NotConnected,
-            PoolError::NotFound(_) => io::ErrorKind::NotFound,
-            PoolError::Io { source, .. } => source.kind(),
+            GetError::Timeout { .. } => io::ErrorKind::TimedOut,
+            GetError::Unreachable(_) => io::ErrorKind::ConnectionRefused,
+            GetError::Closed => io::ErrorKind::NotConnected,
+            GetError::NotFound(_) => io::ErrorKind::NotFound,
+            GetError::Io(_) => {
+                let GetError::Io(e) = e else { unreachable!() };
+                return e;
+            }
+        };
+        Self::new(kind, e)
+    }
+}
+
+impl From<BuildError> for io::Error {
+    fn from(e: BuildError) -> Self {
+        let kind = match &e {
+            BuildError::Io { source, .. } => source.kind(),
             _ => io::ErrorKind::InvalidInput,
         };
         Self::new(kind, e)
     }
 }
 
-/// Why one dial or handshake failed; reported to tracing and counted by stage.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StepError {
+impl From<PoolError> for io::Error {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Build(e) => e.into(),
+            PoolError::Get(e) => e.into(),
+        }
+    }
+}
+
+/// Why one dial or handshake failed: counted by stage in the core, logged at `debug`,
+/// and kept as the pool's last [`Failure`].
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Cause {
+    /// An I/O error (connection refused, reset, ...).
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(Arc<io::Error>),
+    /// The step's deadline passed.
     #[error("timed out")]
     Timeout,
+    /// The TLS handshake failed (a pin mismatch, an unknown issuer, a wrong name...).
+    #[error("{0}")]
+    Tls(rustls::Error),
+    /// The client's TLS handshake met plaintext: the server is not speaking TLS.
+    #[error("the server does not speak TLS: is it mode 0? ({0})")]
+    NotTls(rustls::Error),
+    /// A server in mode 0 received a TLS ClientHello: the client speaks TLS.
+    #[error("the client speaks TLS but this server is in mode 0: is the client in mode 1 or 2?")]
+    ClientSpeaksTls,
+    /// The id on the wire was not an id.
     #[error("bad id: {0}")]
     Id(#[from] pool_core::IdError),
-    #[error("peer closed before the id was complete")]
+    /// The peer closed before the id was complete.
+    #[error("the server closed the connection before the id was complete (does its client-IP filter allow this address? is it at its maximum capacity?)")]
     Eof,
+    /// The server's client-IP filter refused the peer.
+    #[error("refused by the client-IP filter")]
+    Filtered,
+    /// The tunnel-key proof was wrong.
     #[error("wrong tunnel-key proof")]
     BadProof,
+    /// The handshake was aborted: a newer connection evicted it, or the pool closed.
     #[error("evicted by a newer connection, or the pool closed")]
     Evicted,
+}
+
+impl From<io::Error> for Cause {
+    /// Keeps a TLS error a TLS error: tokio-rustls wraps rustls's errors in
+    /// `io::Error`, and the cause would be lost as text.
+    fn from(e: io::Error) -> Self {
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return match tls {
+                rustls::Error::InvalidMessage(_) => Self::NotTls(tls.clone()),
+                _ => Self::Tls(tls.clone()),
+            };
+        }
+        Self::Io(Arc::new(e))
+    }
+}
+
+/// The crate-internal name of a step's error.
+pub(crate) type StepError = Cause;
+
+/// The last background failure of a pool: which step, why, against which peer, how
+/// many in a row, and when.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The step that failed.
+    pub stage: Stage,
+    /// Why.
+    pub cause: Cause,
+    /// The peer, when known (the dialed address, or the accepted client).
+    pub peer: Option<SocketAddr>,
+    /// Failures in a row with no success since, this one included.
+    pub in_a_row: u64,
+    /// When it happened (tokio's clock).
+    pub at: Instant,
+    /// Which side saw it.
+    pub(crate) client: bool,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.client { "dial" } else { "handshake" };
+        match self.in_a_row {
+            1 => write!(f, "the last {what} failed")?,
+            n => write!(f, "the last {n} {what}s failed")?,
+        }
+        write!(f, " at the {} step: {}", stage_name(self.stage), self.cause)?;
+        if let Some(p) = self.peer {
+            write!(f, " ({p})")?;
+        }
+        Ok(())
+    }
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Connect => "connect",
+        Stage::Tls => "TLS",
+        Stage::Id => "id",
+        Stage::Auth => "tunnel-key",
+        Stage::Protocol => "protocol",
+        _ => "handshake",
+    }
+}
+
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+fn because(f: &Option<Failure>) -> String {
+    f.as_ref().map(|f| format!("; {f}")).unwrap_or_default()
 }

@@ -16,8 +16,8 @@
 //! # async fn f() -> Result<(), pool_tokio::PoolError> {
 //! let server = ServerPool::builder().bind("127.0.0.1:0".parse().unwrap()).build()?;
 //! let client = ClientPool::builder().address(server.local_addr()).capacity(8, 64).build()?;
-//! let (id, on_server) = server.get(Duration::from_secs(1)).await?;
-//! let on_client = client.get(id, Duration::from_secs(1)).await?; // same stream, other end
+//! let (id, on_server) = server.get_timeout(Duration::from_secs(1)).await?;
+//! let on_client = client.get_timeout(id, Duration::from_secs(1)).await?; // same stream, other end
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
@@ -42,9 +42,13 @@ pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::PoolConn;
 pub use dialer::{Dialer, TcpDialer};
 pub use engine::PoolHandle;
-pub use error::PoolError;
-pub use pool_core::{ConnId, Counters, IdForm, Status};
-pub use pool_net::{IpFilter, Liveness, SocketOptions};
-pub use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
+pub use error::{BuildError, Cause, Failure, GetError, PoolError};
+pub use pool_core::{
+    CapacityPolicy, ConfigError, ConnId, Counters, Fraction, IdForm, IntervalPolicy, Stage, Status,
+};
+pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions};
+pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};
+/// Re-export of `rustls`, so users name the same version the pools are built with.
+pub use rustls;
 pub use server::{ServerPool, ServerPoolBuilder};
 pub use stats::Stats;

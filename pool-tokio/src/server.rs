@@ -16,11 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, Stream};
 use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
-use crate::error::{PoolError, StepError};
+use crate::error::{BuildError, GetError, StepError};
 use crate::rt::{now, seeded};
 
 enum Listen {
@@ -188,7 +188,7 @@ impl ServerPoolBuilder {
         self.core = self.core.id_form(form);
         self
     }
-    /// Timeout of [`ServerPool::get_default`]. Default 5 s.
+    /// Timeout of [`ServerPool::get`]. Default 5 s.
     pub fn get_timeout(mut self, d: Duration) -> Self {
         self.get_timeout = d;
         self
@@ -219,7 +219,7 @@ impl ServerPoolBuilder {
     }
     /// How long a new connection waits after its id was written before a get can take
     /// it, so that a Go client pool has registered the id by the time the application
-    /// sends it over. Default 5 ms ([`pool_core::DEFAULT_SETTLE`]), or zero when a
+    /// sends it over. Default 25 ms ([`pool_core::DEFAULT_SETTLE`]), or zero when a
     /// [`tunnel_key`](Self::tunnel_key) is set (the client registers the id before its
     /// proof arrives). Connections idle longer are not affected. See
     /// [`pool_core::ServerConfigBuilder::settle`].
@@ -235,8 +235,17 @@ impl ServerPoolBuilder {
 
     /// Checks the settings, binds, and starts the accept loop. Call from inside a tokio
     /// runtime (Go: `NewServerPool` followed by `go ServerManager()`).
-    pub fn build(self) -> Result<ServerPool, PoolError> {
-        let rt = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::NoRuntime`] outside a tokio runtime, [`BuildError::Config`] for a
+    /// setting that cannot work, [`BuildError::Filter`] for a client-IP entry that does
+    /// not parse, [`BuildError::Tls`] for TLS material that cannot be loaded or made,
+    /// [`BuildError::Missing`] without an address or a mode-2 certificate,
+    /// [`BuildError::Io`] when the address cannot be bound, [`BuildError::Random`] if
+    /// the system's secure generator fails.
+    pub fn build(self) -> Result<ServerPool, BuildError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let settle = match (self.settle, &self.key) {
             (Some(d), _) => d,
             (None, Some(_)) => Duration::ZERO,
@@ -256,7 +265,7 @@ impl ServerPoolBuilder {
                 (Some(cert.config()?), Some(cert.fingerprint()))
             }
             Tls::Mode(_) => {
-                return Err(PoolError::Missing(
+                return Err(BuildError::Missing(
                     "a certificate for TLS mode 2 (use `tls`)",
                 ))
             }
@@ -272,13 +281,13 @@ impl ServerPoolBuilder {
         });
         let listener = {
             let _guard = rt.enter();
-            let io = |source| PoolError::Io {
+            let io = |source| BuildError::Io {
                 what: "listen",
                 source,
             };
             match self
                 .listen
-                .ok_or(PoolError::Missing("bind address or listener"))?
+                .ok_or(BuildError::Missing("bind address or listener"))?
             {
                 Listen::Addr(a) => {
                     from_std(pool_net::bind_listener(a, self.backlog).map_err(io)?).map_err(io)?
@@ -287,10 +296,28 @@ impl ServerPoolBuilder {
                 Listen::Tokio(l) => l,
             }
         };
-        let local = listener.local_addr().map_err(|source| PoolError::Io {
+        let local = listener.local_addr().map_err(|source| BuildError::Io {
             what: "listener address",
             source,
         })?;
+        // A filter that can never match the listener's address family shuts everybody
+        // out, silently: refuse it here instead.
+        let reachable = match local.ip() {
+            std::net::IpAddr::V4(_) => filter.can_match_family(true),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                filter.can_match_family(true) || filter.can_match_family(false)
+            }
+            std::net::IpAddr::V6(_) => filter.can_match_family(false),
+        };
+        if !reachable {
+            return Err(pool_core::ConfigError::Conflict {
+                first: "the client-IP filter",
+                second: "the listening address",
+                hint: "no entry of the filter is of the listener's address family, so every \
+                       client would be refused",
+            }
+            .into());
+        }
         let engine = Arc::new(Engine::new(ServerMachine::new(
             cfg.clone(),
             seeded()?,
@@ -343,6 +370,24 @@ impl Machine for ServerMachine<PoolConn> {
     }
     fn close(&mut self) -> Vec<(ConnId, PoolConn)> {
         Self::close(self)
+    }
+    fn is_client(&self) -> bool {
+        false
+    }
+    /// Stricter than the client's rule: an idle server connection receives nothing
+    /// from a pool client until the application takes it, so bytes pending on it come
+    /// from something else. Pending bytes that open a TLS record (a client in the wrong
+    /// mode), or pending bytes behind which the peer already closed, make it dead.
+    fn alive(conn: &mut PoolConn) -> bool {
+        match conn.liveness() {
+            pool_net::Liveness::Pending if !conn.is_tls() => {
+                let mut first = [0u8; 3];
+                let tls = pool_net::peek_now(conn.tcp(), &mut first)
+                    .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]));
+                !tls && !pool_net::peer_closed(conn.tcp())
+            }
+            state => state.is_alive(),
+        }
     }
 }
 
@@ -404,8 +449,7 @@ impl Inner {
                 Ok(Ok(s)) => Stream::Tls(Box::new(TlsStream::Server(s))),
             },
         };
-        let (id, out) = self.engine.with(|m, _| m.assign_id(ticket));
-        drop(out); // an id drawn changes nothing else
+        let id = self.engine.draw(|m| m.assign_id(ticket));
 
         let mut conn = PoolConn { id, stream };
         let wire = self.id_form.encode(&id);
@@ -417,6 +461,16 @@ impl Inner {
             Err(_) => return Err((Stage::Id, StepError::Timeout)),
             Ok(Err(e)) => return Err((Stage::Id, e.into())),
             Ok(Ok(())) => {}
+        }
+        if let Stream::Plain(tcp) = &conn.stream {
+            // A client in TLS mode sends its ClientHello at once: if it is already
+            // here, say so now (it would otherwise sit idle until the client gives up).
+            let mut first = [0u8; 3];
+            if pool_net::peek_now(tcp, &mut first)
+                .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]))
+            {
+                return Err((Stage::Protocol, StepError::ClientSpeaksTls));
+            }
         }
         if let Some(key) = &self.key {
             crate::auth::server_auth(&mut conn, key, wire.as_ref(), deadline).await?;
@@ -442,17 +496,27 @@ async fn handshake(
     cancel: CancellationToken,
 ) {
     let forget = Forget(&inner, ticket.serial());
+    let span = tracing::debug_span!("handshake", serial = ticket.serial(), %peer);
     // Cancelled when the pool closes (a child of the pool's token) or when a newer
     // connection evicted this handshake; the ticket goes back either way.
     let res = tokio::select! {
-        r = inner.handshake(&mut ticket, tcp) => r,
+        r = inner.handshake(&mut ticket, tcp).instrument(span.clone()) => r,
         _ = cancel.cancelled() => Err((Stage::Connect, StepError::Evicted)),
     };
     drop(forget);
-    let ((), out) = inner.engine.with(|m, now| match res {
-        Ok(conn) => m.handle_ready(ticket, conn, now),
+    // Neither a close nor an eviction is a failure worth a log entry.
+    let cancelled = cancel.is_cancelled();
+    let ((), out) = inner.engine.with_log(|m, log, now| match res {
+        Ok(conn) => {
+            span.in_scope(|| debug!(id = %conn.id, "handshake done"));
+            m.handle_ready(ticket, conn, now);
+            log.succeed();
+        }
         Err((stage, e)) => {
-            debug!(%peer, ?stage, error = %e, "handshake failed");
+            span.in_scope(|| debug!(?stage, error = %e, "handshake failed"));
+            if !cancelled {
+                log.fail(stage, e, Some(peer), false);
+            }
             m.handle_failure(ticket, stage, now);
         }
     });
@@ -462,6 +526,7 @@ async fn handshake(
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let cancel = inner.engine.cancel.clone();
     let mut pause = Duration::ZERO;
+    let mut refusals = Burst::default();
     loop {
         let res = tokio::select! {
             r = listener.accept() => r,
@@ -484,9 +549,14 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             }
         };
         let allowed = inner.filter.allows(peer.ip());
-        let (admission, out) = inner
-            .engine
-            .with(|m, now| m.handle_accept(now, peer.ip(), allowed));
+        let (admission, out) = inner.engine.with_log(|m, log, now| {
+            if !allowed {
+                // Seen by a get that times out: a filter that shuts out the real client
+                // names itself.
+                log.fail(Stage::Connect, StepError::Filtered, Some(peer), false);
+            }
+            m.handle_accept(now, peer.ip(), allowed)
+        });
         perform(&inner, out); // aborts the handshake this one evicted, if any
         match admission {
             Admission::Admit(ticket) => {
@@ -499,8 +569,41 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Admission::Refuse(why) => {
                 debug!(%peer, ?why, "connection refused");
                 drop(tcp);
+                refusals.count(peer, why);
             }
         }
+    }
+}
+
+/// Refusals, warned about at most once every ten seconds: a filter that shuts out the
+/// real client shows at once, and a flood of strangers does not flood the log.
+#[derive(Default)]
+struct Burst {
+    last_warn: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl Burst {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn count(&mut self, peer: SocketAddr, why: pool_core::Refusal) {
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warn
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return;
+        }
+        match why {
+            pool_core::Refusal::Filter => warn!(
+                %peer, refused = self.since,
+                "client-IP filter refused a connection (is the filter shutting out the real client?)"
+            ),
+            _ => warn!(%peer, ?why, refused = self.since, "server pool refusing connections"),
+        }
+        self.last_warn = Some(now);
+        self.since = 0;
     }
 }
 
@@ -512,7 +615,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 /// use pool_tokio::ServerPool;
 /// use std::time::Duration;
 /// let pool = ServerPool::builder().bind("127.0.0.1:10101".parse().unwrap()).build()?;
-/// let (id, conn) = pool.get(Duration::from_secs(2)).await?;
+/// let (id, conn) = pool.get_timeout(Duration::from_secs(2)).await?;
 /// // Send `id` to the client side over the control channel, then relay on `conn`.
 /// # Ok(()) }
 /// ```
@@ -542,7 +645,8 @@ impl std::fmt::Debug for ServerPool {
 }
 
 impl ServerPool {
-    /// A builder with the defaults.
+    /// A builder with the defaults (Go: `NewServerPool`).
+    #[doc(alias = "NewServerPool")]
     pub fn builder() -> ServerPoolBuilder {
         ServerPoolBuilder::default()
     }
@@ -561,23 +665,41 @@ impl ServerPool {
         self.fingerprint
     }
 
-    /// The oldest live idle connection and its id, waiting up to `timeout` (Go:
-    /// `ServerGet`; later releases: `IncomingGet`). The connection passed the liveness
-    /// probe; no byte of it was read by the pool.
+    /// The oldest live idle connection and its id, waiting up to the builder's
+    /// [`get_timeout`](ServerPoolBuilder::get_timeout) (Go: `ServerGet`; later releases:
+    /// `IncomingGet`). The connection passed the liveness probe; no byte of it was
+    /// read by the pool. It is yours to use once: dropping it closes it.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] (with the handshake failure behind it, if every recent
+    /// one failed); [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it completes loses no connection. A
+    /// connection that was already on its way to this get goes back to the pool.
     #[doc(alias = "ServerGet")]
     #[doc(alias = "IncomingGet")]
-    pub async fn get(&self, timeout: Duration) -> Result<(ConnId, PoolConn), PoolError> {
-        engine::get(self.inner(), Want::Any, timeout)
-            .await
-            .map_err(|e| PoolError::from_get(e, None))
+    pub async fn get(&self) -> Result<(ConnId, PoolConn), GetError> {
+        self.get_timeout(self.get_timeout).await
     }
 
-    /// [`get`](Self::get) with the pool's default timeout.
-    pub async fn get_default(&self) -> Result<(ConnId, PoolConn), PoolError> {
-        self.get(self.get_timeout).await
+    /// [`get`](Self::get) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, PoolConn), GetError> {
+        engine::get_for_user(self.inner(), Want::Any, timeout).await
     }
 
     /// Closes every idle connection (Go: `Flush`).
+    #[doc(alias = "Flush")]
     pub fn flush(&self) {
         let (conns, out) = self.inner().engine.with(|m, _| m.flush());
         info!(closed = conns.len(), "server pool flushed");
@@ -586,14 +708,22 @@ impl ServerPool {
     }
 
     /// Closes the pool: the listener stops, waiting gets fail with
-    /// [`PoolError::Closed`], idle connections and handshakes in flight are closed, and
-    /// this returns once every task of the pool has ended (Go: `Close`).
+    /// [`GetError::Closed`], idle connections and handshakes in flight are closed, and
+    /// this returns once every task of the pool has ended (Go: `Close`). Closing twice
+    /// is harmless.
+    ///
+    /// # Cancel safety
+    ///
+    /// The pool is closed by the time the future is first polled; dropping the future
+    /// only stops waiting for the pool's tasks to end.
+    #[doc(alias = "Close")]
     pub async fn close(&self) {
         drop(self.inner().engine.shut());
         self.inner().engine.tasks.wait().await;
     }
 
     /// The maximum capacity (Go: `Capacity`).
+    #[doc(alias = "Capacity")]
     pub fn capacity(&self) -> usize {
         self.stats().status.capacity
     }

@@ -42,8 +42,8 @@ async fn silent_peers_holding_every_slot_are_evicted_for_the_client() {
         .unwrap();
     assert!(client.wait_idle(4, T).await, "the client got through");
     assert!(server.wait_idle(4, T).await);
-    let (id, mut s) = server.get(T).await.unwrap();
-    let mut c = client.get(id, T).await.unwrap();
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    let mut c = client.get_timeout(id, T).await.unwrap();
     roundtrip(&mut s, &mut c).await;
     let k = server.stats().counters;
     // Each finished handshake frees its slot, so one eviction (or a few) is enough.
@@ -117,8 +117,8 @@ async fn the_maximum_duration_makes_no_panic() {
         .unwrap();
     assert!(client.wait_idle(2, Duration::MAX).await);
     assert!(server.wait_idle(2, Duration::MAX).await);
-    let (id, mut s) = server.get(Duration::MAX).await.unwrap();
-    let mut c = client.get(id, Duration::MAX).await.unwrap();
+    let (id, mut s) = server.get_timeout(Duration::MAX).await.unwrap();
+    let mut c = client.get_timeout(id, Duration::MAX).await.unwrap();
     roundtrip(&mut s, &mut c).await;
     client.close().await;
     server.close().await;
@@ -129,7 +129,7 @@ async fn the_maximum_duration_makes_no_panic() {
         .build()
         .unwrap();
     let s3 = server.clone();
-    let waiter = tokio::spawn(async move { s3.get(Duration::MAX).await.map(|_| ()) });
+    let waiter = tokio::spawn(async move { s3.get_timeout(Duration::MAX).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.close().await;
     assert!(waiter.await.unwrap().is_err());

@@ -35,9 +35,9 @@ async fn close_and_drop_leave_no_descriptor() {
         assert!(open_fds() >= baseline + 64);
         // Gets in flight while closing.
         let s2 = server.clone();
-        let (id, _held) = s2.get(T).await.unwrap();
-        let _c = client.get(id, T).await.unwrap();
-        let waiter = tokio::spawn(async move { s2.get(T).await.map(|_| ()) });
+        let (id, _held) = s2.get_timeout(T).await.unwrap();
+        let _c = client.get_timeout(id, T).await.unwrap();
+        let waiter = tokio::spawn(async move { s2.get_timeout(T).await.map(|_| ()) });
         client.close().await;
         server.close().await;
         let _ = waiter.await;

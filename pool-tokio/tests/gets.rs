@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pool_tokio::{ClientPool, ConnId, PoolError, ServerPool, TlsMode};
+use pool_tokio::{BuildError, ClientPool, ConnId, GetError, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -14,8 +14,11 @@ use tokio::sync::oneshot;
 #[tokio::test]
 async fn server_get_times_out_with_a_typed_error() {
     let server = server();
-    let err = server.get(Duration::from_millis(50)).await.unwrap_err();
-    assert!(matches!(err, PoolError::GetTimeout), "{err:?}");
+    let err = server
+        .get_timeout(Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GetError::Timeout { .. }), "{err:?}");
     assert_eq!(server.stats().counters.get_timeouts, 1);
     let io: std::io::Error = err.into();
     assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
@@ -28,8 +31,8 @@ async fn client_get_of_an_unknown_id_fails_fast_when_nothing_is_in_flight() {
     assert!(client.wait_idle(2, T).await);
     assert!(eventually(|| client.stats().status.in_flight == 0).await);
     let id: ConnId = "00000000".parse().unwrap();
-    let err = client.get(id, T).await.unwrap_err();
-    assert!(matches!(err, PoolError::NotFound(i) if i == id), "{err:?}");
+    let err = client.get_timeout(id, T).await.unwrap_err();
+    assert!(matches!(err, GetError::NotFound(i) if i == id), "{err:?}");
 }
 
 /// A server that writes half the id, then waits for a signal before the rest.
@@ -69,7 +72,7 @@ async fn get_by_id_waits_for_an_id_still_in_its_handshake() {
     half.await.unwrap();
     let id: ConnId = "cafe0001".parse().unwrap();
     let c2 = client.clone();
-    let get = tokio::spawn(async move { c2.get(id, T).await });
+    let get = tokio::spawn(async move { c2.get_timeout(id, T).await });
     // The get is registered and waiting before the id completes.
     assert!(eventually(|| client.stats().status.waiting == 1).await);
     go.send(()).unwrap();
@@ -88,7 +91,7 @@ async fn get_by_id_waits_for_an_id_still_in_its_handshake() {
 async fn a_dropped_get_loses_no_connection() {
     let server = server();
     // Nothing idle yet: a get that waits, then is dropped.
-    let dropped = tokio::time::timeout(Duration::from_millis(20), server.get(T)).await;
+    let dropped = tokio::time::timeout(Duration::from_millis(20), server.get_timeout(T)).await;
     assert!(dropped.is_err(), "the get should still have been waiting");
     assert_eq!(
         server.stats().status.waiting,
@@ -102,9 +105,9 @@ async fn a_dropped_get_loses_no_connection() {
     let mut taken = 0;
     for _ in 0..3 {
         if let Ok(Ok((id, mut s))) =
-            tokio::time::timeout(Duration::from_millis(200), server.get(T)).await
+            tokio::time::timeout(Duration::from_millis(200), server.get_timeout(T)).await
         {
-            let mut c = client.get(id, T).await.unwrap();
+            let mut c = client.get_timeout(id, T).await.unwrap();
             roundtrip(&mut s, &mut c).await;
             taken += 1;
         }
@@ -119,24 +122,24 @@ async fn bad_configuration_is_a_typed_error() {
         .address(loopback())
         .build()
         .unwrap_err();
-    assert!(matches!(e, PoolError::Config(_)), "{e:?}");
+    assert!(matches!(e, BuildError::Config(_)), "{e:?}");
     let e = ClientPool::builder().build().unwrap_err();
-    assert!(matches!(e, PoolError::Missing(_)), "{e:?}");
+    assert!(matches!(e, BuildError::Missing(_)), "{e:?}");
     let e = ServerPool::builder()
         .bind(loopback())
         .client_ip("300.1.1.1")
         .build()
         .unwrap_err();
-    assert!(matches!(e, PoolError::Filter(_)), "{e:?}");
+    assert!(matches!(e, BuildError::Filter(_)), "{e:?}");
     assert!(e.to_string().contains("300.1.1.1"), "{e}");
     let e = ServerPool::builder()
         .bind(loopback())
         .tls_mode(TlsMode::Verified)
         .build()
         .unwrap_err();
-    assert!(matches!(e, PoolError::Missing(_)), "{e:?}");
+    assert!(matches!(e, BuildError::Missing(_)), "{e:?}");
     let e = ServerPool::builder().build().unwrap_err();
-    assert!(matches!(e, PoolError::Missing(_)), "{e:?}");
+    assert!(matches!(e, BuildError::Missing(_)), "{e:?}");
     // The Go package silently fixes these; ours does it only when asked.
     let fixed = ClientPool::builder()
         .address(loopback())
@@ -152,12 +155,12 @@ async fn bad_configuration_is_a_typed_error() {
 #[test]
 fn building_outside_a_runtime_is_a_typed_error() {
     let e = ServerPool::builder().bind(loopback()).build().unwrap_err();
-    assert!(matches!(e, PoolError::NoRuntime), "{e:?}");
+    assert!(matches!(e, BuildError::NoRuntime), "{e:?}");
     let e = ClientPool::builder()
         .address(loopback())
         .build()
         .unwrap_err();
-    assert!(matches!(e, PoolError::NoRuntime), "{e:?}");
+    assert!(matches!(e, BuildError::NoRuntime), "{e:?}");
 }
 
 #[tokio::test]
@@ -167,8 +170,11 @@ async fn everything_after_close_is_a_typed_error_or_works() {
     client.close().await;
     server.close().await;
     assert!(!client.is_ready() && !server.is_ready());
-    assert!(matches!(server.get(T).await, Err(PoolError::Closed)));
-    assert!(matches!(client.get_any(T).await, Err(PoolError::Closed)));
+    assert!(matches!(server.get_timeout(T).await, Err(GetError::Closed)));
+    assert!(matches!(
+        client.get_any_timeout(T).await,
+        Err(GetError::Closed)
+    ));
     client.flush();
     server.flush();
     client.close().await; // twice is fine

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{loopback, T};
-use pool_tokio::{ClientPool, PoolError, ServerPool, TlsMode};
+use pool_tokio::{BuildError, ClientPool, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -73,7 +73,7 @@ async fn misses(settle: Option<Duration>, n: usize) -> usize {
     let peer = GoTimedPeer::start(&server, 8, Duration::from_millis(1));
     let mut missed = 0;
     for i in 0..n {
-        let (id, mut on_server) = server.get(T).await.unwrap();
+        let (id, mut on_server) = server.get_timeout(T).await.unwrap();
         let key: [u8; 8] = id.as_str().as_bytes().try_into().unwrap();
         let mut on_client = match peer.get_now(&key) {
             Some(c) => c,
@@ -129,7 +129,7 @@ async fn single_mode_with_a_tls_mode_is_refused_by_a_strict_build() {
         .tls_mode(TlsMode::SelfSigned)
         .build()
         .unwrap_err();
-    assert!(matches!(err, PoolError::Config(_)), "{err}");
+    assert!(matches!(err, BuildError::Config(_)), "{err}");
     let text = err.to_string();
     assert!(
         text.contains("single mode") && text.contains("TLS"),
@@ -151,10 +151,10 @@ async fn go_normalized_single_mode_dials_plain_whatever_the_tls_mode() {
         .build()
         .unwrap();
     assert!(client.wait_idle(2, T).await, "{:?}", client.stats());
-    let mut c = client.get_any(T).await.unwrap();
+    let mut c = client.get_any_timeout(T).await.unwrap();
     assert!(!c.is_tls());
     c.write_all(b"hi").await.unwrap();
-    let (_, mut s) = server.get(T).await.unwrap();
+    let (_, mut s) = server.get_timeout(T).await.unwrap();
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"hi");
@@ -178,7 +178,7 @@ async fn single_tls_is_the_named_extension_for_tls_in_single_mode() {
         .build()
         .unwrap();
     assert!(client.wait_idle(1, T).await, "{:?}", client.stats());
-    assert!(client.get_any(T).await.unwrap().is_tls());
+    assert!(client.get_any_timeout(T).await.unwrap().is_tls());
     client.close().await;
     server.close().await;
 }

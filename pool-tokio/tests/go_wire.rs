@@ -71,7 +71,7 @@ async fn our_client_against_go_server(mode: TlsMode, form: IdForm) {
         .unwrap();
     for _ in 0..4 {
         let (id, mut go_end) = streams.recv().await.unwrap();
-        let mut ours = client.get(id, T).await.unwrap();
+        let mut ours = client.get_timeout(id, T).await.unwrap();
         assert_eq!(ours.id(), id);
         let mut buf = [0u8; 13];
         ours.read_exact(&mut buf).await.unwrap();
@@ -129,7 +129,7 @@ async fn our_server_against_go_client(mode: TlsMode, form: IdForm) {
         .unwrap();
     for _ in 0..4 {
         let (text, mut go_end) = go_client(&server, mode, form).await;
-        let (id, mut ours) = server.get(T).await.unwrap();
+        let (id, mut ours) = server.get_timeout(T).await.unwrap();
         assert_eq!(id.as_str(), text);
         go_end.write_all(b"hello").await.unwrap();
         go_end.flush().await.unwrap();

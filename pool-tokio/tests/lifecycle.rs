@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pool_tokio::{ClientPool, PoolError, ServerPool, TlsMode};
+use pool_tokio::{ClientPool, GetError, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -16,7 +16,7 @@ async fn close_answers_every_waiting_get_with_closed() {
     let mut gets = Vec::new();
     for _ in 0..50 {
         let s = server.clone();
-        gets.push(tokio::spawn(async move { s.get(T).await }));
+        gets.push(tokio::spawn(async move { s.get_timeout(T).await }));
     }
     assert!(eventually(|| server.stats().status.waiting == 50).await);
     tokio::time::timeout(T, server.close())
@@ -27,7 +27,7 @@ async fn close_answers_every_waiting_get_with_closed() {
             .await
             .expect("a get hung")
             .unwrap();
-        assert!(matches!(r, Err(PoolError::Closed)), "{r:?}");
+        assert!(matches!(r, Err(GetError::Closed)), "{r:?}");
     }
 }
 
@@ -42,11 +42,11 @@ async fn flush_under_concurrent_gets_then_refill() {
         workers.push(tokio::spawn(async move {
             let mut ok = 0;
             for _ in 0..40 {
-                let Ok((id, mut sc)) = s.get(Duration::from_secs(3)).await else {
+                let Ok((id, mut sc)) = s.get_timeout(Duration::from_secs(3)).await else {
                     continue;
                 };
                 // The pair may have been flushed on the client side in between.
-                if let Ok(mut cc) = c.get(id, Duration::from_secs(3)).await {
+                if let Ok(mut cc) = c.get_timeout(id, Duration::from_secs(3)).await {
                     roundtrip(&mut sc, &mut cc).await;
                     ok += 1;
                 }
@@ -71,8 +71,8 @@ async fn flush_under_concurrent_gets_then_refill() {
         client.wait_idle(16, T).await,
         "client did not refill after flush"
     );
-    let (id, mut s) = server.get(T).await.unwrap();
-    let mut c = client.get(id, T).await.unwrap();
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    let mut c = client.get_timeout(id, T).await.unwrap();
     roundtrip(&mut s, &mut c).await;
 }
 
@@ -86,14 +86,17 @@ async fn dead_peers_are_evicted_never_handed_out() {
     let client = client(&server, 8, 8);
     assert!(server.wait_idle(8, T).await);
     client.close().await; // every server-side connection now has a closed peer
-    let err = server.get(Duration::from_millis(100)).await.unwrap_err();
-    assert!(matches!(err, PoolError::GetTimeout), "{err:?}");
+    let err = server
+        .get_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GetError::Timeout { .. }), "{err:?}");
     assert_eq!(server.stats().counters.evicted_dead, 8);
     assert_eq!(server.active(), 0);
     // A fresh client refills, and what the server hands out is live.
     let client = client_for(&server);
-    let (id, mut s) = server.get(T).await.unwrap();
-    let mut c = client.get(id, T).await.unwrap();
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    let mut c = client.get_timeout(id, T).await.unwrap();
     roundtrip(&mut s, &mut c).await;
 }
 
@@ -148,12 +151,12 @@ async fn payload_survives(mode: TlsMode) {
         .build()
         .unwrap();
     assert!(server.wait_idle(1, T).await && client.wait_idle(1, T).await);
-    let mut c = client.get_any(T).await.unwrap();
+    let mut c = client.get_any_timeout(T).await.unwrap();
     let payload: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
     c.write_all(&payload).await.unwrap();
     c.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await; // let it land in the server's socket
-    let (id, mut s) = server.get(T).await.unwrap();
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
     assert_eq!(id, c.id());
     let mut got = vec![0u8; payload.len()];
     s.read_exact(&mut got).await.unwrap();
@@ -187,7 +190,7 @@ async fn the_filter_refuses_a_client_from_127_0_0_2() {
     stranger.close().await;
     let friend = client(&server, 2, 2);
     assert!(server.wait_idle(2, T).await);
-    let (id, mut s) = server.get(T).await.unwrap();
-    let mut c = friend.get(id, T).await.unwrap();
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    let mut c = friend.get_timeout(id, T).await.unwrap();
     roundtrip(&mut s, &mut c).await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pool_tls::{ClientTlsBuilder, TestCa, TlsMode};
-use pool_tokio::{ClientPool, ConnId, IdForm, PoolConn, PoolError, ServerPool, ServerTls};
+use pool_tokio::{ClientPool, ConnId, GetError, IdForm, PoolConn, ServerPool, ServerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -31,8 +31,8 @@ async fn exchange(id: ConnId, mut s: PoolConn, mut c: PoolConn) {
 
 async fn pair_many(server: &ServerPool, client: &ClientPool, n: usize) {
     for _ in 0..n {
-        let (id, s) = server.get(T).await.unwrap();
-        let c = client.get(id, T).await.unwrap();
+        let (id, s) = server.get_timeout(T).await.unwrap();
+        let c = client.get_timeout(id, T).await.unwrap();
         exchange(id, s, c).await;
     }
 }
@@ -138,7 +138,7 @@ async fn single_mode_every_tls_mode() {
         assert!(client.wait_idle(4, T).await);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..50 {
-            let c = client.get_any(T).await.unwrap();
+            let c = client.get_any_timeout(T).await.unwrap();
             assert!(seen.insert(c.id()), "an id was handed out twice");
         }
         client.close().await;
@@ -171,10 +171,15 @@ async fn tls_mode2_wrong_name_is_refused_and_counted() {
     assert_eq!(client.active(), 0);
     let _ = ServerTls::self_signed(["x"]).unwrap();
     let id = ConnId::from_random([1, 2, 3, 4]);
-    assert!(matches!(
-        client.get(id, Duration::from_millis(10)).await,
-        Err(PoolError::NotFound(_) | PoolError::GetTimeout)
-    ));
+    // Nothing ever connected and every dial failed: the get says why, at once.
+    match client.get_timeout(id, Duration::from_millis(10)).await {
+        Err(GetError::Unreachable(f)) => {
+            assert_eq!(f.stage, pool_tokio::Stage::Tls);
+            assert!(matches!(f.cause, pool_tokio::Cause::Tls(_)), "{f}");
+            assert!(f.to_string().contains("not valid for name"), "{f}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
     client.close().await;
     server.close().await;
 }

@@ -75,8 +75,8 @@ async fn the_same_key_pairs_in_every_mode() {
             "keyed clients were not admitted"
         );
         for _ in 0..20 {
-            let (id, mut s) = server.get(T).await.unwrap();
-            let mut c = client.get(id, T).await.unwrap();
+            let (id, mut s) = server.get_timeout(T).await.unwrap();
+            let mut c = client.get_timeout(id, T).await.unwrap();
             roundtrip(&mut s, &mut c).await;
         }
         assert_eq!(server.stats().counters.auth_failures, 0);
@@ -113,7 +113,7 @@ async fn a_wrong_key_on_either_side_or_no_key_never_enters_a_pool() {
             0,
             "a connection without the key entered the pool"
         );
-        assert!(server.get(Duration::from_millis(50)).await.is_err());
+        assert!(server.get_timeout(Duration::from_millis(50)).await.is_err());
         client.close().await;
         server.close().await;
     }

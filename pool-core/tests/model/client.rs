@@ -101,11 +101,11 @@ pub(crate) fn client_op() -> impl Strategy<Value = COp> {
 pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
     (
         (1usize..6, 0usize..10, 50u64..300, 0u64..1500, 1usize..4),
-        (any::<bool>(), any::<bool>(), 100u64..3000),
+        (any::<bool>(), any::<bool>(), 100u64..3000, any::<bool>()),
         proptest::option::weighted(0.5, 200u64..5000),
     )
         .prop_map(
-            |((min_cap, extra, min_iv, extra_iv, par), (single, raw, sweep), age)| {
+            |((min_cap, extra, min_iv, extra_iv, par), (single, raw, sweep, fail_fast), age)| {
                 ClientConfig::builder()
                     .capacity(min_cap, min_cap + extra)
                     .interval(MS(min_iv), MS(min_iv + extra_iv))
@@ -114,6 +114,7 @@ pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
                     .id_form(if raw { IdForm::Raw4 } else { IdForm::Hex8 })
                     .sweep_interval(MS(sweep))
                     .max_idle_age(age.map(MS))
+                    .fail_fast(fail_fast)
                     .build()
                     .expect("valid config")
             },
@@ -140,7 +141,7 @@ impl ClientHarness {
         let tape = Tape::new(script);
         Self {
             m: ClientMachine::new(cfg.clone(), tape.clone(), now),
-            c: Common::new(now, cfg.sweep_interval(), cfg.max_idle_age()),
+            c: Common::new(now, cfg.sweep_interval(), cfg.max_idle_age()).starting(),
             cfg,
             tape,
             now,
@@ -264,6 +265,9 @@ impl ClientHarness {
                 usize::from(self.m.backing_off()),
                 "one jitter draw per failure while backing off"
             );
+            if self.m.backing_off() && self.cfg.fail_fast() && self.c.k.created == 0 {
+                self.c.fail_unreachable();
+            }
         } else {
             assert!(drawn.is_empty(), "a draw after close");
         }
@@ -304,6 +308,7 @@ impl ClientHarness {
                 } else if self.c.land(id, val, self.now) {
                     self.c.k.created += 1;
                     self.failures = 0;
+                    self.c.unreachable = false;
                     assert!(self.tape.take().is_empty());
                 } else {
                     self.c.k.id_collisions += 1;
@@ -385,6 +390,10 @@ impl ClientHarness {
     fn timeout(&mut self) {
         self.c.expire(self.now);
         self.m.handle_timeout(self.now);
+        // The first round is due when the machine is made: any turn runs it.
+        if !self.c.closed {
+            self.c.starting = false;
+        }
         let next = self.m.poll_timeout();
         assert!(
             !matches!(next, Some(t) if t <= self.now),

@@ -206,6 +206,10 @@ pub(crate) struct Common {
     /// Connections the machine owes to `poll_close` after the current step.
     pub(crate) to_close: Vec<(ConnId, u64)>,
     pub(crate) closed: bool,
+    /// Whether gets fail at once: the client never connected and backs off.
+    pub(crate) unreachable: bool,
+    /// Whether the client's first round is still to run (gets by id wait for it).
+    pub(crate) starting: bool,
     /// Dials or handshakes under way (kept by the harness).
     pub(crate) in_flight: usize,
     pub(crate) sweep_due: Option<Instant>,
@@ -229,6 +233,8 @@ impl Common {
             max_idle_age,
             idle: VecDeque::new(),
             waiters: BTreeMap::new(),
+            unreachable: false,
+            starting: false,
             done: HashSet::new(),
             issued: HashSet::new(),
             dead: HashSet::new(),
@@ -258,8 +264,14 @@ impl Common {
             .is_some_and(|max| u128::from(self.ms(now).saturating_sub(since_ms)) > max.as_millis())
     }
 
+    /// A client's common part: its first round is still to run.
+    pub(crate) fn starting(mut self) -> Self {
+        self.starting = true;
+        self
+    }
+
     fn can_arrive(&self) -> bool {
-        self.in_flight > 0 || self.batch.is_some()
+        self.in_flight > 0 || self.batch.is_some() || self.starting
     }
 
     /// A new connection lands now; `false` is a collision (nothing counted).
@@ -341,6 +353,10 @@ impl Common {
     pub(crate) fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Pred {
         if self.closed {
             return Pred::Failed(GetError::Closed);
+        }
+        if self.unreachable {
+            self.k.unreachable += 1;
+            return Pred::Failed(GetError::Unreachable);
         }
         loop {
             let taken = match want {
@@ -495,6 +511,17 @@ impl Common {
         }
     }
 
+    /// Nothing can succeed: every waiter is answered `Unreachable`.
+    pub(crate) fn fail_unreachable(&mut self) {
+        self.unreachable = true;
+        let keys: Vec<WaiterKey> = self.waiters.keys().copied().collect();
+        for k in keys {
+            self.waiters.remove(&k);
+            self.k.unreachable += 1;
+            self.expected.push((k, Err(GetError::Unreachable)));
+        }
+    }
+
     pub(crate) fn close(&mut self, out: &[(ConnId, u64)]) {
         self.closed = true;
         self.sweep_due = None;
@@ -569,6 +596,7 @@ pub(crate) fn count_failure(k: &mut Counters, stage: Stage) {
         Stage::Connect => k.dial_failures += 1,
         Stage::Tls => k.handshake_failures += 1,
         Stage::Id => k.id_errors += 1,
+        Stage::Protocol => k.protocol_mismatches += 1,
         _ => k.auth_failures += 1,
     }
 }

@@ -673,7 +673,7 @@ async fn user_session(shared: &ServerShared, mut user: TcpStream) -> bool {
             _ => return false,
         };
         let Some(ctl) = ctl else { return false };
-        let Ok((id, mut conn)) = shared.pool.get(shared.t.get).await else {
+        let Ok((id, mut conn)) = shared.pool.get_timeout(shared.t.get).await else {
             return false;
         };
         if ctl.tx.send(id).await.is_err() {
@@ -1001,7 +1001,7 @@ async fn run_control(
 /// One session: the pooled connection with `id`, a fresh target connection, a proof,
 /// a relay.
 async fn client_session(s: &ClientShared, id: ConnId, nonce: &[u8; NONCE_LEN]) -> bool {
-    let Ok(mut conn) = s.pool.get(id, s.t.get).await else {
+    let Ok(mut conn) = s.pool.get_timeout(id, s.t.get).await else {
         return false;
     };
     let Ok(Ok(mut target)) = timeout(s.t.io, TcpStream::connect(&s.target)).await else {

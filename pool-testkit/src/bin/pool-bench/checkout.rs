@@ -100,9 +100,9 @@ async fn pool_checkout(pools: &Pools, dur: Duration) -> Res<(Rate, String)> {
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Acquire) {
                 let t = Instant::now();
-                let (id, mut s) = server.get(GET_TIMEOUT).await?;
+                let (id, mut s) = server.get_timeout(GET_TIMEOUT).await?;
                 let t = Stages::add(&st.server_get, t);
-                let mut c = client.get(id, GET_TIMEOUT).await?;
+                let mut c = client.get_timeout(id, GET_TIMEOUT).await?;
                 let t = Stages::add(&st.client_get, t);
                 round_trip(&mut s, &mut c).await?;
                 let t = Stages::add(&st.round_trip, t);
@@ -228,7 +228,7 @@ async fn raw_checkout(tls: Option<&Tls>, dur: Duration) -> Res<Rate> {
     Ok(rate)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
 }
@@ -318,8 +318,8 @@ pub(crate) fn checkout(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
             let mut held = Vec::with_capacity(n / 2);
             for _ in 0..n / 2 {
                 let t0 = Instant::now();
-                let (id, s) = pools.server.get(GET_TIMEOUT).await?;
-                let c = pools.client.get(id, GET_TIMEOUT).await?;
+                let (id, s) = pools.server.get_timeout(GET_TIMEOUT).await?;
+                let c = pools.client.get_timeout(id, GET_TIMEOUT).await?;
                 samples.push(t0.elapsed());
                 held.push((s, c));
             }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use pool_core::{ClientConfig, ClientMachine, ConnId, Got, IdleMap};
+use pool_core::{ClientConfig, ClientMachine, ConnId, Got, IdleMap, SeededRandom};
 
 use crate::report::Figure;
 use crate::Sizes;
@@ -80,11 +80,11 @@ fn client_get(n: usize, ops: usize) -> f64 {
         .capacity(n, n)
         .build()
         .expect("valid config");
-    let mut m: ClientMachine<u64> = ClientMachine::new(cfg, now);
+    let mut m: ClientMachine<u64> = ClientMachine::new(cfg, SeededRandom::from_seed([0; 32]), now);
     m.handle_timeout(now);
     let mut i = 0;
     while let Some(t) = m.poll_dial(now) {
-        let _ = m.handle_dial_success(t, id(i), i as u64, now);
+        m.handle_dial_success(t, id(i), i as u64, now);
         i += 1;
     }
     assert_eq!(m.status().idle, n, "client machine filled");
@@ -93,9 +93,13 @@ fn client_get(n: usize, ops: usize) -> f64 {
         for _ in 0..ops {
             let k = id(next % n);
             next += 1;
-            match m.get(black_box(k), now, now, |_| true) {
-                Got::Ready(k, v) => m.put_back(k, black_box(v)).expect("absent"),
-                _ => panic!("id {k} not idle"),
+            // A warm get: one candidate, found alive by the driver's probe.
+            let Got::Check(check) = m.get(black_box(k), now, now) else {
+                panic!("id {k} not idle");
+            };
+            match m.handle_check(check, true, now) {
+                Got::Ready(k, v) => m.put_back(k, black_box(v), now),
+                _ => panic!("id {k} not served"),
             }
         }
     })
@@ -132,7 +136,9 @@ pub(crate) fn core(sz: &Sizes, out: &mut Vec<Figure>) {
                 "ns",
                 base,
             )
-            .note(format!("ClientMachine get(id)+put_back, {note}")),
+            .note(format!(
+                "ClientMachine get(id)+handle_check+put_back, {note}"
+            )),
         );
     }
 }

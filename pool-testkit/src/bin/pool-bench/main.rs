@@ -16,6 +16,7 @@ mod core;
 mod fill;
 mod net;
 mod report;
+mod sweep;
 mod sys;
 
 use std::time::{Duration, Instant};
@@ -39,6 +40,8 @@ pub(crate) struct Sizes {
     pub(crate) core_ops: usize,
     pub(crate) cpu: Duration,
     pub(crate) cpu_pool: usize,
+    /// Idle connections in the sweep scenario (both ends in this process).
+    pub(crate) sweep_pool: usize,
 }
 
 impl Sizes {
@@ -61,6 +64,7 @@ impl Sizes {
             core_ops: if quick { 100_000 } else { 1_000_000 },
             cpu: Duration::from_secs(if quick { 1 } else { 10 }),
             cpu_pool: q(1000),
+            sweep_pool: q(8000),
         }
     }
 }
@@ -87,7 +91,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 a.only = Some(list.split(',').map(str::to_owned).collect());
             }
             "-h" | "--help" => return Err(
-                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu]"
+                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
@@ -128,7 +132,7 @@ fn main() {
         machine,
         figures: Vec::new(),
     };
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("core", |s, o| {
             core::core(s, o);
             Ok(())
@@ -138,6 +142,7 @@ fn main() {
         ("checkout", checkout::checkout),
         ("mem", child::memory),
         ("cpu", child::cpu),
+        ("sweep", sweep::sweep),
     ];
     let started = Instant::now();
     let mut failed = false;

@@ -1,0 +1,380 @@
+//! A simulated network in which a [`ClientMachine`] and a [`ServerMachine`] talk, under a
+//! simulated clock, with no runtime and no I/O: only `pool-core`.
+//!
+//! Every client dial ticket becomes a simulated connection with a serial number. It
+//! reaches the server after a network latency, is admitted (`handle_accept`), gets an id
+//! (`assign_id`), runs a simulated TLS handshake, is ready at the server
+//! (`handle_ready`; it lands there once the server's settle time has passed), and its
+//! id bytes reach the client in random chunks, fed through an [`IdReader`]; then it
+//! lands at the client too. Faults are injected per stage with configured
+//! probabilities: connect refused, TLS failure, a corrupted id byte, and silence until
+//! a deadline (during TLS or in the middle of the id).
+//!
+//! A demand of `n` pairs per simulated second plays the application: a server `get`, the
+//! id sent over a simulated control channel, then a client `get(id)`. Both ends must
+//! hold the same simulated connection; [`SimStats::pairs_mismatched`] counts the times
+//! they did not.
+//!
+//! The module has one file per job:
+//! - `net`: the network model (clock, latencies, faults, the connections as the
+//!   network sees them, the event queue and the transcript);
+//! - `drivers`: the client and the server driver over the core machines, which drain
+//!   every output after every input, as `pool-core`'s crate docs require, and the
+//!   application that uses both pools;
+//! - `oracle`: the round oracle, which predicts the client's refill timer, failure
+//!   count and tickets from outside and counts every disagreement
+//!   ([`SimStats::timer_desyncs`]).
+//!
+//! Everything random comes from one seed: the network's draws, and the seeds of both
+//! machines' own generators ([`SeededRandom`](pool_core::SeededRandom)). A run is
+//! therefore a pure function of its seed, configurations and faults:
+//! [`SimPair::transcript_hash`] proves it.
+//!
+//! ```
+//! use pool_core::{ClientConfig, ServerConfig};
+//! use pool_testkit::sim::{Faults, SimPair};
+//! use std::time::Duration;
+//! let mut sim = SimPair::new(7, ClientConfig::default(), ServerConfig::default(), Faults::none());
+//! sim.set_demand(5.0);
+//! sim.run_for(Duration::from_secs(60));
+//! assert!(sim.stats().pairs_ok > 200);
+//! assert_eq!(sim.stats().pairs_mismatched, 0);
+//! sim.check().unwrap();
+//! ```
+//!
+//! [`IdReader`]: pool_core::IdReader
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use pool_core::{
+    ClientConfig, ClientMachine, ConnId, Counters, IdForm, SeededRandom, ServerConfig,
+    ServerMachine, Status, WaiterKey,
+};
+
+use crate::rng::SplitMix64;
+
+mod drivers;
+mod net;
+mod oracle;
+
+pub use net::{Faults, SimClock, SimOptions};
+pub use oracle::RoundRecord;
+
+use net::{Net, Side};
+use oracle::{JitterTap, RoundOracle};
+
+/// Counters of a simulation run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SimStats {
+    /// Steps taken.
+    pub steps: u64,
+    /// Network and application events processed.
+    pub events: u64,
+    /// Dials the client started.
+    pub dials: u64,
+    /// Pairs whose two ends hold the same connection.
+    pub pairs_ok: u64,
+    /// Pairs whose ends hold different connections or ids (must stay 0).
+    pub pairs_mismatched: u64,
+    /// Server gets that failed (timeout).
+    pub pairs_failed_server: u64,
+    /// Client gets that failed (timeout, not found): the pair is abandoned.
+    pub pairs_failed_client: u64,
+    /// Users who gave up because too many gets were waiting.
+    pub demand_dropped: u64,
+    /// Injected connect refusals.
+    pub injected_connect_refused: u64,
+    /// Injected TLS failures.
+    pub injected_tls_fail: u64,
+    /// Injected bad id bytes (or cut ids in the raw form).
+    pub injected_bad_id: u64,
+    /// Injected silences during TLS.
+    pub injected_silence_tls: u64,
+    /// Injected silences in the middle of the id.
+    pub injected_silence_id: u64,
+    /// Connections the server refused at accept (full, busy).
+    pub refused_by_server: u64,
+    /// Server id draws that collided (and were drawn again inside the machine).
+    pub server_id_redraws: u64,
+    /// Ids the client read that were already idle there.
+    pub client_collisions: u64,
+    /// A connection handed out twice by one side (must stay 0).
+    pub double_handouts: u64,
+    /// Id reads that consumed a byte past the id (must stay 0).
+    pub overreads: u64,
+    /// Disagreements between the client and the round oracle's prediction from the
+    /// client module's rules (must stay 0): the refill timer (`refill_at`), the count of
+    /// consecutive failures, a ticket handed out against the top-up or probe rules, a
+    /// top-up ticket withheld that the rules call for, or a jitter draw that no backoff
+    /// explains. Each disagreement counts once.
+    pub timer_desyncs: u64,
+    /// Dead idle connections the server dropped (found dead by a get's check or a
+    /// sweep's probe).
+    pub evicted_server: u64,
+    /// Dead idle connections the client dropped.
+    pub evicted_client: u64,
+}
+
+/// A client machine and a server machine joined by a simulated network.
+#[derive(Debug)]
+pub struct SimPair {
+    net: Net,
+    client: ClientMachine<u64>,
+    server: ServerMachine<u64>,
+    /// The wire form the server writes ids in.
+    server_form: IdForm,
+    demand: f64,
+    next_demand: Option<Duration>,
+    /// Connections ready at the server but still settling, oldest first.
+    settling: VecDeque<u64>,
+    server_waiting: HashMap<WaiterKey, ()>,
+    client_waiting: HashMap<WaiterKey, (ConnId, u64)>,
+    stats: SimStats,
+    oracle: RoundOracle,
+}
+
+impl SimPair {
+    /// A pair with default timing and no demand; the client's first round is due at once.
+    pub fn new(seed: u64, client: ClientConfig, server: ServerConfig, faults: Faults) -> Self {
+        Self::with_options(seed, client, server, faults, SimOptions::default())
+    }
+
+    /// A pair with the given timing.
+    pub fn with_options(
+        seed: u64,
+        client: ClientConfig,
+        server: ServerConfig,
+        faults: Faults,
+        opts: SimOptions,
+    ) -> Self {
+        let mut net = Net::new(SplitMix64::new(seed), faults, opts);
+        let (tap, drawn) = JitterTap::new(net.seed32());
+        let server_random = SeededRandom::from_seed(net.seed32());
+        let now = net.now();
+        let client = ClientMachine::new(client, tap, now);
+        let oracle = RoundOracle::new(client.status(), drawn);
+        Self {
+            server_form: server.id_form(),
+            server: ServerMachine::new(server, server_random, now),
+            client,
+            net,
+            demand: 0.0,
+            next_demand: None,
+            settling: VecDeque::new(),
+            server_waiting: HashMap::new(),
+            client_waiting: HashMap::new(),
+            stats: SimStats::default(),
+            oracle,
+        }
+    }
+
+    /// Sets the demand in pairs per simulated second (0 stops it).
+    pub fn set_demand(&mut self, pairs_per_sec: f64) {
+        self.demand = pairs_per_sec.max(0.0);
+        self.next_demand = None;
+        self.schedule_demand();
+    }
+
+    /// Changes the fault probabilities; they apply to every stage drawn from now on.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.net.faults = faults;
+    }
+
+    /// Keeps every transcript line (memory grows with the run; for short runs).
+    pub fn record_transcript(&mut self) {
+        self.net.record();
+    }
+
+    /// The transcript lines, when recorded.
+    pub fn transcript(&self) -> &[String] {
+        self.net.lines()
+    }
+
+    /// A hash of every event of the run, in order, with its simulated time.
+    pub fn transcript_hash(&self) -> u64 {
+        self.net.hash()
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.net.elapsed()
+    }
+
+    /// The counters of the run.
+    pub fn stats(&self) -> SimStats {
+        SimStats {
+            timer_desyncs: self.oracle.desyncs(),
+            ..self.stats
+        }
+    }
+
+    /// The client's status.
+    pub fn client_status(&self) -> Status {
+        self.client.status()
+    }
+
+    /// The server's status.
+    pub fn server_status(&self) -> Status {
+        self.server.status()
+    }
+
+    /// The client's counters.
+    pub fn client_counters(&self) -> Counters {
+        self.client.counters()
+    }
+
+    /// The server's counters.
+    pub fn server_counters(&self) -> Counters {
+        self.server.counters()
+    }
+
+    /// The client's configuration.
+    pub fn client_config(&self) -> &ClientConfig {
+        self.client.config()
+    }
+
+    /// Every refill round that has started so far.
+    pub fn rounds(&self) -> &[RoundRecord] {
+        self.oracle.rounds()
+    }
+
+    /// Runs for `d` of simulated time. Panics if that takes absurdly many steps (a
+    /// machine that keeps asking to be woken at the same instant).
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.net.elapsed() + d;
+        let budget = 1_000 + d.as_millis() as u64 * 200;
+        let mut steps = 0u64;
+        while self.net.elapsed() < end {
+            steps += 1;
+            assert!(steps <= budget, "simulation spins at {:?}", self.elapsed());
+            if !self.step_until(end) {
+                self.net.clock.advance_to(end);
+            }
+        }
+    }
+
+    /// Advances to the next event (the earliest of both machines' `poll_timeout`, the
+    /// network's next delivery, the next user) and processes it. False when nothing at
+    /// all is scheduled.
+    pub fn step(&mut self) -> bool {
+        self.step_until(Duration::MAX)
+    }
+
+    fn step_until(&mut self, end: Duration) -> bool {
+        let t_client = self.net.offset(self.client.poll_timeout());
+        let t_server = self.net.offset(self.server.poll_timeout());
+        let next = [t_client, t_server, self.net.next_event(), self.next_demand]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next else { return false };
+        if next > end {
+            self.net.clock.advance_to(end);
+            return true;
+        }
+        self.net.clock.advance_to(next);
+        self.stats.steps += 1;
+        let now = self.net.elapsed();
+
+        if let Some(ev) = self.net.pop_due() {
+            self.stats.events += 1;
+            self.process(ev);
+            self.pump();
+        }
+        if self.next_demand.is_some_and(|t| t <= now) {
+            self.next_demand = None;
+            self.user();
+            self.schedule_demand();
+            self.pump();
+        }
+        if t_client.is_some_and(|t| t <= now) {
+            self.client_timeout();
+            self.pump();
+        }
+        if t_server.is_some_and(|t| t <= now) {
+            self.server_timeout();
+            self.pump();
+        }
+        true
+    }
+
+    fn schedule_demand(&mut self) {
+        if self.demand <= 0.0 || self.next_demand.is_some() {
+            return;
+        }
+        let mean = 1.0 / self.demand;
+        let gap = Duration::from_secs_f64(mean * (0.5 + self.net.unit()));
+        self.next_demand = Some(self.net.elapsed() + gap.max(Duration::from_micros(1)));
+    }
+
+    /// Checks that both machines agree with the simulated network: idle, settling,
+    /// in-flight and waiting counts on each side, bounds, and that every connection idle
+    /// at the client with a live server end is settling, idle or taken there under the
+    /// same id.
+    pub fn check(&self) -> Result<(), String> {
+        let net = &self.net;
+        let cs = self.client.status();
+        let ss = self.server.status();
+        let expect = [
+            (
+                "client idle",
+                cs.idle,
+                net.count(|c| c.client == Side::Idle),
+            ),
+            (
+                "client in flight",
+                cs.in_flight,
+                net.count(|c| c.ticket.is_some()),
+            ),
+            ("client waiting", cs.waiting, self.client_waiting.len()),
+            (
+                "server idle",
+                ss.idle,
+                net.count(|c| c.server == Side::Idle),
+            ),
+            (
+                "server settling",
+                self.server.settling(),
+                net.count(|c| c.server == Side::Settling),
+            ),
+            (
+                "server in flight",
+                ss.in_flight,
+                net.count(|c| c.hs.is_some()),
+            ),
+            ("server waiting", ss.waiting, self.server_waiting.len()),
+        ];
+        for (what, machine, sim) in expect {
+            if machine != sim {
+                return Err(format!("{what}: machine {machine}, network {sim}"));
+            }
+        }
+        let cfg = self.client.config();
+        if !(cfg.min_capacity()..=cfg.max_capacity()).contains(&cs.capacity) {
+            return Err(format!("capacity {} out of bounds", cs.capacity));
+        }
+        if !(cfg.min_interval()..=cfg.max_interval()).contains(&cs.interval) {
+            return Err(format!("interval {:?} out of bounds", cs.interval));
+        }
+        if ss.idle + ss.in_flight + self.server.settling() > self.server.config().max_capacity() {
+            return Err("server above its maximum capacity".into());
+        }
+        for (s, c) in &net.conns {
+            if c.client == Side::Idle
+                && !c.server_closed
+                && !matches!(c.server, Side::Settling | Side::Idle | Side::Taken)
+            {
+                return Err(format!("connection {s} idle at the client only"));
+            }
+            if c.client == Side::Idle && c.id.is_none() {
+                return Err(format!("connection {s} idle at the client with no id"));
+            }
+        }
+        let s = self.stats();
+        if s.pairs_mismatched + s.double_handouts + s.overreads + s.timer_desyncs > 0 {
+            return Err(format!("broken run: {s:?}"));
+        }
+        Ok(())
+    }
+}

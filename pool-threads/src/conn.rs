@@ -1,0 +1,136 @@
+//! One blocking connection type for plain and TLS pooled streams.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use pool_core::ConnId;
+use pool_net::Liveness;
+use rustls::{ClientConnection, StreamOwned};
+
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+/// A pooled connection: a blocking `std::net::TcpStream`, or rustls's `StreamOwned`
+/// over one, with its id. It implements [`Read`] and [`Write`]; bytes the server sent
+/// while it sat idle are all still there (the pool's health check only peeks).
+///
+/// The pool hands it out with no read or write timeout set.
+pub struct ThreadConn {
+    pub(crate) id: ConnId,
+    pub(crate) stream: Stream,
+}
+
+impl std::fmt::Debug for ThreadConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadConn")
+            .field("id", &self.id)
+            .field("tls", &self.is_tls())
+            .finish()
+    }
+}
+
+impl ThreadConn {
+    /// The connection's id, the same on both ends.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Whether the stream runs TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// The TCP stream underneath, for socket options or addresses.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Whether the connection is still usable, without losing a byte.
+    ///
+    /// A plain stream costs one non-blocking `MSG_PEEK` ([`pool_net::probe`]). On a
+    /// TLS stream whose socket holds pending bytes, those bytes may be a record rather
+    /// than payload (a peer's `close_notify`): the records already queued are handed to
+    /// rustls and processed, as `pool-tokio` does. Any payload they carry stays in
+    /// rustls's plaintext buffer and is the first thing the next read returns. Only on
+    /// that path the socket is switched to non-blocking for the reads and back (two
+    /// `fcntl`s): the connection is out of the pool while it is probed, so nobody else
+    /// sees the flag.
+    pub fn liveness(&mut self) -> Liveness {
+        let state = pool_net::probe(self.tcp());
+        match (&mut self.stream, state) {
+            (Stream::Tls(s), Liveness::Pending) => {
+                let StreamOwned { conn, sock } = s.as_mut();
+                if sock.set_nonblocking(true).is_err() {
+                    return Liveness::Pending;
+                }
+                let state = tls_liveness(sock, conn);
+                match sock.set_nonblocking(false) {
+                    Ok(()) => state,
+                    Err(e) => Liveness::Dead(e.kind()),
+                }
+            }
+            (_, state) => state,
+        }
+    }
+
+    pub(crate) fn is_alive(&mut self) -> bool {
+        self.liveness().is_alive()
+    }
+}
+
+/// Feeds the records already queued on a non-blocking socket to rustls (a bounded
+/// number of reads) and reports what they said. The same steps as `pool-tokio`'s.
+fn tls_liveness(mut tcp: &TcpStream, conn: &mut ClientConnection) -> Liveness {
+    for _ in 0..8 {
+        match conn.read_tls(&mut tcp) {
+            Ok(0) => {
+                return match conn.process_new_packets() {
+                    Ok(st) if st.plaintext_bytes_to_read() > 0 => Liveness::Pending,
+                    Ok(_) => Liveness::Closed,
+                    Err(_) => Liveness::Dead(io::ErrorKind::InvalidData),
+                };
+            }
+            Ok(_) => match conn.process_new_packets() {
+                Err(_) => return Liveness::Dead(io::ErrorKind::InvalidData),
+                Ok(st) if st.plaintext_bytes_to_read() > 0 => return Liveness::Pending,
+                Ok(st) if st.peer_has_closed() => return Liveness::Closed,
+                Ok(_) => {}
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Idle,
+            // rustls refuses more input while its buffers are full: payload is waiting.
+            Err(e) if e.kind() == io::ErrorKind::Other => return Liveness::Pending,
+            Err(e) => return Liveness::Dead(e.kind()),
+        }
+    }
+    Liveness::Pending
+}
+
+impl Read for ThreadConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ThreadConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}

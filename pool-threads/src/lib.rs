@@ -1,0 +1,258 @@
+//! A client pool of the reverse-tunnel pool on plain `std` threads, with no async
+//! runtime: the proof that `pool-core`, `pool-net` and `pool-tls` are enough to drive
+//! the pool on a runtime of one's own.
+//!
+//! [`ThreadClientPool`] pairs with any server pool of the wire protocol (the tokio
+//! `ServerPool`, the Go package). It decides nothing: the [`ClientMachine`] decides
+//! when to dial, which connection a get receives, when to sweep and when to back off.
+//! The driver only performs, with three kinds of threads:
+//!
+//! - **one driver thread** waits on a condvar until the machine's `poll_timeout` (or
+//!   until an input moved that deadline closer), calls `handle_timeout`, and drains
+//!   every output: dial tickets to the workers, sweep batches probed with
+//!   [`pool_net::probe`] outside the lock, answers to the waiting gets, connections to
+//!   drop outside the lock;
+//! - **N dial workers** (N = the configured parallelism) take tickets from a channel,
+//!   connect with `TcpStream::connect_timeout`, set the socket options of
+//!   [`SocketOptions`], run TLS through rustls's blocking `StreamOwned` (configs from
+//!   [`ClientTlsBuilder`]), read the id with the core's [`IdReader`] under a read
+//!   timeout, and report each ticket exactly once;
+//! - **the callers of [`get`](ThreadClientPool::get)**, blocked on a per-get channel
+//!   while they wait; a candidate the machine offers is probed by the caller, with no
+//!   lock held.
+//!
+//! `pool-core/DRIVING.md` walks through this crate as the worked example of driving
+//! the core on another runtime.
+//!
+//! ```no_run
+//! use pool_threads::ThreadClientPool;
+//! use std::io::{Read, Write};
+//! use std::time::Duration;
+//! # fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = ThreadClientPool::builder("127.0.0.1:10101".parse()?).build()?;
+//! # let id = "0a0b0c0d".parse()?;
+//! // `id` came from the server side over the application's control channel.
+//! let mut conn = pool.get(id, Duration::from_secs(2))?;
+//! conn.write_all(b"hello")?;
+//! pool.close();
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod conn;
+mod dial;
+mod engine;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use conn::ThreadConn;
+pub use pool_core::{ClientConfig, ConnId, Counters, GetError, Status};
+pub use pool_net::{Liveness, SocketOptions};
+pub use pool_tls::{ClientTlsBuilder, TlsMode};
+
+use pool_core::{ClientMachine, SeededRandom, Want};
+
+use crate::dial::Dialing;
+use crate::engine::Inner;
+
+/// Why a pool could not be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The secure generator that seeds the machine failed: no pool with guessable ids.
+    Random,
+    /// The TLS configuration or the host name.
+    Tls(pool_tls::TlsError),
+    /// A thread could not be started.
+    Spawn(std::io::Error),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Random => f.write_str("the secure random generator failed"),
+            Self::Tls(e) => write!(f, "TLS configuration: {e}"),
+            Self::Spawn(e) => write!(f, "cannot start a pool thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Random => None,
+            Self::Tls(e) => Some(e),
+            Self::Spawn(e) => Some(e),
+        }
+    }
+}
+
+impl From<pool_tls::TlsError> for BuildError {
+    fn from(e: pool_tls::TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
+/// Builder of a [`ThreadClientPool`].
+#[must_use]
+#[derive(Debug)]
+pub struct ThreadClientPoolBuilder {
+    addr: SocketAddr,
+    config: ClientConfig,
+    tls: ClientTlsBuilder,
+    hostname: Option<String>,
+    socket: SocketOptions,
+}
+
+impl ThreadClientPoolBuilder {
+    /// The machine's settings: capacity, intervals, parallelism (also the number of
+    /// dial workers), deadlines, id form, single mode, sweep. Default
+    /// `ClientConfig::default()`.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// The TLS mode and its settings (pin, CA). Default `ClientTlsBuilder::new(TlsMode::Off)`.
+    /// Single mode dials with TLS only if it is set here (the Go package's single mode
+    /// is plain TCP).
+    pub fn tls(mut self, tls: ClientTlsBuilder) -> Self {
+        self.tls = tls;
+        self
+    }
+    /// TLS server name. Default: the server's IP address.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+    /// Socket options of every dialed stream. Default `SocketOptions::default()`.
+    pub fn socket_options(mut self, o: SocketOptions) -> Self {
+        self.socket = o;
+        self
+    }
+
+    /// Seeds the machine from `pool_tls::provider().secure_random` and starts the
+    /// driver and the dial workers.
+    pub fn build(self) -> Result<ThreadClientPool, BuildError> {
+        let mut seed = [0u8; 32];
+        pool_tls::provider()
+            .secure_random
+            .fill(&mut seed)
+            .map_err(|_| BuildError::Random)?;
+        let tls = self.tls.build()?;
+        let name = match (&tls, &self.hostname) {
+            (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),
+            _ => None,
+        };
+        let workers = self.config.parallelism().max(1);
+        let dialing = Dialing {
+            addr: self.addr,
+            socket: self.socket,
+            tls: tls.map(|c| (c, name)),
+            id_form: self.config.id_form(),
+            single: self.config.single(),
+        };
+        let m = ClientMachine::new(self.config, SeededRandom::from_seed(seed), Instant::now());
+        let (inner, tickets) = Inner::new(m, dialing);
+        let pool = ThreadClientPool {
+            inner: Arc::new(inner),
+            threads: Mutex::new(Vec::with_capacity(workers + 1)),
+        };
+        let tickets = Arc::new(Mutex::new(tickets));
+        for i in 0..workers {
+            let (inner, tickets) = (pool.inner.clone(), tickets.clone());
+            pool.spawn(format!("pool-dial-{i}"), move || inner.work(&tickets))?;
+        }
+        let inner = pool.inner.clone();
+        pool.spawn("pool-driver".into(), move || inner.drive())?;
+        Ok(pool)
+    }
+}
+
+/// The client end of the pool, on plain threads. Share it with an `Arc`; it closes on
+/// [`close`](Self::close) or when dropped.
+pub struct ThreadClientPool {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ThreadClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadClientPool")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl ThreadClientPool {
+    /// A builder dialing `addr`, with the defaults.
+    pub fn builder(addr: SocketAddr) -> ThreadClientPoolBuilder {
+        ThreadClientPoolBuilder {
+            addr,
+            config: ClientConfig::default(),
+            tls: ClientTlsBuilder::new(TlsMode::Off),
+            hostname: None,
+            socket: SocketOptions::default(),
+        }
+    }
+
+    fn spawn(&self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), BuildError> {
+        match std::thread::Builder::new().name(name).spawn(f) {
+            Ok(h) => {
+                self.threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(h);
+                Ok(())
+            }
+            Err(e) => Err(BuildError::Spawn(e)), // dropping `self` closes what started
+        }
+    }
+
+    /// The connection with `id`, blocking up to `timeout` while a dial in flight may
+    /// still bring it (Go: `ClientGet`). It passed the liveness probe; no byte of it
+    /// was read by the pool.
+    pub fn get(&self, id: ConnId, timeout: Duration) -> Result<ThreadConn, GetError> {
+        self.inner.get(Want::Id(id), timeout).map(|(_, c)| c)
+    }
+
+    /// Any live idle connection, oldest first; in single mode one is dialed at once
+    /// when none is idle.
+    pub fn get_any(&self, timeout: Duration) -> Result<ThreadConn, GetError> {
+        self.inner.get(Want::Any, timeout).map(|(_, c)| c)
+    }
+
+    /// Idle connections ready to hand out (Go: `Active`).
+    pub fn idle(&self) -> usize {
+        self.inner.read(|m| m.idle())
+    }
+
+    /// The status snapshot.
+    pub fn status(&self) -> Status {
+        self.inner.read(ClientMachine::status)
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Counters {
+        self.inner.read(|m| m.counters())
+    }
+
+    /// Closes the pool and returns once every thread of it has ended: waiting gets
+    /// fail with [`GetError::Closed`], idle connections are dropped, workers finish the
+    /// dial they are in (bounded by its deadlines) and drop its connection. Idempotent.
+    pub fn close(&self) {
+        self.inner.shut();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ThreadClientPool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,247 @@
+//! The threaded client pool, with no async runtime of its own, pairs with the tokio
+//! server pool: bytes both ways on the same id, a server restart, and a close that
+//! leaves no descriptor behind.
+//!
+//! The tests take one lock each so that they run one at a time: descriptor counts are
+//! per process, and two cores are shared.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pool_core::ClientConfig;
+use pool_threads::{ClientTlsBuilder, ThreadClientPool, TlsMode};
+use pool_tokio::ServerPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(5);
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn config(min: usize, max: usize) -> ClientConfig {
+    ClientConfig::builder()
+        .capacity(min, max)
+        .parallelism(8)
+        .interval(Duration::from_millis(100), Duration::from_millis(500))
+        .sweep_interval(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+fn client(server: &ServerPool, mode: TlsMode, min: usize, max: usize) -> Arc<ThreadClientPool> {
+    let mut tls = ClientTlsBuilder::new(mode);
+    if let Some(fp) = server.fingerprint() {
+        tls = tls.pin(fp);
+    }
+    let pool = ThreadClientPool::builder(server.local_addr())
+        .config(config(min, max))
+        .tls(tls)
+        .build()
+        .unwrap();
+    Arc::new(pool)
+}
+
+/// Polls `f` every 5 ms until it holds or `within` passes.
+async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+/// One pair: the server writes 8 bytes while the connection is still idle at the
+/// client (a get must not lose them), the client takes the same id and answers with
+/// its id and the bytes reversed.
+async fn pair(server: &ServerPool, client: &Arc<ThreadClientPool>, n: u64) {
+    let (id, mut on_server) = server.get_timeout(T).await.expect("server get");
+    let sent = n.to_be_bytes();
+    on_server.write_all(&sent).await.unwrap();
+    on_server.flush().await.unwrap();
+    let pool = client.clone();
+    let on_client = tokio::task::spawn_blocking(move || {
+        let mut c = pool.get(id, T).expect("client get");
+        assert_eq!(c.id(), id);
+        let mut got = [0u8; 8];
+        c.read_exact(&mut got).unwrap();
+        got.reverse();
+        c.write_all(id.as_bytes()).unwrap();
+        c.write_all(&got).unwrap();
+        c.flush().unwrap();
+        c
+    });
+    let mut back = [0u8; 16];
+    on_server.read_exact(&mut back).await.unwrap();
+    let mut want = sent;
+    want.reverse();
+    assert_eq!(&back[..8], id.as_bytes());
+    assert_eq!(back[8..], want);
+    drop(on_client.await.unwrap());
+}
+
+fn pairs_1000(mode: TlsMode) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let server = ServerPool::builder()
+            .bind(loopback())
+            .tls_mode(mode)
+            .build()
+            .unwrap();
+        assert_eq!(server.fingerprint().is_some(), mode != TlsMode::Off);
+        let client = client(&server, mode, 16, 64);
+        let start = Instant::now();
+        for n in 0..1000 {
+            pair(&server, &client, n).await;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120));
+        let c = client.counters();
+        assert!(c.created >= 1000, "{c:?}");
+        assert_eq!(c.evicted_dead + c.id_collisions + c.id_errors, 0, "{c:?}");
+        tokio::task::spawn_blocking(move || client.close())
+            .await
+            .unwrap();
+        server.close().await;
+    });
+}
+
+#[test]
+fn pairs_with_the_tokio_server_1000_times_plain() {
+    pairs_1000(TlsMode::Off);
+}
+
+#[test]
+fn pairs_with_the_tokio_server_1000_times_pinned_tls() {
+    pairs_1000(TlsMode::SelfSigned);
+}
+
+#[test]
+fn a_wrong_pin_never_fills() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let server = ServerPool::builder()
+            .bind(loopback())
+            .tls_mode(TlsMode::SelfSigned)
+            .build()
+            .unwrap();
+        let other = pool_tls::ServerTls::self_signed(["localhost"]).unwrap();
+        let pool = ThreadClientPool::builder(server.local_addr())
+            .config(config(4, 4))
+            .tls(ClientTlsBuilder::new(TlsMode::SelfSigned).pin(other.fingerprint()))
+            .build()
+            .unwrap();
+        assert!(eventually(T, || pool.counters().handshake_failures >= 4).await);
+        assert_eq!(pool.idle(), 0);
+        tokio::task::spawn_blocking(move || drop(pool))
+            .await
+            .unwrap();
+        server.close().await;
+    });
+}
+
+#[test]
+fn refills_after_the_server_restarts() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let server = ServerPool::builder().bind(loopback()).build().unwrap();
+        let addr = server.local_addr();
+        let client = client(&server, TlsMode::Off, 8, 8);
+        assert!(eventually(T, || client.idle() >= 8).await);
+        pair(&server, &client, 1).await;
+
+        server.close().await;
+        drop(server);
+        // The sweep finds the dead ones, the dials are refused, the pool backs off.
+        assert!(
+            eventually(T, || {
+                let c = client.counters();
+                client.idle() == 0 && c.dial_failures >= 8
+            })
+            .await,
+            "{:?} {:?}",
+            client.status(),
+            client.counters()
+        );
+
+        let server = ServerPool::builder().bind(addr).build().unwrap();
+        assert!(
+            eventually(T, || client.idle() >= 8).await,
+            "{:?}",
+            client.counters()
+        );
+        for n in 0..10 {
+            pair(&server, &client, n).await;
+        }
+        tokio::task::spawn_blocking(move || client.close())
+            .await
+            .unwrap();
+        server.close().await;
+    });
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+#[test]
+fn close_and_drop_leave_no_descriptor() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    rt.block_on(async {
+        // Warm the runtime's own descriptors (timer, I/O driver) and the blocking pool.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::spawn_blocking(|| ()).await.unwrap();
+        let baseline = open_fds();
+        for mode in [TlsMode::Off, TlsMode::SelfSigned] {
+            let server = ServerPool::builder()
+                .bind(loopback())
+                .tls_mode(mode)
+                .build()
+                .unwrap();
+            let client = client(&server, mode, 32, 32);
+            assert!(eventually(T, || client.idle() >= 32).await);
+            assert!(open_fds() >= baseline + 64);
+            pair(&server, &client, 7).await;
+            // A connection handed out stays the user's; the rest go with the pool.
+            let (id, held) = server.get_timeout(T).await.unwrap();
+            let pool = client.clone();
+            let taken = tokio::task::spawn_blocking(move || pool.get(id, T).unwrap())
+                .await
+                .unwrap();
+            tokio::task::spawn_blocking(move || client.close())
+                .await
+                .unwrap();
+            drop((held, taken));
+            server.close().await;
+        }
+        // Dropped without close: the same.
+        {
+            let server = ServerPool::builder().bind(loopback()).build().unwrap();
+            let client = client(&server, TlsMode::Off, 8, 8);
+            assert!(eventually(T, || client.idle() >= 8).await);
+            tokio::task::spawn_blocking(move || drop(client))
+                .await
+                .unwrap();
+            server.close().await;
+        }
+        assert!(
+            eventually(T, || open_fds() <= baseline).await,
+            "descriptors leaked: {} open, baseline {baseline}",
+            open_fds()
+        );
+    });
+}

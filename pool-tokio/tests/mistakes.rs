@@ -1,0 +1,223 @@
+//! The common mistakes of a first hour, each of which used to look like the same bare
+//! get timeout. Every row must end in an error whose cause names the mistake, within
+//! 1 s (or at the first failed attempt), never in a silent success or a generic timeout.
+//! Run with `--nocapture` to see what each row saw.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{loopback, T};
+use pool_tokio::{BuildError, Cause, ClientPool, ConnId, GetError, ServerPool, Stage, TlsMode};
+
+/// The most a row may take to name its mistake.
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+fn report(row: &str, took: Duration, what: &dyn std::fmt::Display) {
+    println!("{row:<46} {:>7.1} ms  {what}", took.as_secs_f64() * 1e3);
+}
+
+fn any_id() -> ConnId {
+    ConnId::from_random([1, 2, 3, 4])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_says_connection_refused() {
+    let port = std::net::TcpListener::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // The listener is dropped: nothing listens there now.
+    let client = ClientPool::builder().address(port).build().unwrap();
+    let t0 = Instant::now();
+    let err = client.get_timeout(any_id(), T).await.unwrap_err();
+    let took = t0.elapsed();
+    report("client pointed at a closed port", took, &err);
+    let GetError::Unreachable(f) = &err else {
+        panic!("expected Unreachable, got {err}")
+    };
+    assert_eq!(f.stage, Stage::Connect);
+    assert!(
+        matches!(&f.cause, Cause::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{err}"
+    );
+    assert_eq!(f.peer, Some(port));
+    assert!(took < ONE_SECOND, "took {took:?}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_says_pin_mismatch() {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tls_mode(TlsMode::SelfSigned)
+        .build()
+        .unwrap();
+    let other = pool_tls::ServerTls::self_signed(["elsewhere"]).unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(TlsMode::SelfSigned)
+        .pin(other.fingerprint())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = client.get_timeout(any_id(), T).await.unwrap_err();
+    let took = t0.elapsed();
+    report("wrong pin", took, &err);
+    let GetError::Unreachable(f) = &err else {
+        panic!("expected Unreachable, got {err}")
+    };
+    assert_eq!(f.stage, Stage::Tls);
+    assert!(matches!(f.cause, Cause::Tls(_)), "{err}");
+    assert!(err.to_string().contains("pin mismatch"), "{err}");
+    assert!(took < ONE_SECOND, "took {took:?}");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_against_a_plain_server_is_named_on_both_sides() {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .sweep_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(TlsMode::SelfSigned)
+        .build()
+        .unwrap();
+    // The client's view.
+    let t0 = Instant::now();
+    let err = client.get_timeout(any_id(), T).await.unwrap_err();
+    let took = t0.elapsed();
+    report("mode 1 client against a mode 0 server", took, &err);
+    let GetError::Unreachable(f) = &err else {
+        panic!("expected Unreachable, got {err}")
+    };
+    assert!(
+        matches!(f.cause, Cause::NotTls(_)) && f.stage == Stage::Protocol,
+        "{err}"
+    );
+    assert!(err.to_string().contains("is it mode 0?"), "{err}");
+    assert!(took < ONE_SECOND, "took {took:?}");
+    // The server's view: nothing of it ever goes idle, and a get says why.
+    let t0 = Instant::now();
+    let err = server
+        .get_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    report("mode 0 server, mode 1 client (server side)", took, &err);
+    let stats = server.stats();
+    println!("{stats}");
+    assert_eq!(stats.status.idle, 0, "a TLS client's connection went idle");
+    assert!(stats.counters.protocol_mismatches > 0, "{stats}");
+    assert!(err.to_string().contains("client speaks TLS"), "{err}");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_shuts_out_the_client_names_itself() {
+    // The README sample's filter, with a client on loopback.
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .client_ip("203.0.113.7, 10.0.0.0/8")
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = client.get_timeout(any_id(), T).await.unwrap_err();
+    let took = t0.elapsed();
+    report("client-IP filter refuses the client (client)", took, &err);
+    assert!(matches!(err, GetError::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains("client-IP filter"), "{err}");
+    assert!(took < ONE_SECOND, "took {took:?}");
+    let err = server
+        .get_timeout(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    report(
+        "client-IP filter refuses the client (server)",
+        Duration::from_millis(200),
+        &err,
+    );
+    assert!(
+        err.to_string().contains("refused by the client-IP filter"),
+        "{err}"
+    );
+    assert!(server.stats().counters.refused_filter > 0);
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_make_no_sense_are_refused_at_build() {
+    let server = common::server();
+    let fp = pool_tls::ServerTls::self_signed(["x"])
+        .unwrap()
+        .fingerprint();
+    let cases: Vec<(&str, Result<ClientPool, BuildError>)> = vec![
+        (
+            ".pin(fp) in mode 0",
+            ClientPool::builder()
+                .address(server.local_addr())
+                .pin(fp)
+                .build(),
+        ),
+        (
+            ".hostname(h) in mode 0",
+            ClientPool::builder()
+                .address(server.local_addr())
+                .hostname("pool.test")
+                .build(),
+        ),
+        (
+            ".ca_file(f) in mode 1",
+            ClientPool::builder()
+                .address(server.local_addr())
+                .tls_mode(TlsMode::SelfSigned)
+                .ca_file("/nonexistent/ca.pem")
+                .build(),
+        ),
+    ];
+    for (row, res) in cases {
+        let err = res.expect_err(row);
+        report(row, Duration::ZERO, &err);
+        assert!(matches!(err, BuildError::Config(_)), "{row}: {err}");
+    }
+    // A filter of IPv6 entries on an IPv4 listener can never let anyone in.
+    let err = ServerPool::builder()
+        .bind(loopback())
+        .client_ip("::1, fe80::/10")
+        .build()
+        .unwrap_err();
+    report("IPv6-only filter on an IPv4 listener", Duration::ZERO, &err);
+    assert!(matches!(err, BuildError::Config(_)), "{err}");
+    assert!(err.to_string().contains("address family"), "{err}");
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn question_mark_works_inside_a_session() {
+    // `From<io::Error>` for the get error: a session can use `?` on both.
+    async fn session(server: &ServerPool, client: &ClientPool) -> Result<(), GetError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (id, mut s) = server.get_timeout(T).await?;
+        let mut c = client.get_timeout(id, T).await?;
+        s.write_all(b"hello").await?;
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"hello");
+        Ok(())
+    }
+    let server = common::server();
+    let client = common::client(&server, 2, 4);
+    session(&server, &client).await.unwrap();
+    client.close().await;
+    server.close().await;
+}
