@@ -660,6 +660,14 @@ impl ServerPool {
         self.local
     }
 
+    /// Idle and settling connections counted for `peer`'s source under the idle quota
+    /// (always zero without one, see [`ServerPoolBuilder::idle_per_source`]).
+    pub fn idle_from(&self, peer: std::net::IpAddr) -> usize {
+        let (n, out) = self.inner().engine.with(|m, _| m.idle_from(peer));
+        perform(self.inner(), out);
+        n
+    }
+
     /// The SHA-256 fingerprint of the certificate served, for a mode-1 client to pin.
     pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
