@@ -164,6 +164,9 @@ pub struct PoolCommon<C> {
     pub(crate) starting: bool,
     epoch: Instant,
     sweep: Sweep,
+    /// Ids of connections that left the pool (to a get or to be closed), kept only
+    /// when the server counts idle connections per source; it drains them.
+    pub(crate) departed: Option<Vec<ConnId>>,
 }
 
 impl<C> PoolCommon<C> {
@@ -193,6 +196,7 @@ impl<C> PoolCommon<C> {
                 out: None,
                 flushed: false,
             },
+            departed: None,
         }
     }
 
@@ -257,6 +261,7 @@ impl<C> PoolCommon<C> {
                 Want::Id(id) => self.idle.take(&id).map(|k| (id, k)),
             };
             let Some((id, kept)) = taken else { break };
+            self.depart(id);
             if self.too_old(&kept, now) {
                 self.counters.evicted_aged += 1;
                 self.to_close.push((id, kept.conn));
@@ -335,6 +340,7 @@ impl<C> PoolCommon<C> {
             };
             if self.too_old(&kept, now) {
                 self.counters.evicted_aged += 1;
+                self.depart(id);
                 self.to_close.push((id, kept.conn));
             } else {
                 items.push(Item {
@@ -360,9 +366,11 @@ impl<C> PoolCommon<C> {
         let drop_all = self.closed || self.sweep.flushed;
         for Item { id, kept, alive } in probe.items {
             if drop_all {
+                self.depart(id);
                 self.to_close.push((id, kept.conn));
             } else if !alive {
                 self.counters.evicted_dead += 1;
+                self.depart(id);
                 self.to_close.push((id, kept.conn));
             } else if let Err(kept) = self.land_kept(id, kept) {
                 // The id became idle again meanwhile: keep the one already there.
@@ -442,6 +450,7 @@ impl<C> PoolCommon<C> {
         match key {
             Some(key) => {
                 self.counters.served_after_wait += 1;
+                self.depart(id);
                 self.answers.push_back(Answer {
                     key,
                     result: Ok((id, kept.conn)),
@@ -449,6 +458,13 @@ impl<C> PoolCommon<C> {
                 Ok(())
             }
             None => self.idle.insert(id, kept),
+        }
+    }
+
+    /// Notes that the connection `id` left the pool, when departures are kept.
+    fn depart(&mut self, id: ConnId) {
+        if let Some(d) = &mut self.departed {
+            d.push(id);
         }
     }
 

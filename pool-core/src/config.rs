@@ -264,10 +264,21 @@ pub struct ServerConfig {
     pub(crate) sweep_interval: Duration,
     pub(crate) max_idle_age: Option<Duration>,
     pub(crate) settle: Duration,
+    pub(crate) pending_per_source: Option<usize>,
+    pub(crate) idle_per_source: Option<usize>,
+    pub(crate) source_prefix_v4: u8,
+    pub(crate) source_prefix_v6: u8,
 }
 
 /// The default [`ServerConfigBuilder::settle`] time.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(25);
+
+/// The default [`ServerConfigBuilder::max_idle_age`] of a server: 10 minutes.
+pub const DEFAULT_SERVER_MAX_IDLE_AGE: Duration = Duration::from_secs(600);
+
+/// The default [`ServerConfigBuilder::pending_per_source`]: 64, the most handshakes a
+/// client pool of this crate runs at once (its default parallelism).
+pub const DEFAULT_PENDING_PER_SOURCE: usize = 64;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -277,8 +288,12 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             id_form: IdForm::Hex8,
             sweep_interval: Duration::from_secs(1),
-            max_idle_age: None,
+            max_idle_age: Some(DEFAULT_SERVER_MAX_IDLE_AGE),
             settle: DEFAULT_SETTLE,
+            pending_per_source: Some(DEFAULT_PENDING_PER_SOURCE),
+            idle_per_source: None,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
         }
     }
 }
@@ -324,6 +339,18 @@ impl ServerConfig {
     pub fn settle(&self) -> Duration {
         self.settle
     }
+    /// Handshakes under way from one source at most; `None`: no limit.
+    pub fn pending_per_source(&self) -> Option<usize> {
+        self.pending_per_source
+    }
+    /// Idle (and settling) connections from one source at most; `None`: no limit.
+    pub fn idle_per_source(&self) -> Option<usize> {
+        self.idle_per_source
+    }
+    /// The prefix lengths that group peer addresses into sources: IPv4, IPv6.
+    pub fn source_prefixes(&self) -> (u8, u8) {
+        (self.source_prefix_v4, self.source_prefix_v6)
+    }
 }
 
 /// Builder of a [`ServerConfig`].
@@ -338,7 +365,11 @@ impl ServerConfigBuilder {
         self.0.max_capacity = n;
         self
     }
-    /// Handshakes at once at most; more are refused as busy. Default 256.
+    /// Handshakes at once at most. Default 256. When every slot is taken, a new
+    /// connection evicts the oldest handshake under way instead of being refused: a
+    /// peer that opens connections and stays silent (slowloris) can then delay the
+    /// legitimate client's handshakes by at most the time it takes to open this many
+    /// newer connections, never shut it out until its deadline.
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.0.max_handshakes = n;
         self
@@ -360,9 +391,48 @@ impl ServerConfigBuilder {
         self
     }
     /// Closes connections idle longer than this, checked at each sweep and at each
-    /// get. Default `None`: no limit, as in the Go package.
+    /// get. Default 10 minutes ([`DEFAULT_SERVER_MAX_IDLE_AGE`]; the Go package has no
+    /// limit).
+    ///
+    /// Why a limit on the server: without a tunnel key, a stranger who connects and
+    /// stays silent holds an idle slot for as long as it keeps its socket open, and
+    /// the sweep only finds closed sockets. An age bounds that. Why 10 minutes: the
+    /// legitimate client notices the close at its next sweep and dials a replacement,
+    /// so a full pool of 1,024 connections costs under two dials a second, and the
+    /// pool a get finds stays warm. `None` turns it off (the Go behaviour).
     pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
         self.0.max_idle_age = age;
+        self
+    }
+    /// Handshakes under way from one source (see
+    /// [`source_prefixes`](Self::source_prefixes)) at most. Default `Some(64)`
+    /// ([`DEFAULT_PENDING_PER_SOURCE`]): a client pool of this crate dials up to 64 at
+    /// once (a Go client pool one), so the legitimate client never meets it. Over the
+    /// quota a new connection from that source evicts the same source's oldest
+    /// handshake: one source cannot take more than this many of the
+    /// [`max_handshakes`](Self::max_handshakes) slots. `None`: no limit.
+    pub fn pending_per_source(mut self, n: Option<usize>) -> Self {
+        self.0.pending_per_source = n;
+        self
+    }
+    /// Idle (and settling) connections from one source at most; over it, a new
+    /// connection from that source is refused and counted as `refused_quota`. Default
+    /// `None`, no limit, as in the Go package: the legitimate client is one source
+    /// that holds the whole pool, so only an operator who knows the topology (for
+    /// example several clients behind distinct addresses) can choose a quota that
+    /// does not starve it. Connections a get handed out and that came back with
+    /// `put_back` are not counted.
+    pub fn idle_per_source(mut self, n: Option<usize>) -> Self {
+        self.0.idle_per_source = n;
+        self
+    }
+    /// How peer addresses group into sources for the per-source quotas: the lengths
+    /// of the IPv4 and IPv6 prefixes. Default /32 and /64 (one host; one IPv6 site,
+    /// since a single host is commonly given a whole /64). An IPv4-mapped IPv6 address
+    /// counts as IPv4. At most 32 and 128.
+    pub fn source_prefixes(mut self, v4: u8, v6: u8) -> Self {
+        self.0.source_prefix_v4 = v4;
+        self.0.source_prefix_v6 = v6;
         self
     }
     /// How long a new connection waits, after its id was written, before a get can
@@ -405,9 +475,26 @@ impl ServerConfigBuilder {
             });
         }
         check_sweep(c.sweep_interval, c.max_idle_age)?;
+        if c.pending_per_source == Some(0) {
+            return Err(ConfigError::Zero {
+                what: "pending handshakes per source",
+            });
+        }
+        if c.idle_per_source == Some(0) {
+            return Err(ConfigError::Zero {
+                what: "idle connections per source",
+            });
+        }
+        if c.source_prefix_v4 > 32 || c.source_prefix_v6 > 128 {
+            return Err(ConfigError::BadPrefix {
+                v4: c.source_prefix_v4,
+                v6: c.source_prefix_v6,
+            });
+        }
         Ok(c)
     }
-    /// Zero values become their defaults, as the Go package's would. Never fails.
+    /// Zero values become their defaults, as the Go package's would, and a prefix
+    /// too long is cut to the address length. Never fails.
     pub fn build_go_normalized(self) -> ServerConfig {
         let mut c = self.0;
         let d = ServerConfig::default();
@@ -421,6 +508,14 @@ impl ServerConfigBuilder {
             c.handshake_timeout = d.handshake_timeout;
         }
         (c.sweep_interval, c.max_idle_age) = fix_sweep(c.sweep_interval, c.max_idle_age);
+        if c.pending_per_source == Some(0) {
+            c.pending_per_source = d.pending_per_source;
+        }
+        if c.idle_per_source == Some(0) {
+            c.idle_per_source = d.idle_per_source;
+        }
+        c.source_prefix_v4 = c.source_prefix_v4.min(32);
+        c.source_prefix_v6 = c.source_prefix_v6.min(128);
         c
     }
 }

@@ -56,6 +56,14 @@ pub enum ConfigError {
         /// What to do about it.
         hint: &'static str,
     },
+    /// A source prefix longer than its address.
+    #[error("source prefixes /{v4} (IPv4, at most 32) and /{v6} (IPv6, at most 128)")]
+    BadPrefix {
+        /// The IPv4 prefix length.
+        v4: u8,
+        /// The IPv6 prefix length.
+        v6: u8,
+    },
     /// An adjustment threshold that is not a fraction between 0 and 1, or a low
     /// threshold above the high one.
     #[error("bad {what} threshold: {reason}")]

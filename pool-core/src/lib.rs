@@ -25,6 +25,7 @@
 //! | [`PoolCommon::poll_answer`] | hand the connection (or error) to the get waiting under that key |
 //! | [`PoolCommon::poll_close`] | drop the connection, after letting go of any lock |
 //! | [`PoolCommon::poll_probe`] | probe each connection of the batch with no lock held, give the batch back |
+//! | [`ServerMachine::poll_abort`] | abort the handshake with that serial (it was evicted); its ticket still comes back |
 //! | `poll_timeout` | arm one timer; call `handle_timeout` when it fires |
 //!
 //! The liveness of an idle connection is a fact only the driver can learn, so it is
@@ -84,6 +85,7 @@ mod id;
 mod idle;
 mod random;
 mod server;
+mod source;
 mod stats;
 mod time;
 mod waiters;
@@ -93,13 +95,14 @@ pub use client::{backoff, ClientMachine, DialTicket};
 pub use common::{Answer, Check, Got, PoolCommon, Probe, PROBE_BATCH};
 pub use config::{
     go_caps, go_intervals, ClientConfig, ClientConfigBuilder, ServerConfig, ServerConfigBuilder,
-    DEFAULT_SETTLE,
+    DEFAULT_PENDING_PER_SOURCE, DEFAULT_SERVER_MAX_IDLE_AGE, DEFAULT_SETTLE,
 };
 pub use error::{ConfigError, GetError, IdError};
 pub use id::{ConnId, Fed, IdForm, IdReader, WireId, ID_LEN};
 pub use idle::IdleMap;
 pub use random::{Random, SeededRandom};
 pub use server::{Admission, HandshakeTicket, Refusal, ServerMachine};
+pub use source::Source;
 pub use stats::{Counters, Stage, Status};
 pub use time::deadline_after;
 pub use waiters::{WaiterKey, Waiters, Want};

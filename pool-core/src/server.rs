@@ -1,7 +1,29 @@
 //! The server admission machine: which accepted connections may handshake, their
 //! deadlines, their ids, and every reason for a refusal.
+//!
+//! # Admission under pressure
+//!
+//! A tunnel port is reached by strangers, so every slot they can take has a bound, a
+//! deadline and an eviction rule:
+//! - at most `max_handshakes` handshakes run at once, each under a deadline. When all
+//!   slots are taken, a new connection **evicts the oldest handshake** instead of
+//!   being refused: a slowloris peer cannot shut the legitimate client out, only make
+//!   its handshakes race against the arrival of newer connections;
+//! - at most `pending_per_source` of them come from one source (a peer address cut to
+//!   a prefix, see [`Source`]); over it, the new connection evicts that source's own
+//!   oldest handshake;
+//! - optionally at most `idle_per_source` idle connections come from one source; over
+//!   it, a new connection from that source is refused, and a handshake of that source
+//!   that finishes is closed (both counted as `refused_quota`).
+//!
+//! An evicted handshake's slot is free at once; the driver learns which one to abort
+//! from [`ServerMachine::poll_abort`], and its ticket still comes back exactly once
+//! (ready or failed), to be ignored: a ready connection is then closed. The
+//! per-source table holds only sources with a handshake under way or an idle
+//! connection counted, so it is bounded by `max_handshakes` plus the capacity.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
@@ -9,6 +31,7 @@ use crate::common::{Got, PoolCommon};
 use crate::config::ServerConfig;
 use crate::idle::IdBuild;
 use crate::random::{Entropy, Random};
+use crate::source::Source;
 use crate::stats::{Stage, Status};
 use crate::time::deadline_after;
 use crate::waiters::Want;
@@ -47,10 +70,13 @@ pub enum Refusal {
     Filter,
     /// Idle plus handshaking connections are at the maximum capacity.
     Full,
-    /// Too many handshakes are under way.
+    /// Too many handshakes are under way. No longer produced: the oldest handshake is
+    /// evicted instead.
     Busy,
     /// The pool is closed.
     Closed,
+    /// The peer's source holds its quota of idle connections.
+    Quota,
 }
 
 /// The decision on an accepted connection.
@@ -77,6 +103,29 @@ pub struct ServerMachine<C> {
     /// first).
     settling: VecDeque<(Instant, ConnId, C)>,
     next_serial: u64,
+    /// Handshakes under way, by serial (the oldest first), with their source.
+    live: BTreeMap<u64, Source>,
+    /// What each source holds; an entry is removed when it holds nothing.
+    sources: HashMap<Source, Held>,
+    /// The source of each idle or settling connection, kept only with an idle quota.
+    owner: HashMap<ConnId, Source, IdBuild>,
+    /// Serials of evicted handshakes the driver has to abort.
+    aborts: VecDeque<u64>,
+}
+
+/// What one source holds.
+#[derive(Debug, Default)]
+struct Held {
+    /// Serials of its handshakes under way.
+    pending: BTreeSet<u64>,
+    /// Its idle and settling connections (counted only with an idle quota).
+    idle: usize,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.idle == 0
+    }
 }
 
 impl<C> Deref for ServerMachine<C> {
@@ -96,17 +145,25 @@ impl<C> ServerMachine<C> {
     /// A machine with no connection yet, drawing ids from `random`: a
     /// [`SeededRandom`](crate::SeededRandom) seeded from a secure source.
     pub fn new(cfg: ServerConfig, random: impl Random + 'static, now: Instant) -> Self {
+        let mut common = PoolCommon::new(
+            Entropy::new(random),
+            now,
+            cfg.sweep_interval,
+            cfg.max_idle_age,
+        );
+        if cfg.idle_per_source.is_some() {
+            common.departed = Some(Vec::new());
+        }
         Self {
-            common: PoolCommon::new(
-                Entropy::new(random),
-                now,
-                cfg.sweep_interval,
-                cfg.max_idle_age,
-            ),
+            common,
             cfg,
             pending_ids: HashSet::default(),
             settling: VecDeque::new(),
             next_serial: 0,
+            live: BTreeMap::new(),
+            sources: HashMap::new(),
+            owner: HashMap::default(),
+            aborts: VecDeque::new(),
         }
     }
 
@@ -115,33 +172,163 @@ impl<C> ServerMachine<C> {
         &self.cfg
     }
 
-    /// A connection was accepted; `allowed` is the client-IP filter's verdict.
-    pub fn handle_accept(&mut self, now: Instant, allowed: bool) -> Admission {
+    /// A connection from `peer` was accepted; `allowed` is the client-IP filter's
+    /// verdict. Admitting it may evict an older handshake (see the module docs):
+    /// drain [`poll_abort`](Self::poll_abort) afterwards.
+    pub fn handle_accept(&mut self, now: Instant, peer: IpAddr, allowed: bool) -> Admission {
+        self.sync_departures();
+        let source = self.source_of(peer);
         let c = &mut self.common;
-        let refusal = if c.closed {
-            Some(Refusal::Closed)
-        } else if !allowed {
-            c.counters.refused_filter += 1;
-            Some(Refusal::Filter)
-        } else if c.held() + self.settling.len() >= self.cfg.max_capacity {
-            c.counters.refused_full += 1;
-            Some(Refusal::Full)
-        } else if c.in_flight >= self.cfg.max_handshakes {
-            c.counters.refused_busy += 1;
-            Some(Refusal::Busy)
-        } else {
-            None
-        };
-        if let Some(r) = refusal {
-            return Admission::Refuse(r);
+        if c.closed {
+            return Admission::Refuse(Refusal::Closed);
         }
-        c.in_flight += 1;
+        if !allowed {
+            c.counters.refused_filter += 1;
+            return Admission::Refuse(Refusal::Filter);
+        }
+        if self.over_idle_quota(source) {
+            self.common.counters.refused_quota += 1;
+            return Admission::Refuse(Refusal::Quota);
+        }
+        let c = &mut self.common;
+        let held = self.sources.get(&source);
+        // The handshake to evict for room, if any: the source's own oldest when the
+        // source is at its quota, else the oldest of all when every slot is taken.
+        let own = held.map_or(0, |h| h.pending.len());
+        let victim = match self.cfg.pending_per_source {
+            Some(quota) if own >= quota => held.and_then(|h| h.pending.first().copied()),
+            _ if c.in_flight >= self.cfg.max_handshakes => {
+                self.live.first_key_value().map(|(s, _)| *s)
+            }
+            _ => None,
+        };
+        let room = usize::from(victim.is_some());
+        if c.held() + self.settling.len() >= self.cfg.max_capacity + room {
+            c.counters.refused_full += 1;
+            return Admission::Refuse(Refusal::Full);
+        }
+        if let Some(serial) = victim {
+            self.evict(serial);
+        }
+        self.common.in_flight += 1;
         self.next_serial += 1;
+        let serial = self.next_serial;
+        self.live.insert(serial, source);
+        self.sources
+            .entry(source)
+            .or_default()
+            .pending
+            .insert(serial);
         Admission::Admit(HandshakeTicket {
-            serial: self.next_serial,
+            serial,
             deadline: deadline_after(now, self.cfg.handshake_timeout),
             id: None,
         })
+    }
+
+    /// The serial of the next evicted handshake to abort. Its ticket still comes back
+    /// (ready or failed) and is then ignored.
+    pub fn poll_abort(&mut self) -> Option<u64> {
+        self.aborts.pop_front()
+    }
+
+    /// Handshakes under way from `peer`'s source.
+    pub fn pending_from(&self, peer: IpAddr) -> usize {
+        self.sources
+            .get(&self.source_of(peer))
+            .map_or(0, |h| h.pending.len())
+    }
+
+    /// Idle and settling connections counted for `peer`'s source (always zero without
+    /// an idle quota).
+    pub fn idle_from(&mut self, peer: IpAddr) -> usize {
+        self.sync_departures();
+        self.sources
+            .get(&self.source_of(peer))
+            .map_or(0, |h| h.idle)
+    }
+
+    /// Sources holding a handshake under way or a counted idle connection: the size of
+    /// the per-source table.
+    pub fn sources(&mut self) -> usize {
+        self.sync_departures();
+        self.sources.len()
+    }
+
+    fn over_idle_quota(&self, source: Source) -> bool {
+        match (self.cfg.idle_per_source, self.sources.get(&source)) {
+            (Some(quota), Some(h)) => h.idle >= quota,
+            _ => false,
+        }
+    }
+
+    fn source_of(&self, peer: IpAddr) -> Source {
+        Source::of(peer, self.cfg.source_prefix_v4, self.cfg.source_prefix_v6)
+    }
+
+    /// Frees the slot of the live handshake `serial` and asks the driver to abort it.
+    fn evict(&mut self, serial: u64) {
+        if self.end(serial) {
+            self.common.counters.evicted_handshakes += 1;
+            self.aborts.push_back(serial);
+        }
+    }
+
+    /// Takes the handshake `serial` off the live table; false if it was not there
+    /// (evicted before).
+    fn end(&mut self, serial: u64) -> bool {
+        let Some(source) = self.live.remove(&serial) else {
+            return false;
+        };
+        self.common.in_flight -= 1;
+        if let Some(h) = self.sources.get_mut(&source) {
+            h.pending.remove(&serial);
+            if h.is_empty() {
+                self.sources.remove(&source);
+            }
+        }
+        true
+    }
+
+    /// Counts `id` as an idle connection of the source of handshake `source`.
+    fn own(&mut self, id: ConnId, source: Source) {
+        if self.cfg.idle_per_source.is_none() {
+            return;
+        }
+        if let Some(old) = self.owner.insert(id, source) {
+            self.release(old);
+        }
+        self.sources.entry(source).or_default().idle += 1;
+    }
+
+    fn release(&mut self, source: Source) {
+        if let Some(h) = self.sources.get_mut(&source) {
+            h.idle = h.idle.saturating_sub(1);
+            if h.is_empty() {
+                self.sources.remove(&source);
+            }
+        }
+    }
+
+    /// Connections that left the pool no longer count for their source.
+    fn sync_departures(&mut self) {
+        let Some(d) = &mut self.common.departed else {
+            return;
+        };
+        for id in std::mem::take(d) {
+            if let Some(source) = self.owner.remove(&id) {
+                self.release(source);
+            }
+        }
+    }
+
+    fn forget(&mut self, out: &[(ConnId, C)]) {
+        self.sync_departures();
+        for (id, _) in out {
+            if let Some(source) = self.owner.remove(id) {
+                self.release(source);
+            }
+        }
     }
 
     /// The id for `ticket`, drawn from the machine's generator: never one that is idle
@@ -161,8 +348,18 @@ impl<C> ServerMachine<C> {
     /// The handshake and id write finished: after the settle time the connection goes
     /// idle, or to a waiting get. A ticket with no id is a driver error: its
     /// connection is queued for closing and counted as an id error.
+    ///
+    /// The ticket of an evicted handshake is ignored: its connection is closed.
     pub fn handle_ready(&mut self, ticket: HandshakeTicket, conn: C, now: Instant) {
-        self.common.in_flight -= 1;
+        self.sync_departures();
+        let source = self.live.get(&ticket.serial).copied();
+        if !self.end(ticket.serial) {
+            if let Some(id) = ticket.id {
+                self.pending_ids.remove(&id);
+            }
+            let id = ticket.id.unwrap_or(ConnId::from_random([0; 4]));
+            return self.common.close_later(id, conn);
+        }
         let Some(id) = ticket.id else {
             self.common.counters.id_errors += 1;
             return self.common.close_later(ConnId::from_random([0; 4]), conn);
@@ -170,6 +367,16 @@ impl<C> ServerMachine<C> {
         if self.common.closed {
             self.pending_ids.remove(&id);
             return self.common.close_later(id, conn);
+        }
+        if let Some(source) = source {
+            if self.over_idle_quota(source) {
+                // Several handshakes of a source were admitted under its quota and
+                // finished together: the ones past it are closed.
+                self.pending_ids.remove(&id);
+                self.common.counters.refused_quota += 1;
+                return self.common.close_later(id, conn);
+            }
+            self.own(id, source);
         }
         if self.cfg.settle.is_zero() {
             self.pending_ids.remove(&id);
@@ -200,15 +407,19 @@ impl<C> ServerMachine<C> {
                 self.common.close_later(id, conn);
             }
         }
+        self.sync_departures();
     }
 
-    /// The handshake failed or passed its deadline at `stage`.
+    /// The handshake failed or passed its deadline at `stage`. The failure of an
+    /// evicted handshake (aborted on [`poll_abort`](Self::poll_abort)'s word) is not
+    /// counted again.
     pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) {
-        self.common.in_flight -= 1;
         if let Some(id) = ticket.id {
             self.pending_ids.remove(&id);
         }
-        self.common.counters.count_failure(stage);
+        if self.end(ticket.serial) {
+            self.common.counters.count_failure(stage);
+        }
     }
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work: the
@@ -224,6 +435,7 @@ impl<C> ServerMachine<C> {
     /// Time passed: settled connections land, waiting gets expire, and a sweep starts
     /// when one is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.sync_departures();
         self.settle(now);
         self.common.expire(now);
     }
@@ -240,6 +452,7 @@ impl<C> ServerMachine<C> {
     /// way: landing it would make that handshake collide, since its ticket keeps the
     /// id it already wrote on the wire.
     pub fn put_back(&mut self, id: ConnId, conn: C, now: Instant) {
+        self.sync_departures();
         if self.pending_ids.contains(&id) {
             return self.common.close_later(id, conn);
         }
@@ -254,6 +467,7 @@ impl<C> ServerMachine<C> {
             self.pending_ids.remove(&id);
             out.push((id, conn));
         }
+        self.forget(&out);
         out
     }
 
@@ -270,6 +484,7 @@ impl<C> ServerMachine<C> {
             self.pending_ids.remove(&id);
             out.push((id, conn));
         }
+        self.forget(&out);
         out
     }
 

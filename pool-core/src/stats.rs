@@ -41,8 +41,17 @@ pub struct Counters {
     pub refused_filter: u64,
     /// Connections refused because the pool was at its maximum (server).
     pub refused_full: u64,
-    /// Connections refused because too many handshakes were under way (server).
+    /// Connections refused because too many handshakes were under way (server). No
+    /// longer produced: a new connection evicts the oldest handshake instead (see
+    /// `evicted_handshakes`).
     pub refused_busy: u64,
+    /// Connections refused because their source held its quota of idle connections
+    /// (server).
+    pub refused_quota: u64,
+    /// Handshakes under way aborted to make room for a newer connection: the oldest of
+    /// all when every slot was taken, or the oldest of its source when that source was
+    /// at its quota (server).
+    pub evicted_handshakes: u64,
     /// Idle connections found dead and dropped.
     pub evicted_dead: u64,
     /// Idle connections closed because they were idle longer than the maximum idle age.

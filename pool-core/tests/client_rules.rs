@@ -10,6 +10,7 @@ use pool_core::{
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// A generator that plays a script, then zeros.
 #[derive(Clone, Default)]
@@ -255,7 +256,7 @@ fn server_put_back_never_takes_a_pending_id() {
     // The generator draws the same number for both handshakes.
     let random = Script::new(vec![7, 7]);
     let mut s: ServerMachine<u64> = ServerMachine::new(cfg, random, now);
-    let Admission::Admit(mut t1) = s.handle_accept(now, true) else {
+    let Admission::Admit(mut t1) = s.handle_accept(now, LOCAL, true) else {
         panic!("admitted")
     };
     let x = s.assign_id(&mut t1);
@@ -264,7 +265,7 @@ fn server_put_back_never_takes_a_pending_id() {
     let (id, conn) = ready(&mut s, got, now);
     assert_eq!(id, x);
     // The same id is drawn again for a new handshake while the first is out.
-    let Admission::Admit(mut t2) = s.handle_accept(now, true) else {
+    let Admission::Admit(mut t2) = s.handle_accept(now, LOCAL, true) else {
         panic!("admitted")
     };
     assert_eq!(s.assign_id(&mut t2), x);

@@ -15,10 +15,12 @@
 
 pub mod sim;
 
+pub mod attack;
 pub mod dialers;
 pub mod pair;
 #[cfg(unix)]
 pub mod process;
 pub mod proxy;
+pub mod report;
 pub mod rng;
 pub mod soak;

@@ -160,6 +160,9 @@ pub enum Cause {
     /// The tunnel-key proof was wrong.
     #[error("wrong tunnel-key proof")]
     BadProof,
+    /// The handshake was aborted: a newer connection evicted it, or the pool closed.
+    #[error("evicted by a newer connection, or the pool closed")]
+    Evicted,
 }
 
 impl From<io::Error> for Cause {

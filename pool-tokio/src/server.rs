@@ -1,7 +1,8 @@
 //! The server pool: accepts the client pool's connections and keeps them idle by id.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_core::{
@@ -14,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, PoolStream};
@@ -149,9 +151,33 @@ impl ServerPoolBuilder {
         self.core = self.core.max_capacity(n);
         self
     }
-    /// Handshakes at once at most. Default 256.
+    /// Handshakes at once at most. Default 256. When every slot is taken, a new
+    /// connection evicts the oldest handshake (slowloris defence, see
+    /// [`pool_core::ServerConfigBuilder::max_handshakes`]).
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.core = self.core.max_handshakes(n);
+        self
+    }
+    /// Handshakes under way from one source at most; over it, a new connection from
+    /// that source evicts the source's oldest handshake. Default `Some(64)`: a client
+    /// pool of this crate dials up to 64 at once, a Go client pool one. See
+    /// [`pool_core::ServerConfigBuilder::pending_per_source`].
+    pub fn pending_per_source(mut self, n: Option<usize>) -> Self {
+        self.core = self.core.pending_per_source(n);
+        self
+    }
+    /// Idle connections from one source at most; over it, new connections from that
+    /// source are refused (`refused_quota`). Default `None`: the legitimate client is
+    /// one source that holds the whole pool, so only an operator who knows the
+    /// topology can set it. See [`pool_core::ServerConfigBuilder::idle_per_source`].
+    pub fn idle_per_source(mut self, n: Option<usize>) -> Self {
+        self.core = self.core.idle_per_source(n);
+        self
+    }
+    /// Prefix lengths that group peer addresses into sources for the quotas. Default
+    /// /32 for IPv4 and /64 for IPv6.
+    pub fn source_prefixes(mut self, v4: u8, v6: u8) -> Self {
+        self.core = self.core.source_prefixes(v4, v6);
         self
     }
     /// Deadline of TLS handshake plus id write. Default 5 s (Go: none).
@@ -175,7 +201,10 @@ impl ServerPoolBuilder {
         self
     }
     /// Closes connections idle longer than this (checked at each sweep and each get).
-    /// Default `None`: no limit, as in the Go package.
+    /// Default 10 minutes, so that a stranger cannot hold an idle slot for ever when no
+    /// tunnel key is set; the client replaces a closed connection at its next sweep.
+    /// `None`: no limit, as in the Go package. See
+    /// [`pool_core::ServerConfigBuilder::max_idle_age`].
     pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
         self.core = self.core.max_idle_age(age);
         self
@@ -309,6 +338,7 @@ impl ServerPoolBuilder {
             socket: self.socket,
             key: self.key,
             rt,
+            handshakes: Mutex::new(HashMap::new()),
         });
         inner.spawn(accept_loop(inner.clone(), listener));
         inner.spawn(drive(inner.clone()));
@@ -328,7 +358,8 @@ fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
 }
 
 impl Machine for ServerMachine<PoolConn> {
-    type Work = ();
+    /// Serials of evicted handshakes to abort.
+    type Work = Vec<u64>;
     fn handle_timeout(&mut self, now: Instant) {
         Self::handle_timeout(self, now);
     }
@@ -338,7 +369,9 @@ impl Machine for ServerMachine<PoolConn> {
     fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant) {
         Self::put_back(self, id, conn, now);
     }
-    fn poll_work(&mut self, _now: Instant) {}
+    fn poll_work(&mut self, _now: Instant) -> Vec<u64> {
+        std::iter::from_fn(|| self.poll_abort()).collect()
+    }
     fn status(&self) -> pool_core::Status {
         Self::status(self)
     }
@@ -373,6 +406,9 @@ struct Inner {
     id_form: IdForm,
     key: Option<TunnelKey>,
     rt: tokio::runtime::Handle,
+    /// The cancel token of each handshake task, by ticket serial; a task removes its
+    /// own when it ends.
+    handshakes: Mutex<HashMap<u64, CancellationToken>>,
 }
 
 impl Side for Inner {
@@ -380,10 +416,25 @@ impl Side for Inner {
     fn engine(&self) -> &Engine<Self::M> {
         &self.engine
     }
-    fn start(self: &Arc<Self>, _work: ()) {}
+    /// Aborts the evicted handshakes; each task then reports its ticket as usual.
+    fn start(self: &Arc<Self>, evicted: Vec<u64>) {
+        if evicted.is_empty() {
+            return;
+        }
+        let mut map = self.tasks();
+        for serial in evicted {
+            if let Some(token) = map.remove(&serial) {
+                token.cancel();
+            }
+        }
+    }
 }
 
 impl Inner {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+        self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.engine.tasks.spawn_on(task, &self.rt);
     }
@@ -435,18 +486,33 @@ impl Inner {
     }
 }
 
+/// Removes a handshake's cancel token when its task ends, however it ends.
+struct Forget<'a>(&'a Inner, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.tasks().remove(&self.1);
+    }
+}
+
 async fn handshake(
     inner: Arc<Inner>,
     mut ticket: HandshakeTicket,
     tcp: TcpStream,
     peer: SocketAddr,
+    cancel: CancellationToken,
 ) {
+    let forget = Forget(&inner, ticket.serial());
     let span = tracing::debug_span!("handshake", serial = ticket.serial(), %peer);
+    // Cancelled when the pool closes (a child of the pool's token) or when a newer
+    // connection evicted this handshake; the ticket goes back either way.
     let res = tokio::select! {
         r = inner.handshake(&mut ticket, tcp).instrument(span.clone()) => r,
-        _ = inner.engine.cancel.cancelled() => Err((Stage::Connect, StepError::Timeout)),
+        _ = cancel.cancelled() => Err((Stage::Connect, StepError::Evicted)),
     };
-    let cancelled = inner.engine.cancel.is_cancelled();
+    drop(forget);
+    // Neither a close nor an eviction is a failure worth a log entry.
+    let cancelled = cancel.is_cancelled();
     let ((), out) = inner.engine.with_log(|m, log, now| match res {
         Ok(conn) => {
             span.in_scope(|| debug!(id = %conn.id, "handshake done"));
@@ -496,11 +562,17 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 // names itself.
                 log.fail(Stage::Connect, StepError::Filtered, Some(peer), false);
             }
-            m.handle_accept(now, allowed)
+            m.handle_accept(now, peer.ip(), allowed)
         });
-        perform(&inner, out);
+        perform(&inner, out); // aborts the handshake this one evicted, if any
         match admission {
-            Admission::Admit(ticket) => inner.spawn(handshake(inner.clone(), ticket, tcp, peer)),
+            Admission::Admit(ticket) => {
+                // Only this loop admits, so the token is in the map before any later
+                // accept can evict its handshake.
+                let token = inner.engine.cancel.child_token();
+                inner.tasks().insert(ticket.serial(), token.clone());
+                inner.spawn(handshake(inner.clone(), ticket, tcp, peer, token));
+            }
             Admission::Refuse(why) => {
                 debug!(%peer, ?why, "connection refused");
                 drop(tcp);
@@ -594,6 +666,14 @@ impl ServerPool {
     /// The address the pool listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Idle and settling connections counted for `peer`'s source under the idle quota
+    /// (always zero without one, see [`ServerPoolBuilder::idle_per_source`]).
+    pub fn idle_from(&self, peer: std::net::IpAddr) -> usize {
+        let (n, out) = self.inner().engine.with(|m, _| m.idle_from(peer));
+        perform(self.inner(), out);
+        n
     }
 
     /// The SHA-256 fingerprint of the certificate served, for a mode-1 client to pin.

@@ -86,7 +86,11 @@ impl fmt::Display for Stats {
 
 /// Polls `cond` every 2 ms until it holds or `timeout` passes.
 pub(crate) async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + timeout.min(Duration::from_secs(86_400 * 365));
+    // Saturating: a timeout of `Duration::MAX` means never, not a panic.
+    let end = tokio::time::Instant::from_std(pool_core::deadline_after(
+        tokio::time::Instant::now().into_std(),
+        timeout,
+    ));
     loop {
         if cond() {
             return true;

@@ -11,6 +11,7 @@ use crate::{
 };
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn random() -> SeededRandom {
     SeededRandom::from_seed([9; 32])
@@ -22,7 +23,7 @@ fn server(cfg: ServerConfig, now: Instant) -> ServerMachine<u64> {
 
 /// Admits, names and lands one connection.
 fn land(m: &mut ServerMachine<u64>, conn: u64, now: Instant) -> ConnId {
-    let Admission::Admit(mut t) = m.handle_accept(now, true) else {
+    let Admission::Admit(mut t) = m.handle_accept(now, LOCAL, true) else {
         panic!("admitted")
     };
     let id = m.assign_id(&mut t);
@@ -221,7 +222,7 @@ fn drive_server(cfg: ServerConfig, wait: Duration) {
     let mut now = t0;
     for n in 0..6u64 {
         m.handle_timeout(now);
-        if let Admission::Admit(mut t) = m.handle_accept(now, true) {
+        if let Admission::Admit(mut t) = m.handle_accept(now, LOCAL, true) {
             let _ = (t.deadline(), m.assign_id(&mut t));
             m.handle_ready(t, n, now);
         }

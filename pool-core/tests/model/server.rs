@@ -1,12 +1,15 @@
-//! The server machine against the model: admission and its refusals, ids drawn from
-//! the machine's generator (scripted over a tiny space, so they collide), handshakes
-//! ending ready or failed, and gets.
+//! The server machine against the model: admission and its refusals, eviction of the
+//! oldest handshake (of all, or of a source over its quota), idle quotas per source,
+//! ids drawn from the machine's generator (scripted over a tiny space, so they
+//! collide), handshakes ending ready or failed (evicted ones included), and gets.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use pool_core::{
-    deadline_after, Admission, ConnId, HandshakeTicket, Refusal, ServerConfig, ServerMachine, Want,
+    deadline_after, Admission, ConnId, HandshakeTicket, Refusal, ServerConfig, ServerMachine,
+    Source, Want,
 };
 use proptest::prelude::*;
 
@@ -19,7 +22,8 @@ use crate::outside::Outside;
 pub(crate) enum SOp {
     Advance(u16),
     ToTimeout,
-    Accept(bool),
+    /// A connection from `PEERS[i % PEERS.len()]`, allowed by the filter or not.
+    Accept(bool, usize),
     Assign(usize),
     /// Finishes a handshake; with `true`, first draws it an id if it has none.
     Ready(usize, bool),
@@ -46,7 +50,8 @@ pub(crate) fn server_op() -> impl Strategy<Value = SOp> {
     prop_oneof![
         4 => (0u16..1500).prop_map(SOp::Advance),
         2 => Just(SOp::ToTimeout),
-        6 => prop_oneof![9 => Just(true), 1 => Just(false)].prop_map(SOp::Accept),
+        6 => (prop_oneof![9 => Just(true), 1 => Just(false)], any::<usize>())
+            .prop_map(|(a, p)| SOp::Accept(a, p)),
         6 => any::<usize>().prop_map(SOp::Assign),
         5 => (any::<usize>(), proptest::bool::weighted(0.8)).prop_map(|(p, a)| SOp::Ready(p, a)),
         2 => (any::<usize>(), any::<u8>()).prop_map(|(pick, stage)| SOp::Fail { pick, stage }),
@@ -63,24 +68,60 @@ pub(crate) fn server_op() -> impl Strategy<Value = SOp> {
     ]
 }
 
+/// Peers: two hosts of one /24, a third of another, the first again as IPv4-mapped
+/// IPv6, and three IPv6 hosts of which two share a /64.
+const PEERS: [&str; 7] = [
+    "10.0.0.1",
+    "10.0.0.2",
+    "10.0.1.1",
+    "::ffff:10.0.0.1",
+    "2001:db8::1",
+    "2001:db8::2",
+    "2001:db8:0:1::1",
+];
+
+fn peer(i: usize) -> IpAddr {
+    PEERS[i % PEERS.len()].parse().expect("an address")
+}
+
 pub(crate) fn server_cfg() -> impl Strategy<Value = ServerConfig> {
     (
         (1usize..12, 1usize..6, 100u64..5000),
         100u64..3000,
         proptest::option::weighted(0.5, 200u64..5000),
         prop_oneof![Just(0u64), 1u64..40],
+        (
+            proptest::option::weighted(0.7, 1usize..4),
+            proptest::option::weighted(0.5, 1usize..4),
+            prop_oneof![Just(32u8), Just(24), Just(0)],
+            prop_oneof![Just(64u8), Just(128)],
+        ),
     )
-        .prop_map(|((cap, hs, to), sweep, age, settle)| {
-            ServerConfig::builder()
-                .max_capacity(cap)
-                .max_handshakes(hs)
-                .handshake_timeout(MS(to))
-                .sweep_interval(MS(sweep))
-                .max_idle_age(age.map(MS))
-                .settle(MS(settle))
-                .build()
-                .expect("valid config")
-        })
+        .prop_map(
+            |((cap, hs, to), sweep, age, settle, (pend, idle, v4, v6))| {
+                ServerConfig::builder()
+                    .max_capacity(cap)
+                    .max_handshakes(hs)
+                    .handshake_timeout(MS(to))
+                    .sweep_interval(MS(sweep))
+                    .max_idle_age(age.map(MS))
+                    .settle(MS(settle))
+                    .pending_per_source(pend)
+                    .idle_per_source(idle)
+                    .source_prefixes(v4, v6)
+                    .build()
+                    .expect("valid config")
+            },
+        )
+}
+
+/// A handshake the harness holds, as the model sees it.
+pub(crate) struct Tk {
+    pub(crate) t: HandshakeTicket,
+    val: u64,
+    source: Source,
+    /// Evicted: its slot is free and its report will be ignored.
+    evicted: bool,
 }
 
 pub(crate) struct ServerHarness {
@@ -88,10 +129,15 @@ pub(crate) struct ServerHarness {
     cfg: ServerConfig,
     tape: Tape,
     now: Instant,
-    pub(crate) tickets: Vec<(HandshakeTicket, u64)>,
+    pub(crate) tickets: Vec<Tk>,
     /// Ready connections waiting out the settle time; their ids stay reserved.
     settling: VecDeque<(Instant, ConnId, u64)>,
     next_val: u64,
+    /// The source of each connection that landed from a handshake and has not left
+    /// the pool since (what the idle quota counts).
+    owned: HashMap<u64, Source>,
+    /// Serials the machine must ask to abort, in order.
+    aborts: VecDeque<u64>,
     pub(crate) c: Common,
     out: Outside,
 }
@@ -109,6 +155,8 @@ impl ServerHarness {
             tickets: Vec::new(),
             settling: VecDeque::new(),
             next_val: 0,
+            owned: HashMap::new(),
+            aborts: VecDeque::new(),
             out: Outside::default(),
         }
     }
@@ -118,9 +166,75 @@ impl ServerHarness {
         let settling = self.settling.iter().map(|(_, id, _)| *id);
         self.tickets
             .iter()
-            .filter_map(|(t, _)| t.id())
+            .filter_map(|k| k.t.id())
             .chain(settling)
             .collect()
+    }
+
+    fn source(&self, peer: IpAddr) -> Source {
+        let (v4, v6) = self.cfg.source_prefixes();
+        Source::of(peer, v4, v6)
+    }
+
+    /// Handshakes whose slot is taken.
+    fn live(&self) -> impl Iterator<Item = &Tk> {
+        self.tickets.iter().filter(|k| !k.evicted)
+    }
+
+    /// The oldest live handshake (of `source` if given).
+    fn oldest(&self, source: Option<Source>) -> Option<usize> {
+        let live = self.tickets.iter().enumerate().filter(|(_, k)| !k.evicted);
+        live.filter(|(_, k)| source.is_none_or(|s| k.source == s))
+            .min_by_key(|(_, k)| k.t.serial())
+            .map(|(i, _)| i)
+    }
+
+    fn sync_in_flight(&mut self) {
+        self.c.in_flight = self.live().count();
+    }
+
+    /// Connections counted for `source` under the idle quota.
+    fn idle_of(&self, source: Source) -> usize {
+        self.owned.values().filter(|s| **s == source).count()
+    }
+
+    /// Forgets the owners of connections that left the pool.
+    fn prune_owned(&mut self) {
+        let mut here: HashSet<u64> = self.c.idle.iter().map(|i| i.val).collect();
+        here.extend(self.settling.iter().map(|(_, _, v)| *v));
+        here.extend(self.c.batch.iter().flatten().map(|i| i.val));
+        self.owned.retain(|v, _| here.contains(v));
+    }
+
+    /// The accept, as the model decides it.
+    fn predict_accept(&mut self, source: Source, allowed: bool) -> Result<Option<usize>, Refusal> {
+        let held = self.held();
+        let own = self.live().filter(|k| k.source == source).count();
+        let live = self.live().count();
+        let k = &mut self.c.k;
+        if self.c.closed {
+            return Err(Refusal::Closed);
+        }
+        if !allowed {
+            k.refused_filter += 1;
+            return Err(Refusal::Filter);
+        }
+        if let Some(q) = self.cfg.idle_per_source() {
+            if self.owned.values().filter(|s| **s == source).count() >= q {
+                self.c.k.refused_quota += 1;
+                return Err(Refusal::Quota);
+            }
+        }
+        let victim = match self.cfg.pending_per_source() {
+            Some(q) if own >= q => self.oldest(Some(source)),
+            _ if live >= self.cfg.max_handshakes() => self.oldest(None),
+            _ => None,
+        };
+        if held >= self.cfg.max_capacity() + usize::from(victim.is_some()) {
+            self.c.k.refused_full += 1;
+            return Err(Refusal::Full);
+        }
+        Ok(victim)
     }
 
     /// Lands a connection that finished its handshake (or its settle time).
@@ -155,8 +269,8 @@ impl ServerHarness {
 
     fn assign(&mut self, i: usize) {
         let pending: HashSet<ConnId> = self.pending().into_iter().collect();
-        let had = self.tickets[i].0.id();
-        let got = self.m.assign_id(&mut self.tickets[i].0);
+        let had = self.tickets[i].t.id();
+        let got = self.m.assign_id(&mut self.tickets[i].t);
         let drawn = self.tape.take();
         match had {
             Some(old) => {
@@ -170,7 +284,7 @@ impl ServerHarness {
                 assert_eq!(check_fresh_draws(&drawn, taken, &mut c.k), got);
             }
         }
-        assert_eq!(self.tickets[i].0.id(), Some(got));
+        assert_eq!(self.tickets[i].t.id(), Some(got));
     }
 
     pub(crate) fn apply(&mut self, op: &SOp) {
@@ -185,33 +299,32 @@ impl ServerHarness {
                 }
                 self.timeout();
             }
-            SOp::Accept(allowed) => {
-                let held = self.held();
-                let k = &mut self.c.k;
-                let predicted = if self.c.closed {
-                    Some(Refusal::Closed)
-                } else if !allowed {
-                    k.refused_filter += 1;
-                    Some(Refusal::Filter)
-                } else if held >= self.cfg.max_capacity() {
-                    k.refused_full += 1;
-                    Some(Refusal::Full)
-                } else if self.tickets.len() >= self.cfg.max_handshakes() {
-                    k.refused_busy += 1;
-                    Some(Refusal::Busy)
-                } else {
-                    None
-                };
-                match (self.m.handle_accept(self.now, *allowed), predicted) {
-                    (Admission::Refuse(r), Some(p)) => assert_eq!(r, p),
-                    (Admission::Admit(t), None) => {
+            SOp::Accept(allowed, p) => {
+                let peer = peer(*p);
+                let source = self.source(peer);
+                let predicted = self.predict_accept(source, *allowed);
+                match (self.m.handle_accept(self.now, peer, *allowed), predicted) {
+                    (Admission::Refuse(r), Err(p)) => assert_eq!(r, p),
+                    (Admission::Admit(t), Ok(victim)) => {
+                        if let Some(v) = victim {
+                            let tk = &mut self.tickets[v];
+                            tk.evicted = true;
+                            self.aborts.push_back(tk.t.serial());
+                            self.c.k.evicted_handshakes += 1;
+                            self.sync_in_flight();
+                        }
                         let deadline = deadline_after(self.now, self.cfg.handshake_timeout());
                         assert_eq!(t.deadline(), deadline);
                         assert_eq!(t.id(), None);
                         assert!(self.held() < self.cfg.max_capacity());
                         self.next_val += 1;
-                        self.tickets.push((t, self.next_val));
-                        self.c.in_flight = self.tickets.len();
+                        self.tickets.push(Tk {
+                            t,
+                            val: self.next_val,
+                            source,
+                            evicted: false,
+                        });
+                        self.sync_in_flight();
                     }
                     (got, p) => panic!("accept gave {got:?}, model says {p:?}"),
                 }
@@ -224,30 +337,56 @@ impl ServerHarness {
                 if *assign {
                     self.assign(i);
                 }
-                let (t, val) = self.tickets.swap_remove(i);
+                let Tk {
+                    t,
+                    val,
+                    source,
+                    evicted,
+                } = self.tickets.swap_remove(i);
                 let id = t.id();
                 self.c.ledger.enter(val, None);
                 self.m.handle_ready(t, val, self.now);
-                self.c.in_flight = self.tickets.len();
+                self.sync_in_flight();
                 match id {
+                    _ if evicted => {
+                        let id = id.unwrap_or(ConnId::from_random([0; 4]));
+                        self.c.close_later(id, val);
+                    }
                     None => {
                         self.c.k.id_errors += 1;
                         self.c.close_later(ConnId::from_random([0; 4]), val);
                     }
                     Some(id) if self.c.closed => self.c.close_later(id, val),
-                    Some(id) if self.cfg.settle().is_zero() => self.land(id, val),
+                    Some(id)
+                        if self
+                            .cfg
+                            .idle_per_source()
+                            .is_some_and(|q| self.idle_of(source) >= q) =>
+                    {
+                        self.c.k.refused_quota += 1;
+                        self.c.close_later(id, val);
+                    }
                     Some(id) => {
-                        let due = deadline_after(self.now, self.cfg.settle());
-                        self.settling.push_back((due, id, val));
+                        if self.cfg.idle_per_source().is_some() {
+                            self.owned.insert(val, source);
+                        }
+                        if self.cfg.settle().is_zero() {
+                            self.land(id, val);
+                        } else {
+                            let due = deadline_after(self.now, self.cfg.settle());
+                            self.settling.push_back((due, id, val));
+                        }
                     }
                 }
             }
             SOp::Fail { pick, stage } if !self.tickets.is_empty() => {
-                let (t, _) = self.tickets.swap_remove(pick % self.tickets.len());
+                let tk = self.tickets.swap_remove(pick % self.tickets.len());
                 let stage = stage_of(*stage);
-                count_failure(&mut self.c.k, stage);
-                self.m.handle_failure(t, stage, self.now);
-                self.c.in_flight = self.tickets.len();
+                if !tk.evicted {
+                    count_failure(&mut self.c.k, stage);
+                }
+                self.m.handle_failure(tk.t, stage, self.now);
+                self.sync_in_flight();
             }
             SOp::Assign(_) | SOp::Ready(..) | SOp::Fail { .. } => {}
             SOp::Get { wait_ms, hold } => {
@@ -332,6 +471,10 @@ impl ServerHarness {
     }
 
     fn check(&mut self) {
+        let aborts: Vec<u64> = std::iter::from_fn(|| self.m.poll_abort()).collect();
+        let want: Vec<u64> = self.aborts.drain(..).collect();
+        assert_eq!(aborts, want, "handshakes to abort");
+        self.prune_owned();
         let answers = std::iter::from_fn(|| self.m.poll_answer()).collect();
         let closes = std::iter::from_fn(|| self.m.poll_close()).collect();
         self.c.check_outputs(answers, closes);
@@ -345,7 +488,21 @@ impl ServerHarness {
             self.c.idle.len() + self.settling.len(),
             "idle count (settling included)"
         );
-        assert_eq!(st.in_flight, self.tickets.len(), "handshake count");
+        assert_eq!(st.in_flight, self.live().count(), "handshake count");
+        // Per source: handshakes within the quota, idle counts as the model's, and the
+        // table holds only sources that hold something.
+        let mut sources: HashSet<Source> = self.live().map(|k| k.source).collect();
+        sources.extend(self.owned.values().copied());
+        assert_eq!(self.m.sources(), sources.len(), "per-source table size");
+        for i in 0..PEERS.len() {
+            let s = self.source(peer(i));
+            let pending = self.live().filter(|k| k.source == s).count();
+            assert_eq!(self.m.pending_from(peer(i)), pending, "pending of {s:?}");
+            if let Some(q) = self.cfg.pending_per_source() {
+                assert!(pending <= q, "{pending} pending from {s:?} over {q}");
+            }
+            assert_eq!(self.m.idle_from(peer(i)), self.idle_of(s), "idle of {s:?}");
+        }
         assert_eq!(self.m.settling(), self.settling.len(), "settling count");
         assert_eq!(st.waiting, self.c.waiters.len(), "waiting count");
         assert_eq!(st.capacity, self.cfg.max_capacity());

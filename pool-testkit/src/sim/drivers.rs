@@ -264,17 +264,21 @@ impl SimPair {
             // Gone, or the client gave up before the connection arrived.
             _ => return,
         }
-        let mut ticket = match self.server.handle_accept(now, true) {
-            Admission::Admit(t) => t,
-            Admission::Refuse(r) => {
-                self.net.server_gone(serial);
-                self.stats.refused_by_server += 1;
-                let lat = self.net.latency();
-                self.net.at(lat, Ev::ClientFail(serial, Stage::Tls));
-                self.net.log(format_args!("server refused {serial} {r:?}"));
-                return;
-            }
-        };
+        let mut ticket =
+            match self
+                .server
+                .handle_accept(now, std::net::IpAddr::from([127, 0, 0, 1]), true)
+            {
+                Admission::Admit(t) => t,
+                Admission::Refuse(r) => {
+                    self.net.server_gone(serial);
+                    self.stats.refused_by_server += 1;
+                    let lat = self.net.latency();
+                    self.net.at(lat, Ev::ClientFail(serial, Stage::Tls));
+                    self.net.log(format_args!("server refused {serial} {r:?}"));
+                    return;
+                }
+            };
         let collisions = self.server.counters().id_collisions;
         let id = self.server.assign_id(&mut ticket);
         self.stats.server_id_redraws += self.server.counters().id_collisions - collisions;

@@ -15,13 +15,12 @@ mod child;
 mod core;
 mod fill;
 mod net;
-mod report;
 mod sweep;
 mod sys;
 
 use std::time::{Duration, Instant};
 
-use report::Report;
+use pool_testkit::report::{self, Report};
 
 /// Sizes of one run: full, or a tenth with `--quick`; scaled down further when the
 /// descriptor limit is low.

@@ -1,22 +1,28 @@
-//! Figures, the table on stdout and the JSON file.
+//! Figures, the table on stdout and the JSON file, shared by `pool-bench` and
+//! `pool-attack`: `{"machine":{...},"figures":[{"name","value","unit","baseline","ratio"}]}`.
 
 use std::fmt::Write as _;
 
 /// One measured figure beside its baseline.
 #[derive(Clone, Debug)]
-pub(crate) struct Figure {
-    pub(crate) name: String,
-    pub(crate) value: f64,
-    pub(crate) unit: &'static str,
-    pub(crate) baseline: Option<f64>,
-    pub(crate) ratio: Option<f64>,
+pub struct Figure {
+    /// Its name, stable across runs.
+    pub name: String,
+    /// The measured value.
+    pub value: f64,
+    /// The unit of the value.
+    pub unit: &'static str,
+    /// The baseline measured in the same run, if any.
+    pub baseline: Option<f64>,
+    /// `value / baseline`.
+    pub ratio: Option<f64>,
     /// Printed in the table only: how the figure was made.
-    pub(crate) note: String,
+    pub note: String,
 }
 
 impl Figure {
     /// A figure whose ratio is `value / baseline`.
-    pub(crate) fn vs(name: &str, value: f64, unit: &'static str, baseline: f64) -> Self {
+    pub fn vs(name: &str, value: f64, unit: &'static str, baseline: f64) -> Self {
         let ratio = (baseline != 0.0).then(|| value / baseline);
         Self {
             name: name.into(),
@@ -29,7 +35,7 @@ impl Figure {
     }
 
     /// A figure with no baseline.
-    pub(crate) fn alone(name: &str, value: f64, unit: &'static str) -> Self {
+    pub fn alone(name: &str, value: f64, unit: &'static str) -> Self {
         Self {
             name: name.into(),
             value,
@@ -40,7 +46,9 @@ impl Figure {
         }
     }
 
-    pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
+    /// Adds how the figure was made.
+    #[must_use]
+    pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
         self
     }
@@ -48,9 +56,11 @@ impl Figure {
 
 /// Everything one run produced.
 #[derive(Debug)]
-pub(crate) struct Report {
-    pub(crate) machine: serde_json::Value,
-    pub(crate) figures: Vec<Figure>,
+pub struct Report {
+    /// The machine the run was made on.
+    pub machine: serde_json::Value,
+    /// The figures, in order.
+    pub figures: Vec<Figure>,
 }
 
 fn num(v: f64) -> String {
@@ -73,7 +83,8 @@ fn json_num(v: f64) -> serde_json::Value {
 }
 
 impl Report {
-    pub(crate) fn table(&self) -> String {
+    /// The table printed on stdout.
+    pub fn table(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
         let _ = writeln!(
@@ -106,7 +117,8 @@ impl Report {
         out
     }
 
-    pub(crate) fn markdown(&self) -> String {
+    /// The table in Markdown.
+    pub fn markdown(&self) -> String {
         let mut out = String::from(
             "| name | value | unit | baseline | ratio | how |\n|---|---:|---|---:|---:|---|\n",
         );
@@ -125,7 +137,8 @@ impl Report {
         out
     }
 
-    pub(crate) fn json(&self) -> serde_json::Value {
+    /// The JSON document.
+    pub fn json(&self) -> serde_json::Value {
         let figures: Vec<_> = self
             .figures
             .iter()
