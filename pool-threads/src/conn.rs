@@ -83,31 +83,14 @@ impl ThreadConn {
     }
 }
 
-/// Feeds the records already queued on a non-blocking socket to rustls (a bounded
-/// number of reads) and reports what they said. The same steps as `pool-tokio`'s.
+/// What the records queued on a non-blocking socket said, as a liveness.
 fn tls_liveness(mut tcp: &TcpStream, conn: &mut ClientConnection) -> Liveness {
-    for _ in 0..8 {
-        match conn.read_tls(&mut tcp) {
-            Ok(0) => {
-                return match conn.process_new_packets() {
-                    Ok(st) if st.plaintext_bytes_to_read() > 0 => Liveness::Pending,
-                    Ok(_) => Liveness::Closed,
-                    Err(_) => Liveness::Dead(io::ErrorKind::InvalidData),
-                };
-            }
-            Ok(_) => match conn.process_new_packets() {
-                Err(_) => return Liveness::Dead(io::ErrorKind::InvalidData),
-                Ok(st) if st.plaintext_bytes_to_read() > 0 => return Liveness::Pending,
-                Ok(st) if st.peer_has_closed() => return Liveness::Closed,
-                Ok(_) => {}
-            },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Idle,
-            // rustls refuses more input while its buffers are full: payload is waiting.
-            Err(e) if e.kind() == io::ErrorKind::Other => return Liveness::Pending,
-            Err(e) => return Liveness::Dead(e.kind()),
-        }
+    match pool_tls::queued_records(conn, &mut tcp) {
+        pool_tls::RecordState::Idle => Liveness::Idle,
+        pool_tls::RecordState::Pending => Liveness::Pending,
+        pool_tls::RecordState::Closed => Liveness::Closed,
+        pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
     }
-    Liveness::Pending
 }
 
 impl Read for ThreadConn {

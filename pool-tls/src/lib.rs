@@ -89,6 +89,7 @@ mod fingerprint;
 mod key;
 mod mode;
 mod pem;
+mod records;
 pub mod proof;
 mod server;
 #[cfg(feature = "test-util")]
@@ -102,6 +103,7 @@ pub use key::{
     PBKDF2_SALT,
 };
 pub use mode::TlsMode;
+pub use records::{queued_records, RecordState};
 pub use proof::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof};
 pub use server::ServerTls;
 #[cfg(feature = "test-util")]

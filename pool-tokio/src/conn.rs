@@ -240,32 +240,14 @@ impl io::Read for TryRead<'_> {
     }
 }
 
-/// Feeds the records already queued on the socket to rustls (a bounded number of
-/// reads) and reports what they said.
+/// What the records queued on a TLS socket said, as a liveness.
 fn tls_liveness<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>) -> Liveness {
-    for _ in 0..8 {
-        match conn.read_tls(&mut TryRead(tcp)) {
-            Ok(0) => {
-                // End of stream right behind the records: closed unless they held payload.
-                return match conn.process_new_packets() {
-                    Ok(st) if st.plaintext_bytes_to_read() > 0 => Liveness::Pending,
-                    Ok(_) => Liveness::Closed,
-                    Err(_) => Liveness::Dead(io::ErrorKind::InvalidData),
-                };
-            }
-            Ok(_) => match conn.process_new_packets() {
-                Err(_) => return Liveness::Dead(io::ErrorKind::InvalidData),
-                Ok(st) if st.plaintext_bytes_to_read() > 0 => return Liveness::Pending,
-                Ok(st) if st.peer_has_closed() => return Liveness::Closed,
-                Ok(_) => {}
-            },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Idle,
-            // rustls refuses more input while its buffers are full: payload is waiting.
-            Err(e) if e.kind() == io::ErrorKind::Other => return Liveness::Pending,
-            Err(e) => return Liveness::Dead(e.kind()),
-        }
+    match pool_tls::queued_records(conn, &mut TryRead(tcp)) {
+        pool_tls::RecordState::Idle => Liveness::Idle,
+        pool_tls::RecordState::Pending => Liveness::Pending,
+        pool_tls::RecordState::Closed => Liveness::Closed,
+        pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
     }
-    Liveness::Pending
 }
 
 impl AsyncRead for PoolStream {
