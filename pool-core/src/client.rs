@@ -8,9 +8,12 @@
 //! runs only at the start of each round.
 //!
 //! A round starts each time the refill timer fires, one interval after the last: the
-//! capacity moves by how many connections the previous round created (the Go rule),
-//! then the interval moves by the fill level (the Go rule), then the next round is due
-//! one (new) interval later.
+//! adaptation policy ([`Adapt`], chosen in the configuration) answers the capacity and
+//! the interval from what the machine observed (gets, dial times, failures, the idle
+//! count, what the previous round created), the machine clamps both into the user's
+//! bounds, and the next round is due one (new) interval later. Under
+//! [`GoRules`](crate::GoRules) the capacity moves by how many connections the previous
+//! round created, then the interval by the fill level, as in the Go package.
 //!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
 //! the server is unreachable rather than unlucky. The machine then backs off: no more
@@ -22,6 +25,7 @@
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use crate::adapt::{Adapt, Observed, RoundInput};
 use crate::common::{Got, PoolCommon};
 use crate::config::ClientConfig;
 use crate::random::{Entropy, Random};
@@ -38,6 +42,7 @@ use crate::ConnId;
 pub struct DialTicket {
     serial: u64,
     urgent: bool,
+    issued: Instant,
     handshake_deadline: Instant,
     id_timeout: Duration,
 }
@@ -69,6 +74,8 @@ impl DialTicket {
 pub struct ClientMachine<C> {
     cfg: ClientConfig,
     common: PoolCommon<C>,
+    /// The adaptation policy's state.
+    policy: Box<dyn Adapt>,
     capacity: usize,
     interval: Duration,
     next_serial: u64,
@@ -104,6 +111,7 @@ impl<C> ClientMachine<C> {
         Self {
             capacity: cfg.min_capacity,
             interval: cfg.min_interval,
+            policy: cfg.adapt.instance(cfg.interval_policy, cfg.capacity_policy),
             common: PoolCommon::new(
                 Entropy::new(random),
                 now,
@@ -150,20 +158,26 @@ impl<C> ClientMachine<C> {
             return;
         }
         self.common.starting = false;
-        if let Some(created) = self.created {
-            let (min, max) = (self.cfg.min_capacity, self.cfg.max_capacity);
-            self.capacity = self
-                .cfg
-                .capacity_policy
-                .next(self.capacity, created, min, max);
-        }
-        self.created = Some(0);
-        let idle = self.common.idle.len();
-        let (min, max) = (self.cfg.min_interval, self.cfg.max_interval);
-        self.interval = self
-            .cfg
-            .interval_policy
-            .next(self.interval, idle, self.capacity, min, max);
+        let input = RoundInput {
+            capacity: self.capacity,
+            interval: self.interval,
+            idle: self.common.idle.len(),
+            in_flight: self.common.in_flight,
+            created: self.created.replace(0),
+            backing_off: self.backing_off(),
+            min_capacity: self.cfg.min_capacity,
+            max_capacity: self.cfg.max_capacity,
+            min_interval: self.cfg.min_interval,
+            max_interval: self.cfg.max_interval,
+        };
+        let d = self.policy.round(&input, now);
+        // The bounds are the user's: whatever the policy answers stays inside them.
+        self.capacity = d
+            .capacity
+            .clamp(self.cfg.min_capacity, self.cfg.max_capacity);
+        self.interval = d
+            .interval
+            .clamp(self.cfg.min_interval, self.cfg.max_interval);
         let wait = if self.backing_off() {
             self.probe = true;
             self.interval.max(self.backoff)
@@ -199,6 +213,7 @@ impl<C> ClientMachine<C> {
         Some(DialTicket {
             serial: self.next_serial,
             urgent,
+            issued: now,
             handshake_deadline: deadline_after(now, self.cfg.handshake_timeout),
             id_timeout: self.cfg.id_timeout,
         })
@@ -227,6 +242,8 @@ impl<C> ClientMachine<C> {
             return self.handle_dial_failure(ticket, Stage::Id, now);
         }
         self.common.counters.created += 1;
+        let took = now.saturating_duration_since(ticket.issued);
+        self.policy.observe(Observed::Dialed { took }, now);
         if self.backing_off() {
             // The server is back: the next round need not sit out the backoff.
             let sooner = deadline_after(now, self.interval);
@@ -251,6 +268,7 @@ impl<C> ClientMachine<C> {
     pub fn handle_dial_failure(&mut self, ticket: DialTicket, stage: Stage, now: Instant) {
         let _ = ticket;
         self.common.counters.count_failure(stage);
+        self.policy.observe(Observed::DialFailed, now);
         if !self.common.closed {
             self.failures = self.failures.saturating_add(1);
             if self.backing_off() {
@@ -295,13 +313,22 @@ impl<C> ClientMachine<C> {
     /// candidate comes as [`Got::Check`], to probe and report with
     /// [`handle_check`](PoolCommon::handle_check).
     pub fn get(&mut self, id: ConnId, now: Instant, deadline: Instant) -> Got<C> {
-        self.common.get(Want::Id(id), now, deadline)
+        let got = self.common.get(Want::Id(id), now, deadline);
+        self.observe_get(&got, now);
+        got
+    }
+
+    fn observe_get(&mut self, got: &Got<C>, now: Instant) {
+        let waited = matches!(got, Got::Wait(_));
+        self.policy.observe(Observed::Get { waited }, now);
     }
 
     /// A get for any live connection, oldest first. In single mode, when nothing is idle,
     /// [`poll_dial`](Self::poll_dial) then hands out an urgent dial for it.
     pub fn get_any(&mut self, now: Instant, deadline: Instant) -> Got<C> {
-        self.common.get(Want::Any, now, deadline)
+        let got = self.common.get(Want::Any, now, deadline);
+        self.observe_get(&got, now);
+        got
     }
 
     /// Gives back a connection whose answer could not be delivered (the get was gone).

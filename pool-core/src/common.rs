@@ -443,7 +443,9 @@ impl<C> PoolCommon<C> {
     }
 
     fn land_kept(&mut self, id: ConnId, kept: Kept<C>) -> Result<(), Kept<C>> {
-        if self.idle.contains(&id) {
+        // An id out in a sweep batch is taken too: that connection comes back.
+        let probing = self.sweep.out.as_ref().is_some_and(|o| o.contains(&id));
+        if self.idle.contains(&id) || probing {
             return Err(kept);
         }
         let key = self.waiters.pop_id(&id).or_else(|| self.waiters.pop_any());

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::adapt::Adaptation;
 use crate::adjust::{CapacityPolicy, IntervalPolicy};
 use crate::error::{show, ConfigError};
 use crate::IdForm;
@@ -25,6 +26,7 @@ pub struct ClientConfig {
     pub(crate) id_form: IdForm,
     pub(crate) interval_policy: IntervalPolicy,
     pub(crate) capacity_policy: CapacityPolicy,
+    pub(crate) adapt: Adaptation,
     pub(crate) sweep_interval: Duration,
     pub(crate) max_idle_age: Option<Duration>,
     pub(crate) fail_fast: bool,
@@ -44,6 +46,7 @@ impl Default for ClientConfig {
             id_form: IdForm::Hex8,
             interval_policy: IntervalPolicy::default(),
             capacity_policy: CapacityPolicy::default(),
+            adapt: Adaptation::default(),
             sweep_interval: Duration::from_secs(1),
             max_idle_age: None,
             fail_fast: true,
@@ -115,6 +118,10 @@ impl ClientConfig {
     pub fn fail_fast(&self) -> bool {
         self.fail_fast
     }
+    /// The adaptation policy.
+    pub fn adaptation(&self) -> &Adaptation {
+        &self.adapt
+    }
 }
 
 /// Builder of a [`ClientConfig`]. Every setter documents its default.
@@ -163,14 +170,25 @@ impl ClientConfigBuilder {
         self.0.id_form = form;
         self
     }
-    /// Interval policy. Default: the Go rules.
+    /// The interval rule of [`Adaptation::GoRules`] (no effect under another policy).
+    /// Default: the Go package's.
     pub fn interval_policy(mut self, p: IntervalPolicy) -> Self {
         self.0.interval_policy = p;
         self
     }
-    /// Capacity policy. Default: the Go rules.
+    /// The capacity rule of [`Adaptation::GoRules`] (no effect under another policy).
+    /// Default: the Go package's.
     pub fn capacity_policy(mut self, p: CapacityPolicy) -> Self {
         self.0.capacity_policy = p;
+        self
+    }
+    /// How the capacity and the refill interval adapt to demand, within the bounds of
+    /// [`capacity`](Self::capacity) and [`interval`](Self::interval), which the machine
+    /// enforces on whatever the policy answers. Default:
+    /// [`Adaptation::DemandTracking`]; [`Adaptation::GoRules`] is the Go package's
+    /// behaviour rule for rule.
+    pub fn adapt(mut self, policy: Adaptation) -> Self {
+        self.0.adapt = policy;
         self
     }
     /// How often idle connections are probed and dead ones replaced. Default 1 s (the

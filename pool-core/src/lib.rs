@@ -76,6 +76,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod adapt;
 mod adjust;
 mod client;
 mod common;
@@ -90,6 +91,7 @@ mod stats;
 mod time;
 mod waiters;
 
+pub use adapt::{Adapt, Adaptation, Decision, DemandTracking, GoRules, Observed, RoundInput};
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};
 pub use common::{Answer, Check, Got, PoolCommon, Probe, PROBE_BATCH};

@@ -13,6 +13,7 @@
 //! generators from it too.
 #![forbid(unsafe_code)]
 
+pub mod adapt;
 pub mod sim;
 
 pub mod attack;

@@ -89,8 +89,8 @@ mod fingerprint;
 mod key;
 mod mode;
 mod pem;
-mod records;
 pub mod proof;
+mod records;
 mod server;
 #[cfg(feature = "test-util")]
 mod testca;
@@ -103,8 +103,8 @@ pub use key::{
     PBKDF2_SALT,
 };
 pub use mode::TlsMode;
-pub use records::{queued_records, RecordState};
 pub use proof::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof};
+pub use records::{queued_records, RecordState};
 pub use server::ServerTls;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

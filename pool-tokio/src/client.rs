@@ -181,14 +181,22 @@ impl ClientPoolBuilder {
         self.core = self.core.max_idle_age(age);
         self
     }
-    /// Interval policy. Default: the Go rules.
+    /// Interval rule of `Adaptation::GoRules`. Default: the Go package's.
     pub fn interval_policy(mut self, p: IntervalPolicy) -> Self {
         self.core = self.core.interval_policy(p);
         self
     }
-    /// Capacity policy. Default: the Go rules.
+    /// Capacity rule of `Adaptation::GoRules`. Default: the Go package's.
     pub fn capacity_policy(mut self, p: CapacityPolicy) -> Self {
         self.core = self.core.capacity_policy(p);
+        self
+    }
+    /// How the capacity and the refill interval adapt to demand, inside the capacity
+    /// and interval bounds. Default: `Adaptation::DemandTracking`;
+    /// `Adaptation::GoRules` is the Go package's behaviour (the two policies above
+    /// apply to it only).
+    pub fn adapt(mut self, policy: pool_core::Adaptation) -> Self {
+        self.core = self.core.adapt(policy);
         self
     }
     /// Prove this key on every connection, right after reading its id, and require the

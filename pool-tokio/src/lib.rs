@@ -47,7 +47,8 @@ pub use dialer::{Dialer, TcpDialer};
 pub use engine::PoolHandle;
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};
 pub use pool_core::{
-    CapacityPolicy, ConfigError, ConnId, Counters, Fraction, IdForm, IntervalPolicy, Stage, Status,
+    Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Fraction, IdForm, IntervalPolicy,
+    Stage, Status,
 };
 pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions};
 pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};

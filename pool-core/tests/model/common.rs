@@ -281,7 +281,9 @@ impl Common {
     }
 
     fn land_kept(&mut self, item: Idle) -> bool {
-        if self.is_idle(&item.id) {
+        // An id out in a sweep batch is taken too: that connection comes back.
+        let probing = self.batch.iter().flatten().any(|i| i.id == item.id);
+        if self.is_idle(&item.id) || probing {
             return false;
         }
         let by_id = self

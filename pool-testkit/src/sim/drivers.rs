@@ -9,6 +9,8 @@
 //! sweep's [`Probe`](pool_core::Probe) batches are answered from it at once, since no
 //! simulated time passes during a probe.
 
+use std::time::Duration;
+
 use pool_core::{Admission, ConnId, DialTicket, GetError, Got, IdReader, Stage};
 
 use super::net::{Delivery, Ev, Handshake, Side};
@@ -215,12 +217,21 @@ impl SimPair {
         }
         self.server_closes();
         while let Some(a) = self.server.poll_answer() {
-            if self.server_waiting.remove(&a.key).is_none() {
+            let arrived = self.server_waiting.remove(&a.key);
+            if arrived.is_none() {
                 self.stats.double_handouts += 1;
             }
+            let wait = self
+                .net
+                .elapsed()
+                .saturating_sub(arrived.unwrap_or_default());
             match a.result {
-                Ok((id, serial)) => self.begin_pair(id, serial),
+                Ok((id, serial)) => {
+                    self.metrics.served_after(wait);
+                    self.begin_pair(id, serial);
+                }
                 Err(e) => {
+                    self.metrics.failed(wait);
                     self.stats.pairs_failed_server += 1;
                     self.net.log(format_args!("server get failed {e}"));
                 }
@@ -355,8 +366,11 @@ impl SimPair {
 
     /// A user arrives: a server get.
     pub(super) fn user(&mut self) {
+        let arrived = self.net.elapsed();
+        self.metrics.arrived(arrived);
         if self.server_waiting.len() >= self.net.opts.max_waiting {
             self.stats.demand_dropped += 1;
+            self.metrics.failed(self.net.opts.server_get_timeout);
             return;
         }
         let now = self.net.now();
@@ -371,11 +385,15 @@ impl SimPair {
         );
         self.server_closes();
         match got {
-            Got::Ready(id, serial) => self.begin_pair(id, serial),
+            Got::Ready(id, serial) => {
+                self.metrics.served_at_once(arrived);
+                self.begin_pair(id, serial);
+            }
             Got::Wait(key) => {
-                self.server_waiting.insert(key, ());
+                self.server_waiting.insert(key, arrived);
             }
             Got::Failed(e) => {
+                self.metrics.failed(Duration::ZERO);
                 self.stats.pairs_failed_server += 1;
                 self.net.log(format_args!("server get failed {e}"));
             }

@@ -55,9 +55,11 @@ use pool_core::{
 use crate::rng::SplitMix64;
 
 mod drivers;
+mod metrics;
 mod net;
 mod oracle;
 
+pub use metrics::GetMetrics;
 pub use net::{Faults, SimClock, SimOptions};
 pub use oracle::RoundRecord;
 
@@ -128,9 +130,11 @@ pub struct SimPair {
     next_demand: Option<Duration>,
     /// Connections ready at the server but still settling, oldest first.
     settling: VecDeque<u64>,
-    server_waiting: HashMap<WaiterKey, ()>,
+    /// Waiting server gets, with their users' arrival times.
+    server_waiting: HashMap<WaiterKey, Duration>,
     client_waiting: HashMap<WaiterKey, (ConnId, u64)>,
     stats: SimStats,
+    metrics: GetMetrics,
     oracle: RoundOracle,
 }
 
@@ -165,6 +169,7 @@ impl SimPair {
             server_waiting: HashMap::new(),
             client_waiting: HashMap::new(),
             stats: SimStats::default(),
+            metrics: GetMetrics::default(),
             oracle,
         }
     }
@@ -209,6 +214,12 @@ impl SimPair {
         }
     }
 
+    /// What the application saw: gets served at once or after a wait, per second, and
+    /// idle connection-seconds at both ends.
+    pub fn metrics(&self) -> &GetMetrics {
+        &self.metrics
+    }
+
     /// The client's status.
     pub fn client_status(&self) -> Status {
         self.client.status()
@@ -249,7 +260,7 @@ impl SimPair {
             steps += 1;
             assert!(steps <= budget, "simulation spins at {:?}", self.elapsed());
             if !self.step_until(end) {
-                self.net.clock.advance_to(end);
+                self.advance_to(end);
             }
         }
     }
@@ -270,10 +281,10 @@ impl SimPair {
             .min();
         let Some(next) = next else { return false };
         if next > end {
-            self.net.clock.advance_to(end);
+            self.advance_to(end);
             return true;
         }
-        self.net.clock.advance_to(next);
+        self.advance_to(next);
         self.stats.steps += 1;
         let now = self.net.elapsed();
 
@@ -299,12 +310,29 @@ impl SimPair {
         true
     }
 
+    /// Moves the clock, counting the idle connections held meanwhile.
+    fn advance_to(&mut self, to: Duration) {
+        let dt = to.saturating_sub(self.net.elapsed());
+        if !dt.is_zero() {
+            let client = self.client.status().idle;
+            let server = self.server.status().idle + self.server.settling();
+            self.metrics.idle_for(dt, client, server);
+        }
+        self.net.clock.advance_to(to);
+    }
+
     fn schedule_demand(&mut self) {
         if self.demand <= 0.0 || self.next_demand.is_some() {
             return;
         }
         let mean = 1.0 / self.demand;
-        let gap = Duration::from_secs_f64(mean * (0.5 + self.net.unit()));
+        let factor = if self.net.opts.poisson {
+            // Exponential gaps: a Poisson process.
+            -(1.0 - self.net.unit()).ln()
+        } else {
+            0.5 + self.net.unit()
+        };
+        let gap = Duration::from_secs_f64(mean * factor);
         self.next_demand = Some(self.net.elapsed() + gap.max(Duration::from_micros(1)));
     }
 

@@ -105,6 +105,12 @@ pub struct SimOptions {
     pub client_get_timeout: Duration,
     /// A user who finds this many server gets already waiting gives up at once.
     pub max_waiting: usize,
+    /// Users arrive as a Poisson process (exponential gaps) instead of at gaps drawn
+    /// uniformly between half and one and a half of the mean. Default false.
+    pub poisson: bool,
+    /// Hash every event into the transcript ([`SimPair::transcript_hash`](super::SimPair::transcript_hash)).
+    /// Default true; off, long scoreboard runs go several times faster.
+    pub transcript: bool,
 }
 
 impl Default for SimOptions {
@@ -117,6 +123,8 @@ impl Default for SimOptions {
             server_get_timeout: ms(2_000),
             client_get_timeout: ms(3_000),
             max_waiting: 64,
+            poisson: false,
+            transcript: true,
         }
     }
 }
@@ -239,6 +247,9 @@ impl Net {
 
     /// Adds a line to the transcript (hashed always, kept when recording).
     pub(super) fn log(&mut self, what: std::fmt::Arguments<'_>) {
+        if !self.opts.transcript && self.lines.is_none() {
+            return;
+        }
         let mut line = String::new();
         let _ = write!(line, "{:>12} ", self.clock.elapsed().as_micros());
         let _ = line.write_fmt(what);

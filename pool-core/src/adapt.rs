@@ -1,0 +1,453 @@
+//! Adaptation as a pluggable policy: what the client machine observes goes in, the
+//! capacity and the refill interval come out.
+//!
+//! A policy is sans-IO and deterministic like the machine that calls it: every input
+//! carries `now`, it reads no clock and draws no random number. The machine tells it
+//! about every get (served at once or queued), every dial (how long from ticket to
+//! landing) and every failed dial, and asks it at each round for the capacity and the
+//! interval. Whatever it answers, the machine clamps into the user's bounds: a policy
+//! cannot break them.
+//!
+//! Two policies come with the crate:
+//! - [`GoRules`]: the Go package v1.0.6 rules ([`IntervalPolicy`], [`CapacityPolicy`]),
+//!   decision for decision;
+//! - [`DemandTracking`]: estimates the demand rate and the refill latency and holds
+//!   what that latency needs, plus a Poisson margin (the default; see its docs and the
+//!   scoreboard in `BENCHMARKS.md`).
+//!
+//! Choose one with [`Adaptation`] in
+//! [`ClientConfigBuilder::adapt`](crate::ClientConfigBuilder::adapt); bring your own
+//! with [`Adaptation::custom`].
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::adjust::{CapacityPolicy, IntervalPolicy};
+
+/// What the client machine saw happen, between rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Observed {
+    /// A get arrived; `waited` when nothing fitting was idle and it was queued.
+    Get {
+        /// Whether it had to wait.
+        waited: bool,
+    },
+    /// A dial landed, `took` after its ticket was handed out (connect, TLS, id).
+    Dialed {
+        /// Ticket to landing.
+        took: Duration,
+    },
+    /// A dial failed.
+    DialFailed,
+}
+
+/// What a round knows when it asks the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundInput {
+    /// The capacity so far.
+    pub capacity: usize,
+    /// The interval so far.
+    pub interval: Duration,
+    /// Idle connections now.
+    pub idle: usize,
+    /// Dials in flight now.
+    pub in_flight: usize,
+    /// Connections created by top-up dials since the previous round started (`None`
+    /// at the first round).
+    pub created: Option<usize>,
+    /// Whether the machine is backing off (the server looks unreachable).
+    pub backing_off: bool,
+    /// The user's capacity bounds (the machine clamps to them anyway).
+    pub min_capacity: usize,
+    /// See `min_capacity`.
+    pub max_capacity: usize,
+    /// The user's interval bounds (the machine clamps to them anyway).
+    pub min_interval: Duration,
+    /// See `min_interval`.
+    pub max_interval: Duration,
+}
+
+/// A policy's answer: the capacity to hold and the time to the next round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Idle plus in-flight connections to hold.
+    pub capacity: usize,
+    /// Time to the next round.
+    pub interval: Duration,
+}
+
+/// An adaptation policy. Sans-IO and deterministic: the same observations at the same
+/// instants give the same decisions.
+pub trait Adapt: fmt::Debug + Send + Sync {
+    /// A short lower-case name (`gorules`, `demand`), used to compare configurations
+    /// and to pick a policy by name.
+    fn name(&self) -> &str;
+    /// A copy of this policy in its current state (configurations hold a fresh one,
+    /// each machine clones it).
+    fn clone_box(&self) -> Box<dyn Adapt>;
+    /// Something happened. Default: ignored.
+    fn observe(&mut self, what: Observed, now: Instant) {
+        let _ = (what, now);
+    }
+    /// A round starts: the capacity and interval until the next one.
+    fn round(&mut self, input: &RoundInput, now: Instant) -> Decision;
+}
+
+impl Clone for Box<dyn Adapt> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// The policy of a client configuration. Configurations compare equal when their
+/// policies have the same name and the same `Debug` form (same parameters).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Adaptation {
+    /// The Go package's rules, with the configuration's
+    /// [`interval_policy`](crate::ClientConfigBuilder::interval_policy) and
+    /// [`capacity_policy`](crate::ClientConfigBuilder::capacity_policy).
+    GoRules,
+    /// [`DemandTracking`] with these parameters.
+    DemandTracking(DemandTracking),
+    /// A policy of your own: a fresh instance, cloned into each machine.
+    Custom(Box<dyn Adapt>),
+}
+
+impl Default for Adaptation {
+    /// [`DemandTracking`]: it serves at least as many gets at once as the Go rules on
+    /// every scenario of the scoreboard, with a fraction of their idle connections.
+    fn default() -> Self {
+        Self::DemandTracking(DemandTracking::default())
+    }
+}
+
+impl PartialEq for Adaptation {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name() && format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+impl Eq for Adaptation {}
+
+impl Adaptation {
+    /// A policy of your own.
+    pub fn custom(policy: impl Adapt + 'static) -> Self {
+        Self::Custom(Box::new(policy))
+    }
+
+    /// A built-in policy by name: `gorules` or `demand`.
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "gorules" => Some(Self::GoRules),
+            "demand" => Some(Self::default()),
+            _ => None,
+        }
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::GoRules => "gorules",
+            Self::DemandTracking(_) => "demand",
+            Self::Custom(p) => p.name(),
+        }
+    }
+
+    /// A fresh instance for a machine.
+    pub(crate) fn instance(&self, ip: IntervalPolicy, cp: CapacityPolicy) -> Box<dyn Adapt> {
+        match self {
+            Self::GoRules => Box::new(GoRules {
+                interval: ip,
+                capacity: cp,
+            }),
+            Self::DemandTracking(d) => Box::new(d.clone()),
+            Self::Custom(p) => p.clone_box(),
+        }
+    }
+}
+
+/// The Go package v1.0.6 rules: at each round the capacity moves by one by what the
+/// previous round created ([`CapacityPolicy`]), then the interval moves by one step by
+/// the fill level against the new capacity ([`IntervalPolicy`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoRules {
+    /// The interval rule.
+    pub interval: IntervalPolicy,
+    /// The capacity rule.
+    pub capacity: CapacityPolicy,
+}
+
+impl Adapt for GoRules {
+    fn name(&self) -> &str {
+        "gorules"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(*self)
+    }
+    fn round(&mut self, r: &RoundInput, _now: Instant) -> Decision {
+        let capacity = match r.created {
+            Some(created) => {
+                self.capacity
+                    .next(r.capacity, created, r.min_capacity, r.max_capacity)
+            }
+            None => r.capacity,
+        };
+        let interval =
+            self.interval
+                .next(r.interval, r.idle, capacity, r.min_interval, r.max_interval);
+        Decision { capacity, interval }
+    }
+}
+
+/// Holds what the measured refill latency needs at the estimated demand rate.
+///
+/// Between rounds the machine replaces every connection a get takes at once, so a get
+/// finds the pool empty only when more gets arrive during one refill latency `L` than
+/// the capacity holds beyond the dials already in flight. With gets arriving at rate
+/// `λ`, the count in flight is about Poisson with mean `m = λ·L`, and a capacity at
+/// the `1 - miss` quantile of that count, plus one, leaves a get waiting with a chance
+/// of about `miss`. This policy estimates the three inputs and holds that capacity:
+///
+/// - **rate**: gets per second over each round, smoothed. A round whose count is far
+///   above what the estimate predicts (more than `jump_sigmas` standard deviations of
+///   a Poisson count) is a step up: the estimate jumps to it at once. A rise within the
+///   noise follows a short time constant (`rise`), a fall a long one (`decay`): the
+///   connections of a busy spell are let go over `decay`, so a lull shorter than that
+///   finds most of them still there, and a pool that goes quiet returns to the minimum.
+/// - **latency**: an average of the dial times the machine measures (ticket to
+///   landing), plus `unseen` for what the client cannot measure (the server's settle
+///   time and the application's control channel). The mean is what matters: the
+///   count of connections out being replaced is Poisson with mean `λ` times the mean
+///   replacement time whatever its distribution (an M/G/∞ queue).
+/// - **burstiness**: the observed variance of per-round counts against the Poisson
+///   one (at least 1), which widens the margin when gets come in clumps.
+///
+/// The capacity grows to the target at once and shrinks only when the target is an
+/// eighth below it (or at the minimum), so noise does not make it wander. Rounds come every minimum
+/// interval while there is demand (each is a few arithmetic operations), so a step up
+/// is seen within one; with no demand and the capacity at its minimum the interval
+/// doubles up to the maximum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DemandTracking {
+    /// The chance, per get, of finding nothing idle that the margin aims at. Default
+    /// 0.001.
+    pub miss: f64,
+    /// How many Poisson deviations above the estimate make a round a step up. Default 4.
+    pub jump_sigmas: f64,
+    /// Time constant of a rise within the noise. Default 1 s.
+    pub rise: Duration,
+    /// Time constant of a fall. Default 20 s.
+    pub decay: Duration,
+    /// Added to the measured dial time: what the client cannot measure, the server's
+    /// settle time (25 ms by default) and the control channel. Default 30 ms.
+    pub unseen: Duration,
+    /// The dial time assumed before any was measured. Default 200 ms.
+    pub prior_latency: Duration,
+    state: DemandState,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct DemandState {
+    rate: f64,
+    gets: u64,
+    last: Option<Instant>,
+    lat_mean: Option<f64>,
+    dispersion: f64,
+}
+
+impl Default for DemandTracking {
+    fn default() -> Self {
+        Self {
+            miss: 0.001,
+            jump_sigmas: 4.0,
+            rise: Duration::from_secs(1),
+            decay: Duration::from_secs(20),
+            unseen: Duration::from_millis(30),
+            prior_latency: Duration::from_millis(200),
+            state: DemandState {
+                dispersion: 1.0,
+                ..DemandState::default()
+            },
+        }
+    }
+}
+
+impl DemandTracking {
+    /// The demand rate estimate, gets per second.
+    pub fn rate(&self) -> f64 {
+        self.state.rate
+    }
+
+    /// The refill latency the policy plans for: the mean measured dial time plus
+    /// `unseen`.
+    pub fn latency(&self) -> Duration {
+        let l = self
+            .state
+            .lat_mean
+            .unwrap_or(self.prior_latency.as_secs_f64());
+        Duration::from_secs_f64(l.max(0.0)) + self.unseen
+    }
+
+    /// The capacity the estimates call for (before the bounds).
+    pub fn target(&self) -> usize {
+        let m = self.state.rate * self.latency().as_secs_f64();
+        if m < 1e-3 {
+            return 0;
+        }
+        let q = poisson_quantile(m, self.miss);
+        let extra = z_of(self.miss) * m.sqrt() * (self.state.dispersion.sqrt() - 1.0);
+        q + extra.max(0.0).ceil() as usize + 1
+    }
+
+    fn update_rate(&mut self, now: Instant) {
+        let s = &mut self.state;
+        let Some(last) = s.last.replace(now) else {
+            s.gets = 0;
+            return;
+        };
+        let dt = now.saturating_duration_since(last).as_secs_f64();
+        if dt <= 0.0 {
+            return;
+        }
+        let count = std::mem::take(&mut s.gets) as f64;
+        let expect = s.rate * dt;
+        let inst = count / dt;
+        if expect > 0.5 {
+            let d = (count - expect).powi(2) / expect;
+            let a = 1.0 - (-dt / 10.0).exp();
+            s.dispersion = (s.dispersion + a * (d - s.dispersion)).clamp(1.0, 4.0);
+        }
+        if count > expect + self.jump_sigmas * expect.sqrt() + 2.0 {
+            s.rate = inst;
+        } else {
+            let tau = if inst > s.rate { self.rise } else { self.decay };
+            let a = 1.0 - (-dt / tau.as_secs_f64().max(1e-3)).exp();
+            s.rate += a * (inst - s.rate);
+        }
+        if s.rate < 1e-6 {
+            s.rate = 0.0;
+        }
+    }
+}
+
+impl Adapt for DemandTracking {
+    fn name(&self) -> &str {
+        "demand"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(self.clone())
+    }
+    fn observe(&mut self, what: Observed, _now: Instant) {
+        let s = &mut self.state;
+        match what {
+            Observed::Get { .. } => s.gets += 1,
+            Observed::Dialed { took } => {
+                let x = took.as_secs_f64();
+                s.lat_mean = Some(match s.lat_mean {
+                    None => x,
+                    Some(m) => m + 0.02 * (x - m),
+                });
+            }
+            Observed::DialFailed => {}
+        }
+    }
+    fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
+        self.update_rate(now);
+        let target = self.target().clamp(r.min_capacity, r.max_capacity.max(1));
+        let floor = target <= r.min_capacity;
+        let capacity = if target > r.capacity || target < r.capacity - r.capacity / 8 || floor {
+            target
+        } else {
+            r.capacity
+        };
+        let quiet = self.state.rate == 0.0 && capacity <= r.min_capacity;
+        let interval = if quiet {
+            r.interval.saturating_mul(2).min(r.max_interval)
+        } else {
+            r.min_interval
+        };
+        Decision { capacity, interval }
+    }
+}
+
+/// The standard normal quantile for an upper tail of `p` (Acklam's rational
+/// approximation of the tail, good to about 1e-3 here).
+fn z_of(p: f64) -> f64 {
+    let p = p.clamp(1e-12, 0.5);
+    let t = (-2.0 * p.ln()).sqrt();
+    t - (2.515_517 + 0.802_853 * t + 0.010_328 * t * t)
+        / (1.0 + 1.432_788 * t + 0.189_269 * t * t + 0.001_308 * t * t * t)
+}
+
+/// The smallest `k` with `P(X > k) <= miss` for `X` Poisson with mean `m`: exact by
+/// summing the mass up to a mean of 100, the normal approximation above.
+pub(crate) fn poisson_quantile(m: f64, miss: f64) -> usize {
+    if m > 100.0 {
+        return (m + z_of(miss) * m.sqrt() + 0.5).ceil() as usize;
+    }
+    let mut pmf = (-m).exp();
+    let mut cdf = pmf;
+    let mut k = 0usize;
+    while 1.0 - cdf > miss && k < 10_000 {
+        k += 1;
+        pmf *= m / k as f64;
+        cdf += pmf;
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles() {
+        assert_eq!(poisson_quantile(0.0005, 0.001), 0);
+        assert_eq!(poisson_quantile(1.0, 0.001), 5);
+        assert_eq!(poisson_quantile(10.0, 0.001), 21);
+        let q = poisson_quantile(101.0, 0.001);
+        assert!((130..=134).contains(&q), "{q}");
+        assert!((z_of(0.001) - 3.09).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_step_up_is_followed_in_one_round() {
+        let mut p = DemandTracking::default();
+        let t0 = Instant::now();
+        let r = RoundInput {
+            capacity: 8,
+            interval: Duration::from_millis(100),
+            idle: 8,
+            in_flight: 0,
+            created: None,
+            backing_off: false,
+            min_capacity: 8,
+            max_capacity: 4096,
+            min_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(1),
+        };
+        p.observe(
+            Observed::Dialed {
+                took: Duration::from_millis(50),
+            },
+            t0,
+        );
+        let mut now = t0;
+        let mut d = p.round(&r, now);
+        for _ in 0..100 {
+            p.observe(Observed::Get { waited: false }, now);
+        }
+        now += Duration::from_millis(100);
+        d = p.round(
+            &RoundInput {
+                capacity: d.capacity,
+                ..r
+            },
+            now,
+        );
+        assert!(p.rate() > 900.0, "{}", p.rate());
+        assert!(d.capacity > 100, "{d:?}");
+    }
+}

@@ -1,0 +1,27 @@
+//! Adaptation policies on the simulated pair: scenarios, scores, the scoreboard's
+//! figures, and the laws every policy must keep.
+//!
+//! A [`Scenario`] is a seeded demand trace plus a network (latencies, handshake
+//! times, faults, an outage) on a [`SimPair`](crate::sim::SimPair). [`run`] scores a
+//! policy ([`pool_core::Adaptation`]) on one: the share of gets served at once, the
+//! wait quantiles, the idle connection-seconds at both ends, dials per served get, and
+//! the seconds to recover after a step. The `pool-sim` binary runs every shipped
+//! scenario for both built-in policies and prints the table of `BENCHMARKS.md`.
+//! [`check_laws`] applies the laws to any policy, your own included, in one call.
+//!
+//! ```
+//! use pool_core::Adaptation;
+//! use pool_testkit::adapt::{run, Scenario};
+//! use std::time::Duration;
+//! let s = Scenario::named("steady_100", Duration::from_secs(20)).unwrap();
+//! let score = run(&Adaptation::default(), &s, 1);
+//! assert!(score.served_at_once_pct > 90.0, "{score:?}");
+//! ```
+
+mod laws;
+mod scenario;
+mod score;
+
+pub use laws::{check_laws, constant_rate, demand_trace, turns, LawOptions};
+pub use scenario::{client_config, lan, server_config, wan, DemandTrace, Outage, Scenario};
+pub use score::{figures, json, median, run, run_seeds, Figure, Score};

@@ -1,0 +1,268 @@
+//! Scenarios: a demand trace and a network, run on a [`SimPair`].
+
+use std::f64::consts::PI;
+use std::time::Duration;
+
+use pool_core::{Adaptation, ClientConfig, ServerConfig};
+
+use crate::sim::{Faults, SimOptions, SimPair};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Demand over time: piecewise constant rates, in users (pairs) per simulated second.
+/// Users arrive as a Poisson process within each piece.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DemandTrace {
+    /// `(how long, rate)` pieces, in order.
+    pub pieces: Vec<(Duration, f64)>,
+}
+
+impl DemandTrace {
+    /// One rate for `d`.
+    pub fn constant(rate: f64, d: Duration) -> Self {
+        Self {
+            pieces: vec![(d, rate)],
+        }
+    }
+
+    /// Appends a piece.
+    pub fn then(mut self, d: Duration, rate: f64) -> Self {
+        self.pieces.push((d, rate));
+        self
+    }
+
+    /// `f(t)` sampled every `step` over `d`.
+    pub fn sampled(d: Duration, step: Duration, f: impl Fn(f64) -> f64) -> Self {
+        let n = (d.as_secs_f64() / step.as_secs_f64()).ceil() as u64;
+        let pieces = (0..n)
+            .map(|i| (step, f(i as f64 * step.as_secs_f64()).max(0.0)))
+            .collect();
+        Self { pieces }
+    }
+
+    /// The whole length.
+    pub fn duration(&self) -> Duration {
+        self.pieces.iter().map(|p| p.0).sum()
+    }
+
+    /// Users expected over the trace.
+    pub fn expected_users(&self) -> f64 {
+        self.pieces.iter().map(|(d, r)| d.as_secs_f64() * r).sum()
+    }
+
+    /// Each piece scaled in time by `k` (a shorter run with the same shape).
+    pub fn time_scaled(&self, k: f64) -> Self {
+        Self {
+            pieces: self
+                .pieces
+                .iter()
+                .map(|&(d, r)| (d.mul_f64(k).max(MS(100)), r))
+                .collect(),
+        }
+    }
+}
+
+/// A server outage: every connect refused from `at` for `lasting`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outage {
+    /// When it starts.
+    pub at: Duration,
+    /// How long it lasts.
+    pub lasting: Duration,
+}
+
+/// A seeded demand trace plus a network: what a policy is scored on.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// A short name (`steady_100`, `flash_crowd`, ...), used in figure names.
+    pub name: &'static str,
+    /// The demand.
+    pub demand: DemandTrace,
+    /// Latencies and handshake times.
+    pub net: SimOptions,
+    /// Faults throughout.
+    pub faults: Faults,
+    /// An outage, if any.
+    pub outage: Option<Outage>,
+    /// The steps up (demand or service) after which recovery is timed, each with the
+    /// end of the window in which it is timed.
+    pub steps: Vec<(Duration, Duration)>,
+}
+
+/// The network of the scoreboard: the simulator's default timing (1 to 20 ms one way,
+/// 5 to 40 ms of TLS), Poisson arrivals, no transcript, and room for every waiting
+/// user.
+pub fn lan() -> SimOptions {
+    SimOptions {
+        poisson: true,
+        transcript: false,
+        max_waiting: 1_000_000,
+        ..SimOptions::default()
+    }
+}
+
+/// A wide-area network: 150 ms round trip (70 to 80 ms one way), TLS taking a round
+/// trip more at the server, and the control channel on the same path.
+pub fn wan() -> SimOptions {
+    SimOptions {
+        latency: (MS(70), MS(80)),
+        tls_time: (MS(80), MS(160)),
+        control_latency: (MS(70), MS(80)),
+        ..lan()
+    }
+}
+
+/// The client configuration of the scoreboard: capacity 8 to 4,096, the default
+/// interval bounds (100 ms to 1 s), 512 dials at once (enough for 2,000 gets a second
+/// at LAN latency, which the default of 64 is not) and `policy`.
+pub fn client_config(policy: Adaptation) -> ClientConfig {
+    ClientConfig::builder()
+        .capacity(8, 4_096)
+        .parallelism(512)
+        .adapt(policy)
+        .build()
+        .expect("valid scoreboard configuration")
+}
+
+/// The server configuration of the scoreboard: room for the client's maximum.
+pub fn server_config() -> ServerConfig {
+    ServerConfig::builder()
+        .max_capacity(16_384)
+        .max_handshakes(2_048)
+        .build()
+        .expect("valid scoreboard configuration")
+}
+
+impl Scenario {
+    fn new(name: &'static str, demand: DemandTrace) -> Self {
+        Self {
+            name,
+            demand,
+            net: lan(),
+            faults: Faults::none(),
+            outage: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The shipped scenarios, each lasting `length` (one simulated hour on the
+    /// scoreboard; the shapes scale with it, the flash crowd's and the outage's
+    /// lengths do not).
+    pub fn all(length: Duration) -> Vec<Self> {
+        let t = length.as_secs_f64();
+        let half = length / 2;
+        let mut out = vec![
+            Self::new("steady_1", DemandTrace::constant(1.0, length)),
+            Self::new("steady_100", DemandTrace::constant(100.0, length)),
+            Self::new("steady_2000", DemandTrace::constant(2_000.0, length)),
+            // One day compressed: from 5 a second at night to 400 at the peak.
+            Self::new(
+                "diurnal",
+                DemandTrace::sampled(length, S(1), |x| {
+                    5.0 + 395.0 * (1.0 - (2.0 * PI * x / t).cos()) / 2.0
+                }),
+            ),
+            // From 10 a second to 1,000 for 60 s, back to 10.
+            {
+                let before = length.saturating_sub(S(60)) / 2;
+                let after = length.saturating_sub(S(60) + before);
+                let mut s = Self::new(
+                    "flash_crowd",
+                    DemandTrace::constant(10.0, before)
+                        .then(S(60), 1_000.0)
+                        .then(after, 10.0),
+                );
+                s.steps = vec![(before, before + S(60))];
+                s
+            },
+            // 5 s at 300 a second, then 25 s of nothing, over and over.
+            {
+                let mut d = DemandTrace { pieces: Vec::new() };
+                let mut steps = Vec::new();
+                let mut at = Duration::ZERO;
+                while at + S(30) <= length {
+                    d = d.then(S(5), 300.0).then(S(25), 0.0);
+                    steps.push((at, at + S(5)));
+                    at += S(30);
+                }
+                let mut s = Self::new("on_off", d);
+                s.steps = steps;
+                s
+            },
+            // From 10 a second to 1,000, linearly.
+            Self::new(
+                "slow_ramp",
+                DemandTrace::sampled(length, S(1), |x| 10.0 + 990.0 * x / t),
+            ),
+            // 100 a second; every connect refused for 30 s in the middle.
+            {
+                let mut s = Self::new("outage", DemandTrace::constant(100.0, length));
+                s.outage = Some(Outage {
+                    at: half,
+                    lasting: S(30),
+                });
+                s.steps = vec![(half + S(30), length)];
+                s
+            },
+            // 100 a second over a 150 ms round trip.
+            {
+                let mut s = Self::new("wan", DemandTrace::constant(100.0, length));
+                s.net = wan();
+                s
+            },
+        ];
+        out.retain(|s| !s.demand.pieces.is_empty());
+        out
+    }
+
+    /// The shipped scenario called `name`, lasting `length`.
+    pub fn named(name: &str, length: Duration) -> Option<Self> {
+        Self::all(length).into_iter().find(|s| s.name == name)
+    }
+
+    /// The pair this scenario runs on, with `policy` at the client.
+    pub fn pair(&self, policy: Adaptation, seed: u64) -> SimPair {
+        SimPair::with_options(
+            seed,
+            client_config(policy),
+            server_config(),
+            self.faults,
+            self.net.clone(),
+        )
+    }
+
+    /// Runs the scenario on `sim`, calling `each` after every piece of the trace.
+    pub fn drive(&self, sim: &mut SimPair, mut each: impl FnMut(&SimPair)) {
+        let mut at = sim.elapsed();
+        let start = at;
+        for &(d, rate) in &self.demand.pieces {
+            sim.set_demand(rate);
+            let end = at + d;
+            // Outage edges inside this piece.
+            let mut edges = Vec::new();
+            if let Some(o) = self.outage {
+                for (t, down) in [(o.at, true), (o.at + o.lasting, false)] {
+                    if start + t >= at && start + t < end {
+                        edges.push((start + t, down));
+                    }
+                }
+            }
+            for (t, down) in edges {
+                sim.run_for(t - at);
+                at = t;
+                sim.set_faults(if down {
+                    Faults {
+                        connect_refused: 1.0,
+                        ..self.faults
+                    }
+                } else {
+                    self.faults
+                });
+            }
+            sim.run_for(end - at);
+            at = end;
+            each(sim);
+        }
+    }
+}
