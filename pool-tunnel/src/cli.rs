@@ -23,6 +23,10 @@ pub struct Cli {
     /// Which side to run.
     #[command(subcommand)]
     pub side: Side,
+    /// Serve the pools' metrics for Prometheus at http://ADDR/ (every counter and
+    /// gauge of the pool's stats, and the get wait histogram). Off by default.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The two sides.

@@ -84,3 +84,55 @@ fn the_server_prints_a_generated_key_once() {
     let key = key.expect("no key printed");
     assert!(pool_tls::TunnelKey::from_hex(&key).is_ok());
 }
+
+#[test]
+fn metrics_are_served_for_prometheus() {
+    use std::io::{Read, Write};
+    // A free loopback port for the exporter.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--metrics", &addr.to_string()])
+        .args([
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ])
+        .args(["--control", "127.0.0.1:0"])
+        .env_remove("POOL_TUNNEL_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded: 10 s of attempts at most.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        body.clear();
+        let _ = s.read_to_string(&mut body);
+        if body.contains("pool_connections_idle") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for name in [
+        "pool_connections_idle",
+        "pool_connections_in_flight",
+        "pool_gets_waiting",
+        "pool_capacity",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    assert!(body.contains("role=\"server\""), "{body}");
+}
