@@ -145,7 +145,9 @@ impl ClientPoolBuilder {
         }
         self
     }
-    /// Dials in flight at most. Default 64 (Go: 1).
+    /// Dials in flight at most. Default 64 (Go: 1). Against a server pool of this crate,
+    /// keep it at or below the server's pending handshakes per source (64 by default):
+    /// above it, the server treats the surplus as a slowloris and evicts the oldest.
     pub fn parallelism(mut self, n: usize) -> Self {
         self.core = self.core.parallelism(n);
         self

@@ -125,11 +125,15 @@ pub fn client_config(policy: Adaptation) -> ClientConfig {
         .expect("valid scoreboard configuration")
 }
 
-/// The server configuration of the scoreboard: room for the client's maximum.
+/// The server configuration of the scoreboard: room for the client's maximum, and a
+/// per-source pending quota as large as the client's 512 dials at once (the default of
+/// 64 is sized for the default parallelism: above it the server would evict the one
+/// client's own handshakes).
 pub fn server_config() -> ServerConfig {
     ServerConfig::builder()
         .max_capacity(16_384)
         .max_handshakes(2_048)
+        .pending_per_source(Some(512))
         .build()
         .expect("valid scoreboard configuration")
 }

@@ -315,7 +315,9 @@ impl SimPair {
         let dt = to.saturating_sub(self.net.elapsed());
         if !dt.is_zero() {
             let client = self.client.status().idle;
-            let server = self.server.status().idle + self.server.settling();
+            // The server's idle count includes its settling connections (as Go's
+            // Active() does).
+            let server = self.server.status().idle;
             self.metrics.idle_for(dt, client, server);
         }
         self.net.clock.advance_to(to);
@@ -357,9 +359,9 @@ impl SimPair {
             ),
             ("client waiting", cs.waiting, self.client_waiting.len()),
             (
-                "server idle",
+                "server idle (settling included)",
                 ss.idle,
-                net.count(|c| c.server == Side::Idle),
+                net.count(|c| matches!(c.server, Side::Idle | Side::Settling)),
             ),
             (
                 "server settling",

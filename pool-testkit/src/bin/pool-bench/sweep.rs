@@ -25,6 +25,8 @@ async fn gets_while_sweeping(n: usize, samples: usize, sweep: Duration) -> Res<V
         .bind(LOOPBACK)
         .max_capacity(n + 16)
         .max_handshakes(1024)
+        // One source dials 256 at once here: above the default per-source quota of 64.
+        .pending_per_source(None)
         .sweep_interval(sweep)
         .build()?;
     let addr = server.local_addr();
