@@ -20,6 +20,10 @@ fn tls_server(handshake: Duration) -> ServerPool {
         .handshake_timeout(handshake)
         .max_handshakes(1024)
         .max_capacity(2048)
+        // Every peer here is 127.0.0.1: these tests exercise the global handshake
+        // slots; the per-source quota has its own tests (pool-tokio tests/admission.rs,
+        // tests/attacks.rs here).
+        .pending_per_source(None)
         .build()
         .unwrap()
 }
