@@ -131,6 +131,13 @@ impl FailureLog {
     fn failing(&self) -> Option<Failure> {
         (self.in_a_row > 0).then(|| self.last.clone()).flatten()
     }
+
+    /// The failure of the run under way, or else the last one if it happened at or
+    /// after `since` (failures mixed with successes, as strangers among clients).
+    fn failing_since(&self, since: Instant) -> Option<Failure> {
+        self.failing()
+            .or_else(|| self.last.clone().filter(|f| f.at >= since))
+    }
 }
 
 /// What to perform once the lock is released.
@@ -286,6 +293,11 @@ impl<M: Machine> Engine<M> {
         self.lock().log.failing()
     }
 
+    /// See [`FailureLog::failing_since`].
+    pub(crate) fn failing_since(&self, since: Instant) -> Option<Failure> {
+        self.lock().log.failing_since(since)
+    }
+
     /// Closes the machine: waiting gets are answered `Closed`, every task is told to
     /// stop, and the connections come back to be dropped by the caller.
     pub(crate) fn shut(&self) -> Vec<(ConnId, PoolConn)> {
@@ -406,7 +418,7 @@ pub(crate) async fn get_for_user<S: Side>(
         Ok(got) => return Ok(got),
         Err(e) => e,
     };
-    let failing = side.engine().failing().map(Box::new);
+    let failing = side.engine().failing_since(start).map(Box::new);
     let waited = now().saturating_duration_since(start);
     Err(match (e, want) {
         (GetError::NotFound, Want::Id(id)) => E::NotFound(id),
