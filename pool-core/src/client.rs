@@ -2,7 +2,7 @@
 //! gets by id.
 //!
 //! Between rounds the machine tops the pool up continuously: whenever idle plus in
-//! flight falls below the capacity, [`ClientMachine::poll_dial`] hands out another
+//! flight falls below the capacity, [`ClientMachine::poll_output`] hands out another
 //! ticket, at most `parallelism` at once. A get that takes a connection is therefore
 //! replaced at once, not a whole interval later as in the Go package, whose refill
 //! runs only at the start of each round.
@@ -26,7 +26,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::adapt::{Adapt, Observed, RoundInput};
-use crate::common::{Got, PoolCommon};
+use crate::common::{Got, Output, PoolCommon};
 use crate::config::ClientConfig;
 use crate::random::{Entropy, Random};
 use crate::stats::{Stage, Status};
@@ -149,7 +149,7 @@ impl<C> ClientMachine<C> {
     }
 
     /// Time passed: expires waiting gets, starts a sweep when one is due (its batches
-    /// come out of [`poll_probe`](PoolCommon::poll_probe)) and a round when one is due.
+    /// come out of [`poll_output`](Self::poll_output)) and a round when one is due.
     /// Calling it early or twice is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.common.expire(now);
@@ -187,9 +187,24 @@ impl<C> ClientMachine<C> {
         self.refill = Some(deadline_after(now, wait));
     }
 
-    /// The next dial to start, if any. Call until `None` after every input, a get
-    /// that took a connection included.
-    pub fn poll_dial(&mut self, now: Instant) -> Option<DialTicket> {
+    /// The next request for the driver (see [`Output`]): answers to waiting gets
+    /// first, then aborts, closes, dials and sweep batches; [`Output::Timeout`] when
+    /// nothing is left. Call it until `Timeout` after every input.
+    pub fn poll_output(&mut self, now: Instant) -> Output<C> {
+        if let Some(o) = self.common.poll_shared() {
+            return o;
+        }
+        if let Some(t) = self.next_dial(now) {
+            return Output::Dial(t);
+        }
+        if let Some(o) = self.common.poll_sweep(now) {
+            return o;
+        }
+        Output::Timeout(self.poll_timeout())
+    }
+
+    /// The next dial to start, if any.
+    pub(crate) fn next_dial(&mut self, now: Instant) -> Option<DialTicket> {
         if self.common.closed {
             return None;
         }
@@ -210,13 +225,26 @@ impl<C> ClientMachine<C> {
         self.common.in_flight += 1;
         self.common.counters.dialed += 1;
         self.next_serial += 1;
+        let handshake_deadline = deadline_after(now, self.cfg.handshake_timeout);
+        self.common.arm(self.next_serial, handshake_deadline);
         Some(DialTicket {
             serial: self.next_serial,
             urgent,
             issued: now,
-            handshake_deadline: deadline_after(now, self.cfg.handshake_timeout),
+            handshake_deadline,
             id_timeout: self.cfg.id_timeout,
         })
+    }
+
+    /// The dial `serial` finished connect and TLS and starts reading the id: its
+    /// deadline becomes the id deadline, counted from `now`. When a deadline passes,
+    /// [`poll_output`](Self::poll_output) answers [`Output::Abort`] with the serial;
+    /// the dial's ticket still comes back, as a failure.
+    pub fn handle_handshake_done(&mut self, serial: u64, now: Instant) {
+        if !self.common.closed {
+            self.common
+                .arm(serial, deadline_after(now, self.cfg.id_timeout));
+        }
     }
 
     /// A fresh id for a single-mode connection, drawn from the machine's generator
@@ -229,9 +257,10 @@ impl<C> ClientMachine<C> {
     /// A dial finished its handshake and has its id: read from the server, or in
     /// single mode made with [`make_id`](Self::make_id). The connection goes idle or to
     /// a waiting get. An id already idle here is the server's fault: the connection is
-    /// queued for closing ([`poll_close`](PoolCommon::poll_close)) and the dial counts
+    /// queued for closing ([`Output::Close`]) and the dial counts
     /// as failed at the id stage.
     pub fn handle_dial_success(&mut self, ticket: DialTicket, id: ConnId, conn: C, now: Instant) {
+        self.common.disarm(ticket.serial);
         if self.common.closed {
             self.common.close_later(id, conn);
             return self.finish();
@@ -266,7 +295,7 @@ impl<C> ClientMachine<C> {
     /// A dial failed at `stage` (an error or its deadline). After a run of failures
     /// the machine backs off, with jitter drawn from its own generator.
     pub fn handle_dial_failure(&mut self, ticket: DialTicket, stage: Stage, now: Instant) {
-        let _ = ticket;
+        self.common.disarm(ticket.serial);
         self.common.counters.count_failure(stage);
         self.policy.observe(Observed::DialFailed, now);
         if !self.common.closed {
@@ -324,7 +353,7 @@ impl<C> ClientMachine<C> {
     }
 
     /// A get for any live connection, oldest first. In single mode, when nothing is idle,
-    /// [`poll_dial`](Self::poll_dial) then hands out an urgent dial for it.
+    /// [`poll_output`](Self::poll_output) then hands out an urgent dial for it.
     pub fn get_any(&mut self, now: Instant, deadline: Instant) -> Got<C> {
         let got = self.common.get(Want::Any, now, deadline);
         self.observe_get(&got, now);
@@ -338,19 +367,19 @@ impl<C> ClientMachine<C> {
         self.common.put_back(id, conn, now, capacity);
     }
 
-    /// Takes every idle connection out (to be closed); [`poll_dial`](Self::poll_dial)
-    /// then refills at once (Go: `Flush`).
-    pub fn flush(&mut self, _now: Instant) -> Vec<(ConnId, C)> {
+    /// Queues every idle connection for closing ([`Output::Close`]), and returns how
+    /// many; the machine then refills at once (Go: `Flush`).
+    pub fn flush(&mut self, _now: Instant) -> usize {
         self.common.flush()
     }
 
-    /// Closes: waiting gets are answered `Closed`, idle connections come back to be
-    /// closed, no more dials or sweeps; tickets still out may be returned and their
-    /// connections are queued for closing.
-    pub fn close(&mut self) -> Vec<(ConnId, C)> {
+    /// Closes: waiting gets are answered `Closed`, idle connections are queued for
+    /// closing, no more dials, deadlines or sweeps; tickets still out may be returned
+    /// and their connections are queued for closing.
+    pub fn close(&mut self) {
         self.refill = None;
         self.probe = false;
-        self.common.close()
+        self.common.close();
     }
 
     /// The status snapshot.

@@ -15,19 +15,20 @@
 //!   [`PoolCommon::handle_check`], which answers [`Got::Ready`] for a live one, or goes
 //!   on to the next candidate after a dead one. On a warm pool a get costs one probe.
 //! - the sweep hands out batches of idle connections through
-//!   [`PoolCommon::poll_probe`]; the driver probes each one ([`Probe::check`]) and gives
+//!   [`Output::Probe`]; the driver probes each one ([`Probe::check`]) and gives
 //!   the batch back with [`PoolCommon::handle_probe`]. Live ones go back to the idle map
 //!   (or straight to a waiting get), dead ones are counted and closed.
 //!
 //! Connections to close (dead, too old, refused, colliding) are never dropped inside the
-//! core, since dropping a socket is a system call: drain them with
-//! [`PoolCommon::poll_close`] and drop them outside the lock.
+//! core, since dropping a socket is a system call: they come out as [`Output::Close`],
+//! to be dropped outside the lock.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::error::GetError;
-use crate::idle::IdleMap;
+use crate::error::GetFailure;
+use crate::idle::{IdBuild, IdleMap};
 use crate::random::Entropy;
 use crate::stats::Counters;
 use crate::time::deadline_after;
@@ -38,13 +39,37 @@ use crate::ConnId;
 /// rare, few enough that a get never finds a large share of the pool out for a probe.
 pub const PROBE_BATCH: usize = 64;
 
-/// The answer to a waiting get, drained with [`PoolCommon::poll_answer`].
+/// Everything a machine asks of its driver, one request at a time: the single way out
+/// of the core (str0m's `poll_output`). After every input, call `poll_output` until it
+/// answers [`Output::Timeout`], performing each request outside any lock.
+#[derive(Debug)]
+#[must_use = "every output is a request the driver must perform"]
+pub enum Output<C> {
+    /// Hand the result to the get waiting under [`Answer::key`]. A get that went away
+    /// gives the connection back with the machine's `put_back`.
+    Answer(Answer<C>),
+    /// Start a dial under this ticket and report it back exactly once (client).
+    Dial(crate::DialTicket),
+    /// Abort the dial or handshake with this serial: its deadline passed, or a newer
+    /// connection evicted it. Its ticket still comes back, as a failure, exactly once.
+    Abort(u64),
+    /// Close this connection (drop it), after letting go of any lock.
+    Close(ConnId, C),
+    /// Probe each connection of this sweep batch with no lock held, then give the batch
+    /// back with [`PoolCommon::handle_probe`].
+    Probe(Probe<C>),
+    /// Nothing more to do now: arm one timer for this instant and call the machine's
+    /// `handle_timeout` when it fires (`None`: no timer until the next input).
+    Timeout(Option<Instant>),
+}
+
+/// The answer to a waiting get, one of the [`Output`]s.
 #[derive(Debug)]
 pub struct Answer<C> {
     /// Which get.
     pub key: WaiterKey,
     /// What it gets.
-    pub result: Result<(ConnId, C), GetError>,
+    pub result: Result<(ConnId, C), GetFailure>,
 }
 
 /// What a get found.
@@ -55,10 +80,10 @@ pub enum Got<C> {
     Ready(ConnId, C),
     /// A candidate to probe: report the verdict with [`PoolCommon::handle_check`].
     Check(Check<C>),
-    /// Nothing yet: the answer comes later under this key through `poll_answer`.
+    /// Nothing yet: the answer comes later under this key, as an [`Output::Answer`].
     Wait(WaiterKey),
     /// No connection, now or later.
-    Failed(GetError),
+    Failed(GetFailure),
 }
 
 /// A candidate a get took out of the idle map, to be probed by the driver outside any
@@ -150,8 +175,12 @@ struct Sweep {
 pub struct PoolCommon<C> {
     pub(crate) idle: IdleMap<Kept<C>>,
     pub(crate) waiters: Waiters,
-    answers: VecDeque<Answer<C>>,
-    to_close: Vec<(ConnId, C)>,
+    pub(crate) answers: VecDeque<Answer<C>>,
+    pub(crate) to_close: Vec<(ConnId, C)>,
+    /// The deadline of every dial or handshake under way, by serial.
+    timers: Deadlines,
+    /// Serials of dials or handshakes the driver has to abort.
+    pub(crate) aborts: VecDeque<u64>,
     pub(crate) counters: Counters,
     pub(crate) closed: bool,
     /// Dials (client) or handshakes (server) under way.
@@ -181,6 +210,8 @@ impl<C> PoolCommon<C> {
             waiters: Waiters::new(),
             answers: VecDeque::new(),
             to_close: Vec::new(),
+            timers: Deadlines::default(),
+            aborts: VecDeque::new(),
             counters: Counters::default(),
             closed: false,
             in_flight: 0,
@@ -247,13 +278,16 @@ impl<C> PoolCommon<C> {
     /// [`Got::Wait`] when nothing is idle, or [`Got::Failed`]. A get by id waits only
     /// while something under way could still bring that id: a dial or handshake in
     /// flight, or a sweep batch out for probing.
-    pub fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
+    ///
+    /// Crate-private: a get goes through its role (`ClientMachine::get`, `get_any`,
+    /// `ServerMachine::get`), which tells the adaptation policy about it.
+    pub(crate) fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         if self.closed {
-            return Got::Failed(GetError::Closed);
+            return Got::Failed(GetFailure::Closed);
         }
         if self.unreachable {
             self.counters.unreachable += 1;
-            return Got::Failed(GetError::Unreachable);
+            return Got::Failed(GetFailure::Unreachable);
         }
         loop {
             let taken = match want {
@@ -276,11 +310,11 @@ impl<C> PoolCommon<C> {
         }
         if matches!(want, Want::Id(_)) && !self.can_arrive() {
             self.counters.not_found += 1;
-            return Got::Failed(GetError::NotFound);
+            return Got::Failed(GetFailure::NotFound);
         }
         if deadline <= now {
             self.counters.get_timeouts += 1;
-            return Got::Failed(GetError::Timeout);
+            return Got::Failed(GetFailure::Timeout);
         }
         Got::Wait(self.waiters.push(want, deadline))
     }
@@ -290,7 +324,7 @@ impl<C> PoolCommon<C> {
     pub fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
         if self.closed {
             self.to_close.push((check.id, check.conn));
-            return Got::Failed(GetError::Closed);
+            return Got::Failed(GetFailure::Closed);
         }
         if alive {
             self.counters.served_at_once += 1;
@@ -301,7 +335,7 @@ impl<C> PoolCommon<C> {
         self.get(check.want, now, check.deadline)
     }
 
-    /// A connection handed to a waiting get through [`poll_answer`](Self::poll_answer)
+    /// A connection handed to a waiting get through an [`Output::Answer`]
     /// was found dead by the driver before it reached the caller (its peer gave up
     /// while it settled, say). It is counted as evicted, not as served, and queued for
     /// closing; the driver then repeats the get.
@@ -313,21 +347,32 @@ impl<C> PoolCommon<C> {
 
     // ---- outputs ----
 
-    /// The next answer to a waiting get.
-    pub fn poll_answer(&mut self) -> Option<Answer<C>> {
-        self.answers.pop_front()
+    /// The outputs both roles share, most urgent first: answers (a get is waiting),
+    /// aborts, closes. `None` when none is queued.
+    pub(crate) fn poll_shared(&mut self) -> Option<Output<C>> {
+        if let Some(a) = self.answers.pop_front() {
+            return Some(Output::Answer(a));
+        }
+        if let Some(serial) = self.aborts.pop_front() {
+            return Some(Output::Abort(serial));
+        }
+        self.to_close.pop().map(|(id, c)| Output::Close(id, c))
     }
 
-    /// The next connection to close (drop it outside any lock).
-    pub fn poll_close(&mut self) -> Option<(ConnId, C)> {
-        self.to_close.pop()
+    /// The sweep's next batch, or the closes it queued while picking it (connections
+    /// past the maximum idle age); `None` when the sweep has nothing to ask.
+    pub(crate) fn poll_sweep(&mut self, now: Instant) -> Option<Output<C>> {
+        if let Some(p) = self.next_probe(now) {
+            return Some(Output::Probe(p));
+        }
+        self.poll_shared()
     }
 
     /// The next batch of idle connections the running sweep wants probed, if any. One
     /// batch is out at a time: give it back with [`handle_probe`](Self::handle_probe)
     /// before asking for the next. Connections idle longer than the maximum idle age
-    /// are not probed but closed (see [`poll_close`](Self::poll_close)).
-    pub fn poll_probe(&mut self, now: Instant) -> Option<Probe<C>> {
+    /// are not probed but closed ([`Output::Close`]).
+    pub(crate) fn next_probe(&mut self, now: Instant) -> Option<Probe<C>> {
         if self.sweep.out.is_some() || self.closed {
             return None;
         }
@@ -386,20 +431,27 @@ impl<C> PoolCommon<C> {
     /// The earliest instant at which `handle_timeout` has shared work (a waiter's
     /// deadline or the sweep).
     pub(crate) fn next_timeout(&mut self) -> Option<Instant> {
-        match (self.sweep.due, self.waiters.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sweep.due,
+            self.waiters.next_deadline(),
+            self.timers.next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Time passed: waiters past their deadline are answered, and a sweep starts when
-    /// one is due (its batches then come out of `poll_probe`).
+    /// one is due (its batches then come out of `poll_output`).
     pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some(serial) = self.timers.pop_expired(now) {
+            self.aborts.push_back(serial);
+        }
         while let Some(key) = self.waiters.pop_expired(now) {
             self.counters.get_timeouts += 1;
             self.answers.push_back(Answer {
                 key,
-                result: Err(GetError::Timeout),
+                result: Err(GetFailure::Timeout),
             });
         }
         if self.sweep.due.is_some_and(|t| t <= now) && !self.closed {
@@ -463,6 +515,22 @@ impl<C> PoolCommon<C> {
         }
     }
 
+    /// Arms the deadline of the dial or handshake `serial` (again: the later one wins).
+    pub(crate) fn arm(&mut self, serial: u64, at: Instant) {
+        self.timers.arm(serial, at);
+    }
+
+    /// The dial or handshake `serial` came back: its deadline is off.
+    pub(crate) fn disarm(&mut self, serial: u64) {
+        self.timers.disarm(serial);
+    }
+
+    /// Asks the driver to abort the dial or handshake `serial` now.
+    pub(crate) fn abort(&mut self, serial: u64) {
+        self.timers.disarm(serial);
+        self.aborts.push_back(serial);
+    }
+
     /// Notes that the connection `id` left the pool, when departures are kept.
     fn depart(&mut self, id: ConnId) {
         if let Some(d) = &mut self.departed {
@@ -481,7 +549,7 @@ impl<C> PoolCommon<C> {
             self.counters.unreachable += 1;
             self.answers.push_back(Answer {
                 key,
-                result: Err(GetError::Unreachable),
+                result: Err(GetFailure::Unreachable),
             });
         }
     }
@@ -492,7 +560,7 @@ impl<C> PoolCommon<C> {
             self.counters.not_found += 1;
             self.answers.push_back(Answer {
                 key,
-                result: Err(GetError::NotFound),
+                result: Err(GetFailure::NotFound),
             });
         }
     }
@@ -511,28 +579,32 @@ impl<C> PoolCommon<C> {
         }
     }
 
-    pub(crate) fn flush(&mut self) -> Vec<(ConnId, C)> {
+    /// Queues every idle connection for closing; how many.
+    pub(crate) fn flush(&mut self) -> usize {
         self.sweep.left = 0;
         self.sweep.flushed = self.sweep.out.is_some();
-        self.idle
-            .drain()
-            .into_iter()
-            .map(|(id, k)| (id, k.conn))
-            .collect()
+        let drained = self.idle.drain();
+        let n = drained.len();
+        for (id, k) in drained {
+            self.depart(id);
+            self.to_close.push((id, k.conn));
+        }
+        n
     }
 
-    pub(crate) fn close(&mut self) -> Vec<(ConnId, C)> {
+    /// Closes: waiting gets are answered `Closed`, idle connections are queued for
+    /// closing, no deadline or sweep is armed any more.
+    pub(crate) fn close(&mut self) {
         self.closed = true;
         self.sweep.due = None;
+        self.timers = Deadlines::default();
         for key in self.waiters.drain() {
             self.answers.push_back(Answer {
                 key,
-                result: Err(GetError::Closed),
+                result: Err(GetFailure::Closed),
             });
         }
-        let mut out = self.flush();
-        out.append(&mut self.to_close);
-        out
+        self.flush();
     }
 
     /// Gives back a connection whose answer could not be delivered (its get was gone).
@@ -547,6 +619,62 @@ impl<C> PoolCommon<C> {
         if let Err(conn) = self.land(id, conn, now) {
             self.close_later(id, conn);
         }
+    }
+}
+
+/// Deadlines of dials and handshakes under way, by serial: a heap with lazy removal
+/// (an entry whose serial was disarmed or re-armed is skipped when met). Most deadlines
+/// are disarmed long before they fall due, so the heap is rebuilt from the live ones
+/// whenever stale entries outnumber them: it stays about the size of what is in flight.
+#[derive(Debug, Default)]
+struct Deadlines {
+    at: HashMap<u64, Instant, IdBuild>,
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Deadlines {
+    fn arm(&mut self, serial: u64, at: Instant) {
+        self.at.insert(serial, at);
+        if self.heap.len() > 2 * self.at.len() + 64 {
+            self.heap = self.at.iter().map(|(&s, &a)| Reverse((a, s))).collect();
+        } else {
+            self.heap.push(Reverse((at, serial)));
+        }
+    }
+
+    fn disarm(&mut self, serial: u64) {
+        self.at.remove(&serial);
+        if self.at.is_empty() {
+            self.heap.clear();
+        }
+    }
+
+    fn live(&self, at: Instant, serial: u64) -> bool {
+        self.at.get(&serial) == Some(&at)
+    }
+
+    fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, serial))) = self.heap.peek().copied() {
+            if self.live(at, serial) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    fn pop_expired(&mut self, now: Instant) -> Option<u64> {
+        while let Some(Reverse((at, serial))) = self.heap.peek().copied() {
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            if self.live(at, serial) {
+                self.at.remove(&serial);
+                return Some(serial);
+            }
+        }
+        None
     }
 }
 

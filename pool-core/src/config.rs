@@ -204,7 +204,7 @@ impl ClientConfigBuilder {
         self.0.max_idle_age = age;
         self
     }
-    /// Fail gets at once, with [`GetError::Unreachable`](crate::GetError::Unreachable),
+    /// Fail gets at once, with [`GetFailure::Unreachable`](crate::GetFailure::Unreachable),
     /// while nothing can succeed: the pool has never made a connection and it is
     /// backing off (a run of failed dials as long as the parallelism, or the capacity
     /// if smaller). Waiting gets are answered the same way when the pool gets there, so

@@ -75,10 +75,11 @@ pub enum ConfigError {
     },
 }
 
-/// Why a `get` got no connection. The caller sees these through the driver.
+/// Why a `get` got no connection, as the core sees it. Drivers wrap it in errors of
+/// their own (pool-tokio's `GetError` adds what failed in the background).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum GetError {
+pub enum GetFailure {
     /// The deadline passed with nothing to hand out.
     #[error("get timed out")]
     Timeout,

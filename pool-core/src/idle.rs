@@ -38,6 +38,11 @@ impl Hasher for IdHasher {
         }
     }
 
+    fn write_u64(&mut self, n: u64) {
+        // Serials and waiter keys: one round.
+        self.0 = (self.0.rotate_left(8) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
     fn write_usize(&mut self, _len: usize) {
         // Only slice length prefixes reach here; every id has the same length.
     }
@@ -179,6 +184,7 @@ impl<C> Slab<C> {
         }
     }
 
+    #[cfg(test)]
     /// The slot after `i` in arrival order.
     fn next_of(&self, i: usize) -> Option<usize> {
         match &self.slots[i] {
@@ -196,9 +202,9 @@ impl<C> Slab<C> {
     }
 }
 
-/// Idle connections of type `C`, by id and in arrival order.
-///
-/// ```
+/// Idle connections of type `C`, by id and in arrival order. An insert of an id
+/// already there is refused, never overwritten; a take by id and the oldest-first take
+/// are O(1), and no removal rebuilds anything.
 /// use pool_core::{ConnId, IdleMap};
 /// let mut idle = IdleMap::new();
 /// let a = ConnId::from_random([0, 0, 0, 1]);
@@ -210,7 +216,7 @@ impl<C> Slab<C> {
 /// assert_eq!(idle.take_oldest(), Some((a, "first")));
 /// assert!(idle.is_empty());
 /// ```
-pub struct IdleMap<C> {
+pub(crate) struct IdleMap<C> {
     /// Id to slot index; always exactly the occupied slots.
     index: HashMap<ConnId, u32, IdBuild>,
     slab: Slab<C>,
@@ -230,12 +236,12 @@ impl<C> std::fmt::Debug for IdleMap<C> {
 
 impl<C> IdleMap<C> {
     /// An empty map.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_capacity(0)
     }
 
     /// An empty map with room for `n` connections before it allocates again.
-    pub fn with_capacity(n: usize) -> Self {
+    pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
             index: HashMap::with_capacity_and_hasher(n, IdBuild::default()),
             slab: Slab::with_capacity(n),
@@ -243,17 +249,18 @@ impl<C> IdleMap<C> {
     }
 
     /// How many connections are idle.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.index.len()
     }
 
+    #[cfg(test)]
     /// Whether nothing is idle.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 
     /// Whether `id` is idle.
-    pub fn contains(&self, id: &ConnId) -> bool {
+    pub(crate) fn contains(&self, id: &ConnId) -> bool {
         self.index.contains_key(id)
     }
 
@@ -263,7 +270,7 @@ impl<C> IdleMap<C> {
     /// # Panics
     ///
     /// If `u32::MAX - 1` connections are already idle.
-    pub fn insert(&mut self, id: ConnId, conn: C) -> Result<(), C> {
+    pub(crate) fn insert(&mut self, id: ConnId, conn: C) -> Result<(), C> {
         match self.index.entry(id) {
             MapEntry::Occupied(_) => Err(conn),
             MapEntry::Vacant(v) => {
@@ -276,13 +283,13 @@ impl<C> IdleMap<C> {
     }
 
     /// Takes the connection with `id`.
-    pub fn take(&mut self, id: &ConnId) -> Option<C> {
+    pub(crate) fn take(&mut self, id: &ConnId) -> Option<C> {
         let i = self.index.remove(id)?;
         Some(self.slab.remove(i as usize).1)
     }
 
     /// Takes the connection that has been idle longest.
-    pub fn take_oldest(&mut self) -> Option<(ConnId, C)> {
+    pub(crate) fn take_oldest(&mut self) -> Option<(ConnId, C)> {
         let i = self.slab.head.get()?;
         let (id, conn) = self.slab.remove(i);
         self.index.remove(&id);
@@ -290,7 +297,7 @@ impl<C> IdleMap<C> {
     }
 
     /// Takes every connection, oldest first.
-    pub fn drain(&mut self) -> Vec<(ConnId, C)> {
+    pub(crate) fn drain(&mut self) -> Vec<(ConnId, C)> {
         let mut out = Vec::with_capacity(self.len());
         let mut cur = self.slab.head.get();
         while let Some(i) = cur {
@@ -307,9 +314,10 @@ impl<C> IdleMap<C> {
         out
     }
 
+    #[cfg(test)]
     /// Keeps only the connections for which `evict` answers false; returns the others,
     /// oldest first. O(n): meant for a periodic sweep, not for the hot path.
-    pub fn evict_where(
+    pub(crate) fn evict_where(
         &mut self,
         mut evict: impl FnMut(&ConnId, &mut C) -> bool,
     ) -> Vec<(ConnId, C)> {
@@ -329,8 +337,9 @@ impl<C> IdleMap<C> {
         out
     }
 
+    #[cfg(test)]
     /// Ids in arrival order (for tests and diagnostics).
-    pub fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+    pub(crate) fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
         std::iter::successors(self.slab.head.get(), |&i| self.slab.next_of(i)).map(|i| match &self
             .slab
             .slots[i]

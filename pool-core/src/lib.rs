@@ -15,50 +15,65 @@
 //! - `handle_*`: inputs, each with `now` ([`ClientMachine::handle_timeout`],
 //!   [`ClientMachine::handle_dial_success`], [`ServerMachine::handle_accept`],
 //!   [`PoolCommon::handle_check`], [`PoolCommon::handle_probe`], ...);
-//! - commands: `get`, `flush`, `close`;
-//! - `poll_*`: outputs. **After every input, drain them, then ask `poll_timeout` for
-//!   the next wake-up** (str0m's rule: "drain outputs until timeout").
+//! - commands: the role's gets ([`ClientMachine::get`], [`ClientMachine::get_any`],
+//!   [`ServerMachine::get`]: the only way to ask for a connection, and the way the
+//!   adaptation policy hears of demand), `flush`, `close`;
+//! - **one way out**: `poll_output(now)` ([`ClientMachine::poll_output`],
+//!   [`ServerMachine::poll_output`]). After every input, call it until it answers
+//!   [`Output::Timeout`], which names the next instant to be woken (str0m's rule:
+//!   "drain outputs until timeout").
 //!
-//! | output | what the driver does with it |
+//! | [`Output`] | what the driver does with it |
 //! |---|---|
-//! | [`ClientMachine::poll_dial`] | start a dial under the [`DialTicket`]'s deadlines; report it back exactly once |
-//! | [`PoolCommon::poll_answer`] | hand the connection (or error) to the get waiting under that key |
-//! | [`PoolCommon::poll_close`] | drop the connection, after letting go of any lock |
-//! | [`PoolCommon::poll_probe`] | probe each connection of the batch with no lock held, give the batch back |
-//! | [`ServerMachine::poll_abort`] | abort the handshake with that serial (it was evicted); its ticket still comes back |
-//! | `poll_timeout` | arm one timer; call `handle_timeout` when it fires |
+//! | `Answer` | hand the connection (or error) to the get waiting under that key |
+//! | `Dial` | start a dial; report its [`DialTicket`] back exactly once |
+//! | `Abort` | stop the dial or handshake with that serial (late, or evicted); its ticket still comes back |
+//! | `Close` | drop the connection, after letting go of any lock |
+//! | `Probe` | probe each connection of the batch with no lock held, give the batch back |
+//! | `Timeout` | arm one timer; call `handle_timeout` when it fires |
 //!
-//! The liveness of an idle connection is a fact only the driver can learn, so it is
-//! asked for as an output ([`Got::Check`], [`Probe`]) and answered as an input; no
-//! callback ever runs inside the machine, and nothing forces a system call under the
-//! driver's lock. See [`PoolCommon`] for the details.
+//! Every deadline is the core's: dials and handshakes ([`Output::Abort`]), waiting gets
+//! (answered `Timeout`), the sweep, backoff and rounds, the accept back-off
+//! ([`ServerMachine::handle_accept_error`]). The liveness of an idle connection is a
+//! fact only the driver can learn, so it is asked for as an output ([`Got::Check`],
+//! [`Output::Probe`]) and answered as an input; no callback ever runs inside the
+//! machine, and nothing forces a system call under the driver's lock.
 //!
 //! ```
-//! use pool_core::{ClientMachine, ConnId};
+//! use pool_core::{ClientConfig, ClientMachine, ConnId, Output, SeededRandom};
 //! use std::time::Instant;
 //!
 //! /// One turn of a driver: `now` from the driver's clock, ids from the wire.
-//! fn turn(m: &mut ClientMachine<String>, now: Instant, read_id: impl Fn() -> ConnId) {
-//!     m.handle_timeout(now);                                   // time passed
-//!     while let Some(t) = m.poll_dial(now) {                   // start the dials
-//!         m.handle_dial_success(t, read_id(), "conn".into(), now); // (later, really)
+//! fn turn(m: &mut ClientMachine<String>, now: Instant, mut read_id: impl FnMut() -> ConnId) -> Option<Instant> {
+//!     m.handle_timeout(now);                                     // time passed
+//!     loop {
+//!         match m.poll_output(now) {
+//!             Output::Dial(t) => m.handle_dial_success(t, read_id(), "conn".into(), now), // (later, really)
+//!             Output::Probe(mut batch) => {                      // the sweep: probe
+//!                 batch.check(|conn| !conn.is_empty());          // (outside the lock)
+//!                 m.handle_probe(batch, now);
+//!             }
+//!             Output::Answer(_) | Output::Close(..) | Output::Abort(_) => {} // perform
+//!             Output::Timeout(wake_at) => return wake_at,        // arm one timer
+//!             _ => {}
+//!         }
 //!     }
-//!     while let Some(mut batch) = m.poll_probe(now) {          // the sweep: probe
-//!         batch.check(|conn| !conn.is_empty());                // (outside the lock)
-//!         m.handle_probe(batch, now);
-//!     }
-//!     while let Some(_answer) = m.poll_answer() { /* to the waiting get */ }
-//!     while let Some(_conn) = m.poll_close() { /* drop it */ }
-//!     let _wake_at = m.poll_timeout();                         // arm one timer
 //! }
+//! let cfg = ClientConfig::builder().capacity(2, 4).build().unwrap();
+//! let now = Instant::now();
+//! let mut m = ClientMachine::new(cfg, SeededRandom::from_seed([1; 32]), now);
+//! let mut n = 0u8;
+//! let next = turn(&mut m, now, || { n += 1; ConnId::from_random([n, 0, 0, 0]) });
+//! assert_eq!(m.status().idle, 2);
+//! assert!(next.is_some());
 //! ```
 //!
-//! A real driver starts dials concurrently and reports each ticket when its dial ends;
-//! `pool-tokio`, the simulated driver of `pool-testkit` and its plain-threads example
-//! do exactly that. A `get` runs the same way: [`ClientMachine::get`] answers
-//! [`Got::Check`] with a candidate, the driver probes it outside its lock and reports
-//! with [`PoolCommon::handle_check`], which answers [`Got::Ready`] (or moves on to the
-//! next candidate after a dead one). On a warm pool that is one probe per get.
+//! Nobody needs to write that loop: [`driver::Driver`] is the driver protocol, written
+//! once (the lock, the drain, performing outside the lock, the get with its probe, the
+//! waiting get, cancellation, shutdown), generic over a small [`driver::Platform`]
+//! (clock, probe, reply channel, wake, start a dial). pool-tokio, pool-threads and
+//! pool-testkit's simulator are thin platforms over it, so the simulator's models run
+//! the code the shipped drivers run.
 //!
 //! Dials and handshakes are accounted by `#[must_use]` tickets ([`DialTicket`],
 //! [`HandshakeTicket`]): each must come back exactly once as success or failure, so the
@@ -67,7 +82,7 @@
 //! a panic.
 //!
 //! See `DRIVING.md` beside this crate's `Cargo.toml`, "Driving pool-core on your own
-//! runtime": inputs, outputs, the timer and the lock, with `pool-threads` as the example.
+//! runtime": a complete driver on plain threads, in about 150 lines.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -76,11 +91,17 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// DRIVING.md's complete driver, compiled so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../DRIVING.md")]
+struct DrivingDoctests;
+
 mod adapt;
 mod adjust;
 mod client;
 mod common;
 mod config;
+pub mod driver;
 mod error;
 mod id;
 mod idle;
@@ -88,23 +109,24 @@ mod random;
 mod server;
 mod source;
 mod stats;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 mod time;
 mod waiters;
 
 pub use adapt::{Adapt, Adaptation, Decision, DemandTracking, GoRules, Observed, RoundInput};
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};
-pub use common::{Answer, Check, Got, PoolCommon, Probe, PROBE_BATCH};
+pub use common::{Answer, Check, Got, Output, PoolCommon, Probe, PROBE_BATCH};
 pub use config::{
     go_caps, go_intervals, ClientConfig, ClientConfigBuilder, ServerConfig, ServerConfigBuilder,
     DEFAULT_PENDING_PER_SOURCE, DEFAULT_SERVER_MAX_IDLE_AGE, DEFAULT_SETTLE,
 };
-pub use error::{ConfigError, GetError, IdError};
+pub use error::{ConfigError, GetFailure, IdError};
 pub use id::{ConnId, Fed, IdForm, IdReader, WireId, ID_LEN};
-pub use idle::IdleMap;
 pub use random::{Random, SeededRandom};
 pub use server::{Admission, HandshakeTicket, Refusal, ServerMachine};
-pub use source::Source;
 pub use stats::{Counters, Stage, Status};
 pub use time::deadline_after;
-pub use waiters::{WaiterKey, Waiters, Want};
+pub use waiters::{WaiterKey, Want};

@@ -17,7 +17,7 @@
 //!   that finishes is closed (both counted as `refused_quota`).
 //!
 //! An evicted handshake's slot is free at once; the driver learns which one to abort
-//! from [`ServerMachine::poll_abort`], and its ticket still comes back exactly once
+//! from [`Output::Abort`], and its ticket still comes back exactly once
 //! (ready or failed), to be ignored: a ready connection is then closed. The
 //! per-source table holds only sources with a handshake under way or an idle
 //! connection counted, so it is bounded by `max_handshakes` plus the capacity.
@@ -25,9 +25,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::common::{Got, PoolCommon};
+use crate::common::{Got, Output, PoolCommon};
 use crate::config::ServerConfig;
 use crate::idle::IdBuild;
 use crate::random::{Entropy, Random};
@@ -109,8 +109,8 @@ pub struct ServerMachine<C> {
     sources: HashMap<Source, Held>,
     /// The source of each idle or settling connection, kept only with an idle quota.
     owner: HashMap<ConnId, Source, IdBuild>,
-    /// Serials of evicted handshakes the driver has to abort.
-    aborts: VecDeque<u64>,
+    /// Consecutive failed accepts, for the back-off.
+    accept_failures: u32,
 }
 
 /// What one source holds.
@@ -163,7 +163,7 @@ impl<C> ServerMachine<C> {
             live: BTreeMap::new(),
             sources: HashMap::new(),
             owner: HashMap::default(),
-            aborts: VecDeque::new(),
+            accept_failures: 0,
         }
     }
 
@@ -174,8 +174,9 @@ impl<C> ServerMachine<C> {
 
     /// A connection from `peer` was accepted; `allowed` is the client-IP filter's
     /// verdict. Admitting it may evict an older handshake (see the module docs):
-    /// drain [`poll_abort`](Self::poll_abort) afterwards.
+    /// drain [`poll_output`](Self::poll_output) afterwards ([`Output::Abort`]).
     pub fn handle_accept(&mut self, now: Instant, peer: IpAddr, allowed: bool) -> Admission {
+        self.accept_failures = 0;
         self.sync_departures();
         let source = self.source_of(peer);
         let c = &mut self.common;
@@ -219,17 +220,38 @@ impl<C> ServerMachine<C> {
             .or_default()
             .pending
             .insert(serial);
+        let deadline = deadline_after(now, self.cfg.handshake_timeout);
+        self.common.arm(serial, deadline);
         Admission::Admit(HandshakeTicket {
             serial,
-            deadline: deadline_after(now, self.cfg.handshake_timeout),
+            deadline,
             id: None,
         })
     }
 
-    /// The serial of the next evicted handshake to abort. Its ticket still comes back
-    /// (ready or failed) and is then ignored.
-    pub fn poll_abort(&mut self) -> Option<u64> {
-        self.aborts.pop_front()
+    /// Accepting failed (out of descriptors, say): the pending connection stays in the
+    /// listener's backlog, so retrying at once would spin. Answers when to try again:
+    /// 5 ms after the first failure, doubling up to 1 s; an accept that succeeds
+    /// resets it.
+    pub fn handle_accept_error(&mut self, now: Instant) -> Instant {
+        self.accept_failures = self.accept_failures.saturating_add(1);
+        let shift = (self.accept_failures - 1).min(8);
+        let pause = Duration::from_millis(5 << shift).min(Duration::from_secs(1));
+        deadline_after(now, pause)
+    }
+
+    /// The next request for the driver (see [`Output`]): answers to waiting gets
+    /// first, then aborts (evicted handshakes, passed deadlines), closes and sweep
+    /// batches; [`Output::Timeout`] when nothing is left. Call it until `Timeout` after
+    /// every input.
+    pub fn poll_output(&mut self, now: Instant) -> Output<C> {
+        if let Some(o) = self.common.poll_shared() {
+            return o;
+        }
+        if let Some(o) = self.common.poll_sweep(now) {
+            return o;
+        }
+        Output::Timeout(self.poll_timeout())
     }
 
     /// Handshakes under way from `peer`'s source.
@@ -270,7 +292,7 @@ impl<C> ServerMachine<C> {
     fn evict(&mut self, serial: u64) {
         if self.end(serial) {
             self.common.counters.evicted_handshakes += 1;
-            self.aborts.push_back(serial);
+            self.common.abort(serial);
         }
     }
 
@@ -280,6 +302,7 @@ impl<C> ServerMachine<C> {
         let Some(source) = self.live.remove(&serial) else {
             return false;
         };
+        self.common.disarm(serial);
         self.common.in_flight -= 1;
         if let Some(h) = self.sources.get_mut(&source) {
             h.pending.remove(&serial);
@@ -322,13 +345,19 @@ impl<C> ServerMachine<C> {
         }
     }
 
-    fn forget(&mut self, out: &[(ConnId, C)]) {
-        self.sync_departures();
-        for (id, _) in out {
-            if let Some(source) = self.owner.remove(id) {
+    /// Settling connections are queued for closing and no longer count for their
+    /// source; how many.
+    fn drop_settling(&mut self) -> usize {
+        let n = self.settling.len();
+        for (_, id, conn) in std::mem::take(&mut self.settling) {
+            self.pending_ids.remove(&id);
+            if let Some(source) = self.owner.remove(&id) {
                 self.release(source);
             }
+            self.common.close_later(id, conn);
         }
+        self.sync_departures();
+        n
     }
 
     /// The id for `ticket`, drawn from the machine's generator: never one that is idle
@@ -411,7 +440,7 @@ impl<C> ServerMachine<C> {
     }
 
     /// The handshake failed or passed its deadline at `stage`. The failure of an
-    /// evicted handshake (aborted on [`poll_abort`](Self::poll_abort)'s word) is not
+    /// evicted handshake (aborted on [`Output::Abort`]'s word) is not
     /// counted again.
     pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) {
         if let Some(id) = ticket.id {
@@ -447,6 +476,14 @@ impl<C> ServerMachine<C> {
         self.common.get(Want::Any, now, deadline)
     }
 
+    /// A get by id: a server hands out connections oldest first and never by id, so
+    /// this always fails with [`NotFound`](crate::GetFailure::NotFound) (counted).
+    /// It exists so that a driver generic over both roles can ask either.
+    pub(crate) fn get_by_id(&mut self) -> Got<C> {
+        self.common.counters.not_found += 1;
+        Got::Failed(crate::GetFailure::NotFound)
+    }
+
     /// Gives back a connection whose answer could not be delivered. It is closed
     /// instead when its id is idle again or was drawn meanwhile for a handshake under
     /// way: landing it would make that handshake collide, since its ticket keeps the
@@ -460,15 +497,10 @@ impl<C> ServerMachine<C> {
         self.common.put_back(id, conn, now, capacity);
     }
 
-    /// Takes every idle and settling connection out, to be closed (Go: `Flush`).
-    pub fn flush(&mut self) -> Vec<(ConnId, C)> {
-        let mut out = self.common.flush();
-        for (_, id, conn) in self.settling.drain(..) {
-            self.pending_ids.remove(&id);
-            out.push((id, conn));
-        }
-        self.forget(&out);
-        out
+    /// Queues every idle and settling connection for closing ([`Output::Close`]),
+    /// and returns how many (Go: `Flush`).
+    pub fn flush(&mut self) -> usize {
+        self.common.flush() + self.drop_settling()
     }
 
     /// Connections whose id was written but whose settle time has not ended.
@@ -476,16 +508,11 @@ impl<C> ServerMachine<C> {
         self.settling.len()
     }
 
-    /// Closes: waiting gets are answered `Closed`, idle and settling connections come
-    /// back to be closed, new connections are refused.
-    pub fn close(&mut self) -> Vec<(ConnId, C)> {
-        let mut out = self.common.close();
-        for (_, id, conn) in self.settling.drain(..) {
-            self.pending_ids.remove(&id);
-            out.push((id, conn));
-        }
-        self.forget(&out);
-        out
+    /// Closes: waiting gets are answered `Closed`, idle and settling connections are
+    /// queued for closing, new connections are refused.
+    pub fn close(&mut self) {
+        self.common.close();
+        self.drop_settling();
     }
 
     /// The status snapshot.
@@ -495,7 +522,8 @@ impl<C> ServerMachine<C> {
             // connection in its map as soon as the id is written.
             idle: self.common.idle.len() + self.settling.len(),
             capacity: self.cfg.max_capacity,
-            interval: std::time::Duration::ZERO,
+            // A server pool does not refill; what paces it is the sweep.
+            interval: self.cfg.sweep_interval,
             in_flight: self.common.in_flight,
             waiting: self.common.waiters.len(),
         }

@@ -5,19 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// A peer address cut to its source prefix (for example 203.0.113.7 under /24 is
 /// 203.0.113.0). IPv4-mapped IPv6 addresses are grouped as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source(IpAddr);
+pub(crate) struct Source(IpAddr);
 
 impl Source {
-    /// The source of `peer` under the prefix lengths `v4` and `v6` (cut to 32 and 128).
-    ///
-    /// ```
-    /// use pool_core::Source;
-    /// let a = Source::of("10.1.2.3".parse().unwrap(), 24, 64);
-    /// let b = Source::of("::ffff:10.1.2.200".parse().unwrap(), 24, 64);
-    /// assert_eq!(a, b);
-    /// assert_eq!(a.addr(), "10.1.2.0".parse::<std::net::IpAddr>().unwrap());
-    /// ```
-    pub fn of(peer: IpAddr, v4: u8, v6: u8) -> Self {
+    /// The source of `peer` under the prefix lengths `v4` and `v6` (cut to 32 and 128):
+    /// 10.1.2.3 and ::ffff:10.1.2.200 under /24 are both 10.1.2.0.
+    pub(crate) fn of(peer: IpAddr, v4: u8, v6: u8) -> Self {
         match peer.to_canonical() {
             IpAddr::V4(a) => {
                 let keep = u32::from(v4.min(32));
@@ -33,7 +26,8 @@ impl Source {
     }
 
     /// The first address of the source's prefix.
-    pub fn addr(&self) -> IpAddr {
+    #[cfg(test)]
+    pub(crate) fn addr(&self) -> IpAddr {
         self.0
     }
 }

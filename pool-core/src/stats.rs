@@ -11,7 +11,8 @@ pub struct Status {
     pub idle: usize,
     /// Current capacity (Go: `Capacity()`). For a server pool, its maximum capacity.
     pub capacity: usize,
-    /// Current refill interval (Go: `Interval()`). Zero for a server pool.
+    /// Current refill interval (Go: `Interval()`). For a server pool, which does not
+    /// refill, its sweep interval.
     pub interval: Duration,
     /// Dials (client) or handshakes (server) under way.
     pub in_flight: usize,

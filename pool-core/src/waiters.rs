@@ -12,7 +12,7 @@ use crate::ConnId;
 
 /// Names one waiting get. The driver keeps its reply channel under this key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WaiterKey(pub u64);
+pub struct WaiterKey(u64);
 
 /// What a waiter wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +25,9 @@ pub enum Want {
 
 /// The waiting gets.
 #[derive(Debug, Default)]
-pub struct Waiters {
+pub(crate) struct Waiters {
     next: u64,
-    live: HashMap<WaiterKey, Want>,
+    live: HashMap<WaiterKey, Want, IdBuild>,
     any_live: usize,
     any: VecDeque<WaiterKey>,
     by_id: HashMap<ConnId, VecDeque<WaiterKey>, IdBuild>,
@@ -36,32 +36,28 @@ pub struct Waiters {
 
 impl Waiters {
     /// No waiters.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// How many gets are waiting.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.live.len()
     }
 
     /// Whether nobody waits.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
 
     /// How many wait for any connection.
-    pub fn any_len(&self) -> usize {
+    pub(crate) fn any_len(&self) -> usize {
         self.any_live
     }
 
-    /// Whether `key` still waits.
-    pub fn contains(&self, key: WaiterKey) -> bool {
-        self.live.contains_key(&key)
-    }
-
     /// Adds a waiter; it expires at `deadline`.
-    pub fn push(&mut self, want: Want, deadline: Instant) -> WaiterKey {
+    pub(crate) fn push(&mut self, want: Want, deadline: Instant) -> WaiterKey {
         let key = WaiterKey(self.next);
         self.next += 1;
         self.live.insert(key, want);
@@ -77,7 +73,7 @@ impl Waiters {
     }
 
     /// Removes a waiter (its get was dropped). Whether it was still waiting.
-    pub fn cancel(&mut self, key: WaiterKey) -> bool {
+    pub(crate) fn cancel(&mut self, key: WaiterKey) -> bool {
         let was = self.live.remove(&key);
         match was {
             Some(Want::Id(id)) => {
@@ -95,7 +91,7 @@ impl Waiters {
     }
 
     /// The oldest waiter for any connection.
-    pub fn pop_any(&mut self) -> Option<WaiterKey> {
+    pub(crate) fn pop_any(&mut self) -> Option<WaiterKey> {
         while let Some(key) = self.any.pop_front() {
             if self.live.remove(&key).is_some() {
                 self.any_live -= 1;
@@ -106,7 +102,7 @@ impl Waiters {
     }
 
     /// The oldest waiter for exactly `id`.
-    pub fn pop_id(&mut self, id: &ConnId) -> Option<WaiterKey> {
+    pub(crate) fn pop_id(&mut self, id: &ConnId) -> Option<WaiterKey> {
         let q = self.by_id.get_mut(id)?;
         let mut found = None;
         while let Some(key) = q.pop_front() {
@@ -122,7 +118,7 @@ impl Waiters {
     }
 
     /// Removes every waiter for a specific id, oldest first.
-    pub fn take_all_by_id(&mut self) -> Vec<WaiterKey> {
+    pub(crate) fn take_all_by_id(&mut self) -> Vec<WaiterKey> {
         let mut out: Vec<WaiterKey> = Vec::new();
         for (_, q) in self.by_id.drain() {
             out.extend(q.into_iter().filter(|k| self.live.remove(k).is_some()));
@@ -132,7 +128,7 @@ impl Waiters {
     }
 
     /// Removes and returns one waiter whose deadline is at or before `now`.
-    pub fn pop_expired(&mut self, now: Instant) -> Option<WaiterKey> {
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<WaiterKey> {
         while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
             if at > now {
                 return None;
@@ -146,7 +142,7 @@ impl Waiters {
     }
 
     /// The earliest deadline of a live waiter.
-    pub fn next_deadline(&mut self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
             if self.live.contains_key(&key) {
                 return Some(at);
@@ -157,7 +153,7 @@ impl Waiters {
     }
 
     /// Removes every waiter, oldest first.
-    pub fn drain(&mut self) -> Vec<WaiterKey> {
+    pub(crate) fn drain(&mut self) -> Vec<WaiterKey> {
         let mut keys: Vec<WaiterKey> = self.live.drain().map(|(k, _)| k).collect();
         keys.sort();
         self.any_live = 0;
@@ -165,5 +161,46 @@ impl Waiters {
         self.by_id.clear();
         self.deadlines.clear();
         keys
+    }
+}
+
+/// FIFO order, deadlines, lazy cancellation.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fifo_and_deadlines() {
+        let t0 = Instant::now();
+        let mut w = Waiters::new();
+        let a = w.push(Want::Any, t0 + Duration::from_secs(3));
+        let b = w.push(Want::Any, t0 + Duration::from_secs(1));
+        let id = ConnId::from_random([1, 2, 3, 4]);
+        let c = w.push(Want::Id(id), t0 + Duration::from_secs(2));
+        assert_eq!(w.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(w.any_len(), 2);
+        assert_eq!(w.pop_expired(t0 + Duration::from_millis(1500)), Some(b));
+        assert_eq!(w.any_len(), 1);
+        assert_eq!(w.pop_expired(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(w.pop_any(), Some(a));
+        assert_eq!(w.pop_any(), None);
+        assert_eq!(w.pop_id(&ConnId::from_random([0; 4])), None);
+        assert_eq!(w.pop_id(&id), Some(c));
+        assert_eq!(w.next_deadline(), None);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn cancel_is_skipped_everywhere() {
+        let t0 = Instant::now();
+        let mut w = Waiters::new();
+        let a = w.push(Want::Any, t0);
+        let b = w.push(Want::Any, t0);
+        assert!(w.cancel(a));
+        assert!(!w.cancel(a));
+        assert_eq!(w.pop_expired(t0), Some(b));
+        assert_eq!(w.pop_any(), None);
+        assert_eq!(w.drain(), vec![]);
     }
 }

@@ -1,11 +1,12 @@
 //! Plain unit tests of the rules of the client (backoff, rounds, gets by id) and of the
 //! server's put-back, written against the machines' public API.
 
+use pool_core::testing::{SplitDials as _, SplitOutputs as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_core::{
-    backoff, Admission, ClientConfig, ClientMachine, ConnId, GetError, Got, Random, SeededRandom,
+    backoff, Admission, ClientConfig, ClientMachine, ConnId, GetFailure, Got, Random, SeededRandom,
     ServerConfig, ServerMachine, Stage,
 };
 
@@ -236,12 +237,12 @@ fn get_by_id_not_found_rules() {
     assert_eq!(answered.len(), 2);
     for (a, k) in answered.iter().zip([early, key]) {
         assert_eq!(a.key, k);
-        assert_eq!(a.result.as_ref().err(), Some(&GetError::NotFound));
+        assert_eq!(a.result.as_ref().err(), Some(&GetFailure::NotFound));
     }
     // With nothing in flight any more, a new get by id fails at once.
     assert!(matches!(
         m.get(id, t0, t0 + MS(1_000)),
-        Got::Failed(GetError::NotFound)
+        Got::Failed(GetFailure::NotFound)
     ));
     assert_eq!(m.counters().not_found, 3);
 }

@@ -18,6 +18,7 @@ pub mod sim;
 
 pub mod attack;
 pub mod dialers;
+pub mod flash;
 pub mod pair;
 #[cfg(unix)]
 pub mod process;

@@ -421,6 +421,9 @@ fn step_goes_to_the_next_event() {
         assert!(sim.elapsed() >= last);
         last = sim.elapsed();
     }
-    assert!(sim.client_status().idle >= 64);
+    // The last step may fall in the middle of a refill (the server closes connections
+    // past its maximum idle age): let it finish.
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.client_status().idle >= 64, "{:?}", sim.client_status());
     sim.check().unwrap();
 }

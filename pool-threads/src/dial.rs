@@ -35,9 +35,14 @@ fn left(deadline: Instant, what: &str) -> io::Result<Duration> {
 }
 
 impl Dialing {
-    /// Connect, TLS and id, as the ticket says. The id of a single-mode connection is
+    /// Connect, TLS and id, as the ticket says; `handshaken` tells the machine when
+    /// the id read starts (its deadline moves). The id of a single-mode connection is
     /// drawn later, by the machine, when the connection lands.
-    pub(crate) fn establish(&self, ticket: &DialTicket) -> Result<ThreadConn, (Stage, io::Error)> {
+    pub(crate) fn establish(
+        &self,
+        ticket: &DialTicket,
+        handshaken: impl FnOnce(u64),
+    ) -> Result<ThreadConn, (Stage, io::Error)> {
         let hs = ticket.handshake_deadline();
         let connect = |at| (Stage::Connect, at);
         let tcp = TcpStream::connect_timeout(&self.addr, left(hs, "connect").map_err(connect)?)
@@ -55,6 +60,7 @@ impl Dialing {
             stream,
         };
         if !self.single {
+            handshaken(ticket.serial());
             let deadline = ticket.id_deadline(Instant::now());
             conn.id = read_id(&mut conn, self.id_form, deadline).map_err(|e| (Stage::Id, e))?;
         }

@@ -1,302 +1,168 @@
-//! The driving loop on plain threads: one lock around the machine, one condvar for the
-//! driver's single timer, a channel of dial tickets to the workers, and one reply
-//! channel per waiting get.
+//! The plain-threads adapter of pool-core's driver protocol ([`pool_core::driver`]).
 //!
-//! The rule everywhere: under the lock, only the machine's inputs and the draining of
-//! its outputs. Every system call (connect, read, peek, a wake-up of another thread)
-//! and every drop of a connection happens after the lock is let go, in `perform`.
+//! The protocol (lock, input, drain, perform outside the lock, probe, register a
+//! waiting get, shut down) is pool-core's [`Driver`], the same code pool-tokio and the
+//! simulator run. What is left here is what threads do differently: a condvar and a
+//! flag for the timer thread, a channel of dial tickets to the workers, a blocking
+//! reply channel per waiting get.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::{
-    deadline_after, ClientMachine, ConnId, DialTicket, GetError, Got, PoolCommon, Probe, Stage,
-    WaiterKey, Want,
-};
+use pool_core::driver::{Driver, Platform, Reply, Sleep, Step, Task};
+use pool_core::{ClientMachine, ConnId, DialTicket, GetFailure, Stage, Want};
 
 use crate::conn::ThreadConn;
 use crate::dial::Dialing;
 
-type Delivery = Result<(ConnId, ThreadConn), GetError>;
+type Delivery = pool_core::driver::Delivery<ThreadConn>;
 
 pub(crate) struct Inner {
-    state: Mutex<State>,
-    /// The driver's timer: it waits here until the machine's next deadline.
-    timer: Condvar,
+    pub(crate) driver: Driver<ClientMachine<ThreadConn>, Threads>,
+}
+
+/// The plain-threads [`Platform`].
+pub(crate) struct Threads {
+    /// Set by `wake`, cleared by the timer thread: a wake with nobody waiting on the
+    /// condvar is not lost.
+    pub(crate) poked: Mutex<bool>,
+    pub(crate) timer: Condvar,
     /// Tickets to the dial workers; `None` once closed, which ends the workers.
-    dials: Mutex<Option<Sender<DialTicket>>>,
-    stopping: AtomicBool,
+    pub(crate) dials: Mutex<Option<Sender<DialTicket>>>,
+    pub(crate) stopping: AtomicBool,
     pub(crate) dialing: Dialing,
 }
 
-struct State {
-    m: ClientMachine<ThreadConn>,
-    replies: HashMap<WaiterKey, SyncSender<Delivery>>,
-}
+/// A get's reply channel.
+pub(crate) struct Answer(SyncSender<Delivery>);
 
-/// What to perform once the lock is let go.
-#[derive(Default)]
-struct Out {
-    dials: Vec<DialTicket>,
-    answers: Vec<(SyncSender<Delivery>, Delivery)>,
-    close: Vec<(ConnId, ThreadConn)>,
-    probe: Option<Probe<ThreadConn>>,
-}
-
-/// Where a get stands after an input.
-enum Step {
-    Check(pool_core::Check<ThreadConn>),
-    Done(Delivery),
-    Wait(WaiterKey, Receiver<Delivery>),
-}
-
-impl State {
-    /// Drains every output (sweep batches only for the driver: a get or a dial never
-    /// pays for a sweep). A get that went away gets nothing: its connection goes back.
-    fn outputs(&mut self, now: Instant, sweep: bool) -> Out {
-        let mut out = Out::default();
-        while let Some(a) = self.m.poll_answer() {
-            match (self.replies.remove(&a.key), a.result) {
-                (Some(tx), result) => out.answers.push((tx, result)),
-                (None, Ok((id, conn))) => self.m.put_back(id, conn, now),
-                (None, Err(_)) => {}
-            }
-        }
-        out.dials
-            .extend(std::iter::from_fn(|| self.m.poll_dial(now)));
-        if sweep {
-            out.probe = self.m.poll_probe(now);
-        }
-        out.close.extend(std::iter::from_fn(|| self.m.poll_close()));
-        out
+impl Reply<ThreadConn> for Answer {
+    fn send(self, delivery: Delivery) -> Result<(), Delivery> {
+        self.0.send(delivery).map_err(|e| e.0)
     }
+}
 
-    fn register(&mut self, got: Got<ThreadConn>) -> Step {
-        match got {
-            Got::Ready(id, conn) => Step::Done(Ok((id, conn))),
-            Got::Failed(e) => Step::Done(Err(e)),
-            Got::Check(c) => Step::Check(c),
-            Got::Wait(key) => {
-                let (tx, rx) = mpsc::sync_channel(1);
-                self.replies.insert(key, tx);
-                Step::Wait(key, rx)
+impl Platform for Threads {
+    type Conn = ThreadConn;
+    type Reply = Answer;
+    type Wait = Receiver<Delivery>;
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn alive(&self, conn: &mut ThreadConn) -> bool {
+        conn.is_alive()
+    }
+    fn channel(&self) -> (Answer, Receiver<Delivery>) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        (Answer(tx), rx)
+    }
+    fn wake(&self) {
+        *lock(&self.poked) = true;
+        self.timer.notify_one();
+    }
+    /// A dial goes to the workers (dropped once the pool is closed: the machine is
+    /// closed too). An abort needs nothing: a worker's blocking calls carry the same
+    /// deadlines as socket timeouts, so the dial is ending by itself.
+    fn start(&self, task: Task) {
+        if let Task::Dial(ticket) = task {
+            if let Some(tx) = lock(&self.dials).as_ref() {
+                let _ = tx.send(ticket);
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
-    pub(crate) fn new(
-        m: ClientMachine<ThreadConn>,
-        dialing: Dialing,
-    ) -> (Self, Receiver<DialTicket>) {
-        let (tx, rx) = mpsc::channel();
-        let inner = Self {
-            state: Mutex::new(State {
-                m,
-                replies: HashMap::new(),
-            }),
-            timer: Condvar::new(),
-            dials: Mutex::new(Some(tx)),
-            stopping: AtomicBool::new(false),
-            dialing,
-        };
-        (inner, rx)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Critical sections run no user code and leave the machine consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&ClientMachine<ThreadConn>) -> R) -> R {
-        f(&self.lock().m)
-    }
-
-    /// One input under the lock, its outputs drained, then performed with no lock held.
-    /// When the input moved the machine's next deadline closer, the driver is woken to
-    /// re-arm its timer; a later one it finds when it wakes anyway.
-    fn with<R>(&self, input: impl FnOnce(&mut State, Instant) -> R) -> R {
-        let now = Instant::now();
-        let mut st = self.lock();
-        let before = st.m.poll_timeout();
-        let r = input(&mut st, now);
-        let after = st.m.poll_timeout();
-        let out = st.outputs(now, false);
-        drop(st);
-        if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
-            self.timer.notify_one();
-        }
-        self.perform(out);
-        r
-    }
-
-    /// Performs the outputs, outside the lock: dials to the workers, answers to their
-    /// gets, drops, and sweep batches probed and given back, until nothing is left.
-    fn perform(&self, mut out: Out) {
-        loop {
-            let mut unsent = Vec::new();
-            if !out.dials.is_empty() {
-                let dials = self.dials.lock().unwrap_or_else(|e| e.into_inner());
-                for t in out.dials {
-                    match dials.as_ref() {
-                        Some(tx) => {
-                            if let Err(mpsc::SendError(t)) = tx.send(t) {
-                                unsent.push(t);
-                            }
-                        }
-                        None => unsent.push(t),
-                    }
-                }
-            }
-            let mut back = Vec::new();
-            for (tx, result) in out.answers {
-                if let Err(mpsc::SendError(Ok(conn))) = tx.send(result) {
-                    back.push(conn); // the get gave up meanwhile
-                }
-            }
-            drop(out.close);
-            let mut probe = out.probe;
-            if let Some(p) = probe.as_mut() {
-                p.check(ThreadConn::is_alive);
-            }
-            if unsent.is_empty() && back.is_empty() && probe.is_none() {
-                return;
-            }
-            let sweep = probe.is_some();
-            let now = Instant::now();
-            let mut st = self.lock();
-            for t in unsent {
-                st.m.handle_dial_failure(t, Stage::Connect, now);
-            }
-            for (id, conn) in back {
-                st.m.put_back(id, conn, now);
-            }
-            if let Some(p) = probe {
-                st.m.handle_probe(p, now);
-            }
-            out = st.outputs(now, sweep);
-        }
-    }
-
-    /// The driver thread: handle the timeout, perform, sleep until the next deadline.
+    /// The timer thread: a turn of the protocol, then sleep until the deadline it
+    /// answers or until poked.
     pub(crate) fn drive(&self) {
+        let p = self.driver.platform();
         loop {
-            let out = {
-                let mut st = self.lock();
-                loop {
-                    if st.m.is_closed() {
-                        return;
-                    }
-                    let now = Instant::now();
-                    match st.m.poll_timeout() {
-                        Some(at) if at <= now => break,
-                        Some(at) => {
-                            st = self
-                                .timer
-                                .wait_timeout(st, at - now)
-                                .map_or_else(|e| e.into_inner().0, |r| r.0)
-                        }
-                        None => st = self.timer.wait(st).unwrap_or_else(|e| e.into_inner()),
-                    }
-                }
-                let now = Instant::now();
-                st.m.handle_timeout(now);
-                st.outputs(now, true)
+            let until = match self.driver.turn() {
+                Sleep::Stop => return,
+                Sleep::Until(at) => Some(at),
+                Sleep::Idle => None,
             };
-            self.perform(out);
+            let mut poked = lock(&p.poked);
+            while !*poked {
+                let left = until.map(|at| at.saturating_duration_since(Instant::now()));
+                poked = match left {
+                    Some(Duration::ZERO) => break,
+                    Some(d) => p
+                        .timer
+                        .wait_timeout(poked, d)
+                        .map_or_else(|e| e.into_inner().0, |r| r.0),
+                    None => p.timer.wait(poked).unwrap_or_else(|e| e.into_inner()),
+                };
+            }
+            *poked = false;
         }
     }
 
     /// A dial worker: takes tickets until the channel closes, dials, reports each once.
     pub(crate) fn work(&self, tickets: &Mutex<Receiver<DialTicket>>) {
+        let p = self.driver.platform();
         loop {
-            let next = tickets.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            let Ok(ticket) = next else { return };
-            let res = if self.stopping.load(Ordering::Acquire) {
+            let Ok(ticket) = lock(tickets).recv() else {
+                return;
+            };
+            let res = if p.stopping.load(Ordering::Acquire) {
                 Err(Stage::Connect)
             } else {
-                self.dialing.establish(&ticket).map_err(|(stage, _)| stage)
+                let handshaken = |serial| {
+                    self.driver
+                        .input(|m, now| m.handle_handshake_done(serial, now));
+                };
+                p.dialing
+                    .establish(&ticket, handshaken)
+                    .map_err(|(stage, _)| stage)
             };
-            let single = self.dialing.single;
-            self.with(|st, now| match res {
+            let single = p.dialing.single;
+            self.driver.input(|m, now| match res {
                 Ok(mut conn) => {
                     if single {
-                        conn.id = st.m.make_id();
+                        conn.id = m.make_id();
                     }
                     let id = conn.id;
-                    st.m.handle_dial_success(ticket, id, conn, now);
+                    m.handle_dial_success(ticket, id, conn, now);
                 }
-                Err(stage) => st.m.handle_dial_failure(ticket, stage, now),
+                Err(stage) => m.handle_dial_failure(ticket, stage, now),
             });
         }
     }
 
-    /// A get, from the first look to the answer. Candidates are probed here, with no
-    /// lock held; a get that has to wait blocks on its own reply channel.
-    pub(crate) fn get(&self, want: Want, timeout: Duration) -> Delivery {
-        let deadline = deadline_after(Instant::now(), timeout);
-        let mut step = self.with(|st, now| {
-            // The shared get (by id or any), reached through `Deref`.
-            let got = PoolCommon::get(&mut st.m, want, now, deadline);
-            st.register(got)
-        });
+    /// A get: the protocol's steps, blocking on the reply channel when it waits (the
+    /// core answers it `Timeout` at its deadline).
+    pub(crate) fn get(
+        &self,
+        want: Want,
+        timeout: Duration,
+    ) -> Result<(ConnId, ThreadConn), GetFailure> {
+        let mut step = self.driver.get(want, timeout);
         loop {
             step = match step {
-                Step::Done(d) => return d,
-                Step::Wait(key, rx) => return self.wait(key, rx, deadline),
-                Step::Check(mut check) => {
-                    let alive = check.conn_mut().is_alive();
-                    self.with(|st, now| {
-                        let got = st.m.handle_check(check, alive, now);
-                        st.register(got)
-                    })
+                Step::Ready(id, conn) => return Ok((id, conn)),
+                Step::Failed(e) => return Err(e),
+                Step::Wait(w) => {
+                    let delivery = w.wait.recv().unwrap_or(Err(GetFailure::Closed));
+                    self.driver.arrived(w.get, delivery)
                 }
             };
         }
     }
 
-    /// Waits for the answer. A second past the core's own deadline is a safety net: even
-    /// a driver that died cannot make a get hang. A get that gives up cancels its
-    /// waiter; if the answer came meanwhile, the connection goes back to the pool.
-    fn wait(&self, key: WaiterKey, rx: Receiver<Delivery>, deadline: Instant) -> Delivery {
-        let net = deadline_after(deadline, Duration::from_secs(1));
-        let err = match rx.recv_timeout(net.saturating_duration_since(Instant::now())) {
-            Ok(d) => return d,
-            Err(mpsc::RecvTimeoutError::Timeout) => GetError::Timeout,
-            Err(mpsc::RecvTimeoutError::Disconnected) => GetError::Closed,
-        };
-        self.with(|st, now| {
-            st.replies.remove(&key);
-            if !st.m.cancel(key) {
-                if let Ok(Ok((id, conn))) = rx.try_recv() {
-                    st.m.put_back(id, conn, now);
-                }
-            }
-        });
-        Err(err)
-    }
-
-    /// Closes the machine: waiting gets are answered `Closed`, the driver is woken to
-    /// end, the ticket channel is closed (which ends the workers once their dials
-    /// return), and every connection is dropped here, outside the lock.
+    /// Closes: waiting gets are answered `Closed`, the timer thread is woken to end,
+    /// the ticket channel is closed (which ends the workers once their dials return).
     pub(crate) fn shut(&self) {
-        self.stopping.store(true, Ordering::Release);
-        let out = {
-            let mut st = self.lock();
-            let conns = st.m.close();
-            let mut out = st.outputs(Instant::now(), false);
-            out.close.extend(conns);
-            for (_, tx) in st.replies.drain() {
-                out.answers.push((tx, Err(GetError::Closed)));
-            }
-            out
-        };
-        self.timer.notify_all();
-        drop(self.dials.lock().unwrap_or_else(|e| e.into_inner()).take());
-        self.perform(out);
+        let p = self.driver.platform();
+        p.stopping.store(true, Ordering::Release);
+        self.driver.shutdown();
+        drop(lock(&p.dials).take());
     }
 }

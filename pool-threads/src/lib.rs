@@ -4,22 +4,22 @@
 //!
 //! [`ThreadClientPool`] pairs with any server pool of the wire protocol (the tokio
 //! `ServerPool`, the Go package). It decides nothing: the [`ClientMachine`] decides
-//! when to dial, which connection a get receives, when to sweep and when to back off.
-//! The driver only performs, with three kinds of threads:
+//! when to dial, which connection a get receives, when to sweep and when to back off,
+//! and pool-core's driver protocol (`pool_core::driver::Driver`, the same code
+//! pool-tokio and the simulator run) performs it. What is left here is what threads
+//! do differently, with three kinds of threads:
 //!
-//! - **one driver thread** waits on a condvar until the machine's `poll_timeout` (or
-//!   until an input moved that deadline closer), calls `handle_timeout`, and drains
-//!   every output: dial tickets to the workers, sweep batches probed with
-//!   [`pool_net::probe`] outside the lock, answers to the waiting gets, connections to
-//!   drop outside the lock;
+//! - **one timer thread** runs the protocol's turn and sleeps on a condvar until the
+//!   deadline it answers (or until an input brings an earlier one);
 //! - **N dial workers** (N = the configured parallelism) take tickets from a channel,
 //!   connect with `TcpStream::connect_timeout`, set the socket options of
 //!   [`SocketOptions`], run TLS through rustls's blocking `StreamOwned` (configs from
-//!   [`ClientTlsBuilder`]), read the id with the core's [`IdReader`](pool_core::IdReader) under a read
-//!   timeout, and report each ticket exactly once;
+//!   [`ClientTlsBuilder`]), read the id with the core's [`IdReader`](pool_core::IdReader)
+//!   under the ticket's deadlines as socket timeouts, and report each ticket exactly
+//!   once;
 //! - **the callers of [`get`](ThreadClientPool::get)**, blocked on a per-get channel
-//!   while they wait; a candidate the machine offers is probed by the caller, with no
-//!   lock held.
+//!   while they wait (the machine answers `Timeout` at the deadline); a candidate is
+//!   probed by the caller with [`pool_net::probe`], with no lock held.
 //!
 //! `pool-core/DRIVING.md` walks through this crate as the worked example of driving
 //! the core on another runtime.
@@ -49,14 +49,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use conn::ThreadConn;
-pub use pool_core::{ClientConfig, ConnId, Counters, GetError, Status};
+pub use pool_core::{ClientConfig, ConnId, Counters, GetFailure, Status};
 pub use pool_net::{Liveness, SocketOptions};
 pub use pool_tls::{ClientTlsBuilder, TlsMode};
 
 use pool_core::{ClientMachine, SeededRandom, Want};
 
 use crate::dial::Dialing;
-use crate::engine::Inner;
+use crate::engine::{Inner, Threads};
 
 /// Why a pool could not be built.
 #[derive(Debug)]
@@ -151,7 +151,17 @@ impl ThreadClientPoolBuilder {
             single: self.config.single(),
         };
         let m = ClientMachine::new(self.config, SeededRandom::from_seed(seed), Instant::now());
-        let (inner, tickets) = Inner::new(m, dialing);
+        let (tx, tickets) = std::sync::mpsc::channel();
+        let threads = Threads {
+            poked: Mutex::new(false),
+            timer: std::sync::Condvar::new(),
+            dials: Mutex::new(Some(tx)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            dialing,
+        };
+        let inner = Inner {
+            driver: pool_core::driver::Driver::new(m, threads),
+        };
         let pool = ThreadClientPool {
             inner: Arc::new(inner),
             threads: Mutex::new(Vec::with_capacity(workers + 1)),
@@ -210,33 +220,33 @@ impl ThreadClientPool {
     /// The connection with `id`, blocking up to `timeout` while a dial in flight may
     /// still bring it (Go: `ClientGet`). It passed the liveness probe; no byte of it
     /// was read by the pool.
-    pub fn get(&self, id: ConnId, timeout: Duration) -> Result<ThreadConn, GetError> {
+    pub fn get(&self, id: ConnId, timeout: Duration) -> Result<ThreadConn, GetFailure> {
         self.inner.get(Want::Id(id), timeout).map(|(_, c)| c)
     }
 
     /// Any live idle connection, oldest first; in single mode one is dialed at once
     /// when none is idle.
-    pub fn get_any(&self, timeout: Duration) -> Result<ThreadConn, GetError> {
+    pub fn get_any(&self, timeout: Duration) -> Result<ThreadConn, GetFailure> {
         self.inner.get(Want::Any, timeout).map(|(_, c)| c)
     }
 
     /// Idle connections ready to hand out (Go: `Active`).
     pub fn idle(&self) -> usize {
-        self.inner.read(|m| m.idle())
+        self.inner.driver.read(|m| m.idle())
     }
 
     /// The status snapshot.
     pub fn status(&self) -> Status {
-        self.inner.read(ClientMachine::status)
+        self.inner.driver.read(ClientMachine::status)
     }
 
     /// The counters.
     pub fn counters(&self) -> Counters {
-        self.inner.read(|m| m.counters())
+        self.inner.driver.read(|m| m.counters())
     }
 
     /// Closes the pool and returns once every thread of it has ended: waiting gets
-    /// fail with [`GetError::Closed`], idle connections are dropped, workers finish the
+    /// fail with [`GetFailure::Closed`], idle connections are dropped, workers finish the
     /// dial they are in (bounded by its deadlines) and drop its connection. Idempotent.
     pub fn close(&self) {
         self.inner.shut();

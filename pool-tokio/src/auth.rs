@@ -2,13 +2,12 @@
 //!
 //! Each side reads exactly the bytes of the message it expects (`read_exact` on an
 //! array of that length), so payload that follows is never consumed. Both sides run
-//! under a deadline given by the caller; any failure is `Stage::Auth`.
+//! under the deadline the core armed for the handshake (the caller aborts them when it
+//! passes), as the `Stage::Auth` step.
 
-use pool_core::Stage;
 use pool_tls::proof::{BINDING_LEN, CHALLENGE_LEN, CONFIRM_LEN, RESPONSE_LEN};
 use pool_tls::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsStream;
 
 use crate::conn::{PoolConn, PoolStream};
@@ -20,10 +19,9 @@ pub(crate) async fn server_auth(
     conn: &mut PoolConn,
     key: &TunnelKey,
     id_wire: &[u8],
-    deadline: Instant,
-) -> Result<(), (Stage, StepError)> {
-    let binding = binding(conn).map_err(fail)?;
-    let ns = fresh_nonce().map_err(|e| fail(StepError::from(std::io::Error::other(e))))?;
+) -> Result<(), StepError> {
+    let binding = binding(conn)?;
+    let ns = fresh_nonce().map_err(|e| StepError::from(std::io::Error::other(e)))?;
     let proof = ServerProof::new(key, ns, id_wire, or_empty(&binding));
     let exchange = async {
         conn.write_all(&proof.challenge()).await?;
@@ -35,7 +33,7 @@ pub(crate) async fn server_auth(
         conn.flush().await?;
         Ok(())
     };
-    run(deadline, exchange).await
+    exchange.await
 }
 
 /// The client's side: read the challenge, respond, check the confirmation.
@@ -43,10 +41,9 @@ pub(crate) async fn client_auth(
     conn: &mut PoolConn,
     key: &TunnelKey,
     id_wire: &[u8],
-    deadline: Instant,
-) -> Result<(), (Stage, StepError)> {
-    let binding = binding(conn).map_err(fail)?;
-    let nc = fresh_nonce().map_err(|e| fail(StepError::from(std::io::Error::other(e))))?;
+) -> Result<(), StepError> {
+    let binding = binding(conn)?;
+    let nc = fresh_nonce().map_err(|e| StepError::from(std::io::Error::other(e)))?;
     let exchange = async {
         let mut challenge = [0u8; CHALLENGE_LEN];
         conn.read_exact(&mut challenge).await?;
@@ -59,21 +56,7 @@ pub(crate) async fn client_auth(
         proof.check_confirm(&confirm)?;
         Ok(())
     };
-    run(deadline, exchange).await
-}
-
-async fn run(
-    deadline: Instant,
-    exchange: impl std::future::Future<Output = Result<(), StepError>>,
-) -> Result<(), (Stage, StepError)> {
-    match timeout_at(deadline, exchange).await {
-        Err(_) => Err(fail(StepError::Timeout)),
-        Ok(r) => r.map_err(fail),
-    }
-}
-
-fn fail(e: StepError) -> (Stage, StepError) {
-    (Stage::Auth, e)
+    exchange.await
 }
 
 fn or_empty(b: &Option<[u8; BINDING_LEN]>) -> &[u8] {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pool_core::{
     CapacityPolicy, ClientConfig, ClientConfigBuilder, ClientMachine, ConnId, DialTicket, IdForm,
@@ -12,15 +12,16 @@ use pool_net::SocketOptions;
 use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
-use tokio::time::timeout_at;
 use tokio_rustls::{TlsConnector, TlsStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, PoolStream};
 use crate::dialer::{Dialer, TcpDialer};
-use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
+use crate::engine::{self, drive, Engine, Side};
 use crate::error::{BuildError, GetError, StepError};
-use crate::rt::{now, seeded};
+use crate::handle::{Owner, PoolHandle};
+use crate::rt::{now, seeded, step};
 
 /// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
 /// its default.
@@ -293,24 +294,20 @@ impl ClientPoolBuilder {
             (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),
             _ => None,
         };
-        let engine = Arc::new(Engine::new(
-            ClientMachine::new(cfg.clone(), seeded()?, now()),
-            &self.name,
-        ));
-        let inner = Arc::new(Inner {
+        let machine = ClientMachine::new(cfg.clone(), seeded()?, now());
+        let inner = Arc::new_cyclic(|me| Inner {
+            engine: Engine::new(machine, &self.name, me.clone(), rt),
             id_form: cfg.id_form(),
             single: cfg.single(),
-            engine: engine.clone(),
             dialer,
             tls: tls.map(|c| (TlsConnector::from(c), name)),
             socket: self.socket,
             key: self.key,
-            rt,
         });
-        inner.spawn(drive(inner.clone()));
+        inner.engine.spawn(drive(inner.clone()));
         Ok(ClientPool {
+            handle: PoolHandle::new(&inner),
             owner: Arc::new(Owner(inner)),
-            handle: PoolHandle::new(engine),
             get_timeout: self.get_timeout,
         })
     }
@@ -362,66 +359,38 @@ impl ClientPoolBuilder {
     }
 }
 
-impl Machine for ClientMachine<PoolConn> {
-    type Work = Vec<DialTicket>;
-    fn handle_timeout(&mut self, now: Instant) {
-        Self::handle_timeout(self, now);
-    }
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        Self::poll_timeout(self)
-    }
-    fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant) {
-        Self::put_back(self, id, conn, now);
-    }
-    fn poll_work(&mut self, now: Instant) -> Vec<DialTicket> {
-        std::iter::from_fn(|| self.poll_dial(now)).collect()
-    }
-    fn status(&self) -> pool_core::Status {
-        Self::status(self)
-    }
-    fn close(&mut self) -> Vec<(ConnId, PoolConn)> {
-        Self::close(self)
-    }
-    fn is_client(&self) -> bool {
-        true
-    }
-}
-
 struct Inner {
-    engine: Arc<Engine<ClientMachine<PoolConn>>>,
+    engine: Engine<Self>,
     dialer: Arc<dyn Dialer>,
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
     socket: SocketOptions,
     id_form: IdForm,
     single: bool,
     key: Option<TunnelKey>,
-    rt: tokio::runtime::Handle,
 }
 
 impl Side for Inner {
     type M = ClientMachine<PoolConn>;
-    fn engine(&self) -> &Engine<Self::M> {
+    const CLIENT: bool = true;
+    fn engine(&self) -> &Engine<Self> {
         &self.engine
     }
-    fn start(self: &Arc<Self>, tickets: Vec<DialTicket>) {
-        for t in tickets {
-            self.spawn(dial(self.clone(), t));
-        }
+    fn dial(self: Arc<Self>, ticket: DialTicket) {
+        let engine = &self.engine;
+        engine.spawn_step(ticket.serial(), |token| dial(self.clone(), ticket, token));
     }
 }
 
 impl Inner {
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.engine.tasks.spawn_on(task, &self.rt);
-    }
-
-    async fn establish(&self, ticket: &DialTicket) -> Result<PoolConn, (Stage, StepError)> {
-        let deadline = tokio::time::Instant::from_std(ticket.handshake_deadline());
-        let tcp = match timeout_at(deadline, self.dialer.dial()).await {
-            Err(_) => return Err((Stage::Connect, StepError::Timeout)),
-            Ok(Err(e)) => return Err((Stage::Connect, e.into())),
-            Ok(Ok(s)) => s,
-        };
+    /// Connect, TLS, id, key proof: each step until it ends or the core aborts the
+    /// dial (its deadline passed, or the pool closed).
+    async fn establish(
+        &self,
+        ticket: &DialTicket,
+        token: &CancellationToken,
+    ) -> Result<PoolConn, (Stage, StepError)> {
+        let dial = async { self.dialer.dial().await.map_err(StepError::from) };
+        let tcp = step(token, Stage::Connect, dial).await?;
         if let Err(e) = self.socket.apply_tcp(&tcp) {
             debug!(error = %e, "socket options not applied");
         }
@@ -435,17 +404,11 @@ impl Inner {
                         ServerName::IpAddress(peer.ip().into())
                     }
                 };
-                match timeout_at(deadline, connector.connect(name, tcp)).await {
-                    Err(_) => return Err((Stage::Tls, StepError::Timeout)),
-                    Ok(Err(e)) => {
-                        let cause = StepError::from(e);
-                        let stage = match cause {
-                            StepError::NotTls(_) => Stage::Protocol,
-                            _ => Stage::Tls,
-                        };
-                        return Err((stage, cause));
-                    }
-                    Ok(Ok(s)) => PoolStream::Tls(Box::new(TlsStream::Client(s))),
+                let tls = async { connector.connect(name, tcp).await.map_err(StepError::from) };
+                match step(token, Stage::Tls, tls).await {
+                    Err((_, cause @ StepError::NotTls(_))) => return Err((Stage::Protocol, cause)),
+                    Err(e) => return Err(e),
+                    Ok(s) => PoolStream::Tls(Box::new(TlsStream::Client(s))),
                 }
             }
         };
@@ -457,16 +420,16 @@ impl Inner {
         if self.single {
             return Ok(conn);
         }
-        let id_deadline = tokio::time::Instant::from_std(ticket.id_deadline(now()));
-        conn.id = match timeout_at(id_deadline, read_id(&mut conn, self.id_form)).await {
-            Err(_) => return Err((Stage::Id, StepError::Timeout)),
-            Ok(Err(e)) => return Err((Stage::Id, e)),
-            Ok(Ok(id)) => id,
-        };
+        // The core's deadline becomes the id deadline.
+        let serial = ticket.serial();
+        self.engine
+            .driver
+            .input(|m, now| m.handle_handshake_done(serial, now));
+        conn.id = step(token, Stage::Id, read_id(&mut conn, self.id_form)).await?;
         if let Some(key) = &self.key {
             let wire = self.id_form.encode(&conn.id);
-            let deadline = tokio::time::Instant::from_std(ticket.id_deadline(now()));
-            crate::auth::client_auth(&mut conn, key, wire.as_ref(), deadline).await?;
+            let auth = crate::auth::client_auth(&mut conn, key, wire.as_ref());
+            step(token, Stage::Auth, auth).await?;
         }
         Ok(conn)
     }
@@ -488,15 +451,25 @@ async fn read_id(conn: &mut PoolConn, form: IdForm) -> Result<ConnId, StepError>
     }
 }
 
-async fn dial(inner: Arc<Inner>, ticket: DialTicket) {
+async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
     let span =
         tracing::debug_span!("dial", serial = ticket.serial(), peer = ?inner.dialer.target());
-    let res = tokio::select! {
-        r = inner.establish(&ticket).instrument(span.clone()) => r,
-        _ = inner.engine.cancel.cancelled() => Err((Stage::Connect, StepError::Timeout)),
-    };
-    let cancelled = inner.engine.cancel.is_cancelled();
-    let ((was, now_off), out) = inner.engine.with_log(|m, log, now| {
+    let res = inner
+        .establish(&ticket, &token)
+        .instrument(span.clone())
+        .await;
+    let engine = &inner.engine;
+    let closing = engine.rt().cancel.is_cancelled();
+    match &res {
+        Ok(_) => engine.log.succeed(),
+        Err((stage, e)) => {
+            span.in_scope(|| debug!(?stage, error = %e, "dial failed"));
+            if !closing {
+                engine.log.fail(*stage, e.clone(), inner.dialer.target());
+            }
+        }
+    }
+    let (was, now_off) = engine.report(ticket.serial(), |m, now| {
         let was = m.backing_off();
         match res {
             Ok(mut conn) => {
@@ -504,25 +477,17 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket) {
                 conn.id = id;
                 span.in_scope(|| debug!(%id, "dial landed"));
                 m.handle_dial_success(ticket, id, conn, now);
-                log.succeed();
             }
-            Err((stage, e)) => {
-                span.in_scope(|| debug!(?stage, error = %e, "dial failed"));
-                if !cancelled {
-                    log.fail(stage, e, inner.dialer.target(), true);
-                }
-                m.handle_dial_failure(ticket, stage, now);
-            }
+            Err((stage, _)) => m.handle_dial_failure(ticket, stage, now),
         }
         (was, m.backing_off())
     });
-    if !was && now_off && !cancelled {
-        let failing = inner.engine.failing();
+    if !was && now_off && !closing {
+        let failing = engine.log.failing();
         warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");
     } else if was && !now_off {
         warn!("client pool recovered: a dial succeeded");
     }
-    perform(&inner, out);
 }
 
 /// The client end of the pool. Cheap to clone; the pool closes when the last clone is
@@ -650,10 +615,8 @@ impl ClientPool {
     /// Closes every idle connection and refills at once (Go: `Flush`).
     #[doc(alias = "Flush")]
     pub fn flush(&self) {
-        let (conns, out) = self.inner().engine.with(|m, now| m.flush(now));
-        info!(closed = conns.len(), "client pool flushed");
-        drop(conns);
-        perform(self.inner(), out);
+        let closed = self.inner().engine.driver.flush();
+        info!(closed, "client pool flushed");
     }
 
     /// Closes the pool: waiting gets fail with [`GetError::Closed`], idle connections
@@ -667,8 +630,8 @@ impl ClientPool {
     /// only stops waiting for the pool's tasks to end.
     #[doc(alias = "Close")]
     pub async fn close(&self) {
-        drop(self.inner().engine.shut());
-        self.inner().engine.tasks.wait().await;
+        self.inner().engine.shut();
+        self.inner().engine.rt().tasks.wait().await;
     }
 
     /// Current capacity (Go: `Capacity`).

@@ -68,10 +68,30 @@ pub enum GetError {
     /// The pool is closed (or was dropped).
     #[error("pool is closed")]
     Closed,
-    /// An I/O error in the application's own use of a connection (so that `?` works
-    /// inside a session that returns this error).
-    #[error("{0}")]
-    Io(#[from] io::Error),
+}
+
+impl GetError {
+    /// The core's answer as the user sees it: a timeout names how long it waited and
+    /// what was failing meanwhile (`failing`, asked only when needed).
+    pub(crate) fn from_core(
+        e: pool_core::GetFailure,
+        want: pool_core::Want,
+        failing: impl FnOnce() -> Option<Box<Failure>>,
+        start: Instant,
+    ) -> Self {
+        use pool_core::GetFailure as F;
+        match (e, want) {
+            (F::NotFound, pool_core::Want::Id(id)) => Self::NotFound(id),
+            (F::Closed, _) => Self::Closed,
+            (e, _) => match (e, failing()) {
+                (F::Unreachable, Some(failing)) => Self::Unreachable(failing),
+                (_, failing) => Self::Timeout {
+                    waited: crate::rt::now().saturating_duration_since(start),
+                    failing,
+                },
+            },
+        }
+    }
 }
 
 /// Any error of this crate: a build error or a get error. Convenient for an
@@ -85,12 +105,10 @@ pub enum PoolError {
     /// A get failed.
     #[error(transparent)]
     Get(#[from] GetError),
-}
-
-impl From<io::Error> for PoolError {
-    fn from(e: io::Error) -> Self {
-        Self::Get(GetError::Io(e))
-    }
+    /// An I/O error in the application's own use of a connection (so that `?` works
+    /// inside a session that returns this error). The pool itself never returns it.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 impl From<GetError> for io::Error {
@@ -100,10 +118,6 @@ impl From<GetError> for io::Error {
             GetError::Unreachable(_) => io::ErrorKind::ConnectionRefused,
             GetError::Closed => io::ErrorKind::NotConnected,
             GetError::NotFound(_) => io::ErrorKind::NotFound,
-            GetError::Io(_) => {
-                let GetError::Io(e) = e else { unreachable!() };
-                return e;
-            }
         };
         Self::new(kind, e)
     }
@@ -124,6 +138,7 @@ impl From<PoolError> for io::Error {
         match e {
             PoolError::Build(e) => e.into(),
             PoolError::Get(e) => e.into(),
+            PoolError::Io(e) => e,
         }
     }
 }

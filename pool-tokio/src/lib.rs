@@ -1,10 +1,12 @@
 //! The tokio driver of the reverse-tunnel connection pool: [`ServerPool`] and
 //! [`ClientPool`].
 //!
-//! The driver decides nothing that `pool-core` decides; it performs. Each pool keeps
-//! its core machine behind one short-held lock; a driver task arms one timer for the
-//! core's next deadline; dials and handshakes run in their own tasks under deadlines
-//! the core set; every `get` is answered through a channel registered under its waiter
+//! The driver decides nothing that `pool-core` decides; it performs, with the driver
+//! protocol written once in `pool_core::driver` (the same code pool-threads and the
+//! simulator of pool-testkit run). Each pool keeps its core machine behind one
+//! short-held lock; a timer task arms one timer for the core's next deadline; dials and
+//! handshakes run in their own tasks until they end or the core aborts them at their
+//! deadline; every `get` is answered through a channel registered under its waiter
 //! key, and a `get` dropped half-way gives its connection back instead of losing it.
 //!
 //! Time comes from tokio's clock, so `#[tokio::test(start_paused = true)]` tests drive
@@ -34,6 +36,8 @@ mod conn;
 mod dialer;
 mod engine;
 mod error;
+mod failures;
+mod handle;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
@@ -44,11 +48,11 @@ mod stats;
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::{PoolConn, PoolStream};
 pub use dialer::{Dialer, TcpDialer};
-pub use engine::PoolHandle;
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};
+pub use handle::PoolHandle;
 pub use pool_core::{
-    Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Fraction, IdForm, IntervalPolicy,
-    Stage, Status,
+    Adapt, Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Decision, DemandTracking,
+    Fraction, GoRules, IdForm, IntervalPolicy, Observed, RoundInput, Stage, Status,
 };
 pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions};
 pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};

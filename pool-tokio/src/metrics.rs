@@ -15,7 +15,7 @@
 //! | `pool_connections_in_flight` | gauge | | dials (client) or handshakes (server) under way |
 //! | `pool_gets_waiting` | gauge | | gets waiting for a connection |
 //! | `pool_capacity` | gauge | | current capacity (server: its maximum) |
-//! | `pool_interval_seconds` | gauge | | current refill interval (server: 0) |
+//! | `pool_interval_seconds` | gauge | | current refill interval (server: its sweep interval) |
 //! | `pool_dials_started_total` | counter | | dials started (client) |
 //! | `pool_dials_total` | counter | `result`: `ok`, `connect`, `tls`, `id`, `auth` | finished dials by outcome (client) |
 //! | `pool_handshakes_total` | counter | `result`: as above | finished handshakes by outcome (server) |
@@ -47,7 +47,7 @@ pub const CONNECTIONS_IN_FLIGHT: &str = "pool_connections_in_flight";
 pub const GETS_WAITING: &str = "pool_gets_waiting";
 /// Current capacity; a server pool's maximum (gauge).
 pub const CAPACITY: &str = "pool_capacity";
-/// Current refill interval in seconds; zero for a server pool (gauge).
+/// Current refill interval in seconds; a server pool's sweep interval (gauge).
 pub const INTERVAL_SECONDS: &str = "pool_interval_seconds";
 /// Dials started (client; counter).
 pub const DIALS_STARTED_TOTAL: &str = "pool_dials_started_total";

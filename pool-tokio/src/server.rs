@@ -1,9 +1,8 @@
 //! The server pool: accepts the client pool's connections and keeps them idle by id.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use pool_core::{
     Admission, ConnId, HandshakeTicket, IdForm, ServerConfig, ServerConfigBuilder, ServerMachine,
@@ -13,15 +12,15 @@ use pool_net::{IpFilter, SocketOptions};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout_at;
 use tokio_rustls::{TlsAcceptor, TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, PoolStream};
-use crate::engine::{self, drive, perform, Engine, Machine, Owner, PoolHandle, Side};
+use crate::engine::{self, drive, Engine, Side};
 use crate::error::{BuildError, GetError, StepError};
-use crate::rt::{now, seeded};
+use crate::handle::{Owner, PoolHandle};
+use crate::rt::{now, seeded, step};
 
 enum Listen {
     Addr(SocketAddr),
@@ -326,25 +325,20 @@ impl ServerPoolBuilder {
             }
             .into());
         }
-        let engine = Arc::new(Engine::new(
-            ServerMachine::new(cfg.clone(), seeded()?, now()),
-            &self.name,
-        ));
-        let inner = Arc::new(Inner {
+        let machine = ServerMachine::new(cfg.clone(), seeded()?, now());
+        let inner = Arc::new_cyclic(|me| Inner {
+            engine: Engine::new(machine, &self.name, me.clone(), rt),
             id_form: cfg.id_form(),
-            engine: engine.clone(),
             filter,
             acceptor,
             socket: self.socket,
             key: self.key,
-            rt,
-            handshakes: Mutex::new(HashMap::new()),
         });
-        inner.spawn(accept_loop(inner.clone(), listener));
-        inner.spawn(drive(inner.clone()));
+        inner.engine.spawn(accept_loop(inner.clone(), listener));
+        inner.engine.spawn(drive(inner.clone()));
         Ok(ServerPool {
+            handle: PoolHandle::new(&inner),
             owner: Arc::new(Owner(inner)),
-            handle: PoolHandle::new(engine),
             local,
             fingerprint,
             get_timeout: self.get_timeout,
@@ -357,29 +351,24 @@ fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
-impl Machine for ServerMachine<PoolConn> {
-    /// Serials of evicted handshakes to abort.
-    type Work = Vec<u64>;
-    fn handle_timeout(&mut self, now: Instant) {
-        Self::handle_timeout(self, now);
+struct Inner {
+    engine: Engine<Self>,
+    filter: IpFilter,
+    acceptor: Option<TlsAcceptor>,
+    socket: SocketOptions,
+    id_form: IdForm,
+    key: Option<TunnelKey>,
+}
+
+impl Side for Inner {
+    type M = ServerMachine<PoolConn>;
+    const CLIENT: bool = false;
+    fn engine(&self) -> &Engine<Self> {
+        &self.engine
     }
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        Self::poll_timeout(self)
-    }
-    fn put_back(&mut self, id: ConnId, conn: PoolConn, now: Instant) {
-        Self::put_back(self, id, conn, now);
-    }
-    fn poll_work(&mut self, _now: Instant) -> Vec<u64> {
-        std::iter::from_fn(|| self.poll_abort()).collect()
-    }
-    fn status(&self) -> pool_core::Status {
-        Self::status(self)
-    }
-    fn close(&mut self) -> Vec<(ConnId, PoolConn)> {
-        Self::close(self)
-    }
-    fn is_client(&self) -> bool {
-        false
+    /// A server machine never asks for a dial.
+    fn dial(self: Arc<Self>, ticket: pool_core::DialTicket) {
+        drop(ticket);
     }
     /// Stricter than the client's rule: an idle server connection receives nothing
     /// from a pool client until the application takes it, so bytes pending on it come
@@ -398,77 +387,38 @@ impl Machine for ServerMachine<PoolConn> {
     }
 }
 
-struct Inner {
-    engine: Arc<Engine<ServerMachine<PoolConn>>>,
-    filter: IpFilter,
-    acceptor: Option<TlsAcceptor>,
-    socket: SocketOptions,
-    id_form: IdForm,
-    key: Option<TunnelKey>,
-    rt: tokio::runtime::Handle,
-    /// The cancel token of each handshake task, by ticket serial; a task removes its
-    /// own when it ends.
-    handshakes: Mutex<HashMap<u64, CancellationToken>>,
-}
-
-impl Side for Inner {
-    type M = ServerMachine<PoolConn>;
-    fn engine(&self) -> &Engine<Self::M> {
-        &self.engine
-    }
-    /// Aborts the evicted handshakes; each task then reports its ticket as usual.
-    fn start(self: &Arc<Self>, evicted: Vec<u64>) {
-        if evicted.is_empty() {
-            return;
-        }
-        let mut map = self.tasks();
-        for serial in evicted {
-            if let Some(token) = map.remove(&serial) {
-                token.cancel();
-            }
-        }
-    }
-}
-
 impl Inner {
-    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
-        self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.engine.tasks.spawn_on(task, &self.rt);
-    }
-
+    /// TLS, id write, key proof: each step until it ends or the core aborts the
+    /// handshake (its deadline passed, a newer connection evicted it, or the pool
+    /// closed).
     async fn handshake(
         &self,
         ticket: &mut HandshakeTicket,
         tcp: TcpStream,
+        token: &CancellationToken,
     ) -> Result<PoolConn, (Stage, StepError)> {
-        let deadline = tokio::time::Instant::from_std(ticket.deadline());
         if let Err(e) = self.socket.apply_tcp(&tcp) {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
-            Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
-                Err(_) => return Err((Stage::Tls, StepError::Timeout)),
-                Ok(Err(e)) => return Err((Stage::Tls, e.into())),
-                Ok(Ok(s)) => PoolStream::Tls(Box::new(TlsStream::Server(s))),
-            },
+            Some(acceptor) => {
+                let tls = async { acceptor.accept(tcp).await.map_err(StepError::from) };
+                let s = step(token, Stage::Tls, tls).await?;
+                PoolStream::Tls(Box::new(TlsStream::Server(s)))
+            }
         };
-        let id = self.engine.draw(|m| m.assign_id(ticket));
-
+        let id = self.engine.driver.input(|m, _| m.assign_id(ticket));
         let mut conn = PoolConn { id, stream };
         let wire = self.id_form.encode(&id);
         let write = async {
             conn.write_all(wire.as_ref()).await?;
             conn.flush().await
         };
-        match timeout_at(deadline, write).await {
-            Err(_) => return Err((Stage::Id, StepError::Timeout)),
-            Ok(Err(e)) => return Err((Stage::Id, e.into())),
-            Ok(Ok(())) => {}
-        }
+        step(token, Stage::Id, async {
+            write.await.map_err(StepError::from)
+        })
+        .await?;
         if let PoolStream::Plain(tcp) = &conn.stream {
             // A client in TLS mode sends its ClientHello at once: if it is already
             // here, say so now (it would otherwise sit idle until the client gives up).
@@ -480,18 +430,10 @@ impl Inner {
             }
         }
         if let Some(key) = &self.key {
-            crate::auth::server_auth(&mut conn, key, wire.as_ref(), deadline).await?;
+            let auth = crate::auth::server_auth(&mut conn, key, wire.as_ref());
+            step(token, Stage::Auth, auth).await?;
         }
         Ok(conn)
-    }
-}
-
-/// Removes a handshake's cancel token when its task ends, however it ends.
-struct Forget<'a>(&'a Inner, u64);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.0.tasks().remove(&self.1);
     }
 }
 
@@ -500,39 +442,38 @@ async fn handshake(
     mut ticket: HandshakeTicket,
     tcp: TcpStream,
     peer: SocketAddr,
-    cancel: CancellationToken,
+    token: CancellationToken,
 ) {
-    let forget = Forget(&inner, ticket.serial());
     let span = tracing::debug_span!("handshake", serial = ticket.serial(), %peer);
-    // Cancelled when the pool closes (a child of the pool's token) or when a newer
-    // connection evicted this handshake; the ticket goes back either way.
-    let res = tokio::select! {
-        r = inner.handshake(&mut ticket, tcp).instrument(span.clone()) => r,
-        _ = cancel.cancelled() => Err((Stage::Connect, StepError::Evicted)),
-    };
-    drop(forget);
-    // Neither a close nor an eviction is a failure worth a log entry.
-    let cancelled = cancel.is_cancelled();
-    let ((), out) = inner.engine.with_log(|m, log, now| match res {
+    let res = inner
+        .handshake(&mut ticket, tcp, &token)
+        .instrument(span.clone())
+        .await;
+    let engine = &inner.engine;
+    // Aborted before its deadline: evicted by a newer connection (not a failure worth
+    // a log entry, nor counted again), or the pool closed.
+    let evicted = token.is_cancelled() && now() < ticket.deadline();
+    match &res {
         Ok(conn) => {
             span.in_scope(|| debug!(id = %conn.id, "handshake done"));
-            m.handle_ready(ticket, conn, now);
-            log.succeed();
+            engine.log.succeed();
         }
         Err((stage, e)) => {
-            span.in_scope(|| debug!(?stage, error = %e, "handshake failed"));
-            if !cancelled {
-                log.fail(stage, e, Some(peer), false);
+            span.in_scope(|| debug!(?stage, error = %e, evicted, "handshake failed"));
+            if !evicted && !engine.rt().cancel.is_cancelled() {
+                engine.log.fail(*stage, e.clone(), Some(peer));
             }
-            m.handle_failure(ticket, stage, now);
         }
+    }
+    engine.report(ticket.serial(), |m, now| match res {
+        Ok(conn) => m.handle_ready(ticket, conn, now),
+        Err((stage, _)) => m.handle_failure(ticket, stage, now),
     });
-    perform(&inner, out);
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let cancel = inner.engine.cancel.clone();
-    let mut pause = Duration::ZERO;
+    let engine = &inner.engine;
+    let cancel = engine.rt().cancel.clone();
     let mut refusals = Burst::default();
     loop {
         let res = tokio::select! {
@@ -540,38 +481,36 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             _ = cancel.cancelled() => return,
         };
         let (tcp, peer) = match res {
-            Ok(pair) => {
-                pause = Duration::ZERO;
-                pair
-            }
+            Ok(pair) => pair,
             Err(e) => {
-                // Out of descriptors and the like: the pending connection stays in the
-                // backlog, so retrying at once would spin. Back off, 5 ms doubling to 1 s.
-                pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                warn!(error = %e, ?pause, "accept failed; backing off");
+                // Out of descriptors and the like: the core says when to try again.
+                let resume = engine.driver.input(|m, now| m.handle_accept_error(now));
+                warn!(error = %e, "accept failed; backing off");
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => continue,
+                    _ = tokio::time::sleep_until(resume.into()) => continue,
                     _ = cancel.cancelled() => return,
                 }
             }
         };
         let allowed = inner.filter.allows(peer.ip());
-        let (admission, out) = inner.engine.with_log(|m, log, now| {
-            if !allowed {
-                // Seen by a get that times out: a filter that shuts out the real client
-                // names itself.
-                log.fail(Stage::Connect, StepError::Filtered, Some(peer), false);
-            }
-            m.handle_accept(now, peer.ip(), allowed)
-        });
-        perform(&inner, out); // aborts the handshake this one evicted, if any
+        if !allowed {
+            // Seen by a get that times out: a filter that shuts out the real client
+            // names itself.
+            engine
+                .log
+                .fail(Stage::Connect, StepError::Filtered, Some(peer));
+        }
+        // Aborts the handshake this one evicted, if any.
+        let admission = engine
+            .driver
+            .input(|m, now| m.handle_accept(now, peer.ip(), allowed));
         match admission {
             Admission::Admit(ticket) => {
-                // Only this loop admits, so the token is in the map before any later
+                // Only this loop admits, so the token is registered before any later
                 // accept can evict its handshake.
-                let token = inner.engine.cancel.child_token();
-                inner.tasks().insert(ticket.serial(), token.clone());
-                inner.spawn(handshake(inner.clone(), ticket, tcp, peer, token));
+                let serial = ticket.serial();
+                let task = |token| handshake(inner.clone(), ticket, tcp, peer, token);
+                engine.spawn_step(serial, task);
             }
             Admission::Refuse(why) => {
                 debug!(%peer, ?why, "connection refused");
@@ -671,9 +610,7 @@ impl ServerPool {
     /// Idle and settling connections counted for `peer`'s source under the idle quota
     /// (always zero without one, see [`ServerPoolBuilder::idle_per_source`]).
     pub fn idle_from(&self, peer: std::net::IpAddr) -> usize {
-        let (n, out) = self.inner().engine.with(|m, _| m.idle_from(peer));
-        perform(self.inner(), out);
-        n
+        self.inner().engine.driver.input(|m, _| m.idle_from(peer))
     }
 
     /// The SHA-256 fingerprint of the certificate served, for a mode-1 client to pin.
@@ -717,10 +654,8 @@ impl ServerPool {
     /// Closes every idle connection (Go: `Flush`).
     #[doc(alias = "Flush")]
     pub fn flush(&self) {
-        let (conns, out) = self.inner().engine.with(|m, _| m.flush());
-        info!(closed = conns.len(), "server pool flushed");
-        drop(conns);
-        perform(self.inner(), out);
+        let closed = self.inner().engine.driver.flush();
+        info!(closed, "server pool flushed");
     }
 
     /// Closes the pool: the listener stops, waiting gets fail with
@@ -734,8 +669,8 @@ impl ServerPool {
     /// only stops waiting for the pool's tasks to end.
     #[doc(alias = "Close")]
     pub async fn close(&self) {
-        drop(self.inner().engine.shut());
-        self.inner().engine.tasks.wait().await;
+        self.inner().engine.shut();
+        self.inner().engine.rt().tasks.wait().await;
     }
 
     /// The maximum capacity (Go: `Capacity`).
@@ -744,8 +679,9 @@ impl ServerPool {
         self.stats().status.capacity
     }
 
-    /// Always zero: a server pool does not refill (Go: `Interval`).
+    /// The sweep interval: a server pool does not refill, and what paces it is the
+    /// sweep of its idle connections (Go: `Interval`).
     pub fn interval(&self) -> Duration {
-        Duration::ZERO
+        self.stats().status.interval
     }
 }

@@ -1,6 +1,7 @@
 //! What a pool reports.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use pool_core::{Counters, Status};
@@ -84,20 +85,24 @@ impl fmt::Display for Stats {
     }
 }
 
-/// Polls `cond` every 2 ms until it holds or `timeout` passes.
-pub(crate) async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    // Saturating: a timeout of `Duration::MAX` means never, not a panic.
-    let end = tokio::time::Instant::from_std(pool_core::deadline_after(
-        tokio::time::Instant::now().into_std(),
-        timeout,
-    ));
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// The time spent by gets that had to wait, kept with two relaxed atomics beside the
+/// lock rather than under it: a get adds to them once, as it ends.
+#[derive(Default)]
+pub(crate) struct WaitTotals {
+    nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl WaitTotals {
+    pub(crate) fn add(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn total(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Relaxed))
+    }
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Relaxed)
     }
 }

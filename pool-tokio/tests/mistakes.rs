@@ -8,7 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{loopback, T};
-use pool_tokio::{BuildError, Cause, ClientPool, ConnId, GetError, ServerPool, Stage, TlsMode};
+use pool_tokio::{
+    BuildError, Cause, ClientPool, ConnId, GetError, PoolError, ServerPool, Stage, TlsMode,
+};
 
 /// The most a row may take to name its mistake.
 const ONE_SECOND: Duration = Duration::from_secs(1);
@@ -207,8 +209,9 @@ async fn settings_that_make_no_sense_are_refused_at_build() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn question_mark_works_inside_a_session() {
-    // `From<io::Error>` for the get error: a session can use `?` on both.
-    async fn session(server: &ServerPool, client: &ClientPool) -> Result<(), GetError> {
+    // `PoolError` takes both a get error and an I/O error: a session can use `?` on
+    // both (the pool's own errors never carry an I/O error).
+    async fn session(server: &ServerPool, client: &ClientPool) -> Result<(), PoolError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (id, mut s) = server.get_timeout(T).await?;
         let mut c = client.get_timeout(id, T).await?;

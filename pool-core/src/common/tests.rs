@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use crate::testing::{SplitDials as _, SplitOutputs as _};
 use crate::{
-    deadline_after, Admission, ClientConfig, ClientMachine, ConnId, GetError, Got, SeededRandom,
+    deadline_after, Admission, ClientConfig, ClientMachine, ConnId, GetFailure, Got, SeededRandom,
     ServerConfig, ServerMachine, Stage,
 };
 
@@ -113,7 +114,10 @@ fn a_dead_connection_in_a_batch_is_closed_and_id_waiters_fail() {
     m.handle_probe(probe, t1);
     assert_eq!(m.poll_close(), Some((id, 5)));
     let answer = m.poll_answer().expect("answered");
-    assert_eq!((answer.key, answer.result), (key, Err(GetError::NotFound)));
+    assert_eq!(
+        (answer.key, answer.result),
+        (key, Err(GetFailure::NotFound))
+    );
     assert_eq!(m.counters().evicted_dead, 1);
 }
 
@@ -139,7 +143,7 @@ fn max_idle_age_closes_at_the_sweep_and_at_a_get() {
     m.handle_probe(probe, t3);
     // Before the next sweep, a get meets the second one 2.5 s old: closed, not handed.
     let t4 = t0 + MS(4_000);
-    assert!(matches!(m.get(t4, t4), Got::Failed(GetError::Timeout)));
+    assert!(matches!(m.get(t4, t4), Got::Failed(GetFailure::Timeout)));
     assert_eq!(m.poll_close(), Some((young, 2)));
     assert_eq!(m.counters().evicted_aged, 2);
     assert_eq!(m.idle(), 0);
@@ -213,7 +217,7 @@ fn drive_client(cfg: ClientConfig, wait: Duration) {
             _ => now = deadline_after(now, Duration::from_millis(1)),
         }
     }
-    let _ = m.close();
+    m.close();
 }
 
 fn drive_server(cfg: ServerConfig, wait: Duration) {
@@ -239,7 +243,7 @@ fn drive_server(cfg: ServerConfig, wait: Duration) {
             _ => now = deadline_after(now, Duration::from_millis(1)),
         }
     }
-    let _ = m.close();
+    m.close();
 }
 
 proptest! {

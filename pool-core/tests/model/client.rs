@@ -1,6 +1,8 @@
 //! The client machine against the model: rounds and dial tickets, ids read from the
 //! wire in random chunks or made in single mode, backoff draws, gets by id and for any.
 
+#[allow(unused_imports)]
+use pool_core::testing::{Returned as _, SplitDials as _, SplitOutputs as _};
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -384,12 +386,12 @@ impl ClientHarness {
                 }
             }
             COp::Flush => {
-                let out = self.m.flush(self.now);
+                let out = self.m.flush_out(self.now);
                 self.c.flush(&out);
             }
             COp::Close(false) => {}
             COp::Close(true) => {
-                let out = self.m.close();
+                let out = self.m.close_out();
                 self.c.close(&out);
                 assert!(self.m.is_closed());
             }

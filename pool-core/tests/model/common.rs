@@ -6,12 +6,15 @@
 //! from the machine's outputs alone, so "nothing leaves twice, nothing is lost" holds
 //! even where the model and the machine would agree on a mistake.
 
+#[allow(unused_imports)]
+use pool_core::testing::{Returned as _, SplitDials as _, SplitOutputs as _};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_core::{
-    deadline_after, Answer, ConnId, Counters, GetError, Random, Stage, WaiterKey, Want, PROBE_BATCH,
+    deadline_after, Answer, ConnId, Counters, GetFailure, Random, Stage, WaiterKey, Want,
+    PROBE_BATCH,
 };
 
 pub(crate) const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -26,7 +29,7 @@ pub(crate) const STRICT_BOUND: bool = true;
 pub(crate) const BATCH_IDS_RESERVED: bool = true;
 
 /// Answers owed, by key.
-pub(crate) type Expected = Vec<(WaiterKey, Result<(ConnId, u64), GetError>)>;
+pub(crate) type Expected = Vec<(WaiterKey, Result<(ConnId, u64), GetFailure>)>;
 
 pub(crate) fn stage_of(n: u8) -> Stage {
     match n % 4 {
@@ -183,7 +186,7 @@ pub(crate) enum Pred {
     Check(ConnId, u64),
     Ready(ConnId, u64),
     Wait,
-    Failed(GetError),
+    Failed(GetFailure),
 }
 
 /// The shared part of both models.
@@ -326,7 +329,7 @@ impl Common {
         for k in keys {
             self.waiters.remove(&k);
             self.k.not_found += 1;
-            self.expected.push((k, Err(GetError::NotFound)));
+            self.expected.push((k, Err(GetFailure::NotFound)));
         }
     }
 
@@ -341,7 +344,7 @@ impl Common {
         for k in keys {
             self.waiters.remove(&k);
             self.k.get_timeouts += 1;
-            self.expected.push((k, Err(GetError::Timeout)));
+            self.expected.push((k, Err(GetFailure::Timeout)));
         }
         if self.sweep_due.is_some_and(|t| t <= now) && !self.closed {
             self.sweep_due = Some(deadline_after(now, self.sweep_interval));
@@ -354,11 +357,11 @@ impl Common {
     /// A get for `want`.
     pub(crate) fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Pred {
         if self.closed {
-            return Pred::Failed(GetError::Closed);
+            return Pred::Failed(GetFailure::Closed);
         }
         if self.unreachable {
             self.k.unreachable += 1;
-            return Pred::Failed(GetError::Unreachable);
+            return Pred::Failed(GetFailure::Unreachable);
         }
         loop {
             let taken = match want {
@@ -378,11 +381,11 @@ impl Common {
         }
         if matches!(want, Want::Id(_)) && !self.can_arrive() {
             self.k.not_found += 1;
-            return Pred::Failed(GetError::NotFound);
+            return Pred::Failed(GetFailure::NotFound);
         }
         if deadline <= now {
             self.k.get_timeouts += 1;
-            return Pred::Failed(GetError::Timeout);
+            return Pred::Failed(GetFailure::Timeout);
         }
         Pred::Wait
     }
@@ -398,7 +401,7 @@ impl Common {
         let alive = !self.dead.contains(&val);
         if self.closed {
             self.close_later(id, val);
-            return Pred::Failed(GetError::Closed);
+            return Pred::Failed(GetFailure::Closed);
         }
         if alive {
             self.k.served_at_once += 1;
@@ -520,7 +523,7 @@ impl Common {
         for k in keys {
             self.waiters.remove(&k);
             self.k.unreachable += 1;
-            self.expected.push((k, Err(GetError::Unreachable)));
+            self.expected.push((k, Err(GetFailure::Unreachable)));
         }
     }
 
@@ -530,7 +533,7 @@ impl Common {
         let keys: Vec<WaiterKey> = self.waiters.keys().copied().collect();
         for k in keys {
             self.waiters.remove(&k);
-            self.expected.push((k, Err(GetError::Closed)));
+            self.expected.push((k, Err(GetFailure::Closed)));
         }
         // The queue of connections to close is drained after every step, so a close
         // returns exactly the idle set.

@@ -2,6 +2,8 @@
 //! same way: following a get through its liveness checks, holding a check or a sweep
 //! batch across other steps, and giving them back.
 
+#[allow(unused_imports)]
+use pool_core::testing::{Returned as _, SplitDials as _, SplitOutputs as _};
 use std::time::Instant;
 
 use pool_core::{Check, ConnId, Got, PoolCommon, Probe, Want};

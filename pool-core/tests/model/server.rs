@@ -3,15 +3,48 @@
 //! ids drawn from the machine's generator (scripted over a tiny space, so they
 //! collide), handshakes ending ready or failed (evicted ones included), and gets.
 
+#[allow(unused_imports)]
+use pool_core::testing::{Returned as _, SplitDials as _, SplitOutputs as _};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
 use pool_core::{
-    deadline_after, Admission, ConnId, HandshakeTicket, Refusal, ServerConfig, ServerMachine,
-    Source, Want,
+    deadline_after, Admission, ConnId, HandshakeTicket, Refusal, ServerConfig, ServerMachine, Want,
 };
 use proptest::prelude::*;
+
+/// The model's own source grouping: a peer address cut to its prefix, IPv4-mapped
+/// IPv6 grouped as IPv4 (written apart from the core's, as a model should be).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Source(IpAddr);
+
+impl Source {
+    fn of(peer: IpAddr, v4: u8, v6: u8) -> Self {
+        match peer.to_canonical() {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                let keep = u32::from(v4.min(32));
+                let cut = if keep == 0 {
+                    0
+                } else {
+                    bits >> (32 - keep) << (32 - keep)
+                };
+                Self(IpAddr::from(cut.to_be_bytes()))
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let keep = u32::from(v6.min(128));
+                let cut = if keep == 0 {
+                    0
+                } else {
+                    bits >> (128 - keep) << (128 - keep)
+                };
+                Self(IpAddr::from(cut.to_be_bytes()))
+            }
+        }
+    }
+}
 
 use crate::common::{
     check_fresh_draws, count_failure, stage_of, Common, Tape, BATCH_IDS_RESERVED, MS, STRICT_BOUND,
@@ -122,6 +155,9 @@ pub(crate) struct Tk {
     source: Source,
     /// Evicted: its slot is free and its report will be ignored.
     evicted: bool,
+    /// Its deadline passed and the machine asked for it to be aborted (once); its
+    /// slot stays taken until the ticket comes back.
+    late: bool,
 }
 
 pub(crate) struct ServerHarness {
@@ -262,6 +298,20 @@ impl ServerHarness {
             let (_, id, val) = self.settling.pop_front().expect("front");
             self.land(id, val);
         }
+        // Handshakes past their deadline are aborted once, earliest deadline first
+        // (after close, no deadline is armed).
+        let (now, closed) = (self.now, self.c.closed);
+        let mut late: Vec<(Instant, u64)> = self
+            .tickets
+            .iter_mut()
+            .filter(|k| !k.evicted && !k.late && k.t.deadline() <= now && !closed)
+            .map(|k| {
+                k.late = true;
+                (k.t.deadline(), k.t.serial())
+            })
+            .collect();
+        late.sort();
+        self.aborts.extend(late.into_iter().map(|(_, s)| s));
         self.c.expire(self.now);
         self.m.handle_timeout(self.now);
         assert!(!matches!(self.m.poll_timeout(), Some(t) if t <= self.now));
@@ -323,6 +373,7 @@ impl ServerHarness {
                             val: self.next_val,
                             source,
                             evicted: false,
+                            late: false,
                         });
                         self.sync_in_flight();
                     }
@@ -342,6 +393,7 @@ impl ServerHarness {
                     val,
                     source,
                     evicted,
+                    ..
                 } = self.tickets.swap_remove(i);
                 let id = t.id();
                 self.c.ledger.enter(val, None);
@@ -429,14 +481,14 @@ impl ServerHarness {
                 }
             }
             SOp::Flush => {
-                let mut out = self.m.flush();
+                let mut out = self.m.flush_out(self.now);
                 let settled = self.settled_out(&mut out);
                 self.c.flush(&out);
                 self.close_settled(settled);
             }
             SOp::Close(false) => {}
             SOp::Close(true) => {
-                let mut out = self.m.close();
+                let mut out = self.m.close_out();
                 let settled = self.settled_out(&mut out);
                 self.c.close(&out);
                 self.close_settled(settled);
@@ -518,8 +570,17 @@ impl ServerHarness {
         self.c.check_poll_timeout(t, self.m.sweep_at());
         let settled = self.settling.front().map(|(due, _, _)| *due);
         let shared = self.c.next_timeout();
-        let want = settled.into_iter().chain(shared).min();
-        assert_eq!(t, want, "the server's timers: settle times, waiters, sweep");
+        let deadline = self
+            .tickets
+            .iter()
+            .filter(|k| !k.evicted && !k.late && !self.c.closed)
+            .map(|k| k.t.deadline())
+            .min();
+        let want = settled.into_iter().chain(shared).chain(deadline).min();
+        assert_eq!(
+            t, want,
+            "the server's timers: settle times, waiters, sweep, handshake deadlines"
+        );
         // Pending ids are unique, and never idle at the same time.
         let pending = self.pending();
         let set: HashSet<ConnId> = pending.iter().copied().collect();

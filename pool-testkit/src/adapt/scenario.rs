@@ -97,6 +97,8 @@ pub fn lan() -> SimOptions {
     SimOptions {
         poisson: true,
         transcript: false,
+        chunked_ids: false,
+        oracle: false,
         max_waiting: 1_000_000,
         ..SimOptions::default()
     }

@@ -1,110 +1,101 @@
-//! The two drivers: each feeds its machine the events of the simulated network, and
-//! drains the machine's outputs after every input (the crate docs' contract of
-//! `pool-core`): probes to answer, connections to close, dials to start, answers to
-//! deliver. The application (a server `get`, the id over a control channel, a client
-//! `get(id)`) runs here too, as both pools' user.
+//! Both pools on pool-core's driver protocol, and the application that uses them.
 //!
-//! The liveness of a connection is whatever the network model says about its other end
-//! (`Net::alive_at_client`, `Net::alive_at_server`): a get's [`Got::Check`] and the
-//! sweep's [`Probe`](pool_core::Probe) batches are answered from it at once, since no
-//! simulated time passes during a probe.
+//! Each pool is a [`Driver`](pool_core::driver::Driver) on the simulator's
+//! [`Platform`](pool_core::driver::Platform) (`platform.rs`): the same protocol code the
+//! tokio and threads pools run. A driver call performs its outputs at once by queueing
+//! them on the wire; [`SimPair::drain_wire`] then plays each one out on the network
+//! model: a dial becomes a simulated connection, an abort ends a dial or handshake
+//! whose deadline the core saw pass, an answer goes to the application's waiting get,
+//! a close closes one end, a wake-up schedules the driver's next turn. The liveness of
+//! a connection is whatever the network says about its other end, answered by the
+//! platform when the protocol probes.
 
-use std::time::Duration;
-
-use pool_core::{Admission, ConnId, DialTicket, GetError, Got, IdReader, Stage};
+use pool_core::driver::{Step, Task};
+use pool_core::{Admission, ConnId, DialTicket, GetFailure, IdReader, Stage, Want};
 
 use super::net::{Delivery, Ev, Handshake, Side};
+use super::platform::{End, Request};
 use super::SimPair;
 
-// ------------------------------------------------------------------------------------
-// Gets over the liveness model
-
-/// Follows a get's [`Got::Check`] answers with the model's verdicts until it is ready,
-/// waits or fails. Dead candidates are counted in `evicted`.
-fn follow_checks(
-    mut got: Got<u64>,
-    evicted: &mut u64,
-    alive: impl Fn(u64) -> bool,
-    mut check: impl FnMut(pool_core::Check<u64>, bool) -> Got<u64>,
-) -> Got<u64> {
-    loop {
-        match got {
-            Got::Check(mut c) => {
-                let ok = alive(*c.conn_mut());
-                if !ok {
-                    *evicted += 1;
-                }
-                got = check(c, ok);
-            }
-            other => return other,
-        }
-    }
-}
-
 impl SimPair {
-    /// Drains both machines' outputs after an input, then checks the round prediction.
-    pub(super) fn pump(&mut self) {
-        self.pump_server();
-        self.pump_client();
-        self.oracle.check(&mut self.net, &self.client);
+    /// Plays out every request the drivers queued, until none is left, then checks the
+    /// round prediction.
+    pub(super) fn drain_wire(&mut self) {
+        self.server_landed();
+        while let Some(request) = self.net.wire.pop() {
+            match request {
+                Request::Wake(end, at) => {
+                    let at = self.net.clock.offset_of(at);
+                    let wake = match end {
+                        End::Client => &mut self.client_wake,
+                        End::Server => &mut self.server_wake,
+                    };
+                    *wake = Some(wake.map_or(at, |w| w.min(at)));
+                }
+                Request::Task(End::Client, Task::Dial(ticket)) => {
+                    let urgent = ticket.is_urgent();
+                    let (oracle, net) = (&mut self.oracle, &mut self.net);
+                    self.client.read(|m| oracle.ticket(net, m, urgent));
+                    self.start_dial(ticket);
+                }
+                Request::Task(End::Client, Task::Abort(serial)) => {
+                    // The core saw the dial's deadline pass: reading the id, or before.
+                    let reading = self.net.conns.get(&serial).map(|c| c.reader.is_some());
+                    let stage = if reading == Some(true) {
+                        Stage::Id
+                    } else {
+                        Stage::Tls
+                    };
+                    self.client_fail(serial, stage);
+                }
+                Request::Task(End::Server, Task::Abort(hs)) => {
+                    // Past its deadline (or evicted): the handshake's connection.
+                    if let Some(serial) = self.hs_serials.get(&hs).copied() {
+                        self.server_fail(serial, Stage::Tls);
+                        self.net.retire(serial);
+                    }
+                }
+                Request::Task(End::Server, Task::Dial(ticket)) => drop(ticket),
+                Request::Close(End::Client, serial) => {
+                    self.net.client_gone(serial);
+                    self.net.retire(serial);
+                }
+                Request::Close(End::Server, serial) => {
+                    self.net.server_gone(serial);
+                    self.net.retire(serial);
+                }
+                Request::Reply(tag, delivery) => {
+                    self.server_landed();
+                    self.answered(tag, delivery);
+                }
+            }
+        }
+        if self.net.opts.oracle {
+            let (oracle, net) = (&mut self.oracle, &mut self.net);
+            self.client.read(|m| oracle.check(net, m));
+        }
     }
 
     // --------------------------------------------------------------------------------
     // The client driver
 
-    fn pump_client(&mut self) {
-        let now = self.net.now();
-        while let Some(mut batch) = self.client.poll_probe(now) {
-            let (net, evicted) = (&self.net, &mut self.stats.evicted_client);
-            batch.check(|s| {
-                let ok = net.alive_at_client(*s);
-                *evicted += u64::from(!ok);
-                ok
-            });
-            self.client.handle_probe(batch, now);
-        }
-        self.client_closes();
-        while let Some(ticket) = self.client.poll_dial(now) {
-            self.oracle
-                .ticket(&mut self.net, &self.client, ticket.is_urgent());
-            self.start_dial(ticket);
-        }
-        while let Some(a) = self.client.poll_answer() {
-            let Some((id, serial)) = self.client_waiting.remove(&a.key) else {
-                self.stats.double_handouts += 1;
-                continue;
-            };
-            match a.result {
-                Ok((got_id, got)) => self.finish_pair(id, serial, got_id, got),
-                Err(e) => self.abandon_pair(serial, e),
-            }
-        }
-    }
-
-    /// Connections the client closed: its end is gone.
-    fn client_closes(&mut self) {
-        while let Some((_, serial)) = self.client.poll_close() {
-            self.net.client_gone(serial);
-            self.net.retire(serial);
-        }
-    }
-
-    /// The client's refill timer (or a sweep, or a waiter's deadline) fired.
+    /// The client driver's turn is due (its refill timer, a sweep, a deadline).
     pub(super) fn client_timeout(&mut self) {
-        let starting = !self.client.is_closed() && self.oracle.round_due(self.net.elapsed());
-        let before = self.client.status();
-        self.client.handle_timeout(self.net.now());
+        let elapsed = self.net.elapsed();
+        let (starting, before) = self.client.read(|m| {
+            let starting = !m.is_closed() && self.oracle.round_due(elapsed);
+            (starting, m.status())
+        });
+        self.client_wake = self.turn(End::Client);
         if starting {
-            self.oracle.start_round(&mut self.net, &self.client, before);
+            let (oracle, net) = (&mut self.oracle, &mut self.net);
+            self.client.read(|m| oracle.start_round(net, m, before));
         }
     }
 
     fn start_dial(&mut self, ticket: DialTicket) {
         self.stats.dials += 1;
-        let deadline = ticket.handshake_deadline();
         let serial = self.net.open(ticket);
-        self.net
-            .at_instant(deadline, Ev::ClientHandshakeDeadline(serial));
         let lat = self.net.latency();
         if self.net.connect_refused() {
             self.stats.injected_connect_refused += 1;
@@ -130,28 +121,34 @@ impl SimPair {
         };
         self.net.client_gone(serial);
         self.client
-            .handle_dial_failure(ticket, stage, self.net.now());
-        self.oracle.failure(&mut self.net, &self.client);
+            .input(|m, now| m.handle_dial_failure(ticket, stage, now));
+        let (oracle, net) = (&mut self.oracle, &mut self.net);
+        self.client.read(|m| oracle.failure(net, m));
         self.net
             .log(format_args!("client {serial} failed {stage:?}"));
         self.net.retire(serial);
     }
 
-    /// The server's TLS answer reached the client: it starts reading the id.
+    /// The server's TLS answer reached the client: it starts reading the id, and the
+    /// core's deadline for the dial becomes the id deadline.
     pub(super) fn client_tls_done(&mut self, serial: u64, delivery: Delivery) {
-        let now = self.net.now();
-        let form = self.client.config().id_form();
+        let form = self.client.read(|m| m.config().id_form());
         let Some(c) = self.net.conns.get_mut(&serial) else {
             return;
         };
-        let (Some(ticket), Some(id), None) = (c.ticket.as_ref(), c.id, c.reader.as_ref()) else {
+        let (Some(_), Some(id), None) = (c.ticket.as_ref(), c.id, c.reader.as_ref()) else {
             return;
         };
-        let id_deadline = ticket.id_deadline(now);
         c.reader = Some(IdReader::new(form));
-        self.net
-            .at_instant(id_deadline, Ev::ClientIdDeadline(serial));
-        self.net.send_id(serial, &id, self.server_form, delivery);
+        self.client
+            .input(|m, now| m.handle_handshake_done(serial, now));
+        if self.net.opts.chunked_ids || !matches!(delivery, Delivery::Full) {
+            self.net.send_id(serial, &id, self.server_form, delivery);
+        } else {
+            // Fault free and unchunked: the id arrives whole, with the end of TLS.
+            let (bytes, sent) = super::net::Net::id_bytes(&id, self.server_form, delivery);
+            self.client_bytes(serial, &bytes[..sent]);
+        }
     }
 
     /// Id bytes reached the client.
@@ -182,76 +179,50 @@ impl SimPair {
             self.stats.pairs_mismatched += 1;
         }
         let urgent = ticket.is_urgent();
-        let was_backing_off = self.client.backing_off();
+        let was_backing_off = self.client.read(|m| m.backing_off());
         self.client
-            .handle_dial_success(ticket, id, serial, self.net.now());
-        self.client_closes();
+            .input(|m, now| m.handle_dial_success(ticket, id, serial, now));
+        // A close of this connection (its id was already idle) is queued: play it out.
+        self.drain_closes();
         let closed = self.net.conns.get(&serial).is_none_or(|c| c.client_closed);
         if !closed {
             self.net.log(format_args!("client {serial} landed {id}"));
             self.oracle.success(&self.net, urgent, was_backing_off);
-        } else if !self.client.is_closed() {
+        } else if !self.client.read(|m| m.is_closed()) {
             // The id was already idle here: the machine closed the connection and
             // counted a failure at the id stage (the server's id cannot be changed).
             self.stats.client_collisions += 1;
-            self.oracle.failure(&mut self.net, &self.client);
+            let (oracle, net) = (&mut self.oracle, &mut self.net);
+            self.client.read(|m| oracle.failure(net, m));
             self.net
                 .log(format_args!("client {serial} collided on {id}"));
         }
     }
 
+    /// Plays out the closes queued so far, keeping every other request in order.
+    fn drain_closes(&mut self) {
+        let mut kept = Vec::new();
+        while let Some(r) = self.net.wire.pop() {
+            match r {
+                Request::Close(End::Client, serial) => {
+                    self.net.client_gone(serial);
+                    self.net.retire(serial);
+                }
+                other => kept.push(other),
+            }
+        }
+        self.net.wire.requeue(kept);
+    }
+
     // --------------------------------------------------------------------------------
     // The server driver
 
-    fn pump_server(&mut self) {
-        let now = self.net.now();
-        self.server_landed();
-        while let Some(mut batch) = self.server.poll_probe(now) {
-            let (net, evicted) = (&self.net, &mut self.stats.evicted_server);
-            batch.check(|s| {
-                let ok = net.alive_at_server(*s);
-                *evicted += u64::from(!ok);
-                ok
-            });
-            self.server.handle_probe(batch, now);
-        }
-        self.server_closes();
-        while let Some(a) = self.server.poll_answer() {
-            let arrived = self.server_waiting.remove(&a.key);
-            if arrived.is_none() {
-                self.stats.double_handouts += 1;
-            }
-            let wait = self
-                .net
-                .elapsed()
-                .saturating_sub(arrived.unwrap_or_default());
-            match a.result {
-                Ok((id, serial)) => {
-                    self.metrics.served_after(wait);
-                    self.begin_pair(id, serial);
-                }
-                Err(e) => {
-                    self.metrics.failed(wait);
-                    self.stats.pairs_failed_server += 1;
-                    self.net.log(format_args!("server get failed {e}"));
-                }
-            }
-        }
-    }
-
-    /// Connections the server closed: its end is gone.
-    fn server_closes(&mut self) {
-        while let Some((_, serial)) = self.server.poll_close() {
-            self.net.server_gone(serial);
-            self.net.retire(serial);
-        }
-    }
-
     /// Connections whose settle time ended have landed (idle, or to a waiting get
-    /// whose answer is drained next). The machine settles them in the order they
+    /// whose answer is on the wire). The machine settles them in the order they
     /// became ready, so the oldest settling ones are those it no longer holds.
     fn server_landed(&mut self) {
-        while self.settling.len() > self.server.settling() {
+        let settling = self.server.read(|m| m.settling());
+        while self.settling.len() > settling {
             let Some(serial) = self.settling.pop_front() else {
                 break;
             };
@@ -262,44 +233,44 @@ impl SimPair {
         }
     }
 
-    /// The server's timer fired: settle times, sweeps, waiters' deadlines.
+    /// The server driver's turn is due (settle times, sweeps, deadlines).
     pub(super) fn server_timeout(&mut self) {
-        self.server.handle_timeout(self.net.now());
+        self.server_wake = self.turn(End::Server);
     }
 
     /// A dial reached the server.
     pub(super) fn server_accept(&mut self, serial: u64) {
-        let now = self.net.now();
         match self.net.conns.get(&serial) {
             Some(c) if !c.client_closed => {}
             // Gone, or the client gave up before the connection arrived.
             _ => return,
         }
-        let mut ticket =
-            match self
-                .server
-                .handle_accept(now, std::net::IpAddr::from([127, 0, 0, 1]), true)
-            {
-                Admission::Admit(t) => t,
-                Admission::Refuse(r) => {
-                    self.net.server_gone(serial);
-                    self.stats.refused_by_server += 1;
-                    let lat = self.net.latency();
-                    self.net.at(lat, Ev::ClientFail(serial, Stage::Tls));
-                    self.net.log(format_args!("server refused {serial} {r:?}"));
-                    return;
-                }
-            };
-        let collisions = self.server.counters().id_collisions;
-        let id = self.server.assign_id(&mut ticket);
-        self.stats.server_id_redraws += self.server.counters().id_collisions - collisions;
-        let deadline = ticket.deadline();
+        let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+        let admission = self.server.input(|m, now| m.handle_accept(now, peer, true));
+        let mut ticket = match admission {
+            Admission::Admit(t) => t,
+            Admission::Refuse(r) => {
+                self.net.server_gone(serial);
+                self.stats.refused_by_server += 1;
+                let lat = self.net.latency();
+                self.net.at(lat, Ev::ClientFail(serial, Stage::Tls));
+                self.net.log(format_args!("server refused {serial} {r:?}"));
+                return;
+            }
+        };
+        let (id, redraws) = self.server.input(|m, _| {
+            let before = m.counters().id_collisions;
+            let id = m.assign_id(&mut ticket);
+            (id, m.counters().id_collisions - before)
+        });
+        self.stats.server_id_redraws += redraws;
+        let hs_serial = ticket.serial();
         if let Some(c) = self.net.conns.get_mut(&serial) {
             c.id = Some(id);
             c.server = Side::Pending;
             c.hs = Some(ticket);
         }
-        self.net.at_instant(deadline, Ev::ServerDeadline(serial));
+        self.hs_serials.insert(hs_serial, serial);
         match self.net.handshake() {
             Handshake::TlsFail(tls) => {
                 self.stats.injected_tls_fail += 1;
@@ -324,8 +295,9 @@ impl SimPair {
         let Some(t) = self.net.conns.get_mut(&serial).and_then(|c| c.hs.take()) else {
             return false;
         };
+        self.hs_serials.remove(&t.serial());
         self.net.server_gone(serial);
-        self.server.handle_failure(t, stage, self.net.now());
+        self.server.input(|m, now| m.handle_failure(t, stage, now));
         self.net
             .log(format_args!("server {serial} failed {stage:?}"));
         true
@@ -334,7 +306,6 @@ impl SimPair {
     /// The server finished TLS and wrote the id: the connection settles there, and the
     /// id travels to the client.
     pub(super) fn server_ready(&mut self, serial: u64, delivery: Delivery) {
-        let now = self.net.now();
         let Some(c) = self.net.conns.get_mut(&serial) else {
             return;
         };
@@ -345,11 +316,11 @@ impl SimPair {
             return;
         }
         let Some(t) = c.hs.take() else { return };
+        self.hs_serials.remove(&t.serial());
         c.server = Side::Settling;
         self.settling.push_back(serial);
-        self.server.handle_ready(t, serial, now);
-        self.server_landed();
-        self.server_closes();
+        self.server.input(|m, now| m.handle_ready(t, serial, now));
+        self.drain_wire();
         if self.net.alive_at_client(serial) {
             let lat = self.net.latency();
             self.net.at(lat, Ev::ClientTlsDone(serial, delivery));
@@ -373,36 +344,57 @@ impl SimPair {
             self.metrics.failed(self.net.opts.server_get_timeout);
             return;
         }
-        let now = self.net.now();
-        let deadline = now + self.net.opts.server_get_timeout;
-        let first = self.server.get(now, deadline);
-        let (net, server) = (&self.net, &mut self.server);
-        let got = follow_checks(
-            first,
-            &mut self.stats.evicted_server,
-            |s| net.alive_at_server(s),
-            |c, ok| server.handle_check(c, ok, now),
-        );
-        self.server_closes();
-        match got {
-            Got::Ready(id, serial) => {
+        let timeout = self.net.opts.server_get_timeout;
+        match self.server.get(Want::Any, timeout) {
+            Step::Ready(id, serial) => {
                 self.metrics.served_at_once(arrived);
                 self.begin_pair(id, serial);
             }
-            Got::Wait(key) => {
-                self.server_waiting.insert(key, arrived);
+            Step::Wait(w) => {
+                self.server_waiting.insert(w.wait, (w.get, arrived));
             }
-            Got::Failed(e) => {
-                self.metrics.failed(Duration::ZERO);
+            Step::Failed(e) => {
+                self.metrics.failed(std::time::Duration::ZERO);
                 self.stats.pairs_failed_server += 1;
                 self.net.log(format_args!("server get failed {e}"));
             }
-            Got::Check(_) => unreachable!("follow_checks follows every check"),
+        }
+    }
+
+    /// The answer to a waiting get, under its reply tag.
+    fn answered(&mut self, tag: u64, delivery: pool_core::driver::Delivery<u64>) {
+        if let Some((get, arrived)) = self.server_waiting.remove(&tag) {
+            let step = self.server.arrived(get, delivery);
+            self.server_step(step, arrived);
+        } else if let Some((get, id, serial)) = self.client_waiting.remove(&tag) {
+            let step = self.client.arrived(get, delivery);
+            self.client_step(step, id, serial);
+        } else {
+            self.stats.double_handouts += 1;
+        }
+    }
+
+    fn server_step(&mut self, step: Step<u64, u64>, arrived: std::time::Duration) {
+        let wait = self.net.elapsed().saturating_sub(arrived);
+        match step {
+            Step::Ready(id, serial) => {
+                self.metrics.served_after(wait);
+                self.begin_pair(id, serial);
+            }
+            Step::Wait(w) => {
+                self.server_waiting.insert(w.wait, (w.get, arrived));
+            }
+            Step::Failed(e) => {
+                self.metrics.failed(wait);
+                self.stats.pairs_failed_server += 1;
+                self.net.log(format_args!("server get failed {e}"));
+            }
         }
     }
 
     /// The server handed out `serial`: its id goes over the control channel.
     fn begin_pair(&mut self, id: ConnId, serial: u64) {
+        self.server_landed();
         match self.net.conns.get_mut(&serial) {
             Some(c) if c.server == Side::Idle => {
                 c.server = Side::Taken;
@@ -419,24 +411,18 @@ impl SimPair {
 
     /// The id arrived over the control channel: a client get by id.
     pub(super) fn control(&mut self, id: ConnId, serial: u64) {
-        let now = self.net.now();
-        let deadline = now + self.net.opts.client_get_timeout;
-        let first = self.client.get(id, now, deadline);
-        let (net, client) = (&self.net, &mut self.client);
-        let got = follow_checks(
-            first,
-            &mut self.stats.evicted_client,
-            |s| net.alive_at_client(s),
-            |c, ok| client.handle_check(c, ok, now),
-        );
-        self.client_closes();
-        match got {
-            Got::Ready(got_id, got) => self.finish_pair(id, serial, got_id, got),
-            Got::Wait(key) => {
-                self.client_waiting.insert(key, (id, serial));
+        let timeout = self.net.opts.client_get_timeout;
+        let step = self.client.get(Want::Id(id), timeout);
+        self.client_step(step, id, serial);
+    }
+
+    fn client_step(&mut self, step: Step<u64, u64>, id: ConnId, serial: u64) {
+        match step {
+            Step::Ready(got_id, got) => self.finish_pair(id, serial, got_id, got),
+            Step::Wait(w) => {
+                self.client_waiting.insert(w.wait, (w.get, id, serial));
             }
-            Got::Failed(e) => self.abandon_pair(serial, e),
-            Got::Check(_) => unreachable!("follow_checks follows every check"),
+            Step::Failed(e) => self.abandon_pair(serial, e),
         }
     }
 
@@ -459,11 +445,9 @@ impl SimPair {
 
     /// The client side could not take the connection: the application closes the
     /// server's end.
-    fn abandon_pair(&mut self, serial: u64, e: GetError) {
+    fn abandon_pair(&mut self, serial: u64, e: GetFailure) {
         self.stats.pairs_failed_client += 1;
-        if let Some(c) = self.net.conns.get_mut(&serial) {
-            c.server_closed = true;
-        }
+        self.net.server_end_closed(serial);
         self.net.log(format_args!("client get failed {serial} {e}"));
         self.net.retire(serial);
     }
@@ -479,23 +463,9 @@ impl SimPair {
                 }
             }
             Ev::ServerReady(s, d) => self.server_ready(s, d),
-            Ev::ServerDeadline(s) => {
-                self.server_fail(s, Stage::Tls);
-                self.net.retire(s);
-            }
             Ev::ClientFail(s, stage) => self.client_fail(s, stage),
             Ev::ClientTlsDone(s, d) => self.client_tls_done(s, d),
             Ev::ClientBytes(s, chunk, n) => self.client_bytes(s, &chunk[..usize::from(n)]),
-            Ev::ClientHandshakeDeadline(s) => {
-                if self.net.conns.get(&s).is_some_and(|c| c.reader.is_none()) {
-                    self.client_fail(s, Stage::Tls);
-                }
-            }
-            Ev::ClientIdDeadline(s) => {
-                if self.net.conns.get(&s).is_some_and(|c| c.reader.is_some()) {
-                    self.client_fail(s, Stage::Id);
-                }
-            }
             Ev::Control(id, s) => self.control(id, s),
         }
     }

@@ -47,17 +47,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use pool_core::driver::{Driver, Sleep, WaitingGet};
 use pool_core::{
     ClientConfig, ClientMachine, ConnId, Counters, IdForm, SeededRandom, ServerConfig,
-    ServerMachine, Status, WaiterKey,
+    ServerMachine, Status,
 };
-
-use crate::rng::SplitMix64;
 
 mod drivers;
 mod metrics;
 mod net;
 mod oracle;
+mod platform;
 
 pub use metrics::GetMetrics;
 pub use net::{Faults, SimClock, SimOptions};
@@ -65,6 +65,7 @@ pub use oracle::RoundRecord;
 
 use net::{Net, Side};
 use oracle::{JitterTap, RoundOracle};
+use platform::{End, Sim};
 
 /// Counters of a simulation run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -118,21 +119,28 @@ pub struct SimStats {
     pub evicted_client: u64,
 }
 
-/// A client machine and a server machine joined by a simulated network.
+/// A client machine and a server machine joined by a simulated network, each run by
+/// pool-core's [`Driver`], the protocol code the shipped pools run.
 #[derive(Debug)]
 pub struct SimPair {
     net: Net,
-    client: ClientMachine<u64>,
-    server: ServerMachine<u64>,
+    client: Driver<ClientMachine<u64>, Sim>,
+    server: Driver<ServerMachine<u64>, Sim>,
+    /// When each driver's next turn is due.
+    client_wake: Option<Duration>,
+    server_wake: Option<Duration>,
+    /// The simulated connection of each server handshake, by its ticket's serial.
+    hs_serials: HashMap<u64, u64>,
     /// The wire form the server writes ids in.
     server_form: IdForm,
     demand: f64,
     next_demand: Option<Duration>,
     /// Connections ready at the server but still settling, oldest first.
     settling: VecDeque<u64>,
-    /// Waiting server gets, with their users' arrival times.
-    server_waiting: HashMap<WaiterKey, Duration>,
-    client_waiting: HashMap<WaiterKey, (ConnId, u64)>,
+    /// Waiting server gets by reply tag, with their users' arrival times.
+    server_waiting: HashMap<u64, (WaitingGet, Duration)>,
+    /// Waiting client gets by reply tag, with the pair they complete.
+    client_waiting: HashMap<u64, (WaitingGet, ConnId, u64)>,
     stats: SimStats,
     metrics: GetMetrics,
     oracle: RoundOracle,
@@ -152,16 +160,27 @@ impl SimPair {
         faults: Faults,
         opts: SimOptions,
     ) -> Self {
-        let mut net = Net::new(SplitMix64::new(seed), faults, opts);
+        let mut net = Net::new(seed, faults, opts);
         let (tap, drawn) = JitterTap::new(net.seed32());
         let server_random = SeededRandom::from_seed(net.seed32());
         let now = net.now();
         let client = ClientMachine::new(client, tap, now);
         let oracle = RoundOracle::new(client.status(), drawn);
+        let platform = |end| Sim {
+            wire: net.wire.clone(),
+            end,
+        };
         Self {
             server_form: server.id_form(),
-            server: ServerMachine::new(server, server_random, now),
-            client,
+            server: Driver::new(
+                ServerMachine::new(server, server_random, now),
+                platform(End::Server),
+            ),
+            client: Driver::new(client, platform(End::Client)),
+            // Both drivers take their first turn at once.
+            client_wake: Some(Duration::ZERO),
+            server_wake: Some(Duration::ZERO),
+            hs_serials: HashMap::new(),
             net,
             demand: 0.0,
             next_demand: None,
@@ -210,6 +229,8 @@ impl SimPair {
     pub fn stats(&self) -> SimStats {
         SimStats {
             timer_desyncs: self.oracle.desyncs(),
+            evicted_client: self.net.wire.dead(End::Client),
+            evicted_server: self.net.wire.dead(End::Server),
             ..self.stats
         }
     }
@@ -222,32 +243,77 @@ impl SimPair {
 
     /// The client's status.
     pub fn client_status(&self) -> Status {
-        self.client.status()
+        self.client.read(ClientMachine::status)
     }
 
     /// The server's status.
     pub fn server_status(&self) -> Status {
-        self.server.status()
+        self.server.read(ServerMachine::status)
     }
 
     /// The client's counters.
     pub fn client_counters(&self) -> Counters {
-        self.client.counters()
+        self.client.read(|m| m.counters())
     }
 
     /// The server's counters.
     pub fn server_counters(&self) -> Counters {
-        self.server.counters()
+        self.server.read(|m| m.counters())
     }
 
     /// The client's configuration.
-    pub fn client_config(&self) -> &ClientConfig {
-        self.client.config()
+    pub fn client_config(&self) -> ClientConfig {
+        self.client.read(|m| m.config().clone())
     }
 
     /// Every refill round that has started so far.
     pub fn rounds(&self) -> &[RoundRecord] {
         self.oracle.rounds()
+    }
+
+    /// A user arrives now, whatever the demand: a server get, its id over the control
+    /// channel, then the client's get by id (scripted scenarios).
+    pub fn user_now(&mut self) {
+        self.user();
+        self.drain_wire();
+    }
+
+    /// A client get by `id` now, outside any pair (a scripted get for an id that may
+    /// not exist): its failure if it failed at once. A get that would wait is
+    /// cancelled (its caller gave up), and one that found the connection leaves it
+    /// taken.
+    pub fn client_get_now(&mut self, id: ConnId) -> Option<pool_core::GetFailure> {
+        use pool_core::driver::Step;
+        let timeout = self.net.opts.client_get_timeout;
+        let step = self.client.get(pool_core::Want::Id(id), timeout);
+        let failed = match step {
+            Step::Failed(e) => Some(e),
+            Step::Ready(_, serial) => {
+                if let Some(c) = self.net.conns.get_mut(&serial) {
+                    c.client = Side::Taken;
+                }
+                None
+            }
+            Step::Wait(w) => {
+                self.client.cancel(w.get, || None);
+                None
+            }
+        };
+        self.drain_wire();
+        failed
+    }
+
+    /// Steps until `done` holds or `limit` of simulated time passes; whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let end = self.net.elapsed() + limit;
+        while !done(self) {
+            if self.net.elapsed() >= end {
+                return false;
+            }
+            let step = Duration::from_millis(1).min(end - self.net.elapsed());
+            self.run_for(step);
+        }
+        true
     }
 
     /// Runs for `d` of simulated time. Panics if that takes absurdly many steps (a
@@ -265,7 +331,7 @@ impl SimPair {
         }
     }
 
-    /// Advances to the next event (the earliest of both machines' `poll_timeout`, the
+    /// Advances to the next event (the earliest of both drivers' next turn, the
     /// network's next delivery, the next user) and processes it. False when nothing at
     /// all is scheduled.
     pub fn step(&mut self) -> bool {
@@ -273,8 +339,7 @@ impl SimPair {
     }
 
     fn step_until(&mut self, end: Duration) -> bool {
-        let t_client = self.net.offset(self.client.poll_timeout());
-        let t_server = self.net.offset(self.server.poll_timeout());
+        let (t_client, t_server) = (self.client_wake, self.server_wake);
         let next = [t_client, t_server, self.net.next_event(), self.next_demand]
             .into_iter()
             .flatten()
@@ -291,36 +356,49 @@ impl SimPair {
         if let Some(ev) = self.net.pop_due() {
             self.stats.events += 1;
             self.process(ev);
-            self.pump();
+            self.drain_wire();
         }
         if self.next_demand.is_some_and(|t| t <= now) {
             self.next_demand = None;
             self.user();
             self.schedule_demand();
-            self.pump();
+            self.drain_wire();
         }
-        if t_client.is_some_and(|t| t <= now) {
+        if self.client_wake.is_some_and(|t| t <= now) {
             self.client_timeout();
-            self.pump();
+            self.drain_wire();
         }
-        if t_server.is_some_and(|t| t <= now) {
+        if self.server_wake.is_some_and(|t| t <= now) {
             self.server_timeout();
-            self.pump();
+            self.drain_wire();
         }
         true
+    }
+
+    /// A turn of one driver; when its next turn is due.
+    fn turn(&mut self, end: End) -> Option<Duration> {
+        let sleep = match end {
+            End::Client => self.client.turn(),
+            End::Server => self.server.turn(),
+        };
+        match sleep {
+            Sleep::Until(at) => Some(self.net.clock.offset_of(at)),
+            Sleep::Idle | Sleep::Stop => None,
+        }
     }
 
     /// Moves the clock, counting the idle connections held meanwhile.
     fn advance_to(&mut self, to: Duration) {
         let dt = to.saturating_sub(self.net.elapsed());
         if !dt.is_zero() {
-            let client = self.client.status().idle;
+            let client = self.client_status().idle;
             // The server's idle count includes its settling connections (as Go's
             // Active() does).
-            let server = self.server.status().idle;
+            let server = self.server_status().idle;
             self.metrics.idle_for(dt, client, server);
         }
         self.net.clock.advance_to(to);
+        self.net.wire.set_now(self.net.now());
     }
 
     fn schedule_demand(&mut self) {
@@ -330,9 +408,9 @@ impl SimPair {
         let mean = 1.0 / self.demand;
         let factor = if self.net.opts.poisson {
             // Exponential gaps: a Poisson process.
-            -(1.0 - self.net.unit()).ln()
+            -(1.0 - self.net.arrival_unit()).ln()
         } else {
-            0.5 + self.net.unit()
+            0.5 + self.net.arrival_unit()
         };
         let gap = Duration::from_secs_f64(mean * factor);
         self.next_demand = Some(self.net.elapsed() + gap.max(Duration::from_micros(1)));
@@ -344,8 +422,9 @@ impl SimPair {
     /// same id.
     pub fn check(&self) -> Result<(), String> {
         let net = &self.net;
-        let cs = self.client.status();
-        let ss = self.server.status();
+        let cs = self.client_status();
+        let ss = self.server_status();
+        let server_settling = self.server.read(|m| m.settling());
         let expect = [
             (
                 "client idle",
@@ -365,7 +444,7 @@ impl SimPair {
             ),
             (
                 "server settling",
-                self.server.settling(),
+                server_settling,
                 net.count(|c| c.server == Side::Settling),
             ),
             (
@@ -380,14 +459,15 @@ impl SimPair {
                 return Err(format!("{what}: machine {machine}, network {sim}"));
             }
         }
-        let cfg = self.client.config();
+        let cfg = self.client_config();
         if !(cfg.min_capacity()..=cfg.max_capacity()).contains(&cs.capacity) {
             return Err(format!("capacity {} out of bounds", cs.capacity));
         }
         if !(cfg.min_interval()..=cfg.max_interval()).contains(&cs.interval) {
             return Err(format!("interval {:?} out of bounds", cs.interval));
         }
-        if ss.idle + ss.in_flight + self.server.settling() > self.server.config().max_capacity() {
+        let max = self.server.read(|m| m.config().max_capacity());
+        if ss.idle + ss.in_flight + server_settling > max {
             return Err("server above its maximum capacity".into());
         }
         for (s, c) in &net.conns {

@@ -6,12 +6,16 @@
 //! which chunks do its id bytes arrive) and feed the answers to the machines when the
 //! events fall due.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pool_core::{ConnId, DialTicket, HandshakeTicket, IdForm, IdReader, Stage, ID_LEN};
 
+use super::platform::Wire;
 use crate::rng::SplitMix64;
 
 /// A simulated clock: a fixed base instant plus a simulated offset.
@@ -111,6 +115,15 @@ pub struct SimOptions {
     /// Hash every event into the transcript ([`SimPair::transcript_hash`](super::SimPair::transcript_hash)).
     /// Default true; off, long scoreboard runs go several times faster.
     pub transcript: bool,
+    /// Ids arrive in random chunks a little apart (the id reader's partial input), and
+    /// the client's TLS end and its id are separate events. Default true. Off, a dial
+    /// with no fault injected delivers its id whole with the end of TLS: one event
+    /// instead of up to thirteen, for long scoreboard runs. Faulty ids keep their chunks.
+    pub chunked_ids: bool,
+    /// Check every turn of the client against the round oracle
+    /// ([`SimStats::timer_desyncs`](super::SimStats::timer_desyncs)). Default true; the
+    /// scoreboard turns it off.
+    pub oracle: bool,
 }
 
 impl Default for SimOptions {
@@ -125,7 +138,55 @@ impl Default for SimOptions {
             max_waiting: 64,
             poisson: false,
             transcript: true,
+            chunked_ids: true,
+            oracle: true,
         }
+    }
+}
+
+/// A seedless hasher for serials (sequential numbers, never chosen by a peer).
+#[derive(Default)]
+pub(super) struct SerialHasher(u64);
+
+impl Hasher for SerialHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Maps keyed by serial.
+pub(super) type Serials = BuildHasherDefault<SerialHasher>;
+
+/// An event in the queue: due at `at`, in the order scheduled among equals.
+#[derive(Debug)]
+struct Due {
+    at: Duration,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
     }
 }
 
@@ -191,12 +252,9 @@ pub(super) enum Ev {
     ServerAccept(u64),
     ServerTlsFail(u64),
     ServerReady(u64, Delivery),
-    ServerDeadline(u64),
     ClientFail(u64, Stage),
     ClientTlsDone(u64, Delivery),
     ClientBytes(u64, [u8; ID_LEN + 4], u8),
-    ClientHandshakeDeadline(u64),
-    ClientIdDeadline(u64),
     Control(ConnId, u64),
 }
 
@@ -205,27 +263,33 @@ pub(super) enum Ev {
 pub(super) struct Net {
     pub(super) clock: SimClock,
     rng: SplitMix64,
+    /// The users' arrivals, a stream of their own: every policy run on the same seed
+    /// sees the same users, whatever the network draws.
+    arrivals: SplitMix64,
     pub(super) faults: Faults,
     pub(super) opts: SimOptions,
-    events: BTreeMap<(Duration, u64), Ev>,
+    events: BinaryHeap<Reverse<Due>>,
     event_seq: u64,
-    pub(super) conns: HashMap<u64, Conn>,
-    next_conn: u64,
+    pub(super) conns: HashMap<u64, Conn, Serials>,
+    /// What the drivers' platforms see of the connections (which ends are open).
+    pub(super) wire: Rc<Wire>,
     hash: u64,
     lines: Option<Vec<String>>,
 }
 
 impl Net {
-    pub(super) fn new(rng: SplitMix64, faults: Faults, opts: SimOptions) -> Self {
+    pub(super) fn new(seed: u64, faults: Faults, opts: SimOptions) -> Self {
+        let clock = SimClock::new();
         Self {
-            clock: SimClock::new(),
-            rng,
+            wire: Wire::new(clock.now()),
+            clock,
+            rng: SplitMix64::new(seed),
+            arrivals: SplitMix64::new(seed ^ 0x5eed_a771_7a15_0000),
             faults,
             opts,
-            events: BTreeMap::new(),
+            events: BinaryHeap::new(),
             event_seq: 0,
-            conns: HashMap::new(),
-            next_conn: 0,
+            conns: HashMap::default(),
             hash: 0xcbf2_9ce4_8422_2325,
             lines: None,
         }
@@ -278,28 +342,21 @@ impl Net {
     /// Schedules `ev` after `delay`.
     pub(super) fn at(&mut self, delay: Duration, ev: Ev) {
         self.event_seq += 1;
-        self.events
-            .insert((self.clock.elapsed() + delay, self.event_seq), ev);
-    }
-
-    /// Schedules `ev` at `when` (at once if it has passed).
-    pub(super) fn at_instant(&mut self, when: Instant, ev: Ev) {
-        let delay = self
-            .clock
-            .offset_of(when)
-            .saturating_sub(self.clock.elapsed());
-        self.at(delay, ev);
+        let at = self.clock.elapsed() + delay;
+        let seq = self.event_seq;
+        self.events.push(Reverse(Due { at, seq, ev }));
     }
 
     /// When the next event is due.
     pub(super) fn next_event(&self) -> Option<Duration> {
-        self.events.keys().next().map(|(t, _)| *t)
+        self.events.peek().map(|Reverse(d)| d.at)
     }
 
     /// The first event, if it is due.
     pub(super) fn pop_due(&mut self) -> Option<Ev> {
-        let entry = self.events.first_entry()?;
-        (entry.key().0 <= self.clock.elapsed()).then(|| entry.remove())
+        let due = self.events.peek()?.0.at <= self.clock.elapsed();
+        due.then(|| self.events.pop().map(|Reverse(d)| d.ev))
+            .flatten()
     }
 
     // ---- draws ----
@@ -317,8 +374,9 @@ impl Net {
     }
 
     /// A number in `[0, 1)`, for the application's pacing.
-    pub(super) fn unit(&mut self) -> f64 {
-        self.rng.unit()
+    /// A draw of the arrivals' own stream, in `[0, 1)`.
+    pub(super) fn arrival_unit(&mut self) -> f64 {
+        self.arrivals.unit()
     }
 
     /// A 32-byte seed for a machine's generator.
@@ -355,16 +413,7 @@ impl Net {
     /// payload bytes that must never be read as id: random chunks, in order, a little
     /// apart.
     pub(super) fn send_id(&mut self, serial: u64, id: &ConnId, form: IdForm, delivery: Delivery) {
-        let wire = form.encode(id);
-        let mut bytes = [b'P'; ID_LEN + 4];
-        let len = wire.as_ref().len();
-        bytes[..len].copy_from_slice(wire.as_ref());
-        let mut sent = len + 4;
-        match delivery {
-            Delivery::Full => {}
-            Delivery::Corrupt(pos) if form == IdForm::Hex8 => bytes[pos % len] = b'Z',
-            Delivery::Corrupt(pos) | Delivery::Partial(pos) => sent = pos % len,
-        }
+        let (bytes, sent) = Self::id_bytes(id, form, delivery);
         let mut from = 0;
         let mut delay = Duration::ZERO;
         while from < sent {
@@ -378,12 +427,32 @@ impl Net {
         }
     }
 
+    /// The id on the wire in `form`, as `delivery` says, followed by payload bytes
+    /// that must never be read as id; and how many of them arrive.
+    pub(super) fn id_bytes(
+        id: &ConnId,
+        form: IdForm,
+        delivery: Delivery,
+    ) -> ([u8; ID_LEN + 4], usize) {
+        let wire = form.encode(id);
+        let mut bytes = [b'P'; ID_LEN + 4];
+        let len = wire.as_ref().len();
+        bytes[..len].copy_from_slice(wire.as_ref());
+        let mut sent = len + 4;
+        match delivery {
+            Delivery::Full => {}
+            Delivery::Corrupt(pos) if form == IdForm::Hex8 => bytes[pos % len] = b'Z',
+            Delivery::Corrupt(pos) | Delivery::Partial(pos) => sent = pos % len,
+        }
+        (bytes, sent)
+    }
+
     // ---- connections ----
 
     /// A new connection for a client dial; its serial.
+    /// The connection's serial is its ticket's, which the core's aborts name.
     pub(super) fn open(&mut self, ticket: DialTicket) -> u64 {
-        self.next_conn += 1;
-        let serial = self.next_conn;
+        let serial = ticket.serial();
         self.conns.insert(
             serial,
             Conn {
@@ -397,6 +466,7 @@ impl Net {
                 server_closed: false,
             },
         );
+        self.wire.opened(serial);
         serial
     }
 
@@ -406,6 +476,7 @@ impl Net {
             c.reader = None;
             c.client = Side::Gone;
             c.client_closed = true;
+            self.wire.closed(serial, true);
         }
     }
 
@@ -414,6 +485,15 @@ impl Net {
         if let Some(c) = self.conns.get_mut(&serial) {
             c.server = Side::Gone;
             c.server_closed = true;
+            self.wire.closed(serial, false);
+        }
+    }
+
+    /// The application closed the server end of a connection it took.
+    pub(super) fn server_end_closed(&mut self, serial: u64) {
+        if let Some(c) = self.conns.get_mut(&serial) {
+            c.server_closed = true;
+            self.wire.closed(serial, false);
         }
     }
 
@@ -423,12 +503,6 @@ impl Net {
         self.conns.get(&serial).is_some_and(|c| !c.server_closed)
     }
 
-    /// Whether the client end of a connection the server holds is still there: what a
-    /// probe at the server finds.
-    pub(super) fn alive_at_server(&self, serial: u64) -> bool {
-        self.conns.get(&serial).is_some_and(|c| !c.client_closed)
-    }
-
     /// Forgets a connection both of whose ends are done with the pools.
     pub(super) fn retire(&mut self, serial: u64) {
         let done = |s: Side| matches!(s, Side::None | Side::Gone | Side::Taken);
@@ -436,6 +510,7 @@ impl Net {
             let client_done = matches!(c.client, Side::Gone | Side::Taken);
             if client_done && done(c.server) && c.hs.is_none() && c.ticket.is_none() {
                 self.conns.remove(&serial);
+                self.wire.forget(serial);
             }
         }
     }

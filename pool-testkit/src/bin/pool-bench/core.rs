@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use pool_core::{ClientConfig, ClientMachine, ConnId, Got, IdleMap, SeededRandom};
+use pool_core::{
+    Admission, ClientConfig, ClientMachine, ConnId, Got, Output, SeededRandom, ServerConfig,
+    ServerMachine,
+};
 
 use crate::report::Figure;
 use crate::Sizes;
@@ -45,37 +48,8 @@ fn baseline(n: usize, ops: usize) -> f64 {
     })
 }
 
-fn take_by_id(n: usize, ops: usize) -> f64 {
-    let mut m = IdleMap::new();
-    for i in 0..n {
-        m.insert(id(i), i as u64).expect("distinct ids");
-    }
-    let mut next = 0usize;
-    best_ns(ops, |ops| {
-        for _ in 0..ops {
-            let k = id(next % n);
-            next += 1;
-            let v = m.take(black_box(&k)).expect("present");
-            m.insert(k, black_box(v)).expect("absent");
-        }
-    })
-}
-
-fn take_oldest(n: usize, ops: usize) -> f64 {
-    let mut m = IdleMap::new();
-    for i in 0..n {
-        m.insert(id(i), i as u64).expect("distinct ids");
-    }
-    best_ns(ops, |ops| {
-        for _ in 0..ops {
-            let (k, v) = m.take_oldest().expect("not empty");
-            m.insert(black_box(k), black_box(v)).expect("absent");
-        }
-    })
-}
-
-fn client_get(n: usize, ops: usize) -> f64 {
-    let now = std::time::Instant::now();
+/// A client machine with `n` idle connections, ids `id(0..n)`.
+fn filled_client(n: usize, now: Instant) -> ClientMachine<u64> {
     let cfg = ClientConfig::builder()
         .capacity(n, n)
         .build()
@@ -83,11 +57,62 @@ fn client_get(n: usize, ops: usize) -> f64 {
     let mut m: ClientMachine<u64> = ClientMachine::new(cfg, SeededRandom::from_seed([0; 32]), now);
     m.handle_timeout(now);
     let mut i = 0;
-    while let Some(t) = m.poll_dial(now) {
+    while let Output::Dial(t) = m.poll_output(now) {
         m.handle_dial_success(t, id(i), i as u64, now);
         i += 1;
     }
     assert_eq!(m.status().idle, n, "client machine filled");
+    m
+}
+
+/// A server machine with `n` idle connections (no settle time, no sweep due).
+fn filled_server(n: usize, now: Instant) -> ServerMachine<u64> {
+    let cfg = ServerConfig::builder()
+        .max_capacity(n)
+        .settle(std::time::Duration::ZERO)
+        .pending_per_source(None)
+        .build()
+        .expect("valid config");
+    let mut m: ServerMachine<u64> = ServerMachine::new(cfg, SeededRandom::from_seed([0; 32]), now);
+    let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+    for i in 0..n {
+        let Admission::Admit(mut t) = m.handle_accept(now, peer, true) else {
+            panic!("refused at {i}");
+        };
+        m.assign_id(&mut t);
+        m.handle_ready(t, i as u64, now);
+    }
+    assert_eq!(m.status().idle, n, "server machine filled");
+    m
+}
+
+/// The idle map's take by id, as a client get by id reaches it: get, the liveness
+/// verdict, and the connection back (no probe: the verdict is given).
+fn take_by_id(n: usize, ops: usize) -> f64 {
+    client_get(n, ops)
+}
+
+/// The idle map's oldest-first take, as a server get reaches it: get, the verdict,
+/// and the connection back.
+fn take_oldest(n: usize, ops: usize) -> f64 {
+    let now = Instant::now();
+    let mut m = filled_server(n, now);
+    best_ns(ops, |ops| {
+        for _ in 0..ops {
+            let Got::Check(check) = m.get(now, now) else {
+                panic!("nothing idle");
+            };
+            match m.handle_check(check, true, now) {
+                Got::Ready(k, v) => m.put_back(black_box(k), black_box(v), now),
+                _ => panic!("not served"),
+            }
+        }
+    })
+}
+
+fn client_get(n: usize, ops: usize) -> f64 {
+    let now = Instant::now();
+    let mut m = filled_client(n, now);
     let mut next = 0usize;
     best_ns(ops, |ops| {
         for _ in 0..ops {
@@ -118,7 +143,9 @@ pub(crate) fn core(sz: &Sizes, out: &mut Vec<Figure>) {
                 "ns",
                 base,
             )
-            .note(format!("IdleMap take(id)+insert, {note}")),
+            .note(format!(
+                "ClientMachine get(id)+handle_check+put_back (the idle map's take by id), {note}"
+            )),
         );
         out.push(
             Figure::vs(
@@ -127,7 +154,9 @@ pub(crate) fn core(sz: &Sizes, out: &mut Vec<Figure>) {
                 "ns",
                 base,
             )
-            .note(format!("IdleMap take_oldest+insert, {note}")),
+            .note(format!(
+                "ServerMachine get+handle_check+put_back (the idle map's oldest first), {note}"
+            )),
         );
         out.push(
             Figure::vs(

@@ -1,0 +1,159 @@
+//! What both pools offer besides their gets, written once.
+
+use std::marker::PhantomData;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pool_core::driver::Role;
+use tokio::sync::Notify;
+
+use crate::conn::PoolConn;
+use crate::engine::Side;
+use crate::rt::now;
+use crate::stats::Stats;
+
+/// What both pools offer besides their gets: status, counters, the error count and
+/// readiness. [`ClientPool`](crate::ClientPool) and [`ServerPool`](crate::ServerPool)
+/// reach it through `Deref`, so it is written once. `M` names the pool's machine.
+pub struct PoolHandle<M> {
+    ops: Arc<dyn Ops>,
+    role: PhantomData<fn() -> M>,
+}
+
+/// What a handle asks of its pool's engine, whatever the role.
+trait Ops: Send + Sync {
+    fn name(&self) -> &str;
+    fn stats(&self) -> Stats;
+    fn idle(&self) -> usize;
+    fn closed(&self) -> bool;
+    fn errors(&self, add: Option<bool>) -> u64;
+    fn changed(&self) -> &Notify;
+}
+
+impl<M> Clone for PoolHandle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            ops: self.ops.clone(),
+            role: PhantomData,
+        }
+    }
+}
+
+impl<M> PoolHandle<M> {
+    pub(crate) fn new<S: Side<M = M>>(side: &Arc<S>) -> Self
+    where
+        M: Role<Conn = PoolConn> + Send + 'static,
+    {
+        let ops: Arc<dyn Ops> = Arc::new(EngineOf(side.clone()));
+        Self {
+            ops,
+            role: PhantomData,
+        }
+    }
+
+    /// The pool's name, set with the builder's `name` (default `pool`): the `name`
+    /// label of its metrics.
+    pub fn name(&self) -> &str {
+        self.ops.name()
+    }
+
+    /// Whether the pool runs: true from `build` until `close` (Go: `Ready`).
+    #[doc(alias = "Ready")]
+    pub fn is_ready(&self) -> bool {
+        !self.ops.closed()
+    }
+
+    /// Idle connections ready to hand out (Go: `Active`, which despite its name counts
+    /// idle connections, not connections in use).
+    #[doc(alias = "Active")]
+    pub fn active(&self) -> usize {
+        self.ops.idle()
+    }
+
+    /// Records an application error (Go: `AddError`).
+    #[doc(alias = "AddError")]
+    pub fn add_error(&self) {
+        self.ops.errors(Some(true));
+    }
+
+    /// Application errors recorded (Go: `ErrorCount`).
+    #[doc(alias = "ErrorCount")]
+    pub fn error_count(&self) -> u64 {
+        self.ops.errors(None)
+    }
+
+    /// Resets the application error count (Go, later releases: `ResetError`).
+    #[doc(alias = "ResetError")]
+    pub fn reset_error(&self) {
+        self.ops.errors(Some(false));
+    }
+
+    /// Status and counters, taken together.
+    pub fn stats(&self) -> Stats {
+        self.ops.stats()
+    }
+
+    /// Waits until at least `n` connections are idle, or `timeout` passes; whether
+    /// they are. Woken by the pool as connections land, never by polling.
+    pub async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
+        let end = pool_core::deadline_after(now(), timeout);
+        let reached = async {
+            loop {
+                let mut changed = pin!(self.ops.changed().notified());
+                changed.as_mut().enable();
+                if self.active() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let end = tokio::time::Instant::from_std(end);
+        tokio::time::timeout_at(end, reached).await.is_ok() || self.active() >= n
+    }
+}
+
+/// The engine of a side, as a handle holds it (the side keeps the engine alive).
+struct EngineOf<S>(Arc<S>);
+
+impl<S: Side> Ops for EngineOf<S> {
+    fn name(&self) -> &str {
+        self.0.engine().name()
+    }
+    fn stats(&self) -> Stats {
+        self.0.engine().stats()
+    }
+    fn idle(&self) -> usize {
+        self.0.engine().driver.read(|m| m.status().idle)
+    }
+    fn closed(&self) -> bool {
+        self.0.engine().driver.read(Role::is_closed)
+    }
+    fn errors(&self, add: Option<bool>) -> u64 {
+        let engine = self.0.engine();
+        #[cfg(feature = "metrics")]
+        if add == Some(true) {
+            engine.metrics.app_errors.increment(1);
+        }
+        engine.driver.input(|m, _| {
+            match add {
+                Some(true) => m.add_error(),
+                Some(false) => m.reset_errors(),
+                None => {}
+            }
+            m.counters().app_errors
+        })
+    }
+    fn changed(&self) -> &Notify {
+        self.0.engine().changed()
+    }
+}
+
+/// Held by every clone of a pool's handle; the last one dropped closes the pool.
+pub(crate) struct Owner<S: Side>(pub(crate) Arc<S>);
+
+impl<S: Side> Drop for Owner<S> {
+    fn drop(&mut self) {
+        self.0.engine().shut();
+    }
+}
