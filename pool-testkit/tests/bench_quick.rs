@@ -19,6 +19,8 @@ const NAMES: &[&str] = &[
     "core_take_oldest_ns_64k",
     "idle_cpu_pct",
     "down_cpu_pct",
+    "adapt_real_flash_at_once_pct",
+    "adapt_real_flash_at_once_pct_threads",
 ];
 
 #[test]

@@ -5,11 +5,13 @@
 //! ```
 //!
 //! Scenarios: fill (plain, TLS), fill over a 50 ms round trip, checkout throughput and
-//! get latency, memory per idle pair, core operations, idle and down CPU. `--quick` runs
+//! get latency, memory per idle pair, core operations, idle and down CPU, get latency
+//! during sweeps, adaptation to a flash crowd on real sockets. `--quick` runs
 //! each at a tenth of its size. `--only a,b` runs some scenarios (fill, rtt, checkout,
-//! mem, core, cpu). See BENCHMARKS.md at the workspace root.
+//! mem, core, cpu, sweep, adapt). See BENCHMARKS.md at the workspace root.
 #![forbid(unsafe_code)]
 
+mod adapt;
 mod checkout;
 mod child;
 mod core;
@@ -41,6 +43,8 @@ pub(crate) struct Sizes {
     pub(crate) cpu_pool: usize,
     /// Idle connections in the sweep scenario (both ends in this process).
     pub(crate) sweep_pool: usize,
+    /// A short run (the flash crowd's quick trace).
+    pub(crate) quick: bool,
 }
 
 impl Sizes {
@@ -64,6 +68,7 @@ impl Sizes {
             cpu: Duration::from_secs(if quick { 1 } else { 10 }),
             cpu_pool: q(1000),
             sweep_pool: q(8000),
+            quick,
         }
     }
 }
@@ -90,7 +95,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 a.only = Some(list.split(',').map(str::to_owned).collect());
             }
             "-h" | "--help" => return Err(
-                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep]"
+                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep,adapt]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
@@ -131,7 +136,7 @@ fn main() {
         machine,
         figures: Vec::new(),
     };
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("core", |s, o| {
             core::core(s, o);
             Ok(())
@@ -142,6 +147,7 @@ fn main() {
         ("mem", child::memory),
         ("cpu", child::cpu),
         ("sweep", sweep::sweep),
+        ("adapt", adapt::adapt),
     ];
     let started = Instant::now();
     let mut failed = false;
