@@ -74,6 +74,20 @@ pub enum KeyError {
     /// The system's secure random generator failed.
     #[error("the system's secure random generator failed")]
     Rng,
+
+    /// A raw key that cannot have come from a random source: all zeros, one byte
+    /// repeated, a short pattern (fewer distinct byte values than half its length).
+    #[error(
+        "tunnel key does not look random: {distinct} distinct byte values in {len} bytes \
+         (all zeros, a repeated byte or pattern); generate one with `TunnelKey::generate` \
+         (the server prints it), or use a long passphrase"
+    )]
+    LowEntropy {
+        /// Distinct byte values in the key.
+        distinct: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 /// A secret both ends of a tunnel share. With it, every pooled connection runs a mutual
@@ -98,6 +112,14 @@ pub struct TunnelKey {
     hmac: hmac::Key,
 }
 
+/// The raw bytes are wiped when the key is dropped. (ring's HMAC key keeps its own
+/// derived state, which ring does not let a caller wipe.)
+impl Drop for TunnelKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.raw);
+    }
+}
+
 impl std::fmt::Debug for TunnelKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TunnelKey(..)")
@@ -116,9 +138,24 @@ impl TunnelKey {
     ///
     /// The bytes must come from a secure random source; a word typed by a person belongs
     /// in [`from_passphrase`](Self::from_passphrase), which stretches it.
+    ///
+    /// Bytes that cannot be random are refused ([`KeyError::LowEntropy`]): fewer distinct
+    /// byte values than half the length (all zeros, `abab...`, a counter). Random
+    /// bytes fail that with a chance far below one in 2^64.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         if bytes.len() < MIN_KEY_BYTES {
             return Err(KeyError::TooShort { len: bytes.len() });
+        }
+        let mut seen = [false; 256];
+        for &b in bytes {
+            seen[usize::from(b)] = true;
+        }
+        let distinct = seen.iter().filter(|s| **s).count();
+        if distinct < bytes.len() / 2 {
+            return Err(KeyError::LowEntropy {
+                distinct,
+                len: bytes.len(),
+            });
         }
         Ok(Self::raw(bytes))
     }
@@ -140,11 +177,12 @@ impl TunnelKey {
                 2 * MIN_KEY_BYTES
             )));
         }
-        let bytes: Vec<u8> = hex
-            .as_bytes()
-            .chunks_exact(2)
-            .map(|p| (nibble(p[0]) << 4) | nibble(p[1]))
-            .collect();
+        let bytes: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+            hex.as_bytes()
+                .chunks_exact(2)
+                .map(|p| (nibble(p[0]) << 4) | nibble(p[1]))
+                .collect(),
+        );
         Self::from_bytes(&bytes)
     }
 
@@ -159,15 +197,15 @@ impl TunnelKey {
         if chars < MIN_PASSPHRASE_CHARS {
             return Err(KeyError::WeakPassphrase { chars });
         }
-        let mut out = [0u8; KEY_LEN];
+        let mut out = zeroize::Zeroizing::new([0u8; KEY_LEN]);
         pbkdf2::derive(
             pbkdf2::PBKDF2_HMAC_SHA256,
             ITERATIONS,
             PBKDF2_SALT,
             passphrase.as_bytes(),
-            &mut out,
+            &mut *out,
         );
-        Ok(Self::raw(&out))
+        Ok(Self::raw(&*out))
     }
 
     /// A key from what a user typed: a string of at least 32 characters that are all
@@ -185,9 +223,9 @@ impl TunnelKey {
 
     /// A fresh 256-bit key from the crypto provider's secure random generator.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut out = [0u8; KEY_LEN];
-        fill_random(&mut out)?;
-        Ok(Self::raw(&out))
+        let mut out = zeroize::Zeroizing::new([0u8; KEY_LEN]);
+        fill_random(&mut *out)?;
+        Ok(Self::raw(&*out))
     }
 
     /// The key as lowercase hex, to show once to a user who must copy it to the other
@@ -235,9 +273,36 @@ mod tests {
             TunnelKey::from_bytes(&[7; 15]).unwrap_err(),
             KeyError::TooShort { len: 15 }
         );
-        assert!(TunnelKey::from_bytes(&[7; 16]).is_ok());
+        let random_looking: [u8; 16] = std::array::from_fn(|i| 7 * i as u8 + 3);
+        assert!(TunnelKey::from_bytes(&random_looking).is_ok());
         let e = TunnelKey::from_bytes(b"").unwrap_err().to_string();
         assert!(e.contains("at least 16") && e.contains("128 bits"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_cannot_be_random_are_refused() {
+        for bad in [
+            "0".repeat(64),
+            "ab".repeat(32),
+            "0123".repeat(16),
+            "00".repeat(16),
+        ] {
+            let e = TunnelKey::parse(&bad).unwrap_err();
+            assert!(matches!(e, KeyError::LowEntropy { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("does not look random"), "{e}");
+        }
+        assert_eq!(
+            TunnelKey::from_bytes(&[7; 16]).unwrap_err(),
+            KeyError::LowEntropy {
+                distinct: 1,
+                len: 16
+            }
+        );
+        // Generated keys always pass.
+        for _ in 0..100 {
+            let k = TunnelKey::generate().unwrap();
+            assert!(TunnelKey::from_hex(&k.to_hex()).is_ok());
+        }
     }
 
     #[test]

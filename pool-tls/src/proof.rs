@@ -283,7 +283,10 @@ mod tests {
     const ID: &[u8] = b"0a0b0c0d";
 
     fn key(b: u8) -> TunnelKey {
-        TunnelKey::from_bytes(&[b; 32]).unwrap()
+        TunnelKey::from_bytes(&std::array::from_fn::<u8, 32, _>(|i| {
+            b.wrapping_add(7 * i as u8)
+        }))
+        .unwrap()
     }
 
     fn seq<const N: usize>(start: u8) -> [u8; N] {

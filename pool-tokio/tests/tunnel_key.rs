@@ -19,7 +19,10 @@ use tokio::time::timeout;
 const ID_LEN: usize = 8;
 
 fn key(b: u8) -> TunnelKey {
-    TunnelKey::from_bytes(&[b; 32]).unwrap()
+    TunnelKey::from_bytes(&std::array::from_fn::<u8, 32, _>(|i| {
+        b.wrapping_add(7 * i as u8)
+    }))
+    .unwrap()
 }
 
 fn keyed_server(key: &TunnelKey, mode: TlsMode) -> ServerPool {

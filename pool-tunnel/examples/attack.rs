@@ -211,6 +211,19 @@ struct Setup {
     pin: Option<String>,
 }
 
+/// A key file only its owner can read, as the tunnel requires.
+fn write_key(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 impl Setup {
     fn server_args(&self) -> Vec<String> {
         let mut a: Vec<String> = ["server", "--tunnel"].map(String::from).to_vec();
@@ -218,6 +231,9 @@ impl Setup {
         a.extend(["--control".into(), self.control.to_string()]);
         a.extend(["--public".into(), self.public.to_string()]);
         a.extend(["--tls".into(), self.mode.to_string()]);
+        if self.mode == 0 {
+            a.push("--insecure-plaintext".into());
+        }
         a.extend([
             "--state-dir".into(),
             self.dir.join("state").display().to_string(),
@@ -230,6 +246,9 @@ impl Setup {
         a.extend(["--control".into(), self.control.to_string()]);
         a.extend(["--target".into(), target.to_string()]);
         a.extend(["--tls".into(), self.mode.to_string()]);
+        if self.mode == 0 {
+            a.push("--insecure-plaintext".into());
+        }
         a.extend(["--tunnel-key-file".into(), key_file.display().to_string()]);
         if let Some(p) = &self.pin {
             a.extend(["--pin".into(), p.clone()]);
@@ -319,7 +338,7 @@ async fn main() -> Res<()> {
     if setup.key.is_empty() {
         return Err("the server printed no key".into());
     }
-    std::fs::write(dir.join("client.key"), format!("{}\n", setup.key))?;
+    write_key(&dir.join("client.key"), &format!("{}\n", setup.key))?;
     let _ = until_served(http, Duration::from_secs(5)).await; // python is up?
     let (mut client, _) = setup.start_client().await?;
     let public = setup.public;
@@ -459,7 +478,7 @@ async fn main() -> Res<()> {
             }
         });
         let wrong_key = pool_tls::TunnelKey::generate()?.to_hex();
-        std::fs::write(dir.join("wrong.key"), &wrong_key)?;
+        write_key(&dir.join("wrong.key"), &wrong_key)?;
         let mut wrong = Proc::spawn(
             &setup.client_args(&dir.join("wrong.key"), canary_addr),
             None,

@@ -88,9 +88,14 @@ pub struct ServerArgs {
     /// Control address [default: tunnel port + 1].
     #[arg(long, value_name = "ADDR")]
     pub control: Option<SocketAddr>,
-    /// 0 plain; 1 TLS, self-signed (clients should --pin it); 2 TLS, verified.
-    #[arg(long, value_name = "0|1|2", default_value = "0")]
+    /// 1 TLS, self-signed, its certificate kept in the state directory (clients may
+    /// --pin it); 2 TLS, verified; 0 plain, only with --insecure-plaintext.
+    #[arg(long, value_name = "0|1|2", default_value = "1")]
     pub tls: TlsMode,
+    /// Allow --tls 0. In plaintext anyone on the path reads every id and every session
+    /// and can inject into them; the tunnel key still keeps strangers out of the pool.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// PEM certificate chain (mode 2; mode 1: a stable certificate to pin).
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -98,7 +103,9 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
     /// Keep the generated tunnel key and (mode 1) certificate here, and reuse them on
-    /// restart, so that clients need no new key or --pin.
+    /// restart, so that clients need no new key or --pin [default: $STATE_DIRECTORY,
+    /// else $XDG_STATE_HOME/pool-tunnel, else ~/.local/state/pool-tunnel]. Refused when
+    /// another user owns it or can write to it, or can read the key files in it.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Name on the self-signed certificate (mode 1).
@@ -141,9 +148,13 @@ pub struct ClientArgs {
     /// The server's control address [default: tunnel port + 1].
     #[arg(long, value_name = "HOST:PORT")]
     pub control: Option<String>,
-    /// 0 plain; 1 TLS, self-signed (give --pin); 2 TLS, verified.
-    #[arg(long, value_name = "0|1|2", default_value = "0")]
+    /// 1 TLS, self-signed (give --pin); 2 TLS, verified; 0 plain, only with
+    /// --insecure-plaintext.
+    #[arg(long, value_name = "0|1|2", default_value = "1")]
     pub tls: TlsMode,
+    /// Allow --tls 0: anyone on the path then reads and can inject into the sessions.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// TLS server name [default: the tunnel host].
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
@@ -201,6 +212,7 @@ pub fn given_key(
         .into());
     }
     if let Some(path) = &args.tunnel_key_file {
+        state::check_private_file(path).map_err(|e| format!("--tunnel-key-file {e}"))?;
         let key = state::read_key_file(path).map_err(|e| format!("--tunnel-key-file {e}"))?;
         return Ok(Some((key, KeySource::File(path.clone()))));
     }
@@ -228,13 +240,60 @@ pub struct ServerSetup {
     pub cert_note: Option<String>,
 }
 
+/// The words a plaintext tunnel must print, once, so that nobody runs one by accident.
+pub const PLAINTEXT_WARNING: &str = "warning: --tls 0 --insecure-plaintext: ids, the \
+    session control and every user's bytes cross the network in clear; anyone on the path \
+    can read them, and hand a pooled connection a session of their own; use --tls 1";
+
+fn plaintext_gate(
+    mode: TlsMode,
+    allowed: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), BoxError> {
+    if mode != TlsMode::Off {
+        return Ok(());
+    }
+    if !allowed {
+        return Err(
+            "--tls 0 sends the session control in clear, so anyone on the path can \
+             take a user's session: use --tls 1 (the default), or say --insecure-plaintext"
+                .into(),
+        );
+    }
+    warnings.push(PLAINTEXT_WARNING.into());
+    Ok(())
+}
+
+/// Where the server keeps its state when `--state-dir` is not given: systemd's
+/// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/pool-tunnel`, else
+/// `$HOME/.local/state/pool-tunnel`; `None` when none of them is set.
+pub fn default_state_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(d) = set("STATE_DIRECTORY") {
+        // systemd may give several, separated by ':'; the first is ours.
+        let first = d.to_string_lossy().split(':').next().map(PathBuf::from);
+        return first;
+    }
+    set("XDG_STATE_HOME")
+        .map(|d| d.join("pool-tunnel"))
+        .or_else(|| set("HOME").map(|h| h.join(".local/state/pool-tunnel")))
+}
+
 impl ServerArgs {
-    /// Checks the arguments and reads or makes the key and certificate.
-    pub fn setup(&self, env_key: Option<String>) -> Result<ServerSetup, BoxError> {
+    /// Checks the arguments and reads or makes the key and certificate; `default_state`
+    /// is the state directory to use when `--state-dir` is not given
+    /// ([`default_state_dir`]).
+    pub fn setup(
+        &self,
+        env_key: Option<String>,
+        default_state: Option<PathBuf>,
+    ) -> Result<ServerSetup, BoxError> {
         let mut warnings = Vec::new();
+        plaintext_gate(self.tls, self.insecure_plaintext, &mut warnings)?;
+        let state_dir = self.state_dir.clone().or(default_state);
         let (key, key_source) = match given_key(&self.key_args, env_key)? {
             Some(k) => k,
-            None => match &self.state_dir {
+            None => match &state_dir {
                 Some(dir) => {
                     let (k, origin, path) = state::tunnel_key(dir)?;
                     (k, KeySource::StateDir(path, origin))
@@ -252,7 +311,7 @@ impl ServerArgs {
                 }
                 (None, None)
             }
-            TlsMode::SelfSigned => match (&self.cert, &self.state_dir) {
+            TlsMode::SelfSigned => match (&self.cert, &state_dir) {
                 (Some(c), _) => {
                     let key = self.key.as_ref().ok_or("--cert needs --key")?;
                     let tls = ServerTls::from_pem_files(c, key)?;
@@ -268,8 +327,9 @@ impl ServerArgs {
                 }
                 (None, None) => {
                     warnings.push(
-                        "warning: --tls 1 without --cert/--key or --state-dir: the certificate \
-                         is new at every start, so a client's --pin breaks on restart"
+                        "warning: --tls 1 with no state directory (no --state-dir, and none of \
+                         $STATE_DIRECTORY, $XDG_STATE_HOME, $HOME is set): the certificate is \
+                         new at every start, so a client's --pin breaks on restart"
                             .into(),
                     );
                     let tls = ServerTls::self_signed([self.hostname.clone()])?;
@@ -319,6 +379,7 @@ impl ClientArgs {
         env_key: Option<String>,
     ) -> Result<(ClientConfig, KeySource, Vec<String>), BoxError> {
         let mut warnings = Vec::new();
+        plaintext_gate(self.tls, self.insecure_plaintext, &mut warnings)?;
         let Some((key, source)) = given_key(&self.key_args, env_key)? else {
             return Err(format!(
                 "the client needs the server's tunnel key: --tunnel-key-file PATH or \
@@ -337,9 +398,11 @@ impl ClientArgs {
         }
         if self.tls == TlsMode::SelfSigned && self.pin.is_none() {
             warnings.push(
-                "warning: --tls 1 without --pin: the server's certificate is not checked, so a \
-                 man in the middle can read the traffic (not the key); give --pin with the \
-                 fingerprint the server prints"
+                "warning: --tls 1 without --pin: the server's certificate is not checked. A \
+                 relay that terminates TLS still cannot take over the tunnel (the key proof is \
+                 bound to the TLS session), but it sees the key's proofs, which an offline \
+                 guess of a weak passphrase could use; give --pin with the fingerprint the \
+                 server prints"
                     .into(),
             );
         }
@@ -375,7 +438,7 @@ mod tests {
 
     #[test]
     fn the_key_is_given_once_and_strong() {
-        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let hex = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
         let none = KeyArgs {
             tunnel_key_file: None,
             tunnel_key: None,
@@ -420,8 +483,88 @@ mod tests {
         ])
         .unwrap();
         let Side::Server(s) = cli.side else { panic!() };
-        let setup = s.setup(None).unwrap();
+        let setup = s.setup(None, None).unwrap();
         assert_eq!(setup.key_source, KeySource::Generated);
-        assert!(setup.warnings.is_empty());
+        assert!(setup.config.tls.is_some(), "TLS by default");
+        // With no state directory at all, only the certificate's warning.
+        assert_eq!(setup.warnings.len(), 1, "{:?}", setup.warnings);
+    }
+
+    fn parse(args: &[&str]) -> Side {
+        Cli::try_parse_from(args).unwrap().side
+    }
+
+    #[test]
+    fn plaintext_needs_the_insecure_word_on_both_sides() {
+        let server = [
+            "tunnel",
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ];
+        let Side::Server(s) = parse(&[&server[..], &["--tls", "0"]].concat()) else {
+            panic!()
+        };
+        let e = s.setup(None, None).unwrap_err().to_string();
+        assert!(e.contains("--insecure-plaintext"), "{e}");
+        let args = [&server[..], &["--tls", "0", "--insecure-plaintext"]].concat();
+        let Side::Server(s) = parse(&args) else {
+            panic!()
+        };
+        let setup = s.setup(None, None).unwrap();
+        assert!(setup.config.tls.is_none());
+        assert!(setup.warnings.iter().any(|w| w == PLAINTEXT_WARNING));
+
+        let hex = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+        let client = [
+            "tunnel",
+            "client",
+            "--tunnel",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+        ];
+        let Side::Client(c) = parse(&[&client[..], &["--tls", "0"]].concat()) else {
+            panic!()
+        };
+        let e = c.setup(Some(hex.into())).unwrap_err().to_string();
+        assert!(e.contains("--insecure-plaintext"), "{e}");
+        let args = [&client[..], &["--tls", "0", "--insecure-plaintext"]].concat();
+        let Side::Client(c) = parse(&args) else {
+            panic!()
+        };
+        let (_, _, warnings) = c.setup(Some(hex.into())).unwrap();
+        assert!(warnings.iter().any(|w| w == PLAINTEXT_WARNING));
+        let Side::Client(c) = parse(&client) else {
+            panic!()
+        };
+        assert_eq!(c.tls, TlsMode::SelfSigned, "TLS by default");
+    }
+
+    #[test]
+    fn the_default_state_directory() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(
+            default_state_dir(env(&[("STATE_DIRECTORY", "/var/lib/t:/x"), ("HOME", "/h")])),
+            Some(PathBuf::from("/var/lib/t"))
+        );
+        assert_eq!(
+            default_state_dir(env(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")])),
+            Some(PathBuf::from("/s/pool-tunnel"))
+        );
+        assert_eq!(
+            default_state_dir(env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.local/state/pool-tunnel"))
+        );
+        assert_eq!(default_state_dir(env(&[])), None);
     }
 }

@@ -29,8 +29,10 @@ fn init_logs() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
-    // The key must not linger in the environment of anything this process starts.
+    // The key must not linger in the environment of anything this process starts:
+    // taken out before any thread exists.
     let env_key = std::env::var(KEY_ENV).ok();
+    std::env::remove_var(KEY_ENV);
     match limits::raise_nofile() {
         Ok(Some(n)) => info!("descriptor limit {n}"),
         Ok(None) => info!("descriptor limit: unlimited"),
@@ -67,7 +69,8 @@ fn main() -> ExitCode {
 }
 
 async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxError> {
-    let setup = args.setup(env_key)?;
+    let default_state = pool_tunnel::cli::default_state_dir(|k| std::env::var(k).ok());
+    let setup = args.setup(env_key, default_state)?;
     for w in &setup.warnings {
         eprintln!("{w}");
     }

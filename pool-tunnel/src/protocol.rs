@@ -214,7 +214,10 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> TunnelKey {
-        TunnelKey::from_bytes(&[b; 32]).unwrap()
+        TunnelKey::from_bytes(&std::array::from_fn::<u8, 32, _>(|i| {
+            b.wrapping_add(7 * i as u8)
+        }))
+        .unwrap()
     }
 
     #[tokio::test]

@@ -1,10 +1,16 @@
 //! The server's state directory: a self-signed certificate and a generated tunnel key,
 //! made on the first start and reused on every later one, so that a client's `--pin`
 //! and key survive a server restart.
+//!
+//! What is read from it is trusted, so it is checked as ssh checks its files: the
+//! directory and every file must belong to the user running the tunnel, nobody else may
+//! write to them, and nobody else may read a private key (`tunnel.key`, `key.pem`, a
+//! `--tunnel-key-file`). Anything else is refused with the path and the fix, never
+//! used silently.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use pool_tls::{ServerTls, TunnelKey};
@@ -45,7 +51,44 @@ fn ensure_dir(dir: &Path) -> Result<(), BoxError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("--state-dir {}: {e}", dir.display()).into())
+        .map_err(|e| format!("--state-dir {}: {e}", dir.display()))?;
+    check(dir, 0o022, "chmod go-w")
+}
+
+/// Refuses `path` unless the user running this owns it and no bit of `forbidden` is set
+/// in its mode.
+fn check(path: &Path, forbidden: u32, fix: &str) -> Result<(), BoxError> {
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{} belongs to user {}, not to the user running the tunnel ({me}): another user \
+             could have planted it; chown it, or use a directory of your own",
+            path.display(),
+            meta.uid()
+        )
+        .into());
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & forbidden != 0 {
+        return Err(format!(
+            "{} has mode {mode:03o}: other users can {} it; `{fix} {}` first",
+            path.display(),
+            if forbidden & 0o044 != 0 && mode & 0o044 != 0 {
+                "read"
+            } else {
+                "write to"
+            },
+            path.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses a private key file that another user owns, or can read or write.
+pub fn check_private_file(path: &Path) -> Result<(), BoxError> {
+    check(path, 0o077, "chmod 600")
 }
 
 /// The certificate in `dir` (mode 1), made for `hostname` on the first call.
@@ -53,6 +96,8 @@ pub fn certificate(dir: &Path, hostname: &str) -> Result<(ServerTls, Origin), Bo
     ensure_dir(dir)?;
     let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     if cert.exists() || key.exists() {
+        check(&cert, 0o022, "chmod go-w")?;
+        check_private_file(&key)?;
         let tls = ServerTls::from_pem_files(&cert, &key)?;
         return Ok((tls, Origin::Loaded));
     }
@@ -73,6 +118,7 @@ pub fn tunnel_key(dir: &Path) -> Result<(TunnelKey, Origin, PathBuf), BoxError> 
     ensure_dir(dir)?;
     let path = dir.join(TUNNEL_KEY_FILE);
     if path.exists() {
+        check_private_file(&path)?;
         return Ok((read_key_file(&path)?, Origin::Loaded, path));
     }
     let key = TunnelKey::generate()?;
@@ -109,6 +155,56 @@ mod tests {
             let mode = fs::metadata(&f).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{} is readable by others", f.display());
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn fresh(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pool-tunnel-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_can_write_to_is_refused() {
+        let dir = fresh("writable");
+        tunnel_key(&dir).unwrap();
+        chmod(&dir, 0o777);
+        let e = tunnel_key(&dir).unwrap_err().to_string();
+        assert!(e.contains("mode 777") && e.contains("write"), "{e}");
+        chmod(&dir, 0o700);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_key_or_certificate_others_can_read_or_write_is_refused() {
+        let dir = fresh("planted");
+        let (_, _, path) = tunnel_key(&dir).unwrap();
+        // A key file readable by others (as a planted one would be).
+        chmod(&path, 0o644);
+        let e = tunnel_key(&dir).unwrap_err().to_string();
+        assert!(e.contains("read"), "{e}");
+        chmod(&path, 0o600);
+        certificate(&dir, "localhost").unwrap();
+        chmod(&dir.join(CERT_FILE), 0o666);
+        let e = certificate(&dir, "localhost").unwrap_err().to_string();
+        assert!(e.contains("mode 666"), "{e}");
+        chmod(&dir.join(CERT_FILE), 0o644);
+        certificate(&dir, "localhost").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_all_zero_key_is_refused() {
+        let dir = fresh("zero");
+        ensure_dir(&dir).unwrap();
+        let path = dir.join(TUNNEL_KEY_FILE);
+        write_private(&path, format!("{}\n", "0".repeat(64)).as_bytes()).unwrap();
+        let e = tunnel_key(&dir).unwrap_err().to_string();
+        assert!(e.contains("does not look random"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

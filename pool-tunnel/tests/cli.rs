@@ -6,6 +6,13 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tunnel");
 
+/// A state directory of the test's own (the default one is under $HOME).
+fn state_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pool-tunnel-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 #[test]
 fn both_sides_have_help() {
     for side in ["server", "client"] {
@@ -65,6 +72,7 @@ fn the_server_prints_a_generated_key_once() {
         ])
         .args(["--control", "127.0.0.1:0"])
         .env_remove("POOL_TUNNEL_KEY")
+        .env("STATE_DIRECTORY", state_dir("key"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -104,6 +112,7 @@ fn metrics_are_served_for_prometheus() {
         ])
         .args(["--control", "127.0.0.1:0"])
         .env_remove("POOL_TUNNEL_KEY")
+        .env("STATE_DIRECTORY", state_dir("metrics"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -135,4 +144,24 @@ fn metrics_are_served_for_prometheus() {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }
     assert!(body.contains("role=\"server\""), "{body}");
+}
+
+#[test]
+fn plaintext_is_refused_without_the_insecure_word() {
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ])
+        .args(["--tls", "0"])
+        .env_remove("POOL_TUNNEL_KEY")
+        .env("STATE_DIRECTORY", state_dir("plain"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure-plaintext"), "{err}");
 }
