@@ -12,6 +12,9 @@ use crate::relay::RelayLimits;
 use crate::state::{self, Origin};
 use crate::{BoxError, ClientConfig, ServerConfig, Timeouts};
 
+/// Handshakes under way that the server pool admits at once (strangers included).
+pub const HANDSHAKE_SLOTS: usize = 4096;
+
 /// The environment variable that may hold the tunnel key.
 pub const KEY_ENV: &str = "POOL_TUNNEL_KEY";
 
@@ -24,7 +27,8 @@ pub struct Cli {
     #[command(subcommand)]
     pub side: Side,
     /// Serve the pools' metrics for Prometheus at http://ADDR/ (every counter and
-    /// gauge of the pool's stats, and the get wait histogram). Off by default.
+    /// gauge of the pool's stats, and the get wait histogram). Off by default. Bind
+    /// loopback (a warning is logged otherwise); at most 16 connections at once, 5 s each.
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -114,9 +118,10 @@ pub struct ServerArgs {
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
     #[arg(long, value_name = "IPS")]
     pub client_ip: Option<String>,
-    /// Server pool capacity: idle plus handshaking connections. Above the client's
-    /// maximum, so that silent strangers holding handshake slots do not crowd out the
-    /// client's connections.
+    /// Server pool capacity: idle plus handshaking connections. Strangers can hold up
+    /// to 4096 handshakes (the handshake slots), and those count here too: keep it at
+    /// least the client's --max plus 4096, or silent strangers can make the server
+    /// refuse the client's refills as "full". Values below that are warned about.
     #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub max: u64,
     /// User sessions at once; more are closed at once.
@@ -344,6 +349,15 @@ impl ServerArgs {
                 (Some(tls), Some(format!("from {}", c.display())))
             }
         };
+        if (self.max as usize) < HANDSHAKE_SLOTS + 1024 {
+            warnings.push(format!(
+                "warning: --max {} leaves less than the {HANDSHAKE_SLOTS} handshake slots \
+                 strangers can hold above a client --max of 1024: their silent handshakes \
+                 can make the server refuse the client's refills as full; use at least the \
+                 client's --max plus {HANDSHAKE_SLOTS} (default 8192)",
+                self.max
+            ));
+        }
         let timeouts = Timeouts::default();
         Ok(ServerSetup {
             config: ServerConfig {
@@ -541,6 +555,36 @@ mod tests {
             panic!()
         };
         assert_eq!(c.tls, TlsMode::SelfSigned, "TLS by default");
+    }
+
+    #[test]
+    fn a_max_that_strangers_can_fill_is_warned_about() {
+        let base = [
+            "tunnel",
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ];
+        let Side::Server(s) = parse(&[&base[..], &["--max", "1100"]].concat()) else {
+            panic!()
+        };
+        let setup = s.setup(None, None).unwrap();
+        assert!(
+            setup.warnings.iter().any(|w| w.contains("--max 1100")),
+            "{:?}",
+            setup.warnings
+        );
+        let Side::Server(s) = parse(&base) else {
+            panic!()
+        };
+        let setup = s.setup(None, None).unwrap();
+        assert!(
+            !setup.warnings.iter().any(|w| w.contains("--max")),
+            "{:?}",
+            setup.warnings
+        );
     }
 
     #[test]

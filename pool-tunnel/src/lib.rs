@@ -16,7 +16,9 @@
 //!   proves first, bound to the TLS session), with a bounded, evicting candidate table
 //!   ([`candidates`]) and heartbeats both ways;
 //! - the public port caps concurrent sessions and relays with an idle and a half-close
-//!   deadline ([`relay`]).
+//!   deadline ([`relay`]);
+//! - the `--metrics` port is a listener of our own, capped, with a deadline per
+//!   connection and a back-off on accept errors ([`metrics`]).
 //!
 //! `TUNNEL.md` beside this crate has the protocol, the threat model port by port and the
 //! figures measured by `examples/attack.rs`.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod client;
 pub mod limits;
 pub mod load;
+pub mod metrics;
 pub mod protocol;
 pub mod relay;
 pub mod server;

@@ -48,10 +48,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         if let Some(addr) = cli.metrics {
             // Before any pool is built: pools register their metrics when they are.
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
-                .map_err(|e| format!("--metrics {addr}: {e}"))?;
+            let addr = pool_tunnel::metrics::serve(addr).await?;
             info!(%addr, "metrics served for Prometheus");
         }
         match cli.side {

@@ -180,7 +180,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         // once (which invites an immediate reconnect, and a churn that starves the
         // accept loop).
         .handshake_timeout(Duration::from_secs(2))
-        .max_handshakes(4096)
+        .max_handshakes(crate::cli::HANDSHAKE_SLOTS)
         .tunnel_key(cfg.key.clone())
         .filter(filter.clone());
     if let Some(tls) = &cfg.tls {
