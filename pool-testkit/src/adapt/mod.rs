@@ -23,5 +23,7 @@ mod scenario;
 mod score;
 
 pub use laws::{check_laws, constant_rate, demand_trace, turns, LawOptions};
-pub use scenario::{client_config, lan, server_config, wan, DemandTrace, Outage, Scenario};
+pub use scenario::{
+    client_config, lan, server_config, wan, DemandTrace, Outage, Scenario, STEADY_USERS,
+};
 pub use score::{figures, json, median, run, run_seeds, Figure, Score};

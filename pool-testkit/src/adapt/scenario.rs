@@ -10,6 +10,10 @@ use crate::sim::{Faults, SimOptions, SimPair};
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
+/// Users a scenario with no outage and no step simulates at most (see
+/// [`Scenario::all`]).
+pub const STEADY_USERS: f64 = 150_000.0;
+
 /// Demand over time: piecewise constant rates, in users (pairs) per simulated second.
 /// Users arrive as a Poisson process within each piece.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,7 +158,7 @@ impl Scenario {
 
     /// The shipped scenarios, each lasting `length` (one simulated hour on the
     /// scoreboard; the shapes scale with it, the flash crowd's and the outage's
-    /// lengths do not).
+    /// lengths do not), except that a steady one stops after [`STEADY_USERS`] users.
     pub fn all(length: Duration) -> Vec<Self> {
         let t = length.as_secs_f64();
         let half = length / 2;
@@ -219,7 +223,40 @@ impl Scenario {
             },
         ];
         out.retain(|s| !s.demand.pieces.is_empty());
+        for s in &mut out {
+            s.converge();
+        }
         out
+    }
+
+    /// A scenario with no outage and no step (whose lengths are absolute) simulates at
+    /// most [`STEADY_USERS`] users: a steady one stops once it has seen them (its
+    /// figures are shares of a stationary process, converged long before: steady_2000
+    /// would otherwise simulate 7.2 million users an hour), and a shaped one (a ramp,
+    /// a day) is compressed in time to that many, its shape kept. Never under a minute.
+    fn converge(&mut self) {
+        if self.outage.is_some() || !self.steps.is_empty() {
+            return;
+        }
+        let users = self.demand.expected_users();
+        if users <= STEADY_USERS {
+            return;
+        }
+        let k = STEADY_USERS / users;
+        let length = self.demand.duration();
+        if length.mul_f64(k) < S(60) {
+            let k = S(60).as_secs_f64() / length.as_secs_f64();
+            if let [(d, _)] = &mut self.demand.pieces[..] {
+                *d = d.mul_f64(k);
+            } else {
+                self.demand = self.demand.time_scaled(k);
+            }
+            return;
+        }
+        match &mut self.demand.pieces[..] {
+            [(d, _)] => *d = d.mul_f64(k),
+            _ => self.demand = self.demand.time_scaled(k),
+        }
     }
 
     /// The shipped scenario called `name`, lasting `length`.

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! pool-sim [--policy gorules|demand|all] [--scenario NAME|all] [--seed N] [--seeds K]
-//!          [--length SECS] [--jobs J] [--json FILE]
+//!          [--length SECS] [--quick] [--jobs J] [--json FILE]
 //! ```
+//!
+//! `--quick`: five simulated minutes per scenario and two seeds, to iterate on a policy.
 //!
 //! `--seed N` runs the single seed N; otherwise seeds 1 to K (default 5). The Go rules
 //! run whenever another policy does, as its baseline.
@@ -46,10 +48,15 @@ fn args() -> Result<Args, String> {
             "--length" => a.length = Duration::from_secs(num(val()?)?),
             "--jobs" => a.jobs = num(val()?)? as usize,
             "--json" => a.json = Some(val()?),
+            "--quick" => {
+                // A run to iterate with: five simulated minutes per scenario, 2 seeds.
+                a.seeds = vec![1, 2];
+                a.length = Duration::from_secs(300);
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: pool-sim [--policy gorules|demand|all] [--scenario NAME|all] \
-                     [--seed N] [--seeds K] [--length SECS] [--jobs J] [--json FILE]"
+                     [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE]"
                         .into(),
                 )
             }
