@@ -127,6 +127,13 @@ pub struct ServerArgs {
     /// User sessions at once; more are closed at once.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sessions: u64,
+    /// User sessions at once from one source (a /24, a /64); more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions_per_source: u64,
+    /// New user sessions a second from one source (a /24, a /64), with bursts of twice
+    /// that; more are closed at once, before they cost a pooled connection.
+    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_RATE as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub new_sessions_per_source: u64,
     /// Unauthenticated control connections at once (the oldest is evicted).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_candidates: u64,
@@ -369,6 +376,10 @@ impl ServerArgs {
                 key,
                 max_capacity: self.max as usize,
                 max_sessions: self.max_sessions as usize,
+                per_source: (
+                    self.max_sessions_per_source as usize,
+                    self.new_sessions_per_source as f64,
+                ),
                 candidates: (
                     self.max_candidates as usize,
                     self.max_candidates_per_ip as usize,

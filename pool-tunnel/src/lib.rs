@@ -15,8 +15,9 @@
 //! - control runs the [`protocol`] handshake (fresh nonces from both sides, the client
 //!   proves first, bound to the TLS session), with a bounded, evicting candidate table
 //!   ([`candidates`]) and heartbeats both ways;
-//! - the public port caps concurrent sessions and relays with an idle and a half-close
-//!   deadline ([`relay`]);
+//! - the public port caps concurrent sessions, in all and per source, and new
+//!   sessions a second per source ([`sources`]), and relays with an idle and a
+//!   half-close deadline ([`relay`]);
 //! - the `--metrics` port is a listener of our own, capped, with a deadline per
 //!   connection and a back-off on accept errors ([`metrics`]).
 //!
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod relay;
 pub mod server;
+pub mod sources;
 pub mod state;
 pub mod stats;
 

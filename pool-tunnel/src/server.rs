@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::candidates::{CandidateId, Candidates};
 use crate::protocol::{push_id, server_handshake, Timeouts, TAKEN};
 use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
+use crate::sources::SourceLimits;
 use crate::stats::{bump, ServerSnapshot, ServerStats};
 use crate::BoxError;
 
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub max_capacity: usize,
     /// User sessions at once at most; more are closed at once.
     pub max_sessions: usize,
+    /// Per source (/24, /64): sessions at once, and new sessions a second
+    /// ([`crate::sources::SourceLimits`]).
+    pub per_source: (usize, f64),
     /// Unauthenticated control candidates at most, in total and per source address.
     pub candidates: (usize, usize),
     /// Relay deadlines.
@@ -68,6 +72,10 @@ impl ServerConfig {
             key,
             max_capacity: 1024,
             max_sessions: 4096,
+            per_source: (
+                crate::sources::DEFAULT_CONCURRENT,
+                crate::sources::DEFAULT_RATE,
+            ),
             candidates: (64, 4),
             relay: RelayLimits::default(),
             timeouts: Timeouts::default(),
@@ -235,6 +243,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
             shared.clone(),
             public_l,
             cfg.max_sessions,
+            SourceLimits::new(cfg.per_source.0, cfg.per_source.1),
         )),
     ];
     Ok(ServerHandle {
@@ -421,14 +430,20 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], t: Duration) 
     }
 }
 
-async fn public_accept_loop(shared: Arc<Shared>, listener: TcpListener, max_sessions: usize) {
+async fn public_accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    max_sessions: usize,
+    limits: SourceLimits,
+) {
     let gate = Arc::new(Semaphore::new(max_sessions.max(1)));
+    let limits = Arc::new(std::sync::Mutex::new(limits));
     let mut sessions = JoinSet::new();
     let options = peer_socket_options();
     loop {
         while sessions.try_join_next().is_some() {}
-        let user = match listener.accept().await {
-            Ok((user, _)) => user,
+        let (user, peer) = match listener.accept().await {
+            Ok(pair) => pair,
             Err(e) => {
                 warn!("public: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -436,15 +451,27 @@ async fn public_accept_loop(shared: Arc<Shared>, listener: TcpListener, max_sess
             }
         };
         bump(&shared.stats.users);
+        // One source (a /24, a /64) holds and starts only its share: a flood from one
+        // address is closed here, before it costs a pooled connection.
+        let source = match lock(&limits).admit(peer.ip(), std::time::Instant::now()) {
+            Ok(source) => source,
+            Err(_) => {
+                bump(&shared.stats.users_refused_source);
+                continue; // closed at once
+            }
+        };
         let Ok(permit) = gate.clone().try_acquire_owned() else {
+            lock(&limits).release(source);
             bump(&shared.stats.users_refused);
             continue; // closed at once
         };
         let _ = options.apply_tcp(&user);
         let shared = shared.clone();
+        let limits = limits.clone();
         sessions.spawn(async move {
             let ok = user_session(&shared, user).await;
             drop(permit);
+            lock(&limits).release(source);
             bump(if ok {
                 &shared.stats.relayed
             } else {
@@ -452,6 +479,11 @@ async fn public_accept_loop(shared: Arc<Shared>, listener: TcpListener, max_sess
             });
         });
     }
+}
+
+/// The per-source table; its critical sections are a few map operations.
+fn lock(l: &std::sync::Mutex<SourceLimits>) -> std::sync::MutexGuard<'_, SourceLimits> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Tries of one user session when a pooled connection is not taken in time.

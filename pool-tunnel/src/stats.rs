@@ -30,6 +30,9 @@ counters! {
         failed,
         /// User connections closed at once because `max_sessions` were running.
         users_refused,
+        /// User connections closed at once because their source (a /24, a /64) held
+        /// its sessions at once or started too many in the last second.
+        users_refused_source,
         /// Relays ended because nothing moved for the idle timeout.
         idle_closed,
         /// Relays ended because one direction stayed open too long after the other closed.

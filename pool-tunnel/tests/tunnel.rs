@@ -471,3 +471,49 @@ async fn a_pin_and_key_in_a_state_dir_survive_a_server_restart() {
     echo_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A connection from `127.0.1.<last>`: another /24 than the real users on 127.0.0.1.
+async fn connect_from_other_net(last: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(IpAddr::from([127, 0, 1, last]), 0))?;
+    s.connect(to).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holding_and_flooding_the_public_port_starves_nobody_else() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let server = pool_tunnel::start_server(ServerConfig {
+        per_source: (64, 100.0),
+        ..server_cfg(key())
+    })
+    .await
+    .unwrap();
+    let client = pool_tunnel::start_client(client_cfg(&server, echo))
+        .await
+        .unwrap();
+    assert!(client.wait_control(Duration::from_secs(10)).await);
+    let public = server.public_addr();
+    // The stranger holds 200 connections from one /24, each with a byte sent, and
+    // churns connect-send-close 500 more times (bounded).
+    let mut held = Vec::new();
+    for i in 0..200u32 {
+        if let Ok(mut s) = connect_from_other_net(2 + (i % 200) as u8, public).await {
+            let _ = s.write_all(b"x").await;
+            held.push(s);
+        }
+    }
+    for i in 0..500u32 {
+        if let Ok(mut s) = connect_from_other_net(2 + (i % 200) as u8, public).await {
+            let _ = s.write_all(b"x").await;
+        }
+    }
+    // Real users from 127.0.0.1 are served, every byte checked.
+    let r = run(public, 50, 4 * 1024).await;
+    assert_all_passed(&r, 50);
+    let st = server.stats();
+    assert!(st.users_refused_source >= 600, "{st:?}");
+    drop(held);
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
