@@ -242,8 +242,9 @@ impl<C> ClientMachine<C> {
     /// the dial's ticket still comes back, as a failure.
     pub fn handle_handshake_done(&mut self, serial: u64, now: Instant) {
         if !self.common.closed {
+            // Only a dial still armed: one already aborted is never aborted again.
             self.common
-                .arm(serial, deadline_after(now, self.cfg.id_timeout));
+                .rearm(serial, deadline_after(now, self.cfg.id_timeout));
         }
     }
 

@@ -520,6 +520,15 @@ impl<C> PoolCommon<C> {
         self.timers.arm(serial, at);
     }
 
+    /// Moves the deadline of `serial` to `at`, only while one is armed: a serial whose
+    /// deadline already fired (and was aborted) or whose ticket came back is left alone,
+    /// so that it is aborted at most once.
+    pub(crate) fn rearm(&mut self, serial: u64, at: Instant) {
+        if self.timers.at.contains_key(&serial) {
+            self.timers.arm(serial, at);
+        }
+    }
+
     /// The dial or handshake `serial` came back: its deadline is off.
     pub(crate) fn disarm(&mut self, serial: u64) {
         self.timers.disarm(serial);

@@ -223,3 +223,29 @@ fn flush_and_close_come_out_as_closes() {
     let (out, at) = drain(&mut || m.poll_output(settled));
     assert!(out.is_empty() && at.is_none(), "{out:?} {at:?}");
 }
+
+#[test]
+fn a_handshake_done_after_the_abort_never_aborts_again() {
+    let mut m = client(1, MS(100), MS(100));
+    let t0 = Instant::now();
+    m.handle_timeout(t0);
+    let (out, _) = drain(&mut || m.poll_output(t0));
+    let t = dials(out).pop().expect("one dial");
+    let late = t0 + MS(150);
+    m.handle_timeout(late);
+    let (out, _) = drain(&mut || m.poll_output(late));
+    assert_eq!(
+        out.iter().filter(|o| matches!(o, Output::Abort(_))).count(),
+        1
+    );
+    // The dial's task reports its handshake just after the abort went out.
+    m.handle_handshake_done(t.serial(), late);
+    let later = late + MS(1_000);
+    m.handle_timeout(later);
+    let (out, _) = drain(&mut || m.poll_output(later));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Abort(_))),
+        "{out:?}"
+    );
+    m.handle_dial_failure(t, Stage::Tls, later);
+}
