@@ -328,7 +328,8 @@ impl ServerConfig {
     pub fn builder() -> ServerConfigBuilder {
         ServerConfigBuilder(Self::default())
     }
-    /// Idle plus handshaking connections at most.
+    /// Authenticated connections kept at most (idle, settling, out for a probe);
+    /// handshakes under way have their own bound, `max_handshakes`.
     pub fn max_capacity(&self) -> usize {
         self.max_capacity
     }
@@ -377,8 +378,9 @@ impl ServerConfig {
 pub struct ServerConfigBuilder(ServerConfig);
 
 impl ServerConfigBuilder {
-    /// Idle plus handshaking connections at most; more are refused (later Go releases:
-    /// `maxCap`). Default 1024.
+    /// Authenticated connections kept at most (idle, settling, out for a probe); more
+    /// are refused, at accept or when their handshake finishes (later Go releases:
+    /// `maxCap`). Handshakes under way do not count: see `max_handshakes`. Default 1024.
     pub fn max_capacity(mut self, n: usize) -> Self {
         self.0.max_capacity = n;
         self

@@ -16,6 +16,10 @@
 //!   it, a new connection from that source is refused, and a handshake of that source
 //!   that finishes is closed (both counted as `refused_quota`).
 //!
+//! - the capacity bounds the authenticated connections only (idle, settling, out for
+//!   a probe); handshakes are bounded by `max_handshakes` alone, so silent strangers
+//!   never make the legitimate client's refills look like one too many.
+//!
 //! An evicted handshake's slot is free at once; the driver learns which one to abort
 //! from [`Output::Abort`], and its ticket still comes back exactly once
 //! (ready or failed), to be ignored: a ready connection is then closed. The
@@ -68,7 +72,10 @@ impl HandshakeTicket {
 pub enum Refusal {
     /// The client-IP filter said no.
     Filter,
-    /// Idle plus handshaking connections are at the maximum capacity.
+    /// The connections the pool keeps (idle, settling, out for a probe) are at the
+    /// maximum capacity. Handshakes under way do not count: they have their own
+    /// bound, so strangers holding handshakes never make the pool look full. A
+    /// handshake that finishes while the pool is full is closed, counted here too.
     Full,
     /// Too many handshakes are under way. No longer produced: the oldest handshake is
     /// evicted instead.
@@ -191,6 +198,7 @@ impl<C> ServerMachine<C> {
             self.common.counters.refused_quota += 1;
             return Admission::Refuse(Refusal::Quota);
         }
+        let kept = self.kept();
         let c = &mut self.common;
         let held = self.sources.get(&source);
         // The handshake to evict for room, if any: the source's own oldest when the
@@ -203,8 +211,10 @@ impl<C> ServerMachine<C> {
             }
             _ => None,
         };
-        let room = usize::from(victim.is_some());
-        if c.held() + self.settling.len() >= self.cfg.max_capacity + room {
+        // Handshakes do not count against the capacity: they have their own bound,
+        // and a stranger's silent handshake must never make the client's refill look
+        // like one connection too many.
+        if kept >= self.cfg.max_capacity {
             c.counters.refused_full += 1;
             return Admission::Refuse(Refusal::Full);
         }
@@ -405,6 +415,14 @@ impl<C> ServerMachine<C> {
                 self.common.counters.refused_quota += 1;
                 return self.common.close_later(id, conn);
             }
+        }
+        if self.kept() >= self.cfg.max_capacity {
+            // More handshakes finished than the capacity has room for.
+            self.pending_ids.remove(&id);
+            self.common.counters.refused_full += 1;
+            return self.common.close_later(id, conn);
+        }
+        if let Some(source) = source {
             self.own(id, source);
         }
         if self.cfg.settle.is_zero() {
@@ -414,6 +432,12 @@ impl<C> ServerMachine<C> {
         // The id stays reserved while the connection settles.
         let due = deadline_after(now, self.cfg.settle);
         self.settling.push_back((due, id, conn));
+    }
+
+    /// Authenticated connections the pool keeps: idle, out for a probe, or settling.
+    /// Handshakes under way are not among them.
+    fn kept(&self) -> usize {
+        self.common.held() - self.common.in_flight + self.settling.len()
     }
 
     /// Connections whose settle time ended become idle or go to waiting gets.

@@ -74,6 +74,34 @@ fn a_full_table_evicts_the_oldest_and_ignores_its_late_report() {
 }
 
 #[test]
+fn silent_handshakes_never_make_the_pool_full() {
+    // Capacity 2 and eight silent strangers: the client's connections still get in,
+    // and only a connection past the capacity is refused, at accept or when ready.
+    let (mut m, now) = machine(cfg().max_capacity(2).max_handshakes(16).build().unwrap());
+    let strangers: Vec<_> = (1..=8)
+        .map(|n| admit(&mut m, now, &format!("10.0.{n}.1")))
+        .collect();
+    let a = admit(&mut m, now, "192.0.2.1");
+    let b = admit(&mut m, now, "192.0.2.1");
+    let c = admit(&mut m, now, "192.0.2.1");
+    ready(&mut m, a, 100, now);
+    ready(&mut m, b, 101, now);
+    assert_eq!(m.idle(), 2);
+    assert_eq!(m.counters().refused_full, 0);
+    // Full now: the third finishes into a full pool and is closed, counted.
+    ready(&mut m, c, 102, now);
+    assert_eq!(m.poll_close().map(|(_, c)| c), Some(102));
+    assert_eq!(m.counters().refused_full, 1);
+    assert_eq!(m.idle(), 2);
+    // And a new connection is refused at once while the kept ones fill the capacity.
+    assert!(matches!(
+        m.handle_accept(now, ip("192.0.2.1"), true),
+        Admission::Refuse(Refusal::Full)
+    ));
+    assert_eq!(m.in_flight(), strangers.len());
+}
+
+#[test]
 fn a_source_over_its_quota_evicts_its_own_oldest() {
     let c = cfg().max_handshakes(10).pending_per_source(Some(2));
     let (mut m, now) = machine(c.build().unwrap());

@@ -144,8 +144,8 @@ impl ServerPoolBuilder {
         self.socket = o;
         self
     }
-    /// Idle plus handshaking connections at most (later Go releases: `maxCap`).
-    /// Default 1024.
+    /// Authenticated connections kept at most (later Go releases: `maxCap`); handshakes
+    /// under way do not count (see `max_handshakes`). Default 1024.
     pub fn max_capacity(mut self, n: usize) -> Self {
         self.core = self.core.max_capacity(n);
         self

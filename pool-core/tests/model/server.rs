@@ -244,7 +244,7 @@ impl ServerHarness {
 
     /// The accept, as the model decides it.
     fn predict_accept(&mut self, source: Source, allowed: bool) -> Result<Option<usize>, Refusal> {
-        let held = self.held();
+        let kept = self.kept();
         let own = self.live().filter(|k| k.source == source).count();
         let live = self.live().count();
         let k = &mut self.c.k;
@@ -266,7 +266,7 @@ impl ServerHarness {
             _ if live >= self.cfg.max_handshakes() => self.oldest(None),
             _ => None,
         };
-        if held >= self.cfg.max_capacity() + usize::from(victim.is_some()) {
+        if kept >= self.cfg.max_capacity() {
             self.c.k.refused_full += 1;
             return Err(Refusal::Full);
         }
@@ -366,7 +366,7 @@ impl ServerHarness {
                         let deadline = deadline_after(self.now, self.cfg.handshake_timeout());
                         assert_eq!(t.deadline(), deadline);
                         assert_eq!(t.id(), None);
-                        assert!(self.held() < self.cfg.max_capacity());
+                        assert!(self.kept() < self.cfg.max_capacity());
                         self.next_val += 1;
                         self.tickets.push(Tk {
                             t,
@@ -416,6 +416,10 @@ impl ServerHarness {
                             .is_some_and(|q| self.idle_of(source) >= q) =>
                     {
                         self.c.k.refused_quota += 1;
+                        self.c.close_later(id, val);
+                    }
+                    Some(id) if self.kept() >= self.cfg.max_capacity() => {
+                        self.c.k.refused_full += 1;
                         self.c.close_later(id, val);
                     }
                     Some(id) => {
@@ -499,8 +503,9 @@ impl ServerHarness {
 
     /// Idle, handshaking, settling and out-for-probe connections: what admission
     /// counts.
-    fn held(&self) -> usize {
-        self.c.held() + self.settling.len()
+    /// Idle, out in a sweep batch, or settling: what counts against the capacity.
+    fn kept(&self) -> usize {
+        self.c.held() - self.c.in_flight + self.settling.len()
     }
 
     /// Splits the settling connections (returned last, in order) off a flush or close.
@@ -559,10 +564,10 @@ impl ServerHarness {
         assert_eq!(st.waiting, self.c.waiters.len(), "waiting count");
         assert_eq!(st.capacity, self.cfg.max_capacity());
         assert!(
-            !STRICT_BOUND || self.held() <= self.cfg.max_capacity(),
-            "idle {} + handshaking {} above the maximum",
+            !STRICT_BOUND || self.kept() <= self.cfg.max_capacity(),
+            "idle {} + settling {} above the maximum",
             st.idle,
-            st.in_flight
+            self.settling.len()
         );
         assert!(st.in_flight <= self.cfg.max_handshakes());
         assert_eq!(self.m.counters(), self.c.k, "counters");
