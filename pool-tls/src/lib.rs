@@ -83,6 +83,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 use rustls::SupportedProtocolVersion;
 
+pub mod admit;
 mod client;
 mod error;
 mod fingerprint;

@@ -98,6 +98,10 @@ pub enum ProofError {
     #[error("the server's tunnel-key proof does not verify: a wrong key or not the tunnel server")]
     BadConfirm,
 
+    /// An admission token ([`crate::admit`]) is malformed or does not verify.
+    #[error("the admission token does not verify: a wrong key or not a tunnel client")]
+    BadToken,
+
     /// The TLS session could not give a channel binding (handshake not finished).
     #[error("cannot bind the tunnel-key proof to the TLS session: {0}")]
     Binding(rustls::Error),

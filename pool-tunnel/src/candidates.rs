@@ -1,68 +1,104 @@
-//! The table of control candidates: connections that reached the control port and have
+//! The tables of control candidates: connections that reached the control port and have
 //! not proved the key yet.
 //!
 //! A stranger can open as many connections as it likes; each one costs the server a
-//! slot until it answers or its deadline passes. The table bounds those slots in total
-//! and per source address, and when a bound is reached it makes room by evicting the
-//! **oldest** candidate (of the same source when that source is over its quota, of all
-//! otherwise) rather than refusing the newest: a real client arriving under a flood of
-//! silent peers gets its slot at once, and keeps it for as long as it takes a fast
-//! client to answer (milliseconds), while the flood only churns its own slots.
+//! slot until it answers or its deadline passes. A table bounds those slots in total
+//! and per source (a /24, a /64: [`Source`]), and when a bound is reached it makes room
+//! by evicting rather than refusing the newest:
+//! - a source at its quota loses its own oldest candidate;
+//! - a full table takes the oldest candidate of the source holding the most.
+//!
+//! So a real client arriving under a flood gets its slot at once, and a source with a
+//! single candidate keeps it for as long as any other source holds two: the flood only
+//! churns its own slots, however many sources it has, until it holds at most one slot
+//! per source everywhere.
+//!
+//! The server keeps two tables (see `server.rs`): one for connections that have not
+//! sent their admission token yet (large, cheap: a socket waiting for 60 bytes), and a
+//! small one for connections whose token proved the key, which strangers cannot reach.
 //!
 //! Sans-IO: the accept loop feeds arrivals and departures and aborts what it is told.
 
-use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
 
-/// One candidate's handle in the table.
+use crate::sources::Source;
+
+/// One candidate's handle, given by the caller (unique across the caller's tables).
 pub type CandidateId = u64;
 
-/// Bounded, evict-oldest candidate table.
+/// A bounded, fair, evict-oldest candidate table.
 #[derive(Debug)]
 pub struct Candidates {
-    next: CandidateId,
     /// Oldest first.
-    slots: VecDeque<(CandidateId, IpAddr)>,
+    slots: VecDeque<(CandidateId, Source)>,
+    held: HashMap<Source, usize>,
     max_total: usize,
     max_per_source: usize,
 }
 
 impl Candidates {
-    /// A table of at most `max_total` candidates, `max_per_source` from one address
+    /// A table of at most `max_total` candidates, `max_per_source` from one source
     /// (both at least 1).
     pub fn new(max_total: usize, max_per_source: usize) -> Self {
         Self {
-            next: 0,
             slots: VecDeque::new(),
+            held: HashMap::new(),
             max_total: max_total.max(1),
             max_per_source: max_per_source.clamp(1, max_total.max(1)),
         }
     }
 
-    /// A new candidate from `source`: its id, and the candidates to close now to make
-    /// room for it (oldest first, at most one).
-    pub fn admit(&mut self, source: IpAddr) -> (CandidateId, Option<CandidateId>) {
-        let same = self.slots.iter().filter(|(_, ip)| *ip == source).count();
-        let evicted = if same >= self.max_per_source {
-            let i = self.slots.iter().position(|(_, ip)| *ip == source);
-            i.and_then(|i| self.slots.remove(i)).map(|(id, _)| id)
+    /// Candidate `id` from `source` enters; answers the candidate to close now to make
+    /// room for it, if any.
+    pub fn admit(&mut self, id: CandidateId, source: Source) -> Option<CandidateId> {
+        let own = self.held.get(&source).copied().unwrap_or(0);
+        let victim = if own >= self.max_per_source {
+            Some(source)
         } else if self.slots.len() >= self.max_total {
-            self.slots.pop_front().map(|(id, _)| id)
+            self.greediest()
         } else {
             None
         };
-        let id = self.next;
-        self.next += 1;
+        let evicted = victim.and_then(|v| {
+            let i = self.slots.iter().position(|(_, s)| *s == v)?;
+            Some(self.take(i))
+        });
         self.slots.push_back((id, source));
-        (id, evicted)
+        *self.held.entry(source).or_default() += 1;
+        evicted
     }
 
-    /// A candidate left (proved the key, failed, or timed out). Unknown ids (already
-    /// evicted) are ignored.
+    /// The source holding the most candidates; of those, the one whose oldest is oldest.
+    fn greediest(&self) -> Option<Source> {
+        let most = self.held.values().copied().max()?;
+        self.slots
+            .iter()
+            .find(|(_, s)| self.held.get(s) == Some(&most))
+            .map(|(_, s)| *s)
+    }
+
+    fn take(&mut self, i: usize) -> CandidateId {
+        let (id, source) = self.slots.remove(i).expect("index from position");
+        if let Some(n) = self.held.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&source);
+            }
+        }
+        id
+    }
+
+    /// A candidate left (proved the key, failed, timed out, moved to another table).
+    /// Unknown ids (already evicted) are ignored.
     pub fn remove(&mut self, id: CandidateId) {
         if let Some(i) = self.slots.iter().position(|(c, _)| *c == id) {
-            self.slots.remove(i);
+            self.take(i);
         }
+    }
+
+    /// Whether candidate `id` is in the table.
+    pub fn contains(&self, id: CandidateId) -> bool {
+        self.slots.iter().any(|(c, _)| *c == id)
     }
 
     /// Candidates in the table.
@@ -74,59 +110,69 @@ impl Candidates {
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
+
+    /// Sources holding a candidate.
+    pub fn sources(&self) -> usize {
+        self.held.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
-    fn ip(n: u8) -> IpAddr {
-        IpAddr::from([127, 0, 0, n])
+    /// A source per `n`: 10.0.n.1.
+    fn src(n: u16) -> Source {
+        let [hi, lo] = n.to_be_bytes();
+        Source::of(IpAddr::from([10, hi, lo, 1]))
     }
 
     #[test]
-    fn a_full_table_evicts_the_oldest_not_the_newest() {
+    fn a_full_table_evicts_the_oldest_of_the_greediest_source() {
         let mut t = Candidates::new(3, 3);
-        let (a, _) = t.admit(ip(2));
-        let (b, _) = t.admit(ip(3));
-        let (_, none) = t.admit(ip(4));
-        assert_eq!(none, None);
-        let (d, gone) = t.admit(ip(1));
-        assert_eq!(gone, Some(a));
-        assert_eq!(t.len(), 3);
-        let (_, gone) = t.admit(ip(5));
-        assert_eq!(gone, Some(b));
-        t.remove(d);
-        t.remove(d);
+        assert_eq!(t.admit(1, src(2)), None);
+        assert_eq!(t.admit(2, src(3)), None);
+        assert_eq!(t.admit(3, src(3)), None);
+        // Full: source 3 holds two, so its oldest goes, not the older 1.
+        assert_eq!(t.admit(4, src(4)), Some(2));
+        // Now every source holds one: the oldest of all goes.
+        assert_eq!(t.admit(5, src(5)), Some(1));
+        t.remove(4);
+        t.remove(4);
         assert_eq!(t.len(), 2);
+        assert_eq!(t.sources(), 2);
     }
 
     #[test]
     fn one_source_only_churns_its_own_slots() {
         let mut t = Candidates::new(64, 4);
-        let (client, _) = t.admit(ip(1));
-        let mut evicted = Vec::new();
-        for _ in 0..1000 {
-            let (_, gone) = t.admit(ip(2));
-            evicted.extend(gone);
+        t.admit(0, src(1));
+        for id in 1..1000 {
+            assert_ne!(t.admit(id, src(2)), Some(0));
         }
-        assert!(!evicted.contains(&client));
+        assert!(t.contains(0));
         assert_eq!(t.len(), 5);
     }
 
     #[test]
-    fn many_sources_never_evict_a_newer_candidate_first() {
-        let mut t = Candidates::new(64, 4);
-        for n in 0..64u8 {
-            t.admit(ip(n + 2));
+    fn a_lone_candidate_outlives_a_flood_from_many_sources() {
+        // 200 sources churn a table of 256; the client's single candidate stays however
+        // long the flood goes on (fairness protects it while the table has more slots
+        // than the flood has sources).
+        let mut t = Candidates::new(256, 8);
+        let mut id = 0;
+        for round in 0..50u16 {
+            for s in 0..200u16 {
+                id += 1;
+                assert_ne!(t.admit(id, src(1000 + s)), Some(0));
+            }
+            if round == 3 {
+                let gone = t.admit(0, src(1));
+                assert!(gone.is_some_and(|g| g != 0), "a stranger makes room");
+            }
         }
-        let (client, gone) = t.admit(ip(1));
-        assert!(gone.is_some());
-        // 63 more arrivals before the client answers: it is still there.
-        for n in 0..63u8 {
-            let (_, gone) = t.admit(ip(100 + n));
-            assert_ne!(gone, Some(client));
-        }
-        assert!(t.slots.iter().any(|(c, _)| *c == client));
+        assert!(t.contains(0));
+        assert_eq!(t.len(), 256);
     }
 }

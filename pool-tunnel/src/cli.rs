@@ -53,10 +53,6 @@ pub struct KeyArgs {
     /// or a passphrase of at least 16 characters. Also: $POOL_TUNNEL_KEY.
     #[arg(long, value_name = "PATH")]
     pub tunnel_key_file: Option<PathBuf>,
-    /// The tunnel key on the command line. Works, but every local user can read it
-    /// (ps, /proc): prefer --tunnel-key-file or $POOL_TUNNEL_KEY.
-    #[arg(long, value_name = "KEY")]
-    pub tunnel_key: Option<String>,
 }
 
 /// Relay deadlines, both sides.
@@ -118,10 +114,10 @@ pub struct ServerArgs {
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
     #[arg(long, value_name = "IPS")]
     pub client_ip: Option<String>,
-    /// Server pool capacity: idle plus handshaking connections. Strangers can hold up
-    /// to 4096 handshakes (the handshake slots), and those count here too: keep it at
-    /// least the client's --max plus 4096, or silent strangers can make the server
-    /// refuse the client's refills as "full". Values below that are warned about.
+    /// Server pool capacity: the authenticated idle connections it keeps. Keep it at
+    /// least the client's --max (its default is 256, its largest useful value this).
+    /// Handshakes under way do not count: they have their own 4096 slots, so strangers
+    /// holding silent handshakes never make the pool refuse the client as "full".
     #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub max: u64,
     /// User sessions at once; more are closed at once.
@@ -134,12 +130,14 @@ pub struct ServerArgs {
     /// that; more are closed at once, before they cost a pooled connection.
     #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_RATE as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub new_sessions_per_source: u64,
-    /// Unauthenticated control connections at once (the oldest is evicted).
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Control connections at once that have not sent their admission token yet. When
+    /// full, the source holding the most loses its oldest: keep it above the number of
+    /// sources a flood may have.
+    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_candidates: u64,
-    /// Unauthenticated control connections at once from one address.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_candidates_per_ip: u64,
+    /// The same from one source (a /24, a /64); over it, the source's oldest goes.
+    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_candidates_per_source: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub key_args: KeyArgs,
@@ -197,29 +195,22 @@ pub enum KeySource {
     File(PathBuf),
     /// `$POOL_TUNNEL_KEY`.
     Env,
-    /// `--tunnel-key` (visible to local users).
-    Argv,
     /// The state directory's key file.
     StateDir(PathBuf, Origin),
     /// Generated for this run only.
     Generated,
 }
 
-/// The key given by the user (file, environment, argv; at most one), if any.
+/// The key given by the user (file or environment; at most one), if any. There is no
+/// way to give it on the command line, where every local user could read it.
 pub fn given_key(
     args: &KeyArgs,
     env: Option<String>,
 ) -> Result<Option<(TunnelKey, KeySource)>, BoxError> {
     let env = env.filter(|v| !v.is_empty());
-    let given = [
-        args.tunnel_key_file.is_some(),
-        env.is_some(),
-        args.tunnel_key.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() > 1 {
+    if args.tunnel_key_file.is_some() && env.is_some() {
         return Err(format!(
-            "the tunnel key is given more than once (--tunnel-key-file, ${KEY_ENV}, \
-             --tunnel-key): give exactly one"
+            "the tunnel key is given twice (--tunnel-key-file and ${KEY_ENV}): give one"
         )
         .into());
     }
@@ -231,10 +222,6 @@ pub fn given_key(
     if let Some(v) = env {
         let key = TunnelKey::parse(&v).map_err(|e| format!("${KEY_ENV}: {e}"))?;
         return Ok(Some((key, KeySource::Env)));
-    }
-    if let Some(v) = &args.tunnel_key {
-        let key = TunnelKey::parse(v).map_err(|e| format!("--tunnel-key: {e}"))?;
-        return Ok(Some((key, KeySource::Argv)));
     }
     Ok(None)
 }
@@ -313,9 +300,6 @@ impl ServerArgs {
                 None => (TunnelKey::generate()?, KeySource::Generated),
             },
         };
-        if key_source == KeySource::Argv {
-            warnings.push(ARGV_WARNING.into());
-        }
         let (tls, cert_note) = match self.tls {
             TlsMode::Off => {
                 if self.cert.is_some() {
@@ -356,15 +340,6 @@ impl ServerArgs {
                 (Some(tls), Some(format!("from {}", c.display())))
             }
         };
-        if (self.max as usize) < HANDSHAKE_SLOTS + 1024 {
-            warnings.push(format!(
-                "warning: --max {} leaves less than the {HANDSHAKE_SLOTS} handshake slots \
-                 strangers can hold above a client --max of 1024: their silent handshakes \
-                 can make the server refuse the client's refills as full; use at least the \
-                 client's --max plus {HANDSHAKE_SLOTS} (default 8192)",
-                self.max
-            ));
-        }
         let timeouts = Timeouts::default();
         Ok(ServerSetup {
             config: ServerConfig {
@@ -382,7 +357,7 @@ impl ServerArgs {
                 ),
                 candidates: (
                     self.max_candidates as usize,
-                    self.max_candidates_per_ip as usize,
+                    self.max_candidates_per_source as usize,
                 ),
                 relay: self.relay.limits(),
                 timeouts,
@@ -393,9 +368,6 @@ impl ServerArgs {
         })
     }
 }
-
-const ARGV_WARNING: &str = "warning: --tunnel-key puts the key on the command line, where \
-    every local user can read it (ps, /proc); use --tunnel-key-file or $POOL_TUNNEL_KEY";
 
 impl ClientArgs {
     /// Checks the arguments and reads the key; also the warnings to print.
@@ -412,9 +384,6 @@ impl ClientArgs {
             )
             .into());
         };
-        if source == KeySource::Argv {
-            warnings.push(ARGV_WARNING.into());
-        }
         if self.ca.is_some() && self.tls != TlsMode::Verified {
             return Err("--ca needs --tls 2".into());
         }
@@ -466,18 +435,19 @@ mod tests {
         let hex = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
         let none = KeyArgs {
             tunnel_key_file: None,
-            tunnel_key: None,
         };
         assert!(given_key(&none, None).unwrap().is_none());
         let (k, src) = given_key(&none, Some(hex.into())).unwrap().unwrap();
         assert_eq!((k.to_hex().as_str(), src), (hex, KeySource::Env));
-        let argv = KeyArgs {
-            tunnel_key_file: None,
-            tunnel_key: Some("s3cret".into()),
-        };
-        let e = given_key(&argv, None).unwrap_err().to_string();
+        let e = given_key(&none, Some("s3cret".into()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("too short"), "{e}");
-        assert!(given_key(&argv, Some(hex.into())).is_err());
+        let file = KeyArgs {
+            tunnel_key_file: Some("/nonexistent/key".into()),
+        };
+        let e = given_key(&file, Some(hex.into())).unwrap_err().to_string();
+        assert!(e.contains("given twice"), "{e}");
     }
 
     #[test]
@@ -569,28 +539,22 @@ mod tests {
     }
 
     #[test]
-    fn a_max_that_strangers_can_fill_is_warned_about() {
-        let base = [
+    fn the_capacity_needs_no_room_for_strangers() {
+        // Handshakes have their own slots: a --max just above the client's is fine.
+        let Side::Server(s) = parse(&[
             "tunnel",
             "server",
             "--tunnel",
             "127.0.0.1:0",
             "--public",
             "127.0.0.1:0",
-        ];
-        let Side::Server(s) = parse(&[&base[..], &["--max", "1100"]].concat()) else {
+            "--max",
+            "1100",
+        ]) else {
             panic!()
         };
         let setup = s.setup(None, None).unwrap();
-        assert!(
-            setup.warnings.iter().any(|w| w.contains("--max 1100")),
-            "{:?}",
-            setup.warnings
-        );
-        let Side::Server(s) = parse(&base) else {
-            panic!()
-        };
-        let setup = s.setup(None, None).unwrap();
+        assert_eq!(setup.config.max_capacity, 1100);
         assert!(
             !setup.warnings.iter().any(|w| w.contains("--max")),
             "{:?}",

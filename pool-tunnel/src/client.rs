@@ -19,8 +19,8 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
-    client_handshake, default_control, parse_server_line, split_host_port, ServerLine, Timeouts,
-    MAX_LINE, TAKEN,
+    client_handshake, default_control, parse_server_line, send_token, split_host_port, ServerLine,
+    Timeouts, MAX_LINE, TAKEN,
 };
 use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
 use crate::server::BoxIo;
@@ -252,6 +252,13 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
         .map_err(|_| "connect: timed out")?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = s.t.control_socket().apply_tcp(&tcp);
+    // The admission token goes first, before TLS: the server sorts this connection
+    // from strangers' by it, with no round trip (see `pool_tls::admit`).
+    let mut tcp = tcp;
+    timeout(s.t.io, send_token(&mut tcp, &s.key))
+        .await
+        .map_err(|_| "admission token: write timed out")?
+        .map_err(|e| format!("admission token: {e}"))?;
     match &s.tls {
         Some((c, name)) => {
             let mut tls = c
@@ -263,7 +270,6 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
             Ok(Box::new(tls))
         }
         None => {
-            let mut tcp = tcp;
             client_handshake(&mut tcp, &s.key, &[]).await?;
             Ok(Box::new(tcp))
         }

@@ -96,7 +96,6 @@ async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxErro
         }
         KeySource::File(path) => println!("  tunnel key    from {}", path.display()),
         KeySource::Env => println!("  tunnel key    from ${KEY_ENV}"),
-        KeySource::Argv => println!("  tunnel key    from --tunnel-key"),
     }
     println!("waiting for the client's control connection; Ctrl-C stops");
     let mut every = tokio::time::interval(Duration::from_secs(30));
@@ -133,7 +132,7 @@ async fn client(args: ClientArgs, env_key: Option<String>) -> Result<(), BoxErro
     let from = match source {
         KeySource::File(p) => p.display().to_string(),
         KeySource::Env => format!("${KEY_ENV}"),
-        _ => "--tunnel-key".into(),
+        _ => "the state directory".into(),
     };
     println!(
         "tunnel client: TLS mode {}, pool -> {}, control -> {control}, target {}, key from {from}",

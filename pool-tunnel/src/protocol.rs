@@ -20,7 +20,9 @@
 //! the client writes [`TAKEN`] before relaying. Either side drops control after
 //! [`Timeouts::dead_after`] without a byte from the other.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pool_tls::admit::{check_token, make_token, Admitted, ADMIT_LEN};
 
 use pool_tls::proof::{ClientProof, ServerProof, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
 use pool_tls::TunnelKey;
@@ -101,6 +103,41 @@ impl Timeouts {
             user_timeout: Some(self.dead_after.max(Duration::from_secs(1))),
         }
     }
+}
+
+/// The client's admission token, written first on a control connection, before TLS:
+/// the server sorts the connection from strangers' by it, without a round trip
+/// ([`pool_tls::admit`]). Stamped with this machine's clock.
+pub async fn send_token<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    key: &TunnelKey,
+) -> Result<(), BoxError> {
+    let token = make_token(key, CONTROL_CONTEXT, unix_ms())?;
+    io.write_all(&token).await?;
+    Ok(())
+}
+
+/// Reads and checks a control connection's admission token within `within`; the
+/// clock and replay checks are the caller's ([`pool_tls::admit::ReplayWindow`]).
+pub async fn read_token<S: AsyncRead + Unpin>(
+    io: &mut S,
+    key: &TunnelKey,
+    within: Duration,
+) -> Result<Admitted, BoxError> {
+    let mut token = [0u8; ADMIT_LEN];
+    match timeout(within, io.read_exact(&mut token)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("no admission token: {e}").into()),
+        Err(_) => return Err(format!("no admission token within {within:?}").into()),
+    }
+    Ok(check_token(key, CONTROL_CONTEXT, &token)?)
+}
+
+/// This machine's clock in ms since the Unix epoch (0 before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The server's half of the handshake, after TLS. `binding` is the TLS channel binding

@@ -1,9 +1,12 @@
 //! The server side: the pool on the tunnel port, the control port, the public port.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+use pool_tls::admit::{Admitted, ReplayWindow, Untaken};
 
 use pool_tls::ServerTls;
 use pool_tokio::{ConnId, IpFilter, ServerPool, TunnelKey};
@@ -16,11 +19,17 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::candidates::{CandidateId, Candidates};
-use crate::protocol::{push_id, server_handshake, Timeouts, TAKEN};
+use crate::protocol::{push_id, read_token, server_handshake, unix_ms, Timeouts, TAKEN};
 use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
-use crate::sources::SourceLimits;
+use crate::sources::{Source, SourceLimits};
 use crate::stats::{bump, ServerSnapshot, ServerStats};
 use crate::BoxError;
+
+/// Unsorted control candidates at most: more than a flood has sources, so the
+/// candidates table's fairness keeps a lone client's slot (see [`crate::candidates`]).
+pub const DEFAULT_CANDIDATES: usize = 1024;
+/// Unsorted control candidates from one source at most.
+pub const DEFAULT_CANDIDATES_PER_SOURCE: usize = 16;
 
 /// A plain or TLS control stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -51,7 +60,8 @@ pub struct ServerConfig {
     /// Per source (/24, /64): sessions at once, and new sessions a second
     /// ([`crate::sources::SourceLimits`]).
     pub per_source: (usize, f64),
-    /// Unauthenticated control candidates at most, in total and per source address.
+    /// Control candidates that have not sent their admission token yet, at most: in
+    /// total and per source (/24, /64). See [`crate::candidates`].
     pub candidates: (usize, usize),
     /// Relay deadlines.
     pub relay: RelayLimits,
@@ -76,7 +86,7 @@ impl ServerConfig {
                 crate::sources::DEFAULT_CONCURRENT,
                 crate::sources::DEFAULT_RATE,
             ),
-            candidates: (64, 4),
+            candidates: (DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_PER_SOURCE),
             relay: RelayLimits::default(),
             timeouts: Timeouts::default(),
         }
@@ -237,7 +247,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
             control_l,
             acceptor,
             filter,
-            Candidates::new(total, per_source),
+            (total, per_source),
         )),
         tokio::spawn(public_accept_loop(
             shared.clone(),
@@ -255,19 +265,136 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     })
 }
 
-type Candidate = (CandidateId, SocketAddr, Result<BoxIo, BoxError>);
+/// Candidates whose admission token proved the key, at most (only key holders reach
+/// this table: it needs no per-source quota).
+pub const PROTECTED_SLOTS: usize = 16;
+/// How far an admission token's clock may be from the server's.
+pub const ADMIT_WINDOW: Duration = Duration::from_secs(120);
+/// Admission nonces remembered at most (see [`ReplayWindow`]).
+const ADMIT_MEMORY: usize = 4096;
 
-/// Accepts control candidates into the bounded table; each authenticates in its own
-/// task under its deadlines; the winner runs as the control connection.
+/// A candidate that sent (or failed to send) its admission token.
+type Sorted = (
+    CandidateId,
+    SocketAddr,
+    TcpStream,
+    Result<Admitted, BoxError>,
+);
+/// A candidate that finished (or failed) TLS and the handshake.
+type Proved = (CandidateId, SocketAddr, Result<BoxIo, BoxError>);
+
+/// The control port's candidates in their two stages, and what runs them.
+struct ControlPort {
+    shared: Arc<Shared>,
+    acceptor: Option<TlsAcceptor>,
+    /// Waiting for the admission token: strangers land here.
+    unsorted: Candidates,
+    /// Token taken: TLS and the handshake under way, out of strangers' reach.
+    protected: Candidates,
+    sorting: JoinSet<Sorted>,
+    proving: JoinSet<Proved>,
+    aborts: HashMap<CandidateId, tokio::task::AbortHandle>,
+    replay: ReplayWindow,
+    next: CandidateId,
+}
+
+impl ControlPort {
+    fn id(&mut self) -> CandidateId {
+        self.next += 1;
+        self.next
+    }
+
+    fn evict(&mut self, gone: Option<CandidateId>) {
+        if let Some(h) = gone.and_then(|g| self.aborts.remove(&g)) {
+            h.abort();
+            bump(&self.shared.stats.control_evicted);
+        }
+    }
+
+    /// A new connection: it has `answer` to send its token.
+    fn accepted(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        let id = self.id();
+        let gone = self.unsorted.admit(id, Source::of(peer.ip()));
+        self.evict(gone);
+        let _ = self.shared.t.control_socket().apply_tcp(&tcp);
+        let within = self.shared.t.answer;
+        let key = self.shared.key.clone();
+        let h = self.sorting.spawn(async move {
+            let mut tcp = tcp;
+            let res = read_token(&mut tcp, &key, within).await;
+            (id, peer, tcp, res)
+        });
+        self.aborts.insert(id, h);
+    }
+
+    /// A token arrived (or did not): to the protected table, back to the unsorted one
+    /// for the proof (a valid token with a skewed clock), or refused.
+    fn sorted(&mut self, (id, peer, tcp, res): Sorted) {
+        self.aborts.remove(&id);
+        self.unsorted.remove(id);
+        let source = Source::of(peer.ip());
+        let token = match res {
+            Ok(token) => token,
+            Err(e) => return self.refused(peer, e),
+        };
+        let id = self.id();
+        match self.replay.take(token, unix_ms()) {
+            Ok(()) => {
+                bump(&self.shared.stats.control_admitted);
+                let gone = self.protected.admit(id, source);
+                self.evict(gone);
+            }
+            Err(Untaken::Replayed) => {
+                return self.refused(peer, "admission token replayed".into());
+            }
+            Err(Untaken::Skewed(ms)) => {
+                // The key holder's clock is off: it may still prove the key, but it
+                // competes with strangers for its slot.
+                bump(&self.shared.stats.control_skewed);
+                warn!(
+                    "control: {peer}: the client's clock is {:+.1} s from ours (more than \
+                     {ADMIT_WINDOW:?}); its connection is not protected from eviction",
+                    ms as f64 / 1e3
+                );
+                let gone = self.unsorted.admit(id, source);
+                self.evict(gone);
+            }
+        }
+        let shared = self.shared.clone();
+        let acceptor = self.acceptor.clone();
+        let h = self
+            .proving
+            .spawn(async move { (id, peer, authenticate(tcp, acceptor, &shared).await) });
+        self.aborts.insert(id, h);
+    }
+
+    fn refused(&mut self, peer: SocketAddr, e: BoxError) {
+        bump(&self.shared.stats.control_refused);
+        debug!("control: {peer} refused: {e}");
+    }
+}
+
+/// Accepts control candidates: each sends its admission token, then runs TLS and the
+/// handshake in its own task under its deadlines; the winner runs as the control
+/// connection. See [`crate::candidates`] for the two tables.
 async fn control_accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     filter: IpFilter,
-    mut table: Candidates,
+    (total, per_source): (usize, usize),
 ) {
-    let mut pending: JoinSet<Candidate> = JoinSet::new();
-    let mut aborts = std::collections::HashMap::new();
+    let mut port = ControlPort {
+        shared: shared.clone(),
+        acceptor,
+        unsorted: Candidates::new(total, per_source),
+        protected: Candidates::new(PROTECTED_SLOTS, PROTECTED_SLOTS),
+        sorting: JoinSet::new(),
+        proving: JoinSet::new(),
+        aborts: HashMap::new(),
+        replay: ReplayWindow::new(ADMIT_WINDOW, ADMIT_MEMORY),
+        next: 0,
+    };
     let mut controls = JoinSet::new();
     loop {
         while controls.try_join_next().is_some() {}
@@ -287,32 +414,24 @@ async fn control_accept_loop(
                     debug!("control: {peer} refused by --client-ip");
                     continue;
                 }
-                let (cid, evicted) = table.admit(peer.ip());
-                if let Some(old) = evicted.and_then(|e| aborts.remove(&e)) {
-                    tokio::task::AbortHandle::abort(&old);
-                    bump(&shared.stats.control_evicted);
-                }
-                let _ = shared.t.control_socket().apply_tcp(&tcp);
-                let shared = shared.clone();
-                let acceptor = acceptor.clone();
-                let h = pending.spawn(async move {
-                    (cid, peer, authenticate(tcp, acceptor, &shared).await)
-                });
-                aborts.insert(cid, h);
+                port.accepted(tcp, peer);
             }
-            Some(done) = pending.join_next() => {
-                let Ok((cid, peer, res)) = done else { continue }; // evicted
-                aborts.remove(&cid);
-                table.remove(cid);
+            Some(done) = port.sorting.join_next() => {
+                if let Ok(sorted) = done {
+                    port.sorted(sorted);
+                } // else evicted
+            }
+            Some(done) = port.proving.join_next() => {
+                let Ok((id, peer, res)) = done else { continue }; // evicted
+                port.aborts.remove(&id);
+                port.unsorted.remove(id);
+                port.protected.remove(id);
                 match res {
                     Ok(io) => {
                         bump(&shared.stats.control_ok);
                         controls.spawn(serve_control(shared.clone(), io, peer));
                     }
-                    Err(e) => {
-                        bump(&shared.stats.control_refused);
-                        debug!("control: {peer} refused: {e}");
-                    }
+                    Err(e) => port.refused(peer, e),
                 }
             }
         }

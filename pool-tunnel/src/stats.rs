@@ -50,9 +50,15 @@ counters! {
         control_ok,
         /// Control candidates dropped: wrong key, garbage, silence, TLS failure.
         control_refused,
+        /// Control candidates whose admission token proved the key (moved out of
+        /// strangers' reach for TLS and the handshake).
+        control_admitted,
+        /// Control candidates with a valid admission token stamped too far from the
+        /// server's clock (left to compete with strangers for a slot).
+        control_skewed,
         /// Control candidates refused by the client-IP filter.
         control_ip_refused,
-        /// Unauthenticated control candidates closed to make room for a newer one.
+        /// Control candidates closed to make room for a newer one.
         control_evicted,
         /// Control connections dropped because the client's heartbeats stopped.
         control_silent,

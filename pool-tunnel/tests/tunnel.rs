@@ -1,6 +1,6 @@
 //! The reverse tunnel, in one process on loopback: bytes survive the trip; a stranger who
-//! knows no key is never control and never receives a user byte, on any port; control
-//! eviction lets the real client in under a flood; heartbeats notice a hung peer on
+//! knows no key is never control and never receives a user byte, on any port; a
+//! restarted client gets control back under a churn from 200 sources; heartbeats notice a hung peer on
 //! either side; a pinned certificate and the key survive a server restart with a state
 //! directory. Every wait is bounded.
 
@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pool_testkit::proxy::{Fault, FaultProxy, Script};
+use pool_tls::admit::make_token;
 use pool_tls::{ServerTls, TlsMode, TunnelKey};
 use pool_tunnel::load::{self, LoadProgress, LoadReport};
 use pool_tunnel::protocol::{self, GREETING_LEN, MAGIC};
@@ -128,13 +130,10 @@ async fn strangers_on_the_control_port_change_nothing() {
     let server = pool_tunnel::start_server(server_cfg(key())).await.unwrap();
     let ctl = server.control_addr();
 
-    // First in line: one stays silent, one answers the greeting with garbage, one
-    // floods garbage without reading.
+    // First in line: one stays silent, one sends garbage in place of the admission
+    // token, one floods garbage without reading.
     let mut silent = connect_from(2, ctl).await.unwrap();
     let mut garbage = connect_from(3, ctl).await.unwrap();
-    let mut greeting = [0u8; GREETING_LEN];
-    garbage.read_exact(&mut greeting).await.unwrap();
-    assert_eq!(&greeting[..4], MAGIC);
     garbage.write_all(&[0x5a; 64]).await.unwrap();
     let mut flood = connect_from(4, ctl).await.unwrap();
     let _ = flood.write_all(&[0xff; 64 * 1024]).await;
@@ -147,18 +146,26 @@ async fn strangers_on_the_control_port_change_nothing() {
     assert!(server.control_up());
 
     // The garbage senders were dropped, and the silent one at its deadline, having
-    // received the greeting and nothing else.
-    let (_, closed) = drain(&mut garbage, Duration::from_secs(3)).await;
+    // received nothing: the server says nothing before a token proves the key.
+    let (got, closed) = drain(&mut garbage, Duration::from_secs(3)).await;
     assert!(closed, "garbage stranger still connected");
+    assert!(
+        got.is_empty(),
+        "the garbage stranger got {} bytes",
+        got.len()
+    );
     let (_, closed) = drain(&mut flood, Duration::from_secs(3)).await;
     assert!(closed, "flooding stranger still connected");
     let (got, closed) = drain(&mut silent, Duration::from_secs(3)).await;
     assert!(closed, "silent stranger still connected");
-    assert_eq!(got.len(), GREETING_LEN, "the silent stranger got more");
+    assert!(
+        got.is_empty(),
+        "the silent stranger got {} bytes",
+        got.len()
+    );
 
     // A stranger arriving now cannot take the role over either.
     let mut late = connect_from(5, ctl).await.unwrap();
-    late.read_exact(&mut greeting).await.unwrap();
     late.write_all(&[0u8; 64]).await.unwrap();
     let (_, closed) = drain(&mut late, Duration::from_secs(3)).await;
     assert!(closed);
@@ -251,7 +258,7 @@ async fn a_stranger_that_knows_no_key_never_gets_a_user_byte_on_any_port() {
         got.len()
     );
     let (got, closed) = drain(&mut on_control, Duration::from_secs(3)).await;
-    assert!(got.len() == GREETING_LEN && closed, "{} bytes", got.len());
+    assert!(got.is_empty() && closed, "{} bytes", got.len());
     assert!(server.pool().stats().counters.auth_failures >= 2);
     assert_eq!(server.stats().control_ok, 1);
     client.shutdown().await;
@@ -259,12 +266,23 @@ async fn a_stranger_that_knows_no_key_never_gets_a_user_byte_on_any_port() {
     echo_task.abort();
 }
 
+/// A connection from `127.<1 + n / 250>.<n % 250>.1`: one source (a /24) per `n`, none
+/// the real client's.
+async fn connect_from_source(n: u32, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    let ip = IpAddr::from([127, 1 + (n / 250) as u8, (n % 250) as u8, 1]);
+    s.bind(SocketAddr::new(ip, 0))?;
+    s.connect(to).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_eviction_lets_the_client_in_under_a_flood() {
+async fn a_restarted_client_gets_control_back_under_a_churn_from_200_sources() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
-    // Silent candidates would hold their slots for 30 s: only eviction lets anyone in.
+    // Silent candidates would hold their slots for 30 s: only eviction frees them. The
+    // client is 25 ms away each way, so its candidate waits a round trip for its token
+    // and several for its proof, while 200 sources churn the table.
     let server = pool_tunnel::start_server(ServerConfig {
-        candidates: (16, 2),
+        candidates: (256, 8),
         timeouts: Timeouts {
             answer: Duration::from_secs(30),
             ..fast()
@@ -274,43 +292,101 @@ async fn control_eviction_lets_the_client_in_under_a_flood() {
     .await
     .unwrap();
     let ctl = server.control_addr();
-    // 16 silent strangers from 8 addresses fill the table; 16 more, reconnecting, keep
-    // it full while the client arrives.
-    let mut held = Vec::new();
-    for i in 0..16u8 {
-        held.push(connect_from(2 + i / 2, ctl).await.unwrap());
-    }
+    let wan = FaultProxy::start(
+        ctl,
+        Script::always(Fault::Latency(Duration::from_millis(25))),
+    )
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        control: Some(wan.addr().to_string()),
+        ..client_cfg(&server, echo)
+    };
+    let first = pool_tunnel::start_client(cfg.clone()).await.unwrap();
+    assert!(first.wait_control(Duration::from_secs(5)).await);
     let churn = tokio::spawn(async move {
-        let mut n = 0u32;
-        let end = Instant::now() + Duration::from_secs(4);
-        while Instant::now() < end && n < 2_000 {
-            if let Ok(s) = connect_from(20 + (n % 16) as u8, ctl).await {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                drop(s);
+        let (mut n, mut held) = (0u32, std::collections::VecDeque::new());
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && n < 60_000 {
+            if let Ok(s) = connect_from_source(n % 200, ctl).await {
+                held.push_back(s);
+                if held.len() > 400 {
+                    held.pop_front();
+                }
             }
             n += 1;
         }
+        n
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.shutdown().await;
+    let evicted_before = server.stats().control_evicted;
     let start = Instant::now();
-    let client = pool_tunnel::start_client(client_cfg(&server, echo))
-        .await
-        .unwrap();
+    let client = pool_tunnel::start_client(cfg).await.unwrap();
     assert!(
-        client.wait_control(Duration::from_secs(2)).await,
-        "the client is not control within 2 s: {:?}",
+        client.wait_control(Duration::from_secs(5)).await,
+        "the restarted client is not control within 5 s: {:?}",
         server.stats()
     );
     let took = start.elapsed();
-    assert!(server.stats().control_evicted >= 1, "{:?}", server.stats());
-    churn.await.unwrap();
+    let n = churn.await.unwrap();
+    let st = server.stats();
+    assert!(
+        st.control_evicted > evicted_before,
+        "the churn never filled the table: {st:?}"
+    );
+    assert_eq!(st.control_admitted, 2, "{st:?}");
     let r = run(server.public_addr(), 20, 1024).await;
     assert_all_passed(&r, 20);
-    eprintln!("client control after {took:?} under a full candidate table");
-    drop(held);
+    eprintln!(
+        "restarted client control after {took:?}, {n} stranger connections, {} evicted",
+        st.control_evicted
+    );
     client.shutdown().await;
     server.shutdown().await;
     echo_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_token_is_taken_once_and_only_with_the_key() {
+    let k = key();
+    let server = pool_tunnel::start_server(server_cfg(k.clone()))
+        .await
+        .unwrap();
+    let ctl = server.control_addr();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ctx = protocol::CONTROL_CONTEXT;
+    let good = make_token(&k, ctx, now_ms).unwrap();
+    let wrong = make_token(&key(), ctx, now_ms).unwrap();
+    let stale = make_token(&k, ctx, now_ms - 3_600_000).unwrap();
+    // Each sender then stays silent: the server answers a taken token with its
+    // greeting, anything else with nothing.
+    let mut got = Vec::new();
+    for token in [good, good, wrong, stale] {
+        let mut s = connect_from(2, ctl).await.unwrap();
+        s.write_all(&token).await.unwrap();
+        got.push(drain(&mut s, Duration::from_secs(2)).await);
+    }
+    let lens: Vec<usize> = got.iter().map(|(b, _)| b.len()).collect();
+    assert_eq!(lens, [GREETING_LEN, 0, 0, GREETING_LEN], "{got:?}");
+    assert_eq!(&got[0].0[..MAGIC.len()], MAGIC);
+    // The last refusal is counted just after its connection closes.
+    let end = Instant::now() + Duration::from_secs(2);
+    while server.stats().control_refused < 4 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let st = server.stats();
+    assert_eq!(st.control_admitted, 1, "{st:?}");
+    assert_eq!(st.control_skewed, 1, "{st:?}");
+    assert_eq!(
+        st.control_refused, 4,
+        "replay, wrong key, two silences: {st:?}"
+    );
+    assert_eq!(st.control_ok, 0);
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,6 +397,7 @@ async fn the_server_notices_a_hung_client_and_answers_users_at_once() {
         .unwrap();
     // A client that proves the key, then neither reads nor writes: a stopped process.
     let mut hung = TcpStream::connect(server.control_addr()).await.unwrap();
+    protocol::send_token(&mut hung, &k).await.unwrap();
     protocol::client_handshake(&mut hung, &k, &[])
         .await
         .unwrap();
@@ -371,9 +448,11 @@ async fn the_client_notices_a_hung_server_and_reconnects() {
             let mut conns = Vec::new();
             while conns.len() < 3 {
                 let (mut s, _) = l.accept().await.unwrap();
-                if protocol::server_handshake(&mut s, &k, &[], Duration::from_secs(2))
-                    .await
-                    .is_ok()
+                let within = Duration::from_secs(2);
+                if protocol::read_token(&mut s, &k, within).await.is_ok()
+                    && protocol::server_handshake(&mut s, &k, &[], within)
+                        .await
+                        .is_ok()
                 {
                     conns.push(s);
                 }
