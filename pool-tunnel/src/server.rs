@@ -198,7 +198,11 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         // once (which invites an immediate reconnect, and a churn that starves the
         // accept loop).
         .handshake_timeout(Duration::from_secs(2))
-        .max_handshakes(crate::cli::HANDSHAKE_SLOTS)
+        // At most a quarter of the descriptors, whatever the limit.
+        .max_handshakes(crate::limits::within_descriptors(
+            crate::cli::HANDSHAKE_SLOTS,
+            4,
+        ))
         .tunnel_key(cfg.key.clone())
         .filter(filter.clone());
     if let Some(tls) = &cfg.tls {
@@ -241,6 +245,8 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     let control = control_l.local_addr()?;
     let public = public_l.local_addr()?;
     let (total, per_source) = cfg.candidates;
+    // At most an eighth of the descriptors.
+    let total = crate::limits::within_descriptors(total, 8);
     let tasks = vec![
         tokio::spawn(control_accept_loop(
             shared.clone(),

@@ -1,4 +1,4 @@
-//! The scripted attacks of `TUNNEL.md`, against the two `tunnel` processes, with a real
+//! The scripted attacks of `TUNNEL.md` (the issue-20 round in `round3.rs`), against the two `tunnel` processes, with a real
 //! HTTP service (`python3 -m http.server`) behind the tunnel.
 //!
 //! ```text
@@ -10,7 +10,8 @@
 //! (`scripts/attack.sh` does all three.) The binary is `$TUNNEL_BIN`, else
 //! `$CARGO_TARGET_DIR/release/tunnel`, else `target/release/tunnel`. Loopback only: the
 //! legitimate client and users on 127.0.0.1, strangers bind 127.0.0.2 and up. Every
-//! loop is bounded in count and time. Prints one Markdown table row per attack.
+//! loop is bounded in count and time. Prints one Markdown table row per attack;
+//! `ATTACK_ONLY=round3` runs the baseline and the issue-20 attacks only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+mod round3;
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn bin() -> PathBuf {
@@ -34,6 +37,22 @@ fn bin() -> PathBuf {
     }
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     Path::new(&dir).join("release/tunnel")
+}
+
+/// Strangers run on a runtime of their own (one thread), so their tight loops never
+/// queue ahead of the users' requests, which the harness times on its main runtime: a
+/// real attacker is another machine.
+fn strangers() -> tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the strangers' runtime")
+    })
+    .handle()
+    .clone()
 }
 
 fn free_port() -> u16 {
@@ -59,7 +78,22 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[String], env_key: Option<&str>) -> Res<Self> {
-        let mut cmd = Command::new(bin());
+        Self::start(Command::new(bin()), args, env_key)
+    }
+
+    /// Like `spawn`, under a descriptor limit (soft and hard) when given.
+    fn spawn_limited(args: &[String], nofile: Option<u64>) -> Res<Self> {
+        let Some(n) = nofile else {
+            return Self::spawn(args, None);
+        };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+            .arg(bin());
+        Self::start(cmd, args, None)
+    }
+
+    fn start(mut cmd: Command, args: &[String], env_key: Option<&str>) -> Res<Self> {
         cmd.args(args)
             .env("RUST_LOG", "info")
             .env_remove("POOL_TUNNEL_KEY")
@@ -349,6 +383,8 @@ async fn main() -> Res<()> {
         return Err("no request went through".into());
     }
     let mut rows = Vec::new();
+    // `ATTACK_ONLY=round3` skips to the issue-20 attacks.
+    let full = std::env::var("ATTACK_ONLY").map_or(true, |v| v != "round3");
 
     // Baseline.
     let (base, failed) = requests(public, 400, 8).await;
@@ -361,7 +397,7 @@ async fn main() -> Res<()> {
     ));
 
     // 1. 2,000 silent peers on the tunnel port, before and after the client starts.
-    {
+    if full {
         client.stop().await;
         let stop = Arc::new(AtomicBool::new(false));
         let held = Arc::new(AtomicU64::new(0));
@@ -369,27 +405,34 @@ async fn main() -> Res<()> {
         let spawn_peers = |peers: &mut JoinSet<()>, from: usize| {
             for i in from..from + 1000 {
                 let (stop, held, to) = (stop.clone(), held.clone(), setup.tunnel);
-                peers.spawn(async move {
-                    // Silent; reconnects when closed, for as long as the attack lasts.
-                    let mut n = 0;
-                    while !stop.load(Relaxed) && n < 100 {
-                        n += 1;
-                        let Ok(mut s) = connect_from(stranger_ip(1000 + i % 16), to).await else {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        };
-                        held.fetch_add(1, Relaxed);
-                        let mut buf = [0u8; 256];
-                        while !stop.load(Relaxed) {
-                            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                peers.spawn_on(
+                    async move {
+                        // Silent; reconnects when closed, for as long as the attack lasts.
+                        let mut n = 0;
+                        while !stop.load(Relaxed) && n < 100 {
+                            n += 1;
+                            let Ok(mut s) = connect_from(stranger_ip(1000 + i % 16), to).await
+                            else {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            };
+                            held.fetch_add(1, Relaxed);
+                            let mut buf = [0u8; 256];
+                            while !stop.load(Relaxed) {
+                                match tokio::time::timeout(
+                                    Duration::from_millis(200),
+                                    s.read(&mut buf),
+                                )
                                 .await
-                            {
-                                Ok(Ok(0)) | Ok(Err(_)) => break,
-                                _ => {}
+                                {
+                                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                                    _ => {}
+                                }
                             }
                         }
-                    }
-                });
+                    },
+                    &strangers(),
+                );
             }
         };
         spawn_peers(&mut peers, 0);
@@ -419,32 +462,35 @@ async fn main() -> Res<()> {
     }
 
     // 2. 64 reconnecting silent peers on the control port, then a client restart.
-    {
+    if full {
         let stop = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(AtomicU64::new(0));
         let mut peers = JoinSet::new();
         for i in 0..64 {
             let (stop, conns, to) = (stop.clone(), conns.clone(), setup.control);
-            peers.spawn(async move {
-                let mut n = 0;
-                while !stop.load(Relaxed) && n < 1000 {
-                    n += 1;
-                    let Ok(mut s) = connect_from(stranger_ip(i), to).await else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    conns.fetch_add(1, Relaxed);
-                    let mut buf = [0u8; 64];
-                    while !stop.load(Relaxed) {
-                        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
-                            .await
-                        {
-                            Ok(Ok(0)) | Ok(Err(_)) => break,
-                            _ => {}
+            peers.spawn_on(
+                async move {
+                    let mut n = 0;
+                    while !stop.load(Relaxed) && n < 1000 {
+                        n += 1;
+                        let Ok(mut s) = connect_from(stranger_ip(i), to).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        conns.fetch_add(1, Relaxed);
+                        let mut buf = [0u8; 64];
+                        while !stop.load(Relaxed) {
+                            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                                .await
+                            {
+                                Ok(Ok(0)) | Ok(Err(_)) => break,
+                                _ => {}
+                            }
                         }
                     }
-                }
-            });
+                },
+                &strangers(),
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         client.stop().await;
@@ -465,7 +511,7 @@ async fn main() -> Res<()> {
     }
 
     // 3. A stranger that knows no key, on every port.
-    {
+    if full {
         // A full client with a wrong key, whose target is a canary.
         let canary = TcpListener::bind("127.0.0.1:0").await?;
         let canary_addr = canary.local_addr()?;
@@ -484,27 +530,30 @@ async fn main() -> Res<()> {
             None,
         )?;
         // Raw strangers: the pool port (answering the challenge with zeros), the control
-        // port (garbage after the greeting), the public port is for users anyway.
+        // port (zeros for a token), the public port is for users anyway.
         let mut raw = JoinSet::new();
         for i in 0..50usize {
             let (tunnel, control) = (setup.tunnel, setup.control);
-            raw.spawn(async move {
-                let to = if i % 2 == 0 { tunnel } else { control };
-                let Ok(mut s) = connect_from(stranger_ip(i), to).await else {
-                    return (i % 2, 0usize);
-                };
-                let mut got = 0usize;
-                let mut buf = [0u8; 4096];
-                let _ = s.write_all(&[0u8; 64]).await;
-                let end = tokio::time::Instant::now() + Duration::from_secs(6);
-                while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
-                    if n == 0 {
-                        break;
+            raw.spawn_on(
+                async move {
+                    let to = if i % 2 == 0 { tunnel } else { control };
+                    let Ok(mut s) = connect_from(stranger_ip(i), to).await else {
+                        return (i % 2, 0usize);
+                    };
+                    let mut got = 0usize;
+                    let mut buf = [0u8; 4096];
+                    let _ = s.write_all(&[0u8; 64]).await;
+                    let end = tokio::time::Instant::now() + Duration::from_secs(6);
+                    while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
                     }
-                    got += n;
-                }
-                (i % 2, got)
-            });
+                    (i % 2, got)
+                },
+                &strangers(),
+            );
         }
         let (ok, failed) = requests(public, 200, 8).await;
         let connected = wrong
@@ -519,7 +568,7 @@ async fn main() -> Res<()> {
         rows.push(format!(
             "| a stranger that knows no key, on any port | wrong-key client control: {}; \
              its target reached {} times; raw strangers got at most {} B on the pool port \
-             (id + challenge = 40) and {} B on control (greeting = 36); legit GETs meanwhile {}/200 ok ({failed} failed) |",
+             (id + challenge = 40) and {} B on control (nothing before a valid token); legit GETs meanwhile {}/200 ok ({failed} failed) |",
             if connected.is_some() { "YES" } else { "never" },
             canary_hits.load(Relaxed),
             most[0],
@@ -529,7 +578,7 @@ async fn main() -> Res<()> {
     }
 
     // 4. Client SIGSTOP, then SIGCONT.
-    {
+    if full {
         let pid = client.pid();
         signal(pid, "STOP");
         let stopped = Instant::now();
@@ -562,7 +611,7 @@ async fn main() -> Res<()> {
     }
 
     // 5. A 20 s connect/close flood on the public port.
-    {
+    if full {
         let spid = server.pid();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let base_fd = descriptors(spid);
@@ -571,15 +620,18 @@ async fn main() -> Res<()> {
         let mut flood = JoinSet::new();
         for i in 0..32 {
             let (stop, floods) = (stop.clone(), floods.clone());
-            flood.spawn(async move {
-                while !stop.load(Relaxed) {
-                    if connect_from(stranger_ip(500 + i), public).await.is_ok() {
-                        floods.fetch_add(1, Relaxed);
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+            flood.spawn_on(
+                async move {
+                    while !stop.load(Relaxed) {
+                        if connect_from(stranger_ip(500 + i), public).await.is_ok() {
+                            floods.fetch_add(1, Relaxed);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
-                }
-            });
+                },
+                &strangers(),
+            );
         }
         let start = Instant::now();
         let (mut ok, mut failed) = (0usize, 0usize);
@@ -617,7 +669,7 @@ async fn main() -> Res<()> {
     }
 
     // 6. Server restart (the state dir keeps key and certificate).
-    {
+    if full {
         server.stop().await;
         let restarted = Instant::now();
         server = setup.start_server().await?;
@@ -632,6 +684,16 @@ async fn main() -> Res<()> {
             }
         ));
     }
+
+    // Round three (issue 20).
+    let mut client = Some(client);
+    rows.push(round3::on_path(&setup, &mut client).await?);
+    rows.push(round3::control_churn(&setup, &mut client).await?);
+    rows.extend(round3::one_source(&setup).await?);
+    rows.push(round3::metrics_emfile(&setup).await?);
+    rows.push(round3::planted_state(&setup).await?);
+    rows.push(round3::max_vs_handshakes(&setup).await?);
+    let client = client.ok_or("no client")?;
 
     println!("\n| attack (mode {mode}) | measured |\n|---|---|");
     for r in &rows {
