@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::protocol::{
     client_handshake, default_control, parse_server_line, send_token, split_host_port, ServerLine,
-    Timeouts, MAX_LINE, TAKEN,
+    Timeouts, MAX_LINE, TAKEN, TARGET_FAILED,
 };
 use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
 use crate::server::BoxIo;
@@ -344,9 +344,12 @@ async fn client_session(s: &Shared, id: ConnId) -> bool {
     };
     let target = match timeout(s.t.io, TcpStream::connect(&s.target)).await {
         Ok(Ok(t)) => t,
-        _ => {
-            warn!("session {id}: target {} unreachable", s.target);
-            return false; // dropping `conn` tells the server side
+        why => {
+            bump(&s.stats.target_failed);
+            debug!("session {id}: target {} unreachable: {why:?}", s.target);
+            // The server closes the user at once and retries nothing.
+            let _ = timeout(s.t.io, conn.write_all(&[TARGET_FAILED])).await;
+            return false;
         }
     };
     let _ = peer_socket_options().apply_tcp(&target);

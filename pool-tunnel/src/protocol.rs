@@ -16,8 +16,9 @@
 //! such a stranger gets a nonce and nothing computed with the key.
 //!
 //! Then both sides send lines: the server `<8 hex id>\n` (take this connection) or `\n`
-//! (heartbeat); the client only `\n` (heartbeat). On each pooled connection it takes,
-//! the client writes [`TAKEN`] before relaying. Either side drops control after
+//! (heartbeat); the client only `\n` (heartbeat). The server writes the user's bytes on
+//! the pooled connection at once; the client writes [`TAKEN`] (or [`TARGET_FAILED`])
+//! on it before relaying. Either side drops control after
 //! [`Timeouts::dead_after`] without a byte from the other.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,11 +42,15 @@ pub use pool_tls::proof::{
 };
 /// What the control tags sign in place of a pool connection's id.
 pub const CONTROL_CONTEXT: &[u8] = b"nodepass-tunnel/control/v1";
-/// The byte the client writes on a pooled connection once it took it and reached the
-/// target; the server relays nothing before it. Not a proof (the connection proved the
-/// key when it entered the pool): it tells the server the client is alive and ready,
-/// so the user's bytes never reach a connection the client has not taken yet.
+/// The byte the client writes first on a pooled connection once it took it and reached
+/// the target: the ack of the user's first bytes, which the server sent without
+/// waiting and keeps until this byte comes back (see `server.rs`, `REPLAY_MAX`). It
+/// travels just ahead of the target's first bytes. Not a proof: the connection proved
+/// the key when it entered the pool.
 pub const TAKEN: u8 = 0x06;
+/// The byte the client writes on a pooled connection instead of [`TAKEN`] when the
+/// target cannot be reached: the server closes the user at once and retries nothing.
+pub const TARGET_FAILED: u8 = 0x15;
 /// Longest control line accepted (an id is 8 hex digits plus `\n`).
 pub const MAX_LINE: usize = 64;
 
@@ -59,7 +64,8 @@ pub struct Timeouts {
     pub answer: Duration,
     /// How long a user waits for a control connection before being closed.
     pub control_wait: Duration,
-    /// How long the server waits for [`TAKEN`] on a pooled connection it handed out.
+    /// How long the server waits for [`TAKEN`] on a pooled connection it handed out
+    /// before it replays the user's bytes on another.
     pub ack: Duration,
     /// One `get` from either pool.
     pub get: Duration,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pool_tls::admit::{Admitted, ReplayWindow, Untaken};
 
 use pool_tls::ServerTls;
-use pool_tokio::{ConnId, IpFilter, ServerPool, TunnelKey};
+use pool_tokio::{ConnId, IpFilter, PoolConn, ServerPool, TunnelKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -19,7 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::candidates::{CandidateId, Candidates};
-use crate::protocol::{push_id, read_token, server_handshake, unix_ms, Timeouts, TAKEN};
+use crate::protocol::{
+    push_id, read_token, server_handshake, unix_ms, Timeouts, TAKEN, TARGET_FAILED,
+};
 use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
 use crate::sources::{Source, SourceLimits};
 use crate::stats::{bump, ServerSnapshot, ServerStats};
@@ -611,55 +613,88 @@ fn lock(l: &std::sync::Mutex<SourceLimits>) -> std::sync::MutexGuard<'_, SourceL
     l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Tries of one user session when a pooled connection is not taken in time.
-const ATTEMPTS: usize = 3;
+/// Pooled connections one user session tries at most, and of them at most
+/// [`NOT_TAKEN_TRIES`] that stayed silent until the ack deadline (the others closed
+/// at once: dead when picked).
+const ATTEMPTS: usize = 16;
+/// See [`ATTEMPTS`].
+const NOT_TAKEN_TRIES: usize = 3;
+/// The user's bytes the server sends before the client's [`TAKEN`] and keeps for a
+/// replay, at most. Past it, the server reads nothing more from the user until the
+/// ack (one round trip): nothing is ever sent that could not be replayed.
+pub const REPLAY_MAX: usize = 64 * 1024;
 
-/// One user: a control connection, a pooled connection the client says it took, a
-/// relay. A user for whom no control connection comes within `control_wait` is closed
-/// at once; so is one whose control connection is lost while it waits for the client
-/// to take its pooled connection (the client is gone or hung).
-async fn user_session(shared: &Shared, user: TcpStream) -> bool {
+/// How one pooled connection ended before the relay.
+enum Pick {
+    /// The client took it and reached the target.
+    Taken(PoolConn),
+    /// The client could not reach the target: the user is closed, nothing retried.
+    TargetFailed,
+    /// Closed or broken before the ack: dead when picked.
+    Dead,
+    /// No ack within the deadline.
+    Silent,
+    /// The control connection ended meanwhile.
+    Orphaned,
+}
+
+/// One user: a control connection, a pooled connection, a relay. The id goes over
+/// control and the user's first bytes onto the pooled connection at once, side by
+/// side, so they reach the client together, one one-way trip after they were sent.
+/// The server keeps a copy of what it sent until the client's [`TAKEN`] says it reached
+/// the target; a pooled connection that dies first, or stays silent past the ack
+/// deadline, is replaced and the copy replayed. [`TARGET_FAILED`] closes the user at
+/// once. A user for whom no control connection comes within `control_wait` is closed
+/// at once; so is one whose control connection is lost while it waits.
+async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
     let mut control = shared.control.subscribe();
     if gone(&user).await {
         return false; // a connect/close flood costs no pooled connection
     }
-    let mut taken = None;
-    for _ in 0..ATTEMPTS {
+    let mut sent = Vec::new();
+    let mut user_done = false;
+    let (mut tries, mut silent) = (0, 0);
+    let conn = loop {
+        if tries == ATTEMPTS || silent == NOT_TAKEN_TRIES {
+            return false;
+        }
+        tries += 1;
         let ctl = match timeout(shared.t.control_wait, control.wait_for(Option::is_some)).await {
             Ok(Ok(c)) => c.clone(),
             _ => return false,
         };
         let Some(mut ctl) = ctl else { return false };
-        let Ok((id, mut conn)) = shared.pool.get_timeout(shared.t.get).await else {
+        let Ok((id, conn)) = shared.pool.get_timeout(shared.t.get).await else {
             return false;
         };
         if ctl.tx.send(id).await.is_err() {
             continue; // that control connection just ended
         }
-        tokio::select! {
-            r = timeout(shared.t.ack, conn.read_u8()) => match r {
-                Ok(Ok(TAKEN)) => {
-                    taken = Some(conn);
-                    break;
-                }
-                _ => bump(&shared.stats.not_taken),
-            },
-            _ = ctl.gone.changed() => {
+        if tries > 1 {
+            bump(&shared.stats.replayed);
+        }
+        let pick = pick(shared, &mut user, conn, &mut ctl, &mut sent, &mut user_done).await;
+        match pick {
+            Pick::Taken(conn) => break conn,
+            Pick::TargetFailed => {
+                bump(&shared.stats.target_failed);
+                return false;
+            }
+            Pick::Dead => bump(&shared.stats.dead_picked),
+            Pick::Silent => {
+                silent += 1;
+                bump(&shared.stats.not_taken);
+            }
+            Pick::Orphaned => {
                 bump(&shared.stats.orphaned);
                 return false;
             }
         }
-    }
-    let Some(conn) = taken else { return false };
-    if gone(&user).await {
-        return false;
-    }
+    };
     let traffic = Traffic::default();
     let end = relay(user, conn, shared.relay, &traffic).await;
-    shared
-        .stats
-        .bytes_up
-        .fetch_add(traffic.a_to_b.load(Relaxed), Relaxed);
+    let up = traffic.a_to_b.load(Relaxed) + sent.len() as u64;
+    shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared
         .stats
         .bytes_down
@@ -674,6 +709,46 @@ async fn user_session(shared: &Shared, user: TcpStream) -> bool {
         RelayEnd::HalfClosed => {
             bump(&shared.stats.half_close_timeouts);
             false
+        }
+    }
+}
+
+/// Sends the copy and then the user's bytes as they come on `conn` until the client's
+/// first byte (or the deadline, or control's end) says how the pick went.
+async fn pick(
+    shared: &Shared,
+    user: &mut TcpStream,
+    mut conn: PoolConn,
+    ctl: &mut Control,
+    sent: &mut Vec<u8>,
+    user_done: &mut bool,
+) -> Pick {
+    if !sent.is_empty() && conn.write_all(sent).await.is_err() {
+        return Pick::Dead;
+    }
+    let deadline = Instant::now() + shared.t.ack;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let room = REPLAY_MAX - sent.len();
+        tokio::select! {
+            r = conn.read_u8() => return match r {
+                Ok(TAKEN) => Pick::Taken(conn),
+                Ok(TARGET_FAILED) => Pick::TargetFailed,
+                _ => Pick::Dead,
+            },
+            n = user.read(&mut buf[..room.min(16 * 1024)]), if !*user_done && room > 0 => {
+                match n {
+                    Ok(0) | Err(_) => *user_done = true,
+                    Ok(n) => {
+                        sent.extend_from_slice(&buf[..n]);
+                        if conn.write_all(&buf[..n]).await.is_err() {
+                            return Pick::Dead;
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Pick::Silent,
+            _ = ctl.gone.changed() => return Pick::Orphaned,
         }
     }
 }

@@ -42,6 +42,13 @@ counters! {
         orphaned,
         /// Pooled connections the client did not confirm in time (another is tried).
         not_taken,
+        /// Pooled connections found closed or broken before the client's ack (another
+        /// is tried, the user's bytes replayed).
+        dead_picked,
+        /// Pooled connections that carried a replay of a user's first bytes.
+        replayed,
+        /// Users closed at once because the client could not reach the target.
+        target_failed,
         /// Bytes relayed user -> client side.
         bytes_up,
         /// Bytes relayed client side -> user.
@@ -74,6 +81,8 @@ counters! {
         relayed,
         /// Sessions that failed (unknown id, target down, relay error).
         failed,
+        /// Sessions whose target could not be reached (told to the server).
+        target_failed,
         /// Bytes relayed target -> server side.
         bytes_up,
         /// Bytes relayed server side -> target.

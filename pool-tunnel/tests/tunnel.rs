@@ -390,6 +390,77 @@ async fn an_admission_token_is_taken_once_and_only_with_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_that_die_as_they_are_picked_lose_no_byte() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let server = pool_tunnel::start_server(server_cfg(key())).await.unwrap();
+    // A third of the pooled connections are reset once 4 bytes of payload have passed
+    // (the pool's id and proof take 136 in mode 0): they die just as they are picked,
+    // after the server has sent the user's first bytes on them.
+    let script = Script::random(7, 0.33, vec![Fault::ResetAfter(136 + 4)]);
+    let path = FaultProxy::start(server.tunnel_addr(), script)
+        .await
+        .unwrap();
+    let client = pool_tunnel::start_client(ClientConfig {
+        tunnel: path.addr().to_string(),
+        ..client_cfg(&server, echo)
+    })
+    .await
+    .unwrap();
+    assert!(client.wait_control(Duration::from_secs(3)).await);
+    let r = run(server.public_addr(), 100, 4096).await;
+    assert_all_passed(&r, 100);
+    let st = server.stats();
+    assert!(st.dead_picked > 0, "no pick died: {st:?}");
+    assert!(st.replayed > 0, "nothing replayed: {st:?}");
+    assert_eq!(st.target_failed, 0, "{st:?}");
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_target_closes_the_user_at_once_and_costs_one_pooled_connection() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = closed.local_addr().unwrap();
+    drop(closed); // nothing listens there now
+    let server = pool_tunnel::start_server(server_cfg(key())).await.unwrap();
+    let client = pool_tunnel::start_client(client_cfg(&server, target))
+        .await
+        .unwrap();
+    assert!(client.wait_control(Duration::from_secs(3)).await);
+    let start = Instant::now();
+    let mut users = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let public = server.public_addr();
+        users.spawn(async move {
+            let mut u = TcpStream::connect(public).await.unwrap();
+            u.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            drain(&mut u, Duration::from_secs(10)).await
+        });
+    }
+    while let Some(r) = users.join_next().await {
+        let (got, closed) = r.unwrap();
+        assert!(
+            closed && got.is_empty(),
+            "{} bytes, closed {closed}",
+            got.len()
+        );
+    }
+    let took = start.elapsed();
+    let st = server.stats();
+    assert_eq!(st.target_failed, 20, "{st:?}");
+    assert_eq!(
+        (st.not_taken, st.dead_picked, st.replayed),
+        (0, 0, 0),
+        "{st:?}"
+    );
+    assert_eq!(client.stats().target_failed, 20);
+    eprintln!("20 users of a refused target closed within {took:?}");
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_notices_a_hung_client_and_answers_users_at_once() {
     let k = key();
     let server = pool_tunnel::start_server(server_cfg(k.clone()))

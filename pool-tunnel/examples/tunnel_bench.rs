@@ -1,0 +1,614 @@
+//! `tunnel-bench`: the tunnel's own figures, each beside a baseline measured in the same
+//! run, in the `pool-bench` JSON format.
+//!
+//! ```text
+//! cargo build --release -p pool-tunnel --bin tunnel --example tunnel-bench
+//! target/release/examples/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
+//!                                      [--peer-rathole PATH]
+//! ```
+//!
+//! It starts the two `tunnel` processes (`$TUNNEL_BIN`, else
+//! `$CARGO_TARGET_DIR/release/tunnel`, else `target/release/tunnel`) and a service of its
+//! own, all on loopback, then measures:
+//!
+//! - `tunnel_ttfb_ms_p50`, `tunnel_ttfb_ms_p99`: from a user's first `send` at the public
+//!   port until that byte reaches the service, with `FaultProxy` adding the delay each way
+//!   between the client process and the server process (pool and control). Baseline:
+//!   the same byte sent straight to the service through the same kind of proxy, which is
+//!   the one-way delay plus a connect.
+//! - `tunnel_mbps`: one download through the tunnel, no added delay. Baseline: the same
+//!   download straight from the service.
+//! - `tunnel_sessions_per_s`: sessions (connect, 1 KiB each way, close), 64 at once, no
+//!   added delay. Baseline: the same straight to the service.
+//! - `tunnel_rss_kib`: resident memory of both processes with 1,000 idle pooled
+//!   connections, on a fresh pair. Baseline: the same pair with 16.
+//!
+//! With `--peer-rathole PATH` (a `rathole` binary, e.g. from `cargo install rathole`),
+//! the first three are measured for rathole under the same harness too, as
+//! `rathole_*`. CI runs `--quick` without it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pool_testkit::proxy::{Fault, FaultProxy, Script};
+use pool_testkit::report::{Figure, Report};
+use pool_tunnel::load::quantile;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// When the first byte of each tagged session reached the service.
+type Arrivals = Arc<Mutex<HashMap<u64, Instant>>>;
+
+/// The service: a command byte and an 8-byte tag, then
+/// - `T`: records when the first byte arrived, answers one byte;
+/// - `D` + size (8 bytes): sends that many bytes;
+/// - `E`: reads 1 KiB, answers 1 KiB.
+async fn service() -> Res<(SocketAddr, Arrivals)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let arrivals: Arrivals = Arc::default();
+    let seen = arrivals.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut head = [0u8; 9];
+                let n = s.read(&mut head).await.unwrap_or(0);
+                let at = Instant::now();
+                if n == 0 || s.read_exact(&mut head[n..]).await.is_err() {
+                    return;
+                }
+                let tag = u64::from_be_bytes(head[1..9].try_into().unwrap_or_default());
+                match head[0] {
+                    b'T' => {
+                        seen.lock().map(|mut m| m.insert(tag, at)).ok();
+                        let _ = s.write_all(b"k").await;
+                    }
+                    b'D' => {
+                        let mut size = [0u8; 8];
+                        if s.read_exact(&mut size).await.is_err() {
+                            return;
+                        }
+                        let mut left = u64::from_be_bytes(size);
+                        let chunk = vec![7u8; 256 * 1024];
+                        while left > 0 {
+                            let n = left.min(chunk.len() as u64) as usize;
+                            if s.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            left -= n as u64;
+                        }
+                    }
+                    _ => {
+                        let mut kib = vec![0u8; 1024];
+                        if s.read_exact(&mut kib).await.is_ok() {
+                            let _ = s.write_all(&kib).await;
+                        }
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, arrivals))
+}
+
+fn head(cmd: u8, tag: u64) -> [u8; 9] {
+    let mut h = [cmd; 9];
+    h[1..].copy_from_slice(&tag.to_be_bytes());
+    h
+}
+
+/// `n` sequential first-byte times through `entry` (a public port or a proxy).
+async fn ttfb(entry: SocketAddr, arrivals: &Arrivals, n: u64, first_tag: u64) -> Vec<Duration> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let tag = first_tag + i;
+        let Ok(mut s) = TcpStream::connect(entry).await else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        let sent = Instant::now();
+        if s.write_all(&head(b'T', tag)).await.is_err() {
+            continue;
+        }
+        let mut k = [0u8; 1];
+        let got = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut k)).await;
+        if matches!(got, Ok(Ok(_))) {
+            if let Some(at) = arrivals.lock().ok().and_then(|m| m.get(&tag).copied()) {
+                out.push(at.saturating_duration_since(sent));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out
+}
+
+/// One download of `bytes` through `entry`: MB/s (0 if it broke).
+async fn download(entry: SocketAddr, bytes: u64) -> f64 {
+    let run = async {
+        let mut s = TcpStream::connect(entry).await?;
+        let start = Instant::now();
+        s.write_all(&head(b'D', 0)).await?;
+        s.write_all(&bytes.to_be_bytes()).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Ok::<_, std::io::Error>((got, start.elapsed()))
+    };
+    match tokio::time::timeout(Duration::from_secs(60), run).await {
+        Ok(Ok((got, took))) if got == bytes => bytes as f64 / 1e6 / took.as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// Sessions a second through `entry`, `at_once` workers for `secs`.
+async fn sessions(entry: SocketAddr, at_once: usize, secs: f64) -> f64 {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut set = JoinSet::new();
+    for _ in 0..at_once {
+        set.spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < end {
+                let one = async {
+                    let mut s = TcpStream::connect(entry).await?;
+                    s.write_all(&head(b'E', 0)).await?;
+                    s.write_all(&[1u8; 1024]).await?;
+                    let mut back = vec![0u8; 1024];
+                    s.read_exact(&mut back).await?;
+                    Ok::<_, std::io::Error>(())
+                };
+                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), one).await {
+                    done += 1;
+                }
+            }
+            done
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        total += r.unwrap_or(0);
+    }
+    total as f64 / secs
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn bin() -> PathBuf {
+    if let Ok(b) = std::env::var("TUNNEL_BIN") {
+        return b.into();
+    }
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    Path::new(&dir).join("release/tunnel")
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A child process, killed when dropped, whose output is watched for a line.
+struct Proc {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Proc {
+    fn spawn(program: &Path, args: &[String]) -> Res<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("POOL_TUNNEL_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let err = child.stderr.take().ok_or("no stderr")?;
+        for r in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(r).lines();
+                while let Ok(Some(l)) = r.next_line().await {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        Ok(Self { child, lines })
+    }
+
+    async fn wait_line(&mut self, needle: &str, within: Duration) -> Option<String> {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(end, self.lines.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return Some(l),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// One `tunnel` pair: the server, and a way to start clients against it.
+struct Pair {
+    dir: PathBuf,
+    mode: u8,
+    tunnel: SocketAddr,
+    control: SocketAddr,
+    public: SocketAddr,
+    pin: Option<String>,
+    server: Proc,
+}
+
+impl Pair {
+    async fn start(dir: &Path, mode: u8) -> Res<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = pool_tls::TunnelKey::generate()?.to_hex();
+        write_private(&dir.join("key"), &key)?;
+        let (tunnel, control, public) = (free_addr(), free_addr(), free_addr());
+        let mut args: Vec<String> = vec!["server".into()];
+        for (flag, v) in [
+            ("--tunnel", tunnel),
+            ("--control", control),
+            ("--public", public),
+        ] {
+            args.extend([flag.into(), v.to_string()]);
+        }
+        args.extend(tls_args(mode));
+        args.extend([
+            "--tunnel-key-file".into(),
+            dir.join("key").display().to_string(),
+        ]);
+        args.extend([
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+        ]);
+        // The load comes from one address: lift the per-source limits and the cap.
+        for (flag, v) in [
+            ("--new-sessions-per-source", "1000000"),
+            ("--max-sessions-per-source", "100000"),
+            ("--max-sessions", "100000"),
+        ] {
+            args.extend([flag.into(), v.into()]);
+        }
+        let mut server = Proc::spawn(&bin(), &args)?;
+        let mut pin = None;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Some(l) = server
+                .wait_line("", end.saturating_duration_since(Instant::now()))
+                .await
+            else {
+                return Err("the tunnel server did not start".into());
+            };
+            if let Some(fp) = l.split("sha256 ").nth(1) {
+                pin = fp.split_whitespace().next().map(String::from);
+            }
+            if l.contains("waiting for the client") {
+                break;
+            }
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            mode,
+            tunnel,
+            control,
+            public,
+            pin,
+            server,
+        })
+    }
+
+    /// A client reaching the pool and control ports at `via` (proxies, or the ports).
+    async fn client(
+        &self,
+        target: SocketAddr,
+        via: (SocketAddr, SocketAddr),
+        cap: usize,
+    ) -> Res<Proc> {
+        let mut args: Vec<String> = vec!["client".into()];
+        for (flag, v) in [
+            ("--tunnel", via.0),
+            ("--control", via.1),
+            ("--target", target),
+        ] {
+            args.extend([flag.into(), v.to_string()]);
+        }
+        args.extend(tls_args(self.mode));
+        if let Some(p) = &self.pin {
+            args.extend(["--pin".into(), p.clone()]);
+        }
+        args.extend([
+            "--min".into(),
+            cap.to_string(),
+            "--max".into(),
+            cap.max(256).to_string(),
+        ]);
+        args.extend([
+            "--tunnel-key-file".into(),
+            self.dir.join("key").display().to_string(),
+        ]);
+        let mut c = Proc::spawn(&bin(), &args)?;
+        c.wait_line("control: connected", Duration::from_secs(15))
+            .await
+            .ok_or("the tunnel client did not connect")?;
+        Ok(c)
+    }
+}
+
+fn tls_args(mode: u8) -> Vec<String> {
+    let mut a = vec!["--tls".into(), mode.to_string()];
+    if mode == 0 {
+        a.push("--insecure-plaintext".into());
+    }
+    a
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// Waits until `pid` holds at least `n` descriptors (bounded).
+async fn until_descriptors(pid: u32, n: usize, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if descriptors(pid) >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+/// rathole's two processes, with the same delay between them; the public address.
+async fn rathole(
+    path: &Path,
+    dir: &Path,
+    target: SocketAddr,
+    delay: Duration,
+) -> Res<(SocketAddr, Vec<Proc>, Vec<FaultProxy>)> {
+    std::fs::create_dir_all(dir)?;
+    let (control, public) = (free_addr(), free_addr());
+    let token = pool_tls::TunnelKey::generate()?.to_hex();
+    let wan = FaultProxy::start(control, Script::always(Fault::Latency(delay))).await?;
+    std::fs::write(
+        dir.join("server.toml"),
+        format!("[server]\nbind_addr = \"{control}\"\n[server.services.bench]\ntoken = \"{token}\"\nbind_addr = \"{public}\"\n"),
+    )?;
+    std::fs::write(
+        dir.join("client.toml"),
+        format!("[client]\nremote_addr = \"{}\"\n[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n", wan.addr()),
+    )?;
+    let s = Proc::spawn(
+        path,
+        &[
+            "--server".into(),
+            dir.join("server.toml").display().to_string(),
+        ],
+    )?;
+    let c = Proc::spawn(
+        path,
+        &[
+            "--client".into(),
+            dir.join("client.toml").display().to_string(),
+        ],
+    )?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((public, vec![s, c], vec![wan]))
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut quick, mut mode, mut delay_ms, mut json, mut peer) = (false, 0u8, 25u64, None, None);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--mode" => {
+                mode = args
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .filter(|m| *m <= 1)
+                    .ok_or("--mode 0|1")?
+            }
+            "--delay-ms" => {
+                delay_ms = args
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .ok_or("--delay-ms N")?
+            }
+            "--json" => json = Some(PathBuf::from(args.next().ok_or("--json FILE")?)),
+            "--peer-rathole" => {
+                peer = Some(PathBuf::from(args.next().ok_or("--peer-rathole PATH")?))
+            }
+            other => return Err(format!("unknown argument `{other}`").into()),
+        }
+    }
+    let delay = Duration::from_millis(delay_ms);
+    let (n_ttfb, dl_bytes, secs) = if quick {
+        (20, 16_000_000, 1.0)
+    } else {
+        (200, 256_000_000, 4.0)
+    };
+    let dir = std::env::temp_dir().join(format!("tunnel-bench-{}", std::process::id()));
+    let (target, arrivals) = service().await?;
+    let mut figures = Vec::new();
+    let wan = || Script::always(Fault::Latency(delay));
+
+    // Baselines: straight to the service (through a proxy with the delay for ttfb).
+    let direct_wan = FaultProxy::start(target, wan()).await?;
+    let base_ttfb = ttfb(direct_wan.addr(), &arrivals, n_ttfb, 1_000_000).await;
+    let base_mbps = download(target, dl_bytes).await;
+    let base_sps = sessions(target, 64, secs).await;
+
+    // The tunnel, with the delay between its processes.
+    let pair = Pair::start(&dir.join("tunnel"), mode).await?;
+    let (pool_wan, control_wan) = (
+        FaultProxy::start(pair.tunnel, wan()).await?,
+        FaultProxy::start(pair.control, wan()).await?,
+    );
+    let client = pair
+        .client(target, (pool_wan.addr(), control_wan.addr()), 16)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = ttfb(pair.public, &arrivals, n_ttfb, 0).await;
+    client.stop().await;
+    let (b50, b99) = (
+        ms(quantile(&base_ttfb, 0.5)),
+        ms(quantile(&base_ttfb, 0.99)),
+    );
+    let note = format!("mode {mode}, {delay_ms} ms each way, {} of {n_ttfb} sessions; baseline: straight through the same delay", t.len());
+    figures.push(
+        Figure::vs("tunnel_ttfb_ms_p50", ms(quantile(&t, 0.5)), "ms", b50).note(note.clone()),
+    );
+    figures.push(Figure::vs("tunnel_ttfb_ms_p99", ms(quantile(&t, 0.99)), "ms", b99).note(note));
+
+    // No added delay: throughput and sessions.
+    let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mbps = download(pair.public, dl_bytes).await;
+    figures.push(
+        Figure::vs("tunnel_mbps", mbps, "MB/s", base_mbps).note(format!(
+            "mode {mode}, one {} MB download; baseline: straight from the service",
+            dl_bytes / 1_000_000
+        )),
+    );
+    let sps = sessions(pair.public, 64, secs).await;
+    figures.push(
+        Figure::vs("tunnel_sessions_per_s", sps, "1/s", base_sps).note(format!(
+            "mode {mode}, 64 at once, 1 KiB each way; baseline: straight to the service"
+        )),
+    );
+    client.stop().await;
+    pair.server.stop().await;
+
+    // Memory, on a fresh pair: 16 idle pooled connections, then 1,000.
+    let pair = Pair::start(&dir.join("memory"), mode).await?;
+    let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss16 = rss_kib(pair.server.pid()) + rss_kib(client.pid());
+    client.stop().await;
+    let client = pair
+        .client(target, (pair.tunnel, pair.control), 1000)
+        .await?;
+    let filled = until_descriptors(client.pid(), 1000, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1000 = rss_kib(pair.server.pid()) + rss_kib(client.pid());
+    figures.push(Figure::vs("tunnel_rss_kib", rss1000, "KiB", rss16).note(format!(
+        "mode {mode}, both processes, 1,000 idle pooled connections{}; baseline: 16 ({:.2} KiB per connection)",
+        if filled { "" } else { " (NOT filled in 30 s)" },
+        (rss1000 - rss16) / 984.0
+    )));
+    client.stop().await;
+    pair.server.stop().await;
+
+    if let Some(path) = peer {
+        let (public, procs, _wan) = rathole(&path, &dir.join("rathole"), target, delay).await?;
+        let t = ttfb(public, &arrivals, n_ttfb, 2_000_000).await;
+        figures.push(
+            Figure::vs("rathole_ttfb_ms_p50", ms(quantile(&t, 0.5)), "ms", b50)
+                .note("rathole, plain TCP, same delay"),
+        );
+        figures.push(
+            Figure::vs("rathole_ttfb_ms_p99", ms(quantile(&t, 0.99)), "ms", b99)
+                .note("rathole, plain TCP, same delay"),
+        );
+        // Throughput and sessions with the delay: rathole has no second path here.
+        for p in procs {
+            p.stop().await;
+        }
+        let (public, procs, _wan) =
+            rathole(&path, &dir.join("rathole0"), target, Duration::ZERO).await?;
+        figures.push(
+            Figure::vs(
+                "rathole_mbps",
+                download(public, dl_bytes).await,
+                "MB/s",
+                base_mbps,
+            )
+            .note("rathole, plain TCP"),
+        );
+        figures.push(
+            Figure::vs(
+                "rathole_sessions_per_s",
+                sessions(public, 64, secs).await,
+                "1/s",
+                base_sps,
+            )
+            .note("rathole, plain TCP"),
+        );
+        for p in procs {
+            p.stop().await;
+        }
+    }
+
+    let machine = serde_json::json!({
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines()
+            .find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned()),
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
+        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").ok(),
+        "quick": quick,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    });
+    let report = Report { machine, figures };
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report.json())?)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
