@@ -5,8 +5,13 @@
 //! times, faults, an outage) on a [`SimPair`](crate::sim::SimPair). [`run`] scores a
 //! policy ([`pool_core::Adaptation`]) on one: the share of gets served at once, the
 //! wait quantiles, the idle connection-seconds at both ends, dials per served get, and
-//! the seconds to recover after a step. The `pool-sim` binary runs every shipped
-//! scenario for both built-in policies and prints the table of `BENCHMARKS.md`.
+//! the seconds to recover after a step. A [`Scoreboard`] runs policies on scenarios
+//! for several seeds, all runs on one work queue, and reports each figure as a mean
+//! with its 95 % interval ([`Interval`]); since every policy sees the same users on a
+//! seed, policies are compared seed by seed ([`paired`]), and one beats another only
+//! beyond the interval of those differences ([`Verdict`]). The `pool-sim` binary runs
+//! every shipped scenario for both built-in policies and prints the table of
+//! `BENCHMARKS.md`.
 //! [`check_laws`] applies the laws to any policy, your own included, in one call.
 //!
 //! ```
@@ -18,12 +23,17 @@
 //! assert!(score.served_at_once_pct > 90.0, "{score:?}");
 //! ```
 
+mod board;
 mod laws;
 mod scenario;
 mod score;
+mod stats;
+
+pub use board::{Board, Metric, ScenarioResult, Scoreboard, FULL_LENGTH, QUICK_LENGTH};
 
 pub use laws::{check_laws, constant_rate, demand_trace, turns, LawOptions};
 pub use scenario::{
     client_config, lan, server_config, wan, DemandTrace, Outage, Scenario, STEADY_USERS,
 };
-pub use score::{figures, json, median, run, run_seeds, Figure, Score};
+pub use score::{json, run, Figure, Score};
+pub use stats::{paired, t95, Interval, Paired, Verdict};
