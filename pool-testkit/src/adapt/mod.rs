@@ -33,7 +33,8 @@ pub use board::{Board, Metric, ScenarioResult, Scoreboard, FULL_LENGTH, QUICK_LE
 
 pub use laws::{check_laws, constant_rate, demand_trace, turns, LawOptions};
 pub use scenario::{
-    client_config, lan, server_config, wan, DemandTrace, Outage, Scenario, STEADY_USERS,
+    client_config, lan, server_config, wan, DemandTrace, Outage, Scenario, HARDER_LENGTH,
+    STEADY_USERS,
 };
 pub use score::{json, run, Figure, Score};
 pub use stats::{paired, t95, Interval, Paired, Verdict};
