@@ -355,7 +355,7 @@ impl Scoreboard {
                     .scenarios
                     .iter()
                     .map(|sc| ScenarioResult {
-                        scenario: sc.name.to_string(),
+                        scenario: sc.name.clone(),
                         policy: p.name().to_owned(),
                         seeds: self.seeds.clone(),
                         scores: done

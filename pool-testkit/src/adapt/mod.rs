@@ -24,6 +24,7 @@
 //! ```
 
 mod board;
+pub mod file;
 mod laws;
 mod scenario;
 mod score;

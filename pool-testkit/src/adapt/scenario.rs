@@ -83,7 +83,7 @@ pub struct Outage {
 #[derive(Clone, Debug)]
 pub struct Scenario {
     /// A short name (`steady_100`, `flash_crowd`, ...), used in figure names.
-    pub name: &'static str,
+    pub name: String,
     /// The demand.
     pub demand: DemandTrace,
     /// Latencies and handshake times.
@@ -98,6 +98,12 @@ pub struct Scenario {
     /// The steps up (demand or service) after which recovery is timed, each with the
     /// end of the window in which it is timed.
     pub steps: Vec<(Duration, Duration)>,
+    /// Users who arrive at these instants (from the start, in order), on top of the
+    /// demand trace: a recorded trace replayed, the same on every seed.
+    pub arrivals: Vec<Duration>,
+    /// The client's capacity bounds, `(min, max)`. The scoreboard's: 8 to 4,096.
+    /// [`pair`](Self::pair) panics unless `1 <= min <= max`.
+    pub capacity: (usize, usize),
 }
 
 /// The network of the scoreboard: the simulator's default timing (1 to 20 ms one way,
@@ -129,8 +135,14 @@ pub fn wan() -> SimOptions {
 /// interval bounds (100 ms to 1 s), 512 dials at once (enough for 2,000 gets a second
 /// at LAN latency, which the default of 64 is not) and `policy`.
 pub fn client_config(policy: Adaptation) -> ClientConfig {
+    client_config_with(policy, (8, 4_096))
+}
+
+/// [`client_config`] with other capacity bounds (`min` at least 1, `max` at least
+/// `min`, as a scenario file is checked).
+fn client_config_with(policy: Adaptation, (min, max): (usize, usize)) -> ClientConfig {
     ClientConfig::builder()
-        .capacity(8, 4_096)
+        .capacity(min, max)
         .parallelism(512)
         .adapt(policy)
         .build()
@@ -151,15 +163,19 @@ pub fn server_config() -> ServerConfig {
 }
 
 impl Scenario {
-    fn new(name: &'static str, demand: DemandTrace) -> Self {
+    /// A scenario on the scoreboard's LAN and client, with no fault, outage, restart,
+    /// step or scripted arrival: set the fields to add them.
+    pub fn new(name: impl Into<String>, demand: DemandTrace) -> Self {
         Self {
-            name,
+            name: name.into(),
             demand,
             net: lan(),
             faults: Faults::none(),
             outage: None,
             restarts: Vec::new(),
             steps: Vec::new(),
+            arrivals: Vec::new(),
+            capacity: (8, 4_096),
         }
     }
 
@@ -343,7 +359,7 @@ impl Scenario {
     pub fn pair(&self, policy: Adaptation, seed: u64) -> SimPair {
         SimPair::with_options(
             seed,
-            client_config(policy),
+            client_config_with(policy, self.capacity),
             server_config(),
             self.faults,
             self.net.clone(),
@@ -357,6 +373,7 @@ impl Scenario {
             Down,
             Up,
             Restart(Duration),
+            User,
         }
         let mut at = sim.elapsed();
         let start = at;
@@ -369,18 +386,19 @@ impl Scenario {
                 .iter()
                 .map(|r| (r.at, Edge::Restart(r.lasting))),
         );
+        all.extend(self.arrivals.iter().map(|&t| (t, Edge::User)));
+        // Stable: at one instant, faults before users.
         all.sort_by_key(|e| e.0);
+        let mut next = all.iter().peekable();
         for &(d, rate) in &self.demand.pieces {
             sim.set_demand(rate);
             let end = at + d;
-            // Outage edges and restarts inside this piece.
-            let from = at;
-            let edges = all
-                .iter()
-                .filter(|(t, _)| start + *t >= from && start + *t < end);
-            for &(t, edge) in edges {
-                sim.run_for(start + t - at);
-                at = start + t;
+            // Outage edges, restarts and scripted users inside this piece.
+            while let Some(&(t, edge)) = next.next_if(|(t, _)| start + *t < end) {
+                if start + t > at {
+                    sim.run_for(start + t - at);
+                    at = start + t;
+                }
                 match edge {
                     Edge::Down => sim.set_faults(Faults {
                         connect_refused: 1.0,
@@ -388,6 +406,7 @@ impl Scenario {
                     }),
                     Edge::Up => sim.set_faults(self.faults),
                     Edge::Restart(down) => sim.restart_server(down),
+                    Edge::User => sim.user_now(),
                 }
             }
             sim.run_for(end - at);

@@ -6,7 +6,14 @@
 //! ```text
 //! pool-sim [--policy gorules|demand|all] [--scenario NAME|all] [--seed N] [--seeds K]
 //!          [--length SECS] [--quick] [--jobs J] [--json FILE]
+//!          [--scenario-file FILE]... [--arrivals-csv FILE]...
 //! ```
+//!
+//! `--scenario-file FILE` runs the scenario in FILE (JSON, or CSV arrivals when its name
+//! ends in `.csv`) instead of the shipped ones, and `--arrivals-csv FILE` a CSV list of
+//! arrival timestamps whatever its name; both may be repeated. The format is in the docs
+//! of `pool_testkit::adapt::file`. A bad file is refused with what is wrong and where,
+//! and exit status 2.
 //!
 //! `--quick`: five simulated minutes per scenario and two seeds, to iterate on a policy.
 //!
@@ -22,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use pool_core::Adaptation;
 use pool_testkit::adapt::{
-    json, Board, Figure, Metric, Scenario, ScenarioResult, Scoreboard, Verdict,
+    file, json, Board, Figure, Metric, Scenario, ScenarioResult, Scoreboard, Verdict,
 };
 
 struct Args {
@@ -32,6 +39,7 @@ struct Args {
     length: Duration,
     jobs: usize,
     json: Option<String>,
+    files: Vec<Scenario>,
 }
 
 fn args() -> Result<Args, String> {
@@ -42,6 +50,7 @@ fn args() -> Result<Args, String> {
         length: Duration::from_secs(3_600),
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         json: None,
+        files: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +64,17 @@ fn args() -> Result<Args, String> {
             "--length" => a.length = Duration::from_secs(num(val()?)?),
             "--jobs" => a.jobs = num(val()?)? as usize,
             "--json" => a.json = Some(val()?),
+            "--scenario-file" | "--arrivals-csv" => {
+                let path = val()?;
+                let p = std::path::Path::new(&path);
+                let loaded = if flag == "--scenario-file" {
+                    file::load(p)
+                } else {
+                    file::load_csv(p)
+                };
+                a.files
+                    .push(loaded.map_err(|e| format!("scenario file {path}: {e}"))?);
+            }
             "--quick" => {
                 // A run to iterate with: five simulated minutes per scenario, 2 seeds.
                 a.seeds = vec![1, 2];
@@ -63,7 +83,8 @@ fn args() -> Result<Args, String> {
             "-h" | "--help" => {
                 return Err(
                     "usage: pool-sim [--policy gorules|demand|all] [--scenario NAME|all] \
-                     [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE]"
+                     [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE] \
+                     [--scenario-file FILE]... [--arrivals-csv FILE]..."
                         .into(),
                 )
             }
@@ -118,7 +139,7 @@ fn row(out: &mut String, r: &ScenarioResult, vs: Option<&ScenarioResult>) {
 }
 
 fn main() {
-    let a = match args() {
+    let mut a = match args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -134,7 +155,13 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let scenarios: Vec<Scenario> = Scenario::all(a.length)
+    let from_files = !a.files.is_empty();
+    let shipped = if a.files.is_empty() {
+        Scenario::all(a.length)
+    } else {
+        std::mem::take(&mut a.files)
+    };
+    let scenarios: Vec<Scenario> = shipped
         .into_iter()
         .filter(|s| a.scenario == "all" || s.name == a.scenario)
         .collect();
@@ -150,11 +177,15 @@ fn main() {
         .jobs(a.jobs)
         .run_all(&policies);
     print!("{}", table(&boards));
+    let length = if from_files {
+        "their own length".to_owned()
+    } else {
+        format!("{:?}", a.length)
+    };
     println!(
-        "{n_scenarios} scenarios x {} seeds x {} policies of {:?} simulated each in {:.1?} wall",
+        "{n_scenarios} scenarios x {} seeds x {} policies of {length} simulated each in {:.1?} wall",
         a.seeds.len(),
         policies.len(),
-        a.length,
         wall.elapsed()
     );
     if let Some(path) = &a.json {
