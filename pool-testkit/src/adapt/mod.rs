@@ -2,7 +2,8 @@
 //! figures, and the laws every policy must keep.
 //!
 //! A [`Scenario`] is a seeded demand trace plus a network (latencies, handshake
-//! times, faults, an outage) on a [`SimPair`](crate::sim::SimPair). [`run`] scores a
+//! times, faults, an outage, server restarts) on a [`SimPair`](crate::sim::SimPair);
+//! [`file`](mod@file) reads one from a JSON or CSV file. [`run`] scores a
 //! policy ([`pool_core::Adaptation`]) on one: the share of gets served at once, the
 //! wait quantiles, the idle connection-seconds at both ends, dials per served get, and
 //! the seconds to recover after a step. A [`Scoreboard`] runs policies on scenarios
@@ -14,13 +15,23 @@
 //! `BENCHMARKS.md`.
 //! [`check_laws`] applies the laws to any policy, your own included, in one call.
 //!
+//! To test a policy of your own (`pool-testkit/examples/custom_policy.rs` is a whole
+//! one):
+//!
 //! ```
 //! use pool_core::Adaptation;
-//! use pool_testkit::adapt::{run, Scenario};
+//! use pool_testkit::adapt::{check_laws, run, LawOptions, Metric, Scenario, Scoreboard};
 //! use std::time::Duration;
+//!
+//! let mine = Adaptation::default(); // or Adaptation::custom(YourPolicy::default())
 //! let s = Scenario::named("steady_100", Duration::from_secs(20)).unwrap();
-//! let score = run(&Adaptation::default(), &s, 1);
+//! let score = run(&mine, &s, 1);
 //! assert!(score.served_at_once_pct > 90.0, "{score:?}");
+//!
+//! let board = Scoreboard::new().scenarios(vec![s]).seeds([1, 2]).run(&mine);
+//! let at_once = board.results[0].interval(Metric::ServedAtOncePct).unwrap();
+//! assert!(at_once.mean > 90.0, "{at_once}");
+//! # let _ = (check_laws, LawOptions::quick);
 //! ```
 
 mod board;
