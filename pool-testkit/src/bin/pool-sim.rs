@@ -60,7 +60,10 @@ fn args() -> Result<Args, String> {
             "--policy" => a.policy = val()?,
             "--scenario" => a.scenario = val()?,
             "--seed" => a.seeds = vec![num(val()?)?],
-            "--seeds" => a.seeds = (1..=num(val()?)?).collect(),
+            "--seeds" => match num(val()?)? {
+                0 => return Err("--seeds: at least 1".into()),
+                k => a.seeds = (1..=k).collect(),
+            },
             "--length" => a.length = Duration::from_secs(num(val()?)?),
             "--jobs" => a.jobs = num(val()?)? as usize,
             "--json" => a.json = Some(val()?),
@@ -122,8 +125,7 @@ fn row(out: &mut String, r: &ScenarioResult, vs: Option<&ScenarioResult>) {
             v(Metric::IdleConnS)
         )
     });
-    let _ = writeln!(
-        out,
+    let line = format!(
         "{:<14} {:<8} {:>16} {:>8.1} {:>18} {:>20} {:>7.3} {:>12} {}",
         r.scenario,
         r.policy,
@@ -136,6 +138,7 @@ fn row(out: &mut String, r: &ScenarioResult, vs: Option<&ScenarioResult>) {
             .map_or_else(|| "-".into(), |x| format!("{x:.1}")),
         verdict,
     );
+    let _ = writeln!(out, "{}", line.trim_end());
 }
 
 fn main() {
