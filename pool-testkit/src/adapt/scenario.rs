@@ -98,8 +98,9 @@ pub struct Scenario {
     /// The steps up (demand or service) after which recovery is timed, each with the
     /// end of the window in which it is timed.
     pub steps: Vec<(Duration, Duration)>,
-    /// Users who arrive at these instants (from the start, in order), on top of the
-    /// demand trace: a recorded trace replayed, the same on every seed.
+    /// Users who arrive at these instants (from the start, in any order), on top of
+    /// the demand trace: a recorded trace replayed, the same on every seed. Those at or
+    /// after the end of the demand trace never arrive.
     pub arrivals: Vec<Duration>,
     /// The client's capacity bounds, `(min, max)`. The scoreboard's: 8 to 4,096.
     /// [`pair`](Self::pair) panics unless `1 <= min <= max`.
