@@ -25,3 +25,53 @@ fn flash_crowd_is_met_within_seconds() {
     assert!(demand.recover_s.unwrap() <= 5.0, "{demand:?}");
     assert!(demand.served_at_once_pct + 0.5 >= go.served_at_once_pct);
 }
+
+/// A policy whose clones share a counter: the second run of a seed starts where the
+/// first left off, so its intervals differ.
+#[derive(Clone, Debug, Default)]
+struct Leaky(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl pool_core::Adapt for Leaky {
+    fn name(&self) -> &str {
+        "leaky"
+    }
+    fn clone_box(&self) -> Box<dyn pool_core::Adapt> {
+        Box::new(self.clone())
+    }
+    fn round(
+        &mut self,
+        r: &pool_core::RoundInput,
+        _now: std::time::Instant,
+    ) -> pool_core::Decision {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let jitter = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57; // 0 to 127
+        pool_core::Decision {
+            capacity: r.min_capacity,
+            interval: r.min_interval + Duration::from_millis(jitter),
+        }
+    }
+}
+
+#[test]
+fn the_determinism_law_catches_state_shared_between_runs() {
+    let opts = LawOptions {
+        cases: 1,
+        replays: 1,
+        ..LawOptions::quick()
+    };
+    let e = check_laws(&Adaptation::custom(Leaky::default()), opts).unwrap_err();
+    assert!(e.contains("determinism"), "{e}");
+}
+
+#[test]
+fn idle_connections_outlive_the_capacity_until_the_server_ages_them() {
+    // Five minutes after demand stops the capacity is back at the minimum, but the
+    // client closes nothing: the idle surplus stays until the server's 10-minute
+    // idle age closes it. The law with a deadline shorter than that age fails.
+    let opts = LawOptions {
+        idle_quiet: Duration::from_secs(300),
+        ..LawOptions::quick()
+    };
+    let e = check_laws(&Adaptation::default(), opts).unwrap_err();
+    assert!(e.contains("idle at the client"), "{e}");
+}

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::scenario::{DemandTrace, Scenario};
-use crate::sim::RoundRecord;
+use super::score::run;
+use crate::sim::{Faults, RoundRecord, SimPair};
 
 /// How hard [`check_laws`] tries.
 #[derive(Clone, Copy, Debug)]
@@ -20,6 +21,14 @@ pub struct LawOptions {
     pub settle: Duration,
     /// Within how long after demand stops the capacity must be back at its minimum.
     pub quiet: Duration,
+    /// Within how long after demand stops the idle connections (at both ends) must be
+    /// back at the minimum capacity. The client closes no idle connection when its
+    /// capacity falls (only a put-back checks it), so the surplus goes when the
+    /// server's maximum idle age (10 minutes on the scoreboard) closes it and the
+    /// client refills only its capacity: this must exceed that age.
+    pub idle_quiet: Duration,
+    /// Random demand traces run twice on one seed for the determinism law.
+    pub replays: u32,
     /// How many times the capacity may turn (from rising to falling or back) while
     /// watched under constant demand.
     pub max_turns: usize,
@@ -34,6 +43,8 @@ impl LawOptions {
             cases: 8,
             settle: Duration::from_secs(60),
             quiet: Duration::from_secs(300),
+            idle_quiet: Duration::from_secs(660),
+            replays: 2,
             max_turns: 40,
             seed: 1,
         }
@@ -96,7 +107,14 @@ fn law(ok: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError> {
 ///    `settle`, the capacity turns at most `max_turns` times over another `settle`
 ///    and ends within a factor of two of where it was when watching began;
 /// 3. **quiet returns to the minimum**: `quiet` after demand stops, the capacity is at
-///    its minimum.
+///    its minimum;
+/// 4. **idle returns to the minimum**: `idle_quiet` after demand stops, neither end holds
+///    more idle connections than the minimum capacity;
+/// 5. **determinism**: a random demand trace, with 1 % of the connects refused and 1 %
+///    of the dials hanging, run twice on one seed gives the same event transcript, the
+///    same rounds and the same score (`replays` traces). A policy that reads a clock,
+///    draws its own random numbers, iterates a randomly seeded map or shares state
+///    between its clones breaks it.
 ///
 /// ```
 /// use pool_core::{Adapt, Adaptation, Decision, Observed, RoundInput};
@@ -193,7 +211,69 @@ pub fn check_laws(policy: &Adaptation, opts: LawOptions) -> Result<(), String> {
                     opts.quiet, st.capacity
                 )
             })?;
+            // 4. Idle connections follow, at both ends.
+            let left = opts.idle_quiet.saturating_sub(opts.quiet);
+            let idle = |sim: &SimPair| (sim.client_status().idle, sim.server_status().idle);
+            let settled = sim.run_until(left, |sim| {
+                let (c, s) = idle(sim);
+                c <= min && s <= min
+            });
+            law(settled, || {
+                let (c, s) = idle(&sim);
+                format!(
+                    "after {rate:.1}/s then {:?} of quiet: {c} idle at the client, {s} at \
+                     the server, above the minimum {min}",
+                    opts.idle_quiet
+                )
+            })?;
             law(sim.check().is_ok(), || format!("{:?}", sim.check()))
+        })
+        .map_err(|e| format!("{}: {e}", policy.name()))?;
+    // 5. Determinism.
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: opts.replays,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        proptest::test_runner::TestRng::from_seed(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+            &[opts.seed as u8 ^ 0xd7; 32],
+        ),
+    );
+    runner
+        .run(&demand_trace(), |trace| {
+            let mut s = base.clone();
+            s.demand = trace;
+            s.net.transcript = true;
+            s.faults = Faults {
+                connect_refused: 0.01,
+                silence: 0.01,
+                ..Faults::none()
+            };
+            let once = || {
+                let mut sim = s.pair(policy.clone(), opts.seed);
+                s.drive(&mut sim, |_| {});
+                (
+                    sim.transcript_hash(),
+                    sim.rounds().to_vec(),
+                    run(policy, &s, opts.seed),
+                )
+            };
+            let (a, b) = (once(), once());
+            law(a.0 == b.0, || {
+                "determinism: two runs of one seed, two transcripts".into()
+            })?;
+            law(a.1 == b.1, || {
+                let k = a.1.iter().zip(&b.1).take_while(|(x, y)| x == y).count();
+                format!("determinism: the rounds differ from round {k}")
+            })?;
+            law(a.2 == b.2, || {
+                format!(
+                    "determinism: two runs of one seed score {:?} and {:?}",
+                    a.2, b.2
+                )
+            })
         })
         .map_err(|e| format!("{}: {e}", policy.name()))
 }

@@ -14,6 +14,9 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 /// [`Scenario::all`]).
 pub const STEADY_USERS: f64 = 150_000.0;
 
+/// The longest the harder scenarios run (see [`Scenario::all`]): ten simulated minutes.
+pub const HARDER_LENGTH: Duration = Duration::from_secs(600);
+
 /// Demand over time: piecewise constant rates, in users (pairs) per simulated second.
 /// Users arrive as a Poisson process within each piece.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +83,7 @@ pub struct Outage {
 #[derive(Clone, Debug)]
 pub struct Scenario {
     /// A short name (`steady_100`, `flash_crowd`, ...), used in figure names.
-    pub name: &'static str,
+    pub name: String,
     /// The demand.
     pub demand: DemandTrace,
     /// Latencies and handshake times.
@@ -89,9 +92,19 @@ pub struct Scenario {
     pub faults: Faults,
     /// An outage, if any.
     pub outage: Option<Outage>,
+    /// Server restarts: at each one's `at` the server loses every connection it holds
+    /// and its port refuses connects for `lasting` ([`SimPair::restart_server`]).
+    pub restarts: Vec<Outage>,
     /// The steps up (demand or service) after which recovery is timed, each with the
     /// end of the window in which it is timed.
     pub steps: Vec<(Duration, Duration)>,
+    /// Users who arrive at these instants (from the start, in any order), on top of
+    /// the demand trace: a recorded trace replayed, the same on every seed. Those at or
+    /// after the end of the demand trace never arrive.
+    pub arrivals: Vec<Duration>,
+    /// The client's capacity bounds, `(min, max)`. The scoreboard's: 8 to 4,096.
+    /// [`pair`](Self::pair) panics unless `1 <= min <= max`.
+    pub capacity: (usize, usize),
 }
 
 /// The network of the scoreboard: the simulator's default timing (1 to 20 ms one way,
@@ -123,8 +136,14 @@ pub fn wan() -> SimOptions {
 /// interval bounds (100 ms to 1 s), 512 dials at once (enough for 2,000 gets a second
 /// at LAN latency, which the default of 64 is not) and `policy`.
 pub fn client_config(policy: Adaptation) -> ClientConfig {
+    client_config_with(policy, (8, 4_096))
+}
+
+/// [`client_config`] with other capacity bounds (`min` at least 1, `max` at least
+/// `min`, as a scenario file is checked).
+fn client_config_with(policy: Adaptation, (min, max): (usize, usize)) -> ClientConfig {
     ClientConfig::builder()
-        .capacity(8, 4_096)
+        .capacity(min, max)
         .parallelism(512)
         .adapt(policy)
         .build()
@@ -145,20 +164,27 @@ pub fn server_config() -> ServerConfig {
 }
 
 impl Scenario {
-    fn new(name: &'static str, demand: DemandTrace) -> Self {
+    /// A scenario on the scoreboard's LAN and client, with no fault, outage, restart,
+    /// step or scripted arrival: set the fields to add them.
+    pub fn new(name: impl Into<String>, demand: DemandTrace) -> Self {
         Self {
-            name,
+            name: name.into(),
             demand,
             net: lan(),
             faults: Faults::none(),
             outage: None,
+            restarts: Vec::new(),
             steps: Vec::new(),
+            arrivals: Vec::new(),
+            capacity: (8, 4_096),
         }
     }
 
     /// The shipped scenarios, each lasting `length` (one simulated hour on the
     /// scoreboard; the shapes scale with it, the flash crowd's and the outage's
-    /// lengths do not), except that a steady one stops after [`STEADY_USERS`] users.
+    /// lengths do not), except that a steady one stops after [`STEADY_USERS`] users
+    /// and the harder ones (`lossy_dials`, `microbursts`, `slow_tls`, `restart`,
+    /// `wan_lossy`, `noisy_diurnal`) after [`HARDER_LENGTH`].
     pub fn all(length: Duration) -> Vec<Self> {
         let t = length.as_secs_f64();
         let half = length / 2;
@@ -222,10 +248,76 @@ impl Scenario {
                 s
             },
         ];
+        out.extend(Self::harder(length.min(HARDER_LENGTH)));
         out.retain(|s| !s.demand.pieces.is_empty());
         for s in &mut out {
             s.converge();
         }
+        out
+    }
+
+    /// The harder scenarios (issue 22), each lasting `length`: faults, bursts shorter
+    /// than a round of most policies, slow handshakes, restarts, loss, noise. Every one
+    /// is 100 users a second on average or less, at the scoreboard's LAN unless said.
+    fn harder(length: Duration) -> Vec<Self> {
+        let t = length.as_secs_f64();
+        let mut out = Vec::new();
+        // 100 a second; 2 % of the dials hang (the peer goes silent during TLS or in
+        // the middle of the id) until the core's deadline aborts them (5 s).
+        let mut s = Self::new("lossy_dials", DemandTrace::constant(100.0, length));
+        s.faults.silence = 0.02;
+        out.push(s);
+        // 50 a second, and every 15 s one second at 20 times that.
+        let mut d = DemandTrace { pieces: Vec::new() };
+        let mut at = Duration::ZERO;
+        while at + S(15) <= length {
+            d = d.then(S(14), 50.0).then(S(1), 1_000.0);
+            at += S(15);
+        }
+        out.push(Self::new("microbursts", d));
+        // 100 a second; the server's TLS handshake takes 200 to 800 ms.
+        let mut s = Self::new("slow_tls", DemandTrace::constant(100.0, length));
+        s.net.tls_time = (MS(200), MS(800));
+        out.push(s);
+        // 100 a second; the server restarts at a third (its port refusing for 5 s) and
+        // at two thirds (refusing for 15 s), losing every connection it holds.
+        let mut s = Self::new("restart", DemandTrace::constant(100.0, length));
+        s.restarts = vec![
+            Outage {
+                at: length / 3,
+                lasting: S(5),
+            },
+            Outage {
+                at: length * 2 / 3,
+                lasting: S(15),
+            },
+        ];
+        s.steps = s
+            .restarts
+            .iter()
+            .map(|r| (r.at + r.lasting, r.at + r.lasting + S(60)))
+            .collect();
+        out.push(s);
+        // 100 a second over the 150 ms WAN, 2 % of the packets lost once (each loss
+        // costs a retransmission timeout, 200 ms to 1 s).
+        let mut s = Self::new("wan_lossy", DemandTrace::constant(100.0, length));
+        s.net = SimOptions {
+            loss: 0.02,
+            ..wan()
+        };
+        out.push(s);
+        // One day compressed into the length, 5 to 300 a second, each second's rate
+        // off the curve by a random factor from 0.5 to 1.5 (the same on every seed).
+        let mut noise = crate::rng::SplitMix64::new(0xd1a1);
+        let curve = DemandTrace::sampled(length, S(1), |x| {
+            5.0 + 295.0 * (1.0 - (2.0 * PI * x / t).cos()) / 2.0
+        });
+        let pieces = curve
+            .pieces
+            .into_iter()
+            .map(|(d, r)| (d, r * (0.5 + noise.unit())))
+            .collect();
+        out.push(Self::new("noisy_diurnal", DemandTrace { pieces }));
         out
     }
 
@@ -268,7 +360,7 @@ impl Scenario {
     pub fn pair(&self, policy: Adaptation, seed: u64) -> SimPair {
         SimPair::with_options(
             seed,
-            client_config(policy),
+            client_config_with(policy, self.capacity),
             server_config(),
             self.faults,
             self.net.clone(),
@@ -277,31 +369,46 @@ impl Scenario {
 
     /// Runs the scenario on `sim`, calling `each` after every piece of the trace.
     pub fn drive(&self, sim: &mut SimPair, mut each: impl FnMut(&SimPair)) {
+        #[derive(Clone, Copy)]
+        enum Edge {
+            Down,
+            Up,
+            Restart(Duration),
+            User,
+        }
         let mut at = sim.elapsed();
         let start = at;
+        let mut all = Vec::new();
+        if let Some(o) = self.outage {
+            all.extend([(o.at, Edge::Down), (o.at + o.lasting, Edge::Up)]);
+        }
+        all.extend(
+            self.restarts
+                .iter()
+                .map(|r| (r.at, Edge::Restart(r.lasting))),
+        );
+        all.extend(self.arrivals.iter().map(|&t| (t, Edge::User)));
+        // Stable: at one instant, faults before users.
+        all.sort_by_key(|e| e.0);
+        let mut next = all.iter().peekable();
         for &(d, rate) in &self.demand.pieces {
             sim.set_demand(rate);
             let end = at + d;
-            // Outage edges inside this piece.
-            let mut edges = Vec::new();
-            if let Some(o) = self.outage {
-                for (t, down) in [(o.at, true), (o.at + o.lasting, false)] {
-                    if start + t >= at && start + t < end {
-                        edges.push((start + t, down));
-                    }
+            // Outage edges, restarts and scripted users inside this piece.
+            while let Some(&(t, edge)) = next.next_if(|(t, _)| start + *t < end) {
+                if start + t > at {
+                    sim.run_for(start + t - at);
+                    at = start + t;
                 }
-            }
-            for (t, down) in edges {
-                sim.run_for(t - at);
-                at = t;
-                sim.set_faults(if down {
-                    Faults {
+                match edge {
+                    Edge::Down => sim.set_faults(Faults {
                         connect_refused: 1.0,
                         ..self.faults
-                    }
-                } else {
-                    self.faults
-                });
+                    }),
+                    Edge::Up => sim.set_faults(self.faults),
+                    Edge::Restart(down) => sim.restart_server(down),
+                    Edge::User => sim.user_now(),
+                }
             }
             sim.run_for(end - at);
             at = end;

@@ -62,65 +62,16 @@ pub fn run(policy: &Adaptation, scenario: &Scenario, seed: u64) -> Score {
     }
 }
 
-/// The median of each figure over the runs (runs of a scenario share its steps).
-pub fn median(scores: &[Score]) -> Score {
-    fn med(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    }
-    let f = |g: fn(&Score) -> f64| med(scores.iter().map(g).collect());
-    Score {
-        served_at_once_pct: f(|s| s.served_at_once_pct),
-        wait_p50_ms: f(|s| s.wait_p50_ms),
-        wait_p99_ms: f(|s| s.wait_p99_ms),
-        idle_conn_s: f(|s| s.idle_conn_s),
-        idle_conn_s_client: f(|s| s.idle_conn_s_client),
-        idle_conn_s_server: f(|s| s.idle_conn_s_server),
-        dials_per_get: f(|s| s.dials_per_get),
-        recover_s: scores
-            .first()
-            .and_then(|s| s.recover_s)
-            .map(|_| med(scores.iter().filter_map(|s| s.recover_s).collect())),
-    }
-}
-
-/// Runs `policy` on `scenario` for each seed (on up to `jobs` threads) and returns
-/// the median score.
-pub fn run_seeds(policy: &Adaptation, scenario: &Scenario, seeds: &[u64], jobs: usize) -> Score {
-    let jobs = jobs.max(1);
-    let mut scores = Vec::with_capacity(seeds.len());
-    for chunk in seeds.chunks(jobs) {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|&seed| s.spawn(move || run(policy, scenario, seed)))
-                .collect();
-            for h in handles {
-                scores.push(h.join().expect("a scenario run panicked"));
-            }
-        });
-    }
-    median(&scores)
-}
-
 /// One figure of the `pool-bench` JSON format.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Figure {
-    /// `adapt_<policy>_<scenario>_<metric>`.
+    /// `adapt_<policy>_<scenario>_<metric>[_ci95]`.
     pub name: String,
     /// The value.
     pub value: f64,
     /// Its unit.
     pub unit: &'static str,
-    /// The Go rules' value, for another policy's figures.
+    /// The baseline policy's value, for another policy's figures.
     pub baseline: Option<f64>,
 }
 
@@ -129,29 +80,6 @@ impl Figure {
     pub fn ratio(&self) -> Option<f64> {
         self.baseline.filter(|b| *b != 0.0).map(|b| self.value / b)
     }
-}
-
-/// The figures of one (policy, scenario) score; `baseline` is the Go rules' score on
-/// the same scenario, for the figures of another policy.
-pub fn figures(policy: &str, scenario: &str, s: &Score, baseline: Option<&Score>) -> Vec<Figure> {
-    let name = |metric: &str| format!("adapt_{policy}_{scenario}_{metric}");
-    let mut out = Vec::new();
-    let mut push = |metric: &str, unit, get: fn(&Score) -> Option<f64>| {
-        if let Some(value) = get(s) {
-            out.push(Figure {
-                name: name(metric),
-                value,
-                unit,
-                baseline: baseline.and_then(get),
-            });
-        }
-    };
-    push("served_at_once_pct", "%", |s| Some(s.served_at_once_pct));
-    push("wait_p99_ms", "ms", |s| Some(s.wait_p99_ms));
-    push("idle_conn_s", "conn*s", |s| Some(s.idle_conn_s));
-    push("dials_per_get", "dials", |s| Some(s.dials_per_get));
-    push("recover_s", "s", |s| s.recover_s);
-    out
 }
 
 /// The `pool-bench` JSON document: `{"machine": {...}, "figures": [...]}`.

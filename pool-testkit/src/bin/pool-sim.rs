@@ -1,22 +1,36 @@
 //! The adaptation scoreboard: every shipped scenario, one simulated hour each, for
-//! each policy, medians over seeds; a table on stdout and, with `--json FILE`, the
-//! figures in the `pool-bench` format.
+//! each policy, the mean over seeds with its 95 % interval; a table on stdout with each
+//! policy's paired verdict against the Go rules (win, tie or lose) per scenario and in
+//! total, and, with `--json FILE`, the figures in the `pool-bench` format.
 //!
 //! ```text
 //! pool-sim [--policy gorules|demand|all] [--scenario NAME|all] [--seed N] [--seeds K]
 //!          [--length SECS] [--quick] [--jobs J] [--json FILE]
+//!          [--scenario-file FILE]... [--arrivals-csv FILE]...
 //! ```
+//!
+//! `--scenario-file FILE` runs the scenario in FILE (JSON, or CSV arrivals when its name
+//! ends in `.csv`) instead of the shipped ones, and `--arrivals-csv FILE` a CSV list of
+//! arrival timestamps whatever its name; both may be repeated. The format is in the docs
+//! of `pool_testkit::adapt::file`. A bad file is refused with what is wrong and where,
+//! and exit status 2.
 //!
 //! `--quick`: five simulated minutes per scenario and two seeds, to iterate on a policy.
 //!
-//! `--seed N` runs the single seed N; otherwise seeds 1 to K (default 5). The Go rules
-//! run whenever another policy does, as its baseline.
+//! `--seed N` runs the single seed N (whose intervals are infinite: every verdict is a
+//! tie); otherwise seeds 1 to K (default 5). The Go rules run whenever another policy
+//! does, as its baseline. A policy beats another on a scenario only when the 95 %
+//! interval of the per-seed differences of the share served at once excludes zero;
+//! where that ties, the idle connection-seconds decide the same way, and otherwise it
+//! is a tie.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use pool_core::Adaptation;
-use pool_testkit::adapt::{figures, json, run_seeds, Figure, Scenario, Score};
+use pool_testkit::adapt::{
+    file, json, Board, Figure, Metric, Scenario, ScenarioResult, Scoreboard, Verdict,
+};
 
 struct Args {
     policy: String,
@@ -25,6 +39,7 @@ struct Args {
     length: Duration,
     jobs: usize,
     json: Option<String>,
+    files: Vec<Scenario>,
 }
 
 fn args() -> Result<Args, String> {
@@ -35,6 +50,7 @@ fn args() -> Result<Args, String> {
         length: Duration::from_secs(3_600),
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         json: None,
+        files: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,10 +60,24 @@ fn args() -> Result<Args, String> {
             "--policy" => a.policy = val()?,
             "--scenario" => a.scenario = val()?,
             "--seed" => a.seeds = vec![num(val()?)?],
-            "--seeds" => a.seeds = (1..=num(val()?)?).collect(),
+            "--seeds" => match num(val()?)? {
+                0 => return Err("--seeds: at least 1".into()),
+                k => a.seeds = (1..=k).collect(),
+            },
             "--length" => a.length = Duration::from_secs(num(val()?)?),
             "--jobs" => a.jobs = num(val()?)? as usize,
             "--json" => a.json = Some(val()?),
+            "--scenario-file" | "--arrivals-csv" => {
+                let path = val()?;
+                let p = std::path::Path::new(&path);
+                let loaded = if flag == "--scenario-file" {
+                    file::load(p)
+                } else {
+                    file::load_csv(p)
+                };
+                a.files
+                    .push(loaded.map_err(|e| format!("scenario file {path}: {e}"))?);
+            }
             "--quick" => {
                 // A run to iterate with: five simulated minutes per scenario, 2 seeds.
                 a.seeds = vec![1, 2];
@@ -56,7 +86,8 @@ fn args() -> Result<Args, String> {
             "-h" | "--help" => {
                 return Err(
                     "usage: pool-sim [--policy gorules|demand|all] [--scenario NAME|all] \
-                     [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE]"
+                     [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE] \
+                     [--scenario-file FILE]... [--arrivals-csv FILE]..."
                         .into(),
                 )
             }
@@ -83,39 +114,57 @@ fn machine(a: &Args) -> serde_json::Value {
     })
 }
 
-fn row(out: &mut String, policy: &str, scenario: &str, s: &Score) {
-    let _ = writeln!(
-        out,
-        "{scenario:<12} {policy:<8} {:>8.2} {:>8.1} {:>9.1} {:>12.0} {:>12.0} {:>8.3} {:>9}",
-        s.served_at_once_pct,
-        s.wait_p50_ms,
-        s.wait_p99_ms,
-        s.idle_conn_s_client,
-        s.idle_conn_s_server,
-        s.dials_per_get,
-        s.recover_s
-            .map_or_else(|| "-".into(), |r| format!("{r:.1}")),
+fn row(out: &mut String, r: &ScenarioResult, vs: Option<&ScenarioResult>) {
+    let i = |m| r.interval(m).expect("every scenario has this figure");
+    let verdict = vs.map_or_else(String::new, |b| {
+        let v = |m| r.versus(b, m).map_or(Verdict::Tie, |p| p.verdict);
+        format!(
+            "{:<4} ({} / {})",
+            r.verdict(b),
+            v(Metric::ServedAtOncePct),
+            v(Metric::IdleConnS)
+        )
+    });
+    let line = format!(
+        "{:<14} {:<8} {:>16} {:>8.1} {:>18} {:>20} {:>7.3} {:>12} {}",
+        r.scenario,
+        r.policy,
+        format!("{:.2}", i(Metric::ServedAtOncePct)),
+        i(Metric::WaitP50Ms).mean,
+        format!("{:.1}", i(Metric::WaitP99Ms)),
+        format!("{:.0}", i(Metric::IdleConnS)),
+        i(Metric::DialsPerGet).mean,
+        r.interval(Metric::RecoverS)
+            .map_or_else(|| "-".into(), |x| format!("{x:.1}")),
+        verdict,
     );
+    let _ = writeln!(out, "{}", line.trim_end());
 }
 
 fn main() {
-    let a = match args() {
+    let mut a = match args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
         }
     };
-    let mut policies: Vec<(&str, Adaptation)> = vec![("gorules", Adaptation::GoRules)];
+    let mut policies = vec![Adaptation::GoRules];
     match a.policy.as_str() {
-        "all" | "demand" => policies.push(("demand", Adaptation::by_name("demand").unwrap())),
+        "all" | "demand" => policies.push(Adaptation::default()),
         "gorules" => {}
         other => {
             eprintln!("unknown policy {other} (gorules, demand, all)");
             std::process::exit(2);
         }
     }
-    let scenarios: Vec<Scenario> = Scenario::all(a.length)
+    let from_files = !a.files.is_empty();
+    let shipped = if a.files.is_empty() {
+        Scenario::all(a.length)
+    } else {
+        std::mem::take(&mut a.files)
+    };
+    let scenarios: Vec<Scenario> = shipped
         .into_iter()
         .filter(|s| a.scenario == "all" || s.name == a.scenario)
         .collect();
@@ -123,66 +172,119 @@ fn main() {
         eprintln!("no scenario called {}", a.scenario);
         std::process::exit(2);
     }
+    let n_scenarios = scenarios.len();
     let wall = Instant::now();
-    let mut table = format!(
-        "{:<12} {:<8} {:>8} {:>8} {:>9} {:>12} {:>12} {:>8} {:>9}\n",
-        "scenario",
-        "policy",
-        "at once%",
-        "p50 ms",
-        "p99 ms",
-        "idle c·s cli",
-        "idle c·s srv",
-        "dials/get",
-        "recover s"
-    );
-    let mut figs: Vec<Figure> = Vec::new();
-    let (mut idle_go, mut idle_other) = (0.0, 0.0);
-    for sc in &scenarios {
-        let t = Instant::now();
-        let mut go: Option<Score> = None;
-        for (name, p) in &policies {
-            let s = run_seeds(p, sc, &a.seeds, a.jobs);
-            row(&mut table, name, sc.name, &s);
-            figs.extend(figures(name, sc.name, &s, go.as_ref()));
-            if go.is_none() {
-                go = Some(s);
-                idle_go += s.idle_conn_s;
-            } else {
-                idle_other += s.idle_conn_s;
-            }
-        }
-        eprintln!("{} done in {:.1?}", sc.name, t.elapsed());
-    }
-    if policies.len() > 1 {
-        figs.push(Figure {
-            name: "adapt_demand_all_idle_conn_s".into(),
-            value: idle_other,
-            unit: "conn*s",
-            baseline: Some(idle_go),
-        });
-        let _ = writeln!(
-            table,
-            "all scenarios: idle connection-seconds demand {idle_other:.0} vs gorules {idle_go:.0} ({:.3}x)",
-            idle_other / idle_go
-        );
-    }
-    let _ = writeln!(
-        table,
-        "{} scenarios x {} seeds x {} policies of {:?} simulated each in {:.1?} wall",
-        scenarios.len(),
+    let boards = Scoreboard::new()
+        .scenarios(scenarios)
+        .seeds(a.seeds.iter().copied())
+        .jobs(a.jobs)
+        .run_all(&policies);
+    print!("{}", table(&boards));
+    let length = if from_files {
+        "their own length".to_owned()
+    } else {
+        format!("{:?}", a.length)
+    };
+    println!(
+        "{n_scenarios} scenarios x {} seeds x {} policies of {length} simulated each in {:.1?} wall",
         a.seeds.len(),
         policies.len(),
-        a.length,
         wall.elapsed()
     );
-    print!("{table}");
     if let Some(path) = &a.json {
-        let doc = json(machine(&a), &figs);
+        let doc = json(machine(&a), &all_figures(&boards));
         let text = serde_json::to_string_pretty(&doc).expect("json");
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("writing {path}: {e}");
             std::process::exit(1);
         }
     }
+}
+
+/// The table: per scenario, each policy's means ± 95 % intervals, and for each policy
+/// but the baseline (the first) its verdict against it; then the totals.
+fn table(boards: &[Board]) -> String {
+    let mut out = format!(
+        "{:<14} {:<8} {:>16} {:>8} {:>18} {:>20} {:>7} {:>12} {}\n",
+        "scenario",
+        "policy",
+        "at once %",
+        "p50 ms",
+        "p99 ms",
+        "idle conn·s",
+        "dial/get",
+        "recover s",
+        "vs base (at once / idle)"
+    );
+    let Some((base, others)) = boards.split_first() else {
+        return out;
+    };
+    for (k, r) in base.results.iter().enumerate() {
+        row(&mut out, r, None);
+        for b in others {
+            row(&mut out, &b.results[k], Some(r));
+        }
+    }
+    for b in others {
+        let (w, t, l) = b.tally(base);
+        let _ = writeln!(
+            out,
+            "{} vs {}: {w} win, {t} tie, {l} lose over {} scenarios",
+            b.policy,
+            base.policy,
+            b.results.len()
+        );
+        if let (Some(x), Some(y)) = (b.total(Metric::IdleConnS), base.total(Metric::IdleConnS)) {
+            let _ = writeln!(
+                out,
+                "all scenarios: idle connection-seconds {} {x:.0} vs {} {y:.0} ({:.3}x)",
+                b.policy,
+                base.policy,
+                x.mean / y.mean
+            );
+        }
+    }
+    out
+}
+
+/// Every figure: each policy's per scenario (with the baseline's beside it), and for
+/// each policy but the baseline its total idle connection-seconds and its tally.
+fn all_figures(boards: &[Board]) -> Vec<Figure> {
+    let mut figs = Vec::new();
+    let Some((base, others)) = boards.split_first() else {
+        return figs;
+    };
+    for (k, r) in base.results.iter().enumerate() {
+        figs.extend(r.figures(None));
+        for b in others {
+            figs.extend(b.results[k].figures(Some(r)));
+        }
+    }
+    for b in others {
+        if let (Some(x), Some(y)) = (b.total(Metric::IdleConnS), base.total(Metric::IdleConnS)) {
+            let name = format!("adapt_{}_all_idle_conn_s", b.policy);
+            figs.push(Figure {
+                name: name.clone(),
+                value: x.mean,
+                unit: "conn*s",
+                baseline: Some(y.mean),
+            });
+            figs.push(Figure {
+                name: format!("{name}_ci95"),
+                value: x.ci95,
+                unit: "conn*s",
+                baseline: None,
+            });
+        }
+        let (w, t, l) = b.tally(base);
+        for (what, n) in [("wins", w), ("ties", t), ("losses", l)] {
+            figs.push(Figure {
+                name: format!("adapt_{}_vs_{}_{what}", b.policy, base.policy),
+                value: n as f64,
+                unit: "scenarios",
+                baseline: None,
+            });
+        }
+    }
+    figs
 }

@@ -97,7 +97,7 @@ impl SimPair {
         self.stats.dials += 1;
         let serial = self.net.open(ticket);
         let lat = self.net.latency();
-        if self.net.connect_refused() {
+        if self.server_down() || self.net.connect_refused() {
             self.stats.injected_connect_refused += 1;
             let back = self.net.latency();
             self.net
@@ -244,6 +244,13 @@ impl SimPair {
             Some(c) if !c.client_closed => {}
             // Gone, or the client gave up before the connection arrived.
             _ => return,
+        }
+        if self.server_down() {
+            // The port refuses (the server is restarting): a reset comes back.
+            self.stats.injected_connect_refused += 1;
+            let lat = self.net.latency();
+            self.net.at(lat, Ev::ClientFail(serial, Stage::Connect));
+            return;
         }
         let peer = std::net::IpAddr::from([127, 0, 0, 1]);
         let admission = self.server.input(|m, now| m.handle_accept(now, peer, true));

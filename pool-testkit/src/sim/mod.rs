@@ -8,7 +8,10 @@
 //! id bytes reach the client in random chunks, fed through an [`IdReader`]; then it
 //! lands at the client too. Faults are injected per stage with configured
 //! probabilities: connect refused, TLS failure, a corrupted id byte, and silence until
-//! a deadline (during TLS or in the middle of the id).
+//! a deadline (during TLS or in the middle of the id). Packet loss
+//! ([`SimOptions::loss`]) delays a delivery by a retransmission timeout, and
+//! [`SimPair::restart_server`] restarts the server: every connection it holds is lost
+//! and its port refuses connects for a while.
 //!
 //! A demand of `n` pairs per simulated second plays the application: a server `get`, the
 //! id sent over a simulated control channel, then a client `get(id)`. Both ends must
@@ -63,7 +66,7 @@ pub use metrics::GetMetrics;
 pub use net::{Faults, SimClock, SimOptions};
 pub use oracle::RoundRecord;
 
-use net::{Net, Side};
+use net::{Ev, Net, Side};
 use oracle::{JitterTap, RoundOracle};
 use platform::{End, Sim};
 
@@ -117,6 +120,10 @@ pub struct SimStats {
     pub evicted_server: u64,
     /// Dead idle connections the client dropped.
     pub evicted_client: u64,
+    /// Server restarts ([`SimPair::restart_server`]).
+    pub server_restarts: u64,
+    /// Connections the server held (idle, settling, handshaking) when it restarted.
+    pub lost_in_restarts: u64,
 }
 
 /// A client machine and a server machine joined by a simulated network, each run by
@@ -141,6 +148,8 @@ pub struct SimPair {
     server_waiting: HashMap<u64, (WaitingGet, Duration)>,
     /// Waiting client gets by reply tag, with the pair they complete.
     client_waiting: HashMap<u64, (WaitingGet, ConnId, u64)>,
+    /// Until when the server's port refuses every connect (a restart).
+    server_down_until: Option<Duration>,
     stats: SimStats,
     metrics: GetMetrics,
     oracle: RoundOracle,
@@ -187,6 +196,7 @@ impl SimPair {
             settling: VecDeque::new(),
             server_waiting: HashMap::new(),
             client_waiting: HashMap::new(),
+            server_down_until: None,
             stats: SimStats::default(),
             metrics: GetMetrics::default(),
             oracle,
@@ -203,6 +213,67 @@ impl SimPair {
     /// Changes the fault probabilities; they apply to every stage drawn from now on.
     pub fn set_faults(&mut self, faults: Faults) {
         self.net.faults = faults;
+    }
+
+    /// The server process restarts now: every connection it holds (idle, settling or
+    /// handshaking) is lost, its application's waiting gets fail, and its port refuses
+    /// every connect for `down` (connects already on their way included); a fresh
+    /// server machine with the same configuration takes over. The client learns of it
+    /// as on sockets: its probes find its idle connections dead, its handshakes are
+    /// reset, its dials are refused until the port is back.
+    pub fn restart_server(&mut self, down: Duration) {
+        self.drain_wire();
+        self.stats.server_restarts += 1;
+        let cfg = self.server.read(|m| m.config().clone());
+        let now = self.net.now();
+        let random = SeededRandom::from_seed(self.net.seed32());
+        let platform = Sim {
+            wire: self.net.wire.clone(),
+            end: End::Server,
+        };
+        // The old machine goes with every ticket and waiting get it held.
+        self.server = Driver::new(ServerMachine::new(cfg, random, now), platform);
+        self.server_wake = Some(self.net.elapsed());
+        self.hs_serials.clear();
+        self.settling.clear();
+        let elapsed = self.net.elapsed();
+        let mut waiting: Vec<_> = self.server_waiting.drain().map(|(_, w)| w.1).collect();
+        waiting.sort();
+        for arrived in waiting {
+            self.metrics.failed(elapsed.saturating_sub(arrived));
+            self.stats.pairs_failed_server += 1;
+        }
+        let mut held: Vec<u64> = self
+            .net
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.hs.is_some() || matches!(c.server, Side::Idle | Side::Settling | Side::Pending)
+            })
+            .map(|(&s, _)| s)
+            .collect();
+        held.sort_unstable();
+        for serial in held {
+            self.stats.lost_in_restarts += 1;
+            let handshaking = self.net.conns.get_mut(&serial).and_then(|c| c.hs.take());
+            self.net.server_gone(serial);
+            if handshaking.is_some() {
+                // The client's handshake is reset.
+                let lat = self.net.latency();
+                self.net
+                    .at(lat, Ev::ClientFail(serial, pool_core::Stage::Tls));
+            }
+            self.net.retire(serial);
+        }
+        self.server_down_until = Some(elapsed + down);
+        self.net
+            .log(format_args!("server restarts, down for {down:?}"));
+    }
+
+    /// Whether the server's port refuses connects now (restarting).
+    fn server_down(&self) -> bool {
+        self.server_down_until
+            .is_some_and(|t| self.net.elapsed() < t)
     }
 
     /// Keeps every transcript line (memory grows with the run; for short runs).

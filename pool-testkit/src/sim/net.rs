@@ -124,6 +124,14 @@ pub struct SimOptions {
     /// ([`SimStats::timer_desyncs`](super::SimStats::timer_desyncs)). Default true; the
     /// scoreboard turns it off.
     pub oracle: bool,
+    /// Packet loss: the share of deliveries (network and control channel) whose
+    /// packet is lost once and arrives only after a retransmission, `retransmit`
+    /// later. Default 0 (then nothing is drawn for it, and a run is what it was
+    /// without the option).
+    pub loss: f64,
+    /// The delay a lost packet adds: TCP's retransmission timeout (at least 200 ms on
+    /// Linux, 1 s for a connection's first packet). Default 200 ms to 1 s.
+    pub retransmit: (Duration, Duration),
 }
 
 impl Default for SimOptions {
@@ -140,6 +148,8 @@ impl Default for SimOptions {
             transcript: true,
             chunked_ids: true,
             oracle: true,
+            loss: 0.0,
+            retransmit: (ms(200), ms(1_000)),
         }
     }
 }
@@ -361,16 +371,26 @@ impl Net {
 
     // ---- draws ----
 
-    /// A one-way latency.
+    /// A one-way latency (a retransmission included when the packet is lost).
     pub(super) fn latency(&mut self) -> Duration {
         let (lo, hi) = self.opts.latency;
-        self.rng.between(lo, hi)
+        self.rng.between(lo, hi) + self.lost()
     }
 
-    /// A control-channel latency.
+    /// A control-channel latency (a retransmission included when the packet is lost).
     pub(super) fn control_latency(&mut self) -> Duration {
         let (lo, hi) = self.opts.control_latency;
-        self.rng.between(lo, hi)
+        self.rng.between(lo, hi) + self.lost()
+    }
+
+    /// The retransmission delay of a lost packet, or zero.
+    fn lost(&mut self) -> Duration {
+        if self.rng.chance(self.opts.loss) {
+            let (lo, hi) = self.opts.retransmit;
+            self.rng.between(lo, hi)
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// A number in `[0, 1)`, for the application's pacing.
