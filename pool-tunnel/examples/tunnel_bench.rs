@@ -23,6 +23,10 @@
 //! - `tunnel_rss_kib`: resident memory of both processes with 1,000 idle pooled
 //!   connections, on a fresh pair. Baseline: the same pair with 16.
 //!
+//! - `relay_copy_mbps`, `relay_splice_mbps`: one download through one relay in this
+//!   process, the userspace copy (the TLS path) and `splice(2)` (the plain path).
+//!   Baseline: `tokio::io::copy_bidirectional`.
+//!
 //! With `--peer-rathole PATH` (a `rathole` binary, e.g. from `cargo install rathole`),
 //! the first three are measured for rathole under the same harness too, as
 //! `rathole_*`. CI runs `--quick` without it.
@@ -185,6 +189,44 @@ async fn sessions(entry: SocketAddr, at_once: usize, secs: f64) -> f64 {
         total += r.unwrap_or(0);
     }
     total as f64 / secs
+}
+
+/// Which relay [`relay_mbps`] runs.
+#[derive(Clone, Copy)]
+enum Relay {
+    /// `tokio::io::copy_bidirectional`: the raw relay.
+    Raw,
+    /// `pool_tunnel::relay::relay` (userspace copy, the TLS path).
+    Copy,
+    /// `pool_tunnel::relay::relay_tcp` (`splice(2)` on Linux, the plain path).
+    Splice,
+}
+
+/// MB/s of `bytes` from the service through one in-process relay of kind `kind`.
+async fn relay_mbps(service: SocketAddr, kind: Relay, bytes: u64) -> Res<f64> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let entry = l.local_addr()?;
+    let relay = tokio::spawn(async move {
+        let (mut user, _) = l.accept().await?;
+        let mut up = TcpStream::connect(service).await?;
+        let limits = pool_tunnel::relay::RelayLimits::default();
+        let traffic = pool_tunnel::relay::Traffic::default();
+        match kind {
+            Relay::Raw => {
+                tokio::io::copy_bidirectional(&mut user, &mut up).await?;
+            }
+            Relay::Copy => {
+                pool_tunnel::relay::relay(user, up, limits, &traffic).await;
+            }
+            Relay::Splice => {
+                pool_tunnel::relay::relay_tcp(user, up, limits, &traffic).await;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mbps = download(entry, bytes).await;
+    let _ = relay.await;
+    Ok(mbps)
 }
 
 fn free_addr() -> SocketAddr {
@@ -493,6 +535,18 @@ async fn main() -> Res<()> {
     let base_ttfb = ttfb(direct_wan.addr(), &arrivals, n_ttfb, 1_000_000).await;
     let base_mbps = download(target, dl_bytes).await;
     let base_sps = sessions(target, 64, secs).await;
+
+    // The relay alone, in this process: each kind against the raw relay.
+    let raw = relay_mbps(target, Relay::Raw, dl_bytes).await?;
+    for (name, kind) in [
+        ("relay_copy_mbps", Relay::Copy),
+        ("relay_splice_mbps", Relay::Splice),
+    ] {
+        let v = relay_mbps(target, kind, dl_bytes).await?;
+        figures.push(Figure::vs(name, v, "MB/s", raw).note(
+            "one download through one in-process relay; baseline: tokio::io::copy_bidirectional",
+        ));
+    }
 
     // The tunnel, with the delay between its processes.
     let pair = Pair::start(&dir.join("tunnel"), mode).await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pool_core::{Random, SeededRandom};
 use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
-use pool_tokio::{ClientPool, ConnId, TcpDialer, TunnelKey};
+use pool_tokio::{ClientPool, ConnId, PoolStream, TcpDialer, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use crate::protocol::{
     client_handshake, default_control, parse_server_line, send_token, split_host_port, ServerLine,
     Timeouts, MAX_LINE, TAKEN, TARGET_FAILED,
 };
-use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
+use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
 use crate::server::BoxIo;
 use crate::stats::{bump, ClientSnapshot, ClientStats};
 use crate::BoxError;
@@ -357,7 +357,10 @@ async fn client_session(s: &Shared, id: ConnId) -> bool {
         return false;
     }
     let traffic = Traffic::default();
-    let end = relay(conn, target, s.relay, &traffic).await;
+    let end = match conn.into_inner() {
+        PoolStream::Plain(tcp) => relay_tcp(tcp, target, s.relay, &traffic).await,
+        tls => relay(tls, target, s.relay, &traffic).await,
+    };
     s.stats
         .bytes_down
         .fetch_add(traffic.a_to_b.load(Relaxed), Relaxed);

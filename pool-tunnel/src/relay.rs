@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pool_tokio::SocketOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Deadlines of one relay.
@@ -80,7 +81,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => break,
@@ -109,6 +110,38 @@ where
     let (br, bw) = tokio::io::split(b);
     let up = copy_one(ar, bw, &traffic.a_to_b, &traffic.last, start);
     let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start);
+    drive(up, down, start, limits, traffic).await
+}
+
+/// [`relay`] between two plain TCP streams. On Linux the bytes go socket to pipe to
+/// socket with `splice(2)` and never enter this process; elsewhere it is [`relay`].
+pub async fn relay_tcp(
+    a: TcpStream,
+    b: TcpStream,
+    limits: RelayLimits,
+    traffic: &Traffic,
+) -> RelayEnd {
+    #[cfg(target_os = "linux")]
+    {
+        let start = Instant::now();
+        let up = splice::one_way(&a, &b, &traffic.a_to_b, &traffic.last, start);
+        let down = splice::one_way(&b, &a, &traffic.b_to_a, &traffic.last, start);
+        drive(up, down, start, limits, traffic).await
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        relay(a, b, limits, traffic).await
+    }
+}
+
+/// Runs both directions under the relay's deadlines.
+async fn drive(
+    up: impl std::future::Future<Output = bool>,
+    down: impl std::future::Future<Output = bool>,
+    start: Instant,
+    limits: RelayLimits,
+    traffic: &Traffic,
+) -> RelayEnd {
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let mut half_since: Option<Instant> = None;
@@ -145,9 +178,112 @@ where
     }
 }
 
+#[cfg(target_os = "linux")]
+mod splice {
+    //! One direction of a plain relay with `splice(2)`: socket → pipe → socket.
+
+    use std::io;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    /// At most this much in the pipe at once (the default pipe size).
+    const CHUNK: usize = 64 * 1024;
+
+    /// Moves `from` → `to` until EOF (then half-closes `to`) or an error.
+    pub(super) async fn one_way(
+        from: &TcpStream,
+        to: &TcpStream,
+        count: &AtomicU64,
+        last: &AtomicU64,
+        start: Instant,
+    ) -> bool {
+        let Ok((pipe_r, pipe_w)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
+            return false;
+        };
+        let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        loop {
+            let filled = from.try_io(Interest::READABLE, || {
+                splice(from.as_fd(), None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
+            });
+            let n = match filled {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if from.readable().await.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+                Err(_) => return false,
+            };
+            last.store(start.elapsed().as_millis() as u64, Relaxed);
+            let mut left = n;
+            while left > 0 {
+                let drained = to.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_r, None, to.as_fd(), None, left, flags).map_err(io::Error::from)
+                });
+                match drained {
+                    Ok(0) => return false,
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if to.writable().await.is_err() {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+            count.fetch_add(n as u64, Relaxed);
+            last.store(start.elapsed().as_millis() as u64, Relaxed);
+        }
+        rustix::net::shutdown(to, rustix::net::Shutdown::Write).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn a_tcp_relay_moves_every_byte_both_ways_and_passes_half_closes() {
+        let (mut a_peer, a) = tcp_pair().await;
+        let (b, mut b_peer) = tcp_pair().await;
+        let t = std::sync::Arc::new(Traffic::default());
+        let t2 = t.clone();
+        let relay = tokio::spawn(async move { relay_tcp(a, b, RelayLimits::default(), &t2).await });
+        let up: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+        let down: Vec<u8> = (0..100_001u32).map(|i| (i * 13 % 241) as u8).collect();
+        let (up2, down2) = (up.clone(), down.clone());
+        let writer = tokio::spawn(async move {
+            a_peer.write_all(&up2).await.unwrap();
+            a_peer.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            a_peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut got = Vec::new();
+        b_peer.read_to_end(&mut got).await.unwrap();
+        assert!(got == up, "up: {} bytes of {}", got.len(), up.len());
+        b_peer.write_all(&down2).await.unwrap();
+        b_peer.shutdown().await.unwrap();
+        let back = writer.await.unwrap();
+        assert!(back == down, "down: {} bytes of {}", back.len(), down.len());
+        assert_eq!(relay.await.unwrap(), RelayEnd::Done);
+        assert_eq!(t.a_to_b.load(Relaxed), up.len() as u64);
+        assert_eq!(t.b_to_a.load(Relaxed), down.len() as u64);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_and_half_closed_relays_end() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pool_tls::admit::{Admitted, ReplayWindow, Untaken};
 
 use pool_tls::ServerTls;
-use pool_tokio::{ConnId, IpFilter, PoolConn, ServerPool, TunnelKey};
+use pool_tokio::{ConnId, IpFilter, PoolConn, PoolStream, ServerPool, TunnelKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -22,7 +22,7 @@ use crate::candidates::{CandidateId, Candidates};
 use crate::protocol::{
     push_id, read_token, server_handshake, unix_ms, Timeouts, TAKEN, TARGET_FAILED,
 };
-use crate::relay::{peer_socket_options, relay, RelayEnd, RelayLimits, Traffic};
+use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
 use crate::sources::{Source, SourceLimits};
 use crate::stats::{bump, ServerSnapshot, ServerStats};
 use crate::BoxError;
@@ -692,7 +692,10 @@ async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
         }
     };
     let traffic = Traffic::default();
-    let end = relay(user, conn, shared.relay, &traffic).await;
+    let end = match conn.into_inner() {
+        PoolStream::Plain(tcp) => relay_tcp(user, tcp, shared.relay, &traffic).await,
+        tls => relay(user, tls, shared.relay, &traffic).await,
+    };
     let up = traffic.a_to_b.load(Relaxed) + sent.len() as u64;
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared
