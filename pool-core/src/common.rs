@@ -335,6 +335,27 @@ impl<C> PoolCommon<C> {
         self.get(check.want, now, check.deadline)
     }
 
+    /// The driver learned from the OS, without probing, that the peer of the idle
+    /// connection `id` closed or reset it (readiness reported a hang-up or an error):
+    /// it leaves the idle map at once, counted as `evicted_dead`, and is queued for
+    /// closing ([`Output::Close`]); a client refills on its next turn. Answers whether
+    /// it was idle. A connection that is not idle (out for a probe, on its way to a
+    /// get, handed out) is left alone: its probe or its user will see the same.
+    ///
+    /// This is how a dead peer is found in milliseconds instead of at the next sweep;
+    /// the sweep stays for what readiness cannot see (a silent host).
+    pub fn handle_idle_closed(&mut self, id: ConnId, _now: Instant) -> bool {
+        match self.idle.take(&id) {
+            Some(kept) => {
+                self.counters.evicted_dead += 1;
+                self.depart(id);
+                self.to_close.push((id, kept.conn));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A connection handed to a waiting get through an [`Output::Answer`]
     /// was found dead by the driver before it reached the caller (its peer gave up
     /// while it settled, say). It is counted as evicted, not as served, and queued for

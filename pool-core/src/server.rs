@@ -440,6 +440,26 @@ impl<C> ServerMachine<C> {
         self.common.held() - self.common.in_flight + self.settling.len()
     }
 
+    /// The peer of a held connection hung up (the driver saw it in readiness): an
+    /// idle one leaves as in [`PoolCommon::handle_idle_closed`], and so does one still
+    /// settling. Answers whether it was held.
+    pub fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
+        if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
+            if let Some((_, id, conn)) = self.settling.remove(i) {
+                self.pending_ids.remove(&id);
+                self.common.counters.evicted_dead += 1;
+                if let Some(source) = self.owner.remove(&id) {
+                    self.release(source);
+                }
+                self.common.close_later(id, conn);
+                return true;
+            }
+        }
+        let gone = self.common.handle_idle_closed(id, now);
+        self.sync_departures();
+        gone
+    }
+
     /// Connections whose settle time ended become idle or go to waiting gets.
     fn settle(&mut self, now: Instant) {
         while self.settling.front().is_some_and(|(due, _, _)| *due <= now) {

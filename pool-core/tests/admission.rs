@@ -102,6 +102,33 @@ fn silent_handshakes_never_make_the_pool_full() {
 }
 
 #[test]
+fn a_hang_up_while_settling_or_idle_takes_the_connection_out() {
+    let (mut m, now) = machine(
+        ServerConfig::builder()
+            .settle(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    let mut t = admit(&mut m, now, "10.0.0.1");
+    let id = m.assign_id(&mut t);
+    m.handle_ready(t, 1, now);
+    assert_eq!(m.status().idle, 1, "settling counts as idle");
+    assert!(m.handle_idle_closed(id, now));
+    assert_eq!(m.poll_close().map(|(_, c)| c), Some(1));
+    assert_eq!((m.status().idle, m.counters().evicted_dead), (0, 1));
+    assert!(!m.handle_idle_closed(id, now), "once");
+    // Settled, then hung up.
+    let mut t = admit(&mut m, now, "10.0.0.1");
+    let id = m.assign_id(&mut t);
+    m.handle_ready(t, 2, now);
+    m.handle_timeout(now + Duration::from_secs(2));
+    assert_eq!(m.idle(), 1);
+    assert!(m.handle_idle_closed(id, now));
+    assert_eq!(m.poll_close().map(|(_, c)| c), Some(2));
+    assert_eq!(m.counters().evicted_dead, 2);
+}
+
+#[test]
 fn a_source_over_its_quota_evicts_its_own_oldest() {
     let c = cfg().max_handshakes(10).pending_per_source(Some(2));
     let (mut m, now) = machine(c.build().unwrap());

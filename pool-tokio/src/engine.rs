@@ -49,6 +49,10 @@ pub(crate) struct Rt<S> {
     handle: tokio::runtime::Handle,
     /// The cancel token of each dial or handshake under way, by ticket serial.
     running: Mutex<HashMap<u64, CancellationToken>>,
+    /// The held connections' `epoll` set (`None`: not watched, the sweep finds dead
+    /// peers).
+    #[cfg(target_os = "linux")]
+    pub(crate) watch: Option<crate::watch::IdleWatch>,
 }
 
 impl<S: Side> Platform for Rt<S> {
@@ -68,6 +72,10 @@ impl<S: Side> Platform for Rt<S> {
     fn wake(&self) {
         self.wake.notify_one();
     }
+    fn close(&self, _id: ConnId, conn: PoolConn) {
+        self.unwatch(&conn);
+        drop(conn);
+    }
     fn start(&self, task: Task) {
         match task {
             Task::Dial(ticket) => match self.side.upgrade() {
@@ -84,6 +92,26 @@ impl<S: Side> Platform for Rt<S> {
 }
 
 impl<S> Rt<S> {
+    /// Watches a connection the pool now holds for its peer's hang-up.
+    pub(crate) fn watch(&self, id: ConnId, conn: &PoolConn) {
+        #[cfg(target_os = "linux")]
+        if let Some(w) = &self.watch {
+            w.watch(id, conn);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (id, conn);
+    }
+
+    /// Stops watching a connection leaving the pool.
+    pub(crate) fn unwatch(&self, conn: &PoolConn) {
+        #[cfg(target_os = "linux")]
+        if let Some(w) = &self.watch {
+            w.unwatch(conn);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = conn;
+    }
+
     fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -109,7 +137,15 @@ pub(crate) struct Engine<S: Side> {
 }
 
 impl<S: Side> Engine<S> {
-    pub(crate) fn new(m: S::M, name: &str, side: Weak<S>, handle: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(
+        m: S::M,
+        name: &str,
+        side: Weak<S>,
+        handle: tokio::runtime::Handle,
+        watch_idle: bool,
+    ) -> Self {
+        #[cfg(not(target_os = "linux"))]
+        let _ = watch_idle;
         let rt = Rt {
             side,
             wake: Notify::new(),
@@ -118,6 +154,10 @@ impl<S: Side> Engine<S> {
             tasks: TaskTracker::new(),
             handle,
             running: Mutex::new(HashMap::new()),
+            #[cfg(target_os = "linux")]
+            watch: watch_idle
+                .then(crate::watch::IdleWatch::new)
+                .and_then(Result::ok),
         };
         Self {
             driver: Driver::new(m, rt),
@@ -221,6 +261,31 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
     }
 }
 
+/// Reports the hang-ups the `epoll` set sees to the core, until the pool closes.
+pub(crate) async fn watch_hang_ups<S: Side>(side: Arc<S>) {
+    #[cfg(target_os = "linux")]
+    {
+        let engine = side.engine();
+        let rt = engine.rt();
+        let Some(w) = &rt.watch else { return };
+        loop {
+            let ids = tokio::select! {
+                r = w.hung_up() => match r {
+                    Ok(ids) => ids,
+                    Err(_) => return, // the sweep carries on alone
+                },
+                _ = rt.cancel.cancelled() => return,
+            };
+            for id in ids {
+                engine.driver.idle_closed(id);
+            }
+            rt.changed.notify_waiters();
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    drop(side);
+}
+
 /// A get as the user sees it: the core's answer, with a failing pool's last
 /// [`Failure`] attached to the error.
 pub(crate) async fn get_for_user<S: Side>(
@@ -249,7 +314,10 @@ async fn get<S: Side>(
     let mut step = engine.driver.get(want, timeout);
     loop {
         let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
+            Step::Ready(id, conn) => {
+                engine.rt().unwatch(&conn);
+                return Ok((id, conn));
+            }
             Step::Failed(e) => return Err(e),
             Step::Wait(w) => w,
         };

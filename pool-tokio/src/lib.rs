@@ -44,6 +44,8 @@ pub mod metrics;
 mod rt;
 mod server;
 mod stats;
+#[cfg(target_os = "linux")]
+mod watch;
 
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::{PoolConn, PoolStream};

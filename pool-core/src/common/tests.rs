@@ -122,6 +122,31 @@ fn a_dead_connection_in_a_batch_is_closed_and_id_waiters_fail() {
 }
 
 #[test]
+fn an_idle_connection_closed_by_its_peer_leaves_at_once_and_is_refilled() {
+    let cfg = ClientConfig::builder()
+        .capacity(1, 1)
+        .build()
+        .expect("valid");
+    let now = Instant::now();
+    let mut m: ClientMachine<u64> = ClientMachine::new(cfg, random(), now);
+    m.handle_timeout(now);
+    let t = m.poll_dial(now).expect("a dial");
+    let id = ConnId::from_random([2, 2, 2, 2]);
+    m.handle_dial_success(t, id, 7, now);
+    assert_eq!(m.idle(), 1);
+    assert!(m.poll_dial(now).is_none(), "full");
+    // Not idle: unknown ids are left alone.
+    assert!(!m.handle_idle_closed(ConnId::from_random([3, 3, 3, 3]), now));
+    assert!(m.handle_idle_closed(id, now));
+    assert_eq!(m.idle(), 0);
+    assert_eq!(m.poll_close(), Some((id, 7)));
+    assert_eq!(m.counters().evicted_dead, 1);
+    assert!(!m.handle_idle_closed(id, now), "once");
+    m.handle_timeout(now);
+    assert!(m.poll_dial(now).is_some(), "the client refills");
+}
+
+#[test]
 fn max_idle_age_closes_at_the_sweep_and_at_a_get() {
     let t0 = Instant::now();
     let mut m = server(quick(MS(1_000), Some(MS(2_000))), t0);

@@ -59,6 +59,10 @@ pub trait Role: sealed::Sealed {
     fn handle_probe(&mut self, probe: Probe<Self::Conn>, now: Instant) {
         self.shared_mut().handle_probe(probe, now);
     }
+    /// The peer of a held connection hung up (readiness, no probe): whether it left.
+    fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
+        self.shared_mut().handle_idle_closed(id, now)
+    }
     /// A waiting get went away; whether it was still waiting.
     fn cancel(&mut self, key: WaiterKey) -> bool {
         self.shared_mut().cancel(key)
@@ -134,6 +138,9 @@ impl<C> Role for ServerMachine<C> {
     }
     fn poll_output(&mut self, now: Instant) -> Output<C> {
         Self::poll_output(self, now)
+    }
+    fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
+        Self::handle_idle_closed(self, id, now)
     }
     fn put_back(&mut self, id: ConnId, conn: C, now: Instant) {
         Self::put_back(self, id, conn, now);

@@ -6,15 +6,16 @@
 //!
 //! Scenarios: fill (plain, TLS), fill over a 50 ms round trip, checkout throughput and
 //! get latency, memory per idle pair, core operations, idle and down CPU, get latency
-//! during sweeps, adaptation to a flash crowd on real sockets. `--quick` runs
-//! each at a tenth of its size. `--only a,b` runs some scenarios (fill, rtt, checkout,
-//! mem, core, cpu, sweep, adapt). See BENCHMARKS.md at the workspace root.
+//! during sweeps, how soon a dead peer leaves the pool, adaptation to a flash crowd on
+//! real sockets. `--quick` runs each at a tenth of its size. `--only a,b` runs some
+//! scenarios (fill, rtt, checkout, mem, core, cpu, sweep, dead, adapt). See BENCHMARKS.md at the workspace root.
 #![forbid(unsafe_code)]
 
 mod adapt;
 mod checkout;
 mod child;
 mod core;
+mod dead;
 mod fill;
 mod net;
 mod sweep;
@@ -95,7 +96,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 a.only = Some(list.split(',').map(str::to_owned).collect());
             }
             "-h" | "--help" => return Err(
-                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep,adapt]"
+                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep,dead,adapt]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
@@ -136,7 +137,7 @@ fn main() {
         machine,
         figures: Vec::new(),
     };
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("core", |s, o| {
             core::core(s, o);
             Ok(())
@@ -147,6 +148,7 @@ fn main() {
         ("mem", child::memory),
         ("cpu", child::cpu),
         ("sweep", sweep::sweep),
+        ("dead", dead::dead),
         ("adapt", adapt::adapt),
     ];
     let started = Instant::now();

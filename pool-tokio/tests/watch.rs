@@ -1,0 +1,82 @@
+//! Event-driven liveness: with the sweep an hour away, a peer's hang-up still takes the
+//! idle connection out of the pool, because the OS reports it; without the watch it
+//! stays until the sweep. Linux only.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pool_tokio::{ClientPool, ServerPool};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn pair(watch: bool) -> (ServerPool, ClientPool) {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .sweep_interval(HOUR)
+        .watch_idle(watch)
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .capacity(8, 8)
+        .sweep_interval(HOUR)
+        .watch_idle(watch)
+        .build()
+        .unwrap();
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_hang_up_takes_the_idle_connection_out_without_a_sweep() {
+    let (server, client) = pair(true);
+    assert!(client.wait_idle(8, T).await && server.wait_idle(8, T).await);
+    // The server closes its ends: every client idle connection's peer hung up.
+    server.flush();
+    assert!(
+        eventually(|| client.stats().counters.evicted_dead >= 8).await,
+        "the client never noticed: {:?}",
+        client.stats()
+    );
+    // And it refilled with live ones, which the server holds again.
+    assert!(client.wait_idle(8, T).await && server.wait_idle(8, T).await);
+    // The client's ends close: the server notices too.
+    let before = server.stats().counters.evicted_dead;
+    client.flush();
+    assert!(
+        eventually(|| server.stats().counters.evicted_dead >= before + 8).await,
+        "the server never noticed: {:?}",
+        server.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_watch_a_hang_up_waits_for_the_sweep() {
+    let (server, client) = pair(false);
+    assert!(client.wait_idle(8, T).await && server.wait_idle(8, T).await);
+    server.flush();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = client.stats();
+    assert_eq!(st.counters.evicted_dead, 0, "{st:?}");
+    assert_eq!(st.status.idle, 8, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_on_an_idle_connection_are_no_hang_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, client) = pair(true);
+    assert!(client.wait_idle(8, T).await && server.wait_idle(8, T).await);
+    // The server side writes on a connection before the client takes it (what the
+    // tunnel does with a session's first bytes): it stays in the client's pool, and
+    // the bytes are there when the client takes it.
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    s.write_all(b"early").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.stats().counters.evicted_dead, 0);
+    let mut c = client.get_timeout(id, T).await.unwrap();
+    let mut got = [0u8; 5];
+    c.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"early");
+}
