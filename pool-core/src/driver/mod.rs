@@ -344,7 +344,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
 
     /// The OS reported that the peer of the idle connection `id` closed or reset it
     /// (readiness: a hang-up or an error, no probe): the connection leaves the pool at
-    /// once and is closed ([`PoolCommon::handle_idle_closed`]; on a server, a connection
+    /// once and is closed ([`crate::PoolCommon::handle_idle_closed`]; on a server, a connection
     /// still settling too). Answers whether it was
     /// idle. A platform that watches idle connections calls it; one that does not
     /// leaves the finding to the sweep.
