@@ -427,32 +427,8 @@ pub(crate) async fn metrics_emfile(setup: &Setup) -> Res<String> {
     let _ = until_served(s.public, Duration::from_secs(10)).await;
     let pid = server.pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut peers = JoinSet::new();
     // 2,200 silent strangers from 40 sources: more than the descriptors left.
-    for i in 0..2200usize {
-        let (stop, to) = (stop.clone(), s.tunnel);
-        peers.spawn_on(
-            async move {
-                let mut n = 0;
-                while !stop.load(Relaxed) && n < 50 {
-                    n += 1;
-                    let Ok(mut c) = connect_from(source_ip(400 + i % 40), to).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    let mut b = [0u8; 64];
-                    while !stop.load(Relaxed) {
-                        match tokio::time::timeout(Duration::from_millis(200), c.read(&mut b)).await
-                        {
-                            Ok(Ok(0)) | Ok(Err(_)) => break,
-                            _ => {}
-                        }
-                    }
-                }
-            },
-            &strangers(),
-        );
-    }
+    let mut peers = silent_strangers(s.tunnel, (400, 40), 2200, 50, &stop);
     let hits = {
         let stop = stop.clone();
         strangers().spawn(async move {
@@ -507,6 +483,44 @@ pub(crate) async fn metrics_emfile(setup: &Setup) -> Res<String> {
     ))
 }
 
+/// `count` strangers on `to` from `sources.1` sources numbered from `sources.0`, on the
+/// strangers' runtime: each connects, stays silent, and reconnects when closed, at most
+/// `reconnects` times, until `stop`.
+fn silent_strangers(
+    to: SocketAddr,
+    sources: (usize, usize),
+    count: usize,
+    reconnects: usize,
+    stop: &Arc<AtomicBool>,
+) -> JoinSet<()> {
+    let mut peers = JoinSet::new();
+    for i in 0..count {
+        let stop = stop.clone();
+        let from = source_ip(sources.0 + i % sources.1.max(1));
+        peers.spawn_on(
+            async move {
+                let mut n = 0;
+                while !stop.load(Relaxed) && n < reconnects {
+                    n += 1;
+                    let Ok(mut c) = connect_from(from, to).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let mut b = [0u8; 64];
+                    while !stop.load(Relaxed) {
+                        let read = tokio::time::timeout(Duration::from_millis(200), c.read(&mut b));
+                        if matches!(read.await, Ok(Ok(0)) | Ok(Err(_))) {
+                            break;
+                        }
+                    }
+                }
+            },
+            &strangers(),
+        );
+    }
+    peers
+}
+
 /// Attack 5: a world-writable state directory with a planted all-zero key.
 pub(crate) async fn planted_state(setup: &Setup) -> Res<String> {
     use std::os::unix::fs::PermissionsExt;
@@ -557,31 +571,7 @@ pub(crate) async fn max_vs_handshakes(setup: &Setup) -> Res<String> {
         .ok_or("the client did not connect")?;
     let _ = until_served(s.public, Duration::from_secs(10)).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut peers = JoinSet::new();
-    for i in 0..1280usize {
-        let (stop, to) = (stop.clone(), s.tunnel);
-        peers.spawn_on(
-            async move {
-                let mut n = 0;
-                while !stop.load(Relaxed) && n < 100 {
-                    n += 1;
-                    let Ok(mut c) = connect_from(source_ip(500 + i % 20), to).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    let mut b = [0u8; 64];
-                    while !stop.load(Relaxed) {
-                        match tokio::time::timeout(Duration::from_millis(200), c.read(&mut b)).await
-                        {
-                            Ok(Ok(0)) | Ok(Err(_)) => break,
-                            _ => {}
-                        }
-                    }
-                }
-            },
-            &strangers(),
-        );
-    }
+    let mut peers = silent_strangers(s.tunnel, (500, 20), 1280, 100, &stop);
     let start = Instant::now();
     let (mut all, mut middle) = ((0, 0), (0, 0));
     for i in 0..160u32 {

@@ -10,8 +10,6 @@
 use std::time::{Duration, Instant};
 
 use pool_tokio::ServerPool;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::net::{runtime, Res, LOOPBACK};
 use crate::report::Figure;
@@ -26,21 +24,7 @@ async fn detect(n: usize, kills: usize, watch: bool) -> Res<Vec<Duration>> {
         .watch_idle(watch)
         .build()?;
     let addr = server.local_addr();
-    let mut peers = Vec::with_capacity(n);
-    while peers.len() < n {
-        let mut wave = tokio::task::JoinSet::new();
-        for _ in 0..(n - peers.len()).min(256) {
-            wave.spawn(async move {
-                let mut s = TcpStream::connect(addr).await?;
-                let mut id = [0u8; 8];
-                s.read_exact(&mut id).await?;
-                Ok::<_, std::io::Error>(s)
-            });
-        }
-        while let Some(s) = wave.join_next().await {
-            peers.push(s??);
-        }
-    }
+    let mut peers = crate::net::raw_peers(addr, n).await?;
     if !server.wait_idle(n, Duration::from_secs(30)).await {
         return Err(format!("pool not full: {:?}", server.stats()).into());
     }
