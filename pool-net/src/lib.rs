@@ -53,12 +53,16 @@
 struct ReadmeDoctests;
 
 mod filter;
+#[cfg(target_os = "linux")]
+mod hangups;
 mod listener;
 mod options;
 #[cfg(unix)]
 mod probe;
 
 pub use filter::{FilterError, IpFilter};
+#[cfg(target_os = "linux")]
+pub use hangups::HangUps;
 pub use listener::bind_listener;
 pub use options::{Applied, SocketOptions};
 #[cfg(unix)]

@@ -33,6 +33,30 @@ pub(crate) struct Threads {
     pub(crate) dials: Mutex<Option<Sender<DialTicket>>>,
     pub(crate) stopping: AtomicBool,
     pub(crate) dialing: Dialing,
+    /// The held connections watched for their peer's hang-up (Linux; `None`: the
+    /// sweep finds dead peers).
+    #[cfg(target_os = "linux")]
+    pub(crate) hang_ups: Option<pool_net::HangUps<ConnId>>,
+}
+
+impl Threads {
+    fn watch(&self, id: ConnId, conn: &ThreadConn) {
+        #[cfg(target_os = "linux")]
+        if let Some(h) = &self.hang_ups {
+            h.watch(id, conn.tcp());
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (id, conn);
+    }
+
+    fn unwatch(&self, conn: &ThreadConn) {
+        #[cfg(target_os = "linux")]
+        if let Some(h) = &self.hang_ups {
+            h.unwatch(conn.tcp());
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = conn;
+    }
 }
 
 /// A get's reply channel.
@@ -65,6 +89,10 @@ impl Platform for Threads {
     /// A dial goes to the workers (dropped once the pool is closed: the machine is
     /// closed too). An abort needs nothing: a worker's blocking calls carry the same
     /// deadlines as socket timeouts, so the dial is ending by itself.
+    fn close(&self, _id: ConnId, conn: ThreadConn) {
+        self.unwatch(&conn);
+        drop(conn);
+    }
     fn start(&self, task: Task) {
         if let Task::Dial(ticket) = task {
             if let Some(tx) = lock(&self.dials).as_ref() {
@@ -130,6 +158,7 @@ impl Inner {
                         conn.id = m.make_id();
                     }
                     let id = conn.id;
+                    p.watch(id, &conn);
                     m.handle_dial_success(ticket, id, conn, now);
                 }
                 Err(stage) => m.handle_dial_failure(ticket, stage, now),
@@ -147,13 +176,34 @@ impl Inner {
         let mut step = self.driver.get(want, timeout);
         loop {
             step = match step {
-                Step::Ready(id, conn) => return Ok((id, conn)),
+                Step::Ready(id, conn) => {
+                    self.driver.platform().unwatch(&conn);
+                    return Ok((id, conn));
+                }
                 Step::Failed(e) => return Err(e),
                 Step::Wait(w) => {
                     let delivery = w.wait.recv().unwrap_or(Err(GetFailure::Closed));
                     self.driver.arrived(w.get, delivery)
                 }
             };
+        }
+    }
+
+    /// The hang-up thread (Linux): reports each peer's hang-up on a held connection to
+    /// the core, until the pool stops (checked every 200 ms).
+    pub(crate) fn watch_hang_ups(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let p = self.driver.platform();
+            let Some(h) = &p.hang_ups else { return };
+            while !p.stopping.load(Ordering::Acquire) {
+                let Ok(ids) = h.wait(Some(Duration::from_millis(200))) else {
+                    return; // the sweep carries on alone
+                };
+                for id in ids {
+                    self.driver.idle_closed(id);
+                }
+            }
         }
     }
 

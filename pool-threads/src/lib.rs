@@ -158,6 +158,8 @@ impl ThreadClientPoolBuilder {
             dials: Mutex::new(Some(tx)),
             stopping: std::sync::atomic::AtomicBool::new(false),
             dialing,
+            #[cfg(target_os = "linux")]
+            hang_ups: pool_net::HangUps::new().ok(),
         };
         let inner = Inner {
             driver: pool_core::driver::Driver::new(m, threads),
@@ -173,6 +175,11 @@ impl ThreadClientPoolBuilder {
         }
         let inner = pool.inner.clone();
         pool.spawn("pool-driver".into(), move || inner.drive())?;
+        #[cfg(target_os = "linux")]
+        {
+            let inner = pool.inner.clone();
+            pool.spawn("pool-hang-ups".into(), move || inner.watch_hang_ups())?;
+        }
         Ok(pool)
     }
 }

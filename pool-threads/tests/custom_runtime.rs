@@ -245,3 +245,34 @@ fn close_and_drop_leave_no_descriptor() {
         );
     });
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_hang_up_takes_the_idle_connection_out_without_a_sweep() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    rt.block_on(async {
+        let server = ServerPool::builder().bind(loopback()).build().unwrap();
+        // The sweep an hour away: only the hang-up watch can find dead peers.
+        let cfg = ClientConfig::builder()
+            .capacity(8, 8)
+            .sweep_interval(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let client = ThreadClientPool::builder(server.local_addr())
+            .config(cfg)
+            .build()
+            .unwrap();
+        assert!(eventually(T, || client.idle() == 8).await);
+        assert!(server.wait_idle(8, T).await);
+        tokio::time::sleep(Duration::from_millis(100)).await; // past the settle time
+        server.flush();
+        assert!(
+            eventually(T, || client.counters().evicted_dead >= 8).await,
+            "{:?}",
+            client.counters()
+        );
+        assert!(eventually(T, || client.idle() == 8).await, "refilled");
+        client.close();
+    });
+}
