@@ -187,7 +187,8 @@ async fn garbage_before_the_hello() {
 }
 
 /// Peers that read the id and leave at once: the server must evict them on `get`
-/// (the sweep is set far away, so only the get's probe can), never hand one out.
+/// (the sweep is set far away and the hang-up watch is off, so only the get's probe
+/// can), never hand one out.
 async fn leave_after_id(tls: bool, close_notify: bool) {
     let server = ServerPool::builder()
         .bind("127.0.0.1:0".parse().unwrap())
@@ -197,6 +198,7 @@ async fn leave_after_id(tls: bool, close_notify: bool) {
             TlsMode::Off
         })
         .sweep_interval(Duration::from_secs(3600))
+        .watch_idle(false)
         .build()
         .unwrap();
     let addr = server.local_addr();

@@ -40,6 +40,7 @@ pub struct ClientPoolBuilder {
     key: Option<TunnelKey>,
     name: String,
     watch_idle: bool,
+    sweep_set: bool,
     single_tls: bool,
 }
 
@@ -69,6 +70,7 @@ impl Default for ClientPoolBuilder {
             key: None,
             name: "pool".into(),
             watch_idle: true,
+            sweep_set: false,
             single_tls: false,
         }
     }
@@ -175,9 +177,12 @@ impl ClientPoolBuilder {
         self.core = self.core.id_form(form);
         self
     }
-    /// How often idle connections are probed and dead ones replaced. Default 1 s.
+    /// How often idle connections are probed and dead ones replaced. Default 1 s, or
+    /// [`WATCHED_SWEEP`](crate::WATCHED_SWEEP) (30 s) while the hang-up watch is on
+    /// (`watch_idle`, Linux): dead peers are then found without it.
     pub fn sweep_interval(mut self, d: Duration) -> Self {
         self.core = self.core.sweep_interval(d);
+        self.sweep_set = true;
         self
     }
     /// Whether the OS reports the peers' hang-ups on held connections (Linux: an
@@ -259,6 +264,9 @@ impl ClientPoolBuilder {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         if !self.go_normalized {
             self.check_tls_settings(self.tls_config.is_some())?;
+        }
+        if crate::watched_sweep(self.watch_idle, self.sweep_set, self.go_normalized) {
+            self.core = self.core.sweep_interval(crate::WATCHED_SWEEP);
         }
         let cfg = if self.go_normalized {
             self.core.build_go_normalized()

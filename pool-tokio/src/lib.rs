@@ -47,6 +47,18 @@ mod stats;
 #[cfg(target_os = "linux")]
 mod watch;
 
+/// The sweep interval of a pool whose hang-up watch is on (Linux, `watch_idle`, the
+/// default) and whose sweep was not set: the OS reports dead peers, so the sweep is
+/// left with what readiness cannot see (an idle age past `max_idle_age`, bytes that
+/// must not be there), and a quiet pool of thousands costs next to nothing.
+pub const WATCHED_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a pool gets [`WATCHED_SWEEP`]: watched, its sweep not set by hand, and not
+/// built to Go's rules.
+fn watched_sweep(watch: bool, sweep_set: bool, go_normalized: bool) -> bool {
+    cfg!(target_os = "linux") && watch && !sweep_set && !go_normalized
+}
+
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::{PoolConn, PoolStream};
 pub use dialer::{Dialer, TcpDialer};

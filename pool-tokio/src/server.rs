@@ -49,6 +49,7 @@ pub struct ServerPoolBuilder {
     key: Option<TunnelKey>,
     name: String,
     watch_idle: bool,
+    sweep_set: bool,
     settle: Option<Duration>,
 }
 
@@ -76,6 +77,7 @@ impl Default for ServerPoolBuilder {
             key: None,
             name: "pool".into(),
             watch_idle: true,
+            sweep_set: false,
             settle: None,
         }
     }
@@ -196,9 +198,12 @@ impl ServerPoolBuilder {
         self.get_timeout = d;
         self
     }
-    /// How often idle connections are probed and dead ones dropped. Default 1 s.
+    /// How often idle connections are probed and dead ones dropped. Default 1 s, or
+    /// [`WATCHED_SWEEP`](crate::WATCHED_SWEEP) (30 s) while the hang-up watch is on
+    /// (`watch_idle`, Linux): dead peers are then found without it.
     pub fn sweep_interval(mut self, d: Duration) -> Self {
         self.core = self.core.sweep_interval(d);
+        self.sweep_set = true;
         self
     }
     /// Whether the OS reports the peers' hang-ups on held connections (Linux: an
@@ -267,7 +272,10 @@ impl ServerPoolBuilder {
             (None, Some(_)) => Duration::ZERO,
             (None, None) => pool_core::DEFAULT_SETTLE,
         };
-        let core = self.core.settle(settle);
+        let mut core = self.core.settle(settle);
+        if crate::watched_sweep(self.watch_idle, self.sweep_set, self.go_normalized) {
+            core = core.sweep_interval(crate::WATCHED_SWEEP);
+        }
         let cfg = if self.go_normalized {
             core.build_go_normalized()
         } else {
