@@ -62,6 +62,12 @@ pub(crate) fn child_main(args: &[String]) -> Res<()> {
         }
         "idle-cpu" => idle_cpu(num(1)? as usize, Duration::from_secs_f64(num(2)?))?,
         "down-cpu" => down_cpu(Duration::from_secs_f64(num(1)?))?,
+        "scale-server" => crate::scale::server(num(1)? as usize, Duration::from_secs_f64(num(2)?))?,
+        "scale-client" => crate::scale::client(
+            args.get(1).ok_or("missing address")?,
+            num(2)? as usize,
+            Duration::from_secs_f64(num(3)?),
+        )?,
         _ => return Err(format!("unknown child {kind}").into()),
     };
     let line: Vec<String> = values.iter().map(|v| format!("{v}")).collect();

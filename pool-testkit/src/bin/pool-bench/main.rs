@@ -7,8 +7,9 @@
 //! Scenarios: fill (plain, TLS), fill over a 50 ms round trip, checkout throughput and
 //! get latency, memory per idle pair, core operations, idle and down CPU, get latency
 //! during sweeps, how soon a dead peer leaves the pool, adaptation to a flash crowd on
-//! real sockets. `--quick` runs each at a tenth of its size. `--only a,b` runs some
-//! scenarios (fill, rtt, checkout, mem, core, cpu, sweep, dead, adapt). See BENCHMARKS.md at the workspace root.
+//! real sockets, idle at 4,096 and 16,384 pairs in two processes. `--quick` runs each
+//! at a tenth of its size. `--only a,b` runs some scenarios (fill, rtt, checkout, mem,
+//! core, cpu, sweep, dead, scale, adapt). See BENCHMARKS.md at the workspace root.
 #![forbid(unsafe_code)]
 
 mod adapt;
@@ -18,6 +19,7 @@ mod core;
 mod dead;
 mod fill;
 mod net;
+mod scale;
 mod sweep;
 mod sys;
 
@@ -96,7 +98,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 a.only = Some(list.split(',').map(str::to_owned).collect());
             }
             "-h" | "--help" => return Err(
-                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep,dead,adapt]"
+                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep,dead,scale,adapt]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
@@ -137,7 +139,7 @@ fn main() {
         machine,
         figures: Vec::new(),
     };
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("core", |s, o| {
             core::core(s, o);
             Ok(())
@@ -149,6 +151,7 @@ fn main() {
         ("cpu", child::cpu),
         ("sweep", sweep::sweep),
         ("dead", dead::dead),
+        ("scale", scale::scale),
         ("adapt", adapt::adapt),
     ];
     let started = Instant::now();

@@ -1,0 +1,222 @@
+//! Scenario: idle at scale, the two ends in two processes (a process of this machine
+//! holds at most 20,000 descriptors, so 16,384 pairs do not fit in one).
+//!
+//! A server child (`--child scale-server N SECS`) binds, prints its address, and waits
+//! for its pool to hold `N` connections; a client child (`--child scale-client ADDR N
+//! SECS`) fills a client pool of capacity `N` against it. Each reports the fill time,
+//! its resident memory per pair, and its CPU over `SECS` of idleness. Then the server
+//! takes 1 % of `N` a second for 10 s (each get timed, the connection closed: its
+//! client end sees its peer die, the hang-up watch reports it and the client refills).
+//! Run at 4,096 and 16,384 pairs; the 16,384 figures carry the 4,096 ones as baseline,
+//! so growth reads as the ratio.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pool_tokio::{ClientPool, ServerPool};
+
+use crate::net::{runtime, Res, LOOPBACK};
+use crate::report::Figure;
+use crate::sys::{cpu_time, rss_bytes};
+use crate::Sizes;
+
+const CHURN: Duration = Duration::from_secs(10);
+
+/// CPU % of one core over `secs`.
+async fn idle_cpu(secs: Duration) -> f64 {
+    let (c0, t0) = (cpu_time(), Instant::now());
+    tokio::time::sleep(secs).await;
+    100.0 * (cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64()
+}
+
+/// The server child: fill s, RSS bytes per pair, idle CPU %, get p50 and p99 (µs)
+/// under churn.
+pub(crate) fn server(n: usize, secs: Duration) -> Res<Vec<f64>> {
+    runtime().block_on(async {
+        let server = ServerPool::builder()
+            .bind(LOOPBACK)
+            .max_capacity(n + n / 10)
+            .max_handshakes(1024)
+            .pending_per_source(None)
+            .build()?;
+        let rss0 = rss_bytes();
+        println!("ADDR {}", server.local_addr());
+        let start = Instant::now();
+        if !server.wait_idle(n, Duration::from_secs(120)).await {
+            return Err(format!("server pool not full: {:?}", server.stats()).into());
+        }
+        let fill = start.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let per = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+        let cpu = idle_cpu(secs).await;
+        // Churn: 1 % of the pool a second leaves (its client end sees the peer die).
+        let every = Duration::from_secs_f64(100.0 / n as f64);
+        let mut lat = Vec::new();
+        let end = Instant::now() + CHURN;
+        let mut next = tokio::time::Instant::now();
+        while Instant::now() < end {
+            next += every;
+            tokio::time::sleep_until(next).await;
+            let t0 = Instant::now();
+            let got = server.get_timeout(Duration::from_secs(5)).await;
+            lat.push(t0.elapsed());
+            drop(got);
+        }
+        lat.sort();
+        let q = |p: f64| crate::checkout::percentile(&lat, p);
+        // Stay up while the client reads its counters.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        server.close().await;
+        Ok(vec![fill, per, cpu, q(0.5), q(0.99)])
+    })
+}
+
+/// The client child: fill s, RSS bytes per pair, idle CPU %, idle count after the churn.
+pub(crate) fn client(addr: &str, n: usize, secs: Duration) -> Res<Vec<f64>> {
+    runtime().block_on(async {
+        let rss0 = rss_bytes();
+        let start = Instant::now();
+        let client = ClientPool::builder()
+            .address(addr.parse()?)
+            .capacity(n, n)
+            .parallelism(64)
+            .build()?;
+        if !client.wait_idle(n, Duration::from_secs(120)).await {
+            return Err(format!("client pool not full: {:?}", client.stats()).into());
+        }
+        let fill = start.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let per = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+        let cpu = idle_cpu(secs).await;
+        tokio::time::sleep(CHURN + Duration::from_secs(2)).await;
+        let st = client.stats();
+        client.close().await;
+        Ok(vec![
+            fill,
+            per,
+            cpu,
+            st.status.idle as f64,
+            st.counters.evicted_dead as f64,
+        ])
+    })
+}
+
+/// Both children at `n` pairs: (server values, client values).
+fn run(n: usize, secs: f64) -> Res<(Vec<f64>, Vec<f64>)> {
+    let exe = std::env::current_exe()?;
+    let mut server = Command::new(&exe)
+        .args(["--child", "scale-server", &n.to_string(), &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(server.stdout.take().ok_or("no stdout")?).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .ok_or("the server child printed no address")??;
+        if let Some(a) = line.strip_prefix("ADDR ") {
+            break a.to_owned();
+        }
+    };
+    let client = Command::new(&exe)
+        .args([
+            "--child",
+            "scale-client",
+            &addr,
+            &n.to_string(),
+            &secs.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let parse = |line: &str| -> Vec<f64> {
+        line.split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    let mut s = None;
+    for line in lines {
+        if let Some(r) = line?.strip_prefix("RESULT ") {
+            s = Some(parse(r));
+        }
+    }
+    let out = client.wait_with_output()?;
+    let c = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT ").map(parse));
+    let _ = server.wait();
+    match (s, c) {
+        (Some(s), Some(c)) if s.len() == 5 && c.len() == 5 => Ok((s, c)),
+        _ => Err(format!("scale children at {n} gave no result").into()),
+    }
+}
+
+pub(crate) fn scale(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
+    let (small, large, secs) = if sz.quick {
+        (256, 1024, 2.0)
+    } else {
+        (4096, 16384, 10.0)
+    };
+    let (s4, c4) = run(small, secs)?;
+    let (s16, c16) = run(large, secs)?;
+    eprintln!("  scale {small}: server {s4:?} client {c4:?}");
+    eprintln!("  scale {large}: server {s16:?} client {c16:?}");
+    let k = |n: usize| {
+        if n >= 1024 {
+            format!("{}k", n / 1024)
+        } else {
+            n.to_string()
+        }
+    };
+    let (a, b) = (k(small), k(large));
+    let note = |what: &str| format!("{what}; two processes; baseline: the same at {small}");
+    out.push(
+        Figure::vs(
+            &format!("scale_fill_s_{b}"),
+            s16[0].max(c16[0]),
+            "s",
+            s4[0].max(c4[0]),
+        )
+        .note(note(&format!(
+            "time to {large} idle pairs, client pool dialing 64 at once"
+        ))),
+    );
+    out.push(
+        Figure::vs(
+            &format!("rss_pair_kib_server_{b}"),
+            s16[1] / 1024.0,
+            "KiB",
+            s4[1] / 1024.0,
+        )
+        .note(note("server process RSS growth per idle pair")),
+    );
+    out.push(
+        Figure::vs(
+            &format!("rss_pair_kib_client_{b}"),
+            c16[1] / 1024.0,
+            "KiB",
+            c4[1] / 1024.0,
+        )
+        .note(note("client process RSS growth per idle pair")),
+    );
+    out.push(
+        Figure::vs(
+            &format!("idle_cpu_pct_{b}"),
+            s16[2] + c16[2],
+            "%",
+            s4[2] + c4[2],
+        )
+        .note(note(&format!(
+            "both processes over {secs} s idle, % of one core ({a} and {b} runs)"
+        ))),
+    );
+    out.push(
+        Figure::vs(&format!("get_p99_churn{b}_us"), s16[4], "us", s4[4]).note(note(
+            "server get while 1 % of the pool a second leaves and the client refills",
+        )),
+    );
+    eprintln!(
+        "  after the churn the client held {} of {large} idle, {} dead found",
+        c16[3], c16[4]
+    );
+    Ok(())
+}
