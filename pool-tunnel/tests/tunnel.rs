@@ -461,6 +461,61 @@ async fn a_refused_target_closes_the_user_at_once_and_costs_one_pooled_connectio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_session_ends_the_user_cleanly_with_no_wrong_byte() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let server = pool_tunnel::start_server(server_cfg(key())).await.unwrap();
+    let client = pool_tunnel::start_client(client_cfg(&server, echo))
+        .await
+        .unwrap();
+    assert!(client.wait_control(Duration::from_secs(3)).await);
+    let user = TcpStream::connect(server.public_addr()).await.unwrap();
+    let (mut r, mut w) = user.into_split();
+    let byte = |i: u64| (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    // The user streams a pattern for as long as it can; the echo sends it back.
+    let writer = tokio::spawn(async move {
+        let mut sent = 0u64;
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            let chunk: Vec<u8> = (sent..sent + 4096).map(byte).collect();
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += 4096;
+        }
+        sent
+    });
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut client = Some(client);
+    let start = Instant::now();
+    let ended = loop {
+        let n = match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => n,
+            Err(_) => break false,
+        };
+        for (k, b) in buf[..n].iter().enumerate() {
+            assert_eq!(*b, byte(got + k as u64), "byte {} is wrong", got + k as u64);
+        }
+        got += n as u64;
+        // Kill the client once 256 KiB went round.
+        if got >= 256 * 1024 {
+            if let Some(c) = client.take() {
+                c.shutdown().await;
+            }
+        }
+        assert!(start.elapsed() < LIMIT, "the session never ended");
+    };
+    assert!(ended, "the user was left hanging after the client died");
+    assert!(got >= 256 * 1024, "only {got} bytes came back");
+    let sent = writer.await.unwrap();
+    assert!(got <= sent);
+    eprintln!("{got} bytes echoed in order before the client died; {sent} sent");
+    server.shutdown().await;
+    echo_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_notices_a_hung_client_and_answers_users_at_once() {
     let k = key();
     let server = pool_tunnel::start_server(server_cfg(k.clone()))
