@@ -28,7 +28,9 @@ use crate::adjust::{CapacityPolicy, IntervalPolicy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Observed {
-    /// A get arrived; `waited` when nothing fitting was idle and it was queued.
+    /// A get, told once its outcome at the pool is known: served from the idle pool,
+    /// queued, or failed. `waited` when nothing fitting was idle and it was queued,
+    /// after dead candidates too (offered demand the idle pool did not meet).
     Get {
         /// Whether it had to wait.
         waited: bool,
@@ -43,7 +45,10 @@ pub enum Observed {
 }
 
 /// What a round knows when it asks the policy.
+///
+/// Non-exhaustive: the machine builds it, and later releases may tell a policy more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RoundInput {
     /// The capacity so far.
     pub capacity: usize,
@@ -58,6 +63,16 @@ pub struct RoundInput {
     pub created: Option<usize>,
     /// Whether the machine is backing off (the server looks unreachable).
     pub backing_off: bool,
+    /// Gets since the previous round started (offered demand: served, queued or
+    /// failed).
+    pub gets: usize,
+    /// Of those, the gets that found nothing fitting idle and were queued.
+    pub waited: usize,
+    /// Dials that failed since the previous round started (an error or a deadline).
+    pub failed: usize,
+    /// Dials in flight for longer than [`Adapt::hung_after`] (0 when the policy sets
+    /// none): they still hold capacity, yet may never land.
+    pub hung: usize,
     /// The user's capacity bounds (the machine clamps to them anyway).
     pub min_capacity: usize,
     /// See `min_capacity`.
@@ -77,8 +92,43 @@ pub struct Decision {
     pub interval: Duration,
 }
 
+/// When the client machine closes idle connections above its capacity (see
+/// [`Adapt::trim`]): once idle plus in-flight connections exceed the capacity by more
+/// than `slack`, it closes the oldest idle ones, at most `per_round` at each round,
+/// until they no longer exceed the capacity. The gap between the two thresholds is the
+/// hysteresis: a capacity that wanders within `slack` closes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trim {
+    /// How far above the capacity the connections held may be before closing starts.
+    pub slack: usize,
+    /// Idle connections closed at most per round (at least one is always allowed).
+    pub per_round: usize,
+}
+
+/// How the client machine refills, chosen by the policy ([`Adapt::refill`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refill {
+    /// This crate's machine: between rounds it tops up continuously, up to the
+    /// parallelism in flight, and backs off after a run of failures. The default.
+    #[default]
+    TopUp,
+    /// What the Go package v1.0.6 does: at each round it dials one connection at a
+    /// time until the capacity is held (the fill), the first failure ending the fill;
+    /// the next round starts one interval after the fill ends (a round lasts the fill
+    /// time plus the interval); nothing is dialed between fills and there is no
+    /// back-off. A single-mode get that finds nothing idle still dials at once.
+    GoFill,
+}
+
 /// An adaptation policy. Sans-IO and deterministic: the same observations at the same
 /// instants give the same decisions.
+///
+/// Only [`name`](Self::name), [`clone_box`](Self::clone_box) and
+/// [`round`](Self::round) are required; the other methods let a policy use more of the
+/// machine (closing idle connections above its capacity, counting hung dials, pacing
+/// its dials, Go's way of refilling), and default to what the machine did before they
+/// existed.
 pub trait Adapt: fmt::Debug + Send + Sync {
     /// A short lower-case name (`gorules`, `demand`), used to compare configurations
     /// and to pick a policy by name.
@@ -92,6 +142,28 @@ pub trait Adapt: fmt::Debug + Send + Sync {
     }
     /// A round starts: the capacity and interval until the next one.
     fn round(&mut self, input: &RoundInput, now: Instant) -> Decision;
+    /// Asked right after each [`round`](Self::round): whether and how the machine
+    /// closes idle connections above the new capacity. Default `None`: it closes none
+    /// (a shrinking capacity only stops the refill, as in the Go package).
+    fn trim(&self) -> Option<Trim> {
+        None
+    }
+    /// A dial in flight for longer than this counts in [`RoundInput::hung`]. Default
+    /// `None`: none is counted.
+    fn hung_after(&self) -> Option<Duration> {
+        None
+    }
+    /// Top-up dials in flight at most, for now (the machine asks before each one and
+    /// keeps the answer within the configuration's parallelism, and at least one).
+    /// Default `None`: the configuration's parallelism.
+    fn parallelism(&self) -> Option<usize> {
+        None
+    }
+    /// How the machine refills; asked once, when the machine is made. Default
+    /// [`Refill::TopUp`].
+    fn refill(&self) -> Refill {
+        Refill::TopUp
+    }
 }
 
 impl Clone for Box<dyn Adapt> {
@@ -111,6 +183,10 @@ pub enum Adaptation {
     GoRules,
     /// [`DemandTracking`] with these parameters.
     DemandTracking(DemandTracking),
+    /// [`GoBehaviour`]: the Go rules on Go's way of refilling ([`Refill::GoFill`]),
+    /// with the configuration's interval and capacity policies. A baseline: what the
+    /// Go package does, not only its arithmetic.
+    GoBehaviour,
     /// A policy of your own: a fresh instance, cloned into each machine.
     Custom(Box<dyn Adapt>),
 }
@@ -137,10 +213,11 @@ impl Adaptation {
         Self::Custom(Box::new(policy))
     }
 
-    /// A built-in policy by name: `gorules` or `demand`.
+    /// A built-in policy by name: `gorules`, `gobehaviour` or `demand`.
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "gorules" => Some(Self::GoRules),
+            "gobehaviour" => Some(Self::GoBehaviour),
             "demand" => Some(Self::default()),
             _ => None,
         }
@@ -150,6 +227,7 @@ impl Adaptation {
     pub fn name(&self) -> &str {
         match self {
             Self::GoRules => "gorules",
+            Self::GoBehaviour => "gobehaviour",
             Self::DemandTracking(_) => "demand",
             Self::Custom(p) => p.name(),
         }
@@ -161,6 +239,12 @@ impl Adaptation {
             Self::GoRules => Box::new(GoRules {
                 interval: ip,
                 capacity: cp,
+            }),
+            Self::GoBehaviour => Box::new(GoBehaviour {
+                rules: GoRules {
+                    interval: ip,
+                    capacity: cp,
+                },
             }),
             Self::DemandTracking(d) => Box::new(d.clone()),
             Self::Custom(p) => p.clone_box(),
@@ -198,6 +282,32 @@ impl Adapt for GoRules {
             self.interval
                 .next(r.interval, r.idle, capacity, r.min_interval, r.max_interval);
         Decision { capacity, interval }
+    }
+}
+
+/// What the Go package v1.0.6 does, as a baseline: [`GoRules`] decides, and the
+/// machine refills as Go's client manager does ([`Refill::GoFill`]): one dial at a
+/// time until the capacity is held, a round lasting that fill plus the interval, no
+/// back-off. [`GoRules`] alone keeps Go's arithmetic on this crate's machine, which
+/// tops up continuously with many dials at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoBehaviour {
+    /// The rules.
+    pub rules: GoRules,
+}
+
+impl Adapt for GoBehaviour {
+    fn name(&self) -> &str {
+        "gobehaviour"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(*self)
+    }
+    fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
+        self.rules.round(r, now)
+    }
+    fn refill(&self) -> Refill {
+        Refill::GoFill
     }
 }
 
@@ -423,6 +533,10 @@ mod tests {
             in_flight: 0,
             created: None,
             backing_off: false,
+            gets: 0,
+            waited: 0,
+            failed: 0,
+            hung: 0,
             min_capacity: 8,
             max_capacity: 4096,
             min_interval: Duration::from_millis(100),
@@ -449,5 +563,114 @@ mod tests {
         );
         assert!(p.rate() > 900.0, "{}", p.rate());
         assert!(d.capacity > 100, "{d:?}");
+    }
+
+    /// Records every round's input; the capacity it answers is set from outside.
+    #[derive(Clone, Debug)]
+    struct Recorder {
+        seen: std::sync::Arc<std::sync::Mutex<Vec<RoundInput>>>,
+        capacity: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Adapt for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn clone_box(&self) -> Box<dyn Adapt> {
+            Box::new(self.clone())
+        }
+        fn round(&mut self, r: &RoundInput, _now: Instant) -> Decision {
+            self.seen.lock().unwrap().push(*r);
+            Decision {
+                capacity: self.capacity.load(std::sync::atomic::Ordering::Relaxed),
+                interval: r.min_interval,
+            }
+        }
+        fn hung_after(&self) -> Option<Duration> {
+            Some(Duration::from_secs(1))
+        }
+        fn trim(&self) -> Option<Trim> {
+            Some(Trim {
+                slack: 2,
+                per_round: 3,
+            })
+        }
+    }
+
+    #[test]
+    fn rounds_see_waits_failures_and_hung_dials_and_trim_with_hysteresis() {
+        use crate::testing::{SplitDials, SplitOutputs};
+        use crate::{ClientConfig, ClientMachine, ConnId, Got, SeededRandom, Stage};
+        let ms = Duration::from_millis;
+        let rec = Recorder {
+            seen: Default::default(),
+            capacity: std::sync::Arc::new(4.into()),
+        };
+        let cfg = ClientConfig::builder()
+            .capacity(1, 64)
+            .interval(ms(100), ms(100))
+            .adapt(Adaptation::custom(rec.clone()))
+            .build()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut m = ClientMachine::<u32>::new(cfg, SeededRandom::from_seed([1; 32]), t0);
+        m.handle_timeout(t0);
+        let tickets: Vec<_> = std::iter::from_fn(|| m.poll_dial(t0)).collect();
+        assert_eq!(tickets.len(), 4);
+        let mut tickets = tickets.into_iter();
+        let id = |b: u8| ConnId::from_random([b, 0, 0, 0]);
+        // One lands; a get finds it dead and then waits: offered demand not met.
+        let now = t0 + ms(10);
+        m.handle_dial_success(tickets.next().unwrap(), id(1), 1, now);
+        let Got::Check(c) = m.get_any(now, now + ms(500)) else {
+            panic!("a candidate")
+        };
+        assert!(matches!(m.handle_check(c, false, now), Got::Wait(_)));
+        // A get by an id still in flight waits too.
+        assert!(matches!(m.get(id(9), now, now + ms(500)), Got::Wait(_)));
+        m.handle_dial_failure(tickets.next().unwrap(), Stage::Connect, now);
+        // Two dials hang past a second.
+        let now = t0 + ms(1_200);
+        m.handle_timeout(now);
+        let r = *rec.seen.lock().unwrap().last().unwrap();
+        assert_eq!((r.gets, r.waited, r.failed, r.hung), (2, 2, 1, 2), "{r:?}");
+        // Nine idle at a capacity of one: the trim closes three a round (the oldest
+        // first) until the capacity is held, with the hysteresis of its slack.
+        for t in tickets {
+            m.handle_dial_success(t, id(20), 20, now);
+        }
+        let _ = m.take_closes();
+        let mut now = now;
+        rec.capacity.store(9, std::sync::atomic::Ordering::Relaxed);
+        now += ms(100);
+        m.handle_timeout(now);
+        let mut k = 100;
+        while let Some(t) = m.poll_dial(now) {
+            k += 1;
+            m.handle_dial_success(t, id(k), u32::from(k), now);
+        }
+        let _ = m.take_closes();
+        let held = m.idle() + m.in_flight();
+        assert_eq!(held, 9);
+        rec.capacity
+            .store(held - 2, std::sync::atomic::Ordering::Relaxed);
+        now += ms(100);
+        m.handle_timeout(now);
+        assert!(
+            m.take_closes().is_empty(),
+            "within the slack: nothing closed"
+        );
+        rec.capacity.store(1, std::sync::atomic::Ordering::Relaxed);
+        let mut closed = Vec::new();
+        for _ in 0..10 {
+            now += ms(100);
+            m.handle_timeout(now);
+            let c = m.take_closes();
+            assert!(c.len() <= 3, "{c:?}");
+            closed.extend(c);
+        }
+        assert_eq!(m.idle() + m.in_flight(), 1);
+        assert_eq!(closed.len(), held - 1);
+        assert_eq!(m.counters().trimmed, closed.len() as u64);
     }
 }
