@@ -113,11 +113,12 @@ pub enum Refill {
     /// parallelism in flight, and backs off after a run of failures. The default.
     #[default]
     TopUp,
-    /// What the Go package v1.0.6 does: at each round it dials one connection at a
-    /// time until the capacity is held (the fill), the first failure ending the fill;
-    /// the next round starts one interval after the fill ends (a round lasts the fill
-    /// time plus the interval); nothing is dialed between fills and there is no
-    /// back-off. A single-mode get that finds nothing idle still dials at once.
+    /// What the Go package v1.0.6 does: at the start of each round it makes as many
+    /// dials as the capacity lacks idle connections, one at a time (the fill; a failed
+    /// dial counts as one of them, and the fill goes on); the next round starts one
+    /// interval after the fill ends (a round lasts the fill time plus the interval);
+    /// nothing is dialed between fills and there is no back-off. A single-mode get
+    /// that finds nothing idle still dials at once.
     GoFill,
 }
 

@@ -27,9 +27,10 @@
 //! package, a capacity that falls only stops the refill.
 //!
 //! Under [`Refill::GoFill`] (the [`GoBehaviour`](crate::GoBehaviour) baseline) the
-//! machine refills as the Go package does instead: one dial at a time from the start of
-//! a round until the capacity is held or a dial fails, the next round one interval
-//! after that, and no back-off.
+//! machine refills as the Go package does instead: at the start of a round it makes as
+//! many dials as the capacity lacks idle connections, one at a time (a failure counts
+//! as one of them), the next round one interval after the last came back, and no
+//! back-off.
 //!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
 //! the server is unreachable rather than unlucky. The machine then backs off: no more
@@ -109,6 +110,8 @@ pub struct ClientMachine<C> {
     mode: Refill,
     /// Whether a Go-style fill is under way ([`Refill::GoFill`]).
     filling: bool,
+    /// Dials the Go-style fill has still to make.
+    fill_left: usize,
     /// Whether idle connections above the capacity are being closed (the policy's
     /// [`Trim`](crate::Trim) hysteresis: started above the slack, ended at the capacity).
     trimming: bool,
@@ -145,6 +148,7 @@ impl<C> ClientMachine<C> {
             policy: cfg.adapt.instance(cfg.interval_policy, cfg.capacity_policy),
             mode: Refill::TopUp,
             filling: false,
+            fill_left: 0,
             trimming: false,
             gets: 0,
             waited: 0,
@@ -229,8 +233,10 @@ impl<C> ClientMachine<C> {
             .clamp(self.cfg.min_interval, self.cfg.max_interval);
         self.trim();
         if self.mode == Refill::GoFill {
-            // The next round is due an interval after this fill ends (`next_dial`).
+            // Go dials what is missing from the capacity, one at a time; the next round
+            // is due an interval after this fill ends (`next_dial`).
             self.filling = true;
+            self.fill_left = self.capacity.saturating_sub(self.common.idle.len());
             self.refill = None;
             return;
         }
@@ -295,15 +301,16 @@ impl<C> ClientMachine<C> {
         let in_flight = self.common.in_flight;
         let urgent = self.cfg.single && self.common.waiters.any_len() > in_flight;
         if !urgent && self.mode == Refill::GoFill {
-            // One dial at a time, only while a fill runs; the fill ends once the
-            // capacity is held.
+            // One dial at a time, only while a fill runs; the fill ends once it made
+            // the dials it set out to make, and the last one came back.
             if !self.filling || in_flight > 0 {
                 return None;
             }
-            if self.common.held() >= self.capacity {
+            if self.fill_left == 0 {
                 self.end_fill(now);
                 return None;
             }
+            self.fill_left -= 1;
         } else if !urgent {
             self.created?; // no round has run yet
             let full = self.common.held() >= self.capacity;
@@ -403,10 +410,6 @@ impl<C> ClientMachine<C> {
         if !self.common.closed {
             self.failed += 1;
             self.failures = self.failures.saturating_add(1);
-            if !ticket.urgent {
-                // Go: a failed dial ends the round's fill.
-                self.end_fill(now);
-            }
             if self.backing_off() {
                 let beyond = self.failures - self.backoff_threshold() + 1;
                 let jitter = self.common.random.next_u32();
@@ -522,6 +525,11 @@ impl<C> ClientMachine<C> {
     /// ([`Refill::GoFill`]).
     pub fn refill_at(&self) -> Option<Instant> {
         self.refill
+    }
+
+    /// How the machine refills (its policy's [`Adapt::refill`]).
+    pub fn refill_mode(&self) -> Refill {
+        self.mode
     }
 
     /// Consecutive dial failures so far.

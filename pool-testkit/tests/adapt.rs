@@ -75,3 +75,42 @@ fn idle_connections_outlive_the_capacity_until_the_server_ages_them() {
     let e = check_laws(&Adaptation::default(), opts).unwrap_err();
     assert!(e.contains("idle at the client"), "{e}");
 }
+
+/// The most dials in flight at once over `d` of 100 gets a second, and the rounds.
+fn dials_and_rounds(
+    policy: Adaptation,
+    d: Duration,
+) -> (usize, Vec<pool_testkit::sim::RoundRecord>) {
+    let s = Scenario::named("steady_100", Duration::from_secs(60)).unwrap();
+    let mut sim = s.pair(policy, 1);
+    sim.set_demand(100.0);
+    let mut most = 0;
+    sim.run_until(d, |sim| {
+        most = most.max(sim.client_status().in_flight);
+        false
+    });
+    (most, sim.rounds().to_vec())
+}
+
+#[test]
+fn go_behaviour_dials_one_at_a_time_in_rounds_of_fill_plus_interval() {
+    let (most, rounds) = dials_and_rounds(Adaptation::GoBehaviour, Duration::from_secs(10));
+    assert_eq!(most, 1, "one dial at a time");
+    assert!(rounds.len() > 5, "{rounds:?}");
+    // A round lasts its fill plus the interval: never less than the interval, and
+    // longer whenever the fill had dials to make.
+    for w in rounds.windows(2) {
+        assert!(w[1].at - w[0].at >= w[0].interval_after, "{w:?}");
+    }
+    let fills = rounds
+        .windows(2)
+        .filter(|w| w[1].at - w[0].at >= w[0].interval_after + Duration::from_millis(20))
+        .count();
+    assert!(fills * 2 > rounds.len(), "{rounds:?}");
+    // The Go rules on this crate's machine dial many at once, on a round per interval.
+    let (most, rounds) = dials_and_rounds(Adaptation::GoRules, Duration::from_secs(10));
+    assert!(most > 1, "{most}");
+    assert!(rounds
+        .windows(2)
+        .all(|w| w[1].at - w[0].at == w[0].interval_after));
+}
