@@ -28,8 +28,8 @@
 //!
 //! Under [`Refill::GoFill`] (the [`GoBehaviour`](crate::GoBehaviour) baseline) the
 //! machine refills as the Go package does instead: at the start of a round it makes as
-//! many dials as the capacity lacks idle connections, one at a time (a failure counts
-//! as one of them), the next round one interval after the last came back, and no
+//! many dials as the capacity lacks connections (idle, or out for a probe), one at a
+//! time (a failure counts as one of them), the next round one interval after the last came back, and no
 //! back-off.
 //!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
@@ -236,7 +236,7 @@ impl<C> ClientMachine<C> {
             // Go dials what is missing from the capacity, one at a time; the next round
             // is due an interval after this fill ends (`next_dial`).
             self.filling = true;
-            self.fill_left = self.capacity.saturating_sub(self.common.idle.len());
+            self.fill_left = self.capacity.saturating_sub(self.common.held());
             self.refill = None;
             return;
         }
@@ -314,10 +314,7 @@ impl<C> ClientMachine<C> {
         } else if !urgent {
             self.created?; // no round has run yet
             let full = self.common.held() >= self.capacity;
-            let parallelism = self
-                .policy
-                .parallelism()
-                .map_or(self.cfg.parallelism, |p| p.clamp(1, self.cfg.parallelism));
+            let parallelism = self.dial_limit();
             if self.backing_off() {
                 if !self.probe || in_flight > 0 || full {
                     return None;
@@ -458,24 +455,25 @@ impl<C> ClientMachine<C> {
         got
     }
 
-    /// Tells the policy about a get whose outcome is known; a candidate to check is
-    /// told when its verdict comes ([`handle_check`](Self::handle_check)).
+    /// Tells the policy about a get as it arrives (a candidate to check counts as
+    /// found: if it and every other candidate turn out dead and the get waits after
+    /// all, [`handle_check`](Self::handle_check) says so).
     fn observe_get(&mut self, got: &Got<C>, now: Instant) {
-        if matches!(got, Got::Check(_)) {
-            return;
-        }
         let waited = matches!(got, Got::Wait(_));
         self.gets += 1;
         self.waited += usize::from(waited);
         self.policy.observe(Observed::Get { waited }, now);
     }
 
-    /// The verdict on a candidate of [`Got::Check`] ([`PoolCommon::handle_check`]),
-    /// telling the policy about the get once its outcome is known: a get whose
-    /// candidates were all dead and that then waits counts as queued.
+    /// The verdict on a candidate of [`Got::Check`] ([`PoolCommon::handle_check`]). A
+    /// get whose candidates were all dead and that then waits is told to the policy
+    /// ([`Observed::WaitedAfterCheck`]) and counted in [`RoundInput::waited`].
     pub fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
         let got = self.common.handle_check(check, alive, now);
-        self.observe_get(&got, now);
+        if matches!(got, Got::Wait(_)) {
+            self.waited += 1;
+            self.policy.observe(Observed::WaitedAfterCheck, now);
+        }
         got
     }
 
@@ -525,6 +523,14 @@ impl<C> ClientMachine<C> {
     /// ([`Refill::GoFill`]).
     pub fn refill_at(&self) -> Option<Instant> {
         self.refill
+    }
+
+    /// Top-up dials in flight at most, now: the configuration's parallelism, or less
+    /// when the policy paces its dials ([`Adapt::parallelism`]).
+    pub fn dial_limit(&self) -> usize {
+        self.policy
+            .parallelism()
+            .map_or(self.cfg.parallelism, |p| p.clamp(1, self.cfg.parallelism))
     }
 
     /// How the machine refills (its policy's [`Adapt::refill`]).

@@ -116,8 +116,8 @@ mod time;
 mod waiters;
 
 pub use adapt::{
-    Adapt, Adaptation, Decision, DemandTracking, GoBehaviour, GoRules, Observed, Refill,
-    RoundInput, Trim,
+    Adapt, Adaptation, Decision, DemandTracking, GoBehaviour, GoRules, Observed, OfferedDemand,
+    Refill, RoundInput, Trim,
 };
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};

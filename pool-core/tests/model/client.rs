@@ -443,16 +443,26 @@ impl ClientHarness {
         let round = !self.c.closed && self.m.refill_at().is_some_and(|t| t <= self.now);
         self.c.expire(self.now);
         self.m.handle_timeout(self.now);
-        if round && self.cfg.adaptation().name() == "sawtooth" {
+        let capacity = self.m.status().capacity;
+        let trim = match self.cfg.adaptation().name() {
+            "sawtooth" => Some(SAW_TRIM),
+            // The default policy's trim, by its documentation: a sixteenth of the
+            // capacity of slack, a quarter per round (at least two).
+            "offered" => Some(Trim {
+                slack: capacity / 16,
+                per_round: (capacity / 4).max(2),
+            }),
+            _ => None,
+        };
+        if let (true, Some(trim)) = (round, trim) {
             // The round closes the oldest idle connections above the new capacity,
             // with the trim's hysteresis.
-            let capacity = self.m.status().capacity;
             let held = self.c.held();
-            if held > capacity + SAW_TRIM.slack {
+            if held > capacity + trim.slack {
                 self.trimming = true;
             }
             if self.trimming {
-                let n = (held - capacity.min(held)).min(SAW_TRIM.per_round);
+                let n = (held - capacity.min(held)).min(trim.per_round);
                 for _ in 0..n {
                     let Some(i) = self.c.idle.pop_front() else {
                         break;

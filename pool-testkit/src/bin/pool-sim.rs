@@ -9,7 +9,7 @@
 //! the interval, no back-off).
 //!
 //! ```text
-//! pool-sim [--policy gorules|gobehaviour|demand|all] [--scenario NAME|all] [--seed N] [--seeds K]
+//! pool-sim [--policy gorules|gobehaviour|demand|offered|all] [--scenario NAME|all] [--seed N] [--seeds K]
 //!          [--length SECS] [--quick] [--jobs J] [--json FILE]
 //!          [--scenario-file FILE]... [--arrivals-csv FILE]...
 //! ```
@@ -89,7 +89,7 @@ fn args() -> Result<Args, String> {
                 a.length = Duration::from_secs(300);
             }
             "-h" | "--help" => return Err(
-                "usage: pool-sim [--policy gorules|gobehaviour|demand|all] [--scenario NAME|all] \
+                "usage: pool-sim [--policy gorules|gobehaviour|demand|offered|all] [--scenario NAME|all] \
                      [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE] \
                      [--scenario-file FILE]... [--arrivals-csv FILE]..."
                     .into(),
@@ -148,6 +148,11 @@ fn row(out: &mut String, r: &ScenarioResult, vs: &[&ScenarioResult]) {
     let _ = writeln!(out, "{}", line.trim_end());
 }
 
+/// The default policy.
+fn tuned() -> Adaptation {
+    Adaptation::default()
+}
+
 fn main() {
     let mut a = match args() {
         Ok(a) => a,
@@ -158,10 +163,15 @@ fn main() {
     };
     let mut policies = vec![Adaptation::GoRules, Adaptation::GoBehaviour];
     match a.policy.as_str() {
-        "all" | "demand" => policies.push(Adaptation::default()),
+        "all" => {
+            policies.push(Adaptation::by_name("demand").expect("built in"));
+            policies.push(tuned());
+        }
+        "demand" => policies.push(Adaptation::by_name("demand").expect("built in")),
+        "offered" => policies.push(tuned()),
         "gorules" | "gobehaviour" => {}
         other => {
-            eprintln!("unknown policy {other} (gorules, gobehaviour, demand, all)");
+            eprintln!("unknown policy {other} (gorules, gobehaviour, demand, offered, all)");
             std::process::exit(2);
         }
     }

@@ -4,7 +4,8 @@
 //! The oracle sees what a driver sees (tickets, landings, failures, the status at each
 //! round start) and applies the client module's rules to it. What it does not restate
 //! it takes from the core: the failure count that means "unreachable"
-//! ([`ClientMachine::backoff_threshold`]), whether the machine is backing off
+//! ([`ClientMachine::backoff_threshold`]), the dials the policy allows at once
+//! ([`ClientMachine::dial_limit`]), whether the machine is backing off
 //! ([`ClientMachine::backing_off`]), and the backoff formula ([`pool_core::backoff`]),
 //! fed with the very jitter the machine drew from its own generator ([`JitterTap`]).
 
@@ -202,7 +203,7 @@ impl RoundOracle {
         if m.backing_off() {
             return self.probe && st.in_flight == 0;
         }
-        st.idle + st.in_flight < self.capacity && st.in_flight < m.config().parallelism()
+        st.idle + st.in_flight < self.capacity && st.in_flight < m.dial_limit()
     }
 
     /// A ticket was handed out; the machine's status is taken after it.
