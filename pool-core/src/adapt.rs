@@ -529,9 +529,10 @@ impl Adapt for DemandTracking {
 ///   above it ([`Trim`]), once they exceed it by a sixteenth, a quarter of the capacity
 ///   (at least two) per round. Without it, a pool that shrinks keeps its
 ///   surplus idle at both ends until the server's maximum idle age closes it.
-/// - **Backing off**: while the machine backs off the capacity never grows (nothing
-///   would land), and after a round whose dials all failed the policy dials at most
-///   `paced` at once until one lands.
+/// - **Backing off**: while the machine backs off the rate estimate holds (the gets
+///   an unreachable server cannot serve never reach the client) and the capacity
+///   never grows (nothing would land); after a round whose dials all failed the
+///   policy dials at most `paced` at once until one lands (then at full speed again).
 ///
 /// The constants are [`DemandTracking`]'s (chosen on the scoreboard's first nine
 /// scenarios) but for `quiet_decay` and the trim, chosen on all fifteen (see
@@ -645,6 +646,10 @@ impl Adapt for OfferedDemand {
         Box::new(self.clone())
     }
     fn observe(&mut self, what: Observed, now: Instant) {
+        if let Observed::Dialed { .. } = what {
+            // One landed: the server is back, dial at full speed again.
+            self.state.failing = false;
+        }
         self.tracking.observe(what, now);
     }
     fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
@@ -653,7 +658,9 @@ impl Adapt for OfferedDemand {
             .last
             .replace(now)
             .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
-        if dt > 0.0 {
+        if dt > 0.0 && !r.backing_off {
+            // While the server is unreachable the gets it cannot serve never reach the
+            // client: the estimate holds until it is back.
             self.update_rate(r, dt);
         }
         let target = (self.target() + r.hung).clamp(r.min_capacity, r.max_capacity.max(1));

@@ -302,11 +302,12 @@ impl<C> ClientMachine<C> {
         let urgent = self.cfg.single && self.common.waiters.any_len() > in_flight;
         if !urgent && self.mode == Refill::GoFill {
             // One dial at a time, only while a fill runs; the fill ends once it made
-            // the dials it set out to make, and the last one came back.
+            // the dials it set out to make and the last one came back, or once the
+            // capacity is held (a connection came back meanwhile).
             if !self.filling || in_flight > 0 {
                 return None;
             }
-            if self.fill_left == 0 {
+            if self.fill_left == 0 || self.common.held() >= self.capacity {
                 self.end_fill(now);
                 return None;
             }

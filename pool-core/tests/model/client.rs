@@ -475,8 +475,10 @@ impl ClientHarness {
                 }
             }
         }
-        // The first round is due when the machine is made: any turn runs it.
-        if !self.c.closed {
+        // The first round is due when the machine is made, so the first turn runs it,
+        // unless a dial failed before it (a single-mode get's urgent dial) and pushed
+        // it back by a backoff: gets by id wait for it until it runs.
+        if round {
             self.c.starting = false;
         }
         let next = self.m.poll_timeout();
