@@ -206,7 +206,7 @@ pub enum Adaptation {
 impl Default for Adaptation {
     /// [`OfferedDemand`]: on the scoreboard it serves as many gets at once as the Go
     /// rules and the Go package's behaviour on every scenario but the outage (where
-    /// it stays 0.08 points behind the Go rules, which hold eight times its idle
+    /// it stays 0.05 points behind the Go rules, which hold eight times its idle
     /// connections), with a third of the Go rules' idle connections in all
     /// (`BENCHMARKS.md`).
     fn default() -> Self {
