@@ -8,12 +8,17 @@
 //! interval. Whatever it answers, the machine clamps into the user's bounds: a policy
 //! cannot break them.
 //!
-//! Two policies come with the crate:
+//! Four policies come with the crate:
 //! - [`GoRules`]: the Go package v1.0.6 rules ([`IntervalPolicy`], [`CapacityPolicy`]),
 //!   decision for decision;
+//! - [`GoBehaviour`]: the same rules on the Go package's way of refilling (one dial at
+//!   a time, a round lasting its fill plus the interval, no back-off): a baseline;
 //! - [`DemandTracking`]: estimates the demand rate and the refill latency and holds
-//!   what that latency needs, plus a Poisson margin (the default; see its docs and the
-//!   scoreboard in `BENCHMARKS.md`).
+//!   what that latency needs, plus a Poisson margin (the default until 0.1's issue 22);
+//! - [`OfferedDemand`]: the same idea on everything a round can tell a policy (offered
+//!   demand, hung dials, failures), closing idle connections above its capacity and
+//!   pacing its dials while they fail (the default; see its docs and the scoreboard in
+//!   `BENCHMARKS.md`).
 //!
 //! Choose one with [`Adaptation`] in
 //! [`ClientConfigBuilder::adapt`](crate::ClientConfigBuilder::adapt); bring your own
@@ -33,6 +38,10 @@ pub enum Observed {
         /// Whether it had to wait.
         waited: bool,
     },
+    /// A get told as `Get { waited: false }` (it found a candidate) found every
+    /// candidate dead and was queued after all: offered demand the idle pool did not
+    /// meet.
+    WaitedAfterCheck,
     /// A dial landed, `took` after its ticket was handed out (connect, TLS, id).
     Dialed {
         /// Ticket to landing.
@@ -43,7 +52,10 @@ pub enum Observed {
 }
 
 /// What a round knows when it asks the policy.
+///
+/// Non-exhaustive: the machine builds it, and later releases may tell a policy more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RoundInput {
     /// The capacity so far.
     pub capacity: usize,
@@ -58,6 +70,17 @@ pub struct RoundInput {
     pub created: Option<usize>,
     /// Whether the machine is backing off (the server looks unreachable).
     pub backing_off: bool,
+    /// Gets since the previous round started (offered demand: served, queued or
+    /// failed).
+    pub gets: usize,
+    /// Of those, the gets that found nothing fitting idle and were queued (at once, or
+    /// after their candidates were found dead).
+    pub waited: usize,
+    /// Dials that failed since the previous round started (an error or a deadline).
+    pub failed: usize,
+    /// Dials in flight for longer than [`Adapt::hung_after`] (0 when the policy sets
+    /// none): they still hold capacity, yet may never land.
+    pub hung: usize,
     /// The user's capacity bounds (the machine clamps to them anyway).
     pub min_capacity: usize,
     /// See `min_capacity`.
@@ -77,8 +100,45 @@ pub struct Decision {
     pub interval: Duration,
 }
 
+/// When the client machine closes idle connections above its capacity (see
+/// [`Adapt::trim`]): once idle plus in-flight connections exceed the capacity by more
+/// than `slack`, it closes the oldest idle ones, at most `per_round` at each round,
+/// until they no longer exceed the capacity. The gap between the two thresholds is the
+/// hysteresis: a capacity that wanders within `slack` closes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trim {
+    /// How far above the capacity the connections held may be before closing starts.
+    pub slack: usize,
+    /// Idle connections closed at most per round (at least one is always allowed).
+    pub per_round: usize,
+}
+
+/// How the client machine refills, chosen by the policy ([`Adapt::refill`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refill {
+    /// This crate's machine: between rounds it tops up continuously, up to the
+    /// parallelism in flight, and backs off after a run of failures. The default.
+    #[default]
+    TopUp,
+    /// What the Go package v1.0.6 does: at the start of each round it makes as many
+    /// dials as the capacity lacks idle connections (here: idle or out for a probe),
+    /// one at a time (the fill; a failed
+    /// dial counts as one of them, and the fill goes on); the next round starts one
+    /// interval after the fill ends (a round lasts the fill time plus the interval);
+    /// nothing is dialed between fills and there is no back-off. A single-mode get
+    /// that finds nothing idle still dials at once.
+    GoFill,
+}
+
 /// An adaptation policy. Sans-IO and deterministic: the same observations at the same
 /// instants give the same decisions.
+///
+/// Only [`name`](Self::name), [`clone_box`](Self::clone_box) and
+/// [`round`](Self::round) are required; the other methods let a policy use more of the
+/// machine (closing idle connections above its capacity, counting hung dials, pacing
+/// its dials, Go's way of refilling), and default to what the machine did before they
+/// existed.
 pub trait Adapt: fmt::Debug + Send + Sync {
     /// A short lower-case name (`gorules`, `demand`), used to compare configurations
     /// and to pick a policy by name.
@@ -92,6 +152,28 @@ pub trait Adapt: fmt::Debug + Send + Sync {
     }
     /// A round starts: the capacity and interval until the next one.
     fn round(&mut self, input: &RoundInput, now: Instant) -> Decision;
+    /// Asked right after each [`round`](Self::round): whether and how the machine
+    /// closes idle connections above the new capacity. Default `None`: it closes none
+    /// (a shrinking capacity only stops the refill, as in the Go package).
+    fn trim(&self) -> Option<Trim> {
+        None
+    }
+    /// A dial in flight for longer than this counts in [`RoundInput::hung`]. Default
+    /// `None`: none is counted.
+    fn hung_after(&self) -> Option<Duration> {
+        None
+    }
+    /// Top-up dials in flight at most, for now (the machine asks before each one and
+    /// keeps the answer within the configuration's parallelism, and at least one).
+    /// Default `None`: the configuration's parallelism.
+    fn parallelism(&self) -> Option<usize> {
+        None
+    }
+    /// How the machine refills; asked once, when the machine is made. Default
+    /// [`Refill::TopUp`].
+    fn refill(&self) -> Refill {
+        Refill::TopUp
+    }
 }
 
 impl Clone for Box<dyn Adapt> {
@@ -111,15 +193,24 @@ pub enum Adaptation {
     GoRules,
     /// [`DemandTracking`] with these parameters.
     DemandTracking(DemandTracking),
+    /// [`GoBehaviour`]: the Go rules on Go's way of refilling ([`Refill::GoFill`]),
+    /// with the configuration's interval and capacity policies. A baseline: what the
+    /// Go package does, not only its arithmetic.
+    GoBehaviour,
+    /// [`OfferedDemand`] with these parameters.
+    OfferedDemand(OfferedDemand),
     /// A policy of your own: a fresh instance, cloned into each machine.
     Custom(Box<dyn Adapt>),
 }
 
 impl Default for Adaptation {
-    /// [`DemandTracking`]: it serves at least as many gets at once as the Go rules on
-    /// every scenario of the scoreboard, with a fraction of their idle connections.
+    /// [`OfferedDemand`]: on the scoreboard it serves as many gets at once as the Go
+    /// rules and the Go package's behaviour on every scenario but the outage (where
+    /// it stays 0.05 points behind the Go rules, which hold eight times its idle
+    /// connections), with a third of the Go rules' idle connections in all
+    /// (`BENCHMARKS.md`).
     fn default() -> Self {
-        Self::DemandTracking(DemandTracking::default())
+        Self::OfferedDemand(OfferedDemand::default())
     }
 }
 
@@ -137,11 +228,14 @@ impl Adaptation {
         Self::Custom(Box::new(policy))
     }
 
-    /// A built-in policy by name: `gorules` or `demand`.
+    /// A built-in policy by name: `gorules`, `gobehaviour`, `demand` or `offered` (the
+    /// default).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "gorules" => Some(Self::GoRules),
-            "demand" => Some(Self::default()),
+            "gobehaviour" => Some(Self::GoBehaviour),
+            "offered" => Some(Self::OfferedDemand(OfferedDemand::default())),
+            "demand" => Some(Self::DemandTracking(DemandTracking::default())),
             _ => None,
         }
     }
@@ -150,7 +244,9 @@ impl Adaptation {
     pub fn name(&self) -> &str {
         match self {
             Self::GoRules => "gorules",
+            Self::GoBehaviour => "gobehaviour",
             Self::DemandTracking(_) => "demand",
+            Self::OfferedDemand(_) => "offered",
             Self::Custom(p) => p.name(),
         }
     }
@@ -162,7 +258,14 @@ impl Adaptation {
                 interval: ip,
                 capacity: cp,
             }),
+            Self::GoBehaviour => Box::new(GoBehaviour {
+                rules: GoRules {
+                    interval: ip,
+                    capacity: cp,
+                },
+            }),
             Self::DemandTracking(d) => Box::new(d.clone()),
+            Self::OfferedDemand(d) => Box::new(d.clone()),
             Self::Custom(p) => p.clone_box(),
         }
     }
@@ -201,6 +304,32 @@ impl Adapt for GoRules {
     }
 }
 
+/// What the Go package v1.0.6 does, as a baseline: [`GoRules`] decides, and the
+/// machine refills as Go's client manager does ([`Refill::GoFill`]): one dial at a
+/// time until the capacity is held, a round lasting that fill plus the interval, no
+/// back-off. [`GoRules`] alone keeps Go's arithmetic on this crate's machine, which
+/// tops up continuously with many dials at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoBehaviour {
+    /// The rules.
+    pub rules: GoRules,
+}
+
+impl Adapt for GoBehaviour {
+    fn name(&self) -> &str {
+        "gobehaviour"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(*self)
+    }
+    fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
+        self.rules.round(r, now)
+    }
+    fn refill(&self) -> Refill {
+        Refill::GoFill
+    }
+}
+
 /// Holds what the measured refill latency needs at the estimated demand rate.
 ///
 /// Between rounds the machine replaces every connection a get takes at once, so a get
@@ -224,8 +353,9 @@ impl Adapt for GoRules {
 /// - **burstiness**: the observed variance of per-round counts against the Poisson
 ///   one (at least 1), which widens the margin when gets come in clumps.
 ///
-/// The capacity grows to the target at once and shrinks only when the target is an
-/// eighth below it (or at the minimum), so noise does not make it wander. Rounds come every minimum
+/// The capacity grows to the target at once (never while the machine backs off) and
+/// shrinks only when the target is an eighth below it (or at the minimum), so noise
+/// does not make it wander. Rounds come every minimum
 /// interval while there is demand (each is a few arithmetic operations), so a step up
 /// is seen within one; with no demand and the capacity at its minimum the interval
 /// doubles up to the maximum.
@@ -350,18 +480,23 @@ impl Adapt for DemandTracking {
                     Some(m) => m + 0.02 * (x - m),
                 });
             }
-            Observed::DialFailed => {}
+            Observed::DialFailed | Observed::WaitedAfterCheck => {}
         }
     }
     fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
         self.update_rate(now);
         let target = self.target().clamp(r.min_capacity, r.max_capacity.max(1));
         let floor = target <= r.min_capacity;
-        let capacity = if target > r.capacity || target < r.capacity - r.capacity / 8 || floor {
+        let mut capacity = if target > r.capacity || target < r.capacity - r.capacity / 8 || floor {
             target
         } else {
             r.capacity
         };
+        if r.backing_off {
+            // Nothing dialed now can land: growing would only open more at once when
+            // the server is back.
+            capacity = capacity.min(r.capacity);
+        }
         let quiet = self.state.rate == 0.0 && capacity <= r.min_capacity;
         let interval = if quiet {
             r.interval.saturating_mul(2).min(r.max_interval)
@@ -369,6 +504,197 @@ impl Adapt for DemandTracking {
             r.min_interval
         };
         Decision { capacity, interval }
+    }
+}
+
+/// [`DemandTracking`]'s estimate, on everything the machine can tell a policy: the
+/// offered demand (every get, the queued ones included), dials that hang (which hold
+/// capacity yet bring nothing), closing idle connections above the target, and pacing
+/// its own dials while they fail.
+///
+/// - **Rate**: the gets each round offered ([`RoundInput::gets`]), smoothed alike up
+///   and down over `tracking.rise` (an estimate that rises fast and falls slowly on
+///   noisy per-round counts sits well above the mean: [`DemandTracking`] plans for
+///   about 145 gets a second at a steady 100). The rate planned for follows that
+///   smoothed one up at once and down over `tracking.decay` while gets keep coming,
+///   over `quiet_decay` after a round with none. A round far above the estimate (a
+///   step, as [`DemandTracking`] tells it), or one in which gets had to wait
+///   ([`RoundInput::waited`]) at a higher rate, moves it at once.
+/// - **Target**: as [`DemandTracking::target`] (the Poisson quantile of the gets that
+///   arrive during one planned latency, widened by the observed burstiness), plus the
+///   dials in flight for longer than `hung_factor` times the planned latency
+///   ([`RoundInput::hung`]): they hold capacity the refill cannot use.
+/// - **Shrinking closes**: the capacity grows to the target at once and shrinks when
+///   the target is an eighth below it; the machine then closes the idle connections
+///   above it ([`Trim`]), once they exceed it by a sixteenth, a quarter of the capacity
+///   (at least two) per round. Without it, a pool that shrinks keeps its
+///   surplus idle at both ends until the server's maximum idle age closes it.
+/// - **Backing off**: while the machine backs off the rate estimate holds (the gets
+///   an unreachable server cannot serve never reach the client) and the capacity
+///   never grows (nothing would land); after a round whose dials all failed the
+///   policy dials at most `paced` at once until one lands (then at full speed again).
+///
+/// The constants are [`DemandTracking`]'s (chosen on the scoreboard's first nine
+/// scenarios) but for `quiet_decay` and the trim, chosen on all fifteen (see
+/// `BENCHMARKS.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfferedDemand {
+    /// The rate and latency estimator, and the quantile it aims at. Default:
+    /// [`DemandTracking::default`] with a decay of 5 s.
+    pub tracking: DemandTracking,
+    /// A dial in flight longer than this many times the planned latency counts as hung.
+    /// Default 4.
+    pub hung_factor: f64,
+    /// Dials at once after a round whose dials all failed. Default 4.
+    pub paced: usize,
+    /// Time constant of a fall after a round with no get at all (the pool is going
+    /// quiet), instead of the tracker's `decay` (demand goes on at a lower rate, and a
+    /// recent peak is the best guess of the next). Default 2 s.
+    pub quiet_decay: Duration,
+    state: OfferedState,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct OfferedState {
+    last: Option<Instant>,
+    capacity: usize,
+    failing: bool,
+    /// Gets per second, smoothed alike up and down (time constant `tracking.rise`).
+    smooth: f64,
+    /// The rate planned for: up with `smooth` at once, down slowly.
+    rate: f64,
+    /// Variance of the per-round counts over the Poisson one, smoothed over 10 s.
+    dispersion: f64,
+}
+
+impl Default for OfferedDemand {
+    fn default() -> Self {
+        Self {
+            tracking: DemandTracking::default(),
+            hung_factor: 4.0,
+            paced: 4,
+            quiet_decay: Duration::from_secs(2),
+            state: OfferedState::default(),
+        }
+    }
+}
+
+impl OfferedDemand {
+    /// The demand rate planned for, gets per second.
+    pub fn rate(&self) -> f64 {
+        self.state.rate
+    }
+
+    /// The capacity the estimates call for (before the bounds and hung dials).
+    pub fn target(&self) -> usize {
+        let m = self.state.rate * self.tracking.latency().as_secs_f64();
+        if m < 1e-3 {
+            return 0;
+        }
+        let q = poisson_quantile(m, self.tracking.miss);
+        let burst = self.state.dispersion.clamp(1.0, 4.0).sqrt() - 1.0;
+        let extra = z_of(self.tracking.miss) * m.sqrt() * burst;
+        q + extra.max(0.0).ceil() as usize + 1
+    }
+
+    /// A round of `dt` seconds offered `r.gets` gets.
+    fn update_rate(&mut self, r: &RoundInput, dt: f64) {
+        let t = &self.tracking;
+        let s = &mut self.state;
+        let count = r.gets as f64;
+        let inst = count / dt;
+        let expect = s.smooth * dt;
+        if expect > 0.5 {
+            // Against the unbiased estimate, unclamped: Poisson counts average 1.
+            let d = (count - expect).powi(2) / expect;
+            let a = 1.0 - (-dt / 10.0).exp();
+            s.dispersion += a * (d - s.dispersion);
+        }
+        let step = count > expect + t.jump_sigmas * expect.sqrt() + 2.0;
+        let unmet = r.waited > 0;
+        if step || (unmet && inst > s.smooth) {
+            s.smooth = inst;
+        } else {
+            let a = 1.0 - (-dt / t.rise.as_secs_f64().max(1e-3)).exp();
+            s.smooth += a * (inst - s.smooth);
+        }
+        if s.smooth >= s.rate {
+            s.rate = s.smooth;
+        } else {
+            let tau = if r.gets == 0 {
+                self.quiet_decay
+            } else {
+                t.decay
+            };
+            let a = 1.0 - (-dt / tau.as_secs_f64().max(1e-3)).exp();
+            s.rate += a * (s.smooth - s.rate);
+        }
+        if s.rate < 1e-3 {
+            s.rate = 0.0;
+        }
+        if s.smooth < 1e-6 {
+            s.smooth = 0.0;
+        }
+    }
+}
+
+impl Adapt for OfferedDemand {
+    fn name(&self) -> &str {
+        "offered"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(self.clone())
+    }
+    fn observe(&mut self, what: Observed, now: Instant) {
+        if let Observed::Dialed { .. } = what {
+            // One landed: the server is back, dial at full speed again.
+            self.state.failing = false;
+        }
+        self.tracking.observe(what, now);
+    }
+    fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
+        let dt = self
+            .state
+            .last
+            .replace(now)
+            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        if dt > 0.0 && !r.backing_off {
+            // While the server is unreachable the gets it cannot serve never reach the
+            // client: the estimate holds until it is back.
+            self.update_rate(r, dt);
+        }
+        let target = (self.target() + r.hung).clamp(r.min_capacity, r.max_capacity.max(1));
+        let floor = target <= r.min_capacity;
+        let mut capacity = if target > r.capacity || target < r.capacity - r.capacity / 8 || floor {
+            target
+        } else {
+            r.capacity
+        };
+        if r.backing_off {
+            capacity = capacity.min(r.capacity);
+        }
+        self.state.capacity = capacity;
+        self.state.failing = r.failed > 0 && r.created == Some(0);
+        let quiet = self.state.rate == 0.0 && capacity <= r.min_capacity;
+        let interval = if quiet {
+            r.interval.saturating_mul(2).min(r.max_interval)
+        } else {
+            r.min_interval
+        };
+        Decision { capacity, interval }
+    }
+    fn trim(&self) -> Option<Trim> {
+        let c = self.state.capacity;
+        Some(Trim {
+            slack: c / 16,
+            per_round: (c / 4).max(2),
+        })
+    }
+    fn hung_after(&self) -> Option<Duration> {
+        Some(self.tracking.latency().mul_f64(self.hung_factor))
+    }
+    fn parallelism(&self) -> Option<usize> {
+        self.state.failing.then_some(self.paced.max(1))
     }
 }
 
@@ -423,6 +749,10 @@ mod tests {
             in_flight: 0,
             created: None,
             backing_off: false,
+            gets: 0,
+            waited: 0,
+            failed: 0,
+            hung: 0,
             min_capacity: 8,
             max_capacity: 4096,
             min_interval: Duration::from_millis(100),
@@ -449,5 +779,114 @@ mod tests {
         );
         assert!(p.rate() > 900.0, "{}", p.rate());
         assert!(d.capacity > 100, "{d:?}");
+    }
+
+    /// Records every round's input; the capacity it answers is set from outside.
+    #[derive(Clone, Debug)]
+    struct Recorder {
+        seen: std::sync::Arc<std::sync::Mutex<Vec<RoundInput>>>,
+        capacity: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Adapt for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn clone_box(&self) -> Box<dyn Adapt> {
+            Box::new(self.clone())
+        }
+        fn round(&mut self, r: &RoundInput, _now: Instant) -> Decision {
+            self.seen.lock().unwrap().push(*r);
+            Decision {
+                capacity: self.capacity.load(std::sync::atomic::Ordering::Relaxed),
+                interval: r.min_interval,
+            }
+        }
+        fn hung_after(&self) -> Option<Duration> {
+            Some(Duration::from_secs(1))
+        }
+        fn trim(&self) -> Option<Trim> {
+            Some(Trim {
+                slack: 2,
+                per_round: 3,
+            })
+        }
+    }
+
+    #[test]
+    fn rounds_see_waits_failures_and_hung_dials_and_trim_with_hysteresis() {
+        use crate::testing::{SplitDials, SplitOutputs};
+        use crate::{ClientConfig, ClientMachine, ConnId, Got, SeededRandom, Stage};
+        let ms = Duration::from_millis;
+        let rec = Recorder {
+            seen: Default::default(),
+            capacity: std::sync::Arc::new(4.into()),
+        };
+        let cfg = ClientConfig::builder()
+            .capacity(1, 64)
+            .interval(ms(100), ms(100))
+            .adapt(Adaptation::custom(rec.clone()))
+            .build()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut m = ClientMachine::<u32>::new(cfg, SeededRandom::from_seed([1; 32]), t0);
+        m.handle_timeout(t0);
+        let tickets: Vec<_> = std::iter::from_fn(|| m.poll_dial(t0)).collect();
+        assert_eq!(tickets.len(), 4);
+        let mut tickets = tickets.into_iter();
+        let id = |b: u8| ConnId::from_random([b, 0, 0, 0]);
+        // One lands; a get finds it dead and then waits: offered demand not met.
+        let now = t0 + ms(10);
+        m.handle_dial_success(tickets.next().unwrap(), id(1), 1, now);
+        let Got::Check(c) = m.get_any(now, now + ms(500)) else {
+            panic!("a candidate")
+        };
+        assert!(matches!(m.handle_check(c, false, now), Got::Wait(_)));
+        // A get by an id still in flight waits too.
+        assert!(matches!(m.get(id(9), now, now + ms(500)), Got::Wait(_)));
+        m.handle_dial_failure(tickets.next().unwrap(), Stage::Connect, now);
+        // Two dials hang past a second.
+        let now = t0 + ms(1_200);
+        m.handle_timeout(now);
+        let r = *rec.seen.lock().unwrap().last().unwrap();
+        assert_eq!((r.gets, r.waited, r.failed, r.hung), (2, 2, 1, 2), "{r:?}");
+        // Nine idle at a capacity of one: the trim closes three a round (the oldest
+        // first) until the capacity is held, with the hysteresis of its slack.
+        for t in tickets {
+            m.handle_dial_success(t, id(20), 20, now);
+        }
+        let _ = m.take_closes();
+        let mut now = now;
+        rec.capacity.store(9, std::sync::atomic::Ordering::Relaxed);
+        now += ms(100);
+        m.handle_timeout(now);
+        let mut k = 100;
+        while let Some(t) = m.poll_dial(now) {
+            k += 1;
+            m.handle_dial_success(t, id(k), u32::from(k), now);
+        }
+        let _ = m.take_closes();
+        let held = m.idle() + m.in_flight();
+        assert_eq!(held, 9);
+        rec.capacity
+            .store(held - 2, std::sync::atomic::Ordering::Relaxed);
+        now += ms(100);
+        m.handle_timeout(now);
+        assert!(
+            m.take_closes().is_empty(),
+            "within the slack: nothing closed"
+        );
+        rec.capacity.store(1, std::sync::atomic::Ordering::Relaxed);
+        let mut closed = Vec::new();
+        for _ in 0..10 {
+            now += ms(100);
+            m.handle_timeout(now);
+            let c = m.take_closes();
+            assert!(c.len() <= 3, "{c:?}");
+            closed.extend(c);
+        }
+        assert_eq!(m.idle() + m.in_flight(), 1);
+        assert_eq!(closed.len(), held - 1);
+        assert_eq!(m.counters().trimmed, closed.len() as u64);
     }
 }

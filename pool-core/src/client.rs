@@ -15,6 +15,23 @@
 //! [`GoRules`](crate::GoRules) the capacity moves by how many connections the previous
 //! round created, then the interval by the fill level, as in the Go package.
 //!
+//! What a round tells the policy ([`RoundInput`]) includes the offered demand since the
+//! previous round (every get, and those that found nothing fitting idle and waited,
+//! after dead candidates too), the dials that failed, and the dials in flight for longer
+//! than the policy's [`hung_after`](Adapt::hung_after), which still hold capacity. A
+//! policy may also ask the machine to close idle connections above its capacity, with
+//! hysteresis ([`Trim`](crate::Trim): closing starts once the connections held exceed
+//! the capacity by its slack, closes the oldest idle ones, a bounded number per round,
+//! and stops at the capacity), and to dial fewer at once than the configuration allows
+//! ([`Adapt::parallelism`]). [`GoRules`](crate::GoRules) does neither: as in the Go
+//! package, a capacity that falls only stops the refill.
+//!
+//! Under [`Refill::GoFill`] (the [`GoBehaviour`](crate::GoBehaviour) baseline) the
+//! machine refills as the Go package does instead: at the start of a round it makes as
+//! many dials as the capacity lacks connections (idle, or out for a probe), one at a
+//! time (a failure counts as one of them), the next round one interval after the last came back, and no
+//! back-off.
+//!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
 //! the server is unreachable rather than unlucky. The machine then backs off: no more
 //! top-up, a single probe per round, and rounds spaced by an exponential backoff with
@@ -22,11 +39,12 @@
 //! maximum. The first success ends it. Scattered failures among successes do not slow
 //! the pool down.
 
+use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use crate::adapt::{Adapt, Observed, RoundInput};
-use crate::common::{Got, Output, PoolCommon};
+use crate::adapt::{Adapt, Observed, Refill, RoundInput};
+use crate::common::{Check, Got, Output, PoolCommon};
 use crate::config::ClientConfig;
 use crate::random::{Entropy, Random};
 use crate::stats::{Stage, Status};
@@ -86,8 +104,24 @@ pub struct ClientMachine<C> {
     created: Option<usize>,
     failures: u32,
     backoff: Duration,
-    /// When the next round is due; `None` after close.
+    /// When the next round is due; `None` after close, and while a Go-style fill runs.
     refill: Option<Instant>,
+    /// How the machine refills (the policy's choice, fixed at creation).
+    mode: Refill,
+    /// Whether a Go-style fill is under way ([`Refill::GoFill`]).
+    filling: bool,
+    /// Dials the Go-style fill has still to make.
+    fill_left: usize,
+    /// Whether idle connections above the capacity are being closed (the policy's
+    /// [`Trim`](crate::Trim) hysteresis: started above the slack, ended at the capacity).
+    trimming: bool,
+    /// Gets, queued gets and failed dials since the last round started.
+    gets: usize,
+    waited: usize,
+    failed: usize,
+    /// When each ticket still out was handed out, by serial (serials and instants grow
+    /// together, so the oldest come first).
+    issued: BTreeMap<u64, Instant>,
 }
 
 impl<C> Deref for ClientMachine<C> {
@@ -112,6 +146,14 @@ impl<C> ClientMachine<C> {
             capacity: cfg.min_capacity,
             interval: cfg.min_interval,
             policy: cfg.adapt.instance(cfg.interval_policy, cfg.capacity_policy),
+            mode: Refill::TopUp,
+            filling: false,
+            fill_left: 0,
+            trimming: false,
+            gets: 0,
+            waited: 0,
+            failed: 0,
+            issued: BTreeMap::new(),
             common: PoolCommon::new(
                 Entropy::new(random),
                 now,
@@ -131,6 +173,7 @@ impl<C> ClientMachine<C> {
 
     fn starting(mut self) -> Self {
         self.common.starting = true;
+        self.mode = self.policy.refill();
         self
     }
 
@@ -158,6 +201,12 @@ impl<C> ClientMachine<C> {
             return;
         }
         self.common.starting = false;
+        let hung = self.policy.hung_after().map_or(0, |after| {
+            self.issued
+                .values()
+                .take_while(|&&at| deadline_after(at, after) <= now)
+                .count()
+        });
         let input = RoundInput {
             capacity: self.capacity,
             interval: self.interval,
@@ -165,6 +214,10 @@ impl<C> ClientMachine<C> {
             in_flight: self.common.in_flight,
             created: self.created.replace(0),
             backing_off: self.backing_off(),
+            gets: std::mem::take(&mut self.gets),
+            waited: std::mem::take(&mut self.waited),
+            failed: std::mem::take(&mut self.failed),
+            hung,
             min_capacity: self.cfg.min_capacity,
             max_capacity: self.cfg.max_capacity,
             min_interval: self.cfg.min_interval,
@@ -178,6 +231,15 @@ impl<C> ClientMachine<C> {
         self.interval = d
             .interval
             .clamp(self.cfg.min_interval, self.cfg.max_interval);
+        self.trim();
+        if self.mode == Refill::GoFill {
+            // Go dials what is missing from the capacity, one at a time; the next round
+            // is due an interval after this fill ends (`next_dial`).
+            self.filling = true;
+            self.fill_left = self.capacity.saturating_sub(self.common.held());
+            self.refill = None;
+            return;
+        }
         let wait = if self.backing_off() {
             self.probe = true;
             self.interval.max(self.backoff)
@@ -203,6 +265,34 @@ impl<C> ClientMachine<C> {
         Output::Timeout(self.poll_timeout())
     }
 
+    /// Closes idle connections above the capacity, as the policy's [`Trim`](crate::Trim)
+    /// asks (at a round).
+    fn trim(&mut self) {
+        let Some(t) = self.policy.trim() else {
+            self.trimming = false;
+            return;
+        };
+        let held = self.common.held();
+        if held > self.capacity.saturating_add(t.slack) {
+            self.trimming = true;
+        }
+        if self.trimming {
+            let excess = held.saturating_sub(self.capacity);
+            self.common.trim_oldest(excess.min(t.per_round.max(1)));
+            if self.common.held() <= self.capacity {
+                self.trimming = false;
+            }
+        }
+    }
+
+    /// A Go-style fill ends: the next round is due one interval from now.
+    fn end_fill(&mut self, now: Instant) {
+        if self.filling {
+            self.filling = false;
+            self.refill = Some(deadline_after(now, self.interval));
+        }
+    }
+
     /// The next dial to start, if any.
     pub(crate) fn next_dial(&mut self, now: Instant) -> Option<DialTicket> {
         if self.common.closed {
@@ -210,21 +300,35 @@ impl<C> ClientMachine<C> {
         }
         let in_flight = self.common.in_flight;
         let urgent = self.cfg.single && self.common.waiters.any_len() > in_flight;
-        if !urgent {
+        if !urgent && self.mode == Refill::GoFill {
+            // One dial at a time, only while a fill runs; the fill ends once it made
+            // the dials it set out to make and the last one came back, or once the
+            // capacity is held (a connection came back meanwhile).
+            if !self.filling || in_flight > 0 {
+                return None;
+            }
+            if self.fill_left == 0 || self.common.held() >= self.capacity {
+                self.end_fill(now);
+                return None;
+            }
+            self.fill_left -= 1;
+        } else if !urgent {
             self.created?; // no round has run yet
             let full = self.common.held() >= self.capacity;
+            let parallelism = self.dial_limit();
             if self.backing_off() {
                 if !self.probe || in_flight > 0 || full {
                     return None;
                 }
                 self.probe = false;
-            } else if full || in_flight >= self.cfg.parallelism {
+            } else if full || in_flight >= parallelism {
                 return None;
             }
         }
         self.common.in_flight += 1;
         self.common.counters.dialed += 1;
         self.next_serial += 1;
+        self.issued.insert(self.next_serial, now);
         let handshake_deadline = deadline_after(now, self.cfg.handshake_timeout);
         self.common.arm(self.next_serial, handshake_deadline);
         Some(DialTicket {
@@ -262,6 +366,7 @@ impl<C> ClientMachine<C> {
     /// as failed at the id stage.
     pub fn handle_dial_success(&mut self, ticket: DialTicket, id: ConnId, conn: C, now: Instant) {
         self.common.disarm(ticket.serial);
+        self.issued.remove(&ticket.serial);
         if self.common.closed {
             self.common.close_later(id, conn);
             return self.finish();
@@ -297,9 +402,11 @@ impl<C> ClientMachine<C> {
     /// the machine backs off, with jitter drawn from its own generator.
     pub fn handle_dial_failure(&mut self, ticket: DialTicket, stage: Stage, now: Instant) {
         self.common.disarm(ticket.serial);
+        self.issued.remove(&ticket.serial);
         self.common.counters.count_failure(stage);
         self.policy.observe(Observed::DialFailed, now);
         if !self.common.closed {
+            self.failed += 1;
             self.failures = self.failures.saturating_add(1);
             if self.backing_off() {
                 let beyond = self.failures - self.backoff_threshold() + 1;
@@ -327,8 +434,9 @@ impl<C> ClientMachine<C> {
     }
 
     /// Whether the pool is backing off: one probe per round until a dial succeeds.
+    /// Never under [`Refill::GoFill`], which has no back-off.
     pub fn backing_off(&self) -> bool {
-        self.failures >= self.backoff_threshold()
+        self.mode != Refill::GoFill && self.failures >= self.backoff_threshold()
     }
 
     fn finish(&mut self) {
@@ -348,9 +456,26 @@ impl<C> ClientMachine<C> {
         got
     }
 
+    /// Tells the policy about a get as it arrives (a candidate to check counts as
+    /// found: if it and every other candidate turn out dead and the get waits after
+    /// all, [`handle_check`](Self::handle_check) says so).
     fn observe_get(&mut self, got: &Got<C>, now: Instant) {
         let waited = matches!(got, Got::Wait(_));
+        self.gets += 1;
+        self.waited += usize::from(waited);
         self.policy.observe(Observed::Get { waited }, now);
+    }
+
+    /// The verdict on a candidate of [`Got::Check`] ([`PoolCommon::handle_check`]). A
+    /// get whose candidates were all dead and that then waits is told to the policy
+    /// ([`Observed::WaitedAfterCheck`]) and counted in [`RoundInput::waited`].
+    pub fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
+        let got = self.common.handle_check(check, alive, now);
+        if matches!(got, Got::Wait(_)) {
+            self.waited += 1;
+            self.policy.observe(Observed::WaitedAfterCheck, now);
+        }
+        got
     }
 
     /// A get for any live connection, oldest first. In single mode, when nothing is idle,
@@ -380,6 +505,7 @@ impl<C> ClientMachine<C> {
     pub fn close(&mut self) {
         self.refill = None;
         self.probe = false;
+        self.filling = false;
         self.common.close();
     }
 
@@ -394,9 +520,23 @@ impl<C> ClientMachine<C> {
         }
     }
 
-    /// When the next round is due; `None` after close.
+    /// When the next round is due; `None` after close, and while a Go-style fill runs
+    /// ([`Refill::GoFill`]).
     pub fn refill_at(&self) -> Option<Instant> {
         self.refill
+    }
+
+    /// Top-up dials in flight at most, now: the configuration's parallelism, or less
+    /// when the policy paces its dials ([`Adapt::parallelism`]).
+    pub fn dial_limit(&self) -> usize {
+        self.policy
+            .parallelism()
+            .map_or(self.cfg.parallelism, |p| p.clamp(1, self.cfg.parallelism))
+    }
+
+    /// How the machine refills (its policy's [`Adapt::refill`]).
+    pub fn refill_mode(&self) -> Refill {
+        self.mode
     }
 
     /// Consecutive dial failures so far.

@@ -609,6 +609,22 @@ impl<C> PoolCommon<C> {
         }
     }
 
+    /// Queues up to `n` of the oldest idle connections for closing, counted as
+    /// trimmed; how many.
+    pub(crate) fn trim_oldest(&mut self, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            let Some((id, kept)) = self.idle.take_oldest() else {
+                break;
+            };
+            self.depart(id);
+            self.counters.trimmed += 1;
+            self.to_close.push((id, kept.conn));
+            done += 1;
+        }
+        done
+    }
+
     /// Queues every idle connection for closing; how many.
     pub(crate) fn flush(&mut self) -> usize {
         self.sweep.left = 0;

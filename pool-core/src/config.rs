@@ -185,8 +185,9 @@ impl ClientConfigBuilder {
     /// How the capacity and the refill interval adapt to demand, within the bounds of
     /// [`capacity`](Self::capacity) and [`interval`](Self::interval), which the machine
     /// enforces on whatever the policy answers. Default:
-    /// [`Adaptation::DemandTracking`]; [`Adaptation::GoRules`] is the Go package's
-    /// behaviour rule for rule.
+    /// [`Adaptation::OfferedDemand`]; [`Adaptation::GoRules`] is the Go package's
+    /// rules, rule for rule, and [`Adaptation::GoBehaviour`] those rules on Go's way of
+    /// refilling.
     pub fn adapt(mut self, policy: Adaptation) -> Self {
         self.0.adapt = policy;
         self

@@ -115,7 +115,10 @@ pub mod testing;
 mod time;
 mod waiters;
 
-pub use adapt::{Adapt, Adaptation, Decision, DemandTracking, GoRules, Observed, RoundInput};
+pub use adapt::{
+    Adapt, Adaptation, Decision, DemandTracking, GoBehaviour, GoRules, Observed, OfferedDemand,
+    Refill, RoundInput, Trim,
+};
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};
 pub use common::{Answer, Check, Got, Output, PoolCommon, Probe, PROBE_BATCH};

@@ -57,6 +57,9 @@ pub struct Counters {
     pub evicted_dead: u64,
     /// Idle connections closed because they were idle longer than the maximum idle age.
     pub evicted_aged: u64,
+    /// Idle connections closed because the client held more than its capacity (only
+    /// under a policy that asks for it, [`Adapt::trim`](crate::Adapt::trim)).
+    pub trimmed: u64,
     /// Gets served from the idle pool at once.
     pub served_at_once: u64,
     /// Gets served after waiting.

@@ -1,6 +1,7 @@
 //! Testing your own adaptation policy: a policy of about 30 lines, checked against the
-//! laws every policy must keep, then ranked against both built-in policies on the
-//! quick scoreboard (every shipped scenario, five simulated minutes, seeds 1 and 2).
+//! laws every policy must keep, then ranked against the default policy and the Go rules
+//! on the quick scoreboard (every shipped scenario, five simulated minutes, seeds 1 and
+//! 2).
 //!
 //! ```text
 //! cargo run --release -p pool-testkit --example custom_policy
@@ -67,12 +68,12 @@ fn main() {
     }
     let policies = [mine, Adaptation::default(), Adaptation::GoRules];
     let boards = Scoreboard::quick().run_all(&policies);
-    let [mine, demand, go] = &boards[..] else {
+    let [mine, default, go] = &boards[..] else {
         unreachable!("one board per policy")
     };
     println!(
-        "{:<14} {:>30} {:>30} {:>30}  vs demand / vs gorules",
-        "scenario", "headroom at once % · idle c·s", "demand", "gorules"
+        "{:<14} {:>30} {:>30} {:>30}  vs default / vs gorules",
+        "scenario", "headroom at once % · idle c·s", "default (offered)", "gorules"
     );
     for (k, r) in mine.results.iter().enumerate() {
         let cell = |r: &pool_testkit::adapt::ScenarioResult| {
@@ -80,7 +81,7 @@ fn main() {
             let idle = r.interval(Metric::IdleConnS).expect("idle conn-s");
             format!("{at_once:.2} · {idle:.0}")
         };
-        let (d, g) = (&demand.results[k], &go.results[k]);
+        let (d, g) = (&default.results[k], &go.results[k]);
         println!(
             "{:<14} {:>30} {:>30} {:>30}  {} / {}",
             r.scenario,
@@ -91,7 +92,7 @@ fn main() {
             r.verdict(g)
         );
     }
-    for other in [demand, go] {
+    for other in [default, go] {
         let (w, t, l) = mine.tally(other);
         println!("headroom vs {}: {w} win, {t} tie, {l} lose", other.policy);
     }

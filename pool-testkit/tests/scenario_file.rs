@@ -90,7 +90,7 @@ fn pool_sim_refuses_a_bad_file_and_runs_a_good_one() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("trace ") && l.contains("demand")),
+            .any(|l| l.starts_with("trace ") && l.contains("offered")),
         "{stdout}"
     );
 }

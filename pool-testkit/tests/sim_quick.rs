@@ -1,7 +1,8 @@
-//! The scoreboard's quick run (`pool-sim --quick`): every scenario, both policies, two
-//! seeds, five simulated minutes each, with every figure finite, each mean beside the
-//! half-width of its 95 % interval, and a verdict for every scenario. How fast it runs
-//! is a figure of the tool, printed by it, not asserted here.
+//! The scoreboard's quick run (`pool-sim --quick`): every scenario, the default policy
+//! and both baselines, two seeds, five simulated minutes each, with every figure
+//! finite, each mean beside the half-width of its 95 % interval, and a verdict for
+//! every scenario. How fast it runs is a figure of the tool, printed by it, not
+//! asserted here.
 
 use std::process::Command;
 
@@ -20,7 +21,7 @@ fn the_quick_scoreboard_writes_every_figure() {
     let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let figures = json["figures"].as_array().expect("a figures array");
     for scenario in ["steady_2000", "flash_crowd", "on_off", "outage", "wan"] {
-        for policy in ["demand", "gorules"] {
+        for policy in ["offered", "gorules", "gobehaviour"] {
             let name = format!("adapt_{policy}_{scenario}_served_at_once_pct");
             let f = figures
                 .iter()
@@ -38,19 +39,22 @@ fn the_quick_scoreboard_writes_every_figure() {
     // One verdict per scenario (a row of the table each), counted in the figures.
     let tally: f64 = ["wins", "ties", "losses"]
         .iter()
-        .map(|w| figure(figures, &format!("adapt_demand_vs_gorules_{w}")))
+        .map(|w| figure(figures, &format!("adapt_offered_vs_gorules_{w}")))
         .sum();
     let rows = stdout
         .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("demand"))
+        .filter(|l| l.split_whitespace().nth(1) == Some("offered"))
         .count();
     assert!(rows >= 9, "{stdout}");
     assert_eq!(tally, rows as f64, "{stdout}");
     let total = format!(
-        "demand vs gorules: {} win, ",
-        figure(figures, "adapt_demand_vs_gorules_wins")
+        "offered vs gorules: {} win, ",
+        figure(figures, "adapt_offered_vs_gorules_wins")
     );
     assert!(stdout.contains(&total), "{stdout}");
+    for w in ["wins", "ties", "losses"] {
+        figure(figures, &format!("adapt_offered_vs_gobehaviour_{w}"));
+    }
     assert!(figures
         .iter()
         .all(|f| f["value"].as_f64().is_some_and(f64::is_finite)));

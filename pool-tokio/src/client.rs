@@ -209,9 +209,9 @@ impl ClientPoolBuilder {
         self
     }
     /// How the capacity and the refill interval adapt to demand, inside the capacity
-    /// and interval bounds. Default: `Adaptation::DemandTracking`;
-    /// `Adaptation::GoRules` is the Go package's behaviour (the two policies above
-    /// apply to it only).
+    /// and interval bounds. Default: `Adaptation::OfferedDemand`;
+    /// `Adaptation::GoRules` is the Go package's rules (the two policies above apply
+    /// to it and to `Adaptation::GoBehaviour` only).
     pub fn adapt(mut self, policy: pool_core::Adaptation) -> Self {
         self.core = self.core.adapt(policy);
         self

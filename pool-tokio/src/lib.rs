@@ -66,7 +66,8 @@ pub use error::{BuildError, Cause, Failure, GetError, PoolError};
 pub use handle::PoolHandle;
 pub use pool_core::{
     Adapt, Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Decision, DemandTracking,
-    Fraction, GoRules, IdForm, IntervalPolicy, Observed, RoundInput, Stage, Status,
+    Fraction, GoBehaviour, GoRules, IdForm, IntervalPolicy, Observed, OfferedDemand, Refill,
+    RoundInput, Stage, Status, Trim,
 };
 pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions};
 pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};

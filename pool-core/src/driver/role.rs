@@ -102,6 +102,9 @@ impl<C> Role for ClientMachine<C> {
     fn handle_timeout(&mut self, now: Instant) {
         Self::handle_timeout(self, now);
     }
+    fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
+        Self::handle_check(self, check, alive, now)
+    }
     fn poll_output(&mut self, now: Instant) -> Output<C> {
         Self::poll_output(self, now)
     }

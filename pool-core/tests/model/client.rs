@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use pool_core::{
-    deadline_after, Adaptation, ClientConfig, ClientMachine, ConnId, DialTicket, IdForm, IdReader,
-    Stage, Status, Want,
+    deadline_after, Adapt, Adaptation, ClientConfig, ClientMachine, ConnId, Decision, DialTicket,
+    IdForm, IdReader, RoundInput, Stage, Status, Trim, Want,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -100,11 +100,46 @@ pub(crate) fn client_op() -> impl Strategy<Value = COp> {
     ]
 }
 
+/// A policy whose capacity rises and falls over rounds, and that asks the machine to
+/// close idle connections above it: the model predicts each close.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sawtooth {
+    n: usize,
+}
+
+/// The trim the [`Sawtooth`] asks for.
+pub(crate) const SAW_TRIM: Trim = Trim {
+    slack: 1,
+    per_round: 2,
+};
+
+impl Adapt for Sawtooth {
+    fn name(&self) -> &str {
+        "sawtooth"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(self.clone())
+    }
+    fn round(&mut self, r: &RoundInput, _now: Instant) -> Decision {
+        self.n += 1;
+        Decision {
+            capacity: r.min_capacity + (self.n * 5) % 7,
+            interval: r.min_interval,
+        }
+    }
+    fn trim(&self) -> Option<Trim> {
+        Some(SAW_TRIM)
+    }
+    fn parallelism(&self) -> Option<usize> {
+        Some(2)
+    }
+}
+
 pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
     (
         (1usize..6, 0usize..10, 50u64..300, 0u64..1500, 1usize..4),
         (any::<bool>(), any::<bool>(), 100u64..3000, any::<bool>()),
-        (proptest::option::weighted(0.5, 200u64..5000), any::<bool>()),
+        (proptest::option::weighted(0.5, 200u64..5000), 0u8..4),
     )
         .prop_map(
             |(
@@ -112,10 +147,11 @@ pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
                 (single, raw, sweep, fail_fast),
                 (age, go),
             )| {
-                let adapt = if go {
-                    Adaptation::GoRules
-                } else {
-                    Adaptation::default()
+                let adapt = match go {
+                    0 => Adaptation::GoRules,
+                    1 => Adaptation::GoBehaviour,
+                    2 => Adaptation::custom(Sawtooth::default()),
+                    _ => Adaptation::default(),
                 };
                 ClientConfig::builder()
                     .adapt(adapt)
@@ -143,6 +179,9 @@ pub(crate) struct ClientHarness {
     serials: HashSet<u64>,
     next_val: u64,
     failures: u32,
+    /// Whether the machine is closing idle connections above its capacity (the
+    /// [`Sawtooth`]'s trim).
+    trimming: bool,
     pub(crate) c: Common,
     pub(crate) out: Outside,
 }
@@ -161,6 +200,7 @@ impl ClientHarness {
             serials: HashSet::new(),
             next_val: 0,
             failures: 0,
+            trimming: false,
             out: Outside::default(),
         }
     }
@@ -400,10 +440,45 @@ impl ClientHarness {
     }
 
     fn timeout(&mut self) {
+        let round = !self.c.closed && self.m.refill_at().is_some_and(|t| t <= self.now);
         self.c.expire(self.now);
         self.m.handle_timeout(self.now);
-        // The first round is due when the machine is made: any turn runs it.
-        if !self.c.closed {
+        let capacity = self.m.status().capacity;
+        let trim = match self.cfg.adaptation().name() {
+            "sawtooth" => Some(SAW_TRIM),
+            // The default policy's trim, by its documentation: a sixteenth of the
+            // capacity of slack, a quarter per round (at least two).
+            "offered" => Some(Trim {
+                slack: capacity / 16,
+                per_round: (capacity / 4).max(2),
+            }),
+            _ => None,
+        };
+        if let (true, Some(trim)) = (round, trim) {
+            // The round closes the oldest idle connections above the new capacity,
+            // with the trim's hysteresis.
+            let held = self.c.held();
+            if held > capacity + trim.slack {
+                self.trimming = true;
+            }
+            if self.trimming {
+                let n = (held - capacity.min(held)).min(trim.per_round);
+                for _ in 0..n {
+                    let Some(i) = self.c.idle.pop_front() else {
+                        break;
+                    };
+                    self.c.k.trimmed += 1;
+                    self.c.close_later(i.id, i.val);
+                }
+                if self.c.held() <= capacity {
+                    self.trimming = false;
+                }
+            }
+        }
+        // The first round is due when the machine is made, so the first turn runs it,
+        // unless a dial failed before it (a single-mode get's urgent dial) and pushed
+        // it back by a backoff: gets by id wait for it until it runs.
+        if round {
             self.c.starting = false;
         }
         let next = self.m.poll_timeout();

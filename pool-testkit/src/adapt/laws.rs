@@ -22,10 +22,11 @@ pub struct LawOptions {
     /// Within how long after demand stops the capacity must be back at its minimum.
     pub quiet: Duration,
     /// Within how long after demand stops the idle connections (at both ends) must be
-    /// back at the minimum capacity. The client closes no idle connection when its
-    /// capacity falls (only a put-back checks it), so the surplus goes when the
-    /// server's maximum idle age (10 minutes on the scoreboard) closes it and the
-    /// client refills only its capacity: this must exceed that age.
+    /// back at the minimum capacity. Unless its policy asks it to close idle
+    /// connections above the capacity ([`pool_core::Adapt::trim`], as the default
+    /// does), the client closes none when its capacity falls (only a put-back checks
+    /// it), so the surplus goes when the server's maximum idle age (10 minutes on the
+    /// scoreboard) closes it: for such a policy this must exceed that age.
     pub idle_quiet: Duration,
     /// Random demand traces run twice on one seed for the determinism law.
     pub replays: u32,
@@ -114,7 +115,11 @@ fn law(ok: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError> {
 ///    of the dials hanging, run twice on one seed gives the same event transcript, the
 ///    same rounds and the same score (`replays` traces). A policy that reads a clock,
 ///    draws its own random numbers, iterates a randomly seeded map or shares state
-///    between its clones breaks it.
+///    between its clones breaks it;
+/// 6. **no growth while backing off**: under a constant demand of 50 gets a second,
+///    after `settle`, every connect is refused for 30 s: no round at which the machine
+///    is backing off raises the capacity (nothing it dials can land, so a larger
+///    capacity only means more connections to open at once when the server is back).
 ///
 /// ```
 /// use pool_core::{Adapt, Adaptation, Decision, Observed, RoundInput};
@@ -241,7 +246,7 @@ pub fn check_laws(policy: &Adaptation, opts: LawOptions) -> Result<(), String> {
             &[opts.seed as u8 ^ 0xd7; 32],
         ),
     );
-    runner
+    let replays = runner
         .run(&demand_trace(), |trace| {
             let mut s = base.clone();
             s.demand = trace;
@@ -275,5 +280,36 @@ pub fn check_laws(policy: &Adaptation, opts: LawOptions) -> Result<(), String> {
                 )
             })
         })
-        .map_err(|e| format!("{}: {e}", policy.name()))
+        .map_err(|e| format!("{}: {e}", policy.name()));
+    replays?;
+    // 6. No growth while backing off.
+    let mut sim = base.pair(policy.clone(), opts.seed);
+    sim.set_demand(50.0);
+    sim.run_for(opts.settle);
+    let from = sim.rounds().len();
+    sim.set_faults(Faults {
+        connect_refused: 1.0,
+        ..Faults::none()
+    });
+    sim.run_for(Duration::from_secs(30));
+    let rounds = &sim.rounds()[from..];
+    if !rounds.iter().any(|r| r.backing_off) {
+        return Err(format!(
+            "{}: no growth while backing off: the machine never backed off",
+            policy.name()
+        ));
+    }
+    if let Some(r) = rounds
+        .iter()
+        .find(|r| r.backing_off && r.capacity_after > r.capacity_before)
+    {
+        return Err(format!(
+            "{}: no growth while backing off: at {:?} the capacity rose from {} to {}",
+            policy.name(),
+            r.at,
+            r.capacity_before,
+            r.capacity_after
+        ));
+    }
+    Ok(())
 }

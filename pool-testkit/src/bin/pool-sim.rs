@@ -1,10 +1,15 @@
 //! The adaptation scoreboard: every shipped scenario, one simulated hour each, for
 //! each policy, the mean over seeds with its 95 % interval; a table on stdout with each
-//! policy's paired verdict against the Go rules (win, tie or lose) per scenario and in
-//! total, and, with `--json FILE`, the figures in the `pool-bench` format.
+//! policy's paired verdict (win, tie or lose) per scenario and in total against the two
+//! baselines, and, with `--json FILE`, the figures in the `pool-bench` format.
+//!
+//! The two baselines: `gorules` is the Go package's arithmetic on this crate's machine
+//! (continuous top-up, many dials at once, back-off); `gobehaviour` is what the Go
+//! package does (its rules, one dial at a time per round, a round lasting its fill plus
+//! the interval, no back-off).
 //!
 //! ```text
-//! pool-sim [--policy gorules|demand|all] [--scenario NAME|all] [--seed N] [--seeds K]
+//! pool-sim [--policy gorules|gobehaviour|demand|offered|default|all] [--scenario NAME|all] [--seed N] [--seeds K]
 //!          [--length SECS] [--quick] [--jobs J] [--json FILE]
 //!          [--scenario-file FILE]... [--arrivals-csv FILE]...
 //! ```
@@ -18,8 +23,9 @@
 //! `--quick`: five simulated minutes per scenario and two seeds, to iterate on a policy.
 //!
 //! `--seed N` runs the single seed N (whose intervals are infinite: every verdict is a
-//! tie); otherwise seeds 1 to K (default 5). The Go rules run whenever another policy
-//! does, as its baseline. A policy beats another on a scenario only when the 95 %
+//! tie); otherwise seeds 1 to K (default 5). Both baselines run whenever another policy
+//! does. `--policy default` (the default) runs them and the default policy, `offered`;
+//! `--policy all` adds `demand`, the default before it. A policy beats another on a scenario only when the 95 %
 //! interval of the per-seed differences of the share served at once excludes zero;
 //! where that ties, the idle connection-seconds decide the same way, and otherwise it
 //! is a tie.
@@ -44,7 +50,7 @@ struct Args {
 
 fn args() -> Result<Args, String> {
     let mut a = Args {
-        policy: "all".into(),
+        policy: "default".into(),
         scenario: "all".into(),
         seeds: (1..=5).collect(),
         length: Duration::from_secs(3_600),
@@ -83,14 +89,12 @@ fn args() -> Result<Args, String> {
                 a.seeds = vec![1, 2];
                 a.length = Duration::from_secs(300);
             }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: pool-sim [--policy gorules|demand|all] [--scenario NAME|all] \
+            "-h" | "--help" => return Err(
+                "usage: pool-sim [--policy gorules|gobehaviour|demand|offered|default|all] [--scenario NAME|all] \
                      [--seed N] [--seeds K] [--length SECS] [--quick] [--jobs J] [--json FILE] \
                      [--scenario-file FILE]... [--arrivals-csv FILE]..."
-                        .into(),
-                )
-            }
+                    .into(),
+            ),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -114,19 +118,23 @@ fn machine(a: &Args) -> serde_json::Value {
     })
 }
 
-fn row(out: &mut String, r: &ScenarioResult, vs: Option<&ScenarioResult>) {
+fn row(out: &mut String, r: &ScenarioResult, vs: &[&ScenarioResult]) {
     let i = |m| r.interval(m).expect("every scenario has this figure");
-    let verdict = vs.map_or_else(String::new, |b| {
-        let v = |m| r.versus(b, m).map_or(Verdict::Tie, |p| p.verdict);
-        format!(
-            "{:<4} ({} / {})",
-            r.verdict(b),
-            v(Metric::ServedAtOncePct),
-            v(Metric::IdleConnS)
-        )
-    });
+    let verdict = vs
+        .iter()
+        .map(|b| {
+            let v = |m| r.versus(b, m).map_or(Verdict::Tie, |p| p.verdict);
+            format!(
+                "{:<4} ({} / {})",
+                r.verdict(b),
+                v(Metric::ServedAtOncePct),
+                v(Metric::IdleConnS)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
     let line = format!(
-        "{:<14} {:<8} {:>16} {:>8.1} {:>18} {:>20} {:>7.3} {:>12} {}",
+        "{:<14} {:<11} {:>16} {:>8.1} {:>18} {:>20} {:>7.3} {:>12} {}",
         r.scenario,
         r.policy,
         format!("{:.2}", i(Metric::ServedAtOncePct)),
@@ -149,12 +157,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut policies = vec![Adaptation::GoRules];
+    let mut policies = vec![Adaptation::GoRules, Adaptation::GoBehaviour];
     match a.policy.as_str() {
-        "all" | "demand" => policies.push(Adaptation::default()),
-        "gorules" => {}
+        "all" => {
+            policies.push(Adaptation::by_name("demand").expect("built in"));
+            policies.push(Adaptation::default());
+        }
+        "demand" => policies.push(Adaptation::by_name("demand").expect("built in")),
+        "default" | "offered" => policies.push(Adaptation::default()),
+        "gorules" | "gobehaviour" => {}
         other => {
-            eprintln!("unknown policy {other} (gorules, demand, all)");
+            eprintln!(
+                "unknown policy {other} (gorules, gobehaviour, demand, offered, default, all)"
+            );
             std::process::exit(2);
         }
     }
@@ -202,10 +217,11 @@ fn main() {
 }
 
 /// The table: per scenario, each policy's means ± 95 % intervals, and for each policy
-/// but the baseline (the first) its verdict against it; then the totals.
+/// but the first its verdicts against the baselines before it (the first two boards);
+/// then the totals.
 fn table(boards: &[Board]) -> String {
     let mut out = format!(
-        "{:<14} {:<8} {:>16} {:>8} {:>18} {:>20} {:>7} {:>12} {}\n",
+        "{:<14} {:<11} {:>16} {:>8} {:>18} {:>20} {:>7} {:>12} {}\n",
         "scenario",
         "policy",
         "at once %",
@@ -214,41 +230,47 @@ fn table(boards: &[Board]) -> String {
         "idle conn·s",
         "dial/get",
         "recover s",
-        "vs base (at once / idle)"
+        "vs gorules | vs gobehaviour (at once / idle)"
     );
-    let Some((base, others)) = boards.split_first() else {
+    let Some(first) = boards.first() else {
         return out;
     };
-    for (k, r) in base.results.iter().enumerate() {
-        row(&mut out, r, None);
-        for b in others {
-            row(&mut out, &b.results[k], Some(r));
+    let bases = &boards[..boards.len().min(2)];
+    for k in 0..first.results.len() {
+        for (p, b) in boards.iter().enumerate() {
+            let vs: Vec<&ScenarioResult> =
+                bases[..p.min(2)].iter().map(|b| &b.results[k]).collect();
+            row(&mut out, &b.results[k], &vs);
         }
     }
-    for b in others {
-        let (w, t, l) = b.tally(base);
-        let _ = writeln!(
-            out,
-            "{} vs {}: {w} win, {t} tie, {l} lose over {} scenarios",
-            b.policy,
-            base.policy,
-            b.results.len()
-        );
-        if let (Some(x), Some(y)) = (b.total(Metric::IdleConnS), base.total(Metric::IdleConnS)) {
+    for (p, b) in boards.iter().enumerate().skip(1) {
+        for base in &bases[..p.min(2)] {
+            let (w, t, l) = b.tally(base);
             let _ = writeln!(
                 out,
-                "all scenarios: idle connection-seconds {} {x:.0} vs {} {y:.0} ({:.3}x)",
+                "{} vs {}: {w} win, {t} tie, {l} lose over {} scenarios",
                 b.policy,
                 base.policy,
-                x.mean / y.mean
+                b.results.len()
             );
+            if let (Some(x), Some(y)) = (b.total(Metric::IdleConnS), base.total(Metric::IdleConnS))
+            {
+                let _ = writeln!(
+                    out,
+                    "all scenarios: idle connection-seconds {} {x:.0} vs {} {y:.0} ({:.3}x)",
+                    b.policy,
+                    base.policy,
+                    x.mean / y.mean
+                );
+            }
         }
     }
     out
 }
 
-/// Every figure: each policy's per scenario (with the baseline's beside it), and for
-/// each policy but the baseline its total idle connection-seconds and its tally.
+/// Every figure: each policy's per scenario (with the Go rules' beside it), and for
+/// each policy but the first its total idle connection-seconds and its tally against
+/// each baseline before it (`gorules`, `gobehaviour`).
 fn all_figures(boards: &[Board]) -> Vec<Figure> {
     let mut figs = Vec::new();
     let Some((base, others)) = boards.split_first() else {
@@ -260,31 +282,45 @@ fn all_figures(boards: &[Board]) -> Vec<Figure> {
             figs.extend(b.results[k].figures(Some(r)));
         }
     }
-    for b in others {
-        if let (Some(x), Some(y)) = (b.total(Metric::IdleConnS), base.total(Metric::IdleConnS)) {
-            let name = format!("adapt_{}_all_idle_conn_s", b.policy);
-            figs.push(Figure {
-                name: name.clone(),
-                value: x.mean,
-                unit: "conn*s",
-                baseline: Some(y.mean),
-            });
-            figs.push(Figure {
-                name: format!("{name}_ci95"),
-                value: x.ci95,
-                unit: "conn*s",
-                baseline: None,
-            });
-        }
-        let (w, t, l) = b.tally(base);
-        for (what, n) in [("wins", w), ("ties", t), ("losses", l)] {
-            figs.push(Figure {
-                name: format!("adapt_{}_vs_{}_{what}", b.policy, base.policy),
-                value: n as f64,
-                unit: "scenarios",
-                baseline: None,
-            });
+    let bases = &boards[..boards.len().min(2)];
+    for (p, b) in boards.iter().enumerate().skip(1) {
+        for (i, base) in bases[..p.min(2)].iter().enumerate() {
+            base_figures(&mut figs, b, base, i == 0);
         }
     }
     figs
+}
+
+/// `b`'s total idle connection-seconds against `base`'s (`adapt_<b>_all_idle_conn_s`
+/// against the first baseline, `adapt_<b>_vs_<base>_all_idle_conn_s` against another),
+/// and its tally against it.
+fn base_figures(figs: &mut Vec<Figure>, b: &Board, base: &Board, first: bool) {
+    if let (Some(x), Some(y)) = (b.total(Metric::IdleConnS), base.total(Metric::IdleConnS)) {
+        let name = if first {
+            format!("adapt_{}_all_idle_conn_s", b.policy)
+        } else {
+            format!("adapt_{}_vs_{}_all_idle_conn_s", b.policy, base.policy)
+        };
+        figs.push(Figure {
+            name: name.clone(),
+            value: x.mean,
+            unit: "conn*s",
+            baseline: Some(y.mean),
+        });
+        figs.push(Figure {
+            name: format!("{name}_ci95"),
+            value: x.ci95,
+            unit: "conn*s",
+            baseline: None,
+        });
+    }
+    let (w, t, l) = b.tally(base);
+    for (what, n) in [("wins", w), ("ties", t), ("losses", l)] {
+        figs.push(Figure {
+            name: format!("adapt_{}_vs_{}_{what}", b.policy, base.policy),
+            value: n as f64,
+            unit: "scenarios",
+            baseline: None,
+        });
+    }
 }

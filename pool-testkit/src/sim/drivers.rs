@@ -81,9 +81,8 @@ impl SimPair {
 
     /// The client driver's turn is due (its refill timer, a sweep, a deadline).
     pub(super) fn client_timeout(&mut self) {
-        let elapsed = self.net.elapsed();
         let (starting, before) = self.client.read(|m| {
-            let starting = !m.is_closed() && self.oracle.round_due(elapsed);
+            let starting = !m.is_closed() && self.oracle.round_due(&self.net, m);
             (starting, m.status())
         });
         self.client_wake = self.turn(End::Client);

@@ -4,14 +4,15 @@
 //! The oracle sees what a driver sees (tickets, landings, failures, the status at each
 //! round start) and applies the client module's rules to it. What it does not restate
 //! it takes from the core: the failure count that means "unreachable"
-//! ([`ClientMachine::backoff_threshold`]), whether the machine is backing off
+//! ([`ClientMachine::backoff_threshold`]), the dials the policy allows at once
+//! ([`ClientMachine::dial_limit`]), whether the machine is backing off
 //! ([`ClientMachine::backing_off`]), and the backoff formula ([`pool_core::backoff`]),
 //! fed with the very jitter the machine drew from its own generator ([`JitterTap`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pool_core::{backoff, ClientMachine, Random, SeededRandom, Status};
+use pool_core::{backoff, ClientMachine, Random, Refill, SeededRandom, Status};
 
 use super::net::Net;
 
@@ -136,9 +137,16 @@ impl RoundOracle {
         self.desyncs
     }
 
-    /// Whether a round is due at `now`, by the prediction.
-    pub(super) fn round_due(&self, now: Duration) -> bool {
-        self.refill.is_some_and(|r| r <= now)
+    /// Whether a round is due at `now`, by the prediction. A machine that refills as
+    /// Go does ([`Refill::GoFill`]) is not predicted, only recorded: its own refill
+    /// timer says.
+    pub(super) fn round_due(&self, net: &Net, m: &ClientMachine<u64>) -> bool {
+        if m.refill_mode() == Refill::GoFill {
+            return net
+                .offset(m.refill_at())
+                .is_some_and(|r| r <= net.elapsed());
+        }
+        self.refill.is_some_and(|r| r <= net.elapsed())
     }
 
     /// The draws the machine made since the last call.
@@ -195,12 +203,12 @@ impl RoundOracle {
         if m.backing_off() {
             return self.probe && st.in_flight == 0;
         }
-        st.idle + st.in_flight < self.capacity && st.in_flight < m.config().parallelism()
+        st.idle + st.in_flight < self.capacity && st.in_flight < m.dial_limit()
     }
 
     /// A ticket was handed out; the machine's status is taken after it.
     pub(super) fn ticket(&mut self, net: &mut Net, m: &ClientMachine<u64>, urgent: bool) {
-        if urgent {
+        if urgent || m.refill_mode() == Refill::GoFill {
             return;
         }
         let st = m.status();
@@ -238,6 +246,9 @@ impl RoundOracle {
     /// A dial failed (the machine has taken the failure in).
     pub(super) fn failure(&mut self, net: &mut Net, m: &ClientMachine<u64>) {
         self.failures = self.failures.saturating_add(1);
+        if m.refill_mode() == Refill::GoFill {
+            return;
+        }
         let draws = self.take_draws();
         if !m.backing_off() {
             // Scattered failures do not delay the next round, and draw no jitter.
@@ -262,7 +273,7 @@ impl RoundOracle {
     /// and it must have handed out every ticket the rules call for (`poll_dial` was
     /// drained). A disagreement counts once; the prediction then follows the machine.
     pub(super) fn check(&mut self, net: &mut Net, m: &ClientMachine<u64>) {
-        if m.is_closed() {
+        if m.is_closed() || m.refill_mode() == Refill::GoFill {
             return;
         }
         let refill = net.offset(m.refill_at());
