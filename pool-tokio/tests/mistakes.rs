@@ -12,8 +12,10 @@ use pool_tokio::{
     BuildError, Cause, ClientPool, ConnId, GetError, PoolError, ServerPool, Stage, TlsMode,
 };
 
-/// The most a row may take to name its mistake.
-const ONE_SECOND: Duration = Duration::from_secs(1);
+/// A mistake is named as soon as the dials fail, long before the get's own timeout
+/// (`T`): a bound that tells the two apart on a loaded machine. The figures themselves
+/// are printed by `report`.
+const FAST: Duration = Duration::from_secs(4);
 
 fn report(row: &str, took: Duration, what: &dyn std::fmt::Display) {
     println!("{row:<46} {:>7.1} ms  {what}", took.as_secs_f64() * 1e3);
@@ -44,7 +46,7 @@ async fn a_closed_port_says_connection_refused() {
         "{err}"
     );
     assert_eq!(f.peer, Some(port));
-    assert!(took < ONE_SECOND, "took {took:?}");
+    assert!(took < FAST, "took {took:?}");
     client.close().await;
 }
 
@@ -72,7 +74,7 @@ async fn a_wrong_pin_says_pin_mismatch() {
     assert_eq!(f.stage, Stage::Tls);
     assert!(matches!(f.cause, Cause::Tls(_)), "{err}");
     assert!(err.to_string().contains("pin mismatch"), "{err}");
-    assert!(took < ONE_SECOND, "took {took:?}");
+    assert!(took < FAST, "took {took:?}");
     client.close().await;
     server.close().await;
 }
@@ -102,7 +104,7 @@ async fn a_tls_client_against_a_plain_server_is_named_on_both_sides() {
         "{err}"
     );
     assert!(err.to_string().contains("is it mode 0?"), "{err}");
-    assert!(took < ONE_SECOND, "took {took:?}");
+    assert!(took < FAST, "took {took:?}");
     // The server's view: nothing of it ever goes idle, and a get says why.
     let t0 = Instant::now();
     let err = server
@@ -141,7 +143,7 @@ async fn a_filter_that_shuts_out_the_client_names_itself() {
     report("client-IP filter refuses the client (client)", took, &err);
     assert!(matches!(err, GetError::Unreachable(_)), "{err}");
     assert!(err.to_string().contains("client-IP filter"), "{err}");
-    assert!(took < ONE_SECOND, "took {took:?}");
+    assert!(took < FAST, "took {took:?}");
     let err = server
         .get_timeout(Duration::from_millis(200))
         .await
