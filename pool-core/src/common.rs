@@ -335,6 +335,12 @@ impl<C> PoolCommon<C> {
         self.get(check.want, now, check.deadline)
     }
 
+    /// The idle connection `id`, left in place (for the driver to probe it before it
+    /// reports a hang-up: see [`handle_idle_closed`](Self::handle_idle_closed)).
+    pub fn idle_conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
+        self.idle.get_mut(&id).map(|kept| &mut kept.conn)
+    }
+
     /// The driver learned from the OS, without probing, that the peer of the idle
     /// connection `id` closed or reset it (readiness reported a hang-up or an error):
     /// it leaves the idle map at once, counted as `evicted_dead`, and is queued for
@@ -343,7 +349,10 @@ impl<C> PoolCommon<C> {
     /// get, handed out) is left alone: its probe or its user will see the same.
     ///
     /// This is how a dead peer is found in milliseconds instead of at the next sweep;
-    /// the sweep stays for what readiness cannot see (a silent host).
+    /// the sweep stays for what readiness cannot see. A hang-up behind bytes still
+    /// pending is a peer's half-close after it wrote (a session started before the
+    /// get), not a death: the driver probes first and reports only a dead one
+    /// ([`Driver::idle_closed`](crate::driver::Driver::idle_closed)).
     pub fn handle_idle_closed(&mut self, id: ConnId, _now: Instant) -> bool {
         match self.idle.take(&id) {
             Some(kept) => {

@@ -282,6 +282,15 @@ impl<C> IdleMap<C> {
         }
     }
 
+    /// The connection with `id`, left in place.
+    pub(crate) fn get_mut(&mut self, id: &ConnId) -> Option<&mut C> {
+        let i = *self.index.get(id)? as usize;
+        match self.slab.slots.get_mut(i) {
+            Some(Slot::Occupied { conn, .. }) => Some(conn),
+            _ => None,
+        }
+    }
+
     /// Takes the connection with `id`.
     pub(crate) fn take(&mut self, id: &ConnId) -> Option<C> {
         let i = self.index.remove(id)?;

@@ -440,6 +440,15 @@ impl<C> ServerMachine<C> {
         self.common.held() - self.common.in_flight + self.settling.len()
     }
 
+    /// A held connection (idle or settling) `id`, left in place, for the driver's
+    /// probe before it reports a hang-up.
+    pub fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
+        if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
+            return self.settling.get_mut(i).map(|(_, _, conn)| conn);
+        }
+        self.common.idle_conn_mut(id)
+    }
+
     /// The peer of a held connection hung up (the driver saw it in readiness): an
     /// idle one leaves as in [`PoolCommon::handle_idle_closed`], and so does one still
     /// settling. Answers whether it was held.

@@ -80,3 +80,32 @@ async fn early_bytes_on_an_idle_connection_are_no_hang_up() {
     c.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"early");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_then_a_half_close_before_the_get_are_a_session_not_a_death() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, client) = pair(true);
+    assert!(client.wait_idle(8, T).await && server.wait_idle(8, T).await);
+    // The server side relays a user who sent everything and half-closed, before the
+    // client took the connection: the hang-up comes with bytes still pending.
+    let (id, mut s) = server.get_timeout(T).await.unwrap();
+    s.write_all(b"the whole request").await.unwrap();
+    s.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        client.stats().counters.evicted_dead,
+        0,
+        "{:?}",
+        client.stats()
+    );
+    let mut c = client.get_timeout(id, T).await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"the whole request");
+    // And the answer still goes back on the half-open connection.
+    c.write_all(b"answer").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"answer");
+}

@@ -342,14 +342,33 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         self.perform(out, false);
     }
 
-    /// The OS reported that the peer of the idle connection `id` closed or reset it
-    /// (readiness: a hang-up or an error, no probe): the connection leaves the pool at
-    /// once and is closed ([`crate::PoolCommon::handle_idle_closed`]; on a server, a connection
-    /// still settling too). Answers whether it was
-    /// idle. A platform that watches idle connections calls it; one that does not
-    /// leaves the finding to the sweep.
+    /// The OS reported that the peer of the held connection `id` closed or reset it
+    /// (readiness: a hang-up or an error). The driver probes it once
+    /// ([`Platform::alive`]): a dead one leaves the pool at once and is closed
+    /// ([`crate::PoolCommon::handle_idle_closed`]; on a server, a connection still
+    /// settling too). A live one stays: bytes pending behind a half-close are a session
+    /// the peer started before this side's get. Answers whether it left. A platform
+    /// that watches held connections calls it; one that does not leaves the finding to
+    /// the sweep.
     pub fn idle_closed(&self, id: ConnId) -> bool {
-        self.input(|m, now| m.handle_idle_closed(id, now))
+        let now = self.platform.now();
+        let (gone, out) = {
+            let mut st = self.lock();
+            // One probe, under the lock (one non-blocking call): bytes still pending
+            // behind the hang-up are a session the peer started and half-closed, and
+            // stay for the get that takes them.
+            let dead = match st.m.held_conn_mut(id) {
+                Some(conn) => !self.platform.alive(conn),
+                None => false,
+            };
+            if !dead {
+                return false;
+            }
+            let gone = st.m.handle_idle_closed(id, now);
+            (gone, self.drain(&mut st, now, false))
+        };
+        self.perform(out, false);
+        gone
     }
 
     /// Closes every idle connection (Go: `Flush`); how many.

@@ -63,6 +63,10 @@ pub trait Role: sealed::Sealed {
     fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
         self.shared_mut().handle_idle_closed(id, now)
     }
+    /// A held connection, left in place, to probe.
+    fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut Self::Conn> {
+        self.shared_mut().idle_conn_mut(id)
+    }
     /// A waiting get went away; whether it was still waiting.
     fn cancel(&mut self, key: WaiterKey) -> bool {
         self.shared_mut().cancel(key)
@@ -141,6 +145,9 @@ impl<C> Role for ServerMachine<C> {
     }
     fn poll_output(&mut self, now: Instant) -> Output<C> {
         Self::poll_output(self, now)
+    }
+    fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
+        Self::held_conn_mut(self, id)
     }
     fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
         Self::handle_idle_closed(self, id, now)
