@@ -68,24 +68,9 @@ pub(crate) fn dead(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
             "{kills} peers closed one at a time among {n} idle plain conns, until the server \
              pool counts each dead; baseline: the same with the epoll watch off (1 s sweep)"
         );
-        out.push(
-            Figure::vs(
-                "dead_detect_ms_p50",
-                ms(&watched, 0.5),
-                "ms",
-                ms(&swept, 0.5),
-            )
-            .note(note.clone()),
-        );
-        out.push(
-            Figure::vs(
-                "dead_detect_ms_p99",
-                ms(&watched, 0.99),
-                "ms",
-                ms(&swept, 0.99),
-            )
-            .note(note),
-        );
+        for (name, q) in [("dead_detect_ms_p50", 0.5), ("dead_detect_ms_p99", 0.99)] {
+            out.push(Figure::vs(name, ms(&watched, q), "ms", ms(&swept, q)).note(note.clone()));
+        }
         Ok(())
     })
 }
