@@ -486,6 +486,25 @@ impl<C> ClientMachine<C> {
         got
     }
 
+    /// An accept (in-band mode): the oldest connection the peer started, at once, or
+    /// [`Got::Wait`] until one is started or `deadline` passes. Not told to the policy:
+    /// the start itself was ([`handle_idle_started`](Self::handle_idle_started)).
+    pub fn accept(&mut self, now: Instant, deadline: Instant) -> Got<C> {
+        self.common.get(Want::Started, now, deadline)
+    }
+
+    /// The peer started a session on the idle connection `id` (in-band mode; see
+    /// [`PoolCommon::handle_idle_started`]). To the policy it is a get served at once:
+    /// the server's demand took a connection, as a get by id does in the Go protocol.
+    pub fn handle_idle_started(&mut self, id: ConnId, now: Instant) -> bool {
+        let started = self.common.handle_idle_started(id, now);
+        if started {
+            self.gets += 1;
+            self.policy.observe(Observed::Get { waited: false }, now);
+        }
+        started
+    }
+
     /// Gives back a connection whose answer could not be delivered (the get was gone).
     /// One that cannot be kept is queued for closing.
     pub fn put_back(&mut self, id: ConnId, conn: C, now: Instant) {

@@ -39,6 +39,10 @@ use crate::ConnId;
 /// rare, few enough that a get never finds a large share of the pool out for a probe.
 pub const PROBE_BATCH: usize = 64;
 
+/// Connections the peer started (in-band mode) that wait for an accept, at most; one
+/// more is closed and counted in [`Counters::starts_dropped`].
+pub const STARTED_QUEUE: usize = 4096;
+
 /// Everything a machine asks of its driver, one request at a time: the single way out
 /// of the core (str0m's `poll_output`). After every input, call `poll_output` until it
 /// answers [`Output::Timeout`], performing each request outside any lock.
@@ -174,6 +178,8 @@ struct Sweep {
 #[derive(Debug)]
 pub struct PoolCommon<C> {
     pub(crate) idle: IdleMap<Kept<C>>,
+    /// Connections the peer started (in-band mode), oldest first, waiting for an accept.
+    pub(crate) started: VecDeque<(ConnId, C)>,
     pub(crate) waiters: Waiters,
     pub(crate) answers: VecDeque<Answer<C>>,
     pub(crate) to_close: Vec<(ConnId, C)>,
@@ -207,6 +213,7 @@ impl<C> PoolCommon<C> {
     ) -> Self {
         Self {
             idle: IdleMap::new(),
+            started: VecDeque::new(),
             waiters: Waiters::new(),
             answers: VecDeque::new(),
             to_close: Vec::new(),
@@ -289,10 +296,17 @@ impl<C> PoolCommon<C> {
             self.counters.unreachable += 1;
             return Got::Failed(GetFailure::Unreachable);
         }
+        if want == Want::Started {
+            if let Some((id, conn)) = self.started.pop_front() {
+                self.counters.served_at_once += 1;
+                return Got::Ready(id, conn);
+            }
+        }
         loop {
             let taken = match want {
                 Want::Any => self.idle.take_oldest(),
                 Want::Id(id) => self.idle.take(&id).map(|k| (id, k)),
+                Want::Started => None,
             };
             let Some((id, kept)) = taken else { break };
             self.depart(id);
@@ -363,6 +377,48 @@ impl<C> PoolCommon<C> {
             }
             None => false,
         }
+    }
+
+    /// The peer started a session on the idle connection `id` (in-band mode: bytes
+    /// arrived on it, and the driver's peek found them without consuming one). It
+    /// leaves the idle map for the oldest get waiting for [`Want::Started`], or for the
+    /// queue of started connections that the next such get takes at once (at most
+    /// [`STARTED_QUEUE`]: one more is closed, counted in `starts_dropped`). Answers
+    /// whether it was idle. The client refills on its next turn, as after a get.
+    pub fn handle_idle_started(&mut self, id: ConnId, _now: Instant) -> bool {
+        let Some(kept) = self.idle.take(&id) else {
+            return false;
+        };
+        self.depart(id);
+        self.counters.started += 1;
+        match self.waiters.pop_started() {
+            Some(key) => {
+                self.counters.served_after_wait += 1;
+                self.answers.push_back(Answer {
+                    key,
+                    result: Ok((id, kept.conn)),
+                });
+            }
+            None if self.started.len() >= STARTED_QUEUE => {
+                self.counters.starts_dropped += 1;
+                self.to_close.push((id, kept.conn));
+            }
+            None => self.started.push_back((id, kept.conn)),
+        }
+        true
+    }
+
+    /// A started connection handed to an accept that turned out to be no session: its
+    /// start header was wrong, or did not come in time. Counted in `starts_dropped`
+    /// and queued for closing.
+    pub fn handle_bad_start(&mut self, id: ConnId, conn: C) {
+        self.counters.starts_dropped += 1;
+        self.to_close.push((id, conn));
+    }
+
+    /// Connections the peer started, waiting for an accept.
+    pub fn started_waiting(&self) -> usize {
+        self.started.len()
     }
 
     /// A connection handed to a waiting get through an [`Output::Answer`]
@@ -651,6 +707,7 @@ impl<C> PoolCommon<C> {
     /// closing, no deadline or sweep is armed any more.
     pub(crate) fn close(&mut self) {
         self.closed = true;
+        self.to_close.extend(self.started.drain(..));
         self.sweep.due = None;
         self.timers = Deadlines::default();
         for key in self.waiters.drain() {
@@ -660,6 +717,16 @@ impl<C> PoolCommon<C> {
             });
         }
         self.flush();
+    }
+
+    /// Gives back a started connection whose accept went away before its answer
+    /// reached it: to the front of the started queue.
+    pub(crate) fn restore_started(&mut self, id: ConnId, conn: C) {
+        if self.closed {
+            return self.close_later(id, conn);
+        }
+        self.counters.served_after_wait = self.counters.served_after_wait.saturating_sub(1);
+        self.started.push_front((id, conn));
     }
 
     /// Gives back a connection whose answer could not be delivered (its get was gone).

@@ -30,6 +30,7 @@ pub struct ClientConfig {
     pub(crate) sweep_interval: Duration,
     pub(crate) max_idle_age: Option<Duration>,
     pub(crate) fail_fast: bool,
+    pub(crate) in_band: bool,
 }
 
 impl Default for ClientConfig {
@@ -50,6 +51,7 @@ impl Default for ClientConfig {
             sweep_interval: Duration::from_secs(1),
             max_idle_age: None,
             fail_fast: true,
+            in_band: false,
         }
     }
 }
@@ -118,6 +120,10 @@ impl ClientConfig {
     pub fn fail_fast(&self) -> bool {
         self.fail_fast
     }
+    /// Whether the server starts sessions in band ([`Want::Started`](crate::Want::Started)).
+    pub fn in_band(&self) -> bool {
+        self.in_band
+    }
     /// The adaptation policy.
     pub fn adaptation(&self) -> &Adaptation {
         &self.adapt
@@ -153,6 +159,21 @@ impl ClientConfigBuilder {
     /// Single mode. Default false (Go: `isSingle`).
     pub fn single(mut self, on: bool) -> Self {
         self.0.single = on;
+        self
+    }
+    /// In-band activation. Default false (the Go protocol: the application names the
+    /// connection it wants by id).
+    ///
+    /// On: the server starts a session on an idle connection itself, by writing
+    /// [`START`](crate::START) and then data on it, and bytes arriving on an idle
+    /// connection mean just that. The driver reports them
+    /// ([`Driver::idle_ready`](crate::driver::Driver::idle_ready)), the connection leaves
+    /// the idle map, and a get for [`Want::Started`](crate::Want::Started) (an
+    /// `accept`) receives it. No round trip over the application's control channel:
+    /// the first byte arrives one one-way delay after the server wrote it. The driver
+    /// must watch idle connections for readable bytes (readiness, not the sweep).
+    pub fn in_band(mut self, on: bool) -> Self {
+        self.0.in_band = on;
         self
     }
     /// Deadline of connect plus TLS handshake. Default 5 s (the Go package has none).

@@ -121,7 +121,7 @@ pub use adapt::{
 };
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};
-pub use common::{Answer, Check, Got, Output, PoolCommon, Probe, PROBE_BATCH};
+pub use common::{Answer, Check, Got, Output, PoolCommon, Probe, PROBE_BATCH, STARTED_QUEUE};
 pub use config::{
     go_caps, go_intervals, ClientConfig, ClientConfigBuilder, ServerConfig, ServerConfigBuilder,
     DEFAULT_PENDING_PER_SOURCE, DEFAULT_SERVER_MAX_IDLE_AGE, DEFAULT_SETTLE,
@@ -133,3 +133,12 @@ pub use server::{Admission, HandshakeTicket, Refusal, ServerMachine};
 pub use stats::{Counters, Stage, Status};
 pub use time::deadline_after;
 pub use waiters::{WaiterKey, Want};
+
+/// The start header of a session started in band
+/// ([`ClientConfigBuilder::in_band`]): the server writes these four bytes on an idle
+/// pooled connection, then the session's data; the client's accept reads and checks
+/// them, and hands out the connection with the data that follows unread. A connection
+/// that brings anything else is no session and is closed (counted in
+/// [`Counters::starts_dropped`]): a server speaking the Go protocol to an in-band
+/// client, say.
+pub const START: [u8; 4] = *b"NPS1";

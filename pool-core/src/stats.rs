@@ -76,6 +76,12 @@ pub struct Counters {
     pub app_errors: u64,
     /// Connections whose peer spoke TLS to a plain end or plaintext to a TLS end.
     pub protocol_mismatches: u64,
+    /// Sessions the peer started in band on idle connections (client, in-band mode):
+    /// each left the idle map for an accept.
+    pub started: u64,
+    /// Connections the peer started that were closed unaccepted: a wrong or late start
+    /// header, or the queue of started connections was full.
+    pub starts_dropped: u64,
 }
 
 /// Which step of the connection handshake failed. The handshake is a sequence of steps,

@@ -14,6 +14,17 @@ use crate::ConnId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WaiterKey(u64);
 
+/// The bit of a [`WaiterKey`] that marks a get for [`Want::Started`]: an answer that
+/// finds its get gone goes back to the started queue, not to the idle map.
+const STARTED_BIT: u64 = 1 << 63;
+
+impl WaiterKey {
+    /// Whether this get waits for a connection the peer started.
+    pub(crate) fn is_started(self) -> bool {
+        self.0 & STARTED_BIT != 0
+    }
+}
+
 /// What a waiter wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Want {
@@ -21,6 +32,9 @@ pub enum Want {
     Any,
     /// The connection with this id (multi-mode client get).
     Id(ConnId),
+    /// The next connection the peer started a session on (a client in in-band mode:
+    /// an `accept`). Never found by id, never `NotFound`: it waits until its deadline.
+    Started,
 }
 
 /// The waiting gets.
@@ -30,6 +44,8 @@ pub(crate) struct Waiters {
     live: HashMap<WaiterKey, Want, IdBuild>,
     any_live: usize,
     any: VecDeque<WaiterKey>,
+    started_live: usize,
+    started: VecDeque<WaiterKey>,
     by_id: HashMap<ConnId, VecDeque<WaiterKey>, IdBuild>,
     deadlines: BinaryHeap<Reverse<(Instant, WaiterKey)>>,
 }
@@ -58,13 +74,20 @@ impl Waiters {
 
     /// Adds a waiter; it expires at `deadline`.
     pub(crate) fn push(&mut self, want: Want, deadline: Instant) -> WaiterKey {
-        let key = WaiterKey(self.next);
+        let key = match want {
+            Want::Started => WaiterKey(self.next | STARTED_BIT),
+            _ => WaiterKey(self.next),
+        };
         self.next += 1;
         self.live.insert(key, want);
         match want {
             Want::Any => {
                 self.any_live += 1;
                 self.any.push_back(key);
+            }
+            Want::Started => {
+                self.started_live += 1;
+                self.started.push_back(key);
             }
             Want::Id(id) => self.by_id.entry(id).or_default().push_back(key),
         }
@@ -85,6 +108,7 @@ impl Waiters {
                 }
             }
             Some(Want::Any) => self.any_live -= 1,
+            Some(Want::Started) => self.started_live -= 1,
             None => {}
         }
         was.is_some()
@@ -95,6 +119,17 @@ impl Waiters {
         while let Some(key) = self.any.pop_front() {
             if self.live.remove(&key).is_some() {
                 self.any_live -= 1;
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// The oldest waiter for a connection the peer started.
+    pub(crate) fn pop_started(&mut self) -> Option<WaiterKey> {
+        while let Some(key) = self.started.pop_front() {
+            if self.live.remove(&key).is_some() {
+                self.started_live -= 1;
                 return Some(key);
             }
         }
@@ -155,9 +190,11 @@ impl Waiters {
     /// Removes every waiter, oldest first.
     pub(crate) fn drain(&mut self) -> Vec<WaiterKey> {
         let mut keys: Vec<WaiterKey> = self.live.drain().map(|(k, _)| k).collect();
-        keys.sort();
+        keys.sort_by_key(|k| k.0 & !STARTED_BIT);
         self.any_live = 0;
         self.any.clear();
+        self.started_live = 0;
+        self.started.clear();
         self.by_id.clear();
         self.deadlines.clear();
         keys

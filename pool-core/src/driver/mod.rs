@@ -78,6 +78,23 @@ pub trait Platform {
     fn now(&self) -> Instant;
     /// Whether an idle connection may be handed out. Must never consume a byte.
     fn alive(&self, conn: &mut Self::Conn) -> bool;
+    /// A peek that tells a quiet connection from one with bytes waiting. Must never
+    /// consume a byte. The default knows only [`alive`](Self::alive), and calls every
+    /// live connection quiet: a platform that drives in-band activation
+    /// ([`Driver::idle_ready`]) overrides it.
+    fn peek(&self, conn: &mut Self::Conn) -> Peek {
+        if self.alive(conn) {
+            Peek::Quiet
+        } else {
+            Peek::Dead
+        }
+    }
+    /// Watches a held connection again after a spurious readiness report (a watch
+    /// that fires once, like `EPOLLONESHOT`, needs re-arming). Called with the lock
+    /// held: one non-blocking call at most. The default does nothing.
+    fn watch_again(&self, id: ConnId, conn: &Self::Conn) {
+        let _ = (id, conn);
+    }
     /// A reply channel for a get that has to wait. Called under the lock: allocate,
     /// never block or make a system call.
     fn channel(&self) -> (Self::Reply, Self::Wait);
@@ -98,6 +115,35 @@ pub trait Platform {
     fn close(&self, id: ConnId, conn: Self::Conn) {
         drop((id, conn));
     }
+}
+
+/// What a non-blocking peek at a held connection found ([`Platform::peek`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// Alive, nothing to read.
+    Quiet,
+    /// Alive, with bytes waiting (left unread).
+    Pending,
+    /// Closed by the peer, reset, or failed.
+    Dead,
+}
+
+/// What became of a held connection the OS reported ready ([`Driver::idle_ready`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readied {
+    /// Dead: it left the pool and is closed.
+    Closed,
+    /// The peer started a session on it (in-band mode): it went to an accept.
+    Started,
+    /// Still held, and watched again ([`Platform::watch_again`]): the report was
+    /// spurious.
+    Quiet,
+    /// Still held, with bytes waiting for the get that takes it (the Go protocol: the
+    /// peer started relaying before this side's get); not watched again, as its
+    /// readiness stays.
+    Pending,
+    /// Not held any more (taken, closed, out for a probe): nothing to do.
+    NotHeld,
 }
 
 /// What the timer loop should do after a [`Driver::turn`].
@@ -177,7 +223,7 @@ struct State<M: Role, R> {
 
 /// What to perform once the lock is let go.
 struct Out<C, R> {
-    sends: Vec<(R, Delivery<C>)>,
+    sends: Vec<(WaiterKey, R, Delivery<C>)>,
     close: Vec<(ConnId, C)>,
     tasks: Vec<Task>,
     probe: Option<Probe<C>>,
@@ -334,7 +380,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
             st.replies.remove(&get.key);
             if !st.m.cancel(get.key) {
                 if let Some(Ok((id, conn))) = late() {
-                    st.m.put_back(id, conn, now);
+                    st.m.give_back(get.key, id, conn, now);
                 }
             }
             self.drain(&mut st, now, false)
@@ -342,33 +388,51 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         self.perform(out, false);
     }
 
-    /// The OS reported that the peer of the held connection `id` closed or reset it
-    /// (readiness: a hang-up or an error). The driver probes it once
-    /// ([`Platform::alive`]): a dead one leaves the pool at once and is closed
-    /// ([`crate::PoolCommon::handle_idle_closed`]; on a server, a connection still
-    /// settling too). A live one stays: bytes pending behind a half-close are a session
-    /// the peer started before this side's get. Answers whether it left. A platform
-    /// that watches held connections calls it; one that does not leaves the finding to
-    /// the sweep.
-    pub fn idle_closed(&self, id: ConnId) -> bool {
+    /// The OS reported the held connection `id` ready: its peer closed or reset it
+    /// (a hang-up or an error), or, on a platform that watches for bytes, bytes arrived.
+    /// The driver peeks at it once ([`Platform::peek`], under the lock: one
+    /// non-blocking call) and acts on what it finds:
+    /// - dead: it leaves the pool at once and is closed
+    ///   ([`crate::PoolCommon::handle_idle_closed`]; on a server, a connection still
+    ///   settling too);
+    /// - bytes waiting, in in-band mode: the peer started a session, and the
+    ///   connection goes to the oldest accept, or waits for the next
+    ///   ([`crate::PoolCommon::handle_idle_started`]);
+    /// - bytes waiting otherwise: it stays for the get that takes it (a session the
+    ///   peer started before this side's get, perhaps half-closed behind its bytes);
+    /// - quiet: it stays, and is watched again ([`Platform::watch_again`]).
+    ///
+    /// A platform that watches held connections calls it; one that does not leaves
+    /// dead peers to the sweep, and cannot run in-band mode.
+    pub fn idle_ready(&self, id: ConnId) -> Readied {
         let now = self.platform.now();
-        let (gone, out) = {
+        let (readied, out) = {
             let mut st = self.lock();
-            // One probe, under the lock (one non-blocking call): bytes still pending
-            // behind the hang-up are a session the peer started and half-closed, and
-            // stay for the get that takes them.
-            let dead = match st.m.held_conn_mut(id) {
-                Some(conn) => !self.platform.alive(conn),
-                None => false,
+            let in_band = st.m.in_band();
+            let Some(conn) = st.m.held_conn_mut(id) else {
+                return Readied::NotHeld;
             };
-            if !dead {
-                return false;
-            }
-            let gone = st.m.handle_idle_closed(id, now);
-            (gone, self.drain(&mut st, now, false))
+            let readied = match self.platform.peek(conn) {
+                Peek::Quiet => {
+                    self.platform.watch_again(id, conn);
+                    return Readied::Quiet;
+                }
+                Peek::Pending if !in_band => return Readied::Pending,
+                Peek::Pending if st.m.handle_idle_started(id, now) => Readied::Started,
+                Peek::Pending => Readied::NotHeld, // settling on a server: not idle yet
+                Peek::Dead if st.m.handle_idle_closed(id, now) => Readied::Closed,
+                Peek::Dead => Readied::NotHeld,
+            };
+            (readied, self.drain(&mut st, now, false))
         };
         self.perform(out, false);
-        gone
+        readied
+    }
+
+    /// [`idle_ready`](Self::idle_ready) for a hang-up: whether the connection left
+    /// the pool dead.
+    pub fn idle_closed(&self, id: ConnId) -> bool {
+        self.idle_ready(id) == Readied::Closed
     }
 
     /// Closes every idle connection (Go: `Flush`); how many.
@@ -387,8 +451,8 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                 st.m.handle_probe(p, now);
             }
             let mut out = self.drain(&mut st, now, false);
-            for (_, tx) in st.replies.drain() {
-                out.sends.push((tx, Err(GetFailure::Closed)));
+            for (key, tx) in st.replies.drain() {
+                out.sends.push((key, tx, Err(GetFailure::Closed)));
             }
             out
         };
@@ -434,10 +498,10 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         loop {
             match st.m.poll_output(now) {
                 Output::Answer(a) => match st.replies.remove(&a.key) {
-                    Some(tx) => out.sends.push((tx, a.result)),
+                    Some(tx) => out.sends.push((a.key, tx, a.result)),
                     None => {
                         if let Ok((id, conn)) = a.result {
-                            st.m.put_back(id, conn, now);
+                            st.m.give_back(a.key, id, conn, now);
                         }
                     }
                 },
@@ -478,9 +542,9 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                 self.platform.start(task);
             }
             let mut back = Vec::new();
-            for (tx, delivery) in out.sends {
-                if let Err(Ok(pair)) = tx.send(delivery) {
-                    back.push(pair);
+            for (key, tx, delivery) in out.sends {
+                if let Err(Ok((id, conn))) = tx.send(delivery) {
+                    back.push((key, id, conn));
                 }
             }
             for (id, conn) in out.close {
@@ -495,8 +559,8 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
             }
             let now = self.platform.now();
             let mut st = self.lock();
-            for (id, conn) in back {
-                st.m.put_back(id, conn, now);
+            for (key, id, conn) in back {
+                st.m.give_back(key, id, conn, now);
             }
             if let Some(p) = probe {
                 st.m.handle_probe(p, now);

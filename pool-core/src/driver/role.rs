@@ -63,6 +63,25 @@ pub trait Role: sealed::Sealed {
     fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
         self.shared_mut().handle_idle_closed(id, now)
     }
+    /// The peer started a session on the idle connection `id` (in-band mode): whether
+    /// it was idle. See [`PoolCommon::handle_idle_started`].
+    fn handle_idle_started(&mut self, id: ConnId, now: Instant) -> bool {
+        self.shared_mut().handle_idle_started(id, now)
+    }
+    /// Whether bytes on an idle connection mean that the peer started a session
+    /// ([`ClientConfigBuilder::in_band`](crate::ClientConfigBuilder::in_band)).
+    fn in_band(&self) -> bool {
+        false
+    }
+    /// A connection answered to the get `key` comes back: that get went away. A
+    /// started one returns to the started queue, any other to `put_back`.
+    fn give_back(&mut self, key: WaiterKey, id: ConnId, conn: Self::Conn, now: Instant) {
+        if key.is_started() {
+            self.shared_mut().restore_started(id, conn);
+        } else {
+            self.put_back(id, conn, now);
+        }
+    }
     /// A held connection, left in place, to probe.
     fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut Self::Conn> {
         self.shared_mut().idle_conn_mut(id)
@@ -101,10 +120,17 @@ impl<C> Role for ClientMachine<C> {
         match want {
             Want::Id(id) => Self::get(self, id, now, deadline),
             Want::Any => self.get_any(now, deadline),
+            Want::Started => self.accept(now, deadline),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {
         Self::handle_timeout(self, now);
+    }
+    fn handle_idle_started(&mut self, id: ConnId, now: Instant) -> bool {
+        Self::handle_idle_started(self, id, now)
+    }
+    fn in_band(&self) -> bool {
+        self.config().in_band()
     }
     fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
         Self::handle_check(self, check, alive, now)
@@ -137,7 +163,7 @@ impl<C> Role for ServerMachine<C> {
     fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         match want {
             Want::Any => Self::get(self, now, deadline),
-            Want::Id(_) => self.get_by_id(),
+            Want::Id(_) | Want::Started => self.get_by_id(),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

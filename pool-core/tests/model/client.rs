@@ -268,7 +268,7 @@ impl ClientHarness {
                     .values()
                     .filter_map(|(w, _)| match w {
                         Want::Id(id) => Some(*id),
-                        Want::Any => None,
+                        Want::Any | Want::Started => None,
                     })
                     .collect();
                 if wanted.is_empty() {

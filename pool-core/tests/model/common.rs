@@ -370,6 +370,7 @@ impl Common {
                     let pos = self.idle.iter().position(|i| i.id == id);
                     pos.and_then(|p| self.idle.remove(p))
                 }
+                Want::Started => None, // the model makes no in-band gets
             };
             let Some(item) = taken else { break };
             if self.too_old(item.since_ms, now) {
