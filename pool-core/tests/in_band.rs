@@ -111,7 +111,10 @@ fn a_started_connection_goes_to_an_accept_at_once_or_to_the_one_waiting() {
     };
     assert_eq!((got, conn), (id(3), 3));
     let k = d.read(|m| m.counters());
-    assert_eq!((k.started, k.served_at_once, k.served_after_wait), (2, 1, 1));
+    assert_eq!(
+        (k.started, k.served_at_once, k.served_after_wait),
+        (2, 1, 1)
+    );
 }
 
 #[test]

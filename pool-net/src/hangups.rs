@@ -46,6 +46,8 @@ struct Watched<K> {
 pub struct HangUps<K> {
     set: OwnedFd,
     watched: Mutex<Watched<K>>,
+    /// Whether readable bytes are reported too ([`HangUps::with_bytes`]).
+    bytes: bool,
 }
 
 impl<K> std::fmt::Debug for HangUps<K> {
@@ -57,9 +59,22 @@ impl<K> std::fmt::Debug for HangUps<K> {
 }
 
 impl<K: Copy> HangUps<K> {
-    /// A new, empty set.
+    /// A new, empty set, watching for hang-ups only.
     pub fn new() -> io::Result<Self> {
+        Self::build(false)
+    }
+
+    /// A new, empty set that reports readable bytes as well as hang-ups: for a pool
+    /// whose peer starts sessions in band, where the first byte on an idle connection
+    /// is the news. Each connection is still reported once; the caller peeks to tell
+    /// which it was, and [`watch`](Self::watch)es it again if neither.
+    pub fn with_bytes() -> io::Result<Self> {
+        Self::build(true)
+    }
+
+    fn build(bytes: bool) -> io::Result<Self> {
         Ok(Self {
+            bytes,
             set: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             watched: Mutex::new(Watched {
                 next: 0,
@@ -86,8 +101,17 @@ impl<K: Copy> HangUps<K> {
         }
         w.next += 1;
         let tag = w.next;
-        let flags = epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
-        let ok = epoll::add(&self.set, fd, epoll::EventData::new_u64(tag), flags).is_ok();
+        let mut flags = epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
+        if self.bytes {
+            flags |= epoll::EventFlags::IN;
+        }
+        let data = epoll::EventData::new_u64(tag);
+        // A connection reported before stays in the set, disarmed (`EPOLLONESHOT`):
+        // watching it again re-arms it.
+        let ok = match epoll::add(&self.set, fd, data, flags) {
+            Err(rustix::io::Errno::EXIST) => epoll::modify(&self.set, fd, data, flags).is_ok(),
+            r => r.is_ok(),
+        };
         if ok {
             w.by_key.insert(tag, (key, raw));
             w.by_fd.insert(raw, tag);
@@ -188,5 +212,28 @@ mod tests {
         assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![1]);
         assert!(set.is_empty());
         drop((a, b, c));
+    }
+
+    #[test]
+    fn with_bytes_reports_the_first_byte_once_and_again_once_rewatched() {
+        let set = HangUps::with_bytes().unwrap();
+        let (a, mut a_peer) = pair();
+        let (b, _b_peer) = pair();
+        assert!(set.watch(1u8, &a) && set.watch(2, &b));
+        assert!(set
+            .wait(Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_empty());
+        a_peer.write_all(b"NPS1").unwrap();
+        assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![1]);
+        // Reported once: the bytes stay, the report does not repeat.
+        assert!(set
+            .wait(Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_empty());
+        // Watched again with the bytes still there: reported again.
+        assert!(set.watch(1, &a));
+        assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![1]);
+        drop((a, b));
     }
 }

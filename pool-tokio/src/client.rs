@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, PoolStream};
 use crate::dialer::{Dialer, TcpDialer};
-use crate::engine::{self, drive, watch_hang_ups, Engine, Side};
+use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
 use crate::error::{BuildError, GetError, StepError};
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
@@ -192,6 +192,23 @@ impl ClientPoolBuilder {
         self.watch_idle = on;
         self
     }
+    /// In-band activation (not in the Go protocol: set it on both ends). Default false.
+    ///
+    /// The server starts a session itself, on any idle connection
+    /// ([`ServerPool::start`](crate::ServerPool::start) writes
+    /// [`START`](pool_core::START), then the session's data follows), and this pool
+    /// learns of it from the connection becoming readable: the OS reports it through
+    /// the watch of held connections, never the sweep.
+    /// [`accept`](ClientPool::accept) hands out the next started connection. No id
+    /// travels over the application's control channel, so a session's first byte
+    /// arrives one one-way delay after the server wrote it.
+    ///
+    /// Needs the watch (`watch_idle(true)`, Linux): [`build`](Self::build) refuses it
+    /// otherwise. Gets by id still work beside it.
+    pub fn in_band(mut self, on: bool) -> Self {
+        self.core = self.core.in_band(on);
+        self
+    }
     /// Closes and replaces connections idle longer than this (checked at each sweep
     /// and each get). Default `None`: no limit, as in the Go package.
     pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
@@ -273,6 +290,20 @@ impl ClientPoolBuilder {
         } else {
             self.core.build()?
         };
+        if cfg.in_band() && (!self.watch_idle || !cfg!(target_os = "linux")) {
+            return Err(pool_core::ConfigError::Conflict {
+                first: "in-band activation",
+                second: "no watch of idle connections",
+                hint: "a started session is found by the OS's readiness on idle \
+                       connections: keep `watch_idle(true)`, on Linux",
+            }
+            .into());
+        }
+        let watch = match (self.watch_idle, cfg.in_band()) {
+            (false, _) => WatchFor::Nothing,
+            (true, false) => WatchFor::HangUps,
+            (true, true) => WatchFor::Bytes,
+        };
         let dialer = self
             .dialer
             .ok_or(BuildError::Missing("dialer or address"))?;
@@ -313,7 +344,7 @@ impl ClientPoolBuilder {
         };
         let machine = ClientMachine::new(cfg.clone(), seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
-            engine: Engine::new(machine, &self.name, me.clone(), rt, self.watch_idle),
+            engine: Engine::new(machine, &self.name, me.clone(), rt, watch),
             id_form: cfg.id_form(),
             single: cfg.single(),
             dialer,
@@ -321,6 +352,13 @@ impl ClientPoolBuilder {
             socket: self.socket,
             key: self.key,
         });
+        if cfg.in_band() && !inner.engine.watched() {
+            inner.engine.shut();
+            return Err(BuildError::Io {
+                what: "watching idle connections for in-band starts",
+                source: std::io::Error::other("the epoll set could not be made"),
+            });
+        }
         inner.engine.spawn(drive(inner.clone()));
         inner.engine.spawn(watch_hang_ups(inner.clone()));
         Ok(ClientPool {
@@ -623,6 +661,65 @@ impl ClientPool {
     /// As [`get`](Self::get).
     pub async fn get_any_timeout(&self, timeout: Duration) -> Result<PoolConn, GetError> {
         self.take(Want::Any, timeout).await
+    }
+
+    /// The next connection the server started a session on (in-band mode,
+    /// [`ClientPoolBuilder::in_band`]), waiting up to the builder's `get_timeout`. The
+    /// start header is read and checked here; the session's data follows unread. A
+    /// connection whose header is wrong, or does not come within [`START_WAIT`](crate::START_WAIT), is
+    /// closed and counted (`starts_dropped`), and the accept goes on.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: pool_tokio::ClientPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio::io::AsyncReadExt;
+    /// loop {
+    ///     let mut conn = pool.accept().await?;
+    ///     tokio::spawn(async move {
+    ///         let mut first = [0u8; 1024];
+    ///         let n = conn.read(&mut first).await; // the session's first bytes
+    ///         # drop(n);
+    ///     });
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] when nothing was started in time; [`GetError::Closed`];
+    /// [`GetError::Unreachable`] as for a get.
+    ///
+    /// # Cancel safety
+    ///
+    /// A connection still waiting in the pool is never lost. One whose header is
+    /// being read when the future is dropped is closed: its session ends (a server
+    /// that keeps a copy of what it sent replays it elsewhere, as the tunnel does).
+    pub async fn accept(&self) -> Result<PoolConn, GetError> {
+        self.accept_timeout(self.get_timeout).await
+    }
+
+    /// [`accept`](Self::accept) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`accept`](Self::accept).
+    pub async fn accept_timeout(&self, timeout: Duration) -> Result<PoolConn, GetError> {
+        let deadline = pool_core::deadline_after(now(), timeout);
+        loop {
+            let left = deadline.saturating_duration_since(now());
+            let (id, mut conn) = engine::get_for_user(self.inner(), Want::Started, left).await?;
+            let mut header = [0u8; pool_core::START.len()];
+            let read = tokio::time::timeout(crate::START_WAIT, conn.read_exact(&mut header)).await;
+            if matches!(read, Ok(Ok(_))) && header == pool_core::START {
+                return Ok(conn);
+            }
+            debug!(%id, "a started connection brought no start header: closed");
+            let driver = &self.inner().engine.driver;
+            driver.input(|m, _| m.handle_bad_start(id, conn));
+        }
     }
 
     async fn take(&self, want: Want, timeout: Duration) -> Result<PoolConn, GetError> {

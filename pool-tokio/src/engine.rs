@@ -12,7 +12,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
 use pool_core::{ConnId, DialTicket, GetFailure, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,17 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn alive(conn: &mut PoolConn) -> bool {
         conn.liveness().is_alive()
     }
+}
+
+/// What the pool watches its held connections for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WatchFor {
+    /// Nothing: the sweep finds dead peers.
+    Nothing,
+    /// The peer's hang-up.
+    HangUps,
+    /// Hang-ups and bytes (in-band mode).
+    Bytes,
 }
 
 /// The tokio [`Platform`].
@@ -64,6 +75,16 @@ impl<S: Side> Platform for Rt<S> {
     }
     fn alive(&self, conn: &mut PoolConn) -> bool {
         S::alive(conn)
+    }
+    fn peek(&self, conn: &mut PoolConn) -> Peek {
+        match conn.liveness() {
+            pool_net::Liveness::Idle => Peek::Quiet,
+            pool_net::Liveness::Pending => Peek::Pending,
+            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+        }
+    }
+    fn watch_again(&self, id: ConnId, conn: &PoolConn) {
+        self.watch(id, conn);
     }
     fn channel(&self) -> (Sender, Self::Wait) {
         let (tx, rx) = oneshot::channel();
@@ -142,10 +163,10 @@ impl<S: Side> Engine<S> {
         name: &str,
         side: Weak<S>,
         handle: tokio::runtime::Handle,
-        watch_idle: bool,
+        watch: WatchFor,
     ) -> Self {
         #[cfg(not(target_os = "linux"))]
-        let _ = watch_idle;
+        let _ = watch;
         let rt = Rt {
             side,
             wake: Notify::new(),
@@ -155,9 +176,11 @@ impl<S: Side> Engine<S> {
             handle,
             running: Mutex::new(HashMap::new()),
             #[cfg(target_os = "linux")]
-            watch: watch_idle
-                .then(crate::watch::IdleWatch::new)
-                .and_then(Result::ok),
+            watch: match watch {
+                WatchFor::Nothing => None,
+                WatchFor::HangUps => crate::watch::IdleWatch::new(false).ok(),
+                WatchFor::Bytes => crate::watch::IdleWatch::new(true).ok(),
+            },
         };
         Self {
             driver: Driver::new(m, rt),
@@ -171,6 +194,14 @@ impl<S: Side> Engine<S> {
 
     pub(crate) fn rt(&self) -> &Rt<S> {
         self.driver.platform()
+    }
+
+    /// Whether held connections are watched (Linux, and the set could be made).
+    pub(crate) fn watched(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.rt().watch.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// The pool's name.
@@ -261,7 +292,8 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
     }
 }
 
-/// Reports the hang-ups the `epoll` set sees to the core, until the pool closes.
+/// Reports what the `epoll` set sees (hang-ups; bytes in in-band mode) to the core,
+/// until the pool closes.
 pub(crate) async fn watch_hang_ups<S: Side>(side: Arc<S>) {
     #[cfg(target_os = "linux")]
     {
@@ -277,7 +309,7 @@ pub(crate) async fn watch_hang_ups<S: Side>(side: Arc<S>) {
                 _ = rt.cancel.cancelled() => return,
             };
             for id in ids {
-                engine.driver.idle_closed(id);
+                engine.driver.idle_ready(id);
             }
             rt.changed.notify_waiters();
         }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::conn::{PoolConn, PoolStream};
-use crate::engine::{self, drive, watch_hang_ups, Engine, Side};
+use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
 use crate::error::{BuildError, GetError, StepError};
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
@@ -344,7 +344,17 @@ impl ServerPoolBuilder {
         }
         let machine = ServerMachine::new(cfg.clone(), seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
-            engine: Engine::new(machine, &self.name, me.clone(), rt, self.watch_idle),
+            engine: Engine::new(
+                machine,
+                &self.name,
+                me.clone(),
+                rt,
+                if self.watch_idle {
+                    WatchFor::HangUps
+                } else {
+                    WatchFor::Nothing
+                },
+            ),
             id_form: cfg.id_form(),
             filter,
             acceptor,
@@ -670,6 +680,55 @@ impl ServerPool {
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, PoolConn), GetError> {
         engine::get_for_user(self.inner(), Want::Any, timeout).await
+    }
+
+    /// Starts a session in band (for a client pool built with
+    /// [`ClientPoolBuilder::in_band`](crate::ClientPoolBuilder::in_band)): takes the
+    /// oldest live idle connection as [`get`](Self::get) does, writes
+    /// [`START`](pool_core::START) on it, and hands it out. The client's
+    /// [`accept`](crate::ClientPool::accept) receives the same connection as soon as
+    /// the header reaches it: no id over a control channel, no round trip. Write the
+    /// session's data right after. A connection whose header cannot be written (its
+    /// peer reset it) is closed and the next one is tried, within `get_timeout`.
+    ///
+    /// Not part of the Go wire protocol: a Go client pool would take the header for
+    /// payload.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// A connection still in the pool is never lost; one whose header is being written
+    /// when the future is dropped is closed.
+    pub async fn start(&self) -> Result<(ConnId, PoolConn), GetError> {
+        self.start_timeout(self.get_timeout).await
+    }
+
+    /// [`start`](Self::start) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_timeout(&self, timeout: Duration) -> Result<(ConnId, PoolConn), GetError> {
+        let deadline = pool_core::deadline_after(now(), timeout);
+        loop {
+            let left = deadline.saturating_duration_since(now());
+            let (id, mut conn) = engine::get_for_user(self.inner(), Want::Any, left).await?;
+            let write = async {
+                conn.write_all(&pool_core::START).await?;
+                conn.flush().await
+            };
+            match tokio::time::timeout(left, write).await {
+                Ok(Ok(())) => return Ok((id, conn)),
+                _ => debug!(%id, "start header not written: the connection is closed"),
+            }
+        }
     }
 
     /// Closes every idle connection (Go: `Flush`).

@@ -3,11 +3,13 @@
 //! at the next sweep.
 //!
 //! Every connection the pool holds is also in a [`pool_net::HangUps`] set of the pool's
-//! own (an `epoll` set watching for the peer's hang-up, never for bytes: a peer may
-//! write on an idle connection on purpose, a tunnel sending a session's first bytes
-//! ahead of its id, and the pool's probes keep those bytes). One task waits on the set
-//! through tokio's reactor and reports each hang-up to the core
-//! ([`pool_core::driver::Driver::idle_closed`]). A connection leaves the set when it is
+//! own: an `epoll` set watching for the peer's hang-up, and, in in-band mode only, for
+//! bytes (there the first byte on an idle connection is a session the server
+//! started). Under the Go protocol bytes are not watched: a peer may write on an idle
+//! connection on purpose, a tunnel sending a session's first bytes ahead of its id, and
+//! the pool's probes keep those bytes. One task waits on the set through tokio's
+//! reactor and reports each connection to the core
+//! ([`pool_core::driver::Driver::idle_ready`]). A connection leaves the set when it is
 //! handed out or closed. The sweep stays for what readiness cannot see.
 //!
 //! Linux only; elsewhere the sweep finds dead peers as before.
@@ -26,14 +28,20 @@ pub(crate) struct IdleWatch {
 }
 
 impl IdleWatch {
-    /// A new, empty set, registered with the current tokio reactor.
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A new, empty set, registered with the current tokio reactor; `bytes`: readable
+    /// bytes are reported too (in-band mode, where they are a session's start).
+    pub(crate) fn new(bytes: bool) -> io::Result<Self> {
+        let set = if bytes {
+            HangUps::with_bytes()?
+        } else {
+            HangUps::new()?
+        };
         // `with_interest` is deprecated because an arbitrary `AsRawFd` may close or
         // change its descriptor while registered; a `HangUps` owns its `epoll`
         // descriptor for its whole life and never changes it, so this safe call is
         // sound (its replacement is `unsafe`).
         #[allow(deprecated)]
-        let set = AsyncFd::with_interest(HangUps::new()?, tokio::io::Interest::READABLE)?;
+        let set = AsyncFd::with_interest(set, tokio::io::Interest::READABLE)?;
         Ok(Self { set })
     }
 
@@ -53,7 +61,8 @@ impl IdleWatch {
         self.set.get_ref().len()
     }
 
-    /// Waits for hang-ups; the ids of the connections whose peers hung up.
+    /// Waits for hang-ups (and bytes, in in-band mode); the ids of the connections
+    /// reported, each once until watched again.
     pub(crate) async fn hung_up(&self) -> io::Result<Vec<ConnId>> {
         loop {
             let mut ready = self.set.readable().await?;
@@ -89,7 +98,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_hang_up_is_reported_and_bytes_are_not() {
-        let w = IdleWatch::new().unwrap();
+        let w = IdleWatch::new(false).unwrap();
         let (a, mut a_peer) = pair().await;
         let (b, b_peer) = pair().await;
         let (c, c_peer) = pair().await;

@@ -1,0 +1,160 @@
+//! In-band activation on real sockets: the server starts a session on an idle
+//! connection (`ServerPool::start`), and the client learns of it from the OS's
+//! readiness (`ClientPool::accept`), with the sweep an hour away. The same protocol the
+//! core's driver test and the simulator run. Linux only (the watch is `epoll`).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pool_tokio::{ClientPool, GetError, ServerPool, TlsMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn pair(tls: TlsMode, capacity: usize) -> (ServerPool, ClientPool) {
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tls_mode(tls)
+        .sweep_interval(HOUR)
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .tls_mode(tls)
+        .capacity(capacity, capacity)
+        .sweep_interval(HOUR)
+        .in_band(true)
+        .build()
+        .unwrap();
+    (server, client)
+}
+
+async fn started_then_accepted(tls: TlsMode) {
+    let (server, client) = pair(tls, 4);
+    assert!(client.wait_idle(4, T).await && server.wait_idle(4, T).await);
+    // Merely idle connections are not sessions: nothing is started by itself (in TLS,
+    // the records after the handshake are read with the id, never taken for a start).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.stats().counters.started, 0, "{:?}", client.stats());
+    assert_eq!(client.stats().status.idle, 4);
+
+    // An accept that waits is answered by the start.
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.accept_timeout(T).await })
+    };
+    let (id, mut s) = server.start_timeout(T).await.unwrap();
+    s.write_all(b"first bytes").await.unwrap();
+    s.flush().await.unwrap();
+    let mut c = waiting.await.unwrap().unwrap();
+    assert_eq!(c.id(), id, "both ends hold the same connection");
+    let mut got = [0u8; 11];
+    c.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"first bytes", "the header is read, the data is not");
+    roundtrip(&mut s, &mut c).await;
+
+    // A start with nobody accepting waits for the next accept, which takes it at once.
+    let (id2, mut s2) = server.start_timeout(T).await.unwrap();
+    s2.write_all(b"x").await.unwrap();
+    s2.flush().await.unwrap();
+    assert!(eventually(|| client.stats().counters.started == 2).await);
+    let mut c2 = client
+        .accept_timeout(Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(c2.id(), id2);
+    let mut one = [0u8; 1];
+    c2.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"x");
+    // Starts refill the client like gets.
+    assert!(client.wait_idle(4, T).await);
+    let k = client.stats().counters;
+    assert_eq!((k.started, k.starts_dropped, k.evicted_dead), (2, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_session_reaches_the_accept_plain() {
+    started_then_accepted(TlsMode::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_session_reaches_the_accept_tls() {
+    started_then_accepted(TlsMode::SelfSigned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_at_once_each_gets_its_own_bytes() {
+    const SESSIONS: usize = 200;
+    let (server, client) = pair(TlsMode::Off, 16);
+    assert!(client.wait_idle(16, T).await);
+    let accepts = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..SESSIONS {
+                let mut c = client.accept_timeout(T).await.unwrap();
+                let mut n = [0u8; 8];
+                c.read_exact(&mut n).await.unwrap();
+                // Echo the number back, so the server checks the pairing.
+                c.write_all(&n).await.unwrap();
+                seen.push(u64::from_be_bytes(n));
+            }
+            seen
+        })
+    };
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..SESSIONS as u64 {
+        let server = server.clone();
+        starts.spawn(async move {
+            let (_, mut s) = server.start_timeout(T).await.unwrap();
+            s.write_all(&i.to_be_bytes()).await.unwrap();
+            let mut back = [0u8; 8];
+            s.read_exact(&mut back).await.unwrap();
+            assert_eq!(
+                u64::from_be_bytes(back),
+                i,
+                "the session's own bytes came back"
+            );
+        });
+    }
+    while let Some(r) = starts.join_next().await {
+        r.unwrap();
+    }
+    let mut seen = accepts.await.unwrap();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..SESSIONS as u64).collect::<Vec<_>>());
+    assert_eq!(client.stats().counters.started, SESSIONS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_without_the_header_are_no_session() {
+    let (server, client) = pair(TlsMode::Off, 2);
+    assert!(client.wait_idle(2, T).await && server.wait_idle(2, T).await);
+    // A server speaking the Go protocol writes payload on an idle connection.
+    let (_, mut s) = server.get_timeout(T).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let r = client.accept_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(GetError::Timeout { .. })), "{r:?}");
+    assert_eq!(client.stats().counters.starts_dropped, 1);
+    // A real start still goes through.
+    let (_, mut s) = server.start_timeout(T).await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    let mut c = client.accept_timeout(T).await.unwrap();
+    let mut got = [0u8; 2];
+    c.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_band_needs_the_watch() {
+    let server = server();
+    let r = ClientPool::builder()
+        .address(server.local_addr())
+        .in_band(true)
+        .watch_idle(false)
+        .build();
+    assert!(r.is_err(), "in-band without readiness cannot find a start");
+}
