@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pool_core::{Random, SeededRandom};
 use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
-use pool_tokio::{ClientPool, ConnId, PoolStream, TcpDialer, TunnelKey};
+use pool_tokio::{ClientPool, PoolConn, PoolStream, TcpDialer, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -19,8 +19,8 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
-    client_handshake, default_control, parse_server_line, send_token, split_host_port, ServerLine,
-    Timeouts, MAX_LINE, TAKEN, TARGET_FAILED,
+    client_handshake, default_control, send_token, split_host_port, Timeouts, REACHED,
+    TARGET_FAILED,
 };
 use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
 use crate::server::BoxIo;
@@ -107,6 +107,7 @@ pub struct ClientHandle {
     shared: Arc<Shared>,
     started: Instant,
     task: JoinHandle<()>,
+    accepts: JoinHandle<()>,
 }
 
 impl ClientHandle {
@@ -139,6 +140,7 @@ impl ClientHandle {
     /// Stops every task (sessions included) and closes the pool.
     pub async fn shutdown(self) {
         self.task.abort();
+        self.accepts.abort();
         let shared = self.shared.clone();
         drop(self);
         shared.pool.close().await;
@@ -148,6 +150,7 @@ impl ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.task.abort();
+        self.accepts.abort();
     }
 }
 
@@ -165,6 +168,7 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         .capacity(cfg.min, cfg.max)
         .parallelism(cfg.parallelism)
         .tunnel_key(cfg.key.clone())
+        .in_band(true)
         .tls_mode(cfg.mode);
     let mut tls = ClientTlsBuilder::new(cfg.mode);
     if let Some(fp) = cfg.pin {
@@ -196,18 +200,43 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         up: watch::channel(false).0,
     });
     let task = tokio::spawn(control_loop(shared.clone()));
+    let accepts = tokio::spawn(accept_loop(shared.clone()));
     Ok(ClientHandle {
         shared,
         started,
         task,
+        accepts,
     })
+}
+
+/// Accepts the sessions the server starts in band, one task each, until the pool
+/// closes. Sessions end with the handle (their tasks are aborted with this one).
+async fn accept_loop(shared: Arc<Shared>) {
+    let mut sessions = JoinSet::new();
+    loop {
+        while sessions.try_join_next().is_some() {}
+        let conn = match shared.pool.accept_timeout(Duration::from_secs(3600)).await {
+            Ok(conn) => conn,
+            Err(pool_tokio::GetError::Closed) => return,
+            Err(_) => continue, // nothing started for an hour, or no server yet
+        };
+        bump(&shared.stats.accepted);
+        let shared = shared.clone();
+        sessions.spawn(async move {
+            let ok = client_session(&shared, conn).await;
+            bump(if ok {
+                &shared.stats.relayed
+            } else {
+                &shared.stats.failed
+            });
+        });
+    }
 }
 
 /// Keeps one control connection up, reconnecting with exponential backoff and jitter.
 async fn control_loop(shared: Arc<Shared>) {
     let (first, longest) = shared.t.backoff;
     let mut pause = first;
-    let mut sessions = JoinSet::new();
     let mut rng = SeededRandom::from_seed(pool_tls::fresh_nonce().unwrap_or([7; 32]));
     loop {
         let attempt = timeout(
@@ -221,7 +250,7 @@ async fn control_loop(shared: Arc<Shared>) {
                 shared.up.send_replace(true);
                 info!("control: connected to {}", shared.control);
                 pause = first;
-                let why = run_control(&shared, io, &mut sessions).await;
+                let why = run_control(&shared, io).await;
                 shared.up.send_replace(false);
                 warn!("control: lost: {why}");
             }
@@ -241,7 +270,6 @@ async fn control_loop(shared: Arc<Shared>) {
         let jitter = f64::from(rng.next_u32()) / f64::from(u32::MAX) / 4.0;
         tokio::time::sleep(pause + pause.mul_f64(jitter)).await;
         pause = (pause * 2).min(longest);
-        while sessions.try_join_next().is_some() {}
     }
 }
 
@@ -276,49 +304,25 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
     }
 }
 
-/// Reads ids and heartbeats until control breaks or falls silent, sending heartbeats;
-/// one session task per id.
-async fn run_control(shared: &Arc<Shared>, io: BoxIo, sessions: &mut JoinSet<()>) -> String {
+/// Exchanges heartbeats until control breaks or falls silent. Control carries no
+/// session: they start in band ([`accept_loop`]).
+async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
     let (mut rd, mut wr) = tokio::io::split(io);
     let t = &shared.t;
     let mut heartbeat = tokio::time::interval(t.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = tokio::time::Instant::now();
-    let mut line = Vec::with_capacity(MAX_LINE);
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 64];
     loop {
         tokio::select! {
-            r = rd.read(&mut buf) => {
-                let n = match r {
-                    Ok(0) => return "closed by the server".into(),
-                    Ok(n) => n,
-                    Err(e) => return format!("read error: {e}"),
-                };
-                heard = tokio::time::Instant::now();
-                for &b in &buf[..n] {
-                    if b != b'\n' {
-                        if line.len() >= MAX_LINE {
-                            return "line too long".into();
-                        }
-                        line.push(b);
-                        continue;
-                    }
-                    match parse_server_line(&line) {
-                        Ok(ServerLine::Heartbeat) => {}
-                        Ok(ServerLine::Take(id)) => {
-                            bump(&shared.stats.ids);
-                            while sessions.try_join_next().is_some() {}
-                            let shared = shared.clone();
-                            sessions.spawn(async move {
-                                let ok = client_session(&shared, id).await;
-                                bump(if ok { &shared.stats.relayed } else { &shared.stats.failed });
-                            });
-                        }
-                        Err(e) => return e.to_string(),
-                    }
-                    line.clear();
+            r = rd.read(&mut buf) => match r {
+                Ok(0) => return "closed by the server".into(),
+                Ok(n) if buf[..n].iter().all(|&b| b == b'\n') => {
+                    heard = tokio::time::Instant::now();
                 }
-            }
+                Ok(_) => return "unexpected bytes from the server".into(),
+                Err(e) => return format!("read error: {e}"),
+            },
             _ = heartbeat.tick() => {
                 let w = timeout(t.dead_after, async {
                     wr.write_all(b"\n").await?;
@@ -336,12 +340,10 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo, sessions: &mut JoinSet<()>
     }
 }
 
-/// One session: the pooled connection with `id`, a fresh target connection, a relay.
-async fn client_session(s: &Shared, id: ConnId) -> bool {
-    let Ok(mut conn) = s.pool.get_timeout(id, s.t.get).await else {
-        debug!("session {id}: no such pooled connection");
-        return false;
-    };
+/// One session: the pooled connection the server started, a fresh target connection,
+/// a relay.
+async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
+    let id = conn.id();
     let target = match timeout(s.t.io, TcpStream::connect(&s.target)).await {
         Ok(Ok(t)) => t,
         why => {
@@ -353,7 +355,7 @@ async fn client_session(s: &Shared, id: ConnId) -> bool {
         }
     };
     let _ = peer_socket_options().apply_tcp(&target);
-    if conn.write_all(&[TAKEN]).await.is_err() {
+    if conn.write_all(&[REACHED]).await.is_err() {
         return false;
     }
     let traffic = Traffic::default();

@@ -15,11 +15,12 @@
 //! The client proves first because the attacker most likely to exist dials the server:
 //! such a stranger gets a nonce and nothing computed with the key.
 //!
-//! Then both sides send lines: the server `<8 hex id>\n` (take this connection) or `\n`
-//! (heartbeat); the client only `\n` (heartbeat). The server writes the user's bytes on
-//! the pooled connection at once; the client writes [`TAKEN`] (or [`TARGET_FAILED`])
-//! on it before relaying. Either side drops control after
-//! [`Timeouts::dead_after`] without a byte from the other.
+//! Then both sides send only heartbeats (`\n`); either side drops control after
+//! [`Timeouts::dead_after`] without a byte from the other. Control carries no session:
+//! the server starts each one in band, writing the pool's start header
+//! ([`pool_tokio::START`]) and then the user's bytes on an idle pooled connection, and
+//! the client's pool accepts it from the connection's readiness. The client writes
+//! [`REACHED`] (or [`TARGET_FAILED`]) on it before relaying.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,14 +28,15 @@ use pool_tls::admit::{check_token, make_token, Admitted, ADMIT_LEN};
 
 use pool_tls::proof::{ClientProof, ServerProof, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
 use pool_tls::TunnelKey;
-use pool_tokio::{ConnId, SocketOptions};
+use pool_tokio::SocketOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use crate::BoxError;
 
-/// First bytes the server writes on a control connection (version 2: 32-byte nonces).
-pub const MAGIC: &[u8; 4] = b"NPT2";
+/// First bytes the server writes on a control connection (version 3: sessions start
+/// in band, control carries heartbeats only; a version-2 peer is refused by it).
+pub const MAGIC: &[u8; 4] = b"NPT3";
 /// Length of the server's greeting.
 pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
 pub use pool_tls::proof::{
@@ -42,17 +44,16 @@ pub use pool_tls::proof::{
 };
 /// What the control tags sign in place of a pool connection's id.
 pub const CONTROL_CONTEXT: &[u8] = b"nodepass-tunnel/control/v1";
-/// The byte the client writes first on a pooled connection once it took it and reached
-/// the target: the ack of the user's first bytes, which the server sent without
-/// waiting and keeps until this byte comes back (see `server.rs`, `REPLAY_MAX`). It
-/// travels just ahead of the target's first bytes. Not a proof: the connection proved
-/// the key when it entered the pool.
-pub const TAKEN: u8 = 0x06;
-/// The byte the client writes on a pooled connection instead of [`TAKEN`] when the
+/// The byte the client writes first on a started pooled connection once it reached the
+/// target: the ack of the user's first bytes, which the server sent without waiting
+/// and keeps until this byte comes back (see `server.rs`, `REPLAY_MAX`). It travels
+/// just ahead of the target's first bytes. Past it the server forgets its copy, so a
+/// byte the target may have seen is never sent twice. Not a proof: the connection
+/// proved the key when it entered the pool.
+pub const REACHED: u8 = 0x06;
+/// The byte the client writes on a pooled connection instead of [`REACHED`] when the
 /// target cannot be reached: the server closes the user at once and retries nothing.
 pub const TARGET_FAILED: u8 = 0x15;
-/// Longest control line accepted (an id is 8 hex digits plus `\n`).
-pub const MAX_LINE: usize = 64;
 
 /// Deadlines of the tunnel (the pools keep their own, set in [`crate::server`] and
 /// [`crate::client`]).
@@ -204,31 +205,6 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// One line the server sends after the handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerLine {
-    /// `\n`.
-    Heartbeat,
-    /// `<8 hex>\n`: take the pooled connection with this id.
-    Take(ConnId),
-}
-
-/// Parses one line without its `\n`.
-pub fn parse_server_line(line: &[u8]) -> Result<ServerLine, BoxError> {
-    if line.is_empty() {
-        return Ok(ServerLine::Heartbeat);
-    }
-    ConnId::from_hex_bytes(line)
-        .map(ServerLine::Take)
-        .map_err(|_| format!("bad line {:?}", String::from_utf8_lossy(line)).into())
-}
-
-/// Appends `id\n`.
-pub fn push_id(out: &mut Vec<u8>, id: &ConnId) {
-    out.extend_from_slice(id.as_bytes());
-    out.push(b'\n');
-}
-
 /// Splits `host:port` (IPv6 in brackets) into host and port.
 pub fn split_host_port(s: &str) -> Result<(&str, u16), BoxError> {
     let (host, port) = s
@@ -302,13 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn lines_and_addresses() {
-        assert_eq!(parse_server_line(b"").unwrap(), ServerLine::Heartbeat);
-        assert!(parse_server_line(b"zz").is_err());
-        let id = ConnId::from_hex_bytes(b"0a0b0c0d").unwrap();
-        let mut out = Vec::new();
-        push_id(&mut out, &id);
-        assert_eq!(parse_server_line(&out[..8]).unwrap(), ServerLine::Take(id));
+    fn addresses() {
         assert_eq!(
             default_control("example.org:10101").unwrap(),
             "example.org:10102"

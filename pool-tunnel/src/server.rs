@@ -9,19 +9,17 @@ use std::time::Duration;
 use pool_tls::admit::{Admitted, ReplayWindow, Untaken};
 
 use pool_tls::ServerTls;
-use pool_tokio::{ConnId, IpFilter, PoolConn, PoolStream, ServerPool, TunnelKey};
+use pool_tokio::{IpFilter, PoolConn, PoolStream, ServerPool, TunnelKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::candidates::{CandidateId, Candidates};
-use crate::protocol::{
-    push_id, read_token, server_handshake, unix_ms, Timeouts, TAKEN, TARGET_FAILED,
-};
+use crate::protocol::{read_token, server_handshake, unix_ms, Timeouts, REACHED, TARGET_FAILED};
 use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
 use crate::sources::{Source, SourceLimits};
 use crate::stats::{bump, ServerSnapshot, ServerStats};
@@ -99,7 +97,6 @@ impl ServerConfig {
 #[derive(Clone)]
 struct Control {
     gen: u64,
-    tx: mpsc::Sender<ConnId>,
     /// Closed (its sender dropped) when this control connection ends.
     gone: watch::Receiver<()>,
 }
@@ -475,10 +472,9 @@ async fn authenticate(
 /// replaced by a newer one.
 async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr) {
     let gen = shared.next_gen.fetch_add(1, Relaxed) + 1;
-    let (tx, mut rx) = mpsc::channel::<ConnId>(4096);
     let (gone_tx, gone) = watch::channel(());
     let mut current = shared.control.subscribe();
-    let old = shared.control.send_replace(Some(Control { gen, tx, gone }));
+    let old = shared.control.send_replace(Some(Control { gen, gone }));
     info!(
         "control: {peer} authenticated{}",
         if old.is_some() {
@@ -493,23 +489,8 @@ async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr) {
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
     let mut buf = [0u8; 64];
-    let mut out = Vec::with_capacity(1024);
     let reason = loop {
         tokio::select! {
-            id = rx.recv() => {
-                let Some(id) = id else { break "closed" };
-                out.clear();
-                push_id(&mut out, &id);
-                while out.len() < 8192 {
-                    match rx.try_recv() {
-                        Ok(id) => push_id(&mut out, &id),
-                        Err(_) => break,
-                    }
-                }
-                if write_flush(&mut wr, &out, t.dead_after).await.is_err() {
-                    break "write failed or stalled";
-                }
-            }
             _ = heartbeat.tick() => {
                 if write_flush(&mut wr, b"\n", t.dead_after).await.is_err() {
                     break "write failed or stalled";
@@ -614,20 +595,20 @@ fn lock(l: &std::sync::Mutex<SourceLimits>) -> std::sync::MutexGuard<'_, SourceL
 }
 
 /// Pooled connections one user session tries at most, and of them at most
-/// [`NOT_TAKEN_TRIES`] that stayed silent until the ack deadline (the others closed
+/// [`SILENT_TRIES`] that stayed silent until the ack deadline (the others closed
 /// at once: dead when picked).
 const ATTEMPTS: usize = 16;
 /// See [`ATTEMPTS`].
-const NOT_TAKEN_TRIES: usize = 3;
-/// The user's bytes the server sends before the client's [`TAKEN`] and keeps for a
+const SILENT_TRIES: usize = 3;
+/// The user's bytes the server sends before the client's [`REACHED`] and keeps for a
 /// replay, at most. Past it, the server reads nothing more from the user until the
 /// ack (one round trip): nothing is ever sent that could not be replayed.
 pub const REPLAY_MAX: usize = 64 * 1024;
 
 /// How one pooled connection ended before the relay.
 enum Pick {
-    /// The client took it and reached the target.
-    Taken(PoolConn),
+    /// The client accepted it and reached the target.
+    Reached(PoolConn),
     /// The client could not reach the target: the user is closed, nothing retried.
     TargetFailed,
     /// Closed or broken before the ack: dead when picked.
@@ -638,14 +619,16 @@ enum Pick {
     Orphaned,
 }
 
-/// One user: a control connection, a pooled connection, a relay. The id goes over
-/// control and the user's first bytes onto the pooled connection at once, side by
-/// side, so they reach the client together, one one-way trip after they were sent.
-/// The server keeps a copy of what it sent until the client's [`TAKEN`] says it reached
-/// the target; a pooled connection that dies first, or stays silent past the ack
-/// deadline, is replaced and the copy replayed. [`TARGET_FAILED`] closes the user at
-/// once. A user for whom no control connection comes within `control_wait` is closed
-/// at once; so is one whose control connection is lost while it waits.
+/// One user: a pooled connection started in band, a relay. The pool's start header
+/// and then the user's bytes go onto an idle pooled connection at once, and the
+/// client's pool accepts it when its first byte arrives: the user's first byte
+/// reaches the client one one-way trip after it was sent, with nothing on control.
+/// The server keeps a copy of what it sent until the client's [`REACHED`] says it
+/// reached the target; a pooled connection that dies first, or stays silent past the
+/// ack deadline, is replaced and the copy replayed. [`TARGET_FAILED`] closes the user
+/// at once. A user for whom no control connection comes within `control_wait` is
+/// closed at once (no client is there to accept); so is one whose control connection
+/// is lost while it waits.
 async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
     let mut control = shared.control.subscribe();
     if gone(&user).await {
@@ -655,7 +638,7 @@ async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
     let mut user_done = false;
     let (mut tries, mut silent) = (0, 0);
     let conn = loop {
-        if tries == ATTEMPTS || silent == NOT_TAKEN_TRIES {
+        if tries == ATTEMPTS || silent == SILENT_TRIES {
             return false;
         }
         tries += 1;
@@ -664,18 +647,15 @@ async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
             _ => return false,
         };
         let Some(mut ctl) = ctl else { return false };
-        let Ok((id, conn)) = shared.pool.get_timeout(shared.t.get).await else {
+        let Ok((_, conn)) = shared.pool.start_timeout(shared.t.get).await else {
             return false;
         };
-        if ctl.tx.send(id).await.is_err() {
-            continue; // that control connection just ended
-        }
         if tries > 1 {
             bump(&shared.stats.replayed);
         }
         let pick = pick(shared, &mut user, conn, &mut ctl, &mut sent, &mut user_done).await;
         match pick {
-            Pick::Taken(conn) => break conn,
+            Pick::Reached(conn) => break conn,
             Pick::TargetFailed => {
                 bump(&shared.stats.target_failed);
                 return false;
@@ -735,7 +715,7 @@ async fn pick(
         let room = REPLAY_MAX - sent.len();
         tokio::select! {
             r = conn.read_u8() => return match r {
-                Ok(TAKEN) => Pick::Taken(conn),
+                Ok(REACHED) => Pick::Reached(conn),
                 Ok(TARGET_FAILED) => Pick::TargetFailed,
                 _ => Pick::Dead,
             },

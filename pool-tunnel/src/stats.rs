@@ -38,9 +38,10 @@ counters! {
         /// Relays ended because one direction stayed open too long after the other closed.
         half_close_timeouts,
         /// Sessions closed because their control connection was lost while they waited
-        /// for the client to take their pooled connection.
+        /// for the client's ack.
         orphaned,
-        /// Pooled connections the client did not confirm in time (another is tried).
+        /// Pooled connections started for a user that the client did not ack in time
+        /// (another is tried, the user's bytes replayed).
         not_taken,
         /// Pooled connections found closed or broken before the client's ack (another
         /// is tried, the user's bytes replayed).
@@ -75,8 +76,8 @@ counters! {
 counters! {
     /// What the client side counted.
     ClientStats / ClientSnapshot {
-        /// Ids received on the control connection.
-        ids,
+        /// Sessions the server started that this side accepted (start header checked).
+        accepted,
         /// Sessions whose relay ended cleanly.
         relayed,
         /// Sessions that failed (unknown id, target down, relay error).

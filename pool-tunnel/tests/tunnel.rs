@@ -211,7 +211,7 @@ async fn a_wrong_key_is_refused_and_users_are_answered_at_once() {
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(wrong.stats().ids, 0);
+    assert_eq!(wrong.stats().accepted, 0);
     wrong.shutdown().await;
 
     let right = pool_tunnel::start_client(client_cfg(&server, echo))
