@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Sleep, Step, Task};
+use pool_core::driver::{Driver, Peek, Platform, Reply, Sleep, Step, Task};
 use pool_core::{ClientMachine, ConnId, DialTicket, GetFailure, Stage, Want};
 
 use crate::conn::ThreadConn;
@@ -78,6 +78,16 @@ impl Platform for Threads {
     fn alive(&self, conn: &mut ThreadConn) -> bool {
         conn.is_alive()
     }
+    fn peek(&self, conn: &mut ThreadConn) -> Peek {
+        match conn.liveness() {
+            pool_net::Liveness::Idle => Peek::Quiet,
+            pool_net::Liveness::Pending => Peek::Pending,
+            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+        }
+    }
+    fn watch_again(&self, id: ConnId, conn: &ThreadConn) {
+        self.watch(id, conn);
+    }
     fn channel(&self) -> (Answer, Receiver<Delivery>) {
         let (tx, rx) = mpsc::sync_channel(1);
         (Answer(tx), rx)
@@ -100,6 +110,22 @@ impl Platform for Threads {
             }
         }
     }
+}
+
+/// Reads and checks the start header, with the socket's read timeout at
+/// [`crate::START_WAIT`] meanwhile (and off again after).
+fn read_start(conn: &mut ThreadConn) -> bool {
+    use std::io::Read;
+    if conn
+        .tcp()
+        .set_read_timeout(Some(crate::START_WAIT))
+        .is_err()
+    {
+        return false;
+    }
+    let mut header = [0u8; pool_core::START.len()];
+    let ok = conn.read_exact(&mut header).is_ok() && header == pool_core::START;
+    ok && conn.tcp().set_read_timeout(None).is_ok()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,8 +215,24 @@ impl Inner {
         }
     }
 
-    /// The hang-up thread (Linux): reports each peer's hang-up on a held connection to
-    /// the core, until the pool stops (checked every 200 ms).
+    /// An accept (in-band mode): the next connection the server started, its start
+    /// header read and checked here (within [`crate::START_WAIT`]); one that brings
+    /// anything else is closed and counted, and the accept goes on.
+    pub(crate) fn accept(&self, timeout: Duration) -> Result<(ConnId, ThreadConn), GetFailure> {
+        let deadline = pool_core::deadline_after(Instant::now(), timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (id, mut conn) = self.get(Want::Started, left)?;
+            if read_start(&mut conn) {
+                return Ok((id, conn));
+            }
+            self.driver.input(|m, _| m.handle_bad_start(id, conn));
+        }
+    }
+
+    /// The hang-up thread (Linux): reports each peer's hang-up on a held connection
+    /// (and, in in-band mode, its first bytes) to the core, until the pool stops
+    /// (checked every 200 ms).
     pub(crate) fn watch_hang_ups(&self) {
         #[cfg(target_os = "linux")]
         {
@@ -201,7 +243,7 @@ impl Inner {
                     return; // the sweep carries on alone
                 };
                 for id in ids {
-                    self.driver.idle_closed(id);
+                    self.driver.idle_ready(id);
                 }
             }
         }

@@ -49,6 +49,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use conn::ThreadConn;
+
+/// How long an accept waits for a started connection's start header once its first
+/// byte arrived (the server writes the header first).
+pub const START_WAIT: Duration = Duration::from_secs(2);
 pub use pool_core::{ClientConfig, ConnId, Counters, GetFailure, Status};
 pub use pool_net::{Liveness, SocketOptions};
 pub use pool_tls::{ClientTlsBuilder, TlsMode};
@@ -68,6 +72,9 @@ pub enum BuildError {
     Tls(pool_tls::TlsError),
     /// A thread could not be started.
     Spawn(std::io::Error),
+    /// In-band mode needs the OS to report bytes on idle connections (Linux `epoll`),
+    /// and that watch could not be set up.
+    InBand(std::io::Error),
 }
 
 impl std::fmt::Display for BuildError {
@@ -76,6 +83,7 @@ impl std::fmt::Display for BuildError {
             Self::Random => f.write_str("the secure random generator failed"),
             Self::Tls(e) => write!(f, "TLS configuration: {e}"),
             Self::Spawn(e) => write!(f, "cannot start a pool thread: {e}"),
+            Self::InBand(e) => write!(f, "in-band mode: cannot watch idle connections: {e}"),
         }
     }
 }
@@ -85,7 +93,7 @@ impl std::error::Error for BuildError {
         match self {
             Self::Random => None,
             Self::Tls(e) => Some(e),
-            Self::Spawn(e) => Some(e),
+            Self::Spawn(e) | Self::InBand(e) => Some(e),
         }
     }
 }
@@ -150,7 +158,20 @@ impl ThreadClientPoolBuilder {
             id_form: self.config.id_form(),
             single: self.config.single(),
         };
+        let in_band = self.config.in_band();
         let m = ClientMachine::new(self.config, SeededRandom::from_seed(seed), Instant::now());
+        #[cfg(target_os = "linux")]
+        let hang_ups = if in_band {
+            Some(pool_net::HangUps::with_bytes().map_err(BuildError::InBand)?)
+        } else {
+            pool_net::HangUps::new().ok()
+        };
+        #[cfg(not(target_os = "linux"))]
+        if in_band {
+            return Err(BuildError::InBand(std::io::Error::other(
+                "no readiness watch on this platform",
+            )));
+        }
         let (tx, tickets) = std::sync::mpsc::channel();
         let threads = Threads {
             poked: Mutex::new(false),
@@ -159,7 +180,7 @@ impl ThreadClientPoolBuilder {
             stopping: std::sync::atomic::AtomicBool::new(false),
             dialing,
             #[cfg(target_os = "linux")]
-            hang_ups: pool_net::HangUps::new().ok(),
+            hang_ups,
         };
         let inner = Inner {
             driver: pool_core::driver::Driver::new(m, threads),
@@ -235,6 +256,15 @@ impl ThreadClientPool {
     /// when none is idle.
     pub fn get_any(&self, timeout: Duration) -> Result<ThreadConn, GetFailure> {
         self.inner.get(Want::Any, timeout).map(|(_, c)| c)
+    }
+
+    /// The next connection the server started a session on (in-band mode,
+    /// [`ClientConfigBuilder::in_band`](pool_core::ClientConfigBuilder::in_band)),
+    /// blocking up to `timeout`. Its start header is read and checked; the session's
+    /// data follows unread. A connection that brings anything else within
+    /// [`START_WAIT`] is closed and counted (`starts_dropped`).
+    pub fn accept(&self, timeout: Duration) -> Result<ThreadConn, GetFailure> {
+        self.inner.accept(timeout).map(|(_, c)| c)
     }
 
     /// Idle connections ready to hand out (Go: `Active`).

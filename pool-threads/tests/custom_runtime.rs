@@ -276,3 +276,80 @@ fn a_server_hang_up_takes_the_idle_connection_out_without_a_sweep() {
         client.close();
     });
 }
+
+/// In-band activation on the threaded driver: the tokio server starts sessions
+/// (`ServerPool::start`), the threaded client accepts them from readiness, with the
+/// sweep an hour away so only the watch can find them; every session's bytes are its
+/// own, in plain TCP and pinned TLS.
+fn in_band_sessions(mode: TlsMode) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let server = ServerPool::builder()
+            .bind(loopback())
+            .tls_mode(mode)
+            .build()
+            .unwrap();
+        let mut tls = ClientTlsBuilder::new(mode);
+        if let Some(fp) = server.fingerprint() {
+            tls = tls.pin(fp);
+        }
+        let cfg = ClientConfig::builder()
+            .capacity(8, 8)
+            .parallelism(4)
+            .sweep_interval(Duration::from_secs(3600))
+            .in_band(true)
+            .build()
+            .unwrap();
+        let client = Arc::new(
+            ThreadClientPool::builder(server.local_addr())
+                .config(cfg)
+                .tls(tls)
+                .build()
+                .unwrap(),
+        );
+        const SESSIONS: u64 = 100;
+        let accepts = {
+            let client = client.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut seen = Vec::new();
+                for _ in 0..SESSIONS {
+                    let mut c = client.accept(T).expect("accepted");
+                    let mut n = [0u8; 8];
+                    c.read_exact(&mut n).unwrap();
+                    c.write_all(&n).unwrap();
+                    c.flush().unwrap();
+                    seen.push(u64::from_be_bytes(n));
+                }
+                seen
+            })
+        };
+        for n in 0..SESSIONS {
+            let (_, mut s) = server.start_timeout(T).await.expect("started");
+            s.write_all(&n.to_be_bytes()).await.unwrap();
+            s.flush().await.unwrap();
+            let mut back = [0u8; 8];
+            s.read_exact(&mut back).await.unwrap();
+            assert_eq!(u64::from_be_bytes(back), n);
+        }
+        let seen = accepts.await.unwrap();
+        assert_eq!(seen, (0..SESSIONS).collect::<Vec<_>>());
+        let c = client.counters();
+        assert_eq!((c.started, c.starts_dropped), (SESSIONS, 0), "{c:?}");
+        tokio::task::spawn_blocking(move || client.close())
+            .await
+            .unwrap();
+        server.close().await;
+    });
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn in_band_sessions_plain() {
+    in_band_sessions(TlsMode::Off);
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn in_band_sessions_pinned_tls() {
+    in_band_sessions(TlsMode::SelfSigned);
+}
