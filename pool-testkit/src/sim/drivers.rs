@@ -10,7 +10,7 @@
 //! a connection is whatever the network says about its other end, answered by the
 //! platform when the protocol probes.
 
-use pool_core::driver::{Step, Task};
+use pool_core::driver::{Readied, Step, Task};
 use pool_core::{Admission, ConnId, DialTicket, GetFailure, IdReader, Stage, Want};
 
 use super::net::{Delivery, Ev, Handshake, Side};
@@ -58,10 +58,12 @@ impl SimPair {
                 Request::Task(End::Server, Task::Dial(ticket)) => drop(ticket),
                 Request::Close(End::Client, serial) => {
                     self.net.client_gone(serial);
+                    self.hang_up_at_server(serial);
                     self.net.retire(serial);
                 }
                 Request::Close(End::Server, serial) => {
                     self.net.server_gone(serial);
+                    self.hang_up_at_client(serial);
                     self.net.retire(serial);
                 }
                 Request::Reply(tag, delivery) => {
@@ -187,6 +189,11 @@ impl SimPair {
         if !closed {
             self.net.log(format_args!("client {serial} landed {id}"));
             self.oracle.success(&self.net, urgent, was_backing_off);
+            if self.net.wire.is_pending(serial) {
+                // The server started a session on it before it landed here: the
+                // watch reports the bytes as soon as it is watched.
+                self.client_started(serial);
+            }
         } else if !self.client.read(|m| m.is_closed()) {
             // The id was already idle here: the machine closed the connection and
             // counted a failure at the id stage (the server's id cannot be changed).
@@ -205,6 +212,7 @@ impl SimPair {
             match r {
                 Request::Close(End::Client, serial) => {
                     self.net.client_gone(serial);
+                    self.hang_up_at_server(serial);
                     self.net.retire(serial);
                 }
                 other => kept.push(other),
@@ -410,9 +418,100 @@ impl SimPair {
             }
             _ => self.stats.double_handouts += 1,
         }
+        if self.in_band() {
+            // The start header goes on the connection itself: one network latency.
+            let lat = self.net.latency();
+            self.net.at(lat, Ev::Started(serial));
+            self.net.log(format_args!("server started {id} = {serial}"));
+            return;
+        }
         let lat = self.net.control_latency();
         self.net.at(lat, Ev::Control(id, serial));
         self.net.log(format_args!("server gave {id} = {serial}"));
+    }
+
+    /// Whether the client runs in-band mode.
+    pub(super) fn in_band(&self) -> bool {
+        self.client.read(|m| m.config().in_band())
+    }
+
+    /// The start header reached the client's end of `serial`.
+    fn started(&mut self, serial: u64) {
+        self.net.wire.set_pending(serial);
+        let Some(c) = self.net.conns.get(&serial) else {
+            return;
+        };
+        if c.client == Side::Idle {
+            self.client_started(serial);
+        } else if c.ticket.is_none() {
+            // Gone at the client meanwhile: no session.
+            self.abandon_pair(serial, GetFailure::NotFound);
+        }
+        // Still landing: the landing reports it.
+    }
+
+    /// The client's watch reports bytes on `serial`, idle there: the driver peeks and
+    /// hands it to the application's accept.
+    pub(super) fn client_started(&mut self, serial: u64) {
+        let Some(id) = self.net.conns.get(&serial).and_then(|c| c.id) else {
+            return;
+        };
+        match self.client.idle_ready(id) {
+            Readied::Started => {
+                self.net.log(format_args!("client {serial} started"));
+                let timeout = self.net.opts.client_get_timeout;
+                let step = self.client.get(Want::Started, timeout);
+                self.client_step(step, id, serial);
+            }
+            other => {
+                self.net
+                    .log(format_args!("client {serial} not started: {other:?}"));
+                self.abandon_pair(serial, GetFailure::NotFound);
+            }
+        }
+    }
+
+    /// The server's end of `serial` closed: a client that watches hears of it one
+    /// network latency later.
+    pub(super) fn hang_up_at_client(&mut self, serial: u64) {
+        let watching = self.net.opts.watch_idle || self.in_band();
+        if watching && self.net.conns.contains_key(&serial) {
+            let lat = self.net.latency();
+            self.net.at(lat, Ev::ClientHangUp(serial));
+        }
+    }
+
+    /// The client's end of `serial` closed: a server that watches hears of it one
+    /// network latency later.
+    fn hang_up_at_server(&mut self, serial: u64) {
+        if self.net.opts.watch_idle && self.net.conns.contains_key(&serial) {
+            let lat = self.net.latency();
+            self.net.at(lat, Ev::ServerHangUp(serial));
+        }
+    }
+
+    /// A hang-up reported to `end`'s driver, for the connection it holds idle.
+    fn hung_up(&mut self, serial: u64, client: bool) {
+        let Some(c) = self.net.conns.get(&serial) else {
+            return;
+        };
+        let Some(id) = c.id else { return };
+        let held = if client {
+            c.client == Side::Idle
+        } else {
+            matches!(c.server, Side::Idle | Side::Settling)
+        };
+        if !held {
+            return;
+        }
+        let readied = if client {
+            self.client.idle_ready(id)
+        } else {
+            self.server.idle_ready(id)
+        };
+        self.net.log(format_args!(
+            "hang-up {serial} client={client}: {readied:?}"
+        ));
     }
 
     /// The id arrived over the control channel: a client get by id.
@@ -454,6 +553,7 @@ impl SimPair {
     fn abandon_pair(&mut self, serial: u64, e: GetFailure) {
         self.stats.pairs_failed_client += 1;
         self.net.server_end_closed(serial);
+        self.hang_up_at_client(serial);
         self.net.log(format_args!("client get failed {serial} {e}"));
         self.net.retire(serial);
     }
@@ -473,6 +573,9 @@ impl SimPair {
             Ev::ClientTlsDone(s, d) => self.client_tls_done(s, d),
             Ev::ClientBytes(s, chunk, n) => self.client_bytes(s, &chunk[..usize::from(n)]),
             Ev::Control(id, s) => self.control(id, s),
+            Ev::Started(s) => self.started(s),
+            Ev::ClientHangUp(s) => self.hung_up(s, true),
+            Ev::ServerHangUp(s) => self.hung_up(s, false),
         }
     }
 }

@@ -257,6 +257,7 @@ impl SimPair {
             self.stats.lost_in_restarts += 1;
             let handshaking = self.net.conns.get_mut(&serial).and_then(|c| c.hs.take());
             self.net.server_gone(serial);
+            self.hang_up_at_client(serial);
             if handshaking.is_some() {
                 // The client's handshake is reset.
                 let lat = self.net.latency();

@@ -132,6 +132,14 @@ pub struct SimOptions {
     /// The delay a lost packet adds: TCP's retransmission timeout (at least 200 ms on
     /// Linux, 1 s for a connection's first packet). Default 200 ms to 1 s.
     pub retransmit: (Duration, Duration),
+    /// Both pools watch their held connections, as pool-tokio and pool-threads do on
+    /// Linux: a peer's hang-up reaches the pool one network latency after the peer
+    /// closed ([`Driver::idle_ready`](pool_core::driver::Driver::idle_ready)), instead
+    /// of waiting for a sweep or a get to probe it. Default false (the scoreboard's
+    /// figures are for pools that only probe). A client in in-band mode
+    /// ([`ClientConfigBuilder::in_band`](pool_core::ClientConfigBuilder::in_band))
+    /// watches its connections whatever this says: that is how it learns of a start.
+    pub watch_idle: bool,
 }
 
 impl Default for SimOptions {
@@ -150,6 +158,7 @@ impl Default for SimOptions {
             oracle: true,
             loss: 0.0,
             retransmit: (ms(200), ms(1_000)),
+            watch_idle: false,
         }
     }
 }
@@ -266,6 +275,12 @@ pub(super) enum Ev {
     ClientTlsDone(u64, Delivery),
     ClientBytes(u64, [u8; ID_LEN + 4], u8),
     Control(ConnId, u64),
+    /// The server's start header reached the client (in-band mode).
+    Started(u64),
+    /// The OS tells the client that the server's end hung up (a watched pool).
+    ClientHangUp(u64),
+    /// The OS tells the server that the client's end hung up (a watched pool).
+    ServerHangUp(u64),
 }
 
 /// The network model and everything random about it.

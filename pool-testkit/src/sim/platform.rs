@@ -5,11 +5,11 @@
 //! [`Wire`] for the simulation to play out when the driver call returns.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
-use pool_core::driver::{Delivery, Platform, Reply, Task};
+use pool_core::driver::{Delivery, Peek, Platform, Reply, Task};
 use pool_core::ConnId;
 
 /// Which pool a request comes from.
@@ -39,6 +39,9 @@ pub(super) struct Wire {
     now: Cell<Instant>,
     /// Per connection: (client end closed, server end closed).
     ends: RefCell<HashMap<u64, (bool, bool), super::net::Serials>>,
+    /// Connections with bytes waiting at the client's end: the server started a
+    /// session on them (in-band mode).
+    pending: RefCell<HashSet<u64, super::net::Serials>>,
     queue: RefCell<VecDeque<Request>>,
     next_tag: Cell<u64>,
     /// Probes that found a connection dead: client side, server side.
@@ -50,6 +53,7 @@ impl Wire {
         Rc::new(Self {
             now: Cell::new(now),
             ends: RefCell::default(),
+            pending: RefCell::default(),
             queue: RefCell::default(),
             next_tag: Cell::new(0),
             dead: [Cell::new(0), Cell::new(0)],
@@ -75,6 +79,15 @@ impl Wire {
     }
     pub(super) fn forget(&self, serial: u64) {
         self.ends.borrow_mut().remove(&serial);
+        self.pending.borrow_mut().remove(&serial);
+    }
+    /// The server's start header reached the client's end of `serial`.
+    pub(super) fn set_pending(&self, serial: u64) {
+        self.pending.borrow_mut().insert(serial);
+    }
+    /// Whether bytes wait at the client's end of `serial`.
+    pub(super) fn is_pending(&self, serial: u64) -> bool {
+        self.pending.borrow().contains(&serial)
     }
 
     pub(super) fn pop(&self) -> Option<Request> {
@@ -141,6 +154,17 @@ impl Platform for Sim {
             dead.set(dead.get() + 1);
         }
         alive
+    }
+    /// Dead as [`alive`](Self::alive) finds it; at the client, bytes wait on a
+    /// connection the server started a session on.
+    fn peek(&self, serial: &mut u64) -> Peek {
+        if !self.alive(serial) {
+            Peek::Dead
+        } else if self.end == End::Client && self.wire.is_pending(*serial) {
+            Peek::Pending
+        } else {
+            Peek::Quiet
+        }
     }
     fn channel(&self) -> (Tagged, u64) {
         let tag = self.wire.next_tag.get();
