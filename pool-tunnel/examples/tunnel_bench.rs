@@ -496,9 +496,11 @@ async fn rathole(
 async fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let (mut quick, mut mode, mut delay_ms, mut json, mut peer) = (false, 0u8, 25u64, None, None);
+    let mut sessions_only = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--sessions-only" => sessions_only = true,
             "--mode" => {
                 mode = args
                     .next()
@@ -529,6 +531,24 @@ async fn main() -> Res<()> {
     let (target, arrivals) = service().await?;
     let mut figures = Vec::new();
     let wan = || Script::always(Fault::Latency(delay));
+    if sessions_only {
+        // For iterating on (and profiling) the per-session path: the sessions figure
+        // and its baseline, nothing else.
+        let base_sps = sessions(target, 64, secs).await;
+        let pair = Pair::start(&dir.join("sessions"), mode).await?;
+        let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sps = sessions(pair.public, 64, secs).await;
+        figures.push(
+            Figure::vs("tunnel_sessions_per_s", sps, "1/s", base_sps).note(format!(
+                "mode {mode}, 64 at once, 1 KiB each way; baseline: straight to the service"
+            )),
+        );
+        client.stop().await;
+        pair.server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(figures, json, quick);
+    }
 
     // Baselines: straight to the service (through a proxy with the delay for ttfb).
     let direct_wan = FaultProxy::start(target, wan()).await?;
@@ -649,6 +669,12 @@ async fn main() -> Res<()> {
         }
     }
 
+    let _ = std::fs::remove_dir_all(&dir);
+    publish(figures, json, quick)
+}
+
+/// Prints the figures, and writes them as pool-bench JSON to `json` if given.
+fn publish(figures: Vec<Figure>, json: Option<PathBuf>, quick: bool) -> Res<()> {
     let machine = serde_json::json!({
         "cpu": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines()
             .find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned()),
@@ -663,6 +689,5 @@ async fn main() -> Res<()> {
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&report.json())?)?;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
