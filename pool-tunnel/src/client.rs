@@ -19,8 +19,8 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
-    client_handshake, default_control, send_token, split_host_port, Timeouts, REACHED,
-    TARGET_FAILED,
+    client_handshake, default_control, fresh_session, send_token, split_host_port, Session,
+    Timeouts, REACHED, TARGET_FAILED,
 };
 use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
 use crate::server::BoxIo;
@@ -100,6 +100,8 @@ struct Shared {
     relay: RelayLimits,
     stats: ClientStats,
     up: watch::Sender<bool>,
+    /// This process's session tag, on every control connection it makes.
+    session: Session,
 }
 
 /// A running client side. Dropping it stops its tasks.
@@ -198,6 +200,7 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         relay: cfg.relay,
         stats: ClientStats::default(),
         up: watch::channel(false).0,
+        session: fresh_session()?,
     });
     let task = tokio::spawn(control_loop(shared.clone()));
     let accepts = tokio::spawn(accept_loop(shared.clone()));
@@ -294,11 +297,11 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             let binding = pool_tls::tls_binding(tls.get_ref().1)?;
-            client_handshake(&mut tls, &s.key, &binding).await?;
+            client_handshake(&mut tls, &s.key, &binding, &s.session).await?;
             Ok(Box::new(tls))
         }
         None => {
-            client_handshake(&mut tcp, &s.key, &[]).await?;
+            client_handshake(&mut tcp, &s.key, &[], &s.session).await?;
             Ok(Box::new(tcp))
         }
     }

@@ -3,14 +3,19 @@
 //! After TCP (and TLS in modes 1 and 2), in `TUNNEL.md`'s words:
 //!
 //! 1. server → client: [`MAGIC`] ‖ `Ns` (32 fresh random bytes), [`GREETING_LEN`] bytes;
-//! 2. client → server: `Nc` ‖ `tag_c` ([`RESPONSE_LEN`] bytes), within
-//!    [`Timeouts::answer`] of the greeting;
+//! 2. client → server: `S` ‖ `Nc` ‖ `tag_c` ([`SESSION_LEN`] + [`RESPONSE_LEN`]
+//!    bytes), within [`Timeouts::answer`] of the greeting. `S` names the client
+//!    process (drawn once when it starts, the same on every control connection it
+//!    makes): a server that sees a new `S` knows the previous client process is gone,
+//!    and closes every pooled connection it made, which nobody would ever accept;
 //! 3. server → client: `tag_s` ([`CONFIRM_LEN`] bytes).
 //!
 //! The tags are `pool_tls::proof`'s: HMAC-SHA256 under the tunnel key over a direction
-//! label, both nonces, the context [`CONTROL_CONTEXT`] and the TLS channel binding
-//! (empty in mode 0), compared in constant time by `ring`. The context has a length no
-//! pool id has (8 or 4 bytes), so a control tag is never a pool-connection tag.
+//! label, both nonces, the context [`CONTROL_CONTEXT`] ‖ `S` and the TLS channel
+//! binding (empty in mode 0), compared in constant time by `ring`: `S` is proven with
+//! the key, so nobody without it can make the server drop a client's connections. The
+//! context has a length no pool id has (8 or 4 bytes), so a control tag is never a
+//! pool-connection tag.
 //!
 //! The client proves first because the attacker most likely to exist dials the server:
 //! such a stranger gets a nonce and nothing computed with the key.
@@ -42,8 +47,26 @@ pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
 pub use pool_tls::proof::{
     CONFIRM_LEN as CONTROL_CONFIRM_LEN, RESPONSE_LEN as CONTROL_RESPONSE_LEN,
 };
-/// What the control tags sign in place of a pool connection's id.
+/// What the control tags sign in place of a pool connection's id (followed by the
+/// client's session tag).
 pub const CONTROL_CONTEXT: &[u8] = b"nodepass-tunnel/control/v1";
+/// Length of the client's session tag `S`.
+pub const SESSION_LEN: usize = 16;
+
+/// A client process's session tag: drawn once, sent on every control connection.
+pub type Session = [u8; SESSION_LEN];
+
+/// A fresh session tag from the system's secure generator.
+pub fn fresh_session() -> Result<Session, BoxError> {
+    let n = pool_tls::fresh_nonce()?;
+    let mut s = [0u8; SESSION_LEN];
+    s.copy_from_slice(&n[..SESSION_LEN]);
+    Ok(s)
+}
+
+fn control_context(session: &Session) -> Vec<u8> {
+    [CONTROL_CONTEXT, session].concat()
+}
 /// The byte the client writes first on a started pooled connection once it reached the
 /// target: the ack of the user's first bytes, which the server sent without waiting
 /// and keeps until this byte comes back (see `server.rs`, `REPLAY_MAX`). It travels
@@ -148,39 +171,45 @@ pub fn unix_ms() -> u64 {
 }
 
 /// The server's half of the handshake, after TLS. `binding` is the TLS channel binding
-/// (empty in mode 0). `Ok` when the client proved the key; the confirmation is sent.
+/// (empty in mode 0). `Ok` when the client proved the key, with the session tag it
+/// proved; the confirmation is sent.
 pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     key: &TunnelKey,
     binding: &[u8],
     answer_within: Duration,
-) -> Result<(), BoxError> {
+) -> Result<Session, BoxError> {
     let ns = pool_tls::fresh_nonce()?;
-    let proof = ServerProof::new(key, ns, CONTROL_CONTEXT, binding);
     let mut hello = [0u8; GREETING_LEN];
     hello[..MAGIC.len()].copy_from_slice(MAGIC);
-    hello[MAGIC.len()..].copy_from_slice(&proof.challenge());
+    hello[MAGIC.len()..].copy_from_slice(&ns);
     io.write_all(&hello).await?;
     io.flush().await?;
-    let mut answer = [0u8; RESPONSE_LEN];
+    let mut answer = [0u8; SESSION_LEN + RESPONSE_LEN];
     match timeout(answer_within, io.read_exact(&mut answer)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(format!("short answer: {e}").into()),
         Err(_) => return Err(format!("no answer within {answer_within:?}").into()),
     }
+    let (session, response) = answer.split_at(SESSION_LEN);
+    let session: Session = session.try_into().map_err(|_| "short session tag")?;
+    let response: &[u8; RESPONSE_LEN] = response.try_into().map_err(|_| "short answer")?;
+    let proof = ServerProof::new(key, ns, &control_context(&session), binding);
     let confirm = proof
-        .check_response(&answer)
+        .check_response(response)
         .map_err(|_| "wrong tunnel key (or not a tunnel client)")?;
     io.write_all(&confirm).await?;
     io.flush().await?;
-    Ok(())
+    Ok(session)
 }
 
-/// The client's half of the handshake, after TLS. `Ok` when the server proved the key.
+/// The client's half of the handshake, after TLS, for the client process whose tag is
+/// `session`. `Ok` when the server proved the key.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     key: &TunnelKey,
     binding: &[u8],
+    session: &Session,
 ) -> Result<(), BoxError> {
     let mut hello = [0u8; GREETING_LEN];
     io.read_exact(&mut hello)
@@ -192,8 +221,10 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let mut ns = [0u8; NONCE_LEN];
     ns.copy_from_slice(&hello[MAGIC.len()..]);
     let nc = pool_tls::fresh_nonce()?;
-    let (proof, response) = ClientProof::respond(key, &ns, nc, CONTROL_CONTEXT, binding);
-    io.write_all(&response).await?;
+    let context = control_context(session);
+    let (proof, response) = ClientProof::respond(key, &ns, nc, &context, binding);
+    io.write_all(&[session.as_slice(), &response].concat())
+        .await?;
     io.flush().await?;
     let mut confirm = [0u8; CONFIRM_LEN];
     io.read_exact(&mut confirm)
@@ -250,10 +281,36 @@ mod tests {
                 drop(a);
                 r
             };
-            let (s, c) = tokio::join!(server, client_handshake(&mut b, &kc, &[]));
-            assert_eq!(s.is_ok(), ok);
+            let tag = fresh_session().unwrap();
+            let (s, c) = tokio::join!(server, client_handshake(&mut b, &kc, &[], &tag));
+            assert_eq!(
+                s.as_ref().ok(),
+                ok.then_some(&tag),
+                "the proven tag comes out"
+            );
             assert_eq!(c.is_ok(), ok);
         }
+    }
+
+    #[tokio::test]
+    async fn a_session_tag_changed_on_the_way_fails_the_proof() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let k = key(1);
+        let server = server_handshake(&mut a, &k, &[], Duration::from_secs(1));
+        let forger = async {
+            // Answers with the key for one tag, then sends another in its place.
+            let mut hello = [0u8; GREETING_LEN];
+            b.read_exact(&mut hello).await.unwrap();
+            let ns: [u8; NONCE_LEN] = hello[MAGIC.len()..].try_into().unwrap();
+            let (honest, other) = ([1u8; SESSION_LEN], [2u8; SESSION_LEN]);
+            let nc = pool_tls::fresh_nonce().unwrap();
+            let (_, response) = ClientProof::respond(&k, &ns, nc, &control_context(&honest), &[]);
+            b.write_all(&[other.as_slice(), &response].concat())
+                .await
+                .unwrap();
+        };
+        let (r, ()) = tokio::join!(server, forger);
+        assert!(r.is_err(), "the tag is proven with the key");
     }
 
     #[tokio::test]
@@ -272,7 +329,7 @@ mod tests {
 
     #[test]
     fn the_control_context_is_no_pool_id_length() {
-        assert!(![4, 8].contains(&CONTROL_CONTEXT.len()));
+        assert!(![4, 8].contains(&control_context(&[0; SESSION_LEN]).len()));
         assert_eq!(CONTROL_RESPONSE_LEN, 2 * NONCE_LEN);
         assert_eq!(CONTROL_CONFIRM_LEN, 32);
     }

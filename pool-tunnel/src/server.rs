@@ -19,7 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::candidates::{CandidateId, Candidates};
-use crate::protocol::{read_token, server_handshake, unix_ms, Timeouts, REACHED, TARGET_FAILED};
+use crate::protocol::{
+    read_token, server_handshake, unix_ms, Session, Timeouts, REACHED, TARGET_FAILED,
+};
 use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
 use crate::sources::{Source, SourceLimits};
 use crate::stats::{bump, ServerSnapshot, ServerStats};
@@ -109,6 +111,8 @@ struct Shared {
     stats: ServerStats,
     control: watch::Sender<Option<Control>>,
     next_gen: AtomicU64,
+    /// The session tag of the client process whose control connection came last.
+    session: std::sync::Mutex<Option<Session>>,
 }
 
 /// A running server side. Dropping it stops its tasks; [`shutdown`](Self::shutdown)
@@ -240,6 +244,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         stats: ServerStats::default(),
         control: watch::channel(None).0,
         next_gen: AtomicU64::new(0),
+        session: std::sync::Mutex::new(None),
     });
     let control = control_l.local_addr()?;
     let public = public_l.local_addr()?;
@@ -286,7 +291,7 @@ type Sorted = (
     Result<Admitted, BoxError>,
 );
 /// A candidate that finished (or failed) TLS and the handshake.
-type Proved = (CandidateId, SocketAddr, Result<BoxIo, BoxError>);
+type Proved = (CandidateId, SocketAddr, Result<(BoxIo, Session), BoxError>);
 
 /// The control port's candidates in their two stages, and what runs them.
 struct ControlPort {
@@ -432,9 +437,9 @@ async fn control_accept_loop(
                 port.unsorted.remove(id);
                 port.protected.remove(id);
                 match res {
-                    Ok(io) => {
+                    Ok((io, session)) => {
                         bump(&shared.stats.control_ok);
-                        controls.spawn(serve_control(shared.clone(), io, peer));
+                        controls.spawn(serve_control(shared.clone(), io, peer, session));
                     }
                     Err(e) => port.refused(peer, e),
                 }
@@ -448,7 +453,7 @@ async fn authenticate(
     tcp: TcpStream,
     acceptor: Option<TlsAcceptor>,
     shared: &Shared,
-) -> Result<BoxIo, BoxError> {
+) -> Result<(BoxIo, Session), BoxError> {
     let t = &shared.t;
     match acceptor {
         Some(a) => {
@@ -457,20 +462,31 @@ async fn authenticate(
                 .map_err(|_| "no TLS handshake in time")?
                 .map_err(|e| format!("TLS: {e}"))?;
             let binding = pool_tls::tls_binding(tls.get_ref().1)?;
-            server_handshake(&mut tls, &shared.key, &binding, t.answer).await?;
-            Ok(Box::new(tls))
+            let session = server_handshake(&mut tls, &shared.key, &binding, t.answer).await?;
+            Ok((Box::new(tls), session))
         }
         None => {
             let mut tcp = tcp;
-            server_handshake(&mut tcp, &shared.key, &[], t.answer).await?;
-            Ok(Box::new(tcp))
+            let session = server_handshake(&mut tcp, &shared.key, &[], t.answer).await?;
+            Ok((Box::new(tcp), session))
         }
     }
 }
 
 /// Runs one authenticated control connection until it breaks, falls silent, or is
-/// replaced by a newer one.
-async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr) {
+/// replaced by a newer one. A control connection from a new client process (a session
+/// tag not seen last) first closes every idle pooled connection: the previous process
+/// made them, and would never accept a session on them (a crashed host's connections
+/// stay open here until keep-alive gives up). The new process's own are dialed again
+/// at once, as its pool sees them close.
+async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session: Session) {
+    let previous = lock(&shared.session).replace(session);
+    if previous.is_some_and(|p| p != session) {
+        let stale = shared.pool.stats().status.idle;
+        shared.pool.flush();
+        bump(&shared.stats.client_restarts);
+        info!("control: {peer} is a new client process: {stale} pooled connections of the previous one closed");
+    }
     let gen = shared.next_gen.fetch_add(1, Relaxed) + 1;
     let (gone_tx, gone) = watch::channel(());
     let mut current = shared.control.subscribe();
@@ -589,8 +605,8 @@ async fn public_accept_loop(
     }
 }
 
-/// The per-source table; its critical sections are a few map operations.
-fn lock(l: &std::sync::Mutex<SourceLimits>) -> std::sync::MutexGuard<'_, SourceLimits> {
+/// A lock whose critical sections are a few map or field operations.
+fn lock<T>(l: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

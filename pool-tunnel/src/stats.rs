@@ -70,6 +70,9 @@ counters! {
         control_evicted,
         /// Control connections dropped because the client's heartbeats stopped.
         control_silent,
+        /// Control connections from a new client process (a new session tag): each
+        /// closed the previous process's idle pooled connections.
+        client_restarts,
     }
 }
 

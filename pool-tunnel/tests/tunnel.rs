@@ -524,7 +524,7 @@ async fn the_server_notices_a_hung_client_and_answers_users_at_once() {
     // A client that proves the key, then neither reads nor writes: a stopped process.
     let mut hung = TcpStream::connect(server.control_addr()).await.unwrap();
     protocol::send_token(&mut hung, &k).await.unwrap();
-    protocol::client_handshake(&mut hung, &k, &[])
+    protocol::client_handshake(&mut hung, &k, &[], &protocol::fresh_session().unwrap())
         .await
         .unwrap();
     assert!(server.wait_control(Duration::from_secs(2)).await);
@@ -718,6 +718,61 @@ async fn one_source_holding_and_flooding_the_public_port_starves_nobody_else() {
     let st = server.stats();
     assert!(st.users_refused_source >= 600, "{st:?}");
     drop(held);
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
+
+/// A client host crashed and came back: its old process's pooled connections are still
+/// open at the server (nobody sent a FIN), and nobody will ever accept a session on
+/// them. The new process's control connection carries a new session tag, and the
+/// server closes every idle pooled connection of the old one before it starts a user on
+/// any: no user waits for an ack that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_process_retires_the_old_ones_pooled_connections() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let k = key();
+    let server = pool_tunnel::start_server(server_cfg(k.clone()))
+        .await
+        .unwrap();
+    // The old process: it proved its session on control, and its pool holds 8
+    // connections at the server; then it froze (no reads, no dials, no FIN: its pool
+    // neither watches nor sweeps for an hour).
+    let mut old_control = TcpStream::connect(server.control_addr()).await.unwrap();
+    protocol::send_token(&mut old_control, &k).await.unwrap();
+    let old_session = protocol::fresh_session().unwrap();
+    protocol::client_handshake(&mut old_control, &k, &[], &old_session)
+        .await
+        .unwrap();
+    let frozen = pool_tokio::ClientPool::builder()
+        .address(server.tunnel_addr())
+        .tunnel_key(k.clone())
+        .capacity(8, 8)
+        .watch_idle(false)
+        .sweep_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    assert!(frozen.wait_idle(8, Duration::from_secs(5)).await);
+    assert!(server.pool().wait_idle(8, Duration::from_secs(5)).await);
+    drop(old_control);
+
+    // The new process.
+    let client = pool_tunnel::start_client(client_cfg(&server, echo))
+        .await
+        .unwrap();
+    assert!(client.wait_control(Duration::from_secs(3)).await);
+    assert_eq!(server.stats().client_restarts, 1);
+    assert!(client.pool().wait_idle(4, Duration::from_secs(5)).await);
+    assert_all_passed(&run(server.public_addr(), 40, 1024).await, 40);
+    let st = server.stats();
+    assert_eq!(
+        (st.not_taken, st.dead_picked, st.replayed),
+        (0, 0, 0),
+        "a user was started on a frozen process's connection: {st:?}"
+    );
+    // A control reconnect of the same process is no restart.
+    assert_eq!(server.stats().client_restarts, 1);
+    drop(frozen);
     client.shutdown().await;
     server.shutdown().await;
     echo_task.abort();
