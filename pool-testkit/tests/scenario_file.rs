@@ -36,6 +36,27 @@ fn the_json_example_loads_and_runs() {
     );
 }
 
+/// Every file in `scenarios/` loads, under the name it is given in BENCHMARKS.md, and
+/// its own name matches its file name (the held-out ones are run by name).
+#[test]
+fn every_shipped_scenario_file_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let s = file::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let stem = path.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(s.name, stem, "{}", path.display());
+        assert!(s.demand.duration() > Duration::ZERO || !s.arrivals.is_empty());
+        names.push(s.name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        ["burst_trace", "evening_peak", "sawtooth", "sparse_bursts"]
+    );
+}
+
 #[test]
 fn every_csv_arrival_is_replayed() {
     let path = example("burst_trace.csv");
