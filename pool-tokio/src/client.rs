@@ -426,7 +426,9 @@ impl Inner {
                 // tokio-rustls's stream offers; otherwise the lean stream.
                 let lean = self.key.is_none();
                 let tls = TlsConn::connect(config.clone(), name, tcp, lean);
-                let tls = async { tls.await.map_err(StepError::from) };
+                // Boxed, as the key proof below: a dial task's future holds only what
+                // the mode needs (thousands are spawned to fill a pool).
+                let tls = Box::pin(async { tls.await.map_err(StepError::from) });
                 match step(token, Stage::Tls, tls).await {
                     Err((_, cause @ StepError::NotTls(_))) => return Err((Stage::Protocol, cause)),
                     Err(e) => return Err(e),
@@ -450,7 +452,7 @@ impl Inner {
         conn.id = step(token, Stage::Id, read_id(&mut conn, self.id_form)).await?;
         if let Some(key) = &self.key {
             let wire = self.id_form.encode(&conn.id);
-            let auth = crate::auth::client_auth(&mut conn, key, wire.as_ref());
+            let auth = Box::pin(crate::auth::client_auth(&mut conn, key, wire.as_ref()));
             step(token, Stage::Auth, auth).await?;
         }
         Ok(conn)

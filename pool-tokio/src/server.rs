@@ -424,7 +424,9 @@ impl Inner {
                 // As the client pool: tokio-rustls's stream only for the key proof.
                 let lean = self.key.is_none();
                 let tls = TlsConn::accept(acceptor.clone(), tcp, lean);
-                let tls = async { tls.await.map_err(StepError::from) };
+                // Boxed, as the key proof below: a handshake task's future holds only
+                // what the mode needs (thousands are spawned to fill a pool).
+                let tls = Box::pin(async { tls.await.map_err(StepError::from) });
                 let s = step(token, Stage::Tls, tls).await?;
                 PoolStream::Tls(Box::new(s))
             }
@@ -451,7 +453,7 @@ impl Inner {
             }
         }
         if let Some(key) = &self.key {
-            let auth = crate::auth::server_auth(&mut conn, key, wire.as_ref());
+            let auth = Box::pin(crate::auth::server_auth(&mut conn, key, wire.as_ref()));
             step(token, Stage::Auth, auth).await?;
         }
         Ok(conn)
