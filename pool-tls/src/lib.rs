@@ -93,6 +93,7 @@ mod pem;
 pub mod proof;
 mod records;
 mod server;
+pub mod session;
 #[cfg(feature = "test-util")]
 mod testca;
 
@@ -107,6 +108,7 @@ pub use mode::TlsMode;
 pub use proof::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof};
 pub use records::{queued_records, RecordState};
 pub use server::ServerTls;
+pub use session::{Progress, TlsSession};
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use testca::TestCa;

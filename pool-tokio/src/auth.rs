@@ -6,9 +6,8 @@
 //! passes), as the `Stage::Auth` step.
 
 use pool_tls::proof::{BINDING_LEN, CHALLENGE_LEN, CONFIRM_LEN, RESPONSE_LEN};
-use pool_tls::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof, TunnelKey};
+use pool_tls::{fresh_nonce, ClientProof, ProofError, ServerProof, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::TlsStream;
 
 use crate::conn::{PoolConn, PoolStream};
 use crate::error::StepError;
@@ -67,10 +66,7 @@ fn or_empty(b: &Option<[u8; BINDING_LEN]>) -> &[u8] {
 fn binding(conn: &PoolConn) -> Result<Option<[u8; BINDING_LEN]>, StepError> {
     let b = match &conn.stream {
         PoolStream::Plain(_) => return Ok(None),
-        PoolStream::Tls(s) => match s.as_ref() {
-            TlsStream::Client(c) => tls_binding(c.get_ref().1),
-            TlsStream::Server(c) => tls_binding(c.get_ref().1),
-        },
+        PoolStream::Tls(s) => s.binding(),
     };
     Ok(Some(b?))
 }

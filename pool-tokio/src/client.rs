@@ -12,7 +12,6 @@ use pool_net::SocketOptions;
 use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
-use tokio_rustls::{TlsConnector, TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -22,6 +21,7 @@ use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
 use crate::error::{BuildError, GetError, StepError};
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
+use crate::tls::TlsConn;
 
 /// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
 /// its default.
@@ -348,7 +348,7 @@ impl ClientPoolBuilder {
             id_form: cfg.id_form(),
             single: cfg.single(),
             dialer,
-            tls: tls.map(|c| (TlsConnector::from(c), name)),
+            tls: tls.map(|c| (c, name)),
             socket: self.socket,
             key: self.key,
         });
@@ -418,7 +418,7 @@ impl ClientPoolBuilder {
 struct Inner {
     engine: Engine<Self>,
     dialer: Arc<dyn Dialer>,
-    tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+    tls: Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
     socket: SocketOptions,
     id_form: IdForm,
     single: bool,
@@ -452,7 +452,7 @@ impl Inner {
         }
         let stream = match &self.tls {
             None => PoolStream::Plain(tcp),
-            Some((connector, name)) => {
+            Some((config, name)) => {
                 let name = match name {
                     Some(name) => name.clone(),
                     None => {
@@ -460,11 +460,17 @@ impl Inner {
                         ServerName::IpAddress(peer.ip().into())
                     }
                 };
-                let tls = async { connector.connect(name, tcp).await.map_err(StepError::from) };
+                // The tunnel-key proof binds to the session's exporter, which only
+                // tokio-rustls's stream offers; otherwise the lean stream.
+                let lean = self.key.is_none();
+                let tls = TlsConn::connect(config.clone(), name, tcp, lean);
+                // Boxed, as the key proof below: a dial task's future holds only what
+                // the mode needs (thousands are spawned to fill a pool).
+                let tls = Box::pin(async { tls.await.map_err(StepError::from) });
                 match step(token, Stage::Tls, tls).await {
                     Err((_, cause @ StepError::NotTls(_))) => return Err((Stage::Protocol, cause)),
                     Err(e) => return Err(e),
-                    Ok(s) => PoolStream::Tls(Box::new(TlsStream::Client(s))),
+                    Ok(s) => PoolStream::Tls(Box::new(s)),
                 }
             }
         };
@@ -484,7 +490,7 @@ impl Inner {
         conn.id = step(token, Stage::Id, read_id(&mut conn, self.id_form)).await?;
         if let Some(key) = &self.key {
             let wire = self.id_form.encode(&conn.id);
-            let auth = crate::auth::client_auth(&mut conn, key, wire.as_ref());
+            let auth = Box::pin(crate::auth::client_auth(&mut conn, key, wire.as_ref()));
             step(token, Stage::Auth, auth).await?;
         }
         Ok(conn)
@@ -529,6 +535,8 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
         let was = m.backing_off();
         match res {
             Ok(mut conn) => {
+                // Idle from here: no I/O buffers.
+                conn.trim();
                 let id = if inner.single { m.make_id() } else { conn.id };
                 conn.id = id;
                 span.in_scope(|| debug!(%id, "dial landed"));

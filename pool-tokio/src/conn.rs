@@ -11,17 +11,18 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsStream;
+
+use crate::tls::TlsConn;
 
 /// The stream under a [`PoolConn`]: plain TCP, or TLS over TCP.
 ///
 /// [`PoolConn::into_inner`] hands it out for what needs the concrete type: a plain
 /// stream's `into_split` (owned halves without a lock), `splice` or other zero-copy
-/// relays on its file descriptor, or tokio-rustls's own API on a TLS one. It implements
+/// relays on its file descriptor, or a TLS one's [`TlsConn`]. It implements
 /// `AsyncRead + AsyncWrite` itself, so code that does not care which it is can use it
 /// (or [`tokio::io::split`]) as it is.
 ///
-/// The TLS variant is boxed: a TLS session takes hundreds of bytes, and the pool keeps its
+/// The TLS variant is boxed: a TLS session takes a kilobyte, and the pool keeps its
 /// idle connections in this type, so the box keeps a plain pool as small as a TCP
 /// stream plus a tag.
 ///
@@ -31,14 +32,14 @@ pub enum PoolStream {
     /// Plain TCP (TLS mode 0, and the Go package's single mode).
     Plain(TcpStream),
     /// TLS over TCP, client or server side (TLS modes 1 and 2).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsConn>),
 }
 
 impl std::fmt::Debug for PoolStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
-            Self::Tls(s) => f.debug_tuple("Tls").field(s.get_ref().0).finish(),
+            Self::Tls(s) => f.debug_tuple("Tls").field(s.as_ref()).finish(),
         }
     }
 }
@@ -48,7 +49,7 @@ impl PoolStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,
-            Self::Tls(s) => s.get_ref().0,
+            Self::Tls(s) => s.tcp(),
         }
     }
 
@@ -61,7 +62,7 @@ impl PoolStream {
     fn tls_state(&self) -> Option<&rustls::CommonState> {
         match self {
             Self::Plain(_) => None,
-            Self::Tls(s) => Some(s.get_ref().1),
+            Self::Tls(s) => Some(s.common_state()),
         }
     }
 
@@ -216,37 +217,23 @@ impl PoolConn {
     pub fn liveness(&mut self) -> Liveness {
         let tcp_state = pool_net::probe(self.stream.tcp());
         match (&mut self.stream, tcp_state) {
-            (PoolStream::Tls(tls), Liveness::Pending) => match tls.as_mut() {
-                TlsStream::Client(s) => {
-                    let (tcp, conn) = s.get_mut();
-                    tls_liveness(tcp, conn)
-                }
-                TlsStream::Server(s) => {
-                    let (tcp, conn) = s.get_mut();
-                    tls_liveness(tcp, conn)
-                }
+            (PoolStream::Tls(tls), Liveness::Pending) => match tls.queued_records() {
+                pool_tls::RecordState::Idle => Liveness::Idle,
+                pool_tls::RecordState::Pending => Liveness::Pending,
+                pool_tls::RecordState::Closed => Liveness::Closed,
+                pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
             },
             (_, state) => state,
         }
     }
-}
 
-/// A non-blocking `io::Read` over tokio's socket, for rustls's `read_tls`.
-struct TryRead<'a>(&'a TcpStream);
-
-impl io::Read for TryRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-/// What the records queued on a TLS socket said, as a liveness.
-fn tls_liveness<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>) -> Liveness {
-    match pool_tls::queued_records(conn, &mut TryRead(tcp)) {
-        pool_tls::RecordState::Idle => Liveness::Idle,
-        pool_tls::RecordState::Pending => Liveness::Pending,
-        pool_tls::RecordState::Closed => Liveness::Closed,
-        pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
+    /// Releases the TLS stream's I/O buffers that hold nothing: the pool calls it when
+    /// the connection goes idle, so that an idle TLS connection holds its session and
+    /// no buffers.
+    pub(crate) fn trim(&mut self) {
+        if let PoolStream::Tls(tls) = &mut self.stream {
+            tls.trim();
+        }
     }
 }
 

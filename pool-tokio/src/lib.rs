@@ -44,6 +44,7 @@ pub mod metrics;
 mod rt;
 mod server;
 mod stats;
+pub mod tls;
 #[cfg(target_os = "linux")]
 mod watch;
 
@@ -80,6 +81,7 @@ pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKe
 pub use rustls;
 pub use server::{ServerPool, ServerPoolBuilder};
 pub use stats::Stats;
+pub use tls::TlsConn;
 
 /// Compile-time proof that the pools, their connections and the futures of their
 /// async methods can move across threads (a multi-threaded runtime's `tokio::spawn`

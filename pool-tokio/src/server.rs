@@ -12,7 +12,6 @@ use pool_net::{IpFilter, SocketOptions};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -21,6 +20,7 @@ use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
 use crate::error::{BuildError, GetError, StepError};
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
+use crate::tls::TlsConn;
 
 enum Listen {
     Addr(SocketAddr),
@@ -301,7 +301,7 @@ impl ServerPoolBuilder {
         let acceptor = tls_config.map(|c| {
             let mut c = (*c).clone();
             c.send_tls13_tickets = 0;
-            TlsAcceptor::from(Arc::new(c))
+            Arc::new(c)
         });
         let listener = {
             let _guard = rt.enter();
@@ -382,7 +382,7 @@ fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
 struct Inner {
     engine: Engine<Self>,
     filter: IpFilter,
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<Arc<rustls::ServerConfig>>,
     socket: SocketOptions,
     id_form: IdForm,
     key: Option<TunnelKey>,
@@ -431,9 +431,14 @@ impl Inner {
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {
-                let tls = async { acceptor.accept(tcp).await.map_err(StepError::from) };
+                // As the client pool: tokio-rustls's stream only for the key proof.
+                let lean = self.key.is_none();
+                let tls = TlsConn::accept(acceptor.clone(), tcp, lean);
+                // Boxed, as the key proof below: a handshake task's future holds only
+                // what the mode needs (thousands are spawned to fill a pool).
+                let tls = Box::pin(async { tls.await.map_err(StepError::from) });
                 let s = step(token, Stage::Tls, tls).await?;
-                PoolStream::Tls(Box::new(TlsStream::Server(s)))
+                PoolStream::Tls(Box::new(s))
             }
         };
         let id = self.engine.driver.input(|m, _| m.assign_id(ticket));
@@ -458,7 +463,7 @@ impl Inner {
             }
         }
         if let Some(key) = &self.key {
-            let auth = crate::auth::server_auth(&mut conn, key, wire.as_ref());
+            let auth = Box::pin(crate::auth::server_auth(&mut conn, key, wire.as_ref()));
             step(token, Stage::Auth, auth).await?;
         }
         Ok(conn)
@@ -494,7 +499,9 @@ async fn handshake(
         }
     }
     engine.report(ticket.serial(), |m, now| match res {
-        Ok(conn) => {
+        Ok(mut conn) => {
+            // Idle from here: no I/O buffers.
+            conn.trim();
             engine.rt().watch(conn.id, &conn);
             m.handle_ready(ticket, conn, now)
         }

@@ -94,16 +94,26 @@ fn mem(mode: &str, n: usize) -> Res<Vec<f64>> {
             min_interval: None,
         };
         let before = rss_bytes();
+        // With `dhat-heap`: the profile covers the fill and stops when the pairs are
+        // measured, so its "at end" bytes are what the idle pairs hold.
+        #[cfg(feature = "dhat-heap")]
+        let profiler = dhat::Profiler::builder()
+            .file_name(format!("dhat-{mode}-{n}.json"))
+            .build();
         let after;
         if mode.starts_with("raw") {
             let (_, pairs) = raw_fill(n, 8, tls.as_ref()).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             after = rss_bytes();
+            #[cfg(feature = "dhat-heap")]
+            drop(profiler);
             drop(pairs);
         } else {
             let (_, pools) = pool_fill(spec, tls.as_ref()).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             after = rss_bytes();
+            #[cfg(feature = "dhat-heap")]
+            drop(profiler);
             pools.close().await;
         }
         let per = after.saturating_sub(before) as f64 / n as f64;

@@ -12,6 +12,12 @@
 //! core, cpu, sweep, dead, scale, adapt). See BENCHMARKS.md at the workspace root.
 #![forbid(unsafe_code)]
 
+/// With `--features dhat-heap`, every allocation is counted, so that the memory child
+/// can write a heap profile (see `child::mem`).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 mod adapt;
 mod checkout;
 mod child;
