@@ -67,4 +67,4 @@ pub use listener::bind_listener;
 pub use options::{Applied, SocketOptions};
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
-pub use probe::{looks_like_tls, peek_now, peer_closed, probe, Liveness};
+pub use probe::{looks_like_tls, peek_now, peer_closed, probe, read_now, Liveness};

@@ -71,6 +71,25 @@ pub fn peek_now<S: AsFd>(s: &S, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
+/// Reads what is queued on the socket now, never waiting (`MSG_DONTWAIT`):
+/// `Err(WouldBlock)` when nothing is, `Ok(0)` at end of stream.
+///
+/// It goes to the kernel whatever a runtime believes of the socket: tokio's own
+/// `try_read` answers `WouldBlock` until its reactor has seen the socket become
+/// readable, which a pool that learns of the bytes through a watch of its own (an
+/// in-band start) may know first. Feeding a TLS library's records from here never
+/// misses them.
+pub fn read_now<S: AsFd>(s: &S, buf: &mut [u8]) -> std::io::Result<usize> {
+    use rustix::net::{recv, RecvFlags};
+    loop {
+        return match recv(s, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => Ok(n),
+            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
 /// Whether the first bytes of a stream are a TLS handshake record (a ClientHello):
 /// content type 22, protocol major version 3.
 pub fn looks_like_tls(first: &[u8]) -> bool {

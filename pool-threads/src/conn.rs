@@ -61,6 +61,9 @@ impl ThreadConn {
     /// `fcntl`s): the connection is out of the pool while it is probed, so nobody else
     /// sees the flag.
     pub fn liveness(&mut self) -> Liveness {
+        if self.has_unread() {
+            return Liveness::Pending;
+        }
         let state = pool_net::probe(self.tcp());
         match (&mut self.stream, state) {
             (Stream::Tls(s), Liveness::Pending) => {
@@ -75,6 +78,19 @@ impl ThreadConn {
                 }
             }
             (_, state) => state,
+        }
+    }
+
+    /// Whether payload the TLS session already took off the socket waits for the next
+    /// read (no peek at the socket can see it): bytes the handshake or the id read
+    /// pulled in behind what they needed.
+    pub(crate) fn has_unread(&mut self) -> bool {
+        match &mut self.stream {
+            Stream::Tls(s) => s
+                .conn
+                .process_new_packets()
+                .is_ok_and(|st| st.plaintext_bytes_to_read() > 0),
+            Stream::Plain(_) => false,
         }
     }
 

@@ -178,17 +178,27 @@ impl Inner {
                     .map_err(|(stage, _)| stage)
             };
             let single = p.dialing.single;
-            self.driver.input(|m, now| match res {
+            let early = self.driver.input(|m, now| match res {
                 Ok(mut conn) => {
                     if single {
                         conn.id = m.make_id();
                     }
                     let id = conn.id;
+                    // Bytes the TLS session pulled in behind the id are no readiness
+                    // the watch will ever see: look at them once the pool holds it.
+                    let early = m.config().in_band() && conn.has_unread();
                     p.watch(id, &conn);
                     m.handle_dial_success(ticket, id, conn, now);
+                    early.then_some(id)
                 }
-                Err(stage) => m.handle_dial_failure(ticket, stage, now),
+                Err(stage) => {
+                    m.handle_dial_failure(ticket, stage, now);
+                    None
+                }
             });
+            if let Some(id) = early {
+                self.driver.idle_ready(id);
+            }
         }
     }
 

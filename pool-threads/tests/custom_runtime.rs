@@ -323,15 +323,25 @@ fn in_band_sessions(mode: TlsMode) {
                 seen
             })
         };
+        // All at once: most starts wait for a connection and take it the moment it
+        // lands, so the start often reaches the client with the end of its handshake.
+        let mut starts = tokio::task::JoinSet::new();
         for n in 0..SESSIONS {
-            let (_, mut s) = server.start_timeout(T).await.expect("started");
-            s.write_all(&n.to_be_bytes()).await.unwrap();
-            s.flush().await.unwrap();
-            let mut back = [0u8; 8];
-            s.read_exact(&mut back).await.unwrap();
-            assert_eq!(u64::from_be_bytes(back), n);
+            let server = server.clone();
+            starts.spawn(async move {
+                let (_, mut s) = server.start_timeout(T).await.expect("started");
+                s.write_all(&n.to_be_bytes()).await.unwrap();
+                s.flush().await.unwrap();
+                let mut back = [0u8; 8];
+                s.read_exact(&mut back).await.unwrap();
+                assert_eq!(u64::from_be_bytes(back), n);
+            });
         }
-        let seen = accepts.await.unwrap();
+        while let Some(r) = starts.join_next().await {
+            r.unwrap();
+        }
+        let mut seen = accepts.await.unwrap();
+        seen.sort_unstable();
         assert_eq!(seen, (0..SESSIONS).collect::<Vec<_>>());
         let c = client.counters();
         assert_eq!((c.started, c.starts_dropped), (SESSIONS, 0), "{c:?}");
@@ -352,4 +362,51 @@ fn in_band_sessions_plain() {
 #[cfg(target_os = "linux")]
 fn in_band_sessions_pinned_tls() {
     in_band_sessions(TlsMode::SelfSigned);
+}
+
+/// A server that writes the id, the start header and the session's first bytes in one
+/// TLS record: the client's TLS session takes the start off the socket with the id,
+/// where no readiness will report it; the pool looks at the connection as it lands.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_start_that_came_with_the_id_is_not_missed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let cert = pool_tls::ServerTls::self_signed(["localhost"]).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.config().unwrap());
+        let l = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut all = b"0a0b0c0d".to_vec();
+            all.extend_from_slice(&pool_core::START);
+            all.extend_from_slice(b"early session");
+            tls.write_all(&all).await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        });
+        let cfg = ClientConfig::builder()
+            .capacity(1, 1)
+            .sweep_interval(Duration::from_secs(3600))
+            .in_band(true)
+            .build()
+            .unwrap();
+        let client = ThreadClientPool::builder(addr)
+            .config(cfg)
+            .tls(ClientTlsBuilder::new(TlsMode::SelfSigned))
+            .build()
+            .unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut c = client.accept(T).expect("the start is found");
+            let mut got = [0u8; 13];
+            c.read_exact(&mut got).unwrap();
+            client.close();
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(&got, b"early session");
+        drop(server.await.unwrap());
+    });
 }

@@ -531,6 +531,7 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
             }
         }
     }
+    let mut early = None;
     let (was, now_off) = engine.report(ticket.serial(), |m, now| {
         let was = m.backing_off();
         match res {
@@ -540,6 +541,11 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
                 let id = if inner.single { m.make_id() } else { conn.id };
                 conn.id = id;
                 span.in_scope(|| debug!(%id, "dial landed"));
+                // Bytes the TLS session pulled in behind the id are no readiness the
+                // watch will ever see: look at them once it holds the connection.
+                if m.config().in_band() && conn.has_unread() {
+                    early = Some(id);
+                }
                 engine.rt().watch(id, &conn);
                 m.handle_dial_success(ticket, id, conn, now);
             }
@@ -547,6 +553,9 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
         }
         (was, m.backing_off())
     });
+    if let Some(id) = early {
+        engine.driver.idle_ready(id);
+    }
     if !was && now_off && !closing {
         let failing = engine.log.failing();
         warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");

@@ -215,6 +215,11 @@ impl PoolConn {
     /// processed; any payload they carry stays in rustls's plaintext buffer and is the
     /// first thing the next read returns. Nothing blocks and nothing is lost.
     pub fn liveness(&mut self) -> Liveness {
+        if let PoolStream::Tls(tls) = &mut self.stream {
+            if tls.has_unread() {
+                return Liveness::Pending;
+            }
+        }
         let tcp_state = pool_net::probe(self.stream.tcp());
         match (&mut self.stream, tcp_state) {
             (PoolStream::Tls(tls), Liveness::Pending) => match tls.queued_records() {
@@ -224,6 +229,15 @@ impl PoolConn {
                 pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
             },
             (_, state) => state,
+        }
+    }
+
+    /// Whether payload the TLS session already took off the socket waits for the next
+    /// read (no peek at the socket can see it). Always false on a plain stream.
+    pub(crate) fn has_unread(&mut self) -> bool {
+        match &mut self.stream {
+            PoolStream::Tls(tls) => tls.has_unread(),
+            PoolStream::Plain(_) => false,
         }
     }
 

@@ -185,6 +185,20 @@ impl TlsConn {
         }
     }
 
+    /// Whether payload already read from the socket waits in the session for the next
+    /// read (bytes the handshake or the id read pulled in behind what they needed: a
+    /// session the server started the moment the connection landed). No peek at the
+    /// socket can see them.
+    pub(crate) fn has_unread(&mut self) -> bool {
+        match &mut self.0 {
+            Inner::Buffered(s) => match s.as_mut() {
+                TlsStream::Client(s) => unread(s.get_mut().1),
+                TlsStream::Server(s) => unread(s.get_mut().1),
+            },
+            Inner::Lean { session, .. } => session.unread() > 0,
+        }
+    }
+
     /// What the records queued on the socket say (called when a peek found bytes):
     /// payload is kept for the next read, a `close_notify` is a close. Never blocks.
     pub(crate) fn queued_records(&mut self) -> RecordState {
@@ -208,10 +222,17 @@ impl TlsConn {
     }
 }
 
+/// Whether rustls holds plaintext not read yet (records it has but not processed
+/// are processed first; a failure there is left for the next read to report).
+fn unread<D>(conn: &mut rustls::ConnectionCommon<D>) -> bool {
+    conn.process_new_packets()
+        .is_ok_and(|st| st.plaintext_bytes_to_read() > 0)
+}
+
 /// [`TlsConn::queued_records`] for the lean stream: at most 8 reads.
 fn lean_records(tcp: &TcpStream, session: &mut TlsSession) -> RecordState {
     for _ in 0..8 {
-        let n = match tcp.try_read(session.read_space()) {
+        let n = match pool_net::read_now(tcp, session.read_space()) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return RecordState::Dead(e.kind()),
@@ -241,12 +262,16 @@ fn lean_records(tcp: &TcpStream, session: &mut TlsSession) -> RecordState {
     }
 }
 
-/// A non-blocking `io::Read` over tokio's socket, for rustls's `read_tls`.
+/// A non-blocking `io::Read` over tokio's socket, for rustls's `read_tls`. It reads
+/// from the kernel directly ([`pool_net::read_now`]), not through tokio's `try_read`:
+/// that one answers `WouldBlock` until tokio's reactor has seen the socket readable,
+/// and the pool's own watch (in-band starts) may learn of the bytes first; a peek
+/// that then found nothing would re-arm the watch, which fires again at once, and spin.
 struct TryRead<'a>(&'a TcpStream);
 
 impl io::Read for TryRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        pool_net::read_now(self.0, buf)
     }
 }
 

@@ -87,8 +87,17 @@ async fn a_started_session_reaches_the_accept_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sessions_at_once_each_gets_its_own_bytes() {
+    many_sessions(TlsMode::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tls_sessions_at_once_each_gets_its_own_bytes() {
+    many_sessions(TlsMode::SelfSigned).await;
+}
+
+async fn many_sessions(tls: TlsMode) {
     const SESSIONS: usize = 200;
-    let (server, client) = pair(TlsMode::Off, 16);
+    let (server, client) = pair(tls, 16);
     assert!(client.wait_idle(16, T).await);
     let accepts = {
         let client = client.clone();
@@ -157,4 +166,41 @@ async fn in_band_needs_the_watch() {
         .watch_idle(false)
         .build();
     assert!(r.is_err(), "in-band without readiness cannot find a start");
+}
+
+/// A server that writes the id, the start header and the session's first bytes in one
+/// TLS record, as a busy server does when a start was waiting for the connection as it
+/// landed: the client's TLS session takes the start off the socket while it reads the
+/// id, so no readiness will ever report it. The pool looks at such a connection once as
+/// it lands, and the accept still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_came_with_the_id_is_not_missed() {
+    let cert = pool_tls::ServerTls::self_signed(["localhost"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.config().unwrap());
+    let l = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut all = b"0a0b0c0d".to_vec();
+        all.extend_from_slice(&pool_tokio::START);
+        all.extend_from_slice(b"early session");
+        tls.write_all(&all).await.unwrap();
+        tls.flush().await.unwrap();
+        tls // held open
+    });
+    let client = ClientPool::builder()
+        .address(addr)
+        .tls_mode(TlsMode::SelfSigned)
+        .capacity(1, 1)
+        .sweep_interval(HOUR)
+        .in_band(true)
+        .build()
+        .unwrap();
+    let mut c = client.accept_timeout(T).await.expect("the start is found");
+    assert_eq!(c.id().to_string(), "0a0b0c0d");
+    let mut got = [0u8; 13];
+    c.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"early session");
+    drop(server.await.unwrap());
 }

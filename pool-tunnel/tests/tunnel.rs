@@ -124,6 +124,53 @@ async fn mode1_200_sessions_every_byte_checked() {
     echo_task.abort();
 }
 
+/// Many short sessions at once in mode 1, on a client pool of 16: every pooled
+/// connection is started as soon as it lands. A start must never be missed because the
+/// runtime has not yet seen the bytes its own watch reported, nor because the TLS
+/// session pulled the start in with the connection's last handshake bytes, where no
+/// readiness will ever show it (either made this load fall to a few sessions a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode1_2000_short_sessions_64_at_once() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let cert = ServerTls::self_signed(["localhost"]).unwrap();
+    let fp = cert.fingerprint();
+    let server = pool_tunnel::start_server(ServerConfig {
+        tls: Some(cert),
+        // Every user comes from 127.0.0.1: lift its share.
+        per_source: (100_000, 1e9),
+        ..ServerConfig::loopback(key())
+    })
+    .await
+    .unwrap();
+    let client = pool_tunnel::start_client(ClientConfig {
+        mode: TlsMode::SelfSigned,
+        pin: Some(fp),
+        hostname: Some("localhost".into()),
+        min: 16,
+        ..ClientConfig::for_server(&server, echo)
+    })
+    .await
+    .unwrap();
+    assert!(client.wait_control(Duration::from_secs(10)).await);
+    let r = load::run_load(
+        server.public_addr(),
+        2_000,
+        64,
+        1024,
+        Duration::from_secs(20),
+        Arc::new(LoadProgress::default()),
+    )
+    .await;
+    // Shown when the test fails.
+    eprintln!("server {:?}", server.stats());
+    eprintln!("client {:?} {}", client.stats(), client.pool().stats());
+    assert_all_passed(&r, 2_000);
+    assert_eq!(client.stats().control_ok, 1, "control never fell silent");
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_the_control_port_change_nothing() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
