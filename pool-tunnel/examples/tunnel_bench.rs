@@ -461,18 +461,38 @@ async fn rathole(
     dir: &Path,
     target: SocketAddr,
     delay: Duration,
+    noise: bool,
 ) -> Res<(SocketAddr, Vec<Proc>, Vec<FaultProxy>)> {
     std::fs::create_dir_all(dir)?;
     let (control, public) = (free_addr(), free_addr());
     let token = pool_tls::TunnelKey::generate()?.to_hex();
     let wan = FaultProxy::start(control, Script::always(Fault::Latency(delay))).await?;
+    // Its Noise transport (rathole's encrypted mode), with a key pair it makes.
+    let (server_noise, client_noise) = if noise {
+        let out = std::process::Command::new(path).arg("--genkey").output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let after = |label: &str| {
+            text.lines()
+                .skip_while(|l| !l.starts_with(label))
+                .find(|l| !l.trim().is_empty() && !l.starts_with(label))
+                .map(|l| l.trim().to_owned())
+                .ok_or("rathole --genkey printed no key")
+        };
+        let (private, public) = (after("Private Key")?, after("Public Key")?);
+        (
+            format!("[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     std::fs::write(
         dir.join("server.toml"),
-        format!("[server]\nbind_addr = \"{control}\"\n[server.services.bench]\ntoken = \"{token}\"\nbind_addr = \"{public}\"\n"),
+        format!("[server]\nbind_addr = \"{control}\"\n{server_noise}[server.services.bench]\ntoken = \"{token}\"\nbind_addr = \"{public}\"\n"),
     )?;
     std::fs::write(
         dir.join("client.toml"),
-        format!("[client]\nremote_addr = \"{}\"\n[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n", wan.addr()),
+        format!("[client]\nremote_addr = \"{}\"\n{client_noise}[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n", wan.addr()),
     )?;
     let s = Proc::spawn(
         path,
@@ -630,7 +650,8 @@ async fn main() -> Res<()> {
     pair.server.stop().await;
 
     if let Some(path) = peer {
-        let (public, procs, _wan) = rathole(&path, &dir.join("rathole"), target, delay).await?;
+        let (public, procs, _wan) =
+            rathole(&path, &dir.join("rathole"), target, delay, false).await?;
         let t = ttfb(public, &arrivals, n_ttfb, 2_000_000).await;
         figures.push(
             Figure::vs("rathole_ttfb_ms_p50", ms(quantile(&t, 0.5)), "ms", b50)
@@ -645,7 +666,7 @@ async fn main() -> Res<()> {
             p.stop().await;
         }
         let (public, procs, _wan) =
-            rathole(&path, &dir.join("rathole0"), target, Duration::ZERO).await?;
+            rathole(&path, &dir.join("rathole0"), target, Duration::ZERO, false).await?;
         figures.push(
             Figure::vs(
                 "rathole_mbps",
@@ -666,6 +687,38 @@ async fn main() -> Res<()> {
         );
         for p in procs {
             p.stop().await;
+        }
+        if mode == 1 {
+            // Mode 1 is encrypted: beside rathole's own encrypted transport too.
+            let (public, procs, _wan) = rathole(
+                &path,
+                &dir.join("rathole-noise"),
+                target,
+                Duration::ZERO,
+                true,
+            )
+            .await?;
+            figures.push(
+                Figure::vs(
+                    "rathole_noise_mbps",
+                    download(public, dl_bytes).await,
+                    "MB/s",
+                    base_mbps,
+                )
+                .note("rathole, Noise transport"),
+            );
+            figures.push(
+                Figure::vs(
+                    "rathole_noise_sessions_per_s",
+                    sessions(public, 64, secs).await,
+                    "1/s",
+                    base_sps,
+                )
+                .note("rathole, Noise transport"),
+            );
+            for p in procs {
+                p.stop().await;
+            }
         }
     }
 
