@@ -115,12 +115,16 @@ async fn a_tls_client_against_a_plain_server_is_named_on_both_sides() {
     report("mode 0 server, mode 1 client (server side)", took, &err);
     let stats = server.stats();
     println!("{stats}");
-    // Never handed out: caught at the handshake when its ClientHello is already there,
-    // else by the probe (bytes that open a TLS record), before any get takes it.
+    // Never handed out: caught at the handshake when its ClientHello is already there
+    // (then named), else by the probe (bytes that open a TLS record) or by the watch
+    // (the client hangs up on a plaintext id), before any get takes it. Which one is a
+    // race between the client's first flight and the server's id write.
     let k = stats.counters;
     assert_eq!(k.served_at_once + k.served_after_wait, 0, "{stats}");
-    assert!(stats.counters.protocol_mismatches > 0, "{stats}");
-    assert!(err.to_string().contains("client speaks TLS"), "{err}");
+    assert!(k.protocol_mismatches + k.evicted_dead > 0, "{stats}");
+    if k.protocol_mismatches > 0 {
+        assert!(err.to_string().contains("client speaks TLS"), "{err}");
+    }
     client.close().await;
     server.close().await;
 }

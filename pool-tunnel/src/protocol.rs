@@ -88,7 +88,7 @@ pub struct Timeouts {
     pub answer: Duration,
     /// How long a user waits for a control connection before being closed.
     pub control_wait: Duration,
-    /// How long the server waits for [`TAKEN`] on a pooled connection it handed out
+    /// How long the server waits for [`REACHED`] on a pooled connection it started
     /// before it replays the user's bytes on another.
     pub ack: Duration,
     /// One `get` from either pool.
