@@ -808,6 +808,12 @@ async fn a_new_client_process_retires_the_old_ones_pooled_connections() {
         .await
         .unwrap();
     assert!(client.wait_control(Duration::from_secs(3)).await);
+    // The client's handshake ends when it reads the server's confirmation; the server
+    // takes the connection as control (retiring the old connections first) just after.
+    let until = Instant::now() + Duration::from_secs(3);
+    while server.stats().client_restarts == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(server.stats().client_restarts, 1);
     assert!(client.pool().wait_idle(4, Duration::from_secs(5)).await);
     assert_all_passed(&run(server.public_addr(), 40, 1024).await, 40);
