@@ -34,7 +34,15 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn dial(self: Arc<Self>, ticket: DialTicket);
     /// Whether an idle connection may be handed out; never loses a byte.
     fn alive(conn: &mut PoolConn) -> bool {
-        conn.liveness().is_alive()
+        Self::peek(conn) != Peek::Dead
+    }
+    /// A peek that tells quiet from bytes waiting; never loses a byte.
+    fn peek(conn: &mut PoolConn) -> Peek {
+        match conn.liveness() {
+            pool_net::Liveness::Idle => Peek::Quiet,
+            pool_net::Liveness::Pending => Peek::Pending,
+            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+        }
     }
 }
 
@@ -77,11 +85,7 @@ impl<S: Side> Platform for Rt<S> {
         S::alive(conn)
     }
     fn peek(&self, conn: &mut PoolConn) -> Peek {
-        match conn.liveness() {
-            pool_net::Liveness::Idle => Peek::Quiet,
-            pool_net::Liveness::Pending => Peek::Pending,
-            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
-        }
+        S::peek(conn)
     }
     fn watch_again(&self, id: ConnId, conn: &PoolConn) {
         self.watch(id, conn);

@@ -402,15 +402,22 @@ impl Side for Inner {
     /// from a pool client until the application takes it, so bytes pending on it come
     /// from something else. Pending bytes that open a TLS record (a client in the wrong
     /// mode), or pending bytes behind which the peer already closed, make it dead.
-    fn alive(conn: &mut PoolConn) -> bool {
+    fn peek(conn: &mut PoolConn) -> pool_core::driver::Peek {
+        use pool_core::driver::Peek;
         match conn.liveness() {
             pool_net::Liveness::Pending if !conn.is_tls() => {
                 let mut first = [0u8; 3];
                 let tls = pool_net::peek_now(conn.tcp(), &mut first)
                     .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]));
-                !tls && !pool_net::peer_closed(conn.tcp())
+                if tls || pool_net::peer_closed(conn.tcp()) {
+                    Peek::Dead
+                } else {
+                    Peek::Pending
+                }
             }
-            state => state.is_alive(),
+            pool_net::Liveness::Idle => Peek::Quiet,
+            pool_net::Liveness::Pending => Peek::Pending,
+            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
         }
     }
 }
