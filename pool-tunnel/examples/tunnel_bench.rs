@@ -679,60 +679,24 @@ async fn main() -> Res<()> {
             Figure::vs("rathole_ttfb_ms_p99", ms(quantile(&t, 0.99)), "ms", b99)
                 .note("rathole, plain TCP, same delay"),
         );
-        // Throughput and sessions with the delay: rathole has no second path here.
         for p in procs {
             p.stop().await;
         }
-        let (public, procs, _wan) =
-            rathole(&path, &dir.join("rathole0"), target, Duration::ZERO, false).await?;
-        figures.push(
-            Figure::vs(
-                "rathole_mbps",
-                download(public, dl_bytes).await,
-                "MB/s",
-                base_mbps,
-            )
-            .note("rathole, plain TCP"),
-        );
-        figures.push(
-            Figure::vs(
-                "rathole_sessions_per_s",
-                sessions(public, 64, secs).await,
-                "1/s",
-                base_sps,
-            )
-            .note("rathole, plain TCP"),
-        );
-        for p in procs {
-            p.stop().await;
-        }
-        if mode == 1 {
-            // Mode 1 is encrypted: beside rathole's own encrypted transport too.
-            let (public, procs, _wan) = rathole(
-                &path,
-                &dir.join("rathole-noise"),
-                target,
-                Duration::ZERO,
-                true,
-            )
-            .await?;
+        // Throughput and sessions with no delay: its plain TCP transport, and in mode 1
+        // (encrypted) its own encrypted transport, Noise, too.
+        let transports = [
+            (false, "rathole", "plain TCP"),
+            (true, "rathole_noise", "Noise transport"),
+        ];
+        for (noise, name, what) in transports.into_iter().filter(|t| !t.0 || mode == 1) {
+            let dir = dir.join(format!("{name}-0"));
+            let (public, procs, _wan) = rathole(&path, &dir, target, Duration::ZERO, noise).await?;
+            let note = format!("rathole, {what}");
+            let mbps = download(public, dl_bytes).await;
+            figures.push(Figure::vs(&format!("{name}_mbps"), mbps, "MB/s", base_mbps).note(&note));
+            let sps = sessions(public, 64, secs).await;
             figures.push(
-                Figure::vs(
-                    "rathole_noise_mbps",
-                    download(public, dl_bytes).await,
-                    "MB/s",
-                    base_mbps,
-                )
-                .note("rathole, Noise transport"),
-            );
-            figures.push(
-                Figure::vs(
-                    "rathole_noise_sessions_per_s",
-                    sessions(public, 64, secs).await,
-                    "1/s",
-                    base_sps,
-                )
-                .note("rathole, Noise transport"),
+                Figure::vs(&format!("{name}_sessions_per_s"), sps, "1/s", base_sps).note(note),
             );
             for p in procs {
                 p.stop().await;
