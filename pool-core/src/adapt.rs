@@ -917,7 +917,7 @@ mod tests {
         m.handle_timeout(now);
         let r = *rec.seen.lock().unwrap().last().unwrap();
         assert_eq!((r.gets, r.waited, r.failed, r.hung), (2, 2, 1, 2), "{r:?}");
-        // Nine idle at a capacity of one: the trim closes three a round (the oldest
+        // Nine idle at a capacity of one: the trim closes three a round (the newest
         // first) until the capacity is held, with the hysteresis of its slack.
         for t in tickets {
             m.handle_dial_success(t, id(20), 20, now);
@@ -955,5 +955,8 @@ mod tests {
         assert_eq!(m.idle() + m.in_flight(), 1);
         assert_eq!(closed.len(), held - 1);
         assert_eq!(m.counters().trimmed, closed.len() as u64);
+        // Newest first: the server hands out its oldest, so a trim must not race it.
+        let order: Vec<u32> = closed.iter().map(|(_, c)| *c).collect();
+        assert!(order.windows(2).all(|w| w[0] > w[1]), "{order:?}");
     }
 }

@@ -278,7 +278,7 @@ impl<C> ClientMachine<C> {
         }
         if self.trimming {
             let excess = held.saturating_sub(self.capacity);
-            self.common.trim_oldest(excess.min(t.per_round.max(1)));
+            self.common.trim_newest(excess.min(t.per_round.max(1)));
             if self.common.held() <= self.capacity {
                 self.trimming = false;
             }

@@ -674,12 +674,17 @@ impl<C> PoolCommon<C> {
         }
     }
 
-    /// Queues up to `n` of the oldest idle connections for closing, counted as
+    /// Queues up to `n` of the newest idle connections for closing, counted as
     /// trimmed; how many.
-    pub(crate) fn trim_oldest(&mut self, n: usize) -> usize {
+    ///
+    /// Newest, because the server hands out its oldest first: a trim closes the
+    /// connection the server would hand out last, so its get does not race the close
+    /// on its way (which a trim of the oldest lost whenever a get came within one
+    /// one-way delay of it: the server handed out a connection the client had closed).
+    pub(crate) fn trim_newest(&mut self, n: usize) -> usize {
         let mut done = 0;
         while done < n {
-            let Some((id, kept)) = self.idle.take_oldest() else {
+            let Some((id, kept)) = self.idle.take_newest() else {
                 break;
             };
             self.depart(id);

@@ -305,6 +305,14 @@ impl<C> IdleMap<C> {
         Some((id, conn))
     }
 
+    /// Takes the connection that arrived last.
+    pub(crate) fn take_newest(&mut self) -> Option<(ConnId, C)> {
+        let i = self.slab.tail.get()?;
+        let (id, conn) = self.slab.remove(i);
+        self.index.remove(&id);
+        Some((id, conn))
+    }
+
     /// Takes every connection, oldest first.
     pub(crate) fn drain(&mut self) -> Vec<(ConnId, C)> {
         let mut out = Vec::with_capacity(self.len());
@@ -433,6 +441,7 @@ mod tests {
         Insert(u8),
         Take(u8),
         Oldest,
+        Newest,
         EvictOdd,
     }
 
@@ -441,6 +450,7 @@ mod tests {
             4 => any::<u8>().prop_map(Op::Insert),
             3 => any::<u8>().prop_map(Op::Take),
             2 => Just(Op::Oldest),
+            1 => Just(Op::Newest),
             1 => Just(Op::EvictOdd),
         ]
     }
@@ -472,6 +482,7 @@ mod tests {
                         prop_assert_eq!(map.take(&k), want);
                     }
                     Op::Oldest => prop_assert_eq!(map.take_oldest(), model.pop_front()),
+                    Op::Newest => prop_assert_eq!(map.take_newest(), model.pop_back()),
                     Op::EvictOdd => {
                         let gone = map.evict_where(|_, v| *v % 2 == 1);
                         let want: Vec<_> = model.iter().copied().filter(|(_, v)| v % 2 == 1).collect();

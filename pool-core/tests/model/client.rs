@@ -455,8 +455,8 @@ impl ClientHarness {
             _ => None,
         };
         if let (true, Some(trim)) = (round, trim) {
-            // The round closes the oldest idle connections above the new capacity,
-            // with the trim's hysteresis.
+            // The round closes the newest idle connections above the new capacity
+            // (the server hands out its oldest), with the trim's hysteresis.
             let held = self.c.held();
             if held > capacity + trim.slack {
                 self.trimming = true;
@@ -464,7 +464,7 @@ impl ClientHarness {
             if self.trimming {
                 let n = (held - capacity.min(held)).min(trim.per_round);
                 for _ in 0..n {
-                    let Some(i) = self.c.idle.pop_front() else {
+                    let Some(i) = self.c.idle.pop_back() else {
                         break;
                     };
                     self.c.k.trimmed += 1;
