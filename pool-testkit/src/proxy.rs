@@ -249,9 +249,27 @@ struct Shared {
     target: SocketAddr,
     script: Mutex<Script>,
     counts: Mutex<FaultCounts>,
-    by_addr: Mutex<HashMap<SocketAddr, Fault>>,
+    /// Faults by the client's local address (the proxy's peer).
+    by_client: Mutex<HashMap<SocketAddr, Fault>>,
+    /// Faults by the proxy's own local address towards the target. A map of its own:
+    /// Linux gives one ephemeral port to connects towards different destinations, so
+    /// a client's port and one of the proxy's can be equal (one shared map then
+    /// answered, now and then, with another connection's fault).
+    by_upstream: Mutex<HashMap<SocketAddr, Fault>>,
     down: AtomicBool,
     live: AtomicU64,
+}
+
+impl Shared {
+    /// Notes the fault of a connection accepted from the client address `peer`.
+    fn note_client(&self, peer: SocketAddr, fault: Fault) {
+        lock(&self.by_client).insert(peer, fault);
+    }
+
+    /// Notes the fault of a connection whose leg to the target starts at `local`.
+    fn note_upstream(&self, local: SocketAddr, fault: Fault) {
+        lock(&self.by_upstream).insert(local, fault);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -292,7 +310,8 @@ impl FaultProxy {
             target,
             script: Mutex::new(script),
             counts: Mutex::new(FaultCounts::default()),
-            by_addr: Mutex::new(HashMap::new()),
+            by_client: Mutex::new(HashMap::new()),
+            by_upstream: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             live: AtomicU64::new(0),
         });
@@ -342,12 +361,17 @@ impl FaultProxy {
         self.shared.down.store(down, Ordering::Release);
     }
 
-    /// The fault given to the connection that has `addr` as one of its ends: the
-    /// client's local address (the proxy's peer), or the proxy's own local address
-    /// towards the target (what the server sees as its peer). The latest connection
-    /// wins when a port was reused.
+    /// The fault given to the connection whose client end has the local address
+    /// `addr` (the proxy's peer). The latest connection wins when a port was reused.
     pub fn fault_of(&self, addr: SocketAddr) -> Option<Fault> {
-        lock(&self.shared.by_addr).get(&addr).copied()
+        lock(&self.shared.by_client).get(&addr).copied()
+    }
+
+    /// The fault given to the connection whose server end sees `addr` as its peer
+    /// (the proxy's own local address towards the target). The latest connection wins
+    /// when a port was reused.
+    pub fn fault_of_upstream(&self, addr: SocketAddr) -> Option<Fault> {
+        lock(&self.shared.by_upstream).get(&addr).copied()
     }
 
     /// Stops listening and aborts every connection task; returns when all have ended.
@@ -384,7 +408,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                     let fault = lock(&shared.script).next_fault();
                     lock(&shared.counts).add(fault.kind());
-                    lock(&shared.by_addr).insert(peer, fault);
+                    shared.note_client(peer, fault);
                     conns.spawn(handle(down, peer, fault, shared.clone()));
                 }
                 Err(_) => {
@@ -436,7 +460,7 @@ async fn handle(down: TcpStream, _peer: SocketAddr, fault: Fault, shared: Arc<Sh
         return;
     };
     if let Ok(local) = up.local_addr() {
-        lock(&shared.by_addr).insert(local, fault);
+        shared.note_upstream(local, fault);
     }
     let _ = down.set_nodelay(true);
     let _ = up.set_nodelay(true);
@@ -635,5 +659,27 @@ async fn pump(
             _ = &mut reader, if !reader_done => reader_done = true,
             e = &mut writer => return e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux hands one ephemeral port to connects towards different destinations, so
+    /// a client's address can equal one the proxy uses towards the target: each is
+    /// still told its own connection's fault. (The kernel picks those ports, so the
+    /// test writes the two records itself, as the accept and the connect do.)
+    #[tokio::test]
+    async fn a_client_address_equal_to_an_upstream_address_keeps_its_fault() {
+        let proxy = FaultProxy::start("127.0.0.1:9".parse().unwrap(), Script::ok())
+            .await
+            .unwrap();
+        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        proxy.shared.note_client(a, Fault::ResetAfter(100));
+        proxy.shared.note_upstream(a, Fault::Ok);
+        assert_eq!(proxy.fault_of(a), Some(Fault::ResetAfter(100)));
+        assert_eq!(proxy.fault_of_upstream(a), Some(Fault::Ok));
+        proxy.close().await;
     }
 }
