@@ -181,10 +181,15 @@ async fn drive(
 #[cfg(target_os = "linux")]
 mod splice {
     //! One direction of a plain relay with `splice(2)`: socket → pipe → socket.
+    //!
+    //! Pipes are kept for the next relay when one ends with its pipe empty: a short
+    //! session would otherwise spend a `pipe2` and two `close`s per direction, as many
+    //! system calls as its bytes need.
 
     use std::io;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, OwnedFd};
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Mutex;
 
     use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
     use tokio::io::Interest;
@@ -194,6 +199,50 @@ mod splice {
     /// At most this much in the pipe at once (the default pipe size).
     const CHUNK: usize = 64 * 1024;
 
+    /// Empty pipes kept for reuse at most: two descriptors each, so 128 at most held
+    /// while no session runs.
+    pub(super) const SPARE_PIPES: usize = 64;
+
+    /// A pipe's read and write ends.
+    type Pipe = (OwnedFd, OwnedFd);
+
+    static SPARE: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+    fn spare() -> std::sync::MutexGuard<'static, Vec<Pipe>> {
+        SPARE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty pipe: a kept one, else a new one.
+    fn take_pipe() -> io::Result<Pipe> {
+        if let Some(p) = spare().pop() {
+            return Ok(p);
+        }
+        Ok(pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?)
+    }
+
+    /// Keeps an empty pipe for the next relay, unless enough are kept already.
+    fn give_back(pipe: Pipe) {
+        let mut s = spare();
+        if s.len() < SPARE_PIPES {
+            s.push(pipe);
+        }
+    }
+
+    /// Drops every kept pipe; how many there were.
+    #[cfg(test)]
+    pub(super) fn drop_spare_pipes() -> usize {
+        std::mem::take(&mut *spare()).len()
+    }
+
+    /// Whether every kept pipe is empty (its read end would block).
+    #[cfg(test)]
+    pub(super) fn spare_pipes_empty() -> bool {
+        spare().iter().all(|(r, _)| {
+            let mut b = [0u8; 1];
+            rustix::io::read(r, &mut b) == Err(rustix::io::Errno::AGAIN)
+        })
+    }
+
     /// Moves `from` → `to` until EOF (then half-closes `to`) or an error.
     pub(super) async fn one_way(
         from: &TcpStream,
@@ -202,13 +251,31 @@ mod splice {
         last: &AtomicU64,
         start: Instant,
     ) -> bool {
-        let Ok((pipe_r, pipe_w)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
+        let Ok(pipe) = take_pipe() else {
             return false;
         };
+        let ok = pump(from, to, &pipe, count, last, start).await;
+        // Only a relay that ended at EOF left its pipe empty; any other end may have
+        // left bytes in it that the next session must never see.
+        if ok {
+            give_back(pipe);
+        }
+        ok
+    }
+
+    /// The loop of [`one_way`] over `pipe`; true at EOF, with the pipe empty.
+    async fn pump(
+        from: &TcpStream,
+        to: &TcpStream,
+        (pipe_r, pipe_w): &Pipe,
+        count: &AtomicU64,
+        last: &AtomicU64,
+        start: Instant,
+    ) -> bool {
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
         loop {
             let filled = from.try_io(Interest::READABLE, || {
-                splice(from.as_fd(), None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
+                splice(from.as_fd(), None, pipe_w, None, CHUNK, flags).map_err(io::Error::from)
             });
             let n = match filled {
                 Ok(0) => break,
@@ -225,7 +292,7 @@ mod splice {
             let mut left = n;
             while left > 0 {
                 let drained = to.try_io(Interest::WRITABLE, || {
-                    splice(&pipe_r, None, to.as_fd(), None, left, flags).map_err(io::Error::from)
+                    splice(pipe_r, None, to.as_fd(), None, left, flags).map_err(io::Error::from)
                 });
                 match drained {
                     Ok(0) => return false,
@@ -256,8 +323,12 @@ mod tests {
         (c, s)
     }
 
+    /// The splice tests share the process's kept pipes: one at a time.
+    static SPLICE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn a_tcp_relay_moves_every_byte_both_ways_and_passes_half_closes() {
+        let _one = SPLICE.lock().await;
         let (mut a_peer, a) = tcp_pair().await;
         let (b, mut b_peer) = tcp_pair().await;
         let t = std::sync::Arc::new(Traffic::default());
@@ -283,6 +354,65 @@ mod tests {
         assert_eq!(relay.await.unwrap(), RelayEnd::Done);
         assert_eq!(t.a_to_b.load(Relaxed), up.len() as u64);
         assert_eq!(t.b_to_a.load(Relaxed), down.len() as u64);
+    }
+
+    /// A relay that reached EOF both ways keeps its two pipes, empty, and the next
+    /// relays reuse them with only their own bytes; one that failed keeps none.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn relays_reuse_empty_pipes_and_drop_the_ones_a_failure_left() {
+        let _one = SPLICE.lock().await;
+        splice::drop_spare_pipes();
+        for round in 0..5u8 {
+            let (mut a_peer, a) = tcp_pair().await;
+            let (b, mut b_peer) = tcp_pair().await;
+            let t = Traffic::default();
+            let relay = relay_tcp(a, b, RelayLimits::default(), &t);
+            let peers = async {
+                a_peer.write_all(&[round; 3000]).await.unwrap();
+                a_peer.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                b_peer.read_to_end(&mut got).await.unwrap();
+                b_peer.write_all(&[round ^ 0xff; 700]).await.unwrap();
+                b_peer.shutdown().await.unwrap();
+                let mut back = Vec::new();
+                a_peer.read_to_end(&mut back).await.unwrap();
+                (got, back)
+            };
+            let (end, (got, back)) = tokio::join!(relay, peers);
+            assert_eq!(end, RelayEnd::Done);
+            assert!(got == [round; 3000] && back == [round ^ 0xff; 700]);
+            assert!(splice::spare_pipes_empty());
+        }
+        assert_eq!(
+            splice::drop_spare_pipes(),
+            2,
+            "two pipes, reused each round"
+        );
+        // The target side resets while bytes are on their way: the relay fails and
+        // its pipes, which may hold bytes, are closed.
+        let (mut a_peer, a) = tcp_pair().await;
+        let (b, b_peer) = tcp_pair().await;
+        rustix::net::sockopt::set_socket_linger(&b_peer, Some(Duration::ZERO)).unwrap();
+        drop(b_peer);
+        let t = Traffic::default();
+        let relay = relay_tcp(a, b, RelayLimits::default(), &t);
+        let feed = async {
+            // Bounded: the relay fails within a few writes, then this one fails too.
+            for _ in 0..64 {
+                if a_peer.write_all(&[7u8; 16 * 1024]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let (end, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), relay),
+            async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), feed).await;
+            }
+        );
+        assert_eq!(end.expect("the relay ends"), RelayEnd::Error);
+        assert_eq!(splice::drop_spare_pipes(), 0);
     }
 
     #[tokio::test(start_paused = true)]
