@@ -64,7 +64,7 @@ pub use filter::{FilterError, IpFilter};
 #[cfg(target_os = "linux")]
 pub use hangups::HangUps;
 pub use listener::bind_listener;
-pub use options::{Applied, SocketOptions};
+pub use options::{Applied, SocketOptions, INHERITED_AT_ACCEPT};
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use probe::{looks_like_tls, peek_now, peer_closed, probe, read_now, Liveness};

@@ -45,6 +45,11 @@ impl Default for SocketOptions {
     }
 }
 
+/// Whether a socket accepted from a listener carries the options set on the listener
+/// with [`SocketOptions::apply_listener`]: true on Linux, whose accept copies them
+/// (keep-alive and its three parameters, `TCP_NODELAY`, `TCP_USER_TIMEOUT`).
+pub const INHERITED_AT_ACCEPT: bool = cfg!(target_os = "linux");
+
 /// What [`SocketOptions::apply`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -98,6 +103,18 @@ impl SocketOptions {
         self.set_all(&socket2::SockRef::from(s))
     }
 
+    /// Applies these options to a listening TCP socket. On Linux every socket it
+    /// accepts from then on carries them (the kernel copies them at accept, see
+    /// [`INHERITED_AT_ACCEPT`]), so a server need not set them again on each
+    /// connection; elsewhere it must.
+    ///
+    /// # Errors
+    ///
+    /// Any error from setting an option.
+    pub fn apply_listener<S: std::os::fd::AsFd>(&self, s: &S) -> std::io::Result<()> {
+        self.set_all(&socket2::SockRef::from(s))
+    }
+
     fn set_all(&self, sock: &socket2::SockRef<'_>) -> std::io::Result<()> {
         match self.keepalive {
             None => sock.set_keepalive(false)?,
@@ -124,7 +141,7 @@ impl SocketOptions {
                         None => params,
                     }
                 };
-                sock.set_keepalive(true)?;
+                // `set_tcp_keepalive` turns `SO_KEEPALIVE` on itself.
                 sock.set_tcp_keepalive(&params)?;
             }
         }

@@ -199,3 +199,31 @@ fn apply_tcp_sets_the_same_options_without_asking() {
     let (u, _v) = UnixStream::pair().unwrap();
     assert!(opts.apply_tcp(&u).is_err());
 }
+
+/// Linux copies a listener's socket options into each socket it accepts, which lets a
+/// server set them once instead of with five system calls per connection.
+#[cfg(target_os = "linux")]
+#[test]
+fn accepted_sockets_inherit_the_listeners_options() {
+    let opts = SocketOptions {
+        keepalive: Some(Duration::from_secs(45)),
+        keepalive_interval: Some(Duration::from_secs(7)),
+        keepalive_retries: Some(4),
+        nodelay: true,
+        user_timeout: Some(Duration::from_secs(12)),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    opts.apply_listener(&listener).unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let sock = SockRef::from(&server);
+    assert!(sock.keepalive().unwrap());
+    assert!(sock.nodelay().unwrap());
+    assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(45));
+    assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(7));
+    assert_eq!(sock.keepalive_retries().unwrap(), 4);
+    assert_eq!(
+        sock.tcp_user_timeout().unwrap(),
+        Some(Duration::from_secs(12))
+    );
+}

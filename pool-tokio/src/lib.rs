@@ -75,7 +75,7 @@ pub use pool_core::{
     Fraction, GoBehaviour, GoRules, IdForm, IntervalPolicy, Observed, OfferedDemand, Refill,
     RoundInput, Stage, Status, Trim, START,
 };
-pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions};
+pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions, INHERITED_AT_ACCEPT};
 pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};
 /// Re-export of `rustls`, so users name the same version the pools are built with.
 pub use rustls;

@@ -143,7 +143,9 @@ impl ServerPoolBuilder {
         self.socket.keepalive = Some(period);
         self
     }
-    /// All socket options at once.
+    /// All socket options at once. Where accepted sockets inherit a listener's
+    /// options (Linux), they are set once on the listener, bound or given, instead of
+    /// on each connection.
     pub fn socket_options(mut self, o: SocketOptions) -> Self {
         self.socket = o;
         self
@@ -324,6 +326,14 @@ impl ServerPoolBuilder {
             what: "listener address",
             source,
         })?;
+        // Where accepted sockets inherit the listener's options, set them once here
+        // rather than with five system calls on every connection.
+        let socket =
+            if pool_net::INHERITED_AT_ACCEPT && self.socket.apply_listener(&listener).is_ok() {
+                None
+            } else {
+                Some(self.socket)
+            };
         // A filter that can never match the listener's address family shuts everybody
         // out, silently: refuse it here instead.
         let reachable = match local.ip() {
@@ -358,7 +368,7 @@ impl ServerPoolBuilder {
             id_form: cfg.id_form(),
             filter,
             acceptor,
-            socket: self.socket,
+            socket,
             key: self.key,
         });
         inner.engine.spawn(accept_loop(inner.clone(), listener));
@@ -383,7 +393,9 @@ struct Inner {
     engine: Engine<Self>,
     filter: IpFilter,
     acceptor: Option<Arc<rustls::ServerConfig>>,
-    socket: SocketOptions,
+    /// Options to set on each accepted socket; `None` when the listener carries them
+    /// and every accepted socket inherits them.
+    socket: Option<SocketOptions>,
     id_form: IdForm,
     key: Option<TunnelKey>,
 }
@@ -432,7 +444,7 @@ impl Inner {
         tcp: TcpStream,
         token: &CancellationToken,
     ) -> Result<PoolConn, (Stage, StepError)> {
-        if let Err(e) = self.socket.apply_tcp(&tcp) {
+        if let Some(Err(e)) = self.socket.map(|o| o.apply_tcp(&tcp)) {
             debug!(error = %e, "socket options not applied");
         }
         let stream = match &self.acceptor {

@@ -96,3 +96,45 @@ async fn a_tls_stream_is_a_stream_and_shuts_down_cleanly() {
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).await.unwrap(), 0);
 }
+
+/// Both ends of a pair carry their pool's socket options (the server's are set once on
+/// its listener where accepted sockets inherit them, on each connection elsewhere).
+#[tokio::test]
+async fn both_ends_carry_their_pools_socket_options() {
+    use pool_tokio::SocketOptions;
+    use std::time::Duration;
+    let server_opts = SocketOptions {
+        keepalive: Some(Duration::from_secs(41)),
+        keepalive_interval: Some(Duration::from_secs(6)),
+        keepalive_retries: Some(5),
+        nodelay: true,
+        user_timeout: Some(Duration::from_secs(9)),
+    };
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .socket_options(server_opts)
+        .build()
+        .unwrap();
+    let client = ClientPool::builder()
+        .address(server.local_addr())
+        .capacity(2, 2)
+        .keepalive(Duration::from_secs(77))
+        .build()
+        .unwrap();
+    let (id, s) = server.get_timeout(T).await.unwrap();
+    let c = client.get_timeout(id, T).await.unwrap();
+    let (s, c) = (
+        socket2::SockRef::from(s.tcp()),
+        socket2::SockRef::from(c.tcp()),
+    );
+    assert!(s.keepalive().unwrap() && s.nodelay().unwrap());
+    assert!(c.keepalive().unwrap() && c.nodelay().unwrap());
+    #[cfg(target_os = "linux")]
+    {
+        assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(41));
+        assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(6));
+        assert_eq!(s.keepalive_retries().unwrap(), 5);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(9)));
+        assert_eq!(c.keepalive_time().unwrap(), Duration::from_secs(77));
+    }
+}

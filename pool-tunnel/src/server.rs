@@ -563,7 +563,10 @@ async fn public_accept_loop(
     let gate = Arc::new(Semaphore::new(max_sessions.max(1)));
     let limits = Arc::new(std::sync::Mutex::new(limits));
     let mut sessions = JoinSet::new();
+    // Set once on the listener where accepted sockets inherit it (Linux), else on
+    // each user.
     let options = peer_socket_options();
+    let each = !(pool_tokio::INHERITED_AT_ACCEPT && options.apply_listener(&listener).is_ok());
     loop {
         while sessions.try_join_next().is_some() {}
         let (user, peer) = match listener.accept().await {
@@ -589,7 +592,9 @@ async fn public_accept_loop(
             bump(&shared.stats.users_refused);
             continue; // closed at once
         };
-        let _ = options.apply_tcp(&user);
+        if each {
+            let _ = options.apply_tcp(&user);
+        }
         let shared = shared.clone();
         let limits = limits.clone();
         sessions.spawn(async move {
