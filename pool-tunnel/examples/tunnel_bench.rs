@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p pool-tunnel --bin tunnel --example tunnel-bench
 //! target/release/examples/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
-//!                                      [--peer-rathole PATH]
+//!                                      [--peer-rathole PATH] [--sessions-only | --download-only]
 //! ```
 //!
 //! It starts the two `tunnel` processes (`$TUNNEL_BIN`, else
@@ -161,6 +161,29 @@ async fn download(entry: SocketAddr, bytes: u64) -> f64 {
         Ok(Ok((got, took))) if got == bytes => bytes as f64 / 1e6 / took.as_secs_f64(),
         _ => 0.0,
     }
+}
+
+/// `tunnel_mbps`: downloads through the tunnel at `public` alternated with downloads
+/// straight from `target`. One loopback download's rate swings by 2-3 x from run to run
+/// on this machine (which cores the two ends land on), the baseline's as much as the
+/// tunnel's: each figure is the median of five (one with `quick`).
+async fn download_figure(
+    target: SocketAddr,
+    public: SocketAddr,
+    bytes: u64,
+    quick: bool,
+    mode: u8,
+) -> Figure {
+    let rounds = if quick { 1 } else { 5 };
+    let (mut direct, mut tunnel) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        direct.push(download(target, bytes).await);
+        tunnel.push(download(public, bytes).await);
+    }
+    Figure::vs("tunnel_mbps", median(&mut tunnel), "MB/s", median(&mut direct)).note(format!(
+        "mode {mode}, a {} MB download, median of {rounds} alternated with the baseline; baseline: straight from the service",
+        bytes / 1_000_000
+    ))
 }
 
 /// The median of `v` (0 when empty).
@@ -524,11 +547,12 @@ async fn rathole(
 async fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let (mut quick, mut mode, mut delay_ms, mut json, mut peer) = (false, 0u8, 25u64, None, None);
-    let mut sessions_only = false;
+    let (mut sessions_only, mut download_only) = (false, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--sessions-only" => sessions_only = true,
+            "--download-only" => download_only = true,
             "--mode" => {
                 mode = args
                     .next()
@@ -559,6 +583,17 @@ async fn main() -> Res<()> {
     let (target, arrivals) = service().await?;
     let mut figures = Vec::new();
     let wan = || Script::always(Fault::Latency(delay));
+    if download_only {
+        // For iterating on (and profiling) the relay path: the download figure alone.
+        let pair = Pair::start(&dir.join("download"), mode).await?;
+        let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        figures.push(download_figure(target, pair.public, dl_bytes, quick, mode).await);
+        client.stop().await;
+        pair.server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(figures, json, quick);
+    }
     if sessions_only {
         // For iterating on (and profiling) the per-session path: the sessions figure
         // and its baseline, nothing else.
@@ -621,23 +656,7 @@ async fn main() -> Res<()> {
     // No added delay: throughput and sessions.
     let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // One loopback download's rate swings by 2-3 x from run to run on this machine
-    // (which cores the two ends land on), the baseline's as much as the tunnel's:
-    // alternate them and keep the median of each.
-    let rounds = if quick { 1 } else { 5 };
-    let (mut direct, mut tunnel) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        direct.push(download(target, dl_bytes).await);
-        tunnel.push(download(pair.public, dl_bytes).await);
-    }
-    figures.push(
-        Figure::vs("tunnel_mbps", median(&mut tunnel), "MB/s", median(&mut direct)).note(
-            format!(
-                "mode {mode}, a {} MB download, median of {rounds} alternated with the baseline; baseline: straight from the service",
-                dl_bytes / 1_000_000
-            ),
-        ),
-    );
+    figures.push(download_figure(target, pair.public, dl_bytes, quick, mode).await);
     let sps = sessions(pair.public, 64, secs).await;
     figures.push(
         Figure::vs("tunnel_sessions_per_s", sps, "1/s", base_sps).note(format!(
