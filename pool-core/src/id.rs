@@ -97,6 +97,30 @@ impl fmt::Debug for ConnId {
     }
 }
 
+/// The id's 8 hex bytes read as one big-endian `u64`: a key that fits a machine word,
+/// such as `epoll`'s user data, and comes back whole with [`TryFrom<u64>`].
+///
+/// ```
+/// use pool_core::ConnId;
+/// let id = ConnId::from_random([0xde, 0xad, 0xbe, 0xef]);
+/// assert_eq!(ConnId::try_from(u64::from(id)), Ok(id));
+/// assert!(ConnId::try_from(7u64).is_err());
+/// ```
+impl From<ConnId> for u64 {
+    fn from(id: ConnId) -> Self {
+        Self::from_be_bytes(id.0)
+    }
+}
+
+/// The id whose [`u64`] form this is; anything else (bytes that are not lowercase hex)
+/// is an [`IdError`].
+impl TryFrom<u64> for ConnId {
+    type Error = IdError;
+    fn try_from(word: u64) -> Result<Self, IdError> {
+        Self::from_hex_bytes(&word.to_be_bytes())
+    }
+}
+
 impl FromStr for ConnId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
@@ -255,6 +279,18 @@ mod tests {
     }
 
     proptest! {
+        /// Every id survives the trip through its `u64` form, and a word that is no id
+        /// is refused rather than turned into one.
+        #[test]
+        fn the_u64_form_round_trips(raw in any::<[u8; 4]>(), word in any::<u64>()) {
+            let id = ConnId::from_random(raw);
+            prop_assert_eq!(ConnId::try_from(u64::from(id)), Ok(id));
+            match ConnId::try_from(word) {
+                Ok(id) => prop_assert_eq!(u64::from(id), word),
+                Err(_) => prop_assert!(!word.to_be_bytes().iter().all(|&b| is_lower_hex(b))),
+            }
+        }
+
         /// Whatever a peer sends, the reader answers an id or a typed error, takes no
         /// more than the id's length, and never panics.
         #[test]

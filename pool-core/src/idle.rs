@@ -1,17 +1,29 @@
 //! The idle map: connections kept by id, taken by id or oldest first, all O(1).
 //!
-//! The map is a slab. The connections sit in one dense `Vec` of slots; a hash table maps
-//! each id to its slot index, so the table holds only 12-byte `(id, index)` pairs rather
-//! than whole connections, and a table grown to twice the live count costs little.
-//! Arrival order is an intrusive doubly linked list threaded through the occupied slots
-//! by `u32` indices, so taking the oldest connection, or any connection by id, unlinks
-//! it in O(1) with no stale entries, lazy deletion or compaction. Vacant slots form a
-//! free list and are reused before the `Vec` grows, so the slab never holds more slots
-//! than the peak number of idle connections. (The Go package rebuilds its whole id
-//! channel on every take.)
+//! The map is a slab with its own id index. The connections sit in slots; arrival order
+//! is an intrusive doubly linked list threaded through the occupied slots by `u32`
+//! indices, so taking the oldest connection, or any connection by id, unlinks it in
+//! O(1) with no stale entries, lazy deletion or compaction. Vacant slots form a free
+//! list and are reused before the slab grows, so it never holds more slots than the
+//! peak number of idle connections. (The Go package rebuilds its whole id channel on
+//! every take.)
+//!
+//! # Memory, with thousands idle
+//!
+//! A pool keeps its idle map for its whole life, so the map is built to cost little
+//! more than the connections it holds:
+//!
+//! - The slots live in **segments** of a fixed size (about 16 KiB; only the first one
+//!   grows, by doubling, so a small pool stays small). The slab grows by adding a
+//!   segment: nothing is copied, and no freed half of an outgrown array is left in the
+//!   allocator, as a `Vec` grown by doubling leaves one at every step.
+//! - The id index is a table of **bucket heads** (4 bytes each, one per idle
+//!   connection at most) whose chains run through the slots. An id is 4 bytes of
+//!   entropy written as 8 hex characters, so a slot stores the 4 bytes: the chain link
+//!   fits where the other 4 were, and a slot costs what it did without an index. A
+//!   hash table of `(id, index)` pairs cost 13 bytes a bucket at twice the live count,
+//!   and as much again freed while it grew.
 
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU32;
 
@@ -75,13 +87,26 @@ impl Link {
     }
 }
 
-/// One entry of the slab: an idle connection linked into the arrival list, or a free
-/// slot linked into the free list.
+/// An id as a slot keeps it: the 4 bytes whose hex it is.
+type Key = u32;
+
+fn key_of(id: &ConnId) -> Key {
+    Key::from_be_bytes(id.to_raw())
+}
+
+fn id_of(key: Key) -> ConnId {
+    ConnId::from_random(key.to_be_bytes())
+}
+
+/// One entry of the slab: an idle connection linked into the arrival list and into its
+/// bucket's chain, or a free slot linked into the free list.
 enum Slot<C> {
     Occupied {
-        id: ConnId,
+        key: Key,
         prev: Link,
         next: Link,
+        /// The next slot in the same bucket.
+        chain: Link,
         conn: C,
     },
     Vacant {
@@ -89,9 +114,25 @@ enum Slot<C> {
     },
 }
 
+/// About how many bytes a segment of slots takes.
+const SEGMENT_BYTES: usize = 16 * 1024;
+
+/// log2 of the slots in a segment: the most that fit in [`SEGMENT_BYTES`], at least one.
+const fn segment_shift(slot_bytes: usize) -> u32 {
+    let mut shift = 0;
+    while slot_bytes << (shift + 1) <= SEGMENT_BYTES {
+        shift += 1;
+    }
+    shift
+}
+
 /// The slab and its arrival list, without the id index.
 struct Slab<C> {
-    slots: Vec<Slot<C>>,
+    /// Every segment before the one slot `len` falls in is full; the ones after it
+    /// are empty (kept from an earlier fill).
+    segments: Vec<Vec<Slot<C>>>,
+    /// Slots in use, occupied or on the free list.
+    len: usize,
     /// The oldest connection.
     head: Link,
     /// The newest connection.
@@ -101,26 +142,58 @@ struct Slab<C> {
 }
 
 impl<C> Slab<C> {
-    fn with_capacity(n: usize) -> Self {
+    const SHIFT: u32 = segment_shift(std::mem::size_of::<Slot<C>>());
+    const SEGMENT: usize = 1 << Self::SHIFT;
+
+    fn new() -> Self {
         Self {
-            slots: Vec::with_capacity(n),
+            segments: Vec::new(),
+            len: 0,
             head: NIL,
             tail: NIL,
             free: NIL,
         }
     }
 
+    fn slot(&self, i: usize) -> &Slot<C> {
+        &self.segments[i >> Self::SHIFT][i & (Self::SEGMENT - 1)]
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut Slot<C> {
+        &mut self.segments[i >> Self::SHIFT][i & (Self::SEGMENT - 1)]
+    }
+
+    /// Appends a slot at index `len`: into the segment it falls in, which is allocated
+    /// at its full size unless it is the first (that one grows by doubling).
+    fn grow(&mut self, slot: Slot<C>) -> usize {
+        let i = self.len;
+        assert!(i < MAX_SLOTS, "idle map: more than 2^32 - 2 connections");
+        let s = i >> Self::SHIFT;
+        if s == self.segments.len() {
+            let segment = if s == 0 {
+                Vec::new()
+            } else {
+                Vec::with_capacity(Self::SEGMENT)
+            };
+            self.segments.push(segment);
+        }
+        self.segments[s].push(slot);
+        self.len += 1;
+        i
+    }
+
     /// Puts `conn` at the new end of the list, in a free slot if there is one.
-    fn push_back(&mut self, id: ConnId, conn: C) -> usize {
+    fn push_back(&mut self, key: Key, chain: Link, conn: C) -> usize {
         let slot = Slot::Occupied {
-            id,
+            key,
             prev: self.tail,
             next: NIL,
+            chain,
             conn,
         };
         let i = match self.free.get() {
             Some(i) => {
-                match std::mem::replace(&mut self.slots[i], slot) {
+                match std::mem::replace(self.slot_mut(i), slot) {
                     Slot::Vacant { next_free } => self.free = next_free,
                     Slot::Occupied { .. } => {
                         unreachable!("idle map: free list reached a live slot")
@@ -128,12 +201,7 @@ impl<C> Slab<C> {
                 }
                 i
             }
-            None => {
-                let i = self.slots.len();
-                assert!(i < MAX_SLOTS, "idle map: more than 2^32 - 2 connections");
-                self.slots.push(slot);
-                i
-            }
+            None => self.grow(slot),
         };
         let link = Link::to(i);
         match self.tail.get() {
@@ -144,17 +212,19 @@ impl<C> Slab<C> {
         i
     }
 
-    /// Unlinks slot `i`, frees it and gives back what it held.
-    fn remove(&mut self, i: usize) -> (ConnId, C) {
+    /// Unlinks slot `i` from the arrival list, frees it and gives back what it held
+    /// and its chain link. The caller has unlinked it from its bucket.
+    fn remove(&mut self, i: usize) -> (Key, C) {
         let vacant = Slot::Vacant {
             next_free: self.free,
         };
         let Slot::Occupied {
-            id,
+            key,
             prev,
             next,
             conn,
-        } = std::mem::replace(&mut self.slots[i], vacant)
+            ..
+        } = std::mem::replace(self.slot_mut(i), vacant)
         else {
             unreachable!("idle map: index pointed at a free slot")
         };
@@ -167,35 +237,52 @@ impl<C> Slab<C> {
             Some(n) => *self.prev_mut(n) = prev,
             None => self.tail = prev,
         }
-        (id, conn)
+        (key, conn)
     }
 
     fn next_mut(&mut self, i: usize) -> &mut Link {
-        match &mut self.slots[i] {
+        match self.slot_mut(i) {
             Slot::Occupied { next, .. } => next,
             Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
         }
     }
 
     fn prev_mut(&mut self, i: usize) -> &mut Link {
-        match &mut self.slots[i] {
+        match self.slot_mut(i) {
             Slot::Occupied { prev, .. } => prev,
             Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
         }
     }
 
-    #[cfg(test)]
+    fn chain_mut(&mut self, i: usize) -> &mut Link {
+        match self.slot_mut(i) {
+            Slot::Occupied { chain, .. } => chain,
+            Slot::Vacant { .. } => unreachable!("idle map: chain reached a free slot"),
+        }
+    }
+
+    /// The key of occupied slot `i` and the next slot in its chain.
+    fn key_and_chain(&self, i: usize) -> (Key, Link) {
+        match self.slot(i) {
+            Slot::Occupied { key, chain, .. } => (*key, *chain),
+            Slot::Vacant { .. } => unreachable!("idle map: chain reached a free slot"),
+        }
+    }
+
     /// The slot after `i` in arrival order.
     fn next_of(&self, i: usize) -> Option<usize> {
-        match &self.slots[i] {
+        match self.slot(i) {
             Slot::Occupied { next, .. } => next.get(),
             Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
         }
     }
 
-    /// Forgets every slot, keeping the allocation.
+    /// Forgets every slot, keeping the segments for the next fill.
     fn clear(&mut self) {
-        self.slots.clear();
+        for segment in &mut self.segments {
+            segment.clear();
+        }
+        self.len = 0;
         self.head = NIL;
         self.tail = NIL;
         self.free = NIL;
@@ -217,8 +304,11 @@ impl<C> Slab<C> {
 /// assert!(idle.is_empty());
 /// ```
 pub(crate) struct IdleMap<C> {
-    /// Id to slot index; always exactly the occupied slots.
-    index: HashMap<ConnId, u32, IdBuild>,
+    /// The first slot of each bucket's chain: a power of two of them, at least as many
+    /// as idle connections (none while nothing was ever idle).
+    buckets: Vec<Link>,
+    /// Idle connections: exactly the occupied slots.
+    len: usize,
     slab: Slab<C>,
 }
 
@@ -234,34 +324,94 @@ impl<C> std::fmt::Debug for IdleMap<C> {
     }
 }
 
-impl<C> IdleMap<C> {
-    /// An empty map.
-    pub(crate) fn new() -> Self {
-        Self::with_capacity(0)
-    }
+/// The fewest buckets a table has once it has any.
+const MIN_BUCKETS: usize = 8;
 
-    /// An empty map with room for `n` connections before it allocates again.
-    pub(crate) fn with_capacity(n: usize) -> Self {
+impl<C> IdleMap<C> {
+    /// An empty map; it allocates nothing until the first insert.
+    pub(crate) fn new() -> Self {
         Self {
-            index: HashMap::with_capacity_and_hasher(n, IdBuild::default()),
-            slab: Slab::with_capacity(n),
+            buckets: Vec::new(),
+            len: 0,
+            slab: Slab::new(),
         }
     }
 
     /// How many connections are idle.
     pub(crate) fn len(&self) -> usize {
-        self.index.len()
+        self.len
     }
 
     #[cfg(test)]
     /// Whether nothing is idle.
     pub(crate) fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len == 0
+    }
+
+    /// The bucket of `key`: Fibonacci hashing, the top bits of a multiplication (ids
+    /// are random, and their 4 bytes all reach the top bits).
+    fn bucket(&self, key: Key) -> usize {
+        let bits = self.buckets.len().trailing_zeros();
+        let mixed = u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> (64 - bits)) as usize
+    }
+
+    /// The slot holding `key`, if any.
+    fn find(&self, key: Key) -> Option<usize> {
+        if self.buckets.is_empty() {
+            return None;
+        }
+        let mut cur = self.buckets[self.bucket(key)];
+        while let Some(i) = cur.get() {
+            let (k, chain) = self.slab.key_and_chain(i);
+            if k == key {
+                return Some(i);
+            }
+            cur = chain;
+        }
+        None
+    }
+
+    /// Takes occupied slot `i` out of its bucket's chain.
+    fn unchain(&mut self, i: usize) {
+        let (key, after) = self.slab.key_and_chain(i);
+        let b = self.bucket(key);
+        let me = Link::to(i);
+        if self.buckets[b] == me {
+            self.buckets[b] = after;
+            return;
+        }
+        let mut cur = self.buckets[b];
+        while let Some(j) = cur.get() {
+            let (_, chain) = self.slab.key_and_chain(j);
+            if chain == me {
+                *self.slab.chain_mut(j) = after;
+                return;
+            }
+            cur = chain;
+        }
+        unreachable!("idle map: slot missing from its chain")
+    }
+
+    /// Doubles the buckets (or makes the first ones) and rechains every idle
+    /// connection: O(n), once per doubling of the idle count.
+    fn rehash(&mut self) {
+        let n = (self.buckets.len() * 2).max(MIN_BUCKETS);
+        self.buckets.clear();
+        self.buckets.resize(n, NIL);
+        let mut cur = self.slab.head.get();
+        while let Some(i) = cur {
+            let (key, _) = self.slab.key_and_chain(i);
+            let b = self.bucket(key);
+            *self.slab.chain_mut(i) = self.buckets[b];
+            self.buckets[b] = Link::to(i);
+            cur = self.slab.next_of(i);
+        }
     }
 
     /// Whether `id` is idle.
     pub(crate) fn contains(&self, id: &ConnId) -> bool {
-        self.index.contains_key(id)
+        self.find(key_of(id)).is_some()
     }
 
     /// Keeps `conn` under `id`. An id already present is a collision: the connection
@@ -271,46 +421,53 @@ impl<C> IdleMap<C> {
     ///
     /// If `u32::MAX - 1` connections are already idle.
     pub(crate) fn insert(&mut self, id: ConnId, conn: C) -> Result<(), C> {
-        match self.index.entry(id) {
-            MapEntry::Occupied(_) => Err(conn),
-            MapEntry::Vacant(v) => {
-                let i = self.slab.push_back(id, conn);
-                // `push_back` keeps every index below `MAX_SLOTS`, so it fits a u32.
-                v.insert(i as u32);
-                Ok(())
-            }
+        let key = key_of(&id);
+        if self.find(key).is_some() {
+            return Err(conn);
         }
+        if self.len == self.buckets.len() {
+            self.rehash();
+        }
+        let b = self.bucket(key);
+        let i = self.slab.push_back(key, self.buckets[b], conn);
+        self.buckets[b] = Link::to(i);
+        self.len += 1;
+        Ok(())
     }
 
     /// The connection with `id`, left in place.
     pub(crate) fn get_mut(&mut self, id: &ConnId) -> Option<&mut C> {
-        let i = *self.index.get(id)? as usize;
-        match self.slab.slots.get_mut(i) {
-            Some(Slot::Occupied { conn, .. }) => Some(conn),
-            _ => None,
+        let i = self.find(key_of(id))?;
+        match self.slab.slot_mut(i) {
+            Slot::Occupied { conn, .. } => Some(conn),
+            Slot::Vacant { .. } => None,
         }
+    }
+
+    /// Removes occupied slot `i` from the chain, the list and the count.
+    fn remove(&mut self, i: usize) -> (ConnId, C) {
+        self.unchain(i);
+        self.len -= 1;
+        let (key, conn) = self.slab.remove(i);
+        (id_of(key), conn)
     }
 
     /// Takes the connection with `id`.
     pub(crate) fn take(&mut self, id: &ConnId) -> Option<C> {
-        let i = self.index.remove(id)?;
-        Some(self.slab.remove(i as usize).1)
+        let i = self.find(key_of(id))?;
+        Some(self.remove(i).1)
     }
 
     /// Takes the connection that has been idle longest.
     pub(crate) fn take_oldest(&mut self) -> Option<(ConnId, C)> {
         let i = self.slab.head.get()?;
-        let (id, conn) = self.slab.remove(i);
-        self.index.remove(&id);
-        Some((id, conn))
+        Some(self.remove(i))
     }
 
     /// Takes the connection that arrived last.
     pub(crate) fn take_newest(&mut self) -> Option<(ConnId, C)> {
         let i = self.slab.tail.get()?;
-        let (id, conn) = self.slab.remove(i);
-        self.index.remove(&id);
-        Some((id, conn))
+        Some(self.remove(i))
     }
 
     /// Takes every connection, oldest first.
@@ -318,16 +475,21 @@ impl<C> IdleMap<C> {
         let mut out = Vec::with_capacity(self.len());
         let mut cur = self.slab.head.get();
         while let Some(i) = cur {
-            let slot = std::mem::replace(&mut self.slab.slots[i], Slot::Vacant { next_free: NIL });
-            let Slot::Occupied { id, next, conn, .. } = slot else {
+            let slot = std::mem::replace(self.slab.slot_mut(i), Slot::Vacant { next_free: NIL });
+            let Slot::Occupied {
+                key, next, conn, ..
+            } = slot
+            else {
                 unreachable!("idle map: list reached a free slot")
             };
-            out.push((id, conn));
+            out.push((id_of(key), conn));
             cur = next.get();
         }
-        // Every slot is vacant now; `clear` keeps the allocation for the next fill.
+        // Every slot is vacant now; `clear` keeps the segments and the buckets for the
+        // next fill.
         self.slab.clear();
-        self.index.clear();
+        self.buckets.fill(NIL);
+        self.len = 0;
         out
     }
 
@@ -341,14 +503,15 @@ impl<C> IdleMap<C> {
         let mut out = Vec::new();
         let mut cur = self.slab.head.get();
         while let Some(i) = cur {
-            let Slot::Occupied { id, next, conn, .. } = &mut self.slab.slots[i] else {
+            let Slot::Occupied {
+                key, next, conn, ..
+            } = self.slab.slot_mut(i)
+            else {
                 unreachable!("idle map: list reached a free slot")
             };
             cur = next.get();
-            if evict(id, conn) {
-                let (id, conn) = self.slab.remove(i);
-                self.index.remove(&id);
-                out.push((id, conn));
+            if evict(&id_of(*key), conn) {
+                out.push(self.remove(i));
             }
         }
         out
@@ -357,13 +520,8 @@ impl<C> IdleMap<C> {
     #[cfg(test)]
     /// Ids in arrival order (for tests and diagnostics).
     pub(crate) fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
-        std::iter::successors(self.slab.head.get(), |&i| self.slab.next_of(i)).map(|i| match &self
-            .slab
-            .slots[i]
-        {
-            Slot::Occupied { id, .. } => *id,
-            Slot::Vacant { .. } => unreachable!("idle map: list reached a free slot"),
-        })
+        std::iter::successors(self.slab.head.get(), |&i| self.slab.next_of(i))
+            .map(|i| id_of(self.slab.key_and_chain(i).0))
     }
 }
 
@@ -377,52 +535,103 @@ mod tests {
         ConnId::from_random(n.to_be_bytes())
     }
 
-    /// Checks the slab against itself: the list runs both ways over exactly the indexed
-    /// slots, and every other slot is on the free list.
+    /// Checks the slab against itself: the list runs both ways over exactly the
+    /// occupied slots, every occupied slot is in its bucket's chain once, every other
+    /// slot is on the free list, and the segments are full up to the last slot.
     fn check_invariants<C>(map: &IdleMap<C>) {
         let slab = &map.slab;
         let mut forward = Vec::new();
         let (mut prev, mut cur) = (NIL, slab.head);
         while let Some(i) = cur.get() {
             let Slot::Occupied {
-                id, prev: p, next, ..
-            } = &slab.slots[i]
+                key, prev: p, next, ..
+            } = slab.slot(i)
             else {
                 panic!("list reached free slot {i}");
             };
             assert_eq!(*p, prev, "back link of slot {i}");
-            assert_eq!(map.index.get(id).map(|&j| j as usize), Some(i));
+            assert_eq!(map.find(*key), Some(i));
             forward.push(i);
             (prev, cur) = (Link::to(i), *next);
         }
         assert_eq!(slab.tail, prev);
-        assert_eq!(forward.len(), map.index.len());
+        assert_eq!(forward.len(), map.len());
+        let chained: usize = (0..map.buckets.len())
+            .map(|b| {
+                let mut n = 0;
+                let mut cur = map.buckets[b];
+                while let Some(i) = cur.get() {
+                    let (key, chain) = slab.key_and_chain(i);
+                    assert_eq!(map.bucket(key), b, "slot {i} chained in the wrong bucket");
+                    n += 1;
+                    assert!(n <= slab.len, "chain loops");
+                    cur = chain;
+                }
+                n
+            })
+            .sum();
+        assert_eq!(chained, map.len());
+        assert!(map.buckets.len() >= map.len());
+        assert!(map.buckets.is_empty() || map.buckets.len().is_power_of_two());
         let mut free = 0;
         let mut cur = slab.free;
         while let Some(i) = cur.get() {
-            let Slot::Vacant { next_free } = &slab.slots[i] else {
+            let Slot::Vacant { next_free } = slab.slot(i) else {
                 panic!("free list reached live slot {i}");
             };
             free += 1;
-            assert!(free <= slab.slots.len(), "free list loops");
+            assert!(free <= slab.len, "free list loops");
             cur = *next_free;
         }
-        assert_eq!(forward.len() + free, slab.slots.len());
+        assert_eq!(forward.len() + free, slab.len);
+        let used: usize = slab.segments.iter().map(Vec::len).sum();
+        assert_eq!(used, slab.len);
+        for (s, segment) in slab.segments.iter().enumerate() {
+            let before = s * Slab::<C>::SEGMENT;
+            let want = slab.len.saturating_sub(before).min(Slab::<C>::SEGMENT);
+            assert_eq!(segment.len(), want, "segment {s}");
+        }
     }
 
     #[test]
     fn slots_carry_no_tag() {
         use std::mem::size_of;
-        // id 8 + two links 4 + 4 + the connection; the tag lives in a link's niche.
+        // key 4 + three links 4 + 4 + 4 + the connection; the tag lives in a link's
+        // niche, and the index costs the slot nothing.
         assert_eq!(size_of::<Slot<[u8; 48]>>(), 64);
         assert_eq!(size_of::<Slot<u64>>(), 24);
         assert!(size_of::<Slot<()>>() <= 16);
-        assert_eq!(size_of::<(ConnId, u32)>(), 12);
+    }
+
+    #[test]
+    fn the_slab_grows_by_whole_segments_and_the_index_with_the_count() {
+        type Map = IdleMap<[u8; 48]>;
+        let seg = Slab::<[u8; 48]>::SEGMENT;
+        assert_eq!(seg, 256, "64-byte slots, 16 KiB segments");
+        let mut map = Map::new();
+        assert_eq!(map.buckets.capacity() + map.slab.segments.capacity(), 0);
+        let n = 3 * seg + 5;
+        for k in 0..n as u32 {
+            map.insert(id(k), [0; 48]).unwrap();
+            // Never pre-sized: the buckets are the live count rounded up.
+            assert!(map.buckets.len() < 2 * map.len().max(MIN_BUCKETS / 2) + 1);
+        }
+        check_invariants(&map);
+        assert_eq!(map.slab.segments.len(), 4);
+        // Every segment after the first was made at its full size and never moved.
+        for segment in &map.slab.segments[1..] {
+            assert_eq!(segment.capacity(), seg);
+        }
+        assert_eq!(map.slab.segments[0].capacity(), seg);
+        for k in 0..n as u32 {
+            assert_eq!(map.take(&id(k)), Some([0; 48]));
+        }
+        check_invariants(&map);
     }
 
     #[test]
     fn drain_keeps_the_slab_usable() {
-        let mut map = IdleMap::with_capacity(4);
+        let mut map = IdleMap::new();
         for n in 0..10 {
             map.insert(id(n), n).unwrap();
         }
@@ -496,7 +705,7 @@ mod tests {
                     prop_assert!(map.contains(k));
                 }
                 peak = peak.max(model.len());
-                prop_assert!(map.slab.slots.len() <= peak);
+                prop_assert!(map.slab.len <= peak);
                 check_invariants(&map);
             }
             let rest: Vec<_> = model.into_iter().collect();
@@ -530,10 +739,10 @@ mod tests {
                 }
                 peak = peak.max(live.len());
                 prop_assert_eq!(map.len(), live.len());
-                prop_assert!(map.slab.slots.len() <= peak);
+                prop_assert!(map.slab.len <= peak);
             }
             check_invariants(&map);
-            prop_assert_eq!(map.slab.slots.len(), peak);
+            prop_assert_eq!(map.slab.len, peak);
         }
     }
 }

@@ -120,6 +120,21 @@ pub struct ServerMachine<C> {
     accept_failures: u32,
 }
 
+/// Room a queue or a set of handshakes keeps however empty it gets: below it nothing
+/// is given back.
+const SPARSE_ABOVE: usize = 64;
+
+/// Once three quarters of `queue`'s room are empty, keeps room for twice what it holds.
+/// A burst (a pool filling) then leaves no peak-sized queue behind for the pool's idle
+/// life, and the cost stays O(1) amortised: a shrink moves what the queue holds, after
+/// at least as many entries left it, and the next growth is as far away.
+fn shrink_when_sparse<T>(queue: &mut VecDeque<T>) {
+    let room = queue.capacity();
+    if room > SPARSE_ABOVE && queue.len() <= room / 4 {
+        queue.shrink_to((queue.len() * 2).max(SPARSE_ABOVE));
+    }
+}
+
 /// What one source holds.
 #[derive(Debug, Default)]
 struct Held {
@@ -360,7 +375,7 @@ impl<C> ServerMachine<C> {
     fn drop_settling(&mut self) -> usize {
         let n = self.settling.len();
         for (_, id, conn) in std::mem::take(&mut self.settling) {
-            self.pending_ids.remove(&id);
+            self.unreserve(&id);
             if let Some(source) = self.owner.remove(&id) {
                 self.release(source);
             }
@@ -394,7 +409,7 @@ impl<C> ServerMachine<C> {
         let source = self.live.get(&ticket.serial).copied();
         if !self.end(ticket.serial) {
             if let Some(id) = ticket.id {
-                self.pending_ids.remove(&id);
+                self.unreserve(&id);
             }
             let id = ticket.id.unwrap_or(ConnId::from_random([0; 4]));
             return self.common.close_later(id, conn);
@@ -404,21 +419,21 @@ impl<C> ServerMachine<C> {
             return self.common.close_later(ConnId::from_random([0; 4]), conn);
         };
         if self.common.closed {
-            self.pending_ids.remove(&id);
+            self.unreserve(&id);
             return self.common.close_later(id, conn);
         }
         if let Some(source) = source {
             if self.over_idle_quota(source) {
                 // Several handshakes of a source were admitted under its quota and
                 // finished together: the ones past it are closed.
-                self.pending_ids.remove(&id);
+                self.unreserve(&id);
                 self.common.counters.refused_quota += 1;
                 return self.common.close_later(id, conn);
             }
         }
         if self.kept() >= self.cfg.max_capacity {
             // More handshakes finished than the capacity has room for.
-            self.pending_ids.remove(&id);
+            self.unreserve(&id);
             self.common.counters.refused_full += 1;
             return self.common.close_later(id, conn);
         }
@@ -426,7 +441,7 @@ impl<C> ServerMachine<C> {
             self.own(id, source);
         }
         if self.cfg.settle.is_zero() {
-            self.pending_ids.remove(&id);
+            self.unreserve(&id);
             return self.land(id, conn, now);
         }
         // The id stays reserved while the connection settles.
@@ -455,7 +470,8 @@ impl<C> ServerMachine<C> {
     pub fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
         if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
             if let Some((_, id, conn)) = self.settling.remove(i) {
-                self.pending_ids.remove(&id);
+                shrink_when_sparse(&mut self.settling);
+                self.unreserve(&id);
                 self.common.counters.evicted_dead += 1;
                 if let Some(source) = self.owner.remove(&id) {
                     self.release(source);
@@ -475,9 +491,27 @@ impl<C> ServerMachine<C> {
             let Some((_, id, conn)) = self.settling.pop_front() else {
                 break;
             };
-            self.pending_ids.remove(&id);
+            self.unreserve(&id);
             self.land(id, conn, now);
         }
+        shrink_when_sparse(&mut self.settling);
+    }
+
+    /// The id of a handshake or settling connection is no longer reserved.
+    fn unreserve(&mut self, id: &ConnId) {
+        self.pending_ids.remove(id);
+        let room = self.pending_ids.capacity();
+        if room > SPARSE_ABOVE && self.pending_ids.len() <= room / 4 {
+            self.pending_ids
+                .shrink_to((self.pending_ids.len() * 2).max(SPARSE_ABOVE));
+        }
+    }
+
+    /// The room the settling queue and the reserved ids keep (for tests of their
+    /// shrinking).
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> (usize, usize) {
+        (self.settling.capacity(), self.pending_ids.capacity())
     }
 
     fn land(&mut self, id: ConnId, conn: C, now: Instant) {
@@ -497,7 +531,7 @@ impl<C> ServerMachine<C> {
     /// counted again.
     pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) {
         if let Some(id) = ticket.id {
-            self.pending_ids.remove(&id);
+            self.unreserve(&id);
         }
         if self.end(ticket.serial) {
             self.common.counters.count_failure(stage);

@@ -25,32 +25,38 @@
 //! assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![7]);
 //! ```
 
-use std::collections::HashMap;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
 
-/// The watched connections, by descriptor, each with the generation of its
-/// registration: `epoll` carries `generation << 32 | descriptor`, so one small map
-/// serves both the event and `unwatch`, and an event of an earlier connection on a
-/// reused descriptor number is told apart. (Two maps, by tag and by descriptor, cost
-/// 40 bytes of table per connection; this one 16 with a `u64` key.)
-struct Watched<K> {
-    next: u32,
-    by_fd: HashMap<RawFd, (u32, K)>,
-}
-
 /// An `epoll` set of connections watched for their peer's hang-up, each named by a
 /// key of the caller's (a pool's connection id).
+///
+/// # No table
+///
+/// The key itself is `epoll`'s 64-bit user data, so the set keeps nothing per
+/// connection beyond the kernel's own registration: a pool of thousands of idle
+/// connections pays no hash table for it (a table by descriptor cost 16 bytes a
+/// connection, twice that while it grew). A key is therefore any `Copy` value that
+/// converts to a `u64` and back (`Into<u64> + TryFrom<u64>`): small integers, or a
+/// pool's `ConnId`.
+///
+/// Without a table the set cannot hold back a report that raced with an
+/// [`unwatch`](Self::unwatch) on another thread: a key unwatched while
+/// [`wait`](Self::wait) was collecting may still come out of that `wait`, once. A
+/// caller that hands connections out concurrently checks that it still holds the key
+/// it is told about (a pool's core does: a report for a connection it no longer holds
+/// is ignored). A descriptor number reused by a new connection cannot be confused
+/// with the old one: the report names the key, not the descriptor.
 pub struct HangUps<K> {
     set: OwnedFd,
-    watched: Mutex<Watched<K>>,
     /// Whether readable bytes are reported too ([`HangUps::with_bytes`]).
     bytes: bool,
+    keys: PhantomData<fn(K) -> K>,
 }
 
 impl<K> std::fmt::Debug for HangUps<K> {
@@ -61,7 +67,7 @@ impl<K> std::fmt::Debug for HangUps<K> {
     }
 }
 
-impl<K: Copy> HangUps<K> {
+impl<K: Copy + Into<u64> + TryFrom<u64>> HangUps<K> {
     /// A new, empty set, watching for hang-ups only.
     pub fn new() -> io::Result<Self> {
         Self::build(false)
@@ -79,69 +85,39 @@ impl<K: Copy> HangUps<K> {
         Ok(Self {
             bytes,
             set: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-            watched: Mutex::new(Watched {
-                next: 0,
-                by_fd: HashMap::new(),
-            }),
+            keys: PhantomData,
         })
     }
 
-    fn watched(&self) -> MutexGuard<'_, Watched<K>> {
-        self.watched.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Watches `conn` for its peer's hang-up, reported once as `key`. Answers whether
-    /// it is watched (a failure leaves it to the caller's probes).
+    /// it is watched (a failure leaves it to the caller's probes). Watching a
+    /// connection again (reported, or still watched) re-arms it under the new key.
     pub fn watch(&self, key: K, conn: &impl AsFd) -> bool {
         let fd = conn.as_fd();
-        let raw = fd.as_raw_fd();
-        let mut w = self.watched();
-        // A descriptor number seen before belongs to a connection that was closed
-        // without `unwatch` (its registration went with it): the new entry replaces it.
-        w.next = w.next.wrapping_add(1);
-        let generation = w.next;
-        let data = (u64::from(generation) << 32) | u64::from(raw as u32);
         let mut flags = epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
         if self.bytes {
             flags |= epoll::EventFlags::IN;
         }
-        let data = epoll::EventData::new_u64(data);
+        let data = epoll::EventData::new_u64(key.into());
         // A connection reported before stays in the set, disarmed (`EPOLLONESHOT`):
-        // watching it again re-arms it.
-        let ok = match epoll::add(&self.set, fd, data, flags) {
+        // watching it again re-arms it. A closed descriptor left the set with its
+        // last close, so a new connection on a reused number is simply added.
+        match epoll::add(&self.set, fd, data, flags) {
             Err(rustix::io::Errno::EXIST) => epoll::modify(&self.set, fd, data, flags).is_ok(),
             r => r.is_ok(),
-        };
-        if ok {
-            w.by_fd.insert(raw, (generation, key));
-        } else {
-            w.by_fd.remove(&raw);
         }
-        ok
     }
 
-    /// Stops watching `conn` (handed out, or about to be closed).
+    /// Stops watching `conn` (handed out, or about to be closed). Harmless for a
+    /// connection that is not in the set.
     pub fn unwatch(&self, conn: &impl AsFd) {
-        let fd = conn.as_fd();
-        let mut w = self.watched();
-        if w.by_fd.remove(&fd.as_raw_fd()).is_some() {
-            let _ = epoll::delete(&self.set, fd);
-        }
-    }
-
-    /// Connections watched now.
-    pub fn len(&self) -> usize {
-        self.watched().by_fd.len()
-    }
-
-    /// Whether none is watched.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let _ = epoll::delete(&self.set, conn.as_fd());
     }
 
     /// The keys of the connections whose peers hung up, waiting at most `timeout`
     /// (`None`: until one does; zero: not at all). Each is reported once and is no
-    /// longer watched.
+    /// longer watched until [`watch`](Self::watch)ed again (see the type's docs for a
+    /// report that races with `unwatch`).
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<Vec<K>> {
         let mut events = Vec::with_capacity(256);
         let timeout = timeout.map(|d| Timespec {
@@ -153,20 +129,10 @@ impl<K: Copy> HangUps<K> {
             Err(rustix::io::Errno::INTR) => 0,
             Err(e) => return Err(e.into()),
         };
-        let mut w = self.watched();
+        // Every word came from a key through `into`, so it converts back.
         Ok(events[..n]
             .iter()
-            .filter_map(|e| {
-                let data = e.data.u64();
-                let (fd, generation) = (data as u32 as RawFd, (data >> 32) as u32);
-                match w.by_fd.get(&fd) {
-                    Some(&(g, key)) if g == generation => {
-                        w.by_fd.remove(&fd);
-                        Some(key)
-                    }
-                    _ => None,
-                }
-            })
+            .filter_map(|e| K::try_from(e.data.u64()).ok())
             .collect())
     }
 }
@@ -204,19 +170,17 @@ mod tests {
         let (b, b_peer) = pair();
         let (c, c_peer) = pair();
         assert!(set.watch(1u8, &a) && set.watch(2, &b) && set.watch(3, &c));
-        assert_eq!(set.len(), 3);
         a_peer.write_all(b"early bytes").unwrap();
         set.unwatch(&c);
+        set.unwatch(&c); // twice: harmless
         drop((b_peer, c_peer));
         assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![2]);
-        assert_eq!(set.len(), 1);
         assert!(set
             .wait(Some(Duration::from_millis(100)))
             .unwrap()
             .is_empty());
         drop(a_peer);
         assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![1]);
-        assert!(set.is_empty());
         drop((a, b, c));
     }
 
@@ -241,5 +205,27 @@ mod tests {
         assert!(set.watch(1, &a));
         assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![1]);
         drop((a, b));
+    }
+
+    #[test]
+    fn the_key_is_the_report_whole_and_a_reused_descriptor_is_a_new_key() {
+        let set = HangUps::<u64>::new().unwrap();
+        let (a, a_peer) = pair();
+        assert!(set.watch(u64::MAX - 1, &a));
+        drop(a_peer);
+        assert_eq!(
+            set.wait(Some(Duration::from_secs(5))).unwrap(),
+            vec![u64::MAX - 1]
+        );
+        // Closed while still in the set (reported, not unwatched): a new socket,
+        // perhaps on the same descriptor number, is reported under its own key.
+        drop(a);
+        let (b, b_peer) = pair();
+        assert!(set.watch(7, &b));
+        drop(b_peer);
+        assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![7]);
+        // Watched again while its peer is gone: reported again, under the new key.
+        assert!(set.watch(8, &b));
+        assert_eq!(set.wait(Some(Duration::from_secs(5))).unwrap(), vec![8]);
     }
 }

@@ -349,3 +349,32 @@ fn an_interval_near_the_maximum_duration_does_not_panic() {
         now = m.refill_at().expect("a round ahead");
     }
 }
+
+/// A burst of handshakes (a pool filling) grows the settling queue and the reserved ids
+/// to the burst's size; once they have settled, that room is given back, so an idle
+/// pool does not keep its fill's peak for life.
+#[test]
+fn a_settled_burst_leaves_no_peak_sized_queue_behind() {
+    let t0 = Instant::now();
+    let cfg = ServerConfig::builder()
+        .settle(MS(10))
+        .build()
+        .expect("valid");
+    let mut m = server(cfg, t0);
+    for conn in 0..600 {
+        let Admission::Admit(mut t) = m.handle_accept(t0, LOCAL, true) else {
+            panic!("admitted")
+        };
+        m.assign_id(&mut t);
+        m.handle_ready(t, conn, t0);
+    }
+    let (queue, ids) = m.room();
+    assert!(
+        queue >= 600 && ids >= 600,
+        "the burst's room: {queue}, {ids}"
+    );
+    m.handle_timeout(t0 + MS(10));
+    assert_eq!(m.idle(), 600);
+    let (queue, ids) = m.room();
+    assert!(queue <= 128 && ids <= 128, "room kept: {queue}, {ids}");
+}
