@@ -742,12 +742,44 @@ impl ServerPool {
     ///
     /// As [`start`](Self::start).
     pub async fn start_timeout(&self, timeout: Duration) -> Result<(ConnId, PoolConn), GetError> {
+        self.start_with(&[], timeout).await
+    }
+
+    /// [`start_timeout`](Self::start_timeout) with the session's first bytes: the
+    /// header and `first` leave in one write (one TCP segment, one TLS record), where a
+    /// start followed by a write of its own costs two of each. If the connection turns
+    /// out to be closed, the next one is tried with the same bytes.
+    ///
+    /// ```no_run
+    /// # async fn f(server: pool_tokio::ServerPool) -> Result<(), pool_tokio::GetError> {
+    /// let hello = b"GET / HTTP/1.1\r\n\r\n";
+    /// let (_id, conn) = server
+    ///     .start_with(hello, std::time::Duration::from_secs(2))
+    ///     .await?;
+    /// # drop(conn); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with(
+        &self,
+        first: &[u8],
+        timeout: Duration,
+    ) -> Result<(ConnId, PoolConn), GetError> {
         let deadline = pool_core::deadline_after(now(), timeout);
+        let mut message = Vec::with_capacity(pool_core::START.len() + first.len());
+        message.extend_from_slice(&pool_core::START);
+        message.extend_from_slice(first);
         loop {
             let left = deadline.saturating_duration_since(now());
             let (id, mut conn) = engine::get_for_user(self.inner(), Want::Any, left).await?;
             let write = async {
-                conn.write_all(&pool_core::START).await?;
+                conn.write_all(&message).await?;
                 conn.flush().await
             };
             match tokio::time::timeout(left, write).await {

@@ -206,3 +206,23 @@ async fn a_start_that_came_with_the_id_is_not_missed() {
     assert_eq!(&got, b"early session");
     drop(server.await.unwrap());
 }
+
+/// A start with its first bytes: the client's accept reads the bytes after the header,
+/// whole, in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_carries_its_first_bytes() {
+    for tls in [TlsMode::Off, TlsMode::SelfSigned] {
+        let (server, client) = pair(tls, 2);
+        assert!(client.wait_idle(2, T).await && server.wait_idle(2, T).await);
+        let first: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let (id, mut s) = server.start_with(&first, T).await.unwrap();
+        let mut c = client.accept_timeout(T).await.unwrap();
+        assert_eq!(c.id(), id);
+        let mut got = vec![0u8; first.len()];
+        c.read_exact(&mut got).await.unwrap();
+        assert!(got == first, "{tls:?}: the bytes after the header");
+        roundtrip(&mut s, &mut c).await;
+        client.close().await;
+        server.close().await;
+    }
+}

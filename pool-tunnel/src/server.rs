@@ -652,10 +652,13 @@ enum Pick {
 /// is lost while it waits.
 async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
     let mut control = shared.control.subscribe();
-    if gone(&user).await {
-        return false; // a connect/close flood costs no pooled connection
-    }
-    let mut sent = Vec::new();
+    // What the user sent already goes out with the start, in one write; a user that
+    // already closed costs no pooled connection (a connect/close flood).
+    let mut sent = vec![0u8; 16 * 1024];
+    let Some(n) = early_bytes(&user, &mut sent) else {
+        return false;
+    };
+    sent.truncate(n);
     let mut user_done = false;
     let (mut tries, mut silent) = (0, 0);
     let conn = loop {
@@ -668,7 +671,7 @@ async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
             _ => return false,
         };
         let Some(mut ctl) = ctl else { return false };
-        let Ok((_, conn)) = shared.pool.start_timeout(shared.t.get).await else {
+        let Ok((_, conn)) = shared.pool.start_with(&sent, shared.t.get).await else {
             return false;
         };
         if tries > 1 {
@@ -717,8 +720,9 @@ async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
     }
 }
 
-/// Sends the copy and then the user's bytes as they come on `conn` until the client's
-/// first byte (or the deadline, or control's end) says how the pick went.
+/// Sends the user's bytes as they come on `conn` (the copy of the earlier ones went
+/// with the start) until the client's first byte (or the deadline, or control's end)
+/// says how the pick went.
 async fn pick(
     shared: &Shared,
     user: &mut TcpStream,
@@ -727,9 +731,6 @@ async fn pick(
     sent: &mut Vec<u8>,
     user_done: &mut bool,
 ) -> Pick {
-    if !sent.is_empty() && conn.write_all(sent).await.is_err() {
-        return Pick::Dead;
-    }
     let deadline = Instant::now() + shared.t.ack;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -757,12 +758,22 @@ async fn pick(
     }
 }
 
-/// Whether the user already closed (EOF or error waiting, no byte pending), without
-/// waiting: the peek is polled once.
-async fn gone(user: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(
-        timeout(Duration::ZERO, user.peek(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+/// What the user has sent so far, read into `buf` without waiting (straight from the
+/// kernel: tokio's readiness for a socket just accepted is not known yet): how many
+/// bytes, 0 for none yet, `None` when the user already closed or failed.
+#[cfg(unix)]
+fn early_bytes(user: &TcpStream, buf: &mut [u8]) -> Option<usize> {
+    use rustix::io::Errno;
+    match rustix::io::read(user, buf) {
+        Ok(0) => None,
+        Ok(n) => Some(n),
+        Err(Errno::AGAIN | Errno::INTR) => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// Elsewhere: none read; a closed user is found by the relay.
+#[cfg(not(unix))]
+fn early_bytes(_user: &TcpStream, _buf: &mut [u8]) -> Option<usize> {
+    Some(0)
 }
