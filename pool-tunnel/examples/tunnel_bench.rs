@@ -25,6 +25,14 @@
 //! - `tunnel_rss_kib`: resident memory of both processes with 1,000 idle pooled
 //!   connections, on a fresh pair. Baseline: the same pair with 16.
 //!
+//! - `chain_mbps`, `chain_sessions_per_s`: the same download and sessions through a
+//!   **relay chain**: two processes in series (this binary, `--relay-child`), each
+//!   accepting, connecting onwards and relaying with the tunnel's own `splice(2)` relay
+//!   per session, with no pool, no proof and no id. That is the least any tunnel of two
+//!   processes does (the user's connection, one between the processes, the one to the
+//!   service), so it is the ceiling a two-process tunnel with this relay can reach here.
+//!   `chain_copy_mbps`: the same chain relaying with `tokio::io::copy_bidirectional`.
+//!   Baseline: straight to the service.
 //! - `relay_copy_mbps`, `relay_splice_mbps`: one download through one relay in this
 //!   process, the userspace copy (the TLS path) and `splice(2)` (the plain path).
 //!   Baseline: `tokio::io::copy_bidirectional`.
@@ -258,6 +266,127 @@ async fn relay_mbps(service: SocketAddr, kind: Relay, bytes: u64) -> Res<f64> {
     let mbps = download(entry, bytes).await;
     let _ = relay.await;
     Ok(mbps)
+}
+
+/// `--relay-child LISTEN UPSTREAM [copy]`: this binary as one link of the relay chain.
+/// It accepts on `LISTEN`, connects to `UPSTREAM` for each connection and relays the
+/// two with the tunnel's plain relay (`splice(2)`), or with `copy` with
+/// `tokio::io::copy_bidirectional`, until it is killed, or for [`RELAY_CHILD_LIFE`] at
+/// most (a child whose bench died does not outlive it for long).
+async fn relay_child(listen: &str, upstream: &str, copy: bool) -> Res<()> {
+    let l = TcpListener::bind(listen).await?;
+    let upstream: SocketAddr = upstream.parse()?;
+    println!("relay: ready");
+    let serve = async {
+        loop {
+            let Ok((user, _)) = l.accept().await else {
+                // Out of descriptors, say: wait for some to close, without spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = user.set_nodelay(true);
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = up.set_nodelay(true);
+                if copy {
+                    let (mut user, mut up) = (user, up);
+                    let _ = tokio::io::copy_bidirectional(&mut user, &mut up).await;
+                    return;
+                }
+                let traffic = pool_tunnel::relay::Traffic::default();
+                let limits = pool_tunnel::relay::RelayLimits::default();
+                pool_tunnel::relay::relay_tcp(user, up, limits, &traffic).await;
+            });
+        }
+    };
+    let _ = tokio::time::timeout(RELAY_CHILD_LIFE, serve).await;
+    Ok(())
+}
+
+/// How long a `--relay-child` lives at most.
+const RELAY_CHILD_LIFE: Duration = Duration::from_secs(600);
+
+/// The relay chain in front of `target`: two `--relay-child` processes in series
+/// (relaying with `copy_bidirectional` if `copy`), and the address a user connects to.
+async fn relay_chain(target: SocketAddr, copy: bool) -> Res<(SocketAddr, [Proc; 2])> {
+    let me = std::env::current_exe()?;
+    let (near, far) = (free_addr(), free_addr());
+    let mut procs = Vec::new();
+    for (listen, up) in [(far, target), (near, far)] {
+        let mut args = vec!["--relay-child".into(), listen.to_string(), up.to_string()];
+        if copy {
+            args.push("copy".into());
+        }
+        let mut p = Proc::spawn(&me, &args)?;
+        p.wait_line("relay: ready", Duration::from_secs(10))
+            .await
+            .ok_or("a relay child did not start")?;
+        procs.push(p);
+    }
+    let [a, b]: [Proc; 2] = procs.try_into().map_err(|_| "two relays")?;
+    Ok((near, [a, b]))
+}
+
+/// Which figures [`chain_figures`] measures.
+#[derive(Clone, Copy, PartialEq)]
+enum ChainRun {
+    Download,
+    Sessions,
+    Both,
+}
+
+/// `chain_mbps`, `chain_copy_mbps` and `chain_sessions_per_s` (see the module docs),
+/// each against the direct baseline measured beside it.
+async fn chain_figures(
+    target: SocketAddr,
+    run: ChainRun,
+    bytes: u64,
+    quick: bool,
+    secs: f64,
+) -> Res<Vec<Figure>> {
+    let (entry, procs) = relay_chain(target, false).await?;
+    let what = "two relay processes in series, accept + connect + relay per session, no pool";
+    let mut out = Vec::new();
+    if run != ChainRun::Sessions {
+        let (copy_entry, copy_procs) = relay_chain(target, true).await?;
+        let rounds = if quick { 1 } else { 5 };
+        let (mut direct, mut chain, mut copy) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            direct.push(download(target, bytes).await);
+            chain.push(download(entry, bytes).await);
+            copy.push(download(copy_entry, bytes).await);
+        }
+        let direct = median(&mut direct);
+        let how = format!(
+            "median of {rounds} alternated with the baseline; baseline: straight from the service"
+        );
+        out.push(
+            Figure::vs("chain_mbps", median(&mut chain), "MB/s", direct)
+                .note(format!("{what} (the tunnel's splice relay); {how}")),
+        );
+        out.push(
+            Figure::vs("chain_copy_mbps", median(&mut copy), "MB/s", direct)
+                .note(format!("{what} (tokio::io::copy_bidirectional); {how}")),
+        );
+        for p in copy_procs {
+            p.stop().await;
+        }
+    }
+    if run != ChainRun::Download {
+        let base = sessions(target, 64, secs).await;
+        let sps = sessions(entry, 64, secs).await;
+        out.push(
+            Figure::vs("chain_sessions_per_s", sps, "1/s", base).note(format!(
+                "{what} (splice); 64 at once, 1 KiB each way; baseline: straight to the service"
+            )),
+        );
+    }
+    for p in procs {
+        p.stop().await;
+    }
+    Ok(out)
 }
 
 fn free_addr() -> SocketAddr {
@@ -546,6 +675,14 @@ async fn rathole(
 #[tokio::main]
 async fn main() -> Res<()> {
     let mut args = std::env::args().skip(1);
+    if std::env::args().nth(1).as_deref() == Some("--relay-child") {
+        let (listen, up) = (std::env::args().nth(2), std::env::args().nth(3));
+        let (Some(listen), Some(up)) = (listen, up) else {
+            return Err("--relay-child LISTEN UPSTREAM".into());
+        };
+        let copy = std::env::args().nth(4).as_deref() == Some("copy");
+        return relay_child(&listen, &up, copy).await;
+    }
     let (mut quick, mut mode, mut delay_ms, mut json, mut peer) = (false, 0u8, 25u64, None, None);
     let (mut sessions_only, mut download_only) = (false, false);
     while let Some(a) = args.next() {
@@ -591,6 +728,7 @@ async fn main() -> Res<()> {
         figures.push(download_figure(target, pair.public, dl_bytes, quick, mode).await);
         client.stop().await;
         pair.server.stop().await;
+        figures.extend(chain_figures(target, ChainRun::Download, dl_bytes, quick, secs).await?);
         let _ = std::fs::remove_dir_all(&dir);
         return publish(figures, json, quick);
     }
@@ -609,6 +747,7 @@ async fn main() -> Res<()> {
         );
         client.stop().await;
         pair.server.stop().await;
+        figures.extend(chain_figures(target, ChainRun::Sessions, dl_bytes, quick, secs).await?);
         let _ = std::fs::remove_dir_all(&dir);
         return publish(figures, json, quick);
     }
@@ -665,6 +804,7 @@ async fn main() -> Res<()> {
     );
     client.stop().await;
     pair.server.stop().await;
+    figures.extend(chain_figures(target, ChainRun::Both, dl_bytes, quick, secs).await?);
 
     // Memory, on a fresh pair: 16 idle pooled connections, then 1,000.
     let pair = Pair::start(&dir.join("memory"), mode).await?;
