@@ -76,6 +76,13 @@ impl PoolStream {
         self.tls_state()?.negotiated_cipher_suite()
     }
 
+    /// Whether the TLS handshake was full or resumed a session from an earlier one
+    /// (a client pool keeps the server's session tickets and its next dials resume:
+    /// no certificate is sent, signed or checked again). `None` on a plain stream.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.tls_state()?.handshake_kind()
+    }
+
     /// The certificate chain the peer presented, leaf first: the server's on a client
     /// pool's connection; on a server pool's, the client's if client authentication was
     /// configured (`tls_config`), else `None`. `None` on a plain stream.
@@ -172,6 +179,12 @@ impl PoolConn {
     /// The TLS cipher suite negotiated, `None` on a plain stream.
     pub fn cipher_suite(&self) -> Option<SupportedCipherSuite> {
         self.stream.cipher_suite()
+    }
+
+    /// Full or resumed TLS handshake, `None` on a plain stream (see
+    /// [`PoolStream::handshake_kind`]).
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.stream.handshake_kind()
     }
 
     /// The certificate chain the peer presented, leaf first; `None` on a plain stream

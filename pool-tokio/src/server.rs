@@ -298,13 +298,11 @@ impl ServerPoolBuilder {
             Tls::Cert(cert) => (Some(cert.config()?), Some(cert.fingerprint())),
             Tls::Config(c) => (Some(c), None),
         };
-        // No session tickets: nothing is resumed on a pooled connection, and unread
-        // tickets on an idle socket would hide a peer's close from the probe.
-        let acceptor = tls_config.map(|c| {
-            let mut c = (*c).clone();
-            c.send_tls13_tickets = 0;
-            Arc::new(c)
-        });
+        // Session tickets as the config says (rustls's default: two per handshake), so
+        // that a client pool's next dials resume instead of running a full handshake.
+        // They reach the client before the id; any a client has not read yet are
+        // records the probe processes (`PoolConn::liveness`), never payload.
+        let acceptor = tls_config;
         let listener = {
             let _guard = rt.enter();
             let io = |source| BuildError::Io {

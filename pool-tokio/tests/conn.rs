@@ -8,6 +8,10 @@ use pool_tokio::{rustls, ClientPool, PoolStream, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn tls_pair() -> (ServerPool, ClientPool) {
+    tls_pair_of(2)
+}
+
+fn tls_pair_of(capacity: usize) -> (ServerPool, ClientPool) {
     let server = ServerPool::builder()
         .bind(loopback())
         .tls_mode(TlsMode::SelfSigned)
@@ -17,7 +21,7 @@ fn tls_pair() -> (ServerPool, ClientPool) {
         .address(server.local_addr())
         .tls_mode(TlsMode::SelfSigned)
         .pin(server.fingerprint().unwrap())
-        .capacity(2, 2)
+        .capacity(capacity, capacity)
         .build()
         .unwrap();
     (server, client)
@@ -137,4 +141,39 @@ async fn both_ends_carry_their_pools_socket_options() {
         assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(9)));
         assert_eq!(c.keepalive_time().unwrap(), Duration::from_secs(77));
     }
+}
+
+/// The client pool's later dials resume the session of an earlier one (both ends agree
+/// on which), and a resumed connection waits idle with nothing unread: the tickets
+/// that came with it are records, and the probe still sees the server's close.
+#[tokio::test]
+async fn later_tls_dials_resume_and_a_resumed_idle_connection_holds_nothing_unread() {
+    use rustls::HandshakeKind::Resumed;
+    let (server, client) = tls_pair_of(2);
+    let mut resumed = Vec::new();
+    // Bounded: the first fill runs full handshakes; the refills that follow have
+    // tickets from them.
+    for _ in 0..12 {
+        let (id, s) = server.get_timeout(T).await.unwrap();
+        let c = client.get_timeout(id, T).await.unwrap();
+        assert_eq!(s.handshake_kind(), c.handshake_kind(), "both ends agree");
+        if c.handshake_kind() == Some(Resumed) {
+            resumed.push((s, c));
+        }
+    }
+    assert!(
+        resumed.len() >= 6,
+        "{} of 12 connections resumed",
+        resumed.len()
+    );
+    let (s, mut c) = resumed.pop().unwrap();
+    assert_eq!(c.liveness(), pool_tokio::Liveness::Idle);
+    drop(s);
+    assert!(
+        eventually(|| matches!(
+            c.liveness(),
+            pool_tokio::Liveness::Closed | pool_tokio::Liveness::Dead(_)
+        ))
+        .await
+    );
 }

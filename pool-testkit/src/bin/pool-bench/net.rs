@@ -22,7 +22,8 @@ pub(crate) const LOOPBACK: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 /// One certificate and both rustls ends, configured as the pool configures them: TLS 1.3
-/// only, mode 1 (no verification on the client), no session tickets on the server.
+/// only, mode 1 (no verification on the client), rustls's session tickets and
+/// resumption as they come.
 #[derive(Clone)]
 pub(crate) struct Tls {
     pub(crate) cert: ServerTls,
@@ -33,8 +34,7 @@ pub(crate) struct Tls {
 impl Tls {
     pub(crate) fn new() -> Res<Self> {
         let cert = ServerTls::self_signed(["localhost"])?;
-        let mut server = (*cert.config()?).clone();
-        server.send_tls13_tickets = 0; // as the server pool does
+        let server = (*cert.config()?).clone();
         let client = ClientTlsBuilder::new(TlsMode::SelfSigned)
             .build()?
             .ok_or("mode 1 builds a client config")?;
