@@ -182,16 +182,32 @@ async fn download_figure(
     quick: bool,
     mode: u8,
 ) -> Figure {
-    let rounds = if quick { 1 } else { 5 };
-    let (mut direct, mut tunnel) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        direct.push(download(target, bytes).await);
-        tunnel.push(download(public, bytes).await);
-    }
-    Figure::vs("tunnel_mbps", median(&mut tunnel), "MB/s", median(&mut direct)).note(format!(
+    let (rounds, tunnel, direct) = alternated(target, &[public], bytes, quick).await;
+    Figure::vs("tunnel_mbps", tunnel[0], "MB/s", direct).note(format!(
         "mode {mode}, a {} MB download, median of {rounds} alternated with the baseline; baseline: straight from the service",
         bytes / 1_000_000
     ))
+}
+
+/// Downloads of `bytes` through each of `entries`, alternated with downloads straight
+/// from `target`, five rounds (one with `quick`): how many rounds, the median rate
+/// through each entry, and the direct one's.
+async fn alternated(
+    target: SocketAddr,
+    entries: &[SocketAddr],
+    bytes: u64,
+    quick: bool,
+) -> (usize, Vec<f64>, f64) {
+    let rounds = if quick { 1 } else { 5 };
+    let (mut through, mut direct) = (vec![Vec::new(); entries.len()], Vec::new());
+    for _ in 0..rounds {
+        direct.push(download(target, bytes).await);
+        for (runs, e) in through.iter_mut().zip(entries) {
+            runs.push(download(*e, bytes).await);
+        }
+    }
+    let medians = through.iter_mut().map(|r| median(r)).collect();
+    (rounds, medians, median(&mut direct))
 }
 
 /// The median of `v` (0 when empty).
@@ -351,23 +367,17 @@ async fn chain_figures(
     let mut out = Vec::new();
     if run != ChainRun::Sessions {
         let (copy_entry, copy_procs) = relay_chain(target, true).await?;
-        let rounds = if quick { 1 } else { 5 };
-        let (mut direct, mut chain, mut copy) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            direct.push(download(target, bytes).await);
-            chain.push(download(entry, bytes).await);
-            copy.push(download(copy_entry, bytes).await);
-        }
-        let direct = median(&mut direct);
+        let (rounds, chains, direct) = alternated(target, &[entry, copy_entry], bytes, quick).await;
+        let (chain, copy) = (chains[0], chains[1]);
         let how = format!(
             "median of {rounds} alternated with the baseline; baseline: straight from the service"
         );
         out.push(
-            Figure::vs("chain_mbps", median(&mut chain), "MB/s", direct)
+            Figure::vs("chain_mbps", chain, "MB/s", direct)
                 .note(format!("{what} (the tunnel's splice relay); {how}")),
         );
         out.push(
-            Figure::vs("chain_copy_mbps", median(&mut copy), "MB/s", direct)
+            Figure::vs("chain_copy_mbps", copy, "MB/s", direct)
                 .note(format!("{what} (tokio::io::copy_bidirectional); {how}")),
         );
         for p in copy_procs {
@@ -755,7 +765,6 @@ async fn main() -> Res<()> {
     // Baselines: straight to the service (through a proxy with the delay for ttfb).
     let direct_wan = FaultProxy::start(target, wan()).await?;
     let base_ttfb = ttfb(direct_wan.addr(), &arrivals, n_ttfb, 1_000_000).await;
-    let base_mbps = download(target, dl_bytes).await;
     let base_sps = sessions(target, 64, secs).await;
 
     // The relay alone, in this process: each kind against the raw relay.
@@ -851,8 +860,12 @@ async fn main() -> Res<()> {
             let dir = dir.join(format!("{name}-0"));
             let (public, procs, _wan) = rathole(&path, &dir, target, Duration::ZERO, noise).await?;
             let note = format!("rathole, {what}");
-            let mbps = download(public, dl_bytes).await;
-            figures.push(Figure::vs(&format!("{name}_mbps"), mbps, "MB/s", base_mbps).note(&note));
+            let (rounds, mbps, direct) = alternated(target, &[public], dl_bytes, quick).await;
+            figures.push(
+                Figure::vs(&format!("{name}_mbps"), mbps[0], "MB/s", direct).note(format!(
+                    "{note}; median of {rounds} alternated with the baseline, as ours"
+                )),
+            );
             let sps = sessions(public, 64, secs).await;
             figures.push(
                 Figure::vs(&format!("{name}_sessions_per_s"), sps, "1/s", base_sps).note(note),
