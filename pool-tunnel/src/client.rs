@@ -20,9 +20,11 @@ use tracing::{debug, info, warn};
 
 use crate::protocol::{
     client_handshake, default_control, fresh_session, send_token, split_host_port, Session,
-    Timeouts, REACHED, TARGET_FAILED,
+    Timeouts, REACHED, REACHED_WITH_ANSWER, TARGET_FAILED,
 };
-use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
+use crate::relay::{
+    peer_socket_options, relay_led, relay_tcp_led, Lead, RelayEnd, RelayLimits, Traffic,
+};
 use crate::server::BoxIo;
 use crate::stats::{bump, ClientSnapshot, ClientStats};
 use crate::BoxError;
@@ -358,13 +360,15 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         }
     };
     let _ = peer_socket_options().apply_tcp(&target);
-    if conn.write_all(&[REACHED]).await.is_err() {
-        return false;
-    }
+    // The ack goes with the target's first answer (one write), or alone if that is slow.
+    let ack = Some(Lead {
+        byte: REACHED,
+        within: REACHED_WITH_ANSWER,
+    });
     let traffic = Traffic::default();
     let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp(tcp, target, s.relay, &traffic).await,
-        tls => relay(tls, target, s.relay, &traffic).await,
+        PoolStream::Plain(tcp) => relay_tcp_led(tcp, target, s.relay, &traffic, ack).await,
+        tls => relay_led(tls, target, s.relay, &traffic, ack).await,
     };
     s.stats
         .bytes_down

@@ -72,8 +72,17 @@ fn control_context(session: &Session) -> Vec<u8> {
 /// and keeps until this byte comes back (see `server.rs`, `REPLAY_MAX`). It travels
 /// just ahead of the target's first bytes. Past it the server forgets its copy, so a
 /// byte the target may have seen is never sent twice. Not a proof: the connection
-/// proved the key when it entered the pool.
+/// proved the key when it entered the pool. The client writes it in the same write as
+/// the target's first answer when that comes within [`REACHED_WITH_ANSWER`], else alone.
 pub const REACHED: u8 = 0x06;
+/// How long the client holds [`REACHED`] back for the target's first answer to go with
+/// it. Most targets answer a request within it, and the server then wakes once for the
+/// ack and the answer; one that does not costs the server this much longer holding its
+/// copy (and reading no more than [`REPLAY_MAX`](crate::server::REPLAY_MAX) of the
+/// user's bytes meanwhile). The user's bytes go on to the target at once: a pooled
+/// connection that dies after the target saw them and before the ack arrived has them
+/// replayed on a fresh target connection, a window of the ack's trip plus at most this.
+pub const REACHED_WITH_ANSWER: Duration = Duration::from_millis(10);
 /// The byte the client writes on a pooled connection instead of [`REACHED`] when the
 /// target cannot be reached: the server closes the user at once and retries nothing.
 pub const TARGET_FAILED: u8 = 0x15;

@@ -46,6 +46,19 @@ pub enum RelayEnd {
     HalfClosed,
 }
 
+/// A byte a relay writes to its `a` side before anything from `b`: in the same write as
+/// `b`'s first bytes when they come within `within`, else alone once `within` has
+/// passed (or as soon as `b` ends). The tunnel's client acknowledges a session this way
+/// ([`REACHED`](crate::protocol::REACHED)): the acknowledgement travels with the
+/// target's first answer, one segment and one wake-up of the server fewer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lead {
+    /// The byte.
+    pub byte: u8,
+    /// How long it waits for `b`'s first bytes.
+    pub within: Duration,
+}
+
 /// Bytes moved so far, readable while the relay runs.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -76,12 +89,31 @@ async fn copy_one<R, W>(
     count: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
+    lead: Option<Lead>,
 ) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 64 * 1024];
+    if let Some(lead) = lead {
+        buf[0] = lead.byte;
+        // `read` is cancel-safe: a read the deadline drops has taken nothing.
+        let (n, ended) = match tokio::time::timeout(lead.within, r.read(&mut buf[1..])).await {
+            Ok(Ok(0)) => (0, true),
+            Ok(Ok(n)) => (n, false),
+            Ok(Err(_)) => return false,
+            Err(_) => (0, false),
+        };
+        if w.write_all(&buf[..1 + n]).await.is_err() || w.flush().await.is_err() {
+            return false;
+        }
+        count.fetch_add(n as u64, Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        if ended {
+            return w.shutdown().await.is_ok();
+        }
+    }
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => break,
@@ -105,11 +137,26 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_led(a, b, limits, traffic, None).await
+}
+
+/// [`relay`], writing `lead` to `a` first (see [`Lead`]).
+pub async fn relay_led<A, B>(
+    a: A,
+    b: B,
+    limits: RelayLimits,
+    traffic: &Traffic,
+    lead: Option<Lead>,
+) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    let up = copy_one(ar, bw, &traffic.a_to_b, &traffic.last, start);
-    let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start);
+    let up = copy_one(ar, bw, &traffic.a_to_b, &traffic.last, start, None);
+    let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start, lead);
     drive(up, down, start, limits, traffic).await
 }
 
@@ -121,16 +168,28 @@ pub async fn relay_tcp(
     limits: RelayLimits,
     traffic: &Traffic,
 ) -> RelayEnd {
+    relay_tcp_led(a, b, limits, traffic, None).await
+}
+
+/// [`relay_tcp`], writing `lead` to `a` first (see [`Lead`]). On Linux the lead and
+/// `b`'s first bytes go through this process in one write; the rest is spliced.
+pub async fn relay_tcp_led(
+    a: TcpStream,
+    b: TcpStream,
+    limits: RelayLimits,
+    traffic: &Traffic,
+    lead: Option<Lead>,
+) -> RelayEnd {
     #[cfg(target_os = "linux")]
     {
         let start = Instant::now();
-        let up = splice::one_way(&a, &b, &traffic.a_to_b, &traffic.last, start);
-        let down = splice::one_way(&b, &a, &traffic.b_to_a, &traffic.last, start);
+        let up = splice::one_way(&a, &b, &traffic.a_to_b, &traffic.last, start, None);
+        let down = splice::one_way(&b, &a, &traffic.b_to_a, &traffic.last, start, lead);
         drive(up, down, start, limits, traffic).await
     }
     #[cfg(not(target_os = "linux"))]
     {
-        relay(a, b, limits, traffic).await
+        relay_led(a, b, limits, traffic, lead).await
     }
 }
 
@@ -196,6 +255,8 @@ mod splice {
     use tokio::net::TcpStream;
     use tokio::time::Instant;
 
+    use super::Lead;
+
     /// At most this much in the pipe at once (the default pipe size).
     const CHUNK: usize = 64 * 1024;
 
@@ -243,14 +304,27 @@ mod splice {
         })
     }
 
-    /// Moves `from` → `to` until EOF (then half-closes `to`) or an error.
+    /// Moves `from` → `to` until EOF (then half-closes `to`) or an error, after `lead`.
     pub(super) async fn one_way(
         from: &TcpStream,
         to: &TcpStream,
         count: &AtomicU64,
         last: &AtomicU64,
         start: Instant,
+        lead: Option<Lead>,
     ) -> bool {
+        if let Some(lead) = lead {
+            match lead_with_first(from, to, lead).await {
+                Some((n, ended)) => {
+                    count.fetch_add(n as u64, Relaxed);
+                    last.store(start.elapsed().as_millis() as u64, Relaxed);
+                    if ended {
+                        return rustix::net::shutdown(to, rustix::net::Shutdown::Write).is_ok();
+                    }
+                }
+                None => return false,
+            }
+        }
         let Ok(pipe) = take_pipe() else {
             return false;
         };
@@ -261,6 +335,43 @@ mod splice {
             give_back(pipe);
         }
         ok
+    }
+
+    /// Writes `lead` to `to` with what `from` sends within `lead.within` (read here,
+    /// at most 16 KiB), or alone: the bytes of `from` it carried, and whether `from`
+    /// already ended. `None` on an error.
+    async fn lead_with_first(
+        from: &TcpStream,
+        to: &TcpStream,
+        lead: Lead,
+    ) -> Option<(usize, bool)> {
+        let mut buf = vec![0u8; 1 + 16 * 1024];
+        buf[0] = lead.byte;
+        let first = async {
+            loop {
+                from.readable().await?;
+                match from.try_read(&mut buf[1..]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            }
+        };
+        let (n, ended) = match tokio::time::timeout(lead.within, first).await {
+            Ok(Ok(0)) => (0, true),
+            Ok(Ok(n)) => (n, false),
+            Ok(Err(_)) => return None,
+            Err(_) => (0, false),
+        };
+        let mut out = &buf[..1 + n];
+        while !out.is_empty() {
+            to.writable().await.ok()?;
+            match to.try_write(out) {
+                Ok(m) => out = &out[m..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+        Some((n, ended))
     }
 
     /// The loop of [`one_way`] over `pipe`; true at EOF, with the pipe empty.
@@ -413,6 +524,97 @@ mod tests {
         );
         assert_eq!(end.expect("the relay ends"), RelayEnd::Error);
         assert_eq!(splice::drop_spare_pipes(), 0);
+    }
+
+    const LEAD: u8 = 0x06;
+
+    /// `f`, which must end within 10 s.
+    async fn bound<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("ends within 10 s")
+    }
+
+    /// A lead goes to `a` in the same write as `b`'s first bytes when they come in
+    /// time, alone when `b` stays silent past `within`, and just before the end when
+    /// `b` ends first; the relay then carries on as usual. `tcp` picks the plain TCP
+    /// relay (splice on Linux), else the generic one.
+    async fn a_lead_goes_with_the_first_bytes_or_alone(tcp: bool) {
+        let run = |a: TcpStream, b: TcpStream, within: Duration| {
+            let lead = Some(Lead { byte: LEAD, within });
+            tokio::spawn(async move {
+                let t = Traffic::default();
+                let end = if tcp {
+                    relay_tcp_led(a, b, RelayLimits::default(), &t, lead).await
+                } else {
+                    relay_led(a, b, RelayLimits::default(), &t, lead).await
+                };
+                (end, t.b_to_a.load(Relaxed))
+            })
+        };
+        // In time: one write, so the first read has the lead and the answer.
+        let (mut a_peer, a) = tcp_pair().await;
+        let (b, mut b_peer) = tcp_pair().await;
+        let relay = run(a, b, Duration::from_secs(10));
+        a_peer.write_all(b"question").await.unwrap();
+        let mut q = [0u8; 8];
+        b_peer.read_exact(&mut q).await.unwrap();
+        // The question reached `b`, and the lead is still held back for the answer.
+        let mut peek = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        let held = rustix::net::recv(&a_peer, &mut peek, flags);
+        assert_eq!(
+            held.err(),
+            Some(rustix::io::Errno::AGAIN),
+            "nothing before the answer"
+        );
+        b_peer.write_all(b"answer").await.unwrap();
+        let mut first = [0u8; 64];
+        let n = bound(a_peer.read(&mut first)).await.unwrap();
+        assert_eq!(
+            &first[..n],
+            b"\x06answer",
+            "the lead and the answer in one read"
+        );
+        drop((a_peer, b_peer));
+        let (_, moved) = bound(relay).await.unwrap();
+        assert_eq!(moved, 6, "the lead is not counted as relayed");
+        // Silent past `within`: the lead alone, then the relay as usual.
+        let (mut a_peer, a) = tcp_pair().await;
+        let (b, mut b_peer) = tcp_pair().await;
+        let relay = run(a, b, Duration::from_millis(20));
+        let mut one = [0u8; 1];
+        bound(a_peer.read_exact(&mut one)).await.unwrap();
+        assert_eq!(one, [LEAD]);
+        b_peer.write_all(b"late").await.unwrap();
+        b_peer.shutdown().await.unwrap();
+        a_peer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        bound(a_peer.read_to_end(&mut rest)).await.unwrap();
+        assert_eq!(rest, b"late");
+        let (end, moved) = bound(relay).await.unwrap();
+        assert_eq!((end, moved), (RelayEnd::Done, 4));
+        // `b` ends before a byte: the lead, then the end.
+        let (mut a_peer, a) = tcp_pair().await;
+        let (b, mut b_peer) = tcp_pair().await;
+        let relay = run(a, b, Duration::from_secs(10));
+        b_peer.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        bound(a_peer.read_to_end(&mut all)).await.unwrap();
+        assert_eq!(all, [LEAD]);
+        drop((a_peer, b_peer));
+        bound(relay).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tcp_relay_leads_with_the_first_bytes_or_alone() {
+        let _one = SPLICE.lock().await;
+        a_lead_goes_with_the_first_bytes_or_alone(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_copy_relay_leads_with_the_first_bytes_or_alone() {
+        a_lead_goes_with_the_first_bytes_or_alone(false).await;
     }
 
     #[tokio::test(start_paused = true)]
