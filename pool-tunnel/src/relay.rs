@@ -99,11 +99,9 @@ where
     if let Some(lead) = lead {
         buf[0] = lead.byte;
         // `read` is cancel-safe: a read the deadline drops has taken nothing.
-        let (n, ended) = match tokio::time::timeout(lead.within, r.read(&mut buf[1..])).await {
-            Ok(Ok(0)) => (0, true),
-            Ok(Ok(n)) => (n, false),
-            Ok(Err(_)) => return false,
-            Err(_) => (0, false),
+        let first = tokio::time::timeout(lead.within, r.read(&mut buf[1..])).await;
+        let Some((n, ended)) = lead_outcome(first) else {
+            return false;
         };
         if w.write_all(&buf[..1 + n]).await.is_err() || w.flush().await.is_err() {
             return false;
@@ -128,6 +126,20 @@ where
         last.store(start.elapsed().as_millis() as u64, Relaxed);
     }
     w.shutdown().await.is_ok()
+}
+
+/// What waiting for `b`'s first bytes under a [`Lead`]'s deadline gave: how many were
+/// read and whether `b` ended instead; a deadline that passed is none read, not ended.
+/// `None` on an error.
+fn lead_outcome(
+    first: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+) -> Option<(usize, bool)> {
+    match first {
+        Ok(Ok(0)) => Some((0, true)),
+        Ok(Ok(n)) => Some((n, false)),
+        Ok(Err(_)) => None,
+        Err(_) => Some((0, false)),
+    }
 }
 
 /// Relays `a` ⇄ `b` until both directions end or a limit is reached; half-closes pass
@@ -356,12 +368,7 @@ mod splice {
                 }
             }
         };
-        let (n, ended) = match tokio::time::timeout(lead.within, first).await {
-            Ok(Ok(0)) => (0, true),
-            Ok(Ok(n)) => (n, false),
-            Ok(Err(_)) => return None,
-            Err(_) => (0, false),
-        };
+        let (n, ended) = super::lead_outcome(tokio::time::timeout(lead.within, first).await)?;
         let mut out = &buf[..1 + n];
         while !out.is_empty() {
             to.writable().await.ok()?;
