@@ -523,11 +523,11 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
     let engine = &inner.engine;
     let closing = engine.rt().cancel.is_cancelled();
     match &res {
-        Ok(_) => engine.log.succeed(),
+        Ok(_) => engine.log().succeed(),
         Err((stage, e)) => {
             span.in_scope(|| debug!(?stage, error = %e, "dial failed"));
             if !closing {
-                engine.log.fail(*stage, e.clone(), inner.dialer.target());
+                engine.log().fail(*stage, e.clone(), inner.dialer.target());
             }
         }
     }
@@ -557,7 +557,7 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
         engine.driver.idle_ready(id);
     }
     if !was && now_off && !closing {
-        let failing = engine.log.failing();
+        let failing = engine.log().failing();
         warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");
     } else if was && !now_off {
         warn!("client pool recovered: a dial succeeded");

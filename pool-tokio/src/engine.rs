@@ -33,11 +33,13 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     /// Starts a dial (the client's work; a server never gets one).
     fn dial(self: Arc<Self>, ticket: DialTicket);
     /// Whether an idle connection may be handed out; never loses a byte.
-    fn alive(conn: &mut PoolConn) -> bool {
-        Self::peek(conn) != Peek::Dead
+    fn alive(conn: &mut PoolConn, log: &FailureLog) -> bool {
+        Self::peek(conn, log) != Peek::Dead
     }
-    /// A peek that tells quiet from bytes waiting; never loses a byte.
-    fn peek(conn: &mut PoolConn) -> Peek {
+    /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
+    /// wrong with a peer that once passed its handshake goes in `log`.
+    fn peek(conn: &mut PoolConn, log: &FailureLog) -> Peek {
+        let _ = log;
         match conn.liveness() {
             pool_net::Liveness::Idle => Peek::Quiet,
             pool_net::Liveness::Pending => Peek::Pending,
@@ -68,6 +70,8 @@ pub(crate) struct Rt<S> {
     handle: tokio::runtime::Handle,
     /// The cancel token of each dial or handshake under way, by ticket serial.
     running: Mutex<HashMap<u64, CancellationToken>>,
+    /// The pool's last background failure (here, where a peek can note one).
+    pub(crate) log: FailureLog,
     /// The held connections' `epoll` set (`None`: not watched, the sweep finds dead
     /// peers).
     #[cfg(target_os = "linux")]
@@ -82,10 +86,10 @@ impl<S: Side> Platform for Rt<S> {
         now()
     }
     fn alive(&self, conn: &mut PoolConn) -> bool {
-        S::alive(conn)
+        S::alive(conn, &self.log)
     }
     fn peek(&self, conn: &mut PoolConn) -> Peek {
-        S::peek(conn)
+        S::peek(conn, &self.log)
     }
     fn watch_again(&self, id: ConnId, conn: &PoolConn) {
         self.watch(id, conn);
@@ -155,7 +159,6 @@ impl Reply<PoolConn> for Sender {
 pub(crate) struct Engine<S: Side> {
     pub(crate) driver: Driver<S::M, Rt<S>>,
     name: Box<str>,
-    pub(crate) log: FailureLog,
     waits: WaitTotals,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::Publisher,
@@ -179,6 +182,7 @@ impl<S: Side> Engine<S> {
             tasks: TaskTracker::new(),
             handle,
             running: Mutex::new(HashMap::new()),
+            log: FailureLog::new(S::CLIENT),
             #[cfg(target_os = "linux")]
             watch: match watch {
                 WatchFor::Nothing => None,
@@ -189,7 +193,6 @@ impl<S: Side> Engine<S> {
         Self {
             driver: Driver::new(m, rt),
             name: name.into(),
-            log: FailureLog::new(S::CLIENT),
             waits: WaitTotals::default(),
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Publisher::new(S::CLIENT, name),
@@ -206,6 +209,11 @@ impl<S: Side> Engine<S> {
         return self.rt().watch.is_some();
         #[cfg(not(target_os = "linux"))]
         false
+    }
+
+    /// The pool's last background failure and the run it belongs to.
+    pub(crate) fn log(&self) -> &FailureLog {
+        &self.rt().log
     }
 
     /// The pool's name.
@@ -248,7 +256,7 @@ impl<S: Side> Engine<S> {
         Stats {
             status,
             counters,
-            last_failure: self.log.last(),
+            last_failure: self.log().last(),
             get_wait: self.waits.total(),
             gets_waited: self.waits.count(),
             client: S::CLIENT,
@@ -337,7 +345,7 @@ pub(crate) async fn get_for_user<S: Side>(
         .metrics
         .get_wait
         .record(now().saturating_duration_since(start));
-    let failing = || engine.log.failing_since(start).map(Box::new);
+    let failing = || engine.log().failing_since(start).map(Box::new);
     res.map_err(|e| crate::GetError::from_core(e, want, failing, start))
 }
 

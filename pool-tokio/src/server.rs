@@ -18,6 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::conn::{PoolConn, PoolStream};
 use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
 use crate::error::{BuildError, GetError, StepError};
+use crate::failures::FailureLog;
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
 use crate::tls::TlsConn;
@@ -412,13 +413,21 @@ impl Side for Inner {
     /// from a pool client until the application takes it, so bytes pending on it come
     /// from something else. Pending bytes that open a TLS record (a client in the wrong
     /// mode), or pending bytes behind which the peer already closed, make it dead.
-    fn peek(conn: &mut PoolConn) -> pool_core::driver::Peek {
+    ///
+    /// A TLS record is that client's handshake failing late (its ClientHello came
+    /// after the id was written): it goes in the log as the mismatch it is, so a get
+    /// that times out names it.
+    fn peek(conn: &mut PoolConn, log: &FailureLog) -> pool_core::driver::Peek {
         use pool_core::driver::Peek;
         match conn.liveness() {
             pool_net::Liveness::Pending if !conn.is_tls() => {
                 let mut first = [0u8; 3];
                 let tls = pool_net::peek_now(conn.tcp(), &mut first)
                     .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]));
+                if tls {
+                    let peer = conn.tcp().peer_addr().ok();
+                    log.fail(Stage::Protocol, StepError::ClientSpeaksTls, peer);
+                }
                 if tls || pool_net::peer_closed(conn.tcp()) {
                     Peek::Dead
                 } else {
@@ -506,12 +515,12 @@ async fn handshake(
     match &res {
         Ok(conn) => {
             span.in_scope(|| debug!(id = %conn.id, "handshake done"));
-            engine.log.succeed();
+            engine.log().succeed();
         }
         Err((stage, e)) => {
             span.in_scope(|| debug!(?stage, error = %e, evicted, "handshake failed"));
             if !evicted && !engine.rt().cancel.is_cancelled() {
-                engine.log.fail(*stage, e.clone(), Some(peer));
+                engine.log().fail(*stage, e.clone(), Some(peer));
             }
         }
     }
@@ -552,7 +561,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             // Seen by a get that times out: a filter that shuts out the real client
             // names itself.
             engine
-                .log
+                .log()
                 .fail(Stage::Connect, StepError::Filtered, Some(peer));
         }
         // Aborts the handshake this one evicted, if any.

@@ -141,6 +141,50 @@ async fn a_tls_client_against_a_plain_server_is_named_on_both_sides() {
     server.close().await;
 }
 
+/// The late half of the race above, made certain: a client whose ClientHello comes
+/// only after its connection went idle. Finding it is that handshake failing late, and
+/// a get that then times out names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_on_an_idle_plain_connection_is_named_by_the_get() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .sweep_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    // The id: 8 hex characters.
+    let mut id = [0u8; 8];
+    tokio::time::timeout(T, raw.read_exact(&mut id))
+        .await
+        .expect("the server writes an id")
+        .unwrap();
+    assert!(server.wait_idle(1, T).await, "{}", server.stats());
+    // The first bytes of a TLS record, as a ClientHello opens one; the socket stays
+    // open, so only the bytes tell.
+    raw.write_all(&[0x16, 0x03, 0x01, 0x00, 0x2f])
+        .await
+        .unwrap();
+    let err = server
+        .get_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let stats = server.stats();
+    report(
+        "ClientHello on an idle plain connection",
+        Duration::ZERO,
+        &err,
+    );
+    assert_eq!(stats.counters.evicted_dead, 1, "{stats}");
+    assert!(err.to_string().contains("client speaks TLS"), "{err}");
+    let last = stats.last_failure.as_ref().expect("the mismatch is noted");
+    assert_eq!(last.stage, Stage::Protocol, "{stats}");
+    drop(raw);
+    server.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_that_shuts_out_the_client_names_itself() {
     // The README sample's filter, with a client on loopback.
