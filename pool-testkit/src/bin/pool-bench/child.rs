@@ -68,6 +68,10 @@ pub(crate) fn child_main(args: &[String]) -> Res<()> {
             num(2)? as usize,
             Duration::from_secs_f64(num(3)?),
         )?,
+        "scale-raw-server" => crate::scale::raw_server(num(1)? as usize)?,
+        "scale-raw-client" => {
+            crate::scale::raw_client(args.get(1).ok_or("missing address")?, num(2)? as usize)?
+        }
         _ => return Err(format!("unknown child {kind}").into()),
     };
     let line: Vec<String> = values.iter().map(|v| format!("{v}")).collect();

@@ -91,6 +91,7 @@ pub(crate) fn client(addr: &str, n: usize, secs: Duration) -> Res<Vec<f64>> {
         let cpu = idle_cpu(secs).await;
         tokio::time::sleep(CHURN + Duration::from_secs(2)).await;
         let st = client.stats();
+        server_gone().await;
         client.close().await;
         Ok(vec![
             fill,
@@ -102,11 +103,89 @@ pub(crate) fn client(addr: &str, n: usize, secs: Duration) -> Res<Vec<f64>> {
     })
 }
 
-/// Both children at `n` pairs: (server values, client values).
-fn run(n: usize, secs: f64) -> Res<(Vec<f64>, Vec<f64>)> {
+/// A client child closes its connections only after the server child closed its own
+/// ends (the parent closes the client's stdin once the server exited): the side that
+/// closes first keeps each connection in TIME_WAIT, and 16,384 of them on the client's
+/// ports would slow every later run's connects, the kernel skipping them in its search
+/// for a free ephemeral port. Bounded: 60 s.
+async fn server_gone() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own, left behind if the bound passes (the process exits soon).
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(60), rx).await;
+}
+
+/// The raw server child: accepts `n` connections (blocking accepts, on a listener with
+/// the pool server's backlog), writes 8 bytes on each as the pool writes an id, and
+/// holds them; the time from its address line to the last accept (s). Bounded: the
+/// process ends after 120 s whatever happens.
+pub(crate) fn raw_server(n: usize) -> Res<Vec<f64>> {
+    use std::io::Write;
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(120));
+        eprintln!("raw server: not every connection came in 120 s");
+        std::process::exit(1);
+    });
+    let l = pool_net::bind_listener(LOOPBACK, 1024)?;
+    l.set_nonblocking(false)?;
+    println!("ADDR {}", l.local_addr()?);
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        let (mut c, _) = l.accept()?;
+        c.write_all(b"0123abcd")?;
+        held.push(c);
+    }
+    Ok(vec![start.elapsed().as_secs_f64()])
+}
+
+/// The raw client child: connects `n` times to `addr` and reads the 8 bytes each, 64
+/// at once as the client pool dials, and holds them; the time to the last (s). Reading
+/// the bytes paces it as the pool is paced, by the server's accepts: connects alone
+/// would run ahead of them and overflow the listen queue.
+pub(crate) fn raw_client(addr: &str, n: usize) -> Res<Vec<f64>> {
+    use tokio::io::AsyncReadExt;
+    let addr: std::net::SocketAddr = addr.parse()?;
+    runtime().block_on(async {
+        let start = Instant::now();
+        let mut held = Vec::with_capacity(n);
+        let mut dialing = tokio::task::JoinSet::new();
+        let mut started = 0;
+        while held.len() < n {
+            while started < n && dialing.len() < 64 {
+                dialing.spawn(async move {
+                    let mut c = tokio::net::TcpStream::connect(addr).await?;
+                    c.read_exact(&mut [0u8; 8]).await?;
+                    Ok::<_, std::io::Error>(c)
+                });
+                started += 1;
+            }
+            let done = tokio::time::timeout(Duration::from_secs(120), dialing.join_next())
+                .await
+                .map_err(|_| format!("raw client: {} of {n} connected", held.len()))?;
+            held.push(done.ok_or("no connect under way")???);
+        }
+        let took = start.elapsed().as_secs_f64();
+        server_gone().await;
+        drop(held);
+        Ok(vec![took])
+    })
+}
+
+/// Both children of `kind` (`scale` for the pools, `scale-raw` for raw sockets) at `n`
+/// pairs: (server values, client values), `len` values each.
+fn run(kind: &str, n: usize, secs: f64, len: usize) -> Res<(Vec<f64>, Vec<f64>)> {
     let exe = std::env::current_exe()?;
     let mut server = Command::new(&exe)
-        .args(["--child", "scale-server", &n.to_string(), &secs.to_string()])
+        .args([
+            "--child",
+            &format!("{kind}-server"),
+            &n.to_string(),
+            &secs.to_string(),
+        ])
         .stdout(Stdio::piped())
         .spawn()?;
     let mut lines = BufReader::new(server.stdout.take().ok_or("no stdout")?).lines();
@@ -118,14 +197,15 @@ fn run(n: usize, secs: f64) -> Res<(Vec<f64>, Vec<f64>)> {
             break a.to_owned();
         }
     };
-    let client = Command::new(&exe)
+    let mut client = Command::new(&exe)
         .args([
             "--child",
-            "scale-client",
+            &format!("{kind}-client"),
             &addr,
             &n.to_string(),
             &secs.to_string(),
         ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
     let parse = |line: &str| -> Vec<f64> {
@@ -139,14 +219,16 @@ fn run(n: usize, secs: f64) -> Res<(Vec<f64>, Vec<f64>)> {
             s = Some(parse(r));
         }
     }
+    let _ = server.wait();
+    // The server's ends are closed: the client may close its own (see `server_gone`).
+    drop(client.stdin.take());
     let out = client.wait_with_output()?;
     let c = String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("RESULT ").map(parse));
-    let _ = server.wait();
     match (s, c) {
-        (Some(s), Some(c)) if s.len() == 5 && c.len() == 5 => Ok((s, c)),
-        _ => Err(format!("scale children at {n} gave no result").into()),
+        (Some(s), Some(c)) if s.len() == len && c.len() == len => Ok((s, c)),
+        _ => Err(format!("{kind} children at {n} gave no result").into()),
     }
 }
 
@@ -156,8 +238,13 @@ pub(crate) fn scale(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
     } else {
         (4096, 16384, 10.0)
     };
-    let (s4, c4) = run(small, secs)?;
-    let (s16, c16) = run(large, secs)?;
+    // Raw sockets first, at both sizes: what the kernel costs alone.
+    let (rs4, rc4) = run("scale-raw", small, 0.0, 1)?;
+    let (rs16, rc16) = run("scale-raw", large, 0.0, 1)?;
+    let (raw4, raw16) = (rs4[0].max(rc4[0]), rs16[0].max(rc16[0]));
+    eprintln!("  raw fill: {raw4:.3} s at {small}, {raw16:.3} s at {large}");
+    let (s4, c4) = run("scale", small, secs, 5)?;
+    let (s16, c16) = run("scale", large, secs, 5)?;
     eprintln!("  scale {small}: server {s4:?} client {c4:?}");
     eprintln!("  scale {large}: server {s16:?} client {c16:?}");
     let k = |n: usize| {
@@ -179,6 +266,18 @@ pub(crate) fn scale(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
         .note(note(&format!(
             "time to {large} idle pairs, client pool dialing 64 at once"
         ))),
+    );
+    out.push(
+        Figure::vs(
+            &format!("scale_fill_vs_raw_s_{b}"),
+            s16[0].max(c16[0]),
+            "s",
+            raw16,
+        )
+        .note(format!(
+            "time to {large} idle pairs; baseline: {large} raw connects, accepts and 8-byte \
+                 reads, 64 at once, two processes, same run (raw at {small}: {raw4:.3} s)"
+        )),
     );
     out.push(
         Figure::vs(
