@@ -21,6 +21,8 @@ const NAMES: &[&str] = &[
     "down_cpu_pct",
     "adapt_real_flash_at_once_pct",
     "adapt_real_flash_at_once_pct_threads",
+    "scale_fill_s_1k",
+    "scale_fill_vs_raw_s_1k",
 ];
 
 #[test]
