@@ -27,7 +27,16 @@ pub(crate) async fn server_auth(
         conn.flush().await?;
         let mut response = [0u8; RESPONSE_LEN];
         conn.read_exact(&mut response).await?;
-        let confirm = proof.check_response(&response)?;
+        let confirm = proof.check_response(&response).map_err(|e| {
+            // A plain server's TLS client: its ClientHello came where the response
+            // goes. Asked only of a response that failed (a good one may begin so too).
+            let plain = matches!(conn.stream, PoolStream::Plain(_));
+            if plain && pool_net::looks_like_tls(&response) {
+                StepError::ClientSpeaksTls
+            } else {
+                StepError::from(e)
+            }
+        })?;
         conn.write_all(&confirm).await?;
         conn.flush().await?;
         Ok(())

@@ -478,9 +478,10 @@ impl Inner {
             write.await.map_err(StepError::from)
         })
         .await?;
-        if let PoolStream::Plain(tcp) = &conn.stream {
+        if let (PoolStream::Plain(tcp), None) = (&conn.stream, &self.key) {
             // A client in TLS mode sends its ClientHello at once: if it is already
             // here, say so now (it would otherwise sit idle until the client gives up).
+            // With a key the proof reads those bytes as its response and names them.
             let mut first = [0u8; 3];
             if pool_net::peek_now(tcp, &mut first)
                 .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]))
@@ -490,7 +491,12 @@ impl Inner {
         }
         if let Some(key) = &self.key {
             let auth = Box::pin(crate::auth::server_auth(&mut conn, key, wire.as_ref()));
-            step(token, Stage::Auth, auth).await?;
+            step(token, Stage::Auth, auth)
+                .await
+                .map_err(|(stage, e)| match e {
+                    StepError::ClientSpeaksTls => (Stage::Protocol, e),
+                    e => (stage, e),
+                })?;
         }
         Ok(conn)
     }

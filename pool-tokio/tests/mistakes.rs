@@ -185,6 +185,44 @@ async fn a_client_hello_on_an_idle_plain_connection_is_named_by_the_get() {
     server.close().await;
 }
 
+/// With a tunnel key the server skips its early look for a ClientHello: the proof reads
+/// those bytes as the client's response, and a response that fails and opens a TLS
+/// record names the mode mismatch, not a wrong key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_plain_server_names_a_client_hello_where_the_proof_goes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = pool_tokio::TunnelKey::generate().unwrap();
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .tunnel_key(key)
+        .build()
+        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    // The id (8 hex characters) and the challenge (32 bytes), then a ClientHello's
+    // opening where the 64-byte response goes.
+    let mut id_and_challenge = [0u8; 8 + 32];
+    tokio::time::timeout(T, raw.read_exact(&mut id_and_challenge))
+        .await
+        .expect("the server writes an id and a challenge")
+        .unwrap();
+    let mut hello = [0u8; 96];
+    hello[..5].copy_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x5b]);
+    raw.write_all(&hello).await.unwrap();
+    let err = server
+        .get_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let stats = server.stats();
+    report("ClientHello at a keyed plain server", Duration::ZERO, &err);
+    assert_eq!(stats.counters.protocol_mismatches, 1, "{stats}");
+    assert_eq!(stats.counters.auth_failures, 0, "{stats}");
+    assert!(err.to_string().contains("client speaks TLS"), "{err}");
+    drop(raw);
+    server.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_that_shuts_out_the_client_names_itself() {
     // The README sample's filter, with a client on loopback.
