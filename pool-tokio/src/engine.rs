@@ -37,9 +37,9 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
         Self::peek(conn, log) != Peek::Dead
     }
     /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
-    /// wrong with a peer that once passed its handshake goes in `log`.
-    fn peek(conn: &mut PoolConn, log: &FailureLog) -> Peek {
-        let _ = log;
+    /// wrong with a peer that once passed its handshake goes in the log (the server's
+    /// does; this default finds nothing to note).
+    fn peek(conn: &mut PoolConn, _log: &FailureLog) -> Peek {
         match conn.liveness() {
             pool_net::Liveness::Idle => Peek::Quiet,
             pool_net::Liveness::Pending => Peek::Pending,

@@ -141,26 +141,33 @@ async fn a_tls_client_against_a_plain_server_is_named_on_both_sides() {
     server.close().await;
 }
 
+/// A raw TCP client of `server` that has read the first `n` bytes the server wrote.
+async fn raw_client_after(server: &ServerPool, n: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; n];
+    tokio::time::timeout(T, raw.read_exact(&mut first))
+        .await
+        .expect("the server writes its first bytes")
+        .unwrap();
+    raw
+}
+
 /// The late half of the race above, made certain: a client whose ClientHello comes
 /// only after its connection went idle. Finding it is that handshake failing late, and
 /// a get that then times out names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hello_on_an_idle_plain_connection_is_named_by_the_get() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = ServerPool::builder()
         .bind(loopback())
         .sweep_interval(Duration::from_millis(50))
         .build()
         .unwrap();
-    let mut raw = tokio::net::TcpStream::connect(server.local_addr())
-        .await
-        .unwrap();
     // The id: 8 hex characters.
-    let mut id = [0u8; 8];
-    tokio::time::timeout(T, raw.read_exact(&mut id))
-        .await
-        .expect("the server writes an id")
-        .unwrap();
+    let mut raw = raw_client_after(&server, 8).await;
     assert!(server.wait_idle(1, T).await, "{}", server.stats());
     // The first bytes of a TLS record, as a ClientHello opens one; the socket stays
     // open, so only the bytes tell.
@@ -190,23 +197,16 @@ async fn a_client_hello_on_an_idle_plain_connection_is_named_by_the_get() {
 /// record names the mode mismatch, not a wrong key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_plain_server_names_a_client_hello_where_the_proof_goes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let key = pool_tokio::TunnelKey::generate().unwrap();
     let server = ServerPool::builder()
         .bind(loopback())
         .tunnel_key(key)
         .build()
         .unwrap();
-    let mut raw = tokio::net::TcpStream::connect(server.local_addr())
-        .await
-        .unwrap();
     // The id (8 hex characters) and the challenge (32 bytes), then a ClientHello's
     // opening where the 64-byte response goes.
-    let mut id_and_challenge = [0u8; 8 + 32];
-    tokio::time::timeout(T, raw.read_exact(&mut id_and_challenge))
-        .await
-        .expect("the server writes an id and a challenge")
-        .unwrap();
+    let mut raw = raw_client_after(&server, 8 + 32).await;
     let mut hello = [0u8; 96];
     hello[..5].copy_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x5b]);
     raw.write_all(&hello).await.unwrap();
