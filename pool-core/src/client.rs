@@ -29,8 +29,8 @@
 //! Under [`Refill::GoFill`] (the [`GoBehaviour`](crate::GoBehaviour) baseline) the
 //! machine refills as the Go package does instead: at the start of a round it makes as
 //! many dials as the capacity lacks connections (idle, or out for a probe), one at a
-//! time (a failure counts as one of them), the next round one interval after the last came back, and no
-//! back-off.
+//! time (a failure counts as one of them); the next round starts one interval after the
+//! last dial came back, and there is no back-off.
 //!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
 //! the server is unreachable rather than unlucky. The machine then backs off: no more
