@@ -26,11 +26,12 @@
 //! ([`Adapt::parallelism`]). [`GoRules`](crate::GoRules) does neither: as in the Go
 //! package, a capacity that falls only stops the refill.
 //!
-//! Under [`Refill::GoFill`] (the [`GoBehaviour`](crate::GoBehaviour) baseline) the
+//! Under [`Refill::GoFill`] (a policy's [`Adapt::refill`], such as the scoreboard's
+//! Go-behaviour baseline) the
 //! machine refills as the Go package does instead: at the start of a round it makes as
 //! many dials as the capacity lacks connections (idle, or out for a probe), one at a
-//! time (a failure counts as one of them), the next round one interval after the last came back, and no
-//! back-off.
+//! time (a failure counts as one of them); the next round starts one interval after the
+//! last dial came back, and there is no back-off.
 //!
 //! A run of failures as long as the parallelism (or the capacity, if smaller) means
 //! the server is unreachable rather than unlucky. The machine then backs off: no more
@@ -315,7 +316,7 @@ impl<C> ClientMachine<C> {
         } else if !urgent {
             self.created?; // no round has run yet
             let full = self.common.held() >= self.capacity;
-            let parallelism = self.dial_limit();
+            let parallelism = self.top_up_limit();
             if self.backing_off() {
                 if !self.probe || in_flight > 0 || full {
                     return None;
@@ -409,7 +410,7 @@ impl<C> ClientMachine<C> {
             self.failed += 1;
             self.failures = self.failures.saturating_add(1);
             if self.backing_off() {
-                let beyond = self.failures - self.backoff_threshold() + 1;
+                let beyond = self.failures - self.unreachable_after() + 1;
                 let jitter = self.common.random.next_u32();
                 self.backoff = backoff(&self.cfg, beyond, jitter);
                 // The next probe waits at least the backoff from this failure.
@@ -428,7 +429,13 @@ impl<C> ClientMachine<C> {
 
     /// Consecutive failures that mean "unreachable": the parallelism, or the capacity
     /// when smaller (the pool cannot see more failures at once than it has dials).
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn backoff_threshold(&self) -> u32 {
+        self.unreachable_after()
+    }
+
+    fn unreachable_after(&self) -> u32 {
         let n = self.cfg.parallelism.min(self.capacity).max(1);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -436,7 +443,7 @@ impl<C> ClientMachine<C> {
     /// Whether the pool is backing off: one probe per round until a dial succeeds.
     /// Never under [`Refill::GoFill`], which has no back-off.
     pub fn backing_off(&self) -> bool {
-        self.mode != Refill::GoFill && self.failures >= self.backoff_threshold()
+        self.mode != Refill::GoFill && self.failures >= self.unreachable_after()
     }
 
     fn finish(&mut self) {
@@ -541,24 +548,36 @@ impl<C> ClientMachine<C> {
 
     /// When the next round is due; `None` after close, and while a Go-style fill runs
     /// ([`Refill::GoFill`]).
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn refill_at(&self) -> Option<Instant> {
         self.refill
     }
 
     /// Top-up dials in flight at most, now: the configuration's parallelism, or less
     /// when the policy paces its dials ([`Adapt::parallelism`]).
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn dial_limit(&self) -> usize {
+        self.top_up_limit()
+    }
+
+    fn top_up_limit(&self) -> usize {
         self.policy
             .parallelism()
             .map_or(self.cfg.parallelism, |p| p.clamp(1, self.cfg.parallelism))
     }
 
     /// How the machine refills (its policy's [`Adapt::refill`]).
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn refill_mode(&self) -> Refill {
         self.mode
     }
 
     /// Consecutive dial failures so far.
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn failures(&self) -> u32 {
         self.failures
     }

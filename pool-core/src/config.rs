@@ -207,8 +207,7 @@ impl ClientConfigBuilder {
     /// [`capacity`](Self::capacity) and [`interval`](Self::interval), which the machine
     /// enforces on whatever the policy answers. Default:
     /// [`Adaptation::OfferedDemand`]; [`Adaptation::GoRules`] is the Go package's
-    /// rules, rule for rule, and [`Adaptation::GoBehaviour`] those rules on Go's way of
-    /// refilling.
+    /// rules, rule for rule; [`Adaptation::custom`] takes a policy of your own.
     pub fn adapt(mut self, policy: Adaptation) -> Self {
         self.0.adapt = policy;
         self

@@ -116,8 +116,8 @@ mod time;
 mod waiters;
 
 pub use adapt::{
-    Adapt, Adaptation, Decision, DemandTracking, GoBehaviour, GoRules, Observed, OfferedDemand,
-    Refill, RoundInput, Trim,
+    Adapt, Adaptation, Decision, GoRules, Observed, OfferedDemand, Refill, RoundInput, Tracking,
+    Trim,
 };
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use pool_core::{Adapt, Adaptation, Decision, RoundInput};
-use pool_testkit::adapt::{check_laws, run, LawOptions, Scenario};
+use pool_testkit::adapt::{check_laws, policy, run, LawOptions, Scenario};
 
 #[test]
 fn go_rules_keep_the_laws() {
@@ -15,7 +15,7 @@ fn go_rules_keep_the_laws() {
 
 #[test]
 fn demand_tracking_keeps_the_laws() {
-    check_laws(&Adaptation::by_name("demand").unwrap(), LawOptions::quick()).unwrap();
+    check_laws(&policy("demand").unwrap(), LawOptions::quick()).unwrap();
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn the_default_keeps_the_laws_and_its_idle_follows_within_the_quiet() {
 
 #[test]
 fn go_behaviour_keeps_the_laws() {
-    let e = check_laws(&Adaptation::GoBehaviour, LawOptions::quick()).unwrap_err();
+    let e = check_laws(&policy("gobehaviour").unwrap(), LawOptions::quick()).unwrap_err();
     // It never backs off, so the last law has nothing to check: every other holds.
     assert!(e.contains("never backed off"), "{e}");
 }
@@ -128,7 +128,7 @@ fn idle_connections_outlive_the_capacity_until_the_server_ages_them() {
         idle_quiet: Duration::from_secs(300),
         ..LawOptions::quick()
     };
-    let e = check_laws(&Adaptation::by_name("demand").unwrap(), opts).unwrap_err();
+    let e = check_laws(&policy("demand").unwrap(), opts).unwrap_err();
     assert!(e.contains("idle at the client"), "{e}");
 }
 
@@ -150,7 +150,7 @@ fn dials_and_rounds(
 
 #[test]
 fn go_behaviour_dials_one_at_a_time_in_rounds_of_fill_plus_interval() {
-    let (most, rounds) = dials_and_rounds(Adaptation::GoBehaviour, Duration::from_secs(10));
+    let (most, rounds) = dials_and_rounds(policy("gobehaviour").unwrap(), Duration::from_secs(10));
     assert_eq!(most, 1, "one dial at a time");
     assert!(rounds.len() > 5, "{rounds:?}");
     // A round lasts its fill plus the interval: never less than the interval, and

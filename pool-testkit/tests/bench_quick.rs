@@ -1,5 +1,5 @@
 //! The benchmark binary runs every scenario (`--quick`: a tenth of each size) and
-//! writes the JSON the issue names, every figure finite. Its figures are not checked
+//! writes its JSON with every figure named below, each finite. Its figures are not checked
 //! here: timing goals live in the benchmark, not in tests.
 
 use std::process::Command;

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pool_core::{
-    Adapt, Adaptation, ClientConfig, ConnId, Decision, DemandTracking, Observed, RoundInput,
-    ServerConfig,
+    Adapt, Adaptation, ClientConfig, ConnId, Decision, Observed, RoundInput, ServerConfig,
 };
+use pool_testkit::adapt::DemandTracking;
 use pool_testkit::sim::{Faults, SimPair};
 use pool_threads::ThreadClientPool;
 use pool_tokio::{ClientPool, ServerPool};

@@ -228,7 +228,7 @@ impl ClientPoolBuilder {
     /// How the capacity and the refill interval adapt to demand, inside the capacity
     /// and interval bounds. Default: `Adaptation::OfferedDemand`;
     /// `Adaptation::GoRules` is the Go package's rules (the two policies above apply
-    /// to it and to `Adaptation::GoBehaviour` only).
+    /// to it only).
     pub fn adapt(mut self, policy: pool_core::Adaptation) -> Self {
         self.core = self.core.adapt(policy);
         self

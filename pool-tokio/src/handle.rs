@@ -27,7 +27,12 @@ trait Ops: Send + Sync {
     fn stats(&self) -> Stats;
     fn idle(&self) -> usize;
     fn closed(&self) -> bool;
-    fn errors(&self, add: Option<bool>) -> u64;
+    /// Application errors recorded since the last reset.
+    fn error_count(&self) -> u64;
+    /// Records one application error.
+    fn add_error(&self);
+    /// Sets the application error count back to zero.
+    fn reset_errors(&self);
     fn changed(&self) -> &Notify;
 }
 
@@ -74,19 +79,19 @@ impl<M> PoolHandle<M> {
     /// Records an application error (Go: `AddError`).
     #[doc(alias = "AddError")]
     pub fn add_error(&self) {
-        self.ops.errors(Some(true));
+        self.ops.add_error();
     }
 
     /// Application errors recorded (Go: `ErrorCount`).
     #[doc(alias = "ErrorCount")]
     pub fn error_count(&self) -> u64 {
-        self.ops.errors(None)
+        self.ops.error_count()
     }
 
     /// Resets the application error count (Go, later releases: `ResetError`).
     #[doc(alias = "ResetError")]
     pub fn reset_error(&self) {
-        self.ops.errors(Some(false));
+        self.ops.reset_errors();
     }
 
     /// Status and counters, taken together.
@@ -129,20 +134,17 @@ impl<S: Side> Ops for EngineOf<S> {
     fn closed(&self) -> bool {
         self.0.engine().driver.read(Role::is_closed)
     }
-    fn errors(&self, add: Option<bool>) -> u64 {
+    fn error_count(&self) -> u64 {
+        self.0.engine().driver.read(|m| m.counters().app_errors)
+    }
+    fn add_error(&self) {
         let engine = self.0.engine();
         #[cfg(feature = "metrics")]
-        if add == Some(true) {
-            engine.metrics.app_errors.increment(1);
-        }
-        engine.driver.input(|m, _| {
-            match add {
-                Some(true) => m.add_error(),
-                Some(false) => m.reset_errors(),
-                None => {}
-            }
-            m.counters().app_errors
-        })
+        engine.metrics.app_errors.increment(1);
+        engine.driver.input(|m, _| m.add_error());
+    }
+    fn reset_errors(&self) {
+        self.0.engine().driver.input(|m, _| m.reset_errors());
     }
     fn changed(&self) -> &Notify {
         self.0.engine().changed()
@@ -155,5 +157,36 @@ pub(crate) struct Owner<S: Side>(pub(crate) Arc<S>);
 impl<S: Side> Drop for Owner<S> {
     fn drop(&mut self) {
         self.0.engine().shut();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ClientPool, ServerPool};
+
+    #[tokio::test]
+    async fn the_error_count_is_recorded_read_and_reset_through_any_handle() {
+        let server = ServerPool::builder()
+            .bind("127.0.0.1:0".parse().unwrap())
+            .build()
+            .unwrap();
+        let client = ClientPool::builder()
+            .address(server.local_addr())
+            .capacity(1, 1)
+            .build()
+            .unwrap();
+        assert_eq!((server.error_count(), client.error_count()), (0, 0));
+        let other = server.clone();
+        server.add_error();
+        other.add_error();
+        client.add_error();
+        // Reading counts nothing.
+        assert_eq!(server.error_count(), 2);
+        assert_eq!(other.error_count(), 2);
+        assert_eq!(client.error_count(), 1);
+        other.reset_error();
+        assert_eq!((server.error_count(), client.error_count()), (0, 1));
+        server.add_error();
+        assert_eq!(other.error_count(), 1);
     }
 }

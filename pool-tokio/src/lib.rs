@@ -71,9 +71,9 @@ pub use dialer::{Dialer, TcpDialer};
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};
 pub use handle::PoolHandle;
 pub use pool_core::{
-    Adapt, Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Decision, DemandTracking,
-    Fraction, GoBehaviour, GoRules, IdForm, IntervalPolicy, Observed, OfferedDemand, Refill,
-    RoundInput, Stage, Status, Trim, START,
+    Adapt, Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Decision, Fraction, GoRules,
+    IdForm, IntervalPolicy, Observed, OfferedDemand, Refill, RoundInput, Stage, Status, Tracking,
+    Trim, START,
 };
 pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions, INHERITED_AT_ACCEPT};
 pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use pool_core::{
     deadline_after, Adapt, Adaptation, ClientConfig, ClientMachine, ConnId, Decision, DialTicket,
-    IdForm, IdReader, RoundInput, Stage, Status, Trim, Want,
+    GoRules, IdForm, IdReader, Refill, RoundInput, Stage, Status, Trim, Want,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -135,6 +135,25 @@ impl Adapt for Sawtooth {
     }
 }
 
+/// The Go rules on the Go package's way of refilling ([`Refill::GoFill`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GoFill(GoRules);
+
+impl Adapt for GoFill {
+    fn name(&self) -> &str {
+        "gofill"
+    }
+    fn clone_box(&self) -> Box<dyn Adapt> {
+        Box::new(self.clone())
+    }
+    fn round(&mut self, r: &RoundInput, now: Instant) -> Decision {
+        self.0.round(r, now)
+    }
+    fn refill(&self) -> Refill {
+        Refill::GoFill
+    }
+}
+
 pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
     (
         (1usize..6, 0usize..10, 50u64..300, 0u64..1500, 1usize..4),
@@ -149,7 +168,7 @@ pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
             )| {
                 let adapt = match go {
                     0 => Adaptation::GoRules,
-                    1 => Adaptation::GoBehaviour,
+                    1 => Adaptation::custom(GoFill::default()),
                     2 => Adaptation::custom(Sawtooth::default()),
                     _ => Adaptation::default(),
                 };

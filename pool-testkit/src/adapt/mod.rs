@@ -10,9 +10,10 @@
 //! for several seeds, all runs on one work queue, and reports each figure as a mean
 //! with its 95 % interval ([`Interval`]); since every policy sees the same users on a
 //! seed, policies are compared seed by seed ([`paired`]), and one beats another only
-//! beyond the interval of those differences ([`Verdict`]). The `pool-sim` binary runs
-//! every shipped scenario for both built-in policies and prints the table of
-//! `BENCHMARKS.md`.
+//! beyond the interval of those differences ([`Verdict`]). The board's baselines,
+//! [`GoBehaviour`] and [`DemandTracking`], are its own policies ([`policy`] names
+//! them all). The `pool-sim` binary runs every shipped scenario for the default policy
+//! and the baselines and prints the table of `BENCHMARKS.md`.
 //! [`check_laws`] applies the laws to any policy, your own included, in one call.
 //!
 //! To test a policy of your own (`pool-testkit/examples/custom_policy.rs` is a whole
@@ -34,6 +35,7 @@
 //! # let _ = (check_laws, LawOptions::quick);
 //! ```
 
+mod baselines;
 mod board;
 pub mod file;
 mod laws;
@@ -41,6 +43,7 @@ mod scenario;
 mod score;
 mod stats;
 
+pub use baselines::{policy, DemandTracking, GoBehaviour};
 pub use board::{Board, Metric, ScenarioResult, Scoreboard, FULL_LENGTH, QUICK_LENGTH};
 
 pub use laws::{check_laws, constant_rate, demand_trace, turns, LawOptions};

@@ -256,7 +256,7 @@ impl Scenario {
         out
     }
 
-    /// The harder scenarios (issue 22), each lasting `length`: faults, bursts shorter
+    /// The harder scenarios, each lasting `length`: faults, bursts shorter
     /// than a round of most policies, slow handshakes, restarts, loss, noise. Every one
     /// is 100 users a second on average or less, at the scoreboard's LAN unless said.
     fn harder(length: Duration) -> Vec<Self> {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use pool_core::Adaptation;
 use pool_testkit::adapt::{
-    file, json, Board, Figure, Metric, Scenario, ScenarioResult, Scoreboard, Verdict,
+    file, json, policy, Board, Figure, Metric, Scenario, ScenarioResult, Scoreboard, Verdict,
 };
 
 struct Args {
@@ -157,13 +157,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut policies = vec![Adaptation::GoRules, Adaptation::GoBehaviour];
+    let known = |name: &str| policy(name).expect("a policy of the board");
+    let mut policies = vec![known("gorules"), known("gobehaviour")];
     match a.policy.as_str() {
         "all" => {
-            policies.push(Adaptation::by_name("demand").expect("built in"));
+            policies.push(known("demand"));
             policies.push(Adaptation::default());
         }
-        "demand" => policies.push(Adaptation::by_name("demand").expect("built in")),
+        "demand" => policies.push(known("demand")),
         "default" | "offered" => policies.push(Adaptation::default()),
         "gorules" | "gobehaviour" => {}
         other => {

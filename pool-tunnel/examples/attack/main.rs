@@ -1,5 +1,6 @@
-//! The scripted attacks of `TUNNEL.md` (the issue-20 round in `round3.rs`), against the two `tunnel` processes, with a real
-//! HTTP service (`python3 -m http.server`) behind the tunnel.
+//! The scripted attacks of `TUNNEL.md` (those on the tunnel's own defences in
+//! `round3.rs`), against the two `tunnel` processes, with a real HTTP service
+//! (`python3 -m http.server`) behind the tunnel.
 //!
 //! ```text
 //! cargo build --release -p pool-tunnel
@@ -11,7 +12,7 @@
 //! `$CARGO_TARGET_DIR/release/tunnel`, else `target/release/tunnel`. Loopback only: the
 //! legitimate client and users on 127.0.0.1, strangers bind 127.0.0.2 and up. Every
 //! loop is bounded in count and time. Prints one Markdown table row per attack;
-//! `ATTACK_ONLY=round3` runs the baseline and the issue-20 attacks only.
+//! `ATTACK_ONLY=round3` runs the baseline and the attacks of `round3.rs` only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -383,7 +384,7 @@ async fn main() -> Res<()> {
         return Err("no request went through".into());
     }
     let mut rows = Vec::new();
-    // `ATTACK_ONLY=round3` skips to the issue-20 attacks.
+    // `ATTACK_ONLY=round3` skips to the attacks of `round3.rs`.
     let full = std::env::var("ATTACK_ONLY").map_or(true, |v| v != "round3");
 
     // Baseline.
@@ -685,7 +686,7 @@ async fn main() -> Res<()> {
         ));
     }
 
-    // Round three (issue 20).
+    // The attacks of `round3.rs`.
     let mut client = Some(client);
     rows.push(round3::on_path(&setup, &mut client).await?);
     rows.push(round3::control_churn(&setup, &mut client).await?);

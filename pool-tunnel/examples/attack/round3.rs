@@ -1,4 +1,4 @@
-//! The attacks of issue 20 ("round three"): an on-path relay, a control-port churn from
+//! Attacks on the tunnel's own defences: an on-path relay, a control-port churn from
 //! 200 sources against a restarting client 25 ms away, one source flooding or holding
 //! the public port, the metrics port under a descriptor limit, a planted state
 //! directory, and strangers' handshakes against a `--max` just above the client's.
@@ -99,7 +99,7 @@ pub(crate) async fn on_path(setup: &Setup, client: &mut Option<Proc>) -> Res<Str
     let (client_code, _) = refused(&plain_c).await?;
     let word = server_err.contains("--insecure-plaintext");
     let mut row = format!(
-        "| on-path relay (issue 20, attack 1) | `--tls 0` without `--insecure-plaintext`: server exit {}, \
+        "| on-path relay (attack 1) | `--tls 0` without `--insecure-plaintext`: server exit {}, \
          client exit {} (the error names the word: {word})",
         server_code.map_or("-".into(), |c| c.to_string()),
         client_code.map_or("-".into(), |c| c.to_string()),
@@ -254,7 +254,7 @@ pub(crate) async fn control_churn(setup: &Setup, client: &mut Option<Proc>) -> R
     c.stop().await;
     *client = Some(setup.start_client().await?.0);
     Ok(format!(
-        "| 200 sources churning the control port, client restarted 25 ms away (issue 20, attack 2) | \
+        "| 200 sources churning the control port, client restarted 25 ms away (attack 2) | \
          {:.0} stranger connections/s; control again {} after the restart (process start included), \
          a GET served {} after that |",
         rate,
@@ -349,7 +349,7 @@ pub(crate) async fn one_source(setup: &Setup) -> Res<Vec<String>> {
     stop.store(true, Relaxed);
     while flood.join_next().await.is_some() {}
     rows.push(format!(
-        "| one source: connect, 1 byte, close, as fast as it goes, 10 s (issue 20, attack 3a) | \
+        "| one source: connect, 1 byte, close, as fast as it goes, 10 s (attack 3a) | \
          {rate:.0} connections/s; legit GETs {}/{} ok ({:.1} %), p50 {} (undisturbed {}){} |",
         ok.len(),
         ok.len() + failed,
@@ -384,7 +384,7 @@ pub(crate) async fn one_source(setup: &Setup) -> Res<Vec<String>> {
         }
     }
     rows.push(format!(
-        "| one source holds 4,096 connections with 1 byte each (issue 20, attack 3b) | \
+        "| one source holds 4,096 connections with 1 byte each (attack 3b) | \
          {} opened, {open} still open at the end; legit GETs {}/{} ok ({:.1} %), p50 {} (undisturbed {}) |",
         held.len(),
         ok.len(),
@@ -473,7 +473,7 @@ pub(crate) async fn metrics_emfile(setup: &Setup) -> Res<String> {
     client.stop().await;
     server.stop().await;
     Ok(format!(
-        "| metrics port at 400/s, descriptors exhausted under a 2,048 limit (issue 20, attack 4) | \
+        "| metrics port at 400/s, descriptors exhausted under a 2,048 limit (attack 4) | \
          {metrics_hits} metrics connections; server CPU {cpu:.1} % of a core over {:.0} s, {lines} log lines, \
          {fd_peak} descriptors; legit GETs {ok}/{} ok, p50 {}, p99 {} |",
         t0.elapsed().as_secs_f64(),
@@ -547,7 +547,7 @@ pub(crate) async fn planted_state(setup: &Setup) -> Res<String> {
     let (ccode, cerr) = refused(&s.client_args(&zero, s.http)).await?;
     let cfirst = said(&cerr);
     Ok(format!(
-        "| world-writable state dir with a planted zero key (issue 20, attack 5) | server exit {}: `{}`; \
+        "| world-writable state dir with a planted zero key (attack 5) | server exit {}: `{}`; \
          a client given the zero key: exit {}: `{}` |",
         code.map_or("-".into(), |c| c.to_string()),
         first,
@@ -592,7 +592,7 @@ pub(crate) async fn max_vs_handshakes(setup: &Setup) -> Res<String> {
     server.drain();
     server.stop().await;
     Ok(format!(
-        "| `--max 1100`, client `--max 1024`, 20 sources holding 64 silent handshakes each (issue 20, attack 6) | \
+        "| `--max 1100`, client `--max 1024`, 20 sources holding 64 silent handshakes each (attack 6) | \
          GETs {}/{} ok, {}/{} in the middle 10 s |",
         all.0, all.1, middle.0, middle.1
     ))
