@@ -103,14 +103,17 @@ async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxErro
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            // A task that died takes the process down, never half of it.
+            why = s.failed() => return Err(why.into()),
             _ = every.tick() => {
                 let st = s.stats();
                 info!(
-                    "status: control {}  users {}  relayed {}  failed {}  refused {}  pool idle {}  \
-                     up {} B  down {} B  control refused {} evicted {}",
+                    "status: control {}  users {}  relayed {}  failed {}  refused {}  \
+                     evicted {}  pool idle {}  up {} B  down {} B  control refused {} evicted {}",
                     if s.control_up() { "up" } else { "down" },
-                    st.users, st.relayed, st.failed, st.users_refused, s.pool().active(),
-                    st.bytes_up, st.bytes_down, st.control_refused, st.control_evicted
+                    st.users, st.relayed, st.failed, st.users_refused + st.users_refused_source,
+                    st.users_evicted, s.pool().active(), st.bytes_up, st.bytes_down,
+                    st.control_refused, st.control_evicted
                 );
             }
         }

@@ -7,8 +7,9 @@
 //!   that is closed at once (counted, and warned about at most once every 10 s);
 //! - each connection has [`DEADLINE`] in all to send its request and read the answer;
 //!   a request longer than [`MAX_REQUEST`] bytes is cut off;
-//! - an accept that fails (out of descriptors, say) is retried after a back-off that
-//!   doubles from 5 ms to 1 s, so the loop never spins and never floods the log.
+//! - an accept that fails (out of descriptors, say) is retried after the tunnel's
+//!   accept back-off ([`crate::limits::Backoff`]: doubling from 5 ms to 1 s), so the
+//!   loop never spins and never floods the log.
 //!
 //! It binds loopback by default (the CLI warns when told to bind anything else).
 
@@ -61,17 +62,17 @@ pub async fn serve(addr: SocketAddr) -> Result<SocketAddr, crate::BoxError> {
 
 async fn accept_loop(listener: TcpListener, handle: PrometheusHandle) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut pause = Duration::ZERO;
+    let mut backoff = crate::limits::Backoff::default();
     let mut refused = Rate::default();
     let mut failed = Rate::default();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => {
-                pause = Duration::ZERO;
+                backoff.succeeded();
                 pair
             }
             Err(e) => {
-                pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                let pause = backoff.failed();
                 if failed.tick() {
                     warn!(error = %e, ?pause, "metrics accept failed; backing off");
                 }

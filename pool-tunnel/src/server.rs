@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,19 +13,20 @@ use pool_tls::ServerTls;
 use pool_tokio::{IpFilter, PoolConn, PoolStream, ServerPool, TunnelKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::candidates::{CandidateId, Candidates};
+use crate::limits::Backoff;
 use crate::protocol::{
     read_token, server_handshake, unix_ms, Session, Timeouts, REACHED, TARGET_FAILED,
 };
 use crate::relay::{peer_socket_options, relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
-use crate::sources::{Source, SourceLimits};
-use crate::stats::{bump, ServerSnapshot, ServerStats};
+use crate::sources::{Refused, SessionId, Source, SourceLimits};
+use crate::stats::{bump, QuietLog, Refusal, ServerSnapshot, ServerStats};
 use crate::BoxError;
 
 /// Unsorted control candidates at most: more than a flood has sources, so the
@@ -32,6 +34,14 @@ use crate::BoxError;
 pub const DEFAULT_CANDIDATES: usize = 1024;
 /// Unsorted control candidates from one source at most.
 pub const DEFAULT_CANDIDATES_PER_SOURCE: usize = 16;
+/// User sessions at once, by default.
+pub const DEFAULT_MAX_SESSIONS: usize = 4096;
+/// How long a connection to the tunnel (pool) port has for TLS and the key proof, by
+/// default. Silent strangers hold a handshake slot for at most this long; the real
+/// client's handshake and proof take a few round trips. Slots are many, so that a
+/// crowd of silent peers is held to this deadline rather than refused at once (which
+/// invites an immediate reconnect, and a churn that starves the accept loop).
+pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// A plain or TLS control stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -57,10 +67,12 @@ pub struct ServerConfig {
     pub key: TunnelKey,
     /// Server pool maximum capacity.
     pub max_capacity: usize,
-    /// User sessions at once at most; more are closed at once.
+    /// User sessions at once at most. At the cap a newcomer takes the newest session
+    /// of the source holding the most if its own source holds fewer, else it is
+    /// closed at once ([`crate::sources`]).
     pub max_sessions: usize,
-    /// Per source (/24, /64): sessions at once, and new sessions a second
-    /// ([`crate::sources::SourceLimits`]).
+    /// Per source (/24, /64): sessions at once, and new sessions a second, enforced
+    /// only while the public port is contended ([`crate::sources::SourceLimits`]).
     pub per_source: (usize, f64),
     /// Control candidates that have not sent their admission token yet, at most: in
     /// total and per source (/24, /64). See [`crate::candidates`].
@@ -69,6 +81,8 @@ pub struct ServerConfig {
     pub relay: RelayLimits,
     /// Control and session deadlines.
     pub timeouts: Timeouts,
+    /// TLS and the key proof of a connection to the tunnel (pool) port.
+    pub pool_handshake: Duration,
 }
 
 impl ServerConfig {
@@ -83,7 +97,7 @@ impl ServerConfig {
             client_ip: None,
             key,
             max_capacity: 1024,
-            max_sessions: 4096,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             per_source: (
                 crate::sources::DEFAULT_CONCURRENT,
                 crate::sources::DEFAULT_RATE,
@@ -91,7 +105,27 @@ impl ServerConfig {
             candidates: (DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_PER_SOURCE),
             relay: RelayLimits::default(),
             timeouts: Timeouts::default(),
+            pool_handshake: DEFAULT_POOL_HANDSHAKE,
         }
+    }
+
+    /// Refuses a setting out of its range, naming it: a value past what a table or a
+    /// semaphore holds fails here, at start-up, never in a task at run time.
+    pub fn check(&self) -> Result<(), BoxError> {
+        use crate::limits::{check_count, check_secs};
+        check_count("max_capacity", self.max_capacity)?;
+        check_count("max_sessions", self.max_sessions)?;
+        check_count("per_source sessions", self.per_source.0)?;
+        let rate = self.per_source.1;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(format!("per_source rate {rate}: must be a positive number").into());
+        }
+        check_count("candidates", self.candidates.0)?;
+        check_count("candidates per source", self.candidates.1)?;
+        check_secs("relay idle", self.relay.idle)?;
+        check_secs("relay half_close", self.relay.half_close)?;
+        check_secs("pool_handshake", self.pool_handshake)?;
+        Ok(())
     }
 }
 
@@ -122,7 +156,9 @@ pub struct ServerHandle {
     tunnel: SocketAddr,
     public: SocketAddr,
     control: SocketAddr,
+    /// Runs the accept loops; when one ends, it stops them all (see `failed`).
     tasks: Vec<JoinHandle<()>>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl ServerHandle {
@@ -167,6 +203,22 @@ impl ServerHandle {
     pub async fn wait_control(&self, within: Duration) -> bool {
         self.wait_control_state(true, within).await
     }
+    /// Waits until a task of the server side died, and answers which and why. Its
+    /// accept loops never end on their own: one that ends has panicked, and the others
+    /// are stopped with it, so that the server is never half alive (its public port
+    /// refusing everybody while control still runs). A process running the server
+    /// should exit. Never ends after [`shutdown`](Self::shutdown) began.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
     /// Stops every task (sessions included) and closes the pool.
     pub async fn shutdown(mut self) {
         for t in self.tasks.drain(..) {
@@ -188,6 +240,8 @@ impl Drop for ServerHandle {
 
 /// Binds the three ports and starts the server side.
 pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
+    cfg.check()?;
+    let started_ms = unix_ms();
     let filter = match &cfg.client_ip {
         Some(spec) => IpFilter::parse(spec).map_err(|e| format!("--client-ip: {e}"))?,
         None => IpFilter::any(),
@@ -195,12 +249,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     let mut b = ServerPool::builder()
         .bind(cfg.tunnel)
         .max_capacity(cfg.max_capacity)
-        // Silent strangers hold a handshake slot for at most this long; the real
-        // client's handshake and proof take a few round trips. Slots are many, so that
-        // a crowd of silent peers is held to this deadline rather than refused at
-        // once (which invites an immediate reconnect, and a churn that starves the
-        // accept loop).
-        .handshake_timeout(Duration::from_secs(2))
+        .handshake_timeout(cfg.pool_handshake)
         // At most a quarter of the descriptors, whatever the limit.
         .max_handshakes(crate::limits::within_descriptors(
             crate::cli::HANDSHAKE_SLOTS,
@@ -251,28 +300,65 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     let (total, per_source) = cfg.candidates;
     // At most an eighth of the descriptors.
     let total = crate::limits::within_descriptors(total, 8);
-    let tasks = vec![
-        tokio::spawn(control_accept_loop(
-            shared.clone(),
-            control_l,
-            acceptor,
-            filter,
-            (total, per_source),
-        )),
-        tokio::spawn(public_accept_loop(
-            shared.clone(),
-            public_l,
-            cfg.max_sessions,
-            SourceLimits::new(cfg.per_source.0, cfg.per_source.1),
-        )),
-    ];
+    let mut loops = JoinSet::new();
+    let mut names = HashMap::new();
+    let h = loops.spawn(control_accept_loop(
+        shared.clone(),
+        control_l,
+        acceptor,
+        filter,
+        (total, per_source),
+        started_ms,
+    ));
+    names.insert(h.id(), "the control port's accept loop");
+    let h = loops.spawn(public_accept_loop(
+        shared.clone(),
+        public_l,
+        SourceLimits::new(cfg.max_sessions, cfg.per_source.0, cfg.per_source.1),
+    ));
+    names.insert(h.id(), "the public port's accept loop");
+    let (failed_tx, failed) = watch::channel(None);
+    let tasks = vec![tokio::spawn(supervise(loops, names, failed_tx))];
     Ok(ServerHandle {
         shared,
         tunnel,
         public,
         control,
         tasks,
+        failed,
     })
+}
+
+/// Waits for the first of `loops` to end (they end only by a panic), says which and
+/// why on `failed`, and stops the others (dropping the set aborts them).
+async fn supervise(
+    mut loops: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+    failed: watch::Sender<Option<String>>,
+) {
+    let Some(end) = loops.join_next_with_id().await else {
+        return;
+    };
+    let why = match end {
+        Ok((id, ())) => format!("{} ended", names.get(&id).unwrap_or(&"a task")),
+        Err(e) => {
+            let name = names.get(&e.id()).unwrap_or(&"a task");
+            if e.is_panic() {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("{name} panicked: {msg}")
+            } else {
+                format!("{name} was cancelled")
+            }
+        }
+    };
+    tracing::error!("{why}; stopping the server side");
+    loops.shutdown().await;
+    failed.send_replace(Some(why));
 }
 
 /// Candidates whose admission token proved the key, at most (only key holders reach
@@ -305,6 +391,11 @@ struct ControlPort {
     proving: JoinSet<Proved>,
     aborts: HashMap<CandidateId, tokio::task::AbortHandle>,
     replay: ReplayWindow,
+    /// When this server started (ms since the epoch): a token stamped earlier was
+    /// made for an earlier process, whose replay window is gone.
+    started_ms: u64,
+    /// Refusals are logged at a bounded rate, whatever their reason.
+    quiet: QuietLog,
     next: CandidateId,
 }
 
@@ -345,27 +436,60 @@ impl ControlPort {
         let source = Source::of(peer.ip());
         let token = match res {
             Ok(token) => token,
-            Err(e) => return self.refused(peer, e),
+            Err(e) => {
+                let why = if e.downcast_ref::<pool_tls::proof::ProofError>().is_some() {
+                    Refusal::BadToken
+                } else {
+                    Refusal::NoToken
+                };
+                return self.refused(peer, why, &e);
+            }
         };
         let id = self.id();
-        match self.replay.take(token, unix_ms()) {
+        let now = unix_ms();
+        let window = ADMIT_WINDOW.as_millis() as u64;
+        // Within the window but before this process: only an earlier process can have
+        // seen it, and its memory is gone (a token further back is skewed anyway).
+        let predated =
+            token.unix_ms < self.started_ms && now.saturating_sub(token.unix_ms) <= window;
+        let taken = if predated {
+            Err(Refusal::Predated)
+        } else {
+            match self.replay.take(token, now) {
+                Ok(()) => Ok(()),
+                Err(Untaken::Replayed) => Err(Refusal::Replayed),
+                Err(Untaken::Skewed(_)) => Err(Refusal::Skewed),
+            }
+        };
+        match taken {
             Ok(()) => {
                 bump(&self.shared.stats.control_admitted);
                 let gone = self.protected.admit(id, source);
                 self.evict(gone);
             }
-            Err(Untaken::Replayed) => {
-                return self.refused(peer, "admission token replayed".into());
+            Err(Refusal::Replayed) => {
+                bump(&self.shared.stats.control_replayed);
+                let e = "its nonce was taken before";
+                return self.refused(peer, Refusal::Replayed, &e);
             }
-            Err(Untaken::Skewed(ms)) => {
-                // The key holder's clock is off: it may still prove the key, but it
-                // competes with strangers for its slot.
-                bump(&self.shared.stats.control_skewed);
-                warn!(
-                    "control: {peer}: the client's clock is {:+.1} s from ours (more than \
-                     {ADMIT_WINDOW:?}); its connection is not protected from eviction",
-                    ms as f64 / 1e3
-                );
+            Err(why) => {
+                // A key holder whose clock is off, or who made its token before this
+                // process started (a replay from before a restart, most likely): it
+                // may still prove the key, but it competes with strangers for its slot.
+                let (counter, e) = if why == Refusal::Predated {
+                    let e = format!("stamped before this server started ({ADMIT_WINDOW:?} window)");
+                    (&self.shared.stats.control_predated, e)
+                } else {
+                    let skew = i128::from(token.unix_ms) - i128::from(unix_ms());
+                    let e = format!(
+                        "the client's clock is {:+.1} s from ours (more than {ADMIT_WINDOW:?}); \
+                         its connection is not protected from eviction",
+                        skew as f64 / 1e3
+                    );
+                    (&self.shared.stats.control_skewed, e)
+                };
+                bump(counter);
+                self.note(peer, why, &e);
                 let gone = self.unsorted.admit(id, source);
                 self.evict(gone);
             }
@@ -378,9 +502,27 @@ impl ControlPort {
         self.aborts.insert(id, h);
     }
 
-    fn refused(&mut self, peer: SocketAddr, e: BoxError) {
+    fn refused(&mut self, peer: SocketAddr, why: Refusal, e: &dyn std::fmt::Display) {
         bump(&self.shared.stats.control_refused);
-        debug!("control: {peer} refused: {e}");
+        self.note(peer, why, e);
+    }
+
+    /// Logs a refusal (or a token let through unprotected), at most once a
+    /// [`QUIET_PERIOD`](crate::stats::QUIET_PERIOD) per reason.
+    fn note(&mut self, peer: SocketAddr, why: Refusal, e: &dyn std::fmt::Display) {
+        let Some(quiet) = self.quiet.note(why, std::time::Instant::now()) else {
+            return;
+        };
+        let more = if quiet > 0 {
+            format!(" ({quiet} more for this reason since the last line)")
+        } else {
+            String::new()
+        };
+        match why {
+            // A key holder's clock is off: worth the operator's attention.
+            Refusal::Skewed => warn!("control: {peer}: {}: {e}{more}", why.words()),
+            _ => info!("control: {peer}: {}: {e}{more}", why.words()),
+        }
     }
 }
 
@@ -393,6 +535,7 @@ async fn control_accept_loop(
     acceptor: Option<TlsAcceptor>,
     filter: IpFilter,
     (total, per_source): (usize, usize),
+    started_ms: u64,
 ) {
     let mut port = ControlPort {
         shared: shared.clone(),
@@ -403,19 +546,30 @@ async fn control_accept_loop(
         proving: JoinSet::new(),
         aborts: HashMap::new(),
         replay: ReplayWindow::new(ADMIT_WINDOW, ADMIT_MEMORY),
+        started_ms,
+        quiet: QuietLog::default(),
         next: 0,
     };
     let mut controls = JoinSet::new();
+    let mut backoff = Backoff::default();
+    // After a failed accept, accepting pauses; candidates go on meanwhile.
+    let mut paused: Option<Instant> = None;
     loop {
         while controls.try_join_next().is_some() {}
         tokio::select! {
-            accepted = listener.accept() => {
+            _ = async { tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)).await },
+                if paused.is_some() => paused = None,
+            accepted = listener.accept(), if paused.is_none() => {
                 let (tcp, peer) = match accepted {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff.succeeded();
+                        x
+                    }
                     Err(e) => {
                         // Out of descriptors and the like: do not spin.
-                        warn!("control: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let pause = backoff.failed();
+                        warn!("control: accept: {e}; pausing {pause:?}");
+                        paused = Some(Instant::now() + pause);
                         continue;
                     }
                 };
@@ -441,7 +595,7 @@ async fn control_accept_loop(
                         bump(&shared.stats.control_ok);
                         controls.spawn(serve_control(shared.clone(), io, peer, session));
                     }
-                    Err(e) => port.refused(peer, e),
+                    Err(e) => port.refused(peer, Refusal::Handshake, &e),
                 }
             }
         }
@@ -501,34 +655,46 @@ async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session
     );
     let (mut rd, mut wr) = tokio::io::split(io);
     let t = shared.t.clone();
-    let mut heartbeat = tokio::time::interval(t.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = Instant::now();
-    let mut buf = [0u8; 64];
-    let reason = loop {
-        tokio::select! {
-            _ = heartbeat.tick() => {
-                if write_flush(&mut wr, b"\n", t.dead_after).await.is_err() {
-                    break "write failed or stalled";
-                }
-            }
-            r = rd.read(&mut buf) => match r {
-                Ok(0) => break "closed by the client",
-                Ok(n) if buf[..n].iter().all(|&b| b == b'\n') => heard = Instant::now(),
-                Ok(_) => break "unexpected bytes from the client",
-                Err(_) => break "read error",
-            },
-            _ = tokio::time::sleep_until(heard + t.dead_after) => {
-                bump(&shared.stats.control_silent);
-                break "no heartbeat from the client";
-            }
-            r = current.changed() => {
-                let now = current.borrow_and_update().as_ref().map(|c| c.gen);
-                if r.is_err() || now != Some(gen) {
-                    break "replaced by a newer control connection";
-                }
+    // Three watches run side by side, so that a heartbeat write that stalls never
+    // keeps the others from noticing silence or a replacement.
+    let writing = async {
+        let mut heartbeat = tokio::time::interval(t.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            heartbeat.tick().await;
+            if write_flush(&mut wr, b"\n", t.dead_after).await.is_err() {
+                return "write failed or stalled";
             }
         }
+    };
+    let reading = async {
+        let mut buf = [0u8; 64];
+        loop {
+            match timeout(t.dead_after, rd.read(&mut buf)).await {
+                Err(_) => {
+                    bump(&shared.stats.control_silent);
+                    return "no heartbeat from the client";
+                }
+                Ok(Ok(0)) => return "closed by the client",
+                Ok(Ok(n)) if buf[..n].iter().all(|&b| b == b'\n') => {}
+                Ok(Ok(_)) => return "unexpected bytes from the client",
+                Ok(Err(_)) => return "read error",
+            }
+        }
+    };
+    let replaced = async {
+        loop {
+            let r = current.changed().await;
+            let now = current.borrow_and_update().as_ref().map(|c| c.gen);
+            if r.is_err() || now != Some(gen) {
+                return "replaced by a newer control connection";
+            }
+        }
+    };
+    let reason = tokio::select! {
+        r = writing => r,
+        r = reading => r,
+        r = replaced => r,
     };
     shared.control.send_if_modified(|c| {
         if c.as_ref().map(|c| c.gen) == Some(gen) {
@@ -554,15 +720,51 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], t: Duration) 
     }
 }
 
-async fn public_accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    max_sessions: usize,
+/// The public port's sessions: the table of sources, and how to reset each session
+/// it may evict.
+struct Public {
     limits: SourceLimits,
-) {
-    let gate = Arc::new(Semaphore::new(max_sessions.max(1)));
-    let limits = Arc::new(std::sync::Mutex::new(limits));
+    held: HashMap<SessionId, Held>,
+}
+
+/// A running session, as the accept loop may have to end it.
+struct Held {
+    task: tokio::task::AbortHandle,
+    /// A second descriptor of the user's socket: an evicted user gets a reset (linger
+    /// 0), never a clean end that passes for a complete answer.
+    socket: std::os::fd::OwnedFd,
+}
+
+impl Held {
+    fn reset(self) {
+        let _ = rustix::net::sockopt::set_socket_linger(&self.socket, Some(Duration::ZERO));
+        self.task.abort();
+    }
+}
+
+/// A session's place in [`Public`], given back however the session ends (an evicted
+/// one was taken out already).
+struct Slot {
+    public: Arc<std::sync::Mutex<Public>>,
+    source: Source,
+    id: SessionId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut p = lock(&self.public);
+        p.limits.release(self.source, self.id);
+        p.held.remove(&self.id);
+    }
+}
+
+async fn public_accept_loop(shared: Arc<Shared>, listener: TcpListener, limits: SourceLimits) {
+    let public = Arc::new(std::sync::Mutex::new(Public {
+        limits,
+        held: HashMap::new(),
+    }));
     let mut sessions = JoinSet::new();
+    let mut backoff = Backoff::default();
     // Set once on the listener where accepted sockets inherit it (Linux), else on
     // each user.
     let options = peer_socket_options();
@@ -570,43 +772,62 @@ async fn public_accept_loop(
     loop {
         while sessions.try_join_next().is_some() {}
         let (user, peer) = match listener.accept().await {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff.succeeded();
+                pair
+            }
             Err(e) => {
-                warn!("public: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let pause = backoff.failed();
+                warn!("public: accept: {e}; pausing {pause:?}");
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
         bump(&shared.stats.users);
-        // One source (a /24, a /64) holds and starts only its share: a flood from one
-        // address is closed here, before it costs a pooled connection.
-        let source = match lock(&limits).admit(peer.ip(), std::time::Instant::now()) {
-            Ok(source) => source,
+        let mut p = lock(&public);
+        // The cap, and under contention each source's share: see `crate::sources`.
+        let admitted = match p.limits.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(a) => a,
+            Err(Refused::Full) => {
+                bump(&shared.stats.users_refused);
+                continue; // closed at once
+            }
             Err(_) => {
                 bump(&shared.stats.users_refused_source);
                 continue; // closed at once
             }
         };
-        let Ok(permit) = gate.clone().try_acquire_owned() else {
-            lock(&limits).release(source);
+        if let Some(held) = admitted.evict.and_then(|v| p.held.remove(&v)) {
+            held.reset();
+            bump(&shared.stats.users_evicted);
+        }
+        let Ok(socket) = user.as_fd().try_clone_to_owned() else {
+            // Out of descriptors: this user is refused, not a running one reset later.
+            p.limits.release(admitted.source, admitted.id);
             bump(&shared.stats.users_refused);
-            continue; // closed at once
+            continue;
         };
         if each {
             let _ = options.apply_tcp(&user);
         }
+        let slot = Slot {
+            public: public.clone(),
+            source: admitted.source,
+            id: admitted.id,
+        };
         let shared = shared.clone();
-        let limits = limits.clone();
-        sessions.spawn(async move {
+        // Spawned under the lock: the session's slot cannot be given back before its
+        // entry is in `held`.
+        let task = sessions.spawn(async move {
+            let _slot = slot;
             let ok = user_session(&shared, user).await;
-            drop(permit);
-            lock(&limits).release(source);
             bump(if ok {
                 &shared.stats.relayed
             } else {
                 &shared.stats.failed
             });
         });
+        p.held.insert(admitted.id, Held { task, socket });
     }
 }
 
