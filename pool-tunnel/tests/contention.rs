@@ -358,3 +358,53 @@ async fn a_token_from_before_a_restart_buys_no_protected_slot() {
     assert!(until(|| server.stats().control_admitted == 1).await);
     server.shutdown().await;
 }
+
+/// This process's resident memory, KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What a held session costs: strangers open sessions that each push 64 KiB and never
+/// read, against an echo service. Printed, not asserted (server, client and service
+/// share this process: the figure is all three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_held_session_costs_is_printed() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let server = pool_tunnel::start_server(server_cfg(4096)).await.unwrap();
+    let client = pool_tunnel::start_client(ClientConfig {
+        min: 16,
+        max: 1024,
+        ..client_cfg(&server, echo)
+    })
+    .await
+    .unwrap();
+    assert!(client.wait_control(LIMIT).await);
+    let public = server.public_addr();
+    let before = rss_kib();
+    let n: u64 = 512;
+    let mut held = Vec::new();
+    for i in 0..n {
+        let (net, host) = (1 + (i / 64) as u8, 2 + (i % 64) as u8);
+        let mut s = connect_from(net, host, public).await.unwrap();
+        s.write_all(&vec![b'x'; 64 * 1024]).await.unwrap();
+        held.push(s);
+    }
+    assert!(until(|| client.stats().accepted >= n).await);
+    let after = rss_kib();
+    println!(
+        "{n} held sessions, 64 KiB pushed each and never read: RSS {before} KiB -> {after} KiB, \
+         {:.1} KiB a session (server, client and echo service in one process)",
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    drop(held);
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
