@@ -23,6 +23,7 @@ use crate::BoxError;
 
 mod control;
 mod public;
+mod tasks;
 
 pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
 
@@ -315,7 +316,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     ));
     names.insert(h.id(), "the public port's accept loop");
     let (failed_tx, failed) = watch::channel(None);
-    let tasks = vec![tokio::spawn(supervise(loops, names, failed_tx))];
+    let tasks = vec![tokio::spawn(tasks::supervise(loops, names, failed_tx))];
     Ok(ServerHandle {
         shared,
         tunnel,
@@ -324,38 +325,6 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         tasks,
         failed,
     })
-}
-
-/// Waits for the first of `loops` to end (they end only by a panic), says which and
-/// why on `failed`, and stops the others (dropping the set aborts them).
-async fn supervise(
-    mut loops: JoinSet<()>,
-    names: HashMap<tokio::task::Id, &'static str>,
-    failed: watch::Sender<Option<String>>,
-) {
-    let Some(end) = loops.join_next_with_id().await else {
-        return;
-    };
-    let why = match end {
-        Ok((id, ())) => format!("{} ended", names.get(&id).unwrap_or(&"a task")),
-        Err(e) => {
-            let name = names.get(&e.id()).unwrap_or(&"a task");
-            if e.is_panic() {
-                let p = e.into_panic();
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                format!("{name} panicked: {msg}")
-            } else {
-                format!("{name} was cancelled")
-            }
-        }
-    };
-    tracing::error!("{why}; stopping the server side");
-    loops.shutdown().await;
-    failed.send_replace(Some(why));
 }
 
 /// A lock whose critical sections are a few map or field operations.
