@@ -46,14 +46,31 @@ fn main() -> ExitCode {
         }
     };
     let res = rt.block_on(async {
+        let mut metrics = None;
         if let Some(addr) = cli.metrics {
             // Before any pool is built: pools register their metrics when they are.
-            let addr = pool_tunnel::metrics::serve(addr).await?;
+            let (addr, task) = pool_tunnel::metrics::serve(addr).await?;
             info!(%addr, "metrics served for Prometheus");
+            metrics = Some(task);
         }
-        match cli.side {
-            Side::Server(a) => server(a, env_key).await,
-            Side::Client(a) => client(a, env_key).await,
+        // The metrics task ends only by a panic: the process ends with it.
+        let metrics_died = async {
+            match metrics {
+                Some(task) => match task.await {
+                    Err(e) => format!("the metrics listener died: {e}"),
+                    Ok(()) => "the metrics listener ended".to_owned(),
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            why = metrics_died => Err(why.into()),
+            r = async {
+                match cli.side {
+                    Side::Server(a) => server(a, env_key).await,
+                    Side::Client(a) => client(a, env_key).await,
+                }
+            } => r,
         }
     });
     match res {
