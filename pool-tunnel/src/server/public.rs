@@ -27,7 +27,9 @@ struct Public {
 struct Held {
     task: tokio::task::AbortHandle,
     /// A second descriptor of the user's socket: an evicted user gets a reset (linger
-    /// 0), never a clean end that passes for a complete answer.
+    /// 0), never a clean end that passes for a complete answer. The socket closes
+    /// when both descriptors are closed: at the latest when the session's task ends
+    /// (its slot drops this one).
     socket: std::os::fd::OwnedFd,
 }
 
