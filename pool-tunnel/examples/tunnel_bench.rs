@@ -22,6 +22,10 @@
 //!   2-3 x from run to run here, the baseline's as much as the tunnel's.
 //! - `tunnel_sessions_per_s`: sessions (connect, 1 KiB each way, close), 64 at once, no
 //!   added delay. Baseline: the same straight to the service.
+//! - `tunnel_one_source_ratio`: the same sessions from one address through a server
+//!   with the default public-port limits; baseline: the same with them lifted (a
+//!   source alone gets the full rate: the limits bind only under contention). The
+//!   ratio is the figure.
 //! - `tunnel_rss_kib`: resident memory of both processes with 1,000 idle pooled
 //!   connections, on a fresh pair. Baseline: the same pair with 16.
 //!
@@ -494,7 +498,9 @@ struct Pair {
 }
 
 impl Pair {
-    async fn start(dir: &Path, mode: u8) -> Res<Self> {
+    /// A server in `mode`; `lifted`: with the public port's per-source limits and cap
+    /// lifted (the load comes from one address), else with the defaults.
+    async fn start(dir: &Path, mode: u8, lifted: bool) -> Res<Self> {
         std::fs::create_dir_all(dir)?;
         let key = pool_tls::TunnelKey::generate()?.to_hex();
         write_private(&dir.join("key"), &key)?;
@@ -517,11 +523,12 @@ impl Pair {
             dir.join("state").display().to_string(),
         ]);
         // The load comes from one address: lift the per-source limits and the cap.
-        for (flag, v) in [
+        let lift = [
             ("--new-sessions-per-source", "1000000"),
             ("--max-sessions-per-source", "100000"),
             ("--max-sessions", "100000"),
-        ] {
+        ];
+        for (flag, v) in lift.into_iter().filter(|_| lifted) {
             args.extend([flag.into(), v.into()]);
         }
         let mut server = Proc::spawn(&bin(), &args)?;
@@ -732,7 +739,7 @@ async fn main() -> Res<()> {
     let wan = || Script::always(Fault::Latency(delay));
     if download_only {
         // For iterating on (and profiling) the relay path: the download figure alone.
-        let pair = Pair::start(&dir.join("download"), mode).await?;
+        let pair = Pair::start(&dir.join("download"), mode, true).await?;
         let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         figures.push(download_figure(target, pair.public, dl_bytes, quick, mode).await);
@@ -746,7 +753,7 @@ async fn main() -> Res<()> {
         // For iterating on (and profiling) the per-session path: the sessions figure
         // and its baseline, nothing else.
         let base_sps = sessions(target, 64, secs).await;
-        let pair = Pair::start(&dir.join("sessions"), mode).await?;
+        let pair = Pair::start(&dir.join("sessions"), mode, true).await?;
         let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let sps = sessions(pair.public, 64, secs).await;
@@ -757,6 +764,7 @@ async fn main() -> Res<()> {
         );
         client.stop().await;
         pair.server.stop().await;
+        figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
         figures.extend(chain_figures(target, ChainRun::Sessions, dl_bytes, quick, secs).await?);
         let _ = std::fs::remove_dir_all(&dir);
         return publish(figures, json, quick);
@@ -780,7 +788,7 @@ async fn main() -> Res<()> {
     }
 
     // The tunnel, with the delay between its processes.
-    let pair = Pair::start(&dir.join("tunnel"), mode).await?;
+    let pair = Pair::start(&dir.join("tunnel"), mode, true).await?;
     let (pool_wan, control_wan) = (
         FaultProxy::start(pair.tunnel, wan()).await?,
         FaultProxy::start(pair.control, wan()).await?,
@@ -813,10 +821,11 @@ async fn main() -> Res<()> {
     );
     client.stop().await;
     pair.server.stop().await;
+    figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
     figures.extend(chain_figures(target, ChainRun::Both, dl_bytes, quick, secs).await?);
 
     // Memory, on a fresh pair: 16 idle pooled connections, then 1,000.
-    let pair = Pair::start(&dir.join("memory"), mode).await?;
+    let pair = Pair::start(&dir.join("memory"), mode, true).await?;
     let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss16 = rss_kib(pair.server.pid()) + rss_kib(client.pid());
@@ -878,6 +887,42 @@ async fn main() -> Res<()> {
 
     let _ = std::fs::remove_dir_all(&dir);
     publish(figures, json, quick)
+}
+
+/// `tunnel_one_source_ratio`: sessions a second from one address (64 at once, 1 KiB
+/// each way) through a server with the default public-port limits, against the same
+/// through a server with them lifted; alternated (twice each, once with `--quick`),
+/// medians. A source alone must get the full rate: the limits bind only under
+/// contention.
+async fn one_source_ratio(
+    dir: &Path,
+    target: SocketAddr,
+    mode: u8,
+    quick: bool,
+    secs: f64,
+) -> Res<Figure> {
+    let rounds = if quick { 1 } else { 2 };
+    let (mut defaults, mut lifted) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for lift in [false, true] {
+            let pair =
+                Pair::start(&dir.join(format!("one-source-{round}-{lift}")), mode, lift).await?;
+            let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let sps = sessions(pair.public, 64, secs).await;
+            if lift { &mut lifted } else { &mut defaults }.push(sps);
+            client.stop().await;
+            pair.server.stop().await;
+        }
+    }
+    let (d, l) = (median(&mut defaults), median(&mut lifted));
+    Ok(
+        Figure::vs("tunnel_one_source_ratio", d, "1/s", l).note(format!(
+            "mode {mode}, one address, 64 at once, 1 KiB each way, default limits; baseline: \
+         the same with the per-source limits and the cap lifted; median of {rounds} \
+         alternated; the ratio is the figure (target >= 0.9)"
+        )),
+    )
 }
 
 /// Prints the figures, and writes them as pool-bench JSON to `json` if given.

@@ -8,12 +8,29 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
 
+use crate::limits::{COUNT_LIMIT, SECS_LIMIT};
 use crate::relay::RelayLimits;
 use crate::state::{self, Origin};
 use crate::{BoxError, ClientConfig, ServerConfig, Timeouts};
 
 /// Handshakes under way that the server pool admits at once (strangers included).
 pub const HANDSHAKE_SLOTS: usize = 4096;
+
+/// The client's `--min` default.
+pub const CLIENT_MIN: u64 = 64;
+/// The client's `--max` default.
+pub const CLIENT_MAX: u64 = 1024;
+
+/// The server's `--max` help: it names the client's default from its constant.
+fn server_max_help() -> String {
+    format!(
+        "Server pool capacity: the authenticated idle connections it keeps. Keep it at \
+         least the client's --max (its default is {CLIENT_MAX}, its largest useful value \
+         this). Handshakes under way do not count: they have their own {HANDSHAKE_SLOTS} \
+         slots, so strangers holding silent handshakes never make the pool refuse the \
+         client as \"full\""
+    )
+}
 
 /// The environment variable that may hold the tunnel key.
 pub const KEY_ENV: &str = "POOL_TUNNEL_KEY";
@@ -59,11 +76,11 @@ pub struct KeyArgs {
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// Close a session when nothing moved either way for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub idle_timeout: u64,
     /// Close a session this many seconds after one direction ended if the other is
     /// still open.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub half_close_timeout: u64,
 }
 
@@ -114,29 +131,32 @@ pub struct ServerArgs {
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
     #[arg(long, value_name = "IPS")]
     pub client_ip: Option<String>,
-    /// Server pool capacity: the authenticated idle connections it keeps. Keep it at
-    /// least the client's --max (its default is 256, its largest useful value this).
-    /// Handshakes under way do not count: they have their own 4096 slots, so strangers
-    /// holding silent handshakes never make the pool refuse the client as "full".
-    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Server pool capacity (the help text is `server_max_help`'s, which names the
+    /// client's default from its constant).
+    #[arg(long, value_name = "N", help = server_max_help(), default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
-    /// User sessions at once; more are closed at once.
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    /// User sessions at once. At the cap, a user from a source (a /24, a /64) holding
+    /// fewer sessions than the source holding the most takes that source's newest
+    /// session (reset); other users are closed at once.
+    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions: u64,
-    /// User sessions at once from one source (a /24, a /64); more are closed at once.
-    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    /// User sessions at once from one source (a /24, a /64) while the public port is
+    /// contended (three quarters of --max-sessions in use, or the cap reached in the
+    /// last second); more are closed at once. A source alone may hold more.
+    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions_per_source: u64,
     /// New user sessions a second from one source (a /24, a /64), with bursts of twice
-    /// that; more are closed at once, before they cost a pooled connection.
-    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_RATE as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    /// that, while the public port is contended; more are closed at once, before they
+    /// cost a pooled connection. A source alone may start more.
+    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_RATE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub new_sessions_per_source: u64,
     /// Control connections at once that have not sent their admission token yet. When
     /// full, the source holding the most loses its oldest: keep it above the number of
     /// sources a flood may have.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates: u64,
     /// The same from one source (a /24, a /64); over it, the source's oldest goes.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates_per_source: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -175,10 +195,10 @@ pub struct ClientArgs {
     #[arg(long, value_name = "SHA256")]
     pub pin: Option<Fingerprint>,
     /// Client pool minimum capacity.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = CLIENT_MIN, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub min: u64,
     /// Client pool maximum capacity.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = CLIENT_MAX, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -361,6 +381,7 @@ impl ServerArgs {
                 ),
                 relay: self.relay.limits(),
                 timeouts,
+                pool_handshake: crate::server::DEFAULT_POOL_HANDSHAKE,
             },
             key_source,
             warnings,

@@ -15,9 +15,10 @@
 //! - control runs the [`protocol`] handshake (fresh nonces from both sides, the client
 //!   proves first, bound to the TLS session), with a bounded, evicting candidate table
 //!   ([`candidates`]) and heartbeats both ways;
-//! - the public port caps concurrent sessions, in all and per source, and new
-//!   sessions a second per source ([`sources`]), and relays with an idle and a
-//!   half-close deadline ([`relay`]);
+//! - the public port caps concurrent sessions in all (at the cap, the source holding
+//!   the most yields its newest to a source holding fewer), and while it is contended
+//!   holds each source to its share of sessions at once and new sessions a second
+//!   ([`sources`]); it relays with an idle and a half-close deadline ([`relay`]);
 //! - the `--metrics` port is a listener of our own, capped, with a deadline per
 //!   connection and a back-off on accept errors ([`metrics`]).
 //!

@@ -46,14 +46,31 @@ fn main() -> ExitCode {
         }
     };
     let res = rt.block_on(async {
+        let mut metrics = None;
         if let Some(addr) = cli.metrics {
             // Before any pool is built: pools register their metrics when they are.
-            let addr = pool_tunnel::metrics::serve(addr).await?;
+            let (addr, task) = pool_tunnel::metrics::serve(addr).await?;
             info!(%addr, "metrics served for Prometheus");
+            metrics = Some(task);
         }
-        match cli.side {
-            Side::Server(a) => server(a, env_key).await,
-            Side::Client(a) => client(a, env_key).await,
+        // The metrics task ends only by a panic: the process ends with it.
+        let metrics_died = async {
+            match metrics {
+                Some(task) => match task.await {
+                    Err(e) => format!("the metrics listener died: {e}"),
+                    Ok(()) => "the metrics listener ended".to_owned(),
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            why = metrics_died => Err(why.into()),
+            r = async {
+                match cli.side {
+                    Side::Server(a) => server(a, env_key).await,
+                    Side::Client(a) => client(a, env_key).await,
+                }
+            } => r,
         }
     });
     match res {
@@ -103,14 +120,17 @@ async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxErro
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            // A task that died takes the process down, never half of it.
+            why = s.failed() => return Err(why.into()),
             _ = every.tick() => {
                 let st = s.stats();
                 info!(
-                    "status: control {}  users {}  relayed {}  failed {}  refused {}  pool idle {}  \
-                     up {} B  down {} B  control refused {} evicted {}",
+                    "status: control {}  users {}  relayed {}  failed {}  refused {}  \
+                     evicted {}  pool idle {}  up {} B  down {} B  control refused {} evicted {}",
                     if s.control_up() { "up" } else { "down" },
-                    st.users, st.relayed, st.failed, st.users_refused, s.pool().active(),
-                    st.bytes_up, st.bytes_down, st.control_refused, st.control_evicted
+                    st.users, st.relayed, st.failed, st.users_refused + st.users_refused_source,
+                    st.users_evicted, s.pool().active(), st.bytes_up, st.bytes_down,
+                    st.control_refused, st.control_evicted
                 );
             }
         }

@@ -7,8 +7,9 @@
 //!   that is closed at once (counted, and warned about at most once every 10 s);
 //! - each connection has [`DEADLINE`] in all to send its request and read the answer;
 //!   a request longer than [`MAX_REQUEST`] bytes is cut off;
-//! - an accept that fails (out of descriptors, say) is retried after a back-off that
-//!   doubles from 5 ms to 1 s, so the loop never spins and never floods the log.
+//! - an accept that fails (out of descriptors, say) is retried after the tunnel's
+//!   accept back-off ([`crate::limits::Backoff`]: doubling from 5 ms to 1 s), so the
+//!   loop never spins and never floods the log.
 //!
 //! It binds loopback by default (the CLI warns when told to bind anything else).
 
@@ -30,12 +31,16 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 pub const MAX_REQUEST: usize = 8 * 1024;
 
 /// Installs the Prometheus recorder (before any pool is built: pools register their
-/// metrics when they are) and serves it on `addr`; returns the bound address.
+/// metrics when they are) and serves it on `addr`; returns the bound address and the
+/// task serving it, which ends only by a panic (a process should exit then, rather
+/// than run on without its metrics).
 ///
 /// # Errors
 ///
 /// The recorder could not be installed, or the address could not be bound.
-pub async fn serve(addr: SocketAddr) -> Result<SocketAddr, crate::BoxError> {
+pub async fn serve(
+    addr: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::BoxError> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("--metrics: {e}"))?;
@@ -48,30 +53,32 @@ pub async fn serve(addr: SocketAddr) -> Result<SocketAddr, crate::BoxError> {
     }
     // Histograms are drained on upkeep; the exporter's own listener would run it.
     let keep = handle.clone();
-    tokio::spawn(async move {
+    let upkeep = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
             keep.run_upkeep();
         }
+    };
+    let task = tokio::spawn(async move {
+        tokio::join!(upkeep, accept_loop(listener, handle));
     });
-    tokio::spawn(accept_loop(listener, handle));
-    Ok(local)
+    Ok((local, task))
 }
 
 async fn accept_loop(listener: TcpListener, handle: PrometheusHandle) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut pause = Duration::ZERO;
+    let mut backoff = crate::limits::Backoff::default();
     let mut refused = Rate::default();
     let mut failed = Rate::default();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => {
-                pause = Duration::ZERO;
+                backoff.succeeded();
                 pair
             }
             Err(e) => {
-                pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                let pause = backoff.failed();
                 if failed.tick() {
                     warn!(error = %e, ?pause, "metrics accept failed; backing off");
                 }
@@ -152,7 +159,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slots_are_bounded_and_the_port_keeps_serving() {
-        let addr = serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (addr, _task) = serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         metrics::counter!("tunnel_test_total").increment(1);
         assert!(get(addr).await.unwrap().contains("200 OK"));
         // Strangers take every slot and say nothing.

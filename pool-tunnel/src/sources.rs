@@ -1,36 +1,72 @@
-//! Per-source limits on the public port: what one source may hold and start.
+//! The public port's sessions: the global cap, and what each source may hold and start,
+//! with limits that bite only under contention.
 //!
 //! A source is a peer address cut to its prefix (/24 for IPv4, /64 for IPv6; an
 //! IPv4-mapped IPv6 address counts as IPv4), so that one machine, or one small network,
 //! cannot take every session slot or every pooled connection from the other users.
-//! Each source has at most `concurrent` sessions at once and starts at most `rate` new
-//! ones a second (a token bucket holding `2 * rate`, at least 1); a session over
-//! either limit is closed at once and counted. The table holds only sources with a
-//! session under way or a bucket not yet full again, and never more than
-//! [`MAX_SOURCES`] entries: past that, entries with no session are dropped first.
+//!
+//! The rules, in the order they are applied to a newcomer:
+//!
+//! 1. **A share that binds only under contention.** Each source is entitled to
+//!    `concurrent` sessions at once and `rate` new ones a second (a token bucket holding
+//!    `2 * rate`, at least 1). The port is *contended* while the sessions under way
+//!    reach three quarters of the cap, or for a second after a newcomer found the cap
+//!    full. Outside contention a source alone may go past its share (a reverse proxy or
+//!    a NAT in front of the port carries every user from one address); under it, a
+//!    source over either share is refused at once.
+//! 2. **The heaviest yields at the cap.** When the cap is reached, a newcomer whose
+//!    source would still hold fewer sessions than the source holding the most takes the
+//!    *newest* session of that source (the session is reset); otherwise the newcomer is
+//!    refused. So a crowd of sources holding every slot cannot lock out a source that
+//!    holds fewer, and sources of equal weight never churn each other's sessions.
+//!
+//! The table holds only sources with a session under way or a bucket not yet full
+//! again, and never more than [`MAX_SOURCES`] entries: past that, entries with no
+//! session are dropped first. Sans-IO: time is an argument, and the caller resets the
+//! sessions it is told to evict.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The most sources the table keeps.
 pub const MAX_SOURCES: usize = 65_536;
-/// Default sessions at once from one source.
+/// Default sessions at once from one source, under contention.
 pub const DEFAULT_CONCURRENT: usize = 256;
-/// Default new sessions a second from one source.
+/// Default new sessions a second from one source, under contention.
 pub const DEFAULT_RATE: f64 = 200.0;
+/// How long the port stays contended after a newcomer found the cap full.
+pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
 
 /// Why a session was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// Its source holds its sessions at once.
+    /// The port is contended and its source holds its share of sessions at once.
     Concurrent,
-    /// Its source started too many sessions in the last second.
+    /// The port is contended and its source started its share in the last second.
     Rate,
+    /// The cap is reached and its source holds as many as any other.
+    Full,
+}
+
+/// A session's handle in the table.
+pub type SessionId = u64;
+
+/// A session admitted: release it with [`SourceLimits::release`] when it ends, and
+/// reset `evict` (if any) at once: the table no longer counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Admitted {
+    /// Its source.
+    pub source: Source,
+    /// Its handle.
+    pub id: SessionId,
+    /// A session of the heaviest source that yields its slot to this one.
+    pub evict: Option<SessionId>,
 }
 
 /// A source's prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source(u128);
 
 impl Source {
@@ -45,26 +81,43 @@ impl Source {
 
 #[derive(Debug)]
 struct Entry {
-    active: usize,
+    /// Sessions under way, oldest first.
+    sessions: VecDeque<SessionId>,
     tokens: f64,
     last: Instant,
 }
 
-/// The limits and what each source holds.
+/// The cap, the shares, and what each source holds.
 #[derive(Debug)]
 pub struct SourceLimits {
+    max_total: usize,
     concurrent: usize,
     rate: f64,
+    total: usize,
     table: HashMap<Source, Entry>,
+    /// Sources holding a session, by how many they hold.
+    by_held: BTreeSet<(usize, Source)>,
+    contended_until: Option<Instant>,
+    next: SessionId,
 }
 
 impl SourceLimits {
-    /// At most `concurrent` sessions at once and `rate` new ones a second per source.
-    pub fn new(concurrent: usize, rate: f64) -> Self {
+    /// At most `max_total` sessions at once in all; under contention, at most
+    /// `concurrent` at once and `rate` new ones a second per source.
+    pub fn new(max_total: usize, concurrent: usize, rate: f64) -> Self {
         Self {
+            max_total: max_total.max(1),
             concurrent: concurrent.max(1),
-            rate: rate.max(0.1),
+            rate: if rate.is_finite() {
+                rate.max(0.1)
+            } else {
+                f64::MAX
+            },
+            total: 0,
             table: HashMap::new(),
+            by_held: BTreeSet::new(),
+            contended_until: None,
+            next: 0,
         }
     }
 
@@ -72,44 +125,105 @@ impl SourceLimits {
         (2.0 * self.rate).max(1.0)
     }
 
-    /// A session from `peer` arrives at `now`: admitted (call
-    /// [`release`](Self::release) when it ends) or refused.
-    pub fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Source, Refused> {
+    /// Whether the shares bind at `now`: the cap is near, or was reached a moment ago.
+    pub fn contended(&self, now: Instant) -> bool {
+        self.total * 4 >= self.max_total * 3 || self.contended_until.is_some_and(|t| now < t)
+    }
+
+    fn held(&self, source: Source) -> usize {
+        self.table.get(&source).map_or(0, |e| e.sessions.len())
+    }
+
+    fn reindex(&mut self, source: Source, from: usize, to: usize) {
+        if from > 0 {
+            self.by_held.remove(&(from, source));
+        }
+        if to > 0 {
+            self.by_held.insert((to, source));
+        }
+    }
+
+    /// A session from `peer` arrives at `now`: admitted, maybe in another's place, or
+    /// refused.
+    pub fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refused> {
         if self.table.len() >= MAX_SOURCES {
             self.prune(now);
         }
         let source = Source::of(peer);
-        let burst = self.burst();
-        let rate = self.rate;
+        let contended = self.contended(now);
+        let (burst, rate, concurrent) = (self.burst(), self.rate, self.concurrent);
         let e = self.table.entry(source).or_insert(Entry {
-            active: 0,
+            sessions: VecDeque::new(),
             tokens: burst,
             last: now,
         });
         let dt = now.saturating_duration_since(e.last).as_secs_f64();
         e.tokens = (e.tokens + dt * rate).min(burst);
         e.last = now;
-        if e.active >= self.concurrent {
+        let own = e.sessions.len();
+        if contended && own >= concurrent {
             return Err(Refused::Concurrent);
         }
-        if e.tokens < 1.0 {
+        if contended && e.tokens < 1.0 {
             return Err(Refused::Rate);
         }
-        e.tokens -= 1.0;
-        e.active += 1;
-        Ok(source)
+        let mut evict = None;
+        if self.total >= self.max_total {
+            self.contended_until = Some(now + CONTENDED_FOR);
+            let heaviest = self.by_held.last().copied();
+            match heaviest {
+                Some((most, victim)) if own + 1 < most => {
+                    evict = self.pop_newest(victim);
+                }
+                _ => return Err(Refused::Full),
+            }
+        }
+        self.next += 1;
+        let id = self.next;
+        let e = self.table.get_mut(&source).expect("inserted above");
+        // Alone, a source may go past its share; it still spends its tokens, so that
+        // when contention comes it is the first held to its rate.
+        e.tokens = (e.tokens - 1.0).max(0.0);
+        e.sessions.push_back(id);
+        self.total += 1;
+        self.reindex(source, own, own + 1);
+        Ok(Admitted { source, id, evict })
     }
 
-    /// A session of `source` ended.
-    pub fn release(&mut self, source: Source) {
-        if let Some(e) = self.table.get_mut(&source) {
-            e.active = e.active.saturating_sub(1);
-        }
+    /// Takes the newest session of `source` out of the table.
+    fn pop_newest(&mut self, source: Source) -> Option<SessionId> {
+        let e = self.table.get_mut(&source)?;
+        let id = e.sessions.pop_back()?;
+        let left = e.sessions.len();
+        self.total -= 1;
+        self.reindex(source, left + 1, left);
+        Some(id)
+    }
+
+    /// Session `id` of `source` ended; answers whether the table still held it (an
+    /// evicted session was taken out when it was evicted).
+    pub fn release(&mut self, source: Source, id: SessionId) -> bool {
+        let Some(e) = self.table.get_mut(&source) else {
+            return false;
+        };
+        let Some(i) = e.sessions.iter().rposition(|&s| s == id) else {
+            return false;
+        };
+        e.sessions.remove(i);
+        let left = e.sessions.len();
+        self.total -= 1;
+        self.reindex(source, left + 1, left);
+        true
     }
 
     /// Sessions under way from `peer`'s source.
     pub fn active(&self, peer: IpAddr) -> usize {
-        self.table.get(&Source::of(peer)).map_or(0, |e| e.active)
+        self.held(Source::of(peer))
+    }
+
+    /// Sessions under way in all.
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     /// Sources in the table.
@@ -127,11 +241,11 @@ impl SourceLimits {
         let (rate, burst) = (self.rate, self.burst());
         self.table.retain(|_, e| {
             let dt = now.saturating_duration_since(e.last).as_secs_f64();
-            e.active > 0 || e.tokens + dt * rate < burst
+            !e.sessions.is_empty() || e.tokens + dt * rate < burst
         });
         if self.table.len() >= MAX_SOURCES {
             // Every entry holds a session or a recent burst: drop idle ones anyway.
-            self.table.retain(|_, e| e.active > 0);
+            self.table.retain(|_, e| !e.sessions.is_empty());
         }
     }
 }
@@ -139,43 +253,124 @@ impl SourceLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn ip(a: u8, b: u8) -> IpAddr {
         IpAddr::from([127, 0, a, b])
     }
 
+    /// Others fill the table until it is contended: 4 sessions from each of 10.9.x.1.
+    fn crowd(t: &mut SourceLimits, now: Instant) -> Vec<Admitted> {
+        let mut held = Vec::new();
+        while !t.contended(now) {
+            let x = (held.len() / 4) as u8;
+            held.push(t.admit(IpAddr::from([10, 9, x, 1]), now).unwrap());
+        }
+        held
+    }
+
     #[test]
-    fn one_source_cannot_hold_every_session() {
+    fn under_contention_one_source_cannot_hold_every_session() {
         let now = Instant::now();
-        let mut t = SourceLimits::new(4, 1000.0);
-        let held: Vec<Source> = (0..4)
+        let mut t = SourceLimits::new(100, 4, 1000.0);
+        crowd(&mut t, now);
+        let held: Vec<Admitted> = (0..4)
             .map(|i| t.admit(ip(1, 2 + i), now).unwrap())
             .collect();
         // The same /24, another address: refused.
         assert_eq!(t.admit(ip(1, 200), now), Err(Refused::Concurrent));
         // Another /24 is not affected.
         assert!(t.admit(ip(0, 1), now).is_ok());
-        t.release(held[0]);
+        assert!(t.release(held[0].source, held[0].id));
+        assert!(!t.release(held[0].source, held[0].id), "released twice");
         assert!(t.admit(ip(1, 2), now).is_ok());
         assert_eq!(t.active(ip(1, 9)), 4);
     }
 
     #[test]
-    fn one_source_cannot_start_sessions_faster_than_its_rate() {
+    fn under_contention_one_source_cannot_start_sessions_faster_than_its_rate() {
         let t0 = Instant::now();
-        let mut t = SourceLimits::new(1_000_000, 10.0);
+        let mut t = SourceLimits::new(1000, 1_000_000, 10.0);
+        crowd(&mut t, t0);
         let mut ok = 0;
         for i in 0..1000u32 {
             let now = t0 + Duration::from_millis(u64::from(i)); // 1,000 a second for 1 s
-            if let Ok(s) = t.admit(ip(1, 1), now) {
-                t.release(s);
+            if let Ok(a) = t.admit(ip(1, 1), now) {
+                t.release(a.source, a.id);
                 ok += 1;
             }
         }
         // The burst of 20, then 10 a second: about 30 in the second.
         assert!((25..=32).contains(&ok), "{ok}");
         assert!(t.admit(ip(0, 1), t0 + Duration::from_millis(999)).is_ok());
+    }
+
+    #[test]
+    fn a_lone_source_goes_past_its_share_until_others_wait() {
+        let t0 = Instant::now();
+        // A share of 10 a second and 8 at once; 40 at once, at 4x the rate: all in.
+        let mut t = SourceLimits::new(1000, 8, 10.0);
+        let lone: Vec<Admitted> = (0..40).map(|_| t.admit(ip(0, 1), t0).unwrap()).collect();
+        assert_eq!(t.total(), 40);
+        // Others fill the port to near its cap: the lone source is held to its share
+        // (its bucket is spent, and it holds more than 8).
+        crowd(&mut t, t0);
+        assert_eq!(t.admit(ip(0, 1), t0), Err(Refused::Concurrent));
+        for a in &lone {
+            t.release(a.source, a.id);
+        }
+        crowd(&mut t, t0);
+        assert_eq!(t.admit(ip(0, 1), t0), Err(Refused::Rate));
+        let later = t0 + Duration::from_millis(150);
+        assert!(t.admit(ip(0, 1), later).is_ok(), "a token came back");
+    }
+
+    #[test]
+    fn at_the_cap_the_heaviest_source_yields_its_newest() {
+        let now = Instant::now();
+        let mut t = SourceLimits::new(6, 100, 1000.0);
+        let a: Vec<Admitted> = (0..4).map(|_| t.admit(ip(1, 1), now).unwrap()).collect();
+        let b: Vec<Admitted> = (0..2).map(|_| t.admit(ip(2, 1), now).unwrap()).collect();
+        assert!(a.iter().chain(&b).all(|x| x.evict.is_none()));
+        // A newcomer holding nothing takes source 1's newest.
+        let c = t.admit(ip(0, 1), now).unwrap();
+        assert_eq!(c.evict, Some(a[3].id));
+        assert!(!t.release(a[3].source, a[3].id), "already out of the table");
+        assert_eq!(t.total(), 6);
+        // 1 holds 3, 2 holds 2, 0 holds 1: source 2 would hold 3, not fewer: refused.
+        assert_eq!(t.admit(ip(2, 9), now), Err(Refused::Full));
+        // Source 0 would hold 2 < 3: source 1 yields again.
+        assert_eq!(t.admit(ip(0, 2), now).unwrap().evict, Some(a[2].id));
+        // Now 2, 2, 2: nobody of them yields to another.
+        for s in [0, 1, 2] {
+            assert_eq!(t.admit(ip(s, 7), now), Err(Refused::Full));
+        }
+        // A fourth source holding none still gets in.
+        assert!(t.admit(ip(3, 7), now).unwrap().evict.is_some());
+    }
+
+    #[test]
+    fn eighteen_sources_holding_the_cap_never_lock_a_newcomer_out() {
+        let now = Instant::now();
+        let mut t = SourceLimits::new(4096, 256, 200.0);
+        for s in 1..=18u8 {
+            for i in 0..256u16 {
+                let peer = IpAddr::from([127, 0, s, (i % 250) as u8 + 2]);
+                let _ = t.admit(peer, now);
+            }
+        }
+        assert_eq!(t.total(), 4096);
+        // 196 honest users one after another, each from 127.0.0.1 while the last runs.
+        let mut served = 0;
+        let mut prev: Option<Admitted> = None;
+        for _ in 0..196 {
+            if let Ok(a) = t.admit(ip(0, 1), now) {
+                served += 1;
+                if let Some(p) = prev.replace(a) {
+                    t.release(p.source, p.id);
+                }
+            }
+        }
+        assert_eq!(served, 196);
     }
 
     #[test]
@@ -192,11 +387,11 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let now = Instant::now();
-        let mut t = SourceLimits::new(4, 1.0);
+        let mut t = SourceLimits::new(1 << 20, 4, 1.0);
         for i in 0..(MAX_SOURCES + 100) as u32 {
             let peer = IpAddr::from((0x0a00_0000 + (i << 8)).to_be_bytes());
-            if let Ok(s) = t.admit(peer, now) {
-                t.release(s);
+            if let Ok(a) = t.admit(peer, now) {
+                t.release(a.source, a.id);
             }
         }
         assert!(t.len() <= MAX_SOURCES, "{}", t.len());

@@ -59,6 +59,11 @@ fn ensure_dir(dir: &Path) -> Result<(), BoxError> {
 /// in its mode.
 fn check(path: &Path, forbidden: u32, fix: &str) -> Result<(), BoxError> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() && !meta.is_dir() {
+        // A FIFO would block the open until someone writes to it; a device or a
+        // socket is no key either.
+        return Err(not_regular(path));
+    }
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
         return Err(format!(
@@ -86,8 +91,21 @@ fn check(path: &Path, forbidden: u32, fix: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Refuses a private key file that another user owns, or can read or write.
+fn not_regular(path: &Path) -> BoxError {
+    format!(
+        "{} is not a regular file (a FIFO, a device or a socket): give a file",
+        path.display()
+    )
+    .into()
+}
+
+/// Refuses a private key file that is not a regular file, or that another user owns,
+/// or can read or write.
 pub fn check_private_file(path: &Path) -> Result<(), BoxError> {
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(not_regular(path));
+    }
     check(path, 0o077, "chmod 600")
 }
 
@@ -129,7 +147,22 @@ pub fn tunnel_key(dir: &Path) -> Result<(TunnelKey, Origin, PathBuf), BoxError> 
 /// A key from a file: its content without surrounding whitespace, as
 /// [`TunnelKey::parse`] reads it (64 hex digits, or a passphrase of 16+ characters).
 pub fn read_key_file(path: &Path) -> Result<TunnelKey, BoxError> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::io::Read;
+    // Checked before the open (which would block on a FIFO), and again on what was
+    // opened (the path may have changed in between).
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(not_regular(path));
+    }
+    let f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(not_regular(path));
+    }
+    let mut text = String::new();
+    // A key is a line: a file far longer is not one (and is not read whole).
+    f.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     TunnelKey::parse(text.trim()).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
@@ -194,6 +227,26 @@ mod tests {
         assert!(e.contains("mode 666"), "{e}");
         chmod(&dir.join(CERT_FILE), 0o644);
         certificate(&dir, "localhost").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_is_refused_before_it_is_opened() {
+        let dir = fresh("fifo");
+        ensure_dir(&dir).unwrap();
+        let path = dir.join("key.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("600")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening it for read would block until a writer comes: the test would hang.
+        let e = check_private_file(&path).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = read_key_file(&path).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

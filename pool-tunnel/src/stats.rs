@@ -1,6 +1,7 @@
 //! Counters of each side, readable while it runs.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 macro_rules! counters {
     ($(#[$m:meta])* $name:ident / $snap:ident { $($(#[$fm:meta])* $f:ident),* $(,)? }) => {
@@ -28,10 +29,15 @@ counters! {
         relayed,
         /// User sessions that failed (no control, no pooled connection, relay error).
         failed,
-        /// User connections closed at once because `max_sessions` were running.
+        /// User connections closed at once because `max_sessions` were running and
+        /// their source held as many as any other.
         users_refused,
-        /// User connections closed at once because their source (a /24, a /64) held
-        /// its sessions at once or started too many in the last second.
+        /// User sessions reset to make room at the cap for a newcomer from a source
+        /// holding fewer (each was the newest of the source holding the most).
+        users_evicted,
+        /// User connections closed at once because the port was contended and their
+        /// source (a /24, a /64) held its share of sessions at once or started its
+        /// share in the last second.
         users_refused_source,
         /// Relays ended because nothing moved for the idle timeout.
         idle_closed,
@@ -56,14 +62,21 @@ counters! {
         bytes_down,
         /// Control candidates that proved the key.
         control_ok,
-        /// Control candidates dropped: wrong key, garbage, silence, TLS failure.
+        /// Control candidates dropped: wrong key, garbage, silence, a replayed token,
+        /// TLS or proof failure.
         control_refused,
+        /// Of `control_refused`: a valid admission token seen before.
+        control_replayed,
         /// Control candidates whose admission token proved the key (moved out of
         /// strangers' reach for TLS and the handshake).
         control_admitted,
         /// Control candidates with a valid admission token stamped too far from the
         /// server's clock (left to compete with strangers for a slot).
         control_skewed,
+        /// Control candidates with a valid admission token stamped before this server
+        /// started (a replay of one seen by an earlier process, or a client clock a
+        /// moment behind): left to compete with strangers for a slot.
+        control_predated,
         /// Control candidates refused by the client-IP filter.
         control_ip_refused,
         /// Control candidates closed to make room for a newer one.
@@ -100,7 +113,98 @@ counters! {
     }
 }
 
+/// Why a stranger (or a key holder who failed) was turned away on the control port.
+/// Each reason's log lines are limited apart ([`QuietLog`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No admission token within the deadline, or the connection closed first.
+    NoToken,
+    /// Garbage, or a token made with another key.
+    BadToken,
+    /// A valid token seen before.
+    Replayed,
+    /// A valid token stamped too far from our clock (let through, unprotected).
+    Skewed,
+    /// A valid token stamped before this server started (let through, unprotected).
+    Predated,
+    /// TLS or the key proof failed.
+    Handshake,
+}
+
+impl Refusal {
+    const ALL: usize = 6;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A few words for the log.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::NoToken => "no admission token",
+            Self::BadToken => "a bad admission token",
+            Self::Replayed => "a replayed admission token",
+            Self::Skewed => "an admission token far from our clock",
+            Self::Predated => "an admission token older than this server",
+            Self::Handshake => "TLS or the key proof failed",
+        }
+    }
+}
+
+/// How often each [`Refusal`] reason may log a line.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(10);
+
+/// A log that says each reason at most once a [`QUIET_PERIOD`], with how many it kept
+/// quiet since: strangers choose how often they are refused, never how much is logged.
+/// Sans-IO: time is an argument.
+#[derive(Debug, Default)]
+pub struct QuietLog {
+    last: [Option<Instant>; Refusal::ALL],
+    quiet: [u64; Refusal::ALL],
+}
+
+impl QuietLog {
+    /// A refusal for `reason` at `now`: `Some(n)` when a line is due, `n` being how
+    /// many were kept quiet since the last line of that reason; `None` to stay quiet.
+    pub fn note(&mut self, reason: Refusal, now: Instant) -> Option<u64> {
+        let i = reason.index();
+        let due = self.last[i].is_none_or(|t| now.saturating_duration_since(t) >= QUIET_PERIOD);
+        if !due {
+            self.quiet[i] += 1;
+            return None;
+        }
+        self.last[i] = Some(now);
+        Some(std::mem::take(&mut self.quiet[i]))
+    }
+}
+
 /// Adds one to a counter.
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_logs_at_most_once_a_period_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut log = QuietLog::default();
+        let mut lines = Vec::new();
+        // 10,000 refusals of each of two reasons over 25 s.
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 2_500);
+            for r in [Refusal::Skewed, Refusal::BadToken] {
+                if let Some(n) = log.note(r, now) {
+                    lines.push((r, n));
+                }
+            }
+        }
+        // At 0, 10 and 20 s, for each reason.
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        let total: u64 = lines.iter().map(|(_, n)| n + 1).sum();
+        let quiet_last = 2 * (10_000 - 1 - 20_000_000 / 2_500) as u64;
+        assert_eq!(total + quiet_last, 20_000, "every refusal said or counted");
+    }
 }

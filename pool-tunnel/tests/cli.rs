@@ -167,3 +167,127 @@ fn plaintext_is_refused_without_the_insecure_word() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--insecure-plaintext"), "{err}");
 }
+
+/// Runs `tunnel ARGS` with no key in the environment and a state directory of its own;
+/// its exit code and stderr. Bounded: a start-up that hangs is killed and fails.
+fn run_bounded(name: &str, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("POOL_TUNNEL_KEY")
+        .env("STATE_DIRECTORY", state_dir(name))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let Some(status) = status else {
+        panic!(
+            "`tunnel {}` hung at start-up; stderr: {err}",
+            args.join(" ")
+        );
+    };
+    (status.code(), err)
+}
+
+const SERVER: [&str; 5] = [
+    "server",
+    "--tunnel",
+    "127.0.0.1:0",
+    "--public",
+    "127.0.0.1:0",
+];
+
+#[test]
+fn numbers_out_of_range_are_refused_at_start_naming_the_option() {
+    let huge = "18446744073709551615";
+    for (option, value) in [
+        ("--max-sessions", huge),
+        ("--max-sessions", "2305843009213693952"),
+        ("--max", huge),
+        ("--max-sessions-per-source", "0"),
+        ("--new-sessions-per-source", huge),
+        ("--max-candidates", "4294967296"),
+        ("--idle-timeout", huge),
+        ("--half-close-timeout", "0"),
+    ] {
+        let args = [&SERVER[..], &[option, value]].concat();
+        let (code, err) = run_bounded("range", &args);
+        assert_eq!(code, Some(2), "{option} {value}: {err}");
+        assert!(err.contains(option), "{option} {value}: {err}");
+    }
+    for (option, value) in [("--max", huge), ("--min", "0")] {
+        let args = [
+            "client",
+            "--tunnel",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+            option,
+            value,
+        ];
+        let (code, err) = run_bounded("range-client", &args);
+        assert_eq!(code, Some(2), "{option} {value}: {err}");
+        assert!(err.contains(option), "{option} {value}: {err}");
+    }
+}
+
+#[test]
+fn a_fifo_as_the_key_file_is_refused_and_start_up_does_not_hang() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = state_dir("fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("key");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = fifo.to_str().unwrap();
+    let (code, err) = run_bounded(
+        "fifo-run",
+        &[&SERVER[..], &["--tunnel-key-file", path]].concat(),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_server_help_names_the_clients_own_default() {
+    let out = Command::new(BIN)
+        .args(["client", "--help"])
+        .output()
+        .unwrap();
+    let client = String::from_utf8_lossy(&out.stdout).into_owned();
+    let default = client
+        .split("--max <N>")
+        .nth(1)
+        .and_then(|t| t.split("[default: ").nth(1))
+        .and_then(|t| t.split(']').next())
+        .expect("the client's --max default")
+        .to_owned();
+    let out = Command::new(BIN)
+        .args(["server", "--help"])
+        .output()
+        .unwrap();
+    let server = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        server.contains(&format!("its default is {default}")),
+        "the server's --max help does not name {default}:\n{server}"
+    );
+}

@@ -736,6 +736,8 @@ async fn one_source_holding_and_flooding_the_public_port_starves_nobody_else() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
     let server = pool_tunnel::start_server(ServerConfig {
         per_source: (64, 100.0),
+        // The shares bind under contention: from three quarters of this cap on.
+        max_sessions: 256,
         ..server_cfg(key())
     })
     .await
@@ -763,7 +765,8 @@ async fn one_source_holding_and_flooding_the_public_port_starves_nobody_else() {
     let r = run(public, 50, 4 * 1024).await;
     assert_all_passed(&r, 50);
     let st = server.stats();
-    assert!(st.users_refused_source >= 600, "{st:?}");
+    // Alone it held 192 (three quarters of the cap); past that, its share binds.
+    assert!(st.users_refused_source >= 500, "{st:?}");
     drop(held);
     client.shutdown().await;
     server.shutdown().await;

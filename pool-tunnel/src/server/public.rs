@@ -1,0 +1,134 @@
+//! The public port's accept loop: the cap and the per-source shares of
+//! [`crate::sources`], and the reset of a session evicted to make room.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use super::{lock, user_session, Shared};
+use crate::limits::Backoff;
+use crate::relay::peer_socket_options;
+use crate::sources::{Refused, SessionId, Source, SourceLimits};
+use crate::stats::bump;
+
+/// The public port's sessions: the table of sources, and how to reset each session
+/// it may evict.
+struct Public {
+    limits: SourceLimits,
+    held: HashMap<SessionId, Held>,
+}
+
+/// A running session, as the accept loop may have to end it.
+struct Held {
+    task: tokio::task::AbortHandle,
+    /// A second descriptor of the user's socket: an evicted user gets a reset (linger
+    /// 0), never a clean end that passes for a complete answer. The socket closes
+    /// when both descriptors are closed: at the latest when the session's task ends
+    /// (its slot drops this one).
+    socket: std::os::fd::OwnedFd,
+}
+
+impl Held {
+    fn reset(self) {
+        let _ = rustix::net::sockopt::set_socket_linger(&self.socket, Some(Duration::ZERO));
+        self.task.abort();
+    }
+}
+
+/// A session's place in [`Public`], given back however the session ends (an evicted
+/// one was taken out already).
+struct Slot {
+    public: Arc<std::sync::Mutex<Public>>,
+    source: Source,
+    id: SessionId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut p = lock(&self.public);
+        p.limits.release(self.source, self.id);
+        p.held.remove(&self.id);
+    }
+}
+
+pub(super) async fn public_accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    limits: SourceLimits,
+) {
+    let public = Arc::new(std::sync::Mutex::new(Public {
+        limits,
+        held: HashMap::new(),
+    }));
+    let mut sessions = JoinSet::new();
+    let mut backoff = Backoff::default();
+    // Set once on the listener where accepted sockets inherit it (Linux), else on
+    // each user.
+    let options = peer_socket_options();
+    let each = !(pool_tokio::INHERITED_AT_ACCEPT && options.apply_listener(&listener).is_ok());
+    loop {
+        while sessions.try_join_next().is_some() {}
+        let (user, peer) = match listener.accept().await {
+            Ok(pair) => {
+                backoff.succeeded();
+                pair
+            }
+            Err(e) => {
+                let pause = backoff.failed();
+                warn!("public: accept: {e}; pausing {pause:?}");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        bump(&shared.stats.users);
+        let mut p = lock(&public);
+        // The cap, and under contention each source's share: see `crate::sources`.
+        let admitted = match p.limits.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(a) => a,
+            Err(Refused::Full) => {
+                bump(&shared.stats.users_refused);
+                continue; // closed at once
+            }
+            Err(_) => {
+                bump(&shared.stats.users_refused_source);
+                continue; // closed at once
+            }
+        };
+        if let Some(held) = admitted.evict.and_then(|v| p.held.remove(&v)) {
+            held.reset();
+            bump(&shared.stats.users_evicted);
+        }
+        let Ok(socket) = user.as_fd().try_clone_to_owned() else {
+            // Out of descriptors: this user is refused, not a running one reset later.
+            p.limits.release(admitted.source, admitted.id);
+            bump(&shared.stats.users_refused);
+            continue;
+        };
+        if each {
+            let _ = options.apply_tcp(&user);
+        }
+        let slot = Slot {
+            public: public.clone(),
+            source: admitted.source,
+            id: admitted.id,
+        };
+        let shared = shared.clone();
+        // Spawned under the lock: the session's slot cannot be given back before its
+        // entry is in `held`.
+        let task = sessions.spawn(async move {
+            let _slot = slot;
+            let ok = user_session(&shared, user).await;
+            bump(if ok {
+                &shared.stats.relayed
+            } else {
+                &shared.stats.failed
+            });
+        });
+        p.held.insert(admitted.id, Held { task, socket });
+    }
+}
