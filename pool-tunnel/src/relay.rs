@@ -3,8 +3,16 @@
 //! `tokio::io::copy_bidirectional` runs for as long as both peers keep their sockets
 //! open: a user who connects and goes quiet, or half-closes and never reads, holds two
 //! descriptors and a pooled connection for ever. [`relay`] ends a session when nothing
-//! moved either way for [`RelayLimits::idle`], and when one direction has ended but the
-//! other is still open after [`RelayLimits::half_close`].
+//! moved either way for [`RelayLimits::idle`], and when one direction has ended and the
+//! other has moved nothing for [`RelayLimits::half_close`]: a half-closed transfer that
+//! is still moving is never cut.
+//!
+//! A relay cut short (a deadline, an error on either side, this process killed) must
+//! not pass for a complete one: [`relay_tcp`] arms both sockets to reset when they are
+//! closed (`SO_LINGER` 0, see [`reset`]) and disarms them ([`graceful`]) only when both
+//! directions ended cleanly; callers of [`relay`] do the same with theirs. Half-closes
+//! still pass as FINs (`shutdown` is not affected by the linger), so neither peer
+//! mistakes a cut for a clean end of stream.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -19,8 +27,8 @@ use tokio::time::Instant;
 pub struct RelayLimits {
     /// Nothing moved either way for this long: the session ends.
     pub idle: Duration,
-    /// One direction ended (EOF passed on) and the other is still open this long after:
-    /// the session ends.
+    /// One direction ended (EOF passed on) and the other has moved nothing for this
+    /// long: the session ends (with a reset).
     pub half_close: Duration,
 }
 
@@ -42,8 +50,48 @@ pub enum RelayEnd {
     Error,
     /// Nothing moved for the idle timeout.
     Idle,
-    /// One direction stayed open past the half-close timeout.
+    /// One direction ended, and the other moved nothing for the half-close timeout.
     HalfClosed,
+    /// `b`'s first byte was not the one an [`Expect`] wanted: `Some` the byte it sent
+    /// instead, `None` when none came in time (or `b` ended or failed first).
+    NotExpected(Option<u8>),
+}
+
+/// A byte a relay must read first from its `b` side, within `within`, before anything
+/// of `b`'s goes to `a` (the byte itself is not relayed). The tunnel's server waits
+/// this way for the client's [`REACHED`](crate::protocol::REACHED) while the user's
+/// bytes already flow the other way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// The byte.
+    pub byte: u8,
+    /// How long it may take.
+    pub within: Duration,
+}
+
+/// What a relay does on its `b` → `a` direction before relaying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Opening {
+    /// Nothing: relay at once.
+    #[default]
+    Plain,
+    /// Write a byte to `a` first ([`Lead`]).
+    Lead(Lead),
+    /// Read a byte from `b` first ([`Expect`]).
+    Expect(Expect),
+}
+
+/// Arms `tcp` to reset when it is closed: `SO_LINGER` 0, so that dropping it (or the
+/// process dying) sends an RST, and the peer's read fails with `ECONNRESET`, instead of
+/// a FIN that would pass for the clean end of a complete stream. Unsent bytes are
+/// dropped then: [`graceful`] first for a stream that ended as it should.
+pub fn reset(tcp: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(tcp, Some(Duration::ZERO));
+}
+
+/// Undoes [`reset`]: closing `tcp` is an orderly close again (the default).
+pub fn graceful(tcp: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(tcp, None);
 }
 
 /// A byte a relay writes to its `a` side before anything from `b`: in the same write as
@@ -83,49 +131,92 @@ pub fn peer_socket_options() -> SocketOptions {
     }
 }
 
+/// How one direction of a relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    /// At EOF, passed on.
+    Ended,
+    /// An error on either side.
+    Failed,
+    /// The [`Expect`]ed byte did not come (see [`RelayEnd::NotExpected`]).
+    NotExpected(Option<u8>),
+}
+
 async fn copy_one<R, W>(
     mut r: R,
     mut w: W,
     count: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
-    lead: Option<Lead>,
-) -> bool
+    opening: Opening,
+) -> Way
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 64 * 1024];
-    if let Some(lead) = lead {
-        buf[0] = lead.byte;
-        // `read` is cancel-safe: a read the deadline drops has taken nothing.
-        let first = tokio::time::timeout(lead.within, r.read(&mut buf[1..])).await;
-        let Some((n, ended)) = lead_outcome(first) else {
-            return false;
-        };
-        if w.write_all(&buf[..1 + n]).await.is_err() || w.flush().await.is_err() {
-            return false;
+    match opening {
+        Opening::Plain => {}
+        Opening::Expect(e) => {
+            // One byte, so that nothing after it is taken from `r`.
+            let first = tokio::time::timeout(e.within, r.read(&mut buf[..1])).await;
+            if let Some(way) = expect_outcome(first, buf[0], e) {
+                return way;
+            }
         }
-        count.fetch_add(n as u64, Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
-        if ended {
-            return w.shutdown().await.is_ok();
+        Opening::Lead(lead) => {
+            buf[0] = lead.byte;
+            // `read` is cancel-safe: a read the deadline drops has taken nothing.
+            let first = tokio::time::timeout(lead.within, r.read(&mut buf[1..])).await;
+            let Some((n, ended)) = lead_outcome(first) else {
+                return Way::Failed;
+            };
+            if w.write_all(&buf[..1 + n]).await.is_err() || w.flush().await.is_err() {
+                return Way::Failed;
+            }
+            count.fetch_add(n as u64, Relaxed);
+            last.store(start.elapsed().as_millis() as u64, Relaxed);
+            if ended {
+                return ended_way(w.shutdown().await.is_ok());
+            }
         }
     }
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
-            Err(_) => return false,
+            Err(_) => return Way::Failed,
         };
         last.store(start.elapsed().as_millis() as u64, Relaxed);
         if w.write_all(&buf[..n]).await.is_err() {
-            return false;
+            return Way::Failed;
         }
         count.fetch_add(n as u64, Relaxed);
         last.store(start.elapsed().as_millis() as u64, Relaxed);
     }
-    w.shutdown().await.is_ok()
+    ended_way(w.shutdown().await.is_ok())
+}
+
+fn ended_way(shut: bool) -> Way {
+    if shut {
+        Way::Ended
+    } else {
+        Way::Failed
+    }
+}
+
+/// What reading an [`Expect`]ed byte gave (`byte` is what was read, if one was):
+/// `None` to go on relaying, else how the direction ends.
+fn expect_outcome(
+    first: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    byte: u8,
+    e: Expect,
+) -> Option<Way> {
+    match first {
+        Ok(Ok(1)) if byte == e.byte => None,
+        Ok(Ok(1)) => Some(Way::NotExpected(Some(byte))),
+        _ => Some(Way::NotExpected(None)),
+    }
 }
 
 /// What waiting for `b`'s first bytes under a [`Lead`]'s deadline gave: how many were
@@ -143,22 +234,24 @@ fn lead_outcome(
 }
 
 /// Relays `a` ⇄ `b` until both directions end or a limit is reached; half-closes pass
-/// through. Counts into `traffic`.
+/// through. Counts into `traffic`. Anything but [`RelayEnd::Done`] is a cut: arm the
+/// TCP sockets underneath with [`reset`] before, and disarm them ([`graceful`]) only
+/// after `Done`.
 pub async fn relay<A, B>(a: A, b: B, limits: RelayLimits, traffic: &Traffic) -> RelayEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    relay_led(a, b, limits, traffic, None).await
+    relay_with(a, b, limits, traffic, Opening::Plain).await
 }
 
-/// [`relay`], writing `lead` to `a` first (see [`Lead`]).
-pub async fn relay_led<A, B>(
+/// [`relay`], opening the `b` → `a` direction with `opening` (see [`Opening`]).
+pub async fn relay_with<A, B>(
     a: A,
     b: B,
     limits: RelayLimits,
     traffic: &Traffic,
-    lead: Option<Lead>,
+    opening: Opening,
 ) -> RelayEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -167,48 +260,70 @@ where
     let start = Instant::now();
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    let up = copy_one(ar, bw, &traffic.a_to_b, &traffic.last, start, None);
-    let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start, lead);
+    let up = copy_one(
+        ar,
+        bw,
+        &traffic.a_to_b,
+        &traffic.last,
+        start,
+        Opening::Plain,
+    );
+    let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start, opening);
     drive(up, down, start, limits, traffic).await
 }
 
 /// [`relay`] between two plain TCP streams. On Linux the bytes go socket to pipe to
 /// socket with `splice(2)` and never enter this process; elsewhere it is [`relay`].
+/// Both sockets reset when they are closed unless the relay ended cleanly
+/// ([`reset`], [`graceful`]).
 pub async fn relay_tcp(
     a: TcpStream,
     b: TcpStream,
     limits: RelayLimits,
     traffic: &Traffic,
 ) -> RelayEnd {
-    relay_tcp_led(a, b, limits, traffic, None).await
+    relay_tcp_with(a, b, limits, traffic, Opening::Plain).await
 }
 
-/// [`relay_tcp`], writing `lead` to `a` first (see [`Lead`]). On Linux the lead and
-/// `b`'s first bytes go through this process in one write; the rest is spliced.
-pub async fn relay_tcp_led(
-    a: TcpStream,
-    b: TcpStream,
+/// [`relay_tcp`], opening the `b` → `a` direction with `opening` (see [`Opening`]). On
+/// Linux a lead and `b`'s first bytes go through this process in one write, an
+/// expected byte is read here alone; the rest is spliced.
+pub async fn relay_tcp_with(
+    #[cfg_attr(target_os = "linux", allow(unused_mut))] mut a: TcpStream,
+    #[cfg_attr(target_os = "linux", allow(unused_mut))] mut b: TcpStream,
     limits: RelayLimits,
     traffic: &Traffic,
-    lead: Option<Lead>,
+    opening: Opening,
 ) -> RelayEnd {
+    reset(&a);
+    reset(&b);
     #[cfg(target_os = "linux")]
-    {
+    let end = {
         let start = Instant::now();
-        let up = splice::one_way(&a, &b, &traffic.a_to_b, &traffic.last, start, None);
-        let down = splice::one_way(&b, &a, &traffic.b_to_a, &traffic.last, start, lead);
+        let up = splice::one_way(
+            &a,
+            &b,
+            &traffic.a_to_b,
+            &traffic.last,
+            start,
+            Opening::Plain,
+        );
+        let down = splice::one_way(&b, &a, &traffic.b_to_a, &traffic.last, start, opening);
         drive(up, down, start, limits, traffic).await
-    }
+    };
     #[cfg(not(target_os = "linux"))]
-    {
-        relay_led(a, b, limits, traffic, lead).await
+    let end = relay_with(&mut a, &mut b, limits, traffic, opening).await;
+    if end == RelayEnd::Done {
+        graceful(&a);
+        graceful(&b);
     }
+    end
 }
 
 /// Runs both directions under the relay's deadlines.
 async fn drive(
-    up: impl std::future::Future<Output = bool>,
-    down: impl std::future::Future<Output = bool>,
+    up: impl std::future::Future<Output = Way>,
+    down: impl std::future::Future<Output = Way>,
     start: Instant,
     limits: RelayLimits,
     traffic: &Traffic,
@@ -221,28 +336,35 @@ async fn drive(
         .min(limits.half_close)
         .min(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            ok = &mut up, if !up_done => {
-                if !ok { return RelayEnd::Error; }
+        let way = tokio::select! {
+            way = &mut up, if !up_done => {
                 up_done = true;
+                way
             }
-            ok = &mut down, if !down_done => {
-                if !ok { return RelayEnd::Error; }
+            way = &mut down, if !down_done => {
                 down_done = true;
+                way
             }
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(tick) => Way::Ended,
+        };
+        match way {
+            Way::Ended => {}
+            Way::Failed => return RelayEnd::Error,
+            Way::NotExpected(b) => return RelayEnd::NotExpected(b),
         }
         if up_done && down_done {
             return RelayEnd::Done;
         }
         let now = Instant::now();
+        let last = start + Duration::from_millis(traffic.last.load(Relaxed));
         if up_done || down_done {
-            let since = *half_since.get_or_insert(now);
+            // Silence, not age: the open direction is cut only when it too has moved
+            // nothing for the whole timeout since the other ended.
+            let since = (*half_since.get_or_insert(now)).max(last);
             if now.duration_since(since) >= limits.half_close {
                 return RelayEnd::HalfClosed;
             }
         }
-        let last = start + Duration::from_millis(traffic.last.load(Relaxed));
         if now.duration_since(last) >= limits.idle {
             return RelayEnd::Idle;
         }
@@ -267,7 +389,7 @@ mod splice {
     use tokio::net::TcpStream;
     use tokio::time::Instant;
 
-    use super::Lead;
+    use super::{Expect, Lead, Opening, Way};
 
     /// At most this much in the pipe at once (the default pipe size).
     const CHUNK: usize = 64 * 1024;
@@ -316,29 +438,38 @@ mod splice {
         })
     }
 
-    /// Moves `from` → `to` until EOF (then half-closes `to`) or an error, after `lead`.
+    /// Moves `from` → `to` until EOF (then half-closes `to`) or an error, after
+    /// `opening`.
     pub(super) async fn one_way(
         from: &TcpStream,
         to: &TcpStream,
         count: &AtomicU64,
         last: &AtomicU64,
         start: Instant,
-        lead: Option<Lead>,
-    ) -> bool {
-        if let Some(lead) = lead {
-            match lead_with_first(from, to, lead).await {
+        opening: Opening,
+    ) -> Way {
+        match opening {
+            Opening::Plain => {}
+            Opening::Expect(e) => {
+                if let Some(way) = expect_first(from, e).await {
+                    return way;
+                }
+            }
+            Opening::Lead(lead) => match lead_with_first(from, to, lead).await {
                 Some((n, ended)) => {
                     count.fetch_add(n as u64, Relaxed);
                     last.store(start.elapsed().as_millis() as u64, Relaxed);
                     if ended {
-                        return rustix::net::shutdown(to, rustix::net::Shutdown::Write).is_ok();
+                        return super::ended_way(
+                            rustix::net::shutdown(to, rustix::net::Shutdown::Write).is_ok(),
+                        );
                     }
                 }
-                None => return false,
-            }
+                None => return Way::Failed,
+            },
         }
         let Ok(pipe) = take_pipe() else {
-            return false;
+            return Way::Failed;
         };
         let ok = pump(from, to, &pipe, count, last, start).await;
         // Only a relay that ended at EOF left its pipe empty; any other end may have
@@ -346,7 +477,23 @@ mod splice {
         if ok {
             give_back(pipe);
         }
-        ok
+        super::ended_way(ok)
+    }
+
+    /// Reads the one byte `e` wants from `from` within `e.within`: `None` to go on.
+    async fn expect_first(from: &TcpStream, e: Expect) -> Option<Way> {
+        let mut one = [0u8; 1];
+        let read = async {
+            loop {
+                from.readable().await?;
+                match from.try_read(&mut one) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            }
+        };
+        let first = tokio::time::timeout(e.within, read).await;
+        super::expect_outcome(first, one[0], e)
     }
 
     /// Writes `lead` to `to` with what `from` sends within `lead.within` (read here,
@@ -548,13 +695,13 @@ mod tests {
     /// relay (splice on Linux), else the generic one.
     async fn a_lead_goes_with_the_first_bytes_or_alone(tcp: bool) {
         let run = |a: TcpStream, b: TcpStream, within: Duration| {
-            let lead = Some(Lead { byte: LEAD, within });
+            let lead = Opening::Lead(Lead { byte: LEAD, within });
             tokio::spawn(async move {
                 let t = Traffic::default();
                 let end = if tcp {
-                    relay_tcp_led(a, b, RelayLimits::default(), &t, lead).await
+                    relay_tcp_with(a, b, RelayLimits::default(), &t, lead).await
                 } else {
-                    relay_led(a, b, RelayLimits::default(), &t, lead).await
+                    relay_with(a, b, RelayLimits::default(), &t, lead).await
                 };
                 (end, t.b_to_a.load(Relaxed))
             })
