@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pool_tls::{Fingerprint, ServerTls, TlsMode};
 use pool_tunnel::relay::RelayLimits;
 use pool_tunnel::{ClientConfig, ClientHandle, ServerConfig, ServerHandle, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,19 +37,39 @@ fn timeouts(connect: Duration) -> Timeouts {
 struct Tunnel {
     server: ServerHandle,
     client: ClientHandle,
+    /// The server certificate's pin in mode 1.
+    pin: Option<Fingerprint>,
 }
+
+/// TLS mode 0 (plain pooled connections: the `splice` relay) or 1 (TLS, pinned: the
+/// copy relay).
+#[derive(Clone, Copy)]
+struct Tls(bool);
 
 impl Tunnel {
     async fn start(target: SocketAddr, t: Timeouts, relay: RelayLimits) -> Self {
+        Self::start_in(Tls(false), target, t, relay).await
+    }
+
+    async fn start_in(tls: Tls, target: SocketAddr, t: Timeouts, relay: RelayLimits) -> Self {
+        let cert = tls
+            .0
+            .then(|| ServerTls::self_signed(["localhost"]).unwrap());
+        let pin = cert.as_ref().map(ServerTls::fingerprint);
         let server = pool_tunnel::start_server(ServerConfig {
             timeouts: t.clone(),
             relay,
+            tls: cert,
             ..ServerConfig::loopback(pool_tls::TunnelKey::generate().unwrap())
         })
         .await
         .unwrap();
-        let client = start_client(&server, target, t, relay).await;
-        Self { server, client }
+        let client = start_client(&server, pin, target, t, relay).await;
+        Self {
+            server,
+            client,
+            pin,
+        }
     }
 
     async fn stop(self) {
@@ -59,17 +80,22 @@ impl Tunnel {
 
 async fn start_client(
     server: &ServerHandle,
+    pin: Option<Fingerprint>,
     target: SocketAddr,
     t: Timeouts,
     relay: RelayLimits,
 ) -> ClientHandle {
-    let client = pool_tunnel::start_client(ClientConfig {
+    let mut cfg = ClientConfig {
         timeouts: t,
         relay,
         ..ClientConfig::for_server(server, target)
-    })
-    .await
-    .unwrap();
+    };
+    if let Some(fp) = pin {
+        cfg.mode = TlsMode::SelfSigned;
+        cfg.pin = Some(fp);
+        cfg.hostname = Some("localhost".into());
+    }
+    let client = pool_tunnel::start_client(cfg).await.unwrap();
     assert!(client.wait_control(Duration::from_secs(5)).await);
     assert!(server.wait_control(Duration::from_secs(5)).await);
     client
@@ -182,11 +208,21 @@ async fn answer_each(l: TcpListener, copies: Copies) {
 /// completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_slow_to_accept_gets_the_request_once() {
+    slow_target_gets_one_copy(Tls(false)).await;
+}
+
+/// As [`a_target_slow_to_accept_gets_the_request_once`], over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_slow_to_accept_gets_the_request_once_in_mode_1() {
+    slow_target_gets_one_copy(Tls(true)).await;
+}
+
+async fn slow_target_gets_one_copy(tls: Tls) {
     let (l, fillers) = full_listener().await;
     let target = l.local_addr().unwrap();
     let t = timeouts(Duration::from_secs(10));
     let ack = t.ack;
-    let tunnel = Tunnel::start(target, t, RelayLimits::default()).await;
+    let tunnel = Tunnel::start_in(tls, target, t, RelayLimits::default()).await;
     let mut user = TcpStream::connect(tunnel.server.public_addr())
         .await
         .unwrap();
@@ -329,6 +365,16 @@ async fn a_half_closed_download_that_keeps_moving_is_never_cut() {
 /// the cut is a reset: the user never takes it for a complete answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_half_closed_session_is_cut_with_a_reset() {
+    stalled_session_is_reset(Tls(false)).await;
+}
+
+/// As [`a_stalled_half_closed_session_is_cut_with_a_reset`], over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_half_closed_session_is_cut_with_a_reset_in_mode_1() {
+    stalled_session_is_reset(Tls(true)).await;
+}
+
+async fn stalled_session_is_reset(tls: Tls) {
     let (target, task) = line_target(|mut s, _| async move {
         let _ = s.write_all(b"partial").await;
         // Silent from here on, holding the connection open (the task is aborted).
@@ -336,7 +382,13 @@ async fn a_stalled_half_closed_session_is_cut_with_a_reset() {
         drop(s);
     })
     .await;
-    let tunnel = Tunnel::start(target, timeouts(Duration::from_secs(2)), short_half_close()).await;
+    let tunnel = Tunnel::start_in(
+        tls,
+        target,
+        timeouts(Duration::from_secs(2)),
+        short_half_close(),
+    )
+    .await;
     let mut user = TcpStream::connect(tunnel.server.public_addr())
         .await
         .unwrap();
@@ -402,6 +454,17 @@ async fn a_user_that_half_closes_at_once_gets_what_the_target_says_first() {
 /// delivered a second time, and the user is reset, not closed with 0 bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_killed_mid_session_delivers_nothing_twice_and_resets_the_user() {
+    killed_client_delivers_once(Tls(false)).await;
+}
+
+/// As [`a_client_killed_mid_session_delivers_nothing_twice_and_resets_the_user`], over
+/// TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_session_delivers_nothing_twice_in_mode_1() {
+    killed_client_delivers_once(Tls(true)).await;
+}
+
+async fn killed_client_delivers_once(tls: Tls) {
     // The first copy is held without an answer; any later copy is answered.
     let copies = Copies::default();
     let (target, task) = line_target({
@@ -424,16 +487,20 @@ async fn a_client_killed_mid_session_delivers_nothing_twice_and_resets_the_user(
     })
     .await;
     let t = timeouts(Duration::from_secs(2));
-    let tunnel = Tunnel::start(target, t.clone(), RelayLimits::default()).await;
+    let tunnel = Tunnel::start_in(tls, target, t.clone(), RelayLimits::default()).await;
     let mut user = TcpStream::connect(tunnel.server.public_addr())
         .await
         .unwrap();
     user.write_all(b"request\n").await.unwrap();
     assert!(wait_until(|| copies.count() == 1).await);
     // Killed: every task of the client process ends at once, its sockets close.
-    let Tunnel { server, client } = tunnel;
+    let Tunnel {
+        server,
+        client,
+        pin,
+    } = tunnel;
     drop(client);
-    let client = start_client(&server, target, t, RelayLimits::default()).await;
+    let client = start_client(&server, pin, target, t, RelayLimits::default()).await;
     let (got, end) = read_all(&mut user).await;
     assert_eq!(
         (got.as_slice(), end),
