@@ -96,9 +96,9 @@ pub fn graceful(tcp: &TcpStream) {
 
 /// A byte a relay writes to its `a` side before anything from `b`: in the same write as
 /// `b`'s first bytes when they come within `within`, else alone once `within` has
-/// passed (or as soon as `b` ends). The tunnel's client acknowledges a session this way
-/// ([`REACHED`](crate::protocol::REACHED)): the acknowledgement travels with the
-/// target's first answer, one segment and one wake-up of the server fewer.
+/// passed (or as soon as `b` ends). The tunnel's client reports a reached target this
+/// way ([`REACHED`](crate::protocol::REACHED)): the outcome travels with the target's
+/// first answer, one segment and one wake-up of the server fewer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lead {
     /// The byte.

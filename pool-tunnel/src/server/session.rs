@@ -50,7 +50,7 @@ enum Handover {
 /// that closes or breaks without the receipt is replaced and the copy replayed: that
 /// client never read it. After the receipt nothing is replayed, whatever happens: the
 /// relay starts at once (the user's further bytes flow on), and the first byte of the
-/// download must be [`REACHED`] within [`Timeouts::outcome`]. [`TARGET_FAILED`] in its
+/// download must be [`REACHED`] within [`Timeouts::outcome`](crate::Timeouts::outcome). [`TARGET_FAILED`] in its
 /// place, a pooled connection that dies first, or no outcome in time resets the user.
 /// So does every failure, and this process's death: the user's socket is armed to reset
 /// from the start and disarmed only when its relay ended cleanly, so a user never sees
