@@ -20,10 +20,11 @@ use tracing::{debug, info, warn};
 
 use crate::protocol::{
     client_handshake, default_control, fresh_session, send_token, split_host_port, Session,
-    Timeouts, REACHED, REACHED_WITH_ANSWER, TARGET_FAILED,
+    Timeouts, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
 };
 use crate::relay::{
-    peer_socket_options, relay_led, relay_tcp_led, Lead, RelayEnd, RelayLimits, Traffic,
+    graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
+    RelayLimits, Traffic,
 };
 use crate::server::BoxIo;
 use crate::stats::{bump, ClientSnapshot, ClientStats};
@@ -346,29 +347,61 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
 }
 
 /// One session: the pooled connection the server started, a fresh target connection,
-/// a relay.
+/// a relay. The receipt ([`RECEIVED`]) goes back before anything else, before the
+/// target connect: from then on the server counts on this side alone to deliver the
+/// user's bytes, and resets the user if this side fails. The pooled connection and the
+/// target's are armed to reset from the start and disarmed only when the relay ended
+/// cleanly: a relay cut short, or this process's death, is a reset on both, so that
+/// the target never takes a cut request for a complete one, nor the server a cut
+/// answer.
 async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
     let id = conn.id();
+    reset(conn.stream().tcp());
+    let receipt = timeout(s.t.io, async {
+        conn.write_all(&[RECEIVED]).await?;
+        conn.flush().await
+    });
+    if !matches!(receipt.await, Ok(Ok(()))) {
+        // Not received: the server replays its copy elsewhere; the target was not touched.
+        debug!("session {id}: the receipt could not be written");
+        return false;
+    }
     let target = match timeout(s.t.io, TcpStream::connect(&s.target)).await {
         Ok(Ok(t)) => t,
         why => {
             bump(&s.stats.target_failed);
             debug!("session {id}: target {} unreachable: {why:?}", s.target);
-            // The server closes the user at once and retries nothing.
-            let _ = timeout(s.t.io, conn.write_all(&[TARGET_FAILED])).await;
+            // The server resets the user at once and retries nothing. An orderly close,
+            // so that the byte is not dropped with the connection.
+            graceful(conn.stream().tcp());
+            let _ = timeout(s.t.io, async {
+                conn.write_all(&[TARGET_FAILED]).await?;
+                conn.flush().await
+            })
+            .await;
             return false;
         }
     };
     let _ = peer_socket_options().apply_tcp(&target);
-    // The ack goes with the target's first answer (one write), or alone if that is slow.
-    let ack = Some(Lead {
+    reset(&target);
+    // The outcome goes with the target's first answer (one write), or alone if that is
+    // slow.
+    let reached = Opening::Lead(Lead {
         byte: REACHED,
         within: REACHED_WITH_ANSWER,
     });
     let traffic = Traffic::default();
     let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_led(tcp, target, s.relay, &traffic, ack).await,
-        tls => relay_led(tls, target, s.relay, &traffic, ack).await,
+        PoolStream::Plain(tcp) => relay_tcp_with(tcp, target, s.relay, &traffic, reached).await,
+        mut tls => {
+            let mut target = target;
+            let end = relay_with(&mut tls, &mut target, s.relay, &traffic, reached).await;
+            if end == RelayEnd::Done {
+                graceful(&target);
+                graceful(tls.tcp());
+            }
+            end
+        }
     };
     s.stats
         .bytes_down

@@ -25,7 +25,8 @@
 //! the server starts each one in band, writing the pool's start header
 //! ([`pool_tokio::START`]) and then the user's bytes on an idle pooled connection, and
 //! the client's pool accepts it from the connection's readiness. The client writes
-//! [`REACHED`] (or [`TARGET_FAILED`]) on it before relaying.
+//! [`RECEIVED`] on it at once, then [`REACHED`] (or [`TARGET_FAILED`]) once it tried the
+//! target.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,9 +40,11 @@ use tokio::time::timeout;
 
 use crate::BoxError;
 
-/// First bytes the server writes on a control connection (version 3: sessions start
-/// in band, control carries heartbeats only; a version-2 peer is refused by it).
-pub const MAGIC: &[u8; 4] = b"NPT3";
+/// First bytes the server writes on a control connection (version 4: sessions start
+/// in band and the client acknowledges each with [`RECEIVED`] before it touches the
+/// target; a peer of another version is refused by it, so that no server replays
+/// what a client of another version may have delivered).
+pub const MAGIC: &[u8; 4] = b"NPT4";
 /// Length of the server's greeting.
 pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
 pub use pool_tls::proof::{
@@ -67,25 +70,31 @@ pub fn fresh_session() -> Result<Session, BoxError> {
 fn control_context(session: &Session) -> Vec<u8> {
     [CONTROL_CONTEXT, session].concat()
 }
-/// The byte the client writes first on a started pooled connection once it reached the
-/// target: the ack of the user's first bytes, which the server sent without waiting
-/// and keeps until this byte comes back (see `server.rs`, `REPLAY_MAX`). It travels
-/// just ahead of the target's first bytes. Past it the server forgets its copy, so a
-/// byte the target may have seen is never sent twice. Not a proof: the connection
-/// proved the key when it entered the pool. The client writes it in the same write as
-/// the target's first answer when that comes within [`REACHED_WITH_ANSWER`], else alone.
+/// The byte the client writes on a started pooled connection as soon as its pool
+/// accepted it (start header read), before it does anything else: before the target
+/// connect, before reading a byte of the user's. From it on, only that client may
+/// deliver the user's bytes: the server replays its copy on another pooled connection
+/// only when this one closed or broke *without* this byte, and never on a timer. It
+/// costs no round trip: the client writes it and goes on to the target at once.
+pub const RECEIVED: u8 = 0x01;
+/// The byte the client writes after [`RECEIVED`] once it reached the target. It
+/// travels just ahead of the target's first bytes: the client writes it in the same
+/// write as the target's first answer when that comes within [`REACHED_WITH_ANSWER`],
+/// else alone. The server expects it as the first byte of the download, within
+/// [`Timeouts::outcome`] of the receipt. Not a proof: the connection proved the key
+/// when it entered the pool.
 pub const REACHED: u8 = 0x06;
 /// How long the client holds [`REACHED`] back for the target's first answer to go with
-/// it. Most targets answer a request within it, and the server then wakes once for the
-/// ack and the answer; one that does not costs the server this much longer holding its
-/// copy (and reading no more than [`REPLAY_MAX`](crate::server::REPLAY_MAX) of the
-/// user's bytes meanwhile). The user's bytes go on to the target at once: a pooled
-/// connection that dies after the target saw them and before the ack arrived has them
-/// replayed on a fresh target connection, a window of the ack's trip plus at most this.
+/// it: most targets answer a request within it, and the server then wakes once for the
+/// outcome and the answer. The user's bytes go on to the target at once.
 pub const REACHED_WITH_ANSWER: Duration = Duration::from_millis(10);
-/// The byte the client writes on a pooled connection instead of [`REACHED`] when the
-/// target cannot be reached: the server closes the user at once and retries nothing.
+/// The byte the client writes after [`RECEIVED`] instead of [`REACHED`] when the target
+/// cannot be reached within [`Timeouts::io`]: the server resets the user at once and
+/// retries nothing.
 pub const TARGET_FAILED: u8 = 0x15;
+/// What the server allows beyond the client's target-connect deadline for the outcome
+/// ([`REACHED`] or [`TARGET_FAILED`]) to arrive: the one-way trip back and scheduling.
+pub const OUTCOME_SLACK: Duration = Duration::from_secs(1);
 
 /// Deadlines of the tunnel (the pools keep their own, set in [`crate::server`] and
 /// [`crate::client`]).
@@ -97,8 +106,9 @@ pub struct Timeouts {
     pub answer: Duration,
     /// How long a user waits for a control connection before being closed.
     pub control_wait: Duration,
-    /// How long the server waits for [`REACHED`] on a pooled connection it started
-    /// before it replays the user's bytes on another.
+    /// How long the server waits for the client's [`RECEIVED`] on a pooled connection
+    /// it started. None in time: the user is reset, and nothing is replayed (the client
+    /// may have read the bytes).
     pub ack: Duration,
     /// One `get` from either pool.
     pub get: Duration,
@@ -107,6 +117,8 @@ pub struct Timeouts {
     /// Silence after which either side drops control.
     pub dead_after: Duration,
     /// Client: connecting to the control port and to the target; writes on control.
+    /// The server derives its wait for a session's outcome from it
+    /// ([`outcome`](Self::outcome)), so both sides must use the same value.
     pub io: Duration,
     /// Client: first and longest pause between control reconnects.
     pub backoff: (Duration, Duration),
@@ -129,6 +141,14 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// How long the server waits, after the client's [`RECEIVED`], for [`REACHED`] or
+    /// [`TARGET_FAILED`]: the client's target connect ([`io`](Self::io)), the time it
+    /// holds [`REACHED`] for the answer, and [`OUTCOME_SLACK`]. Past it the user is
+    /// reset; nothing is replayed.
+    pub fn outcome(&self) -> Duration {
+        self.io + REACHED_WITH_ANSWER + OUTCOME_SLACK
+    }
+
     /// Socket options of a control connection: keep-alive probes every second after
     /// one idle second, three unanswered probes or unacknowledged data for
     /// `dead_after` drop it. The heartbeats decide first; these catch a peer whose

@@ -2,30 +2,33 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pool_tls::ServerTls;
-use pool_tokio::{IpFilter, PoolConn, PoolStream, ServerPool, TunnelKey};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use pool_tokio::{IpFilter, ServerPool, TunnelKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::protocol::{unix_ms, Session, Timeouts, REACHED, TARGET_FAILED};
-use crate::relay::{relay, relay_tcp, RelayEnd, RelayLimits, Traffic};
+use crate::protocol::{unix_ms, Session, Timeouts};
+use crate::relay::RelayLimits;
 use crate::sources::SourceLimits;
-use crate::stats::{bump, ServerSnapshot, ServerStats};
+use crate::stats::{ServerSnapshot, ServerStats};
 use crate::BoxError;
 
 mod control;
 mod public;
+mod session;
 mod tasks;
 
 pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
+use session::user_session;
+pub use session::REPLAY_MAX;
 
 /// Unsorted control candidates at most: more than a flood has sources, so the
 /// candidates table's fairness keeps a lone client's slot (see [`crate::candidates`]).
@@ -330,167 +333,4 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
 /// A lock whose critical sections are a few map or field operations.
 fn lock<T>(l: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Pooled connections one user session tries at most, and of them at most
-/// [`SILENT_TRIES`] that stayed silent until the ack deadline (the others closed
-/// at once: dead when picked).
-const ATTEMPTS: usize = 16;
-/// See [`ATTEMPTS`].
-const SILENT_TRIES: usize = 3;
-/// The user's bytes the server sends before the client's [`REACHED`] and keeps for a
-/// replay, at most. Past it, the server reads nothing more from the user until the
-/// ack (one round trip): nothing is ever sent that could not be replayed.
-pub const REPLAY_MAX: usize = 64 * 1024;
-
-/// How one pooled connection ended before the relay.
-enum Pick {
-    /// The client accepted it and reached the target.
-    Reached(PoolConn),
-    /// The client could not reach the target: the user is closed, nothing retried.
-    TargetFailed,
-    /// Closed or broken before the ack: dead when picked.
-    Dead,
-    /// No ack within the deadline.
-    Silent,
-    /// The control connection ended meanwhile.
-    Orphaned,
-}
-
-/// One user: a pooled connection started in band, a relay. The pool's start header
-/// and then the user's bytes go onto an idle pooled connection at once, and the
-/// client's pool accepts it when its first byte arrives: the user's first byte
-/// reaches the client one one-way trip after it was sent, with nothing on control.
-/// The server keeps a copy of what it sent until the client's [`REACHED`] says it
-/// reached the target; a pooled connection that dies first, or stays silent past the
-/// ack deadline, is replaced and the copy replayed. [`TARGET_FAILED`] closes the user
-/// at once. A user for whom no control connection comes within `control_wait` is
-/// closed at once (no client is there to accept); so is one whose control connection
-/// is lost while it waits.
-async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
-    let mut control = shared.control.subscribe();
-    // What the user sent already goes out with the start, in one write; a user that
-    // already closed costs no pooled connection (a connect/close flood).
-    let mut sent = vec![0u8; 16 * 1024];
-    let Some(n) = early_bytes(&user, &mut sent) else {
-        return false;
-    };
-    sent.truncate(n);
-    let mut user_done = false;
-    let (mut tries, mut silent) = (0, 0);
-    let conn = loop {
-        if tries == ATTEMPTS || silent == SILENT_TRIES {
-            return false;
-        }
-        tries += 1;
-        let ctl = match timeout(shared.t.control_wait, control.wait_for(Option::is_some)).await {
-            Ok(Ok(c)) => c.clone(),
-            _ => return false,
-        };
-        let Some(mut ctl) = ctl else { return false };
-        let Ok((_, conn)) = shared.pool.start_with(&sent, shared.t.get).await else {
-            return false;
-        };
-        if tries > 1 {
-            bump(&shared.stats.replayed);
-        }
-        let pick = pick(shared, &mut user, conn, &mut ctl, &mut sent, &mut user_done).await;
-        match pick {
-            Pick::Reached(conn) => break conn,
-            Pick::TargetFailed => {
-                bump(&shared.stats.target_failed);
-                return false;
-            }
-            Pick::Dead => bump(&shared.stats.dead_picked),
-            Pick::Silent => {
-                silent += 1;
-                bump(&shared.stats.not_taken);
-            }
-            Pick::Orphaned => {
-                bump(&shared.stats.orphaned);
-                return false;
-            }
-        }
-    };
-    let traffic = Traffic::default();
-    let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp(user, tcp, shared.relay, &traffic).await,
-        tls => relay(user, tls, shared.relay, &traffic).await,
-    };
-    let up = traffic.a_to_b.load(Relaxed) + sent.len() as u64;
-    shared.stats.bytes_up.fetch_add(up, Relaxed);
-    shared
-        .stats
-        .bytes_down
-        .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
-    match end {
-        RelayEnd::Done => true,
-        RelayEnd::Error => false,
-        RelayEnd::Idle => {
-            bump(&shared.stats.idle_closed);
-            false
-        }
-        RelayEnd::HalfClosed => {
-            bump(&shared.stats.half_close_timeouts);
-            false
-        }
-    }
-}
-
-/// Sends the user's bytes as they come on `conn` (the copy of the earlier ones went
-/// with the start) until the client's first byte (or the deadline, or control's end)
-/// says how the pick went.
-async fn pick(
-    shared: &Shared,
-    user: &mut TcpStream,
-    mut conn: PoolConn,
-    ctl: &mut Control,
-    sent: &mut Vec<u8>,
-    user_done: &mut bool,
-) -> Pick {
-    let deadline = Instant::now() + shared.t.ack;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let room = REPLAY_MAX - sent.len();
-        tokio::select! {
-            r = conn.read_u8() => return match r {
-                Ok(REACHED) => Pick::Reached(conn),
-                Ok(TARGET_FAILED) => Pick::TargetFailed,
-                _ => Pick::Dead,
-            },
-            n = user.read(&mut buf[..room.min(16 * 1024)]), if !*user_done && room > 0 => {
-                match n {
-                    Ok(0) | Err(_) => *user_done = true,
-                    Ok(n) => {
-                        sent.extend_from_slice(&buf[..n]);
-                        if conn.write_all(&buf[..n]).await.is_err() {
-                            return Pick::Dead;
-                        }
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return Pick::Silent,
-            _ = ctl.gone.changed() => return Pick::Orphaned,
-        }
-    }
-}
-
-/// What the user has sent so far, read into `buf` without waiting (straight from the
-/// kernel: tokio's readiness for a socket just accepted is not known yet): how many
-/// bytes, 0 for none yet, `None` when the user already closed or failed.
-#[cfg(unix)]
-fn early_bytes(user: &TcpStream, buf: &mut [u8]) -> Option<usize> {
-    use rustix::io::Errno;
-    match rustix::io::read(user, buf) {
-        Ok(0) => None,
-        Ok(n) => Some(n),
-        Err(Errno::AGAIN | Errno::INTR) => Some(0),
-        Err(_) => None,
-    }
-}
-
-/// Elsewhere: none read; a closed user is found by the relay.
-#[cfg(not(unix))]
-fn early_bytes(_user: &TcpStream, _buf: &mut [u8]) -> Option<usize> {
-    Some(0)
 }

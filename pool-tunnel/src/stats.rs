@@ -43,19 +43,23 @@ counters! {
         idle_closed,
         /// Relays ended because one direction stayed open too long after the other closed.
         half_close_timeouts,
-        /// Sessions closed because their control connection was lost while they waited
-        /// for the client's ack.
+        /// Users reset because their control connection was lost before the client's
+        /// receipt.
         orphaned,
-        /// Pooled connections started for a user that the client did not ack in time
-        /// (another is tried, the user's bytes replayed).
+        /// Users reset because the client sent no receipt in time on the pooled
+        /// connection started for them (nothing is replayed: the client may have read
+        /// the bytes).
         not_taken,
-        /// Pooled connections found closed or broken before the client's ack (another
-        /// is tried, the user's bytes replayed).
+        /// Pooled connections found closed or broken before the client's receipt
+        /// (another is tried, the user's bytes replayed: that client never read them).
         dead_picked,
         /// Pooled connections that carried a replay of a user's first bytes.
         replayed,
-        /// Users closed at once because the client could not reach the target.
+        /// Users reset at once because the client could not reach the target.
         target_failed,
+        /// Users reset because, after the client's receipt, its pooled connection died
+        /// or no outcome (reached, target failed) came in time: nothing is replayed.
+        no_outcome,
         /// Bytes relayed user -> client side.
         bytes_up,
         /// Bytes relayed client side -> user.

@@ -1,0 +1,220 @@
+//! One user session on the server side: the in-band start on a pooled connection, the
+//! handover to the client (its receipt), and the relay that waits for the outcome.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use pool_tokio::{PoolConn, PoolStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::{Control, Shared};
+use crate::protocol::{REACHED, RECEIVED, TARGET_FAILED};
+use crate::relay::{
+    graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
+};
+use crate::stats::bump;
+
+/// Pooled connections one user session tries at most: each was found closed or broken
+/// before the client's receipt (dead when picked).
+const ATTEMPTS: usize = 16;
+/// The user's bytes the server sends before the client's [`RECEIVED`] and keeps for a
+/// replay, at most. Past it, the server reads nothing more from the user until the
+/// receipt (one round trip): nothing is ever sent that could not be replayed.
+pub const REPLAY_MAX: usize = 64 * 1024;
+
+/// How handing a user's bytes to one pooled connection went.
+enum Handover {
+    /// The client received the start ([`RECEIVED`]): from now on only it may deliver
+    /// the user's bytes.
+    Received(PoolConn),
+    /// Closed or broken before the receipt: the client never read the bytes, so they
+    /// may go on another connection.
+    Dead,
+    /// No receipt within the deadline, or another byte in its place: the client may
+    /// have read the bytes, so they go nowhere else.
+    Unconfirmed,
+    /// The control connection ended meanwhile.
+    Orphaned,
+    /// The user's connection failed (a reset): the session ends.
+    UserGone,
+}
+
+/// One user: a pooled connection started in band, a relay. The pool's start header
+/// and then the user's bytes go onto an idle pooled connection at once, and the
+/// client's pool accepts it when its first byte arrives: the user's first byte
+/// reaches the client one one-way trip after it was sent, with nothing on control.
+///
+/// The client answers [`RECEIVED`] as soon as it accepted, before it connects to the
+/// target. Until then the server keeps a copy of what it sent, and a pooled connection
+/// that closes or breaks without the receipt is replaced and the copy replayed: that
+/// client never read it. After the receipt nothing is replayed, whatever happens: the
+/// relay starts at once (the user's further bytes flow on), and the first byte of the
+/// download must be [`REACHED`] within [`Timeouts::outcome`](crate::Timeouts::outcome). [`TARGET_FAILED`] in its
+/// place, a pooled connection that dies first, or no outcome in time resets the user.
+/// So does every failure, and this process's death: the user's socket is armed to reset
+/// from the start and disarmed only when its relay ended cleanly, so a user never sees
+/// a clean end of stream for a session cut short. A user for whom no control connection
+/// comes within `control_wait` is reset at once (no client is there to accept); so is
+/// one whose control connection is lost before the receipt.
+pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
+    reset(&user);
+    let mut control = shared.control.subscribe();
+    // What the user sent already goes out with the start, in one write. A user that
+    // shut down its write side before a byte (a half-close) still gets its session:
+    // many services speak first. One that already failed costs nothing.
+    let mut sent = vec![0u8; 16 * 1024];
+    let (n, mut user_done) = match early_bytes(&user, &mut sent) {
+        Early::Bytes(n) => (n, false),
+        Early::HalfClosed => (0, true),
+        Early::Gone => return false,
+    };
+    sent.truncate(n);
+    let mut tries = 0;
+    let conn = loop {
+        if tries == ATTEMPTS {
+            return false;
+        }
+        tries += 1;
+        let ctl = match timeout(shared.t.control_wait, control.wait_for(Option::is_some)).await {
+            Ok(Ok(c)) => c.clone(),
+            _ => return false,
+        };
+        let Some(mut ctl) = ctl else { return false };
+        let Ok((_, conn)) = shared.pool.start_with(&sent, shared.t.get).await else {
+            return false;
+        };
+        // Whatever ends this connection from now on, but a clean relay, is a cut.
+        reset(conn.stream().tcp());
+        if tries > 1 {
+            bump(&shared.stats.replayed);
+        }
+        let handover = handover(shared, &mut user, conn, &mut ctl, &mut sent, &mut user_done).await;
+        match handover {
+            Handover::Received(conn) => break conn,
+            Handover::Dead => bump(&shared.stats.dead_picked),
+            Handover::Unconfirmed => {
+                bump(&shared.stats.not_taken);
+                return false;
+            }
+            Handover::Orphaned => {
+                bump(&shared.stats.orphaned);
+                return false;
+            }
+            Handover::UserGone => return false,
+        }
+    };
+    let reached = Opening::Expect(Expect {
+        byte: REACHED,
+        within: shared.t.outcome(),
+    });
+    let traffic = Traffic::default();
+    let end = match conn.into_inner() {
+        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, shared.relay, &traffic, reached).await,
+        mut tls => {
+            let end = relay_with(&mut user, &mut tls, shared.relay, &traffic, reached).await;
+            if end == RelayEnd::Done {
+                graceful(&user);
+                graceful(tls.tcp());
+            }
+            end
+        }
+    };
+    let up = traffic.a_to_b.load(Relaxed) + sent.len() as u64;
+    shared.stats.bytes_up.fetch_add(up, Relaxed);
+    shared
+        .stats
+        .bytes_down
+        .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
+    match end {
+        RelayEnd::Done => true,
+        RelayEnd::Error => false,
+        RelayEnd::Idle => {
+            bump(&shared.stats.idle_closed);
+            false
+        }
+        RelayEnd::HalfClosed => {
+            bump(&shared.stats.half_close_timeouts);
+            false
+        }
+        RelayEnd::NotExpected(Some(TARGET_FAILED)) => {
+            bump(&shared.stats.target_failed);
+            false
+        }
+        RelayEnd::NotExpected(_) => {
+            bump(&shared.stats.no_outcome);
+            false
+        }
+    }
+}
+
+/// Sends the user's bytes as they come on `conn` (the copy of the earlier ones went
+/// with the start) until the client's first byte, the connection's end, the receipt
+/// deadline or control's end says how the handover went. A connection that closes or
+/// fails without the receipt is dead; anything else but the receipt is not replayed.
+async fn handover(
+    shared: &Shared,
+    user: &mut TcpStream,
+    mut conn: PoolConn,
+    ctl: &mut Control,
+    sent: &mut Vec<u8>,
+    user_done: &mut bool,
+) -> Handover {
+    let deadline = Instant::now() + shared.t.ack;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let room = REPLAY_MAX - sent.len();
+        tokio::select! {
+            // `read_u8` is cancel-safe: a select that takes another branch read nothing.
+            r = conn.read_u8() => return match r {
+                Ok(RECEIVED) => Handover::Received(conn),
+                Ok(_) => Handover::Unconfirmed,
+                Err(_) => Handover::Dead,
+            },
+            n = user.read(&mut buf[..room.min(16 * 1024)]), if !*user_done && room > 0 => {
+                match n {
+                    Ok(0) => *user_done = true,
+                    Ok(n) => {
+                        sent.extend_from_slice(&buf[..n]);
+                        if conn.write_all(&buf[..n]).await.is_err() {
+                            return Handover::Dead;
+                        }
+                    }
+                    // The client may have read part of it: it sees a cut (a reset).
+                    Err(_) => return Handover::UserGone,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Handover::Unconfirmed,
+            _ = ctl.gone.changed() => return Handover::Orphaned,
+        }
+    }
+}
+
+/// What a user sent before its session started.
+enum Early {
+    /// These many bytes (0: none yet).
+    Bytes(usize),
+    /// Nothing, and its write side is shut down (a half-close, not a departure).
+    HalfClosed,
+    /// Its connection failed (a reset): nobody is there.
+    Gone,
+}
+
+/// What the user has sent so far, read into `buf` without waiting (straight from the
+/// kernel: tokio's readiness for a socket just accepted is not known yet).
+#[cfg(unix)]
+fn early_bytes(user: &TcpStream, buf: &mut [u8]) -> Early {
+    use rustix::io::Errno;
+    match rustix::io::read(user, buf) {
+        Ok(0) => Early::HalfClosed,
+        Ok(n) => Early::Bytes(n),
+        Err(Errno::AGAIN | Errno::INTR) => Early::Bytes(0),
+        Err(_) => Early::Gone,
+    }
+}
+
+/// Elsewhere: none read; the relay finds what the user did.
+#[cfg(not(unix))]
+fn early_bytes(_user: &TcpStream, _buf: &mut [u8]) -> Early {
+    Early::Bytes(0)
+}
