@@ -165,12 +165,15 @@ async fn payload_survives(mode: TlsMode) {
     let payload: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
     c.write_all(&payload).await.unwrap();
     c.flush().await.unwrap();
-    // The get below probes a connection whose bytes are already in its socket.
+    // The get below probes a connection whose bytes are already in its socket (Linux
+    // shows it; elsewhere loopback delivers a write before it returns).
     let (local, peer) = (server.local_addr(), c.local_addr().unwrap());
-    assert!(
-        eventually(|| unread_bytes(local, peer).is_some_and(|n| n >= payload.len())).await,
-        "the payload never reached the server's socket"
-    );
+    if cfg!(target_os = "linux") {
+        assert!(
+            eventually(|| unread_bytes(local, peer).is_some_and(|n| n >= payload.len())).await,
+            "the payload never reached the server's socket"
+        );
+    }
     let (id, mut s) = server.get_timeout(T).await.unwrap();
     assert_eq!(id, c.id());
     let mut got = vec![0u8; payload.len()];
