@@ -130,3 +130,31 @@ async fn an_hour_of_failed_dials_costs_a_bounded_number_of_attempts() {
     assert!((least..=most).contains(&n), "{n} dials in an hour");
     client.close().await;
 }
+
+/// A dial that never answers is cut at its deadline, decided in the core and read off
+/// tokio's clock: the get learns the server is unreachable exactly then.
+#[tokio::test(start_paused = true)]
+async fn a_dial_that_never_answers_is_cut_at_its_deadline() {
+    let deadline = Duration::from_secs(5);
+    let client = ClientPool::builder()
+        .dialer(std::future::pending::<io::Result<tokio::net::TcpStream>>)
+        .capacity(1, 1)
+        .parallelism(1)
+        .handshake_timeout(deadline)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = client.get_any_timeout(HOUR).await.unwrap_err();
+    let took = t0.elapsed();
+    let GetError::Unreachable(f) = &err else {
+        panic!("expected Unreachable, got {err:?}")
+    };
+    assert_eq!(f.stage, pool_tokio::Stage::Connect, "{err}");
+    assert!(
+        took >= deadline && took <= deadline + TICK,
+        "the dial was cut after {took:?} of tokio's time"
+    );
+    let k = client.stats().counters;
+    assert_eq!((k.dialed, k.dial_failures), (1, 1), "{k:?}");
+    client.close().await;
+}
