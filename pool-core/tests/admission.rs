@@ -239,6 +239,18 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
+    // A test file alone in `tests/` has no `lib.rs` or `main.rs` above it, where
+    // proptest's default looks for the root of the `proptest-regressions` directory:
+    // name the file beside the model test's seeds, where it would be in a test directory.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/proptest-regressions/admission.txt",
+            ),
+        )),
+        ..ProptestConfig::default()
+    })]
+
     /// Whatever the arrivals, the slots, the per-source quotas and the table stay
     /// bounded, every eviction is announced once, and every ticket comes back once.
     #[test]

@@ -67,8 +67,18 @@ async fn close_under_gets(tls: TlsMode, proxy: bool) {
             (i, r)
         }));
     }
-    // Let the idle ones be served, then flush and close concurrently with the rest.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Once the idle ones are served and the rest wait on both sides, flush and close
+    // concurrently with them.
+    let all_waiting = || {
+        let (s, c) = (pair.server.stats().status, pair.client.stats().status);
+        s.idle == 0 && c.idle == 0 && s.waiting > 0 && c.waiting > 0
+    };
+    assert!(
+        pool_testkit::pair::wait_until(T, all_waiting).await,
+        "the gets never waited: {:?} / {:?}",
+        pair.server.stats(),
+        pair.client.stats()
+    );
     pair.server.flush();
     pair.client.flush();
     let closer = {

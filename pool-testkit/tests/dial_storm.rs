@@ -1,5 +1,10 @@
 //! The server is down: the client's dial attempts follow the backoff and the process
 //! stays cool; the server comes back on the same port and the pool refills.
+//!
+//! The schedule itself, to the millisecond, is pool-tokio's `tests/paused_clock.rs`.
+//! Here, on real sockets and the real clock, the probes are counted as they come, each
+//! gap between two of them is at least what the back-off allows at that point (a slow
+//! machine only lengthens gaps), and the CPU spent is printed.
 
 mod common;
 
@@ -7,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::cpu_time;
 use pool_testkit::dialers::Counting;
-use pool_testkit::pair::{verify_healthy, Pair};
+use pool_testkit::pair::{verify_healthy, wait_until, Pair};
 use pool_tokio::{ClientPool, ServerPool, TcpDialer};
+
+/// Probes to watch after the first run of failures: by then the back-off is capped.
+const PROBES: usize = 7;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backoff_while_down_then_refill() {
@@ -17,30 +25,48 @@ async fn backoff_while_down_then_refill() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
     let dialer = Counting::new(TcpDialer::new(addr));
     let client = ClientPool::builder()
         .dialer(dialer.clone())
         .capacity(4, 8)
-        .interval(Duration::from_millis(100), Duration::from_secs(1))
+        .interval(min, max)
         .build()
         .unwrap();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The first run is at most the maximum capacity's worth of dials at once.
+    assert!(
+        wait_until(Duration::from_secs(60), || dialer.attempts() >= 8 + PROBES).await,
+        "the client stopped trying: {:?}",
+        client.stats()
+    );
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
-    let attempts = dialer.attempts_between(t0, Instant::now());
-    let rate = attempts as f64 / secs;
-    let cpu_pct = 100.0 * cpu / secs;
+    let times = dialer.times();
     let c = client.stats().counters;
-    println!("dial storm: {attempts} attempts in {secs:.1} s = {rate:.1}/s, cpu {cpu_pct:.1}% of a core; {c:?}");
-    assert!(
-        rate < 20.0,
-        "{rate:.1} dial attempts/s while the server is down"
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "dial storm: {} attempts in {secs:.1} s, cpu {:.1}% of a core; gaps {gaps:?}; {c:?}",
+        times.len(),
+        100.0 * cpu / secs
     );
-    assert!(attempts >= 2, "the client stopped trying altogether");
-    assert!(c.dial_failures >= attempts as u64 - 1, "{c:?}");
-    assert!(cpu_pct < 50.0, "{cpu_pct:.1}% CPU while down");
+    // The first run: the dials made at once, before the first gap of a round.
+    let run = gaps.iter().take_while(|g| **g < min / 2).count() + 1;
+    assert!(run <= 8, "{run} dials before the first back-off: {gaps:?}");
+    // Then one probe per round, each at least the back-off of its place in the run
+    // (the minimum interval doubled, capped at the maximum, at least its lower half).
+    for (k, gap) in gaps[run - 1..].iter().enumerate() {
+        let beyond = u32::try_from(k).unwrap();
+        let full = min.saturating_mul(1 << beyond.min(20)).min(max);
+        let low = (full / 2).max(min);
+        assert!(
+            *gap >= low,
+            "probe {} came {gap:?} after the one before, under the back-off's {low:?}: {gaps:?}",
+            k + 1
+        );
+    }
+    assert!(c.dial_failures >= times.len() as u64 - 1, "{c:?}");
     assert_eq!(client.active(), 0);
 
     // The server comes back on the same port.

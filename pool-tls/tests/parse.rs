@@ -105,6 +105,18 @@ fn fingerprint_rejects_bad_input() {
 }
 
 proptest! {
+    // A test file alone in `tests/` has no `lib.rs` or `main.rs` above it, where
+    // proptest's default looks for the root of the `proptest-regressions` directory:
+    // name the file where a test directory's seeds would go.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/proptest-regressions/parse.txt",
+            ),
+        )),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn fingerprint_round_trips(bytes in any::<[u8; 32]>()) {
         let fp = Fingerprint(bytes);

@@ -130,7 +130,7 @@ async fn the_maximum_duration_makes_no_panic() {
         .unwrap();
     let s3 = server.clone();
     let waiter = tokio::spawn(async move { s3.get_timeout(Duration::MAX).await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(eventually(|| server.stats().status.waiting == 1).await);
     server.close().await;
     assert!(waiter.await.unwrap().is_err());
 }

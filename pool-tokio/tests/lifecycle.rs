@@ -54,8 +54,18 @@ async fn flush_under_concurrent_gets_then_refill() {
             ok
         }));
     }
+    // Each flush comes while the workers are pairing: after one more pair was handed
+    // out.
+    let served = || {
+        let k = server.stats().counters;
+        k.served_at_once + k.served_after_wait
+    };
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = served();
+        assert!(
+            eventually(|| served() > before).await,
+            "the workers stalled"
+        );
         client.flush();
         server.flush();
     }
@@ -155,7 +165,15 @@ async fn payload_survives(mode: TlsMode) {
     let payload: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
     c.write_all(&payload).await.unwrap();
     c.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await; // let it land in the server's socket
+    // The get below probes a connection whose bytes are already in its socket (Linux
+    // shows it; elsewhere loopback delivers a write before it returns).
+    let (local, peer) = (server.local_addr(), c.local_addr().unwrap());
+    if cfg!(target_os = "linux") {
+        assert!(
+            eventually(|| unread_bytes(local, peer).is_some_and(|n| n >= payload.len())).await,
+            "the payload never reached the server's socket"
+        );
+    }
     let (id, mut s) = server.get_timeout(T).await.unwrap();
     assert_eq!(id, c.id());
     let mut got = vec![0u8; payload.len()];

@@ -74,13 +74,7 @@ async fn every_stat_is_published_with_its_labels() {
     let err = lonely.get_timeout(tick).await.unwrap_err();
     assert!(matches!(err, GetError::Timeout { .. }), "{err:?}");
     assert!(eventually(|| lonely.stats().counters.refused_filter == 1).await);
-    // A few driver turns, so that the last counts are published.
-    tokio::time::sleep(4 * tick).await;
 
-    let text = prometheus.render();
-    let get = |name: &str, labels: &[(&str, &str)]| {
-        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
-    };
     let client_l = [("role", "client"), ("name", "tunnel")];
     let server_l = [("role", "server"), ("name", "tunnel")];
     let lonely_l = [("role", "server"), ("name", "lonely")];
@@ -88,6 +82,42 @@ async fn every_stat_is_published_with_its_labels() {
         let mut l = base.to_vec();
         l.push((k, v));
         l
+    };
+    // Counts and gauges are published at each pool's next driver turn: wait until the
+    // exact figures asserted below are all out, then read the rendering again.
+    let exact = [
+        ("pool_gets_total", with(&server_l, "result", "at_once"), 1.0),
+        ("pool_gets_total", with(&client_l, "result", "at_once"), 1.0),
+        (
+            "pool_gets_total",
+            with(&client_l, "result", "not_found"),
+            1.0,
+        ),
+        ("pool_gets_total", with(&lonely_l, "result", "timeout"), 1.0),
+        (
+            "pool_refused_total",
+            with(&lonely_l, "reason", "filter"),
+            1.0,
+        ),
+        ("pool_app_errors_total", server_l.to_vec(), 1.0),
+        ("pool_capacity", client_l.to_vec(), 2.0),
+        ("pool_connections_idle", client_l.to_vec(), 2.0),
+        ("pool_connections_idle", server_l.to_vec(), 2.0),
+    ];
+    assert!(
+        eventually(|| {
+            let text = prometheus.render();
+            exact
+                .iter()
+                .all(|(name, labels, v)| sample(&text, name, labels) == Some(*v))
+        })
+        .await,
+        "not all published:\n{}",
+        prometheus.render()
+    );
+    let text = prometheus.render();
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
     };
 
     // Gauges, on both sides.

@@ -1,7 +1,10 @@
 //! The common mistakes of a first hour, each of which used to look like the same bare
-//! get timeout. Every row must end in an error whose cause names the mistake, within
-//! 1 s (or at the first failed attempt), never in a silent success or a generic timeout.
-//! Run with `--nocapture` to see what each row saw.
+//! get timeout. Every row must end in an error whose cause names the mistake, never in
+//! a silent success or a generic timeout. On the client, the name comes as soon as the
+//! first run of dials has failed: `GetError::Unreachable`, which only that run gives
+//! (the get's own deadline, `T`, gives `Timeout`), so the kind of the error is the proof
+//! that it came early. Run with `--nocapture` to see what each row saw and how long it
+//! took.
 
 mod common;
 
@@ -11,11 +14,6 @@ use common::{loopback, T};
 use pool_tokio::{
     BuildError, Cause, ClientPool, ConnId, GetError, PoolError, ServerPool, Stage, TlsMode,
 };
-
-/// A mistake is named as soon as the dials fail, long before the get's own timeout
-/// (`T`): a bound that tells the two apart on a loaded machine. The figures themselves
-/// are printed by `report`.
-const FAST: Duration = Duration::from_secs(4);
 
 fn report(row: &str, took: Duration, what: &dyn std::fmt::Display) {
     println!("{row:<46} {:>7.1} ms  {what}", took.as_secs_f64() * 1e3);
@@ -46,7 +44,6 @@ async fn a_closed_port_says_connection_refused() {
         "{err}"
     );
     assert_eq!(f.peer, Some(port));
-    assert!(took < FAST, "took {took:?}");
     client.close().await;
 }
 
@@ -74,7 +71,6 @@ async fn a_wrong_pin_says_pin_mismatch() {
     assert_eq!(f.stage, Stage::Tls);
     assert!(matches!(f.cause, Cause::Tls(_)), "{err}");
     assert!(err.to_string().contains("pin mismatch"), "{err}");
-    assert!(took < FAST, "took {took:?}");
     client.close().await;
     server.close().await;
 }
@@ -104,7 +100,6 @@ async fn a_tls_client_against_a_plain_server_is_named_on_both_sides() {
         "{err}"
     );
     assert!(err.to_string().contains("is it mode 0?"), "{err}");
-    assert!(took < FAST, "took {took:?}");
     // The server's view: nothing of it ever goes idle, and a get says why.
     let t0 = Instant::now();
     let err = server
@@ -241,7 +236,6 @@ async fn a_filter_that_shuts_out_the_client_names_itself() {
     report("client-IP filter refuses the client (client)", took, &err);
     assert!(matches!(err, GetError::Unreachable(_)), "{err}");
     assert!(err.to_string().contains("client-IP filter"), "{err}");
-    assert!(took < FAST, "took {took:?}");
     let err = server
         .get_timeout(Duration::from_millis(200))
         .await

@@ -52,15 +52,49 @@ async fn a_peer_hang_up_takes_the_idle_connection_out_without_a_sweep() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Runs on one thread, so that the OS's reports reach the pools' tasks in the order
+/// they came: the unwatched pair's server hangs up first, and by the time a watched
+/// pair's client has seen its own hang-ups, anything listening on the unwatched one's
+/// connections has had its turn. Then the sweep, an hour later on tokio's paused clock,
+/// is what finds them.
+#[tokio::test]
 async fn without_the_watch_a_hang_up_waits_for_the_sweep() {
     let (server, client) = pair(false);
+    let (watched_server, watched_client) = pair(true);
     assert!(client.wait_idle(8, T).await && server.wait_idle(8, T).await);
+    assert!(watched_client.wait_idle(8, T).await && watched_server.wait_idle(8, T).await);
     server.flush();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watched_server.flush();
+    assert!(
+        eventually(|| watched_client.stats().counters.evicted_dead >= 8).await,
+        "the watched client never noticed: {:?}",
+        watched_client.stats()
+    );
     let st = client.stats();
     assert_eq!(st.counters.evicted_dead, 0, "{st:?}");
     assert_eq!(st.status.idle, 8, "{st:?}");
+    // The sweep is due within the hour.
+    tokio::time::pause();
+    tokio::time::advance(HOUR).await;
+    assert!(
+        eventually(|| client.stats().counters.evicted_dead >= 8).await,
+        "the sweep never came: {:?}",
+        client.stats()
+    );
+}
+
+/// The server hangs up on a second connection after writing on the first, and the
+/// test waits until the client's watch has taken that one out: the OS reports
+/// readiness in the order it came, so whatever the bytes on the first caused has
+/// happened by then.
+async fn hang_up_another(server: &ServerPool, client: &ClientPool) {
+    let (_, other) = server.get_timeout(T).await.unwrap();
+    drop(other);
+    assert!(
+        eventually(|| client.stats().counters.evicted_dead >= 1).await,
+        "the hang-up after the bytes was never seen: {:?}",
+        client.stats()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,8 +107,13 @@ async fn early_bytes_on_an_idle_connection_are_no_hang_up() {
     // the bytes are there when the client takes it.
     let (id, mut s) = server.get_timeout(T).await.unwrap();
     s.write_all(b"early").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(client.stats().counters.evicted_dead, 0);
+    hang_up_another(&server, &client).await;
+    assert_eq!(
+        client.stats().counters.evicted_dead,
+        1,
+        "{:?}",
+        client.stats()
+    );
     let mut c = client.get_timeout(id, T).await.unwrap();
     let mut got = [0u8; 5];
     c.read_exact(&mut got).await.unwrap();
@@ -91,10 +130,10 @@ async fn bytes_then_a_half_close_before_the_get_are_a_session_not_a_death() {
     let (id, mut s) = server.get_timeout(T).await.unwrap();
     s.write_all(b"the whole request").await.unwrap();
     s.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    hang_up_another(&server, &client).await;
     assert_eq!(
         client.stats().counters.evicted_dead,
-        0,
+        1,
         "{:?}",
         client.stats()
     );

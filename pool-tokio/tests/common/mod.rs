@@ -51,3 +51,27 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The bytes received and not yet read on the IPv4 TCP socket `local` ↔ `peer` of this
+/// machine, as `/proc/net/tcp` shows them (`None`: no such socket, or not Linux): how a
+/// test knows that bytes it sent are in the other end's socket.
+pub fn unread_bytes(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<usize> {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(a) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        )),
+        std::net::SocketAddr::V6(_) => None,
+    };
+    let (local, peer) = (hex(local)?, hex(peer)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&peer.as_str()) {
+            return None;
+        }
+        let (_, rx) = f.get(4)?.split_once(':')?;
+        usize::from_str_radix(rx, 16).ok()
+    })
+}

@@ -1,0 +1,100 @@
+//! What the tunnel's test files share (included with `mod tunnel_common;`): short
+//! deadlines, configurations, a load run and its checks, connections from chosen
+//! sources.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pool_tls::TunnelKey;
+use pool_tunnel::load::{self, LoadProgress, LoadReport};
+use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle, Timeouts};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Short deadlines, so refusals and losses show within a second or two.
+pub fn fast() -> Timeouts {
+    Timeouts {
+        tls: Duration::from_secs(1),
+        answer: Duration::from_millis(500),
+        control_wait: Duration::from_millis(500),
+        ack: Duration::from_millis(1500),
+        get: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(200),
+        dead_after: Duration::from_millis(800),
+        io: Duration::from_secs(2),
+        backoff: (Duration::from_millis(50), Duration::from_millis(300)),
+    }
+}
+
+pub fn key() -> TunnelKey {
+    TunnelKey::generate().unwrap()
+}
+
+pub fn server_cfg(k: TunnelKey) -> ServerConfig {
+    ServerConfig {
+        timeouts: fast(),
+        ..ServerConfig::loopback(k)
+    }
+}
+
+pub fn client_cfg(server: &ServerHandle, target: SocketAddr) -> ClientConfig {
+    ClientConfig {
+        timeouts: fast(),
+        ..ClientConfig::for_server(server, target)
+    }
+}
+
+pub async fn run(public: SocketAddr, n: u64, bytes: usize) -> LoadReport {
+    load::run_load(
+        public,
+        n,
+        50,
+        bytes,
+        LIMIT,
+        Arc::new(LoadProgress::default()),
+    )
+    .await
+}
+
+/// Each failed session ended because the server closed or reset it, not at the user's
+/// own deadline.
+pub fn assert_closed_by_the_server(errors: &[(u64, String)]) {
+    for (n, e) in errors {
+        assert!(!e.starts_with("timed out"), "user {n}: {e}");
+    }
+}
+
+pub fn assert_all_passed(r: &LoadReport, n: u64) {
+    assert!(
+        r.errors.is_empty(),
+        "failed sessions: {:?}",
+        &r.errors[..r.errors.len().min(5)]
+    );
+    assert_eq!(r.latencies.len() as u64, n);
+}
+
+/// Reads until EOF, an error or `within` of silence; the bytes read, and whether it
+/// was closed.
+pub async fn drain(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (got, closed)
+}
+
+/// A connection from `127.0.0.<last>` (strangers come from 127.0.0.2 and up).
+pub async fn connect_from(last: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(IpAddr::from([127, 0, 0, last]), 0))?;
+    s.connect(to).await
+}
