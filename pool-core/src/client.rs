@@ -44,7 +44,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::adapt::{Adapt, Observed, Refill, RoundInput};
-use crate::common::{Check, Got, Output, PoolCommon};
+use crate::common::{Check, Got, Output, Peek, PoolCommon, Readied, Reported};
 use crate::config::ClientConfig;
 use crate::random::{Entropy, Random};
 use crate::stats::{Stage, Status};
@@ -60,6 +60,10 @@ use crate::ConnId;
 pub struct DialTicket {
     serial: u64,
     urgent: bool,
+    /// Single mode: no id on the wire; the machine draws one when the dial lands.
+    single: bool,
+    /// The id drawn for it ([`ClientMachine::assign_id`]), reserved until it comes back.
+    id: Option<ConnId>,
     issued: Instant,
     handshake_deadline: Instant,
     id_timeout: Duration,
@@ -73,6 +77,16 @@ impl DialTicket {
     /// Whether this dial serves a single-mode get that found nothing idle.
     pub fn is_urgent(&self) -> bool {
         self.urgent
+    }
+    /// Whether the dial reads its id from the server. In single mode it does not: the
+    /// machine draws the id when the connection lands ([`ClientMachine::assign_id`]).
+    pub fn reads_id(&self) -> bool {
+        !self.single
+    }
+    /// The id drawn for this dial in single mode, once [`ClientMachine::assign_id`]
+    /// drew it.
+    pub fn id(&self) -> Option<ConnId> {
+        self.id
     }
     /// When connect plus TLS handshake must be done.
     pub fn handshake_deadline(&self) -> Instant {
@@ -122,6 +136,9 @@ pub struct ClientMachine<C> {
     /// When each ticket still out was handed out, by serial (serials and instants grow
     /// together, so the oldest come first).
     issued: BTreeMap<u64, Instant>,
+    /// Ids drawn for single-mode dials that have not come back (a few at most: the
+    /// dials in flight).
+    reserved: Vec<ConnId>,
 }
 
 impl<C> Deref for ClientMachine<C> {
@@ -154,6 +171,7 @@ impl<C> ClientMachine<C> {
             waited: 0,
             failed: 0,
             issued: BTreeMap::new(),
+            reserved: Vec::new(),
             common: PoolCommon::new(
                 Entropy::new(random),
                 now,
@@ -334,6 +352,8 @@ impl<C> ClientMachine<C> {
         Some(DialTicket {
             serial: self.next_serial,
             urgent,
+            single: self.cfg.single,
+            id: None,
             issued: now,
             handshake_deadline,
             id_timeout: self.cfg.id_timeout,
@@ -354,9 +374,32 @@ impl<C> ClientMachine<C> {
 
     /// A fresh id for a single-mode connection, drawn from the machine's generator
     /// and not idle. Call it in the same critical section as the
-    /// [`handle_dial_success`](Self::handle_dial_success) that lands it.
+    /// [`handle_dial_success`](Self::handle_dial_success) that lands it, or use
+    /// [`assign_id`](Self::assign_id), which reserves it.
     pub fn make_id(&mut self) -> ConnId {
-        self.common.fresh_id(|_| true)
+        let reserved = &self.reserved;
+        self.common.fresh_id(|id| !reserved.contains(id))
+    }
+
+    /// The id of the single-mode dial `ticket`, drawn as [`make_id`](Self::make_id)
+    /// does and reserved (no other draw takes it) until the ticket comes back; the
+    /// same id when called again. The driver draws it before the connection lands, to
+    /// watch it under that id.
+    pub fn assign_id(&mut self, ticket: &mut DialTicket) -> ConnId {
+        if let Some(id) = ticket.id {
+            return id;
+        }
+        let id = self.make_id();
+        self.reserved.push(id);
+        ticket.id = Some(id);
+        id
+    }
+
+    /// The ticket came back: its reserved id, if any, is free.
+    fn unreserve(&mut self, ticket: &DialTicket) {
+        if let Some(id) = ticket.id {
+            self.reserved.retain(|r| *r != id);
+        }
     }
 
     /// A dial finished its handshake and has its id: read from the server, or in
@@ -365,6 +408,7 @@ impl<C> ClientMachine<C> {
     /// queued for closing ([`Output::Close`]) and the dial counts
     /// as failed at the id stage.
     pub fn handle_dial_success(&mut self, ticket: DialTicket, id: ConnId, conn: C, now: Instant) {
+        self.unreserve(&ticket);
         self.common.disarm(ticket.serial);
         self.issued.remove(&ticket.serial);
         if self.common.closed {
@@ -401,6 +445,7 @@ impl<C> ClientMachine<C> {
     /// A dial failed at `stage` (an error or its deadline). After a run of failures
     /// the machine backs off, with jitter drawn from its own generator.
     pub fn handle_dial_failure(&mut self, ticket: DialTicket, stage: Stage, now: Instant) {
+        self.unreserve(&ticket);
         self.common.disarm(ticket.serial);
         self.issued.remove(&ticket.serial);
         self.common.counters.count_failure(stage);
@@ -503,6 +548,30 @@ impl<C> ClientMachine<C> {
             self.policy.observe(Observed::Get { waited: false }, now);
         }
         started
+    }
+
+    /// The OS reported the idle connection `id` ready: it leaves for one peek by the
+    /// driver ([`PoolCommon::take_held`]).
+    pub fn take_held(&mut self, id: ConnId, _now: Instant) -> Option<Reported<C>> {
+        self.common.take_held(id)
+    }
+
+    /// The verdict on a connection of [`take_held`](Self::take_held). In in-band mode,
+    /// bytes waiting are a session the peer started, told to the policy as a get
+    /// served at once (as [`handle_idle_started`](Self::handle_idle_started)). Answers
+    /// what became of it, and whether to peek again.
+    pub fn handle_peeked(
+        &mut self,
+        held: Reported<C>,
+        peek: Peek,
+        now: Instant,
+    ) -> (Readied, bool) {
+        let r = self.common.handle_peeked(held, peek, self.cfg.in_band());
+        if r.0 == Readied::Started {
+            self.gets += 1;
+            self.policy.observe(Observed::Get { waited: false }, now);
+        }
+        r
     }
 
     /// Gives back a connection whose answer could not be delivered (the get was gone).

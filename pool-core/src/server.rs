@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use crate::common::{Got, Output, PoolCommon};
+use crate::common::{Got, Output, Peek, PoolCommon, Readied, Reported};
 use crate::config::ServerConfig;
 use crate::idle::IdBuild;
 use crate::random::{Entropy, Random};
@@ -455,13 +455,64 @@ impl<C> ServerMachine<C> {
         self.common.held() - self.common.in_flight + self.settling.len()
     }
 
-    /// A held connection (idle or settling) `id`, left in place, for the driver's
-    /// probe before it reports a hang-up.
-    pub fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
-        if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
-            return self.settling.get_mut(i).map(|(_, _, conn)| conn);
+    /// The OS reported the held connection `id` ready (idle, or still settling): it
+    /// leaves for one peek by the driver, as in [`PoolCommon::take_held`], and comes
+    /// back with [`handle_peeked`](Self::handle_peeked).
+    pub fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
+        if self.common.note_again(id) || self.common.closed {
+            return None;
         }
-        self.common.idle_conn_mut(id)
+        if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
+            let (due, id, conn) = self.settling.remove(i)?;
+            return Some(self.common.peek_out(id, conn, due, now));
+        }
+        self.common.take_held(id)
+    }
+
+    /// The verdict on a connection of [`take_held`](Self::take_held): a dead one leaves
+    /// (counted in `evicted_dead`), any other comes back, a settling one to its place
+    /// in the settle queue. Answers what became of it, and whether to peek again.
+    pub fn handle_peeked(
+        &mut self,
+        held: Reported<C>,
+        peek: Peek,
+        _now: Instant,
+    ) -> (Readied, bool) {
+        let Some(due) = held.settling else {
+            let r = self.common.handle_peeked(held, peek, false);
+            self.sync_departures();
+            return r;
+        };
+        let id = held.id();
+        let again = self.common.end_peek(id);
+        let conn = held.into_conn();
+        if self.common.closed || peek == Peek::Dead {
+            self.unreserve(&id);
+            if let Some(source) = self.owner.remove(&id) {
+                self.release(source);
+            }
+            let closed = !self.common.closed;
+            if closed {
+                self.common.counters.evicted_dead += 1;
+            }
+            self.common.close_later(id, conn);
+            return (
+                if closed {
+                    Readied::Closed
+                } else {
+                    Readied::NotHeld
+                },
+                false,
+            );
+        }
+        let at = self.settling.partition_point(|(d, _, _)| *d <= due);
+        self.settling.insert(at, (due, id, conn));
+        let readied = if peek == Peek::Pending {
+            Readied::Pending
+        } else {
+            Readied::Quiet
+        };
+        (readied, again)
     }
 
     /// The peer of a held connection hung up (the driver saw it in readiness): an
@@ -529,13 +580,18 @@ impl<C> ServerMachine<C> {
     /// The handshake failed or passed its deadline at `stage`. The failure of an
     /// evicted handshake (aborted on [`Output::Abort`]'s word) is not
     /// counted again.
-    pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) {
+    ///
+    /// Answers whether it failed in a way worth telling the user about: a handshake
+    /// still live (not evicted) while the pool is open.
+    pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) -> bool {
         if let Some(id) = ticket.id {
             self.unreserve(&id);
         }
-        if self.end(ticket.serial) {
+        let live = self.end(ticket.serial);
+        if live {
             self.common.counters.count_failure(stage);
         }
+        live && !self.common.closed
     }
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work: the

@@ -121,8 +121,7 @@ impl SimPair {
             return;
         };
         self.net.client_gone(serial);
-        self.client
-            .input(|m, now| m.handle_dial_failure(ticket, stage, now));
+        let _ = self.client.dialed(ticket, Err(stage));
         let (oracle, net) = (&mut self.oracle, &mut self.net);
         self.client.read(|m| oracle.failure(net, m));
         self.net
@@ -181,8 +180,7 @@ impl SimPair {
         }
         let urgent = ticket.is_urgent();
         let was_backing_off = self.client.read(|m| m.backing_off());
-        self.client
-            .input(|m, now| m.handle_dial_success(ticket, id, serial, now));
+        let _ = self.client.dialed(ticket, Ok((id, serial)));
         // A close of this connection (its id was already idle) is queued: play it out.
         self.drain_closes();
         let closed = self.net.conns.get(&serial).is_none_or(|c| c.client_closed);
@@ -311,7 +309,7 @@ impl SimPair {
         };
         self.hs_serials.remove(&t.serial());
         self.net.server_gone(serial);
-        self.server.input(|m, now| m.handle_failure(t, stage, now));
+        self.server.handshaken(t, Err(stage));
         self.net
             .log(format_args!("server {serial} failed {stage:?}"));
         true
@@ -333,7 +331,7 @@ impl SimPair {
         self.hs_serials.remove(&t.serial());
         c.server = Side::Settling;
         self.settling.push_back(serial);
-        self.server.input(|m, now| m.handle_ready(t, serial, now));
+        self.server.handshaken(t, Ok(serial));
         self.drain_wire();
         if self.net.alive_at_client(serial) {
             let lat = self.net.latency();
