@@ -103,9 +103,13 @@ impl<S: Side> Platform for Rt<S> {
         let _ = (id, conn);
         false
     }
+    /// Only where bytes are watched (in-band mode): a hang-up watch is one-shot, so a
+    /// connection handed out while still registered is reported at most once (its
+    /// peer's hang-up, which finds it not held), and its close ends the registration;
+    /// that spares every get an `epoll_ctl`.
     fn unwatch(&self, conn: &PoolConn) {
         #[cfg(target_os = "linux")]
-        if let Some(w) = &self.watch {
+        if let Some(w) = self.watch.as_ref().filter(|w| w.bytes()) {
             w.unwatch(conn);
         }
         #[cfg(not(target_os = "linux"))]

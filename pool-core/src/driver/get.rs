@@ -41,7 +41,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         loop {
             self.perform(out, false);
             let mut check = match pending {
-                Pending::Ready(id, conn) => return self.ready(id, conn),
+                Pending::Ready(id, conn) => return self.ready(want, id, conn),
                 Pending::Failed(e) => return Step::Failed(e),
                 Pending::Wait(key) => return self.open(key, want, deadline),
                 Pending::Check(check) => check,
@@ -55,9 +55,13 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         }
     }
 
-    /// A connection leaves the pool for its get: not watched any more.
-    fn ready(&self, id: ConnId, conn: M::Conn) -> Step<M::Conn, P::Wait> {
-        self.p().unwatch(&conn);
+    /// A connection leaves the pool for its get: not watched any more. One the peer
+    /// started (an accept's) is not watched already: its report was its start, and a
+    /// watch reports once.
+    fn ready(&self, want: Want, id: ConnId, conn: M::Conn) -> Step<M::Conn, P::Wait> {
+        if want != Want::Started {
+            self.p().unwatch(&conn);
+        }
         Step::Ready(id, conn)
     }
 
@@ -110,7 +114,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
             Err(e) => return Step::Failed(e),
         };
         if self.p().alive(&mut conn) {
-            return self.ready(id, conn);
+            return self.ready(get.want, id, conn);
         }
         self.input(|m, now| m.handle_dead_answer(id, conn, now));
         self.get_until(get.want, get.deadline)
