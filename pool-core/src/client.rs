@@ -40,7 +40,6 @@
 //! the pool down.
 
 use std::collections::BTreeMap;
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::adapt::{Adapt, Observed, Refill, RoundInput};
@@ -101,7 +100,7 @@ impl DialTicket {
 /// The client pool's decisions, with no I/O. Drive it as the crate docs show.
 ///
 /// What it shares with the server machine (gets, liveness checks, the sweep, answers,
-/// counters) is in [`PoolCommon`], reached through `Deref`.
+/// counters) is in [`PoolCommon`], written once; this machine exposes it by name.
 #[derive(Debug)]
 pub struct ClientMachine<C> {
     cfg: ClientConfig,
@@ -141,20 +140,26 @@ pub struct ClientMachine<C> {
     reserved: Vec<ConnId>,
 }
 
-impl<C> Deref for ClientMachine<C> {
-    type Target = PoolCommon<C>;
-    fn deref(&self) -> &PoolCommon<C> {
-        &self.common
-    }
-}
-
-impl<C> DerefMut for ClientMachine<C> {
-    fn deref_mut(&mut self) -> &mut PoolCommon<C> {
-        &mut self.common
-    }
-}
-
 impl<C> ClientMachine<C> {
+    crate::common::shared_methods!();
+
+    /// The peer of the idle connection `id` hung up, seen with no probe
+    /// ([`PoolCommon::handle_idle_closed`]).
+    pub fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
+        self.common.handle_idle_closed(id, now)
+    }
+
+    /// A started connection handed to an accept that turned out to be no session
+    /// ([`PoolCommon::handle_bad_start`]).
+    pub fn handle_bad_start(&mut self, id: ConnId, conn: C) {
+        self.common.handle_bad_start(id, conn);
+    }
+
+    /// Connections the peer started, waiting for an accept.
+    pub fn started_waiting(&self) -> usize {
+        self.common.started_waiting()
+    }
+
     /// A machine whose first round is due at `now`, drawing its randomness (single-mode
     /// ids, backoff jitter) from `random`: a [`SeededRandom`](crate::SeededRandom)
     /// seeded from a secure source.
@@ -202,7 +207,7 @@ impl<C> ClientMachine<C> {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work:
     /// the next round, the next sweep or the first waiter's deadline.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
         match (self.refill, self.common.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -551,7 +556,7 @@ impl<C> ClientMachine<C> {
     }
 
     /// The OS reported the idle connection `id` ready: it leaves for one peek by the
-    /// driver ([`PoolCommon::take_held`]).
+    /// driver, with no lock held, and comes back with [`handle_peeked`](Self::handle_peeked).
     pub fn take_held(&mut self, id: ConnId, _now: Instant) -> Option<Reported<C>> {
         self.common.take_held(id)
     }

@@ -28,7 +28,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::common::{Got, Output, Peek, PoolCommon, Readied, Reported};
@@ -99,7 +98,7 @@ pub enum Admission {
 /// The server pool's decisions, with no I/O.
 ///
 /// What it shares with the client machine (gets, liveness checks, the sweep, answers,
-/// counters) is in [`PoolCommon`], reached through `Deref`.
+/// counters) is in [`PoolCommon`], written once; this machine exposes it by name.
 #[derive(Debug)]
 pub struct ServerMachine<C> {
     cfg: ServerConfig,
@@ -150,20 +149,14 @@ impl Held {
     }
 }
 
-impl<C> Deref for ServerMachine<C> {
-    type Target = PoolCommon<C>;
-    fn deref(&self) -> &PoolCommon<C> {
-        &self.common
-    }
-}
-
-impl<C> DerefMut for ServerMachine<C> {
-    fn deref_mut(&mut self) -> &mut PoolCommon<C> {
-        &mut self.common
-    }
-}
-
 impl<C> ServerMachine<C> {
+    crate::common::shared_methods!();
+
+    /// The verdict on a candidate of [`Got::Check`] ([`PoolCommon::handle_check`]).
+    pub fn handle_check(&mut self, check: crate::Check<C>, alive: bool, now: Instant) -> Got<C> {
+        self.common.handle_check(check, alive, now)
+    }
+
     /// A machine with no connection yet, drawing ids from `random`: a
     /// [`SeededRandom`](crate::SeededRandom) seeded from a secure source.
     pub fn new(cfg: ServerConfig, random: impl Random + 'static, now: Instant) -> Self {
@@ -456,7 +449,7 @@ impl<C> ServerMachine<C> {
     }
 
     /// The OS reported the held connection `id` ready (idle, or still settling): it
-    /// leaves for one peek by the driver, as in [`PoolCommon::take_held`], and comes
+    /// leaves for one peek by the driver, with no lock held, and comes
     /// back with [`handle_peeked`](Self::handle_peeked).
     pub fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
         if self.common.note_again(id) || self.common.closed {
@@ -596,7 +589,7 @@ impl<C> ServerMachine<C> {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work: the
     /// next sweep, the first waiter's deadline, or the end of a settle time.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
         let settled = self.settling.front().map(|(due, _, _)| *due);
         match (settled, self.common.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),

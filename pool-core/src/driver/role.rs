@@ -103,10 +103,10 @@ pub trait Role: sealed::Sealed {
 impl<C> Role for ClientMachine<C> {
     type Conn = C;
     fn shared(&self) -> &PoolCommon<C> {
-        self
+        self.common()
     }
     fn shared_mut(&mut self) -> &mut PoolCommon<C> {
-        self
+        self.common_mut()
     }
     fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         match want {
@@ -147,10 +147,10 @@ impl<C> Role for ClientMachine<C> {
 impl<C> Role for ServerMachine<C> {
     type Conn = C;
     fn shared(&self) -> &PoolCommon<C> {
-        self
+        self.common()
     }
     fn shared_mut(&mut self) -> &mut PoolCommon<C> {
-        self
+        self.common_mut()
     }
     fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         match want {
