@@ -136,6 +136,9 @@ impl SimPair {
         let Some(c) = self.net.conns.get_mut(&serial) else {
             return;
         };
+        if c.ticket.as_ref().is_some_and(|t| !t.reads_id()) {
+            return self.client_single(serial);
+        }
         let (Some(_), Some(id), None) = (c.ticket.as_ref(), c.id, c.reader.as_ref()) else {
             return;
         };
@@ -149,6 +152,25 @@ impl SimPair {
             let (bytes, sent) = super::net::Net::id_bytes(&id, self.server_form, delivery);
             self.client_bytes(serial, &bytes[..sent]);
         }
+    }
+
+    /// Single mode: the connection is up, and no id travels; the core draws it, and the
+    /// connection lands under it (the server's end is left to itself).
+    fn client_single(&mut self, serial: u64) {
+        let Some(c) = self.net.conns.get_mut(&serial) else {
+            return;
+        };
+        let Some(mut ticket) = c.ticket.take() else {
+            return;
+        };
+        c.client = Side::Idle;
+        let urgent = ticket.is_urgent();
+        let was_backing_off = self.client.read(|m| m.backing_off());
+        let id = self.client.input(|m, _| m.assign_id(&mut ticket));
+        let _ = self.client.dialed(ticket, Ok((id, serial)));
+        self.net
+            .log(format_args!("client {serial} landed {id} (single)"));
+        self.oracle.success(&self.net, urgent, was_backing_off);
     }
 
     /// Id bytes reached the client.
