@@ -41,11 +41,10 @@
 //! the pool down.
 
 use std::collections::BTreeMap;
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::adapt::{Adapt, Observed, Refill, RoundInput};
-use crate::common::{Check, Got, Output, PoolCommon};
+use crate::common::{Check, Got, Output, Peek, PoolCommon, Readied, Reported};
 use crate::config::ClientConfig;
 use crate::random::{Entropy, Random};
 use crate::stats::{Stage, Status};
@@ -61,6 +60,10 @@ use crate::ConnId;
 pub struct DialTicket {
     serial: u64,
     urgent: bool,
+    /// Single mode: no id on the wire; the machine draws one when the dial lands.
+    single: bool,
+    /// The id drawn for it ([`ClientMachine::assign_id`]), reserved until it comes back.
+    id: Option<ConnId>,
     issued: Instant,
     handshake_deadline: Instant,
     id_timeout: Duration,
@@ -75,6 +78,16 @@ impl DialTicket {
     pub fn is_urgent(&self) -> bool {
         self.urgent
     }
+    /// Whether the dial reads its id from the server. In single mode it does not: the
+    /// machine draws the id when the connection lands ([`ClientMachine::assign_id`]).
+    pub fn reads_id(&self) -> bool {
+        !self.single
+    }
+    /// The id drawn for this dial in single mode, once [`ClientMachine::assign_id`]
+    /// drew it.
+    pub fn id(&self) -> Option<ConnId> {
+        self.id
+    }
     /// When connect plus TLS handshake must be done.
     pub fn handshake_deadline(&self) -> Instant {
         self.handshake_deadline
@@ -88,7 +101,7 @@ impl DialTicket {
 /// The client pool's decisions, with no I/O. Drive it as the crate docs show.
 ///
 /// What it shares with the server machine (gets, liveness checks, the sweep, answers,
-/// counters) is in [`PoolCommon`], reached through `Deref`.
+/// counters) is in [`PoolCommon`], written once; this machine exposes it by name.
 #[derive(Debug)]
 pub struct ClientMachine<C> {
     cfg: ClientConfig,
@@ -123,22 +136,31 @@ pub struct ClientMachine<C> {
     /// When each ticket still out was handed out, by serial (serials and instants grow
     /// together, so the oldest come first).
     issued: BTreeMap<u64, Instant>,
-}
-
-impl<C> Deref for ClientMachine<C> {
-    type Target = PoolCommon<C>;
-    fn deref(&self) -> &PoolCommon<C> {
-        &self.common
-    }
-}
-
-impl<C> DerefMut for ClientMachine<C> {
-    fn deref_mut(&mut self) -> &mut PoolCommon<C> {
-        &mut self.common
-    }
+    /// Ids drawn for single-mode dials that have not come back (a few at most: the
+    /// dials in flight).
+    reserved: Vec<ConnId>,
 }
 
 impl<C> ClientMachine<C> {
+    crate::common::shared_methods!();
+
+    /// The peer of the idle connection `id` hung up, seen with no probe
+    /// ([`PoolCommon::handle_idle_closed`]).
+    pub fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
+        self.common.handle_idle_closed(id, now)
+    }
+
+    /// A started connection handed to an accept that turned out to be no session
+    /// ([`PoolCommon::handle_bad_start`]).
+    pub fn handle_bad_start(&mut self, id: ConnId, conn: C) {
+        self.common.handle_bad_start(id, conn);
+    }
+
+    /// Connections the peer started, waiting for an accept.
+    pub fn started_waiting(&self) -> usize {
+        self.common.started_waiting()
+    }
+
     /// A machine whose first round is due at `now`, drawing its randomness (single-mode
     /// ids, backoff jitter) from `random`: a [`SeededRandom`](crate::SeededRandom)
     /// seeded from a secure source.
@@ -155,6 +177,7 @@ impl<C> ClientMachine<C> {
             waited: 0,
             failed: 0,
             issued: BTreeMap::new(),
+            reserved: Vec::new(),
             common: PoolCommon::new(
                 Entropy::new(random),
                 now,
@@ -185,7 +208,7 @@ impl<C> ClientMachine<C> {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work:
     /// the next round, the next sweep or the first waiter's deadline.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
         match (self.refill, self.common.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -335,6 +358,8 @@ impl<C> ClientMachine<C> {
         Some(DialTicket {
             serial: self.next_serial,
             urgent,
+            single: self.cfg.single,
+            id: None,
             issued: now,
             handshake_deadline,
             id_timeout: self.cfg.id_timeout,
@@ -355,9 +380,32 @@ impl<C> ClientMachine<C> {
 
     /// A fresh id for a single-mode connection, drawn from the machine's generator
     /// and not idle. Call it in the same critical section as the
-    /// [`handle_dial_success`](Self::handle_dial_success) that lands it.
+    /// [`handle_dial_success`](Self::handle_dial_success) that lands it, or use
+    /// [`assign_id`](Self::assign_id), which reserves it.
     pub fn make_id(&mut self) -> ConnId {
-        self.common.fresh_id(|_| true)
+        let reserved = &self.reserved;
+        self.common.fresh_id(|id| !reserved.contains(id))
+    }
+
+    /// The id of the single-mode dial `ticket`, drawn as [`make_id`](Self::make_id)
+    /// does and reserved (no other draw takes it) until the ticket comes back; the
+    /// same id when called again. The driver draws it before the connection lands, to
+    /// watch it under that id.
+    pub fn assign_id(&mut self, ticket: &mut DialTicket) -> ConnId {
+        if let Some(id) = ticket.id {
+            return id;
+        }
+        let id = self.make_id();
+        self.reserved.push(id);
+        ticket.id = Some(id);
+        id
+    }
+
+    /// The ticket came back: its reserved id, if any, is free.
+    fn unreserve(&mut self, ticket: &DialTicket) {
+        if let Some(id) = ticket.id {
+            self.reserved.retain(|r| *r != id);
+        }
     }
 
     /// A dial finished its handshake and has its id: read from the server, or in
@@ -366,6 +414,7 @@ impl<C> ClientMachine<C> {
     /// queued for closing ([`Output::Close`]) and the dial counts
     /// as failed at the id stage.
     pub fn handle_dial_success(&mut self, ticket: DialTicket, id: ConnId, conn: C, now: Instant) {
+        self.unreserve(&ticket);
         self.common.disarm(ticket.serial);
         self.issued.remove(&ticket.serial);
         if self.common.closed {
@@ -402,6 +451,7 @@ impl<C> ClientMachine<C> {
     /// A dial failed at `stage` (an error or its deadline). After a run of failures
     /// the machine backs off, with jitter drawn from its own generator.
     pub fn handle_dial_failure(&mut self, ticket: DialTicket, stage: Stage, now: Instant) {
+        self.unreserve(&ticket);
         self.common.disarm(ticket.serial);
         self.issued.remove(&ticket.serial);
         self.common.counters.count_failure(stage);
@@ -510,6 +560,30 @@ impl<C> ClientMachine<C> {
             self.policy.observe(Observed::Get { waited: false }, now);
         }
         started
+    }
+
+    /// The OS reported the idle connection `id` ready: it leaves for one peek by the
+    /// driver, with no lock held, and comes back with [`handle_peeked`](Self::handle_peeked).
+    pub fn take_held(&mut self, id: ConnId, _now: Instant) -> Option<Reported<C>> {
+        self.common.take_held(id)
+    }
+
+    /// The verdict on a connection of [`take_held`](Self::take_held). In in-band mode,
+    /// bytes waiting are a session the peer started, told to the policy as a get
+    /// served at once (as [`handle_idle_started`](Self::handle_idle_started)). Answers
+    /// what became of it, and whether to peek again.
+    pub fn handle_peeked(
+        &mut self,
+        held: Reported<C>,
+        peek: Peek,
+        now: Instant,
+    ) -> (Readied, bool) {
+        let r = self.common.handle_peeked(held, peek, self.cfg.in_band());
+        if r.0 == Readied::Started {
+            self.gets += 1;
+            self.policy.observe(Observed::Get { waited: false }, now);
+        }
+        r
     }
 
     /// Gives back a connection whose answer could not be delivered (the get was gone).

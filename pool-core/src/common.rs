@@ -1,9 +1,10 @@
 //! The part both machines share: idle connections, waiting gets and their answers,
 //! liveness checks, the sweep, connections to close, counters and the generator.
 //!
-//! Each machine holds one [`PoolCommon`] and reaches it through `Deref`, as rustls's
-//! connections reach their `ConnectionCommon`: whatever is written here is written once
-//! for the client and the server.
+//! Each machine holds one [`PoolCommon`]: whatever is written here is written once for
+//! the client and the server. A machine does not `Deref` to it: each role exposes, by
+//! name, what its callers need (the shared getters come from one macro), so no caller
+//! can reach around the role and skip what it adds.
 //!
 //! # Liveness is asked, never performed
 //!
@@ -23,12 +24,11 @@
 //! core, since dropping a socket is a system call: they come out as [`Output::Close`],
 //! to be dropped outside the lock.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::error::GetFailure;
-use crate::idle::{IdBuild, IdleMap};
+use crate::idle::IdleMap;
 use crate::random::Entropy;
 use crate::stats::Counters;
 use crate::time::deadline_after;
@@ -43,119 +43,12 @@ pub const PROBE_BATCH: usize = 64;
 /// more is closed and counted in [`Counters::starts_dropped`].
 pub const STARTED_QUEUE: usize = 4096;
 
-/// Everything a machine asks of its driver, one request at a time: the single way out
-/// of the core (str0m's `poll_output`). After every input, call `poll_output` until it
-/// answers [`Output::Timeout`], performing each request outside any lock.
-#[derive(Debug)]
-#[must_use = "every output is a request the driver must perform"]
-pub enum Output<C> {
-    /// Hand the result to the get waiting under [`Answer::key`]. A get that went away
-    /// gives the connection back with the machine's `put_back`.
-    Answer(Answer<C>),
-    /// Start a dial under this ticket and report it back exactly once (client).
-    Dial(crate::DialTicket),
-    /// Abort the dial or handshake with this serial: its deadline passed, or a newer
-    /// connection evicted it. Its ticket still comes back, as a failure, exactly once.
-    Abort(u64),
-    /// Close this connection (drop it), after letting go of any lock.
-    Close(ConnId, C),
-    /// Probe each connection of this sweep batch with no lock held, then give the batch
-    /// back with [`PoolCommon::handle_probe`].
-    Probe(Probe<C>),
-    /// Nothing more to do now: arm one timer for this instant and call the machine's
-    /// `handle_timeout` when it fires (`None`: no timer until the next input).
-    Timeout(Option<Instant>),
-}
-
-/// The answer to a waiting get, one of the [`Output`]s.
-#[derive(Debug)]
-pub struct Answer<C> {
-    /// Which get.
-    pub key: WaiterKey,
-    /// What it gets.
-    pub result: Result<(ConnId, C), GetFailure>,
-}
-
-/// What a get found.
-#[derive(Debug)]
-#[must_use = "a Got may hold a connection, a candidate or a waiter key that must be kept"]
-pub enum Got<C> {
-    /// A live connection, at once.
-    Ready(ConnId, C),
-    /// A candidate to probe: report the verdict with [`PoolCommon::handle_check`].
-    Check(Check<C>),
-    /// Nothing yet: the answer comes later under this key, as an [`Output::Answer`].
-    Wait(WaiterKey),
-    /// No connection, now or later.
-    Failed(GetFailure),
-}
-
-/// A candidate a get took out of the idle map, to be probed by the driver outside any
-/// lock and reported with [`PoolCommon::handle_check`]. Dropping it closes the
-/// connection without counting it: report it instead.
-#[derive(Debug)]
-#[must_use = "report the probe's verdict with handle_check"]
-pub struct Check<C> {
-    id: ConnId,
-    conn: C,
-    want: Want,
-    deadline: Instant,
-}
-
-impl<C> Check<C> {
-    /// The candidate's id.
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-    /// The candidate, to probe.
-    pub fn conn_mut(&mut self) -> &mut C {
-        &mut self.conn
-    }
-}
-
-/// A batch of idle connections the sweep wants probed. Probe each with
-/// [`check`](Self::check), outside any lock, then give the batch back with
-/// [`PoolCommon::handle_probe`]. A connection left unchecked counts as alive.
-#[derive(Debug)]
-#[must_use = "give the batch back with handle_probe, or its connections are lost"]
-pub struct Probe<C> {
-    items: Vec<Item<C>>,
-}
-
-#[derive(Debug)]
-struct Item<C> {
-    id: ConnId,
-    kept: Kept<C>,
-    alive: bool,
-}
-
-impl<C> Probe<C> {
-    /// Records `alive(conn)` for every connection of the batch.
-    pub fn check(&mut self, mut alive: impl FnMut(&mut C) -> bool) {
-        for item in &mut self.items {
-            item.alive = alive(&mut item.kept.conn);
-        }
-    }
-    /// How many connections the batch holds.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-    /// The ids of the batch, in the order they will be checked.
-    pub fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.items.iter().map(|i| i.id)
-    }
-}
-
 /// An idle connection and when it became idle, in milliseconds since the machine's
 /// epoch (8 bytes: the slab slot of a 40-byte connection stays at 64 bytes).
 #[derive(Debug)]
 pub(crate) struct Kept<C> {
-    since_ms: u64,
-    conn: C,
+    pub(crate) since_ms: u64,
+    pub(crate) conn: C,
 }
 
 /// The sweep: when it is due, and how far the running one has come.
@@ -173,8 +66,8 @@ struct Sweep {
     flushed: bool,
 }
 
-/// The state both machines share. Reached through `Deref` on
-/// [`ClientMachine`](crate::ClientMachine) and [`ServerMachine`](crate::ServerMachine).
+/// The state both machines share, inside [`ClientMachine`](crate::ClientMachine) and
+/// [`ServerMachine`](crate::ServerMachine), which expose what their callers need.
 #[derive(Debug)]
 pub struct PoolCommon<C> {
     pub(crate) idle: IdleMap<Kept<C>>,
@@ -202,6 +95,9 @@ pub struct PoolCommon<C> {
     /// Ids of connections that left the pool (to a get or to be closed), kept only
     /// when the server counts idle connections per source; it drains them.
     pub(crate) departed: Option<Vec<ConnId>>,
+    /// Reported connections out for a readiness peek, and whether another report for the
+    /// same one came meanwhile (then it is peeked again once back).
+    peeking: Vec<(ConnId, bool)>,
 }
 
 impl<C> PoolCommon<C> {
@@ -235,6 +131,7 @@ impl<C> PoolCommon<C> {
                 flushed: false,
             },
             departed: None,
+            peeking: Vec::new(),
         }
     }
 
@@ -389,6 +286,13 @@ impl<C> PoolCommon<C> {
         let Some(kept) = self.idle.take(&id) else {
             return false;
         };
+        self.start(id, kept.conn);
+        true
+    }
+
+    /// The peer started a session on `conn`, out of the idle map: to the oldest accept,
+    /// or the started queue.
+    pub(crate) fn start(&mut self, id: ConnId, conn: C) {
         self.depart(id);
         self.counters.started += 1;
         match self.waiters.pop_started() {
@@ -396,16 +300,15 @@ impl<C> PoolCommon<C> {
                 self.counters.served_after_wait += 1;
                 self.answers.push_back(Answer {
                     key,
-                    result: Ok((id, kept.conn)),
+                    result: Ok((id, conn)),
                 });
             }
             None if self.started.len() >= STARTED_QUEUE => {
                 self.counters.starts_dropped += 1;
-                self.to_close.push((id, kept.conn));
+                self.to_close.push((id, conn));
             }
-            None => self.started.push_back((id, kept.conn)),
+            None => self.started.push_back((id, conn)),
         }
-        true
     }
 
     /// A started connection handed to an accept that turned out to be no session: its
@@ -551,7 +454,7 @@ impl<C> PoolCommon<C> {
     // ---- shared internals ----
 
     /// Milliseconds since the epoch, the unit of an idle connection's age.
-    fn ms(&self, now: Instant) -> u64 {
+    pub(crate) fn ms(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -563,13 +466,16 @@ impl<C> PoolCommon<C> {
     }
 
     pub(crate) fn can_arrive(&self) -> bool {
-        self.in_flight > 0 || self.sweep.out.is_some() || self.starting
+        self.in_flight > 0 || self.sweep.out.is_some() || self.starting || !self.peeking.is_empty()
     }
 
-    /// Connections this machine holds: idle, out for a sweep probe, or in flight. The
-    /// capacity bounds this.
+    /// Connections this machine holds: idle, out for a sweep probe or a readiness
+    /// peek, or in flight. The capacity bounds this.
     pub(crate) fn held(&self) -> usize {
-        self.idle.len() + self.in_flight + self.sweep.out.as_ref().map_or(0, Vec::len)
+        self.idle.len()
+            + self.in_flight
+            + self.sweep.out.as_ref().map_or(0, Vec::len)
+            + self.peeking.len()
     }
 
     /// A finished connection: to the oldest waiter for its id, else the oldest waiter
@@ -580,7 +486,7 @@ impl<C> PoolCommon<C> {
             .map_err(|k| k.conn)
     }
 
-    fn land_kept(&mut self, id: ConnId, kept: Kept<C>) -> Result<(), Kept<C>> {
+    pub(crate) fn land_kept(&mut self, id: ConnId, kept: Kept<C>) -> Result<(), Kept<C>> {
         // An id out in a sweep batch is taken too: that connection comes back.
         let probing = self.sweep.out.as_ref().is_some_and(|o| o.contains(&id));
         if self.idle.contains(&id) || probing {
@@ -627,7 +533,7 @@ impl<C> PoolCommon<C> {
     }
 
     /// Notes that the connection `id` left the pool, when departures are kept.
-    fn depart(&mut self, id: ConnId) {
+    pub(crate) fn depart(&mut self, id: ConnId) {
         if let Some(d) = &mut self.departed {
             d.push(id);
         }
@@ -749,61 +655,17 @@ impl<C> PoolCommon<C> {
     }
 }
 
-/// Deadlines of dials and handshakes under way, by serial: a heap with lazy removal
-/// (an entry whose serial was disarmed or re-armed is skipped when met). Most deadlines
-/// are disarmed long before they fall due, so the heap is rebuilt from the live ones
-/// whenever stale entries outnumber them: it stays about the size of what is in flight.
-#[derive(Debug, Default)]
-struct Deadlines {
-    at: HashMap<u64, Instant, IdBuild>,
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
-}
+mod deadlines;
+mod outputs;
+mod ready;
+mod shared;
 
-impl Deadlines {
-    fn arm(&mut self, serial: u64, at: Instant) {
-        self.at.insert(serial, at);
-        if self.heap.len() > 2 * self.at.len() + 64 {
-            self.heap = self.at.iter().map(|(&s, &a)| Reverse((a, s))).collect();
-        } else {
-            self.heap.push(Reverse((at, serial)));
-        }
-    }
+use deadlines::Deadlines;
+pub(crate) use outputs::Item;
+pub use outputs::{Answer, Check, Got, Output, Probe};
 
-    fn disarm(&mut self, serial: u64) {
-        self.at.remove(&serial);
-        if self.at.is_empty() {
-            self.heap.clear();
-        }
-    }
-
-    fn live(&self, at: Instant, serial: u64) -> bool {
-        self.at.get(&serial) == Some(&at)
-    }
-
-    fn next(&mut self) -> Option<Instant> {
-        while let Some(Reverse((at, serial))) = self.heap.peek().copied() {
-            if self.live(at, serial) {
-                return Some(at);
-            }
-            self.heap.pop();
-        }
-        None
-    }
-
-    fn pop_expired(&mut self, now: Instant) -> Option<u64> {
-        while let Some(Reverse((at, serial))) = self.heap.peek().copied() {
-            if at > now {
-                return None;
-            }
-            self.heap.pop();
-            if self.live(at, serial) {
-                self.at.remove(&serial);
-                return Some(serial);
-            }
-        }
-        None
-    }
-}
+pub use ready::{Peek, Readied, Reported};
+pub(crate) use shared::shared_methods;
 
 #[cfg(test)]
 mod tests;

@@ -121,7 +121,9 @@ pub use adapt::{
 };
 pub use adjust::{CapacityPolicy, Fraction, IntervalPolicy};
 pub use client::{backoff, ClientMachine, DialTicket};
-pub use common::{Answer, Check, Got, Output, PoolCommon, Probe, PROBE_BATCH, STARTED_QUEUE};
+pub use common::{
+    Answer, Check, Got, Output, PoolCommon, Probe, Reported, PROBE_BATCH, STARTED_QUEUE,
+};
 pub use config::{
     go_caps, go_intervals, ClientConfig, ClientConfigBuilder, ServerConfig, ServerConfigBuilder,
     DEFAULT_PENDING_PER_SOURCE, DEFAULT_SERVER_MAX_IDLE_AGE, DEFAULT_SETTLE,

@@ -28,10 +28,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use crate::common::{Got, Output, PoolCommon};
+use crate::common::{Got, Output, Peek, PoolCommon, Readied, Reported};
 use crate::config::ServerConfig;
 use crate::idle::IdBuild;
 use crate::random::{Entropy, Random};
@@ -99,7 +98,7 @@ pub enum Admission {
 /// The server pool's decisions, with no I/O.
 ///
 /// What it shares with the client machine (gets, liveness checks, the sweep, answers,
-/// counters) is in [`PoolCommon`], reached through `Deref`.
+/// counters) is in [`PoolCommon`], written once; this machine exposes it by name.
 #[derive(Debug)]
 pub struct ServerMachine<C> {
     cfg: ServerConfig,
@@ -150,20 +149,14 @@ impl Held {
     }
 }
 
-impl<C> Deref for ServerMachine<C> {
-    type Target = PoolCommon<C>;
-    fn deref(&self) -> &PoolCommon<C> {
-        &self.common
-    }
-}
-
-impl<C> DerefMut for ServerMachine<C> {
-    fn deref_mut(&mut self) -> &mut PoolCommon<C> {
-        &mut self.common
-    }
-}
-
 impl<C> ServerMachine<C> {
+    crate::common::shared_methods!();
+
+    /// The verdict on a candidate of [`Got::Check`] ([`PoolCommon::handle_check`]).
+    pub fn handle_check(&mut self, check: crate::Check<C>, alive: bool, now: Instant) -> Got<C> {
+        self.common.handle_check(check, alive, now)
+    }
+
     /// A machine with no connection yet, drawing ids from `random`: a
     /// [`SeededRandom`](crate::SeededRandom) seeded from a secure source.
     pub fn new(cfg: ServerConfig, random: impl Random + 'static, now: Instant) -> Self {
@@ -455,13 +448,64 @@ impl<C> ServerMachine<C> {
         self.common.held() - self.common.in_flight + self.settling.len()
     }
 
-    /// A held connection (idle or settling) `id`, left in place, for the driver's
-    /// probe before it reports a hang-up.
-    pub fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
-        if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
-            return self.settling.get_mut(i).map(|(_, _, conn)| conn);
+    /// The OS reported the held connection `id` ready (idle, or still settling): it
+    /// leaves for one peek by the driver, with no lock held, and comes
+    /// back with [`handle_peeked`](Self::handle_peeked).
+    pub fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
+        if self.common.note_again(id) || self.common.closed {
+            return None;
         }
-        self.common.idle_conn_mut(id)
+        if let Some(i) = self.settling.iter().position(|(_, sid, _)| *sid == id) {
+            let (due, id, conn) = self.settling.remove(i)?;
+            return Some(self.common.peek_out(id, conn, due, now));
+        }
+        self.common.take_held(id)
+    }
+
+    /// The verdict on a connection of [`take_held`](Self::take_held): a dead one leaves
+    /// (counted in `evicted_dead`), any other comes back, a settling one to its place
+    /// in the settle queue. Answers what became of it, and whether to peek again.
+    pub fn handle_peeked(
+        &mut self,
+        held: Reported<C>,
+        peek: Peek,
+        _now: Instant,
+    ) -> (Readied, bool) {
+        let Some(due) = held.settling else {
+            let r = self.common.handle_peeked(held, peek, false);
+            self.sync_departures();
+            return r;
+        };
+        let id = held.id();
+        let again = self.common.end_peek(id);
+        let conn = held.into_conn();
+        if self.common.closed || peek == Peek::Dead {
+            self.unreserve(&id);
+            if let Some(source) = self.owner.remove(&id) {
+                self.release(source);
+            }
+            let closed = !self.common.closed;
+            if closed {
+                self.common.counters.evicted_dead += 1;
+            }
+            self.common.close_later(id, conn);
+            return (
+                if closed {
+                    Readied::Closed
+                } else {
+                    Readied::NotHeld
+                },
+                false,
+            );
+        }
+        let at = self.settling.partition_point(|(d, _, _)| *d <= due);
+        self.settling.insert(at, (due, id, conn));
+        let readied = if peek == Peek::Pending {
+            Readied::Pending
+        } else {
+            Readied::Quiet
+        };
+        (readied, again)
     }
 
     /// The peer of a held connection hung up (the driver saw it in readiness): an
@@ -529,18 +573,23 @@ impl<C> ServerMachine<C> {
     /// The handshake failed or passed its deadline at `stage`. The failure of an
     /// evicted handshake (aborted on [`Output::Abort`]'s word) is not
     /// counted again.
-    pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) {
+    ///
+    /// Answers whether it failed in a way worth telling the user about: a handshake
+    /// still live (not evicted) while the pool is open.
+    pub fn handle_failure(&mut self, ticket: HandshakeTicket, stage: Stage, _now: Instant) -> bool {
         if let Some(id) = ticket.id {
             self.unreserve(&id);
         }
-        if self.end(ticket.serial) {
+        let live = self.end(ticket.serial);
+        if live {
             self.common.counters.count_failure(stage);
         }
+        live && !self.common.closed
     }
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work: the
     /// next sweep, the first waiter's deadline, or the end of a settle time.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
         let settled = self.settling.front().map(|(due, _, _)| *due);
         match (settled, self.common.next_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -84,3 +84,65 @@ impl<C> Returned<C> for ServerMachine<C> {
         self.take_closes()
     }
 }
+
+macro_rules! split_through_common {
+    ($machine:ident) => {
+        impl<C> SplitOutputs<C> for $machine<C> {
+            fn poll_answer(&mut self) -> Option<Answer<C>> {
+                self.common_mut().poll_answer()
+            }
+            fn poll_close(&mut self) -> Option<(ConnId, C)> {
+                self.common_mut().poll_close()
+            }
+            fn take_closes(&mut self) -> Vec<(ConnId, C)> {
+                self.common_mut().take_closes()
+            }
+            fn poll_abort(&mut self) -> Option<u64> {
+                self.common_mut().poll_abort()
+            }
+            fn poll_probe(&mut self, now: Instant) -> Option<Probe<C>> {
+                self.common_mut().poll_probe(now)
+            }
+        }
+    };
+}
+
+split_through_common!(ClientMachine);
+split_through_common!(ServerMachine);
+
+/// The shared part of a machine, for model tests that drive it below the role.
+pub trait Shared<C> {
+    /// The machine's [`PoolCommon`].
+    fn shared_mut(&mut self) -> &mut PoolCommon<C>;
+}
+
+impl<C> Shared<C> for ClientMachine<C> {
+    fn shared_mut(&mut self) -> &mut PoolCommon<C> {
+        self.common_mut()
+    }
+}
+
+impl<C> Shared<C> for ServerMachine<C> {
+    fn shared_mut(&mut self) -> &mut PoolCommon<C> {
+        self.common_mut()
+    }
+}
+
+/// The next deadline alone, for tests that check it without draining the outputs (a
+/// driver learns it from [`Output::Timeout`](crate::Output::Timeout), the one way).
+pub trait NextDeadline {
+    /// The instant [`Output::Timeout`](crate::Output::Timeout) would name now.
+    fn next_deadline(&mut self) -> Option<Instant>;
+}
+
+impl<C> NextDeadline for ClientMachine<C> {
+    fn next_deadline(&mut self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+}
+
+impl<C> NextDeadline for ServerMachine<C> {
+    fn next_deadline(&mut self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+}

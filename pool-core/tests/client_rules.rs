@@ -1,7 +1,7 @@
 //! Plain unit tests of the rules of the client (backoff, rounds, gets by id) and of the
 //! server's put-back, written against the machines' public API.
 
-use pool_core::testing::{SplitDials as _, SplitOutputs as _};
+use pool_core::testing::{NextDeadline as _, Shared as _, SplitDials as _, SplitOutputs as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,7 @@ fn always_failing(c: &ClientConfig, secs: u64, seed: u64) -> (Vec<Instant>, Clie
             dials.push(now);
             m.handle_dial_failure(t, Stage::Connect, now + MS(5));
         }
-        let next = m.poll_timeout().expect("a failing client keeps a timer");
+        let next = m.next_deadline().expect("a failing client keeps a timer");
         assert!(next > now, "timer not in the future");
         now = next;
     }
@@ -174,7 +174,7 @@ fn success_resets_backoff() {
     );
     assert!(m.poll_dial(now).is_none(), "no dial while backing off");
     // Just past the threshold: a minimal backoff again.
-    let wait = m.poll_timeout().expect("timer") - now;
+    let wait = m.next_deadline().expect("timer") - now;
     assert!(
         wait <= c.min_interval().max(m.status().interval) * 2,
         "{wait:?}"
@@ -263,7 +263,7 @@ fn server_put_back_never_takes_a_pending_id() {
     let x = s.assign_id(&mut t1);
     s.handle_ready(t1, 1, now);
     let got = s.get(now, now + MS(1_000));
-    let (id, conn) = ready(&mut s, got, now);
+    let (id, conn) = ready(s.shared_mut(), got, now);
     assert_eq!(id, x);
     // The same id is drawn again for a new handshake while the first is out.
     let Admission::Admit(mut t2) = s.handle_accept(now, LOCAL, true) else {
@@ -278,7 +278,7 @@ fn server_put_back_never_takes_a_pending_id() {
     assert_eq!(s.idle(), 1);
     // With no handshake holding the id, put_back works.
     let got = s.get(now, now + MS(1_000));
-    let (id, conn) = ready(&mut s, got, now);
+    let (id, conn) = ready(s.shared_mut(), got, now);
     assert_eq!(conn, 2);
     s.put_back(id, conn, now);
     assert_eq!(s.poll_close(), None);

@@ -42,8 +42,9 @@ impl Platform for Fake {
         let peeks = self.peeks.lock().unwrap();
         peeks.get(conn).copied().unwrap_or(Peek::Quiet)
     }
-    fn watch_again(&self, id: ConnId, _conn: &u64) {
+    fn watch(&self, id: ConnId, _conn: &mut u64) -> bool {
         self.rewatched.lock().unwrap().push(id);
+        false
     }
     fn channel(&self) -> (Tx, Self::Wait) {
         let (tx, rx) = mpsc::channel();

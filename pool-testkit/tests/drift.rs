@@ -1,7 +1,14 @@
-//! One scripted scenario through the three drivers (the simulator, pool-threads and
+//! Scripted scenarios through the three drivers (the simulator, pool-threads and
 //! pool-tokio on loopback): the adaptation policy must observe the same events, in the
-//! same order, in each. A driver that asks the core for a connection without going
-//! through the role (so that the policy never hears of the get) fails here.
+//! same order, in each, and the counters that name the scenario must agree. A driver
+//! that asks the core for a connection without going through the role (so that the
+//! policy never hears of the get), that misses a hang-up or a start, or that draws a
+//! single-mode id of its own fails here.
+//!
+//! Four scenarios: the Go protocol in multi mode (below), single mode (the core draws
+//! every id, gets take any connection), an in-band start (the server starts sessions
+//! on idle connections, the client accepts them) and a hang-up (the server flushes its
+//! idle connections, the client's watch takes its ends out and refills).
 //!
 //! The scenario fixes the order: the client starts with no server (its four dials are
 //! refused, and so are the three that replace them before the fourth failure makes it
@@ -221,6 +228,9 @@ async fn on_threads() -> Vec<Seen> {
     server.close().await;
     taken(&log)
 }
+
+#[path = "drift/modes.rs"]
+mod modes;
 
 #[test]
 fn every_driver_shows_the_policy_the_same_events() {

@@ -18,7 +18,6 @@ pub(crate) struct Dialing {
     pub(crate) socket: SocketOptions,
     pub(crate) tls: Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
     pub(crate) id_form: IdForm,
-    pub(crate) single: bool,
 }
 
 /// The time left until `deadline`, or a timeout error naming `what` (std refuses a
@@ -59,7 +58,7 @@ impl Dialing {
             id: ConnId::from_random([0; 4]),
             stream,
         };
-        if !self.single {
+        if ticket.reads_id() {
             handshaken(ticket.serial());
             let deadline = ticket.id_deadline(Instant::now());
             conn.id = read_id(&mut conn, self.id_form, deadline).map_err(|e| (Stage::Id, e))?;

@@ -33,30 +33,12 @@ pub(crate) struct Threads {
     pub(crate) dials: Mutex<Option<Sender<DialTicket>>>,
     pub(crate) stopping: AtomicBool,
     pub(crate) dialing: Dialing,
+    /// In-band mode: bytes on an idle connection are a session the server started.
+    pub(crate) in_band: bool,
     /// The held connections watched for their peer's hang-up (Linux; `None`: the
     /// sweep finds dead peers).
     #[cfg(target_os = "linux")]
     pub(crate) hang_ups: Option<pool_net::HangUps<ConnId>>,
-}
-
-impl Threads {
-    fn watch(&self, id: ConnId, conn: &ThreadConn) {
-        #[cfg(target_os = "linux")]
-        if let Some(h) = &self.hang_ups {
-            h.watch(id, conn.tcp());
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (id, conn);
-    }
-
-    fn unwatch(&self, conn: &ThreadConn) {
-        #[cfg(target_os = "linux")]
-        if let Some(h) = &self.hang_ups {
-            h.unwatch(conn.tcp());
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = conn;
-    }
 }
 
 /// A get's reply channel.
@@ -85,8 +67,24 @@ impl Platform for Threads {
             pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
         }
     }
-    fn watch_again(&self, id: ConnId, conn: &ThreadConn) {
-        self.watch(id, conn);
+    /// Watched for hang-ups (and bytes, in in-band mode); peeked once held when bytes
+    /// the TLS session already took off the socket wait behind the id, in in-band mode.
+    fn watch(&self, id: ConnId, conn: &mut ThreadConn) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(h) = &self.hang_ups {
+            h.watch(id, conn.tcp());
+            return self.in_band && conn.has_unread();
+        }
+        let _ = (id, conn);
+        false
+    }
+    fn unwatch(&self, conn: &ThreadConn) {
+        #[cfg(target_os = "linux")]
+        if let Some(h) = &self.hang_ups {
+            h.unwatch(conn.tcp());
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = conn;
     }
     fn channel(&self) -> (Answer, Receiver<Delivery>) {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -99,10 +97,6 @@ impl Platform for Threads {
     /// A dial goes to the workers (dropped once the pool is closed: the machine is
     /// closed too). An abort needs nothing: a worker's blocking calls carry the same
     /// deadlines as socket timeouts, so the dial is ending by itself.
-    fn close(&self, _id: ConnId, conn: ThreadConn) {
-        self.unwatch(&conn);
-        drop(conn);
-    }
     fn start(&self, task: Task) {
         if let Task::Dial(ticket) = task {
             if let Some(tx) = lock(&self.dials).as_ref() {
@@ -112,20 +106,18 @@ impl Platform for Threads {
     }
 }
 
-/// Reads and checks the start header, with the socket's read timeout at
-/// [`crate::START_WAIT`] meanwhile (and off again after).
-fn read_start(conn: &mut ThreadConn) -> bool {
+/// Reads the start header before `by`, with the socket's read timeout set meanwhile
+/// (and off again after); nothing when it did not come whole.
+fn read_start(conn: &mut ThreadConn, by: Instant) -> Option<[u8; pool_core::START.len()]> {
     use std::io::Read;
-    if conn
-        .tcp()
-        .set_read_timeout(Some(crate::START_WAIT))
-        .is_err()
-    {
-        return false;
-    }
+    let left = by.saturating_duration_since(Instant::now());
+    conn.tcp()
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .ok()?;
     let mut header = [0u8; pool_core::START.len()];
-    let ok = conn.read_exact(&mut header).is_ok() && header == pool_core::START;
-    ok && conn.tcp().set_read_timeout(None).is_ok()
+    conn.read_exact(&mut header).ok()?;
+    conn.tcp().set_read_timeout(None).ok()?;
+    Some(header)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,7 +155,7 @@ impl Inner {
     pub(crate) fn work(&self, tickets: &Mutex<Receiver<DialTicket>>) {
         let p = self.driver.platform();
         loop {
-            let Ok(ticket) = lock(tickets).recv() else {
+            let Ok(mut ticket) = lock(tickets).recv() else {
                 return;
             };
             let res = if p.stopping.load(Ordering::Acquire) {
@@ -177,28 +169,14 @@ impl Inner {
                     .establish(&ticket, handshaken)
                     .map_err(|(stage, _)| stage)
             };
-            let single = p.dialing.single;
-            let early = self.driver.input(|m, now| match res {
-                Ok(mut conn) => {
-                    if single {
-                        conn.id = m.make_id();
-                    }
-                    let id = conn.id;
-                    // Bytes the TLS session pulled in behind the id are no readiness
-                    // the watch will ever see: look at them once the pool holds it.
-                    let early = m.config().in_band() && conn.has_unread();
-                    p.watch(id, &conn);
-                    m.handle_dial_success(ticket, id, conn, now);
-                    early.then_some(id)
+            let res = res.map(|mut conn| {
+                if !ticket.reads_id() {
+                    // Single mode: no id on the wire; the machine draws one.
+                    conn.id = self.driver.input(|m, _| m.assign_id(&mut ticket));
                 }
-                Err(stage) => {
-                    m.handle_dial_failure(ticket, stage, now);
-                    None
-                }
+                (conn.id, conn)
             });
-            if let Some(id) = early {
-                self.driver.idle_ready(id);
-            }
+            let _ = self.driver.dialed(ticket, res);
         }
     }
 
@@ -212,10 +190,7 @@ impl Inner {
         let mut step = self.driver.get(want, timeout);
         loop {
             step = match step {
-                Step::Ready(id, conn) => {
-                    self.driver.platform().unwatch(&conn);
-                    return Ok((id, conn));
-                }
+                Step::Ready(id, conn) => return Ok((id, conn)),
                 Step::Failed(e) => return Err(e),
                 Step::Wait(w) => {
                     let delivery = w.wait.recv().unwrap_or(Err(GetFailure::Closed));
@@ -226,17 +201,18 @@ impl Inner {
     }
 
     /// An accept (in-band mode): the next connection the server started, its start
-    /// header read and checked here (within [`crate::START_WAIT`]); one that brings
-    /// anything else is closed and counted, and the accept goes on.
+    /// header read here before the core's deadline and checked by the core; one that
+    /// brings anything else is closed and counted, and the accept goes on.
     pub(crate) fn accept(&self, timeout: Duration) -> Result<(ConnId, ThreadConn), GetFailure> {
         let deadline = pool_core::deadline_after(Instant::now(), timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (id, mut conn) = self.get(Want::Started, left)?;
-            if read_start(&mut conn) {
+            let header = read_start(&mut conn, self.driver.start_deadline());
+            let header = header.as_ref().map_or(&[][..], |h| &h[..]);
+            if let Some(conn) = self.driver.check_start(id, conn, header) {
                 return Ok((id, conn));
             }
-            self.driver.input(|m, _| m.handle_bad_start(id, conn));
         }
     }
 

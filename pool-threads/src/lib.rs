@@ -50,9 +50,6 @@ use std::time::{Duration, Instant};
 
 pub use conn::ThreadConn;
 
-/// How long an accept waits for a started connection's start header once its first
-/// byte arrived (the server writes the header first).
-pub const START_WAIT: Duration = Duration::from_secs(2);
 pub use pool_core::{ClientConfig, ConnId, Counters, GetFailure, Status};
 pub use pool_net::{Liveness, SocketOptions};
 pub use pool_tls::{ClientTlsBuilder, TlsMode};
@@ -156,7 +153,6 @@ impl ThreadClientPoolBuilder {
             socket: self.socket,
             tls: tls.map(|c| (c, name)),
             id_form: self.config.id_form(),
-            single: self.config.single(),
         };
         let in_band = self.config.in_band();
         let m = ClientMachine::new(self.config, SeededRandom::from_seed(seed), Instant::now());
@@ -179,6 +175,7 @@ impl ThreadClientPoolBuilder {
             dials: Mutex::new(Some(tx)),
             stopping: std::sync::atomic::AtomicBool::new(false),
             dialing,
+            in_band,
             #[cfg(target_os = "linux")]
             hang_ups,
         };
@@ -262,7 +259,7 @@ impl ThreadClientPool {
     /// [`ClientConfigBuilder::in_band`](pool_core::ClientConfigBuilder::in_band)),
     /// blocking up to `timeout`. Its start header is read and checked; the session's
     /// data follows unread. A connection that brings anything else within
-    /// [`START_WAIT`] is closed and counted (`starts_dropped`).
+    /// two seconds ([`pool_core::driver::START_WAIT`]) is closed and counted (`starts_dropped`).
     pub fn accept(&self, timeout: Duration) -> Result<ThreadConn, GetFailure> {
         self.inner.accept(timeout).map(|(_, c)| c)
     }

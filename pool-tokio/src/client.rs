@@ -346,7 +346,6 @@ impl ClientPoolBuilder {
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, &self.name, me.clone(), rt, watch),
             id_form: cfg.id_form(),
-            single: cfg.single(),
             dialer,
             tls: tls.map(|c| (c, name)),
             socket: self.socket,
@@ -421,7 +420,6 @@ struct Inner {
     tls: Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
     socket: SocketOptions,
     id_form: IdForm,
-    single: bool,
     key: Option<TunnelKey>,
 }
 
@@ -442,7 +440,7 @@ impl Inner {
     /// dial (its deadline passed, or the pool closed).
     async fn establish(
         &self,
-        ticket: &DialTicket,
+        ticket: &mut DialTicket,
         token: &CancellationToken,
     ) -> Result<PoolConn, (Stage, StepError)> {
         let dial = async { self.dialer.dial().await.map_err(StepError::from) };
@@ -474,12 +472,13 @@ impl Inner {
                 }
             }
         };
-        // Single mode: the machine draws the id when the connection lands.
         let mut conn = PoolConn {
             id: ConnId::from_random([0; 4]),
             stream,
         };
-        if self.single {
+        if !ticket.reads_id() {
+            // Single mode: no id on the wire; the machine draws one.
+            conn.id = self.engine.driver.input(|m, _| m.assign_id(ticket));
             return Ok(conn);
         }
         // The core's deadline becomes the id deadline.
@@ -513,17 +512,20 @@ async fn read_id(conn: &mut PoolConn, form: IdForm) -> Result<ConnId, StepError>
     }
 }
 
-async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
+async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToken) {
     let span =
         tracing::debug_span!("dial", serial = ticket.serial(), peer = ?inner.dialer.target());
     let res = inner
-        .establish(&ticket, &token)
+        .establish(&mut ticket, &token)
         .instrument(span.clone())
         .await;
     let engine = &inner.engine;
     let closing = engine.rt().cancel.is_cancelled();
     match &res {
-        Ok(_) => engine.log().succeed(),
+        Ok(conn) => {
+            span.in_scope(|| debug!(id = %conn.id, "dial landed"));
+            engine.log().succeed();
+        }
         Err((stage, e)) => {
             span.in_scope(|| debug!(?stage, error = %e, "dial failed"));
             if !closing {
@@ -531,35 +533,17 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
             }
         }
     }
-    let mut early = None;
-    let (was, now_off) = engine.report(ticket.serial(), |m, now| {
-        let was = m.backing_off();
-        match res {
-            Ok(mut conn) => {
-                // Idle from here: no I/O buffers.
-                conn.trim();
-                let id = if inner.single { m.make_id() } else { conn.id };
-                conn.id = id;
-                span.in_scope(|| debug!(%id, "dial landed"));
-                // Bytes the TLS session pulled in behind the id are no readiness the
-                // watch will ever see: look at them once it holds the connection.
-                if m.config().in_band() && conn.has_unread() {
-                    early = Some(id);
-                }
-                engine.rt().watch(id, &conn);
-                m.handle_dial_success(ticket, id, conn, now);
-            }
-            Err((stage, _)) => m.handle_dial_failure(ticket, stage, now),
-        }
-        (was, m.backing_off())
+    let res = res.map(|mut conn| {
+        conn.trim(); // idle from here: no I/O buffers
+        (conn.id, conn)
     });
-    if let Some(id) = early {
-        engine.driver.idle_ready(id);
-    }
-    if !was && now_off && !closing {
+    let report = engine.report(ticket.serial(), |driver| {
+        driver.dialed(ticket, res.map_err(|(stage, _)| stage))
+    });
+    if !report.was_backing_off && report.backing_off && !closing {
         let failing = engine.log().failing();
         warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");
-    } else if was && !now_off {
+    } else if report.was_backing_off && !report.backing_off {
         warn!("client pool recovered: a dial succeeded");
     }
 }
@@ -683,7 +667,8 @@ impl ClientPool {
     /// The next connection the server started a session on (in-band mode,
     /// [`ClientPoolBuilder::in_band`]), waiting up to the builder's `get_timeout`. The
     /// start header is read and checked here; the session's data follows unread. A
-    /// connection whose header is wrong, or does not come within [`START_WAIT`](crate::START_WAIT), is
+    /// connection whose header is wrong, or does not come within two seconds
+    /// ([`START_WAIT`](pool_core::driver::START_WAIT)), is
     /// closed and counted (`starts_dropped`), and the accept goes on.
     ///
     /// ```no_run
@@ -728,14 +713,19 @@ impl ClientPool {
         loop {
             let left = deadline.saturating_duration_since(now());
             let (id, mut conn) = engine::get_for_user(self.inner(), Want::Started, left).await?;
-            let mut header = [0u8; pool_core::START.len()];
-            let read = tokio::time::timeout(crate::START_WAIT, conn.read_exact(&mut header)).await;
-            if matches!(read, Ok(Ok(_))) && header == pool_core::START {
-                return Ok(conn);
-            }
-            debug!(%id, "a started connection brought no start header: closed");
             let driver = &self.inner().engine.driver;
-            driver.input(|m, _| m.handle_bad_start(id, conn));
+            let by = tokio::time::Instant::from_std(driver.start_deadline());
+            let mut header = [0u8; pool_core::START.len()];
+            let read = tokio::time::timeout_at(by, conn.read_exact(&mut header)).await;
+            let header: &[u8] = if matches!(read, Ok(Ok(_))) {
+                &header
+            } else {
+                &[]
+            };
+            match driver.check_start(id, conn, header) {
+                Some(conn) => return Ok(conn),
+                None => debug!(%id, "a started connection brought no start header: closed"),
+            }
         }
     }
 

@@ -91,8 +91,29 @@ impl<S: Side> Platform for Rt<S> {
     fn peek(&self, conn: &mut PoolConn) -> Peek {
         S::peek(conn, &self.log)
     }
-    fn watch_again(&self, id: ConnId, conn: &PoolConn) {
-        self.watch(id, conn);
+    /// Watched for hang-ups (and bytes, in in-band mode); peeked once held when bytes
+    /// the TLS session already took off the socket wait behind the id, in in-band mode:
+    /// no readiness will ever report those.
+    fn watch(&self, id: ConnId, conn: &mut PoolConn) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(w) = &self.watch {
+            w.watch(id, conn);
+            return w.bytes() && conn.has_unread();
+        }
+        let _ = (id, conn);
+        false
+    }
+    /// Only where bytes are watched (in-band mode): a hang-up watch is one-shot, so a
+    /// connection handed out while still registered is reported at most once (its
+    /// peer's hang-up, which finds it not held), and its close ends the registration;
+    /// that spares every get an `epoll_ctl`.
+    fn unwatch(&self, conn: &PoolConn) {
+        #[cfg(target_os = "linux")]
+        if let Some(w) = self.watch.as_ref().filter(|w| w.bytes()) {
+            w.unwatch(conn);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = conn;
     }
     fn channel(&self) -> (Sender, Self::Wait) {
         let (tx, rx) = oneshot::channel();
@@ -100,10 +121,6 @@ impl<S: Side> Platform for Rt<S> {
     }
     fn wake(&self) {
         self.wake.notify_one();
-    }
-    fn close(&self, _id: ConnId, conn: PoolConn) {
-        self.unwatch(&conn);
-        drop(conn);
     }
     fn start(&self, task: Task) {
         match task {
@@ -121,26 +138,6 @@ impl<S: Side> Platform for Rt<S> {
 }
 
 impl<S> Rt<S> {
-    /// Watches a connection the pool now holds for its peer's hang-up.
-    pub(crate) fn watch(&self, id: ConnId, conn: &PoolConn) {
-        #[cfg(target_os = "linux")]
-        if let Some(w) = &self.watch {
-            w.watch(id, conn);
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (id, conn);
-    }
-
-    /// Stops watching a connection leaving the pool.
-    pub(crate) fn unwatch(&self, conn: &PoolConn) {
-        #[cfg(target_os = "linux")]
-        if let Some(w) = &self.watch {
-            w.unwatch(conn);
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = conn;
-    }
-
     fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -243,10 +240,15 @@ impl<S: Side> Engine<S> {
         self.spawn(task(token));
     }
 
-    /// The dial or handshake `serial` ended: `input` reports its ticket.
-    pub(crate) fn report<R>(&self, serial: u64, input: impl FnOnce(&mut S::M, Instant) -> R) -> R {
+    /// The dial or handshake `serial` ended: `report` gives its ticket back to the
+    /// driver.
+    pub(crate) fn report<R>(
+        &self,
+        serial: u64,
+        report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R,
+    ) -> R {
         self.rt().running().remove(&serial);
-        let r = self.driver.input(input);
+        let r = report(&self.driver);
         self.rt().changed.notify_waiters();
         r
     }
@@ -358,10 +360,7 @@ async fn get<S: Side>(
     let mut step = engine.driver.get(want, timeout);
     loop {
         let waiting = match step {
-            Step::Ready(id, conn) => {
-                engine.rt().unwatch(&conn);
-                return Ok((id, conn));
-            }
+            Step::Ready(id, conn) => return Ok((id, conn)),
             Step::Failed(e) => return Err(e),
             Step::Wait(w) => w,
         };

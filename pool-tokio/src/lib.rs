@@ -54,11 +54,6 @@ mod watch;
 /// must not be there), and a quiet pool of thousands costs next to nothing.
 pub const WATCHED_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// How long an accept ([`ClientPool::accept`]) waits for a started connection's
-/// start header once its first byte arrived: the server writes the header first, so it
-/// normally comes in the same segment or TLS record.
-pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Whether a pool gets [`WATCHED_SWEEP`]: watched, its sweep not set by hand, and not
 /// built to Go's rules.
 fn watched_sweep(watch: bool, sweep_set: bool, go_normalized: bool) -> bool {

@@ -515,30 +515,31 @@ async fn handshake(
         .instrument(span.clone())
         .await;
     let engine = &inner.engine;
-    // Aborted before its deadline: evicted by a newer connection (not a failure worth
-    // a log entry, nor counted again), or the pool closed.
-    let evicted = token.is_cancelled() && now() < ticket.deadline();
-    match &res {
+    let failure = match &res {
         Ok(conn) => {
             span.in_scope(|| debug!(id = %conn.id, "handshake done"));
-            engine.log().succeed();
+            None
         }
-        Err((stage, e)) => {
-            span.in_scope(|| debug!(?stage, error = %e, evicted, "handshake failed"));
-            if !evicted && !engine.rt().cancel.is_cancelled() {
-                engine.log().fail(*stage, e.clone(), Some(peer));
+        Err((stage, e)) => Some((*stage, e.clone())),
+    };
+    let res = res.map(|mut conn| {
+        conn.trim(); // idle from here: no I/O buffers
+        conn
+    });
+    // Whether the core counts it: not when a newer connection evicted it, nor when
+    // the pool closed.
+    let counted = engine.report(ticket.serial(), |driver| {
+        driver.handshaken(ticket, res.map_err(|(stage, _)| stage))
+    });
+    match failure {
+        None => engine.log().succeed(),
+        Some((stage, e)) => {
+            span.in_scope(|| debug!(?stage, error = %e, counted, "handshake failed"));
+            if counted {
+                engine.log().fail(stage, e, Some(peer));
             }
         }
     }
-    engine.report(ticket.serial(), |m, now| match res {
-        Ok(mut conn) => {
-            // Idle from here: no I/O buffers.
-            conn.trim();
-            engine.rt().watch(conn.id, &conn);
-            m.handle_ready(ticket, conn, now)
-        }
-        Err((stage, _)) => m.handle_failure(ticket, stage, now),
-    });
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {

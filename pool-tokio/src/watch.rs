@@ -25,6 +25,7 @@ use crate::conn::PoolConn;
 /// One pool's set of held connections, registered with tokio's reactor.
 pub(crate) struct IdleWatch {
     set: AsyncFd<HangUps<ConnId>>,
+    bytes: bool,
 }
 
 impl IdleWatch {
@@ -42,7 +43,12 @@ impl IdleWatch {
         // sound (its replacement is `unsafe`).
         #[allow(deprecated)]
         let set = AsyncFd::with_interest(set, tokio::io::Interest::READABLE)?;
-        Ok(Self { set })
+        Ok(Self { set, bytes })
+    }
+
+    /// Whether bytes are watched too (in-band mode).
+    pub(crate) fn bytes(&self) -> bool {
+        self.bytes
     }
 
     /// Watches `conn` (whose id is `id`) for its peer's hang-up.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use crate::testing::{SplitDials as _, SplitOutputs as _};
+use crate::testing::{NextDeadline as _, SplitDials as _, SplitOutputs as _};
 use crate::{
     deadline_after, Admission, ClientConfig, ClientMachine, ConnId, GetFailure, Got, SeededRandom,
     ServerConfig, ServerMachine, Stage,
@@ -184,7 +184,7 @@ fn deadline_after_max_does_not_panic_and_a_get_with_it_waits() {
     let Got::Wait(key) = m.get(now, never) else {
         panic!("a get with a far deadline waits")
     };
-    let wake = m.poll_timeout().expect("the sweep");
+    let wake = m.next_deadline().expect("the sweep");
     assert!(wake <= never);
     m.handle_timeout(wake);
     assert!(m.poll_answer().is_none(), "still waiting");
@@ -235,7 +235,7 @@ fn drive_client(cfg: ClientConfig, wait: Duration) {
         let next = if step % 2 == 1 {
             m.refill_at()
         } else {
-            m.poll_timeout()
+            m.next_deadline()
         };
         match next {
             Some(t) if t > now => now = t,
@@ -263,7 +263,7 @@ fn drive_server(cfg: ServerConfig, wait: Duration) {
             m.handle_probe(p, now);
         }
         while m.poll_close().is_some() || m.poll_answer().is_some() {}
-        match m.poll_timeout() {
+        match m.next_deadline() {
             Some(t) if t > now => now = t,
             _ => now = deadline_after(now, Duration::from_millis(1)),
         }

@@ -23,32 +23,43 @@
 //! everything that touches the outside. It performs no I/O itself.
 //!
 //! The rule the protocol keeps everywhere: under the lock, only the machine's inputs
-//! and the draining of its outputs. Probes, sends (which wake another task), drops of
-//! connections and the platform's own calls all happen after the lock is let go.
+//! and the draining of its outputs. Probes, peeks, watches, reply channels, sends
+//! (which wake another task), drops of connections and every other call of the
+//! platform happen after the lock is let go. Debug builds check it: a platform call
+//! made through the driver (or [`Driver::platform`]) while the calling thread holds
+//! the driver's lock panics.
 //!
 //! `DRIVING.md` beside this crate's `Cargo.toml` walks through a complete driver.
 
+mod get;
+mod land;
 mod role;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+pub use crate::common::{Peek, Readied};
+pub use land::DialReport;
 pub use role::Role;
 
-use crate::common::{Got, Output, Probe};
-use crate::time::deadline_after;
+use crate::common::{Output, Probe};
 use crate::waiters::{WaiterKey, Want};
 use crate::{ConnId, DialTicket, GetFailure};
 
 /// What a waiting get receives: the connection and its id, or why there is none.
 pub type Delivery<C> = Result<(ConnId, C), GetFailure>;
 
+/// How long an accept waits for the start header of a connection the peer started
+/// (in-band mode) once its first byte arrived: the peer writes the header first.
+pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Work the driver asks the platform to start.
 #[derive(Debug)]
 #[must_use = "a dial ticket must be started and reported back"]
 pub enum Task {
-    /// Start this dial; report it back exactly once (a client).
+    /// Start this dial; report it back exactly once (a client), with
+    /// [`Driver::dialed`].
     Dial(DialTicket),
     /// Abort the dial or handshake with this serial (its deadline passed, or it was
     /// evicted); its ticket still comes back, as a failure.
@@ -66,7 +77,9 @@ pub trait Reply<C> {
     fn send(self, delivery: Delivery<C>) -> Result<(), Delivery<C>>;
 }
 
-/// What differs between runtimes. Every method is called with no lock held.
+/// What differs between runtimes. Every method is called with no lock held: the driver
+/// never calls one while it holds its lock (debug builds assert it), so a method may
+/// make a system call or wake another thread.
 pub trait Platform {
     /// The connection type.
     type Conn;
@@ -89,14 +102,20 @@ pub trait Platform {
             Peek::Dead
         }
     }
-    /// Watches a held connection again after a spurious readiness report (a watch
-    /// that fires once, like `EPOLLONESHOT`, needs re-arming). Called with the lock
-    /// held: one non-blocking call at most. The default does nothing.
-    fn watch_again(&self, id: ConnId, conn: &Self::Conn) {
+    /// Watches a connection the pool is about to hold (it landed, or a spurious report
+    /// was peeked quiet) for what the platform reports with [`Driver::idle_ready`]: a
+    /// hang-up, and bytes in in-band mode. Answers whether to peek at it once held
+    /// anyway: bytes already taken off the socket (a TLS session's buffer) that no
+    /// readiness will report. The default watches nothing.
+    fn watch(&self, id: ConnId, conn: &mut Self::Conn) -> bool {
         let _ = (id, conn);
+        false
     }
-    /// A reply channel for a get that has to wait. Called under the lock: allocate,
-    /// never block or make a system call.
+    /// Stops watching a connection the pool hands out. The default does nothing.
+    fn unwatch(&self, conn: &Self::Conn) {
+        let _ = conn;
+    }
+    /// A reply channel for a get that has to wait.
     fn channel(&self) -> (Self::Reply, Self::Wait);
     /// The machine's next deadline moved closer, or a sweep batch waits: run
     /// [`Driver::turn`] soon. A wake with nobody sleeping must not be lost (tokio's
@@ -111,39 +130,10 @@ pub trait Platform {
     }
     /// Starts a dial, or aborts a dial or handshake.
     fn start(&self, task: Task);
-    /// Closes a connection. The default drops it.
+    /// Closes a connection. The default drops it (which also ends its watch).
     fn close(&self, id: ConnId, conn: Self::Conn) {
         drop((id, conn));
     }
-}
-
-/// What a non-blocking peek at a held connection found ([`Platform::peek`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peek {
-    /// Alive, nothing to read.
-    Quiet,
-    /// Alive, with bytes waiting (left unread).
-    Pending,
-    /// Closed by the peer, reset, or failed.
-    Dead,
-}
-
-/// What became of a held connection the OS reported ready ([`Driver::idle_ready`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readied {
-    /// Dead: it left the pool and is closed.
-    Closed,
-    /// The peer started a session on it (in-band mode): it went to an accept.
-    Started,
-    /// Still held, and watched again ([`Platform::watch_again`]): the report was
-    /// spurious.
-    Quiet,
-    /// Still held, with bytes waiting for the get that takes it (the Go protocol: the
-    /// peer started relaying before this side's get); not watched again, as its
-    /// readiness stays.
-    Pending,
-    /// Not held any more (taken, closed, out for a probe): nothing to do.
-    NotHeld,
 }
 
 /// What the timer loop should do after a [`Driver::turn`].
@@ -187,7 +177,7 @@ impl WaitingGet {
 #[derive(Debug)]
 #[must_use = "a step may hold a connection or a waiting get"]
 pub enum Step<C, W> {
-    /// A live connection.
+    /// A live connection, no longer watched.
     Ready(ConnId, C),
     /// No connection.
     Failed(GetFailure),
@@ -210,15 +200,47 @@ impl<M: Role, P: Platform<Conn = M::Conn>> std::fmt::Debug for Driver<M, P> {
     }
 }
 
+/// The reply channel of a waiting get.
+enum Slot<R, C> {
+    /// The get is making its channel, with no lock held.
+    Opening,
+    /// The answer came while the channel was being made.
+    Early(Delivery<C>),
+    /// The channel.
+    Open(R),
+}
+
 struct State<M: Role, R> {
     m: M,
-    replies: HashMap<WaiterKey, R>,
+    replies: HashMap<WaiterKey, Slot<R, M::Conn>>,
     /// The deadline the timer loop sleeps until (`None`: none); an input that brings
     /// an earlier one wakes it.
     armed: Option<Instant>,
     /// A sweep batch that came out of an input other than the timer loop's: the loop
     /// probes it (a get never pays for a sweep).
     stashed: Option<Probe<M::Conn>>,
+    /// Ids of the last readiness reports for connections the machine did not hold: a
+    /// report that raced ahead of its connection's landing is found here.
+    unheld: VecDeque<ConnId>,
+}
+
+/// Readiness reports for connections not held, remembered for the landing that may
+/// follow ([`State::unheld`]).
+const UNHELD: usize = 16;
+
+impl<M: Role, R> State<M, R> {
+    fn note_unheld(&mut self, id: ConnId) {
+        if self.unheld.len() == UNHELD {
+            self.unheld.pop_front();
+        }
+        self.unheld.push_back(id);
+    }
+
+    /// Whether a report for `id` came before it landed (and forgets it).
+    fn take_unheld(&mut self, id: ConnId) -> bool {
+        let i = self.unheld.iter().position(|u| *u == id);
+        i.and_then(|i| self.unheld.remove(i)).is_some()
+    }
 }
 
 /// What to perform once the lock is let go.
@@ -250,10 +272,36 @@ impl<C, R> Out<C, R> {
     }
 }
 
-/// Where a get stands inside the protocol.
-enum Pending<C, W> {
-    Step(Step<C, W>),
-    Check(crate::Check<C>),
+#[cfg(debug_assertions)]
+thread_local! {
+    /// Driver locks this thread holds (debug builds): a platform call made while it is
+    /// not zero breaks the protocol's rule.
+    static LOCKS_HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The driver's lock, held; debug builds count it for the thread.
+struct Locked<'a, T> {
+    guard: MutexGuard<'a, T>,
+}
+
+impl<T> std::ops::Deref for Locked<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for Locked<'_, T> {
+    fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        LOCKS_HELD.with(|n| n.set(n.get().saturating_sub(1)));
+    }
 }
 
 impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
@@ -266,20 +314,39 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                 replies: HashMap::new(),
                 armed: None,
                 stashed: None,
+                unheld: VecDeque::new(),
             }),
             platform,
         }
     }
 
-    /// The platform.
+    /// The platform, for what the runtime keeps in it. Like every platform call, not
+    /// while the driver's lock is held (in a closure of [`input`](Self::input) or
+    /// [`read`](Self::read)): debug builds panic.
     pub fn platform(&self) -> &P {
+        self.p()
+    }
+
+    /// The platform, for a call: never under the lock (checked in debug builds).
+    fn p(&self) -> &P {
+        #[cfg(debug_assertions)]
+        LOCKS_HELD.with(|n| {
+            assert!(
+                n.get() == 0,
+                "a Platform call under the driver lock: the driver protocol performs \
+                 every platform call after letting go of it"
+            );
+        });
         &self.platform
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<M, P::Reply>> {
+    fn lock(&self) -> Locked<'_, State<M, P::Reply>> {
         // Every critical section runs machine calls only and leaves the machine
         // consistent, even if a thread panicked elsewhere while holding the lock.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(debug_assertions)]
+        LOCKS_HELD.with(|n| n.set(n.get() + 1));
+        Locked { guard }
     }
 
     /// A read of the machine under the lock.
@@ -288,14 +355,15 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     }
 
     /// An input: `f` runs on the machine under the lock, the outputs are drained and
-    /// then performed with no lock held. Use it for the role's own inputs (a dial's
-    /// result, an accepted connection).
+    /// then performed with no lock held. Use it for the role's own inputs (an accepted
+    /// connection, a drawn id); a dial's or a handshake's result goes through
+    /// [`dialed`](Self::dialed) or [`handshaken`](Self::handshaken).
     pub fn input<R>(&self, f: impl FnOnce(&mut M, Instant) -> R) -> R {
-        let now = self.platform.now();
+        let now = self.p().now();
         let (r, out) = {
             let mut st = self.lock();
             let r = f(&mut st.m, now);
-            (r, self.drain(&mut st, now, false))
+            (r, Self::drain(&mut st, now, false))
         };
         self.perform(out, false);
         r
@@ -305,14 +373,14 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     /// drained and performed, sweep batches are probed here and given back, batch
     /// after batch. Then sleep as it answers.
     pub fn turn(&self) -> Sleep {
-        let now = self.platform.now();
+        let now = self.p().now();
         let out = {
             let mut st = self.lock();
             if st.m.is_closed() {
                 return Sleep::Stop;
             }
             st.m.handle_timeout(now);
-            let mut out = self.drain(&mut st, now, true);
+            let mut out = Self::drain(&mut st, now, true);
             if out.probe.is_none() {
                 out.probe = st.stashed.take();
             }
@@ -325,116 +393,6 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         }
     }
 
-    /// A get for `want`, giving up after `timeout`. A candidate is probed here with no
-    /// lock held; a dead one is counted and the next is tried.
-    pub fn get(&self, want: Want, timeout: Duration) -> Step<M::Conn, P::Wait> {
-        let deadline = deadline_after(self.platform.now(), timeout);
-        self.get_until(want, deadline)
-    }
-
-    fn get_until(&self, want: Want, deadline: Instant) -> Step<M::Conn, P::Wait> {
-        let now = self.platform.now();
-        let (mut pending, mut out) = {
-            let mut st = self.lock();
-            let got = st.m.get(want, now, deadline);
-            let pending = self.register(&mut st, got, want, deadline);
-            (pending, self.drain(&mut st, now, false))
-        };
-        // Bounded: each turn hands out a connection, fails, waits, or evicts a dead one.
-        loop {
-            self.perform(out, false);
-            let mut check = match pending {
-                Pending::Step(step) => return step,
-                Pending::Check(check) => check,
-            };
-            let alive = self.platform.alive(check.conn_mut());
-            let now = self.platform.now();
-            let mut st = self.lock();
-            let got = st.m.handle_check(check, alive, now);
-            pending = self.register(&mut st, got, want, deadline);
-            out = self.drain(&mut st, now, false);
-        }
-    }
-
-    /// What a waiting get received. A connection is probed first: one whose peer gave
-    /// up while it was on its way is counted and closed, and the get goes on.
-    pub fn arrived(&self, get: WaitingGet, delivery: Delivery<M::Conn>) -> Step<M::Conn, P::Wait> {
-        let (id, mut conn) = match delivery {
-            Ok(pair) => pair,
-            Err(e) => return Step::Failed(e),
-        };
-        if self.platform.alive(&mut conn) {
-            return Step::Ready(id, conn);
-        }
-        self.input(|m, now| m.handle_dead_answer(id, conn, now));
-        self.get_until(get.want, get.deadline)
-    }
-
-    /// A waiting get gives up (its caller went away, say). `late` takes an answer that
-    /// may have been sent meanwhile (a `try_recv`); its connection goes back to the
-    /// pool, never lost. Called under the lock: no blocking in `late`.
-    pub fn cancel(&self, get: WaitingGet, late: impl FnOnce() -> Option<Delivery<M::Conn>>) {
-        let now = self.platform.now();
-        let out = {
-            let mut st = self.lock();
-            st.replies.remove(&get.key);
-            if !st.m.cancel(get.key) {
-                if let Some(Ok((id, conn))) = late() {
-                    st.m.give_back(get.key, id, conn, now);
-                }
-            }
-            self.drain(&mut st, now, false)
-        };
-        self.perform(out, false);
-    }
-
-    /// The OS reported the held connection `id` ready: its peer closed or reset it
-    /// (a hang-up or an error), or, on a platform that watches for bytes, bytes arrived.
-    /// The driver peeks at it once ([`Platform::peek`], under the lock: one
-    /// non-blocking call) and acts on what it finds:
-    /// - dead: it leaves the pool at once and is closed
-    ///   ([`crate::PoolCommon::handle_idle_closed`]; on a server, a connection still
-    ///   settling too);
-    /// - bytes waiting, in in-band mode: the peer started a session, and the
-    ///   connection goes to the oldest accept, or waits for the next
-    ///   ([`crate::PoolCommon::handle_idle_started`]);
-    /// - bytes waiting otherwise: it stays for the get that takes it (a session the
-    ///   peer started before this side's get, perhaps half-closed behind its bytes);
-    /// - quiet: it stays, and is watched again ([`Platform::watch_again`]).
-    ///
-    /// A platform that watches held connections calls it; one that does not leaves
-    /// dead peers to the sweep, and cannot run in-band mode.
-    pub fn idle_ready(&self, id: ConnId) -> Readied {
-        let now = self.platform.now();
-        let (readied, out) = {
-            let mut st = self.lock();
-            let in_band = st.m.in_band();
-            let Some(conn) = st.m.held_conn_mut(id) else {
-                return Readied::NotHeld;
-            };
-            let readied = match self.platform.peek(conn) {
-                Peek::Quiet => {
-                    self.platform.watch_again(id, conn);
-                    return Readied::Quiet;
-                }
-                Peek::Pending if !in_band => return Readied::Pending,
-                Peek::Pending if st.m.handle_idle_started(id, now) => Readied::Started,
-                Peek::Pending => Readied::NotHeld, // settling on a server: not idle yet
-                Peek::Dead if st.m.handle_idle_closed(id, now) => Readied::Closed,
-                Peek::Dead => Readied::NotHeld,
-            };
-            (readied, self.drain(&mut st, now, false))
-        };
-        self.perform(out, false);
-        readied
-    }
-
-    /// [`idle_ready`](Self::idle_ready) for a hang-up: whether the connection left
-    /// the pool dead.
-    pub fn idle_closed(&self, id: ConnId) -> bool {
-        self.idle_ready(id) == Readied::Closed
-    }
-
     /// Closes every idle connection (Go: `Flush`); how many.
     pub fn flush(&self) -> usize {
         self.input(|m, now| m.flush(now))
@@ -443,16 +401,27 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     /// Closes the machine: every waiting get is answered `Closed`, every connection
     /// is closed, and the timer loop stops at its next turn (it is woken).
     pub fn shutdown(&self) {
-        let now = self.platform.now();
+        let now = self.p().now();
         let mut out = {
             let mut st = self.lock();
             st.m.close();
             if let Some(p) = st.stashed.take() {
                 st.m.handle_probe(p, now);
             }
-            let mut out = self.drain(&mut st, now, false);
-            for (key, tx) in st.replies.drain() {
-                out.sends.push((key, tx, Err(GetFailure::Closed)));
+            let mut out = Self::drain(&mut st, now, false);
+            let keys: Vec<WaiterKey> = st.replies.keys().copied().collect();
+            for key in keys {
+                match st.replies.remove(&key) {
+                    Some(Slot::Open(tx)) => out.sends.push((key, tx, Err(GetFailure::Closed))),
+                    // The get finds it when its channel is made.
+                    Some(Slot::Opening) => {
+                        st.replies.insert(key, Slot::Early(Err(GetFailure::Closed)));
+                    }
+                    Some(early) => {
+                        st.replies.insert(key, early);
+                    }
+                    None => {}
+                }
             }
             out
         };
@@ -460,45 +429,25 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         self.perform(out, false);
     }
 
-    /// Registers the reply channel of a get that must wait.
-    fn register(
-        &self,
-        st: &mut State<M, P::Reply>,
-        got: Got<M::Conn>,
-        want: Want,
-        deadline: Instant,
-    ) -> Pending<M::Conn, P::Wait> {
-        Pending::Step(match got {
-            Got::Ready(id, conn) => Step::Ready(id, conn),
-            Got::Failed(e) => Step::Failed(e),
-            Got::Check(c) => return Pending::Check(c),
-            Got::Wait(key) => {
-                let (tx, wait) = self.platform.channel();
-                st.replies.insert(key, tx);
-                let get = WaitingGet {
-                    key,
-                    want,
-                    deadline,
-                };
-                Step::Wait(Waiting { get, wait })
-            }
-        })
-    }
-
     /// Drains the machine until `Timeout`. An answer whose get went away gives its
     /// connection back. Sweep batches go to the timer loop: taken here when
-    /// `sweeping`, stashed for it otherwise.
-    fn drain(
-        &self,
-        st: &mut State<M, P::Reply>,
-        now: Instant,
-        sweeping: bool,
-    ) -> Out<M::Conn, P::Reply> {
+    /// `sweeping`, stashed for it otherwise. No platform call: this runs under the lock.
+    fn drain(st: &mut State<M, P::Reply>, now: Instant, sweeping: bool) -> Out<M::Conn, P::Reply> {
         let mut out = Out::new();
         loop {
             match st.m.poll_output(now) {
                 Output::Answer(a) => match st.replies.remove(&a.key) {
-                    Some(tx) => out.sends.push((a.key, tx, a.result)),
+                    Some(Slot::Open(tx)) => out.sends.push((a.key, tx, a.result)),
+                    Some(Slot::Opening) => {
+                        st.replies.insert(a.key, Slot::Early(a.result));
+                    }
+                    Some(early @ Slot::Early(_)) => {
+                        // Cannot happen (one answer per get); never lose a connection.
+                        st.replies.insert(a.key, early);
+                        if let Ok((id, conn)) = a.result {
+                            out.close.push((id, conn));
+                        }
+                    }
                     None => {
                         if let Ok((id, conn)) = a.result {
                             st.m.give_back(a.key, id, conn, now);
@@ -536,10 +485,10 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         loop {
             let timeout = out.timeout;
             if let Some(at) = out.wake {
-                self.platform.wake_at(at);
+                self.p().wake_at(at);
             }
             for task in out.tasks {
-                self.platform.start(task);
+                self.p().start(task);
             }
             let mut back = Vec::new();
             for (key, tx, delivery) in out.sends {
@@ -548,16 +497,16 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                 }
             }
             for (id, conn) in out.close {
-                self.platform.close(id, conn);
+                self.p().close(id, conn);
             }
             let probe = out.probe.map(|mut p| {
-                p.check(|c| self.platform.alive(c));
+                p.check(|c| self.p().alive(c));
                 p
             });
             if back.is_empty() && probe.is_none() {
                 return timeout;
             }
-            let now = self.platform.now();
+            let now = self.p().now();
             let mut st = self.lock();
             for (key, id, conn) in back {
                 st.m.give_back(key, id, conn, now);
@@ -565,7 +514,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
             if let Some(p) = probe {
                 st.m.handle_probe(p, now);
             }
-            out = self.drain(&mut st, now, sweeping);
+            out = Self::drain(&mut st, now, sweeping);
         }
     }
 }

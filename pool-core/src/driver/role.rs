@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::common::{Check, Got, Output, PoolCommon, Probe};
+use crate::common::{Check, Got, Output, Peek, PoolCommon, Probe, Readied, Reported};
 use crate::stats::{Counters, Status};
 use crate::waiters::{WaiterKey, Want};
 use crate::{ClientMachine, ConnId, ServerMachine};
@@ -59,20 +59,16 @@ pub trait Role: sealed::Sealed {
     fn handle_probe(&mut self, probe: Probe<Self::Conn>, now: Instant) {
         self.shared_mut().handle_probe(probe, now);
     }
-    /// The peer of a held connection hung up (readiness, no probe): whether it left.
-    fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
-        self.shared_mut().handle_idle_closed(id, now)
-    }
-    /// The peer started a session on the idle connection `id` (in-band mode): whether
-    /// it was idle. See [`PoolCommon::handle_idle_started`].
-    fn handle_idle_started(&mut self, id: ConnId, now: Instant) -> bool {
-        self.shared_mut().handle_idle_started(id, now)
-    }
-    /// Whether bytes on an idle connection mean that the peer started a session
-    /// ([`ClientConfigBuilder::in_band`](crate::ClientConfigBuilder::in_band)).
-    fn in_band(&self) -> bool {
-        false
-    }
+    /// The OS reported the held connection `id` ready: it leaves for one peek.
+    fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<Self::Conn>>;
+    /// The peek's verdict on a connection of `take_held`: what became of it, and
+    /// whether to peek again.
+    fn handle_peeked(
+        &mut self,
+        held: Reported<Self::Conn>,
+        peek: Peek,
+        now: Instant,
+    ) -> (Readied, bool);
     /// A connection answered to the get `key` comes back: that get went away. A
     /// started one returns to the started queue, any other to `put_back`.
     fn give_back(&mut self, key: WaiterKey, id: ConnId, conn: Self::Conn, now: Instant) {
@@ -81,10 +77,6 @@ pub trait Role: sealed::Sealed {
         } else {
             self.put_back(id, conn, now);
         }
-    }
-    /// A held connection, left in place, to probe.
-    fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut Self::Conn> {
-        self.shared_mut().idle_conn_mut(id)
     }
     /// A waiting get went away; whether it was still waiting.
     fn cancel(&mut self, key: WaiterKey) -> bool {
@@ -111,10 +103,10 @@ pub trait Role: sealed::Sealed {
 impl<C> Role for ClientMachine<C> {
     type Conn = C;
     fn shared(&self) -> &PoolCommon<C> {
-        self
+        self.common()
     }
     fn shared_mut(&mut self) -> &mut PoolCommon<C> {
-        self
+        self.common_mut()
     }
     fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         match want {
@@ -126,11 +118,11 @@ impl<C> Role for ClientMachine<C> {
     fn handle_timeout(&mut self, now: Instant) {
         Self::handle_timeout(self, now);
     }
-    fn handle_idle_started(&mut self, id: ConnId, now: Instant) -> bool {
-        Self::handle_idle_started(self, id, now)
+    fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
+        Self::take_held(self, id, now)
     }
-    fn in_band(&self) -> bool {
-        self.config().in_band()
+    fn handle_peeked(&mut self, held: Reported<C>, peek: Peek, now: Instant) -> (Readied, bool) {
+        Self::handle_peeked(self, held, peek, now)
     }
     fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
         Self::handle_check(self, check, alive, now)
@@ -155,10 +147,10 @@ impl<C> Role for ClientMachine<C> {
 impl<C> Role for ServerMachine<C> {
     type Conn = C;
     fn shared(&self) -> &PoolCommon<C> {
-        self
+        self.common()
     }
     fn shared_mut(&mut self) -> &mut PoolCommon<C> {
-        self
+        self.common_mut()
     }
     fn get(&mut self, want: Want, now: Instant, deadline: Instant) -> Got<C> {
         match want {
@@ -172,11 +164,11 @@ impl<C> Role for ServerMachine<C> {
     fn poll_output(&mut self, now: Instant) -> Output<C> {
         Self::poll_output(self, now)
     }
-    fn held_conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
-        Self::held_conn_mut(self, id)
+    fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
+        Self::take_held(self, id, now)
     }
-    fn handle_idle_closed(&mut self, id: ConnId, now: Instant) -> bool {
-        Self::handle_idle_closed(self, id, now)
+    fn handle_peeked(&mut self, held: Reported<C>, peek: Peek, now: Instant) -> (Readied, bool) {
+        Self::handle_peeked(self, held, peek, now)
     }
     fn put_back(&mut self, id: ConnId, conn: C, now: Instant) {
         Self::put_back(self, id, conn, now);

@@ -2,7 +2,9 @@
 //! wire in random chunks or made in single mode, backoff draws, gets by id and for any.
 
 #[allow(unused_imports)]
-use pool_core::testing::{Returned as _, SplitDials as _, SplitOutputs as _};
+use pool_core::testing::{
+    NextDeadline as _, Returned as _, Shared as _, SplitDials as _, SplitOutputs as _,
+};
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -352,7 +354,7 @@ impl ClientHarness {
                 self.timeout();
             }
             COp::ToTimeout => {
-                if let Some(t) = self.m.poll_timeout() {
+                if let Some(t) = self.m.next_deadline() {
                     self.now = self.now.max(t);
                 }
                 self.timeout();
@@ -403,7 +405,7 @@ impl ClientHarness {
                 let pred = self.c.get(Want::Id(id), self.now, deadline);
                 let got = self.m.get(id, self.now, deadline);
                 self.out.follow(
-                    &mut self.m,
+                    self.m.shared_mut(),
                     &mut self.c,
                     (got, pred),
                     (Want::Id(id), deadline),
@@ -416,7 +418,7 @@ impl ClientHarness {
                 let pred = self.c.get(Want::Any, self.now, deadline);
                 let got = self.m.get_any(self.now, deadline);
                 self.out.follow(
-                    &mut self.m,
+                    self.m.shared_mut(),
                     &mut self.c,
                     (got, pred),
                     (Want::Any, deadline),
@@ -424,7 +426,9 @@ impl ClientHarness {
                     *hold,
                 );
             }
-            COp::Report(i) => self.out.report(&mut self.m, &mut self.c, *i, self.now),
+            COp::Report(i) => self
+                .out
+                .report(self.m.shared_mut(), &mut self.c, *i, self.now),
             COp::Cancel(i) => {
                 let (key, live) = self.c.cancel(*i);
                 if let Some(key) = key {
@@ -432,10 +436,12 @@ impl ClientHarness {
                 }
             }
             COp::Kill(i) => self.c.kill(*i),
-            COp::Probe => self.out.poll_probe(&mut self.m, &mut self.c, self.now),
+            COp::Probe => self
+                .out
+                .poll_probe(self.m.shared_mut(), &mut self.c, self.now),
             COp::ProbeBack(checked) => {
                 self.out
-                    .probe_back(&mut self.m, &mut self.c, *checked, self.now)
+                    .probe_back(self.m.shared_mut(), &mut self.c, *checked, self.now)
             }
             COp::PutBack(i) => {
                 if let Some((id, v)) = self.out.take_app(&mut self.c, *i) {
@@ -500,7 +506,7 @@ impl ClientHarness {
         if round {
             self.c.starting = false;
         }
-        let next = self.m.poll_timeout();
+        let next = self.m.next_deadline();
         assert!(
             !matches!(next, Some(t) if t <= self.now),
             "handle_timeout left work due at {next:?} (now {:?})",
@@ -557,7 +563,7 @@ impl ClientHarness {
         }
         assert_eq!(self.m.counters(), self.c.k, "counters");
         assert_eq!(self.m.failures(), self.failures, "failure run");
-        let t = self.m.poll_timeout();
+        let t = self.m.next_deadline();
         self.c.check_poll_timeout(t, self.m.sweep_at());
         if self.c.closed {
             assert_eq!(t, None, "a closed pool wants no wake-up");
@@ -576,7 +582,8 @@ impl ClientHarness {
             self.apply(&COp::Fail { pick: 0, stage: 0 });
         }
         let before = self.m.status();
-        self.out.give_back(&mut self.m, &mut self.c, self.now);
+        self.out
+            .give_back(self.m.shared_mut(), &mut self.c, self.now);
         self.check(before);
         assert_eq!(self.m.status().in_flight, 0);
         self.c.ledger.all_out();

@@ -4,7 +4,9 @@
 //! collide), handshakes ending ready or failed (evicted ones included), and gets.
 
 #[allow(unused_imports)]
-use pool_core::testing::{Returned as _, SplitDials as _, SplitOutputs as _};
+use pool_core::testing::{
+    NextDeadline as _, Returned as _, Shared as _, SplitDials as _, SplitOutputs as _,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
@@ -314,7 +316,7 @@ impl ServerHarness {
         self.aborts.extend(late.into_iter().map(|(_, s)| s));
         self.c.expire(self.now);
         self.m.handle_timeout(self.now);
-        assert!(!matches!(self.m.poll_timeout(), Some(t) if t <= self.now));
+        assert!(!matches!(self.m.next_deadline(), Some(t) if t <= self.now));
     }
 
     fn assign(&mut self, i: usize) {
@@ -344,7 +346,7 @@ impl ServerHarness {
                 self.timeout();
             }
             SOp::ToTimeout => {
-                if let Some(t) = self.m.poll_timeout() {
+                if let Some(t) = self.m.next_deadline() {
                     self.now = self.now.max(t);
                 }
                 self.timeout();
@@ -450,7 +452,7 @@ impl ServerHarness {
                 let pred = self.c.get(Want::Any, self.now, deadline);
                 let got = self.m.get(self.now, deadline);
                 self.out.follow(
-                    &mut self.m,
+                    self.m.shared_mut(),
                     &mut self.c,
                     (got, pred),
                     (Want::Any, deadline),
@@ -458,7 +460,9 @@ impl ServerHarness {
                     *hold,
                 );
             }
-            SOp::Report(i) => self.out.report(&mut self.m, &mut self.c, *i, self.now),
+            SOp::Report(i) => self
+                .out
+                .report(self.m.shared_mut(), &mut self.c, *i, self.now),
             SOp::Cancel(i) => {
                 let (key, live) = self.c.cancel(*i);
                 if let Some(key) = key {
@@ -466,10 +470,12 @@ impl ServerHarness {
                 }
             }
             SOp::Kill(i) => self.c.kill(*i),
-            SOp::Probe => self.out.poll_probe(&mut self.m, &mut self.c, self.now),
+            SOp::Probe => self
+                .out
+                .poll_probe(self.m.shared_mut(), &mut self.c, self.now),
             SOp::ProbeBack(checked) => {
                 self.out
-                    .probe_back(&mut self.m, &mut self.c, *checked, self.now)
+                    .probe_back(self.m.shared_mut(), &mut self.c, *checked, self.now)
             }
             SOp::PutBack(i) => {
                 if let Some((id, v)) = self.out.take_app(&mut self.c, *i) {
@@ -571,7 +577,7 @@ impl ServerHarness {
         );
         assert!(st.in_flight <= self.cfg.max_handshakes());
         assert_eq!(self.m.counters(), self.c.k, "counters");
-        let t = self.m.poll_timeout();
+        let t = self.m.next_deadline();
         self.c.check_poll_timeout(t, self.m.sweep_at());
         let settled = self.settling.front().map(|(due, _, _)| *due);
         let shared = self.c.next_timeout();
@@ -604,7 +610,8 @@ impl ServerHarness {
         while !self.tickets.is_empty() {
             self.apply(&SOp::Ready(0, false));
         }
-        self.out.give_back(&mut self.m, &mut self.c, self.now);
+        self.out
+            .give_back(self.m.shared_mut(), &mut self.c, self.now);
         self.check();
         assert_eq!(self.m.status().in_flight, 0);
         self.c.ledger.all_out();

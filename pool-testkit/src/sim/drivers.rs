@@ -121,8 +121,7 @@ impl SimPair {
             return;
         };
         self.net.client_gone(serial);
-        self.client
-            .input(|m, now| m.handle_dial_failure(ticket, stage, now));
+        let _ = self.client.dialed(ticket, Err(stage));
         let (oracle, net) = (&mut self.oracle, &mut self.net);
         self.client.read(|m| oracle.failure(net, m));
         self.net
@@ -137,6 +136,9 @@ impl SimPair {
         let Some(c) = self.net.conns.get_mut(&serial) else {
             return;
         };
+        if c.ticket.as_ref().is_some_and(|t| !t.reads_id()) {
+            return self.client_single(serial);
+        }
         let (Some(_), Some(id), None) = (c.ticket.as_ref(), c.id, c.reader.as_ref()) else {
             return;
         };
@@ -150,6 +152,25 @@ impl SimPair {
             let (bytes, sent) = super::net::Net::id_bytes(&id, self.server_form, delivery);
             self.client_bytes(serial, &bytes[..sent]);
         }
+    }
+
+    /// Single mode: the connection is up, and no id travels; the core draws it, and the
+    /// connection lands under it (the server's end is left to itself).
+    fn client_single(&mut self, serial: u64) {
+        let Some(c) = self.net.conns.get_mut(&serial) else {
+            return;
+        };
+        let Some(mut ticket) = c.ticket.take() else {
+            return;
+        };
+        c.client = Side::Idle;
+        let urgent = ticket.is_urgent();
+        let was_backing_off = self.client.read(|m| m.backing_off());
+        let id = self.client.input(|m, _| m.assign_id(&mut ticket));
+        let _ = self.client.dialed(ticket, Ok((id, serial)));
+        self.net
+            .log(format_args!("client {serial} landed {id} (single)"));
+        self.oracle.success(&self.net, urgent, was_backing_off);
     }
 
     /// Id bytes reached the client.
@@ -181,8 +202,7 @@ impl SimPair {
         }
         let urgent = ticket.is_urgent();
         let was_backing_off = self.client.read(|m| m.backing_off());
-        self.client
-            .input(|m, now| m.handle_dial_success(ticket, id, serial, now));
+        let _ = self.client.dialed(ticket, Ok((id, serial)));
         // A close of this connection (its id was already idle) is queued: play it out.
         self.drain_closes();
         let closed = self.net.conns.get(&serial).is_none_or(|c| c.client_closed);
@@ -311,7 +331,7 @@ impl SimPair {
         };
         self.hs_serials.remove(&t.serial());
         self.net.server_gone(serial);
-        self.server.input(|m, now| m.handle_failure(t, stage, now));
+        self.server.handshaken(t, Err(stage));
         self.net
             .log(format_args!("server {serial} failed {stage:?}"));
         true
@@ -333,7 +353,7 @@ impl SimPair {
         self.hs_serials.remove(&t.serial());
         c.server = Side::Settling;
         self.settling.push_back(serial);
-        self.server.input(|m, now| m.handle_ready(t, serial, now));
+        self.server.handshaken(t, Ok(serial));
         self.drain_wire();
         if self.net.alive_at_client(serial) {
             let lat = self.net.latency();

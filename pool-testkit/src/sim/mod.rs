@@ -375,6 +375,38 @@ impl SimPair {
         failed
     }
 
+    /// A client get for any connection now (single mode's get): the id it got, if it
+    /// got one at once. A get that would wait is cancelled; the connection it got is
+    /// left taken.
+    pub fn client_get_any_now(&mut self) -> Option<ConnId> {
+        use pool_core::driver::Step;
+        let timeout = self.net.opts.client_get_timeout;
+        let got = match self.client.get(pool_core::Want::Any, timeout) {
+            Step::Ready(id, serial) => {
+                if let Some(c) = self.net.conns.get_mut(&serial) {
+                    c.client = Side::Taken;
+                }
+                Some(id)
+            }
+            Step::Wait(w) => {
+                self.client.cancel(w.get, || None);
+                None
+            }
+            Step::Failed(_) => None,
+        };
+        self.drain_wire();
+        got
+    }
+
+    /// The server's application flushes its pool now (Go: `Flush`): every idle and
+    /// settling connection it holds closes, and a client that watches its connections
+    /// hears each hang-up one network latency later. How many closed.
+    pub fn server_flush(&mut self) -> usize {
+        let n = self.server.flush();
+        self.drain_wire();
+        n
+    }
+
     /// Steps until `done` holds or `limit` of simulated time passes; whether it held.
     pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let end = self.net.elapsed() + limit;
