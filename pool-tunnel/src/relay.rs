@@ -107,15 +107,38 @@ pub struct Lead {
     pub within: Duration,
 }
 
-/// Bytes moved so far, readable while the relay runs.
-#[derive(Debug, Default)]
+/// Bytes moved so far, and when the last one moved, readable while the relay runs
+/// (the public port's accept loop reads [`Traffic::quiet_for`] to choose whom to evict).
+#[derive(Debug)]
 pub struct Traffic {
     /// `a` → `b`.
     pub a_to_b: AtomicU64,
     /// `b` → `a`.
     pub b_to_a: AtomicU64,
-    /// Milliseconds since the relay started at the last byte moved.
+    /// When this was made: the relay's deadlines count from here until a byte moves.
+    born: Instant,
+    /// Milliseconds since `born` at the last byte moved.
     last: AtomicU64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            a_to_b: AtomicU64::new(0),
+            b_to_a: AtomicU64::new(0),
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Traffic {
+    /// How long no byte has moved either way at `now` (since this was made, if none
+    /// has yet).
+    pub fn quiet_for(&self, now: Instant) -> Duration {
+        let last = self.born + Duration::from_millis(self.last.load(Relaxed));
+        now.saturating_duration_since(last)
+    }
 }
 
 /// Socket options of user and target connections: keep-alive after 30 s idle, probes
@@ -257,7 +280,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
+    let start = traffic.born;
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
     let up = copy_one(
@@ -299,7 +322,7 @@ pub async fn relay_tcp_with(
     reset(&b);
     #[cfg(target_os = "linux")]
     let end = {
-        let start = Instant::now();
+        let start = traffic.born;
         let up = splice::one_way(
             &a,
             &b,

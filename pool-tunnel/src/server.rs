@@ -43,6 +43,10 @@ pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 /// crowd of silent peers is held to this deadline rather than refused at once (which
 /// invites an immediate reconnect, and a churn that starves the accept loop).
 pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Default [`ServerConfig::quiet`]: longer than a session's start takes (the receipt
+/// deadline), short against the idle timeout a quiet session would otherwise hold its
+/// slot for.
+pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
 
 /// A plain or TLS control stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -80,6 +84,11 @@ pub struct ServerConfig {
     pub candidates: (usize, usize),
     /// Relay deadlines.
     pub relay: RelayLimits,
+    /// A session that moved no byte either way for this long is *quiet*: at the cap it
+    /// yields its slot to a newcomer before any session moving bytes does
+    /// ([`crate::sources::SourceLimits::admit_quiet`]). Outside the cap it costs
+    /// nothing: the relay's idle timeout still ends it.
+    pub quiet: Duration,
     /// Control and session deadlines.
     pub timeouts: Timeouts,
     /// TLS and the key proof of a connection to the tunnel (pool) port.
@@ -105,6 +114,7 @@ impl ServerConfig {
             ),
             candidates: (DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_PER_SOURCE),
             relay: RelayLimits::default(),
+            quiet: DEFAULT_QUIET,
             timeouts: Timeouts::default(),
             pool_handshake: DEFAULT_POOL_HANDSHAKE,
         }
@@ -125,6 +135,13 @@ impl ServerConfig {
         check_count("candidates per source", self.candidates.1)?;
         check_secs("relay idle", self.relay.idle)?;
         check_secs("relay half_close", self.relay.half_close)?;
+        if self.quiet.is_zero() || self.quiet > self.relay.idle {
+            return Err(format!(
+                "quiet {:?}: must be above 0 and at most the idle timeout",
+                self.quiet
+            )
+            .into());
+        }
         check_secs("pool_handshake", self.pool_handshake)?;
         Ok(())
     }
@@ -316,6 +333,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         shared.clone(),
         public_l,
         SourceLimits::new(cfg.max_sessions, cfg.per_source.0, cfg.per_source.1),
+        cfg.quiet,
     ));
     names.insert(h.id(), "the public port's accept loop");
     let (failed_tx, failed) = watch::channel(None);

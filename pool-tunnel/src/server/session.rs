@@ -57,7 +57,7 @@ enum Handover {
 /// a clean end of stream for a session cut short. A user for whom no control connection
 /// comes within `control_wait` is reset at once (no client is there to accept); so is
 /// one whose control connection is lost before the receipt.
-pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
+pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: &Traffic) -> bool {
     reset(&user);
     let mut control = shared.control.subscribe();
     // What the user sent already goes out with the start, in one write. A user that
@@ -108,11 +108,10 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
         byte: REACHED,
         within: shared.t.outcome(),
     });
-    let traffic = Traffic::default();
     let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, shared.relay, &traffic, reached).await,
+        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, shared.relay, traffic, reached).await,
         mut tls => {
-            let end = relay_with(&mut user, &mut tls, shared.relay, &traffic, reached).await;
+            let end = relay_with(&mut user, &mut tls, shared.relay, traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&user);
                 graceful(tls.tcp());
@@ -152,6 +151,11 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
 /// with the start) until the client's first byte, the connection's end, the receipt
 /// deadline or control's end says how the handover went. A connection that closes or
 /// fails without the receipt is dead; anything else but the receipt is not replayed.
+///
+/// Every one of those is polled while a write to `conn` is stalled too: the write is a
+/// branch of the same `select!` (`write` is cancel-safe: a branch not taken wrote
+/// nothing), and `sent[written..]` is what is still to go. Nothing more is read from
+/// the user until it went.
 async fn handover(
     shared: &Shared,
     user: &mut TcpStream,
@@ -161,32 +165,66 @@ async fn handover(
     user_done: &mut bool,
 ) -> Handover {
     let deadline = Instant::now() + shared.t.ack;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let room = REPLAY_MAX - sent.len();
-        tokio::select! {
-            // `read_u8` is cancel-safe: a select that takes another branch read nothing.
-            r = conn.read_u8() => return match r {
-                Ok(RECEIVED) => Handover::Received(conn),
-                Ok(_) => Handover::Unconfirmed,
-                Err(_) => Handover::Dead,
-            },
-            n = user.read(&mut buf[..room.min(16 * 1024)]), if !*user_done && room > 0 => {
-                match n {
-                    Ok(0) => *user_done = true,
-                    Ok(n) => {
-                        sent.extend_from_slice(&buf[..n]);
-                        if conn.write_all(&buf[..n]).await.is_err() {
-                            return Handover::Dead;
-                        }
-                    }
-                    // The client may have read part of it: it sees a cut (a reset).
-                    Err(_) => return Handover::UserGone,
-                }
+    // What the start carried went already.
+    let mut written = sent.len();
+    let mut buf = Vec::new();
+    let how = {
+        let (mut rd, mut wr) = tokio::io::split(&mut conn);
+        loop {
+            let room = REPLAY_MAX - sent.len();
+            let reading = !*user_done && room > 0 && written == sent.len();
+            if reading && buf.is_empty() {
+                buf = vec![0u8; 16 * 1024];
             }
-            _ = tokio::time::sleep_until(deadline) => return Handover::Unconfirmed,
-            _ = ctl.gone.changed() => return Handover::Orphaned,
+            let want = room.min(buf.len());
+            tokio::select! {
+                // `read_u8` is cancel-safe: a select that takes another branch read nothing.
+                r = rd.read_u8() => break match r {
+                    Ok(RECEIVED) => None,
+                    Ok(_) => Some(Handover::Unconfirmed),
+                    Err(_) => Some(Handover::Dead),
+                },
+                w = wr.write(&sent[written..]), if written < sent.len() => match w {
+                    Ok(n) if n > 0 => written += n,
+                    _ => break Some(Handover::Dead),
+                },
+                n = user.read(&mut buf[..want]), if reading => match n {
+                    Ok(0) => *user_done = true,
+                    Ok(n) => sent.extend_from_slice(&buf[..n]),
+                    // The client may have read part of it: it sees a cut (a reset).
+                    Err(_) => break Some(Handover::UserGone),
+                },
+                _ = tokio::time::sleep_until(deadline) => break Some(Handover::Unconfirmed),
+                _ = ctl.gone.changed() => break Some(Handover::Orphaned),
+            }
         }
+    };
+    match how {
+        None if written == sent.len() => Handover::Received(conn),
+        // A receipt before all the user's bytes went: the rest goes first, under the
+        // same deadlines.
+        None => match finish(shared, &mut conn, &sent[written..], ctl).await {
+            None => Handover::Received(conn),
+            Some(h) => h,
+        },
+        Some(h) => h,
+    }
+}
+
+/// Writes `rest` on `conn` after the receipt came, while the outcome's deadline (the
+/// client reads again once its target connect ended) and control's end are polled:
+/// `None` when it all went. The client has the start: nothing is replayed now.
+async fn finish(
+    shared: &Shared,
+    conn: &mut PoolConn,
+    rest: &[u8],
+    ctl: &mut Control,
+) -> Option<Handover> {
+    let deadline = Instant::now() + shared.t.outcome();
+    tokio::select! {
+        w = conn.write_all(rest) => w.err().map(|_| Handover::Unconfirmed),
+        _ = tokio::time::sleep_until(deadline) => Some(Handover::Unconfirmed),
+        _ = ctl.gone.changed() => Some(Handover::Orphaned),
     }
 }
 
