@@ -40,6 +40,7 @@ pub mod server;
 pub mod sources;
 pub mod state;
 pub mod stats;
+mod tasks;
 
 pub use client::{start_client, ClientConfig, ClientHandle};
 pub use protocol::Timeouts;

@@ -165,6 +165,11 @@ enum Way {
     NotExpected(Option<u8>),
 }
 
+/// A direction's buffer until a read fills it: what a quiet session holds.
+const BUF_MIN: usize = 4 * 1024;
+/// A direction's buffer once a read filled the small one.
+const BUF_MAX: usize = 64 * 1024;
+
 async fn copy_one<R, W>(
     mut r: R,
     mut w: W,
@@ -177,7 +182,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while the session is quiet; grown to `BUF_MAX` once a read fills it.
+    let mut buf = vec![0u8; BUF_MIN];
     match opening {
         Opening::Plain => {}
         Opening::Expect(e) => {
@@ -210,12 +216,16 @@ where
             Ok(n) => n,
             Err(_) => return Way::Failed,
         };
+        let full = n == buf.len() && n < BUF_MAX;
         last.store(start.elapsed().as_millis() as u64, Relaxed);
         if w.write_all(&buf[..n]).await.is_err() {
             return Way::Failed;
         }
         count.fetch_add(n as u64, Relaxed);
         last.store(start.elapsed().as_millis() as u64, Relaxed);
+        if full {
+            buf = vec![0u8; BUF_MAX];
+        }
     }
     ended_way(w.shutdown().await.is_ok())
 }

@@ -24,7 +24,6 @@ use crate::BoxError;
 mod control;
 mod public;
 mod session;
-mod tasks;
 
 pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
 use session::user_session;
@@ -161,6 +160,8 @@ struct Shared {
     t: Timeouts,
     relay: RelayLimits,
     stats: ServerStats,
+    /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
+    buffered: std::sync::atomic::AtomicUsize,
     control: watch::Sender<Option<Control>>,
     next_gen: AtomicU64,
     /// The session tag of the client process whose control connection came last.
@@ -309,6 +310,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         t: cfg.timeouts,
         relay: cfg.relay,
         stats: ServerStats::default(),
+        buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
         next_gen: AtomicU64::new(0),
         session: std::sync::Mutex::new(None),
@@ -337,7 +339,12 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     ));
     names.insert(h.id(), "the public port's accept loop");
     let (failed_tx, failed) = watch::channel(None);
-    let tasks = vec![tokio::spawn(tasks::supervise(loops, names, failed_tx))];
+    let tasks = vec![tokio::spawn(crate::tasks::supervise(
+        "the server side",
+        loops,
+        names,
+        failed_tx,
+    ))];
     Ok(ServerHandle {
         shared,
         tunnel,
