@@ -78,8 +78,8 @@ pub struct RelayArgs {
     /// Close a session when nothing moved either way for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub idle_timeout: u64,
-    /// Close a session this many seconds after one direction ended if the other is
-    /// still open.
+    /// Reset a session when one direction has ended and the other has moved nothing
+    /// for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub half_close_timeout: u64,
 }
@@ -380,6 +380,7 @@ impl ServerArgs {
                     self.max_candidates_per_source as usize,
                 ),
                 relay: self.relay.limits(),
+                quiet: crate::server::DEFAULT_QUIET,
                 timeouts,
                 pool_handshake: crate::server::DEFAULT_POOL_HANDSHAKE,
             },

@@ -111,8 +111,10 @@ struct Shared {
 pub struct ClientHandle {
     shared: Arc<Shared>,
     started: Instant,
+    /// Supervises the control loop and the session acceptor; when one ends, it stops
+    /// the other (see `failed`). Aborting it aborts both.
     task: JoinHandle<()>,
-    accepts: JoinHandle<()>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl ClientHandle {
@@ -142,10 +144,25 @@ impl ClientHandle {
     pub async fn wait_control(&self, within: Duration) -> bool {
         self.wait_control_state(true, within).await
     }
+    /// Waits until a task of the client side died, and answers which and why. Its
+    /// control loop and session acceptor never end on their own while the pool is
+    /// open: one that ends has panicked (or its pool was closed), and the other is
+    /// stopped with it, so that the client is never half alive. A process running the
+    /// client should exit. Never ends after [`shutdown`](Self::shutdown) began.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
     /// Stops every task (sessions included) and closes the pool.
     pub async fn shutdown(self) {
         self.task.abort();
-        self.accepts.abort();
         let shared = self.shared.clone();
         drop(self);
         shared.pool.close().await;
@@ -155,7 +172,6 @@ impl ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.task.abort();
-        self.accepts.abort();
     }
 }
 
@@ -205,18 +221,34 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         up: watch::channel(false).0,
         session: fresh_session()?,
     });
-    let task = tokio::spawn(control_loop(shared.clone()));
-    let accepts = tokio::spawn(accept_loop(shared.clone()));
+    let mut loops = JoinSet::new();
+    let mut names = std::collections::HashMap::new();
+    names.insert(
+        loops.spawn(control_loop(shared.clone())).id(),
+        "the client's control loop",
+    );
+    names.insert(
+        loops.spawn(accept_loop(shared.clone())).id(),
+        "the client's session acceptor",
+    );
+    let (failed_tx, failed) = watch::channel(None);
+    let task = tokio::spawn(crate::tasks::supervise(
+        "the client side",
+        loops,
+        names,
+        failed_tx,
+    ));
     Ok(ClientHandle {
         shared,
         started,
         task,
-        accepts,
+        failed,
     })
 }
 
 /// Accepts the sessions the server starts in band, one task each, until the pool
-/// closes. Sessions end with the handle (their tasks are aborted with this one).
+/// closes (then the supervisor stops the client side, and says so). Sessions end with
+/// the handle (their tasks are aborted with this one).
 async fn accept_loop(shared: Arc<Shared>) {
     let mut sessions = JoinSet::new();
     loop {
@@ -410,4 +442,40 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         .bytes_up
         .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
     end == RelayEnd::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_stops_the_client_side_and_says_why() {
+        // Nothing listens there: the control loop keeps retrying, never ending.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let mut cfg = ClientConfig::new(
+            addr.to_string(),
+            None,
+            addr.to_string(),
+            TunnelKey::generate().unwrap(),
+        );
+        cfg.min = 1;
+        cfg.max = 1;
+        let client = start_client(cfg).await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&client.shared),
+            3,
+            "both loops hold the state"
+        );
+        // The session acceptor ends when its pool closes underneath it.
+        client.pool().close().await;
+        let why = timeout(Duration::from_secs(30), client.failed())
+            .await
+            .unwrap();
+        assert_eq!(why, "the client's session acceptor ended");
+        // The control loop was stopped with it (before `failed` was told): only the
+        // handle holds the state now.
+        assert_eq!(Arc::strong_count(&client.shared), 1);
+    }
 }

@@ -4,9 +4,11 @@
 //! The **server** side runs on the public machine: a [`ServerPool`](pool_tokio::ServerPool)
 //! on the tunnel port, a control port, and the public port users connect to. The
 //! **client** side runs next to the service and dials out: a
-//! [`ClientPool`](pool_tokio::ClientPool) and one control connection. For each user
-//! the server takes an idle pooled connection and sends its id on control; the client
-//! takes the connection with that id, connects to the target, and both relay.
+//! [`ClientPool`](pool_tokio::ClientPool) and one control connection. Sessions start in
+//! band: for each user the server writes a start header and the user's first bytes on
+//! an idle pooled connection; the client's pool accepts that connection when its first
+//! byte arrives, the client answers a receipt, connects to the target and reports the
+//! outcome, and both relay. Control carries the handshake and heartbeats, no session.
 //!
 //! Every port faces strangers, so each one admits only what proves the tunnel key:
 //!
@@ -38,6 +40,7 @@ pub mod server;
 pub mod sources;
 pub mod state;
 pub mod stats;
+mod tasks;
 
 pub use client::{start_client, ClientConfig, ClientHandle};
 pub use protocol::Timeouts;

@@ -164,6 +164,7 @@ async fn client(args: ClientArgs, env_key: Option<String>) -> Result<(), BoxErro
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            why = c.failed() => return Err(why.into()),
             _ = every.tick() => {
                 let st = c.stats();
                 let pool = c.pool();

@@ -107,15 +107,38 @@ pub struct Lead {
     pub within: Duration,
 }
 
-/// Bytes moved so far, readable while the relay runs.
-#[derive(Debug, Default)]
+/// Bytes moved so far, and when the last one moved, readable while the relay runs
+/// (the public port's accept loop reads [`Traffic::quiet_for`] to choose whom to evict).
+#[derive(Debug)]
 pub struct Traffic {
     /// `a` → `b`.
     pub a_to_b: AtomicU64,
     /// `b` → `a`.
     pub b_to_a: AtomicU64,
-    /// Milliseconds since the relay started at the last byte moved.
+    /// When this was made: the relay's deadlines count from here until a byte moves.
+    born: Instant,
+    /// Milliseconds since `born` at the last byte moved.
     last: AtomicU64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            a_to_b: AtomicU64::new(0),
+            b_to_a: AtomicU64::new(0),
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Traffic {
+    /// How long no byte has moved either way at `now` (since this was made, if none
+    /// has yet).
+    pub fn quiet_for(&self, now: Instant) -> Duration {
+        let last = self.born + Duration::from_millis(self.last.load(Relaxed));
+        now.saturating_duration_since(last)
+    }
 }
 
 /// Socket options of user and target connections: keep-alive after 30 s idle, probes
@@ -142,6 +165,11 @@ enum Way {
     NotExpected(Option<u8>),
 }
 
+/// A direction's buffer until a read fills it: what a quiet session holds.
+const BUF_MIN: usize = 4 * 1024;
+/// A direction's buffer once a read filled the small one.
+const BUF_MAX: usize = 64 * 1024;
+
 async fn copy_one<R, W>(
     mut r: R,
     mut w: W,
@@ -154,7 +182,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while the session is quiet; grown to `BUF_MAX` once a read fills it.
+    let mut buf = vec![0u8; BUF_MIN];
     match opening {
         Opening::Plain => {}
         Opening::Expect(e) => {
@@ -187,12 +216,16 @@ where
             Ok(n) => n,
             Err(_) => return Way::Failed,
         };
+        let full = n == buf.len() && n < BUF_MAX;
         last.store(start.elapsed().as_millis() as u64, Relaxed);
         if w.write_all(&buf[..n]).await.is_err() {
             return Way::Failed;
         }
         count.fetch_add(n as u64, Relaxed);
         last.store(start.elapsed().as_millis() as u64, Relaxed);
+        if full {
+            buf = vec![0u8; BUF_MAX];
+        }
     }
     ended_way(w.shutdown().await.is_ok())
 }
@@ -257,7 +290,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
+    let start = traffic.born;
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
     let up = copy_one(
@@ -299,7 +332,7 @@ pub async fn relay_tcp_with(
     reset(&b);
     #[cfg(target_os = "linux")]
     let end = {
-        let start = Instant::now();
+        let start = traffic.born;
         let up = splice::one_way(
             &a,
             &b,

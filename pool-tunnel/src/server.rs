@@ -24,7 +24,6 @@ use crate::BoxError;
 mod control;
 mod public;
 mod session;
-mod tasks;
 
 pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
 use session::user_session;
@@ -43,6 +42,10 @@ pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 /// crowd of silent peers is held to this deadline rather than refused at once (which
 /// invites an immediate reconnect, and a churn that starves the accept loop).
 pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Default [`ServerConfig::quiet`]: longer than a session's start takes (the receipt
+/// deadline), short against the idle timeout a quiet session would otherwise hold its
+/// slot for.
+pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
 
 /// A plain or TLS control stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -80,6 +83,11 @@ pub struct ServerConfig {
     pub candidates: (usize, usize),
     /// Relay deadlines.
     pub relay: RelayLimits,
+    /// A session that moved no byte either way for this long is *quiet*: at the cap it
+    /// yields its slot to a newcomer before any session moving bytes does
+    /// ([`crate::sources::SourceLimits::admit_quiet`]). Outside the cap it costs
+    /// nothing: the relay's idle timeout still ends it.
+    pub quiet: Duration,
     /// Control and session deadlines.
     pub timeouts: Timeouts,
     /// TLS and the key proof of a connection to the tunnel (pool) port.
@@ -105,6 +113,7 @@ impl ServerConfig {
             ),
             candidates: (DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_PER_SOURCE),
             relay: RelayLimits::default(),
+            quiet: DEFAULT_QUIET,
             timeouts: Timeouts::default(),
             pool_handshake: DEFAULT_POOL_HANDSHAKE,
         }
@@ -125,6 +134,13 @@ impl ServerConfig {
         check_count("candidates per source", self.candidates.1)?;
         check_secs("relay idle", self.relay.idle)?;
         check_secs("relay half_close", self.relay.half_close)?;
+        if self.quiet.is_zero() || self.quiet > self.relay.idle {
+            return Err(format!(
+                "quiet {:?}: must be above 0 and at most the idle timeout",
+                self.quiet
+            )
+            .into());
+        }
         check_secs("pool_handshake", self.pool_handshake)?;
         Ok(())
     }
@@ -144,6 +160,8 @@ struct Shared {
     t: Timeouts,
     relay: RelayLimits,
     stats: ServerStats,
+    /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
+    buffered: std::sync::atomic::AtomicUsize,
     control: watch::Sender<Option<Control>>,
     next_gen: AtomicU64,
     /// The session tag of the client process whose control connection came last.
@@ -292,6 +310,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         t: cfg.timeouts,
         relay: cfg.relay,
         stats: ServerStats::default(),
+        buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
         next_gen: AtomicU64::new(0),
         session: std::sync::Mutex::new(None),
@@ -316,10 +335,16 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         shared.clone(),
         public_l,
         SourceLimits::new(cfg.max_sessions, cfg.per_source.0, cfg.per_source.1),
+        cfg.quiet,
     ));
     names.insert(h.id(), "the public port's accept loop");
     let (failed_tx, failed) = watch::channel(None);
-    let tasks = vec![tokio::spawn(tasks::supervise(loops, names, failed_tx))];
+    let tasks = vec![tokio::spawn(crate::tasks::supervise(
+        "the server side",
+        loops,
+        names,
+        failed_tx,
+    ))];
     Ok(ServerHandle {
         shared,
         tunnel,

@@ -19,6 +19,11 @@
 //!    *newest* session of that source (the session is reset); otherwise the newcomer is
 //!    refused. So a crowd of sources holding every slot cannot lock out a source that
 //!    holds fewer, and sources of equal weight never churn each other's sessions.
+//!    Before that rule, a *quiet* session (one that moved no byte for a while, as the
+//!    caller judges: [`SourceLimits::admit_quiet`]) yields to any newcomer, the oldest
+//!    quiet session of the heaviest source first: a crowd of as many sources as the
+//!    cap has slots, each holding one silent session, locks nobody out, and a session
+//!    moving bytes is never evicted while a quiet one is held.
 //!
 //! The table holds only sources with a session under way or a bucket not yet full
 //! again, and never more than [`MAX_SOURCES`] entries: past that, entries with no
@@ -144,8 +149,21 @@ impl SourceLimits {
     }
 
     /// A session from `peer` arrives at `now`: admitted, maybe in another's place, or
-    /// refused.
+    /// refused. No session counts as quiet: see [`SourceLimits::admit_quiet`].
     pub fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refused> {
+        self.admit_quiet(peer, now, |_| false)
+    }
+
+    /// [`SourceLimits::admit`], where `quiet` says which sessions have moved no byte for
+    /// a while: at the cap one of them yields first (the oldest quiet session of the
+    /// heaviest source holding one), whoever the newcomer; only when none is quiet
+    /// does the heaviest source yield its newest to a lighter one.
+    pub fn admit_quiet(
+        &mut self,
+        peer: IpAddr,
+        now: Instant,
+        quiet: impl Fn(SessionId) -> bool,
+    ) -> Result<Admitted, Refused> {
         if self.table.len() >= MAX_SOURCES {
             self.prune(now);
         }
@@ -170,12 +188,16 @@ impl SourceLimits {
         let mut evict = None;
         if self.total >= self.max_total {
             self.contended_until = Some(now + CONTENDED_FOR);
-            let heaviest = self.by_held.last().copied();
-            match heaviest {
-                Some((most, victim)) if own + 1 < most => {
-                    evict = self.pop_newest(victim);
+            if let Some((victim, id)) = self.oldest_quiet(&quiet) {
+                evict = self.take(victim, id);
+            } else {
+                let heaviest = self.by_held.last().copied();
+                match heaviest {
+                    Some((most, victim)) if own + 1 < most => {
+                        evict = self.pop_newest(victim);
+                    }
+                    _ => return Err(Refused::Full),
                 }
-                _ => return Err(Refused::Full),
             }
         }
         self.next += 1;
@@ -188,6 +210,22 @@ impl SourceLimits {
         self.total += 1;
         self.reindex(source, own, own + 1);
         Ok(Admitted { source, id, evict })
+    }
+
+    /// The oldest quiet session of the heaviest source that holds one.
+    fn oldest_quiet(&self, quiet: &impl Fn(SessionId) -> bool) -> Option<(Source, SessionId)> {
+        self.by_held.iter().rev().find_map(|&(_, source)| {
+            let e = self.table.get(&source)?;
+            e.sessions
+                .iter()
+                .find(|&&id| quiet(id))
+                .map(|&id| (source, id))
+        })
+    }
+
+    /// Takes session `id` of `source` out of the table.
+    fn take(&mut self, source: Source, id: SessionId) -> Option<SessionId> {
+        self.release(source, id).then_some(id)
     }
 
     /// Takes the newest session of `source` out of the table.
@@ -371,6 +409,55 @@ mod tests {
             }
         }
         assert_eq!(served, 196);
+    }
+
+    #[test]
+    fn at_the_cap_a_quiet_session_yields_before_any_moving_one() {
+        let now = Instant::now();
+        let mut t = SourceLimits::new(6, 100, 1000.0);
+        // Source 1 holds 4 sessions moving bytes; sources 2 and 3 one quiet each.
+        let a: Vec<Admitted> = (0..4).map(|_| t.admit(ip(1, 1), now).unwrap()).collect();
+        let q2 = t.admit(ip(2, 1), now).unwrap();
+        let q3 = t.admit(ip(3, 1), now).unwrap();
+        let quiet = |id| id == q2.id || id == q3.id;
+        // A newcomer from the heaviest source itself takes a quiet session, not one of
+        // its own moving ones, and not by weight.
+        let n = t.admit_quiet(ip(1, 1), now, quiet).unwrap();
+        assert!(
+            n.evict == Some(q2.id) || n.evict == Some(q3.id),
+            "{:?}",
+            n.evict
+        );
+        let n2 = t
+            .admit_quiet(ip(4, 1), now, |id| quiet(id) && Some(id) != n.evict)
+            .unwrap();
+        assert!(n2.evict.is_some() && n2.evict != n.evict);
+        assert!(a.iter().all(|x| Some(x.id) != n2.evict));
+        // No quiet session left: the weight rule again (source 1 holds 5, 4 would hold 2).
+        let n3 = t.admit_quiet(ip(4, 2), now, |_| false).unwrap();
+        assert_eq!(n3.evict, Some(n.id), "the heaviest yields its newest");
+    }
+
+    #[test]
+    fn as_many_sources_as_slots_each_holding_a_quiet_session_lock_nobody_out() {
+        let now = Instant::now();
+        let mut t = SourceLimits::new(64, 4, 1000.0);
+        let crowd: Vec<Admitted> = (0..64u8)
+            .map(|s| t.admit(ip(s + 1, 1), now).unwrap())
+            .collect();
+        assert_eq!(t.total(), 64);
+        // By weight alone a newcomer holding nothing is refused (everyone holds one).
+        assert_eq!(t.admit(ip(0, 1), now), Err(Refused::Full));
+        let quiet = |id| crowd.iter().any(|c| c.id == id);
+        // 50 newcomers from 50 networks, each staying: each takes a quiet one's slot.
+        let mut evicted = BTreeSet::new();
+        for n in 0..50u8 {
+            let a = t
+                .admit_quiet(IpAddr::from([10, 1, n, 1]), now, quiet)
+                .unwrap();
+            assert!(evicted.insert(a.evict.expect("a quiet one yields")));
+        }
+        assert_eq!(t.total(), 64);
     }
 
     #[test]

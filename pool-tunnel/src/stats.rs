@@ -32,8 +32,8 @@ counters! {
         /// User connections closed at once because `max_sessions` were running and
         /// their source held as many as any other.
         users_refused,
-        /// User sessions reset to make room at the cap for a newcomer from a source
-        /// holding fewer (each was the newest of the source holding the most).
+        /// User sessions reset to make room at the cap for a newcomer: a quiet one, or
+        /// else the newest of the source holding the most, for a source holding fewer.
         users_evicted,
         /// User connections closed at once because the port was contended and their
         /// source (a /24, a /64) held its share of sessions at once or started its
@@ -55,6 +55,9 @@ counters! {
         dead_picked,
         /// Pooled connections that carried a replay of a user's first bytes.
         replayed,
+        /// Sessions whose first bytes waited in the kernel for the client's receipt,
+        /// because the server's budget of buffered bytes was spent.
+        buffer_waits,
         /// Users reset at once because the client could not reach the target.
         target_failed,
         /// Users reset because, after the client's receipt, its pooled connection died

@@ -150,6 +150,101 @@ async fn eighteen_source_networks_holding_the_cap_never_lock_honest_users_out() 
     echo_task.abort();
 }
 
+/// A session from its own network that moves a byte each way every 20 ms until told
+/// to stop (bounded: at most `LIMIT`); answers how many round trips went, or the error
+/// that ended it.
+async fn mover(
+    public: SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<u32, String> {
+    let mut s = connect_from(100, 2, public)
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = Instant::now() + LIMIT;
+    let mut trips = 0;
+    while !*stop.borrow() && Instant::now() < end {
+        let mut b = [0u8; 1];
+        s.write_all(b"m")
+            .await
+            .map_err(|e| format!("write after {trips}: {e}"))?;
+        s.read_exact(&mut b)
+            .await
+            .map_err(|e| format!("read after {trips}: {e}"))?;
+        trips += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(trips)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_many_silent_sources_as_slots_never_lock_honest_users_out() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let cap = 32;
+    let server = pool_tunnel::start_server(ServerConfig {
+        quiet: Duration::from_secs(1),
+        ..server_cfg(cap)
+    })
+    .await
+    .unwrap();
+    let client = pool_tunnel::start_client(client_cfg(&server, echo))
+        .await
+        .unwrap();
+    assert!(client.wait_control(LIMIT).await);
+    let public = server.public_addr();
+    // One session keeps moving bytes; 31 networks hold one silent session each: every
+    // source holds one, so by weight alone nobody yields.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let moving = tokio::spawn(mover(public, stop));
+    let held = hold(public, 1..=31, 1).await;
+    assert!(
+        until(|| active(&server) == cap as u64).await,
+        "the strangers did not fill the cap: {} active",
+        active(&server)
+    );
+    // A probe from a fresh network is refused until the silent ones are quiet, then
+    // admitted in the place of one.
+    let end = Instant::now() + LIMIT;
+    let mut admitted = false;
+    for host in 2..250u8 {
+        if Instant::now() > end {
+            break;
+        }
+        let mut probe = connect_from(200, host, public).await.unwrap();
+        let mut b = [0u8; 1];
+        if probe.write_all(b"p").await.is_ok()
+            && matches!(
+                tokio::time::timeout(LIMIT, probe.read(&mut b)).await,
+                Ok(Ok(1))
+            )
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "no newcomer admitted: {:?}", server.stats());
+    let under = honest(public, 50, 4).await;
+    let served = under.latencies.len();
+    println!(
+        "honest users served while 31 silent networks and a moving one hold the cap: \
+         {served} of 50; p50 {:.1} ms",
+        p50_ms(&under)
+    );
+    assert!(served >= 48, "{served} of 50 served: {:?}", under.errors);
+    assert!(server.stats().users_evicted > 0, "{:?}", server.stats());
+    // The moving session was never the one evicted.
+    stop_tx.send_replace(true);
+    let trips = moving.await.unwrap();
+    assert!(
+        matches!(trips, Ok(n) if n > 0),
+        "the moving session: {trips:?}"
+    );
+    drop(held);
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_session_ends_with_a_reset() {
     let (echo, echo_task) = load::start_echo().await.unwrap();

@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::{lock, user_session, Shared};
 use crate::limits::Backoff;
-use crate::relay::peer_socket_options;
+use crate::relay::{peer_socket_options, Traffic};
 use crate::sources::{Refused, SessionId, Source, SourceLimits};
 use crate::stats::bump;
 
@@ -26,6 +26,8 @@ struct Public {
 /// A running session, as the accept loop may have to end it.
 struct Held {
     task: tokio::task::AbortHandle,
+    /// The session's bytes and when the last one moved: a quiet session yields first.
+    traffic: Arc<Traffic>,
     /// A second descriptor of the user's socket: an evicted user gets a reset (linger
     /// 0), never a clean end that passes for a complete answer. The socket closes
     /// when both descriptors are closed: at the latest when the session's task ends
@@ -60,6 +62,7 @@ pub(super) async fn public_accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     limits: SourceLimits,
+    quiet: Duration,
 ) {
     let public = Arc::new(std::sync::Mutex::new(Public {
         limits,
@@ -86,9 +89,17 @@ pub(super) async fn public_accept_loop(
             }
         };
         bump(&shared.stats.users);
-        let mut p = lock(&public);
-        // The cap, and under contention each source's share: see `crate::sources`.
-        let admitted = match p.limits.admit(peer.ip(), std::time::Instant::now()) {
+        let mut guard = lock(&public);
+        let p = &mut *guard;
+        // The cap, and under contention each source's share: see `crate::sources`. A
+        // session that moved nothing for `quiet` yields first at the cap.
+        let now = tokio::time::Instant::now();
+        let held = &p.held;
+        let is_quiet = |id| {
+            held.get(&id)
+                .is_some_and(|h: &Held| h.traffic.quiet_for(now) >= quiet)
+        };
+        let admitted = match p.limits.admit_quiet(peer.ip(), now.into_std(), is_quiet) {
             Ok(a) => a,
             Err(Refused::Full) => {
                 bump(&shared.stats.users_refused);
@@ -118,17 +129,26 @@ pub(super) async fn public_accept_loop(
             id: admitted.id,
         };
         let shared = shared.clone();
+        let traffic = Arc::new(Traffic::default());
+        let seen = traffic.clone();
         // Spawned under the lock: the session's slot cannot be given back before its
         // entry is in `held`.
         let task = sessions.spawn(async move {
             let _slot = slot;
-            let ok = user_session(&shared, user).await;
+            let ok = user_session(&shared, user, &seen).await;
             bump(if ok {
                 &shared.stats.relayed
             } else {
                 &shared.stats.failed
             });
         });
-        p.held.insert(admitted.id, Held { task, socket });
+        p.held.insert(
+            admitted.id,
+            Held {
+                task,
+                traffic,
+                socket,
+            },
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! One user session on the server side: the in-band start on a pooled connection, the
 //! handover to the client (its receipt), and the relay that waits for the outcome.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use pool_tokio::{PoolConn, PoolStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +22,48 @@ const ATTEMPTS: usize = 16;
 /// replay, at most. Past it, the server reads nothing more from the user until the
 /// receipt (one round trip): nothing is ever sent that could not be replayed.
 pub const REPLAY_MAX: usize = 64 * 1024;
+/// Users' bytes all sessions together hold in memory for a replay, at most. Past it, a
+/// session sends what it holds and reads nothing more from its user until the receipt
+/// (the bytes wait in the kernel; counted in `buffer_waits`).
+pub(super) const BUFFER_BUDGET: usize = 32 * 1024 * 1024;
+/// The user's bytes read at once before the receipt, at most.
+const CHUNK: usize = 16 * 1024;
+
+/// This session's share of [`BUFFER_BUDGET`], given back when dropped.
+struct Buffered<'a> {
+    total: &'a AtomicUsize,
+    mine: usize,
+}
+
+impl<'a> Buffered<'a> {
+    fn new(total: &'a AtomicUsize) -> Self {
+        Self { total, mine: 0 }
+    }
+
+    /// Takes up to `want` bytes of the budget; answers how many it got (0: spent).
+    fn reserve(&mut self, want: usize) -> usize {
+        let got = self.total.fetch_update(Relaxed, Relaxed, |used| {
+            let n = want.min(BUFFER_BUDGET.saturating_sub(used));
+            (n > 0).then_some(used + n)
+        });
+        let n = got.map_or(0, |used| want.min(BUFFER_BUDGET - used));
+        self.mine += n;
+        n
+    }
+
+    /// Gives back `n` bytes reserved and not used.
+    fn unreserve(&mut self, n: usize) {
+        let n = n.min(self.mine);
+        self.mine -= n;
+        self.total.fetch_sub(n, Relaxed);
+    }
+}
+
+impl Drop for Buffered<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Relaxed);
+    }
+}
 
 /// How handing a user's bytes to one pooled connection went.
 enum Handover {
@@ -57,19 +99,25 @@ enum Handover {
 /// a clean end of stream for a session cut short. A user for whom no control connection
 /// comes within `control_wait` is reset at once (no client is there to accept); so is
 /// one whose control connection is lost before the receipt.
-pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
+pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: &Traffic) -> bool {
     reset(&user);
     let mut control = shared.control.subscribe();
     // What the user sent already goes out with the start, in one write. A user that
     // shut down its write side before a byte (a half-close) still gets its session:
     // many services speak first. One that already failed costs nothing.
-    let mut sent = vec![0u8; 16 * 1024];
-    let (n, mut user_done) = match early_bytes(&user, &mut sent) {
-        Early::Bytes(n) => (n, false),
-        Early::HalfClosed => (0, true),
+    // Each byte held for a replay counts against the server's budget, until the
+    // receipt frees it.
+    let mut budget = Buffered::new(&shared.buffered);
+    let want = budget.reserve(CHUNK);
+    let (mut sent, mut user_done) = match early_bytes(&user, want) {
+        Early::Bytes(b) => (b, false),
+        Early::HalfClosed => (Vec::new(), true),
         Early::Gone => return false,
     };
-    sent.truncate(n);
+    budget.unreserve(want - sent.len());
+    if want < CHUNK {
+        bump(&shared.stats.buffer_waits);
+    }
     let mut tries = 0;
     let conn = loop {
         if tries == ATTEMPTS {
@@ -89,7 +137,15 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
         if tries > 1 {
             bump(&shared.stats.replayed);
         }
-        let handover = handover(shared, &mut user, conn, &mut ctl, &mut sent, &mut user_done).await;
+        let handover = handover(
+            shared,
+            &mut user,
+            conn,
+            &mut ctl,
+            (&mut sent, &mut budget),
+            &mut user_done,
+        )
+        .await;
         match handover {
             Handover::Received(conn) => break conn,
             Handover::Dead => bump(&shared.stats.dead_picked),
@@ -104,15 +160,17 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
             Handover::UserGone => return false,
         }
     };
+    // The copy is not needed any more: nothing is replayed after the receipt.
+    let sent = std::mem::take(&mut sent).len();
+    drop(budget);
     let reached = Opening::Expect(Expect {
         byte: REACHED,
         within: shared.t.outcome(),
     });
-    let traffic = Traffic::default();
     let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, shared.relay, &traffic, reached).await,
+        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, shared.relay, traffic, reached).await,
         mut tls => {
-            let end = relay_with(&mut user, &mut tls, shared.relay, &traffic, reached).await;
+            let end = relay_with(&mut user, &mut tls, shared.relay, traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&user);
                 graceful(tls.tcp());
@@ -120,7 +178,7 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
             end
         }
     };
-    let up = traffic.a_to_b.load(Relaxed) + sent.len() as u64;
+    let up = traffic.a_to_b.load(Relaxed) + sent as u64;
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared
         .stats
@@ -152,69 +210,130 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream) -> bool {
 /// with the start) until the client's first byte, the connection's end, the receipt
 /// deadline or control's end says how the handover went. A connection that closes or
 /// fails without the receipt is dead; anything else but the receipt is not replayed.
+///
+/// Every one of those is polled while a write to `conn` is stalled too: the write is a
+/// branch of the same `select!` (`write` is cancel-safe: a branch not taken wrote
+/// nothing), and `sent[written..]` is what is still to go. Nothing more is read from
+/// the user until it went.
 async fn handover(
     shared: &Shared,
     user: &mut TcpStream,
     mut conn: PoolConn,
     ctl: &mut Control,
-    sent: &mut Vec<u8>,
+    (sent, budget): (&mut Vec<u8>, &mut Buffered<'_>),
     user_done: &mut bool,
 ) -> Handover {
     let deadline = Instant::now() + shared.t.ack;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let room = REPLAY_MAX - sent.len();
-        tokio::select! {
-            // `read_u8` is cancel-safe: a select that takes another branch read nothing.
-            r = conn.read_u8() => return match r {
-                Ok(RECEIVED) => Handover::Received(conn),
-                Ok(_) => Handover::Unconfirmed,
-                Err(_) => Handover::Dead,
-            },
-            n = user.read(&mut buf[..room.min(16 * 1024)]), if !*user_done && room > 0 => {
-                match n {
+    // What the start carried went already.
+    let mut written = sent.len();
+    let mut buf = Vec::new();
+    let mut waited = false;
+    let how = {
+        let (mut rd, mut wr) = tokio::io::split(&mut conn);
+        loop {
+            let room = REPLAY_MAX - sent.len();
+            let mut want = 0;
+            if !*user_done && room > 0 && written == sent.len() {
+                want = budget.reserve(room.min(CHUNK));
+                if want == 0 && !waited {
+                    waited = true;
+                    bump(&shared.stats.buffer_waits);
+                }
+            }
+            let reading = want > 0;
+            if reading && buf.is_empty() {
+                buf = vec![0u8; CHUNK];
+            }
+            tokio::select! {
+                // `read_u8` is cancel-safe: a select that takes another branch read nothing.
+                r = rd.read_u8() => break match r {
+                    Ok(RECEIVED) => None,
+                    Ok(_) => Some(Handover::Unconfirmed),
+                    Err(_) => Some(Handover::Dead),
+                },
+                w = wr.write(&sent[written..]), if written < sent.len() => match w {
+                    Ok(n) if n > 0 => written += n,
+                    _ => break Some(Handover::Dead),
+                },
+                n = user.read(&mut buf[..want]), if reading => match n {
                     Ok(0) => *user_done = true,
                     Ok(n) => {
                         sent.extend_from_slice(&buf[..n]);
-                        if conn.write_all(&buf[..n]).await.is_err() {
-                            return Handover::Dead;
-                        }
+                        want -= n;
                     }
                     // The client may have read part of it: it sees a cut (a reset).
-                    Err(_) => return Handover::UserGone,
-                }
+                    Err(_) => break Some(Handover::UserGone),
+                },
+                _ = tokio::time::sleep_until(deadline) => break Some(Handover::Unconfirmed),
+                _ = ctl.gone.changed() => break Some(Handover::Orphaned),
             }
-            _ = tokio::time::sleep_until(deadline) => return Handover::Unconfirmed,
-            _ = ctl.gone.changed() => return Handover::Orphaned,
+            budget.unreserve(want);
         }
+    };
+    match how {
+        None if written == sent.len() => Handover::Received(conn),
+        // A receipt before all the user's bytes went: the rest goes first, under the
+        // same deadlines.
+        None => match finish(shared, &mut conn, &sent[written..], ctl).await {
+            None => Handover::Received(conn),
+            Some(h) => h,
+        },
+        Some(h) => h,
+    }
+}
+
+/// Writes `rest` on `conn` after the receipt came, while the outcome's deadline (the
+/// client reads again once its target connect ended) and control's end are polled:
+/// `None` when it all went. The client has the start: nothing is replayed now.
+async fn finish(
+    shared: &Shared,
+    conn: &mut PoolConn,
+    rest: &[u8],
+    ctl: &mut Control,
+) -> Option<Handover> {
+    let deadline = Instant::now() + shared.t.outcome();
+    tokio::select! {
+        w = conn.write_all(rest) => w.err().map(|_| Handover::Unconfirmed),
+        _ = tokio::time::sleep_until(deadline) => Some(Handover::Unconfirmed),
+        _ = ctl.gone.changed() => Some(Handover::Orphaned),
     }
 }
 
 /// What a user sent before its session started.
 enum Early {
-    /// These many bytes (0: none yet).
-    Bytes(usize),
+    /// These bytes (none yet: empty).
+    Bytes(Vec<u8>),
     /// Nothing, and its write side is shut down (a half-close, not a departure).
     HalfClosed,
     /// Its connection failed (a reset): nobody is there.
     Gone,
 }
 
-/// What the user has sent so far, read into `buf` without waiting (straight from the
-/// kernel: tokio's readiness for a socket just accepted is not known yet).
+/// What the user has sent so far, at most `max` bytes, read without waiting (straight
+/// from the kernel: tokio's readiness for a socket just accepted is not known yet) into
+/// a buffer of the size read. With `max` 0 (the budget is spent) only whether the user
+/// is still there is asked.
 #[cfg(unix)]
-fn early_bytes(user: &TcpStream, buf: &mut [u8]) -> Early {
+fn early_bytes(user: &TcpStream, max: usize) -> Early {
     use rustix::io::Errno;
-    match rustix::io::read(user, buf) {
+    let mut buf = [0u8; CHUNK];
+    let peek = max == 0;
+    let r = if peek {
+        rustix::net::recv(user, &mut buf[..1], rustix::net::RecvFlags::PEEK).map(|(n, _)| n)
+    } else {
+        rustix::io::read(user, &mut buf[..max.min(CHUNK)])
+    };
+    match r {
         Ok(0) => Early::HalfClosed,
-        Ok(n) => Early::Bytes(n),
-        Err(Errno::AGAIN | Errno::INTR) => Early::Bytes(0),
+        Ok(_) if peek => Early::Bytes(Vec::new()),
+        Ok(n) => Early::Bytes(buf[..n].to_vec()),
+        Err(Errno::AGAIN | Errno::INTR) => Early::Bytes(Vec::new()),
         Err(_) => Early::Gone,
     }
 }
 
 /// Elsewhere: none read; the relay finds what the user did.
 #[cfg(not(unix))]
-fn early_bytes(_user: &TcpStream, _buf: &mut [u8]) -> Early {
-    Early::Bytes(0)
+fn early_bytes(_user: &TcpStream, _max: usize) -> Early {
+    Early::Bytes(Vec::new())
 }

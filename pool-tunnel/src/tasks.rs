@@ -1,13 +1,16 @@
-//! The server side's long-running tasks: when one ends, all end, and the handle says why.
+//! A side's long-running tasks (the server's accept loops, the client's control loop
+//! and session acceptor): when one ends, all end, and the handle says why.
 
 use std::collections::HashMap;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Waits for the first of `loops` to end (they end only by a panic), says which and
-/// why on `failed`, and stops the others (dropping the set aborts them).
-pub(super) async fn supervise(
+/// Waits for the first of `loops` to end (they end only by a panic or an error they
+/// cannot recover from), says which and why on `failed` and in the log, and stops the
+/// others (dropping the set aborts them). `side` names what stops ("the server side").
+pub(crate) async fn supervise(
+    side: &'static str,
     mut loops: JoinSet<()>,
     names: HashMap<tokio::task::Id, &'static str>,
     failed: watch::Sender<Option<String>>,
@@ -32,7 +35,7 @@ pub(super) async fn supervise(
             }
         }
     };
-    tracing::error!("{why}; stopping the server side");
+    tracing::error!("{why}; stopping {side}");
     loops.shutdown().await;
     failed.send_replace(Some(why));
 }
@@ -58,7 +61,7 @@ mod tests {
         });
         names.insert(h.id(), "the failing loop");
         let (tx, mut failed) = watch::channel(None);
-        let sup = tokio::spawn(supervise(loops, names, tx));
+        let sup = tokio::spawn(supervise("the test side", loops, names, tx));
         go_tx.send(()).unwrap();
         let why = failed.wait_for(Option::is_some).await.unwrap().clone();
         assert_eq!(
