@@ -48,6 +48,10 @@ pub struct Cli {
     /// loopback (a warning is logged otherwise); at most 16 connections at once, 5 s each.
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// How log lines (on stderr) are written: `text`, coloured only when stderr is a
+    /// terminal and NO_COLOR is unset, or `json`, one object a line.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    pub log_format: crate::logs::LogFormat,
 }
 
 /// The two sides.
