@@ -11,7 +11,13 @@ fn refused_server(extra: &[&str]) -> Output {
     let state = std::env::temp_dir().join(format!("pool-tunnel-logs-{}", std::process::id()));
     let out = Command::new(BIN)
         .args(extra)
-        .args(["server", "--tunnel", "127.0.0.1:0", "--public", "127.0.0.1:0"])
+        .args([
+            "server",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--public",
+            "127.0.0.1:0",
+        ])
         .args(["--tls", "0"])
         .env_remove("POOL_TUNNEL_KEY")
         .env_remove("NO_COLOR")
@@ -26,7 +32,13 @@ fn refused_server(extra: &[&str]) -> Output {
 /// A client without a key: it logs start-up, then refuses to run (status 1).
 fn keyless_client(extra: &[&str]) -> Output {
     Command::new(BIN)
-        .args(["client", "--tunnel", "127.0.0.1:1", "--target", "127.0.0.1:2"])
+        .args([
+            "client",
+            "--tunnel",
+            "127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+        ])
         .args(extra)
         .env_remove("POOL_TUNNEL_KEY")
         .env_remove("NO_COLOR")
@@ -42,7 +54,10 @@ fn piped_logs_carry_no_escape_codes() {
         let err = String::from_utf8_lossy(&out.stderr);
         // A log line was written (not only the error), so the check below bites.
         assert!(err.contains("INFO") || err.contains("DEBUG"), "{err}");
-        assert!(!out.stderr.contains(&0x1b), "an escape code in piped logs: {err:?}");
+        assert!(
+            !out.stderr.contains(&0x1b),
+            "an escape code in piped logs: {err:?}"
+        );
     }
 }
 
