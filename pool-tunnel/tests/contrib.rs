@@ -131,6 +131,18 @@ fn each_unit_is_hardened_and_passes_only_options_tunnel_accepts() {
                 "{side}: {flag} is not an option of `tunnel {side}`:\n{help}"
             );
         }
+        // And every value parses: the argument list, then --help (clap checks what
+        // comes before it, then prints the help and exits 0).
+        let out = Command::new(BIN)
+            .args(&args[1..])
+            .arg("--help")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{side}: `{exec}` does not parse: {err}"
+        );
     }
 }
 
