@@ -104,3 +104,48 @@ fn an_unknown_log_format_is_refused_naming_the_option() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--log-format"), "{err}");
 }
+
+/// The keyless client's output when its stderr is a terminal (a pseudo-terminal made
+/// by util-linux `script`), with `NO_COLOR` as given; `None` when `script` is absent.
+fn on_a_terminal(no_color: Option<&str>) -> Option<Vec<u8>> {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec"])
+        .arg(format!(
+            "'{BIN}' client --tunnel 127.0.0.1:1 --target 127.0.0.1:2"
+        ))
+        .arg("/dev/null")
+        .env_remove("POOL_TUNNEL_KEY")
+        .env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().ok()?;
+    Some(out.stdout)
+}
+
+#[test]
+fn on_a_terminal_logs_are_coloured_unless_no_color_is_set() {
+    let Some(coloured) = on_a_terminal(None) else {
+        eprintln!("no `script` on this machine: no terminal to test on");
+        return;
+    };
+    let text = String::from_utf8_lossy(&coloured);
+    assert!(text.contains("INFO"), "{text:?}");
+    assert!(
+        coloured.contains(&0x1b),
+        "no colour on a terminal: {text:?}"
+    );
+    for value in ["1", "yes"] {
+        let plain = on_a_terminal(Some(value)).unwrap();
+        let text = String::from_utf8_lossy(&plain);
+        assert!(text.contains("INFO"), "{text:?}");
+        assert!(!plain.contains(&0x1b), "NO_COLOR={value}: {text:?}");
+    }
+    // Empty means unset (no-color.org).
+    let empty = on_a_terminal(Some("")).unwrap();
+    assert!(
+        empty.contains(&0x1b),
+        "{:?}",
+        String::from_utf8_lossy(&empty)
+    );
+}
