@@ -241,6 +241,11 @@ pub fn record_server(s: &crate::stats::ServerSnapshot, control_up: bool) {
                 s.target_failed,
             ),
             (
+                "tunnel_session_events_total",
+                &[(EVENT, "no_outcome")],
+                s.no_outcome,
+            ),
+            (
                 "tunnel_bytes_total",
                 &[("direction", "to_target")],
                 s.bytes_up,
