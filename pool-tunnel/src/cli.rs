@@ -43,11 +43,16 @@ pub struct Cli {
     /// Which side to run.
     #[command(subcommand)]
     pub side: Side,
-    /// Serve the pools' metrics for Prometheus at http://ADDR/ (every counter and
-    /// gauge of the pool's stats, and the get wait histogram). Off by default. Bind
-    /// loopback (a warning is logged otherwise); at most 16 connections at once, 5 s each.
+    /// Serve metrics for Prometheus at http://ADDR/: the pool's (every counter and
+    /// gauge of its stats, and the get wait histogram) and the tunnel's own
+    /// (`tunnel_*`: users, sessions, bytes, control). Off by default. Bind loopback (a
+    /// warning is logged otherwise); at most 16 connections at once, 5 s each.
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// How log lines (on stderr) are written: `text`, coloured only when stderr is a
+    /// terminal and NO_COLOR is unset, or `json`, one object a line.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    pub log_format: crate::logs::LogFormat,
 }
 
 /// The two sides.

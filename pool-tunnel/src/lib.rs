@@ -33,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod limits;
 pub mod load;
+pub mod logs;
 pub mod metrics;
 pub mod protocol;
 pub mod relay;

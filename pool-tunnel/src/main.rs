@@ -6,29 +6,25 @@ use std::time::Duration;
 
 use clap::Parser;
 use pool_tunnel::cli::{Cli, ClientArgs, KeySource, ServerArgs, Side, KEY_ENV};
+use pool_tunnel::logs::{self, LogFormat};
 use pool_tunnel::state::Origin;
 use pool_tunnel::{limits, BoxError};
-use tracing::info;
+use tracing::{error, info, warn};
 
-fn init_logs() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
-        .init();
+/// Tells the operator something on stderr: a plain line when logs are text, a log
+/// event when they are JSON (so that every line of stderr parses).
+fn say(format: LogFormat, level: tracing::Level, msg: &str) {
+    match (format, level) {
+        (LogFormat::Text, _) => eprintln!("{msg}"),
+        (LogFormat::Json, tracing::Level::ERROR) => error!("{msg}"),
+        (LogFormat::Json, _) => warn!("{msg}"),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    let format = cli.log_format;
+    logs::init(format);
     // The key must not linger in the environment of anything this process starts:
     // taken out before any thread exists.
     let env_key = std::env::var(KEY_ENV).ok();
@@ -36,12 +32,16 @@ fn main() -> ExitCode {
     match limits::raise_nofile() {
         Ok(Some(n)) => info!("descriptor limit {n}"),
         Ok(None) => info!("descriptor limit: unlimited"),
-        Err(e) => eprintln!("warning: cannot raise the descriptor limit: {e}"),
+        Err(e) => say(
+            format,
+            tracing::Level::WARN,
+            &format!("warning: cannot raise the descriptor limit: {e}"),
+        ),
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tunnel: {e}");
+            say(format, tracing::Level::ERROR, &format!("tunnel: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             info!(%addr, "metrics served for Prometheus");
             metrics = Some(task);
         }
+        let figures = metrics.is_some();
         // The metrics task ends only by a panic: the process ends with it.
         let metrics_died = async {
             match metrics {
@@ -67,8 +68,8 @@ fn main() -> ExitCode {
             why = metrics_died => Err(why.into()),
             r = async {
                 match cli.side {
-                    Side::Server(a) => server(a, env_key).await,
-                    Side::Client(a) => client(a, env_key).await,
+                    Side::Server(a) => server(a, env_key, format, figures).await,
+                    Side::Client(a) => client(a, env_key, format, figures).await,
                 }
             } => r,
         }
@@ -76,17 +77,30 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tunnel: {e}");
+            say(format, tracing::Level::ERROR, &format!("tunnel: {e}"));
             ExitCode::from(1)
         }
     }
 }
 
-async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxError> {
+/// The side's `tunnel_*` series, kept current while `figures` (`--metrics`) is on.
+async fn follow(figures: bool, run: impl std::future::Future<Output = std::convert::Infallible>) {
+    if figures {
+        match run.await {}
+    }
+    std::future::pending().await
+}
+
+async fn server(
+    args: ServerArgs,
+    env_key: Option<String>,
+    format: LogFormat,
+    figures: bool,
+) -> Result<(), BoxError> {
     let default_state = pool_tunnel::cli::default_state_dir(|k| std::env::var(k).ok());
     let setup = args.setup(env_key, default_state)?;
     for w in &setup.warnings {
-        eprintln!("{w}");
+        say(format, tracing::Level::WARN, w);
     }
     let fingerprint = setup.config.tls.as_ref().map(|t| t.fingerprint());
     let key_hex = setup.config.key.to_hex();
@@ -117,9 +131,11 @@ async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxErro
     println!("waiting for the client's control connection; Ctrl-C stops");
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.tick().await;
+    let mut figures = Box::pin(follow(figures, pool_tunnel::metrics::follow_server(&s)));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            () = &mut figures => {}
             // A task that died takes the process down, never half of it.
             why = s.failed() => return Err(why.into()),
             _ = every.tick() => {
@@ -136,14 +152,20 @@ async fn server(args: ServerArgs, env_key: Option<String>) -> Result<(), BoxErro
         }
     }
     println!("stopping");
+    drop(figures);
     s.shutdown().await;
     Ok(())
 }
 
-async fn client(args: ClientArgs, env_key: Option<String>) -> Result<(), BoxError> {
+async fn client(
+    args: ClientArgs,
+    env_key: Option<String>,
+    format: LogFormat,
+    figures: bool,
+) -> Result<(), BoxError> {
     let (cfg, source, warnings) = args.setup(env_key)?;
     for w in &warnings {
-        eprintln!("{w}");
+        say(format, tracing::Level::WARN, w);
     }
     let control = match &cfg.control {
         Some(c) => c.clone(),
@@ -161,10 +183,12 @@ async fn client(args: ClientArgs, env_key: Option<String>) -> Result<(), BoxErro
     let c = pool_tunnel::start_client(cfg).await?;
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.tick().await;
+    let mut figures = Box::pin(follow(figures, pool_tunnel::metrics::follow_client(&c)));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             why = c.failed() => return Err(why.into()),
+            () = &mut figures => {}
             _ = every.tick() => {
                 let st = c.stats();
                 let pool = c.pool();
@@ -177,6 +201,7 @@ async fn client(args: ClientArgs, env_key: Option<String>) -> Result<(), BoxErro
         }
     }
     println!("stopping");
+    drop(figures);
     c.shutdown().await;
     Ok(())
 }

@@ -101,10 +101,23 @@ fn not_regular(path: &Path) -> BoxError {
 
 /// Refuses a private key file that is not a regular file, or that another user owns,
 /// or can read or write.
+///
+/// A file directly in systemd's credentials directory (`$CREDENTIALS_DIRECTORY`, filled
+/// by `LoadCredential=`) may also belong to root and show group read: systemd makes it
+/// readable by this service alone (by ownership or an ACL, whose mask shows as the group
+/// bits), in a directory only the service can enter. It must still be unwritable by
+/// group and others.
 pub fn check_private_file(path: &Path) -> Result<(), BoxError> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(not_regular(path));
+    }
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .is_some_and(|d| path.parent() == Some(Path::new(&d)));
+    let me = rustix::process::geteuid().as_raw();
+    if credentials && (meta.uid() == 0 || meta.uid() == me) && meta.mode() & 0o022 == 0 {
+        return Ok(());
     }
     check(path, 0o077, "chmod 600")
 }

@@ -84,6 +84,13 @@ counters! {
         /// started (a replay of one seen by an earlier process, or a client clock a
         /// moment behind): left to compete with strangers for a slot.
         control_predated,
+        /// Of `control_refused`: no admission token within the deadline, or the
+        /// connection closed first.
+        control_no_token,
+        /// Of `control_refused`: garbage, or an admission token made with another key.
+        control_bad_token,
+        /// Of `control_refused`: TLS or the key proof failed.
+        control_handshake_failed,
         /// Control candidates refused by the client-IP filter.
         control_ip_refused,
         /// Control candidates closed to make room for a newer one.
@@ -93,6 +100,43 @@ counters! {
         /// Control connections from a new client process (a new session tag): each
         /// closed the previous process's idle pooled connections.
         client_restarts,
+        /// User sessions admitted on the public port (each counted when its task starts).
+        sessions,
+        /// User sessions running now (a gauge: admitted sessions whose task has not
+        /// ended, evicted ones included until their reset).
+        sessions_active,
+    }
+}
+
+impl ServerStats {
+    /// Counts a user session as started and running until the guard is dropped.
+    pub(crate) fn session_running(&self) -> Running<'_> {
+        bump(&self.sessions);
+        bump(&self.sessions_active);
+        Running(self)
+    }
+
+    /// The counter of `why` among the control refusals, when it has one of its own
+    /// that the refusal does not bump where it is decided.
+    pub(crate) fn refusal(&self, why: Refusal) -> Option<&AtomicU64> {
+        match why {
+            Refusal::NoToken => Some(&self.control_no_token),
+            Refusal::BadToken => Some(&self.control_bad_token),
+            Refusal::Handshake => Some(&self.control_handshake_failed),
+            // Counted where they are told apart.
+            Refusal::Replayed | Refusal::Skewed | Refusal::Predated => None,
+        }
+    }
+}
+
+/// A running user session: in [`ServerStats::sessions_active`] until dropped (at the
+/// end of the session's task, however it ends: an abort included).
+#[must_use = "the session counts as running only while the guard lives"]
+pub(crate) struct Running<'a>(&'a ServerStats);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.sessions_active.fetch_sub(1, Relaxed);
     }
 }
 

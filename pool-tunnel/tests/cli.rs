@@ -131,7 +131,7 @@ fn metrics_are_served_for_prometheus() {
         let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         body.clear();
         let _ = s.read_to_string(&mut body);
-        if body.contains("pool_connections_idle") {
+        if body.contains("pool_connections_idle") && body.contains("tunnel_control_up") {
             break;
         }
     }
@@ -142,6 +142,10 @@ fn metrics_are_served_for_prometheus() {
         "pool_connections_in_flight",
         "pool_gets_waiting",
         "pool_capacity",
+        // The tunnel's own, kept current by the binary.
+        "tunnel_control_up{role=\"server\"} 0",
+        "tunnel_users_total{role=\"server\"} 0",
+        "tunnel_sessions_active{role=\"server\"} 0",
     ] {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }

@@ -169,6 +169,9 @@ impl ControlPort {
 
     fn refused(&mut self, peer: SocketAddr, why: Refusal, e: &dyn std::fmt::Display) {
         bump(&self.shared.stats.control_refused);
+        if let Some(c) = self.shared.stats.refusal(why) {
+            bump(c);
+        }
         self.note(peer, why, e);
     }
 

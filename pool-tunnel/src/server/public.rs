@@ -135,6 +135,7 @@ pub(super) async fn public_accept_loop(
         // entry is in `held`.
         let task = sessions.spawn(async move {
             let _slot = slot;
+            let _running = shared.stats.session_running();
             let ok = user_session(&shared, user, &seen).await;
             bump(if ok {
                 &shared.stats.relayed
