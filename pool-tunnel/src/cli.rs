@@ -376,14 +376,14 @@ impl ServerArgs {
                 key,
                 max_capacity: self.max as usize,
                 max_sessions: self.max_sessions as usize,
-                per_source: (
-                    self.max_sessions_per_source as usize,
-                    self.new_sessions_per_source as f64,
-                ),
-                candidates: (
-                    self.max_candidates as usize,
-                    self.max_candidates_per_source as usize,
-                ),
+                per_source: crate::server::PerSource {
+                    sessions: self.max_sessions_per_source as usize,
+                    new_per_s: self.new_sessions_per_source as f64,
+                },
+                candidates: crate::server::CandidateLimits {
+                    total: self.max_candidates as usize,
+                    per_source: self.max_candidates_per_source as usize,
+                },
                 relay: self.relay.limits(),
                 quiet: crate::server::DEFAULT_QUIET,
                 timeouts,

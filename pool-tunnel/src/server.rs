@@ -77,10 +77,10 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Per source (/24, /64): sessions at once, and new sessions a second, enforced
     /// only while the public port is contended ([`crate::sources::SourceLimits`]).
-    pub per_source: (usize, f64),
+    pub per_source: PerSource,
     /// Control candidates that have not sent their admission token yet, at most: in
     /// total and per source (/24, /64). See [`crate::candidates`].
-    pub candidates: (usize, usize),
+    pub candidates: CandidateLimits,
     /// Relay deadlines.
     pub relay: RelayLimits,
     /// A session that moved no byte either way for this long is *quiet*: at the cap it
@@ -92,6 +92,42 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// TLS and the key proof of a connection to the tunnel (pool) port.
     pub pool_handshake: Duration,
+}
+
+/// What one source (a /24, a /64) may take of the public port while it is contended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerSource {
+    /// Sessions at once.
+    pub sessions: usize,
+    /// New sessions a second (bursts of twice that).
+    pub new_per_s: f64,
+}
+
+impl Default for PerSource {
+    fn default() -> Self {
+        Self {
+            sessions: crate::sources::DEFAULT_CONCURRENT,
+            new_per_s: crate::sources::DEFAULT_RATE,
+        }
+    }
+}
+
+/// Bounds of the table of control candidates that have not sent their admission token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CandidateLimits {
+    /// Candidates at most, in all.
+    pub total: usize,
+    /// Candidates at most from one source (a /24, a /64).
+    pub per_source: usize,
+}
+
+impl Default for CandidateLimits {
+    fn default() -> Self {
+        Self {
+            total: DEFAULT_CANDIDATES,
+            per_source: DEFAULT_CANDIDATES_PER_SOURCE,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -107,11 +143,8 @@ impl ServerConfig {
             key,
             max_capacity: 1024,
             max_sessions: DEFAULT_MAX_SESSIONS,
-            per_source: (
-                crate::sources::DEFAULT_CONCURRENT,
-                crate::sources::DEFAULT_RATE,
-            ),
-            candidates: (DEFAULT_CANDIDATES, DEFAULT_CANDIDATES_PER_SOURCE),
+            per_source: PerSource::default(),
+            candidates: CandidateLimits::default(),
             relay: RelayLimits::default(),
             quiet: DEFAULT_QUIET,
             timeouts: Timeouts::default(),
@@ -125,13 +158,13 @@ impl ServerConfig {
         use crate::limits::{check_count, check_secs};
         check_count("max_capacity", self.max_capacity)?;
         check_count("max_sessions", self.max_sessions)?;
-        check_count("per_source sessions", self.per_source.0)?;
-        let rate = self.per_source.1;
+        check_count("per_source sessions", self.per_source.sessions)?;
+        let rate = self.per_source.new_per_s;
         if !(rate.is_finite() && rate > 0.0) {
             return Err(format!("per_source rate {rate}: must be a positive number").into());
         }
-        check_count("candidates", self.candidates.0)?;
-        check_count("candidates per source", self.candidates.1)?;
+        check_count("candidates", self.candidates.total)?;
+        check_count("candidates per source", self.candidates.per_source)?;
         check_secs("relay idle", self.relay.idle)?;
         check_secs("relay half_close", self.relay.half_close)?;
         if self.quiet.is_zero() || self.quiet > self.relay.idle {
@@ -317,9 +350,11 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     });
     let control = control_l.local_addr()?;
     let public = public_l.local_addr()?;
-    let (total, per_source) = cfg.candidates;
     // At most an eighth of the descriptors.
-    let total = crate::limits::within_descriptors(total, 8);
+    let candidates = CandidateLimits {
+        total: crate::limits::within_descriptors(cfg.candidates.total, 8),
+        per_source: cfg.candidates.per_source,
+    };
     let mut loops = JoinSet::new();
     let mut names = HashMap::new();
     let h = loops.spawn(control::control_accept_loop(
@@ -327,14 +362,18 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         control_l,
         acceptor,
         filter,
-        (total, per_source),
+        candidates,
         started_ms,
     ));
     names.insert(h.id(), "the control port's accept loop");
     let h = loops.spawn(public::public_accept_loop(
         shared.clone(),
         public_l,
-        SourceLimits::new(cfg.max_sessions, cfg.per_source.0, cfg.per_source.1),
+        SourceLimits::new(
+            cfg.max_sessions,
+            cfg.per_source.sessions,
+            cfg.per_source.new_per_s,
+        ),
         cfg.quiet,
     ));
     names.insert(h.id(), "the public port's accept loop");

@@ -14,6 +14,7 @@ use pool_tls::admit::make_token;
 use pool_tls::TunnelKey;
 use pool_tunnel::load::{self, LoadProgress, LoadReport};
 use pool_tunnel::protocol::{self, unix_ms, GREETING_LEN};
+use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -292,7 +293,10 @@ async fn a_lone_source_past_its_rate_is_refused_only_when_others_wait() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
     let server = pool_tunnel::start_server(ServerConfig {
         // A share of 10 new sessions a second; the source asks for 40 at once.
-        per_source: (1000, 10.0),
+        per_source: PerSource {
+            sessions: 1000,
+            new_per_s: 10.0,
+        },
         ..server_cfg(100)
     })
     .await

@@ -15,6 +15,7 @@ use pool_tls::admit::make_token;
 use pool_tls::{ServerTls, TlsMode};
 use pool_tunnel::load::{self, LoadProgress};
 use pool_tunnel::protocol::{self, GREETING_LEN, MAGIC};
+use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -62,7 +63,10 @@ async fn mode1_1000_short_sessions_64_at_once() {
     let server = pool_tunnel::start_server(ServerConfig {
         tls: Some(cert),
         // Every user comes from 127.0.0.1: lift its share.
-        per_source: (100_000, 1e9),
+        per_source: PerSource {
+            sessions: 100_000,
+            new_per_s: 1e9,
+        },
         ..ServerConfig::loopback(key())
     })
     .await
@@ -366,7 +370,10 @@ async fn connect_from_other_net(last: u8, to: SocketAddr) -> std::io::Result<Tcp
 async fn one_source_holding_and_flooding_the_public_port_starves_nobody_else() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
     let server = pool_tunnel::start_server(ServerConfig {
-        per_source: (64, 100.0),
+        per_source: PerSource {
+            sessions: 64,
+            new_per_s: 100.0,
+        },
         // The shares bind under contention: from three quarters of this cap on.
         max_sessions: 256,
         ..server_cfg(key())

@@ -13,6 +13,7 @@ use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::TlsMode;
 use pool_tunnel::load;
 use pool_tunnel::protocol;
+use pool_tunnel::server::CandidateLimits;
 use pool_tunnel::{ClientConfig, ServerConfig, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -34,7 +35,10 @@ async fn a_restarted_client_gets_control_back_under_a_churn_from_200_sources() {
     // client is 25 ms away each way, so its candidate waits a round trip for its token
     // and several for its proof, while 200 sources churn the table.
     let server = pool_tunnel::start_server(ServerConfig {
-        candidates: (256, 8),
+        candidates: CandidateLimits {
+            total: 256,
+            per_source: 8,
+        },
         timeouts: Timeouts {
             answer: Duration::from_secs(30),
             ..fast()

@@ -202,13 +202,13 @@ pub(super) async fn control_accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     filter: IpFilter,
-    (total, per_source): (usize, usize),
+    candidates: super::CandidateLimits,
     started_ms: u64,
 ) {
     let mut port = ControlPort {
         shared: shared.clone(),
         acceptor,
-        unsorted: Candidates::new(total, per_source),
+        unsorted: Candidates::new(candidates.total, candidates.per_source),
         protected: Candidates::new(PROTECTED_SLOTS, PROTECTED_SLOTS),
         sorting: JoinSet::new(),
         proving: JoinSet::new(),
