@@ -8,13 +8,37 @@
 //!
 //! Run it with `cargo run -p pool-tokio --example hello`; it exits non-zero on failure.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use pool_tokio::{ClientPool, PoolError, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
-async fn main() -> Result<(), PoolError> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // What a user reads: the error and its causes, by their `Display`, not the
+            // `Debug` dump that returning the error from `main` would print.
+            // A cause that the message already quotes is not repeated.
+            let mut said = e.to_string();
+            eprintln!("hello: {said}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !said.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    said = text;
+                }
+                cause = c.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), PoolError> {
     // The public side: listens for the client pool's connections.
     let server = ServerPool::builder()
         .bind("127.0.0.1:0".parse().expect("an address"))
