@@ -150,15 +150,7 @@ impl ClientHandle {
     /// stopped with it, so that the client is never half alive. A process running the
     /// client should exit. Never ends after [`shutdown`](Self::shutdown) began.
     pub async fn failed(&self) -> String {
-        let mut rx = self.failed.clone();
-        let why = match rx.wait_for(Option::is_some).await {
-            Ok(why) => why.clone(),
-            Err(_) => None,
-        };
-        match why {
-            Some(why) => why,
-            None => std::future::pending().await,
-        }
+        crate::tasks::failure(&self.failed).await
     }
     /// Stops every task (sessions included) and closes the pool.
     pub async fn shutdown(self) {

@@ -261,15 +261,7 @@ impl ServerHandle {
     /// refusing everybody while control still runs). A process running the server
     /// should exit. Never ends after [`shutdown`](Self::shutdown) began.
     pub async fn failed(&self) -> String {
-        let mut rx = self.failed.clone();
-        let why = match rx.wait_for(Option::is_some).await {
-            Ok(why) => why.clone(),
-            Err(_) => None,
-        };
-        match why {
-            Some(why) => why,
-            None => std::future::pending().await,
-        }
+        crate::tasks::failure(&self.failed).await
     }
     /// Stops every task (sessions included) and closes the pool.
     pub async fn shutdown(mut self) {

@@ -40,6 +40,20 @@ pub(crate) async fn supervise(
     failed.send_replace(Some(why));
 }
 
+/// Waits until a side's supervisor says why it stopped; never ends when it stopped
+/// without a reason (a shutdown).
+pub(crate) async fn failure(failed: &watch::Receiver<Option<String>>) -> String {
+    let mut rx = failed.clone();
+    let why = match rx.wait_for(Option::is_some).await {
+        Ok(why) => why.clone(),
+        Err(_) => None,
+    };
+    match why {
+        Some(why) => why,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,27 +15,13 @@ use pool_tls::TunnelKey;
 use pool_tunnel::load::{self, LoadProgress, LoadReport};
 use pool_tunnel::protocol::{self, unix_ms, GREETING_LEN};
 use pool_tunnel::server::PerSource;
-use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle, Timeouts};
+use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// Short deadlines, so refusals and losses show within a second or two.
-fn fast() -> Timeouts {
-    Timeouts {
-        tls: Duration::from_secs(1),
-        answer: Duration::from_millis(500),
-        control_wait: Duration::from_millis(500),
-        ack: Duration::from_millis(1500),
-        get: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(200),
-        dead_after: Duration::from_millis(800),
-        io: Duration::from_secs(2),
-        backoff: (Duration::from_millis(50), Duration::from_millis(300)),
-    }
-}
+mod tunnel_common;
+use tunnel_common::{fast, LIMIT};
 
 fn server_cfg(max_sessions: usize) -> ServerConfig {
     ServerConfig {

@@ -10,27 +10,15 @@ use std::time::{Duration, Instant};
 use pool_tls::TunnelKey;
 use pool_tunnel::load::{self, LoadProgress};
 use pool_tunnel::metrics::{follow_client, follow_server, serve};
-use pool_tunnel::{start_client, start_server, ClientConfig, ServerConfig, Timeouts};
+use pool_tunnel::{start_client, start_server, ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const LIMIT: Duration = Duration::from_secs(30);
+mod tunnel_common;
+use tunnel_common::{fast, LIMIT};
+
 const SESSIONS: u64 = 20;
 const BYTES: usize = 10_000;
-
-fn fast() -> Timeouts {
-    Timeouts {
-        tls: Duration::from_secs(1),
-        answer: Duration::from_millis(500),
-        control_wait: Duration::from_millis(500),
-        ack: Duration::from_millis(1500),
-        get: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(200),
-        dead_after: Duration::from_millis(800),
-        io: Duration::from_secs(2),
-        backoff: (Duration::from_millis(50), Duration::from_millis(300)),
-    }
-}
 
 async fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
