@@ -32,7 +32,6 @@ pub mod candidates;
 pub mod cli;
 pub mod client;
 pub mod limits;
-pub mod load;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;

@@ -1,0 +1,134 @@
+//! `pool-attack`: the attack suite at full size. Prints a table and, with
+//! `--json FILE`, writes the figures in `pool-bench`'s format.
+//!
+//! ```text
+//! cargo run --release -p pool-testkit --bin pool-attack -- --json attack.json
+//! cargo run --release -p pool-testkit --bin pool-attack -- --quick
+//! ```
+
+use std::time::Duration;
+
+use pool_bench::report::{Figure, Report};
+use pool_testkit::attack::{self, Crowd, Scale};
+use pool_tokio::TlsMode;
+
+fn machine(quick: bool) -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpu": cpu, "cores": cores, "kernel": kernel, "rustc": null,
+        "loadavg_at_start": loadavg, "quick": quick,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned());
+    let _ = pool_testkit::process::raise_nofile();
+    let scale = if quick { Scale::quick() } else { Scale::full() };
+    let mut figures = Vec::new();
+    for a in [
+        Crowd::Silent,
+        Crowd::TlsSilent,
+        Crowd::Slowloris,
+        Crowd::Flood,
+    ] {
+        let mode = match a {
+            Crowd::Silent | Crowd::Flood => TlsMode::Off,
+            _ => TlsMode::SelfSigned,
+        };
+        for with_key in [true, false] {
+            let k = if with_key { "key" } else { "nokey" };
+            let base = attack::baseline_fill(mode, with_key, scale).await?;
+            let r = attack::crowd(a, with_key, scale).await?;
+            eprintln!("{} {k}: {r:?}", a.name());
+            let name = |m: &str| format!("attack_{}_{k}_{m}", a.name());
+            figures.push(
+                Figure::alone(
+                    &name("strangers_admitted"),
+                    r.strangers_admitted as f64,
+                    "conns",
+                )
+                .note(format!(
+                    "most idle per stranger source {}",
+                    r.max_per_source
+                )),
+            );
+            let fill = r.fill.map_or(f64::INFINITY, ms);
+            figures.push(
+                Figure::vs(&name("fill_ratio"), fill, "ms", ms(base))
+                    .note(format!("fill of {} vs no attack", scale.capacity)),
+            );
+            figures.push(
+                Figure::alone(&name("served_pct"), r.served_pct, "%").note(format!(
+                    "first try; {:.1}% with up to 5 retries",
+                    r.served_retry_pct
+                )),
+            );
+            if a == Crowd::Slowloris {
+                figures.push(Figure::alone(&name("get_p99_ms"), r.get_p99_ms, "ms"));
+            }
+            if a == Crowd::Flood {
+                figures.push(
+                    Figure::alone(&name("cpu_pct"), r.cpu_pct, "%")
+                        .note("whole process (pools and attacker) over wall time"),
+                );
+            }
+        }
+    }
+    let proofs = attack::oracle(scale.replays.min(256)).await?;
+    figures.push(Figure::alone(
+        "attack_oracle_key_proofs_obtained",
+        proofs as f64,
+        "proofs",
+    ));
+    let replayed = attack::replay(scale.replays).await?;
+    figures.push(
+        Figure::alone(
+            "attack_replay_key_strangers_admitted",
+            replayed as f64,
+            "conns",
+        )
+        .note(format!("{} recorded exchanges replayed", scale.replays)),
+    );
+    let relayed = attack::relay(64).await?;
+    figures.push(
+        Figure::alone(
+            "attack_relay_key_strangers_admitted",
+            relayed as f64,
+            "conns",
+        )
+        .note("64 connections relayed between two TLS sessions"),
+    );
+    let report = Report {
+        machine: machine(quick),
+        figures,
+    };
+    println!("{}", report.table());
+    println!("{}", report.markdown());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)?;
+    }
+    Ok(())
+}
