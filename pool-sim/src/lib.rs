@@ -17,3 +17,4 @@
 pub mod adapt;
 pub mod rng;
 pub mod sim;
+pub mod stats;

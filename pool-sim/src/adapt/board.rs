@@ -9,7 +9,7 @@ use pool_core::Adaptation;
 
 use super::scenario::Scenario;
 use super::score::{run, Figure, Score};
-use super::stats::{paired, Interval, Paired, Verdict};
+use crate::stats::{paired, Interval, Paired, Verdict};
 
 /// A figure of a [`Score`], with its name, unit and which way is better.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

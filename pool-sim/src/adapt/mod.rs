@@ -42,11 +42,11 @@ pub mod file;
 mod laws;
 mod scenario;
 mod score;
-mod stats;
 
 pub use baselines::{policy, DemandTracking, GoBehaviour};
 pub use board::{Board, Metric, ScenarioResult, Scoreboard, FULL_LENGTH, QUICK_LENGTH};
 
+pub use crate::stats::{paired, t95, Interval, Paired, Verdict};
 #[cfg(feature = "laws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "laws")))]
 pub use laws::{check_laws, constant_rate, demand_trace, turns, LawOptions};
@@ -55,4 +55,3 @@ pub use scenario::{
     STEADY_USERS,
 };
 pub use score::{json, run, Figure, Score};
-pub use stats::{paired, t95, Interval, Paired, Verdict};
