@@ -1,4 +1,11 @@
-//! Means, 95 % intervals over seeds, and paired verdicts.
+//! The workspace's statistics: quantiles and medians of measured samples, means with
+//! 95 % intervals over seeds, and paired verdicts. The simulator's scoreboard, the test
+//! kit's load generator and every benchmark binary compute their figures here, so a
+//! median means the same thing in every table.
+//!
+//! A quantile is the nearest-rank sample: the `q` quantile of `n` sorted samples is the
+//! one at index `round((n - 1) q)` (halves round up), so the median of an even count is
+//! the upper of the two middle samples, and every quantile is a value that was measured.
 //!
 //! Every run of a scenario on a seed sees the same users whatever the policy (the
 //! arrivals have a random stream of their own), so two policies are compared seed by
@@ -7,7 +14,55 @@
 //! Student-t intervals: with 5 seeds the half-width is 2.78 standard errors, with 2
 //! seeds 12.7.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::time::Duration;
+
+/// A sample that has a total order: durations and counts by value, `f64` by
+/// [`f64::total_cmp`] (a NaN sorts above every number instead of breaking the sort).
+pub trait Sample: Copy {
+    /// The total order of two samples.
+    fn order(&self, other: &Self) -> Ordering;
+}
+
+impl Sample for f64 {
+    fn order(&self, other: &Self) -> Ordering {
+        self.total_cmp(other)
+    }
+}
+
+impl Sample for Duration {
+    fn order(&self, other: &Self) -> Ordering {
+        self.cmp(other)
+    }
+}
+
+impl Sample for u64 {
+    fn order(&self, other: &Self) -> Ordering {
+        self.cmp(other)
+    }
+}
+
+/// The `q` quantile (clamped to `0..=1`) of samples already sorted in ascending order;
+/// `None` when there are none.
+pub fn quantile_sorted<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = ((last as f64) * q.clamp(0.0, 1.0)).round() as usize;
+    sorted.get(i.min(last)).copied()
+}
+
+/// The `q` quantile (clamped to `0..=1`) of `samples`, in any order; `None` when there
+/// are none.
+pub fn quantile<T: Sample>(samples: &[T], q: f64) -> Option<T> {
+    let mut v = samples.to_vec();
+    v.sort_unstable_by(T::order);
+    quantile_sorted(&v, q)
+}
+
+/// The median of `samples` (the 0.5 quantile); `None` when there are none.
+pub fn median<T: Sample>(samples: &[T]) -> Option<T> {
+    quantile(samples, 0.5)
+}
 
 /// A mean over seeds and the half-width of its 95 % interval.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -170,6 +225,27 @@ pub fn paired(a: &[f64], b: &[f64], higher_is_better: bool) -> Paired {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_samples() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        let v = ms(&[40, 10, 30, 20, 50]);
+        assert_eq!(quantile(&v, 0.0), Some(Duration::from_millis(10)));
+        assert_eq!(quantile(&v, 0.5), Some(Duration::from_millis(30)));
+        assert_eq!(quantile(&v, 0.99), Some(Duration::from_millis(50)));
+        assert_eq!(quantile(&v, 7.0), Some(Duration::from_millis(50)));
+        assert_eq!(quantile::<Duration>(&[], 0.5), None);
+        // An even count: the upper of the two middle samples.
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(3.0));
+        assert_eq!(median(&[2.0, 1.0]), Some(2.0));
+        assert_eq!(median(&[f64::NAN, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median::<u64>(&[]), None);
+        assert_eq!(quantile_sorted(&[1u64, 2, 3, 4], 0.25), Some(2));
+    }
 
     #[test]
     fn intervals() {

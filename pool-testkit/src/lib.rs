@@ -8,13 +8,14 @@
 //! process ([`process`]). Every tool is bounded: proxies and pools end when closed,
 //! loops end at end of stream or at a deadline, and randomness comes from one seeded
 //! generator, [`rng::SplitMix64`] (the simulator's, from `pool-sim`), so that a
-//! failing run replays from its seed.
+//! failing run replays from its seed. Quantiles and medians come from [`stats`], the
+//! same module the scoreboard and the benchmarks use.
 //!
 //! The simulator and the adaptation scoreboard are the `pool-sim` crate; the
 //! benchmarks and the full-size attack and soak binaries are `pool-bench`.
 #![forbid(unsafe_code)]
 
-pub use pool_sim::rng;
+pub use pool_sim::{rng, stats};
 
 pub mod attack;
 pub mod dialers;

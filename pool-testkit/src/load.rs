@@ -166,17 +166,8 @@ pub struct LoadReport {
 impl LoadReport {
     /// The `q` quantile (0..=1) of the latencies, if any passed.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        quantile(&self.latencies, q)
+        crate::stats::quantile(&self.latencies, q)
     }
-}
-
-/// The `q` quantile (0..=1) of `samples`, if any.
-pub fn quantile(samples: &[Duration], q: f64) -> Option<Duration> {
-    let mut v = samples.to_vec();
-    v.sort_unstable();
-    let last = v.len().checked_sub(1)?;
-    let i = ((last as f64) * q).round() as usize;
-    v.get(i.min(last)).copied()
 }
 
 /// Runs `sessions` echo sessions against `public`, `concurrency` at once.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_core::ClientConfig;
+use pool_sim::stats::median;
 use pool_threads::ThreadClientPool;
 use pool_tokio::{ClientPool, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -172,11 +173,6 @@ fn checkout(rt: &Handle, kind: &str, dur: Duration) -> Res<f64> {
     Ok(rate)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn machine() -> serde_json::Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
@@ -236,7 +232,10 @@ fn main() -> Res<()> {
         Res::Ok(())
     })?;
     eprintln!("fill conn/s: threads {threads:.0?} tokio {tokio:.0?}");
-    let (fill_threads, fill_tokio) = (median(threads), median(tokio));
+    let (fill_threads, fill_tokio) = (
+        median(&threads).unwrap_or(0.0),
+        median(&tokio).unwrap_or(0.0),
+    );
 
     let dur = Duration::from_secs(a.secs);
     let h = rt.handle();

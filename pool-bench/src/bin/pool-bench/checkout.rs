@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use pool_sim::stats::quantile_sorted;
 use pool_tokio::SocketOptions;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsStream;
@@ -228,9 +229,9 @@ async fn raw_checkout(tls: Option<&Tls>, dur: Duration) -> Res<Rate> {
     Ok(rate)
 }
 
+/// The `p` quantile of sorted latencies, in microseconds (0 when there are none).
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
+    quantile_sorted(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }
 
 pub(crate) fn checkout(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {

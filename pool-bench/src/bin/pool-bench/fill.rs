@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use pool_sim::stats::median;
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -11,11 +12,6 @@ use crate::net::{
 };
 use crate::report::Figure;
 use crate::Sizes;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Scenario 1: connections per second until a pool of `n` is idle on both ends, against
 /// the same handshakes written directly on tokio / tokio-rustls, 8 in flight each.
@@ -57,7 +53,7 @@ pub(crate) fn fill(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
                 p.close().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let (p, r) = (median(pool.clone()), median(raw.clone()));
+            let (p, r) = (median(&pool).unwrap_or(0.0), median(&raw).unwrap_or(0.0));
             eprintln!("  {name}: pool {pool:.0?} raw {raw:.0?} conn/s");
             out.push(Figure::vs(name, p, "conn/s", r).note(format!(
                 "{n} conns, 8 in flight, median of {reps} (pool: client build -> both ends idle)"
@@ -106,7 +102,7 @@ pub(crate) fn rtt(sz: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
         }
         proxy.close().await;
         server.abort();
-        let one = median(one);
+        let one = median(&one).unwrap_or(0.0);
         let trips = 2.0;
         out.push(
             Figure::vs("rtt50_tls_conn_ms", one * 1e3, "ms", rtt * trips * 1e3).note(

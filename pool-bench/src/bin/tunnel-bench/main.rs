@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_bench::report::{Figure, Report};
-use pool_testkit::load::quantile;
+use pool_sim::stats::{median, quantile};
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -211,14 +211,8 @@ async fn alternated(
             runs.push(download(*e, bytes).await);
         }
     }
-    let medians = through.iter_mut().map(|r| median(r)).collect();
-    (rounds, medians, median(&mut direct))
-}
-
-/// The median of `v` (0 when empty).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    let medians = through.iter().map(|r| median(r).unwrap_or(0.0)).collect();
+    (rounds, medians, median(&direct).unwrap_or(0.0))
 }
 
 /// Sessions a second through `entry`, `at_once` workers for `secs`.
@@ -916,7 +910,10 @@ async fn one_source_ratio(
             pair.server.stop().await;
         }
     }
-    let (d, l) = (median(&mut defaults), median(&mut lifted));
+    let (d, l) = (
+        median(&defaults).unwrap_or(0.0),
+        median(&lifted).unwrap_or(0.0),
+    );
     Ok(
         Figure::vs("tunnel_one_source_ratio", d, "1/s", l).note(format!(
             "mode {mode}, one address, 64 at once, 1 KiB each way, default limits; baseline: \
