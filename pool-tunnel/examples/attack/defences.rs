@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::{
+use crate::harness::{
     connect_from, descriptors, free_port, get, ms, requests, strangers, until_served, write_key,
     Proc, Res, Setup,
 };
@@ -71,7 +71,7 @@ async fn start_pair_server(s: &mut Setup, extra: &[&str], nofile: Option<u64>) -
 
 /// The exit status and output of a process that should refuse to start.
 async fn refused(args: &[String]) -> Res<(Option<i32>, String)> {
-    let out = tokio::process::Command::new(super::bin())
+    let out = tokio::process::Command::new(crate::harness::bin())
         .args(args)
         .env_remove("POOL_TUNNEL_KEY")
         .output()
