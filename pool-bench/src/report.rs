@@ -54,6 +54,42 @@ impl Figure {
     }
 }
 
+/// The machine a run is made on, as every binary's report names it: CPU model, cores,
+/// kernel, `rustc --version` (null when no rustc is on PATH), the load average at the
+/// start, whether the run was `quick`, and the build profile. A binary adds its own
+/// fields (descriptor limit, scale) to the object.
+pub fn machine(quick: bool) -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or_else(
+            || "unknown".to_owned(),
+            |v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned(),
+        );
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let loadavg = read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    serde_json::json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "kernel": if kernel.is_empty() { "unknown".to_owned() } else { kernel },
+        "rustc": rustc,
+        "loadavg_at_start": loadavg,
+        "quick": quick,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
+
 /// Everything one run produced.
 #[derive(Debug)]
 pub struct Report {

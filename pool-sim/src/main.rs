@@ -48,6 +48,9 @@ struct Args {
     files: Vec<Scenario>,
 }
 
+/// The flags, read by hand rather than with clap: this binary ships in the published
+/// `pool-sim` crate, and cargo has no dependencies for a binary alone, so clap would be
+/// compiled by every user who takes the crate as a library for a dozen flags.
 fn args() -> Result<Args, String> {
     let mut a = Args {
         policy: "default".into(),

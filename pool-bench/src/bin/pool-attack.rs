@@ -2,49 +2,36 @@
 //! `--json FILE`, writes the figures in `pool-bench`'s format.
 //!
 //! ```text
-//! cargo run --release -p pool-testkit --bin pool-attack -- --json attack.json
-//! cargo run --release -p pool-testkit --bin pool-attack -- --quick
+//! cargo run --release -p pool-bench --bin pool-attack -- --json attack.json
+//! cargo run --release -p pool-bench --bin pool-attack -- --quick
 //! ```
 
 use std::time::Duration;
 
-use pool_bench::report::{Figure, Report};
+use pool_bench::report::{machine, Figure, Report};
 use pool_testkit::attack::{self, Crowd, Scale};
 use pool_tokio::TlsMode;
-
-fn machine(quick: bool) -> serde_json::Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let loadavg = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    serde_json::json!({
-        "cpu": cpu, "cores": cores, "kernel": kernel, "rustc": null,
-        "loadavg_at_start": loadavg, "quick": quick,
-        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-    })
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The attacks on a tunnel port at full size, each figure beside the same checkouts
+/// with no attacker.
+#[derive(clap::Parser)]
+#[command(name = "pool-attack")]
+struct Args {
+    /// Attacks at the reliability tests' scale.
+    #[arg(long)]
+    quick: bool,
+    /// Writes the figures in pool-bench's JSON format to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned());
+    let Args { quick, json } = <Args as clap::Parser>::parse();
     let _ = pool_testkit::process::raise_nofile();
     let scale = if quick { Scale::quick() } else { Scale::full() };
     let mut figures = Vec::new();

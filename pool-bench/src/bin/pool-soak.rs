@@ -1,4 +1,4 @@
-//! Soak run: `cargo run --release -p pool-testkit --bin pool-soak -- --seconds 60 [--seed S]`.
+//! Soak run: `cargo run --release -p pool-bench --bin pool-soak -- --seconds 60 [--seed S]`.
 //!
 //! Progress goes to stderr; the last line of stdout is the summary
 //! `soak: pairs=N mismatched=0 lost_bytes=0 leaked_fds=0 panics=0 faults=K`, and the
@@ -7,30 +7,34 @@
 
 use pool_testkit::soak::{run, SoakConfig};
 
+/// The soak runner: pairs through the fault proxy under random faults, every byte
+/// checked, for as long as asked.
+#[derive(clap::Parser)]
+#[command(name = "pool-soak")]
+struct Args {
+    /// How long to run.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// The seed of the fault schedule and the payloads (a failing run replays from it).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Workers taking pairs at once.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() {
-    let mut cfg = SoakConfig::seconds(60);
-    cfg.progress = true;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = |what: &str| -> u64 {
-            match args.next().and_then(|v| v.parse().ok()) {
-                Some(v) => v,
-                None => {
-                    eprintln!("{what} needs a number");
-                    std::process::exit(2);
-                }
-            }
-        };
-        match a.as_str() {
-            "--seconds" => cfg.duration = std::time::Duration::from_secs(num("--seconds")),
-            "--seed" => cfg.seed = num("--seed"),
-            "--workers" => cfg.workers = num("--workers") as usize,
-            "--quiet" => cfg.progress = false,
-            _ => {
-                eprintln!("usage: pool-soak [--seconds N] [--seed S] [--workers W] [--quiet]");
-                std::process::exit(2);
-            }
-        }
+    let args = <Args as clap::Parser>::parse();
+    let mut cfg = SoakConfig::seconds(args.seconds);
+    cfg.progress = !args.quiet;
+    if let Some(seed) = args.seed {
+        cfg.seed = seed;
+    }
+    if let Some(workers) = args.workers {
+        cfg.workers = workers;
     }
     eprintln!("soak: {cfg:?}");
     let report = run(&cfg);

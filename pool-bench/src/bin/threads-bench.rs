@@ -10,7 +10,7 @@
 //!   side blocking (threads) or through `Handle::block_on` (tokio).
 //!
 //! ```text
-//! cargo run --release -p pool-threads --example threads-bench -- --json figures.json
+//! cargo run --release -p pool-bench --bin threads-bench -- --json figures.json
 //! ```
 //! Options: `--n N` (1000), `--reps R` (3), `--secs S` (3).
 
@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pool_bench::report::{machine, Figure, Report};
 use pool_core::ClientConfig;
 use pool_sim::stats::median;
 use pool_threads::ThreadClientPool;
@@ -30,32 +31,22 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const T: Duration = Duration::from_secs(10);
 const IN_FLIGHT: usize = 8;
 
+/// The threaded client pool beside the tokio client pool, in the same run.
+#[derive(clap::Parser)]
+#[command(name = "threads-bench")]
 struct Args {
+    /// Writes the figures in pool-bench's JSON format to FILE.
+    #[arg(long, value_name = "FILE")]
     json: Option<String>,
+    /// Connections each fill makes.
+    #[arg(long, default_value_t = 1000)]
     n: usize,
-    reps: usize,
+    /// Fills per client (the figure is their median).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    reps: u64,
+    /// Seconds of each checkout run.
+    #[arg(long, default_value_t = 3)]
     secs: u64,
-}
-
-fn args() -> Res<Args> {
-    let mut a = Args {
-        json: None,
-        n: 1000,
-        reps: 3,
-        secs: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--json" => a.json = Some(value()?),
-            "--n" => a.n = value()?.parse()?,
-            "--reps" => a.reps = value()?.parse::<usize>()?.max(1),
-            "--secs" => a.secs = value()?.parse()?,
-            _ => return Err(format!("unknown option {flag}").into()),
-        }
-    }
-    Ok(a)
 }
 
 /// The client under test.
@@ -173,48 +164,8 @@ fn checkout(rt: &Handle, kind: &str, dur: Duration) -> Res<f64> {
     Ok(rate)
 }
 
-fn machine() -> serde_json::Value {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map_or("unknown".into(), |v| {
-            v.trim_start_matches([' ', '\t', ':']).trim().to_owned()
-        });
-    let rustc = std::process::Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    serde_json::json!({
-        "cpu": cpu,
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "rustc": rustc,
-        "loadavg_at_start": read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-    })
-}
-
-fn round3(v: f64) -> serde_json::Value {
-    serde_json::json!((v * 1000.0).round() / 1000.0)
-}
-
-/// A figure beside its baseline, or alone (the baseline itself).
-fn figure(name: &str, value: f64, unit: &str, baseline: Option<f64>) -> serde_json::Value {
-    let ratio = baseline.filter(|b| *b != 0.0).map(|b| value / b);
-    serde_json::json!({
-        "name": name,
-        "value": round3(value),
-        "unit": unit,
-        "baseline": baseline.map_or(serde_json::Value::Null, round3),
-        "ratio": ratio.map_or(serde_json::Value::Null, round3),
-    })
-}
-
 fn main() -> Res<()> {
-    let a = args()?;
-    let machine = machine();
+    let a = <Args as clap::Parser>::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -243,52 +194,27 @@ fn main() -> Res<()> {
     let check_tokio = checkout(h, "tokio", dur)?;
 
     let figures = vec![
-        figure(
-            "fill_plain_threads",
-            fill_threads,
-            "conn/s",
-            Some(fill_tokio),
-        ),
-        figure("fill_plain_tokio", fill_tokio, "conn/s", None),
-        figure(
+        Figure::vs("fill_plain_threads", fill_threads, "conn/s", fill_tokio),
+        Figure::alone("fill_plain_tokio", fill_tokio, "conn/s"),
+        Figure::vs(
             "checkout_plain_threads",
             check_threads,
             "pairs/s",
-            Some(check_tokio),
+            check_tokio,
         ),
-        figure("checkout_plain_tokio", check_tokio, "pairs/s", None),
+        Figure::alone("checkout_plain_tokio", check_tokio, "pairs/s"),
     ];
-    println!(
-        "machine: {} | {} cores | kernel {} | {} | load at start {}",
-        machine["cpu"].as_str().unwrap_or("?"),
-        machine["cores"],
-        machine["kernel"].as_str().unwrap_or("?"),
-        machine["rustc"].as_str().unwrap_or("rustc ?"),
-        machine["loadavg_at_start"].as_str().unwrap_or("?"),
-    );
-    println!(
-        "{:<26} {:>10} {:<8} {:>10} {:>7}",
-        "name", "value", "unit", "baseline", "ratio"
-    );
-    println!("{}", "-".repeat(65));
-    for f in &figures {
-        let show = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
-        println!(
-            "{:<26} {:>10} {:<8} {:>10} {:>7}",
-            f["name"].as_str().unwrap_or("?"),
-            show(&f["value"]),
-            f["unit"].as_str().unwrap_or("?"),
-            show(&f["baseline"]),
-            show(&f["ratio"]),
-        );
-    }
+    let report = Report {
+        machine: machine(false),
+        figures,
+    };
+    print!("{}", report.table());
     println!(
         "fill: {} conns, {IN_FLIGHT} in flight, median of {}; checkout: {} s, one pair at a time",
         a.n, a.reps, a.secs
     );
     if let Some(path) = a.json {
-        let doc = serde_json::json!({ "machine": machine, "figures": figures });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        std::fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")?;
         eprintln!("wrote {path}");
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The pool's benchmark: every figure beside a raw baseline measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p pool-testkit --bin pool-bench -- --json bench.json [--quick]
+//! cargo run --release -p pool-bench --bin pool-bench -- --json bench.json [--quick]
 //! ```
 //!
 //! Scenarios: fill (plain, TLS), fill over a 50 ms round trip, checkout throughput and
@@ -82,55 +82,41 @@ impl Sizes {
     }
 }
 
-struct Args {
-    json: Option<String>,
-    quick: bool,
-    only: Option<Vec<String>>,
-}
+/// The scenarios, in the order they run.
+const SCENARIOS: [&str; 10] = [
+    "core", "fill", "rtt", "checkout", "mem", "cpu", "sweep", "dead", "scale", "adapt",
+];
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        json: None,
-        quick: false,
-        only: None,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--json" => a.json = Some(it.next().ok_or("--json needs a file")?.clone()),
-            "--quick" => a.quick = true,
-            "--only" => {
-                let list = it.next().ok_or("--only needs a list")?;
-                a.only = Some(list.split(',').map(str::to_owned).collect());
-            }
-            "-h" | "--help" => return Err(
-                "usage: pool-bench [--json FILE] [--quick] [--only fill,rtt,checkout,mem,core,cpu,sweep,dead,scale,adapt]"
-                    .into(),
-            ),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
+/// The pool's benchmark: every figure beside a raw baseline measured in the same run.
+#[derive(clap::Parser)]
+#[command(name = "pool-bench")]
+struct Args {
+    /// Writes the figures as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// Each scenario at a tenth of its size.
+    #[arg(long)]
+    quick: bool,
+    /// Runs these scenarios only (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+    only: Option<Vec<String>>,
 }
 
 type Scenario = fn(&Sizes, &mut Vec<report::Figure>) -> net::Res<()>;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        if let Err(e) = child::child_main(&args[1..]) {
+    // `--child KIND ARGS...` is the bench starting itself for one measurement (see
+    // `child`): a positional protocol between two copies of this binary, not a user's
+    // command line, so it is read before clap and never shown in `--help`.
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--child") {
+        if let Err(e) = child::child_main(&argv[1..]) {
             eprintln!("child error: {e}");
             std::process::exit(1);
         }
         return;
     }
-    let args = match parse_args(&args) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let nofile = sys::raise_nofile();
     // The largest scenario holds about 8,000 descriptors at once (get latency: a pool
     // of 2,000 pairs refilled while 1,000 taken pairs are held); scale down below that.
@@ -145,7 +131,7 @@ fn main() {
         machine,
         figures: Vec::new(),
     };
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); SCENARIOS.len()] = [
         ("core", |s, o| {
             core::core(s, o);
             Ok(())
@@ -160,6 +146,10 @@ fn main() {
         ("scale", scale::scale),
         ("adapt", adapt::adapt),
     ];
+    debug_assert!(
+        scenarios.iter().map(|s| s.0).eq(SCENARIOS),
+        "--only names them"
+    );
     let started = Instant::now();
     let mut failed = false;
     for (name, run) in scenarios {

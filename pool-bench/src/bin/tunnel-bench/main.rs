@@ -316,15 +316,7 @@ async fn one_source_ratio(
 
 /// Prints the figures, and writes them as pool-bench JSON to `json` if given.
 fn publish(figures: Vec<Figure>, json: Option<PathBuf>, quick: bool) -> Res<()> {
-    let machine = serde_json::json!({
-        "cpu": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines()
-            .find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned()),
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
-        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").ok(),
-        "quick": quick,
-        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-    });
+    let machine = pool_bench::report::machine(quick);
     let report = Report { machine, figures };
     print!("{}", report.table());
     if let Some(path) = json {
