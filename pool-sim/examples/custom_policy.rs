@@ -62,10 +62,12 @@ impl Adapt for Headroom {
 
 fn main() {
     let mine = Adaptation::custom(Headroom::default());
-    match check_laws(&mine, LawOptions::quick()) {
-        Ok(()) => println!("headroom keeps the laws"),
-        Err(e) => println!("headroom breaks a law: {e}"),
+    // A policy that breaks a law is not worth ranking: say which, and fail.
+    if let Err(e) = check_laws(&mine, LawOptions::quick()) {
+        eprintln!("headroom breaks a law: {e}");
+        std::process::exit(1);
     }
+    println!("headroom keeps the laws");
     let policies = [mine, Adaptation::default(), Adaptation::GoRules];
     let boards = Scoreboard::quick().run_all(&policies);
     let [mine, default, go] = &boards[..] else {

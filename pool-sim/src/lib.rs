@@ -14,6 +14,11 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The README's example, compiled and run as a doctest so that it stays true.
+#[cfg(all(doctest, feature = "laws"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod adapt;
 pub mod rng;
 pub mod sim;
