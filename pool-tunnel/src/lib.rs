@@ -25,7 +25,7 @@
 //!   connection and a back-off on accept errors ([`metrics`]).
 //!
 //! `TUNNEL.md` beside this crate has the protocol, the threat model port by port and the
-//! figures measured by `examples/attack.rs`.
+//! figures measured by `examples/attack/`.
 #![forbid(unsafe_code)]
 
 pub mod candidates;

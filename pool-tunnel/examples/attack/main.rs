@@ -8,10 +8,9 @@
 //! cargo run --release -p pool-tunnel --example attack -- 1     # TLS mode 1, pinned
 //! ```
 //!
-//! (`scripts/attack.sh` does all three.) The binary is `$TUNNEL_BIN`, else
-//! `$CARGO_TARGET_DIR/release/tunnel`, else `target/release/tunnel`. Loopback only: the
-//! legitimate client and users on 127.0.0.1, strangers bind 127.0.0.2 and up. Every
-//! loop is bounded in count and time. Prints one Markdown table row per attack;
+//! The binary is `$TUNNEL_BIN`, else `$CARGO_TARGET_DIR/release/tunnel`, else
+//! `target/release/tunnel`. Loopback only: the legitimate client and users on
+//! 127.0.0.1, strangers bind 127.0.0.2 and up. Every loop is bounded in count and time. Prints one Markdown table row per attack;
 //! `ATTACK_ONLY=defences` runs the baseline and the attacks of `defences.rs` only.
 
 use std::net::SocketAddr;

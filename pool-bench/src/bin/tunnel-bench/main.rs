@@ -90,7 +90,7 @@ struct Args {
     /// The download figures alone (for iterating on the relay path).
     #[arg(long)]
     download_only: bool,
-    /// Runs as one link of the relay chain: LISTEN UPSTREAM [copy] (the bench starts
+    /// Runs as one link of the relay chain: `LISTEN UPSTREAM [copy]` (the bench starts
     /// itself so).
     #[arg(long, num_args = 2..=3, value_names = ["LISTEN", "UPSTREAM", "copy"], hide = true)]
     relay_child: Option<Vec<String>>,
