@@ -17,8 +17,9 @@ use tokio::task::JoinSet;
 
 use crate::harness::{
     connect_from, descriptors, free_port, get, ms, requests, strangers, until_served, write_key,
-    Proc, Res, Setup,
+    Proc, Res,
 };
+use crate::Setup;
 
 /// Source `n` (a /24 of its own, none the users'): `127.<1 + n / 250>.<n % 250>.1`.
 pub(crate) fn source_ip(n: usize) -> IpAddr {

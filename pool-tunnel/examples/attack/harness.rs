@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::Setup;
+
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 pub(crate) fn bin() -> PathBuf {
@@ -221,17 +223,6 @@ pub(crate) async fn until_served(public: SocketAddr, within: Duration) -> Option
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
-}
-
-pub(crate) struct Setup {
-    pub(crate) mode: u8,
-    pub(crate) dir: PathBuf,
-    pub(crate) tunnel: SocketAddr,
-    pub(crate) control: SocketAddr,
-    pub(crate) public: SocketAddr,
-    pub(crate) http: SocketAddr,
-    pub(crate) key: String,
-    pub(crate) pin: Option<String>,
 }
 
 /// A key file only its owner can read, as the tunnel requires.

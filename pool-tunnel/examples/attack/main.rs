@@ -14,6 +14,7 @@
 //! `ATTACK_ONLY=defences` runs the baseline and the attacks of `defences.rs` only.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -30,8 +31,20 @@ mod harness;
 
 use harness::{
     connect_from, descriptors, free_port, get, ms, requests, signal, stranger_ip, strangers,
-    until_served, write_key, Proc, Res, Setup,
+    until_served, write_key, Proc, Res,
 };
+
+/// One run's tunnel: its mode, directory, ports, key and pin, and the HTTP service.
+struct Setup {
+    mode: u8,
+    dir: PathBuf,
+    tunnel: SocketAddr,
+    control: SocketAddr,
+    public: SocketAddr,
+    http: SocketAddr,
+    key: String,
+    pin: Option<String>,
+}
 
 /// The scripted attacks of TUNNEL.md against the two `tunnel` processes.
 #[derive(clap::Parser)]

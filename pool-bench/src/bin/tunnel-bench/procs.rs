@@ -96,12 +96,12 @@ impl Proc {
 
 /// One `tunnel` pair: the server, and a way to start clients against it.
 pub(crate) struct Pair {
-    pub(crate) dir: PathBuf,
-    pub(crate) mode: u8,
+    dir: PathBuf,
+    mode: u8,
     pub(crate) tunnel: SocketAddr,
     pub(crate) control: SocketAddr,
     pub(crate) public: SocketAddr,
-    pub(crate) pin: Option<String>,
+    pin: Option<String>,
     pub(crate) server: Proc,
 }
 
