@@ -6,7 +6,7 @@
 //! generator the machine owns, seeded once by the driver ([`SeededRandom`]). That is why
 //! the same machines run under tokio (`pool-tokio`), on plain threads, under any other
 //! runtime, and under a simulated clock at millions of simulated seconds per second
-//! (`pool-testkit`).
+//! (`pool-sim`).
 //!
 //! # The contract
 //!
@@ -72,7 +72,7 @@
 //! once (the lock, the drain, performing outside the lock, the get with its probe, the
 //! waiting get, cancellation, shutdown), generic over a small [`driver::Platform`]
 //! (clock, probe, reply channel, wake, start a dial). pool-tokio, pool-threads and
-//! pool-testkit's simulator are thin platforms over it, so the simulator's models run
+//! pool-sim's simulator are thin platforms over it, so the simulator's models run
 //! the code the shipped drivers run.
 //!
 //! Dials and handshakes are accounted by `#[must_use]` tickets ([`DialTicket`],

@@ -1,28 +1,27 @@
-//! Test kit of the pool: a simulated network and clock that drive the `pool-core`
-//! machines with no runtime, fault injection, and the helpers of the model, soak and
-//! benchmark tests.
+//! Test fixtures of the pool: the tools its reliability tests, the tunnel's tests and
+//! the benchmark binaries share.
 //!
-//! Unpublished, like `rustls-test`: it exists so that the reliability suite in
-//! `tests/` and the benchmark binary share one set of well-behaved tools: a
-//! fault-injecting proxy ([`proxy`]), fake dialers ([`dialers`]), a loopback pair
-//! builder ([`pair`]), the soak runner ([`soak`]) and the descriptor limit and CPU
-//! time of the process ([`process`]). Every tool is bounded: proxies
-//! and pools end when closed, loops end at end of stream or at a deadline, and
-//! randomness comes from one seeded generator, [`rng::SplitMix64`], so that a failing
-//! run replays from its seed. The simulated pair ([`sim`]) seeds the machines' own
-//! generators from it too.
+//! Unpublished, like `rustls-test`: a fault-injecting proxy ([`proxy`]), fake dialers
+//! ([`dialers`]), a loopback pair builder ([`pair`]), an echo service and a load
+//! generator whose every byte is checked ([`load`]), the soak runner ([`soak`]), the
+//! attacks on a tunnel port ([`attack`]) and the descriptor limit and CPU time of the
+//! process ([`process`]). Every tool is bounded: proxies and pools end when closed,
+//! loops end at end of stream or at a deadline, and randomness comes from one seeded
+//! generator, [`rng::SplitMix64`] (the simulator's, from `pool-sim`), so that a
+//! failing run replays from its seed. Quantiles and medians come from [`stats`], the
+//! same module the scoreboard and the benchmarks use.
+//!
+//! The simulator and the adaptation scoreboard are the `pool-sim` crate; the
+//! benchmarks and the full-size attack and soak binaries are `pool-bench`.
 #![forbid(unsafe_code)]
 
-pub mod adapt;
-pub mod sim;
+pub use pool_sim::{rng, stats};
 
 pub mod attack;
 pub mod dialers;
-pub mod flash;
+pub mod load;
 pub mod pair;
 #[cfg(unix)]
 pub mod process;
 pub mod proxy;
-pub mod report;
-pub mod rng;
 pub mod soak;

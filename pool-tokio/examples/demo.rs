@@ -12,7 +12,9 @@
 //!
 //! In one process the two sides need no control connection: the server side hands each
 //! user's connection id to the client side over a channel. The two-process tunnel, with
-//! its authenticated control connection, is the `pool-tunnel` crate.
+//! its authenticated control connection, is the `pool-tunnel` crate. The echo service
+//! and the checked user sessions are the test kit's load generator
+//! (`pool_testkit::load`), the one the tunnel's tests and benchmark use.
 //!
 //! Exits with status 1 if any session failed, 2 on bad arguments.
 
@@ -22,12 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pool_core::{Random, SeededRandom};
+use pool_testkit::load::{run_load, start_echo, LoadProgress};
 use pool_tokio::{ClientPool, ConnId, ServerPool, ServerTls, TlsMode, TunnelKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -225,6 +226,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         args.sessions,
         args.concurrency,
         args.bytes,
+        SESSION_LIMIT,
         progress,
     )
     .await;
@@ -391,179 +393,4 @@ async fn client_side(pool: ClientPool, mut ids: mpsc::Receiver<ConnId>, service:
             let _ = tokio::io::copy_bidirectional(&mut conn, &mut target).await;
         });
     }
-}
-
-/// An echo server on loopback port 0: every byte comes back, then the write half
-/// closes when the read half does.
-async fn start_echo() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            while conns.try_join_next().is_some() {}
-            let Ok((s, _)) = l.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let _ = s.set_nodelay(true);
-            conns.spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
-        }
-    });
-    Ok((addr, task))
-}
-
-/// The bytes of session `n`: the workspace's seeded generator, 4 bytes a draw, so the
-/// stream does not depend on how it is cut into buffers.
-struct Payload {
-    rng: SeededRandom,
-    word: [u8; 4],
-    used: usize,
-}
-
-impl Payload {
-    fn for_session(n: u64) -> Self {
-        let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&n.to_le_bytes());
-        Self {
-            rng: SeededRandom::from_seed(seed),
-            word: [0; 4],
-            used: 4,
-        }
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            if self.used == 4 {
-                self.word = self.rng.next_u32().to_le_bytes();
-                self.used = 0;
-            }
-            *b = self.word[self.used];
-            self.used += 1;
-        }
-    }
-}
-
-/// One user: sends `bytes` bytes and half-closes while reading the echo back, checks
-/// every byte and then the end of stream.
-async fn user_session(public: SocketAddr, n: u64, bytes: usize) -> Result<Duration, String> {
-    let start = Instant::now();
-    let run = async {
-        let s = TcpStream::connect(public)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = s.set_nodelay(true);
-        let (mut r, mut w) = s.into_split();
-        let send = async {
-            let mut p = Payload::for_session(n);
-            let mut buf = [0u8; 8192];
-            let mut left = bytes;
-            while left > 0 {
-                let k = left.min(buf.len());
-                p.fill(&mut buf[..k]);
-                w.write_all(&buf[..k])
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                left -= k;
-            }
-            w.shutdown().await.map_err(|e| format!("half-close: {e}"))
-        };
-        let check = async {
-            let mut p = Payload::for_session(n);
-            let (mut buf, mut want) = ([0u8; 8192], [0u8; 8192]);
-            let mut got = 0usize;
-            while got < bytes {
-                let k = r
-                    .read(&mut buf[..(bytes - got).min(8192)])
-                    .await
-                    .map_err(|e| format!("receive after {got} bytes: {e}"))?;
-                if k == 0 {
-                    return Err(format!("closed after {got} of {bytes} bytes"));
-                }
-                p.fill(&mut want[..k]);
-                if let Some(i) = (0..k).find(|&i| buf[i] != want[i]) {
-                    return Err(format!("byte {} differs", got + i));
-                }
-                got += k;
-            }
-            match r.read(&mut buf[..1]).await {
-                Ok(0) => Ok(()),
-                Ok(_) => Err(format!("bytes after the {bytes} expected")),
-                Err(e) => Err(format!("no clean end: {e}")),
-            }
-        };
-        tokio::try_join!(send, check).map(|_| ())
-    };
-    match tokio::time::timeout(SESSION_LIMIT, run).await {
-        Ok(Ok(())) => Ok(start.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("timed out after {SESSION_LIMIT:?}")),
-    }
-}
-
-#[derive(Default)]
-struct LoadProgress {
-    done: AtomicU64,
-    failed: AtomicU64,
-}
-
-#[derive(Default)]
-struct LoadReport {
-    latencies: Vec<Duration>,
-    errors: Vec<(u64, String)>,
-    elapsed: Duration,
-}
-
-impl LoadReport {
-    fn quantile(&self, q: f64) -> Option<Duration> {
-        let mut v = self.latencies.clone();
-        v.sort_unstable();
-        let last = v.len().checked_sub(1)?;
-        v.get((((last as f64) * q).round() as usize).min(last))
-            .copied()
-    }
-}
-
-/// `sessions` user sessions against `public`, `concurrency` at once.
-async fn run_load(
-    public: SocketAddr,
-    sessions: u64,
-    concurrency: usize,
-    bytes: usize,
-    progress: Arc<LoadProgress>,
-) -> LoadReport {
-    let start = Instant::now();
-    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut set = JoinSet::new();
-    for n in 0..sessions {
-        let Ok(permit) = gate.clone().acquire_owned().await else {
-            break;
-        };
-        let progress = progress.clone();
-        set.spawn(async move {
-            let r = user_session(public, n, bytes).await;
-            drop(permit);
-            if r.is_err() {
-                progress.failed.fetch_add(1, Relaxed);
-            }
-            progress.done.fetch_add(1, Relaxed);
-            (n, r)
-        });
-    }
-    let mut report = LoadReport::default();
-    while let Some(j) = set.join_next().await {
-        match j {
-            Ok((_, Ok(d))) => report.latencies.push(d),
-            Ok((n, Err(e))) => report.errors.push((n, e)),
-            Err(e) => report.errors.push((u64::MAX, format!("task: {e}"))),
-        }
-    }
-    report.errors.sort();
-    report.elapsed = start.elapsed();
-    report
 }

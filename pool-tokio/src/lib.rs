@@ -3,7 +3,7 @@
 //!
 //! The driver decides nothing that `pool-core` decides; it performs, with the driver
 //! protocol written once in `pool_core::driver` (the same code pool-threads and the
-//! simulator of pool-testkit run). Each pool keeps its core machine behind one
+//! simulator of pool-sim run). Each pool keeps its core machine behind one
 //! short-held lock; a timer task arms one timer for the core's next deadline; dials and
 //! handshakes run in their own tasks until they end or the core aborts them at their
 //! deadline; every `get` is answered through a channel registered under its waiter

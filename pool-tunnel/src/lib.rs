@@ -25,14 +25,13 @@
 //!   connection and a back-off on accept errors ([`metrics`]).
 //!
 //! `TUNNEL.md` beside this crate has the protocol, the threat model port by port and the
-//! figures measured by `examples/attack.rs`.
+//! figures measured by `examples/attack/`.
 #![forbid(unsafe_code)]
 
 pub mod candidates;
 pub mod cli;
 pub mod client;
 pub mod limits;
-pub mod load;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;

@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pool_testkit::load::{self, LoadProgress, LoadReport};
 use pool_tls::admit::make_token;
 use pool_tls::TunnelKey;
-use pool_tunnel::load::{self, LoadProgress, LoadReport};
 use pool_tunnel::protocol::{self, unix_ms, GREETING_LEN};
 use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle};

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pool_testkit::load::{self, LoadProgress};
 use pool_tls::TunnelKey;
-use pool_tunnel::load::{self, LoadProgress};
 use pool_tunnel::metrics::{follow_client, follow_server, serve};
 use pool_tunnel::{start_client, start_server, ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,10 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pool_testkit::load::{self, LoadProgress};
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::admit::make_token;
 use pool_tls::{ServerTls, TlsMode};
-use pool_tunnel::load::{self, LoadProgress};
 use pool_tunnel::protocol::{self, GREETING_LEN, MAGIC};
 use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig};

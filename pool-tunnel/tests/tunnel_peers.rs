@@ -9,9 +9,9 @@ mod tunnel_common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use pool_testkit::load;
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::TlsMode;
-use pool_tunnel::load;
 use pool_tunnel::protocol;
 use pool_tunnel::server::CandidateLimits;
 use pool_tunnel::{ClientConfig, ServerConfig, Timeouts};

@@ -20,7 +20,7 @@
 //! [`ClientConfigBuilder::adapt`](crate::ClientConfigBuilder::adapt); bring your own
 //! with [`Adaptation::custom`]. The scoreboard's baselines (the Go package's own way of
 //! refilling, an earlier demand tracker) are policies of that kind, in
-//! `pool_testkit::adapt`, which also scores a policy of yours against these.
+//! `pool_sim::adapt`, which also scores a policy of yours against these.
 
 use std::fmt;
 use std::sync::Arc;

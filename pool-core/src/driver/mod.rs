@@ -12,7 +12,7 @@
 //! [`Driver`] is that protocol. It is generic over a [`Platform`], the few things that
 //! do differ between runtimes: the clock, the liveness probe, a reply channel, waking
 //! the timer task, starting a dial or aborting one, closing a connection. pool-tokio,
-//! pool-threads and the simulator of pool-testkit are each a `Platform` and a loop
+//! pool-threads and the simulator of pool-sim are each a `Platform` and a loop
 //! that calls [`Driver::turn`] and sleeps as it answers, so the simulator's models
 //! and scoreboards run the same protocol code as the shipped drivers.
 //!

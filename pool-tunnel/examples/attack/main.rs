@@ -1,5 +1,5 @@
 //! The scripted attacks of `TUNNEL.md` (those on the tunnel's own defences in
-//! `round3.rs`), against the two `tunnel` processes, with a real HTTP service
+//! `defences.rs`), against the two `tunnel` processes, with a real HTTP service
 //! (`python3 -m http.server`) behind the tunnel.
 //!
 //! ```text
@@ -8,233 +8,33 @@
 //! cargo run --release -p pool-tunnel --example attack -- 1     # TLS mode 1, pinned
 //! ```
 //!
-//! (`scripts/attack.sh` does all three.) The binary is `$TUNNEL_BIN`, else
-//! `$CARGO_TARGET_DIR/release/tunnel`, else `target/release/tunnel`. Loopback only: the
-//! legitimate client and users on 127.0.0.1, strangers bind 127.0.0.2 and up. Every
-//! loop is bounded in count and time. Prints one Markdown table row per attack;
-//! `ATTACK_ONLY=round3` runs the baseline and the attacks of `round3.rs` only.
+//! The binary is `$TUNNEL_BIN`, else `$CARGO_TARGET_DIR/release/tunnel`, else
+//! `target/release/tunnel`. Loopback only: the legitimate client and users on
+//! 127.0.0.1, strangers bind 127.0.0.2 and up. Every loop is bounded in count and time. Prints one Markdown table row per attack;
+//! `ATTACK_ONLY=defences` runs the baseline and the attacks of `defences.rs` only.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pool_tunnel::load::quantile;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use pool_testkit::stats::quantile;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::process::Command;
 use tokio::task::JoinSet;
 
-mod round3;
+mod defences;
+mod harness;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use harness::{
+    connect_from, descriptors, free_port, get, ms, requests, signal, stranger_ip, strangers,
+    until_served, write_key, Proc, Res,
+};
 
-fn bin() -> PathBuf {
-    if let Ok(b) = std::env::var("TUNNEL_BIN") {
-        return b.into();
-    }
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    Path::new(&dir).join("release/tunnel")
-}
-
-/// Strangers run on a runtime of their own (one thread), so their tight loops never
-/// queue ahead of the users' requests, which the harness times on its main runtime: a
-/// real attacker is another machine.
-fn strangers() -> tokio::runtime::Handle {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("the strangers' runtime")
-    })
-    .handle()
-    .clone()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn stranger_ip(n: usize) -> IpAddr {
-    IpAddr::from([127, 0, (2 + n / 250) as u8, (2 + n % 250) as u8])
-}
-
-async fn connect_from(ip: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    s.bind(SocketAddr::new(ip, 0))?;
-    s.connect(to).await
-}
-
-/// A running `tunnel` process and the lines it printed.
-struct Proc {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<(Instant, String)>,
-}
-
-impl Proc {
-    fn spawn(args: &[String], env_key: Option<&str>) -> Res<Self> {
-        Self::start(Command::new(bin()), args, env_key)
-    }
-
-    /// Like `spawn`, under a descriptor limit (soft and hard) when given.
-    fn spawn_limited(args: &[String], nofile: Option<u64>) -> Res<Self> {
-        let Some(n) = nofile else {
-            return Self::spawn(args, None);
-        };
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-            .arg(bin());
-        Self::start(cmd, args, None)
-    }
-
-    fn start(mut cmd: Command, args: &[String], env_key: Option<&str>) -> Res<Self> {
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("POOL_TUNNEL_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(k) = env_key {
-            cmd.env("POOL_TUNNEL_KEY", k);
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("{}: {e}", bin().display()))?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        let out = child.stdout.take().ok_or("no stdout")?;
-        let err = child.stderr.take().ok_or("no stderr")?;
-        for r in [
-            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(err),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(r).lines();
-                while let Ok(Some(l)) = r.next_line().await {
-                    let _ = tx.send((Instant::now(), l));
-                }
-            });
-        }
-        Ok(Self { child, lines })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    /// The first line containing `needle` within `within`, and when it came.
-    async fn wait_line(&mut self, needle: &str, within: Duration) -> Option<(Instant, String)> {
-        let end = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(end, self.lines.recv()).await {
-                Ok(Some((t, l))) if l.contains(needle) => return Some((t, l)),
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-        }
-    }
-
-    /// Forgets the lines printed so far.
-    fn drain(&mut self) {
-        while self.lines.try_recv().is_ok() {}
-    }
-
-    async fn stop(mut self) {
-        signal(self.pid(), "INT");
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status();
-}
-
-fn descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// One HTTP/1.0 GET through the public port: its latency, or why it failed.
-async fn get(public: SocketAddr, limit: Duration) -> Result<Duration, String> {
-    let start = Instant::now();
-    let run = async {
-        let mut s = TcpStream::connect(public)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(b"GET /index.html HTTP/1.0\r\nHost: tunnel\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut body = Vec::new();
-        s.read_to_end(&mut body).await.map_err(|e| e.to_string())?;
-        if body.starts_with(b"HTTP/1.0 200") && body.ends_with(b"hello through the tunnel\n") {
-            Ok(())
-        } else {
-            Err(format!("bad answer ({} bytes)", body.len()))
-        }
-    };
-    match tokio::time::timeout(limit, run).await {
-        Ok(Ok(())) => Ok(start.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-/// `n` GETs, `c` at once: successes' latencies and the failure count.
-async fn requests(public: SocketAddr, n: usize, c: usize) -> (Vec<Duration>, usize) {
-    let gate = Arc::new(tokio::sync::Semaphore::new(c));
-    let mut set = JoinSet::new();
-    for _ in 0..n {
-        let Ok(p) = gate.clone().acquire_owned().await else {
-            break;
-        };
-        set.spawn(async move {
-            let r = get(public, Duration::from_secs(10)).await;
-            drop(p);
-            r
-        });
-    }
-    let (mut ok, mut failed) = (Vec::new(), 0);
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Ok(d)) => ok.push(d),
-            _ => failed += 1,
-        }
-    }
-    (ok, failed)
-}
-
-fn ms(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
-        .unwrap_or_else(|| "-".into())
-}
-
-/// Polls GET until one succeeds (50 ms apart, at most `within`); how long it took.
-async fn until_served(public: SocketAddr, within: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if get(public, Duration::from_secs(2)).await.is_ok() {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
+/// One run's tunnel: its mode, directory, ports, key and pin, and the HTTP service.
 struct Setup {
     mode: u8,
     dir: PathBuf,
@@ -246,79 +46,18 @@ struct Setup {
     pin: Option<String>,
 }
 
-/// A key file only its owner can read, as the tunnel requires.
-fn write_key(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
-
-impl Setup {
-    fn server_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = ["server", "--tunnel"].map(String::from).to_vec();
-        a.push(self.tunnel.to_string());
-        a.extend(["--control".into(), self.control.to_string()]);
-        a.extend(["--public".into(), self.public.to_string()]);
-        a.extend(["--tls".into(), self.mode.to_string()]);
-        if self.mode == 0 {
-            a.push("--insecure-plaintext".into());
-        }
-        a.extend([
-            "--state-dir".into(),
-            self.dir.join("state").display().to_string(),
-        ]);
-        a
-    }
-
-    fn client_args(&self, key_file: &Path, target: SocketAddr) -> Vec<String> {
-        let mut a: Vec<String> = vec!["client".into(), "--tunnel".into(), self.tunnel.to_string()];
-        a.extend(["--control".into(), self.control.to_string()]);
-        a.extend(["--target".into(), target.to_string()]);
-        a.extend(["--tls".into(), self.mode.to_string()]);
-        if self.mode == 0 {
-            a.push("--insecure-plaintext".into());
-        }
-        a.extend(["--tunnel-key-file".into(), key_file.display().to_string()]);
-        if let Some(p) = &self.pin {
-            a.extend(["--pin".into(), p.clone()]);
-        }
-        a
-    }
-
-    async fn start_server(&self) -> Res<Proc> {
-        let mut s = Proc::spawn(&self.server_args(), None)?;
-        s.wait_line("waiting for the client", Duration::from_secs(10))
-            .await
-            .ok_or("the server did not start")?;
-        Ok(s)
-    }
-
-    async fn start_client(&self) -> Res<(Proc, Instant)> {
-        let started = Instant::now();
-        let mut c = Proc::spawn(
-            &self.client_args(&self.dir.join("client.key"), self.http),
-            None,
-        )?;
-        c.wait_line("control: connected", Duration::from_secs(10))
-            .await
-            .ok_or("the client did not connect")?;
-        Ok((c, started))
-    }
+/// The scripted attacks of TUNNEL.md against the two `tunnel` processes.
+#[derive(clap::Parser)]
+#[command(name = "attack")]
+struct Args {
+    /// The tunnel's TLS mode (1: pinned).
+    #[arg(value_parser = clap::value_parser!(u8).range(0..=1))]
+    mode: u8,
 }
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let mode: u8 = std::env::args()
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .filter(|m| *m <= 1)
-        .ok_or("usage: attack 0|1")?;
+    let Args { mode } = <Args as clap::Parser>::parse();
     let _ = pool_tunnel::limits::raise_nofile();
     let dir =
         std::env::temp_dir().join(format!("pool-tunnel-attack-{}-{mode}", std::process::id()));
@@ -384,8 +123,8 @@ async fn main() -> Res<()> {
         return Err("no request went through".into());
     }
     let mut rows = Vec::new();
-    // `ATTACK_ONLY=round3` skips to the attacks of `round3.rs`.
-    let full = std::env::var("ATTACK_ONLY").map_or(true, |v| v != "round3");
+    // `ATTACK_ONLY=defences` skips to the attacks of `defences.rs`.
+    let full = std::env::var("ATTACK_ONLY").map_or(true, |v| v != "defences");
 
     // Baseline.
     let (base, failed) = requests(public, 400, 8).await;
@@ -686,14 +425,14 @@ async fn main() -> Res<()> {
         ));
     }
 
-    // The attacks of `round3.rs`.
+    // The attacks of `defences.rs`.
     let mut client = Some(client);
-    rows.push(round3::on_path(&setup, &mut client).await?);
-    rows.push(round3::control_churn(&setup, &mut client).await?);
-    rows.extend(round3::one_source(&setup).await?);
-    rows.push(round3::metrics_emfile(&setup).await?);
-    rows.push(round3::planted_state(&setup).await?);
-    rows.push(round3::max_vs_handshakes(&setup).await?);
+    rows.push(defences::on_path(&setup, &mut client).await?);
+    rows.push(defences::control_churn(&setup, &mut client).await?);
+    rows.extend(defences::one_source(&setup).await?);
+    rows.push(defences::metrics_emfile(&setup).await?);
+    rows.push(defences::planted_state(&setup).await?);
+    rows.push(defences::max_vs_handshakes(&setup).await?);
     let client = client.ok_or("no client")?;
 
     println!("\n| attack (mode {mode}) | measured |\n|---|---|");

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pool_testkit::load::{self, LoadProgress, LoadReport};
 use pool_tls::TunnelKey;
-use pool_tunnel::load::{self, LoadProgress, LoadReport};
 use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle, Timeouts};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};

@@ -1,0 +1,67 @@
+//! rathole, the peer measured under the same harness with `--peer-rathole PATH`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pool_testkit::proxy::{Fault, FaultProxy, Script};
+
+use crate::procs::{free_addr, Proc};
+use crate::Res;
+
+/// rathole's two processes, with the same delay between them; the public address.
+pub(crate) async fn rathole(
+    path: &Path,
+    dir: &Path,
+    target: SocketAddr,
+    delay: Duration,
+    noise: bool,
+) -> Res<(SocketAddr, Vec<Proc>, Vec<FaultProxy>)> {
+    std::fs::create_dir_all(dir)?;
+    let (control, public) = (free_addr(), free_addr());
+    let token = pool_tls::TunnelKey::generate()?.to_hex();
+    let wan = FaultProxy::start(control, Script::always(Fault::Latency(delay))).await?;
+    // Its Noise transport (rathole's encrypted mode), with a key pair it makes.
+    let (server_noise, client_noise) = if noise {
+        let out = std::process::Command::new(path).arg("--genkey").output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let after = |label: &str| {
+            text.lines()
+                .skip_while(|l| !l.starts_with(label))
+                .find(|l| !l.trim().is_empty() && !l.starts_with(label))
+                .map(|l| l.trim().to_owned())
+                .ok_or("rathole --genkey printed no key")
+        };
+        let (private, public) = (after("Private Key")?, after("Public Key")?);
+        (
+            format!("[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    std::fs::write(
+        dir.join("server.toml"),
+        format!("[server]\nbind_addr = \"{control}\"\n{server_noise}[server.services.bench]\ntoken = \"{token}\"\nbind_addr = \"{public}\"\n"),
+    )?;
+    std::fs::write(
+        dir.join("client.toml"),
+        format!("[client]\nremote_addr = \"{}\"\n{client_noise}[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n", wan.addr()),
+    )?;
+    let s = Proc::spawn(
+        path,
+        &[
+            "--server".into(),
+            dir.join("server.toml").display().to_string(),
+        ],
+    )?;
+    let c = Proc::spawn(
+        path,
+        &[
+            "--client".into(),
+            dir.join("client.toml").display().to_string(),
+        ],
+    )?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((public, vec![s, c], vec![wan]))
+}
