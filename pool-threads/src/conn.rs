@@ -7,6 +7,9 @@ use pool_core::ConnId;
 use pool_net::Liveness;
 use rustls::{ClientConnection, StreamOwned};
 
+/// The stream under a [`ThreadConn`]. TLS is rustls's `StreamOwned`: the same rustls
+/// buffered connection that pool-tokio's streams drive through tokio-rustls, with
+/// blocking I/O, so both runtimes run one TLS path.
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),

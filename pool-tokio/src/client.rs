@@ -458,10 +458,7 @@ impl Inner {
                         ServerName::IpAddress(peer.ip().into())
                     }
                 };
-                // The tunnel-key proof binds to the session's exporter, which only
-                // tokio-rustls's stream offers; otherwise the lean stream.
-                let lean = self.key.is_none();
-                let tls = TlsConn::connect(config.clone(), name, tcp, lean);
+                let tls = TlsConn::connect(config.clone(), name, tcp);
                 // Boxed, as the key proof below: a dial task's future holds only what
                 // the mode needs (thousands are spawned to fill a pool).
                 let tls = Box::pin(async { tls.await.map_err(StepError::from) });
@@ -533,10 +530,7 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
             }
         }
     }
-    let res = res.map(|mut conn| {
-        conn.trim(); // idle from here: no I/O buffers
-        (conn.id, conn)
-    });
+    let res = res.map(|conn| (conn.id, conn));
     let report = engine.report(ticket.serial(), |driver| {
         driver.dialed(ticket, res.map_err(|(stage, _)| stage))
     });

@@ -22,7 +22,7 @@ use crate::tls::TlsConn;
 /// `AsyncRead + AsyncWrite` itself, so code that does not care which it is can use it
 /// (or [`tokio::io::split`]) as it is.
 ///
-/// The TLS variant is boxed: a TLS session takes a kilobyte, and the pool keeps its
+/// The TLS variant is boxed: a TLS session takes kilobytes, and the pool keeps its
 /// idle connections in this type, so the box keeps a plain pool as small as a TCP
 /// stream plus a tag.
 ///
@@ -251,15 +251,6 @@ impl PoolConn {
         match &mut self.stream {
             PoolStream::Tls(tls) => tls.has_unread(),
             PoolStream::Plain(_) => false,
-        }
-    }
-
-    /// Releases the TLS stream's I/O buffers that hold nothing: the pool calls it when
-    /// the connection goes idle, so that an idle TLS connection holds its session and
-    /// no buffers.
-    pub(crate) fn trim(&mut self) {
-        if let PoolStream::Tls(tls) = &mut self.stream {
-            tls.trim();
         }
     }
 }

@@ -457,9 +457,7 @@ impl Inner {
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {
-                // As the client pool: tokio-rustls's stream only for the key proof.
-                let lean = self.key.is_none();
-                let tls = TlsConn::accept(acceptor.clone(), tcp, lean);
+                let tls = TlsConn::accept(acceptor.clone(), tcp);
                 // Boxed, as the key proof below: a handshake task's future holds only
                 // what the mode needs (thousands are spawned to fill a pool).
                 let tls = Box::pin(async { tls.await.map_err(StepError::from) });
@@ -522,10 +520,6 @@ async fn handshake(
         }
         Err((stage, e)) => Some((*stage, e.clone())),
     };
-    let res = res.map(|mut conn| {
-        conn.trim(); // idle from here: no I/O buffers
-        conn
-    });
     // Whether the core counts it: not when a newer connection evicted it, nor when
     // the pool closed.
     let counted = engine.report(ticket.serial(), |driver| {
