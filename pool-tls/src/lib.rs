@@ -105,7 +105,7 @@ pub use key::{
 };
 pub use mode::TlsMode;
 pub use proof::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof};
-pub use records::{queued_records, RecordState};
+pub use records::queued_records;
 pub use server::ServerTls;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

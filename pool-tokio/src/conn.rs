@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pool_core::ConnId;
-use pool_net::Liveness;
+use pool_core::Liveness;
 use rustls::pki_types::CertificateDer;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -235,12 +235,7 @@ impl PoolConn {
         }
         let tcp_state = pool_net::probe(self.stream.tcp());
         match (&mut self.stream, tcp_state) {
-            (PoolStream::Tls(tls), Liveness::Pending) => match tls.queued_records() {
-                pool_tls::RecordState::Idle => Liveness::Idle,
-                pool_tls::RecordState::Pending => Liveness::Pending,
-                pool_tls::RecordState::Closed => Liveness::Closed,
-                pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
-            },
+            (PoolStream::Tls(tls), Liveness::Pending) => tls.queued_records(),
             (_, state) => state,
         }
     }

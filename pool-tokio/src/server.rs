@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    Admission, ConnId, HandshakeTicket, IdForm, ServerConfig, ServerConfigBuilder, ServerMachine,
-    Stage, Want,
+    Admission, ConnId, HandshakeTicket, IdForm, Liveness, ServerConfig, ServerConfigBuilder,
+    ServerMachine, Stage, Want,
 };
 use pool_net::{IpFilter, SocketOptions};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
@@ -417,10 +417,9 @@ impl Side for Inner {
     /// A TLS record is that client's handshake failing late (its ClientHello came
     /// after the id was written): it goes in the log as the mismatch it is, so a get
     /// that times out names it.
-    fn peek(conn: &mut PoolConn, log: &FailureLog) -> pool_core::driver::Peek {
-        use pool_core::driver::Peek;
+    fn peek(conn: &mut PoolConn, log: &FailureLog) -> Liveness {
         match conn.liveness() {
-            pool_net::Liveness::Pending if !conn.is_tls() => {
+            Liveness::Pending if !conn.is_tls() => {
                 let mut first = [0u8; 3];
                 let tls = pool_net::peek_now(conn.tcp(), &mut first)
                     .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]));
@@ -428,15 +427,15 @@ impl Side for Inner {
                     let peer = conn.tcp().peer_addr().ok();
                     log.fail(Stage::Protocol, StepError::ClientSpeaksTls, peer);
                 }
-                if tls || pool_net::peer_closed(conn.tcp()) {
-                    Peek::Dead
+                if tls {
+                    Liveness::Dead(std::io::ErrorKind::InvalidData)
+                } else if pool_net::peer_closed(conn.tcp()) {
+                    Liveness::Closed
                 } else {
-                    Peek::Pending
+                    Liveness::Pending
                 }
             }
-            pool_net::Liveness::Idle => Peek::Quiet,
-            pool_net::Liveness::Pending => Peek::Pending,
-            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+            other => other,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use pool_tls::RecordState;
+use pool_core::Liveness;
 use rustls::pki_types::ServerName;
 use rustls::CommonState;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -107,7 +107,7 @@ impl TlsConn {
 
     /// What the records queued on the socket say (called when a peek found bytes):
     /// payload is kept for the next read, a `close_notify` is a close. Never blocks.
-    pub(crate) fn queued_records(&mut self) -> RecordState {
+    pub(crate) fn queued_records(&mut self) -> Liveness {
         match &mut self.0 {
             TlsStream::Client(s) => {
                 let (tcp, conn) = s.get_mut();

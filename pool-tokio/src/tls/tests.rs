@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_tls::{ClientTlsBuilder, RecordState, ServerTls, TlsMode};
+use pool_core::Liveness;
+use pool_tls::{ClientTlsBuilder, ServerTls, TlsMode};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -151,15 +152,15 @@ async fn what_arrived_while_idle_is_kept_for_the_next_read() {
     s.write_all(&early).await.unwrap();
     s.flush().await.unwrap();
     // The probe sees payload, takes it off the socket into the session, and keeps it.
-    let mut state = RecordState::Idle;
+    let mut state = Liveness::Idle;
     for _ in 0..500 {
         c.tcp().readable().await.unwrap();
         state = c.queued_records();
-        if state != RecordState::Idle {
+        if state != Liveness::Idle {
             break;
         }
     }
-    assert_eq!(state, RecordState::Pending);
+    assert_eq!(state, Liveness::Pending);
     assert!(c.has_unread());
     // Nothing is lost: the next reads return all of it, in order.
     let mut got = vec![0u8; early.len()];
@@ -175,13 +176,13 @@ async fn a_close_notify_while_idle_is_a_close() {
     c.tcp().readable().await.unwrap();
     let mut state = c.queued_records();
     for _ in 0..100 {
-        if state != RecordState::Idle {
+        if state != Liveness::Idle {
             break;
         }
         c.tcp().readable().await.unwrap();
         state = c.queued_records();
     }
-    assert_eq!(state, RecordState::Closed);
+    assert_eq!(state, Liveness::Closed);
 }
 
 #[tokio::test]
