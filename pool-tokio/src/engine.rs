@@ -344,8 +344,9 @@ pub(crate) async fn get_for_user<S: Side>(
         .metrics
         .get_wait
         .record(now().saturating_duration_since(start));
-    let failing = || engine.log().failing_since(start).map(Box::new);
-    res.map_err(|e| crate::GetError::from_core(e, want, failing, start))
+    let log = engine.log();
+    let failing = || log.failing_since(start).map(Box::new);
+    res.map_err(|e| crate::GetError::from_core(e, want, failing, start, log.unreached()))
 }
 
 /// A get: the protocol's steps, awaiting the answer when it has to wait.

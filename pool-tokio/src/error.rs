@@ -50,12 +50,15 @@ pub enum BuildError {
 #[non_exhaustive]
 pub enum GetError {
     /// The timeout passed with nothing to hand out.
-    #[error("get timed out: no connection in {}{}", show(*.waited), because(.failing))]
+    #[error("get timed out: no connection in {}{}{}", show(*.waited), because(.failing), no_client(.unreached))]
     Timeout {
         /// How long the get waited.
         waited: Duration,
         /// The run of failures under way when it gave up, if any.
         failing: Option<Box<Failure>>,
+        /// A server pool's listening address, when no client has ever connected to
+        /// it (a client pool dialing another address or port, or not started).
+        unreached: Option<SocketAddr>,
     },
     /// Nothing can succeed: the pool has never made a connection and every recent dial
     /// failed (`fail_fast`, on by default). Answered within one backoff step.
@@ -78,6 +81,7 @@ impl GetError {
         want: pool_core::Want,
         failing: impl FnOnce() -> Option<Box<Failure>>,
         start: Instant,
+        unreached: Option<SocketAddr>,
     ) -> Self {
         use pool_core::GetFailure as F;
         match (e, want) {
@@ -88,6 +92,7 @@ impl GetError {
                 (_, failing) => Self::Timeout {
                     waited: crate::rt::now().saturating_duration_since(start),
                     failing,
+                    unreached,
                 },
             },
         }
@@ -248,6 +253,13 @@ fn show(d: Duration) -> String {
     } else {
         format!("{:.2} s", d.as_secs_f64())
     }
+}
+
+fn no_client(addr: &Option<SocketAddr>) -> String {
+    addr.map(|a| {
+        format!("; no client has connected to {a} yet (is the client pool dialing this address?)")
+    })
+    .unwrap_or_default()
 }
 
 fn because(f: &Option<Box<Failure>>) -> String {

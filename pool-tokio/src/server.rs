@@ -537,6 +537,9 @@ async fn handshake(
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let engine = &inner.engine;
+    if let Ok(addr) = listener.local_addr() {
+        engine.log().listening(addr);
+    }
     let cancel = engine.rt().cancel.clone();
     let mut refusals = Burst::default();
     loop {
@@ -545,7 +548,10 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             _ = cancel.cancelled() => return,
         };
         let (tcp, peer) = match res {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                engine.log().reached();
+                pair
+            }
             Err(e) => {
                 // Out of descriptors and the like: the core says when to try again.
                 let resume = engine.driver.input(|m, now| m.handle_accept_error(now));
