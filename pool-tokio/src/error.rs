@@ -247,12 +247,15 @@ fn stage_name(s: Stage) -> &'static str {
     }
 }
 
+/// A wait as a message prints it: `2s`, `1s 500ms` (humantime's form, as pool-core's
+/// errors). Below a millisecond nobody reads the rest.
 fn show(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
+    let d = if d >= Duration::from_millis(1) {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     } else {
-        format!("{:.2} s", d.as_secs_f64())
-    }
+        d
+    };
+    humantime::format_duration(d).to_string()
 }
 
 fn no_client(addr: &Option<SocketAddr>) -> String {
@@ -264,4 +267,32 @@ fn no_client(addr: &Option<SocketAddr>) -> String {
 
 fn because(f: &Option<Box<Failure>>) -> String {
     f.as_ref().map(|f| format!("; {f}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(waited: Duration) -> String {
+        GetError::Timeout {
+            waited,
+            failing: None,
+            unreached: None,
+        }
+        .to_string()
+    }
+
+    /// A wait prints as pool-core's durations do (`2s`, `2s 500ms`), never `2 s` beside
+    /// `2.00 s`; what lies under a millisecond is not printed.
+    #[test]
+    fn a_wait_prints_as_the_core_prints_durations() {
+        assert_eq!(
+            timeout(Duration::from_secs(2)),
+            "get timed out: no connection in 2s"
+        );
+        assert_eq!(
+            timeout(Duration::from_micros(2_500_700)),
+            "get timed out: no connection in 2s 500ms"
+        );
+    }
 }

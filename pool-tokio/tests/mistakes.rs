@@ -325,7 +325,10 @@ async fn question_mark_works_inside_a_session() {
 #[tokio::test(start_paused = true)]
 async fn a_server_nobody_dials_says_no_client_has_connected_yet() {
     let server = ServerPool::builder().bind(loopback()).build().unwrap();
-    let err = server.get_timeout(Duration::from_secs(2)).await.unwrap_err();
+    let err = server
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .unwrap_err();
     report("server pool that no client dials", Duration::ZERO, &err);
     let GetError::Timeout { unreached, .. } = &err else {
         panic!("expected Timeout, got {err}")
@@ -343,9 +346,18 @@ async fn a_server_nobody_dials_says_no_client_has_connected_yet() {
         .unwrap();
     assert!(server.wait_idle(1, T).await);
     let (_, _conn) = server.get_timeout(T).await.unwrap();
-    let err = server.get_timeout(Duration::from_secs(2)).await.unwrap_err();
+    let err = server
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&err, GetError::Timeout { unreached: None, .. }),
+        matches!(
+            &err,
+            GetError::Timeout {
+                unreached: None,
+                ..
+            }
+        ),
         "{err}"
     );
     drop(tcp);
