@@ -77,9 +77,11 @@ impl Default for ClientPoolBuilder {
 }
 
 impl ClientPoolBuilder {
-    /// Where to dial: the server pool's address (Go: the `dialer` function).
-    pub fn address(self, addr: std::net::SocketAddr) -> Self {
-        self.dialer(TcpDialer::new(addr))
+    /// Where to dial: the server pool's address, a [`SocketAddr`](std::net::SocketAddr)
+    /// or a `host:port` string resolved at every dial ([`ServerAddr`](crate::ServerAddr);
+    /// Go: the `dialer` function).
+    pub fn address(self, addr: impl Into<crate::ServerAddr>) -> Self {
+        self.dialer(TcpDialer::to(addr))
     }
     /// How to dial. Required unless [`address`](Self::address) is given.
     pub fn dialer(mut self, d: impl Dialer) -> Self {
@@ -551,7 +553,7 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
 /// use pool_tokio::ClientPool;
 /// use std::time::Duration;
 /// let pool = ClientPool::builder()
-///     .address("127.0.0.1:10101".parse().unwrap())
+///     .address("127.0.0.1:10101")
 ///     .capacity(16, 256)
 ///     .get_timeout(Duration::from_secs(2))
 ///     .build()?;
