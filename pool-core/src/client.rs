@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::adapt::{Adapt, Observed, Refill, RoundInput};
-use crate::common::{Check, Got, Output, Peek, PoolCommon, Readied, Reported};
+use crate::common::{Check, Got, Output, PoolCommon, Readied, Reported};
 use crate::config::ClientConfig;
 use crate::random::{Entropy, Random};
 use crate::stats::{Stage, Status};
@@ -575,7 +575,7 @@ impl<C> ClientMachine<C> {
     pub fn handle_peeked(
         &mut self,
         held: Reported<C>,
-        peek: Peek,
+        peek: crate::Liveness,
         now: Instant,
     ) -> (Readied, bool) {
         let r = self.common.handle_peeked(held, peek, self.cfg.in_band());

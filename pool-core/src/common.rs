@@ -664,7 +664,7 @@ use deadlines::Deadlines;
 pub(crate) use outputs::Item;
 pub use outputs::{Answer, Check, Got, Output, Probe};
 
-pub use ready::{Peek, Readied, Reported};
+pub use ready::{Readied, Reported};
 pub(crate) use shared::shared_methods;
 
 #[cfg(test)]

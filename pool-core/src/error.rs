@@ -96,7 +96,21 @@ pub enum GetFailure {
     Unreachable,
 }
 
-/// Formats a duration the way the config errors print it.
+/// Formats a duration for a message: `2s`, `1s 500ms` (humantime's form, the one
+/// every error of the workspace prints).
 pub(crate) fn show(d: Duration) -> String {
-    format!("{d:?}")
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message prints a duration one way: whole units, no trailing decimals.
+    #[test]
+    fn durations_print_as_humantime_does() {
+        assert_eq!(show(Duration::from_secs(2)), "2s");
+        assert_eq!(show(Duration::from_millis(2500)), "2s 500ms");
+        assert_eq!(show(Duration::from_millis(100)), "100ms");
+    }
 }

@@ -105,6 +105,7 @@ pub mod driver;
 mod error;
 mod id;
 mod idle;
+mod liveness;
 mod random;
 mod server;
 mod source;
@@ -130,6 +131,7 @@ pub use config::{
 };
 pub use error::{ConfigError, GetFailure, IdError};
 pub use id::{ConnId, Fed, IdForm, IdReader, WireId, ID_LEN};
+pub use liveness::Liveness;
 pub use random::{Random, SeededRandom};
 pub use server::{Admission, HandshakeTicket, Refusal, ServerMachine};
 pub use stats::{Counters, Stage, Status};

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::common::{Got, Output, Peek, PoolCommon, Readied, Reported};
+use crate::common::{Got, Output, PoolCommon, Readied, Reported};
 use crate::config::ServerConfig;
 use crate::idle::IdBuild;
 use crate::random::{Entropy, Random};
@@ -39,6 +39,7 @@ use crate::stats::{Stage, Status};
 use crate::time::deadline_after;
 use crate::waiters::Want;
 use crate::ConnId;
+use crate::Liveness;
 
 /// Permission for one accepted connection to run its handshake. Give it back exactly
 /// once, through [`ServerMachine::handle_ready`] or [`ServerMachine::handle_failure`].
@@ -468,7 +469,7 @@ impl<C> ServerMachine<C> {
     pub fn handle_peeked(
         &mut self,
         held: Reported<C>,
-        peek: Peek,
+        peek: Liveness,
         _now: Instant,
     ) -> (Readied, bool) {
         let Some(due) = held.settling else {
@@ -479,7 +480,7 @@ impl<C> ServerMachine<C> {
         let id = held.id();
         let again = self.common.end_peek(id);
         let conn = held.into_conn();
-        if self.common.closed || peek == Peek::Dead {
+        if self.common.closed || !peek.is_alive() {
             self.unreserve(&id);
             if let Some(source) = self.owner.remove(&id) {
                 self.release(source);
@@ -500,7 +501,7 @@ impl<C> ServerMachine<C> {
         }
         let at = self.settling.partition_point(|(d, _, _)| *d <= due);
         self.settling.insert(at, (due, id, conn));
-        let readied = if peek == Peek::Pending {
+        let readied = if peek == Liveness::Pending {
             Readied::Pending
         } else {
             Readied::Quiet

@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Delivery, Driver, Peek, Platform, Readied, Reply, Step, Task};
+use pool_core::driver::{Delivery, Driver, Platform, Readied, Reply, Step, Task};
+use pool_core::Liveness;
 use pool_core::{ClientConfig, ClientMachine, ConnId, DialTicket, SeededRandom, Want};
 
 type Pool = Driver<ClientMachine<u64>, Fake>;
@@ -18,7 +19,7 @@ type Pool = Driver<ClientMachine<u64>, Fake>;
 /// unwatch is written down.
 #[derive(Default)]
 struct Fake {
-    peeks: Mutex<HashMap<u64, Peek>>,
+    peeks: Mutex<HashMap<u64, Liveness>>,
     dials: Mutex<Vec<DialTicket>>,
     watched: Mutex<Vec<ConnId>>,
     unwatched: Mutex<Vec<u64>>,
@@ -43,16 +44,16 @@ impl Platform for Fake {
         Instant::now()
     }
     fn alive(&self, conn: &mut u64) -> bool {
-        self.peek(conn) != Peek::Dead
+        self.peek(conn).is_alive()
     }
-    fn peek(&self, conn: &mut u64) -> Peek {
+    fn peek(&self, conn: &mut u64) -> Liveness {
         let report = self.report_during_peek.lock().unwrap().take();
         if let Some((id, pool)) = report {
             let pool = pool.upgrade().expect("pool");
             assert_eq!(pool.idle_ready(id), Readied::NotHeld, "out for its peek");
         }
         let peeks = self.peeks.lock().unwrap();
-        peeks.get(conn).copied().unwrap_or(Peek::Quiet)
+        peeks.get(conn).copied().unwrap_or(Liveness::Idle)
     }
     fn watch(&self, id: ConnId, _conn: &mut u64) -> bool {
         self.watched.lock().unwrap().push(id);
@@ -93,7 +94,7 @@ fn dialing(n: usize, in_band: bool, single: bool) -> (Arc<Pool>, Vec<DialTicket>
     (d, tickets)
 }
 
-fn set(d: &Pool, conn: u64, peek: Peek) {
+fn set(d: &Pool, conn: u64, peek: Liveness) {
     d.platform().peeks.lock().unwrap().insert(conn, peek);
 }
 
@@ -134,7 +135,7 @@ fn a_report_that_raced_ahead_of_the_landing_is_peeked_once_landed() {
     let (d, tickets) = dialing(1, true, false);
     let t = tickets.into_iter().next().expect("ticket");
     // The server's start header arrived and the watch fired before the pool held it.
-    set(&d, 7, Peek::Pending);
+    set(&d, 7, Liveness::Pending);
     assert_eq!(d.idle_ready(id(7)), Readied::NotHeld);
     let _ = d.dialed(t, Ok((id(7), 7)));
     match d.get(Want::Started, SECOND) {
@@ -151,7 +152,7 @@ fn a_report_while_out_for_its_peek_is_peeked_again() {
     let _ = d.dialed(t, Ok((id(3), 3)));
     // The first peek finds it quiet; while it is out, bytes arrive and are reported.
     *d.platform().report_during_peek.lock().unwrap() = Some((id(3), Arc::downgrade(&d)));
-    set(&d, 3, Peek::Quiet);
+    set(&d, 3, Liveness::Idle);
     let (tx, rx) = mpsc::channel();
     let pool = d.clone();
     // The second peek (the report that came meanwhile) finds the bytes.

@@ -9,13 +9,14 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Delivery, Driver, Peek, Platform, Readied, Reply, Step, Task};
+use pool_core::driver::{Delivery, Driver, Platform, Readied, Reply, Step, Task};
+use pool_core::Liveness;
 use pool_core::{ClientConfig, ClientMachine, ConnId, DialTicket, SeededRandom, Want};
 
 /// Connections are numbers; what a peek finds is the test's to set.
 #[derive(Default)]
 struct Fake {
-    peeks: Mutex<HashMap<u64, Peek>>,
+    peeks: Mutex<HashMap<u64, Liveness>>,
     dials: Mutex<Vec<DialTicket>>,
     rewatched: Mutex<Vec<ConnId>>,
 }
@@ -36,11 +37,11 @@ impl Platform for Fake {
         Instant::now()
     }
     fn alive(&self, conn: &mut u64) -> bool {
-        self.peek(conn) != Peek::Dead
+        self.peek(conn).is_alive()
     }
-    fn peek(&self, conn: &mut u64) -> Peek {
+    fn peek(&self, conn: &mut u64) -> Liveness {
         let peeks = self.peeks.lock().unwrap();
-        peeks.get(conn).copied().unwrap_or(Peek::Quiet)
+        peeks.get(conn).copied().unwrap_or(Liveness::Idle)
     }
     fn watch(&self, id: ConnId, _conn: &mut u64) -> bool {
         self.rewatched.lock().unwrap().push(id);
@@ -82,7 +83,7 @@ fn filled(n: usize, in_band: bool) -> Driver<ClientMachine<u64>, Fake> {
     d
 }
 
-fn set(d: &Driver<ClientMachine<u64>, Fake>, conn: u64, peek: Peek) {
+fn set(d: &Driver<ClientMachine<u64>, Fake>, conn: u64, peek: Liveness) {
     d.platform().peeks.lock().unwrap().insert(conn, peek);
 }
 
@@ -92,7 +93,7 @@ const SECOND: Duration = Duration::from_secs(1);
 fn a_started_connection_goes_to_an_accept_at_once_or_to_the_one_waiting() {
     let d = filled(3, true);
     // Bytes on connection 2: the server started a session on it.
-    set(&d, 2, Peek::Pending);
+    set(&d, 2, Liveness::Pending);
     assert_eq!(d.idle_ready(id(2)), Readied::Started);
     assert_eq!(d.read(|m| (m.idle(), m.started_waiting())), (2, 1));
     let Step::Ready(got, conn) = d.get(Want::Started, SECOND) else {
@@ -104,7 +105,7 @@ fn a_started_connection_goes_to_an_accept_at_once_or_to_the_one_waiting() {
         panic!("an accept waits for a start")
     };
     assert_eq!(d.read(|m| m.idle()), 2);
-    set(&d, 3, Peek::Pending);
+    set(&d, 3, Liveness::Pending);
     assert_eq!(d.idle_ready(id(3)), Readied::Started);
     let delivery = w.wait.recv_timeout(SECOND).expect("answered");
     let Step::Ready(got, conn) = d.arrived(w.get, delivery) else {
@@ -125,7 +126,7 @@ fn a_start_answered_to_an_accept_that_went_away_waits_for_the_next_one() {
         panic!("an accept waits for a start")
     };
     drop(w.wait); // the accept's caller went away before the start came
-    set(&d, 1, Peek::Pending);
+    set(&d, 1, Liveness::Pending);
     assert_eq!(d.idle_ready(id(1)), Readied::Started);
     assert_eq!(d.read(|m| (m.idle(), m.started_waiting())), (1, 1));
     let Step::Ready(got, _) = d.get(Want::Started, SECOND) else {
@@ -141,7 +142,7 @@ fn quiet_dead_and_pending_outside_in_band_mode() {
     assert_eq!(d.idle_ready(id(1)), Readied::Quiet);
     assert_eq!(*d.platform().rewatched.lock().unwrap(), vec![id(1)]);
     // A dead one leaves.
-    set(&d, 2, Peek::Dead);
+    set(&d, 2, Liveness::Closed);
     assert_eq!(d.idle_ready(id(2)), Readied::Closed);
     assert_eq!(d.read(|m| (m.idle(), m.counters().evicted_dead)), (2, 1));
     // Not held any more: nothing happens.
@@ -149,7 +150,7 @@ fn quiet_dead_and_pending_outside_in_band_mode() {
 
     // The Go protocol: bytes on an idle connection wait for the get by its id.
     let go = filled(2, false);
-    set(&go, 1, Peek::Pending);
+    set(&go, 1, Liveness::Pending);
     assert_eq!(go.idle_ready(id(1)), Readied::Pending);
     assert_eq!(go.read(|m| (m.idle(), m.counters().started)), (2, 0));
     let Step::Ready(got, _) = go.get(Want::Id(id(1)), SECOND) else {
@@ -161,7 +162,7 @@ fn quiet_dead_and_pending_outside_in_band_mode() {
 #[test]
 fn a_start_refills_like_a_get_and_close_answers_waiting_accepts() {
     let d = filled(2, true);
-    set(&d, 1, Peek::Pending);
+    set(&d, 1, Liveness::Pending);
     assert_eq!(d.idle_ready(id(1)), Readied::Started);
     // The next turn dials a replacement: the start took a connection out of the pool.
     let _ = d.turn();

@@ -1,8 +1,10 @@
 //! The client-IP filter.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// A configured client-IP filter entry is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,109 +29,75 @@ impl FilterError {
     }
 }
 
-/// One network: the address with host bits cleared, and the prefix length.
-/// An exact address is a /32 (IPv4) or /128 (IPv6) network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Net {
-    V4 { net: u32, prefix: u8 },
-    V6 { net: u128, prefix: u8 },
+/// The range `::ffff:0:0/96` of IPv4-mapped IPv6 addresses.
+fn mapped_range() -> Ipv6Net {
+    Ipv6Net::new(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96).expect("96 <= 128")
 }
 
-fn mask_v4(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+/// One entry: a network with its host bits cleared ([`ipnet`] parses and matches
+/// it). An IPv6 network wholly inside `::ffff:0:0/96` is kept as the equivalent IPv4
+/// network, so that mapped peers and entries compare as IPv4.
+fn parse_net(entry: &str) -> Result<IpNet, FilterError> {
+    let net = match entry.split_once('/') {
+        None => IpNet::from(parse_addr(entry, entry)?),
+        Some((addr, prefix)) => entry
+            .parse::<IpNet>()
+            .map_err(|_| why_not_cidr(entry, addr, prefix))?
+            .trunc(),
+    };
+    Ok(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 && mapped_range().contains(&v6) => {
+            let v4 = v6
+                .network()
+                .to_ipv4_mapped()
+                .expect("inside the mapped range");
+            IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).expect("at most 32"))
+        }
+        net => net,
+    })
 }
 
-fn mask_v6(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+fn parse_addr(entry: &str, addr: &str) -> Result<IpAddr, FilterError> {
+    IpAddr::from_str(addr).map_err(|_| {
+        FilterError::bad(
+            entry,
+            format!("{addr:?} is not a valid IPv4 or IPv6 address"),
+        )
+    })
 }
 
-/// The 96-bit prefix `::ffff:0:0/96` of IPv4-mapped IPv6 addresses.
-const MAPPED_PREFIX: u128 = 0xffff_u128 << 32;
-
-impl Net {
-    fn v4(addr: u32, prefix: u8) -> Self {
-        Self::V4 {
-            net: addr & mask_v4(prefix),
-            prefix,
-        }
-    }
-
-    /// Builds an IPv6 network; one lying wholly inside `::ffff:0:0/96` becomes
-    /// the equivalent IPv4 network.
-    fn v6(addr: u128, prefix: u8) -> Self {
-        let net = addr & mask_v6(prefix);
-        if prefix >= 96 && net & !0xffff_ffff_u128 == MAPPED_PREFIX {
-            // Truncation keeps exactly the low 32 bits: the IPv4 address.
-            Self::v4(net as u32, prefix - 96)
-        } else {
-            Self::V6 { net, prefix }
-        }
-    }
-
-    fn parse(entry: &str) -> Result<Self, FilterError> {
-        let (addr_text, prefix_text) = match entry.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (entry, None),
-        };
-        let addr = IpAddr::from_str(addr_text).map_err(|_| {
-            FilterError::bad(
-                entry,
-                format!("{addr_text:?} is not a valid IPv4 or IPv6 address"),
-            )
-        })?;
-        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix_text {
-            None => max,
-            Some("") => return Err(FilterError::bad(entry, "missing prefix length after '/'")),
-            Some(p) => {
-                if !p.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(FilterError::bad(
-                        entry,
-                        format!("prefix length {p:?} is not a decimal number"),
-                    ));
-                }
-                let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-                match p.parse::<u32>() {
-                    Ok(n) if n <= u32::from(max) => n as u8,
-                    _ => {
-                        return Err(FilterError::bad(
-                            entry,
-                            format!("prefix length {p} is too long for {family} (at most {max})"),
-                        ))
-                    }
-                }
-            }
-        };
-        Ok(match addr {
-            IpAddr::V4(a) => Self::v4(u32::from(a), prefix),
-            IpAddr::V6(a) => Self::v6(u128::from(a), prefix),
-        })
-    }
-
-    fn contains_v4(self, ip: u32) -> bool {
-        match self {
-            Self::V4 { net, prefix } => ip & mask_v4(prefix) == net,
-            // An IPv4 address is the same host as its mapped IPv6 form.
-            Self::V6 { net, prefix } => (MAPPED_PREFIX | u128::from(ip)) & mask_v6(prefix) == net,
-        }
-    }
-
-    fn contains_v6(self, ip: u128) -> bool {
-        match self {
-            // Mapped peers are turned into IPv4 before getting here.
-            Self::V4 { .. } => false,
-            Self::V6 { net, prefix } => ip & mask_v6(prefix) == net,
-        }
-    }
+/// Why `entry` (an `addr/prefix` that ipnet refused) is not a CIDR block, in words.
+fn why_not_cidr(entry: &str, addr: &str, prefix: &str) -> FilterError {
+    let addr = match parse_addr(entry, addr) {
+        Ok(addr) => addr,
+        Err(e) => return e,
+    };
+    let (family, max) = if addr.is_ipv4() {
+        ("IPv4", 32)
+    } else {
+        ("IPv6", 128)
+    };
+    let reason = if prefix.is_empty() {
+        "missing prefix length after '/'".to_owned()
+    } else if !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        format!("prefix length {prefix:?} is not a decimal number")
+    } else if prefix.parse::<u32>().is_ok_and(|n| n <= max) {
+        format!("prefix length {prefix:?} has leading zeros")
+    } else {
+        format!("prefix length {prefix} is too long for {family} (at most {max})")
+    };
+    FilterError::bad(entry, reason)
 }
 
-impl fmt::Display for Net {
+/// An entry as it displays: an exact address without its prefix.
+struct Entry<'a>(&'a IpNet);
+
+impl fmt::Display for Entry<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::V4 { net, prefix: 32 } => write!(f, "{}", Ipv4Addr::from(net)),
-            Self::V4 { net, prefix } => write!(f, "{}/{prefix}", Ipv4Addr::from(net)),
-            Self::V6 { net, prefix: 128 } => write!(f, "{}", Ipv6Addr::from(net)),
-            Self::V6 { net, prefix } => write!(f, "{}/{prefix}", Ipv6Addr::from(net)),
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
         }
     }
 }
@@ -155,7 +123,7 @@ impl fmt::Display for Net {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpFilter {
     /// Empty means any client.
-    nets: Vec<Net>,
+    nets: Vec<IpNet>,
 }
 
 impl IpFilter {
@@ -180,7 +148,7 @@ impl IpFilter {
         let nets = s
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|e| !e.is_empty())
-            .map(Net::parse)
+            .map(parse_net)
             .collect::<Result<Vec<_>, _>>()?;
         if nets.is_empty() && !s.trim().is_empty() {
             return Err(FilterError::bad(s.trim(), "no address in the list"));
@@ -206,7 +174,7 @@ impl IpFilter {
                 if e.is_empty() {
                     Err(FilterError::bad(e, "empty entry"))
                 } else {
-                    Net::parse(e)
+                    parse_net(e)
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -224,16 +192,14 @@ impl IpFilter {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
         };
-        match ip {
-            IpAddr::V4(v4) => {
-                let v4 = u32::from(v4);
-                self.nets.iter().any(|n| n.contains_v4(v4))
-            }
-            IpAddr::V6(v6) => {
-                let v6 = u128::from(v6);
-                self.nets.iter().any(|n| n.contains_v6(v6))
-            }
-        }
+        self.nets.iter().any(|n| match (n, ip) {
+            (IpNet::V4(n), IpAddr::V4(v4)) => n.contains(&v4),
+            // An IPv4 address is the same host as its mapped IPv6 form.
+            (IpNet::V6(n), IpAddr::V4(v4)) => n.contains(&v4.to_ipv6_mapped()),
+            (IpNet::V6(n), IpAddr::V6(v6)) => n.contains(&v6),
+            // Mapped peers were turned into IPv4 above.
+            (IpNet::V4(_), IpAddr::V6(_)) => false,
+        })
     }
 
     /// Whether this filter allows every client.
@@ -255,12 +221,10 @@ impl IpFilter {
     /// ```
     pub fn can_match_family(&self, v4: bool) -> bool {
         self.is_any()
-            || self.nets.iter().any(|n| match *n {
-                Net::V4 { .. } => v4,
+            || self.nets.iter().any(|n| match n {
+                IpNet::V4(_) => v4,
                 // A block wide enough to hold the mapped range admits IPv4 clients too.
-                Net::V6 { net, prefix } => {
-                    !v4 || (prefix <= 96 && MAPPED_PREFIX & mask_v6(prefix) == net)
-                }
+                IpNet::V6(n) => !v4 || n.contains(&mapped_range()),
             })
     }
 }
@@ -279,7 +243,7 @@ impl fmt::Display for IpFilter {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{net}")?;
+            write!(f, "{}", Entry(net))?;
         }
         Ok(())
     }
@@ -289,40 +253,22 @@ impl fmt::Display for IpFilter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn masks() {
-        assert_eq!(mask_v4(0), 0);
-        assert_eq!(mask_v4(8), 0xff00_0000);
-        assert_eq!(mask_v4(32), u32::MAX);
-        assert_eq!(mask_v6(0), 0);
-        assert_eq!(mask_v6(1), 1 << 127);
-        assert_eq!(mask_v6(128), u128::MAX);
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
     }
 
     #[test]
     fn mapped_entries_become_ipv4() {
-        assert_eq!(
-            Net::parse("::ffff:10.0.0.1").unwrap(),
-            Net::V4 {
-                net: 0x0a00_0001,
-                prefix: 32
-            }
-        );
-        assert_eq!(
-            Net::parse("::ffff:10.1.2.3/104").unwrap(),
-            Net::V4 {
-                net: 0x0a00_0000,
-                prefix: 8
-            }
-        );
-        assert_eq!(
-            Net::parse("::ffff:0:0/96").unwrap(),
-            Net::V4 { net: 0, prefix: 0 }
-        );
+        assert_eq!(parse_net("::ffff:10.0.0.1").unwrap(), net("10.0.0.1/32"));
+        assert_eq!(parse_net("::ffff:10.1.2.3/104").unwrap(), net("10.0.0.0/8"));
+        assert_eq!(parse_net("::ffff:0:0/96").unwrap(), net("0.0.0.0/0"));
+        assert!(parse_net("10.0.0.0/08").is_ok());
+        let e = parse_net("10.0.0.0/008").unwrap_err().to_string();
+        assert!(e.contains("leading zeros"), "{e}");
         // Wider than the mapped range: stays IPv6.
         assert!(matches!(
-            Net::parse("::ffff:0:0/95").unwrap(),
-            Net::V6 { prefix: 95, .. }
+            parse_net("::ffff:0:0/95").unwrap(),
+            IpNet::V6(n) if n.prefix_len() == 95
         ));
     }
 }

@@ -4,27 +4,7 @@ use std::io::ErrorKind;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
-/// State of a connection as seen by [`probe`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    /// The peek would block: the connection is alive and nothing is pending.
-    Idle,
-    /// The connection is alive and at least one byte is waiting; it was left unread.
-    Pending,
-    /// The peek returned 0 bytes: the peer closed its sending side (or the local
-    /// receiving side was shut down).
-    Closed,
-    /// The peek failed with this error, for example `ConnectionReset`.
-    Dead(ErrorKind),
-}
-
-impl Liveness {
-    /// Whether the connection may still be used: [`Idle`](Self::Idle) or
-    /// [`Pending`](Self::Pending).
-    pub fn is_alive(self) -> bool {
-        matches!(self, Self::Idle | Self::Pending)
-    }
-}
+pub use pool_core::Liveness;
 
 /// Checks whether the connection behind `s` is still alive, without consuming
 /// any data and without blocking.
@@ -113,18 +93,5 @@ pub fn peer_closed<S: AsFd>(s: &S) -> bool {
             .revents()
             .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn is_alive() {
-        assert!(Liveness::Idle.is_alive());
-        assert!(Liveness::Pending.is_alive());
-        assert!(!Liveness::Closed.is_alive());
-        assert!(!Liveness::Dead(ErrorKind::ConnectionReset).is_alive());
     }
 }

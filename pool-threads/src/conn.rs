@@ -4,9 +4,12 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
 use pool_core::ConnId;
-use pool_net::Liveness;
+use pool_core::Liveness;
 use rustls::{ClientConnection, StreamOwned};
 
+/// The stream under a [`ThreadConn`]. TLS is rustls's `StreamOwned`: the same rustls
+/// buffered connection that pool-tokio's streams drive through tokio-rustls, with
+/// blocking I/O, so both runtimes run one TLS path.
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
@@ -71,7 +74,7 @@ impl ThreadConn {
                 if sock.set_nonblocking(true).is_err() {
                     return Liveness::Pending;
                 }
-                let state = tls_liveness(sock, conn);
+                let state = pool_tls::queued_records(conn, &mut &*sock);
                 match sock.set_nonblocking(false) {
                     Ok(()) => state,
                     Err(e) => Liveness::Dead(e.kind()),
@@ -96,16 +99,6 @@ impl ThreadConn {
 
     pub(crate) fn is_alive(&mut self) -> bool {
         self.liveness().is_alive()
-    }
-}
-
-/// What the records queued on a non-blocking socket said, as a liveness.
-fn tls_liveness(mut tcp: &TcpStream, conn: &mut ClientConnection) -> Liveness {
-    match pool_tls::queued_records(conn, &mut tcp) {
-        pool_tls::RecordState::Idle => Liveness::Idle,
-        pool_tls::RecordState::Pending => Liveness::Pending,
-        pool_tls::RecordState::Closed => Liveness::Closed,
-        pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
     }
 }
 

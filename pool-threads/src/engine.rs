@@ -11,7 +11,8 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Peek, Platform, Reply, Sleep, Step, Task};
+use pool_core::driver::{Driver, Platform, Reply, Sleep, Step, Task};
+use pool_core::Liveness;
 use pool_core::{ClientMachine, ConnId, DialTicket, GetFailure, Stage, Want};
 
 use crate::conn::ThreadConn;
@@ -60,12 +61,8 @@ impl Platform for Threads {
     fn alive(&self, conn: &mut ThreadConn) -> bool {
         conn.is_alive()
     }
-    fn peek(&self, conn: &mut ThreadConn) -> Peek {
-        match conn.liveness() {
-            pool_net::Liveness::Idle => Peek::Quiet,
-            pool_net::Liveness::Pending => Peek::Pending,
-            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
-        }
+    fn peek(&self, conn: &mut ThreadConn) -> Liveness {
+        conn.liveness()
     }
     /// Watched for hang-ups (and bytes, in in-band mode); peeked once held when bytes
     /// the TLS session already took off the socket wait behind the id, in in-band mode.

@@ -93,7 +93,6 @@ mod pem;
 pub mod proof;
 mod records;
 mod server;
-pub mod session;
 #[cfg(feature = "test-util")]
 mod testca;
 
@@ -106,9 +105,8 @@ pub use key::{
 };
 pub use mode::TlsMode;
 pub use proof::{fresh_nonce, tls_binding, ClientProof, ProofError, ServerProof};
-pub use records::{queued_records, RecordState};
+pub use records::queued_records;
 pub use server::ServerTls;
-pub use session::{Progress, TlsSession};
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use testca::TestCa;

@@ -7,18 +7,7 @@
 
 use std::io;
 
-/// What the queued records said.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordState {
-    /// Nothing more queued: the connection is quiet.
-    Idle,
-    /// Payload is waiting, left for the next read (in rustls's plaintext buffer).
-    Pending,
-    /// The peer closed (`close_notify`, or end of stream behind the records).
-    Closed,
-    /// The records or the socket failed.
-    Dead(io::ErrorKind),
-}
+use pool_core::Liveness;
 
 /// Feeds the records already queued on a **non-blocking** socket to rustls (at most 8
 /// reads) and reports what they said. Payload they carry stays in rustls's plaintext
@@ -29,28 +18,28 @@ pub enum RecordState {
 pub fn queued_records<D>(
     conn: &mut rustls::ConnectionCommon<D>,
     sock: &mut dyn io::Read,
-) -> RecordState {
+) -> Liveness {
     for _ in 0..8 {
         match conn.read_tls(sock) {
             Ok(0) => {
                 // End of stream right behind the records: closed unless they held payload.
                 return match conn.process_new_packets() {
-                    Ok(st) if st.plaintext_bytes_to_read() > 0 => RecordState::Pending,
-                    Ok(_) => RecordState::Closed,
-                    Err(_) => RecordState::Dead(io::ErrorKind::InvalidData),
+                    Ok(st) if st.plaintext_bytes_to_read() > 0 => Liveness::Pending,
+                    Ok(_) => Liveness::Closed,
+                    Err(_) => Liveness::Dead(io::ErrorKind::InvalidData),
                 };
             }
             Ok(_) => match conn.process_new_packets() {
-                Err(_) => return RecordState::Dead(io::ErrorKind::InvalidData),
-                Ok(st) if st.plaintext_bytes_to_read() > 0 => return RecordState::Pending,
-                Ok(st) if st.peer_has_closed() => return RecordState::Closed,
+                Err(_) => return Liveness::Dead(io::ErrorKind::InvalidData),
+                Ok(st) if st.plaintext_bytes_to_read() > 0 => return Liveness::Pending,
+                Ok(st) if st.peer_has_closed() => return Liveness::Closed,
                 Ok(_) => {}
             },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return RecordState::Idle,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Idle,
             // rustls refuses more input while its buffers are full: payload is waiting.
-            Err(e) if e.kind() == io::ErrorKind::Other => return RecordState::Pending,
-            Err(e) => return RecordState::Dead(e.kind()),
+            Err(e) if e.kind() == io::ErrorKind::Other => return Liveness::Pending,
+            Err(e) => return Liveness::Dead(e.kind()),
         }
     }
-    RecordState::Pending
+    Liveness::Pending
 }

@@ -77,9 +77,11 @@ impl Default for ClientPoolBuilder {
 }
 
 impl ClientPoolBuilder {
-    /// Where to dial: the server pool's address (Go: the `dialer` function).
-    pub fn address(self, addr: std::net::SocketAddr) -> Self {
-        self.dialer(TcpDialer::new(addr))
+    /// Where to dial: the server pool's address, a [`SocketAddr`](std::net::SocketAddr)
+    /// or a `host:port` string resolved at every dial ([`ServerAddr`](crate::ServerAddr);
+    /// Go: the `dialer` function).
+    pub fn address(self, addr: impl Into<crate::ServerAddr>) -> Self {
+        self.dialer(TcpDialer::to(addr))
     }
     /// How to dial. Required unless [`address`](Self::address) is given.
     pub fn dialer(mut self, d: impl Dialer) -> Self {
@@ -458,10 +460,7 @@ impl Inner {
                         ServerName::IpAddress(peer.ip().into())
                     }
                 };
-                // The tunnel-key proof binds to the session's exporter, which only
-                // tokio-rustls's stream offers; otherwise the lean stream.
-                let lean = self.key.is_none();
-                let tls = TlsConn::connect(config.clone(), name, tcp, lean);
+                let tls = TlsConn::connect(config.clone(), name, tcp);
                 // Boxed, as the key proof below: a dial task's future holds only what
                 // the mode needs (thousands are spawned to fill a pool).
                 let tls = Box::pin(async { tls.await.map_err(StepError::from) });
@@ -533,10 +532,7 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
             }
         }
     }
-    let res = res.map(|mut conn| {
-        conn.trim(); // idle from here: no I/O buffers
-        (conn.id, conn)
-    });
+    let res = res.map(|conn| (conn.id, conn));
     let report = engine.report(ticket.serial(), |driver| {
         driver.dialed(ticket, res.map_err(|(stage, _)| stage))
     });
@@ -557,7 +553,7 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
 /// use pool_tokio::ClientPool;
 /// use std::time::Duration;
 /// let pool = ClientPool::builder()
-///     .address("127.0.0.1:10101".parse().unwrap())
+///     .address("127.0.0.1:10101")
 ///     .capacity(16, 256)
 ///     .get_timeout(Duration::from_secs(2))
 ///     .build()?;

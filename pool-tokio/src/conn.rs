@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pool_core::ConnId;
-use pool_net::Liveness;
+use pool_core::Liveness;
 use rustls::pki_types::CertificateDer;
 use rustls::{ProtocolVersion, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,7 +22,7 @@ use crate::tls::TlsConn;
 /// `AsyncRead + AsyncWrite` itself, so code that does not care which it is can use it
 /// (or [`tokio::io::split`]) as it is.
 ///
-/// The TLS variant is boxed: a TLS session takes a kilobyte, and the pool keeps its
+/// The TLS variant is boxed: a TLS session takes kilobytes, and the pool keeps its
 /// idle connections in this type, so the box keeps a plain pool as small as a TCP
 /// stream plus a tag.
 ///
@@ -235,12 +235,7 @@ impl PoolConn {
         }
         let tcp_state = pool_net::probe(self.stream.tcp());
         match (&mut self.stream, tcp_state) {
-            (PoolStream::Tls(tls), Liveness::Pending) => match tls.queued_records() {
-                pool_tls::RecordState::Idle => Liveness::Idle,
-                pool_tls::RecordState::Pending => Liveness::Pending,
-                pool_tls::RecordState::Closed => Liveness::Closed,
-                pool_tls::RecordState::Dead(kind) => Liveness::Dead(kind),
-            },
+            (PoolStream::Tls(tls), Liveness::Pending) => tls.queued_records(),
             (_, state) => state,
         }
     }
@@ -251,15 +246,6 @@ impl PoolConn {
         match &mut self.stream {
             PoolStream::Tls(tls) => tls.has_unread(),
             PoolStream::Plain(_) => false,
-        }
-    }
-
-    /// Releases the TLS stream's I/O buffers that hold nothing: the pool calls it when
-    /// the connection goes idle, so that an idle TLS connection holds its session and
-    /// no buffers.
-    pub(crate) fn trim(&mut self) {
-        if let PoolStream::Tls(tls) = &mut self.stream {
-            tls.trim();
         }
     }
 }

@@ -42,30 +42,82 @@ where
     }
 }
 
+/// Where a client pool dials: a socket address, or a `host:port` resolved again at
+/// every dial (so a server that moves to another address is found, as Go's dialer
+/// does). Made from a [`SocketAddr`] or a string; a string that is already an
+/// `ip:port` is kept as the address, so failures name it.
+///
+/// ```
+/// use pool_tokio::ServerAddr;
+/// let a: ServerAddr = "127.0.0.1:10101".into();
+/// assert_eq!(a, ServerAddr::Addr("127.0.0.1:10101".parse().unwrap()));
+/// let h: ServerAddr = "tunnel.example:10101".into();
+/// assert_eq!(h, ServerAddr::Host("tunnel.example:10101".into()));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// A fixed socket address.
+    Addr(SocketAddr),
+    /// A `host:port`, resolved at every dial.
+    Host(String),
+}
+
+impl From<SocketAddr> for ServerAddr {
+    fn from(a: SocketAddr) -> Self {
+        Self::Addr(a)
+    }
+}
+
+impl From<&str> for ServerAddr {
+    fn from(s: &str) -> Self {
+        match s.parse() {
+            Ok(a) => Self::Addr(a),
+            Err(_) => Self::Host(s.to_owned()),
+        }
+    }
+}
+
+impl From<String> for ServerAddr {
+    fn from(s: String) -> Self {
+        match s.parse() {
+            Ok(a) => Self::Addr(a),
+            Err(_) => Self::Host(s),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => a.fmt(f),
+            Self::Host(h) => f.write_str(h),
+        }
+    }
+}
+
 /// Dials a fixed address, or a `host:port` resolved at each dial.
 #[derive(Clone, Debug)]
 pub struct TcpDialer {
-    target: Target,
-}
-
-#[derive(Clone, Debug)]
-enum Target {
-    Addr(SocketAddr),
-    Host(String),
+    target: ServerAddr,
 }
 
 impl TcpDialer {
     /// Dials `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            target: Target::Addr(addr),
-        }
+        Self::to(addr)
     }
 
     /// Dials `host:port`, resolved at every dial (Go: the `dialer` resolving a name).
     pub fn host(host_port: impl Into<String>) -> Self {
         Self {
-            target: Target::Host(host_port.into()),
+            target: ServerAddr::Host(host_port.into()),
+        }
+    }
+
+    /// Dials `addr`: a socket address, or a `host:port` resolved at every dial.
+    pub fn to(addr: impl Into<ServerAddr>) -> Self {
+        Self {
+            target: addr.into(),
         }
     }
 }
@@ -74,15 +126,15 @@ impl TcpDialer {
 impl Dialer for TcpDialer {
     async fn dial(&self) -> io::Result<TcpStream> {
         match &self.target {
-            Target::Addr(a) => TcpStream::connect(*a).await,
-            Target::Host(h) => TcpStream::connect(h.as_str()).await,
+            ServerAddr::Addr(a) => TcpStream::connect(*a).await,
+            ServerAddr::Host(h) => TcpStream::connect(h.as_str()).await,
         }
     }
 
     fn target(&self) -> Option<SocketAddr> {
         match &self.target {
-            Target::Addr(a) => Some(*a),
-            Target::Host(_) => None,
+            ServerAddr::Addr(a) => Some(*a),
+            ServerAddr::Host(_) => None,
         }
     }
 }

@@ -12,7 +12,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::Liveness;
 use pool_core::{ConnId, DialTicket, GetFailure, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -34,17 +35,13 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn dial(self: Arc<Self>, ticket: DialTicket);
     /// Whether an idle connection may be handed out; never loses a byte.
     fn alive(conn: &mut PoolConn, log: &FailureLog) -> bool {
-        Self::peek(conn, log) != Peek::Dead
+        Self::peek(conn, log).is_alive()
     }
     /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
     /// wrong with a peer that once passed its handshake goes in the log (the server's
     /// does; this default finds nothing to note).
-    fn peek(conn: &mut PoolConn, _log: &FailureLog) -> Peek {
-        match conn.liveness() {
-            pool_net::Liveness::Idle => Peek::Quiet,
-            pool_net::Liveness::Pending => Peek::Pending,
-            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
-        }
+    fn peek(conn: &mut PoolConn, _log: &FailureLog) -> Liveness {
+        conn.liveness()
     }
 }
 
@@ -88,7 +85,7 @@ impl<S: Side> Platform for Rt<S> {
     fn alive(&self, conn: &mut PoolConn) -> bool {
         S::alive(conn, &self.log)
     }
-    fn peek(&self, conn: &mut PoolConn) -> Peek {
+    fn peek(&self, conn: &mut PoolConn) -> Liveness {
         S::peek(conn, &self.log)
     }
     /// Watched for hang-ups (and bytes, in in-band mode); peeked once held when bytes
@@ -347,8 +344,9 @@ pub(crate) async fn get_for_user<S: Side>(
         .metrics
         .get_wait
         .record(now().saturating_duration_since(start));
-    let failing = || engine.log().failing_since(start).map(Box::new);
-    res.map_err(|e| crate::GetError::from_core(e, want, failing, start))
+    let log = engine.log();
+    let failing = || log.failing_since(start).map(Box::new);
+    res.map_err(|e| crate::GetError::from_core(e, want, failing, start, log.unreached()))
 }
 
 /// A get: the protocol's steps, awaiting the answer when it has to wait.

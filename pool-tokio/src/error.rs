@@ -50,12 +50,15 @@ pub enum BuildError {
 #[non_exhaustive]
 pub enum GetError {
     /// The timeout passed with nothing to hand out.
-    #[error("get timed out: no connection in {}{}", show(*.waited), because(.failing))]
+    #[error("get timed out: no connection in {}{}{}", show(*.waited), because(.failing), no_client(.unreached))]
     Timeout {
         /// How long the get waited.
         waited: Duration,
         /// The run of failures under way when it gave up, if any.
         failing: Option<Box<Failure>>,
+        /// A server pool's listening address, when no client has ever connected to
+        /// it (a client pool dialing another address or port, or not started).
+        unreached: Option<SocketAddr>,
     },
     /// Nothing can succeed: the pool has never made a connection and every recent dial
     /// failed (`fail_fast`, on by default). Answered within one backoff step.
@@ -78,6 +81,7 @@ impl GetError {
         want: pool_core::Want,
         failing: impl FnOnce() -> Option<Box<Failure>>,
         start: Instant,
+        unreached: Option<SocketAddr>,
     ) -> Self {
         use pool_core::GetFailure as F;
         match (e, want) {
@@ -88,6 +92,7 @@ impl GetError {
                 (_, failing) => Self::Timeout {
                     waited: crate::rt::now().saturating_duration_since(start),
                     failing,
+                    unreached,
                 },
             },
         }
@@ -242,14 +247,52 @@ fn stage_name(s: Stage) -> &'static str {
     }
 }
 
+/// A wait as a message prints it: `2s`, `1s 500ms` (humantime's form, as pool-core's
+/// errors). Below a millisecond nobody reads the rest.
 fn show(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
+    let d = if d >= Duration::from_millis(1) {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     } else {
-        format!("{:.2} s", d.as_secs_f64())
-    }
+        d
+    };
+    humantime::format_duration(d).to_string()
+}
+
+fn no_client(addr: &Option<SocketAddr>) -> String {
+    addr.map(|a| {
+        format!("; no client has connected to {a} yet (is the client pool dialing this address?)")
+    })
+    .unwrap_or_default()
 }
 
 fn because(f: &Option<Box<Failure>>) -> String {
     f.as_ref().map(|f| format!("; {f}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(waited: Duration) -> String {
+        GetError::Timeout {
+            waited,
+            failing: None,
+            unreached: None,
+        }
+        .to_string()
+    }
+
+    /// A wait prints as pool-core's durations do (`2s`, `2s 500ms`), never `2 s` beside
+    /// `2.00 s`; what lies under a millisecond is not printed.
+    #[test]
+    fn a_wait_prints_as_the_core_prints_durations() {
+        assert_eq!(
+            timeout(Duration::from_secs(2)),
+            "get timed out: no connection in 2s"
+        );
+        assert_eq!(
+            timeout(Duration::from_micros(2_500_700)),
+            "get timed out: no connection in 2s 500ms"
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! machine's lock (a dial or handshake writes it once as it ends).
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use pool_core::Stage;
@@ -14,6 +15,10 @@ use crate::rt::now;
 pub(crate) struct FailureLog {
     run: Mutex<Run>,
     client: bool,
+    /// A server's listening address, set when it starts accepting.
+    listening: OnceLock<SocketAddr>,
+    /// Whether a server accepted any connection yet.
+    reached: AtomicBool,
 }
 
 #[derive(Default)]
@@ -27,7 +32,30 @@ impl FailureLog {
         Self {
             run: Mutex::default(),
             client,
+            listening: OnceLock::new(),
+            reached: AtomicBool::new(false),
         }
+    }
+
+    /// A server started accepting on `addr`.
+    pub(crate) fn listening(&self, addr: SocketAddr) {
+        let _ = self.listening.set(addr);
+    }
+
+    /// A server accepted a connection (whatever became of it).
+    pub(crate) fn reached(&self) {
+        if !self.reached.load(Ordering::Relaxed) {
+            self.reached.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A server's listening address while no connection ever reached it: what a get
+    /// that times out on a pool nobody dials names.
+    pub(crate) fn unreached(&self) -> Option<SocketAddr> {
+        if self.reached.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.listening.get().copied()
     }
 
     fn run(&self) -> MutexGuard<'_, Run> {

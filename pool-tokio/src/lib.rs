@@ -62,7 +62,7 @@ fn watched_sweep(watch: bool, sweep_set: bool, go_normalized: bool) -> bool {
 
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::{PoolConn, PoolStream};
-pub use dialer::{Dialer, TcpDialer};
+pub use dialer::{Dialer, ServerAddr, TcpDialer};
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};
 pub use handle::PoolHandle;
 pub use pool_core::{

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    Admission, ConnId, HandshakeTicket, IdForm, ServerConfig, ServerConfigBuilder, ServerMachine,
-    Stage, Want,
+    Admission, ConnId, HandshakeTicket, IdForm, Liveness, ServerConfig, ServerConfigBuilder,
+    ServerMachine, Stage, Want,
 };
 use pool_net::{IpFilter, SocketOptions};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
@@ -417,10 +417,9 @@ impl Side for Inner {
     /// A TLS record is that client's handshake failing late (its ClientHello came
     /// after the id was written): it goes in the log as the mismatch it is, so a get
     /// that times out names it.
-    fn peek(conn: &mut PoolConn, log: &FailureLog) -> pool_core::driver::Peek {
-        use pool_core::driver::Peek;
+    fn peek(conn: &mut PoolConn, log: &FailureLog) -> Liveness {
         match conn.liveness() {
-            pool_net::Liveness::Pending if !conn.is_tls() => {
+            Liveness::Pending if !conn.is_tls() => {
                 let mut first = [0u8; 3];
                 let tls = pool_net::peek_now(conn.tcp(), &mut first)
                     .is_ok_and(|n| pool_net::looks_like_tls(&first[..n]));
@@ -428,15 +427,15 @@ impl Side for Inner {
                     let peer = conn.tcp().peer_addr().ok();
                     log.fail(Stage::Protocol, StepError::ClientSpeaksTls, peer);
                 }
-                if tls || pool_net::peer_closed(conn.tcp()) {
-                    Peek::Dead
+                if tls {
+                    Liveness::Dead(std::io::ErrorKind::InvalidData)
+                } else if pool_net::peer_closed(conn.tcp()) {
+                    Liveness::Closed
                 } else {
-                    Peek::Pending
+                    Liveness::Pending
                 }
             }
-            pool_net::Liveness::Idle => Peek::Quiet,
-            pool_net::Liveness::Pending => Peek::Pending,
-            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+            other => other,
         }
     }
 }
@@ -457,9 +456,7 @@ impl Inner {
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {
-                // As the client pool: tokio-rustls's stream only for the key proof.
-                let lean = self.key.is_none();
-                let tls = TlsConn::accept(acceptor.clone(), tcp, lean);
+                let tls = TlsConn::accept(acceptor.clone(), tcp);
                 // Boxed, as the key proof below: a handshake task's future holds only
                 // what the mode needs (thousands are spawned to fill a pool).
                 let tls = Box::pin(async { tls.await.map_err(StepError::from) });
@@ -522,10 +519,6 @@ async fn handshake(
         }
         Err((stage, e)) => Some((*stage, e.clone())),
     };
-    let res = res.map(|mut conn| {
-        conn.trim(); // idle from here: no I/O buffers
-        conn
-    });
     // Whether the core counts it: not when a newer connection evicted it, nor when
     // the pool closed.
     let counted = engine.report(ticket.serial(), |driver| {
@@ -544,6 +537,9 @@ async fn handshake(
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let engine = &inner.engine;
+    if let Ok(addr) = listener.local_addr() {
+        engine.log().listening(addr);
+    }
     let cancel = engine.rt().cancel.clone();
     let mut refusals = Burst::default();
     loop {
@@ -552,7 +548,10 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             _ = cancel.cancelled() => return,
         };
         let (tcp, peer) = match res {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                engine.log().reached();
+                pair
+            }
             Err(e) => {
                 // Out of descriptors and the like: the core says when to try again.
                 let resume = engine.driver.input(|m, now| m.handle_accept_error(now));

@@ -321,3 +321,45 @@ async fn question_mark_works_inside_a_session() {
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_nobody_dials_says_no_client_has_connected_yet() {
+    let server = ServerPool::builder().bind(loopback()).build().unwrap();
+    let err = server
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    report("server pool that no client dials", Duration::ZERO, &err);
+    let GetError::Timeout { unreached, .. } = &err else {
+        panic!("expected Timeout, got {err}")
+    };
+    assert_eq!(*unreached, Some(server.local_addr()), "{err}");
+    let text = err.to_string();
+    let addr = server.local_addr().to_string();
+    assert!(
+        text.contains("no client has connected to") && text.contains(&addr),
+        "{text}"
+    );
+    // Once something connected, the hint is gone: the timeout is another story.
+    let tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    assert!(server.wait_idle(1, T).await);
+    let (_, _conn) = server.get_timeout(T).await.unwrap();
+    let err = server
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            GetError::Timeout {
+                unreached: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(tcp);
+    server.close().await;
+}

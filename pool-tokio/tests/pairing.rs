@@ -193,3 +193,17 @@ async fn pool_tokio_wait(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A client pool given `host:port` instead of a socket address resolves the name at
+/// each dial and pairs as one given the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pool_dials_a_host_and_port() {
+    let server = ServerPool::builder().bind(loopback()).build().unwrap();
+    let port = server.local_addr().port();
+    let client = ClientPool::builder()
+        .address(format!("localhost:{port}"))
+        .capacity(4, 4)
+        .build()
+        .unwrap();
+    run(server, client, 8).await;
+}

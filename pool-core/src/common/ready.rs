@@ -4,19 +4,7 @@
 use std::time::Instant;
 
 use super::{Kept, PoolCommon};
-use crate::ConnId;
-
-/// What a non-blocking peek at a held connection found: the driver's report on a
-/// connection the OS said was ready ([`Reported`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peek {
-    /// Alive, nothing to read.
-    Quiet,
-    /// Alive, with bytes waiting (left unread).
-    Pending,
-    /// Closed by the peer, reset, or failed.
-    Dead,
-}
+use crate::{ConnId, Liveness};
 
 /// What became of a held connection the OS reported ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +106,7 @@ impl<C> PoolCommon<C> {
     pub(crate) fn handle_peeked(
         &mut self,
         held: Reported<C>,
-        peek: Peek,
+        peek: Liveness,
         in_band: bool,
     ) -> (Readied, bool) {
         let again = self.end_peek(held.id);
@@ -128,18 +116,18 @@ impl<C> PoolCommon<C> {
                 self.to_close.push((id, held.into_conn()));
                 return (Readied::NotHeld, false);
             }
-            Peek::Dead => {
+            Liveness::Closed | Liveness::Dead(_) => {
                 self.counters.evicted_dead += 1;
                 self.depart(id);
                 self.to_close.push((id, held.into_conn()));
                 return (Readied::Closed, false);
             }
-            Peek::Pending if in_band => {
+            Liveness::Pending if in_band => {
                 self.start(id, held.into_conn());
                 return (Readied::Started, false);
             }
-            Peek::Pending => Readied::Pending,
-            Peek::Quiet => Readied::Quiet,
+            Liveness::Pending => Readied::Pending,
+            Liveness::Idle => Readied::Quiet,
         };
         if let Err(kept) = self.land_kept(id, held.kept) {
             // Its id became idle again meanwhile: keep the one already there.

@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use super::{Driver, Platform, Role, START_WAIT};
-use crate::common::{Peek, Readied};
+use crate::common::Readied;
 use crate::time::deadline_after;
+use crate::Liveness;
 use crate::{ClientMachine, ConnId, DialTicket, HandshakeTicket, ServerMachine, Stage};
 
 /// What a dial's report changed ([`Driver::dialed`]).
@@ -54,7 +55,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                 return Readied::NotHeld;
             };
             let peek = self.p().peek(held.conn_mut());
-            if peek == Peek::Quiet {
+            if peek == Liveness::Idle {
                 // Re-armed before it is back: a report in between is peeked again.
                 let _ = self.p().watch(id, held.conn_mut());
             }

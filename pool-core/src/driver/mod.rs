@@ -39,7 +39,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-pub use crate::common::{Peek, Readied};
+pub use crate::common::Readied;
+pub use crate::Liveness;
 pub use land::DialReport;
 pub use role::Role;
 
@@ -95,11 +96,11 @@ pub trait Platform {
     /// consume a byte. The default knows only [`alive`](Self::alive), and calls every
     /// live connection quiet: a platform that drives in-band activation
     /// ([`Driver::idle_ready`]) overrides it.
-    fn peek(&self, conn: &mut Self::Conn) -> Peek {
+    fn peek(&self, conn: &mut Self::Conn) -> Liveness {
         if self.alive(conn) {
-            Peek::Quiet
+            Liveness::Idle
         } else {
-            Peek::Dead
+            Liveness::Closed
         }
     }
     /// Watches a connection the pool is about to hold (it landed, or a spurious report

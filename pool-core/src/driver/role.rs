@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
-use crate::common::{Check, Got, Output, Peek, PoolCommon, Probe, Readied, Reported};
+use crate::common::{Check, Got, Output, PoolCommon, Probe, Readied, Reported};
 use crate::stats::{Counters, Status};
 use crate::waiters::{WaiterKey, Want};
+use crate::Liveness;
 use crate::{ClientMachine, ConnId, ServerMachine};
 
 mod sealed {
@@ -66,7 +67,7 @@ pub trait Role: sealed::Sealed {
     fn handle_peeked(
         &mut self,
         held: Reported<Self::Conn>,
-        peek: Peek,
+        peek: Liveness,
         now: Instant,
     ) -> (Readied, bool);
     /// A connection answered to the get `key` comes back: that get went away. A
@@ -121,7 +122,12 @@ impl<C> Role for ClientMachine<C> {
     fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
         Self::take_held(self, id, now)
     }
-    fn handle_peeked(&mut self, held: Reported<C>, peek: Peek, now: Instant) -> (Readied, bool) {
+    fn handle_peeked(
+        &mut self,
+        held: Reported<C>,
+        peek: Liveness,
+        now: Instant,
+    ) -> (Readied, bool) {
         Self::handle_peeked(self, held, peek, now)
     }
     fn handle_check(&mut self, check: Check<C>, alive: bool, now: Instant) -> Got<C> {
@@ -167,7 +173,12 @@ impl<C> Role for ServerMachine<C> {
     fn take_held(&mut self, id: ConnId, now: Instant) -> Option<Reported<C>> {
         Self::take_held(self, id, now)
     }
-    fn handle_peeked(&mut self, held: Reported<C>, peek: Peek, now: Instant) -> (Readied, bool) {
+    fn handle_peeked(
+        &mut self,
+        held: Reported<C>,
+        peek: Liveness,
+        now: Instant,
+    ) -> (Readied, bool) {
         Self::handle_peeked(self, held, peek, now)
     }
     fn put_back(&mut self, id: ConnId, conn: C, now: Instant) {

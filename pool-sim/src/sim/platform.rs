@@ -9,8 +9,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
-use pool_core::driver::{Delivery, Peek, Platform, Reply, Task};
+use pool_core::driver::{Delivery, Platform, Reply, Task};
 use pool_core::ConnId;
+use pool_core::Liveness;
 
 /// Which pool a request comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,13 +158,13 @@ impl Platform for Sim {
     }
     /// Dead as [`alive`](Self::alive) finds it; at the client, bytes wait on a
     /// connection the server started a session on.
-    fn peek(&self, serial: &mut u64) -> Peek {
+    fn peek(&self, serial: &mut u64) -> Liveness {
         if !self.alive(serial) {
-            Peek::Dead
+            Liveness::Closed
         } else if self.end == End::Client && self.wire.is_pending(*serial) {
-            Peek::Pending
+            Liveness::Pending
         } else {
-            Peek::Quiet
+            Liveness::Idle
         }
     }
     fn channel(&self) -> (Tagged, u64) {

@@ -78,7 +78,7 @@ pub(crate) fn client(addr: &str, n: usize, secs: Duration) -> Res<Vec<f64>> {
         let rss0 = rss_bytes();
         let start = Instant::now();
         let client = ClientPool::builder()
-            .address(addr.parse()?)
+            .address(addr.parse::<std::net::SocketAddr>()?)
             .capacity(n, n)
             .parallelism(64)
             .build()?;
