@@ -28,7 +28,6 @@ pub const RESET_REFUSED: VarInt = VarInt::from_u32(1);
 /// Bounds on what strangers can hold before any stream is pooled: QUIC connections
 /// and their handshakes. Each is counted when it refuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// QUIC connections at once, all sources. Default 256.
     pub connections: usize,

@@ -1,6 +1,8 @@
 //! Pairs of pools on loopback, and byte checks of a paired stream.
 #![allow(dead_code)]
 
+pub(crate) mod raw;
+
 use std::time::Duration;
 
 use pool_quic::{ClientConfig, ClientPool, ClientTls, QuicStream, ServerConfig, ServerPool};
