@@ -45,7 +45,9 @@ pub use client::{ClientPool, ClientPoolBuilder};
 pub use error::{BuildError, Cause, Failure, GetError};
 pub use server::{Limits, QuicCounters, ServerPool, ServerPoolBuilder, RESET_REFUSED};
 pub use stream::{QuicStream, RESET_UNUSED};
-pub use wire::{shards, ClientTls, ALPN, HELLO, ID_WIRE_LEN, MAX_SHARDS, STREAMS_PER_CONNECTION};
+pub use wire::{
+    shards, ClientTls, ALPN, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS, STREAMS_PER_CONNECTION,
+};
 
 pub use pool_core::{ClientConfig, ConnId, ServerConfig};
 pub use quinn;

@@ -151,7 +151,10 @@ impl ServerPoolBuilder {
         };
         let crypto = wire::quic_server(&cert.config()?)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(wire::transport(self.keepalive, STREAMS_PER_CONNECTION));
+        config.transport_config(wire::transport(
+            self.keepalive,
+            STREAMS_PER_CONNECTION + wire::CREDIT_SLACK,
+        ));
         config.max_incoming(self.limits.connections.max(1));
         config.incoming_buffer_size(64 * 1024);
         config.incoming_buffer_size_total(u64::from(self.limits.queued) * 1500);
@@ -535,6 +538,8 @@ impl ServerPool {
         inner.engine.shut();
         inner.endpoint.close(0u32.into(), b"pool closed");
         inner.engine.rt().tasks.wait().await;
+        // Its connections drained, the endpoint lets go of the port.
+        inner.endpoint.wait_idle().await;
     }
 
     /// Idle streams (Go: `Active`).

@@ -25,6 +25,12 @@ pub const ID_WIRE_LEN: usize = 4;
 /// Concurrent bidirectional streams per QUIC connection (each end's limit).
 pub const STREAMS_PER_CONNECTION: u32 = 128;
 
+/// Streams over [`STREAMS_PER_CONNECTION`] a server allows: quinn gives stream
+/// credit back in batches of an eighth of the limit, so a client that keeps 128 open,
+/// using and replacing them, would otherwise wait for up to 15 streams' worth of
+/// credit. The client still opens at most 128 at once.
+pub const CREDIT_SLACK: u32 = STREAMS_PER_CONNECTION / 8;
+
 /// Connections (shards) a client pool opens at most.
 pub const MAX_SHARDS: usize = 64;
 

@@ -66,3 +66,30 @@ async fn flush_resets_idle_streams_on_both_ends_and_the_client_refills() {
     check_bytes(&mut s, &mut c, b"fresh").await;
     assert!(client.counters().evicted_dead >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_used_and_dropped_give_their_connection_room_back() {
+    // One full connection: every refill needs the stream credit the used ones free.
+    let (server, client) = pair(128, 128);
+    assert!(client.wait_idle(128, Duration::from_secs(10)).await);
+    for n in 0..20 {
+        let (mut s, mut c) = paired(&server, &client).await;
+        if n % 2 == 0 {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.shutdown().await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut v = Vec::new();
+            c.read_to_end(&mut v).await.unwrap();
+            s.read_to_end(&mut v).await.unwrap();
+        }
+    }
+    let back = client.wait_idle(128, Duration::from_secs(10)).await;
+    assert!(
+        back,
+        "{:?} {:?} {:?} {:?}",
+        client.status(),
+        client.last_failure(),
+        server.counters(),
+        server.status()
+    );
+}

@@ -26,3 +26,4 @@ pub mod proxy;
 pub mod report;
 pub mod rng;
 pub mod soak;
+pub mod udp_proxy;
