@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, DialTicket, IdForm};
 use pool_core::{IdReader, Stage, Status, Want};
+use pool_tls::TunnelKey;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::Endpoint;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ pub struct ClientPoolBuilder {
     keepalive: Duration,
     get_timeout: Duration,
     bind: Option<SocketAddr>,
+    key: Option<TunnelKey>,
 }
 
 impl ClientPoolBuilder {
@@ -60,6 +62,14 @@ impl ClientPoolBuilder {
     /// family, any port.
     pub fn bind(mut self, local: SocketAddr) -> Self {
         self.bind = Some(local);
+        self
+    }
+
+    /// Proves this key on each QUIC connection before any stream of it is pooled
+    /// (once per connection, bound to its TLS session; see the crate's README). Not
+    /// part of the Go wire: set it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
         self
     }
 
@@ -121,6 +131,7 @@ impl ClientPoolBuilder {
             shards: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
             max_shards,
+            key: self.key,
         });
         inner.engine.spawn(drive(inner.clone()));
         Ok(ClientPool {
@@ -142,6 +153,7 @@ pub(crate) struct Inner {
     /// Held while a new connection is being made, so that one is made at a time.
     connecting: tokio::sync::Mutex<()>,
     max_shards: usize,
+    key: Option<TunnelKey>,
 }
 
 impl Side for Inner {
@@ -161,6 +173,7 @@ impl Side for Inner {
 fn connect_stage(c: &Cause) -> Stage {
     match c {
         Cause::WrongAlpn | Cause::Tls(_) => Stage::Tls,
+        Cause::BadProof => Stage::Auth,
         _ => Stage::Connect,
     }
 }
@@ -211,6 +224,12 @@ impl Inner {
             .endpoint
             .connect_with(config, self.addr, &self.server_name)?
             .await?;
+        if let Some(key) = &self.key {
+            if let Err(e) = crate::proof::client(&conn, key).await {
+                conn.close(crate::proof::CLOSE_BAD_PROOF.into(), b"proof failed");
+                return Err(e);
+            }
+        }
         debug!(peer = %self.addr, "QUIC connection up");
         Ok(Link::new(conn))
     }
@@ -323,6 +342,7 @@ impl ClientPool {
             keepalive: Duration::from_secs(30),
             get_timeout: Duration::from_secs(5),
             bind: None,
+            key: None,
         }
     }
 

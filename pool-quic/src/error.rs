@@ -116,6 +116,10 @@ pub enum Cause {
     /// The client's opening byte was not `0x00`.
     #[error("the stream opened with {0:#04x}, not 0x00: not an np-quic client")]
     BadHello(u8),
+    /// The tunnel-key proof of the connection did not verify: a wrong key, or a peer
+    /// without one.
+    #[error("the tunnel-key proof did not verify: a wrong key, or a peer without one")]
+    BadProof,
     /// Any other I/O error.
     #[error("{0}")]
     Io(Arc<io::Error>),

@@ -29,7 +29,9 @@
 //! retry first; datagrams for connections not yet accepted are capped; each stream's
 //! handshake is admitted by pool-core's server machine (its slots, per-source quota,
 //! deadline and eviction of the oldest), and the client-IP filter refuses a connection
-//! before its handshake.
+//! before its handshake. With a tunnel key on both ends
+//! ([`ServerPoolBuilder::tunnel_key`]), each connection proves it once, bound to its TLS
+//! session, before any of its streams is pooled.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -42,17 +44,21 @@ mod client;
 mod engine;
 mod error;
 mod link;
+mod proof;
 mod server;
 mod stream;
 mod wire;
 
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use error::{BuildError, Cause, Failure, GetError};
+pub use proof::{CLOSE_BAD_PROOF, PROOF};
 pub use server::{Limits, QuicCounters, ServerPool, ServerPoolBuilder, RESET_REFUSED};
 pub use stream::{QuicStream, RESET_UNUSED};
 pub use wire::{
-    shards, ClientTls, ALPN, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS, STREAMS_PER_CONNECTION,
+    shards, ClientTls, ALPN, CONNECTION_WINDOW, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS,
+    STREAMS_PER_CONNECTION, STREAM_WINDOW,
 };
 
 pub use pool_core::{ClientConfig, ConnId, ServerConfig};
+pub use pool_tls::TunnelKey;
 pub use quinn;

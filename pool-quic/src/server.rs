@@ -10,7 +10,7 @@ use std::time::Duration;
 use pool_core::{Admission, ConnId, HandshakeTicket, ServerConfig, ServerMachine, Stage, Status};
 use pool_core::{Want, ID_LEN};
 use pool_net::IpFilter;
-use pool_tls::{Fingerprint, ServerTls};
+use pool_tls::{Fingerprint, ServerTls, TunnelKey};
 use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -66,6 +66,8 @@ pub struct QuicCounters {
     pub retries: u64,
     /// QUIC handshakes that failed or ran out of time.
     pub failed_handshakes: u64,
+    /// Connections closed because their tunnel-key proof failed or ran out of time.
+    pub failed_proofs: u64,
 }
 
 /// Builder of a [`ServerPool`]. The pool's capacity, handshake bounds and deadlines
@@ -80,6 +82,7 @@ pub struct ServerPoolBuilder {
     keepalive: Duration,
     get_timeout: Duration,
     limits: Limits,
+    key: Option<TunnelKey>,
 }
 
 impl std::fmt::Debug for ServerPoolBuilder {
@@ -134,6 +137,15 @@ impl ServerPoolBuilder {
         self
     }
 
+    /// Admits a QUIC connection's streams only once it proved this key (once per
+    /// connection, bound to its TLS session, within the handshake timeout); others are
+    /// closed and counted in [`QuicCounters::failed_proofs`]. Not part of the Go wire:
+    /// set it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
     /// Checks the settings, binds the UDP socket and starts accepting. Call from
     /// inside a tokio runtime (Go: `NewServerPool` followed by `go ServerManager()`).
     ///
@@ -182,6 +194,8 @@ impl ServerPoolBuilder {
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            failed_proofs: AtomicU64::new(0),
+            key: self.key,
         });
         inner.engine.spawn(accept_loop(inner.clone()));
         inner.engine.spawn(drive(inner.clone()));
@@ -206,6 +220,8 @@ pub(crate) struct Inner {
     refused: AtomicU64,
     retries: AtomicU64,
     failed: AtomicU64,
+    failed_proofs: AtomicU64,
+    key: Option<TunnelKey>,
 }
 
 impl Side for Inner {
@@ -368,6 +384,24 @@ async fn connection(inner: Arc<Inner>, incoming: Incoming, held: Held, slot: Han
         },
         _ = cancel.cancelled() => return,
     };
+    if let Some(key) = &inner.key {
+        let proof = tokio::time::timeout(inner.handshake_timeout, crate::proof::server(&conn, key));
+        let failed = tokio::select! {
+            r = proof => match r {
+                Ok(Ok(())) => None,
+                Ok(Err(cause)) => Some(cause),
+                Err(_) => Some(Cause::Timeout),
+            },
+            _ = cancel.cancelled() => return,
+        };
+        if let Some(cause) = failed {
+            inner.failed_proofs.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, %cause, "tunnel-key proof failed");
+            inner.engine.rt().log.fail(Stage::Auth, cause, Some(peer));
+            conn.close(crate::proof::CLOSE_BAD_PROOF.into(), b"proof failed");
+            return;
+        }
+    }
     drop(slot);
     let link = Link::new(conn);
     watch_link(&inner, link.clone());
@@ -481,6 +515,7 @@ impl ServerPool {
             keepalive: Duration::from_secs(30),
             get_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            key: None,
         }
     }
 
@@ -577,6 +612,7 @@ impl ServerPool {
             refused_connections: i.refused.load(Ordering::Relaxed),
             retries: i.retries.load(Ordering::Relaxed),
             failed_handshakes: i.failed.load(Ordering::Relaxed),
+            failed_proofs: i.failed_proofs.load(Ordering::Relaxed),
         }
     }
 

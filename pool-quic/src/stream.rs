@@ -123,25 +123,22 @@ impl QuicStream {
                 Liveness::Dead
             };
         }
+        if waiting {
+            // What waits was read already: reading more would buffer here what
+            // flow control holds at the peer.
+            return Liveness::Pending;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let mut buf = [0u8; 2048];
         match self.recv.poll_read(&mut cx, &mut buf) {
-            Poll::Pending if waiting => Liveness::Pending,
             Poll::Pending => Liveness::Quiet,
             Poll::Ready(Ok(0)) => {
                 self.fin = true;
-                if waiting {
-                    Liveness::Pending
-                } else {
-                    Liveness::Dead
-                }
+                Liveness::Dead
             }
             Poll::Ready(Ok(n)) => {
-                if self.at == self.stash.len() {
-                    self.stash.clear();
-                    self.at = 0;
-                }
-                self.stash.extend_from_slice(&buf[..n]);
+                self.stash = buf[..n].to_vec();
+                self.at = 0;
                 Liveness::Pending
             }
             Poll::Ready(Err(_)) => Liveness::Dead,

@@ -50,11 +50,22 @@ pub fn shards(max_capacity: usize) -> usize {
         .clamp(1, MAX_SHARDS)
 }
 
+/// Bytes a peer may send on one stream ahead of what is read (the Go package's
+/// quic-go allows up to 6 MiB).
+pub const STREAM_WINDOW: u32 = 6 << 20;
+
+/// Bytes a peer may send on one connection, all streams together, ahead of what is
+/// read (quic-go: up to 15 MiB). With the connection caps of [`Limits`](crate::Limits)
+/// it bounds what strangers can make a server buffer.
+pub const CONNECTION_WINDOW: u32 = 15 << 20;
+
 /// The transport settings of both ends: keep-alive at `keepalive`, idle timeout three
 /// times it, at most `streams` concurrent bidirectional streams opened by the peer,
-/// no unidirectional streams.
+/// no unidirectional streams, bounded receive windows.
 pub(crate) fn transport(keepalive: Duration, streams: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.keep_alive_interval(Some(keepalive));
     let idle = keepalive.saturating_mul(3);
     t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
