@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::{check_bytes, paired};
 use pool_quic::{ClientConfig, ClientPool, ClientTls, ServerPool};
 use pool_testkit::udp_proxy::{Faults, UdpProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn client_via(proxy: SocketAddr, server: &ServerPool, n: usize, keepalive: Duration) -> ClientPool {
     let core = ClientConfig::builder()
@@ -118,6 +119,16 @@ async fn a_session_survives_the_clients_address_changing_mid_stream() {
     let before = s.peer_addr();
     check_bytes(&mut s, &mut c, &pattern(1, 16 * 1024)).await;
     proxy.rebind().unwrap();
+    // The server learns the new address from the client's next packet (data here, a
+    // keep-alive otherwise); until then what it sends goes to the old one.
+    let hello = pattern(9, 4096);
+    c.write_all(&hello).await.unwrap();
+    let mut got = vec![0u8; hello.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("client to server after the rebind")
+        .unwrap();
+    assert_eq!(got, hello);
     check_bytes(&mut s, &mut c, &pattern(2, 16 * 1024)).await;
     assert_ne!(s.peer_addr(), before, "the server saw the new address");
     check_bytes(&mut s, &mut c, &pattern(3, 16 * 1024)).await;
