@@ -25,3 +25,4 @@ pub mod pair;
 pub mod process;
 pub mod proxy;
 pub mod soak;
+pub mod udp_proxy;

@@ -1,0 +1,319 @@
+//! The QUIC adapter of pool-core's driver protocol ([`pool_core::driver`]).
+//!
+//! The protocol (the id map, gets by id or any, waiting gets, adaptation, the sweep,
+//! flush and close) is pool-core's [`Driver`], the code pool-tokio, pool-threads and
+//! the simulator run. What is QUIC's lives here: the [`Platform`] (tokio's clock, a
+//! `Notify` for the timer task, oneshot replies, dials as tasks with a cancel token
+//! each, the liveness peek of a stream, and the watch: a stream's connection that
+//! ends reports the streams the pool holds on it).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::{ConnId, DialTicket, GetFailure, Stage, Want};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Cause, FailureLog, GetError};
+use crate::link::Link;
+use crate::stream::{Liveness, QuicStream, RESET_UNUSED};
+
+type Delivery = pool_core::driver::Delivery<QuicStream>;
+
+/// The core's `now`, from tokio's clock.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The seed of a machine's generator, from the TLS provider's secure generator.
+pub(crate) fn seeded() -> Result<pool_core::SeededRandom, crate::BuildError> {
+    let seed = pool_tls::secure_seed().map_err(|_| crate::BuildError::Random)?;
+    Ok(pool_core::SeededRandom::from_seed(seed))
+}
+
+/// Runs one step of a dial or handshake until it ends or the core aborts it.
+pub(crate) async fn step<T>(
+    token: &CancellationToken,
+    stage: Stage,
+    fut: impl Future<Output = Result<T, Cause>>,
+) -> Result<T, (Stage, Cause)> {
+    tokio::select! {
+        r = fut => r.map_err(|e| (stage, e)),
+        _ = token.cancelled() => Err((stage, Cause::Timeout)),
+    }
+}
+
+/// What differs between the client and the server pool, as the adapter sees it.
+pub(crate) trait Side: Send + Sync + Sized + 'static {
+    type M: Role<Conn = QuicStream> + Send + 'static;
+    fn engine(&self) -> &Engine<Self>;
+    /// Starts a dial (the client's work; a server never gets one).
+    fn dial(self: Arc<Self>, ticket: DialTicket);
+}
+
+/// The QUIC [`Platform`].
+pub(crate) struct Rt<S> {
+    side: Weak<S>,
+    wake: Notify,
+    /// Notified after every turn and every finished dial or handshake.
+    changed: Notify,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    handle: tokio::runtime::Handle,
+    running: Mutex<HashMap<u64, CancellationToken>>,
+    pub(crate) log: FailureLog,
+}
+
+fn peek_of(conn: &mut QuicStream) -> Peek {
+    match conn.liveness() {
+        Liveness::Quiet => Peek::Quiet,
+        Liveness::Pending => Peek::Pending,
+        Liveness::Dead => Peek::Dead,
+    }
+}
+
+impl<S: Side> Platform for Rt<S> {
+    type Conn = QuicStream;
+    type Reply = Sender;
+    type Wait = oneshot::Receiver<Delivery>;
+    fn now(&self) -> Instant {
+        now()
+    }
+    fn alive(&self, conn: &mut QuicStream) -> bool {
+        peek_of(conn) != Peek::Dead
+    }
+    fn peek(&self, conn: &mut QuicStream) -> Peek {
+        peek_of(conn)
+    }
+    /// Held streams are reported when their connection ends; one whose connection has
+    /// ended already is peeked at once.
+    fn watch(&self, id: ConnId, conn: &mut QuicStream) -> bool {
+        conn.link().hold(id)
+    }
+    fn unwatch(&self, conn: &QuicStream) {
+        conn.link().release(conn.id);
+    }
+    fn channel(&self) -> (Sender, Self::Wait) {
+        let (tx, rx) = oneshot::channel();
+        (Sender(tx), rx)
+    }
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+    fn start(&self, task: Task) {
+        match task {
+            Task::Dial(ticket) => match self.side.upgrade() {
+                Some(side) => S::dial(side, ticket),
+                None => drop(ticket),
+            },
+            Task::Abort(serial) => {
+                if let Some(token) = self.running().remove(&serial) {
+                    token.cancel();
+                }
+            }
+        }
+    }
+    /// A stream the pool closes unused is reset, never finished: its peer must not
+    /// take it for a complete exchange.
+    fn close(&self, id: ConnId, mut conn: QuicStream) {
+        conn.link().release(id);
+        conn.reset(RESET_UNUSED);
+    }
+}
+
+impl<S> Rt<S> {
+    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A get's reply channel.
+pub(crate) struct Sender(oneshot::Sender<Delivery>);
+
+impl Reply<QuicStream> for Sender {
+    fn send(self, delivery: Delivery) -> Result<(), Delivery> {
+        self.0.send(delivery)
+    }
+}
+
+/// A pool's driver with what the QUIC pools keep beside it.
+pub(crate) struct Engine<S: Side> {
+    pub(crate) driver: Driver<S::M, Rt<S>>,
+}
+
+impl<S: Side> Engine<S> {
+    pub(crate) fn new(m: S::M, side: Weak<S>, handle: tokio::runtime::Handle) -> Self {
+        let rt = Rt {
+            side,
+            wake: Notify::new(),
+            changed: Notify::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            handle,
+            running: Mutex::new(HashMap::new()),
+            log: FailureLog::default(),
+        };
+        Self {
+            driver: Driver::new(m, rt),
+        }
+    }
+
+    pub(crate) fn rt(&self) -> &Rt<S> {
+        self.driver.platform()
+    }
+
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let rt = self.rt();
+        rt.tasks.spawn_on(task, &rt.handle);
+    }
+
+    /// Spawns the dial or handshake `serial` under a cancel token of its own, which
+    /// the core's `Abort` cancels.
+    pub(crate) fn spawn_step<F: Future<Output = ()> + Send + 'static>(
+        &self,
+        serial: u64,
+        task: impl FnOnce(CancellationToken) -> F,
+    ) {
+        let token = self.rt().cancel.child_token();
+        self.rt().running().insert(serial, token.clone());
+        self.spawn(task(token));
+    }
+
+    /// The dial or handshake `serial` ended: `report` gives its ticket back.
+    pub(crate) fn report<R>(
+        &self,
+        serial: u64,
+        report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R,
+    ) -> R {
+        self.rt().running().remove(&serial);
+        let r = report(&self.driver);
+        self.rt().changed.notify_waiters();
+        r
+    }
+
+    /// Closes the pool: waiting gets are answered `Closed`, every task is told to stop.
+    pub(crate) fn shut(&self) {
+        self.rt().cancel.cancel();
+        self.rt().tasks.close();
+        self.driver.shutdown();
+    }
+
+    /// Waits until at least `n` streams are idle, or `timeout` passes.
+    pub(crate) async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
+        let idle = || self.driver.read(|m| m.status().idle);
+        let reached = async {
+            loop {
+                let mut changed = pin!(self.rt().changed.notified());
+                changed.as_mut().enable();
+                if idle() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, reached).await.is_ok() || idle() >= n
+    }
+}
+
+/// Watches a QUIC connection: when it ends, every stream the pool holds on it leaves
+/// the pool at once (reported to the core, peeked dead, closed).
+pub(crate) fn watch_link<S: Side>(side: &Arc<S>, link: Arc<Link>) {
+    let me = side.clone();
+    side.engine().spawn(async move {
+        let engine = me.engine();
+        tokio::select! {
+            _ = link.conn.closed() => {}
+            _ = engine.rt().cancel.cancelled() => return,
+        }
+        for id in link.take_held() {
+            engine.driver.idle_ready(id);
+        }
+        engine.rt().changed.notify_waiters();
+    });
+}
+
+/// The timer task: a turn of the protocol, then sleep until its deadline or a wake.
+pub(crate) async fn drive<S: Side>(side: Arc<S>) {
+    let engine = side.engine();
+    let rt = engine.rt();
+    let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut armed = None;
+    loop {
+        let wake_at = match engine.driver.turn() {
+            Sleep::Stop => return,
+            Sleep::Until(at) => Some(at),
+            Sleep::Idle => None,
+        };
+        rt.changed.notify_waiters();
+        if wake_at != armed {
+            armed = wake_at;
+            let at = wake_at.unwrap_or_else(|| pool_core::deadline_after(now(), Duration::MAX));
+            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        tokio::select! {
+            _ = sleep.as_mut(), if armed.is_some() => armed = None,
+            _ = rt.wake.notified() => {}
+            _ = rt.cancel.cancelled() => return,
+        }
+    }
+}
+
+/// A get as the user sees it.
+pub(crate) async fn get_for_user<S: Side>(
+    side: &Arc<S>,
+    want: Want,
+    timeout: Duration,
+) -> Result<(ConnId, QuicStream), GetError> {
+    let engine = side.engine();
+    let start = now();
+    get(engine, want, timeout)
+        .await
+        .map_err(|e| crate::error::get_error(e, want, &engine.rt().log, start))
+}
+
+async fn get<S: Side>(
+    engine: &Engine<S>,
+    want: Want,
+    timeout: Duration,
+) -> Result<(ConnId, QuicStream), GetFailure> {
+    let mut step = engine.driver.get(want, timeout);
+    loop {
+        let waiting = match step {
+            Step::Ready(id, conn) => return Ok((id, conn)),
+            Step::Failed(e) => return Err(e),
+            Step::Wait(w) => w,
+        };
+        let mut guard = Waiting {
+            engine,
+            get: waiting.get,
+            rx: Some(waiting.wait),
+        };
+        let delivery = match guard.rx.as_mut() {
+            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
+            None => Err(GetFailure::Closed),
+        };
+        guard.rx = None;
+        step = engine.driver.arrived(waiting.get, delivery);
+    }
+}
+
+/// A waiting get; dropped before its answer came, it cancels the waiter, and an
+/// answer sent meanwhile goes back to the pool.
+struct Waiting<'a, S: Side> {
+    engine: &'a Engine<S>,
+    get: WaitingGet,
+    rx: Option<oneshot::Receiver<Delivery>>,
+}
+
+impl<S: Side> Drop for Waiting<'_, S> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
+        }
+    }
+}

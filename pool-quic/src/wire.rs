@@ -1,0 +1,157 @@
+//! The wire of the NodePass QUIC pool: its constants, and the QUIC and TLS settings
+//! both ends use.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use crate::error::BuildError;
+
+/// The ALPN protocol both ends offer; a peer that offers another is refused in the
+/// TLS handshake.
+pub const ALPN: &[u8] = b"np-quic";
+
+/// The byte a client writes first on each stream it opens.
+pub const HELLO: u8 = 0x00;
+
+/// Bytes of the id the server writes back: 4 random bytes, whose lowercase hex is the
+/// id both ends know the stream by.
+pub const ID_WIRE_LEN: usize = 4;
+
+/// Concurrent bidirectional streams per QUIC connection (each end's limit).
+pub const STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Streams over [`STREAMS_PER_CONNECTION`] a server allows: quinn gives stream
+/// credit back in batches of an eighth of the limit, so a client that keeps 128 open,
+/// using and replacing them, would otherwise wait for up to 15 streams' worth of
+/// credit. The client still opens at most 128 at once.
+pub const CREDIT_SLACK: u32 = STREAMS_PER_CONNECTION / 8;
+
+/// Connections (shards) a client pool opens at most.
+pub const MAX_SHARDS: usize = 64;
+
+/// The connections a pool of `max_capacity` streams spreads over:
+/// `clamp(ceil(max_capacity / 128), 1, 64)`.
+///
+/// ```
+/// use pool_quic::shards;
+/// assert_eq!(shards(1), 1);
+/// assert_eq!(shards(128), 1);
+/// assert_eq!(shards(129), 2);
+/// assert_eq!(shards(1_000_000), 64);
+/// ```
+pub fn shards(max_capacity: usize) -> usize {
+    max_capacity
+        .div_ceil(STREAMS_PER_CONNECTION as usize)
+        .clamp(1, MAX_SHARDS)
+}
+
+/// Bytes a peer may send on one stream ahead of what is read (the Go package's
+/// quic-go allows up to 6 MiB).
+pub const STREAM_WINDOW: u32 = 6 << 20;
+
+/// Bytes a peer may send on one connection, all streams together, ahead of what is
+/// read (quic-go: up to 15 MiB). With the connection caps of [`Limits`](crate::Limits)
+/// it bounds what strangers can make a server buffer.
+pub const CONNECTION_WINDOW: u32 = 15 << 20;
+
+/// The transport settings of both ends: keep-alive at `keepalive`, idle timeout three
+/// times it, at most `streams` concurrent bidirectional streams opened by the peer,
+/// no unidirectional streams, bounded receive windows.
+pub(crate) fn transport(keepalive: Duration, streams: u32) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    t.keep_alive_interval(Some(keepalive));
+    let idle = keepalive.saturating_mul(3);
+    t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    Arc::new(t)
+}
+
+/// How a client pool checks the server's certificate. QUIC is always encrypted, so
+/// the Go package's codes 0 and 1 both mean "no check".
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientTls {
+    /// Codes 0 and 1: any certificate is accepted (the Go package's
+    /// `InsecureSkipVerify`). Encrypted, but anyone in the path can read it.
+    DangerousNoVerify,
+    /// Code 1 with a pin: only the certificate with this SHA-256 fingerprint
+    /// ([`ServerPool::fingerprint`](crate::ServerPool::fingerprint)). The Go server
+    /// sees a plain code-1 client.
+    Pinned(Fingerprint),
+    /// Code 2: the chain is verified (bundled web roots, or the given CA file) and the
+    /// name is checked.
+    Verified {
+        /// The name the certificate must carry (and the SNI sent).
+        server_name: String,
+        /// A CA to trust instead of the bundled web roots.
+        ca_file: Option<PathBuf>,
+    },
+    /// A rustls configuration of your own (TLS 1.3; its ALPN is set to `np-quic`).
+    Custom(Arc<rustls::ClientConfig>),
+}
+
+impl ClientTls {
+    /// The Go package's codes: `Off` and `SelfSigned` do not check, `Verified` checks
+    /// `hostname`.
+    pub fn from_mode(mode: TlsMode, hostname: &str) -> Self {
+        match mode {
+            TlsMode::Verified => Self::Verified {
+                server_name: hostname.to_owned(),
+                ca_file: None,
+            },
+            _ => Self::DangerousNoVerify,
+        }
+    }
+
+    /// The server name to dial with, if this setting names one.
+    pub(crate) fn server_name(&self) -> Option<&str> {
+        match self {
+            Self::Verified { server_name, .. } => Some(server_name),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn quic_config(&self) -> Result<QuicClientConfig, BuildError> {
+        let alpn = vec![ALPN.to_vec()];
+        let config = match self {
+            Self::DangerousNoVerify => ClientTlsBuilder::new(TlsMode::SelfSigned).alpn(alpn),
+            Self::Pinned(fp) => ClientTlsBuilder::new(TlsMode::SelfSigned)
+                .pin(*fp)
+                .alpn(alpn),
+            Self::Verified { ca_file, .. } => {
+                let b = ClientTlsBuilder::new(TlsMode::Verified).alpn(alpn);
+                match ca_file {
+                    Some(path) => b.ca_file(path),
+                    None => b,
+                }
+            }
+            Self::Custom(c) => {
+                let mut c = (**c).clone();
+                c.alpn_protocols = alpn;
+                return quic_client(Arc::new(c));
+            }
+        }
+        .build()?;
+        let config = config.ok_or(BuildError::Quic("no TLS configuration".into()))?;
+        quic_client(config)
+    }
+}
+
+fn quic_client(c: Arc<rustls::ClientConfig>) -> Result<QuicClientConfig, BuildError> {
+    QuicClientConfig::try_from(c).map_err(|e| BuildError::Quic(e.to_string()))
+}
+
+/// A server's rustls configuration with the `np-quic` ALPN, TLS 1.3 only.
+pub(crate) fn quic_server(c: &Arc<rustls::ServerConfig>) -> Result<QuicServerConfig, BuildError> {
+    let mut c = (**c).clone();
+    c.alpn_protocols = vec![ALPN.to_vec()];
+    QuicServerConfig::try_from(c).map_err(|e| BuildError::Quic(e.to_string()))
+}
