@@ -91,3 +91,68 @@ pub async fn take(
     assert_eq!(c.id(), id);
     (id, s, c)
 }
+
+/// A TCP connection to `to` from the stranger address 127.0.0.`n` (n ≥ 2).
+pub async fn stranger(to: std::net::SocketAddr, n: u8) -> tokio::net::TcpStream {
+    assert!(n >= 2, "strangers come from 127.0.0.2 and up");
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from(([127, 0, 0, n], 0)))
+        .unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// A valid upgrade request for `/`.
+pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Reads an HTTP response head (up to 4 KiB): its text.
+pub async fn response_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match tokio::time::timeout(WAIT, tcp.read(&mut b))
+            .await
+            .expect("no answer")
+        {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Upgrades by hand and reads the id message (an unmasked binary frame of 4 bytes).
+pub async fn upgrade_by_hand(tcp: &mut tokio::net::TcpStream) -> [u8; 4] {
+    tcp.write_all(UPGRADE).await.unwrap();
+    let head = response_head(tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut frame = [0u8; 6];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        frame[..2],
+        [0x82, 4],
+        "the id is one binary message of 4 bytes"
+    );
+    [frame[2], frame[3], frame[4], frame[5]]
+}
+
+/// A client frame: `first` is FIN and opcode; masked with a zero key.
+pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![first];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
