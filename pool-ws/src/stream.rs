@@ -26,7 +26,7 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// keeps it), and every message written out as it is sent.
 pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * MAX_SEND)
         .max_message_size(Some(MAX_MESSAGE))
@@ -205,6 +205,12 @@ impl AsyncRead for WsConn {
                 let n = buf.remaining().min(me.rest.len() - me.at);
                 buf.put_slice(&me.rest[me.at..me.at + n]);
                 me.at += n;
+                if me.at == me.rest.len() {
+                    // Let go of the read buffer the payload shares (an idle pooled
+                    // connection keeps nothing of its id message).
+                    me.rest = Bytes::new();
+                    me.at = 0;
+                }
                 return Poll::Ready(Ok(()));
             }
             if me.read_done {
