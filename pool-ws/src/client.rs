@@ -125,6 +125,7 @@ pub(crate) struct Inner {
 type Failed = (Stage, HandshakeError);
 
 impl Side for Inner {
+    type C = WsConn;
     type M = ClientMachine<WsConn>;
     fn engine(&self) -> &Engine<Self> {
         &self.engine

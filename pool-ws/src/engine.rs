@@ -19,9 +19,13 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::stream::WsConn;
+type Delivery<C> = pool_core::driver::Delivery<C>;
 
-type Delivery = pool_core::driver::Delivery<WsConn>;
+/// A connection the pool holds: WebSocket or HTTP/2 stream.
+pub(crate) trait Pooled: Send + 'static {
+    /// Whether it is quiet, has bytes waiting, or is dead; never consumes a byte.
+    fn peek(&mut self) -> Peek;
+}
 
 /// The runtime's clock: tokio's, so that paused-time tests control the core too.
 pub(crate) fn now() -> Instant {
@@ -30,7 +34,8 @@ pub(crate) fn now() -> Instant {
 
 /// What differs between the client and the server pool, as the adapter sees it.
 pub(crate) trait Side: Send + Sync + Sized + 'static {
-    type M: Role<Conn = WsConn> + Send + 'static;
+    type C: Pooled;
+    type M: Role<Conn = Self::C> + Send + 'static;
     fn engine(&self) -> &Engine<Self>;
     /// Starts a dial (the client's work; a server never gets one).
     fn dial(self: Arc<Self>, ticket: DialTicket);
@@ -47,28 +52,20 @@ pub(crate) struct Rt<S> {
     running: Mutex<HashMap<u64, CancellationToken>>,
 }
 
-fn peek(conn: &WsConn) -> Peek {
-    match conn.liveness() {
-        pool_net::Liveness::Idle => Peek::Quiet,
-        pool_net::Liveness::Pending => Peek::Pending,
-        pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
-    }
-}
-
 impl<S: Side> Platform for Rt<S> {
-    type Conn = WsConn;
-    type Reply = Sender;
-    type Wait = oneshot::Receiver<Delivery>;
+    type Conn = S::C;
+    type Reply = Sender<S::C>;
+    type Wait = oneshot::Receiver<Delivery<S::C>>;
     fn now(&self) -> Instant {
         now()
     }
-    fn alive(&self, conn: &mut WsConn) -> bool {
-        peek(conn) != Peek::Dead
+    fn alive(&self, conn: &mut S::C) -> bool {
+        conn.peek() != Peek::Dead
     }
-    fn peek(&self, conn: &mut WsConn) -> Peek {
-        peek(conn)
+    fn peek(&self, conn: &mut S::C) -> Peek {
+        conn.peek()
     }
-    fn channel(&self) -> (Sender, Self::Wait) {
+    fn channel(&self) -> (Self::Reply, Self::Wait) {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
     }
@@ -97,10 +94,10 @@ impl<S> Rt<S> {
 }
 
 /// A get's reply channel.
-pub(crate) struct Sender(oneshot::Sender<Delivery>);
+pub(crate) struct Sender<C>(oneshot::Sender<Delivery<C>>);
 
-impl Reply<WsConn> for Sender {
-    fn send(self, delivery: Delivery) -> Result<(), Delivery> {
+impl<C> Reply<C> for Sender<C> {
+    fn send(self, delivery: Delivery<C>) -> Result<(), Delivery<C>> {
         self.0.send(delivery)
     }
 }
@@ -132,6 +129,12 @@ impl<S: Side> Engine<S> {
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let rt = self.rt();
         rt.tasks.spawn_on(task, &rt.handle);
+    }
+
+    /// Spawns a task that outlives the pool's close: an HTTP/2 connection that streams
+    /// handed out still ride on (it ends with them).
+    pub(crate) fn spawn_detached(&self, task: impl Future<Output = ()> + Send + 'static) {
+        drop(self.rt().handle.spawn(task));
     }
 
     /// Spawns the dial or handshake `serial` under a cancel token of its own (a child
@@ -190,7 +193,7 @@ pub(crate) async fn get<S: Side>(
     engine: &Engine<S>,
     want: Want,
     timeout: Duration,
-) -> Result<(ConnId, WsConn), GetFailure> {
+) -> Result<(ConnId, S::C), GetFailure> {
     let mut step = engine.driver.get(want, timeout);
     loop {
         let waiting = match step {
@@ -217,7 +220,7 @@ pub(crate) async fn get<S: Side>(
 struct Waiting<'a, S: Side> {
     engine: &'a Engine<S>,
     get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery>>,
+    rx: Option<oneshot::Receiver<Delivery<S::C>>>,
 }
 
 impl<S: Side> Drop for Waiting<'_, S> {

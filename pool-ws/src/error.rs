@@ -121,6 +121,17 @@ pub enum HandshakeError {
     /// The first message was not the 4-byte binary id.
     #[error("the id message was not 4 bytes of binary: {0}")]
     BadId(String),
+    /// TLS did not agree on ALPN `h2`.
+    #[error("the peer did not agree on ALPN h2")]
+    NoH2,
+    /// The HTTP/2 connection is going away (`GOAWAY`, with this code): the next
+    /// stream goes on a new connection.
+    #[error("the HTTP/2 connection is going away (code {0})")]
+    GoAway(u32),
+    /// The HTTP/2 preface and settings exchange failed, ran out of time, or was
+    /// evicted by a newer connection.
+    #[error("HTTP/2 preface: {0}")]
+    Preface(String),
     /// The WebSocket handshake failed otherwise.
     #[error("WebSocket handshake: {0}")]
     Ws(String),

@@ -43,6 +43,7 @@
 mod client;
 mod engine;
 mod error;
+pub mod h2;
 mod http;
 mod server;
 mod stream;

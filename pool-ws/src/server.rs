@@ -154,6 +154,7 @@ pub(crate) struct Inner {
 }
 
 impl Side for Inner {
+    type C = WsConn;
     type M = ServerMachine<WsConn>;
     fn engine(&self) -> &Engine<Self> {
         &self.engine

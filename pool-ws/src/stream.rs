@@ -168,6 +168,17 @@ impl WsConn {
     }
 }
 
+impl crate::engine::Pooled for WsConn {
+    fn peek(&mut self) -> pool_core::driver::Peek {
+        use pool_core::driver::Peek;
+        match self.liveness() {
+            pool_net::Liveness::Idle => Peek::Quiet,
+            pool_net::Liveness::Pending => Peek::Pending,
+            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+        }
+    }
+}
+
 /// A tungstenite error as the stream reports it.
 pub(crate) fn io_error(e: tungstenite::Error) -> io::Error {
     use tungstenite::error::{CapacityError, ProtocolError};
