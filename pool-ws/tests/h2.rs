@@ -177,3 +177,45 @@ async fn a_slowloris_on_the_preface_evicts_the_oldest() {
     second.close().await;
     server.close().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_opens_no_stream_is_closed_at_the_deadline() {
+    let cfg = pool_ws::ServerConfig::builder()
+        .handshake_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let server = H2ServerPool::builder()
+        .config(cfg)
+        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    // A client pool of capacity 0 would not connect: make the connection by hand.
+    let tcp = stranger(server.local_addr(), 2).await;
+    let tls = pool_ws::ClientTlsBuilder::new(pool_ws::TlsMode::SelfSigned)
+        .alpn(vec![b"h2".to_vec()])
+        .build()
+        .unwrap()
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (_send, conn) = h2::client::handshake(tls).await.unwrap();
+    let ended = tokio::spawn(conn);
+    // Nothing asked: the server closes the connection at its deadline.
+    tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("not closed")
+        .unwrap()
+        .ok();
+    assert!(server.preface_failures() >= 1);
+    assert_eq!(
+        server.last_failure(),
+        Some(HandshakeError::Preface(
+            "no stream within the deadline".into()
+        ))
+    );
+    server.close().await;
+}

@@ -329,9 +329,20 @@ async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
     let link = Link::new();
     let cancel = inner.engine.rt().cancel.clone();
     let mut closing = false;
+    // A connection that opens no stream within the deadline after its preface is
+    // closed: a stranger's empty connection holds nothing for long.
+    let first = tokio::time::sleep(inner.deadline);
+    tokio::pin!(first);
+    let mut opened = false;
     loop {
         let next = tokio::select! {
             n = conn.accept() => n,
+            _ = &mut first, if !opened => {
+                debug!(%peer, "no stream within the deadline: connection closed");
+                inner.preface_failures.fetch_add(1, Ordering::Relaxed);
+                inner.last.set(HandshakeError::Preface("no stream within the deadline".into()));
+                break;
+            }
             _ = cancel.cancelled(), if !closing => {
                 // GOAWAY: no new stream; those handed out run to their end.
                 conn.graceful_shutdown();
@@ -340,7 +351,10 @@ async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
             }
         };
         match next {
-            Some(Ok((req, respond))) => inner.stream(req, respond, peer, &link),
+            Some(Ok((req, respond))) => {
+                opened = true;
+                inner.stream(req, respond, peer, &link);
+            }
             Some(Err(e)) => {
                 debug!(%peer, error = %e, "HTTP/2 connection failed");
                 break;
@@ -476,7 +490,7 @@ impl H2ServerPool {
     }
 
     /// Connections whose TLS handshake or preface failed, ran out of time or was
-    /// evicted.
+    /// evicted, or that opened no stream within the handshake deadline after it.
     pub fn preface_failures(&self) -> u64 {
         self.inner().preface_failures.load(Ordering::Relaxed)
     }
