@@ -9,13 +9,16 @@
 //! - `fill_ws` (plain `ws://`) against `fill_plain` (the TCP pool, code 0), and
 //!   `fill_wss` (code 1) against `fill_tls` (the TCP pool, code 1), alternated rep by
 //!   rep, medians; the same core settings and 8 dials in flight on both;
+//! - `fill_h2` (streams on one TLS connection) against `fill_tls`;
 //! - `mem_ws_kib` against `mem_plain_kib` and `mem_wss_kib` against `mem_tls_kib`:
-//!   resident memory grown per idle pair, each measured in a fresh child process.
+//!   resident memory grown per idle pair, each measured in a fresh child process;
+//!   `mem_h2_kib` against `mem_tls_kib` too.
 
 use std::time::{Duration, Instant};
 
 use pool_testkit::pair::PairBuilder;
 use pool_testkit::report::{Figure, Report};
+use pool_ws::h2::{H2ClientPool, H2ServerPool};
 use pool_ws::{ClientConfig, ClientTlsBuilder, ServerConfig, ServerTls, TlsMode};
 use pool_ws::{WsClientPool, WsServerPool};
 
@@ -27,6 +30,7 @@ enum Kind {
     Tls,
     Ws,
     Wss,
+    H2,
 }
 
 impl Kind {
@@ -36,6 +40,7 @@ impl Kind {
             "tls" => Self::Tls,
             "ws" => Self::Ws,
             "wss" => Self::Wss,
+            "h2" => Self::H2,
             _ => return None,
         })
     }
@@ -45,6 +50,7 @@ impl Kind {
             Self::Tls => "tls",
             Self::Ws => "ws",
             Self::Wss => "wss",
+            Self::H2 => "h2",
         }
     }
 }
@@ -53,6 +59,7 @@ impl Kind {
 enum Filled {
     Tcp(pool_testkit::pair::Pair),
     Ws(WsServerPool, WsClientPool),
+    H2(H2ServerPool, H2ClientPool),
 }
 
 impl Filled {
@@ -60,6 +67,10 @@ impl Filled {
         match self {
             Self::Tcp(p) => p.close().await,
             Self::Ws(s, c) => {
+                c.close().await;
+                s.close().await;
+            }
+            Self::H2(s, c) => {
                 c.close().await;
                 s.close().await;
             }
@@ -109,12 +120,30 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
             }
             Filled::Ws(server, cb.build()?)
         }
+        Kind::H2 => {
+            let cfg = ServerConfig::builder().max_capacity(max).build()?;
+            let server = H2ServerPool::builder()
+                .config(cfg)
+                .tls(ServerTls::self_signed(["localhost"])?)
+                .bind("127.0.0.1:0".parse()?)
+                .build()?;
+            let cfg = ClientConfig::builder()
+                .capacity(n, n)
+                .interval(interval.0, interval.1)
+                .parallelism(8)
+                .build()?;
+            let client = H2ClientPool::builder(server.local_addr())
+                .config(cfg)
+                .build()?;
+            Filled::H2(server, client)
+        }
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (c, s) = match &filled {
             Filled::Tcp(p) => (p.client.active(), p.server.stats().status.idle),
             Filled::Ws(s, c) => (c.idle(), s.status().idle),
+            Filled::H2(s, c) => (c.idle(), s.status().idle),
         };
         if c >= n && s >= n {
             break;
@@ -214,7 +243,7 @@ fn main() -> Res<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let n: usize = value("--n").map_or(Ok(if quick { 100 } else { 1000 }), |v| v.parse())?;
     if let Some(kind) = value("--mem-child") {
-        let kind = Kind::parse(&kind).ok_or("--mem-child plain|tls|ws|wss")?;
+        let kind = Kind::parse(&kind).ok_or("--mem-child plain|tls|ws|wss|h2")?;
         return mem_child(kind, n);
     }
     let reps: usize = value("--reps").map_or(Ok(if quick { 1 } else { 5 }), |v| v.parse())?;
@@ -224,6 +253,7 @@ fn main() -> Res<()> {
     for (name, base_name, kind, base) in [
         ("fill_ws", "fill_plain", Kind::Ws, Kind::Plain),
         ("fill_wss", "fill_tls", Kind::Wss, Kind::Tls),
+        ("fill_h2", "fill_tls", Kind::H2, Kind::Tls),
     ] {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         rt.block_on(async {
@@ -244,6 +274,7 @@ fn main() -> Res<()> {
     for (name, kind, base) in [
         ("mem_ws_kib", Kind::Ws, Kind::Plain),
         ("mem_wss_kib", Kind::Wss, Kind::Tls),
+        ("mem_h2_kib", Kind::H2, Kind::Tls),
     ] {
         let (ours, theirs) = (mem(kind, n)?, mem(base, n)?);
         let note = format!(
