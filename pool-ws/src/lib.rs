@@ -1,5 +1,6 @@
-//! The reverse-tunnel pool over WebSocket: the wire of the NodePass `npws` pools, on
-//! pool-core's machines and driver protocol.
+//! The reverse-tunnel pool over WebSocket, the wire of the NodePass `npws` pools, and
+//! over HTTP/2 ([`h2`]), the wire of `nph2`: both on pool-core's machines and driver
+//! protocol.
 //!
 //! WebSocket is what a tunnel picks when the only way out of a network is HTTP(S): a
 //! corporate proxy, a CDN, a load balancer that speaks HTTP only. The pool is the TCP
