@@ -219,3 +219,44 @@ async fn a_connection_that_opens_no_stream_is_closed_at_the_deadline() {
     );
     server.close().await;
 }
+
+#[tokio::test]
+async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
+    let server = H2ServerPool::builder()
+        .config(server_config(8))
+        .client_ip("127.0.0.2")
+        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let client = H2ClientPool::builder(server.local_addr())
+        .config(client_config(1))
+        .build()
+        .unwrap();
+    assert!(wait_until(|| client.last_failure() == Some(HandshakeError::Forbidden)).await);
+    assert!(server.counters().refused_filter > 0);
+    client.close().await;
+    // From the allowed address, a GET is answered 404 and counted.
+    let tcp = stranger(server.local_addr(), 2).await;
+    let tls = pool_ws::ClientTlsBuilder::new(pool_ws::TlsMode::SelfSigned)
+        .alpn(vec![b"h2".to_vec()])
+        .build()
+        .unwrap()
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::get("https://localhost/stream")
+        .body(())
+        .unwrap();
+    let (resp, _body) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(wait_until(|| server.counters().protocol_mismatches == 1).await);
+    server.close().await;
+}

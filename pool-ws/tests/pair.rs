@@ -127,3 +127,25 @@ async fn an_unknown_id_is_not_found_and_close_answers_waiting_gets() {
     assert_eq!(waiting.await.unwrap(), Err(pool_ws::GetError::Closed));
     client.close().await;
 }
+
+#[tokio::test]
+async fn code_0_on_port_443_dials_wss_and_other_ports_ws() {
+    let on_443 = WsClientPool::builder("127.0.0.1:443".parse().unwrap())
+        .config(client_config(1))
+        .host("localhost")
+        .build()
+        .unwrap();
+    assert_eq!(on_443.url(), "wss://localhost:443/");
+    on_443.close().await;
+    let other = WsClientPool::builder("[::1]:8080".parse().unwrap())
+        .config(client_config(1))
+        .path("/tunnel")
+        .build()
+        .unwrap();
+    assert_eq!(other.url(), "ws://[::1]:8080/tunnel");
+    other.close().await;
+    let bad = WsClientPool::builder("127.0.0.1:1".parse().unwrap())
+        .path("no-slash")
+        .build();
+    assert!(matches!(bad, Err(pool_ws::BuildError::Path(_))));
+}
