@@ -149,3 +149,18 @@ async fn code_0_on_port_443_dials_wss_and_other_ports_ws() {
         .build();
     assert!(matches!(bad, Err(pool_ws::BuildError::Path(_))));
 }
+
+#[tokio::test]
+async fn a_server_flush_is_seen_by_the_client_which_refills() {
+    let (server, client) = pair(8, 4).await;
+    assert!(wait_until(|| client.idle() == 4 && server.status().idle == 4).await);
+    let before = client.counters().evicted_dead;
+    assert_eq!(server.flush(), 4);
+    assert!(wait_until(|| client.counters().evicted_dead >= before + 4).await);
+    assert!(wait_until(|| client.idle() == 4 && server.status().idle == 4).await);
+    assert_eq!(client.flush(), 4);
+    let (_, mut s, mut c) = take(&server, &client).await;
+    roundtrip(&mut s, &mut c, 1000, 8).await;
+    client.close().await;
+    server.close().await;
+}
