@@ -10,11 +10,16 @@
 //!   `fill_wss` (code 1) against `fill_tls` (the TCP pool, code 1), alternated rep by
 //!   rep, medians; the same core settings and 8 dials in flight on both;
 //! - `fill_h2` (streams on one TLS connection) against `fill_tls`;
+//! - `fill_ws_nginx` (through nginx, started as a child process) against `fill_ws`
+//!   (direct), when nginx is installed;
 //! - `mem_ws_kib` against `mem_plain_kib` and `mem_wss_kib` against `mem_tls_kib`:
 //!   resident memory grown per idle pair, each measured in a fresh child process;
 //!   `mem_h2_kib` against `mem_tls_kib` too.
 
 use std::time::{Duration, Instant};
+
+#[path = "support/nginx.rs"]
+mod nginx;
 
 use pool_testkit::pair::PairBuilder;
 use pool_testkit::report::{Figure, Report};
@@ -31,6 +36,8 @@ enum Kind {
     Ws,
     Wss,
     H2,
+    /// `ws://` through nginx in front of the server pool.
+    WsNginx,
 }
 
 impl Kind {
@@ -41,6 +48,7 @@ impl Kind {
             "ws" => Self::Ws,
             "wss" => Self::Wss,
             "h2" => Self::H2,
+            "ws-nginx" => Self::WsNginx,
             _ => return None,
         })
     }
@@ -51,6 +59,7 @@ impl Kind {
             Self::Ws => "ws",
             Self::Wss => "wss",
             Self::H2 => "h2",
+            Self::WsNginx => "ws-nginx",
         }
     }
 }
@@ -59,6 +68,7 @@ impl Kind {
 enum Filled {
     Tcp(pool_testkit::pair::Pair),
     Ws(WsServerPool, WsClientPool),
+    WsNginx(WsServerPool, WsClientPool, nginx::Nginx),
     H2(H2ServerPool, H2ClientPool),
 }
 
@@ -74,6 +84,11 @@ impl Filled {
                 c.close().await;
                 s.close().await;
             }
+            Self::WsNginx(s, c, mut n) => {
+                c.close().await;
+                n.stop();
+                s.close().await;
+            }
         }
     }
 }
@@ -82,7 +97,7 @@ impl Filled {
 async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
     let interval = (Duration::from_millis(100), Duration::from_secs(1));
     let max = n + n / 10;
-    let t0 = Instant::now();
+    let mut t0 = Instant::now();
     let filled = match kind {
         Kind::Plain | Kind::Tls => {
             let mode = if kind == Kind::Tls {
@@ -120,6 +135,24 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
             }
             Filled::Ws(server, cb.build()?)
         }
+        Kind::WsNginx => {
+            let cfg = ServerConfig::builder().max_capacity(max).build()?;
+            let server = WsServerPool::builder()
+                .config(cfg)
+                .bind("127.0.0.1:0".parse()?)
+                .build()?;
+            let bin = nginx::binary().ok_or("no nginx")?;
+            let mut proxy = nginx::Nginx::new(bin, server.local_addr());
+            proxy.start().await;
+            t0 = Instant::now(); // the fill, not nginx's start
+            let cfg = ClientConfig::builder()
+                .capacity(n, n)
+                .interval(interval.0, interval.1)
+                .parallelism(8)
+                .build()?;
+            let client = WsClientPool::builder(proxy.listen).config(cfg).build()?;
+            Filled::WsNginx(server, client, proxy)
+        }
         Kind::H2 => {
             let cfg = ServerConfig::builder().max_capacity(max).build()?;
             let server = H2ServerPool::builder()
@@ -144,6 +177,7 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
             Filled::Tcp(p) => (p.client.active(), p.server.stats().status.idle),
             Filled::Ws(s, c) => (c.idle(), s.status().idle),
             Filled::H2(s, c) => (c.idle(), s.status().idle),
+            Filled::WsNginx(s, c, _) => (c.idle(), s.status().idle),
         };
         if c >= n && s >= n {
             break;
@@ -250,11 +284,17 @@ fn main() -> Res<()> {
     let machine = machine();
     let rt = runtime()?;
     let mut figures = Vec::new();
-    for (name, base_name, kind, base) in [
+    let mut fills = vec![
         ("fill_ws", "fill_plain", Kind::Ws, Kind::Plain),
         ("fill_wss", "fill_tls", Kind::Wss, Kind::Tls),
         ("fill_h2", "fill_tls", Kind::H2, Kind::Tls),
-    ] {
+    ];
+    if nginx::binary().is_some() {
+        fills.push(("fill_ws_nginx", "fill_ws", Kind::WsNginx, Kind::Ws));
+    } else {
+        eprintln!("  nginx not found: no fill_ws_nginx figure");
+    }
+    for (name, base_name, kind, base) in fills {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         rt.block_on(async {
             for _ in 0..reps {
@@ -267,8 +307,12 @@ fn main() -> Res<()> {
             Res::Ok(())
         })?;
         eprintln!("  {name}: {ours:.0?} vs {base_name}: {theirs:.0?} conn/s");
-        let note =
-            format!("{n} pairs, 8 in flight, median of {reps}; baseline {base_name}, the TCP pool");
+        let of = if base == Kind::Ws {
+            "direct"
+        } else {
+            "the TCP pool"
+        };
+        let note = format!("{n} pairs, 8 in flight, median of {reps}; baseline {base_name}, {of}");
         figures.push(Figure::vs(name, median(ours), "conn/s", median(theirs)).note(note));
     }
     for (name, kind, base) in [
