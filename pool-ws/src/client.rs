@@ -1,0 +1,315 @@
+//! The client pool: dials `ws(s)://HOST:PORT/PATH`, reads the 4-byte id from the first
+//! binary message, and keeps each connection idle under it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pool_core::{ClientConfig, ClientMachine, ConnId, Counters, DialTicket, SeededRandom, Stage};
+use pool_core::{Status, Want};
+use pool_net::SocketOptions;
+use pool_tls::{ClientTlsBuilder, TlsMode};
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::error::{BuildError, GetError, HandshakeError};
+use crate::stream::{ws_config, Io, WsConn};
+use crate::LastFailure;
+
+/// Builder of a [`WsClientPool`].
+#[must_use]
+#[derive(Debug)]
+pub struct WsClientPoolBuilder {
+    addr: SocketAddr,
+    config: ClientConfig,
+    tls: Option<ClientTlsBuilder>,
+    host: Option<String>,
+    path: String,
+    socket: SocketOptions,
+}
+
+impl WsClientPoolBuilder {
+    /// The machine's settings: capacity, intervals, parallelism, deadlines, sweep.
+    /// The id form is the wire's (4 raw bytes). In single mode the id message is read
+    /// and the machine's own id kept. Default `ClientConfig::default()`.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// TLS, as the Go pool's code: [`TlsMode::Off`] dials `ws://` (but `wss://`,
+    /// verified, when the port is 443), [`TlsMode::SelfSigned`] and
+    /// [`TlsMode::Verified`] dial `wss://`. Default code 0.
+    pub fn tls(mut self, tls: ClientTlsBuilder) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// The host name of the URL: the `Host` header and, over TLS, the server name.
+    /// Default the server's IP address.
+    pub fn host(mut self, name: impl Into<String>) -> Self {
+        self.host = Some(name.into());
+        self
+    }
+    /// The URL path. Default `/`.
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = path.into();
+        self
+    }
+    /// Socket options of every dialed connection. Default `SocketOptions::default()`.
+    pub fn socket_options(mut self, o: SocketOptions) -> Self {
+        self.socket = o;
+        self
+    }
+
+    /// Starts the pool: its timer task dials as the machine decides. Call inside a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] names what is wrong.
+    pub fn build(self) -> Result<WsClientPool, BuildError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        crate::check_path(&self.path)?;
+        let tls = match self.tls {
+            Some(t) => t,
+            // Code 0 on port 443 is `wss://`, verified, as the Go pool dials it.
+            None if self.addr.port() == 443 => ClientTlsBuilder::new(TlsMode::Verified),
+            None => ClientTlsBuilder::new(TlsMode::Off),
+        };
+        let tls = tls.build()?;
+        let host = self.host.unwrap_or_else(|| self.addr.ip().to_string());
+        let name = match &tls {
+            Some(_) => Some(pool_tls::server_name(&host)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let authority = match self.addr {
+            SocketAddr::V6(_) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+                format!("[{host}]:{}", self.addr.port())
+            }
+            _ => format!("{host}:{}", self.addr.port()),
+        };
+        let url = format!("{scheme}://{authority}{}", self.path);
+        let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
+        let machine = ClientMachine::new(self.config, SeededRandom::from_seed(seed), now());
+        let inner = Arc::new_cyclic(|me| Inner {
+            engine: Engine::new(machine, me.clone(), rt),
+            addr: self.addr,
+            url,
+            tls: tls.map(|c| (tokio_rustls::TlsConnector::from(c), name)),
+            socket: self.socket,
+            last: LastFailure::default(),
+        });
+        inner.engine.spawn(drive(inner.clone()));
+        Ok(WsClientPool {
+            owner: Arc::new(Owner(inner)),
+        })
+    }
+}
+
+type Connector = (tokio_rustls::TlsConnector, Option<ServerName<'static>>);
+
+pub(crate) struct Inner {
+    engine: Engine<Self>,
+    addr: SocketAddr,
+    url: String,
+    tls: Option<Connector>,
+    socket: SocketOptions,
+    last: LastFailure,
+}
+
+type Failed = (Stage, HandshakeError);
+
+impl Side for Inner {
+    type C = WsConn;
+    type M = ClientMachine<WsConn>;
+    fn engine(&self) -> &Engine<Self> {
+        &self.engine
+    }
+    fn dial(self: Arc<Self>, ticket: DialTicket) {
+        let serial = ticket.serial();
+        let me = self.clone();
+        self.engine
+            .spawn_step(serial, move |token| dial(me, ticket, token));
+    }
+}
+
+/// Maps the server's answer to the upgrade.
+fn refused(e: tungstenite::Error) -> Failed {
+    match e {
+        tungstenite::Error::Http(resp) => match resp.status().as_u16() {
+            503 => (Stage::Connect, HandshakeError::Full),
+            403 => (Stage::Connect, HandshakeError::Forbidden),
+            code => (Stage::Protocol, HandshakeError::Status(code)),
+        },
+        tungstenite::Error::Io(e) => (Stage::Connect, HandshakeError::Io(e.to_string())),
+        e => (Stage::Protocol, HandshakeError::Ws(e.to_string())),
+    }
+}
+
+impl Inner {
+    /// Connect, TLS, upgrade; then the id message.
+    async fn establish(&self, ticket: &DialTicket) -> Result<(ConnId, WsConn), Failed> {
+        let io_err = |stage| move |e: std::io::Error| (stage, HandshakeError::Io(e.to_string()));
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(io_err(Stage::Connect))?;
+        let _ = self.socket.apply_tcp(&tcp);
+        let io = match &self.tls {
+            None => Io::Plain(tcp),
+            Some((connector, name)) => {
+                let name = name.clone().unwrap_or_else(|| self.addr.ip().into());
+                let tls = connector.connect(name, tcp).await;
+                let tls = tls.map_err(|e| (Stage::Tls, HandshakeError::Tls(e.to_string())))?;
+                Io::TlsClient(Box::new(tls))
+            }
+        };
+        let up =
+            tokio_tungstenite::client_async_with_config(self.url.as_str(), io, Some(ws_config()));
+        let (ws, _response) = up.await.map_err(refused)?;
+        let serial = ticket.serial();
+        self.engine
+            .driver
+            .input(|m, now| m.handle_handshake_done(serial, now));
+        let mut conn = WsConn::new(ConnId::from_random([0; 4]), ws);
+        let mut raw = [0u8; 4];
+        conn.read_exact(&mut raw)
+            .await
+            .map_err(|e| (Stage::Id, HandshakeError::BadId(e.to_string())))?;
+        let id = ConnId::from_random(raw);
+        conn.set_id(id);
+        Ok((id, conn))
+    }
+}
+
+async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToken) {
+    let serial = ticket.serial();
+    let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
+    let res = step(&token, aborted, inner.establish(&ticket)).await;
+    inner.engine.ended(serial);
+    let res = match res {
+        Ok((id, mut conn)) if !ticket.reads_id() => {
+            // Single mode: the machine's id, not the server's.
+            let mine = inner.engine.driver.input(|m, _| m.assign_id(&mut ticket));
+            conn.set_id(mine);
+            let _ = id;
+            Ok((mine, conn))
+        }
+        Ok(pair) => Ok(pair),
+        Err((stage, e)) => {
+            debug!(serial, ?stage, error = %e, "dial failed");
+            inner.last.set(e);
+            Err(stage)
+        }
+    };
+    inner.engine.driver.dialed(ticket, res);
+}
+
+/// Closes the pool when the last clone of it goes.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.engine.shut();
+    }
+}
+
+/// The client end of the WebSocket pool: the npws wire. Cheap to clone; the pool
+/// closes when the last clone is dropped or [`close`](Self::close) is called.
+#[derive(Clone)]
+pub struct WsClientPool {
+    owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for WsClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsClientPool")
+            .field("url", &self.inner().url)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl WsClientPool {
+    /// A builder dialing `addr`, with the defaults.
+    pub fn builder(addr: SocketAddr) -> WsClientPoolBuilder {
+        WsClientPoolBuilder {
+            addr,
+            config: ClientConfig::default(),
+            tls: None,
+            host: None,
+            path: "/".into(),
+            socket: SocketOptions::default(),
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.owner.0
+    }
+
+    /// The URL the pool dials.
+    pub fn url(&self) -> &str {
+        &self.inner().url
+    }
+
+    /// The connection with `id`, waiting up to `timeout` while a dial in flight may
+    /// still bring it (Go: `OutgoingGet`).
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`], [`GetError::NotFound`], [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future loses no connection.
+    pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<WsConn, GetError> {
+        let got = engine::get(&self.inner().engine, Want::Id(id), timeout).await;
+        got.map(|(_, c)| c).map_err(GetError::from)
+    }
+
+    /// Any live idle connection, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
+        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        got.map_err(GetError::from)
+    }
+
+    /// Idle connections ready to hand out (Go: `Active`).
+    pub fn idle(&self) -> usize {
+        self.status().idle
+    }
+
+    /// Closes every idle connection (Go: `Flush`); how many.
+    pub fn flush(&self) -> usize {
+        self.inner().engine.driver.flush()
+    }
+
+    /// Closes the pool and waits for its tasks to end.
+    pub async fn close(&self) {
+        self.inner().engine.shut();
+        self.inner().engine.rt().tasks.wait().await;
+    }
+
+    /// The status snapshot.
+    pub fn status(&self) -> Status {
+        self.inner().engine.driver.read(|m| m.status())
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Counters {
+        self.inner().engine.driver.read(|m| m.counters())
+    }
+
+    /// Why the last dial failed, if one did: [`HandshakeError::Full`] and
+    /// [`HandshakeError::Forbidden`] name the server's refusals.
+    pub fn last_failure(&self) -> Option<HandshakeError> {
+        self.inner().last.get()
+    }
+}

@@ -1,0 +1,244 @@
+//! The tokio adapter of pool-core's driver protocol ([`pool_core::driver`]) for
+//! WebSocket connections.
+//!
+//! The protocol (lock, input, drain, perform outside the lock, probe, register a
+//! waiting get, cancel, shut down) is pool-core's [`Driver`], the code pool-tokio,
+//! pool-threads and the simulator run. What is here is the tokio [`Platform`]: tokio's
+//! clock, a `Notify` for the timer task, oneshot reply channels, a task per dial, and a
+//! cancel token per dial or handshake that the core aborts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::{ConnId, DialTicket, GetFailure, Want};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type Delivery<C> = pool_core::driver::Delivery<C>;
+
+/// A connection the pool holds: WebSocket or HTTP/2 stream.
+pub(crate) trait Pooled: Send + 'static {
+    /// Whether it is quiet, has bytes waiting, or is dead; never consumes a byte.
+    fn peek(&mut self) -> Peek;
+}
+
+/// The runtime's clock: tokio's, so that paused-time tests control the core too.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// What differs between the client and the server pool, as the adapter sees it.
+pub(crate) trait Side: Send + Sync + Sized + 'static {
+    type C: Pooled;
+    type M: Role<Conn = Self::C> + Send + 'static;
+    fn engine(&self) -> &Engine<Self>;
+    /// Starts a dial (the client's work; a server never gets one).
+    fn dial(self: Arc<Self>, ticket: DialTicket);
+}
+
+/// The tokio [`Platform`].
+pub(crate) struct Rt<S> {
+    side: Weak<S>,
+    wake: Notify,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    handle: tokio::runtime::Handle,
+    /// The cancel token of each dial or handshake under way, by ticket serial.
+    running: Mutex<HashMap<u64, CancellationToken>>,
+}
+
+impl<S: Side> Platform for Rt<S> {
+    type Conn = S::C;
+    type Reply = Sender<S::C>;
+    type Wait = oneshot::Receiver<Delivery<S::C>>;
+    fn now(&self) -> Instant {
+        now()
+    }
+    fn alive(&self, conn: &mut S::C) -> bool {
+        conn.peek() != Peek::Dead
+    }
+    fn peek(&self, conn: &mut S::C) -> Peek {
+        conn.peek()
+    }
+    fn channel(&self) -> (Self::Reply, Self::Wait) {
+        let (tx, rx) = oneshot::channel();
+        (Sender(tx), rx)
+    }
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+    fn start(&self, task: Task) {
+        match task {
+            Task::Dial(ticket) => match self.side.upgrade() {
+                Some(side) => S::dial(side, ticket),
+                None => drop(ticket), // the pool is gone
+            },
+            Task::Abort(serial) => {
+                if let Some(token) = self.running().remove(&serial) {
+                    token.cancel();
+                }
+            }
+        }
+    }
+}
+
+impl<S> Rt<S> {
+    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A get's reply channel.
+pub(crate) struct Sender<C>(oneshot::Sender<Delivery<C>>);
+
+impl<C> Reply<C> for Sender<C> {
+    fn send(self, delivery: Delivery<C>) -> Result<(), Delivery<C>> {
+        self.0.send(delivery)
+    }
+}
+
+/// A pool's driver and its tasks.
+pub(crate) struct Engine<S: Side> {
+    pub(crate) driver: Driver<S::M, Rt<S>>,
+}
+
+impl<S: Side> Engine<S> {
+    pub(crate) fn new(m: S::M, side: Weak<S>, handle: tokio::runtime::Handle) -> Self {
+        let rt = Rt {
+            side,
+            wake: Notify::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            handle,
+            running: Mutex::new(HashMap::new()),
+        };
+        Self {
+            driver: Driver::new(m, rt),
+        }
+    }
+
+    pub(crate) fn rt(&self) -> &Rt<S> {
+        self.driver.platform()
+    }
+
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let rt = self.rt();
+        rt.tasks.spawn_on(task, &rt.handle);
+    }
+
+    /// Spawns a task that outlives the pool's close: an HTTP/2 connection that streams
+    /// handed out still ride on (it ends with them).
+    pub(crate) fn spawn_detached(&self, task: impl Future<Output = ()> + Send + 'static) {
+        drop(self.rt().handle.spawn(task));
+    }
+
+    /// Spawns the dial or handshake `serial` under a cancel token of its own (a child
+    /// of the pool's), which the core's `Abort` cancels.
+    pub(crate) fn spawn_step<F: Future<Output = ()> + Send + 'static>(
+        &self,
+        serial: u64,
+        task: impl FnOnce(CancellationToken) -> F,
+    ) {
+        let token = self.rt().cancel.child_token();
+        self.rt().running().insert(serial, token.clone());
+        self.spawn(task(token));
+    }
+
+    /// The dial or handshake `serial` ended: its token is dropped.
+    pub(crate) fn ended(&self, serial: u64) {
+        self.rt().running().remove(&serial);
+    }
+
+    /// Closes the pool: waiting gets are answered `Closed`, every task is told to stop.
+    pub(crate) fn shut(&self) {
+        self.rt().cancel.cancel();
+        self.rt().tasks.close();
+        self.driver.shutdown();
+    }
+}
+
+/// The timer task: a turn of the protocol, then sleep until the deadline it answers
+/// or until woken.
+pub(crate) async fn drive<S: Side>(side: Arc<S>) {
+    let engine = side.engine();
+    let rt = engine.rt();
+    let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut armed = None;
+    loop {
+        let wake_at = match engine.driver.turn() {
+            Sleep::Stop => return,
+            Sleep::Until(at) => Some(at),
+            Sleep::Idle => None,
+        };
+        if wake_at != armed {
+            armed = wake_at;
+            let at = wake_at.unwrap_or_else(|| pool_core::deadline_after(now(), Duration::MAX));
+            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        tokio::select! {
+            _ = sleep.as_mut(), if armed.is_some() => armed = None,
+            _ = rt.wake.notified() => {}
+            _ = rt.cancel.cancelled() => return,
+        }
+    }
+}
+
+/// A get: the protocol's steps, awaiting the answer when it has to wait.
+pub(crate) async fn get<S: Side>(
+    engine: &Engine<S>,
+    want: Want,
+    timeout: Duration,
+) -> Result<(ConnId, S::C), GetFailure> {
+    let mut step = engine.driver.get(want, timeout);
+    loop {
+        let waiting = match step {
+            Step::Ready(id, conn) => return Ok((id, conn)),
+            Step::Failed(e) => return Err(e),
+            Step::Wait(w) => w,
+        };
+        let mut guard = Waiting {
+            engine,
+            get: waiting.get,
+            rx: Some(waiting.wait),
+        };
+        let delivery = match guard.rx.as_mut() {
+            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
+            None => Err(GetFailure::Closed),
+        };
+        guard.rx = None;
+        step = engine.driver.arrived(waiting.get, delivery);
+    }
+}
+
+/// A waiting get. Dropped before its answer came (the caller's future was dropped),
+/// it cancels the waiter; an answer sent meanwhile goes back to the pool.
+struct Waiting<'a, S: Side> {
+    engine: &'a Engine<S>,
+    get: WaitingGet,
+    rx: Option<oneshot::Receiver<Delivery<S::C>>>,
+}
+
+impl<S: Side> Drop for Waiting<'_, S> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
+        }
+    }
+}
+
+/// Runs `fut` until it ends or `token` is cancelled (the core aborted the step).
+pub(crate) async fn step<T, E>(
+    token: &CancellationToken,
+    aborted: E,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::select! {
+        r = fut => r,
+        _ = token.cancelled() => Err(aborted),
+    }
+}

@@ -1,0 +1,502 @@
+//! The HTTP/2 server pool: TLS connections with ALPN `h2`, each `POST /stream` a pooled
+//! stream under the id its response body starts with.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pool_core::{Admission, ConnId, Counters, HandshakeTicket, Refusal, ServerConfig};
+use pool_core::{ServerMachine, Stage, Status, Want};
+use pool_net::{IpFilter, SocketOptions};
+use pool_tls::{Fingerprint, ServerTls};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
+use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::error::{BuildError, GetError, HandshakeError};
+use crate::{FirstZero, LastFailure};
+
+/// Connections in their TLS handshake or HTTP/2 preface at once at most; a new one past
+/// it evicts the oldest (slowloris on the preface). Each also has the core's handshake
+/// deadline.
+pub const MAX_PREFACES: usize = 64;
+
+/// Builder of an [`H2ServerPool`].
+#[must_use]
+#[derive(Debug)]
+pub struct H2ServerPoolBuilder {
+    config: ServerConfig,
+    bind: Option<SocketAddr>,
+    listen: Option<std::net::TcpListener>,
+    filter: Result<IpFilter, pool_net::FilterError>,
+    tls: Option<ServerTls>,
+    socket: SocketOptions,
+    get_timeout: Duration,
+}
+
+impl H2ServerPoolBuilder {
+    /// The machine's settings. Its maximum capacity is also each connection's maximum
+    /// of concurrent streams; its handshake deadline bounds the TLS handshake plus the
+    /// preface of a connection, and the `0x00` plus id exchange of a stream.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Listens on `addr`. One of `bind` and `listener` is required.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = Some(addr);
+        self
+    }
+    /// Listens on a listener you made.
+    pub fn listener(mut self, l: std::net::TcpListener) -> Self {
+        self.listen = Some(l);
+        self
+    }
+    /// Allowed client addresses, as the WebSocket server's; a stream from another is
+    /// answered `403`.
+    pub fn client_ip(mut self, spec: &str) -> Self {
+        self.filter = IpFilter::parse(spec);
+        self
+    }
+    /// The certificate: required, HTTP/2 runs over TLS here (ALPN `h2`).
+    pub fn tls(mut self, cert: ServerTls) -> Self {
+        self.tls = Some(cert);
+        self
+    }
+    /// Socket options of every accepted connection.
+    pub fn socket_options(mut self, o: SocketOptions) -> Self {
+        self.socket = o;
+        self
+    }
+    /// Timeout of [`H2ServerPool::get`]. Default 5 s.
+    pub fn get_timeout(mut self, d: Duration) -> Self {
+        self.get_timeout = d;
+        self
+    }
+
+    /// Binds and starts the accept loop. Call inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] names what is wrong ([`BuildError::Missing`] without a certificate).
+    pub fn build(self) -> Result<H2ServerPool, BuildError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let filter = self.filter?;
+        let cert = self
+            .tls
+            .ok_or(BuildError::Missing("a certificate: HTTP/2 runs over TLS"))?;
+        let mut tls = (*cert.config()?).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let io = |what| move |source| BuildError::Io { what, source };
+        let std = match (self.listen, self.bind) {
+            (Some(l), _) => l,
+            (None, Some(a)) => pool_net::bind_listener(a, 1024).map_err(io("listen"))?,
+            (None, None) => return Err(BuildError::Missing("bind address or listener")),
+        };
+        std.set_nonblocking(true).map_err(io("listen"))?;
+        let listener = {
+            let _g = rt.enter();
+            TcpListener::from_std(std).map_err(io("listen"))?
+        };
+        let local = listener
+            .local_addr()
+            .map_err(io("read the listener's address"))?;
+        let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
+        let streams = u32::try_from(self.config.max_capacity()).unwrap_or(u32::MAX);
+        let deadline = self.config.handshake_timeout();
+        let machine = ServerMachine::new(self.config, FirstZero::new(seed), now());
+        let inner = Arc::new_cyclic(|me| Inner {
+            engine: Engine::new(machine, me.clone(), rt),
+            filter,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            socket: self.socket,
+            streams,
+            deadline,
+            prefaces: Mutex::new(VecDeque::new()),
+            next: AtomicU64::new(0),
+            preface_failures: AtomicU64::new(0),
+            last: LastFailure::default(),
+        });
+        inner.engine.spawn(accept_loop(inner.clone(), listener));
+        inner.engine.spawn(drive(inner.clone()));
+        Ok(H2ServerPool {
+            owner: Arc::new(Owner(inner)),
+            local,
+            fingerprint: cert.fingerprint(),
+            get_timeout: self.get_timeout,
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    engine: Engine<Self>,
+    filter: IpFilter,
+    acceptor: tokio_rustls::TlsAcceptor,
+    socket: SocketOptions,
+    streams: u32,
+    deadline: Duration,
+    /// Connections in their TLS handshake or preface, oldest first.
+    prefaces: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next: AtomicU64,
+    preface_failures: AtomicU64,
+    last: LastFailure,
+}
+
+impl Side for Inner {
+    type C = H2Conn;
+    type M = ServerMachine<H2Conn>;
+    fn engine(&self) -> &Engine<Self> {
+        &self.engine
+    }
+    fn dial(self: Arc<Self>, ticket: pool_core::DialTicket) {
+        drop(ticket); // a server machine never asks for one
+    }
+}
+
+type Failed = (Stage, HandshakeError);
+type Respond = h2::server::SendResponse<Bytes>;
+
+fn answer(code: u16) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_REQUEST);
+    r
+}
+
+impl Inner {
+    fn prefaces(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+        self.prefaces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// TLS with ALPN `h2`, then the HTTP/2 preface and settings.
+    async fn preface(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<
+        h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
+        HandshakeError,
+    > {
+        let _ = self.socket.apply_tcp(&tcp);
+        let tls = self.acceptor.accept(tcp).await;
+        let tls = tls.map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(HandshakeError::NoH2);
+        }
+        h2::server::Builder::new()
+            .max_concurrent_streams(self.streams)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .handshake(tls)
+            .await
+            .map_err(|e| HandshakeError::Preface(e.to_string()))
+    }
+
+    /// The `0x00` at the head of the request body, then `200` and the id.
+    async fn open(
+        &self,
+        ticket: &mut HandshakeTicket,
+        req: http::Request<h2::RecvStream>,
+        mut respond: Respond,
+        link: Link,
+    ) -> Result<H2Conn, Failed> {
+        if req.method() != http::Method::POST || req.uri().path() != "/stream" {
+            let _ = respond.send_response(answer(404), true);
+            return Err((
+                Stage::Protocol,
+                HandshakeError::NotUpgrade("not POST /stream"),
+            ));
+        }
+        let mut recv = req.into_body();
+        let first = recv.data().await;
+        let h2_err = |e: h2::Error| (Stage::Id, HandshakeError::Io(e.to_string()));
+        let mut first = match first {
+            Some(data) => data.map_err(h2_err)?,
+            None => {
+                return Err((
+                    Stage::Id,
+                    HandshakeError::BadId("empty request body".into()),
+                ))
+            }
+        };
+        let _ = recv.flow_control().release_capacity(first.len());
+        if first.first() != Some(&0) {
+            respond.send_reset(h2::Reason::PROTOCOL_ERROR);
+            return Err((
+                Stage::Protocol,
+                HandshakeError::BadId("body does not start with 0x00".into()),
+            ));
+        }
+        let rest = first.split_off(1);
+        let id = self.engine.driver.input(|m, _| m.assign_id(ticket));
+        let mut send = respond.send_response(answer(200), false).map_err(h2_err)?;
+        let raw = pool_core::IdForm::Raw4.encode(&id);
+        send.send_data(Bytes::copy_from_slice(raw.as_ref()), false)
+            .map_err(h2_err)?;
+        let mut conn = H2Conn::new(send, recv, rest, link);
+        conn.set_id(id);
+        Ok(conn)
+    }
+
+    /// A stream arrived: the core admits it (or it is answered `403` / `503`), then it
+    /// opens under the handshake deadline.
+    fn stream(
+        self: &Arc<Self>,
+        req: http::Request<h2::RecvStream>,
+        mut respond: Respond,
+        peer: SocketAddr,
+        link: &Link,
+    ) {
+        let allowed = self.filter.allows(peer.ip());
+        let engine = &self.engine;
+        match engine
+            .driver
+            .input(|m, now| m.handle_accept(now, peer.ip(), allowed))
+        {
+            Admission::Admit(ticket) => {
+                let (me, link) = (self.clone(), link.clone());
+                let serial = ticket.serial();
+                engine.spawn_step(serial, move |token| {
+                    open(me, ticket, req, respond, link, token)
+                });
+            }
+            Admission::Refuse(why) => {
+                let code = if why == Refusal::Filter { 403 } else { 503 };
+                let _ = respond.send_response(answer(code), true);
+            }
+        }
+    }
+}
+
+async fn open(
+    inner: Arc<Inner>,
+    mut ticket: HandshakeTicket,
+    req: http::Request<h2::RecvStream>,
+    respond: Respond,
+    link: Link,
+    token: CancellationToken,
+) {
+    let serial = ticket.serial();
+    let aborted = (
+        Stage::Id,
+        HandshakeError::Io("deadline passed or evicted".into()),
+    );
+    let res = step(&token, aborted, inner.open(&mut ticket, req, respond, link)).await;
+    inner.engine.ended(serial);
+    let res = res.map_err(|(stage, e)| {
+        debug!(serial, ?stage, error = %e, "stream open failed");
+        inner.last.set(e);
+        stage
+    });
+    inner.engine.driver.handshaken(ticket, res);
+}
+
+/// One connection: its preface under the deadline (the oldest evicted past
+/// [`MAX_PREFACES`]), then its streams until it ends.
+async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
+    let serial = inner.next.fetch_add(1, Ordering::Relaxed);
+    let token = inner.engine.rt().cancel.child_token();
+    let evicted = {
+        let mut p = inner.prefaces();
+        let old = (p.len() >= MAX_PREFACES).then(|| p.pop_front()).flatten();
+        p.push_back((serial, token.clone()));
+        old
+    };
+    if let Some((_, old)) = evicted {
+        old.cancel();
+    }
+    let preface = async {
+        match tokio::time::timeout(inner.deadline, inner.preface(tcp)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandshakeError::Preface("deadline passed".into())),
+        }
+    };
+    let evicted = HandshakeError::Preface("evicted by a newer connection".into());
+    let res = step(&token, evicted, preface).await;
+    inner.prefaces().retain(|(s, _)| *s != serial);
+    let mut conn = match res {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%peer, error = %e, "HTTP/2 preface failed");
+            inner.preface_failures.fetch_add(1, Ordering::Relaxed);
+            inner.last.set(e);
+            return;
+        }
+    };
+    let link = Link::new();
+    let cancel = inner.engine.rt().cancel.clone();
+    let mut closing = false;
+    // A connection that opens no stream within the deadline after its preface is
+    // closed: a stranger's empty connection holds nothing for long.
+    let first = tokio::time::sleep(inner.deadline);
+    tokio::pin!(first);
+    let mut opened = false;
+    loop {
+        let next = tokio::select! {
+            n = conn.accept() => n,
+            _ = &mut first, if !opened => {
+                debug!(%peer, "no stream within the deadline: connection closed");
+                inner.preface_failures.fetch_add(1, Ordering::Relaxed);
+                inner.last.set(HandshakeError::Preface("no stream within the deadline".into()));
+                break;
+            }
+            _ = cancel.cancelled(), if !closing => {
+                // GOAWAY: no new stream; those handed out run to their end.
+                conn.graceful_shutdown();
+                closing = true;
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                opened = true;
+                inner.stream(req, respond, peer, &link);
+            }
+            Some(Err(e)) => {
+                debug!(%peer, error = %e, "HTTP/2 connection failed");
+                break;
+            }
+            None => break,
+        }
+    }
+    link.down();
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let engine = &inner.engine;
+    let cancel = engine.rt().cancel.clone();
+    loop {
+        let res = tokio::select! {
+            r = listener.accept() => r,
+            _ = cancel.cancelled() => return,
+        };
+        match res {
+            // Not the pool's task: streams handed out ride on it after the pool closed.
+            Ok((tcp, peer)) => engine.spawn_detached(connection(inner.clone(), tcp, peer)),
+            Err(_) => {
+                let resume = engine.driver.input(|m, now| m.handle_accept_error(now));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(resume.into()) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Closes the pool when the last clone of it goes.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.engine.shut();
+    }
+}
+
+/// The server end of the HTTP/2 pool: the nph2 wire. Cheap to clone; the pool closes
+/// when the last clone is dropped or [`close`](Self::close) is called.
+///
+/// A stream from a filtered address is answered `403`, one past the maximum capacity
+/// `503` (the Go server answers `404`; its client reads no status), a request that is
+/// not `POST /stream` `404`.
+#[derive(Clone)]
+pub struct H2ServerPool {
+    owner: Arc<Owner>,
+    local: SocketAddr,
+    fingerprint: Fingerprint,
+    get_timeout: Duration,
+}
+
+impl std::fmt::Debug for H2ServerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2ServerPool")
+            .field("local", &self.local)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl H2ServerPool {
+    /// A builder with the defaults; [`tls`](H2ServerPoolBuilder::tls) is required.
+    pub fn builder() -> H2ServerPoolBuilder {
+        H2ServerPoolBuilder {
+            config: ServerConfig::default(),
+            bind: None,
+            listen: None,
+            filter: Ok(IpFilter::any()),
+            tls: None,
+            socket: SocketOptions::default(),
+            get_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.owner.0
+    }
+
+    /// The address the pool listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The SHA-256 fingerprint of the certificate served.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The oldest live idle stream and its id (Go: `IncomingGet`).
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`], [`GetError::Closed`].
+    pub async fn get(&self) -> Result<(ConnId, H2Conn), GetError> {
+        self.get_timeout(self.get_timeout).await
+    }
+
+    /// [`get`](Self::get) with its own timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
+        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        got.map_err(GetError::from)
+    }
+
+    /// Closes every idle stream; how many.
+    pub fn flush(&self) -> usize {
+        self.inner().engine.driver.flush()
+    }
+
+    /// Closes the pool and waits for its tasks to end: `GOAWAY` on every connection,
+    /// idle streams reset; streams handed out live on, and each connection closes
+    /// after its last.
+    pub async fn close(&self) {
+        self.inner().engine.shut();
+        self.inner().engine.rt().tasks.wait().await;
+    }
+
+    /// The status snapshot.
+    pub fn status(&self) -> Status {
+        self.inner().engine.driver.read(|m| m.status())
+    }
+
+    /// The counters (streams: refusals, failed opens, evictions).
+    pub fn counters(&self) -> Counters {
+        self.inner().engine.driver.read(|m| m.counters())
+    }
+
+    /// Connections whose TLS handshake or preface failed, ran out of time or was
+    /// evicted, or that opened no stream within the handshake deadline after it.
+    pub fn preface_failures(&self) -> u64 {
+        self.inner().preface_failures.load(Ordering::Relaxed)
+    }
+
+    /// Why the last connection or stream failed, if one did.
+    pub fn last_failure(&self) -> Option<HandshakeError> {
+        self.inner().last.get()
+    }
+}

@@ -1,0 +1,286 @@
+//! The pooled connection: a byte stream over WebSocket binary messages.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures_util::{Sink, Stream};
+use pool_core::ConnId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Bytes, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::FrameError;
+
+/// The largest message sent: a write of more is cut into messages of this size.
+pub(crate) const MAX_SEND: usize = 64 * 1024;
+
+/// What a peer may send in one message (and one frame) at most. A larger one ends the
+/// connection with [`FrameError::TooBig`], so one peer never makes the pool hold more.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// The framing settings of every pooled connection: no compression (tungstenite has
+/// none), a bounded message and frame, a small read buffer (an idle pooled connection
+/// keeps it), and every message written out as it is sent.
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * MAX_SEND)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// The transport under the WebSocket: plain TCP or TLS, either role.
+#[derive(Debug)]
+pub enum Io {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`, the client's end.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// `wss://`, the server's end.
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// The TCP socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(t) => t,
+            Self::TlsClient(t) => t.get_ref().0,
+            Self::TlsServer(t) => t.get_ref().0,
+        }
+    }
+
+    /// Whether TLS runs on it.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Self::Plain(_))
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Io::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Io::TlsClient($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            Io::TlsServer($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self, s => s.poll_write(cx, b))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// A pooled WebSocket connection as a byte stream: what is written leaves as binary
+/// messages (at most 64 KiB each), and the payloads of the binary messages that come
+/// are read back to back. A text message, an oversized one or a broken frame ends the
+/// stream with an [`io::Error`] whose inner error is a [`FrameError`]; the peer's close
+/// is the end of the stream. [`shutdown`](tokio::io::AsyncWriteExt::shutdown) sends a
+/// close frame.
+#[derive(Debug)]
+pub struct WsConn {
+    id: ConnId,
+    ws: WebSocketStream<Io>,
+    /// The payload of the message being read, and how much of it was read.
+    rest: Bytes,
+    at: usize,
+    /// The read side saw the close, or failed.
+    read_done: bool,
+}
+
+impl WsConn {
+    pub(crate) fn new(id: ConnId, ws: WebSocketStream<Io>) -> Self {
+        Self {
+            id,
+            ws,
+            rest: Bytes::new(),
+            at: 0,
+            read_done: false,
+        }
+    }
+
+    pub(crate) fn set_id(&mut self, id: ConnId) {
+        self.id = id;
+    }
+
+    /// The pool id of this connection.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The transport under the WebSocket.
+    pub fn io(&self) -> &Io {
+        self.ws.get_ref()
+    }
+
+    /// Whether the connection may be handed out; never consumes a byte. A closed or
+    /// failed socket is dead; on plain `ws`, a close frame waiting at the head of the
+    /// socket is too (the peer closed the WebSocket but not yet the TCP connection).
+    pub fn liveness(&self) -> pool_net::Liveness {
+        let io = self.io();
+        let l = pool_net::probe(io.tcp());
+        if l == pool_net::Liveness::Pending && !io.is_tls() && self.rest.len() == self.at {
+            let mut first = [0u8; 1];
+            if pool_net::peek_now(io.tcp(), &mut first).is_ok_and(|n| n == 1)
+                && first[0] & 0x0f == 0x08
+            {
+                return pool_net::Liveness::Closed;
+            }
+        }
+        l
+    }
+
+    /// Sends a close frame and ends the connection at once with a reset (`SO_LINGER`
+    /// 0): a session cut short must never look complete to the other side.
+    pub fn abort(self) {
+        let _ = socket2::SockRef::from(self.io().tcp()).set_linger(Some(std::time::Duration::ZERO));
+        drop(self);
+    }
+}
+
+impl crate::engine::Pooled for WsConn {
+    fn peek(&mut self) -> pool_core::driver::Peek {
+        use pool_core::driver::Peek;
+        match self.liveness() {
+            pool_net::Liveness::Idle => Peek::Quiet,
+            pool_net::Liveness::Pending => Peek::Pending,
+            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
+        }
+    }
+}
+
+/// A tungstenite error as the stream reports it.
+pub(crate) fn io_error(e: tungstenite::Error) -> io::Error {
+    use tungstenite::error::{CapacityError, ProtocolError};
+    use tungstenite::Error as E;
+    match e {
+        E::Io(e) => e,
+        E::ConnectionClosed | E::AlreadyClosed => io::ErrorKind::NotConnected.into(),
+        E::Capacity(CapacityError::MessageTooLong { size, max_size }) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            FrameError::TooBig { size, max_size },
+        ),
+        E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            io::ErrorKind::ConnectionReset.into()
+        }
+        E::Protocol(p) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            FrameError::Protocol(p.to_string()),
+        ),
+        e => io::Error::new(
+            io::ErrorKind::InvalidData,
+            FrameError::Protocol(e.to_string()),
+        ),
+    }
+}
+
+impl AsyncRead for WsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            if me.at < me.rest.len() {
+                let n = buf.remaining().min(me.rest.len() - me.at);
+                buf.put_slice(&me.rest[me.at..me.at + n]);
+                me.at += n;
+                if me.at == me.rest.len() {
+                    // Let go of the read buffer the payload shares (an idle pooled
+                    // connection keeps nothing of its id message).
+                    me.rest = Bytes::new();
+                    me.at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if me.read_done {
+                return Poll::Ready(Ok(()));
+            }
+            let next = ready!(Pin::new(&mut me.ws).poll_next(cx));
+            match next {
+                Some(Ok(Message::Binary(b))) => {
+                    me.rest = b;
+                    me.at = 0;
+                }
+                // Answered by tungstenite (a pong goes out with the next read or write).
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Text(_))) => {
+                    me.read_done = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        FrameError::Text,
+                    )));
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    me.read_done = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Ok(Message::Frame(_))) => {} // only produced when writing raw frames
+                Some(Err(e)) => {
+                    me.read_done = true;
+                    return Poll::Ready(Err(io_error(e)));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WsConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        if b.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut ws = Pin::new(&mut me.ws);
+        ready!(ws.as_mut().poll_ready(cx)).map_err(io_error)?;
+        let n = b.len().min(MAX_SEND);
+        ws.start_send(Message::binary(b[..n].to_vec()))
+            .map_err(io_error)?;
+        Poll::Ready(Ok(n))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws)
+            .poll_flush(cx)
+            .map_err(io_error)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(Pin::new(&mut self.get_mut().ws).poll_close(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The npws wire on loopback: pairing, ids, TLS codes, the server's refusals.
+
+mod common;
+
+use common::{client_config, pair, roundtrip, server_config, take, wait_until, WAIT};
+use pool_ws::{ClientTlsBuilder, HandshakeError, ServerTls, TlsMode, WsClientPool, WsServerPool};
+
+#[tokio::test]
+async fn pairs_carry_bytes_both_ways_and_the_first_id_is_zero() {
+    let (server, client) = pair(8, 4).await;
+    assert!(wait_until(|| client.idle() == 4 && server.status().idle == 4).await);
+    let mut ids = Vec::new();
+    for round in 0..4u8 {
+        let (id, mut s, mut c) = take(&server, &client).await;
+        roundtrip(&mut s, &mut c, 200_000, round).await;
+        ids.push(id.to_string());
+    }
+    assert!(ids.contains(&"00000000".to_string()), "ids: {ids:?}");
+    assert_eq!(ids.iter().filter(|i| *i == "00000000").count(), 1);
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn wss_pairs_in_codes_1_and_2() {
+    let cert = ServerTls::self_signed(["localhost"]).unwrap();
+    let server = WsServerPool::builder()
+        .config(server_config(4))
+        .tls(cert.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let one = WsClientPool::builder(server.local_addr())
+        .config(client_config(1))
+        .tls(ClientTlsBuilder::new(TlsMode::SelfSigned))
+        .build()
+        .unwrap();
+    assert!(one.url().starts_with("wss://"));
+    let (_, mut s, mut c) = take(&server, &one).await;
+    roundtrip(&mut s, &mut c, 10_000, 1).await;
+    one.close().await;
+    let two = WsClientPool::builder(server.local_addr())
+        .config(client_config(1))
+        .host("localhost")
+        .tls(
+            ClientTlsBuilder::new(TlsMode::Verified)
+                .ca_der(cert.certificate_der().to_vec())
+                .web_roots(false),
+        )
+        .build()
+        .unwrap();
+    let (_, mut s, mut c) = take(&server, &two).await;
+    roundtrip(&mut s, &mut c, 10_000, 2).await;
+    two.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn a_plain_client_against_wss_fails_by_name() {
+    let server = WsServerPool::builder()
+        .config(server_config(4))
+        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let client = WsClientPool::builder(server.local_addr())
+        .config(client_config(1))
+        .build()
+        .unwrap();
+    assert!(wait_until(|| server.counters().handshake_failures > 0).await);
+    assert!(matches!(
+        server.last_failure(),
+        Some(HandshakeError::Tls(_))
+    ));
+    assert_eq!(client.idle(), 0);
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn a_full_server_answers_503_before_the_upgrade() {
+    let (server, client) = pair(2, 4).await;
+    assert!(wait_until(|| server.counters().refused_full > 0).await);
+    assert!(wait_until(|| client.last_failure() == Some(HandshakeError::Full)).await);
+    assert_eq!(server.status().idle, 2);
+    // What the server holds still pairs.
+    let (_, mut s, mut c) = take(&server, &client).await;
+    roundtrip(&mut s, &mut c, 1000, 3).await;
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn a_filtered_address_is_answered_403() {
+    let server = WsServerPool::builder()
+        .config(server_config(4))
+        .client_ip("127.0.0.2")
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let client = WsClientPool::builder(server.local_addr())
+        .config(client_config(1))
+        .build()
+        .unwrap();
+    assert!(wait_until(|| client.last_failure() == Some(HandshakeError::Forbidden)).await);
+    assert!(server.counters().refused_filter > 0);
+    assert_eq!(server.status().idle, 0);
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
+async fn an_unknown_id_is_not_found_and_close_answers_waiting_gets() {
+    let (server, client) = pair(4, 1).await;
+    assert!(wait_until(|| client.idle() == 1 && client.status().in_flight == 0).await);
+    let unknown = "0badc0de".parse().unwrap();
+    let got = client.get(unknown, WAIT).await;
+    assert_eq!(got.unwrap_err(), pool_ws::GetError::NotFound);
+    // Two gets take the server's one connection and then wait.
+    let (_id, _held) = server.get_timeout(WAIT).await.unwrap();
+    let waiting = {
+        let server = server.clone();
+        tokio::spawn(async move { server.get_timeout(WAIT).await.map(|_| ()) })
+    };
+    assert!(wait_until(|| server.status().waiting == 1).await);
+    server.close().await;
+    assert_eq!(waiting.await.unwrap(), Err(pool_ws::GetError::Closed));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn code_0_on_port_443_dials_wss_and_other_ports_ws() {
+    let on_443 = WsClientPool::builder("127.0.0.1:443".parse().unwrap())
+        .config(client_config(1))
+        .host("localhost")
+        .build()
+        .unwrap();
+    assert_eq!(on_443.url(), "wss://localhost:443/");
+    on_443.close().await;
+    let other = WsClientPool::builder("[::1]:8080".parse().unwrap())
+        .config(client_config(1))
+        .path("/tunnel")
+        .build()
+        .unwrap();
+    assert_eq!(other.url(), "ws://[::1]:8080/tunnel");
+    other.close().await;
+    let bad = WsClientPool::builder("127.0.0.1:1".parse().unwrap())
+        .path("no-slash")
+        .build();
+    assert!(matches!(bad, Err(pool_ws::BuildError::Path(_))));
+}
+
+#[tokio::test]
+async fn a_server_flush_is_seen_by_the_client_which_refills() {
+    let (server, client) = pair(8, 4).await;
+    assert!(wait_until(|| client.idle() == 4 && server.status().idle == 4).await);
+    let before = client.counters().evicted_dead;
+    assert_eq!(server.flush(), 4);
+    assert!(wait_until(|| client.counters().evicted_dead >= before + 4).await);
+    assert!(wait_until(|| client.idle() == 4 && server.status().idle == 4).await);
+    assert_eq!(client.flush(), 4);
+    let (_, mut s, mut c) = take(&server, &client).await;
+    roundtrip(&mut s, &mut c, 1000, 8).await;
+    client.close().await;
+    server.close().await;
+}
