@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
+use pool_bench::report::{Figure, Report};
 use pool_quic::{ClientConfig, ClientTls, ServerConfig};
-use pool_testkit::report::{Figure, Report};
 use pool_tls::TlsMode;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

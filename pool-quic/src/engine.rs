@@ -13,7 +13,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
 use pool_core::{ConnId, DialTicket, GetFailure, Stage, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{Cause, FailureLog, GetError};
 use crate::link::Link;
-use crate::stream::{Liveness, QuicStream, RESET_UNUSED};
+use crate::stream::{QuicStream, RESET_UNUSED};
+use pool_core::Liveness;
 
 type Delivery = pool_core::driver::Delivery<QuicStream>;
 
@@ -69,14 +70,6 @@ pub(crate) struct Rt<S> {
     pub(crate) log: FailureLog,
 }
 
-fn peek_of(conn: &mut QuicStream) -> Peek {
-    match conn.liveness() {
-        Liveness::Quiet => Peek::Quiet,
-        Liveness::Pending => Peek::Pending,
-        Liveness::Dead => Peek::Dead,
-    }
-}
-
 impl<S: Side> Platform for Rt<S> {
     type Conn = QuicStream;
     type Reply = Sender;
@@ -85,10 +78,10 @@ impl<S: Side> Platform for Rt<S> {
         now()
     }
     fn alive(&self, conn: &mut QuicStream) -> bool {
-        peek_of(conn) != Peek::Dead
+        conn.liveness().is_alive()
     }
-    fn peek(&self, conn: &mut QuicStream) -> Peek {
-        peek_of(conn)
+    fn peek(&self, conn: &mut QuicStream) -> Liveness {
+        conn.liveness()
     }
     /// Held streams are reported when their connection ends; one whose connection has
     /// ended already is peeked at once.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use pool_core::ConnId;
+use pool_core::{ConnId, Liveness};
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -16,17 +16,6 @@ use crate::link::{Link, Slot};
 /// (flushed, found dead, the pool closed): the peer sees the stream reset, never a
 /// clean end of stream that could pass for a complete exchange.
 pub const RESET_UNUSED: VarInt = VarInt::from_u32(0);
-
-/// What a liveness peek found on an idle stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Liveness {
-    /// Open, nothing waiting.
-    Quiet,
-    /// Open (or finished behind them) with bytes waiting, kept for the reader.
-    Pending,
-    /// Reset, finished with nothing left, stopped, or its connection ended.
-    Dead,
-}
 
 /// A pooled QUIC stream, as a get hands it out: the id both ends know it by, and a
 /// byte stream ([`AsyncRead`] + [`AsyncWrite`]) over one bidirectional QUIC stream.
@@ -113,14 +102,14 @@ impl QuicStream {
     /// that reads end of file.
     pub(crate) fn liveness(&mut self) -> Liveness {
         if self.link.conn.close_reason().is_some() {
-            return Liveness::Dead;
+            return Liveness::Dead(io::ErrorKind::ConnectionAborted);
         }
         let waiting = self.at < self.stash.len();
         if self.fin {
             return if waiting {
                 Liveness::Pending
             } else {
-                Liveness::Dead
+                Liveness::Closed
             };
         }
         if waiting {
@@ -131,17 +120,17 @@ impl QuicStream {
         let mut cx = Context::from_waker(Waker::noop());
         let mut buf = [0u8; 2048];
         match self.recv.poll_read(&mut cx, &mut buf) {
-            Poll::Pending => Liveness::Quiet,
+            Poll::Pending => Liveness::Idle,
             Poll::Ready(Ok(0)) => {
                 self.fin = true;
-                Liveness::Dead
+                Liveness::Closed
             }
             Poll::Ready(Ok(n)) => {
                 self.stash = buf[..n].to_vec();
                 self.at = 0;
                 Liveness::Pending
             }
-            Poll::Ready(Err(_)) => Liveness::Dead,
+            Poll::Ready(Err(e)) => Liveness::Dead(read_error(e).kind()),
         }
     }
 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 #[path = "support/nginx.rs"]
 mod nginx;
 
+use pool_bench::report::{Figure, Report};
 use pool_testkit::pair::PairBuilder;
-use pool_testkit::report::{Figure, Report};
 use pool_ws::h2::{H2ClientPool, H2ServerPool};
 use pool_ws::{ClientConfig, ClientTlsBuilder, ServerConfig, ServerTls, TlsMode};
 use pool_ws::{WsClientPool, WsServerPool};

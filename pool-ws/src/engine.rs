@@ -13,7 +13,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
 use pool_core::{ConnId, DialTicket, GetFailure, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ type Delivery<C> = pool_core::driver::Delivery<C>;
 /// A connection the pool holds: WebSocket or HTTP/2 stream.
 pub(crate) trait Pooled: Send + 'static {
     /// Whether it is quiet, has bytes waiting, or is dead; never consumes a byte.
-    fn peek(&mut self) -> Peek;
+    fn peek(&mut self) -> pool_core::Liveness;
 }
 
 /// The runtime's clock: tokio's, so that paused-time tests control the core too.
@@ -60,9 +60,9 @@ impl<S: Side> Platform for Rt<S> {
         now()
     }
     fn alive(&self, conn: &mut S::C) -> bool {
-        conn.peek() != Peek::Dead
+        conn.peek().is_alive()
     }
-    fn peek(&self, conn: &mut S::C) -> Peek {
+    fn peek(&self, conn: &mut S::C) -> pool_core::Liveness {
         conn.peek()
     }
     fn channel(&self) -> (Self::Reply, Self::Wait) {

@@ -169,13 +169,8 @@ impl WsConn {
 }
 
 impl crate::engine::Pooled for WsConn {
-    fn peek(&mut self) -> pool_core::driver::Peek {
-        use pool_core::driver::Peek;
-        match self.liveness() {
-            pool_net::Liveness::Idle => Peek::Quiet,
-            pool_net::Liveness::Pending => Peek::Pending,
-            pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
-        }
+    fn peek(&mut self) -> pool_core::Liveness {
+        self.liveness()
     }
 }
 

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use pool_core::driver::Peek;
 use pool_core::ConnId;
+use pool_core::Liveness;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use client::{H2ClientPool, H2ClientPoolBuilder};
@@ -164,14 +164,14 @@ impl H2Conn {
 impl crate::engine::Pooled for H2Conn {
     /// Dead when the connection is down, the peer's body ended or the peer reset the
     /// stream; alive otherwise (nothing is read).
-    fn peek(&mut self) -> Peek {
+    fn peek(&mut self) -> Liveness {
         if !self.link.is_up() || self.recv.is_end_stream() || self.was_reset() {
-            return Peek::Dead;
+            return Liveness::Closed;
         }
         if !self.rest.is_empty() {
-            return Peek::Pending;
+            return Liveness::Pending;
         }
-        Peek::Quiet
+        Liveness::Idle
     }
 }
 
