@@ -66,7 +66,11 @@ fn main() {
         Ok(()) => println!("headroom keeps the laws"),
         Err(e) => println!("headroom breaks a law: {e}"),
     }
-    let policies = [mine, Adaptation::default(), Adaptation::GoRules];
+    let policies = [
+        mine,
+        Adaptation::default(),
+        Adaptation::GoRules(Default::default()),
+    ];
     let boards = Scoreboard::quick().run_all(&policies);
     let [mine, default, go] = &boards[..] else {
         unreachable!("one board per policy")

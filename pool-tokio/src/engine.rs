@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use pool_core::driver::{Driver, Peek, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
-use pool_core::{ConnId, DialTicket, GetFailure, Want};
+use pool_core::{ConnId, DialTicket, GetFailure, IdleWatch, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,17 +46,6 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
             pool_net::Liveness::Closed | pool_net::Liveness::Dead(_) => Peek::Dead,
         }
     }
-}
-
-/// What the pool watches its held connections for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WatchFor {
-    /// Nothing: the sweep finds dead peers.
-    Nothing,
-    /// The peer's hang-up.
-    HangUps,
-    /// Hang-ups and bytes (in-band mode).
-    Bytes,
 }
 
 /// The tokio [`Platform`].
@@ -167,7 +156,7 @@ impl<S: Side> Engine<S> {
         name: &str,
         side: Weak<S>,
         handle: tokio::runtime::Handle,
-        watch: WatchFor,
+        watch: IdleWatch,
     ) -> Self {
         #[cfg(not(target_os = "linux"))]
         let _ = watch;
@@ -182,9 +171,9 @@ impl<S: Side> Engine<S> {
             log: FailureLog::new(S::CLIENT),
             #[cfg(target_os = "linux")]
             watch: match watch {
-                WatchFor::Nothing => None,
-                WatchFor::HangUps => crate::watch::IdleWatch::new(false).ok(),
-                WatchFor::Bytes => crate::watch::IdleWatch::new(true).ok(),
+                IdleWatch::Off => None,
+                IdleWatch::HangUps => crate::watch::IdleWatch::new(false).ok(),
+                IdleWatch::Starts => crate::watch::IdleWatch::new(true).ok(),
             },
         };
         Self {
