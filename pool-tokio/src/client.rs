@@ -3,17 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{
-    ClientConfig, ClientMachine, ConfigError, ConnId, DialTicket, IdForm, IdReader, IntoConfig,
-    Stage, Want,
-};
+use pool_core::{ClientMachine, ConfigError, ConnId, DialTicket, IdForm, IdReader, Stage, Want};
 use pool_net::SocketOptions;
-use pool_tls::{ClientTls, TunnelKey};
+use pool_tls::TunnelKey;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
+use crate::builder::{ClientSide, PoolBuilder};
 use crate::conn::{PoolConn, PoolStream};
 use crate::dialer::{Dialer, TcpDialer};
 use crate::engine::{self, drive, watch_hang_ups, Engine, Side};
@@ -22,9 +20,10 @@ use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
 use crate::tls::TlsConn;
 
-/// Builder of a [`ClientPool`]: where to dial, the pool's [`ClientConfig`], its
-/// [`ClientTls`], socket options and tunnel key. Each thing is set in one place, and
-/// no setter changes what another set.
+/// Builder of a [`ClientPool`]: where to dial (here), and what every pool is told
+/// ([`PoolBuilder`]): its [`ClientConfig`](crate::ClientConfig), its [`ClientTls`](crate::ClientTls), socket options, get
+/// timeout, tunnel key and name. Each thing is set in one place, and no setter changes
+/// what another set.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), pool_tokio::PoolError> {
@@ -36,41 +35,9 @@ use crate::tls::TlsConn;
 ///     .build()?;
 /// # Ok(()) }
 /// ```
-#[must_use]
-pub struct ClientPoolBuilder {
-    config: Result<ClientConfig, ConfigError>,
-    dialer: Option<Arc<dyn Dialer>>,
-    tls: ClientTls,
-    socket: SocketOptions,
-    get_timeout: Duration,
-    key: Option<TunnelKey>,
-    name: String,
-}
+pub type ClientPoolBuilder = PoolBuilder<ClientSide>;
 
-impl std::fmt::Debug for ClientPoolBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientPoolBuilder")
-            .field("config", &self.config)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for ClientPoolBuilder {
-    fn default() -> Self {
-        Self {
-            config: Ok(ClientConfig::default()),
-            dialer: None,
-            tls: ClientTls::Off,
-            socket: SocketOptions::default(),
-            get_timeout: Duration::from_secs(5),
-            key: None,
-            name: "pool".into(),
-        }
-    }
-}
-
-impl ClientPoolBuilder {
+impl PoolBuilder<ClientSide> {
     /// Where to dial: the server pool's address (Go: the `dialer` function). The
     /// same setting as [`dialer`](Self::dialer), given as an address.
     pub fn address(self, addr: std::net::SocketAddr) -> Self {
@@ -78,52 +45,7 @@ impl ClientPoolBuilder {
     }
     /// How to dial. Required, or [`address`](Self::address).
     pub fn dialer(mut self, d: impl Dialer) -> Self {
-        self.dialer = Some(Arc::new(d));
-        self
-    }
-    /// The pool's settings: capacity and interval bounds (Go: `minCap`, `maxCap`,
-    /// `minIvl`, `maxIvl`), single or multi mode (Go: `isSingle`), parallelism,
-    /// deadlines, id form, what idle connections are watched for (in-band starts
-    /// among them), adaptation, sweep, idle age, fail-fast. A [`ClientConfig`] or its
-    /// builder, whose errors `build` reports. Default [`ClientConfig::default`].
-    pub fn config(mut self, config: impl IntoConfig<ClientConfig>) -> Self {
-        self.config = config.into_config();
-        self
-    }
-    /// TLS (Go: `tlsCode`, `hostname`): off, mode 1 with an optional pin, mode 2 with
-    /// its roots, or a rustls configuration of your own. Default off. Single mode
-    /// dials with it too (the Go package's single mode is plain: leave it off).
-    pub fn tls(mut self, tls: ClientTls) -> Self {
-        self.tls = tls;
-        self
-    }
-    /// Socket options of every dialed connection, keep-alive among them (Go:
-    /// `keepAlive`). Default: keep-alive 30 s, no-delay on.
-    pub fn socket_options(mut self, o: SocketOptions) -> Self {
-        self.socket = o;
-        self
-    }
-    /// Timeout of the gets that take none ([`ClientPool::get`],
-    /// [`ClientPool::get_any`], [`ClientPool::accept`]). Default 5 s.
-    pub fn get_timeout(mut self, d: Duration) -> Self {
-        self.get_timeout = d;
-        self
-    }
-    /// Prove this key on every connection, right after reading its id, and require the
-    /// server to prove it back: a mutual challenge-response over fresh nonces, bound to
-    /// the TLS session in modes 1 and 2 (`pool_tls::proof`, bytes in pool-tls's
-    /// `PROTOCOL.md`). The server pool (given the same key) admits nothing else, and a
-    /// connection whose server fails its proof is dropped and counted as an auth
-    /// failure. Not part of the Go wire protocol: set it on both ends or on neither.
-    /// Default none.
-    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
-        self.key = Some(key);
-        self
-    }
-    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
-    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.into();
+        self.side.dialer = Some(Arc::new(d));
         self
     }
 
@@ -150,6 +72,7 @@ impl ClientPoolBuilder {
             .into());
         }
         let dialer = self
+            .side
             .dialer
             .ok_or(BuildError::Missing("dialer or address"))?;
         let tls = self.tls.build()?;

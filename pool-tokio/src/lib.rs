@@ -105,6 +105,7 @@ struct ReadmeDoctests;
 struct OrderIndependence;
 
 mod auth;
+mod builder;
 mod client;
 mod conn;
 mod dialer;
@@ -122,6 +123,7 @@ pub mod tls;
 #[cfg(target_os = "linux")]
 mod watch;
 
+pub use builder::{ClientSide, PoolBuilder, ServerSide, Side};
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::{PoolConn, PoolStream};
 pub use dialer::{Dialer, TcpDialer};

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    Admission, ConfigError, ConnId, HandshakeTicket, IdForm, IdleWatch, IntoConfig, ServerConfig,
-    ServerMachine, Stage, Want,
+    Admission, ConfigError, ConnId, HandshakeTicket, IdForm, IdleWatch, ServerMachine, Stage, Want,
 };
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServeTls, TunnelKey};
+use pool_tls::{Fingerprint, TunnelKey};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
+use crate::builder::{PoolBuilder, ServerSide};
 use crate::conn::{PoolConn, PoolStream};
 use crate::engine::{self, drive, watch_hang_ups, Engine, Side};
 use crate::error::{BuildError, GetError, StepError};
@@ -53,9 +53,10 @@ impl From<TcpListener> for Listen {
     }
 }
 
-/// Builder of a [`ServerPool`]: where to listen, the pool's [`ServerConfig`], its
-/// [`ServeTls`], the client-IP filter, socket options and tunnel key. Each thing is set
-/// in one place, and no setter changes what another set.
+/// Builder of a [`ServerPool`]: where to listen and whom to let in (here), and what
+/// every pool is told ([`PoolBuilder`]): its [`ServerConfig`](crate::ServerConfig), its [`ServeTls`](crate::ServeTls),
+/// socket options, get timeout, tunnel key and name. Each thing is set in one place,
+/// and no setter changes what another set.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), pool_tokio::PoolError> {
@@ -67,104 +68,24 @@ impl From<TcpListener> for Listen {
 ///     .build()?;
 /// # Ok(()) }
 /// ```
-#[must_use]
-pub struct ServerPoolBuilder {
-    config: Result<ServerConfig, ConfigError>,
-    listen: Option<Listen>,
-    backlog: u32,
-    filter: IpFilter,
-    tls: ServeTls,
-    socket: SocketOptions,
-    get_timeout: Duration,
-    key: Option<TunnelKey>,
-    name: String,
-}
+pub type ServerPoolBuilder = PoolBuilder<ServerSide>;
 
-impl std::fmt::Debug for ServerPoolBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerPoolBuilder")
-            .field("config", &self.config)
-            .field("filter", &self.filter)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for ServerPoolBuilder {
-    fn default() -> Self {
-        Self {
-            config: Ok(ServerConfig::default()),
-            listen: None,
-            backlog: 1024,
-            filter: IpFilter::any(),
-            tls: ServeTls::Off,
-            socket: SocketOptions::default(),
-            get_timeout: Duration::from_secs(5),
-            key: None,
-            name: "pool".into(),
-        }
-    }
-}
-
-impl ServerPoolBuilder {
+impl PoolBuilder<ServerSide> {
     /// Where to listen: an address to bind (with address reuse), or a std or tokio
     /// listener you made (Go: `listener`). Required.
     pub fn bind(mut self, at: impl Into<Listen>) -> Self {
-        self.listen = Some(at.into());
+        self.side.listen = Some(at.into());
         self
     }
     /// Listen backlog when binding an address. Default 1024.
     pub fn backlog(mut self, n: u32) -> Self {
-        self.backlog = n;
+        self.side.backlog = n;
         self
     }
     /// Allowed client addresses (Go: `clientIP`; parse its string with
     /// [`IpFilter::parse`]). Default anyone.
     pub fn filter(mut self, f: IpFilter) -> Self {
-        self.filter = f;
-        self
-    }
-    /// The pool's settings: maximum capacity (later Go releases: `maxCap`), admission
-    /// limits, deadlines, id form, sweep, idle age, settle time, hang-up watch. A
-    /// [`ServerConfig`] or its builder, whose errors `build` reports. Default
-    /// [`ServerConfig::default`].
-    pub fn config(mut self, config: impl IntoConfig<ServerConfig>) -> Self {
-        self.config = config.into_config();
-        self
-    }
-    /// TLS (Go: `tlsCode`, `tlsConfig`): off, a generated self-signed certificate, a
-    /// certificate of yours, or a rustls configuration of your own. Default off.
-    pub fn tls(mut self, tls: ServeTls) -> Self {
-        self.tls = tls;
-        self
-    }
-    /// Socket options, keep-alive among them (Go: `keepAlive`). Where accepted
-    /// sockets inherit a listener's options (Linux), they are set once on the
-    /// listener, bound or given, instead of on each connection. Default: keep-alive
-    /// 30 s, no-delay on.
-    pub fn socket_options(mut self, o: SocketOptions) -> Self {
-        self.socket = o;
-        self
-    }
-    /// Timeout of the gets that take none ([`ServerPool::get`]). Default 5 s.
-    pub fn get_timeout(mut self, d: Duration) -> Self {
-        self.get_timeout = d;
-        self
-    }
-    /// Admit only connections that prove this key right after their id (within the
-    /// handshake deadline), in a mutual challenge-response over fresh nonces, bound to
-    /// the TLS session in modes 1 and 2 (`pool_tls::proof`); the others are closed and
-    /// counted as `auth_failures`, so a stranger who reaches the tunnel port never
-    /// enters the pool (and never receives anything computed with the key). The settle
-    /// time, unless set, is then zero ([`ServerConfig::keyed`]). Not part of the Go
-    /// wire protocol: set it on both ends or on neither. Default none.
-    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
-        self.key = Some(key);
-        self
-    }
-    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
-    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.into();
+        self.side.filter = f;
         self
     }
 
@@ -184,7 +105,7 @@ impl ServerPoolBuilder {
         if self.key.is_some() {
             cfg = cfg.keyed();
         }
-        let filter = self.filter;
+        let filter = self.side.filter;
         // Session tickets as the config says (rustls's default: two per handshake), so
         // that a client pool's next dials resume instead of running a full handshake.
         // They reach the client before the id; any a client has not read yet are
@@ -198,11 +119,13 @@ impl ServerPoolBuilder {
                 source,
             };
             match self
+                .side
                 .listen
                 .ok_or(BuildError::Missing("bind address or listener"))?
             {
                 Listen::Addr(a) => {
-                    from_std(pool_net::bind_listener(a, self.backlog).map_err(io)?).map_err(io)?
+                    from_std(pool_net::bind_listener(a, self.side.backlog).map_err(io)?)
+                        .map_err(io)?
                 }
                 Listen::Std(l) => from_std(l).map_err(io)?,
                 Listen::Tokio(l) => l,
