@@ -28,7 +28,7 @@ fn check(r: &FlashReport, driver: &str) {
 
 async fn server() -> ServerPool {
     ServerPool::builder()
-        .bind("127.0.0.1:0".parse().expect("addr"))
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr"))
         .build()
         .expect("server")
 }
@@ -38,7 +38,7 @@ async fn tokio_client_follows_a_flash_crowd() {
     let server = server().await;
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(4, 1024)
+        .config(ClientConfig::builder().capacity(4, 1024))
         .build()
         .expect("client");
     assert!(server.wait_idle(4, Duration::from_secs(5)).await);

@@ -53,7 +53,10 @@ fn server_get_oldest_and_put_back(b: Bencher<'_, '_>, n: usize) {
     let cfg = ServerConfig::builder()
         .max_capacity(n)
         .settle(Duration::ZERO)
-        .pending_per_source(None)
+        .admission(pool_core::AdmissionLimits {
+            pending_per_source: None,
+            ..Default::default()
+        })
         .build()
         .unwrap();
     let mut m: ServerMachine<u64> = ServerMachine::new(cfg, SeededRandom::from_seed([1; 32]), now);

@@ -168,7 +168,7 @@ impl<C> ClientMachine<C> {
         Self {
             capacity: cfg.min_capacity,
             interval: cfg.min_interval,
-            policy: cfg.adapt.instance(cfg.interval_policy, cfg.capacity_policy),
+            policy: cfg.adapt.instance(),
             mode: Refill::TopUp,
             filling: false,
             fill_left: 0,
@@ -181,7 +181,7 @@ impl<C> ClientMachine<C> {
             common: PoolCommon::new(
                 Entropy::new(random),
                 now,
-                cfg.sweep_interval,
+                cfg.sweep_interval(),
                 cfg.max_idle_age,
             ),
             cfg,
@@ -323,7 +323,8 @@ impl<C> ClientMachine<C> {
             return None;
         }
         let in_flight = self.common.in_flight;
-        let urgent = self.cfg.single && self.common.waiters.any_len() > in_flight;
+        let urgent =
+            self.cfg.mode == crate::Mode::Single && self.common.waiters.any_len() > in_flight;
         if !urgent && self.mode == Refill::GoFill {
             // One dial at a time, only while a fill runs; the fill ends once it made
             // the dials it set out to make and the last one came back, or once the
@@ -358,7 +359,7 @@ impl<C> ClientMachine<C> {
         Some(DialTicket {
             serial: self.next_serial,
             urgent,
-            single: self.cfg.single,
+            single: self.cfg.mode == crate::Mode::Single,
             id: None,
             issued: now,
             handshake_deadline,

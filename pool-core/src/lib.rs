@@ -126,8 +126,9 @@ pub use common::{
     Answer, Check, Got, Output, PoolCommon, Probe, Reported, PROBE_BATCH, STARTED_QUEUE,
 };
 pub use config::{
-    go_caps, go_intervals, ClientConfig, ClientConfigBuilder, ServerConfig, ServerConfigBuilder,
-    DEFAULT_PENDING_PER_SOURCE, DEFAULT_SERVER_MAX_IDLE_AGE, DEFAULT_SETTLE,
+    go_caps, go_intervals, AdmissionLimits, ClientConfig, ClientConfigBuilder, IdleWatch,
+    IntoConfig, Mode, ServerConfig, ServerConfigBuilder, DEFAULT_PENDING_PER_SOURCE,
+    DEFAULT_SERVER_MAX_IDLE_AGE, DEFAULT_SETTLE, DEFAULT_SWEEP, WATCHED_SWEEP,
 };
 pub use error::{ConfigError, GetFailure, IdError};
 pub use id::{ConnId, Fed, IdForm, IdReader, WireId, ID_LEN};
@@ -139,7 +140,7 @@ pub use time::deadline_after;
 pub use waiters::{WaiterKey, Want};
 
 /// The start header of a session started in band
-/// ([`ClientConfigBuilder::in_band`]): the server writes these four bytes on an idle
+/// ([`IdleWatch::Starts`]): the server writes these four bytes on an idle
 /// pooled connection, then the session's data; the client's accept reads and checks
 /// them, and hands out the connection with the data that follows unread. A connection
 /// that brings anything else is no session and is closed (counted in

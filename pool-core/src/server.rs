@@ -164,10 +164,10 @@ impl<C> ServerMachine<C> {
         let mut common = PoolCommon::new(
             Entropy::new(random),
             now,
-            cfg.sweep_interval,
+            cfg.sweep_interval(),
             cfg.max_idle_age,
         );
-        if cfg.idle_per_source.is_some() {
+        if cfg.admission.idle_per_source.is_some() {
             common.departed = Some(Vec::new());
         }
         Self {
@@ -213,9 +213,9 @@ impl<C> ServerMachine<C> {
         // The handshake to evict for room, if any: the source's own oldest when the
         // source is at its quota, else the oldest of all when every slot is taken.
         let own = held.map_or(0, |h| h.pending.len());
-        let victim = match self.cfg.pending_per_source {
+        let victim = match self.cfg.admission.pending_per_source {
             Some(quota) if own >= quota => held.and_then(|h| h.pending.first().copied()),
-            _ if c.in_flight >= self.cfg.max_handshakes => {
+            _ if c.in_flight >= self.cfg.admission.max_handshakes => {
                 self.live.first_key_value().map(|(s, _)| *s)
             }
             _ => None,
@@ -297,14 +297,21 @@ impl<C> ServerMachine<C> {
     }
 
     fn over_idle_quota(&self, source: Source) -> bool {
-        match (self.cfg.idle_per_source, self.sources.get(&source)) {
+        match (
+            self.cfg.admission.idle_per_source,
+            self.sources.get(&source),
+        ) {
             (Some(quota), Some(h)) => h.idle >= quota,
             _ => false,
         }
     }
 
     fn source_of(&self, peer: IpAddr) -> Source {
-        Source::of(peer, self.cfg.source_prefix_v4, self.cfg.source_prefix_v6)
+        Source::of(
+            peer,
+            self.cfg.admission.source_prefixes.0,
+            self.cfg.admission.source_prefixes.1,
+        )
     }
 
     /// Frees the slot of the live handshake `serial` and asks the driver to abort it.
@@ -334,7 +341,7 @@ impl<C> ServerMachine<C> {
 
     /// Counts `id` as an idle connection of the source of handshake `source`.
     fn own(&mut self, id: ConnId, source: Source) {
-        if self.cfg.idle_per_source.is_none() {
+        if self.cfg.admission.idle_per_source.is_none() {
             return;
         }
         if let Some(old) = self.owner.insert(id, source) {
@@ -434,12 +441,12 @@ impl<C> ServerMachine<C> {
         if let Some(source) = source {
             self.own(id, source);
         }
-        if self.cfg.settle.is_zero() {
+        if self.cfg.settle().is_zero() {
             self.unreserve(&id);
             return self.land(id, conn, now);
         }
         // The id stays reserved while the connection settles.
-        let due = deadline_after(now, self.cfg.settle);
+        let due = deadline_after(now, self.cfg.settle());
         self.settling.push_back((due, id, conn));
     }
 
@@ -660,7 +667,7 @@ impl<C> ServerMachine<C> {
             idle: self.common.idle.len() + self.settling.len(),
             capacity: self.cfg.max_capacity,
             // A server pool does not refill; what paces it is the sweep.
-            interval: self.cfg.sweep_interval,
+            interval: self.cfg.sweep_interval(),
             in_flight: self.common.in_flight,
             waiting: self.common.waiters.len(),
         }

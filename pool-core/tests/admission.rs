@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use pool_core::{
-    Admission, HandshakeTicket, Refusal, SeededRandom, ServerConfig, ServerMachine, Stage,
+    Admission, AdmissionLimits, HandshakeTicket, Refusal, SeededRandom, ServerConfig,
+    ServerMachine, Stage,
 };
 use proptest::prelude::*;
 
@@ -38,9 +39,18 @@ fn cfg() -> pool_core::ServerConfigBuilder {
     ServerConfig::builder().settle(Duration::ZERO)
 }
 
+fn limits(max_handshakes: usize, pending: Option<usize>, idle: Option<usize>) -> AdmissionLimits {
+    AdmissionLimits {
+        max_handshakes,
+        pending_per_source: pending,
+        idle_per_source: idle,
+        ..AdmissionLimits::default()
+    }
+}
+
 #[test]
 fn a_full_table_evicts_the_oldest_and_ignores_its_late_report() {
-    let (mut m, now) = machine(cfg().max_handshakes(3).build().unwrap());
+    let (mut m, now) = machine(cfg().admission(limits(3, Some(64), None)).build().unwrap());
     let t1 = admit(&mut m, now, "10.0.0.1");
     let t2 = admit(&mut m, now, "10.0.0.2");
     let t3 = admit(&mut m, now, "10.0.0.3");
@@ -77,7 +87,13 @@ fn a_full_table_evicts_the_oldest_and_ignores_its_late_report() {
 fn silent_handshakes_never_make_the_pool_full() {
     // Capacity 2 and eight silent strangers: the client's connections still get in,
     // and only a connection past the capacity is refused, at accept or when ready.
-    let (mut m, now) = machine(cfg().max_capacity(2).max_handshakes(16).build().unwrap());
+    let (mut m, now) = machine(
+        cfg()
+            .max_capacity(2)
+            .admission(limits(16, Some(64), None))
+            .build()
+            .unwrap(),
+    );
     let strangers: Vec<_> = (1..=8)
         .map(|n| admit(&mut m, now, &format!("10.0.{n}.1")))
         .collect();
@@ -130,7 +146,7 @@ fn a_hang_up_while_settling_or_idle_takes_the_connection_out() {
 
 #[test]
 fn a_source_over_its_quota_evicts_its_own_oldest() {
-    let c = cfg().max_handshakes(10).pending_per_source(Some(2));
+    let c = cfg().admission(limits(10, Some(2), None));
     let (mut m, now) = machine(c.build().unwrap());
     let legit = admit(&mut m, now, "10.0.0.1");
     let a1 = admit(&mut m, now, "10.0.0.9");
@@ -156,10 +172,10 @@ fn a_source_over_its_quota_evicts_its_own_oldest() {
 
 #[test]
 fn sources_group_by_prefix() {
-    let c = cfg()
-        .max_handshakes(10)
-        .pending_per_source(Some(1))
-        .source_prefixes(24, 48);
+    let c = cfg().admission(AdmissionLimits {
+        source_prefixes: (24, 48),
+        ..limits(10, Some(1), None)
+    });
     let (mut m, now) = machine(c.build().unwrap());
     let a = admit(&mut m, now, "192.0.2.1");
     let _b = admit(&mut m, now, "192.0.2.200");
@@ -175,7 +191,7 @@ fn sources_group_by_prefix() {
 
 #[test]
 fn the_idle_quota_refuses_and_frees_as_connections_leave() {
-    let c = cfg().max_handshakes(10).idle_per_source(Some(2));
+    let c = cfg().admission(limits(10, Some(64), Some(2)));
     let (mut m, now) = machine(c.build().unwrap());
     for n in 0..2 {
         let t = admit(&mut m, now, "10.0.0.9");
@@ -207,18 +223,28 @@ fn the_idle_quota_refuses_and_frees_as_connections_leave() {
 #[test]
 fn the_defaults_against_strangers() {
     let c = ServerConfig::default();
-    assert_eq!(c.pending_per_source(), Some(64));
-    assert_eq!(c.idle_per_source(), None);
-    assert_eq!(c.source_prefixes(), (32, 64));
+    assert_eq!(c.admission(), AdmissionLimits::default());
+    assert_eq!(c.admission().pending_per_source, Some(64));
+    assert_eq!(c.admission().idle_per_source, None);
+    assert_eq!(c.admission().source_prefixes, (32, 64));
     assert_eq!(c.max_idle_age(), Some(Duration::from_secs(600)));
-    assert!(cfg().source_prefixes(33, 64).build().is_err());
-    assert!(cfg().idle_per_source(Some(0)).build().is_err());
+    let prefixes = |v4, v6| AdmissionLimits {
+        source_prefixes: (v4, v6),
+        ..AdmissionLimits::default()
+    };
+    assert!(cfg().admission(prefixes(33, 64)).build().is_err());
+    assert!(cfg()
+        .admission(limits(256, Some(64), Some(0)))
+        .build()
+        .is_err());
     let fixed = cfg()
-        .source_prefixes(40, 200)
-        .pending_per_source(Some(0))
+        .admission(AdmissionLimits {
+            pending_per_source: Some(0),
+            ..prefixes(40, 200)
+        })
         .build_go_normalized();
-    assert_eq!(fixed.source_prefixes(), (32, 128));
-    assert_eq!(fixed.pending_per_source(), Some(64));
+    assert_eq!(fixed.admission().source_prefixes, (32, 128));
+    assert_eq!(fixed.admission().pending_per_source, Some(64));
 }
 
 #[derive(Clone, Debug)]
@@ -260,7 +286,7 @@ proptest! {
         idle in proptest::option::of(1usize..4),
         ops in proptest::collection::vec(op(), 1..300),
     ) {
-        let c = cfg().max_capacity(12).max_handshakes(hs).pending_per_source(pend).idle_per_source(idle);
+        let c = cfg().max_capacity(12).admission(limits(hs, pend, idle));
         let (mut m, now) = machine(c.build().unwrap());
         let mut held: Vec<(HandshakeTicket, bool)> = Vec::new();
         let mut aborted = 0u64;

@@ -186,7 +186,7 @@ fn single_mode_get_any_dials_urgently() {
     let c = ClientConfig::builder()
         .capacity(2, 4)
         .parallelism(1)
-        .single(true)
+        .mode(pool_core::Mode::Single)
         .build()
         .expect("valid");
     let t0 = Instant::now();
@@ -289,7 +289,7 @@ fn server_put_back_never_takes_a_pending_id() {
 fn single_mode_ids_are_drawn_free() {
     let c = ClientConfig::builder()
         .capacity(2, 4)
-        .single(true)
+        .mode(pool_core::Mode::Single)
         .build()
         .expect("valid");
     let t0 = Instant::now();

@@ -82,8 +82,16 @@ fn id(n: u64) -> ConnId {
 fn dialing(n: usize, in_band: bool, single: bool) -> (Arc<Pool>, Vec<DialTicket>) {
     let cfg = ClientConfig::builder()
         .capacity(n, n)
-        .in_band(in_band)
-        .single(single)
+        .watch(if in_band {
+            pool_core::IdleWatch::Starts
+        } else {
+            pool_core::IdleWatch::HangUps
+        })
+        .mode(if single {
+            pool_core::Mode::Single
+        } else {
+            pool_core::Mode::Multi
+        })
         .build()
         .expect("valid");
     let m = ClientMachine::new(cfg, SeededRandom::from_seed([5; 32]), Instant::now());

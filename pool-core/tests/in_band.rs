@@ -67,7 +67,11 @@ fn id(n: u64) -> ConnId {
 fn filled(n: usize, in_band: bool) -> Driver<ClientMachine<u64>, Fake> {
     let cfg = ClientConfig::builder()
         .capacity(n, n)
-        .in_band(in_band)
+        .watch(if in_band {
+            pool_core::IdleWatch::Starts
+        } else {
+            pool_core::IdleWatch::HangUps
+        })
         .build()
         .expect("valid");
     let m = ClientMachine::new(cfg, SeededRandom::from_seed([3; 32]), Instant::now());

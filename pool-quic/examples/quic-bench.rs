@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use pool_bench::report::{Figure, Report};
 use pool_quic::{ClientConfig, ClientTls, ServerConfig};
-use pool_tls::TlsMode;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -52,16 +51,21 @@ impl Pools {
         } else {
             let server = pool_tokio::ServerPool::builder()
                 .bind(loopback)
-                .tls_mode(TlsMode::SelfSigned)
-                .max_capacity(n + n / 10)
+                .tls(pool_tls::ServeTls::self_signed())
+                .config(pool_tokio::ServerConfig::builder().max_capacity(n + n / 10))
                 .build()?;
             let pin = server.fingerprint().ok_or("no fingerprint")?;
             let client = pool_tokio::ClientPool::builder()
                 .address(server.local_addr())
-                .tls_mode(TlsMode::SelfSigned)
-                .pin(pin)
-                .capacity(n, n)
-                .parallelism(8)
+                .tls(pool_tls::ClientTls::SelfSigned {
+                    pin: Some(pin),
+                    name: None,
+                })
+                .config(
+                    pool_tokio::ClientConfig::builder()
+                        .capacity(n, n)
+                        .parallelism(8),
+                )
                 .build()?;
             Ok(Self::Tcp(server, client))
         }

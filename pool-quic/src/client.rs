@@ -91,7 +91,7 @@ impl ClientPoolBuilder {
                 hint,
             }))
         };
-        if self.core.single() {
+        if self.core.mode() == pool_core::Mode::Single {
             return refuse(
                 "single mode",
                 "the np-quic wire always takes the server's id",

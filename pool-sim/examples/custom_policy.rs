@@ -68,7 +68,11 @@ fn main() {
         std::process::exit(1);
     }
     println!("headroom keeps the laws");
-    let policies = [mine, Adaptation::default(), Adaptation::GoRules];
+    let policies = [
+        mine,
+        Adaptation::default(),
+        Adaptation::GoRules(Default::default()),
+    ];
     let boards = Scoreboard::quick().run_all(&policies);
     let [mine, default, go] = &boards[..] else {
         unreachable!("one board per policy")

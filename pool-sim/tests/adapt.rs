@@ -10,7 +10,11 @@ use pool_sim::adapt::{check_laws, policy, run, LawOptions, Scenario};
 
 #[test]
 fn go_rules_keep_the_laws() {
-    check_laws(&Adaptation::GoRules, LawOptions::quick()).unwrap();
+    check_laws(
+        &Adaptation::GoRules(pool_core::GoRules::default()),
+        LawOptions::quick(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -76,7 +80,7 @@ fn the_backing_off_law_catches_growth_while_backing_off() {
 fn flash_crowd_is_met_within_seconds() {
     let s = Scenario::named("flash_crowd", Duration::from_secs(180)).unwrap();
     let demand = run(&Adaptation::default(), &s, 1);
-    let go = run(&Adaptation::GoRules, &s, 1);
+    let go = run(&Adaptation::GoRules(pool_core::GoRules::default()), &s, 1);
     println!("demand {demand:?}\ngorules {go:?}");
     assert!(demand.recover_s.unwrap() <= 5.0, "{demand:?}");
     assert!(demand.served_at_once_pct + 0.5 >= go.served_at_once_pct);
@@ -161,7 +165,10 @@ fn go_behaviour_dials_one_at_a_time_in_rounds_of_fill_plus_interval() {
         .count();
     assert!(fills * 2 > rounds.len(), "{rounds:?}");
     // The Go rules on this crate's machine dial many at once, on a round per interval.
-    let (most, rounds) = dials_and_rounds(Adaptation::GoRules, Duration::from_secs(10));
+    let (most, rounds) = dials_and_rounds(
+        Adaptation::GoRules(pool_core::GoRules::default()),
+        Duration::from_secs(10),
+    );
     assert!(most > 1, "{most}");
     assert!(rounds
         .windows(2)

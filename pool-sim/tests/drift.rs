@@ -163,9 +163,12 @@ async fn on_tokio() -> Vec<Seen> {
     let s = Duration::from_secs(5);
     let client = ClientPool::builder()
         .address(addr)
-        .capacity(4, 4)
-        .interval(Duration::from_millis(300), Duration::from_secs(1))
-        .adapt(policy)
+        .config(
+            ClientConfig::builder()
+                .capacity(4, 4)
+                .interval(Duration::from_millis(300), Duration::from_secs(1))
+                .adapt(policy),
+        )
         .build()
         .expect("client");
     let backing_off = || {

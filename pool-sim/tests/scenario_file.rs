@@ -73,7 +73,7 @@ fn every_csv_arrival_is_replayed() {
     sim.check().unwrap();
     assert_eq!(sim.metrics().arrivals, lines as u64);
     // The same users on every seed: only the network differs.
-    let mut other = s.pair(Adaptation::GoRules, 2);
+    let mut other = s.pair(Adaptation::GoRules(pool_core::GoRules::default()), 2);
     s.drive(&mut other, |_| {});
     assert_eq!(other.metrics().arrivals, lines as u64);
 }

@@ -18,7 +18,7 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 /// are checked.
 fn cross_check(sim: &SimPair, rounds: &[RoundRecord]) -> usize {
     let cfg = sim.client_config();
-    let go = cfg.adaptation() == &Adaptation::GoRules;
+    let go = matches!(cfg.adaptation(), Adaptation::GoRules(_));
     let ip = IntervalPolicy::default();
     let cp = CapacityPolicy::default();
     let (min_cap, max_cap) = (cfg.min_capacity(), cfg.max_capacity());
@@ -208,7 +208,7 @@ fn interval_and_capacity_follow_demand() {
         .capacity(4, 32)
         .interval(MS(100), MS(1_000))
         .parallelism(8)
-        .adapt(Adaptation::GoRules)
+        .adapt(Adaptation::GoRules(pool_core::GoRules::default()))
         .build()
         .unwrap();
     let mut sim = SimPair::new(3, client, ServerConfig::default(), Faults::none());
@@ -317,7 +317,7 @@ fn outage_backs_off_and_recovery_pulls_in() {
         .capacity(8, 64)
         .interval(MS(100), SECS(2))
         .parallelism(4)
-        .adapt(Adaptation::GoRules)
+        .adapt(Adaptation::GoRules(pool_core::GoRules::default()))
         .build()
         .unwrap();
     let mut sim = SimPair::new(5, client, ServerConfig::default(), Faults::none());

@@ -15,7 +15,11 @@ fn client(in_band: bool) -> ClientConfig {
     ClientConfig::builder()
         .capacity(8, 64)
         .sweep_interval(HOUR)
-        .in_band(in_band)
+        .watch(if in_band {
+            pool_core::IdleWatch::Starts
+        } else {
+            pool_core::IdleWatch::HangUps
+        })
         .build()
         .unwrap()
 }

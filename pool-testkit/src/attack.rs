@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use pool_tls::proof::{CHALLENGE_LEN, RESPONSE_LEN};
 use pool_tls::{DangerousNoVerify, ServerTls};
+use pool_tokio::{AdmissionLimits, ClientConfig, ClientTls, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, ServerPool, TlsMode, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -129,9 +130,20 @@ fn key() -> TunnelKey {
 /// `capacity` connections.
 fn server(mode: TlsMode, with_key: bool, capacity: usize) -> Result<ServerPool, io::Error> {
     let mut b = ServerPool::builder()
-        .bind("127.0.0.1:0".parse().expect("an address"))
-        .tls_mode(mode)
-        .idle_per_source(Some(capacity))
+        .bind(
+            "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("an address"),
+        )
+        .config(ServerConfig::builder().admission(AdmissionLimits {
+            idle_per_source: Some(capacity),
+            ..AdmissionLimits::default()
+        }))
+        .tls(if mode == TlsMode::Off {
+            ServeTls::Off
+        } else {
+            ServeTls::self_signed()
+        })
         .backlog(4096);
     if with_key {
         b = b.tunnel_key(key());
@@ -147,8 +159,8 @@ fn client(
 ) -> Result<ClientPool, io::Error> {
     let mut b = ClientPool::builder()
         .address(server)
-        .tls_mode(mode)
-        .capacity(capacity, capacity);
+        .config(ClientConfig::builder().capacity(capacity, capacity))
+        .tls(ClientTls::from(mode));
     if with_key {
         b = b.tunnel_key(key());
     }

@@ -22,17 +22,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pool_tls::{ClientTlsBuilder, TestCa};
+use pool_tls::TestCa;
 use pool_tokio::{
-    ClientPool, ClientPoolBuilder, ConnId, GetError, IdForm, PoolConn, ServerPool,
-    ServerPoolBuilder, TlsMode,
+    ClientConfig, ClientConfigBuilder, ClientPool, ClientTls, ConnId, GetError, IdForm, PoolConn,
+    Roots, ServeTls, ServerConfig, ServerConfigBuilder, ServerPool, TlsMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::proxy::{FaultProxy, Script};
 
-type ServerFn = Box<dyn FnOnce(ServerPoolBuilder) -> ServerPoolBuilder + Send>;
-type ClientFn = Box<dyn FnOnce(ClientPoolBuilder) -> ClientPoolBuilder + Send>;
+type ServerFn = Box<dyn FnOnce(ServerConfigBuilder) -> ServerConfigBuilder + Send>;
+type ClientFn = Box<dyn FnOnce(ClientConfigBuilder) -> ClientConfigBuilder + Send>;
 
 /// The host name on the mode-2 test certificate.
 pub const TEST_HOST: &str = "pool.test";
@@ -131,20 +131,21 @@ impl PairBuilder {
         self
     }
 
-    /// Last word on the server builder (applied after the pair's own settings).
+    /// Last word on the server's configuration (applied after the pair's own
+    /// settings).
     pub fn server(
         mut self,
-        f: impl FnOnce(ServerPoolBuilder) -> ServerPoolBuilder + Send + 'static,
+        f: impl FnOnce(ServerConfigBuilder) -> ServerConfigBuilder + Send + 'static,
     ) -> Self {
         self.server_fn = Some(Box::new(f));
         self
     }
 
-    /// Last word on the client builder (applied after the pair's own settings, so it
-    /// can replace the dialer or the TLS settings).
+    /// Last word on the client's configuration (applied after the pair's own
+    /// settings).
     pub fn client(
         mut self,
-        f: impl FnOnce(ClientPoolBuilder) -> ClientPoolBuilder + Send + 'static,
+        f: impl FnOnce(ClientConfigBuilder) -> ClientConfigBuilder + Send + 'static,
     ) -> Self {
         self.client_fn = Some(Box::new(f));
         self
@@ -153,56 +154,54 @@ impl PairBuilder {
     /// Starts the server, the proxy if any, then the client. Call from inside a tokio
     /// runtime.
     pub async fn build(self) -> io::Result<Pair> {
-        let mut sb = ServerPool::builder().bind(self.bind).id_form(self.id_form);
+        let mut config = ServerConfig::builder().id_form(self.id_form);
+        if let Some(f) = self.server_fn {
+            config = f(config);
+        }
         let mut ca_der = None;
-        match self.tls {
-            TlsMode::Off => {}
-            TlsMode::SelfSigned => sb = sb.tls_mode(TlsMode::SelfSigned),
+        let tls = match self.tls {
+            TlsMode::Off => ServeTls::Off,
+            TlsMode::SelfSigned => ServeTls::self_signed(),
             TlsMode::Verified => {
                 let ca = TestCa::new().map_err(io::Error::other)?;
                 let leaf = ca.leaf(&[TEST_HOST], false).map_err(io::Error::other)?;
-                sb = sb.tls(leaf);
                 ca_der = Some(ca.ca_der());
+                ServeTls::Cert(leaf)
             }
-        }
-        if let Some(f) = self.server_fn {
-            sb = f(sb);
-        }
-        let server = sb.build()?;
+        };
+        let server = ServerPool::builder()
+            .bind(self.bind)
+            .config(config)
+            .tls(tls)
+            .build()?;
         let proxy = match self.script {
             Some(script) => Some(FaultProxy::start(server.local_addr(), script).await?),
             None => None,
         };
         let target = proxy.as_ref().map_or(server.local_addr(), FaultProxy::addr);
-        let mut cb = ClientPool::builder()
-            .address(target)
+        let mut config = ClientConfig::builder()
             .id_form(self.id_form)
             .capacity(self.capacity.0, self.capacity.1)
             .interval(self.interval.0, self.interval.1)
             .parallelism(self.parallelism);
-        match self.tls {
-            TlsMode::Off => {}
-            TlsMode::SelfSigned => {
-                cb = cb.tls_mode(TlsMode::SelfSigned);
-                if let Some(fp) = server.fingerprint() {
-                    cb = cb.pin(fp);
-                }
-            }
-            TlsMode::Verified => {
-                let cfg = ClientTlsBuilder::new(TlsMode::Verified)
-                    .ca_der(ca_der.unwrap_or_default())
-                    .build()
-                    .map_err(io::Error::other)?
-                    .ok_or_else(|| io::Error::other("mode 2 without a TLS config"))?;
-                cb = cb
-                    .tls_mode(TlsMode::Verified)
-                    .tls_config(cfg)
-                    .hostname(TEST_HOST);
-            }
-        }
         if let Some(f) = self.client_fn {
-            cb = f(cb);
+            config = f(config);
         }
+        let tls = match self.tls {
+            TlsMode::Off => ClientTls::Off,
+            TlsMode::SelfSigned => ClientTls::SelfSigned {
+                pin: server.fingerprint(),
+                name: None,
+            },
+            TlsMode::Verified => ClientTls::Verified {
+                roots: Roots::CaDer(ca_der.unwrap_or_default()),
+                name: Some(TEST_HOST.into()),
+            },
+        };
+        let cb = ClientPool::builder()
+            .address(target)
+            .config(config)
+            .tls(tls);
         let client = match cb.build() {
             Ok(c) => c,
             Err(e) => {

@@ -13,8 +13,8 @@
 //!   deadline it answers (or until an input brings an earlier one);
 //! - **N dial workers** (N = the configured parallelism) take tickets from a channel,
 //!   connect with `TcpStream::connect_timeout`, set the socket options of
-//!   [`SocketOptions`], run TLS through rustls's blocking `StreamOwned` (configs from
-//!   [`ClientTlsBuilder`]), read the id with the core's [`IdReader`](pool_core::IdReader)
+//!   [`SocketOptions`], run TLS through rustls's blocking `StreamOwned` (as
+//!   [`ClientTls`] says), read the id with the core's [`IdReader`](pool_core::IdReader)
 //!   under the ticket's deadlines as socket timeouts, and report each ticket exactly
 //!   once;
 //! - **the callers of [`get`](ThreadClientPool::get)**, blocked on a per-get channel
@@ -50,11 +50,14 @@ use std::time::{Duration, Instant};
 
 pub use conn::ThreadConn;
 
-pub use pool_core::{ClientConfig, ConnId, Counters, GetFailure, Status};
+pub use pool_core::{
+    ClientConfig, ClientConfigBuilder, ConfigError, ConnId, Counters, GetFailure, IdleWatch, Mode,
+    Status,
+};
 pub use pool_net::{Liveness, SocketOptions};
-pub use pool_tls::{ClientTlsBuilder, TlsMode};
+pub use pool_tls::{ClientTls, Roots, TlsMode};
 
-use pool_core::{ClientMachine, SeededRandom, Want};
+use pool_core::{ClientMachine, IntoConfig, SeededRandom, Want};
 
 use crate::dial::Dialing;
 use crate::engine::{Inner, Threads};
@@ -63,6 +66,8 @@ use crate::engine::{Inner, Threads};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// A bad setting.
+    Config(ConfigError),
     /// The secure generator that seeds the machine failed: no pool with guessable ids.
     Random,
     /// The TLS configuration or the host name.
@@ -77,6 +82,7 @@ pub enum BuildError {
 impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Config(e) => write!(f, "bad configuration: {e}"),
             Self::Random => f.write_str("the secure random generator failed"),
             Self::Tls(e) => write!(f, "TLS configuration: {e}"),
             Self::Spawn(e) => write!(f, "cannot start a pool thread: {e}"),
@@ -89,9 +95,16 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Random => None,
+            Self::Config(e) => Some(e),
             Self::Tls(e) => Some(e),
             Self::Spawn(e) | Self::InBand(e) => Some(e),
         }
+    }
+}
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
     }
 }
 
@@ -101,38 +114,35 @@ impl From<pool_tls::TlsError> for BuildError {
     }
 }
 
-/// Builder of a [`ThreadClientPool`].
+/// Builder of a [`ThreadClientPool`]: the same [`ClientConfig`], [`ClientTls`] and
+/// [`SocketOptions`] a pool-tokio `ClientPool` takes.
 #[must_use]
 #[derive(Debug)]
 pub struct ThreadClientPoolBuilder {
     addr: SocketAddr,
-    config: ClientConfig,
-    tls: ClientTlsBuilder,
-    hostname: Option<String>,
+    config: Result<ClientConfig, ConfigError>,
+    tls: ClientTls,
     socket: SocketOptions,
 }
 
 impl ThreadClientPoolBuilder {
-    /// The machine's settings: capacity, intervals, parallelism (also the number of
-    /// dial workers), deadlines, id form, single mode, sweep. Default
-    /// `ClientConfig::default()`.
-    pub fn config(mut self, config: ClientConfig) -> Self {
-        self.config = config;
+    /// The pool's settings: capacity, intervals, parallelism (also the number of
+    /// dial workers), deadlines, id form, mode, watch, sweep. A [`ClientConfig`] or its
+    /// builder, whose errors `build` reports. Default `ClientConfig::default()`.
+    pub fn config(mut self, config: impl IntoConfig<ClientConfig>) -> Self {
+        self.config = config.into_config();
         self
     }
-    /// The TLS mode and its settings (pin, CA). Default `ClientTlsBuilder::new(TlsMode::Off)`.
-    /// Single mode dials with TLS only if it is set here (the Go package's single mode
-    /// is plain TCP).
-    pub fn tls(mut self, tls: ClientTlsBuilder) -> Self {
+    /// TLS: off, mode 1 with an optional pin, mode 2 with its roots, or a rustls
+    /// configuration of your own. Default off. Single mode dials with it too, as a
+    /// pool-tokio `ClientPool` does (the Go package's single mode is plain: leave it
+    /// off).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = tls;
         self
     }
-    /// TLS server name. Default: the server's IP address.
-    pub fn hostname(mut self, name: impl Into<String>) -> Self {
-        self.hostname = Some(name.into());
-        self
-    }
-    /// Socket options of every dialed stream. Default `SocketOptions::default()`.
+    /// Socket options of every dialed stream, keep-alive among them. Default
+    /// `SocketOptions::default()`.
     pub fn socket_options(mut self, o: SocketOptions) -> Self {
         self.socket = o;
         self
@@ -141,27 +151,25 @@ impl ThreadClientPoolBuilder {
     /// Seeds the machine from `pool_tls::secure_seed` and starts the driver and the
     /// dial workers.
     pub fn build(self) -> Result<ThreadClientPool, BuildError> {
+        let config = self.config?.watched();
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
-        let tls = self.tls.build()?;
-        let name = match (&tls, &self.hostname) {
-            (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),
-            _ => None,
-        };
-        let workers = self.config.parallelism().max(1);
+        let workers = config.parallelism().max(1);
         let dialing = Dialing {
             addr: self.addr,
             socket: self.socket,
-            tls: tls.map(|c| (c, name)),
-            id_form: self.config.id_form(),
+            tls: self.tls.build()?,
+            id_form: config.id_form(),
         };
-        let in_band = self.config.in_band();
-        let m = ClientMachine::new(self.config, SeededRandom::from_seed(seed), Instant::now());
+        let (in_band, watch) = (config.in_band(), config.watch());
+        let m = ClientMachine::new(config, SeededRandom::from_seed(seed), Instant::now());
         #[cfg(target_os = "linux")]
-        let hang_ups = if in_band {
-            Some(pool_net::HangUps::with_bytes().map_err(BuildError::InBand)?)
-        } else {
-            pool_net::HangUps::new().ok()
+        let hang_ups = match watch {
+            IdleWatch::Starts => Some(pool_net::HangUps::with_bytes().map_err(BuildError::InBand)?),
+            IdleWatch::HangUps => pool_net::HangUps::new().ok(),
+            IdleWatch::Off => None,
         };
+        #[cfg(not(target_os = "linux"))]
+        let _ = watch;
         #[cfg(not(target_os = "linux"))]
         if in_band {
             return Err(BuildError::InBand(std::io::Error::other(
@@ -222,9 +230,8 @@ impl ThreadClientPool {
     pub fn builder(addr: SocketAddr) -> ThreadClientPoolBuilder {
         ThreadClientPoolBuilder {
             addr,
-            config: ClientConfig::default(),
-            tls: ClientTlsBuilder::new(TlsMode::Off),
-            hostname: None,
+            config: Ok(ClientConfig::default()),
+            tls: ClientTls::Off,
             socket: SocketOptions::default(),
         }
     }
@@ -256,7 +263,7 @@ impl ThreadClientPool {
     }
 
     /// The next connection the server started a session on (in-band mode,
-    /// [`ClientConfigBuilder::in_band`](pool_core::ClientConfigBuilder::in_band)),
+    /// [`IdleWatch::Starts`]),
     /// blocking up to `timeout`. Its start header is read and checked; the session's
     /// data follows unread. A connection that brings anything else within
     /// two seconds ([`pool_core::driver::START_WAIT`]) is closed and counted (`starts_dropped`).

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pool_core::ClientConfig;
-use pool_threads::{ClientTlsBuilder, ThreadClientPool, TlsMode};
-use pool_tokio::ServerPool;
+use pool_core::{ClientConfig, IdleWatch, Mode};
+use pool_threads::{ClientTls, ThreadClientPool, TlsMode};
+use pool_tokio::{ServeTls, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(5);
@@ -40,11 +40,26 @@ fn config(min: usize, max: usize) -> ClientConfig {
         .unwrap()
 }
 
-fn client(server: &ServerPool, mode: TlsMode, min: usize, max: usize) -> Arc<ThreadClientPool> {
-    let mut tls = ClientTlsBuilder::new(mode);
-    if let Some(fp) = server.fingerprint() {
-        tls = tls.pin(fp);
+/// The client TLS that pairs with `server` in `mode`: pinned to its certificate.
+fn tls(server: &ServerPool, mode: TlsMode) -> ClientTls {
+    match mode {
+        TlsMode::Off => ClientTls::Off,
+        _ => ClientTls::SelfSigned {
+            pin: server.fingerprint(),
+            name: None,
+        },
     }
+}
+
+fn serve(mode: TlsMode) -> ServeTls {
+    match mode {
+        TlsMode::Off => ServeTls::Off,
+        _ => ServeTls::self_signed(),
+    }
+}
+
+fn client(server: &ServerPool, mode: TlsMode, min: usize, max: usize) -> Arc<ThreadClientPool> {
+    let tls = tls(server, mode);
     let pool = ThreadClientPool::builder(server.local_addr())
         .config(config(min, max))
         .tls(tls)
@@ -99,7 +114,7 @@ fn pairs_1000(mode: TlsMode) {
     runtime().block_on(async {
         let server = ServerPool::builder()
             .bind(loopback())
-            .tls_mode(mode)
+            .tls(serve(mode))
             .build()
             .unwrap();
         assert_eq!(server.fingerprint().is_some(), mode != TlsMode::Off);
@@ -135,13 +150,16 @@ fn a_wrong_pin_never_fills() {
     runtime().block_on(async {
         let server = ServerPool::builder()
             .bind(loopback())
-            .tls_mode(TlsMode::SelfSigned)
+            .tls(ServeTls::self_signed())
             .build()
             .unwrap();
         let other = pool_tls::ServerTls::self_signed(["localhost"]).unwrap();
         let pool = ThreadClientPool::builder(server.local_addr())
             .config(config(4, 4))
-            .tls(ClientTlsBuilder::new(TlsMode::SelfSigned).pin(other.fingerprint()))
+            .tls(ClientTls::SelfSigned {
+                pin: Some(other.fingerprint()),
+                name: None,
+            })
             .build()
             .unwrap();
         assert!(eventually(T, || pool.counters().handshake_failures >= 4).await);
@@ -209,7 +227,7 @@ fn close_and_drop_leave_no_descriptor() {
         for mode in [TlsMode::Off, TlsMode::SelfSigned] {
             let server = ServerPool::builder()
                 .bind(loopback())
-                .tls_mode(mode)
+                .tls(serve(mode))
                 .build()
                 .unwrap();
             let client = client(&server, mode, 32, 32);
@@ -286,18 +304,15 @@ fn in_band_sessions(mode: TlsMode) {
     runtime().block_on(async {
         let server = ServerPool::builder()
             .bind(loopback())
-            .tls_mode(mode)
+            .tls(serve(mode))
             .build()
             .unwrap();
-        let mut tls = ClientTlsBuilder::new(mode);
-        if let Some(fp) = server.fingerprint() {
-            tls = tls.pin(fp);
-        }
+        let tls = tls(&server, mode);
         let cfg = ClientConfig::builder()
             .capacity(8, 8)
             .parallelism(4)
             .sweep_interval(Duration::from_secs(3600))
-            .in_band(true)
+            .watch(IdleWatch::Starts)
             .build()
             .unwrap();
         let client = Arc::new(
@@ -329,7 +344,7 @@ fn in_band_sessions(mode: TlsMode) {
         for n in 0..SESSIONS {
             let server = server.clone();
             starts.spawn(async move {
-                let (_, mut s) = server.start_timeout(T).await.expect("started");
+                let (_, mut s) = server.start_with(&[], T).await.expect("started");
                 s.write_all(&n.to_be_bytes()).await.unwrap();
                 s.flush().await.unwrap();
                 let mut back = [0u8; 8];
@@ -389,12 +404,12 @@ fn a_start_that_came_with_the_id_is_not_missed() {
         let cfg = ClientConfig::builder()
             .capacity(1, 1)
             .sweep_interval(Duration::from_secs(3600))
-            .in_band(true)
+            .watch(IdleWatch::Starts)
             .build()
             .unwrap();
         let client = ThreadClientPool::builder(addr)
             .config(cfg)
-            .tls(ClientTlsBuilder::new(TlsMode::SelfSigned))
+            .tls(ClientTls::from(TlsMode::SelfSigned))
             .build()
             .unwrap();
         let got = tokio::task::spawn_blocking(move || {
@@ -408,5 +423,58 @@ fn a_start_that_came_with_the_id_is_not_missed() {
         .unwrap();
         assert_eq!(&got, b"early session");
         drop(server.await.unwrap());
+    });
+}
+
+/// Single mode with TLS set dials TLS on both runtimes: the threaded pool and the tokio
+/// pool, given the same `ClientConfig` and `ClientTls`, agree (and with TLS off both
+/// dial plain, as the Go package's single mode does).
+#[test]
+fn single_mode_dials_the_tls_it_is_given_on_both_runtimes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        for mode in [TlsMode::Off, TlsMode::SelfSigned] {
+            let target = ServerPool::builder()
+                .bind(loopback())
+                .tls(serve(mode))
+                .build()
+                .unwrap();
+            let cfg = ClientConfig::builder()
+                .mode(Mode::Single)
+                .capacity(1, 1)
+                .build()
+                .unwrap();
+            let tokio_pool = pool_tokio::ClientPool::builder()
+                .address(target.local_addr())
+                .config(cfg.clone())
+                .tls(tls(&target, mode))
+                .build()
+                .unwrap();
+            let threads = ThreadClientPool::builder(target.local_addr())
+                .config(cfg)
+                .tls(tls(&target, mode))
+                .build()
+                .unwrap();
+            let on_tokio = tokio_pool.get_any_timeout(T).await.unwrap();
+            let (on_threads, threads) = tokio::task::spawn_blocking(move || {
+                let c = threads.get_any(T).expect("a single-mode connection");
+                (c.is_tls(), threads)
+            })
+            .await
+            .unwrap();
+            // A connection came back from each: each finished its handshake with the
+            // target, in the target's mode.
+            assert_eq!(on_tokio.is_tls(), mode != TlsMode::Off, "{mode:?}");
+            assert_eq!(
+                on_threads,
+                on_tokio.is_tls(),
+                "the runtimes agree in {mode:?}"
+            );
+            tokio_pool.close().await;
+            tokio::task::spawn_blocking(move || drop(threads))
+                .await
+                .unwrap();
+            target.close().await;
+        }
     });
 }

@@ -84,6 +84,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::SupportedProtocolVersion;
 
 pub mod admit;
+mod choice;
 mod client;
 mod error;
 mod fingerprint;
@@ -96,6 +97,7 @@ mod server;
 #[cfg(feature = "test-util")]
 mod testca;
 
+pub use choice::{ClientTls, Roots, ServeTls};
 pub use client::{server_name, ClientTlsBuilder, DangerousNoVerify};
 pub use error::TlsError;
 pub use fingerprint::Fingerprint;

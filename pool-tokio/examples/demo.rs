@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_testkit::load::{run_load, start_echo, LoadProgress};
-use pool_tokio::{ClientPool, ConnId, ServerPool, ServerTls, TlsMode, TunnelKey};
+use pool_tokio::{ClientConfig, ClientTls, ServeTls, ServerConfig};
+use pool_tokio::{ClientPool, ConnId, ServerPool, ServerTls, TunnelKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -140,18 +141,22 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let fingerprint = cert.fingerprint();
     let server = ServerPool::builder()
         .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .max_capacity(MAX_CAP)
-        .tls(cert)
+        .config(ServerConfig::builder().max_capacity(MAX_CAP))
+        .tls(ServeTls::Cert(cert))
         .tunnel_key(key.clone())
         .build()?;
     let started = Instant::now();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(MIN_CAP, MAX_CAP)
-        .parallelism(16)
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(fingerprint)
-        .hostname("localhost")
+        .config(
+            ClientConfig::builder()
+                .capacity(MIN_CAP, MAX_CAP)
+                .parallelism(16),
+        )
+        .tls(ClientTls::SelfSigned {
+            pin: Some(fingerprint),
+            name: Some("localhost".into()),
+        })
         .tunnel_key(key)
         .build()?;
     let public = TcpListener::bind("127.0.0.1:0").await?;

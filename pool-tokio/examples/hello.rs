@@ -11,7 +11,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use pool_tokio::{ClientPool, PoolError, ServerPool, TlsMode};
+use pool_tokio::{ClientConfig, ClientTls, ServeTls};
+use pool_tokio::{ClientPool, PoolError, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
@@ -41,17 +42,23 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), PoolError> {
     // The public side: listens for the client pool's connections.
     let server = ServerPool::builder()
-        .bind("127.0.0.1:0".parse().expect("an address"))
-        .tls_mode(TlsMode::SelfSigned)
+        .bind(
+            "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("an address"),
+        )
+        .tls(ServeTls::self_signed())
         .get_timeout(Duration::from_secs(5))
         .build()?;
     // The private side: dials ahead, and trusts only the server's certificate.
     let fingerprint = server.fingerprint().expect("mode 1 has a certificate");
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(fingerprint)
-        .capacity(8, 64)
+        .config(ClientConfig::builder().capacity(8, 64))
+        .tls(ClientTls::SelfSigned {
+            pin: Some(fingerprint),
+            name: None,
+        })
         .get_timeout(Duration::from_secs(5))
         .build()?;
 

@@ -1,271 +1,53 @@
 //! The client pool: dials ahead so that idle connections wait at the server.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{
-    CapacityPolicy, ClientConfig, ClientConfigBuilder, ClientMachine, ConnId, DialTicket, IdForm,
-    IdReader, IntervalPolicy, Stage, Want,
-};
+use pool_core::{ClientMachine, ConfigError, ConnId, DialTicket, IdForm, IdReader, Stage, Want};
 use pool_net::SocketOptions;
-use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode, TunnelKey};
+use pool_tls::TunnelKey;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
+use crate::builder::{ClientSide, PoolBuilder};
 use crate::conn::{PoolConn, PoolStream};
 use crate::dialer::{Dialer, TcpDialer};
-use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
+use crate::engine::{self, drive, watch_hang_ups, Engine, Side};
 use crate::error::{BuildError, GetError, StepError};
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
 use crate::tls::TlsConn;
 
-/// Builder of a [`ClientPool`]. Each setter names the Go parameter it stands for and
-/// its default.
-#[must_use]
-pub struct ClientPoolBuilder {
-    core: ClientConfigBuilder,
-    go_normalized: bool,
-    dialer: Option<Arc<dyn Dialer>>,
-    tls_mode: TlsMode,
-    tls_config: Option<Arc<rustls::ClientConfig>>,
-    pin: Option<Fingerprint>,
-    ca_file: Option<PathBuf>,
-    hostname: Option<String>,
-    socket: SocketOptions,
-    get_timeout: Duration,
-    key: Option<TunnelKey>,
-    name: String,
-    watch_idle: bool,
-    sweep_set: bool,
-    single_tls: bool,
-}
+/// Builder of a [`ClientPool`]: where to dial (here), and what every pool is told
+/// ([`PoolBuilder`]): its [`ClientConfig`](crate::ClientConfig), its [`ClientTls`](crate::ClientTls), socket options, get
+/// timeout, tunnel key and name. Each thing is set in one place, and no setter changes
+/// what another set.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), pool_tokio::PoolError> {
+/// use pool_tokio::{ClientConfig, ClientPool, ClientTls};
+/// let pool = ClientPool::builder()
+///     .address("127.0.0.1:10101".parse().unwrap())
+///     .config(ClientConfig::builder().capacity(16, 256))
+///     .tls(ClientTls::SelfSigned { pin: None, name: None })
+///     .build()?;
+/// # Ok(()) }
+/// ```
+pub type ClientPoolBuilder = PoolBuilder<ClientSide>;
 
-impl std::fmt::Debug for ClientPoolBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientPoolBuilder")
-            .field("core", &self.core)
-            .field("tls_mode", &self.tls_mode)
-            .field("hostname", &self.hostname)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for ClientPoolBuilder {
-    fn default() -> Self {
-        Self {
-            core: ClientConfig::builder(),
-            go_normalized: false,
-            dialer: None,
-            tls_mode: TlsMode::Off,
-            tls_config: None,
-            pin: None,
-            ca_file: None,
-            hostname: None,
-            socket: SocketOptions::default(),
-            get_timeout: Duration::from_secs(5),
-            key: None,
-            name: "pool".into(),
-            watch_idle: true,
-            sweep_set: false,
-            single_tls: false,
-        }
-    }
-}
-
-impl ClientPoolBuilder {
+impl PoolBuilder<ClientSide> {
     /// Where to dial: the server pool's address, a [`SocketAddr`](std::net::SocketAddr)
     /// or a `host:port` string resolved at every dial ([`ServerAddr`](crate::ServerAddr);
-    /// Go: the `dialer` function).
+    /// Go: the `dialer` function). The same setting as [`dialer`](Self::dialer), given
+    /// as an address.
     pub fn address(self, addr: impl Into<crate::ServerAddr>) -> Self {
         self.dialer(TcpDialer::to(addr))
     }
-    /// How to dial. Required unless [`address`](Self::address) is given.
+    /// How to dial. Required, or [`address`](Self::address).
     pub fn dialer(mut self, d: impl Dialer) -> Self {
-        self.dialer = Some(Arc::new(d));
-        self
-    }
-    /// Minimum and maximum capacity (Go: `minCap`, `maxCap`). Default 64 and 1024.
-    pub fn capacity(mut self, min: usize, max: usize) -> Self {
-        self.core = self.core.capacity(min, max);
-        self
-    }
-    /// Minimum and maximum refill interval (Go: `minIvl`, `maxIvl`). Default 100 ms, 1 s.
-    pub fn interval(mut self, min: Duration, max: Duration) -> Self {
-        self.core = self.core.interval(min, max);
-        self
-    }
-    /// TCP keep-alive period (Go: `keepAlive`). Default 30 s.
-    pub fn keepalive(mut self, period: Duration) -> Self {
-        self.socket.keepalive = Some(period);
-        self
-    }
-    /// All socket options at once. Default: keep-alive 30 s, no-delay on.
-    pub fn socket_options(mut self, o: SocketOptions) -> Self {
-        self.socket = o;
-        self
-    }
-    /// TLS mode `0`, `1` or `2` (Go: `tlsCode`). Default `0`, plain.
-    pub fn tls_mode(mut self, mode: TlsMode) -> Self {
-        self.tls_mode = mode;
-        self
-    }
-    /// A rustls client config of your own; it replaces what the mode would build.
-    pub fn tls_config(mut self, cfg: Arc<rustls::ClientConfig>) -> Self {
-        self.tls_config = Some(cfg);
-        self
-    }
-    /// Mode 1: accept only a server certificate with this SHA-256 fingerprint.
-    pub fn pin(mut self, fp: Fingerprint) -> Self {
-        self.pin = Some(fp);
-        self
-    }
-    /// Mode 2: trust this PEM CA bundle (instead of the bundled web roots).
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.ca_file = Some(path.into());
-        self
-    }
-    /// TLS server name (Go: `hostname`). Default: the server's IP address.
-    pub fn hostname(mut self, name: impl Into<String>) -> Self {
-        self.hostname = Some(name.into());
-        self
-    }
-    /// Single mode (Go: `isSingle`): ids made here, nothing read, and plain TCP as in
-    /// the Go package, whatever the TLS mode. A strict `build` refuses single mode with
-    /// a TLS mode (say which you meant); with [`go_normalized`](Self::go_normalized)
-    /// the TLS mode is ignored, as Go does. For TLS in single mode, an extension of
-    /// ours, see [`single_tls`](Self::single_tls). Default false.
-    pub fn single(mut self, on: bool) -> Self {
-        self.core = self.core.single(on);
-        self
-    }
-    /// Single mode over TLS: an extension (the Go package never runs TLS in single
-    /// mode), for a server of this crate in TLS mode. Implies [`single`](Self::single).
-    /// Default false.
-    pub fn single_tls(mut self, on: bool) -> Self {
-        self.single_tls = on;
-        if on {
-            self.core = self.core.single(true);
-        }
-        self
-    }
-    /// Dials in flight at most. Default 64 (Go: 1). Against a server pool of this crate,
-    /// keep it at or below the server's pending handshakes per source (64 by default):
-    /// above it, the server treats the surplus as a slowloris and evicts the oldest.
-    pub fn parallelism(mut self, n: usize) -> Self {
-        self.core = self.core.parallelism(n);
-        self
-    }
-    /// Deadline of connect plus TLS handshake. Default 5 s (Go: none).
-    pub fn handshake_timeout(mut self, d: Duration) -> Self {
-        self.core = self.core.handshake_timeout(d);
-        self
-    }
-    /// Deadline of the id read. Default 5 s.
-    pub fn id_timeout(mut self, d: Duration) -> Self {
-        self.core = self.core.id_timeout(d);
-        self
-    }
-    /// Timeout of [`ClientPool::get`] and [`ClientPool::get_any`]. Default 5 s.
-    pub fn get_timeout(mut self, d: Duration) -> Self {
-        self.get_timeout = d;
-        self
-    }
-    /// Wire form of the id. Default [`IdForm::Hex8`] (Go v1.0.6).
-    pub fn id_form(mut self, form: IdForm) -> Self {
-        self.core = self.core.id_form(form);
-        self
-    }
-    /// How often idle connections are probed and dead ones replaced. Default 1 s, or
-    /// [`WATCHED_SWEEP`](crate::WATCHED_SWEEP) (30 s) while the hang-up watch is on
-    /// (`watch_idle`, Linux): dead peers are then found without it.
-    pub fn sweep_interval(mut self, d: Duration) -> Self {
-        self.core = self.core.sweep_interval(d);
-        self.sweep_set = true;
-        self
-    }
-    /// Whether the OS reports the peers' hang-ups on held connections (Linux: an
-    /// `epoll` set of the pool's own), so a dead peer leaves the pool in milliseconds
-    /// instead of at the next sweep. Default `true`; elsewhere than Linux, no effect.
-    pub fn watch_idle(mut self, on: bool) -> Self {
-        self.watch_idle = on;
-        self
-    }
-    /// In-band activation (not in the Go protocol: set it on both ends). Default false.
-    ///
-    /// The server starts a session itself, on any idle connection
-    /// ([`ServerPool::start`](crate::ServerPool::start) writes
-    /// [`START`](pool_core::START), then the session's data follows), and this pool
-    /// learns of it from the connection becoming readable: the OS reports it through
-    /// the watch of held connections, never the sweep.
-    /// [`accept`](ClientPool::accept) hands out the next started connection. No id
-    /// travels over the application's control channel, so a session's first byte
-    /// arrives one one-way delay after the server wrote it.
-    ///
-    /// Needs the watch (`watch_idle(true)`, Linux): [`build`](Self::build) refuses it
-    /// otherwise. Gets by id still work beside it.
-    pub fn in_band(mut self, on: bool) -> Self {
-        self.core = self.core.in_band(on);
-        self
-    }
-    /// Closes and replaces connections idle longer than this (checked at each sweep
-    /// and each get). Default `None`: no limit, as in the Go package.
-    pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
-        self.core = self.core.max_idle_age(age);
-        self
-    }
-    /// Interval rule of `Adaptation::GoRules`. Default: the Go package's.
-    pub fn interval_policy(mut self, p: IntervalPolicy) -> Self {
-        self.core = self.core.interval_policy(p);
-        self
-    }
-    /// Capacity rule of `Adaptation::GoRules`. Default: the Go package's.
-    pub fn capacity_policy(mut self, p: CapacityPolicy) -> Self {
-        self.core = self.core.capacity_policy(p);
-        self
-    }
-    /// How the capacity and the refill interval adapt to demand, inside the capacity
-    /// and interval bounds. Default: `Adaptation::OfferedDemand`;
-    /// `Adaptation::GoRules` is the Go package's rules (the two policies above apply
-    /// to it only).
-    pub fn adapt(mut self, policy: pool_core::Adaptation) -> Self {
-        self.core = self.core.adapt(policy);
-        self
-    }
-    /// Prove this key on every connection, right after reading its id, and require the
-    /// server to prove it back: a mutual challenge-response over fresh nonces, bound to
-    /// the TLS session in modes 1 and 2 (`pool_tls::proof`, bytes in pool-tls's
-    /// `PROTOCOL.md`). The server pool (given the same key) admits nothing else, and a
-    /// connection whose server fails its proof is dropped and counted as an auth
-    /// failure. Not part of the Go wire protocol: set it on both ends or on neither.
-    /// Default none.
-    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
-        self.key = Some(key);
-        self
-    }
-    /// Fail gets at once while nothing can succeed: the pool has never made a
-    /// connection and every recent dial failed, so a wrong address, port, pin or TLS
-    /// mode shows within one backoff step as [`GetError::Unreachable`], naming the
-    /// failure, instead of after a whole get timeout. Once a connection was made, an
-    /// outage is a passing fault and gets wait as usual. Default true.
-    pub fn fail_fast(mut self, on: bool) -> Self {
-        self.core = self.core.fail_fast(on);
-        self
-    }
-    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
-    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.into();
-        self
-    }
-    /// Fix bad bounds silently the way the Go package does (zero capacity becomes 1,
-    /// zero interval 1 s, a minimum above its maximum is swapped) instead of refusing
-    /// them. Default false.
-    pub fn go_normalized(mut self, on: bool) -> Self {
-        self.go_normalized = on;
+        self.side.dialer = Some(Arc::new(d));
         self
     }
 
@@ -275,81 +57,33 @@ impl ClientPoolBuilder {
     /// # Errors
     ///
     /// [`BuildError::NoRuntime`] outside a tokio runtime, [`BuildError::Config`] for a
-    /// setting that cannot work (bounds, single mode with a TLS mode, a pin without
-    /// TLS...), [`BuildError::Tls`] for TLS material that cannot be loaded,
+    /// setting that cannot work (bounds, in-band starts where idle connections cannot
+    /// be watched...), [`BuildError::Tls`] for TLS material that cannot be loaded,
     /// [`BuildError::Missing`] without a dialer, [`BuildError::Random`] if the system's
     /// secure generator fails.
-    pub fn build(mut self) -> Result<ClientPool, BuildError> {
+    pub fn build(self) -> Result<ClientPool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        if !self.go_normalized {
-            self.check_tls_settings(self.tls_config.is_some())?;
-        }
-        if crate::watched_sweep(self.watch_idle, self.sweep_set, self.go_normalized) {
-            self.core = self.core.sweep_interval(crate::WATCHED_SWEEP);
-        }
-        let cfg = if self.go_normalized {
-            self.core.build_go_normalized()
-        } else {
-            self.core.build()?
-        };
-        if cfg.in_band() && (!self.watch_idle || !cfg!(target_os = "linux")) {
-            return Err(pool_core::ConfigError::Conflict {
-                first: "in-band activation",
-                second: "no watch of idle connections",
+        let cfg = self.config?.watched();
+        if cfg.in_band() && !cfg!(target_os = "linux") {
+            return Err(ConfigError::Conflict {
+                first: "in-band starts (`IdleWatch::Starts`)",
+                second: "a platform without a readiness watch",
                 hint: "a started session is found by the OS's readiness on idle \
-                       connections: keep `watch_idle(true)`, on Linux",
+                       connections, which this crate watches on Linux only",
             }
             .into());
         }
-        let watch = match (self.watch_idle, cfg.in_band()) {
-            (false, _) => WatchFor::Nothing,
-            (true, false) => WatchFor::HangUps,
-            (true, true) => WatchFor::Bytes,
-        };
         let dialer = self
+            .side
             .dialer
             .ok_or(BuildError::Missing("dialer or address"))?;
-        let wants_tls = self.tls_config.is_some() || self.tls_mode != TlsMode::Off;
-        let tls_config = if cfg.single() && wants_tls && !self.single_tls {
-            if !self.go_normalized {
-                return Err(pool_core::ConfigError::Conflict {
-                    first: "single mode",
-                    second: "a TLS mode",
-                    hint: "single mode dials plain TCP, as the Go package does; drop the TLS \
-                           mode, drop single mode, or ask for TLS in single mode with \
-                           `single_tls(true)`",
-                }
-                .into());
-            }
-            // Go's single mode skips TLS whatever `tlsCode` says.
-            self.tls_mode = TlsMode::Off;
-            None
-        } else {
-            self.tls_config
-        };
-        let tls = match tls_config {
-            Some(c) => Some(c),
-            None => {
-                let mut b = ClientTlsBuilder::new(self.tls_mode);
-                if let Some(fp) = self.pin {
-                    b = b.pin(fp);
-                }
-                if let Some(ca) = self.ca_file {
-                    b = b.ca_file(ca);
-                }
-                b.build()?
-            }
-        };
-        let name = match (&tls, &self.hostname) {
-            (Some(_), Some(h)) if !h.is_empty() => Some(pool_tls::server_name(h)?),
-            _ => None,
-        };
+        let tls = self.tls.build()?;
         let machine = ClientMachine::new(cfg.clone(), seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
-            engine: Engine::new(machine, &self.name, me.clone(), rt, watch),
+            engine: Engine::new(machine, &self.name, me.clone(), rt, cfg.watch()),
             id_form: cfg.id_form(),
             dialer,
-            tls: tls.map(|c| (c, name)),
+            tls,
             socket: self.socket,
             key: self.key,
         });
@@ -367,52 +101,6 @@ impl ClientPoolBuilder {
             owner: Arc::new(Owner(inner)),
             get_timeout: self.get_timeout,
         })
-    }
-}
-
-impl ClientPoolBuilder {
-    /// Settings that only make sense with TLS, or with another TLS mode, are refused
-    /// rather than silently ignored (a pin in plaintext would make a user believe the
-    /// server is authenticated).
-    fn check_tls_settings(&self, own_config: bool) -> Result<(), BuildError> {
-        let conflict = |first, second, hint| {
-            Err(pool_core::ConfigError::Conflict {
-                first,
-                second,
-                hint,
-            }
-            .into())
-        };
-        let plain = self.tls_mode == TlsMode::Off && !own_config;
-        if plain && self.pin.is_some() {
-            return conflict(
-                "a certificate pin",
-                "TLS mode 0",
-                "a pin checks the server's TLS certificate; set tls_mode(SelfSigned) or drop the pin",
-            );
-        }
-        if plain && self.hostname.is_some() {
-            return conflict(
-                "a TLS server name",
-                "TLS mode 0",
-                "the hostname is what TLS verifies; set a TLS mode or drop the hostname",
-            );
-        }
-        if plain && self.ca_file.is_some() {
-            return conflict(
-                "a CA file",
-                "TLS mode 0",
-                "a CA file verifies the server in mode 2 (Verified)",
-            );
-        }
-        if self.tls_mode == TlsMode::SelfSigned && self.ca_file.is_some() {
-            return conflict(
-                "a CA file",
-                "TLS mode 1",
-                "mode 1 does not verify chains; use mode 2 (Verified) with a CA file, or a pin",
-            );
-        }
-        Ok(())
     }
 }
 
@@ -545,16 +233,16 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
 }
 
 /// The client end of the pool. Cheap to clone; the pool closes when the last clone is
-/// dropped or [`close`](Self::close) is called. What both pools offer (stats, error
+/// dropped or [`close`](PoolHandle::close) is called. What both pools offer (stats, error
 /// counts, readiness) comes through `Deref` to [`PoolHandle`].
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), pool_tokio::PoolError> {
-/// use pool_tokio::ClientPool;
+/// use pool_tokio::{ClientConfig, ClientPool};
 /// use std::time::Duration;
 /// let pool = ClientPool::builder()
 ///     .address("127.0.0.1:10101")
-///     .capacity(16, 256)
+///     .config(ClientConfig::builder().capacity(16, 256))
 ///     .get_timeout(Duration::from_secs(2))
 ///     .build()?;
 /// # let id = "0a0b0c0d".parse().unwrap();
@@ -607,7 +295,7 @@ impl ClientPool {
     /// [`GetError::NotFound`] at once when the id is not idle and no dial in flight
     /// can bring it; [`GetError::Timeout`] (with the failure behind it, if the pool is
     /// failing); [`GetError::Unreachable`] when nothing can succeed (see
-    /// [`fail_fast`](ClientPoolBuilder::fail_fast)); [`GetError::Closed`].
+    /// [`ClientConfigBuilder::fail_fast`](pool_core::ClientConfigBuilder::fail_fast)); [`GetError::Closed`].
     ///
     /// # Cancel safety
     ///
@@ -661,7 +349,7 @@ impl ClientPool {
     }
 
     /// The next connection the server started a session on (in-band mode,
-    /// [`ClientPoolBuilder::in_band`]), waiting up to the builder's `get_timeout`. The
+    /// [`IdleWatch::Starts`](pool_core::IdleWatch::Starts)), waiting up to the builder's `get_timeout`. The
     /// start header is read and checked here; the session's data follows unread. A
     /// connection whose header is wrong, or does not come within two seconds
     /// ([`START_WAIT`](pool_core::driver::START_WAIT)), is
@@ -729,39 +417,5 @@ impl ClientPool {
         engine::get_for_user(self.inner(), want, timeout)
             .await
             .map(|(_, conn)| conn)
-    }
-
-    /// Closes every idle connection and refills at once (Go: `Flush`).
-    #[doc(alias = "Flush")]
-    pub fn flush(&self) {
-        let closed = self.inner().engine.driver.flush();
-        info!(closed, "client pool flushed");
-    }
-
-    /// Closes the pool: waiting gets fail with [`GetError::Closed`], idle connections
-    /// are closed, dials in flight are abandoned, and this returns once every task of
-    /// the pool has ended (Go: `Close`). Dropping the last handle does the same
-    /// without the wait. Closing twice is harmless.
-    ///
-    /// # Cancel safety
-    ///
-    /// The pool is closed by the time the future is first polled; dropping the future
-    /// only stops waiting for the pool's tasks to end.
-    #[doc(alias = "Close")]
-    pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
-    }
-
-    /// Current capacity (Go: `Capacity`).
-    #[doc(alias = "Capacity")]
-    pub fn capacity(&self) -> usize {
-        self.stats().status.capacity
-    }
-
-    /// Current refill interval (Go: `Interval`).
-    #[doc(alias = "Interval")]
-    pub fn interval(&self) -> Duration {
-        self.stats().status.interval
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
 use pool_core::Liveness;
-use pool_core::{ConnId, DialTicket, GetFailure, Want};
+use pool_core::{ConnId, DialTicket, GetFailure, IdleWatch, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,17 +43,6 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn peek(conn: &mut PoolConn, _log: &FailureLog) -> Liveness {
         conn.liveness()
     }
-}
-
-/// What the pool watches its held connections for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WatchFor {
-    /// Nothing: the sweep finds dead peers.
-    Nothing,
-    /// The peer's hang-up.
-    HangUps,
-    /// Hang-ups and bytes (in-band mode).
-    Bytes,
 }
 
 /// The tokio [`Platform`].
@@ -164,7 +153,7 @@ impl<S: Side> Engine<S> {
         name: &str,
         side: Weak<S>,
         handle: tokio::runtime::Handle,
-        watch: WatchFor,
+        watch: IdleWatch,
     ) -> Self {
         #[cfg(not(target_os = "linux"))]
         let _ = watch;
@@ -179,9 +168,9 @@ impl<S: Side> Engine<S> {
             log: FailureLog::new(S::CLIENT),
             #[cfg(target_os = "linux")]
             watch: match watch {
-                WatchFor::Nothing => None,
-                WatchFor::HangUps => crate::watch::IdleWatch::new(false).ok(),
-                WatchFor::Bytes => crate::watch::IdleWatch::new(true).ok(),
+                IdleWatch::Off => None,
+                IdleWatch::HangUps => crate::watch::IdleWatch::new(false).ok(),
+                IdleWatch::Starts => crate::watch::IdleWatch::new(true).ok(),
             },
         };
         Self {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use pool_core::driver::Role;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use tracing::info;
 
 use crate::conn::PoolConn;
 use crate::engine::Side;
@@ -14,8 +16,8 @@ use crate::rt::now;
 use crate::stats::Stats;
 
 /// What both pools offer besides their gets: status, counters, the error count and
-/// readiness. [`ClientPool`](crate::ClientPool) and [`ServerPool`](crate::ServerPool)
-/// reach it through `Deref`, so it is written once. `M` names the pool's machine.
+/// readiness, flush and close. [`ClientPool`](crate::ClientPool) and
+/// [`ServerPool`](crate::ServerPool) reach it through `Deref`, so it is written once. `M` names the pool's machine.
 pub struct PoolHandle<M> {
     ops: Arc<dyn Ops>,
     role: PhantomData<fn() -> M>,
@@ -34,6 +36,10 @@ trait Ops: Send + Sync {
     /// Sets the application error count back to zero.
     fn reset_errors(&self);
     fn changed(&self) -> &Notify;
+    /// Closes every idle connection; how many.
+    fn flush(&self) -> usize;
+    /// Closes the pool; its tasks, to wait for.
+    fn shut(&self) -> TaskTracker;
 }
 
 impl<M> Clone for PoolHandle<M> {
@@ -99,6 +105,44 @@ impl<M> PoolHandle<M> {
         self.ops.stats()
     }
 
+    /// Closes every idle connection (Go: `Flush`); a client pool refills at once.
+    #[doc(alias = "Flush")]
+    pub fn flush(&self) {
+        let closed = self.ops.flush();
+        info!(pool = self.name(), closed, "pool flushed");
+    }
+
+    /// Closes the pool: waiting gets fail with [`GetError::Closed`](crate::GetError::Closed),
+    /// idle connections and dials or handshakes in flight are closed (a server's
+    /// listener stops), and this returns once every task of the pool has ended (Go:
+    /// `Close`). Dropping the last handle does the same without the wait. Closing twice
+    /// is harmless.
+    ///
+    /// # Cancel safety
+    ///
+    /// The pool is closed by the time the future is first polled; dropping the future
+    /// only stops waiting for the pool's tasks to end.
+    #[doc(alias = "Close")]
+    pub async fn close(&self) {
+        let tasks = self.ops.shut();
+        tasks.wait().await;
+    }
+
+    /// The current capacity of a client pool, the maximum capacity of a server pool
+    /// (Go: `Capacity`).
+    #[doc(alias = "Capacity")]
+    pub fn capacity(&self) -> usize {
+        self.stats().status.capacity
+    }
+
+    /// The current refill interval of a client pool; the sweep interval of a server
+    /// pool, which does not refill and is paced by the sweep of its idle connections
+    /// (Go: `Interval`).
+    #[doc(alias = "Interval")]
+    pub fn interval(&self) -> Duration {
+        self.stats().status.interval
+    }
+
     /// Waits until at least `n` connections are idle, or `timeout` passes; whether
     /// they are. Woken by the pool as connections land, never by polling.
     pub async fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
@@ -149,6 +193,14 @@ impl<S: Side> Ops for EngineOf<S> {
     fn changed(&self) -> &Notify {
         self.0.engine().changed()
     }
+    fn flush(&self) -> usize {
+        self.0.engine().driver.flush()
+    }
+    fn shut(&self) -> TaskTracker {
+        let engine = self.0.engine();
+        engine.shut();
+        engine.rt().tasks.clone()
+    }
 }
 
 /// Held by every clone of a pool's handle; the last one dropped closes the pool.
@@ -162,17 +214,17 @@ impl<S: Side> Drop for Owner<S> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{ClientPool, ServerPool};
+    use crate::{ClientConfig, ClientPool, ServerPool};
 
     #[tokio::test]
     async fn the_error_count_is_recorded_read_and_reset_through_any_handle() {
         let server = ServerPool::builder()
-            .bind("127.0.0.1:0".parse().unwrap())
+            .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
             .build()
             .unwrap();
         let client = ClientPool::builder()
             .address(server.local_addr())
-            .capacity(1, 1)
+            .config(ClientConfig::builder().capacity(1, 1))
             .build()
             .unwrap();
         assert_eq!((server.error_count(), client.error_count()), (0, 0));

@@ -16,8 +16,13 @@
 //! use pool_tokio::{ClientPool, ServerPool};
 //! use std::time::Duration;
 //! # async fn f() -> Result<(), pool_tokio::PoolError> {
-//! let server = ServerPool::builder().bind("127.0.0.1:0".parse().unwrap()).build()?;
-//! let client = ClientPool::builder().address(server.local_addr()).capacity(8, 64).build()?;
+//! use pool_tokio::ClientConfig;
+//! let at: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+//! let server = ServerPool::builder().bind(at).build()?;
+//! let client = ClientPool::builder()
+//!     .address(server.local_addr())
+//!     .config(ClientConfig::builder().capacity(8, 64))
+//!     .build()?;
 //! let (id, on_server) = server.get_timeout(Duration::from_secs(1)).await?;
 //! let on_client = client.get_timeout(id, Duration::from_secs(1)).await?; // same stream, other end
 //! # Ok(()) }
@@ -30,7 +35,77 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// Settings that once overrode each other depending on the order of their setters
+/// cannot be written together any more. Each `compile_fail` block below is a pair that
+/// used to compile; the first block is the way to say each thing now, and compiles.
+///
+/// ```no_run
+/// use pool_tokio::*;
+/// # async fn f(server_cert: ServerTls, fp: Fingerprint) -> Result<(), BuildError> {
+/// let at: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+/// let server = ServerPool::builder().bind(at).tls(ServeTls::Cert(server_cert)).build()?;
+/// let client = ClientPool::builder()
+///     .address(server.local_addr())
+///     .config(
+///         ClientConfig::builder()
+///             .watch(IdleWatch::Starts)
+///             .adapt(Adaptation::GoRules(GoRules::default())),
+///     )
+///     .tls(ClientTls::SelfSigned { pin: Some(fp), name: None })
+///     .socket_options(SocketOptions { keepalive: Some(std::time::Duration::from_secs(9)), ..Default::default() })
+///     .build()?;
+/// # Ok(()) }
+/// ```
+///
+/// `.tls(cert).tls_mode(TlsMode::Verified)` (failed, "missing a certificate"):
+///
+/// ```compile_fail,E0599
+/// # fn f(cert: pool_tokio::ServerTls) {
+/// let _ = pool_tokio::ServerPool::builder().tls(pool_tokio::ServeTls::Cert(cert)).tls_mode(pool_tokio::TlsMode::Verified);
+/// # }
+/// ```
+///
+/// A pin without TLS, or a CA file in mode 1 (refused by a check after the fact):
+///
+/// ```compile_fail,E0559
+/// # fn f(fp: pool_tokio::Fingerprint) {
+/// let _ = pool_tokio::ClientTls::Off { pin: Some(fp) };
+/// # }
+/// ```
+///
+/// ```compile_fail,E0559
+/// let _ = pool_tokio::ClientTls::SelfSigned { pin: None, name: None, roots: pool_tokio::Roots::Web };
+/// ```
+///
+/// `watch_idle(false)` beside `in_band(true)` (one of two bools over one state):
+///
+/// ```compile_fail,E0599
+/// let _ = pool_tokio::ClientConfig::builder().watch(pool_tokio::IdleWatch::Starts).in_band(true);
+/// ```
+///
+/// `interval_policy` under another policy than the Go rules (silently ignored):
+///
+/// ```compile_fail,E0599
+/// let _ = pool_tokio::ClientConfig::builder().adapt(pool_tokio::Adaptation::default()).interval_policy(Default::default());
+/// ```
+///
+/// `keepalive(d)` and `socket_options(o)` (the later one won):
+///
+/// ```compile_fail,E0599
+/// let _ = pool_tokio::ClientPool::builder().socket_options(Default::default()).keepalive(std::time::Duration::from_secs(1));
+/// ```
+///
+/// `single(true)` with a TLS mode, and `single_tls` (refused, ignored or honoured by
+/// a third setter): single mode dials with the one `ClientTls` it is given.
+///
+/// ```compile_fail,E0599
+/// let _ = pool_tokio::ClientPool::builder().tls(pool_tokio::ClientTls::Off).single_tls(true);
+/// ```
+#[cfg(doctest)]
+struct OrderIndependence;
+
 mod auth;
+mod builder;
 mod client;
 mod conn;
 mod dialer;
@@ -48,33 +123,25 @@ pub mod tls;
 #[cfg(target_os = "linux")]
 mod watch;
 
-/// The sweep interval of a pool whose hang-up watch is on (Linux, `watch_idle`, the
-/// default) and whose sweep was not set: the OS reports dead peers, so the sweep is
-/// left with what readiness cannot see (an idle age past `max_idle_age`, bytes that
-/// must not be there), and a quiet pool of thousands costs next to nothing.
-pub const WATCHED_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Whether a pool gets [`WATCHED_SWEEP`]: watched, its sweep not set by hand, and not
-/// built to Go's rules.
-fn watched_sweep(watch: bool, sweep_set: bool, go_normalized: bool) -> bool {
-    cfg!(target_os = "linux") && watch && !sweep_set && !go_normalized
-}
-
+pub use builder::{ClientSide, PoolBuilder, ServerSide, Side};
 pub use client::{ClientPool, ClientPoolBuilder};
 pub use conn::{PoolConn, PoolStream};
 pub use dialer::{Dialer, ServerAddr, TcpDialer};
 pub use error::{BuildError, Cause, Failure, GetError, PoolError};
 pub use handle::PoolHandle;
 pub use pool_core::{
-    Adapt, Adaptation, CapacityPolicy, ConfigError, ConnId, Counters, Decision, Fraction, GoRules,
-    IdForm, IntervalPolicy, Observed, OfferedDemand, Refill, RoundInput, Stage, Status, Tracking,
-    Trim, START,
+    Adapt, Adaptation, AdmissionLimits, CapacityPolicy, ClientConfig, ClientConfigBuilder,
+    ConfigError, ConnId, Counters, Decision, Fraction, GoRules, IdForm, IdleWatch, IntervalPolicy,
+    IntoConfig, Mode, Observed, OfferedDemand, Refill, RoundInput, ServerConfig,
+    ServerConfigBuilder, Stage, Status, Tracking, Trim, START, WATCHED_SWEEP,
 };
 pub use pool_net::{FilterError, IpFilter, Liveness, SocketOptions, INHERITED_AT_ACCEPT};
-pub use pool_tls::{Fingerprint, KeyError, ServerTls, TlsError, TlsMode, TunnelKey};
+pub use pool_tls::{
+    ClientTls, Fingerprint, KeyError, Roots, ServeTls, ServerTls, TlsError, TlsMode, TunnelKey,
+};
 /// Re-export of `rustls`, so users name the same version the pools are built with.
 pub use rustls;
-pub use server::{ServerPool, ServerPoolBuilder};
+pub use server::{Listen, ServerPool, ServerPoolBuilder};
 pub use stats::Stats;
 pub use tls::TlsConn;
 
@@ -101,9 +168,11 @@ const _: fn(&ClientPool, &ServerPool) = |client, server| {
     send(&client.get_timeout(id, timeout));
     send(&client.get_any());
     send(&client.get_any_timeout(timeout));
+    send(&client.accept_timeout(timeout));
     send(&client.close());
     send(&client.wait_idle(1, timeout));
     send(&server.get());
     send(&server.get_timeout(timeout));
+    send(&server.start_with(&[], timeout));
     send(&server.close());
 };

@@ -5,255 +5,88 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    Admission, ConnId, HandshakeTicket, IdForm, Liveness, ServerConfig, ServerConfigBuilder,
-    ServerMachine, Stage, Want,
+    Admission, ConfigError, ConnId, HandshakeTicket, IdForm, IdleWatch, Liveness, ServerMachine,
+    Stage, Want,
 };
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
+use pool_tls::{Fingerprint, TunnelKey};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
+use crate::builder::{PoolBuilder, ServerSide};
 use crate::conn::{PoolConn, PoolStream};
-use crate::engine::{self, drive, watch_hang_ups, Engine, Side, WatchFor};
+use crate::engine::{self, drive, watch_hang_ups, Engine, Side};
 use crate::error::{BuildError, GetError, StepError};
 use crate::failures::FailureLog;
 use crate::handle::{Owner, PoolHandle};
 use crate::rt::{now, seeded, step};
 use crate::tls::TlsConn;
 
-enum Listen {
+/// Where a server pool listens: an address to bind (with address reuse), or a
+/// listener you made. `From` an address, a std listener or a tokio listener.
+#[derive(Debug)]
+pub enum Listen {
+    /// Bind this address.
     Addr(SocketAddr),
+    /// This listener.
     Std(std::net::TcpListener),
+    /// This tokio listener.
     Tokio(TcpListener),
 }
 
-enum Tls {
-    Mode(TlsMode),
-    Cert(ServerTls),
-    Config(Arc<rustls::ServerConfig>),
-}
-
-/// Builder of a [`ServerPool`].
-#[must_use]
-pub struct ServerPoolBuilder {
-    core: ServerConfigBuilder,
-    go_normalized: bool,
-    listen: Option<Listen>,
-    backlog: u32,
-    filter: Result<IpFilter, pool_net::FilterError>,
-    tls: Tls,
-    hostname: String,
-    socket: SocketOptions,
-    get_timeout: Duration,
-    key: Option<TunnelKey>,
-    name: String,
-    watch_idle: bool,
-    sweep_set: bool,
-    settle: Option<Duration>,
-}
-
-impl std::fmt::Debug for ServerPoolBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerPoolBuilder")
-            .field("core", &self.core)
-            .field("filter", &self.filter)
-            .finish_non_exhaustive()
+impl From<SocketAddr> for Listen {
+    fn from(a: SocketAddr) -> Self {
+        Self::Addr(a)
     }
 }
 
-impl Default for ServerPoolBuilder {
-    fn default() -> Self {
-        Self {
-            core: ServerConfig::builder(),
-            go_normalized: false,
-            listen: None,
-            backlog: 1024,
-            filter: Ok(IpFilter::any()),
-            tls: Tls::Mode(TlsMode::Off),
-            hostname: "localhost".into(),
-            socket: SocketOptions::default(),
-            get_timeout: Duration::from_secs(5),
-            key: None,
-            name: "pool".into(),
-            watch_idle: true,
-            sweep_set: false,
-            settle: None,
-        }
+impl From<std::net::TcpListener> for Listen {
+    fn from(l: std::net::TcpListener) -> Self {
+        Self::Std(l)
     }
 }
 
-impl ServerPoolBuilder {
-    /// Listens on `addr` (with address reuse). One of `bind` and `listener` is required
-    /// (Go: `listener`).
-    pub fn bind(mut self, addr: SocketAddr) -> Self {
-        self.listen = Some(Listen::Addr(addr));
+impl From<TcpListener> for Listen {
+    fn from(l: TcpListener) -> Self {
+        Self::Tokio(l)
+    }
+}
+
+/// Builder of a [`ServerPool`]: where to listen and whom to let in (here), and what
+/// every pool is told ([`PoolBuilder`]): its [`ServerConfig`](crate::ServerConfig), its [`ServeTls`](crate::ServeTls),
+/// socket options, get timeout, tunnel key and name. Each thing is set in one place,
+/// and no setter changes what another set.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), pool_tokio::PoolError> {
+/// use pool_tokio::{ServeTls, ServerConfig, ServerPool};
+/// let pool = ServerPool::builder()
+///     .bind("0.0.0.0:10101".parse::<std::net::SocketAddr>().unwrap())
+///     .config(ServerConfig::builder().max_capacity(2048))
+///     .tls(ServeTls::self_signed())
+///     .build()?;
+/// # Ok(()) }
+/// ```
+pub type ServerPoolBuilder = PoolBuilder<ServerSide>;
+
+impl PoolBuilder<ServerSide> {
+    /// Where to listen: an address to bind (with address reuse), or a std or tokio
+    /// listener you made (Go: `listener`). Required.
+    pub fn bind(mut self, at: impl Into<Listen>) -> Self {
+        self.side.listen = Some(at.into());
         self
     }
-    /// Listens on a listener you made.
-    pub fn listener(mut self, l: std::net::TcpListener) -> Self {
-        self.listen = Some(Listen::Std(l));
-        self
-    }
-    /// Listens on a tokio listener you made.
-    pub fn tokio_listener(mut self, l: TcpListener) -> Self {
-        self.listen = Some(Listen::Tokio(l));
-        self
-    }
-    /// Listen backlog when binding. Default 1024.
+    /// Listen backlog when binding an address. Default 1024.
     pub fn backlog(mut self, n: u32) -> Self {
-        self.backlog = n;
+        self.side.backlog = n;
         self
     }
-    /// Allowed client addresses (Go: `clientIP`): empty means anyone, else addresses
-    /// and CIDR blocks separated by commas. A bad entry fails `build`. Default anyone.
-    pub fn client_ip(mut self, spec: &str) -> Self {
-        self.filter = IpFilter::parse(spec);
-        self
-    }
-    /// Allowed client addresses as a parsed filter.
+    /// Allowed client addresses (Go: `clientIP`; parse its string with
+    /// [`IpFilter::parse`]). Default anyone.
     pub fn filter(mut self, f: IpFilter) -> Self {
-        self.filter = Ok(f);
-        self
-    }
-    /// TLS mode (Go: `tlsCode`). Mode 1 without a certificate generates a self-signed
-    /// one for the [`hostname`](Self::hostname); mode 2 needs [`tls`](Self::tls).
-    /// Default `0`, plain.
-    pub fn tls_mode(mut self, mode: TlsMode) -> Self {
-        self.tls = Tls::Mode(mode);
-        self
-    }
-    /// Serves TLS with this certificate (Go: `tlsConfig`).
-    pub fn tls(mut self, cert: ServerTls) -> Self {
-        self.tls = Tls::Cert(cert);
-        self
-    }
-    /// Serves TLS with a rustls config of your own.
-    pub fn tls_config(mut self, cfg: Arc<rustls::ServerConfig>) -> Self {
-        self.tls = Tls::Config(cfg);
-        self
-    }
-    /// Name on a generated self-signed certificate. Default `localhost`.
-    pub fn hostname(mut self, name: impl Into<String>) -> Self {
-        self.hostname = name.into();
-        self
-    }
-    /// TCP keep-alive period (Go: `keepAlive`). Default 30 s.
-    pub fn keepalive(mut self, period: Duration) -> Self {
-        self.socket.keepalive = Some(period);
-        self
-    }
-    /// All socket options at once. Where accepted sockets inherit a listener's
-    /// options (Linux), they are set once on the listener, bound or given, instead of
-    /// on each connection.
-    pub fn socket_options(mut self, o: SocketOptions) -> Self {
-        self.socket = o;
-        self
-    }
-    /// Authenticated connections kept at most (later Go releases: `maxCap`); handshakes
-    /// under way do not count (see `max_handshakes`). Default 1024.
-    pub fn max_capacity(mut self, n: usize) -> Self {
-        self.core = self.core.max_capacity(n);
-        self
-    }
-    /// Handshakes at once at most. Default 256. When every slot is taken, a new
-    /// connection evicts the oldest handshake (slowloris defence, see
-    /// [`pool_core::ServerConfigBuilder::max_handshakes`]).
-    pub fn max_handshakes(mut self, n: usize) -> Self {
-        self.core = self.core.max_handshakes(n);
-        self
-    }
-    /// Handshakes under way from one source at most; over it, a new connection from
-    /// that source evicts the source's oldest handshake. Default `Some(64)`: a client
-    /// pool of this crate dials up to 64 at once, a Go client pool one. See
-    /// [`pool_core::ServerConfigBuilder::pending_per_source`].
-    pub fn pending_per_source(mut self, n: Option<usize>) -> Self {
-        self.core = self.core.pending_per_source(n);
-        self
-    }
-    /// Idle connections from one source at most; over it, new connections from that
-    /// source are refused (`refused_quota`). Default `None`: the legitimate client is
-    /// one source that holds the whole pool, so only an operator who knows the
-    /// topology can set it. See [`pool_core::ServerConfigBuilder::idle_per_source`].
-    pub fn idle_per_source(mut self, n: Option<usize>) -> Self {
-        self.core = self.core.idle_per_source(n);
-        self
-    }
-    /// Prefix lengths that group peer addresses into sources for the quotas. Default
-    /// /32 for IPv4 and /64 for IPv6.
-    pub fn source_prefixes(mut self, v4: u8, v6: u8) -> Self {
-        self.core = self.core.source_prefixes(v4, v6);
-        self
-    }
-    /// Deadline of TLS handshake plus id write. Default 5 s (Go: none).
-    pub fn handshake_timeout(mut self, d: Duration) -> Self {
-        self.core = self.core.handshake_timeout(d);
-        self
-    }
-    /// Wire form of the id. Default [`IdForm::Hex8`].
-    pub fn id_form(mut self, form: IdForm) -> Self {
-        self.core = self.core.id_form(form);
-        self
-    }
-    /// Timeout of [`ServerPool::get`]. Default 5 s.
-    pub fn get_timeout(mut self, d: Duration) -> Self {
-        self.get_timeout = d;
-        self
-    }
-    /// How often idle connections are probed and dead ones dropped. Default 1 s, or
-    /// [`WATCHED_SWEEP`](crate::WATCHED_SWEEP) (30 s) while the hang-up watch is on
-    /// (`watch_idle`, Linux): dead peers are then found without it.
-    pub fn sweep_interval(mut self, d: Duration) -> Self {
-        self.core = self.core.sweep_interval(d);
-        self.sweep_set = true;
-        self
-    }
-    /// Whether the OS reports the peers' hang-ups on held connections (Linux: an
-    /// `epoll` set of the pool's own), so a dead peer leaves the pool in milliseconds
-    /// instead of at the next sweep. Default `true`; elsewhere than Linux, no effect.
-    pub fn watch_idle(mut self, on: bool) -> Self {
-        self.watch_idle = on;
-        self
-    }
-    /// Closes connections idle longer than this (checked at each sweep and each get).
-    /// Default 10 minutes, so that a stranger cannot hold an idle slot for ever when no
-    /// tunnel key is set; the client replaces a closed connection at its next sweep.
-    /// `None`: no limit, as in the Go package. See
-    /// [`pool_core::ServerConfigBuilder::max_idle_age`].
-    pub fn max_idle_age(mut self, age: Option<Duration>) -> Self {
-        self.core = self.core.max_idle_age(age);
-        self
-    }
-    /// Admit only connections that prove this key right after their id (within the
-    /// handshake deadline), in a mutual challenge-response over fresh nonces, bound to
-    /// the TLS session in modes 1 and 2 (`pool_tls::proof`); the others are closed and
-    /// counted as `auth_failures`, so a stranger who reaches the tunnel port never
-    /// enters the pool (and never receives anything computed with the key). Not part of the Go
-    /// wire protocol: set it on both ends or on neither. Default none.
-    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
-        self.key = Some(key);
-        self
-    }
-    /// How long a new connection waits after its id was written before a get can take
-    /// it, so that a Go client pool has registered the id by the time the application
-    /// sends it over. Default 25 ms ([`pool_core::DEFAULT_SETTLE`]), or zero when a
-    /// [`tunnel_key`](Self::tunnel_key) is set (the client registers the id before its
-    /// proof arrives). Connections idle longer are not affected. See
-    /// [`pool_core::ServerConfigBuilder::settle`].
-    pub fn settle(mut self, d: Duration) -> Self {
-        self.settle = Some(d);
-        self
-    }
-    /// The pool's name: the `name` label of its metrics (feature `metrics`), so that
-    /// several pools in one process stay apart, and shown by `Debug`. Default `pool`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.into();
-        self
-    }
-    /// Zero settings become defaults instead of errors, as the Go package would.
-    pub fn go_normalized(mut self, on: bool) -> Self {
-        self.go_normalized = on;
+        self.side.filter = f;
         self
     }
 
@@ -263,47 +96,23 @@ impl ServerPoolBuilder {
     /// # Errors
     ///
     /// [`BuildError::NoRuntime`] outside a tokio runtime, [`BuildError::Config`] for a
-    /// setting that cannot work, [`BuildError::Filter`] for a client-IP entry that does
-    /// not parse, [`BuildError::Tls`] for TLS material that cannot be loaded or made,
-    /// [`BuildError::Missing`] without an address or a mode-2 certificate,
+    /// setting that cannot work, [`BuildError::Tls`] for TLS material that cannot be
+    /// loaded or made, [`BuildError::Missing`] without an address,
     /// [`BuildError::Io`] when the address cannot be bound, [`BuildError::Random`] if
     /// the system's secure generator fails.
     pub fn build(self) -> Result<ServerPool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let settle = match (self.settle, &self.key) {
-            (Some(d), _) => d,
-            (None, Some(_)) => Duration::ZERO,
-            (None, None) => pool_core::DEFAULT_SETTLE,
-        };
-        let mut core = self.core.settle(settle);
-        if crate::watched_sweep(self.watch_idle, self.sweep_set, self.go_normalized) {
-            core = core.sweep_interval(crate::WATCHED_SWEEP);
+        let mut cfg = self.config?.watched();
+        if self.key.is_some() {
+            cfg = cfg.keyed();
         }
-        let cfg = if self.go_normalized {
-            core.build_go_normalized()
-        } else {
-            core.build()?
-        };
-        let filter = self.filter?;
-        let (tls_config, fingerprint) = match self.tls {
-            Tls::Mode(TlsMode::Off) => (None, None),
-            Tls::Mode(TlsMode::SelfSigned) => {
-                let cert = ServerTls::self_signed([self.hostname.clone()])?;
-                (Some(cert.config()?), Some(cert.fingerprint()))
-            }
-            Tls::Mode(_) => {
-                return Err(BuildError::Missing(
-                    "a certificate for TLS mode 2 (use `tls`)",
-                ))
-            }
-            Tls::Cert(cert) => (Some(cert.config()?), Some(cert.fingerprint())),
-            Tls::Config(c) => (Some(c), None),
-        };
+        let filter = self.side.filter;
         // Session tickets as the config says (rustls's default: two per handshake), so
         // that a client pool's next dials resume instead of running a full handshake.
         // They reach the client before the id; any a client has not read yet are
         // records the probe processes (`PoolConn::liveness`), never payload.
-        let acceptor = tls_config;
+        let (acceptor, fingerprint) = self.tls.build()?.unzip();
+        let fingerprint = fingerprint.flatten();
         let listener = {
             let _guard = rt.enter();
             let io = |source| BuildError::Io {
@@ -311,11 +120,13 @@ impl ServerPoolBuilder {
                 source,
             };
             match self
+                .side
                 .listen
                 .ok_or(BuildError::Missing("bind address or listener"))?
             {
                 Listen::Addr(a) => {
-                    from_std(pool_net::bind_listener(a, self.backlog).map_err(io)?).map_err(io)?
+                    from_std(pool_net::bind_listener(a, self.side.backlog).map_err(io)?)
+                        .map_err(io)?
                 }
                 Listen::Std(l) => from_std(l).map_err(io)?,
                 Listen::Tokio(l) => l,
@@ -343,7 +154,7 @@ impl ServerPoolBuilder {
             std::net::IpAddr::V6(_) => filter.can_match_family(false),
         };
         if !reachable {
-            return Err(pool_core::ConfigError::Conflict {
+            return Err(ConfigError::Conflict {
                 first: "the client-IP filter",
                 second: "the listening address",
                 hint: "no entry of the filter is of the listener's address family, so every \
@@ -358,10 +169,10 @@ impl ServerPoolBuilder {
                 &self.name,
                 me.clone(),
                 rt,
-                if self.watch_idle {
-                    WatchFor::HangUps
+                if cfg.watch_hang_ups() {
+                    IdleWatch::HangUps
                 } else {
-                    WatchFor::Nothing
+                    IdleWatch::Off
                 },
             ),
             id_form: cfg.id_form(),
@@ -624,13 +435,13 @@ impl Burst {
 }
 
 /// The server end of the pool. Cheap to clone; the pool closes when the last clone is
-/// dropped or [`close`](Self::close) is called.
+/// dropped or [`close`](PoolHandle::close) is called.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), pool_tokio::PoolError> {
 /// use pool_tokio::ServerPool;
 /// use std::time::Duration;
-/// let pool = ServerPool::builder().bind("127.0.0.1:10101".parse().unwrap()).build()?;
+/// let pool = ServerPool::builder().bind("127.0.0.1:10101".parse::<std::net::SocketAddr>().unwrap()).build()?;
 /// let (id, conn) = pool.get_timeout(Duration::from_secs(2)).await?;
 /// // Send `id` to the client side over the control channel, then relay on `conn`.
 /// # Ok(()) }
@@ -678,7 +489,8 @@ impl ServerPool {
     }
 
     /// Idle and settling connections counted for `peer`'s source under the idle quota
-    /// (always zero without one, see [`ServerPoolBuilder::idle_per_source`]).
+    /// (always zero without one, see
+    /// [`AdmissionLimits::idle_per_source`](pool_core::AdmissionLimits::idle_per_source)).
     pub fn idle_from(&self, peer: std::net::IpAddr) -> usize {
         self.inner().engine.driver.input(|m, _| m.idle_from(peer))
     }
@@ -722,7 +534,7 @@ impl ServerPool {
     }
 
     /// Starts a session in band (for a client pool built with
-    /// [`ClientPoolBuilder::in_band`](crate::ClientPoolBuilder::in_band)): takes the
+    /// [`IdleWatch::Starts`](pool_core::IdleWatch::Starts)): takes the
     /// oldest live idle connection as [`get`](Self::get) does, writes
     /// [`START`](pool_core::START) on it, and hands it out. The client's
     /// [`accept`](crate::ClientPool::accept) receives the same connection as soon as
@@ -742,23 +554,10 @@ impl ServerPool {
     /// A connection still in the pool is never lost; one whose header is being written
     /// when the future is dropped is closed.
     pub async fn start(&self) -> Result<(ConnId, PoolConn), GetError> {
-        self.start_timeout(self.get_timeout).await
+        self.start_with(&[], self.get_timeout).await
     }
 
-    /// [`start`](Self::start) with its own timeout.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`start`](Self::start).
-    pub async fn start_timeout(&self, timeout: Duration) -> Result<(ConnId, PoolConn), GetError> {
-        self.start_with(&[], timeout).await
-    }
-
-    /// [`start_timeout`](Self::start_timeout) with the session's first bytes: the
+    /// [`start`](Self::start) with the session's first bytes and its own timeout: the
     /// header and `first` leave in one write (one TCP segment, one TLS record), where a
     /// start followed by a write of its own costs two of each. If the connection turns
     /// out to be closed, the next one is tried with the same bytes.
@@ -800,39 +599,5 @@ impl ServerPool {
                 _ => debug!(%id, "start header not written: the connection is closed"),
             }
         }
-    }
-
-    /// Closes every idle connection (Go: `Flush`).
-    #[doc(alias = "Flush")]
-    pub fn flush(&self) {
-        let closed = self.inner().engine.driver.flush();
-        info!(closed, "server pool flushed");
-    }
-
-    /// Closes the pool: the listener stops, waiting gets fail with
-    /// [`GetError::Closed`], idle connections and handshakes in flight are closed, and
-    /// this returns once every task of the pool has ended (Go: `Close`). Closing twice
-    /// is harmless.
-    ///
-    /// # Cancel safety
-    ///
-    /// The pool is closed by the time the future is first polled; dropping the future
-    /// only stops waiting for the pool's tasks to end.
-    #[doc(alias = "Close")]
-    pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
-    }
-
-    /// The maximum capacity (Go: `Capacity`).
-    #[doc(alias = "Capacity")]
-    pub fn capacity(&self) -> usize {
-        self.stats().status.capacity
-    }
-
-    /// The sweep interval: a server pool does not refill, and what paces it is the
-    /// sweep of its idle connections (Go: `Interval`).
-    pub fn interval(&self) -> Duration {
-        self.stats().status.interval
     }
 }

@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use pool_tokio::{ClientPool, ServerPool, TlsMode};
+use pool_tokio::{AdmissionLimits, ClientConfig, ClientTls, ServeTls, ServerConfig};
+use pool_tokio::{ClientPool, ServerPool};
 use tokio::net::TcpSocket;
 
 /// A TCP connection to `to` from the loopback address `from`, that then says nothing.
@@ -23,9 +24,15 @@ async fn silent_peers_holding_every_slot_are_evicted_for_the_client() {
     // In TLS mode a silent peer holds its slot until the deadline (a minute here).
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(TlsMode::SelfSigned)
-        .max_handshakes(4)
-        .handshake_timeout(Duration::from_secs(60))
+        .config(
+            ServerConfig::builder()
+                .handshake_timeout(Duration::from_secs(60))
+                .admission(AdmissionLimits {
+                    max_handshakes: 4,
+                    ..AdmissionLimits::default()
+                }),
+        )
+        .tls(ServeTls::self_signed())
         .build()
         .unwrap();
     let mut strangers = Vec::new();
@@ -35,9 +42,11 @@ async fn silent_peers_holding_every_slot_are_evicted_for_the_client() {
     assert!(eventually(|| server.stats().status.in_flight == 4).await);
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(TlsMode::SelfSigned)
-        .capacity(4, 4)
-        .parallelism(1)
+        .config(ClientConfig::builder().capacity(4, 4).parallelism(1))
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
         .build()
         .unwrap();
     assert!(client.wait_idle(4, T).await, "the client got through");
@@ -62,9 +71,15 @@ async fn silent_peers_holding_every_slot_are_evicted_for_the_client() {
 async fn a_source_over_its_quota_evicts_its_own_oldest() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(TlsMode::SelfSigned)
-        .pending_per_source(Some(2))
-        .handshake_timeout(Duration::from_secs(60))
+        .config(
+            ServerConfig::builder()
+                .handshake_timeout(Duration::from_secs(60))
+                .admission(AdmissionLimits {
+                    pending_per_source: Some(2),
+                    ..AdmissionLimits::default()
+                }),
+        )
+        .tls(ServeTls::self_signed())
         .build()
         .unwrap();
     let mut strangers = Vec::new();
@@ -84,7 +99,10 @@ async fn a_source_over_its_quota_evicts_its_own_oldest() {
 async fn the_idle_quota_refuses_a_source_that_holds_it() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .idle_per_source(Some(3))
+        .config(ServerConfig::builder().admission(AdmissionLimits {
+            idle_per_source: Some(3),
+            ..AdmissionLimits::default()
+        }))
         .build()
         .unwrap();
     let mut strangers = Vec::new();
@@ -100,19 +118,25 @@ async fn the_idle_quota_refuses_a_source_that_holds_it() {
 async fn the_maximum_duration_makes_no_panic() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .handshake_timeout(Duration::MAX)
-        .max_idle_age(Some(Duration::MAX))
-        .sweep_interval(Duration::MAX)
+        .config(
+            ServerConfig::builder()
+                .handshake_timeout(Duration::MAX)
+                .max_idle_age(Some(Duration::MAX))
+                .sweep_interval(Duration::MAX),
+        )
         .get_timeout(Duration::MAX)
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(2, 2)
-        .handshake_timeout(Duration::MAX)
-        .id_timeout(Duration::MAX)
+        .config(
+            ClientConfig::builder()
+                .capacity(2, 2)
+                .handshake_timeout(Duration::MAX)
+                .id_timeout(Duration::MAX)
+                .max_idle_age(Some(Duration::MAX)),
+        )
         .get_timeout(Duration::MAX)
-        .max_idle_age(Some(Duration::MAX))
         .build()
         .unwrap();
     assert!(client.wait_idle(2, Duration::MAX).await);
@@ -125,7 +149,7 @@ async fn the_maximum_duration_makes_no_panic() {
     // A get that must wait, with no deadline: it waits, and close answers it.
     let server = ServerPool::builder()
         .bind(loopback())
-        .handshake_timeout(Duration::MAX)
+        .config(ServerConfig::builder().handshake_timeout(Duration::MAX))
         .build()
         .unwrap();
     let s3 = server.clone();

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use pool_tokio::{rustls, ClientPool, PoolStream, ServerPool, TlsMode};
+use pool_tokio::{rustls, ClientPool, PoolStream, ServerPool};
+use pool_tokio::{ClientConfig, ClientTls, ServeTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn tls_pair() -> (ServerPool, ClientPool) {
@@ -14,14 +15,16 @@ fn tls_pair() -> (ServerPool, ClientPool) {
 fn tls_pair_of(capacity: usize) -> (ServerPool, ClientPool) {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(TlsMode::SelfSigned)
+        .tls(ServeTls::self_signed())
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(server.fingerprint().unwrap())
-        .capacity(capacity, capacity)
+        .config(ClientConfig::builder().capacity(capacity, capacity))
+        .tls(ClientTls::SelfSigned {
+            pin: Some(server.fingerprint().unwrap()),
+            name: None,
+        })
         .build()
         .unwrap();
     (server, client)
@@ -121,8 +124,11 @@ async fn both_ends_carry_their_pools_socket_options() {
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(2, 2)
-        .keepalive(Duration::from_secs(77))
+        .config(ClientConfig::builder().capacity(2, 2))
+        .socket_options(SocketOptions {
+            keepalive: Some(Duration::from_secs(77)),
+            ..SocketOptions::default()
+        })
         .build()
         .unwrap();
     let (id, s) = server.get_timeout(T).await.unwrap();

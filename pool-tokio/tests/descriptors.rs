@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pool_tokio::{ClientConfig, ClientTls, ServeTls};
 use pool_tokio::{ClientPool, ServerPool, TlsMode};
 
 fn open_fds() -> usize {
@@ -22,13 +23,17 @@ async fn close_and_drop_leave_no_descriptor() {
     for mode in [TlsMode::Off, TlsMode::SelfSigned] {
         let server = ServerPool::builder()
             .bind(loopback())
-            .tls_mode(mode)
+            .tls(if mode == TlsMode::Off {
+                ServeTls::Off
+            } else {
+                ServeTls::self_signed()
+            })
             .build()
             .unwrap();
         let client = ClientPool::builder()
             .address(server.local_addr())
-            .tls_mode(mode)
-            .capacity(32, 32)
+            .config(ClientConfig::builder().capacity(32, 32))
+            .tls(ClientTls::from(mode))
             .build()
             .unwrap();
         assert!(client.wait_idle(32, T).await && server.wait_idle(32, T).await);
@@ -47,7 +52,7 @@ async fn close_and_drop_leave_no_descriptor() {
         let server = ServerPool::builder().bind(loopback()).build().unwrap();
         let client = ClientPool::builder()
             .address(server.local_addr())
-            .capacity(8, 8)
+            .config(ClientConfig::builder().capacity(8, 8))
             .build()
             .unwrap();
         assert!(client.wait_idle(8, T).await);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use kit::cpu_time;
 use pool_testkit::dialers::Counting;
 use pool_testkit::pair::{verify_healthy, wait_until, Pair};
+use pool_tokio::ClientConfig;
 use pool_tokio::{ClientPool, ServerPool, TcpDialer};
 
 /// Probes to watch after the first run of failures: by then the back-off is capped.
@@ -29,8 +30,7 @@ async fn backoff_while_down_then_refill() {
     let dialer = Counting::new(TcpDialer::new(addr));
     let client = ClientPool::builder()
         .dialer(dialer.clone())
-        .capacity(4, 8)
-        .interval(min, max)
+        .config(ClientConfig::builder().capacity(4, 8).interval(min, max))
         .build()
         .unwrap();
     let cpu0 = cpu_time();

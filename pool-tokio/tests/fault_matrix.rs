@@ -20,7 +20,9 @@ use kit::{client_hello, fake_client, reset, Fake};
 use pool_testkit::dialers::{FailN, HangN, Slow};
 use pool_testkit::pair::{verify_healthy, wait_until, Pair, PairBuilder};
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
-use pool_tokio::{ClientPool, Counters, ServerPool, TlsMode};
+use pool_tokio::{
+    ClientConfig, ClientPool, ClientTls, Counters, ServeTls, ServerConfig, ServerPool, TlsMode,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -65,13 +67,13 @@ fn expect(c: &Counters, which: Counter, n: u64, what: &str) {
     );
 }
 
-fn client_builder(b: pool_tokio::ClientPoolBuilder) -> pool_tokio::ClientPoolBuilder {
+fn client_config(b: pool_tokio::ClientConfigBuilder) -> pool_tokio::ClientConfigBuilder {
     b.handshake_timeout(DEADLINE)
         .id_timeout(DEADLINE)
         .sweep_interval(Duration::from_millis(100))
 }
 
-fn server_builder(b: pool_tokio::ServerPoolBuilder) -> pool_tokio::ServerPoolBuilder {
+fn server_config(b: pool_tokio::ServerConfigBuilder) -> pool_tokio::ServerConfigBuilder {
     b.handshake_timeout(DEADLINE)
         .sweep_interval(Duration::from_millis(100))
 }
@@ -80,7 +82,7 @@ fn base() -> PairBuilder {
     PairBuilder::new()
         .capacity(4, 8)
         .interval(Duration::from_millis(20), Duration::from_millis(200))
-        .server(server_builder)
+        .server(server_config)
 }
 
 async fn healthy(pair: &Pair) {
@@ -93,13 +95,17 @@ async fn healthy(pair: &Pair) {
 
 async fn client_connect(o: Outcome) {
     // The dialer needs the server address, so build the server first, then the client.
-    let server = server_builder(ServerPool::builder().bind("127.0.0.1:0".parse().unwrap()))
+    let server = ServerPool::builder()
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .config(server_config(ServerConfig::builder()))
         .build()
         .unwrap();
     let addr = server.local_addr();
-    let b = client_builder(ClientPool::builder())
-        .capacity(4, 8)
-        .interval(Duration::from_millis(20), Duration::from_millis(200));
+    let b = ClientPool::builder().config(
+        client_config(ClientConfig::builder())
+            .capacity(4, 8)
+            .interval(Duration::from_millis(20), Duration::from_millis(200)),
+    );
     let (client, attempts): (ClientPool, Box<dyn Fn() -> u64>) = match o {
         Outcome::Ok => (b.address(addr).build().unwrap(), Box::new(|| 0)),
         Outcome::Err => {
@@ -155,7 +161,7 @@ async fn client_via_proxy(tls: TlsMode, script: Script, counter: Counter, n: u64
     let pair = base()
         .tls(tls)
         .through_proxy(script)
-        .client(client_builder)
+        .client(client_config)
         .build()
         .await
         .unwrap();
@@ -224,11 +230,15 @@ async fn server_cell(
     n: u64,
     also_evicted: bool,
 ) {
-    let mut sb = server_builder(ServerPool::builder().bind("127.0.0.1:0".parse().unwrap()));
-    if tls == TlsMode::SelfSigned {
-        sb = sb.tls_mode(TlsMode::SelfSigned);
-    }
-    let server = sb.build().unwrap();
+    let server = ServerPool::builder()
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .config(server_config(ServerConfig::builder()))
+        .tls(match tls {
+            TlsMode::SelfSigned => ServeTls::self_signed(),
+            _ => ServeTls::Off,
+        })
+        .build()
+        .unwrap();
     let held = tokio::time::timeout(WAIT, fakes(server.local_addr()))
         .await
         .expect("fake clients hung")
@@ -254,16 +264,22 @@ async fn server_cell(
         expect(&c, counter, n, "server");
     }
     drop(held);
-    let mut cb = client_builder(ClientPool::builder())
+    let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(4, 8)
-        .interval(Duration::from_millis(20), Duration::from_millis(200));
-    if tls == TlsMode::SelfSigned {
-        cb = cb
-            .tls_mode(TlsMode::SelfSigned)
-            .pin(server.fingerprint().unwrap());
-    }
-    let client = cb.build().unwrap();
+        .config(
+            client_config(ClientConfig::builder())
+                .capacity(4, 8)
+                .interval(Duration::from_millis(20), Duration::from_millis(200)),
+        )
+        .tls(match tls {
+            TlsMode::SelfSigned => ClientTls::SelfSigned {
+                pin: server.fingerprint(),
+                name: None,
+            },
+            _ => ClientTls::Off,
+        })
+        .build()
+        .unwrap();
     let pair = Pair {
         server,
         client,

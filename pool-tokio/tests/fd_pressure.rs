@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use kit::{cpu_time, set_nofile};
 use pool_testkit::pair::{verify_healthy, Pair};
+use pool_tokio::ClientConfig;
 use pool_tokio::{ClientPool, ServerPool};
 
 const LIMIT: u64 = 256;
@@ -61,7 +62,7 @@ fn fd_pressure_child() {
 
 async fn child() {
     let server = ServerPool::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
         .build()
         .unwrap();
     let addr = server.local_addr();
@@ -93,8 +94,11 @@ async fn child() {
     let t0 = Instant::now();
     let client = ClientPool::builder()
         .address(addr)
-        .capacity(4, 8)
-        .interval(Duration::from_millis(100), Duration::from_millis(500))
+        .config(
+            ClientConfig::builder()
+                .capacity(4, 8)
+                .interval(Duration::from_millis(100), Duration::from_millis(500)),
+        )
         .build()
         .unwrap();
     assert!(

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{loopback, T};
-use pool_tokio::{BuildError, ClientPool, ServerPool, TlsMode};
+use pool_tokio::{ClientConfig, ClientTls, Mode, ServeTls, ServerConfig};
+use pool_tokio::{ClientPool, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -63,11 +64,15 @@ impl GoTimedPeer {
 /// on at once, the Go-timed peer looks it up at once. Returns the misses (each one is
 /// then retried until it pairs, as a Go application would, and its bytes are checked).
 async fn misses(settle: Option<Duration>, n: usize) -> usize {
-    let mut b = ServerPool::builder().bind(loopback()).max_capacity(4096);
+    let mut config = ServerConfig::builder().max_capacity(4096);
     if let Some(d) = settle {
-        b = b.settle(d);
+        config = config.settle(d);
     }
-    let server = b.build().unwrap();
+    let server = ServerPool::builder()
+        .bind(loopback())
+        .config(config)
+        .build()
+        .unwrap();
     // The peer registers 1 ms after its read returns: slower than a Go client on an
     // idle loopback, so the default settle time is shown to cover it with margin.
     let peer = GoTimedPeer::start(&server, 8, Duration::from_millis(1));
@@ -121,33 +126,20 @@ async fn without_settle_a_go_timed_client_misses_ids() {
 }
 
 #[tokio::test]
-async fn single_mode_with_a_tls_mode_is_refused_by_a_strict_build() {
-    let server = common::server();
-    let err = ClientPool::builder()
-        .address(server.local_addr())
-        .single(true)
-        .tls_mode(TlsMode::SelfSigned)
-        .build()
-        .unwrap_err();
-    assert!(matches!(err, BuildError::Config(_)), "{err}");
-    let text = err.to_string();
-    assert!(
-        text.contains("single mode") && text.contains("TLS"),
-        "{text}"
-    );
-    server.close().await;
-}
-
-#[tokio::test]
-async fn go_normalized_single_mode_dials_plain_whatever_the_tls_mode() {
-    // A plain server: a client that tried TLS would never pair with it.
+async fn single_mode_without_tls_dials_plain_as_go_does() {
+    // A plain server: a client that tried TLS would never pair with it. TLS is one
+    // setting (`ClientTls`), so single mode cannot silently drop or keep it: off is
+    // plain, as the Go package's single mode always is.
     let server = common::server();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .single(true)
-        .tls_mode(TlsMode::SelfSigned)
-        .go_normalized(true)
-        .capacity(2, 2)
+        .config(
+            ClientConfig::builder()
+                .mode(Mode::Single)
+                .capacity(2, 2)
+                .build_go_normalized(),
+        )
+        .tls(ClientTls::Off)
         .build()
         .unwrap();
     assert!(client.wait_idle(2, T).await, "{:?}", client.stats());
@@ -164,17 +156,19 @@ async fn go_normalized_single_mode_dials_plain_whatever_the_tls_mode() {
 }
 
 #[tokio::test]
-async fn single_tls_is_the_named_extension_for_tls_in_single_mode() {
+async fn single_mode_dials_with_the_tls_it_is_given() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(TlsMode::SelfSigned)
+        .tls(ServeTls::self_signed())
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .single_tls(true)
-        .tls_mode(TlsMode::SelfSigned)
-        .capacity(1, 1)
+        .config(ClientConfig::builder().mode(Mode::Single).capacity(1, 1))
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
         .build()
         .unwrap();
     assert!(client.wait_idle(1, T).await, "{:?}", client.stats());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use pool_tls::{ClientTlsBuilder, ServerTls, TlsMode};
+use pool_tokio::{ClientConfig, ClientTls, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, ConnId, IdForm, ServerPool};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,9 +65,8 @@ async fn our_client_against_go_server(mode: TlsMode, form: IdForm) {
     let (addr, mut streams) = go_server(mode, form, 4).await;
     let client = ClientPool::builder()
         .address(addr)
-        .tls_mode(mode)
-        .id_form(form)
-        .capacity(4, 4)
+        .config(ClientConfig::builder().id_form(form).capacity(4, 4))
+        .tls(ClientTls::from(mode))
         .build()
         .unwrap();
     for _ in 0..4 {
@@ -123,8 +123,12 @@ async fn go_client(server: &ServerPool, mode: TlsMode, form: IdForm) -> (String,
 async fn our_server_against_go_client(mode: TlsMode, form: IdForm) {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(mode)
-        .id_form(form)
+        .config(ServerConfig::builder().id_form(form))
+        .tls(if mode == TlsMode::Off {
+            ServeTls::Off
+        } else {
+            ServeTls::self_signed()
+        })
         .build()
         .unwrap();
     for _ in 0..4 {

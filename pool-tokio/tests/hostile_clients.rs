@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use kit::{client_hello, fake_client, raise_nofile, Fake};
 use pool_testkit::pair::{verify_healthy, wait_until, Pair};
+use pool_tokio::{AdmissionLimits, ClientConfig, ClientTls, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, ServerPool, TlsMode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -19,15 +20,21 @@ const SLOWLORIS_HS: Duration = Duration::from_secs(5);
 
 fn tls_server(handshake: Duration) -> ServerPool {
     ServerPool::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .tls_mode(TlsMode::SelfSigned)
-        .handshake_timeout(handshake)
-        .max_handshakes(1024)
-        .max_capacity(2048)
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .config(
+            ServerConfig::builder()
+                .handshake_timeout(handshake)
+                .max_capacity(2048)
+                .admission(AdmissionLimits {
+                    max_handshakes: 1024,
+                    pending_per_source: None,
+                    ..AdmissionLimits::default()
+                }),
+        )
+        .tls(ServeTls::self_signed())
         // Every peer here is 127.0.0.1: these tests exercise the global handshake
         // slots; the per-source quota has its own tests (pool-tokio tests/admission.rs,
         // tests/attacks.rs here).
-        .pending_per_source(None)
         .build()
         .unwrap()
 }
@@ -35,9 +42,11 @@ fn tls_server(handshake: Duration) -> ServerPool {
 fn tls_client(server: &ServerPool, cap: usize) -> ClientPool {
     ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(server.fingerprint().unwrap())
-        .capacity(cap, cap)
+        .config(ClientConfig::builder().capacity(cap, cap))
+        .tls(ClientTls::SelfSigned {
+            pin: Some(server.fingerprint().unwrap()),
+            name: None,
+        })
         .build()
         .unwrap()
 }
@@ -112,13 +121,20 @@ async fn run_hostile(
     f: impl std::future::Future<Output = Vec<TcpStream>>,
 ) -> (ServerPool, Vec<TcpStream>) {
     let server = ServerPool::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .tls_mode(if tls {
-            TlsMode::SelfSigned
-        } else {
-            TlsMode::Off
-        })
-        .handshake_timeout(Duration::from_millis(300))
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .config(ServerConfig::builder().handshake_timeout(Duration::from_millis(300)))
+        .tls(
+            if if tls {
+                TlsMode::SelfSigned
+            } else {
+                TlsMode::Off
+            } == TlsMode::Off
+            {
+                ServeTls::Off
+            } else {
+                ServeTls::self_signed()
+            },
+        )
         .build()
         .unwrap();
     let _ = tls;
@@ -199,14 +215,24 @@ async fn garbage_before_the_hello() {
 /// can), never hand one out.
 async fn leave_after_id(tls: bool, close_notify: bool) {
     let server = ServerPool::builder()
-        .bind("127.0.0.1:0".parse().unwrap())
-        .tls_mode(if tls {
-            TlsMode::SelfSigned
-        } else {
-            TlsMode::Off
-        })
-        .sweep_interval(Duration::from_secs(3600))
-        .watch_idle(false)
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .config(
+            ServerConfig::builder()
+                .sweep_interval(Duration::from_secs(3600))
+                .watch_hang_ups(false),
+        )
+        .tls(
+            if if tls {
+                TlsMode::SelfSigned
+            } else {
+                TlsMode::Off
+            } == TlsMode::Off
+            {
+                ServeTls::Off
+            } else {
+                ServeTls::self_signed()
+            },
+        )
         .build()
         .unwrap();
     let addr = server.local_addr();
@@ -226,12 +252,12 @@ async fn leave_after_id(tls: bool, close_notify: bool) {
     assert!(wait_until(Duration::from_secs(5), || server.active() >= 5).await);
     let client = ClientPool::builder()
         .address(addr)
-        .tls_mode(if tls {
+        .config(ClientConfig::builder().capacity(4, 4))
+        .tls(ClientTls::from(if tls {
             TlsMode::SelfSigned
         } else {
             TlsMode::Off
-        })
-        .capacity(4, 4)
+        }))
         .build()
         .unwrap();
     let pair = Pair {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pool_testkit::pair::wait_until;
 use pool_tls::{ClientTlsBuilder, ServerTls, TestCa};
+use pool_tokio::{ClientConfig, ClientTls};
 use pool_tokio::{ClientPool, Counters, TlsMode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -62,13 +63,16 @@ async fn fake_server(
     (addr, n, task)
 }
 
-fn base(addr: SocketAddr) -> pool_tokio::ClientPoolBuilder {
-    ClientPool::builder()
-        .address(addr)
+fn base_config() -> pool_tokio::ClientConfigBuilder {
+    ClientConfig::builder()
         .capacity(4, 8)
         .interval(Duration::from_millis(100), Duration::from_secs(1))
         .handshake_timeout(Duration::from_millis(300))
         .id_timeout(Duration::from_millis(300))
+}
+
+fn base(addr: SocketAddr) -> pool_tokio::ClientPoolBuilder {
+    ClientPool::builder().address(addr).config(base_config())
 }
 
 async fn refused(
@@ -142,9 +146,10 @@ async fn wrong_certificate_mode2() {
         .unwrap()
         .unwrap();
     let client = base(addr)
-        .tls_mode(TlsMode::Verified)
-        .tls_config(cfg)
-        .hostname("pool.test")
+        .tls(ClientTls::Custom {
+            config: cfg,
+            name: Some("pool.test".into()),
+        })
         .build()
         .unwrap();
     refused("wrong certificate (mode 2)", client, n, t, |c| {
@@ -159,8 +164,10 @@ async fn pin_mismatch_mode1() {
     let expected = ServerTls::self_signed(["localhost"]).unwrap();
     let (addr, n, t) = fake_server(Behaviour::Tls, Some(served.config().unwrap())).await;
     let client = base(addr)
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(expected.fingerprint())
+        .tls(ClientTls::SelfSigned {
+            pin: Some(expected.fingerprint()),
+            name: None,
+        })
         .build()
         .unwrap();
     refused("pin mismatch (mode 1)", client, n, t, |c| {
@@ -175,9 +182,11 @@ async fn same_fake_with_right_pin_is_accepted() {
     let served = ServerTls::self_signed(["localhost"]).unwrap();
     let (addr, _n, t) = fake_server(Behaviour::Tls, Some(served.config().unwrap())).await;
     let client = base(addr)
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(served.fingerprint())
-        .capacity(1, 1)
+        .config(base_config().capacity(1, 1))
+        .tls(ClientTls::SelfSigned {
+            pin: Some(served.fingerprint()),
+            name: None,
+        })
         .build()
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || client.active() == 1).await);

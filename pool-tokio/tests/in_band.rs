@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pool_tokio::{ClientConfig, ClientTls, IdleWatch, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, GetError, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -17,16 +18,23 @@ const HOUR: Duration = Duration::from_secs(3600);
 fn pair(tls: TlsMode, capacity: usize) -> (ServerPool, ClientPool) {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(tls)
-        .sweep_interval(HOUR)
+        .config(ServerConfig::builder().sweep_interval(HOUR))
+        .tls(if tls == TlsMode::Off {
+            ServeTls::Off
+        } else {
+            ServeTls::self_signed()
+        })
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(tls)
-        .capacity(capacity, capacity)
-        .sweep_interval(HOUR)
-        .in_band(true)
+        .config(
+            ClientConfig::builder()
+                .capacity(capacity, capacity)
+                .sweep_interval(HOUR)
+                .watch(IdleWatch::Starts),
+        )
+        .tls(ClientTls::from(tls))
         .build()
         .unwrap();
     (server, client)
@@ -42,7 +50,7 @@ async fn started_then_accepted(tls: TlsMode) {
         let client = client.clone();
         tokio::spawn(async move { client.accept_timeout(T).await })
     };
-    let (id, mut s) = server.start_timeout(T).await.unwrap();
+    let (id, mut s) = server.start_with(&[], T).await.unwrap();
     s.write_all(b"first bytes").await.unwrap();
     s.flush().await.unwrap();
     let mut c = waiting.await.unwrap().unwrap();
@@ -59,7 +67,7 @@ async fn started_then_accepted(tls: TlsMode) {
     roundtrip(&mut s, &mut c).await;
 
     // A start with nobody accepting waits for the next accept, which takes it at once.
-    let (id2, mut s2) = server.start_timeout(T).await.unwrap();
+    let (id2, mut s2) = server.start_with(&[], T).await.unwrap();
     s2.write_all(b"x").await.unwrap();
     s2.flush().await.unwrap();
     assert!(eventually(|| client.stats().counters.started == 2).await);
@@ -120,7 +128,7 @@ async fn many_sessions(tls: TlsMode) {
     for i in 0..SESSIONS as u64 {
         let server = server.clone();
         starts.spawn(async move {
-            let (_, mut s) = server.start_timeout(T).await.unwrap();
+            let (_, mut s) = server.start_with(&[], T).await.unwrap();
             s.write_all(&i.to_be_bytes()).await.unwrap();
             let mut back = [0u8; 8];
             s.read_exact(&mut back).await.unwrap();
@@ -153,23 +161,12 @@ async fn bytes_without_the_header_are_no_session() {
     assert!(matches!(r, Err(GetError::Timeout { .. })), "{r:?}");
     assert_eq!(client.stats().counters.starts_dropped, 1);
     // A real start still goes through.
-    let (_, mut s) = server.start_timeout(T).await.unwrap();
+    let (_, mut s) = server.start_with(&[], T).await.unwrap();
     s.write_all(b"ok").await.unwrap();
     let mut c = client.accept_timeout(T).await.unwrap();
     let mut got = [0u8; 2];
     c.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"ok");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_band_needs_the_watch() {
-    let server = server();
-    let r = ClientPool::builder()
-        .address(server.local_addr())
-        .in_band(true)
-        .watch_idle(false)
-        .build();
-    assert!(r.is_err(), "in-band without readiness cannot find a start");
 }
 
 /// A server that writes the id, the start header and the session's first bytes in one
@@ -195,10 +192,16 @@ async fn a_start_that_came_with_the_id_is_not_missed() {
     });
     let client = ClientPool::builder()
         .address(addr)
-        .tls_mode(TlsMode::SelfSigned)
-        .capacity(1, 1)
-        .sweep_interval(HOUR)
-        .in_band(true)
+        .config(
+            ClientConfig::builder()
+                .capacity(1, 1)
+                .sweep_interval(HOUR)
+                .watch(IdleWatch::Starts),
+        )
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
         .build()
         .unwrap();
     let mut c = client.accept_timeout(T).await.expect("the start is found");

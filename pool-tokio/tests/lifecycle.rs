@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pool_tokio::{ClientConfig, ClientTls, IpFilter, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, GetError, ServerPool, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -90,7 +91,7 @@ async fn flush_under_concurrent_gets_then_refill() {
 async fn dead_peers_are_evicted_never_handed_out() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .sweep_interval(Duration::from_secs(3600))
+        .config(ServerConfig::builder().sweep_interval(Duration::from_secs(3600)))
         .build()
         .unwrap();
     let client = client(&server, 8, 8);
@@ -119,8 +120,11 @@ async fn the_sweep_replaces_dead_idle_connections_before_anyone_asks() {
     let server = server();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(4, 4)
-        .sweep_interval(Duration::from_millis(50))
+        .config(
+            ClientConfig::builder()
+                .capacity(4, 4)
+                .sweep_interval(Duration::from_millis(50)),
+        )
         .build()
         .unwrap();
     assert!(client.wait_idle(4, T).await);
@@ -150,14 +154,18 @@ async fn payload_on_an_idle_tls_connection_is_never_consumed() {
 async fn payload_survives(mode: TlsMode) {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(mode)
-        .max_capacity(1)
+        .config(ServerConfig::builder().max_capacity(1))
+        .tls(if mode == TlsMode::Off {
+            ServeTls::Off
+        } else {
+            ServeTls::self_signed()
+        })
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(mode)
-        .capacity(1, 1)
+        .config(ClientConfig::builder().capacity(1, 1))
+        .tls(ClientTls::from(mode))
         .build()
         .unwrap();
     assert!(server.wait_idle(1, T).await && client.wait_idle(1, T).await);
@@ -185,17 +193,17 @@ async fn payload_survives(mode: TlsMode) {
 async fn the_filter_refuses_a_client_from_127_0_0_2() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .client_ip("127.0.0.1")
+        .filter(IpFilter::parse("127.0.0.1").unwrap())
         .build()
         .unwrap();
     let addr = server.local_addr();
     let stranger = ClientPool::builder()
         .dialer(move || async move {
             let s = TcpSocket::new_v4()?;
-            s.bind("127.0.0.2:0".parse().unwrap())?;
+            s.bind("127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap())?;
             s.connect(addr).await
         })
-        .capacity(2, 2)
+        .config(ClientConfig::builder().capacity(2, 2))
         .build()
         .unwrap();
     assert!(eventually(|| server.stats().counters.refused_filter >= 2).await);

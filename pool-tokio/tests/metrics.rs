@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use pool_tokio::metrics as m;
+use pool_tokio::{ClientConfig, IpFilter, ServerConfig};
 use pool_tokio::{ClientPool, ConnId, GetError, ServerPool};
 
 /// The value of the sample `name{labels...}` in a Prometheus text rendering: the line
@@ -37,25 +38,27 @@ async fn every_stat_is_published_with_its_labels() {
     // get comes before or after a new connection settles (active() counts settling).
     let server = ServerPool::builder()
         .bind(loopback())
+        .config(
+            ServerConfig::builder()
+                .sweep_interval(tick)
+                .settle(Duration::ZERO),
+        )
         .name("tunnel")
-        .sweep_interval(tick)
-        .settle(Duration::ZERO)
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
+        .config(ClientConfig::builder().capacity(2, 2).sweep_interval(tick))
         .name("tunnel")
-        .capacity(2, 2)
-        .sweep_interval(tick)
         .build()
         .unwrap();
     assert_eq!(client.name(), "tunnel");
     // A server nobody may reach: its gets time out and a stranger is refused.
     let lonely = ServerPool::builder()
         .bind(loopback())
+        .config(ServerConfig::builder().sweep_interval(tick))
         .name("lonely")
-        .client_ip("192.0.2.1")
-        .sweep_interval(tick)
+        .filter(IpFilter::parse("192.0.2.1").unwrap())
         .build()
         .unwrap();
     assert_eq!(lonely.name(), "lonely");

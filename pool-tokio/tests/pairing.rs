@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use pool_tls::{ClientTlsBuilder, TestCa, TlsMode};
+use pool_tokio::{ClientConfig, ClientTls, Mode, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, ConnId, GetError, IdForm, PoolConn, ServerPool, ServerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -53,7 +54,7 @@ async fn plain_hex_ids_pair_thousands() {
     let server = ServerPool::builder().bind(loopback()).build().unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(16, 64)
+        .config(ClientConfig::builder().capacity(16, 64))
         .build()
         .unwrap();
     run(server, client, 2_000).await;
@@ -63,13 +64,16 @@ async fn plain_hex_ids_pair_thousands() {
 async fn plain_raw_ids_pair() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .id_form(IdForm::Raw4)
+        .config(ServerConfig::builder().id_form(IdForm::Raw4))
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .id_form(IdForm::Raw4)
-        .capacity(8, 32)
+        .config(
+            ClientConfig::builder()
+                .id_form(IdForm::Raw4)
+                .capacity(8, 32),
+        )
         .build()
         .unwrap();
     run(server, client, 300).await;
@@ -79,14 +83,16 @@ async fn plain_raw_ids_pair() {
 async fn tls_mode1_self_signed_and_pinned() {
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls_mode(TlsMode::SelfSigned)
+        .tls(ServeTls::self_signed())
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(TlsMode::SelfSigned)
-        .pin(server.fingerprint().unwrap())
-        .capacity(8, 32)
+        .config(ClientConfig::builder().capacity(8, 32))
+        .tls(ClientTls::SelfSigned {
+            pin: Some(server.fingerprint().unwrap()),
+            name: None,
+        })
         .build()
         .unwrap();
     run(server, client, 500).await;
@@ -98,7 +104,7 @@ async fn tls_mode2_verified_with_ca() {
     let leaf = ca.leaf(&["pool.test"], false).unwrap();
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls(leaf)
+        .tls(ServeTls::Cert(leaf))
         .build()
         .unwrap();
     let cfg = ClientTlsBuilder::new(TlsMode::Verified)
@@ -108,10 +114,11 @@ async fn tls_mode2_verified_with_ca() {
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_mode(TlsMode::Verified)
-        .tls_config(cfg)
-        .hostname("pool.test")
-        .capacity(8, 32)
+        .config(ClientConfig::builder().capacity(8, 32))
+        .tls(ClientTls::Custom {
+            config: cfg,
+            name: Some("pool.test".into()),
+        })
         .build()
         .unwrap();
     run(server, client, 300).await;
@@ -124,15 +131,17 @@ async fn single_mode_every_tls_mode() {
     for mode in [TlsMode::Off, TlsMode::SelfSigned] {
         let target = ServerPool::builder()
             .bind(loopback())
-            .tls_mode(mode)
+            .tls(if mode == TlsMode::Off {
+                ServeTls::Off
+            } else {
+                ServeTls::self_signed()
+            })
             .build()
             .unwrap();
         let client = ClientPool::builder()
             .address(target.local_addr())
-            .tls_mode(mode)
-            .single(true)
-            .single_tls(mode != TlsMode::Off)
-            .capacity(4, 8)
+            .config(ClientConfig::builder().mode(Mode::Single).capacity(4, 8))
+            .tls(ClientTls::from(mode))
             .build()
             .unwrap();
         assert!(client.wait_idle(4, T).await);
@@ -151,7 +160,7 @@ async fn tls_mode2_wrong_name_is_refused_and_counted() {
     let ca = TestCa::new().unwrap();
     let server = ServerPool::builder()
         .bind(loopback())
-        .tls(ca.leaf(&["right.test"], false).unwrap())
+        .tls(ServeTls::Cert(ca.leaf(&["right.test"], false).unwrap()))
         .build()
         .unwrap();
     let cfg = ClientTlsBuilder::new(TlsMode::Verified)
@@ -161,9 +170,11 @@ async fn tls_mode2_wrong_name_is_refused_and_counted() {
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .tls_config(cfg)
-        .hostname("wrong.test")
-        .capacity(4, 8)
+        .config(ClientConfig::builder().capacity(4, 8))
+        .tls(ClientTls::Custom {
+            config: cfg,
+            name: Some("wrong.test".into()),
+        })
         .build()
         .unwrap();
     let ok = pool_tokio_wait(|| client.stats().counters.handshake_failures >= 2).await;
@@ -202,7 +213,7 @@ async fn a_client_pool_dials_a_host_and_port() {
     let port = server.local_addr().port();
     let client = ClientPool::builder()
         .address(format!("localhost:{port}"))
-        .capacity(4, 4)
+        .config(ClientConfig::builder().capacity(4, 4))
         .build()
         .unwrap();
     run(server, client, 8).await;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use pool_tokio::ClientConfig;
 use pool_tokio::{ClientPool, ConnId, GetError};
 use tokio::time::Instant;
 
@@ -60,9 +61,12 @@ fn failing_client(min: Duration, max: Duration) -> (ClientPool, Arc<Mutex<Vec<In
                 ))
             }
         })
-        .capacity(2, 2)
-        .parallelism(2)
-        .interval(min, max)
+        .config(
+            ClientConfig::builder()
+                .capacity(2, 2)
+                .parallelism(2)
+                .interval(min, max),
+        )
         .build()
         .unwrap();
     (client, dials)
@@ -138,9 +142,12 @@ async fn a_dial_that_never_answers_is_cut_at_its_deadline() {
     let deadline = Duration::from_secs(5);
     let client = ClientPool::builder()
         .dialer(std::future::pending::<io::Result<tokio::net::TcpStream>>)
-        .capacity(1, 1)
-        .parallelism(1)
-        .handshake_timeout(deadline)
+        .config(
+            ClientConfig::builder()
+                .capacity(1, 1)
+                .parallelism(1)
+                .handshake_timeout(deadline),
+        )
         .build()
         .unwrap();
     let t0 = Instant::now();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use pool_tls::proof::{BINDING_LEN, CHALLENGE_LEN, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
 use pool_tls::{tls_binding, ClientProof, ServerProof};
+use pool_tokio::{ClientConfig, ClientTls, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, ServerPool, TlsMode, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -28,9 +29,13 @@ fn key(b: u8) -> TunnelKey {
 fn keyed_server(key: &TunnelKey, mode: TlsMode) -> ServerPool {
     ServerPool::builder()
         .bind(loopback())
-        .tls_mode(mode)
+        .config(ServerConfig::builder().handshake_timeout(Duration::from_millis(500)))
+        .tls(if mode == TlsMode::Off {
+            ServeTls::Off
+        } else {
+            ServeTls::self_signed()
+        })
         .tunnel_key(key.clone())
-        .handshake_timeout(Duration::from_millis(500))
         .build()
         .unwrap()
 }
@@ -43,8 +48,8 @@ fn keyed_client(
 ) -> ClientPool {
     let mut b = ClientPool::builder()
         .address(addr)
-        .tls_mode(mode)
-        .capacity(n, n);
+        .config(ClientConfig::builder().capacity(n, n))
+        .tls(ClientTls::from(mode));
     if let Some(k) = key {
         b = b.tunnel_key(k.clone());
     }

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pool_tokio::{ClientConfig, IdleWatch, ServerConfig};
 use pool_tokio::{ClientPool, ServerPool};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -15,15 +16,25 @@ const HOUR: Duration = Duration::from_secs(3600);
 fn pair(watch: bool) -> (ServerPool, ClientPool) {
     let server = ServerPool::builder()
         .bind(loopback())
-        .sweep_interval(HOUR)
-        .watch_idle(watch)
+        .config(
+            ServerConfig::builder()
+                .sweep_interval(HOUR)
+                .watch_hang_ups(watch),
+        )
         .build()
         .unwrap();
     let client = ClientPool::builder()
         .address(server.local_addr())
-        .capacity(8, 8)
-        .sweep_interval(HOUR)
-        .watch_idle(watch)
+        .config(
+            ClientConfig::builder()
+                .capacity(8, 8)
+                .sweep_interval(HOUR)
+                .watch(if watch {
+                    IdleWatch::HangUps
+                } else {
+                    IdleWatch::Off
+                }),
+        )
         .build()
         .unwrap();
     (server, client)

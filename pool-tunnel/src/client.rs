@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_core::{Random, SeededRandom};
-use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
-use pool_tokio::{ClientPool, PoolConn, PoolStream, TcpDialer, TunnelKey};
+use pool_tls::{ClientTls, Fingerprint, Roots, TlsMode};
+use pool_tokio::{ClientPool, IdleWatch, PoolConn, PoolStream, TcpDialer, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -176,27 +176,33 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         None => default_control(&cfg.tunnel)?,
     };
     let name = cfg.hostname.clone().unwrap_or_else(|| host.to_owned());
-    let mut b = ClientPool::builder()
+    // One TLS setting for the pool and the control channel.
+    let client_tls = match cfg.mode {
+        TlsMode::Off => ClientTls::Off,
+        TlsMode::SelfSigned => ClientTls::SelfSigned {
+            pin: cfg.pin,
+            name: Some(name.clone()),
+        },
+        TlsMode::Verified => ClientTls::Verified {
+            roots: cfg.ca.clone().map_or(Roots::Web, Roots::CaFile),
+            name: Some(name.clone()),
+        },
+    };
+    let b = ClientPool::builder()
         .dialer(TcpDialer::host(cfg.tunnel.clone()))
-        .capacity(cfg.min, cfg.max)
-        .parallelism(cfg.parallelism)
-        .tunnel_key(cfg.key.clone())
-        .in_band(true)
-        .tls_mode(cfg.mode);
-    let mut tls = ClientTlsBuilder::new(cfg.mode);
-    if let Some(fp) = cfg.pin {
-        b = b.pin(fp);
-        tls = tls.pin(fp);
-    }
-    if let Some(ca) = &cfg.ca {
-        b = b.ca_file(ca.clone());
-        tls = tls.ca_file(ca.clone());
-    }
-    if cfg.mode.is_tls() {
-        b = b.hostname(name.clone());
-    }
-    let tls = match tls.build()? {
-        Some(c) => Some((TlsConnector::from(c), pool_tls::server_name(&name)?)),
+        .config(
+            pool_tokio::ClientConfig::builder()
+                .capacity(cfg.min, cfg.max)
+                .parallelism(cfg.parallelism)
+                .watch(IdleWatch::Starts),
+        )
+        .tls(client_tls.clone())
+        .tunnel_key(cfg.key.clone());
+    let tls = match client_tls.build()? {
+        Some((c, server)) => Some((
+            TlsConnector::from(c),
+            server.map_or_else(|| pool_tls::server_name(&name), Ok)?,
+        )),
         None => None,
     };
     let started = Instant::now();

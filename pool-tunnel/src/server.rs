@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_tls::ServerTls;
-use pool_tokio::{IpFilter, ServerPool, TunnelKey};
+use pool_tokio::{AdmissionLimits, IpFilter, ServeTls, ServerPool, TunnelKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -292,17 +292,23 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     };
     let mut b = ServerPool::builder()
         .bind(cfg.tunnel)
-        .max_capacity(cfg.max_capacity)
-        .handshake_timeout(cfg.pool_handshake)
-        // At most a quarter of the descriptors, whatever the limit.
-        .max_handshakes(crate::limits::within_descriptors(
-            crate::cli::HANDSHAKE_SLOTS,
-            4,
-        ))
+        .config(
+            pool_tokio::ServerConfig::builder()
+                .max_capacity(cfg.max_capacity)
+                .handshake_timeout(cfg.pool_handshake)
+                .admission(AdmissionLimits {
+                    // At most a quarter of the descriptors, whatever the limit.
+                    max_handshakes: crate::limits::within_descriptors(
+                        crate::cli::HANDSHAKE_SLOTS,
+                        4,
+                    ),
+                    ..AdmissionLimits::default()
+                }),
+        )
         .tunnel_key(cfg.key.clone())
         .filter(filter.clone());
     if let Some(tls) = &cfg.tls {
-        b = b.tls(tls.clone());
+        b = b.tls(ServeTls::Cert(tls.clone()));
     }
     let pool = b
         .build()

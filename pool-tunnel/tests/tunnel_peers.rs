@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use pool_testkit::load;
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::TlsMode;
+use pool_tokio::IdleWatch;
 use pool_tunnel::protocol;
 use pool_tunnel::server::CandidateLimits;
 use pool_tunnel::{ClientConfig, ServerConfig, Timeouts};
@@ -330,10 +331,13 @@ async fn a_new_client_process_retires_the_old_ones_pooled_connections() {
         .unwrap();
     let frozen = pool_tokio::ClientPool::builder()
         .address(server.tunnel_addr())
+        .config(
+            pool_tokio::ClientConfig::builder()
+                .capacity(8, 8)
+                .watch(IdleWatch::Off)
+                .sweep_interval(Duration::from_secs(3600)),
+        )
         .tunnel_key(k.clone())
-        .capacity(8, 8)
-        .watch_idle(false)
-        .sweep_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
     assert!(frozen.wait_idle(8, Duration::from_secs(5)).await);

@@ -168,7 +168,10 @@ async fn a_slowloris_on_the_upgrade_holds_a_bounded_number_of_slots() {
         .config(
             pool_ws::ServerConfig::builder()
                 .max_capacity(8)
-                .max_handshakes(4)
+                .admission(pool_core::AdmissionLimits {
+                    max_handshakes: 4,
+                    ..Default::default()
+                })
                 .build()
                 .unwrap(),
         )

@@ -23,6 +23,7 @@ use pool_bench::report::{machine, Figure, Report};
 use pool_core::ClientConfig;
 use pool_sim::stats::median;
 use pool_threads::ThreadClientPool;
+use pool_tokio::ServerConfig;
 use pool_tokio::{ClientPool, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
@@ -70,8 +71,11 @@ impl Client {
             Self::Tokio(
                 ClientPool::builder()
                     .address(addr)
-                    .capacity(n, n)
-                    .parallelism(IN_FLIGHT)
+                    .config(
+                        ClientConfig::builder()
+                            .capacity(n, n)
+                            .parallelism(IN_FLIGHT),
+                    )
                     .build()?,
             )
         })
@@ -98,7 +102,7 @@ fn server(n: usize) -> Res<ServerPool> {
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
     Ok(ServerPool::builder()
         .bind(addr)
-        .max_capacity(n + n / 10)
+        .config(ServerConfig::builder().max_capacity(n + n / 10))
         .build()?)
 }
 

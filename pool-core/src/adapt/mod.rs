@@ -13,7 +13,7 @@
 //!   latency and holds what that latency needs plus a Poisson margin, counts hung
 //!   dials against its capacity, closes idle connections above it and paces its dials
 //!   while they fail (see its docs, and the scoreboard in `BENCHMARKS.md`);
-//! - [`GoRules`]: the Go package v1.0.6 rules ([`IntervalPolicy`], [`CapacityPolicy`]),
+//! - [`GoRules`]: the Go package v1.0.6 rules ([`IntervalPolicy`](crate::IntervalPolicy), [`CapacityPolicy`](crate::CapacityPolicy)),
 //!   decision for decision, on this crate's refill.
 //!
 //! Choose one with [`Adaptation`] in
@@ -25,8 +25,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use crate::adjust::{CapacityPolicy, IntervalPolicy};
 
 mod gorules;
 mod offered;
@@ -197,10 +195,9 @@ impl Clone for Box<dyn Adapt> {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Adaptation {
-    /// The Go package's rules, with the configuration's
-    /// [`interval_policy`](crate::ClientConfigBuilder::interval_policy) and
-    /// [`capacity_policy`](crate::ClientConfigBuilder::capacity_policy).
-    GoRules,
+    /// The Go package's rules, with their interval and capacity rules
+    /// (`Adaptation::GoRules(GoRules::default())` is the Go package's, rule for rule).
+    GoRules(GoRules),
     /// [`OfferedDemand`] with these parameters.
     OfferedDemand(OfferedDemand),
     /// A policy of your own ([`Adaptation::custom`]): each machine takes a fresh
@@ -222,7 +219,7 @@ impl Default for Adaptation {
 impl PartialEq for Adaptation {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::GoRules, Self::GoRules) => true,
+            (Self::GoRules(a), Self::GoRules(b)) => a == b,
             (Self::OfferedDemand(a), Self::OfferedDemand(b)) => a == b,
             (Self::Custom(a), Self::Custom(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -241,7 +238,7 @@ impl Adaptation {
     /// A built-in policy by name: `gorules` or `offered` (the default).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
-            "gorules" => Some(Self::GoRules),
+            "gorules" => Some(Self::GoRules(GoRules::default())),
             "offered" => Some(Self::OfferedDemand(OfferedDemand::default())),
             _ => None,
         }
@@ -250,19 +247,16 @@ impl Adaptation {
     /// The policy's name.
     pub fn name(&self) -> &str {
         match self {
-            Self::GoRules => "gorules",
+            Self::GoRules(_) => "gorules",
             Self::OfferedDemand(_) => "offered",
             Self::Custom(p) => p.name(),
         }
     }
 
     /// A fresh instance for a machine.
-    pub(crate) fn instance(&self, ip: IntervalPolicy, cp: CapacityPolicy) -> Box<dyn Adapt> {
+    pub(crate) fn instance(&self) -> Box<dyn Adapt> {
         match self {
-            Self::GoRules => Box::new(GoRules {
-                interval: ip,
-                capacity: cp,
-            }),
+            Self::GoRules(rules) => Box::new(*rules),
             Self::OfferedDemand(d) => Box::new(d.clone()),
             Self::Custom(p) => p.clone_box(),
         }
@@ -293,9 +287,15 @@ mod tests {
 
     #[test]
     fn built_in_policies_compare_by_parameters() {
-        assert_eq!(Adaptation::GoRules, Adaptation::GoRules);
+        assert_eq!(
+            Adaptation::GoRules(GoRules::default()),
+            Adaptation::GoRules(GoRules::default())
+        );
         assert_eq!(Adaptation::default(), Adaptation::default());
-        assert_ne!(Adaptation::GoRules, Adaptation::default());
+        assert_ne!(
+            Adaptation::GoRules(GoRules::default()),
+            Adaptation::default()
+        );
         let mut slower = OfferedDemand::default();
         slower.quiet_decay = Duration::from_secs(2);
         assert_ne!(Adaptation::OfferedDemand(slower), Adaptation::default());
@@ -310,7 +310,7 @@ mod tests {
         let mine = Adaptation::custom(Fixed(4));
         assert_eq!(mine, mine.clone());
         assert_ne!(mine, Adaptation::custom(Fixed(4)), "made separately");
-        assert_ne!(mine, Adaptation::GoRules);
+        assert_ne!(mine, Adaptation::GoRules(GoRules::default()));
         // A custom policy named like a built-in one is not that one.
         #[derive(Clone, Debug)]
         struct Impostor;
@@ -328,7 +328,10 @@ mod tests {
                 }
             }
         }
-        assert_ne!(Adaptation::custom(Impostor), Adaptation::GoRules);
+        assert_ne!(
+            Adaptation::custom(Impostor),
+            Adaptation::GoRules(GoRules::default())
+        );
         let cfg = crate::ClientConfig::builder()
             .adapt(mine.clone())
             .build()

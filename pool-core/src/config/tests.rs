@@ -44,3 +44,71 @@ fn strict_build_names_the_setting() {
         }
     );
 }
+
+#[test]
+fn single_mode_with_in_band_starts_fails_naming_both() {
+    let e = ClientConfig::builder()
+        .mode(Mode::Single)
+        .watch(IdleWatch::Starts)
+        .build()
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("single mode"), "{text}");
+    assert!(text.contains("IdleWatch::Starts"), "{text}");
+    // Each alone is fine.
+    assert!(ClientConfig::builder().mode(Mode::Single).build().is_ok());
+    assert!(ClientConfig::builder()
+        .watch(IdleWatch::Starts)
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn the_go_rules_knobs_live_inside_their_variant_and_are_checked() {
+    let mut rules = crate::GoRules::default();
+    rules.interval.step = Duration::ZERO;
+    let bad = ClientConfig::builder().adapt(Adaptation::GoRules(rules));
+    assert!(bad.clone().build().is_err());
+    let fixed = bad.build_go_normalized();
+    assert_eq!(
+        fixed.adaptation(),
+        &Adaptation::GoRules(crate::GoRules::default())
+    );
+}
+
+#[test]
+fn an_unset_sweep_follows_the_watch_and_a_set_one_stays() {
+    let watched = ClientConfig::builder()
+        .watch(IdleWatch::HangUps)
+        .build()
+        .unwrap();
+    assert_eq!(watched.sweep_interval(), DEFAULT_SWEEP);
+    assert_eq!(watched.watched().sweep_interval(), WATCHED_SWEEP);
+    let off = ClientConfig::builder()
+        .watch(IdleWatch::Off)
+        .build()
+        .unwrap();
+    assert_eq!(off.watched().sweep_interval(), DEFAULT_SWEEP);
+    let set = ClientConfig::builder()
+        .watch(IdleWatch::HangUps)
+        .sweep_interval(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(set.watched().sweep_interval(), Duration::from_millis(300));
+    let go = ClientConfig::builder()
+        .watch(IdleWatch::HangUps)
+        .build_go_normalized();
+    assert_eq!(go.watched().sweep_interval(), DEFAULT_SWEEP);
+}
+
+#[test]
+fn an_unset_settle_is_zero_under_a_key_and_a_set_one_stays() {
+    let plain = ServerConfig::builder().build().unwrap();
+    assert_eq!(plain.settle(), DEFAULT_SETTLE);
+    assert_eq!(plain.keyed().settle(), Duration::ZERO);
+    let set = ServerConfig::builder()
+        .settle(Duration::from_millis(7))
+        .build()
+        .unwrap();
+    assert_eq!(set.keyed().settle(), Duration::from_millis(7));
+}

@@ -169,7 +169,7 @@ pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
                 (age, go),
             )| {
                 let adapt = match go {
-                    0 => Adaptation::GoRules,
+                    0 => Adaptation::GoRules(pool_core::GoRules::default()),
                     1 => Adaptation::custom(GoFill::default()),
                     2 => Adaptation::custom(Sawtooth::default()),
                     _ => Adaptation::default(),
@@ -179,7 +179,11 @@ pub(crate) fn client_cfg() -> impl Strategy<Value = ClientConfig> {
                     .capacity(min_cap, min_cap + extra)
                     .interval(MS(min_iv), MS(min_iv + extra_iv))
                     .parallelism(par)
-                    .single(single)
+                    .mode(if single {
+                        pool_core::Mode::Single
+                    } else {
+                        pool_core::Mode::Multi
+                    })
                     .id_form(if raw { IdForm::Raw4 } else { IdForm::Hex8 })
                     .sweep_interval(MS(sweep))
                     .max_idle_age(age.map(MS))
@@ -233,7 +237,7 @@ impl ClientHarness {
             .values()
             .filter(|(w, _)| *w == Want::Any)
             .count();
-        !self.c.closed && self.cfg.single() && any > self.tickets.len()
+        !self.c.closed && self.cfg.mode() == pool_core::Mode::Single && any > self.tickets.len()
     }
 
     /// Takes one ticket, checking it against the model.
@@ -309,7 +313,7 @@ impl ClientHarness {
     /// would).
     fn land_id(&mut self, pick: &IdPick, chunks: &[u8]) -> ConnId {
         let forced = matches!(pick, IdPick::Idle(_) | IdPick::Out(_));
-        if self.cfg.single() && !forced {
+        if self.cfg.mode() == pool_core::Mode::Single && !forced {
             let id = self.m.make_id();
             let drawn = self.tape.take();
             let taken = self.c.taken_ids();
@@ -321,7 +325,7 @@ impl ClientHarness {
             return id;
         }
         let id = self.pick_id(pick);
-        if self.cfg.single() {
+        if self.cfg.mode() == pool_core::Mode::Single {
             return id;
         }
         read_id(self.cfg.id_form(), id, chunks)
@@ -534,7 +538,7 @@ impl ClientHarness {
             "interval {:?} out of bounds",
             st.interval
         );
-        if cfg.adaptation() == &Adaptation::GoRules {
+        if cfg.adaptation() == &Adaptation::GoRules(pool_core::GoRules::default()) {
             // The Go rules move one step per round; other policies may jump.
             assert!(
                 st.capacity.abs_diff(before.capacity) <= 1,
@@ -553,7 +557,7 @@ impl ClientHarness {
             (m.idle(), m.in_flight(), m.waiting()),
             (st.idle, st.in_flight, st.waiting)
         );
-        if !cfg.single() && STRICT_BOUND {
+        if cfg.mode() != pool_core::Mode::Single && STRICT_BOUND {
             assert!(
                 self.c.held() <= cfg.max_capacity(),
                 "idle {} + in flight {} above the maximum capacity",

@@ -136,14 +136,16 @@ pub(crate) fn server_cfg() -> impl Strategy<Value = ServerConfig> {
             |((cap, hs, to), sweep, age, settle, (pend, idle, v4, v6))| {
                 ServerConfig::builder()
                     .max_capacity(cap)
-                    .max_handshakes(hs)
+                    .admission(pool_core::AdmissionLimits {
+                        max_handshakes: hs,
+                        pending_per_source: pend,
+                        idle_per_source: idle,
+                        source_prefixes: (v4, v6),
+                    })
                     .handshake_timeout(MS(to))
                     .sweep_interval(MS(sweep))
                     .max_idle_age(age.map(MS))
                     .settle(MS(settle))
-                    .pending_per_source(pend)
-                    .idle_per_source(idle)
-                    .source_prefixes(v4, v6)
                     .build()
                     .expect("valid config")
             },
@@ -210,7 +212,7 @@ impl ServerHarness {
     }
 
     fn source(&self, peer: IpAddr) -> Source {
-        let (v4, v6) = self.cfg.source_prefixes();
+        let (v4, v6) = self.cfg.admission().source_prefixes;
         Source::of(peer, v4, v6)
     }
 
@@ -257,15 +259,15 @@ impl ServerHarness {
             k.refused_filter += 1;
             return Err(Refusal::Filter);
         }
-        if let Some(q) = self.cfg.idle_per_source() {
+        if let Some(q) = self.cfg.admission().idle_per_source {
             if self.owned.values().filter(|s| **s == source).count() >= q {
                 self.c.k.refused_quota += 1;
                 return Err(Refusal::Quota);
             }
         }
-        let victim = match self.cfg.pending_per_source() {
+        let victim = match self.cfg.admission().pending_per_source {
             Some(q) if own >= q => self.oldest(Some(source)),
-            _ if live >= self.cfg.max_handshakes() => self.oldest(None),
+            _ if live >= self.cfg.admission().max_handshakes => self.oldest(None),
             _ => None,
         };
         if kept >= self.cfg.max_capacity() {
@@ -414,7 +416,8 @@ impl ServerHarness {
                     Some(id)
                         if self
                             .cfg
-                            .idle_per_source()
+                            .admission()
+                            .idle_per_source
                             .is_some_and(|q| self.idle_of(source) >= q) =>
                     {
                         self.c.k.refused_quota += 1;
@@ -425,7 +428,7 @@ impl ServerHarness {
                         self.c.close_later(id, val);
                     }
                     Some(id) => {
-                        if self.cfg.idle_per_source().is_some() {
+                        if self.cfg.admission().idle_per_source.is_some() {
                             self.owned.insert(val, source);
                         }
                         if self.cfg.settle().is_zero() {
@@ -561,7 +564,7 @@ impl ServerHarness {
             let s = self.source(peer(i));
             let pending = self.live().filter(|k| k.source == s).count();
             assert_eq!(self.m.pending_from(peer(i)), pending, "pending of {s:?}");
-            if let Some(q) = self.cfg.pending_per_source() {
+            if let Some(q) = self.cfg.admission().pending_per_source {
                 assert!(pending <= q, "{pending} pending from {s:?} over {q}");
             }
             assert_eq!(self.m.idle_from(peer(i)), self.idle_of(s), "idle of {s:?}");
@@ -575,7 +578,7 @@ impl ServerHarness {
             st.idle,
             self.settling.len()
         );
-        assert!(st.in_flight <= self.cfg.max_handshakes());
+        assert!(st.in_flight <= self.cfg.admission().max_handshakes);
         assert_eq!(self.m.counters(), self.c.k, "counters");
         let t = self.m.next_deadline();
         self.c.check_poll_timeout(t, self.m.sweep_at());

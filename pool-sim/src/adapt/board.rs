@@ -229,7 +229,7 @@ impl Board {
 ///
 /// let steady = Scenario::named("steady_100", Duration::from_secs(20)).unwrap();
 /// let board = Scoreboard::new().scenarios(vec![steady]).seeds([1, 2, 3]);
-/// let [demand, go] = &board.run_all(&[Adaptation::default(), Adaptation::GoRules])[..] else {
+/// let [demand, go] = &board.run_all(&[Adaptation::default(), Adaptation::GoRules(Default::default())])[..] else {
 ///     unreachable!()
 /// };
 /// let r = demand.scenario("steady_100").unwrap();

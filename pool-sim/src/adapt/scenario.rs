@@ -157,8 +157,11 @@ fn client_config_with(policy: Adaptation, (min, max): (usize, usize)) -> ClientC
 pub fn server_config() -> ServerConfig {
     ServerConfig::builder()
         .max_capacity(16_384)
-        .max_handshakes(2_048)
-        .pending_per_source(Some(512))
+        .admission(pool_core::AdmissionLimits {
+            max_handshakes: 2_048,
+            pending_per_source: Some(512),
+            ..Default::default()
+        })
         .build()
         .expect("valid scoreboard configuration")
 }

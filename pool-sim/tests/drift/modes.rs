@@ -30,8 +30,16 @@ fn config(mode: Mode, policy: Adaptation) -> ClientConfig {
         .interval(Duration::from_millis(300), Duration::from_secs(1))
         // No sweep within the scenario: only the watch may find a dead peer.
         .sweep_interval(Duration::from_secs(60))
-        .single(mode == Mode::Single)
-        .in_band(mode == Mode::InBand)
+        .mode(if mode == Mode::Single {
+            pool_core::Mode::Single
+        } else {
+            pool_core::Mode::Multi
+        })
+        .watch(if mode == Mode::InBand {
+            pool_core::IdleWatch::Starts
+        } else {
+            pool_core::IdleWatch::HangUps
+        })
         .adapt(policy)
         .build()
         .expect("config")
@@ -139,11 +147,7 @@ async fn on_tokio(mode: Mode) -> (Vec<Seen>, (u64, u64)) {
     };
     let client = ClientPool::builder()
         .address(addr)
-        .capacity(CAP, CAP)
-        .interval(Duration::from_millis(300), Duration::from_secs(1))
-        .single(mode == Mode::Single)
-        .in_band(mode == Mode::InBand)
-        .adapt(policy)
+        .config(config(mode, policy))
         .build()
         .expect("client");
     let full = || client.active() == CAP;
@@ -157,7 +161,7 @@ async fn on_tokio(mode: Mode) -> (Vec<Seen>, (u64, u64)) {
         }
         (Mode::InBand, Some(server)) => {
             for i in 0..TAKES {
-                let (_id, _on_server) = server.start_timeout(S).await.expect("start");
+                let (_id, _on_server) = server.start_with(&[], S).await.expect("start");
                 client.accept_timeout(S).await.expect("tokio: accept");
                 assert!(until(S, full).await, "tokio: no refill after {i}");
             }
@@ -216,7 +220,7 @@ async fn on_threads(mode: Mode) -> (Vec<Seen>, (u64, u64)) {
         }
         (Mode::InBand, Some(server)) => {
             for i in 0..TAKES {
-                let (_id, _on_server) = server.start_timeout(S).await.expect("start");
+                let (_id, _on_server) = server.start_with(&[], S).await.expect("start");
                 let got = blocking(Box::new(|c| c.accept(S).is_ok()));
                 assert!(got.await.expect("join"), "threads: accept {i}");
                 assert!(until(S, full).await, "threads: no refill after {i}");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pool_tokio::ClientConfig;
 use pool_tokio::{ClientPool, PoolConn, ServerPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,7 +24,7 @@ pub fn server() -> ServerPool {
 pub fn client(server: &ServerPool, min: usize, max: usize) -> ClientPool {
     ClientPool::builder()
         .address(server.local_addr())
-        .capacity(min, max)
+        .config(ClientConfig::builder().capacity(min, max))
         .build()
         .unwrap()
 }

@@ -44,8 +44,11 @@ async fn real(trace: &FlashTrace, threads: bool, policy: &Adaptation) -> Res<Fla
     } else {
         let pool = ClientPool::builder()
             .address(addr)
-            .capacity(MIN, MAX)
-            .adapt(policy.clone())
+            .config(
+                ClientConfig::builder()
+                    .capacity(MIN, MAX)
+                    .adapt(policy.clone()),
+            )
             .build()?;
         Client::Tokio(pool)
     };
@@ -72,7 +75,11 @@ pub(crate) fn adapt(sizes: &Sizes, out: &mut Vec<Figure>) -> Res<()> {
     let runs = [
         ("tokio", false, Adaptation::default()),
         ("threads", true, Adaptation::default()),
-        ("gorules", false, Adaptation::GoRules),
+        (
+            "gorules",
+            false,
+            Adaptation::GoRules(pool_core::GoRules::default()),
+        ),
     ];
     for (driver, threads, policy) in runs {
         let predicted = flash::predict(&trace, client_config(&policy), ServerConfig::default(), 1);

@@ -17,6 +17,7 @@ use crate::net::{pool_fill, raw_fill, runtime, PoolSpec, Res, Tls, LOOPBACK};
 use crate::report::Figure;
 use crate::sys::{cpu_time, raise_nofile, rss_bytes};
 use crate::Sizes;
+use pool_tokio::ClientConfig;
 
 /// Runs `self --child args...` and parses its `RESULT` line.
 fn spawn_child(args: &[String]) -> Res<std::process::Child> {
@@ -168,7 +169,7 @@ fn down_cpu(secs: Duration) -> Res<Vec<f64>> {
                 counter.fetch_add(1, Ordering::Relaxed);
                 TcpStream::connect(dead)
             })
-            .capacity(1000, 1000)
+            .config(ClientConfig::builder().capacity(1000, 1000))
             .build()?;
         // Let the backoff reach its steady state first.
         tokio::time::sleep(Duration::from_millis(1500)).await;

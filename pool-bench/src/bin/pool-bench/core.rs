@@ -70,7 +70,10 @@ fn filled_server(n: usize, now: Instant) -> ServerMachine<u64> {
     let cfg = ServerConfig::builder()
         .max_capacity(n)
         .settle(std::time::Duration::ZERO)
-        .pending_per_source(None)
+        .admission(pool_core::AdmissionLimits {
+            pending_per_source: None,
+            ..Default::default()
+        })
         .build()
         .expect("valid config");
     let mut m: ServerMachine<u64> = ServerMachine::new(cfg, SeededRandom::from_seed([0; 32]), now);

@@ -14,14 +14,21 @@ use pool_tokio::ServerPool;
 use crate::net::{runtime, Res, LOOPBACK};
 use crate::report::Figure;
 use crate::Sizes;
+use pool_tokio::{AdmissionLimits, ServerConfig};
 
 /// Detection times of `kills` dead peers among `n` idle connections.
 async fn detect(n: usize, kills: usize, watch: bool) -> Res<Vec<Duration>> {
     let server = ServerPool::builder()
         .bind(LOOPBACK)
-        .max_capacity(n + 16)
-        .pending_per_source(None)
-        .watch_idle(watch)
+        .config(
+            ServerConfig::builder()
+                .max_capacity(n + 16)
+                .watch_hang_ups(watch)
+                .admission(AdmissionLimits {
+                    pending_per_source: None,
+                    ..AdmissionLimits::default()
+                }),
+        )
         .build()?;
     let addr = server.local_addr();
     let mut peers = crate::net::raw_peers(addr, n).await?;

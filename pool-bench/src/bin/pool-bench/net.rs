@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pool_tls::{ClientTlsBuilder, ServerTls, TlsMode};
+use pool_tokio::{ClientConfig, ClientTls, ServeTls, ServerConfig};
 use pool_tokio::{ClientPool, ServerPool, SocketOptions};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -261,9 +262,9 @@ pub(crate) struct PoolSpec {
 pub(crate) fn build_server(spec: PoolSpec, tls: Option<&Tls>) -> Res<ServerPool> {
     let mut sb = ServerPool::builder()
         .bind(LOOPBACK)
-        .max_capacity(spec.server_max);
+        .config(ServerConfig::builder().max_capacity(spec.server_max));
     if let Some(t) = tls {
-        sb = sb.tls(t.cert.clone());
+        sb = sb.tls(ServeTls::Cert(t.cert.clone()));
     }
     Ok(sb.build()?)
 }
@@ -285,17 +286,21 @@ pub(crate) async fn fill_client(
     dial: SocketAddr,
 ) -> Res<(Duration, Pools)> {
     let start = Instant::now();
-    let mut cb = ClientPool::builder()
-        .address(dial)
+    let mut config = ClientConfig::builder()
         .capacity(spec.capacity, spec.capacity)
         .parallelism(spec.parallelism);
     if let Some(ivl) = spec.min_interval {
-        cb = cb.interval(ivl, Duration::from_secs(1));
+        config = config.interval(ivl, Duration::from_secs(1));
     }
-    if tls.is_some() {
-        cb = cb.tls_mode(TlsMode::SelfSigned);
-    }
-    let client = cb.build()?;
+    let tls = match tls {
+        Some(_) => ClientTls::from(TlsMode::SelfSigned),
+        None => ClientTls::Off,
+    };
+    let client = ClientPool::builder()
+        .address(dial)
+        .config(config)
+        .tls(tls)
+        .build()?;
     let pools = Pools { server, client };
     wait_full(&pools, spec.capacity, Duration::from_secs(120)).await?;
     Ok((start.elapsed(), pools))

@@ -20,6 +20,7 @@ use crate::net::{runtime, Res, LOOPBACK};
 use crate::report::Figure;
 use crate::sys::{cpu_time, rss_bytes};
 use crate::Sizes;
+use pool_tokio::{AdmissionLimits, ClientConfig, ServerConfig};
 
 const CHURN: Duration = Duration::from_secs(10);
 
@@ -34,12 +35,17 @@ async fn idle_cpu(secs: Duration) -> f64 {
 /// under churn.
 pub(crate) fn server(n: usize, secs: Duration) -> Res<Vec<f64>> {
     runtime().block_on(async {
-        let server = ServerPool::builder()
-            .bind(LOOPBACK)
-            .max_capacity(n + n / 10)
-            .max_handshakes(1024)
-            .pending_per_source(None)
-            .build()?;
+        let server =
+            ServerPool::builder()
+                .bind(LOOPBACK)
+                .config(ServerConfig::builder().max_capacity(n + n / 10).admission(
+                    AdmissionLimits {
+                        max_handshakes: 1024,
+                        pending_per_source: None,
+                        ..AdmissionLimits::default()
+                    },
+                ))
+                .build()?;
         let rss0 = rss_bytes();
         println!("ADDR {}", server.local_addr());
         let start = Instant::now();
@@ -79,8 +85,7 @@ pub(crate) fn client(addr: &str, n: usize, secs: Duration) -> Res<Vec<f64>> {
         let start = Instant::now();
         let client = ClientPool::builder()
             .address(addr.parse::<std::net::SocketAddr>()?)
-            .capacity(n, n)
-            .parallelism(64)
+            .config(ClientConfig::builder().capacity(n, n).parallelism(64))
             .build()?;
         if !client.wait_idle(n, Duration::from_secs(120)).await {
             return Err(format!("client pool not full: {:?}", client.stats()).into());

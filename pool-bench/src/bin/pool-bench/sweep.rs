@@ -13,6 +13,7 @@ use pool_tokio::ServerPool;
 use crate::net::{runtime, Res, LOOPBACK};
 use crate::report::Figure;
 use crate::Sizes;
+use pool_tokio::{AdmissionLimits, ServerConfig};
 
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,11 +22,17 @@ const GET_TIMEOUT: Duration = Duration::from_secs(10);
 async fn gets_while_sweeping(n: usize, samples: usize, sweep: Duration) -> Res<Vec<Duration>> {
     let server = ServerPool::builder()
         .bind(LOOPBACK)
-        .max_capacity(n + 16)
-        .max_handshakes(1024)
+        .config(
+            ServerConfig::builder()
+                .max_capacity(n + 16)
+                .sweep_interval(sweep)
+                .admission(AdmissionLimits {
+                    max_handshakes: 1024,
+                    pending_per_source: None,
+                    ..AdmissionLimits::default()
+                }),
+        )
         // One source dials 256 at once here: above the default per-source quota of 64.
-        .pending_per_source(None)
-        .sweep_interval(sweep)
         .build()?;
     let addr = server.local_addr();
     let peers = crate::net::raw_peers(addr, n).await?;
