@@ -123,18 +123,11 @@ async fn run_hostile(
     let server = ServerPool::builder()
         .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
         .config(ServerConfig::builder().handshake_timeout(Duration::from_millis(300)))
-        .tls(
-            if if tls {
-                TlsMode::SelfSigned
-            } else {
-                TlsMode::Off
-            } == TlsMode::Off
-            {
-                ServeTls::Off
-            } else {
-                ServeTls::self_signed()
-            },
-        )
+        .tls(if tls {
+            ServeTls::self_signed()
+        } else {
+            ServeTls::Off
+        })
         .build()
         .unwrap();
     let _ = tls;
@@ -221,18 +214,11 @@ async fn leave_after_id(tls: bool, close_notify: bool) {
                 .sweep_interval(Duration::from_secs(3600))
                 .watch_hang_ups(false),
         )
-        .tls(
-            if if tls {
-                TlsMode::SelfSigned
-            } else {
-                TlsMode::Off
-            } == TlsMode::Off
-            {
-                ServeTls::Off
-            } else {
-                ServeTls::self_signed()
-            },
-        )
+        .tls(if tls {
+            ServeTls::self_signed()
+        } else {
+            ServeTls::Off
+        })
         .build()
         .unwrap();
     let addr = server.local_addr();

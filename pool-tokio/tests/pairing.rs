@@ -127,7 +127,7 @@ async fn tls_mode2_verified_with_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_mode_every_tls_mode() {
     // Single mode: the client dials its target, makes its own ids, reads nothing. Plain
-    // as in Go, or TLS through the named extension.
+    // as in Go with TLS off, TLS (an extension) when TLS is set.
     for mode in [TlsMode::Off, TlsMode::SelfSigned] {
         let target = ServerPool::builder()
             .bind(loopback())
