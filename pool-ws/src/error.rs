@@ -115,6 +115,10 @@ pub enum HandshakeError {
     /// A request head over the size limit (answered `431`).
     #[error("request head over {0} bytes")]
     HeadTooLarge(usize),
+    /// A TLS handshake came to a plain server: the client dials `wss://` (TLS code 1
+    /// or 2) and the server serves `ws://`. Set TLS on both ends or on neither.
+    #[error("the client speaks TLS to a plain ws:// server: set TLS on both ends or neither")]
+    ClientSpeaksTls,
     /// The peer spoke before the upgrade was answered.
     #[error("bytes after the request head before the upgrade was answered")]
     EarlyData,

@@ -78,6 +78,10 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         // Only the new bytes and the three before them can complete the end marker.
         let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
+        if buf.len() >= 2 && buf[..2] == [0x16, 0x03] {
+            // A TLS handshake record: a `wss://` client against a plain server.
+            return Err((HandshakeError::ClientSpeaksTls, None));
+        }
         if let Some(end) = find_end(&buf[from..]).map(|e| e + from) {
             if end != buf.len() {
                 return Err((HandshakeError::EarlyData, Some(400)));
@@ -192,6 +196,16 @@ mod tests {
         let e = read_head(&mut io).await.unwrap_err();
         assert_eq!(e, (HandshakeError::HeadTooLarge(MAX_HEAD), Some(431)));
         assert_eq!(big.len() - io.len(), MAX_HEAD, "read exactly the limit");
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_hello_is_named_at_once() {
+        let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        let mut io = &hello[..];
+        assert_eq!(
+            read_head(&mut io).await.unwrap_err(),
+            (HandshakeError::ClientSpeaksTls, None)
+        );
     }
 
     #[tokio::test]

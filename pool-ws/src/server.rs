@@ -189,10 +189,9 @@ impl Inner {
                 if let Some(code) = answer {
                     let _ = http::send(&mut io, &http::status(code)).await;
                 }
-                let stage = if answer.is_some() {
-                    Stage::Protocol
-                } else {
-                    Stage::Id
+                let stage = match (&e, answer) {
+                    (HandshakeError::ClientSpeaksTls, _) | (_, Some(_)) => Stage::Protocol,
+                    _ => Stage::Id,
                 };
                 return Err((stage, e));
             }

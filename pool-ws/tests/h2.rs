@@ -258,5 +258,21 @@ async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
     let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
     assert_eq!(resp.status(), 404);
     assert!(wait_until(|| server.counters().protocol_mismatches == 1).await);
+    // A POST whose body does not start with 0x00 is reset and counted.
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post("https://localhost/stream")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"GET"), false)
+        .unwrap();
+    let e = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap_err();
+    assert_eq!(e.reason(), Some(h2::Reason::PROTOCOL_ERROR));
+    assert!(wait_until(|| server.counters().protocol_mismatches == 2).await);
+    assert!(matches!(
+        server.last_failure(),
+        Some(HandshakeError::BadId(_))
+    ));
+    assert_eq!(server.status().idle, 0);
     server.close().await;
 }

@@ -164,3 +164,22 @@ async fn a_server_flush_is_seen_by_the_client_which_refills() {
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test]
+async fn a_wss_client_against_a_plain_server_is_named_on_both_ends() {
+    let server = WsServerPool::builder()
+        .config(server_config(4))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let client = WsClientPool::builder(server.local_addr())
+        .config(client_config(1))
+        .tls(ClientTlsBuilder::new(TlsMode::SelfSigned))
+        .build()
+        .unwrap();
+    assert!(wait_until(|| server.last_failure() == Some(HandshakeError::ClientSpeaksTls)).await);
+    assert!(server.counters().protocol_mismatches > 0);
+    assert!(wait_until(|| matches!(client.last_failure(), Some(HandshakeError::Tls(_)))).await);
+    client.close().await;
+    server.close().await;
+}
