@@ -93,3 +93,54 @@ async fn streams_used_and_dropped_give_their_connection_room_back() {
         server.status()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_of_another_certificate_is_refused_in_the_handshake_and_named() {
+    let server = common::server(4);
+    let other = pool_tls::ServerTls::self_signed(["localhost"]).unwrap();
+    let client = pool_quic::ClientPool::builder(server.local_addr())
+        .config(
+            pool_quic::ClientConfig::builder()
+                .capacity(1, 1)
+                .build()
+                .unwrap(),
+        )
+        .tls(pool_quic::ClientTls::Pinned(other.fingerprint()))
+        .get_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let e = client.get_any().await.unwrap_err();
+    let f = match &e {
+        GetError::Unreachable(Some(f))
+        | GetError::Timeout {
+            failing: Some(f), ..
+        } => f,
+        e => panic!("no failure named: {e}"),
+    };
+    assert!(
+        matches!(&f.cause, pool_quic::Cause::Tls(t) if t.contains("pin")),
+        "{e}"
+    );
+    assert_eq!(server.active(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_mode_and_in_band_sessions_are_refused_at_build() {
+    let addr = "127.0.0.1:9".parse().unwrap();
+    for core in [
+        pool_quic::ClientConfig::builder()
+            .single(true)
+            .build()
+            .unwrap(),
+        pool_quic::ClientConfig::builder()
+            .in_band(true)
+            .build()
+            .unwrap(),
+    ] {
+        let e = pool_quic::ClientPool::builder(addr)
+            .config(core)
+            .build()
+            .unwrap_err();
+        assert!(matches!(e, pool_quic::BuildError::Config(_)), "{e}");
+    }
+}
