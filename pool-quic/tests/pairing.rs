@@ -129,11 +129,11 @@ async fn single_mode_and_in_band_sessions_are_refused_at_build() {
     let addr = "127.0.0.1:9".parse().unwrap();
     for core in [
         pool_quic::ClientConfig::builder()
-            .single(true)
+            .mode(pool_core::Mode::Single)
             .build()
             .unwrap(),
         pool_quic::ClientConfig::builder()
-            .in_band(true)
+            .watch(pool_core::IdleWatch::Starts)
             .build()
             .unwrap(),
     ] {
