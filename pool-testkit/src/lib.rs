@@ -4,8 +4,8 @@
 //! Unpublished, like `rustls-test`: a fault-injecting proxy ([`proxy`]), fake dialers
 //! ([`dialers`]), a loopback pair builder ([`pair`]), an echo service and a load
 //! generator whose every byte is checked ([`load`]), the soak runner ([`soak`]), the
-//! attacks on a tunnel port ([`attack`]) and the descriptor limit and CPU time of the
-//! process ([`process`]). Every tool is bounded: proxies and pools end when closed,
+//! attacks on a tunnel port ([`attack`]), the descriptor limit and CPU time of the
+//! process ([`process`]) and child processes whose output is watched ([`watched`]). Every tool is bounded: proxies and pools end when closed,
 //! loops end at end of stream or at a deadline, and randomness comes from one seeded
 //! generator, [`rng::SplitMix64`] (the simulator's, from `pool-sim`), so that a
 //! failing run replays from its seed. Quantiles and medians come from [`stats`], the
@@ -26,3 +26,5 @@ pub mod process;
 pub mod proxy;
 pub mod soak;
 pub mod udp_proxy;
+#[cfg(unix)]
+pub mod watched;

@@ -464,10 +464,7 @@ pub(crate) async fn metrics_emfile(setup: &Setup) -> Res<String> {
     }
     let ok = lat.len();
     let cpu = 100.0 * (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64();
-    let mut lines = 0usize;
-    while server.lines.try_recv().is_ok() {
-        lines += 1;
-    }
+    let lines = server.drain();
     stop.store(true, Relaxed);
     let metrics_hits = hits.await.unwrap_or(0);
     while peers.join_next().await.is_some() {}

@@ -3,15 +3,15 @@
 //! timed and checked.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use pool_testkit::watched::Watched;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use crate::Setup;
@@ -57,10 +57,21 @@ pub(crate) async fn connect_from(ip: IpAddr, to: SocketAddr) -> std::io::Result<
     s.connect(to).await
 }
 
-/// A running `tunnel` process and the lines it printed.
-pub(crate) struct Proc {
-    pub(crate) child: Child,
-    pub(crate) lines: mpsc::UnboundedReceiver<(Instant, String)>,
+/// A running `tunnel` process and the lines it printed (`Watched` gives `wait_line`,
+/// `next_line`, `drain` and `pid`).
+pub(crate) struct Proc(Watched);
+
+impl Deref for Proc {
+    type Target = Watched;
+    fn deref(&self) -> &Watched {
+        &self.0
+    }
+}
+
+impl DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Watched {
+        &mut self.0
+    }
 }
 
 impl Proc {
@@ -83,66 +94,22 @@ impl Proc {
     pub(crate) fn start(mut cmd: Command, args: &[String], env_key: Option<&str>) -> Res<Self> {
         cmd.args(args)
             .env("RUST_LOG", "info")
-            .env_remove("POOL_TUNNEL_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .env_remove("POOL_TUNNEL_KEY");
         if let Some(k) = env_key {
             cmd.env("POOL_TUNNEL_KEY", k);
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("{}: {e}", bin().display()))?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        let out = child.stdout.take().ok_or("no stdout")?;
-        let err = child.stderr.take().ok_or("no stderr")?;
-        for r in [
-            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(err),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(r).lines();
-                while let Ok(Some(l)) = r.next_line().await {
-                    let _ = tx.send((Instant::now(), l));
-                }
-            });
-        }
-        Ok(Self { child, lines })
+        let w = Watched::spawn(cmd).map_err(|e| format!("{}: {e}", bin().display()))?;
+        Ok(Self(w))
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    /// The first line containing `needle` within `within`, and when it came.
-    pub(crate) async fn wait_line(
-        &mut self,
-        needle: &str,
-        within: Duration,
-    ) -> Option<(Instant, String)> {
-        let end = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(end, self.lines.recv()).await {
-                Ok(Some((t, l))) if l.contains(needle) => return Some((t, l)),
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-        }
-    }
-
-    /// Forgets the lines printed so far.
-    pub(crate) fn drain(&mut self) {
-        while self.lines.try_recv().is_ok() {}
-    }
-
+    /// SIGINT, then a kill if the process has not ended within 5 s.
     pub(crate) async fn stop(mut self) {
         signal(self.pid(), "INT");
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+        if tokio::time::timeout(Duration::from_secs(5), self.child().wait())
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            self.0.kill().await;
         }
     }
 }

@@ -96,9 +96,7 @@ async fn main() -> Res<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && (setup.key.is_empty() || (mode == 1 && setup.pin.is_none()))
     {
-        let Ok(Some((_, l))) =
-            tokio::time::timeout(Duration::from_secs(10), server.lines.recv()).await
-        else {
+        let Some((_, l)) = server.next_line(Duration::from_secs(10)).await else {
             break;
         };
         let t = l.trim();

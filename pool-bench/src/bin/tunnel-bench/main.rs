@@ -129,8 +129,8 @@ async fn main() -> Res<()> {
         let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         figures.push(download_figure(target, pair.public, dl_bytes, quick, mode).await);
-        client.stop().await;
-        pair.server.stop().await;
+        client.kill().await;
+        pair.server.kill().await;
         figures.extend(chain_figures(target, ChainRun::Download, dl_bytes, quick, secs).await?);
         let _ = std::fs::remove_dir_all(&dir);
         return publish(figures, json, quick);
@@ -148,8 +148,8 @@ async fn main() -> Res<()> {
                 "mode {mode}, 64 at once, 1 KiB each way; baseline: straight to the service"
             )),
         );
-        client.stop().await;
-        pair.server.stop().await;
+        client.kill().await;
+        pair.server.kill().await;
         figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
         figures.extend(chain_figures(target, ChainRun::Sessions, dl_bytes, quick, secs).await?);
         let _ = std::fs::remove_dir_all(&dir);
@@ -184,7 +184,7 @@ async fn main() -> Res<()> {
         .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = ttfb(pair.public, &arrivals, n_ttfb, 0).await;
-    client.stop().await;
+    client.kill().await;
     let (b50, b99) = (
         ms(quantile(&base_ttfb, 0.5)),
         ms(quantile(&base_ttfb, 0.99)),
@@ -205,8 +205,8 @@ async fn main() -> Res<()> {
             "mode {mode}, 64 at once, 1 KiB each way; baseline: straight to the service"
         )),
     );
-    client.stop().await;
-    pair.server.stop().await;
+    client.kill().await;
+    pair.server.kill().await;
     figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
     figures.extend(chain_figures(target, ChainRun::Both, dl_bytes, quick, secs).await?);
 
@@ -215,7 +215,7 @@ async fn main() -> Res<()> {
     let client = pair.client(target, (pair.tunnel, pair.control), 16).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss16 = rss_kib(pair.server.pid()) + rss_kib(client.pid());
-    client.stop().await;
+    client.kill().await;
     let client = pair
         .client(target, (pair.tunnel, pair.control), 1000)
         .await?;
@@ -227,8 +227,8 @@ async fn main() -> Res<()> {
         if filled { "" } else { " (NOT filled in 30 s)" },
         (rss1000 - rss16) / 984.0
     )));
-    client.stop().await;
-    pair.server.stop().await;
+    client.kill().await;
+    pair.server.kill().await;
 
     if let Some(path) = peer {
         let (public, procs, _wan) =
@@ -243,7 +243,7 @@ async fn main() -> Res<()> {
                 .note("rathole, plain TCP, same delay"),
         );
         for p in procs {
-            p.stop().await;
+            p.kill().await;
         }
         // Throughput and sessions with no delay: its plain TCP transport, and in mode 1
         // (encrypted) its own encrypted transport, Noise, too.
@@ -266,7 +266,7 @@ async fn main() -> Res<()> {
                 Figure::vs(&format!("{name}_sessions_per_s"), sps, "1/s", base_sps).note(note),
             );
             for p in procs {
-                p.stop().await;
+                p.kill().await;
             }
         }
     }
@@ -297,8 +297,8 @@ async fn one_source_ratio(
             tokio::time::sleep(Duration::from_secs(1)).await;
             let sps = sessions(pair.public, 64, secs).await;
             if lift { &mut lifted } else { &mut defaults }.push(sps);
-            client.stop().await;
-            pair.server.stop().await;
+            client.kill().await;
+            pair.server.kill().await;
         }
     }
     let (d, l) = (

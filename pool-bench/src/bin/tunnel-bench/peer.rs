@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 
-use crate::procs::{free_addr, Proc};
+use crate::procs::{free_addr, spawn, Proc};
 use crate::Res;
 
 /// rathole's two processes, with the same delay between them; the public address.
@@ -48,14 +48,14 @@ pub(crate) async fn rathole(
         dir.join("client.toml"),
         format!("[client]\nremote_addr = \"{}\"\n{client_noise}[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n", wan.addr()),
     )?;
-    let s = Proc::spawn(
+    let s = spawn(
         path,
         &[
             "--server".into(),
             dir.join("server.toml").display().to_string(),
         ],
     )?;
-    let c = Proc::spawn(
+    let c = spawn(
         path,
         &[
             "--client".into(),

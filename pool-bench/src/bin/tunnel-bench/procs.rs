@@ -3,11 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use pool_testkit::watched::Watched;
+use tokio::process::Command;
 
 use crate::Res;
 
@@ -39,59 +38,17 @@ pub(crate) fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// A child process, killed when dropped, whose output is watched for a line.
-pub(crate) struct Proc {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
+/// A child process of the bench, killed when dropped, whose output is watched.
+pub(crate) type Proc = Watched;
 
-impl Proc {
-    pub(crate) fn spawn(program: &Path, args: &[String]) -> Res<Self> {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("POOL_TUNNEL_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", program.display()))?;
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        let out = child.stdout.take().ok_or("no stdout")?;
-        let err = child.stderr.take().ok_or("no stderr")?;
-        for r in [
-            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(err),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(r).lines();
-                while let Ok(Some(l)) = r.next_line().await {
-                    let _ = tx.send(l);
-                }
-            });
-        }
-        Ok(Self { child, lines })
-    }
-
-    pub(crate) async fn wait_line(&mut self, needle: &str, within: Duration) -> Option<String> {
-        let end = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(end, self.lines.recv()).await {
-                Ok(Some(l)) if l.contains(needle) => return Some(l),
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-        }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    pub(crate) async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
+/// Starts `program` with `args` (and `RUST_LOG=info`, and no tunnel key from the
+/// environment).
+pub(crate) fn spawn(program: &Path, args: &[String]) -> Res<Proc> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("POOL_TUNNEL_KEY");
+    Ok(Watched::spawn(cmd).map_err(|e| format!("{}: {e}", program.display()))?)
 }
 
 /// One `tunnel` pair: the server, and a way to start clients against it.
@@ -139,11 +96,11 @@ impl Pair {
         for (flag, v) in lift.into_iter().filter(|_| lifted) {
             args.extend([flag.into(), v.into()]);
         }
-        let mut server = Proc::spawn(&bin(), &args)?;
+        let mut server = spawn(&bin(), &args)?;
         let mut pin = None;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
-            let Some(l) = server
+            let Some((_, l)) = server
                 .wait_line("", end.saturating_duration_since(Instant::now()))
                 .await
             else {
@@ -196,7 +153,7 @@ impl Pair {
             "--tunnel-key-file".into(),
             self.dir.join("key").display().to_string(),
         ]);
-        let mut c = Proc::spawn(&bin(), &args)?;
+        let mut c = spawn(&bin(), &args)?;
         c.wait_line("control: connected", Duration::from_secs(15))
             .await
             .ok_or("the tunnel client did not connect")?;

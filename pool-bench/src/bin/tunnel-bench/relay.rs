@@ -8,7 +8,7 @@ use pool_bench::report::Figure;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::measure::{alternated, download, sessions};
-use crate::procs::{free_addr, Proc};
+use crate::procs::{free_addr, spawn, Proc};
 use crate::Res;
 
 /// Which relay [`relay_mbps`] runs.
@@ -100,7 +100,7 @@ pub(crate) async fn relay_chain(target: SocketAddr, copy: bool) -> Res<(SocketAd
         if copy {
             args.push("copy".into());
         }
-        let mut p = Proc::spawn(&me, &args)?;
+        let mut p = spawn(&me, &args)?;
         p.wait_line("relay: ready", Duration::from_secs(10))
             .await
             .ok_or("a relay child did not start")?;
@@ -146,7 +146,7 @@ pub(crate) async fn chain_figures(
                 .note(format!("{what} (tokio::io::copy_bidirectional); {how}")),
         );
         for p in copy_procs {
-            p.stop().await;
+            p.kill().await;
         }
     }
     if run != ChainRun::Download {
@@ -159,7 +159,7 @@ pub(crate) async fn chain_figures(
         );
     }
     for p in procs {
-        p.stop().await;
+        p.kill().await;
     }
     Ok(out)
 }
