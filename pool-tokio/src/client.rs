@@ -29,7 +29,7 @@ use crate::tls::TlsConn;
 /// # async fn f() -> Result<(), pool_tokio::PoolError> {
 /// use pool_tokio::{ClientConfig, ClientPool, ClientTls};
 /// let pool = ClientPool::builder()
-///     .address("127.0.0.1:10101".parse().unwrap())
+///     .address("127.0.0.1:10101")
 ///     .config(ClientConfig::builder().capacity(16, 256))
 ///     .tls(ClientTls::SelfSigned { pin: None, name: None })
 ///     .build()?;
