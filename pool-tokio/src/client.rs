@@ -173,7 +173,10 @@ impl Inner {
         self.engine
             .driver
             .input(|m, now| m.handle_handshake_done(serial, now));
-        conn.id = step(token, Stage::Id, read_id(&mut conn, self.id_form)).await?;
+        conn.id = match step(token, Stage::Id, read_id(&mut conn, self.id_form)).await {
+            Err((_, cause @ StepError::ServerSpeaksTls)) => return Err((Stage::Protocol, cause)),
+            r => r?,
+        };
         if let Some(key) = &self.key {
             let wire = self.id_form.encode(&conn.id);
             let auth = Box::pin(crate::auth::client_auth(&mut conn, key, wire.as_ref()));
@@ -187,14 +190,35 @@ impl Inner {
 async fn read_id(conn: &mut PoolConn, form: IdForm) -> Result<ConnId, StepError> {
     let mut reader = IdReader::new(form);
     let mut buf = [0u8; pool_core::ID_LEN];
+    // The first bytes read, to tell a TLS record from a bad id.
+    let mut head = [0u8; 4];
+    let mut got = 0;
     loop {
         let want = reader.remaining();
         let n = conn.read(&mut buf[..want]).await?;
         if n == 0 {
             return Err(StepError::Eof);
         }
-        if let Some(id) = reader.feed(&buf[..n])?.id {
-            return Ok(id);
+        let k = n.min(head.len() - got);
+        head[got..got + k].copy_from_slice(&buf[..k]);
+        got += k;
+        match reader.feed(&buf[..n]) {
+            Ok(fed) => {
+                if let Some(id) = fed.id {
+                    // Any 4 bytes are a raw id, a TLS alert's first four too.
+                    let alert = crate::tls::is_silent_alert_head(&head);
+                    if alert && form == IdForm::Raw4 && !conn.is_tls() {
+                        return Err(StepError::ServerSpeaksTls);
+                    }
+                    return Ok(id);
+                }
+            }
+            // A plain client that reads a TLS record where its id goes: a TLS server
+            // (its alert to a silent client, or its answer to bytes it cannot parse).
+            Err(_) if !conn.is_tls() && crate::tls::opens_tls_record(&head[..got]) => {
+                return Err(StepError::ServerSpeaksTls)
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

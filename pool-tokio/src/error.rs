@@ -168,6 +168,14 @@ pub enum Cause {
     /// A server in mode 0 received a TLS ClientHello: the client speaks TLS.
     #[error("the client speaks TLS but this server is in mode 0: is the client in mode 1 or 2?")]
     ClientSpeaksTls,
+    /// A mode-0 client's id read met a TLS record: the server speaks TLS.
+    #[error("the server speaks TLS but this client is in mode 0: is the server in mode 1 or 2?")]
+    ServerSpeaksTls,
+    /// A client of a TLS server sent nothing for a while after connecting (a TLS client
+    /// sends its hello at once), was told this server runs TLS, and gave up before the
+    /// handshake deadline: a mode-0 client, most likely.
+    #[error("the client sent no TLS hello and stayed silent: is it in mode 0 while this server is in mode 1 or 2?")]
+    ClientSilent,
     /// The id on the wire was not an id.
     #[error("bad id: {0}")]
     Id(#[from] pool_core::IdError),

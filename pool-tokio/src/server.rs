@@ -267,12 +267,27 @@ impl Inner {
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {
-                let tls = TlsConn::accept(acceptor.clone(), tcp);
+                // A client silent past `HELLO_WAIT` is told that this server runs TLS;
+                // if it then gives up before the deadline, it is named as the mode
+                // mismatch (a mode-0 client of this crate closes at once).
+                let mut hinted = false;
+                let hinted_ref = &mut hinted;
+                let acceptor = acceptor.clone();
                 // Boxed, as the key proof below: a handshake task's future holds only
                 // what the mode needs (thousands are spawned to fill a pool).
-                let tls = Box::pin(async { tls.await.map_err(StepError::from) });
-                let s = step(token, Stage::Tls, tls).await?;
-                PoolStream::Tls(Box::new(s))
+                let tls = Box::pin(async move {
+                    *hinted_ref = crate::tls::hint_if_silent(&tcp).await;
+                    TlsConn::accept(acceptor, tcp)
+                        .await
+                        .map_err(StepError::from)
+                });
+                match step(token, Stage::Tls, tls).await {
+                    Ok(s) => PoolStream::Tls(Box::new(s)),
+                    // A deadline stays a deadline: a silent stranger is not a mismatch.
+                    Err(e @ (_, StepError::Timeout)) => return Err(e),
+                    Err(_) if hinted => return Err((Stage::Protocol, StepError::ClientSilent)),
+                    Err(e) => return Err(e),
+                }
             }
         };
         let id = self.engine.driver.input(|m, _| m.assign_id(ticket));

@@ -23,6 +23,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pool_core::Liveness;
 use rustls::pki_types::ServerName;
@@ -119,6 +120,47 @@ impl TlsConn {
             }
         }
     }
+}
+
+/// How long a TLS server waits for a client's first byte before it tells a plaintext
+/// client so. A TLS client writes its ClientHello the moment its connect returns, so
+/// it arrives with the connection; a mode-0 client writes nothing and waits for its
+/// id, and both ends would wait for each other until the handshake deadline.
+pub(crate) const HELLO_WAIT: Duration = Duration::from_millis(750);
+
+/// A fatal `unexpected_message` alert record, as a TLS server answers bytes it cannot
+/// parse: what [`hint_if_silent`] writes to a client that sent nothing.
+const SILENT_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a];
+
+/// Waits up to [`HELLO_WAIT`] for the client's first byte; when none came, writes a
+/// TLS alert record (a mode-0 client reads it where its id goes and names the
+/// mismatch at once) and answers `true`. The connection is kept either way: the
+/// handshake then runs under its deadline as for any peer, so the slot rules for
+/// strangers do not change.
+pub(crate) async fn hint_if_silent(tcp: &TcpStream) -> bool {
+    // A peek, not `readable()`: tokio's readiness may say readable when nothing is.
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(HELLO_WAIT, tcp.peek(&mut first))
+        .await
+        .is_ok()
+    {
+        return false;
+    }
+    // The socket's send buffer is empty: 7 bytes go at once, or not at all.
+    let _ = tcp.try_write(&SILENT_ALERT);
+    true
+}
+
+/// Whether the first bytes a mode-0 client read where its id goes open a TLS record
+/// (an alert or a handshake message): the server runs TLS.
+pub(crate) fn opens_tls_record(head: &[u8]) -> bool {
+    matches!(head, [0x15 | 0x16] | [0x15 | 0x16, 0x03, ..])
+}
+
+/// Whether a raw 4-byte id is the first four bytes of the alert [`hint_if_silent`]
+/// writes (one id in 2^32 is, and costs one dial).
+pub(crate) fn is_silent_alert_head(id: &[u8; 4]) -> bool {
+    id[..] == SILENT_ALERT[..4]
 }
 
 /// Whether rustls holds plaintext not read yet (records it has but not processed

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{loopback, T};
+use common::{eventually, loopback, T};
 use pool_tokio::{BuildError, Cause, ClientPool, ConnId, GetError, PoolError, ServerPool, Stage};
 use pool_tokio::{ClientConfig, ClientTls, IdleWatch, IpFilter, Mode, ServeTls, ServerConfig};
 
@@ -353,4 +353,66 @@ async fn a_server_nobody_dials_says_no_client_has_connected_yet() {
     );
     drop(tcp);
     server.close().await;
+}
+
+/// A mode-0 client against a TLS server: both ends used to wait for the other until a
+/// deadline. Every deadline here is a minute, so a failure named within the get's `T`
+/// comes from the first handshakes themselves, never from a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_client_against_a_tls_server_is_named_on_both_sides() {
+    const LONG: Duration = Duration::from_secs(60);
+    for form in [pool_tokio::IdForm::Hex8, pool_tokio::IdForm::Raw4] {
+        let server = ServerPool::builder()
+            .bind(loopback())
+            .tls(ServeTls::self_signed())
+            .config(
+                ServerConfig::builder()
+                    .handshake_timeout(LONG)
+                    .id_form(form),
+            )
+            .build()
+            .unwrap();
+        let client = ClientPool::builder()
+            .address(server.local_addr())
+            .config(
+                ClientConfig::builder()
+                    .handshake_timeout(LONG)
+                    .id_timeout(LONG)
+                    .id_form(form),
+            )
+            .build()
+            .unwrap();
+        // The client's view: the first run of dials names it (`Unreachable`).
+        let t0 = Instant::now();
+        let err = client.get_timeout(any_id(), T).await.unwrap_err();
+        report(
+            &format!("mode 0 client, mode 1 server ({form:?})"),
+            t0.elapsed(),
+            &err,
+        );
+        let GetError::Unreachable(f) = &err else {
+            panic!("expected Unreachable, got {err}")
+        };
+        assert!(
+            matches!(f.cause, Cause::ServerSpeaksTls) && f.stage == Stage::Protocol,
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("is the server in mode 1 or 2?"),
+            "{err}"
+        );
+        // The server's view: the handshake failed as the mismatch, not by a deadline.
+        assert!(eventually(|| server.stats().last_failure.is_some()).await);
+        let stats = server.stats();
+        let last = stats.last_failure.as_ref().unwrap();
+        report("  (server side)", t0.elapsed(), last);
+        assert!(
+            matches!(last.cause, Cause::ClientSilent) && last.stage == Stage::Protocol,
+            "{stats}"
+        );
+        assert!(last.to_string().contains("is it in mode 0"), "{stats}");
+        assert!(stats.counters.protocol_mismatches > 0, "{stats}");
+        client.close().await;
+        server.close().await;
+    }
 }

@@ -328,16 +328,46 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
             let mut tls = c
                 .connect(name.clone(), tcp)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| match is_closed(&e) {
+                    true => closed_before("TLS"),
+                    false => format!("TLS: {e}"),
+                })?;
             let binding = pool_tls::tls_binding(tls.get_ref().1)?;
             client_handshake(&mut tls, &s.key, &binding, &s.session).await?;
             Ok(Box::new(tls))
         }
         None => {
+            // The greeting is the server's first byte: an end before it is a refusal.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) = timeout(s.t.io, tcp.peek(&mut first)).await {
+                return Err(closed_before("the greeting").into());
+            }
             client_handshake(&mut tcp, &s.key, &[], &s.session).await?;
             Ok(Box::new(tcp))
         }
     }
+}
+
+/// What a control connection that the server closed right after the admission token
+/// means. The server closes it without a word whatever was wrong (a stranger learns
+/// nothing from it); the two usual causes are this end's: the key, or the clock the
+/// token is stamped with.
+fn closed_before(what: &str) -> String {
+    format!(
+        "the server closed the connection before {what}: a wrong tunnel key, or this \
+         machine's clock more than {}s off the server's, is the usual cause (the server's \
+         log says which)",
+        crate::server::ADMIT_WINDOW.as_secs()
+    )
+}
+
+/// Whether a TLS handshake failed because the server closed or reset the connection.
+fn is_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
 }
 
 /// Exchanges heartbeats until control breaks or falls silent. Control carries no
