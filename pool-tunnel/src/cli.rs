@@ -8,18 +8,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
 
+use crate::config::{
+    self, CandidateLimits, ClientConfig, PerSource, RelayLimits, ServerConfig, Timeouts,
+    CLIENT_MAX, CLIENT_MIN, HANDSHAKE_SLOTS,
+};
 use crate::limits::{COUNT_LIMIT, SECS_LIMIT};
-use crate::relay::RelayLimits;
 use crate::state::{self, Origin};
-use crate::{BoxError, ClientConfig, ServerConfig, Timeouts};
-
-/// Handshakes under way that the server pool admits at once (strangers included).
-pub const HANDSHAKE_SLOTS: usize = 4096;
-
-/// The client's `--min` default.
-pub const CLIENT_MIN: u64 = 64;
-/// The client's `--max` default.
-pub const CLIENT_MAX: u64 = 1024;
+use crate::BoxError;
 
 /// The server's `--max` help: it names the client's default from its constant.
 fn server_max_help() -> String {
@@ -33,13 +28,13 @@ fn server_max_help() -> String {
 }
 
 /// The environment variable that may hold the tunnel key.
-pub const KEY_ENV: &str = "POOL_TUNNEL_KEY";
+pub(crate) const KEY_ENV: &str = "POOL_TUNNEL_KEY";
 
 /// A reverse tunnel on the pool: the server side on the public machine, the client side
 /// next to the service. Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 #[derive(Debug, Parser)]
 #[command(name = "tunnel", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Which side to run.
     #[command(subcommand)]
     pub side: Side,
@@ -57,7 +52,7 @@ pub struct Cli {
 
 /// The two sides.
 #[derive(Debug, Subcommand)]
-pub enum Side {
+pub(crate) enum Side {
     /// The public side: the tunnel (pool) port, the control port, the public port.
     ///
     /// Without a key (--tunnel-key-file, $POOL_TUNNEL_KEY, or the state directory) it
@@ -70,7 +65,7 @@ pub enum Side {
 
 /// Where the tunnel key comes from (one of them).
 #[derive(Debug, Args)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// Read the tunnel key from this file: 64 hex digits as the server prints them,
     /// or a passphrase of at least 16 characters. Also: $POOL_TUNNEL_KEY.
     #[arg(long, value_name = "PATH")]
@@ -79,13 +74,13 @@ pub struct KeyArgs {
 
 /// Relay deadlines, both sides.
 #[derive(Debug, Args)]
-pub struct RelayArgs {
+pub(crate) struct RelayArgs {
     /// Close a session when nothing moved either way for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub idle_timeout: u64,
     /// Reset a session when one direction has ended and the other has moved nothing
     /// for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HALF_CLOSE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub half_close_timeout: u64,
 }
 
@@ -100,7 +95,7 @@ impl RelayArgs {
 
 /// `tunnel server`.
 #[derive(Debug, Args)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Address the pool listens on (clients dial it).
     #[arg(long, value_name = "ADDR")]
     pub tunnel: SocketAddr,
@@ -131,37 +126,37 @@ pub struct ServerArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Name on the self-signed certificate (mode 1).
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    #[arg(long, value_name = "NAME", default_value = config::DEFAULT_HOSTNAME)]
     pub hostname: String,
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
     #[arg(long, value_name = "IPS")]
     pub client_ip: Option<String>,
     /// Server pool capacity (the help text is `server_max_help`'s, which names the
     /// client's default from its constant).
-    #[arg(long, value_name = "N", help = server_max_help(), default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", help = server_max_help(), default_value_t = config::SERVER_MAX_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     /// User sessions at once. At the cap, a user from a source (a /24, a /64) holding
     /// fewer sessions than the source holding the most takes that source's newest
     /// session (reset); other users are closed at once.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions: u64,
     /// User sessions at once from one source (a /24, a /64) while the public port is
     /// contended (three quarters of --max-sessions in use, or the cap reached in the
     /// last second); more are closed at once. A source alone may hold more.
-    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_CONCURRENT_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions_per_source: u64,
     /// New user sessions a second from one source (a /24, a /64), with bursts of twice
     /// that, while the public port is contended; more are closed at once, before they
     /// cost a pooled connection. A source alone may start more.
-    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_RATE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_RATE_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub new_sessions_per_source: u64,
     /// Control connections at once that have not sent their admission token yet. When
     /// full, the source holding the most loses its oldest: keep it above the number of
     /// sources a flood may have.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates: u64,
     /// The same from one source (a /24, a /64); over it, the source's oldest goes.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates_per_source: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -173,7 +168,7 @@ pub struct ServerArgs {
 
 /// `tunnel client`.
 #[derive(Debug, Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server's tunnel address.
     #[arg(long, value_name = "HOST:PORT")]
     pub tunnel: String,
@@ -200,10 +195,10 @@ pub struct ClientArgs {
     #[arg(long, value_name = "SHA256")]
     pub pin: Option<Fingerprint>,
     /// Client pool minimum capacity.
-    #[arg(long, value_name = "N", default_value_t = CLIENT_MIN, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = CLIENT_MIN as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub min: u64,
     /// Client pool maximum capacity.
-    #[arg(long, value_name = "N", default_value_t = CLIENT_MAX, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, value_name = "N", default_value_t = CLIENT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -215,7 +210,7 @@ pub struct ClientArgs {
 
 /// Where the key in use came from, to tell the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     /// `--tunnel-key-file`.
     File(PathBuf),
     /// `$POOL_TUNNEL_KEY`.
@@ -228,7 +223,7 @@ pub enum KeySource {
 
 /// The key given by the user (file or environment; at most one), if any. There is no
 /// way to give it on the command line, where every local user could read it.
-pub fn given_key(
+pub(crate) fn given_key(
     args: &KeyArgs,
     env: Option<String>,
 ) -> Result<Option<(TunnelKey, KeySource)>, BoxError> {
@@ -253,7 +248,7 @@ pub fn given_key(
 
 /// A server configuration, with the key's and the certificate's origins to report.
 #[derive(Debug)]
-pub struct ServerSetup {
+pub(crate) struct ServerSetup {
     /// The configuration.
     pub config: ServerConfig,
     /// Where the key came from.
@@ -265,7 +260,7 @@ pub struct ServerSetup {
 }
 
 /// The words a plaintext tunnel must print, once, so that nobody runs one by accident.
-pub const PLAINTEXT_WARNING: &str = "warning: --tls 0 --insecure-plaintext: ids, the \
+pub(crate) const PLAINTEXT_WARNING: &str = "warning: --tls 0 --insecure-plaintext: ids, the \
     session control and every user's bytes cross the network in clear; anyone on the path \
     can read them, and hand a pooled connection a session of their own; use --tls 1";
 
@@ -291,7 +286,7 @@ fn plaintext_gate(
 /// Where the server keeps its state when `--state-dir` is not given: systemd's
 /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/pool-tunnel`, else
 /// `$HOME/.local/state/pool-tunnel`; `None` when none of them is set.
-pub fn default_state_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub(crate) fn default_state_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(d) = set("STATE_DIRECTORY") {
         // systemd may give several, separated by ':'; the first is ours.
@@ -307,7 +302,7 @@ impl ServerArgs {
     /// Checks the arguments and reads or makes the key and certificate; `default_state`
     /// is the state directory to use when `--state-dir` is not given
     /// ([`default_state_dir`]).
-    pub fn setup(
+    pub(crate) fn setup(
         &self,
         env_key: Option<String>,
         default_state: Option<PathBuf>,
@@ -376,18 +371,18 @@ impl ServerArgs {
                 key,
                 max_capacity: self.max as usize,
                 max_sessions: self.max_sessions as usize,
-                per_source: crate::server::PerSource {
+                per_source: PerSource {
                     sessions: self.max_sessions_per_source as usize,
                     new_per_s: self.new_sessions_per_source as f64,
                 },
-                candidates: crate::server::CandidateLimits {
+                candidates: CandidateLimits {
                     total: self.max_candidates as usize,
                     per_source: self.max_candidates_per_source as usize,
                 },
                 relay: self.relay.limits(),
-                quiet: crate::server::DEFAULT_QUIET,
+                quiet: config::DEFAULT_QUIET,
                 timeouts,
-                pool_handshake: crate::server::DEFAULT_POOL_HANDSHAKE,
+                pool_handshake: config::DEFAULT_POOL_HANDSHAKE,
             },
             key_source,
             warnings,
@@ -398,7 +393,7 @@ impl ServerArgs {
 
 impl ClientArgs {
     /// Checks the arguments and reads the key; also the warnings to print.
-    pub fn setup(
+    pub(crate) fn setup(
         &self,
         env_key: Option<String>,
     ) -> Result<(ClientConfig, KeySource, Vec<String>), BoxError> {

@@ -1,13 +1,12 @@
 //! The client side: the pool that dials the tunnel port, the control connection, and
 //! one relay to the target per id.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_core::{Random, SeededRandom};
-use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
+use pool_tls::ClientTlsBuilder;
 use pool_tokio::{ClientPool, PoolConn, PoolStream, TcpDialer, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,80 +17,17 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
+use crate::config::{ClientConfig, RelayLimits, Timeouts};
 use crate::protocol::{
-    client_handshake, default_control, fresh_session, send_token, split_host_port, Session,
-    Timeouts, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
+    client_handshake, default_control, fresh_session, send_token, split_host_port, BoxIo, Session,
+    REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
 };
 use crate::relay::{
     graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
-    RelayLimits, Traffic,
+    Traffic,
 };
-use crate::server::BoxIo;
 use crate::stats::{bump, ClientSnapshot, ClientStats};
 use crate::BoxError;
-
-/// The private side.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// The server's tunnel address, `HOST:PORT`.
-    pub tunnel: String,
-    /// The server's control address; `None`: the tunnel host, tunnel port + 1.
-    pub control: Option<String>,
-    /// The service behind the tunnel, `HOST:PORT`.
-    pub target: String,
-    /// TLS mode of pool and control.
-    pub mode: TlsMode,
-    /// TLS server name (mode 2: checked); default: the tunnel host.
-    pub hostname: Option<String>,
-    /// Mode 2: trust this PEM CA file instead of the web roots.
-    pub ca: Option<PathBuf>,
-    /// Mode 1: accept only this server certificate.
-    pub pin: Option<Fingerprint>,
-    /// Client pool capacity bounds.
-    pub min: usize,
-    /// See `min`.
-    pub max: usize,
-    /// Client pool dials in flight at most.
-    pub parallelism: usize,
-    /// The tunnel key (the server's).
-    pub key: TunnelKey,
-    /// Relay deadlines.
-    pub relay: RelayLimits,
-    /// Control deadlines.
-    pub timeouts: Timeouts,
-}
-
-impl ClientConfig {
-    /// A client of the server at `tunnel` / `control` forwarding to `target`, mode 0,
-    /// capacity 16..256.
-    pub fn new(tunnel: String, control: Option<String>, target: String, key: TunnelKey) -> Self {
-        Self {
-            tunnel,
-            control,
-            target,
-            mode: TlsMode::Off,
-            hostname: None,
-            ca: None,
-            pin: None,
-            min: 16,
-            max: 256,
-            parallelism: 8,
-            key,
-            relay: RelayLimits::default(),
-            timeouts: Timeouts::default(),
-        }
-    }
-
-    /// A client of `server` (in this process) forwarding to `target`.
-    pub fn for_server(server: &crate::ServerHandle, target: std::net::SocketAddr) -> Self {
-        Self::new(
-            server.tunnel_addr().to_string(),
-            Some(server.control_addr().to_string()),
-            target.to_string(),
-            server.key().clone(),
-        )
-    }
-}
 
 struct Shared {
     pool: ClientPool,
@@ -265,7 +201,7 @@ async fn accept_loop(shared: Arc<Shared>) {
 
 /// Keeps one control connection up, reconnecting with exponential backoff and jitter.
 async fn control_loop(shared: Arc<Shared>) {
-    let (first, longest) = shared.t.backoff;
+    let crate::config::Reconnect { first, longest } = shared.t.backoff;
     let mut pause = first;
     let mut rng = SeededRandom::from_seed(pool_tls::fresh_nonce().unwrap_or([7; 32]));
     loop {

@@ -16,11 +16,11 @@
 //!   stranger never enters either pool;
 //! - control runs the [`protocol`] handshake (fresh nonces from both sides, the client
 //!   proves first, bound to the TLS session), with a bounded, evicting candidate table
-//!   ([`candidates`]) and heartbeats both ways;
+//!   (the `candidates` tables) and heartbeats both ways;
 //! - the public port caps concurrent sessions in all (at the cap, the source holding
 //!   the most yields its newest to a source holding fewer), and while it is contended
 //!   holds each source to its share of sessions at once and new sessions a second
-//!   ([`sources`]); it relays with an idle and a half-close deadline ([`relay`]);
+//!   (`sources`); it relays with an idle and a half-close deadline ([`relay`]);
 //! - the `--metrics` port is a listener of our own, capped, with a deadline per
 //!   connection and a back-off on accept errors ([`metrics`]).
 //!
@@ -28,24 +28,29 @@
 //! figures measured by `examples/attack.rs`.
 #![forbid(unsafe_code)]
 
-pub mod candidates;
-pub mod cli;
-pub mod client;
-pub mod limits;
+mod app;
+mod candidates;
+mod cli;
+mod client;
+pub mod config;
+mod limits;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod load;
-pub mod logs;
+mod logs;
 pub mod metrics;
 pub mod protocol;
 pub mod relay;
-pub mod server;
-pub mod sources;
+mod server;
+mod sources;
 pub mod state;
 pub mod stats;
 mod tasks;
 
-pub use client::{start_client, ClientConfig, ClientHandle};
-pub use protocol::Timeouts;
-pub use server::{start_server, ServerConfig, ServerHandle};
+pub use app::main;
+pub use client::{start_client, ClientHandle};
+pub use config::{ClientConfig, ServerConfig, Timeouts};
+pub use server::{start_server, ServerHandle};
 
 /// Errors of setup: shown to the user, never matched on.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -13,6 +13,12 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
+/// Raises the soft descriptor limit to the hard one (as the `tunnel` binary does), for
+/// harnesses that open many connections; the limit now in force (`None`: unlimited).
+pub fn raise_nofile() -> std::io::Result<Option<u64>> {
+    crate::limits::raise_nofile()
+}
+
 /// An echo server on loopback port 0: every byte comes back, then the write half
 /// closes when the read half does.
 pub async fn start_echo() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {

@@ -8,7 +8,7 @@
 //! - each connection has [`DEADLINE`] in all to send its request and read the answer;
 //!   a request longer than [`MAX_REQUEST`] bytes is cut off;
 //! - an accept that fails (out of descriptors, say) is retried after the tunnel's
-//!   accept back-off ([`crate::limits::Backoff`]: doubling from 5 ms to 1 s), so the
+//!   accept back-off (doubling from 5 ms to 1 s), so the
 //!   loop never spins and never floods the log.
 //!
 //! It binds loopback by default (the CLI warns when told to bind anything else).

@@ -4,7 +4,7 @@
 //!
 //! 1. server → client: [`MAGIC`] ‖ `Ns` (32 fresh random bytes), [`GREETING_LEN`] bytes;
 //! 2. client → server: `S` ‖ `Nc` ‖ `tag_c` ([`SESSION_LEN`] + [`RESPONSE_LEN`]
-//!    bytes), within [`Timeouts::answer`] of the greeting. `S` names the client
+//!    bytes), within [`Timeouts::answer`](crate::config::Timeouts::answer) of the greeting. `S` names the client
 //!    process (drawn once when it starts, the same on every control connection it
 //!    makes): a server that sees a new `S` knows the previous client process is gone,
 //!    and closes every pooled connection it made, which nobody would ever accept;
@@ -21,7 +21,7 @@
 //! such a stranger gets a nonce and nothing computed with the key.
 //!
 //! Then both sides send only heartbeats (`\n`); either side drops control after
-//! [`Timeouts::dead_after`] without a byte from the other. Control carries no session:
+//! [`Timeouts::dead_after`](crate::config::Timeouts::dead_after) without a byte from the other. Control carries no session:
 //! the server starts each one in band, writing the pool's start header
 //! ([`pool_tokio::START`]) and then the user's bytes on an idle pooled connection, and
 //! the client's pool accepts it from the connection's readiness. The client writes
@@ -34,7 +34,6 @@ use pool_tls::admit::{check_token, make_token, Admitted, ADMIT_LEN};
 
 use pool_tls::proof::{ClientProof, ServerProof, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
 use pool_tls::TunnelKey;
-use pool_tokio::SocketOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -81,7 +80,7 @@ pub const RECEIVED: u8 = 0x01;
 /// travels just ahead of the target's first bytes: the client writes it in the same
 /// write as the target's first answer when that comes within [`REACHED_WITH_ANSWER`],
 /// else alone. The server expects it as the first byte of the download, within
-/// [`Timeouts::outcome`] of the receipt. Not a proof: the connection proved the key
+/// [`Timeouts::outcome`](crate::config::Timeouts::outcome) of the receipt. Not a proof: the connection proved the key
 /// when it entered the pool.
 pub const REACHED: u8 = 0x06;
 /// How long the client holds [`REACHED`] back for the target's first answer to go with
@@ -89,80 +88,18 @@ pub const REACHED: u8 = 0x06;
 /// outcome and the answer. The user's bytes go on to the target at once.
 pub const REACHED_WITH_ANSWER: Duration = Duration::from_millis(10);
 /// The byte the client writes after [`RECEIVED`] instead of [`REACHED`] when the target
-/// cannot be reached within [`Timeouts::io`]: the server resets the user at once and
+/// cannot be reached within [`Timeouts::io`](crate::config::Timeouts::io): the server resets the user at once and
 /// retries nothing.
 pub const TARGET_FAILED: u8 = 0x15;
 /// What the server allows beyond the client's target-connect deadline for the outcome
 /// ([`REACHED`] or [`TARGET_FAILED`]) to arrive: the one-way trip back and scheduling.
 pub const OUTCOME_SLACK: Duration = Duration::from_secs(1);
 
-/// Deadlines of the tunnel (the pools keep their own, set in [`crate::server`] and
-/// [`crate::client`]).
-#[derive(Clone, Debug)]
-pub struct Timeouts {
-    /// A control candidate's TLS handshake (mode 0: nothing).
-    pub tls: Duration,
-    /// From the greeting to the client's full answer.
-    pub answer: Duration,
-    /// How long a user waits for a control connection before being closed.
-    pub control_wait: Duration,
-    /// How long the server waits for the client's [`RECEIVED`] on a pooled connection
-    /// it started. None in time: the user is reset, and nothing is replayed (the client
-    /// may have read the bytes).
-    pub ack: Duration,
-    /// One `get` from either pool.
-    pub get: Duration,
-    /// Heartbeat period on control, both ways.
-    pub heartbeat: Duration,
-    /// Silence after which either side drops control.
-    pub dead_after: Duration,
-    /// Client: connecting to the control port and to the target; writes on control.
-    /// The server derives its wait for a session's outcome from it
-    /// ([`outcome`](Self::outcome)), so both sides must use the same value.
-    pub io: Duration,
-    /// Client: first and longest pause between control reconnects.
-    pub backoff: (Duration, Duration),
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            tls: Duration::from_secs(3),
-            answer: Duration::from_secs(1),
-            control_wait: Duration::from_secs(1),
-            ack: Duration::from_secs(3),
-            get: Duration::from_secs(2),
-            heartbeat: Duration::from_secs(1),
-            dead_after: Duration::from_secs(3),
-            io: Duration::from_secs(5),
-            backoff: (Duration::from_millis(100), Duration::from_secs(2)),
-        }
-    }
-}
-
-impl Timeouts {
-    /// How long the server waits, after the client's [`RECEIVED`], for [`REACHED`] or
-    /// [`TARGET_FAILED`]: the client's target connect ([`io`](Self::io)), the time it
-    /// holds [`REACHED`] for the answer, and [`OUTCOME_SLACK`]. Past it the user is
-    /// reset; nothing is replayed.
-    pub fn outcome(&self) -> Duration {
-        self.io + REACHED_WITH_ANSWER + OUTCOME_SLACK
-    }
-
-    /// Socket options of a control connection: keep-alive probes every second after
-    /// one idle second, three unanswered probes or unacknowledged data for
-    /// `dead_after` drop it. The heartbeats decide first; these catch a peer whose
-    /// host vanished while a write is pending.
-    pub fn control_socket(&self) -> SocketOptions {
-        SocketOptions {
-            keepalive: Some(Duration::from_secs(1)),
-            keepalive_interval: Some(Duration::from_secs(1)),
-            keepalive_retries: Some(3),
-            nodelay: true,
-            user_timeout: Some(self.dead_after.max(Duration::from_secs(1))),
-        }
-    }
-}
+/// A plain or TLS control stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A boxed control stream.
+pub type BoxIo = Box<dyn Io>;
 
 /// The client's admission token, written first on a control connection, before TLS:
 /// the server sorts the connection from strangers' by it, without a round trip

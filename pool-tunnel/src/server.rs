@@ -6,17 +6,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_tls::ServerTls;
 use pool_tokio::{IpFilter, ServerPool, TunnelKey};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::protocol::{unix_ms, Session, Timeouts};
-use crate::relay::RelayLimits;
+use crate::config::{CandidateLimits, RelayLimits, ServerConfig, Timeouts, HANDSHAKE_SLOTS};
+use crate::protocol::{unix_ms, Session};
 use crate::sources::SourceLimits;
 use crate::stats::{ServerSnapshot, ServerStats};
 use crate::BoxError;
@@ -25,159 +23,7 @@ mod control;
 mod public;
 mod session;
 
-pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
 use session::user_session;
-pub use session::REPLAY_MAX;
-
-/// Unsorted control candidates at most: more than a flood has sources, so the
-/// candidates table's fairness keeps a lone client's slot (see [`crate::candidates`]).
-pub const DEFAULT_CANDIDATES: usize = 1024;
-/// Unsorted control candidates from one source at most.
-pub const DEFAULT_CANDIDATES_PER_SOURCE: usize = 16;
-/// User sessions at once, by default.
-pub const DEFAULT_MAX_SESSIONS: usize = 4096;
-/// How long a connection to the tunnel (pool) port has for TLS and the key proof, by
-/// default. Silent strangers hold a handshake slot for at most this long; the real
-/// client's handshake and proof take a few round trips. Slots are many, so that a
-/// crowd of silent peers is held to this deadline rather than refused at once (which
-/// invites an immediate reconnect, and a churn that starves the accept loop).
-pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
-/// Default [`ServerConfig::quiet`]: longer than a session's start takes (the receipt
-/// deadline), short against the idle timeout a quiet session would otherwise hold its
-/// slot for.
-pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
-
-/// A plain or TLS control stream.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-/// A boxed control stream.
-pub type BoxIo = Box<dyn Io>;
-
-/// The public side.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Where the pool listens (clients dial in here).
-    pub tunnel: SocketAddr,
-    /// Where users connect.
-    pub public: SocketAddr,
-    /// Where the control connection comes in. `None`: tunnel port + 1 (or port 0 when
-    /// the tunnel port is 0).
-    pub control: Option<SocketAddr>,
-    /// TLS certificate for pool and control (modes 1 and 2); `None` is mode 0.
-    pub tls: Option<ServerTls>,
-    /// Client-IP filter for pool and control (`None`: anyone).
-    pub client_ip: Option<String>,
-    /// The tunnel key: pool connections and control prove it.
-    pub key: TunnelKey,
-    /// Server pool maximum capacity.
-    pub max_capacity: usize,
-    /// User sessions at once at most. At the cap a newcomer takes the newest session
-    /// of the source holding the most if its own source holds fewer, else it is
-    /// closed at once ([`crate::sources`]).
-    pub max_sessions: usize,
-    /// Per source (/24, /64): sessions at once, and new sessions a second, enforced
-    /// only while the public port is contended ([`crate::sources::SourceLimits`]).
-    pub per_source: PerSource,
-    /// Control candidates that have not sent their admission token yet, at most: in
-    /// total and per source (/24, /64). See [`crate::candidates`].
-    pub candidates: CandidateLimits,
-    /// Relay deadlines.
-    pub relay: RelayLimits,
-    /// A session that moved no byte either way for this long is *quiet*: at the cap it
-    /// yields its slot to a newcomer before any session moving bytes does
-    /// ([`crate::sources::SourceLimits::admit_quiet`]). Outside the cap it costs
-    /// nothing: the relay's idle timeout still ends it.
-    pub quiet: Duration,
-    /// Control and session deadlines.
-    pub timeouts: Timeouts,
-    /// TLS and the key proof of a connection to the tunnel (pool) port.
-    pub pool_handshake: Duration,
-}
-
-/// What one source (a /24, a /64) may take of the public port while it is contended.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PerSource {
-    /// Sessions at once.
-    pub sessions: usize,
-    /// New sessions a second (bursts of twice that).
-    pub new_per_s: f64,
-}
-
-impl Default for PerSource {
-    fn default() -> Self {
-        Self {
-            sessions: crate::sources::DEFAULT_CONCURRENT,
-            new_per_s: crate::sources::DEFAULT_RATE,
-        }
-    }
-}
-
-/// Bounds of the table of control candidates that have not sent their admission token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CandidateLimits {
-    /// Candidates at most, in all.
-    pub total: usize,
-    /// Candidates at most from one source (a /24, a /64).
-    pub per_source: usize,
-}
-
-impl Default for CandidateLimits {
-    fn default() -> Self {
-        Self {
-            total: DEFAULT_CANDIDATES,
-            per_source: DEFAULT_CANDIDATES_PER_SOURCE,
-        }
-    }
-}
-
-impl ServerConfig {
-    /// Loopback everywhere, port 0 everywhere, mode 0, the given key.
-    pub fn loopback(key: TunnelKey) -> Self {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self {
-            tunnel: any,
-            public: any,
-            control: Some(any),
-            tls: None,
-            client_ip: None,
-            key,
-            max_capacity: 1024,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            per_source: PerSource::default(),
-            candidates: CandidateLimits::default(),
-            relay: RelayLimits::default(),
-            quiet: DEFAULT_QUIET,
-            timeouts: Timeouts::default(),
-            pool_handshake: DEFAULT_POOL_HANDSHAKE,
-        }
-    }
-
-    /// Refuses a setting out of its range, naming it: a value past what a table or a
-    /// semaphore holds fails here, at start-up, never in a task at run time.
-    pub fn check(&self) -> Result<(), BoxError> {
-        use crate::limits::{check_count, check_secs};
-        check_count("max_capacity", self.max_capacity)?;
-        check_count("max_sessions", self.max_sessions)?;
-        check_count("per_source sessions", self.per_source.sessions)?;
-        let rate = self.per_source.new_per_s;
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(format!("per_source rate {rate}: must be a positive number").into());
-        }
-        check_count("candidates", self.candidates.total)?;
-        check_count("candidates per source", self.candidates.per_source)?;
-        check_secs("relay idle", self.relay.idle)?;
-        check_secs("relay half_close", self.relay.half_close)?;
-        if self.quiet.is_zero() || self.quiet > self.relay.idle {
-            return Err(format!(
-                "quiet {:?}: must be above 0 and at most the idle timeout",
-                self.quiet
-            )
-            .into());
-        }
-        check_secs("pool_handshake", self.pool_handshake)?;
-        Ok(())
-    }
-}
 
 /// The active control connection, as user sessions see it.
 #[derive(Clone)]
@@ -295,10 +141,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         .max_capacity(cfg.max_capacity)
         .handshake_timeout(cfg.pool_handshake)
         // At most a quarter of the descriptors, whatever the limit.
-        .max_handshakes(crate::limits::within_descriptors(
-            crate::cli::HANDSHAKE_SLOTS,
-            4,
-        ))
+        .max_handshakes(crate::limits::within_descriptors(HANDSHAKE_SLOTS, 4))
         .tunnel_key(cfg.key.clone())
         .filter(filter.clone());
     if let Some(tls) = &cfg.tls {

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use pool_tls::admit::make_token;
 use pool_tls::TunnelKey;
+use pool_tunnel::config::PerSource;
 use pool_tunnel::load::{self, LoadProgress, LoadReport};
 use pool_tunnel::protocol::{self, unix_ms, GREETING_LEN};
-use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

@@ -30,7 +30,10 @@ fn timeouts(connect: Duration) -> Timeouts {
         heartbeat: Duration::from_millis(200),
         dead_after: Duration::from_secs(2),
         io: connect,
-        backoff: (Duration::from_millis(50), Duration::from_millis(300)),
+        backoff: pool_tunnel::config::Reconnect {
+            first: Duration::from_millis(50),
+            longest: Duration::from_millis(300),
+        },
     }
 }
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::TlsMode;
+use pool_tunnel::config::CandidateLimits;
 use pool_tunnel::load;
 use pool_tunnel::protocol;
-use pool_tunnel::server::CandidateLimits;
 use pool_tunnel::{ClientConfig, ServerConfig, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

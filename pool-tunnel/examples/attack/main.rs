@@ -319,7 +319,7 @@ async fn main() -> Res<()> {
         .and_then(|m| m.parse().ok())
         .filter(|m| *m <= 1)
         .ok_or("usage: attack 0|1")?;
-    let _ = pool_tunnel::limits::raise_nofile();
+    let _ = pool_tunnel::load::raise_nofile();
     let dir =
         std::env::temp_dir().join(format!("pool-tunnel-attack-{}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

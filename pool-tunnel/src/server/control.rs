@@ -18,9 +18,10 @@ use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::{lock, BoxIo, Control, Shared};
+use super::{lock, Control, Shared};
 use crate::candidates::{CandidateId, Candidates};
 use crate::limits::Backoff;
+use crate::protocol::BoxIo;
 use crate::protocol::{read_token, server_handshake, unix_ms, Session};
 use crate::sources::Source;
 use crate::stats::{bump, QuietLog, Refusal};
@@ -28,9 +29,9 @@ use crate::BoxError;
 
 /// Candidates whose admission token proved the key, at most (only key holders reach
 /// this table: it needs no per-source quota).
-pub const PROTECTED_SLOTS: usize = 16;
+pub(crate) const PROTECTED_SLOTS: usize = 16;
 /// How far an admission token's clock may be from the server's.
-pub const ADMIT_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const ADMIT_WINDOW: Duration = Duration::from_secs(120);
 /// Admission nonces remembered at most (see [`ReplayWindow`]).
 const ADMIT_MEMORY: usize = 4096;
 
@@ -202,7 +203,7 @@ pub(super) async fn control_accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     filter: IpFilter,
-    candidates: super::CandidateLimits,
+    candidates: crate::config::CandidateLimits,
     started_ms: u64,
 ) {
     let mut port = ControlPort {

@@ -21,7 +21,7 @@ const ATTEMPTS: usize = 16;
 /// The user's bytes the server sends before the client's [`RECEIVED`] and keeps for a
 /// replay, at most. Past it, the server reads nothing more from the user until the
 /// receipt (one round trip): nothing is ever sent that could not be replayed.
-pub const REPLAY_MAX: usize = 64 * 1024;
+pub(crate) const REPLAY_MAX: usize = 64 * 1024;
 /// Users' bytes all sessions together hold in memory for a replay, at most. Past it, a
 /// session sends what it holds and reads nothing more from its user until the receipt
 /// (the bytes wait in the kernel; counted in `buffer_waits`).
