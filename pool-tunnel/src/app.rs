@@ -11,6 +11,8 @@ use crate::{limits, BoxError};
 use clap::Parser;
 use tracing::{error, info, warn};
 
+mod reload;
+
 /// Tells the operator something on stderr: a plain line when logs are text, a log
 /// event when they are JSON (so that every line of stderr parses).
 fn say(format: LogFormat, level: tracing::Level, msg: &str) {
@@ -27,6 +29,22 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
     logs::init(format);
+    match &cli.side {
+        Side::Check(a) => return check(&a.file),
+        Side::Reload(a) => {
+            return match reload::signal(&a.pid_file) {
+                Ok(pid) => {
+                    println!("asked process {pid} to reload; it logs the outcome");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    say(format, tracing::Level::ERROR, &format!("tunnel: {e}"));
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Side::Server(_) | Side::Client(_) => {}
+    }
     // The key must not linger in the environment of anything this process starts:
     // taken out before any thread exists.
     let env_key = std::env::var(KEY_ENV).ok();
@@ -72,6 +90,7 @@ pub fn main() -> ExitCode {
                 match cli.side {
                     Side::Server(a) => server(a, env_key, format, figures).await,
                     Side::Client(a) => client(a, env_key, format, figures).await,
+                    Side::Check(_) | Side::Reload(_) => Ok(()),
                 }
             } => r,
         }
@@ -81,6 +100,40 @@ pub fn main() -> ExitCode {
         Err(e) => {
             say(format, tracing::Level::ERROR, &format!("tunnel: {e}"));
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `tunnel check FILE`: every mistake with its line and field, or what the file holds.
+fn check(path: &std::path::Path) -> ExitCode {
+    match crate::config::file::read(path) {
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            ExitCode::from(1)
+        }
+        Ok(f) => {
+            let names = |v: Vec<&str>| {
+                if v.is_empty() {
+                    "no services".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            print!("{}: ok", path.display());
+            if let Some(s) = &f.server {
+                print!(
+                    "; server: {}",
+                    names(s.services.iter().map(|s| s.name.as_str()).collect())
+                );
+            }
+            if let Some(c) = &f.client {
+                print!(
+                    "; client: {}",
+                    names(c.services.iter().map(|s| s.name.as_str()).collect())
+                );
+            }
+            println!();
+            ExitCode::SUCCESS
         }
     }
 }
@@ -106,11 +159,23 @@ async fn server(
     }
     let fingerprint = setup.config.tls.as_ref().map(|t| t.fingerprint());
     let key_hex = setup.config.key.to_hex();
+    let mut running = args.file()?;
+    let mode = running
+        .settings
+        .tls
+        .unwrap_or(pool_tls::TlsMode::SelfSigned);
     let s = crate::start_server(setup.config).await?;
-    println!("tunnel server: TLS mode {}", args.tls);
+    let pid_file = reload::PidFile::write(args.file_args.pid_file.as_deref())?;
+    println!("tunnel server: TLS mode {mode}");
     println!("  pool (tunnel) {}", s.tunnel_addr());
     println!("  control       {}", s.control_addr());
-    println!("  public        {}", s.public_addr());
+    for (name, addr) in s.services() {
+        if name == crate::config::DEFAULT_SERVICE {
+            println!("  public        {addr}");
+        } else {
+            println!("  public        {addr} (service {name})");
+        }
+    }
     if let (Some(fp), Some(note)) = (fingerprint, &setup.cert_note) {
         println!("  certificate   sha256 {fp} ({note}; clients may --pin it)");
     }
@@ -134,9 +199,11 @@ async fn server(
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.tick().await;
     let mut figures = Box::pin(follow(figures, crate::metrics::follow_server(&s)));
+    let mut hup = reload::hangups()?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload::server(&args, &mut running, &s).await,
             () = &mut figures => {}
             // A task that died takes the process down, never half of it.
             why = s.failed() => return Err(why.into()),
@@ -155,6 +222,7 @@ async fn server(
     }
     println!("stopping");
     drop(figures);
+    drop(pid_file);
     s.shutdown().await;
     Ok(())
 }
@@ -178,17 +246,34 @@ async fn client(
         KeySource::Env => format!("${KEY_ENV}"),
         _ => "the state directory".into(),
     };
+    let targets: Vec<String> = cfg
+        .services
+        .iter()
+        .map(|s| {
+            if s.name == crate::config::DEFAULT_SERVICE {
+                format!("target {}", s.target)
+            } else {
+                format!("service {} -> {}", s.name, s.target)
+            }
+        })
+        .collect();
     println!(
-        "tunnel client: TLS mode {}, pool -> {}, control -> {control}, target {}, key from {from}",
-        cfg.mode, cfg.tunnel, cfg.target
+        "tunnel client: TLS mode {}, pool -> {}, control -> {control}, {}, key from {from}",
+        cfg.mode,
+        cfg.tunnel,
+        targets.join(", ")
     );
     let c = crate::start_client(cfg).await?;
+    let pid_file = reload::PidFile::write(args.file_args.pid_file.as_deref())?;
+    let mut hup = reload::hangups()?;
+    let mut running = args.file()?;
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.tick().await;
     let mut figures = Box::pin(follow(figures, crate::metrics::follow_client(&c)));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload::client(&args, &mut running, &c),
             why = c.failed() => return Err(why.into()),
             () = &mut figures => {}
             _ = every.tick() => {
@@ -204,6 +289,7 @@ async fn client(
     }
     println!("stopping");
     drop(figures);
+    drop(pid_file);
     c.shutdown().await;
     Ok(())
 }

@@ -11,6 +11,8 @@ use pool_tls::{Fingerprint, ServerTls, TlsMode};
 use pool_tokio::{SocketOptions, TunnelKey};
 
 use crate::protocol::{OUTCOME_SLACK, REACHED_WITH_ANSWER};
+
+pub(crate) mod file;
 use crate::BoxError;
 
 /// Handshakes under way that the server pool admits at once (strangers included).
@@ -49,7 +51,7 @@ pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 /// crowd of silent peers is held to this deadline rather than refused at once (which
 /// invites an immediate reconnect, and a churn that starves the accept loop).
 pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
-/// Default [`ServerConfig::quiet`]: longer than a session's start takes (the receipt
+/// Default [`ServerService::quiet`]: longer than a session's start takes (the receipt
 /// deadline), short against the idle timeout a quiet session would otherwise hold its
 /// slot for.
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
@@ -142,7 +144,7 @@ impl Default for Reconnect {
 }
 
 /// Deadlines of one relay.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayLimits {
     /// Nothing moved either way for this long: the session ends.
     pub idle: Duration,
@@ -165,8 +167,6 @@ impl Default for RelayLimits {
 pub struct ServerConfig {
     /// Where the pool listens (clients dial in here).
     pub tunnel: SocketAddr,
-    /// Where users connect.
-    pub public: SocketAddr,
     /// Where the control connection comes in. `None`: tunnel port + 1 (or port 0 when
     /// the tunnel port is 0).
     pub control: Option<SocketAddr>,
@@ -178,27 +178,248 @@ pub struct ServerConfig {
     pub key: TunnelKey,
     /// Server pool maximum capacity.
     pub max_capacity: usize,
-    /// User sessions at once at most. At the cap a newcomer takes the newest session
-    /// of the source holding the most if its own source holds fewer, else it is
-    /// closed at once (the `sources` rules in `TUNNEL.md`).
-    pub max_sessions: usize,
-    /// Per source (/24, /64): sessions at once, and new sessions a second, enforced
-    /// only while the public port is contended.
-    pub per_source: PerSource,
     /// Control candidates that have not sent their admission token yet, at most: in
     /// total and per source (/24, /64). TUNNEL.md, Control port.
     pub candidates: CandidateLimits,
-    /// Relay deadlines.
-    pub relay: RelayLimits,
-    /// A session that moved no byte either way for this long is *quiet*: at the cap it
-    /// yields its slot to a newcomer before any session moving bytes does
-    /// (TUNNEL.md, Public port). Outside the cap it costs
-    /// nothing: the relay's idle timeout still ends it.
-    pub quiet: Duration,
     /// Control and session deadlines.
     pub timeouts: Timeouts,
     /// TLS and the key proof of a connection to the tunnel (pool) port.
     pub pool_handshake: Duration,
+    /// The services users reach: each its own public port, all through the one pool
+    /// and control connection. [`ServerHandle::reload`](crate::ServerHandle::reload)
+    /// changes them while the server runs.
+    pub services: Vec<ServerService>,
+}
+
+/// The name of the one service that the command line's flags describe, and of the
+/// one service of [`ServerConfig::loopback`] and [`ClientConfig::new`].
+pub const DEFAULT_SERVICE: &str = "default";
+/// The longest service name, in bytes (it travels in each session's start).
+pub const SERVICE_NAME_MAX: usize = 64;
+
+/// What a service carries between users and its target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    /// TCP: one session per user connection (the default).
+    #[default]
+    Tcp,
+    /// UDP datagrams, per user association. Reserved: this build refuses it.
+    Udp,
+}
+
+impl ServiceProtocol {
+    /// As written in a configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// The PROXY protocol header the client writes to a service's target before the
+/// user's bytes, carrying the user's address and the public address it connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Version 1: one text line (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// Version 2: binary.
+    V2,
+}
+
+/// One service of the server side: where its users connect, and what each may take.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerService {
+    /// Its name, the same as the client's service that it reaches: letters, digits,
+    /// `-`, `_` and `.`, at most [`SERVICE_NAME_MAX`] bytes.
+    pub name: String,
+    /// Where users connect.
+    pub public: SocketAddr,
+    /// TCP (UDP is reserved).
+    pub protocol: ServiceProtocol,
+    /// User sessions at once at most. At the cap a newcomer takes the newest session
+    /// of the source holding the most if its own source holds fewer, else it is
+    /// closed at once (TUNNEL.md, Public port).
+    pub max_sessions: usize,
+    /// Per source (/24, /64): sessions at once, and new sessions a second, enforced
+    /// only while the public port is contended.
+    pub per_source: PerSource,
+    /// Relay deadlines.
+    pub relay: RelayLimits,
+    /// A session that moved no byte either way for this long is *quiet*: at the cap it
+    /// yields its slot to a newcomer before any session moving bytes does
+    /// (TUNNEL.md, Public port). Outside the cap it costs nothing: the relay's idle
+    /// timeout still ends it.
+    pub quiet: Duration,
+}
+
+impl ServerService {
+    /// A TCP service `name` on `public`, every limit at its default.
+    pub fn new(name: impl Into<String>, public: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            public,
+            protocol: ServiceProtocol::Tcp,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            per_source: PerSource::default(),
+            relay: RelayLimits::default(),
+            quiet: DEFAULT_QUIET,
+        }
+    }
+
+    /// Refuses a setting out of its range, naming the service and the setting.
+    pub fn check(&self) -> Result<(), BoxError> {
+        use crate::limits::{check_count, check_secs};
+        let name = &self.name;
+        check_name(name)?;
+        check_protocol(self.protocol).map_err(|e| format!("service {name}: {e}"))?;
+        let within = |r: Result<(), String>| r.map_err(|e| format!("service {name}: {e}"));
+        within(check_count("max_sessions", self.max_sessions))?;
+        within(check_count("per_source sessions", self.per_source.sessions))?;
+        let rate = self.per_source.new_per_s;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(format!(
+                "service {name}: per_source rate {rate}: must be a positive number"
+            )
+            .into());
+        }
+        within(check_secs("relay idle", self.relay.idle))?;
+        within(check_secs("relay half_close", self.relay.half_close))?;
+        if self.quiet.is_zero() || self.quiet > self.relay.idle {
+            return Err(format!(
+                "service {name}: quiet {:?}: must be above 0 and at most the idle timeout",
+                self.quiet
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// One service of the client side: where its sessions go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientService {
+    /// Its name, the same as the server's service whose users it serves.
+    pub name: String,
+    /// The target, `HOST:PORT` (resolved at each connect).
+    pub target: String,
+    /// TCP (UDP is reserved).
+    pub protocol: ServiceProtocol,
+    /// A PROXY protocol header to the target first, or none (the default).
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Relay deadlines.
+    pub relay: RelayLimits,
+}
+
+impl ClientService {
+    /// A TCP service `name` forwarding to `target`, without a PROXY header, with the
+    /// default relay deadlines.
+    pub fn new(name: impl Into<String>, target: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            target: target.into(),
+            protocol: ServiceProtocol::Tcp,
+            proxy_protocol: None,
+            relay: RelayLimits::default(),
+        }
+    }
+
+    /// Refuses a setting out of its range, naming the service and the setting.
+    pub fn check(&self) -> Result<(), BoxError> {
+        use crate::limits::check_secs;
+        let name = &self.name;
+        check_name(name)?;
+        check_protocol(self.protocol).map_err(|e| format!("service {name}: {e}"))?;
+        crate::protocol::split_host_port(&self.target)
+            .map_err(|e| format!("service {name}: target: {e}"))?;
+        check_secs("relay idle", self.relay.idle).map_err(|e| format!("service {name}: {e}"))?;
+        check_secs("relay half_close", self.relay.half_close)
+            .map_err(|e| format!("service {name}: {e}"))?;
+        Ok(())
+    }
+}
+
+/// What a reload did, by service name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Services started.
+    pub added: Vec<String>,
+    /// Services that stopped accepting; their sessions drain.
+    pub removed: Vec<String>,
+    /// Services restarted with their new settings; their old sessions drain.
+    pub changed: Vec<String>,
+    /// Services left as they were.
+    pub unchanged: Vec<String>,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "added {}; removed {}; changed {}; unchanged {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed),
+            list(&self.unchanged)
+        )
+    }
+}
+
+/// Refuses a service name that is empty, too long, or holds other than letters,
+/// digits, `-`, `_`, `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= SERVICE_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "service name `{name}`: 1 to {SERVICE_NAME_MAX} letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+/// The error of a service kind this build cannot run (see [`check_protocol`]).
+pub const UDP_UNSUPPORTED: &str = "protocol \"udp\" is not supported by this build (only \"tcp\")";
+
+/// Refuses a service kind this build cannot run.
+pub fn check_protocol(p: ServiceProtocol) -> Result<(), String> {
+    match p {
+        ServiceProtocol::Tcp => Ok(()),
+        ServiceProtocol::Udp => Err(UDP_UNSUPPORTED.into()),
+    }
+}
+
+/// Refuses two services of one name, and (server) two on one public address.
+fn check_unique<'a>(
+    names: impl Iterator<Item = &'a str>,
+    publics: impl Iterator<Item = SocketAddr>,
+) -> Result<(), BoxError> {
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            return Err(format!("service {n}: the name is used twice").into());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for a in publics {
+        if a.port() != 0 && !seen.insert(a) {
+            return Err(format!("public address {a} is used by two services").into());
+        }
+    }
+    Ok(())
 }
 
 /// What one source (a /24, a /64) may take of the public port while it is contended.
@@ -238,24 +459,21 @@ impl Default for CandidateLimits {
 }
 
 impl ServerConfig {
-    /// Loopback everywhere, port 0 everywhere, mode 0, the given key.
+    /// Loopback everywhere, port 0 everywhere, mode 0, the given key, one service
+    /// ([`DEFAULT_SERVICE`]).
     pub fn loopback(key: TunnelKey) -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             tunnel: any,
-            public: any,
             control: Some(any),
             tls: None,
             client_ip: None,
             key,
             max_capacity: LOOPBACK_CAPACITY,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            per_source: PerSource::default(),
             candidates: CandidateLimits::default(),
-            relay: RelayLimits::default(),
-            quiet: DEFAULT_QUIET,
             timeouts: Timeouts::default(),
             pool_handshake: DEFAULT_POOL_HANDSHAKE,
+            services: vec![ServerService::new(DEFAULT_SERVICE, any)],
         }
     }
 
@@ -264,26 +482,38 @@ impl ServerConfig {
     pub fn check(&self) -> Result<(), BoxError> {
         use crate::limits::{check_count, check_secs};
         check_count("max_capacity", self.max_capacity)?;
-        check_count("max_sessions", self.max_sessions)?;
-        check_count("per_source sessions", self.per_source.sessions)?;
-        let rate = self.per_source.new_per_s;
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(format!("per_source rate {rate}: must be a positive number").into());
-        }
         check_count("candidates", self.candidates.total)?;
         check_count("candidates per source", self.candidates.per_source)?;
-        check_secs("relay idle", self.relay.idle)?;
-        check_secs("relay half_close", self.relay.half_close)?;
-        if self.quiet.is_zero() || self.quiet > self.relay.idle {
-            return Err(format!(
-                "quiet {:?}: must be above 0 and at most the idle timeout",
-                self.quiet
-            )
-            .into());
-        }
         check_secs("pool_handshake", self.pool_handshake)?;
-        Ok(())
+        check_services(&self.services)
     }
+
+    /// This configuration with `f` applied to each service.
+    pub fn map_services(mut self, f: impl FnMut(&mut ServerService)) -> Self {
+        self.services.iter_mut().for_each(f);
+        self
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServerService> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The service named `name`, to change it.
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut ServerService> {
+        self.services.iter_mut().find(|s| s.name == name)
+    }
+}
+
+/// Checks each service and that names and public addresses are unique.
+pub fn check_services(services: &[ServerService]) -> Result<(), BoxError> {
+    for s in services {
+        s.check()?;
+    }
+    check_unique(
+        services.iter().map(|s| s.name.as_str()),
+        services.iter().map(|s| s.public),
+    )
 }
 
 /// The private side.
@@ -293,8 +523,6 @@ pub struct ClientConfig {
     pub tunnel: String,
     /// The server's control address; `None`: the tunnel host, tunnel port + 1.
     pub control: Option<String>,
-    /// The service behind the tunnel, `HOST:PORT`.
-    pub target: String,
     /// TLS mode of pool and control.
     pub mode: TlsMode,
     /// TLS server name (mode 2: checked); default: the tunnel host.
@@ -311,20 +539,21 @@ pub struct ClientConfig {
     pub parallelism: usize,
     /// The tunnel key (the server's).
     pub key: TunnelKey,
-    /// Relay deadlines.
-    pub relay: RelayLimits,
     /// Control deadlines.
     pub timeouts: Timeouts,
+    /// The services behind the tunnel, by the names the server's services give.
+    /// [`ClientHandle::reload`](crate::ClientHandle::reload) changes them while the
+    /// client runs.
+    pub services: Vec<ClientService>,
 }
 
 impl ClientConfig {
-    /// A client of the server at `tunnel` / `control` forwarding to `target`, mode 0,
-    /// capacity 16..256.
+    /// A client of the server at `tunnel` / `control` forwarding its one service
+    /// ([`DEFAULT_SERVICE`]) to `target`, mode 0, capacity 16..256.
     pub fn new(tunnel: String, control: Option<String>, target: String, key: TunnelKey) -> Self {
         Self {
             tunnel,
             control,
-            target,
             mode: TlsMode::Off,
             hostname: None,
             ca: None,
@@ -333,8 +562,8 @@ impl ClientConfig {
             max: 256,
             parallelism: DEFAULT_PARALLELISM,
             key,
-            relay: RelayLimits::default(),
             timeouts: Timeouts::default(),
+            services: vec![ClientService::new(DEFAULT_SERVICE, target)],
         }
     }
 
@@ -347,4 +576,37 @@ impl ClientConfig {
             server.key().clone(),
         )
     }
+}
+
+impl ClientConfig {
+    /// Refuses a setting out of its range, naming it.
+    pub fn check(&self) -> Result<(), BoxError> {
+        use crate::limits::check_count;
+        check_count("min", self.min)?;
+        check_count("max", self.max)?;
+        check_count("parallelism", self.parallelism)?;
+        if self.min > self.max {
+            return Err(format!("min {} is above max {}", self.min, self.max).into());
+        }
+        check_client_services(&self.services)
+    }
+
+    /// This configuration with `f` applied to each service.
+    pub fn map_services(mut self, f: impl FnMut(&mut ClientService)) -> Self {
+        self.services.iter_mut().for_each(f);
+        self
+    }
+
+    /// The service named `name`, to change it.
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut ClientService> {
+        self.services.iter_mut().find(|s| s.name == name)
+    }
+}
+
+/// Checks each service and that names are unique.
+pub fn check_client_services(services: &[ClientService]) -> Result<(), BoxError> {
+    for s in services {
+        s.check()?;
+    }
+    check_unique(services.iter().map(|s| s.name.as_str()), std::iter::empty())
 }

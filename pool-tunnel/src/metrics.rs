@@ -242,6 +242,11 @@ pub fn record_server(s: &crate::stats::ServerSnapshot, control_up: bool) {
             ),
             (
                 "tunnel_session_events_total",
+                &[(EVENT, "no_service")],
+                s.no_service,
+            ),
+            (
+                "tunnel_session_events_total",
                 &[(EVENT, "no_outcome")],
                 s.no_outcome,
             ),
@@ -327,6 +332,16 @@ pub fn record_client(s: &crate::stats::ClientSnapshot, control_up: bool) {
                 "tunnel_session_events_total",
                 &[("event", "target_failed")],
                 s.target_failed,
+            ),
+            (
+                "tunnel_session_events_total",
+                &[("event", "no_service")],
+                s.no_service,
+            ),
+            (
+                "tunnel_session_events_total",
+                &[("event", "bad_start")],
+                s.bad_start,
             ),
             (
                 "tunnel_bytes_total",

@@ -1,4 +1,5 @@
-//! The server side: the pool on the tunnel port, the control port, the public port.
+//! The server side: the pool on the tunnel port, the control port, and one public
+//! port per service.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,14 +14,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{CandidateLimits, RelayLimits, ServerConfig, Timeouts, HANDSHAKE_SLOTS};
+use crate::config::{
+    CandidateLimits, Reloaded, ServerConfig, ServerService, Timeouts, HANDSHAKE_SLOTS,
+};
 use crate::protocol::{unix_ms, Session};
-use crate::sources::SourceLimits;
 use crate::stats::{ServerSnapshot, ServerStats};
 use crate::BoxError;
 
 mod control;
 mod public;
+mod services;
 mod session;
 
 use session::user_session;
@@ -37,7 +40,6 @@ struct Shared {
     pool: ServerPool,
     key: TunnelKey,
     t: Timeouts,
-    relay: RelayLimits,
     stats: ServerStats,
     /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
     buffered: std::sync::atomic::AtomicUsize,
@@ -52,8 +54,12 @@ struct Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     tunnel: SocketAddr,
-    public: SocketAddr,
     control: SocketAddr,
+    /// The first service's name at start.
+    first: String,
+    /// Each running service's public address.
+    addrs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, SocketAddr>>>,
+    reloads: tokio::sync::mpsc::Sender<services::Reload>,
     /// Runs the accept loops; when one ends, it stops them all (see `failed`).
     tasks: Vec<JoinHandle<()>>,
     failed: watch::Receiver<Option<String>>,
@@ -64,9 +70,36 @@ impl ServerHandle {
     pub fn tunnel_addr(&self) -> SocketAddr {
         self.tunnel
     }
-    /// Where users connect.
+    /// Where the users of the first service (in the configuration it started with)
+    /// connect; all zeros once a reload removed it.
     pub fn public_addr(&self) -> SocketAddr {
-        self.public
+        self.service_addr(&self.first)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+    /// Where the users of the running service `name` connect.
+    pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.addrs).get(name).copied()
+    }
+    /// The running services' names and public addresses.
+    pub fn services(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.addrs)
+            .iter()
+            .map(|(n, a)| (n.clone(), *a))
+            .collect()
+    }
+    /// Makes `services` the running set: added services start, removed ones stop
+    /// accepting and their sessions run to their end, changed ones do both (a
+    /// service that keeps its address keeps its socket: no user is refused
+    /// meanwhile), and the sessions of unchanged ones never notice. Every new socket
+    /// is bound first: when one cannot be, or a service is refused by its check,
+    /// nothing changes and the error says why.
+    pub async fn reload(&self, services: Vec<ServerService>) -> Result<Reloaded, BoxError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.reloads
+            .send(services::Reload { services, reply })
+            .await
+            .map_err(|_| "the server side has stopped")?;
+        Ok(answer.await.map_err(|_| "the server side has stopped")??)
     }
     /// Where the control connection comes in.
     pub fn control_addr(&self) -> SocketAddr {
@@ -165,9 +198,6 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     let control_l = TcpListener::bind(control_addr)
         .await
         .map_err(|e| format!("control {control_addr}: {e}"))?;
-    let public_l = TcpListener::bind(cfg.public)
-        .await
-        .map_err(|e| format!("public {}: {e}", cfg.public))?;
     let acceptor = match &cfg.tls {
         Some(t) => Some(TlsAcceptor::from(t.config()?)),
         None => None,
@@ -176,7 +206,6 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         pool,
         key: cfg.key,
         t: cfg.timeouts,
-        relay: cfg.relay,
         stats: ServerStats::default(),
         buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
@@ -184,7 +213,10 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         session: std::sync::Mutex::new(None),
     });
     let control = control_l.local_addr()?;
-    let public = public_l.local_addr()?;
+    let mut services = services::Services::new();
+    services.reload(&shared, cfg.services.clone()).await?;
+    let addrs = services.addrs.clone();
+    let (reloads, requests) = tokio::sync::mpsc::channel(4);
     // At most an eighth of the descriptors.
     let candidates = CandidateLimits {
         total: crate::limits::within_descriptors(cfg.candidates.total, 8),
@@ -201,17 +233,8 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         started_ms,
     ));
     names.insert(h.id(), "the control port's accept loop");
-    let h = loops.spawn(public::public_accept_loop(
-        shared.clone(),
-        public_l,
-        SourceLimits::new(
-            cfg.max_sessions,
-            cfg.per_source.sessions,
-            cfg.per_source.new_per_s,
-        ),
-        cfg.quiet,
-    ));
-    names.insert(h.id(), "the public port's accept loop");
+    let h = loops.spawn(services::run(shared.clone(), services, requests));
+    names.insert(h.id(), "the services' accept loops");
     let (failed_tx, failed) = watch::channel(None);
     let tasks = vec![tokio::spawn(crate::tasks::supervise(
         "the server side",
@@ -222,8 +245,14 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     Ok(ServerHandle {
         shared,
         tunnel,
-        public,
         control,
+        first: cfg
+            .services
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        addrs,
+        reloads,
         tasks,
         failed,
     })

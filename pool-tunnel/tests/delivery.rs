@@ -59,12 +59,14 @@ impl Tunnel {
             .0
             .then(|| ServerTls::self_signed(["localhost"]).unwrap());
         let pin = cert.as_ref().map(ServerTls::fingerprint);
-        let server = pool_tunnel::start_server(ServerConfig {
-            timeouts: t.clone(),
-            relay,
-            tls: cert,
-            ..ServerConfig::loopback(pool_tls::TunnelKey::generate().unwrap())
-        })
+        let server = pool_tunnel::start_server(
+            ServerConfig {
+                timeouts: t.clone(),
+                tls: cert,
+                ..ServerConfig::loopback(pool_tls::TunnelKey::generate().unwrap())
+            }
+            .map_services(|s| s.relay = relay),
+        )
         .await
         .unwrap();
         let client = start_client(&server, pin, target, t, relay).await;
@@ -90,9 +92,9 @@ async fn start_client(
 ) -> ClientHandle {
     let mut cfg = ClientConfig {
         timeouts: t,
-        relay,
         ..ClientConfig::for_server(server, target)
-    };
+    }
+    .map_services(|s| s.relay = relay);
     if let Some(fp) = pin {
         cfg.mode = TlsMode::SelfSigned;
         cfg.pin = Some(fp);
