@@ -323,6 +323,15 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io.read_exact(&mut hello)
         .await
         .map_err(|e| format!("no greeting: {e}"))?;
+    if hello[..3] == MAGIC[..3] && hello[3] != MAGIC[3] {
+        return Err(format!(
+            "the server speaks the tunnel's wire version {}, this client version {}: run \
+             the same release on both sides",
+            char::from(hello[3]),
+            char::from(MAGIC[3])
+        )
+        .into());
+    }
     if &hello[..MAGIC.len()] != MAGIC {
         return Err("not a tunnel control port (bad greeting)".into());
     }
@@ -433,6 +442,21 @@ mod tests {
         drop(a);
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), GREETING_LEN);
+    }
+
+    #[tokio::test]
+    async fn a_server_of_another_wire_version_is_refused_by_name() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let old = async move {
+            let mut hello = [0u8; GREETING_LEN];
+            hello[..4].copy_from_slice(b"NPT4");
+            a.write_all(&hello).await.unwrap();
+            a
+        };
+        let (k, tag) = (key(1), fresh_session().unwrap());
+        let (_a, r) = tokio::join!(old, client_handshake(&mut b, &k, &[], &tag));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("wire version 4, this client version 5"), "{e}");
     }
 
     #[test]

@@ -131,6 +131,8 @@ fn refused(why: &str) {
     if why.contains("nothing to reload") {
         warn!("reload: {why}");
     } else {
+        // One log line, whatever the number of mistakes.
+        let why = why.replace("\n  ", "; ");
         error!("reload refused, the running configuration stays: {why}");
     }
 }

@@ -111,8 +111,12 @@ impl Services {
         let held: HashMap<(SocketAddr, ServiceProtocol), Bound> = self
             .running
             .values()
-            .filter(|r| r.cfg.public.port() != 0)
-            .map(|r| ((r.cfg.public, r.cfg.protocol), r.bound.clone()))
+            .filter_map(|r| {
+                Some((
+                    (r.bound.local_addr().ok()?, r.cfg.protocol),
+                    r.bound.clone(),
+                ))
+            })
             .collect();
         let mut report = Reloaded::default();
         let mut start = Vec::new();
@@ -125,7 +129,11 @@ impl Services {
                 Some(_) => report.changed.push(svc.name.clone()),
                 None => report.added.push(svc.name.clone()),
             }
-            let bound = match held.get(&(svc.public, svc.protocol)) {
+            // Port 0 asks for a fresh port: never one in use.
+            let reuse = (svc.public.port() != 0)
+                .then(|| held.get(&(svc.public, svc.protocol)))
+                .flatten();
+            let bound = match reuse {
                 Some(b) => b.clone(),
                 None => bind(svc).await?,
             };
