@@ -48,10 +48,11 @@ pub(crate) struct Cli {
     pub log_format: crate::logs::LogFormat,
 }
 
-/// The two sides.
+/// The two sides, and the commands that check or reload their configuration.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Side {
-    /// The public side: the tunnel (pool) port, the control port, the public port.
+    /// The public side: the tunnel (pool) port, the control port, a public port per
+    /// service.
     ///
     /// Without a key (--tunnel-key-file, $POOL_TUNNEL_KEY, or the state directory) it
     /// generates a random 256-bit key and prints it once.

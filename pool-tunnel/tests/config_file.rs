@@ -191,3 +191,19 @@ fn reload_refuses_a_pid_file_of_another_program() {
     assert!(err.contains("stale pid file"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn the_documented_example_passes_its_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tunnel.toml");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(example)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok; server: files, real-ip, web; client: files, real-ip, web"),
+        "{text}"
+    );
+}
