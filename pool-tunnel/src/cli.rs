@@ -103,7 +103,7 @@ pub(crate) struct FileArgs {
 pub(crate) struct KeyArgs {
     /// Read the tunnel key from this file: 64 hex digits as the server prints them,
     /// or a passphrase of at least 16 characters. Also: $POOL_TUNNEL_KEY.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, conflicts_with = "config", value_name = "PATH")]
     pub tunnel_key_file: Option<PathBuf>,
 }
 
@@ -111,11 +111,11 @@ pub(crate) struct KeyArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
     /// Close a session when nothing moved either way for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "SECS", default_value_t = config::DEFAULT_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub idle_timeout: u64,
     /// Reset a session when one direction has ended and the other has moved nothing
     /// for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HALF_CLOSE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "SECS", default_value_t = config::DEFAULT_HALF_CLOSE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub half_close_timeout: u64,
 }
 
@@ -139,60 +139,70 @@ pub(crate) struct ServerArgs {
     )]
     pub public: Option<SocketAddr>,
     /// Control address [default: tunnel port + 1].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, conflicts_with = "config", value_name = "ADDR")]
     pub control: Option<SocketAddr>,
     /// 1 TLS, self-signed, its certificate kept in the state directory (clients may
     /// --pin it); 2 TLS, verified; 0 plain, only with --insecure-plaintext.
-    #[arg(long, value_name = "0|1|2", default_value = "1")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "0|1|2",
+        default_value = "1"
+    )]
     pub tls: TlsMode,
     /// Allow --tls 0. In plaintext anyone on the path reads every id and every session
     /// and can inject into them; the tunnel key still keeps strangers out of the pool.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     pub insecure_plaintext: bool,
     /// PEM certificate chain (mode 2; mode 1: a stable certificate to pin).
-    #[arg(long, value_name = "FILE", requires = "key")]
+    #[arg(long, conflicts_with = "config", value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "FILE",
+        requires = "cert"
+    )]
     pub key: Option<PathBuf>,
     /// Keep the generated tunnel key and (mode 1) certificate here, and reuse them on
     /// restart, so that clients need no new key or --pin [default: $STATE_DIRECTORY,
     /// else $XDG_STATE_HOME/pool-tunnel, else ~/.local/state/pool-tunnel]. Refused when
     /// another user owns it or can write to it, or can read the key files in it.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, conflicts_with = "config", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Name on the self-signed certificate (mode 1).
-    #[arg(long, value_name = "NAME", default_value = config::DEFAULT_HOSTNAME)]
+    #[arg(long, conflicts_with = "config", value_name = "NAME", default_value = config::DEFAULT_HOSTNAME)]
     pub hostname: String,
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
-    #[arg(long, value_name = "IPS")]
+    #[arg(long, conflicts_with = "config", value_name = "IPS")]
     pub client_ip: Option<String>,
     /// Server pool capacity (the help text is `server_max_help`'s, which names the
     /// client's default from its constant).
-    #[arg(long, value_name = "N", help = server_max_help(), default_value_t = config::SERVER_MAX_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", help = server_max_help(), default_value_t = config::SERVER_MAX_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     /// User sessions at once. At the cap, a user from a source (a /24, a /64) holding
     /// fewer sessions than the source holding the most takes that source's newest
     /// session (reset); other users are closed at once.
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions: u64,
     /// User sessions at once from one source (a /24, a /64) while the public port is
     /// contended (three quarters of --max-sessions in use, or the cap reached in the
     /// last second); more are closed at once. A source alone may hold more.
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_CONCURRENT_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_CONCURRENT_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions_per_source: u64,
     /// New user sessions a second from one source (a /24, a /64), with bursts of twice
     /// that, while the public port is contended; more are closed at once, before they
     /// cost a pooled connection. A source alone may start more.
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_RATE_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_RATE_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub new_sessions_per_source: u64,
     /// Control connections at once that have not sent their admission token yet. When
     /// full, the source holding the most loses its oldest: keep it above the number of
     /// sources a flood may have.
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates: u64,
     /// The same from one source (a /24, a /64); over it, the source's oldest goes.
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates_per_source: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -225,29 +235,34 @@ pub(crate) struct ClientArgs {
     )]
     pub target: Option<String>,
     /// The server's control address [default: tunnel port + 1].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, conflicts_with = "config", value_name = "HOST:PORT")]
     pub control: Option<String>,
     /// 1 TLS, self-signed (give --pin); 2 TLS, verified; 0 plain, only with
     /// --insecure-plaintext.
-    #[arg(long, value_name = "0|1|2", default_value = "1")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "0|1|2",
+        default_value = "1"
+    )]
     pub tls: TlsMode,
     /// Allow --tls 0: anyone on the path then reads and can inject into the sessions.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     pub insecure_plaintext: bool,
     /// TLS server name [default: the tunnel host].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, conflicts_with = "config", value_name = "NAME")]
     pub hostname: Option<String>,
     /// PEM CA file to trust (mode 2) instead of the web roots.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, conflicts_with = "config", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// SHA-256 fingerprint of the server certificate (mode 1), as the server prints it.
-    #[arg(long, value_name = "SHA256")]
+    #[arg(long, conflicts_with = "config", value_name = "SHA256")]
     pub pin: Option<Fingerprint>,
     /// Client pool minimum capacity.
-    #[arg(long, value_name = "N", default_value_t = CLIENT_MIN as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = CLIENT_MIN as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub min: u64,
     /// Client pool maximum capacity.
-    #[arg(long, value_name = "N", default_value_t = CLIENT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = CLIENT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     #[command(flatten)]
     #[allow(missing_docs)]

@@ -207,3 +207,20 @@ fn the_documented_example_passes_its_check() {
         "{text}"
     );
 }
+
+#[test]
+fn a_flag_beside_a_configuration_file_is_refused_not_ignored() {
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--config",
+            "/nonexistent.toml",
+            "--max-sessions",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -22,7 +22,7 @@ use super::{lock, Control, Shared};
 use crate::candidates::{CandidateId, Candidates};
 use crate::limits::Backoff;
 use crate::protocol::BoxIo;
-use crate::protocol::{read_token, server_handshake, unix_ms, Session};
+use crate::protocol::{read_token, server_handshake, unix_ms, Session, HEARTBEAT};
 use crate::sources::Source;
 use crate::stats::{bump, QuietLog, Refusal};
 use crate::BoxError;
@@ -331,7 +331,10 @@ async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             heartbeat.tick().await;
-            if write_flush(&mut wr, b"\n", t.dead_after).await.is_err() {
+            if write_flush(&mut wr, &[HEARTBEAT], t.dead_after)
+                .await
+                .is_err()
+            {
                 return "write failed or stalled";
             }
         }
@@ -345,7 +348,7 @@ async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session
                     return "no heartbeat from the client";
                 }
                 Ok(Ok(0)) => return "closed by the client",
-                Ok(Ok(n)) if buf[..n].iter().all(|&b| b == b'\n') => {}
+                Ok(Ok(n)) if buf[..n].iter().all(|&b| b == HEARTBEAT) => {}
                 Ok(Ok(_)) => return "unexpected bytes from the client",
                 Ok(Err(_)) => return "read error",
             }
