@@ -233,7 +233,11 @@ async fn client(
     format: LogFormat,
     figures: bool,
 ) -> Result<(), BoxError> {
-    let (cfg, source, warnings) = args.setup(env_key)?;
+    let crate::cli::ClientSetup {
+        config: cfg,
+        key_source: source,
+        warnings,
+    } = args.setup(env_key)?;
     for w in &warnings {
         say(format, tracing::Level::WARN, w);
     }

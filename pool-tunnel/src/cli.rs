@@ -11,10 +11,10 @@ use crate::config::file::{
     self, ClientFile, ClientServiceSettings, ClientSettings, ServerFile, ServerServiceSettings,
     ServerSettings,
 };
-use crate::config::{self, ClientConfig, CLIENT_MAX, CLIENT_MIN, DEFAULT_SERVICE, HANDSHAKE_SLOTS};
+use crate::config::{self, CLIENT_MAX, CLIENT_MIN, DEFAULT_SERVICE, HANDSHAKE_SLOTS};
 use crate::limits::{COUNT_LIMIT, SECS_LIMIT};
 use crate::setup::{self};
-pub(crate) use crate::setup::{default_state_dir, KeySource, ServerSetup, KEY_ENV};
+pub(crate) use crate::setup::{default_state_dir, ClientSetup, KeySource, ServerSetup, KEY_ENV};
 use crate::BoxError;
 
 /// The server's `--max` help: it names the client's default from its constant.
@@ -356,10 +356,7 @@ impl ClientArgs {
     }
 
     /// Checks the settings and reads the key; also the warnings to print.
-    pub(crate) fn setup(
-        &self,
-        env_key: Option<String>,
-    ) -> Result<(ClientConfig, KeySource, Vec<String>), BoxError> {
+    pub(crate) fn setup(&self, env_key: Option<String>) -> Result<ClientSetup, BoxError> {
         setup::client(&self.file()?, env_key)
     }
 }
@@ -471,7 +468,7 @@ mod tests {
         let Side::Client(c) = parse(&args) else {
             panic!()
         };
-        let (_, _, warnings) = c.setup(Some(hex.into())).unwrap();
+        let warnings = c.setup(Some(hex.into())).unwrap().warnings;
         assert!(warnings.iter().any(|w| w == PLAINTEXT_WARNING));
         let Side::Client(c) = parse(&client) else {
             panic!()

@@ -247,11 +247,18 @@ pub(crate) fn server(
     })
 }
 
+/// A client configuration, with the key's origin to report.
+#[derive(Debug)]
+pub(crate) struct ClientSetup {
+    pub(crate) config: ClientConfig,
+    /// Where the key came from.
+    pub(crate) key_source: KeySource,
+    /// Warnings to print before starting.
+    pub(crate) warnings: Vec<String>,
+}
+
 /// Checks a client side's settings and reads the key; also the warnings to print.
-pub(crate) fn client(
-    file: &ClientFile,
-    env_key: Option<String>,
-) -> Result<(ClientConfig, KeySource, Vec<String>), BoxError> {
+pub(crate) fn client(file: &ClientFile, env_key: Option<String>) -> Result<ClientSetup, BoxError> {
     let s = &file.settings;
     // The key first: a key file others can read is the mistake to hear of first.
     let given = given_key(s.tunnel_key_file.as_deref(), env_key)?;
@@ -294,5 +301,9 @@ pub(crate) fn client(
     cfg.pin = pin;
     cfg.min = usize_or(s.min, config::CLIENT_MIN);
     cfg.max = usize_or(s.max, config::CLIENT_MAX);
-    Ok((cfg, source, warnings))
+    Ok(ClientSetup {
+        config: cfg,
+        key_source: source,
+        warnings,
+    })
 }
