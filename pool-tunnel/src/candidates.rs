@@ -24,11 +24,11 @@ use std::collections::{HashMap, VecDeque};
 use crate::sources::Source;
 
 /// One candidate's handle, given by the caller (unique across the caller's tables).
-pub type CandidateId = u64;
+pub(crate) type CandidateId = u64;
 
 /// A bounded, fair, evict-oldest candidate table.
 #[derive(Debug)]
-pub struct Candidates {
+pub(crate) struct Candidates {
     /// Oldest first.
     slots: VecDeque<(CandidateId, Source)>,
     held: HashMap<Source, usize>,
@@ -39,7 +39,7 @@ pub struct Candidates {
 impl Candidates {
     /// A table of at most `max_total` candidates, `max_per_source` from one source
     /// (both at least 1).
-    pub fn new(max_total: usize, max_per_source: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_source: usize) -> Self {
         Self {
             slots: VecDeque::new(),
             held: HashMap::new(),
@@ -50,7 +50,7 @@ impl Candidates {
 
     /// Candidate `id` from `source` enters; answers the candidate to close now to make
     /// room for it, if any.
-    pub fn admit(&mut self, id: CandidateId, source: Source) -> Option<CandidateId> {
+    pub(crate) fn admit(&mut self, id: CandidateId, source: Source) -> Option<CandidateId> {
         let own = self.held.get(&source).copied().unwrap_or(0);
         let victim = if own >= self.max_per_source {
             Some(source)
@@ -90,29 +90,27 @@ impl Candidates {
 
     /// A candidate left (proved the key, failed, timed out, moved to another table).
     /// Unknown ids (already evicted) are ignored.
-    pub fn remove(&mut self, id: CandidateId) {
+    pub(crate) fn remove(&mut self, id: CandidateId) {
         if let Some(i) = self.slots.iter().position(|(c, _)| *c == id) {
             self.take(i);
         }
     }
 
+    #[cfg(test)]
     /// Whether candidate `id` is in the table.
-    pub fn contains(&self, id: CandidateId) -> bool {
+    pub(crate) fn contains(&self, id: CandidateId) -> bool {
         self.slots.iter().any(|(c, _)| *c == id)
     }
 
+    #[cfg(test)]
     /// Candidates in the table.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
+    #[cfg(test)]
     /// Sources holding a candidate.
-    pub fn sources(&self) -> usize {
+    pub(crate) fn sources(&self) -> usize {
         self.held.len()
     }
 }

@@ -3,23 +3,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pool_tls::{Fingerprint, ServerTls, TlsMode, TunnelKey};
+use pool_tls::{Fingerprint, TlsMode};
 
+use crate::config::file::{
+    self, ClientFile, ClientServiceSettings, ClientSettings, ServerFile, ServerServiceSettings,
+    ServerSettings,
+};
+use crate::config::{self, CLIENT_MAX, CLIENT_MIN, DEFAULT_SERVICE, HANDSHAKE_SLOTS};
 use crate::limits::{COUNT_LIMIT, SECS_LIMIT};
-use crate::relay::RelayLimits;
-use crate::state::{self, Origin};
-use crate::{BoxError, ClientConfig, ServerConfig, Timeouts};
-
-/// Handshakes under way that the server pool admits at once (strangers included).
-pub const HANDSHAKE_SLOTS: usize = 4096;
-
-/// The client's `--min` default.
-pub const CLIENT_MIN: u64 = 64;
-/// The client's `--max` default.
-pub const CLIENT_MAX: u64 = 1024;
+use crate::setup::{self};
+pub(crate) use crate::setup::{default_state_dir, ClientSetup, KeySource, ServerSetup, KEY_ENV};
+use crate::BoxError;
 
 /// The server's `--max` help: it names the client's default from its constant.
 fn server_max_help() -> String {
@@ -32,14 +28,11 @@ fn server_max_help() -> String {
     )
 }
 
-/// The environment variable that may hold the tunnel key.
-pub const KEY_ENV: &str = "POOL_TUNNEL_KEY";
-
 /// A reverse tunnel on the pool: the server side on the public machine, the client side
 /// next to the service. Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 #[derive(Debug, Parser)]
 #[command(name = "tunnel", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Which side to run.
     #[command(subcommand)]
     pub side: Side,
@@ -55,10 +48,11 @@ pub struct Cli {
     pub log_format: crate::logs::LogFormat,
 }
 
-/// The two sides.
+/// The two sides, and the commands that check or reload their configuration.
 #[derive(Debug, Subcommand)]
-pub enum Side {
-    /// The public side: the tunnel (pool) port, the control port, the public port.
+pub(crate) enum Side {
+    /// The public side: the tunnel (pool) port, the control port, a public port per
+    /// service.
     ///
     /// Without a key (--tunnel-key-file, $POOL_TUNNEL_KEY, or the state directory) it
     /// generates a random 256-bit key and prints it once.
@@ -66,106 +60,156 @@ pub enum Side {
     /// The private side: dials the server's tunnel and control ports and forwards
     /// each user to the target. Requires the server's tunnel key.
     Client(ClientArgs),
+    /// Checks a configuration file and names the line and field of every mistake;
+    /// exits 1 if there is one. Reads no key and binds nothing.
+    Check(CheckArgs),
+    /// Tells a running side (`--pid-file`) to read its configuration file again
+    /// (as SIGHUP does): added services start, removed ones drain, changed ones
+    /// restart. The side logs the outcome; a bad file is refused and it runs on.
+    Reload(ReloadArgs),
+}
+
+/// `tunnel check`.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The configuration file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `tunnel reload`.
+#[derive(Debug, Args)]
+pub(crate) struct ReloadArgs {
+    /// The pid file the side writes (its --pid-file).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: PathBuf,
+}
+
+/// Where a side's settings come from: a file, or the flags (one service).
+#[derive(Debug, Args)]
+pub(crate) struct FileArgs {
+    /// Read the settings and the services from this TOML file (its [server] or
+    /// [client] section; see TUNNEL.md) instead of the flags. SIGHUP, or `tunnel
+    /// reload`, reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Write this process's id here (removed at a clean exit), for `tunnel reload`.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Where the tunnel key comes from (one of them).
 #[derive(Debug, Args)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// Read the tunnel key from this file: 64 hex digits as the server prints them,
     /// or a passphrase of at least 16 characters. Also: $POOL_TUNNEL_KEY.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, conflicts_with = "config", value_name = "PATH")]
     pub tunnel_key_file: Option<PathBuf>,
 }
 
 /// Relay deadlines, both sides.
 #[derive(Debug, Args)]
-pub struct RelayArgs {
+pub(crate) struct RelayArgs {
     /// Close a session when nothing moved either way for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "SECS", default_value_t = config::DEFAULT_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub idle_timeout: u64,
     /// Reset a session when one direction has ended and the other has moved nothing
     /// for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "SECS", default_value_t = config::DEFAULT_HALF_CLOSE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=SECS_LIMIT))]
     pub half_close_timeout: u64,
-}
-
-impl RelayArgs {
-    fn limits(&self) -> RelayLimits {
-        RelayLimits {
-            idle: Duration::from_secs(self.idle_timeout),
-            half_close: Duration::from_secs(self.half_close_timeout),
-        }
-    }
 }
 
 /// `tunnel server`.
 #[derive(Debug, Args)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Address the pool listens on (clients dial it).
-    #[arg(long, value_name = "ADDR")]
-    pub tunnel: SocketAddr,
-    /// Address users connect to.
-    #[arg(long, value_name = "ADDR")]
-    pub public: SocketAddr,
+    #[arg(
+        long,
+        value_name = "ADDR",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub tunnel: Option<SocketAddr>,
+    /// Address users connect to (the one service, `default`).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub public: Option<SocketAddr>,
     /// Control address [default: tunnel port + 1].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, conflicts_with = "config", value_name = "ADDR")]
     pub control: Option<SocketAddr>,
     /// 1 TLS, self-signed, its certificate kept in the state directory (clients may
     /// --pin it); 2 TLS, verified; 0 plain, only with --insecure-plaintext.
-    #[arg(long, value_name = "0|1|2", default_value = "1")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "0|1|2",
+        default_value = "1"
+    )]
     pub tls: TlsMode,
     /// Allow --tls 0. In plaintext anyone on the path reads every id and every session
     /// and can inject into them; the tunnel key still keeps strangers out of the pool.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     pub insecure_plaintext: bool,
     /// PEM certificate chain (mode 2; mode 1: a stable certificate to pin).
-    #[arg(long, value_name = "FILE", requires = "key")]
+    #[arg(long, conflicts_with = "config", value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "FILE",
+        requires = "cert"
+    )]
     pub key: Option<PathBuf>,
     /// Keep the generated tunnel key and (mode 1) certificate here, and reuse them on
     /// restart, so that clients need no new key or --pin [default: $STATE_DIRECTORY,
     /// else $XDG_STATE_HOME/pool-tunnel, else ~/.local/state/pool-tunnel]. Refused when
     /// another user owns it or can write to it, or can read the key files in it.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, conflicts_with = "config", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Name on the self-signed certificate (mode 1).
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    #[arg(long, conflicts_with = "config", value_name = "NAME", default_value = config::DEFAULT_HOSTNAME)]
     pub hostname: String,
     /// Allowed client addresses/CIDRs, comma separated (pool and control).
-    #[arg(long, value_name = "IPS")]
+    #[arg(long, conflicts_with = "config", value_name = "IPS")]
     pub client_ip: Option<String>,
     /// Server pool capacity (the help text is `server_max_help`'s, which names the
     /// client's default from its constant).
-    #[arg(long, value_name = "N", help = server_max_help(), default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", help = server_max_help(), default_value_t = config::SERVER_MAX_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     /// User sessions at once. At the cap, a user from a source (a /24, a /64) holding
     /// fewer sessions than the source holding the most takes that source's newest
     /// session (reset); other users are closed at once.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_MAX_SESSIONS as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions: u64,
     /// User sessions at once from one source (a /24, a /64) while the public port is
     /// contended (three quarters of --max-sessions in use, or the cap reached in the
     /// last second); more are closed at once. A source alone may hold more.
-    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_CONCURRENT_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_sessions_per_source: u64,
     /// New user sessions a second from one source (a /24, a /64), with bursts of twice
     /// that, while the public port is contended; more are closed at once, before they
     /// cost a pooled connection. A source alone may start more.
-    #[arg(long, value_name = "N", default_value_t = crate::sources::DEFAULT_RATE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_RATE_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub new_sessions_per_source: u64,
     /// Control connections at once that have not sent their admission token yet. When
     /// full, the source holding the most loses its oldest: keep it above the number of
     /// sources a flood may have.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_CANDIDATES as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates: u64,
     /// The same from one source (a /24, a /64); over it, the source's oldest goes.
-    #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = config::DEFAULT_CANDIDATES_PER_SOURCE as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max_candidates_per_source: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub key_args: KeyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub file_args: FileArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub relay: RelayArgs,
@@ -173,283 +217,154 @@ pub struct ServerArgs {
 
 /// `tunnel client`.
 #[derive(Debug, Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server's tunnel address.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub tunnel: String,
-    /// The service behind the tunnel.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub target: String,
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub tunnel: Option<String>,
+    /// The service behind the tunnel (the one service, `default`).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub target: Option<String>,
     /// The server's control address [default: tunnel port + 1].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, conflicts_with = "config", value_name = "HOST:PORT")]
     pub control: Option<String>,
     /// 1 TLS, self-signed (give --pin); 2 TLS, verified; 0 plain, only with
     /// --insecure-plaintext.
-    #[arg(long, value_name = "0|1|2", default_value = "1")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "0|1|2",
+        default_value = "1"
+    )]
     pub tls: TlsMode,
     /// Allow --tls 0: anyone on the path then reads and can inject into the sessions.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     pub insecure_plaintext: bool,
     /// TLS server name [default: the tunnel host].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, conflicts_with = "config", value_name = "NAME")]
     pub hostname: Option<String>,
     /// PEM CA file to trust (mode 2) instead of the web roots.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, conflicts_with = "config", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// SHA-256 fingerprint of the server certificate (mode 1), as the server prints it.
-    #[arg(long, value_name = "SHA256")]
+    #[arg(long, conflicts_with = "config", value_name = "SHA256")]
     pub pin: Option<Fingerprint>,
     /// Client pool minimum capacity.
-    #[arg(long, value_name = "N", default_value_t = CLIENT_MIN, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = CLIENT_MIN as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub min: u64,
     /// Client pool maximum capacity.
-    #[arg(long, value_name = "N", default_value_t = CLIENT_MAX, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
+    #[arg(long, conflicts_with = "config", value_name = "N", default_value_t = CLIENT_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=COUNT_LIMIT))]
     pub max: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub key_args: KeyArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub file_args: FileArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub relay: RelayArgs,
 }
 
-/// Where the key in use came from, to tell the user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    /// `--tunnel-key-file`.
-    File(PathBuf),
-    /// `$POOL_TUNNEL_KEY`.
-    Env,
-    /// The state directory's key file.
-    StateDir(PathBuf, Origin),
-    /// Generated for this run only.
-    Generated,
-}
-
-/// The key given by the user (file or environment; at most one), if any. There is no
-/// way to give it on the command line, where every local user could read it.
-pub fn given_key(
-    args: &KeyArgs,
-    env: Option<String>,
-) -> Result<Option<(TunnelKey, KeySource)>, BoxError> {
-    let env = env.filter(|v| !v.is_empty());
-    if args.tunnel_key_file.is_some() && env.is_some() {
-        return Err(format!(
-            "the tunnel key is given twice (--tunnel-key-file and ${KEY_ENV}): give one"
-        )
-        .into());
-    }
-    if let Some(path) = &args.tunnel_key_file {
-        state::check_private_file(path).map_err(|e| format!("--tunnel-key-file {e}"))?;
-        let key = state::read_key_file(path).map_err(|e| format!("--tunnel-key-file {e}"))?;
-        return Ok(Some((key, KeySource::File(path.clone()))));
-    }
-    if let Some(v) = env {
-        let key = TunnelKey::parse(&v).map_err(|e| format!("${KEY_ENV}: {e}"))?;
-        return Ok(Some((key, KeySource::Env)));
-    }
-    Ok(None)
-}
-
-/// A server configuration, with the key's and the certificate's origins to report.
-#[derive(Debug)]
-pub struct ServerSetup {
-    /// The configuration.
-    pub config: ServerConfig,
-    /// Where the key came from.
-    pub key_source: KeySource,
-    /// Warnings to print before starting.
-    pub warnings: Vec<String>,
-    /// A note on the certificate (mode 1 and 2).
-    pub cert_note: Option<String>,
-}
-
-/// The words a plaintext tunnel must print, once, so that nobody runs one by accident.
-pub const PLAINTEXT_WARNING: &str = "warning: --tls 0 --insecure-plaintext: ids, the \
-    session control and every user's bytes cross the network in clear; anyone on the path \
-    can read them, and hand a pooled connection a session of their own; use --tls 1";
-
-fn plaintext_gate(
-    mode: TlsMode,
-    allowed: bool,
-    warnings: &mut Vec<String>,
-) -> Result<(), BoxError> {
-    if mode != TlsMode::Off {
-        return Ok(());
-    }
-    if !allowed {
-        return Err(
-            "--tls 0 sends the session control in clear, so anyone on the path can \
-             take a user's session: use --tls 1 (the default), or say --insecure-plaintext"
-                .into(),
-        );
-    }
-    warnings.push(PLAINTEXT_WARNING.into());
-    Ok(())
-}
-
-/// Where the server keeps its state when `--state-dir` is not given: systemd's
-/// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/pool-tunnel`, else
-/// `$HOME/.local/state/pool-tunnel`; `None` when none of them is set.
-pub fn default_state_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(d) = set("STATE_DIRECTORY") {
-        // systemd may give several, separated by ':'; the first is ours.
-        let first = d.to_string_lossy().split(':').next().map(PathBuf::from);
-        return first;
-    }
-    set("XDG_STATE_HOME")
-        .map(|d| d.join("pool-tunnel"))
-        .or_else(|| set("HOME").map(|h| h.join(".local/state/pool-tunnel")))
-}
-
 impl ServerArgs {
-    /// Checks the arguments and reads or makes the key and certificate; `default_state`
-    /// is the state directory to use when `--state-dir` is not given
-    /// ([`default_state_dir`]).
-    pub fn setup(
+    /// The settings: the file's `[server]` section, or the flags as one service.
+    pub(crate) fn file(&self) -> Result<ServerFile, BoxError> {
+        if let Some(path) = &self.file_args.config {
+            return file::read(path)?
+                .server
+                .ok_or_else(|| format!("{}: no [server] section", path.display()).into());
+        }
+        Ok(ServerFile {
+            settings: ServerSettings {
+                tunnel: self.tunnel,
+                control: self.control,
+                tls: Some(self.tls),
+                insecure_plaintext: Some(self.insecure_plaintext),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                state_dir: self.state_dir.clone(),
+                hostname: Some(self.hostname.clone()),
+                client_ip: self.client_ip.clone(),
+                max: Some(self.max),
+                max_candidates: Some(self.max_candidates),
+                max_candidates_per_source: Some(self.max_candidates_per_source),
+                tunnel_key_file: self.key_args.tunnel_key_file.clone(),
+            },
+            services: vec![ServerServiceSettings {
+                name: DEFAULT_SERVICE.into(),
+                public: self.public,
+                protocol: None,
+                max_sessions: Some(self.max_sessions),
+                max_sessions_per_source: Some(self.max_sessions_per_source),
+                new_sessions_per_source: Some(self.new_sessions_per_source),
+                idle_timeout: Some(self.relay.idle_timeout),
+                half_close_timeout: Some(self.relay.half_close_timeout),
+            }],
+        })
+    }
+
+    /// Checks the settings and reads or makes the key and certificate (see
+    /// [`setup::server`]).
+    pub(crate) fn setup(
         &self,
         env_key: Option<String>,
         default_state: Option<PathBuf>,
     ) -> Result<ServerSetup, BoxError> {
-        let mut warnings = Vec::new();
-        plaintext_gate(self.tls, self.insecure_plaintext, &mut warnings)?;
-        let state_dir = self.state_dir.clone().or(default_state);
-        let (key, key_source) = match given_key(&self.key_args, env_key)? {
-            Some(k) => k,
-            None => match &state_dir {
-                Some(dir) => {
-                    let (k, origin, path) = state::tunnel_key(dir)?;
-                    (k, KeySource::StateDir(path, origin))
-                }
-                None => (TunnelKey::generate()?, KeySource::Generated),
-            },
-        };
-        let (tls, cert_note) = match self.tls {
-            TlsMode::Off => {
-                if self.cert.is_some() {
-                    return Err("--cert/--key need --tls 1 or 2".into());
-                }
-                (None, None)
-            }
-            TlsMode::SelfSigned => match (&self.cert, &state_dir) {
-                (Some(c), _) => {
-                    let key = self.key.as_ref().ok_or("--cert needs --key")?;
-                    let tls = ServerTls::from_pem_files(c, key)?;
-                    (Some(tls), Some(format!("from {}", c.display())))
-                }
-                (None, Some(dir)) => {
-                    let (tls, origin) = state::certificate(dir, &self.hostname)?;
-                    let how = match origin {
-                        Origin::Loaded => "reused from",
-                        Origin::Created => "generated and kept in",
-                    };
-                    (Some(tls), Some(format!("{how} {}", dir.display())))
-                }
-                (None, None) => {
-                    warnings.push(
-                        "warning: --tls 1 with no state directory (no --state-dir, and none of \
-                         $STATE_DIRECTORY, $XDG_STATE_HOME, $HOME is set): the certificate is \
-                         new at every start, so a client's --pin breaks on restart"
-                            .into(),
-                    );
-                    let tls = ServerTls::self_signed([self.hostname.clone()])?;
-                    (Some(tls), Some("generated for this run only".into()))
-                }
-            },
-            TlsMode::Verified => {
-                let (Some(c), Some(k)) = (&self.cert, &self.key) else {
-                    return Err("--tls 2 needs --cert FILE and --key FILE".into());
-                };
-                let tls = ServerTls::from_pem_files(c, k)?;
-                (Some(tls), Some(format!("from {}", c.display())))
-            }
-        };
-        let timeouts = Timeouts::default();
-        Ok(ServerSetup {
-            config: ServerConfig {
-                tunnel: self.tunnel,
-                public: self.public,
-                control: self.control,
-                tls,
-                client_ip: self.client_ip.clone(),
-                key,
-                max_capacity: self.max as usize,
-                max_sessions: self.max_sessions as usize,
-                per_source: crate::server::PerSource {
-                    sessions: self.max_sessions_per_source as usize,
-                    new_per_s: self.new_sessions_per_source as f64,
-                },
-                candidates: crate::server::CandidateLimits {
-                    total: self.max_candidates as usize,
-                    per_source: self.max_candidates_per_source as usize,
-                },
-                relay: self.relay.limits(),
-                quiet: crate::server::DEFAULT_QUIET,
-                timeouts,
-                pool_handshake: crate::server::DEFAULT_POOL_HANDSHAKE,
-            },
-            key_source,
-            warnings,
-            cert_note,
-        })
+        setup::server(&self.file()?, env_key, default_state)
     }
 }
 
 impl ClientArgs {
-    /// Checks the arguments and reads the key; also the warnings to print.
-    pub fn setup(
-        &self,
-        env_key: Option<String>,
-    ) -> Result<(ClientConfig, KeySource, Vec<String>), BoxError> {
-        let mut warnings = Vec::new();
-        plaintext_gate(self.tls, self.insecure_plaintext, &mut warnings)?;
-        let Some((key, source)) = given_key(&self.key_args, env_key)? else {
-            return Err(format!(
-                "the client needs the server's tunnel key: --tunnel-key-file PATH or \
-                 ${KEY_ENV} (the server prints it when it generates one)"
-            )
-            .into());
-        };
-        if self.ca.is_some() && self.tls != TlsMode::Verified {
-            return Err("--ca needs --tls 2".into());
+    /// The settings: the file's `[client]` section, or the flags as one service.
+    pub(crate) fn file(&self) -> Result<ClientFile, BoxError> {
+        if let Some(path) = &self.file_args.config {
+            return file::read(path)?
+                .client
+                .ok_or_else(|| format!("{}: no [client] section", path.display()).into());
         }
-        if self.pin.is_some() && self.tls != TlsMode::SelfSigned {
-            return Err("--pin needs --tls 1".into());
-        }
-        if self.tls == TlsMode::SelfSigned && self.pin.is_none() {
-            warnings.push(
-                "warning: --tls 1 without --pin: the server's certificate is not checked. A \
-                 relay that terminates TLS still cannot take over the tunnel (the key proof is \
-                 bound to the TLS session), but it sees the key's proofs, which an offline \
-                 guess of a weak passphrase could use; give --pin with the fingerprint the \
-                 server prints"
-                    .into(),
-            );
-        }
-        if self.min > self.max {
-            return Err(format!("--min {} is above --max {}", self.min, self.max).into());
-        }
-        let mut cfg = ClientConfig::new(
-            self.tunnel.clone(),
-            self.control.clone(),
-            self.target.clone(),
-            key,
-        );
-        cfg.mode = self.tls;
-        cfg.hostname = self.hostname.clone();
-        cfg.ca = self.ca.clone();
-        cfg.pin = self.pin;
-        cfg.min = self.min as usize;
-        cfg.max = self.max as usize;
-        cfg.relay = self.relay.limits();
-        Ok((cfg, source, warnings))
+        Ok(ClientFile {
+            settings: ClientSettings {
+                tunnel: self.tunnel.clone(),
+                control: self.control.clone(),
+                tls: Some(self.tls),
+                insecure_plaintext: Some(self.insecure_plaintext),
+                hostname: self.hostname.clone(),
+                ca: self.ca.clone(),
+                pin: self.pin.map(|p| p.to_string()),
+                min: Some(self.min),
+                max: Some(self.max),
+                tunnel_key_file: self.key_args.tunnel_key_file.clone(),
+            },
+            services: vec![ClientServiceSettings {
+                name: DEFAULT_SERVICE.into(),
+                target: self.target.clone(),
+                protocol: None,
+                proxy_protocol: None,
+                idle_timeout: Some(self.relay.idle_timeout),
+                half_close_timeout: Some(self.relay.half_close_timeout),
+            }],
+        })
+    }
+
+    /// Checks the settings and reads the key; also the warnings to print.
+    pub(crate) fn setup(&self, env_key: Option<String>) -> Result<ClientSetup, BoxError> {
+        setup::client(&self.file()?, env_key)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::setup::{given_key, PLAINTEXT_WARNING};
     use clap::CommandFactory;
 
     #[test]
@@ -460,20 +375,16 @@ mod tests {
     #[test]
     fn the_key_is_given_once_and_strong() {
         let hex = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
-        let none = KeyArgs {
-            tunnel_key_file: None,
-        };
-        assert!(given_key(&none, None).unwrap().is_none());
-        let (k, src) = given_key(&none, Some(hex.into())).unwrap().unwrap();
+        let none = None;
+        assert!(given_key(none, None).unwrap().is_none());
+        let (k, src) = given_key(none, Some(hex.into())).unwrap().unwrap();
         assert_eq!((k.to_hex().as_str(), src), (hex, KeySource::Env));
-        let e = given_key(&none, Some("s3cret".into()))
+        let e = given_key(none, Some("s3cret".into()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("too short"), "{e}");
-        let file = KeyArgs {
-            tunnel_key_file: Some("/nonexistent/key".into()),
-        };
-        let e = given_key(&file, Some(hex.into())).unwrap_err().to_string();
+        let file = Some(std::path::Path::new("/nonexistent/key"));
+        let e = given_key(file, Some(hex.into())).unwrap_err().to_string();
         assert!(e.contains("given twice"), "{e}");
     }
 
@@ -557,7 +468,7 @@ mod tests {
         let Side::Client(c) = parse(&args) else {
             panic!()
         };
-        let (_, _, warnings) = c.setup(Some(hex.into())).unwrap();
+        let warnings = c.setup(Some(hex.into())).unwrap().warnings;
         assert!(warnings.iter().any(|w| w == PLAINTEXT_WARNING));
         let Side::Client(c) = parse(&client) else {
             panic!()

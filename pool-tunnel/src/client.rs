@@ -1,13 +1,12 @@
 //! The client side: the pool that dials the tunnel port, the control connection, and
-//! one relay to the target per id.
+//! one relay per session to the target of the session's service.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_core::{Random, SeededRandom};
-use pool_tls::{ClientTls, Fingerprint, Roots, TlsMode};
+use pool_tls::{ClientTls, Roots, TlsMode};
 use pool_tokio::{ClientPool, IdleWatch, PoolConn, PoolStream, TcpDialer, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,89 +17,40 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
+use crate::config::{
+    check_client_services, ClientConfig, ClientService, Reloaded, ServiceProtocol, Timeouts,
+};
 use crate::protocol::{
-    client_handshake, default_control, fresh_session, send_token, split_host_port, Session,
-    Timeouts, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
+    client_handshake, default_control, fresh_session, send_token, split_host_port, BoxIo, Session,
+    SessionStart, HEARTBEAT, NO_SERVICE, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
 };
 use crate::relay::{
     graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
-    RelayLimits, Traffic,
+    Traffic,
 };
-use crate::server::BoxIo;
 use crate::stats::{bump, ClientSnapshot, ClientStats};
 use crate::BoxError;
 
-/// The private side.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// The server's tunnel address, `HOST:PORT`.
-    pub tunnel: String,
-    /// The server's control address; `None`: the tunnel host, tunnel port + 1.
-    pub control: Option<String>,
-    /// The service behind the tunnel, `HOST:PORT`.
-    pub target: String,
-    /// TLS mode of pool and control.
-    pub mode: TlsMode,
-    /// TLS server name (mode 2: checked); default: the tunnel host.
-    pub hostname: Option<String>,
-    /// Mode 2: trust this PEM CA file instead of the web roots.
-    pub ca: Option<PathBuf>,
-    /// Mode 1: accept only this server certificate.
-    pub pin: Option<Fingerprint>,
-    /// Client pool capacity bounds.
-    pub min: usize,
-    /// See `min`.
-    pub max: usize,
-    /// Client pool dials in flight at most.
-    pub parallelism: usize,
-    /// The tunnel key (the server's).
-    pub key: TunnelKey,
-    /// Relay deadlines.
-    pub relay: RelayLimits,
-    /// Control deadlines.
-    pub timeouts: Timeouts,
-}
+type ServiceMap = std::collections::HashMap<String, Arc<ClientService>>;
 
-impl ClientConfig {
-    /// A client of the server at `tunnel` / `control` forwarding to `target`, mode 0,
-    /// capacity 16..256.
-    pub fn new(tunnel: String, control: Option<String>, target: String, key: TunnelKey) -> Self {
-        Self {
-            tunnel,
-            control,
-            target,
-            mode: TlsMode::Off,
-            hostname: None,
-            ca: None,
-            pin: None,
-            min: 16,
-            max: 256,
-            parallelism: 8,
-            key,
-            relay: RelayLimits::default(),
-            timeouts: Timeouts::default(),
-        }
-    }
-
-    /// A client of `server` (in this process) forwarding to `target`.
-    pub fn for_server(server: &crate::ServerHandle, target: std::net::SocketAddr) -> Self {
-        Self::new(
-            server.tunnel_addr().to_string(),
-            Some(server.control_addr().to_string()),
-            target.to_string(),
-            server.key().clone(),
-        )
-    }
+fn service_map(services: Vec<ClientService>) -> Arc<ServiceMap> {
+    Arc::new(
+        services
+            .into_iter()
+            .map(|s| (s.name.clone(), Arc::new(s)))
+            .collect(),
+    )
 }
 
 struct Shared {
     pool: ClientPool,
     control: String,
-    target: String,
+    /// The services by name; a reload swaps the whole map, and a session keeps the
+    /// service it started with.
+    services: std::sync::Mutex<Arc<ServiceMap>>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     key: TunnelKey,
     t: Timeouts,
-    relay: RelayLimits,
     stats: ClientStats,
     up: watch::Sender<bool>,
     /// This process's session tag, on every control connection it makes.
@@ -161,6 +111,52 @@ impl ClientHandle {
     }
 }
 
+impl ClientHandle {
+    /// Makes `services` the client's services: a session that starts from now on goes
+    /// to its service's new target (or is answered [`NO_SERVICE`] when its service
+    /// is gone); sessions under way keep the target they have. Refused, with nothing
+    /// changed, when a service fails its check.
+    pub fn reload(&self, services: Vec<ClientService>) -> Result<Reloaded, BoxError> {
+        check_client_services(&services)?;
+        let new = service_map(services);
+        let old = std::mem::replace(&mut *lock(&self.shared.services), new.clone());
+        let mut r = Reloaded::default();
+        for (name, svc) in new.iter() {
+            match old.get(name) {
+                None => r.added.push(name.clone()),
+                Some(o) if o == svc => r.unchanged.push(name.clone()),
+                Some(_) => r.changed.push(name.clone()),
+            }
+        }
+        r.removed = old
+            .keys()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect();
+        for v in [
+            &mut r.added,
+            &mut r.removed,
+            &mut r.changed,
+            &mut r.unchanged,
+        ] {
+            v.sort();
+        }
+        Ok(r)
+    }
+
+    /// The services' names, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.shared.services).keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// A lock whose critical sections are a map swap or a lookup.
+fn lock<T>(l: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.task.abort();
@@ -170,7 +166,7 @@ impl Drop for ClientHandle {
 /// Starts the client pool and the control loop.
 pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
     let (host, _) = split_host_port(&cfg.tunnel).map_err(|e| format!("--tunnel: {e}"))?;
-    split_host_port(&cfg.target).map_err(|e| format!("--target: {e}"))?;
+    cfg.check()?;
     let control = match cfg.control {
         Some(c) => c,
         None => default_control(&cfg.tunnel)?,
@@ -210,11 +206,10 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
     let shared = Arc::new(Shared {
         pool,
         control,
-        target: cfg.target,
+        services: std::sync::Mutex::new(service_map(cfg.services)),
         tls,
         key: cfg.key,
         t: cfg.timeouts,
-        relay: cfg.relay,
         stats: ClientStats::default(),
         up: watch::channel(false).0,
         session: fresh_session()?,
@@ -271,7 +266,7 @@ async fn accept_loop(shared: Arc<Shared>) {
 
 /// Keeps one control connection up, reconnecting with exponential backoff and jitter.
 async fn control_loop(shared: Arc<Shared>) {
-    let (first, longest) = shared.t.backoff;
+    let crate::config::Reconnect { first, longest } = shared.t.backoff;
     let mut pause = first;
     let mut rng = SeededRandom::from_seed(pool_tls::fresh_nonce().unwrap_or([7; 32]));
     loop {
@@ -383,7 +378,7 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
         tokio::select! {
             r = rd.read(&mut buf) => match r {
                 Ok(0) => return "closed by the server".into(),
-                Ok(n) if buf[..n].iter().all(|&b| b == b'\n') => {
+                Ok(n) if buf[..n].iter().all(|&b| b == HEARTBEAT) => {
                     heard = tokio::time::Instant::now();
                 }
                 Ok(_) => return "unexpected bytes from the server".into(),
@@ -391,7 +386,7 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
             },
             _ = heartbeat.tick() => {
                 let w = timeout(t.dead_after, async {
-                    wr.write_all(b"\n").await?;
+                    wr.write_all(&[HEARTBEAT]).await?;
                     wr.flush().await
                 });
                 if !matches!(w.await, Ok(Ok(()))) {
@@ -406,17 +401,69 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
     }
 }
 
-/// One session: the pooled connection the server started, a fresh target connection,
-/// a relay. The receipt ([`RECEIVED`]) goes back before anything else, before the
-/// target connect: from then on the server counts on this side alone to deliver the
-/// user's bytes, and resets the user if this side fails. The pooled connection and the
+/// One session: the pooled connection the server started, its start read (which
+/// service, which user), then the session by the service's kind. A start that cannot
+/// be read closes the connection before the receipt: nothing was delivered, so the
+/// server may replay it elsewhere.
+async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
+    let id = conn.id();
+    reset(conn.stream().tcp());
+    let start = match timeout(s.t.answer, SessionStart::read(&mut conn)).await {
+        Ok(Ok(start)) => start,
+        why => {
+            bump(&s.stats.bad_start);
+            debug!("session {id}: no session start: {why:?}");
+            return false;
+        }
+    };
+    let service = lock(&s.services).get(&start.service).cloned();
+    let Some(service) = service else {
+        bump(&s.stats.no_service);
+        debug!("session {id}: no service `{}` here", start.service);
+        refuse(s, conn, NO_SERVICE).await;
+        return false;
+    };
+    match service.protocol {
+        ServiceProtocol::Tcp => tcp_session(s, conn, &service, &start).await,
+        ServiceProtocol::Udp => udp_session(s, conn).await,
+    }
+}
+
+/// A session of a UDP service: this build has none (a configuration holding one is
+/// refused by its check), so it is answered as a service this side does not have.
+async fn udp_session(s: &Shared, conn: PoolConn) -> bool {
+    bump(&s.stats.no_service);
+    refuse(s, conn, NO_SERVICE).await;
+    false
+}
+
+/// Answers the receipt and `outcome` in one write, then closes in order (so that the
+/// bytes are not dropped with the connection): the server resets the user at once and
+/// retries nothing.
+async fn refuse(s: &Shared, mut conn: PoolConn, outcome: u8) {
+    graceful(conn.stream().tcp());
+    let _ = timeout(s.t.io, async {
+        conn.write_all(&[RECEIVED, outcome]).await?;
+        conn.flush().await
+    })
+    .await;
+}
+
+/// A TCP session: a fresh target connection (a PROXY protocol header first, if the
+/// service wants one), a relay. The receipt ([`RECEIVED`]) goes back before the target
+/// connect: from then on the server counts on this side alone to deliver the user's
+/// bytes, and resets the user if this side fails. The pooled connection and the
 /// target's are armed to reset from the start and disarmed only when the relay ended
 /// cleanly: a relay cut short, or this process's death, is a reset on both, so that
 /// the target never takes a cut request for a complete one, nor the server a cut
 /// answer.
-async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
+async fn tcp_session(
+    s: &Shared,
+    mut conn: PoolConn,
+    svc: &ClientService,
+    start: &SessionStart,
+) -> bool {
     let id = conn.id();
-    reset(conn.stream().tcp());
     let receipt = timeout(s.t.io, async {
         conn.write_all(&[RECEIVED]).await?;
         conn.flush().await
@@ -426,11 +473,20 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         debug!("session {id}: the receipt could not be written");
         return false;
     }
-    let target = match timeout(s.t.io, TcpStream::connect(&s.target)).await {
+    let target = timeout(s.t.io, async {
+        let mut target = TcpStream::connect(&svc.target).await?;
+        if let Some(version) = svc.proxy_protocol {
+            let header = crate::proxy_header::header(version, start.user, start.public);
+            target.write_all(&header).await?;
+        }
+        Ok::<_, std::io::Error>(target)
+    })
+    .await;
+    let target = match target {
         Ok(Ok(t)) => t,
         why => {
             bump(&s.stats.target_failed);
-            debug!("session {id}: target {} unreachable: {why:?}", s.target);
+            debug!("session {id}: target {} unreachable: {why:?}", svc.target);
             // The server resets the user at once and retries nothing. An orderly close,
             // so that the byte is not dropped with the connection.
             graceful(conn.stream().tcp());
@@ -452,10 +508,10 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
     });
     let traffic = Traffic::default();
     let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_with(tcp, target, s.relay, &traffic, reached).await,
+        PoolStream::Plain(tcp) => relay_tcp_with(tcp, target, svc.relay, &traffic, reached).await,
         mut tls => {
             let mut target = target;
-            let end = relay_with(&mut tls, &mut target, s.relay, &traffic, reached).await;
+            let end = relay_with(&mut tls, &mut target, svc.relay, &traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&target);
                 graceful(tls.tcp());

@@ -16,11 +16,11 @@
 //!   stranger never enters either pool;
 //! - control runs the [`protocol`] handshake (fresh nonces from both sides, the client
 //!   proves first, bound to the TLS session), with a bounded, evicting candidate table
-//!   ([`candidates`]) and heartbeats both ways;
+//!   (the `candidates` tables) and heartbeats both ways;
 //! - the public port caps concurrent sessions in all (at the cap, the source holding
 //!   the most yields its newest to a source holding fewer), and while it is contended
 //!   holds each source to its share of sessions at once and new sessions a second
-//!   ([`sources`]); it relays with an idle and a half-close deadline ([`relay`]);
+//!   (`sources`); it relays with an idle and a half-close deadline ([`relay`]);
 //! - the `--metrics` port is a listener of our own, capped, with a deadline per
 //!   connection and a back-off on accept errors ([`metrics`]).
 //!
@@ -28,23 +28,28 @@
 //! figures measured by `examples/attack/`.
 #![forbid(unsafe_code)]
 
-pub mod candidates;
-pub mod cli;
-pub mod client;
-pub mod limits;
-pub mod logs;
+mod app;
+mod candidates;
+mod cli;
+mod client;
+pub mod config;
+mod limits;
+mod logs;
 pub mod metrics;
 pub mod protocol;
+mod proxy_header;
 pub mod relay;
-pub mod server;
-pub mod sources;
+mod server;
+mod setup;
+mod sources;
 pub mod state;
 pub mod stats;
 mod tasks;
 
-pub use client::{start_client, ClientConfig, ClientHandle};
-pub use protocol::Timeouts;
-pub use server::{start_server, ServerConfig, ServerHandle};
+pub use app::main;
+pub use client::{start_client, ClientHandle};
+pub use config::{ClientConfig, ServerConfig, Timeouts};
+pub use server::{start_server, ServerHandle};
 
 /// Errors of setup: shown to the user, never matched on.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -6,39 +6,39 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 /// The largest count a setting takes (pool capacities, sessions, candidates, new
 /// sessions a second): past it a value is a typing error, and far past it tokio's
 /// semaphores and the tables would fail at run time instead of at start-up.
-pub const COUNT_LIMIT: u64 = 1 << 20;
+pub(crate) const COUNT_LIMIT: u64 = 1 << 20;
 /// The longest deadline a setting takes, in seconds (a week).
-pub const SECS_LIMIT: u64 = 7 * 24 * 3600;
+pub(crate) const SECS_LIMIT: u64 = 7 * 24 * 3600;
 
 /// The pause after a failed accept (out of descriptors, say): doubling from
 /// [`Backoff::FIRST`] to [`Backoff::LONGEST`] while accepts fail, none once one
 /// succeeds. Every accept loop of the tunnel uses it, so none spins or floods the log,
 /// and none sleeps longer than it must.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     pause: std::time::Duration,
 }
 
 impl Backoff {
     /// The first pause.
-    pub const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+    pub(crate) const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
     /// The longest pause.
-    pub const LONGEST: std::time::Duration = std::time::Duration::from_secs(1);
+    pub(crate) const LONGEST: std::time::Duration = std::time::Duration::from_secs(1);
 
     /// An accept failed: how long to pause before the next.
-    pub fn failed(&mut self) -> std::time::Duration {
+    pub(crate) fn failed(&mut self) -> std::time::Duration {
         self.pause = (self.pause * 2).clamp(Self::FIRST, Self::LONGEST);
         self.pause
     }
 
     /// An accept succeeded.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.pause = std::time::Duration::ZERO;
     }
 }
 
 /// Refuses `value` outside `1..=COUNT_LIMIT`, naming the setting.
-pub fn check_count(name: &str, value: usize) -> Result<(), String> {
+pub(crate) fn check_count(name: &str, value: usize) -> Result<(), String> {
     if value == 0 || value as u64 > COUNT_LIMIT {
         return Err(format!("{name} {value}: must be 1 to {COUNT_LIMIT}"));
     }
@@ -46,7 +46,7 @@ pub fn check_count(name: &str, value: usize) -> Result<(), String> {
 }
 
 /// Refuses a deadline outside `1 ms..=SECS_LIMIT s`, naming the setting.
-pub fn check_secs(name: &str, value: std::time::Duration) -> Result<(), String> {
+pub(crate) fn check_secs(name: &str, value: std::time::Duration) -> Result<(), String> {
     if value.is_zero() || value.as_secs() > SECS_LIMIT {
         return Err(format!(
             "{name} {value:?}: must be above 0 and at most {SECS_LIMIT} s"
@@ -57,7 +57,7 @@ pub fn check_secs(name: &str, value: std::time::Duration) -> Result<(), String> 
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force
 /// (`None`: unlimited). Needs no privilege and affects only this process.
-pub fn raise_nofile() -> std::io::Result<Option<u64>> {
+pub(crate) fn raise_nofile() -> std::io::Result<Option<u64>> {
     let lim = getrlimit(Resource::Nofile);
     if lim.current == lim.maximum {
         return Ok(lim.current);
@@ -75,7 +75,7 @@ pub fn raise_nofile() -> std::io::Result<Option<u64>> {
 /// `want`, or a `1/share` part of the soft descriptor limit if that is smaller (at
 /// least 16): slots strangers can fill must never take every descriptor, or the
 /// accept loops of every port fail together.
-pub fn within_descriptors(want: usize, share: u64) -> usize {
+pub(crate) fn within_descriptors(want: usize, share: u64) -> usize {
     match getrlimit(Resource::Nofile).current {
         Some(n) => want.min(
             usize::try_from(n / share.max(1))
@@ -84,11 +84,6 @@ pub fn within_descriptors(want: usize, share: u64) -> usize {
         ),
         None => want,
     }
-}
-
-/// Descriptors this process has open now (Linux: entries of `/proc/self/fd`).
-pub fn open_descriptors() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
 }
 
 #[cfg(test)]

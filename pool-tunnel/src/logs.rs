@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines (coloured on a terminal only).
     #[default]
     Text,
@@ -23,13 +23,13 @@ pub enum LogFormat {
 
 /// Whether text logs carry colour: only on a terminal, and never when `NO_COLOR` holds
 /// a non-empty value.
-pub fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+pub(crate) fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Installs the process's subscriber: stderr, `RUST_LOG` (default `info`), in
 /// `format`.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;

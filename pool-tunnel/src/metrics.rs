@@ -8,7 +8,7 @@
 //! - each connection has [`DEADLINE`] in all to send its request and read the answer;
 //!   a request longer than [`MAX_REQUEST`] bytes is cut off;
 //! - an accept that fails (out of descriptors, say) is retried after the tunnel's
-//!   accept back-off ([`crate::limits::Backoff`]: doubling from 5 ms to 1 s), so the
+//!   accept back-off (doubling from 5 ms to 1 s), so the
 //!   loop never spins and never floods the log.
 //!
 //! It binds loopback by default (the CLI warns when told to bind anything else).
@@ -242,6 +242,11 @@ pub fn record_server(s: &crate::stats::ServerSnapshot, control_up: bool) {
             ),
             (
                 "tunnel_session_events_total",
+                &[(EVENT, "no_service")],
+                s.no_service,
+            ),
+            (
+                "tunnel_session_events_total",
                 &[(EVENT, "no_outcome")],
                 s.no_outcome,
             ),
@@ -327,6 +332,16 @@ pub fn record_client(s: &crate::stats::ClientSnapshot, control_up: bool) {
                 "tunnel_session_events_total",
                 &[("event", "target_failed")],
                 s.target_failed,
+            ),
+            (
+                "tunnel_session_events_total",
+                &[("event", "no_service")],
+                s.no_service,
+            ),
+            (
+                "tunnel_session_events_total",
+                &[("event", "bad_start")],
+                s.bad_start,
             ),
             (
                 "tunnel_bytes_total",

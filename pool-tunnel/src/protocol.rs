@@ -1,14 +1,33 @@
-//! The control connection: its handshake, its messages, its deadlines.
+//! Every message of the tunnel on the wire, in one place: its bytes, who sends it and
+//! when. `WIRE.md` beside this crate is the same list for a reader without the code,
+//! with what a bad message gets.
+//!
+//! | port | message | bytes | from | constant |
+//! |---|---|---|---|---|
+//! | pool | id | 8 (hex) or 4 | server, after TLS | [`ID_LEN`] |
+//! | pool | key proof: challenge, response, confirm | 32, 64, 32 | server, client, server | `pool_tls::proof` |
+//! | pool | start header | 4 | server, on an idle pooled connection | [`START`] |
+//! | pool | session start: service, user, public address | 1 + name + 2 × (1 + 4 or 16 + 2) | server, after the start header | [`SessionStart`] |
+//! | pool | receipt | 1 | client, at once | [`RECEIVED`] |
+//! | pool | outcome | 1 | client, after the target connect | [`REACHED`], [`TARGET_FAILED`], [`NO_SERVICE`] |
+//! | control | admission token | 60 | client, before TLS | [`ADMIT_LEN`], [`ADMIT_MAGIC`] |
+//! | control | greeting | 36 | server, after TLS | [`MAGIC`], [`GREETING_LEN`] |
+//! | control | answer | 80 | client | [`SESSION_LEN`], [`CONTROL_RESPONSE_LEN`] |
+//! | control | confirm | 32 | server | [`CONTROL_CONFIRM_LEN`] |
+//! | control | heartbeat | 1 | both, every second | [`HEARTBEAT`] |
+//!
+//! ## Control
 //!
 //! After TCP (and TLS in modes 1 and 2), in `TUNNEL.md`'s words:
 //!
 //! 1. server → client: [`MAGIC`] ‖ `Ns` (32 fresh random bytes), [`GREETING_LEN`] bytes;
-//! 2. client → server: `S` ‖ `Nc` ‖ `tag_c` ([`SESSION_LEN`] + [`RESPONSE_LEN`]
-//!    bytes), within [`Timeouts::answer`] of the greeting. `S` names the client
-//!    process (drawn once when it starts, the same on every control connection it
-//!    makes): a server that sees a new `S` knows the previous client process is gone,
-//!    and closes every pooled connection it made, which nobody would ever accept;
-//! 3. server → client: `tag_s` ([`CONFIRM_LEN`] bytes).
+//! 2. client → server: `S` ‖ `Nc` ‖ `tag_c` ([`SESSION_LEN`] + [`CONTROL_RESPONSE_LEN`]
+//!    bytes), within [`Timeouts::answer`](crate::config::Timeouts::answer) of the
+//!    greeting. `S` names the client process (drawn once when it starts, the same on
+//!    every control connection it makes): a server that sees a new `S` knows the
+//!    previous client process is gone, and closes every pooled connection it made,
+//!    which nobody would ever accept;
+//! 3. server → client: `tag_s` ([`CONTROL_CONFIRM_LEN`] bytes).
 //!
 //! The tags are `pool_tls::proof`'s: HMAC-SHA256 under the tunnel key over a direction
 //! label, both nonces, the context [`CONTROL_CONTEXT`] ‖ `S` and the TLS channel
@@ -20,31 +39,44 @@
 //! The client proves first because the attacker most likely to exist dials the server:
 //! such a stranger gets a nonce and nothing computed with the key.
 //!
-//! Then both sides send only heartbeats (`\n`); either side drops control after
-//! [`Timeouts::dead_after`] without a byte from the other. Control carries no session:
-//! the server starts each one in band, writing the pool's start header
-//! ([`pool_tokio::START`]) and then the user's bytes on an idle pooled connection, and
-//! the client's pool accepts it from the connection's readiness. The client writes
-//! [`RECEIVED`] on it at once, then [`REACHED`] (or [`TARGET_FAILED`]) once it tried the
-//! target.
+//! Then both sides send only heartbeats ([`HEARTBEAT`]); either side drops control
+//! after [`Timeouts::dead_after`](crate::config::Timeouts::dead_after) without a byte
+//! from the other.
+//!
+//! ## Sessions
+//!
+//! Control carries no session: the server starts each one in band, writing the pool's
+//! start header ([`START`]), the [`SessionStart`] (which service, which user) and then
+//! the user's bytes on an idle pooled connection, and the client's pool accepts it from
+//! the connection's readiness. The client writes [`RECEIVED`] on it at once, then
+//! [`REACHED`] (or [`TARGET_FAILED`], or [`NO_SERVICE`]) once it tried the target.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pool_tls::admit::{check_token, make_token, Admitted, ADMIT_LEN};
+use std::net::{IpAddr, SocketAddr};
 
+pub use pool_core::ID_LEN;
+use pool_tls::admit::{check_token, make_token, Admitted};
+pub use pool_tls::admit::{ADMIT_LEN, ADMIT_MAGIC};
 use pool_tls::proof::{ClientProof, ServerProof, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
 use pool_tls::TunnelKey;
-use pool_tokio::SocketOptions;
+pub use pool_tokio::START;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use crate::BoxError;
 
-/// First bytes the server writes on a control connection (version 4: sessions start
-/// in band and the client acknowledges each with [`RECEIVED`] before it touches the
-/// target; a peer of another version is refused by it, so that no server replays
-/// what a client of another version may have delivered).
-pub const MAGIC: &[u8; 4] = b"NPT4";
+/// First bytes the server writes on a control connection: `NPT` and the version of
+/// the tunnel's wire (5: each session's start names its service and its user; 4: the
+/// client acknowledges each session with [`RECEIVED`] before it touches the target).
+/// A client refuses a server of another version, and a server never starts a session
+/// for a client that has no control connection, so the two never pair: no server
+/// replays what a client of another version may have delivered, and no client reads
+/// a start it cannot parse.
+pub const MAGIC: &[u8; 4] = b"NPT5";
+/// The heartbeat, both ways on control, and the only byte control carries after the
+/// handshake.
+pub const HEARTBEAT: u8 = b'\n';
 /// Length of the server's greeting.
 pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
 pub use pool_tls::proof::{
@@ -81,7 +113,7 @@ pub const RECEIVED: u8 = 0x01;
 /// travels just ahead of the target's first bytes: the client writes it in the same
 /// write as the target's first answer when that comes within [`REACHED_WITH_ANSWER`],
 /// else alone. The server expects it as the first byte of the download, within
-/// [`Timeouts::outcome`] of the receipt. Not a proof: the connection proved the key
+/// [`Timeouts::outcome`](crate::config::Timeouts::outcome) of the receipt. Not a proof: the connection proved the key
 /// when it entered the pool.
 pub const REACHED: u8 = 0x06;
 /// How long the client holds [`REACHED`] back for the target's first answer to go with
@@ -89,80 +121,127 @@ pub const REACHED: u8 = 0x06;
 /// outcome and the answer. The user's bytes go on to the target at once.
 pub const REACHED_WITH_ANSWER: Duration = Duration::from_millis(10);
 /// The byte the client writes after [`RECEIVED`] instead of [`REACHED`] when the target
-/// cannot be reached within [`Timeouts::io`]: the server resets the user at once and
+/// cannot be reached within [`Timeouts::io`](crate::config::Timeouts::io): the server resets the user at once and
 /// retries nothing.
 pub const TARGET_FAILED: u8 = 0x15;
 /// What the server allows beyond the client's target-connect deadline for the outcome
 /// ([`REACHED`] or [`TARGET_FAILED`]) to arrive: the one-way trip back and scheduling.
 pub const OUTCOME_SLACK: Duration = Duration::from_secs(1);
+/// The byte the client writes after [`RECEIVED`] instead of [`REACHED`] when it has no
+/// service of the name the session's start gave (a service the server has and the
+/// client does not, as during a reload of one side): the server resets the user at
+/// once and retries nothing.
+pub const NO_SERVICE: u8 = 0x18;
 
-/// Deadlines of the tunnel (the pools keep their own, set in [`crate::server`] and
-/// [`crate::client`]).
-#[derive(Clone, Debug)]
-pub struct Timeouts {
-    /// A control candidate's TLS handshake (mode 0: nothing).
-    pub tls: Duration,
-    /// From the greeting to the client's full answer.
-    pub answer: Duration,
-    /// How long a user waits for a control connection before being closed.
-    pub control_wait: Duration,
-    /// How long the server waits for the client's [`RECEIVED`] on a pooled connection
-    /// it started. None in time: the user is reset, and nothing is replayed (the client
-    /// may have read the bytes).
-    pub ack: Duration,
-    /// One `get` from either pool.
-    pub get: Duration,
-    /// Heartbeat period on control, both ways.
-    pub heartbeat: Duration,
-    /// Silence after which either side drops control.
-    pub dead_after: Duration,
-    /// Client: connecting to the control port and to the target; writes on control.
-    /// The server derives its wait for a session's outcome from it
-    /// ([`outcome`](Self::outcome)), so both sides must use the same value.
-    pub io: Duration,
-    /// Client: first and longest pause between control reconnects.
-    pub backoff: (Duration, Duration),
+/// Family bytes of an address in a [`SessionStart`].
+const FAMILY_V4: u8 = 4;
+const FAMILY_V6: u8 = 6;
+
+/// What the server writes on a pooled connection right after the pool's start header
+/// ([`START`]) and before the user's bytes: which service the session is for, and the
+/// user's and the public port's addresses (for a PROXY protocol header at the target).
+///
+/// Bytes: the name's length (1 to [`SERVICE_NAME_MAX`](crate::config::SERVICE_NAME_MAX))
+/// ‖ the name (ASCII) ‖ the user's address ‖ the public address, each address a family
+/// byte (4 or 6) ‖ its 4 or 16 bytes ‖ the port (2 bytes, big endian): 15 bytes and
+/// the name for IPv4, 39 and the name for IPv6.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionStart {
+    /// The service's name.
+    pub service: String,
+    /// Where the user connected from.
+    pub user: SocketAddr,
+    /// The public address the user connected to.
+    pub public: SocketAddr,
 }
 
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            tls: Duration::from_secs(3),
-            answer: Duration::from_secs(1),
-            control_wait: Duration::from_secs(1),
-            ack: Duration::from_secs(3),
-            get: Duration::from_secs(2),
-            heartbeat: Duration::from_secs(1),
-            dead_after: Duration::from_secs(3),
-            io: Duration::from_secs(5),
-            backoff: (Duration::from_millis(100), Duration::from_secs(2)),
+/// Why a [`SessionStart`] could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The connection ended or failed first.
+    #[error("session start: {0}")]
+    Io(#[from] std::io::Error),
+    /// A name of length 0 or past the longest.
+    #[error("session start: a service name of {0} bytes")]
+    NameLength(u8),
+    /// A name with a byte a service name never holds.
+    #[error("session start: a service name that is not one")]
+    Name,
+    /// An address family other than 4 and 6.
+    #[error("session start: address family {0}")]
+    Family(u8),
+}
+
+fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            out.push(FAMILY_V4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(FAMILY_V6);
+            out.extend_from_slice(&ip.octets());
         }
     }
+    out.extend_from_slice(&a.port().to_be_bytes());
 }
 
-impl Timeouts {
-    /// How long the server waits, after the client's [`RECEIVED`], for [`REACHED`] or
-    /// [`TARGET_FAILED`]: the client's target connect ([`io`](Self::io)), the time it
-    /// holds [`REACHED`] for the answer, and [`OUTCOME_SLACK`]. Past it the user is
-    /// reset; nothing is replayed.
-    pub fn outcome(&self) -> Duration {
-        self.io + REACHED_WITH_ANSWER + OUTCOME_SLACK
-    }
-
-    /// Socket options of a control connection: keep-alive probes every second after
-    /// one idle second, three unanswered probes or unacknowledged data for
-    /// `dead_after` drop it. The heartbeats decide first; these catch a peer whose
-    /// host vanished while a write is pending.
-    pub fn control_socket(&self) -> SocketOptions {
-        SocketOptions {
-            keepalive: Some(Duration::from_secs(1)),
-            keepalive_interval: Some(Duration::from_secs(1)),
-            keepalive_retries: Some(3),
-            nodelay: true,
-            user_timeout: Some(self.dead_after.max(Duration::from_secs(1))),
+async fn read_addr<R: AsyncRead + Unpin>(r: &mut R) -> Result<SocketAddr, StartError> {
+    let ip = match r.read_u8().await? {
+        FAMILY_V4 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).await?;
+            IpAddr::from(b)
         }
+        FAMILY_V6 => {
+            let mut b = [0u8; 16];
+            r.read_exact(&mut b).await?;
+            IpAddr::from(b)
+        }
+        other => return Err(StartError::Family(other)),
+    };
+    Ok(SocketAddr::new(ip, r.read_u16().await?))
+}
+
+impl SessionStart {
+    /// Its bytes. The name must pass [`crate::config::check_name`] (the server's
+    /// configuration is checked so).
+    pub fn encode(&self) -> Vec<u8> {
+        let name = self.service.as_bytes();
+        let mut out = Vec::with_capacity(1 + name.len() + 2 * 19);
+        out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(name);
+        put_addr(&mut out, self.user);
+        put_addr(&mut out, self.public);
+        out
+    }
+
+    /// Reads one from `r`, never a byte past it. The caller bounds the time.
+    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Self, StartError> {
+        let len = r.read_u8().await?;
+        if len == 0 || usize::from(len) > crate::config::SERVICE_NAME_MAX {
+            return Err(StartError::NameLength(len));
+        }
+        let mut name = vec![0u8; usize::from(len)];
+        r.read_exact(&mut name).await?;
+        let service = String::from_utf8(name).map_err(|_| StartError::Name)?;
+        crate::config::check_name(&service).map_err(|_| StartError::Name)?;
+        let user = read_addr(r).await?;
+        let public = read_addr(r).await?;
+        Ok(Self {
+            service,
+            user,
+            public,
+        })
     }
 }
+
+/// A plain or TLS control stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A boxed control stream.
+pub type BoxIo = Box<dyn Io>;
 
 /// The client's admission token, written first on a control connection, before TLS:
 /// the server sorts the connection from strangers' by it, without a round trip
@@ -244,6 +323,15 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io.read_exact(&mut hello)
         .await
         .map_err(|e| format!("no greeting: {e}"))?;
+    if hello[..3] == MAGIC[..3] && hello[3] != MAGIC[3] {
+        return Err(format!(
+            "the server speaks the tunnel's wire version {}, this client version {}: run \
+             the same release on both sides",
+            char::from(hello[3]),
+            char::from(MAGIC[3])
+        )
+        .into());
+    }
     if &hello[..MAGIC.len()] != MAGIC {
         return Err("not a tunnel control port (bad greeting)".into());
     }
@@ -356,11 +444,66 @@ mod tests {
         assert_eq!(got.len(), GREETING_LEN);
     }
 
+    #[tokio::test]
+    async fn a_server_of_another_wire_version_is_refused_by_name() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let old = async move {
+            let mut hello = [0u8; GREETING_LEN];
+            hello[..4].copy_from_slice(b"NPT4");
+            a.write_all(&hello).await.unwrap();
+            a
+        };
+        let (k, tag) = (key(1), fresh_session().unwrap());
+        let (_a, r) = tokio::join!(old, client_handshake(&mut b, &k, &[], &tag));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("wire version 4, this client version 5"), "{e}");
+    }
+
     #[test]
     fn the_control_context_is_no_pool_id_length() {
         assert!(![4, 8].contains(&control_context(&[0; SESSION_LEN]).len()));
         assert_eq!(CONTROL_RESPONSE_LEN, 2 * NONCE_LEN);
         assert_eq!(CONTROL_CONFIRM_LEN, 32);
+    }
+
+    #[tokio::test]
+    async fn a_session_start_reads_back_and_never_past_its_end() {
+        for (user, public) in [
+            ("127.0.0.2:40000", "127.0.0.1:8080"),
+            ("[::1]:1", "[2001:db8::1]:65535"),
+        ] {
+            let start = SessionStart {
+                service: "web-1.a_b".into(),
+                user: user.parse().unwrap(),
+                public: public.parse().unwrap(),
+            };
+            let mut bytes = start.encode();
+            bytes.extend_from_slice(b"payload");
+            let mut r = &bytes[..];
+            assert_eq!(SessionStart::read(&mut r).await.unwrap(), start);
+            assert_eq!(r, b"payload", "nothing past the start is read");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_session_start_is_a_typed_error() {
+        let ok = SessionStart {
+            service: "web".into(),
+            user: "127.0.0.1:1".parse().unwrap(),
+            public: "127.0.0.1:2".parse().unwrap(),
+        }
+        .encode();
+        let cases: [(Vec<u8>, &str); 5] = [
+            (vec![0], "of 0 bytes"),
+            (vec![65], "of 65 bytes"),
+            ([&[3u8][..], b"w b"].concat(), "not one"),
+            ([&ok[..4], &[5u8][..]].concat(), "family 5"),
+            (ok[..ok.len() - 1].to_vec(), "session start: "),
+        ];
+        for (bytes, says) in cases {
+            let e = SessionStart::read(&mut &bytes[..]).await.unwrap_err();
+            assert!(e.to_string().contains(says), "{e} (wanted {says})");
+        }
     }
 
     #[test]

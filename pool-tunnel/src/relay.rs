@@ -17,29 +17,11 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub use crate::config::RelayLimits;
 use pool_tokio::SocketOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// Deadlines of one relay.
-#[derive(Clone, Copy, Debug)]
-pub struct RelayLimits {
-    /// Nothing moved either way for this long: the session ends.
-    pub idle: Duration,
-    /// One direction ended (EOF passed on) and the other has moved nothing for this
-    /// long: the session ends (with a reset).
-    pub half_close: Duration,
-}
-
-impl Default for RelayLimits {
-    fn default() -> Self {
-        Self {
-            idle: Duration::from_secs(300),
-            half_close: Duration::from_secs(30),
-        }
-    }
-}
 
 /// How a relay ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The server side: the pool on the tunnel port, the control port, the public port.
+//! The server side: the pool on the tunnel port, the control port, and one public
+//! port per service.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,178 +7,27 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_tls::ServerTls;
 use pool_tokio::{AdmissionLimits, IpFilter, ServeTls, ServerPool, TunnelKey};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use crate::protocol::{unix_ms, Session, Timeouts};
-use crate::relay::RelayLimits;
-use crate::sources::SourceLimits;
+use crate::config::{
+    CandidateLimits, Reloaded, ServerConfig, ServerService, Timeouts, HANDSHAKE_SLOTS,
+};
+use crate::protocol::{unix_ms, Session};
 use crate::stats::{ServerSnapshot, ServerStats};
 use crate::BoxError;
 
 mod control;
+pub(crate) use control::ADMIT_WINDOW;
 mod public;
+mod services;
 mod session;
 
-pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
 use session::user_session;
-pub use session::REPLAY_MAX;
-
-/// Unsorted control candidates at most: more than a flood has sources, so the
-/// candidates table's fairness keeps a lone client's slot (see [`crate::candidates`]).
-pub const DEFAULT_CANDIDATES: usize = 1024;
-/// Unsorted control candidates from one source at most.
-pub const DEFAULT_CANDIDATES_PER_SOURCE: usize = 16;
-/// User sessions at once, by default.
-pub const DEFAULT_MAX_SESSIONS: usize = 4096;
-/// How long a connection to the tunnel (pool) port has for TLS and the key proof, by
-/// default. Silent strangers hold a handshake slot for at most this long; the real
-/// client's handshake and proof take a few round trips. Slots are many, so that a
-/// crowd of silent peers is held to this deadline rather than refused at once (which
-/// invites an immediate reconnect, and a churn that starves the accept loop).
-pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
-/// Default [`ServerConfig::quiet`]: longer than a session's start takes (the receipt
-/// deadline), short against the idle timeout a quiet session would otherwise hold its
-/// slot for.
-pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
-
-/// A plain or TLS control stream.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-/// A boxed control stream.
-pub type BoxIo = Box<dyn Io>;
-
-/// The public side.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Where the pool listens (clients dial in here).
-    pub tunnel: SocketAddr,
-    /// Where users connect.
-    pub public: SocketAddr,
-    /// Where the control connection comes in. `None`: tunnel port + 1 (or port 0 when
-    /// the tunnel port is 0).
-    pub control: Option<SocketAddr>,
-    /// TLS certificate for pool and control (modes 1 and 2); `None` is mode 0.
-    pub tls: Option<ServerTls>,
-    /// Client-IP filter for pool and control (`None`: anyone).
-    pub client_ip: Option<String>,
-    /// The tunnel key: pool connections and control prove it.
-    pub key: TunnelKey,
-    /// Server pool maximum capacity.
-    pub max_capacity: usize,
-    /// User sessions at once at most. At the cap a newcomer takes the newest session
-    /// of the source holding the most if its own source holds fewer, else it is
-    /// closed at once ([`crate::sources`]).
-    pub max_sessions: usize,
-    /// Per source (/24, /64): sessions at once, and new sessions a second, enforced
-    /// only while the public port is contended ([`crate::sources::SourceLimits`]).
-    pub per_source: PerSource,
-    /// Control candidates that have not sent their admission token yet, at most: in
-    /// total and per source (/24, /64). See [`crate::candidates`].
-    pub candidates: CandidateLimits,
-    /// Relay deadlines.
-    pub relay: RelayLimits,
-    /// A session that moved no byte either way for this long is *quiet*: at the cap it
-    /// yields its slot to a newcomer before any session moving bytes does
-    /// ([`crate::sources::SourceLimits::admit_quiet`]). Outside the cap it costs
-    /// nothing: the relay's idle timeout still ends it.
-    pub quiet: Duration,
-    /// Control and session deadlines.
-    pub timeouts: Timeouts,
-    /// TLS and the key proof of a connection to the tunnel (pool) port.
-    pub pool_handshake: Duration,
-}
-
-/// What one source (a /24, a /64) may take of the public port while it is contended.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PerSource {
-    /// Sessions at once.
-    pub sessions: usize,
-    /// New sessions a second (bursts of twice that).
-    pub new_per_s: f64,
-}
-
-impl Default for PerSource {
-    fn default() -> Self {
-        Self {
-            sessions: crate::sources::DEFAULT_CONCURRENT,
-            new_per_s: crate::sources::DEFAULT_RATE,
-        }
-    }
-}
-
-/// Bounds of the table of control candidates that have not sent their admission token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CandidateLimits {
-    /// Candidates at most, in all.
-    pub total: usize,
-    /// Candidates at most from one source (a /24, a /64).
-    pub per_source: usize,
-}
-
-impl Default for CandidateLimits {
-    fn default() -> Self {
-        Self {
-            total: DEFAULT_CANDIDATES,
-            per_source: DEFAULT_CANDIDATES_PER_SOURCE,
-        }
-    }
-}
-
-impl ServerConfig {
-    /// Loopback everywhere, port 0 everywhere, mode 0, the given key.
-    pub fn loopback(key: TunnelKey) -> Self {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self {
-            tunnel: any,
-            public: any,
-            control: Some(any),
-            tls: None,
-            client_ip: None,
-            key,
-            max_capacity: 1024,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            per_source: PerSource::default(),
-            candidates: CandidateLimits::default(),
-            relay: RelayLimits::default(),
-            quiet: DEFAULT_QUIET,
-            timeouts: Timeouts::default(),
-            pool_handshake: DEFAULT_POOL_HANDSHAKE,
-        }
-    }
-
-    /// Refuses a setting out of its range, naming it: a value past what a table or a
-    /// semaphore holds fails here, at start-up, never in a task at run time.
-    pub fn check(&self) -> Result<(), BoxError> {
-        use crate::limits::{check_count, check_secs};
-        check_count("max_capacity", self.max_capacity)?;
-        check_count("max_sessions", self.max_sessions)?;
-        check_count("per_source sessions", self.per_source.sessions)?;
-        let rate = self.per_source.new_per_s;
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(format!("per_source rate {rate}: must be a positive number").into());
-        }
-        check_count("candidates", self.candidates.total)?;
-        check_count("candidates per source", self.candidates.per_source)?;
-        check_secs("relay idle", self.relay.idle)?;
-        check_secs("relay half_close", self.relay.half_close)?;
-        if self.quiet.is_zero() || self.quiet > self.relay.idle {
-            return Err(format!(
-                "quiet {:?}: must be above 0 and at most the idle timeout",
-                self.quiet
-            )
-            .into());
-        }
-        check_secs("pool_handshake", self.pool_handshake)?;
-        Ok(())
-    }
-}
 
 /// The active control connection, as user sessions see it.
 #[derive(Clone)]
@@ -191,7 +41,6 @@ struct Shared {
     pool: ServerPool,
     key: TunnelKey,
     t: Timeouts,
-    relay: RelayLimits,
     stats: ServerStats,
     /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
     buffered: std::sync::atomic::AtomicUsize,
@@ -206,8 +55,12 @@ struct Shared {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     tunnel: SocketAddr,
-    public: SocketAddr,
     control: SocketAddr,
+    /// The first service's name at start.
+    first: String,
+    /// Each running service's public address.
+    addrs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, SocketAddr>>>,
+    reloads: tokio::sync::mpsc::Sender<services::Reload>,
     /// Runs the accept loops; when one ends, it stops them all (see `failed`).
     tasks: Vec<JoinHandle<()>>,
     failed: watch::Receiver<Option<String>>,
@@ -218,9 +71,36 @@ impl ServerHandle {
     pub fn tunnel_addr(&self) -> SocketAddr {
         self.tunnel
     }
-    /// Where users connect.
+    /// Where the users of the first service (in the configuration it started with)
+    /// connect; all zeros once a reload removed it.
     pub fn public_addr(&self) -> SocketAddr {
-        self.public
+        self.service_addr(&self.first)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+    /// Where the users of the running service `name` connect.
+    pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.addrs).get(name).copied()
+    }
+    /// The running services' names and public addresses.
+    pub fn services(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.addrs)
+            .iter()
+            .map(|(n, a)| (n.clone(), *a))
+            .collect()
+    }
+    /// Makes `services` the running set: added services start, removed ones stop
+    /// accepting and their sessions run to their end, changed ones do both (a
+    /// service that keeps its address keeps its socket: no user is refused
+    /// meanwhile), and the sessions of unchanged ones never notice. Every new socket
+    /// is bound first: when one cannot be, or a service is refused by its check,
+    /// nothing changes and the error says why.
+    pub async fn reload(&self, services: Vec<ServerService>) -> Result<Reloaded, BoxError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.reloads
+            .send(services::Reload { services, reply })
+            .await
+            .map_err(|_| "the server side has stopped")?;
+        Ok(answer.await.map_err(|_| "the server side has stopped")??)
     }
     /// Where the control connection comes in.
     pub fn control_addr(&self) -> SocketAddr {
@@ -298,10 +178,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
                 .handshake_timeout(cfg.pool_handshake)
                 .admission(AdmissionLimits {
                     // At most a quarter of the descriptors, whatever the limit.
-                    max_handshakes: crate::limits::within_descriptors(
-                        crate::cli::HANDSHAKE_SLOTS,
-                        4,
-                    ),
+                    max_handshakes: crate::limits::within_descriptors(HANDSHAKE_SLOTS, 4),
                     ..AdmissionLimits::default()
                 }),
         )
@@ -328,9 +205,6 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     let control_l = TcpListener::bind(control_addr)
         .await
         .map_err(|e| format!("control {control_addr}: {e}"))?;
-    let public_l = TcpListener::bind(cfg.public)
-        .await
-        .map_err(|e| format!("public {}: {e}", cfg.public))?;
     let acceptor = match &cfg.tls {
         Some(t) => Some(TlsAcceptor::from(t.config()?)),
         None => None,
@@ -339,7 +213,6 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         pool,
         key: cfg.key,
         t: cfg.timeouts,
-        relay: cfg.relay,
         stats: ServerStats::default(),
         buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
@@ -347,7 +220,10 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         session: std::sync::Mutex::new(None),
     });
     let control = control_l.local_addr()?;
-    let public = public_l.local_addr()?;
+    let mut services = services::Services::new();
+    services.reload(&shared, cfg.services.clone()).await?;
+    let addrs = services.addrs.clone();
+    let (reloads, requests) = tokio::sync::mpsc::channel(4);
     // At most an eighth of the descriptors.
     let candidates = CandidateLimits {
         total: crate::limits::within_descriptors(cfg.candidates.total, 8),
@@ -364,17 +240,8 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         started_ms,
     ));
     names.insert(h.id(), "the control port's accept loop");
-    let h = loops.spawn(public::public_accept_loop(
-        shared.clone(),
-        public_l,
-        SourceLimits::new(
-            cfg.max_sessions,
-            cfg.per_source.sessions,
-            cfg.per_source.new_per_s,
-        ),
-        cfg.quiet,
-    ));
-    names.insert(h.id(), "the public port's accept loop");
+    let h = loops.spawn(services::run(shared.clone(), services, requests));
+    names.insert(h.id(), "the services' accept loops");
     let (failed_tx, failed) = watch::channel(None);
     let tasks = vec![tokio::spawn(crate::tasks::supervise(
         "the server side",
@@ -385,8 +252,14 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     Ok(ServerHandle {
         shared,
         tunnel,
-        public,
         control,
+        first: cfg
+            .services
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        addrs,
+        reloads,
         tasks,
         failed,
     })

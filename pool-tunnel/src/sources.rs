@@ -35,17 +35,13 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The most sources the table keeps.
-pub const MAX_SOURCES: usize = 65_536;
-/// Default sessions at once from one source, under contention.
-pub const DEFAULT_CONCURRENT: usize = 256;
-/// Default new sessions a second from one source, under contention.
-pub const DEFAULT_RATE: f64 = 200.0;
+pub(crate) const MAX_SOURCES: usize = 65_536;
 /// How long the port stays contended after a newcomer found the cap full.
-pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
+pub(crate) const CONTENDED_FOR: Duration = Duration::from_secs(1);
 
 /// Why a session was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The port is contended and its source holds its share of sessions at once.
     Concurrent,
     /// The port is contended and its source started its share in the last second.
@@ -55,13 +51,13 @@ pub enum Refused {
 }
 
 /// A session's handle in the table.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// A session admitted: release it with [`SourceLimits::release`] when it ends, and
 /// reset `evict` (if any) at once: the table no longer counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// Its source.
     pub source: Source,
     /// Its handle.
@@ -72,11 +68,11 @@ pub struct Admitted {
 
 /// A source's prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source(u128);
+pub(crate) struct Source(u128);
 
 impl Source {
     /// The source of `peer`.
-    pub fn of(peer: IpAddr) -> Self {
+    pub(crate) fn of(peer: IpAddr) -> Self {
         match peer.to_canonical() {
             IpAddr::V4(a) => Self(u128::from(u32::from(a) & 0xffff_ff00)),
             IpAddr::V6(a) => Self((u128::from(a) & !0u128 << 64) | 1),
@@ -94,7 +90,7 @@ struct Entry {
 
 /// The cap, the shares, and what each source holds.
 #[derive(Debug)]
-pub struct SourceLimits {
+pub(crate) struct SourceLimits {
     max_total: usize,
     concurrent: usize,
     rate: f64,
@@ -109,7 +105,7 @@ pub struct SourceLimits {
 impl SourceLimits {
     /// At most `max_total` sessions at once in all; under contention, at most
     /// `concurrent` at once and `rate` new ones a second per source.
-    pub fn new(max_total: usize, concurrent: usize, rate: f64) -> Self {
+    pub(crate) fn new(max_total: usize, concurrent: usize, rate: f64) -> Self {
         Self {
             max_total: max_total.max(1),
             concurrent: concurrent.max(1),
@@ -131,10 +127,11 @@ impl SourceLimits {
     }
 
     /// Whether the shares bind at `now`: the cap is near, or was reached a moment ago.
-    pub fn contended(&self, now: Instant) -> bool {
+    pub(crate) fn contended(&self, now: Instant) -> bool {
         self.total * 4 >= self.max_total * 3 || self.contended_until.is_some_and(|t| now < t)
     }
 
+    #[cfg(test)]
     fn held(&self, source: Source) -> usize {
         self.table.get(&source).map_or(0, |e| e.sessions.len())
     }
@@ -148,9 +145,10 @@ impl SourceLimits {
         }
     }
 
+    #[cfg(test)]
     /// A session from `peer` arrives at `now`: admitted, maybe in another's place, or
     /// refused. No session counts as quiet: see [`SourceLimits::admit_quiet`].
-    pub fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refused> {
         self.admit_quiet(peer, now, |_| false)
     }
 
@@ -158,7 +156,7 @@ impl SourceLimits {
     /// a while: at the cap one of them yields first (the oldest quiet session of the
     /// heaviest source holding one), whoever the newcomer; only when none is quiet
     /// does the heaviest source yield its newest to a lighter one.
-    pub fn admit_quiet(
+    pub(crate) fn admit_quiet(
         &mut self,
         peer: IpAddr,
         now: Instant,
@@ -240,7 +238,7 @@ impl SourceLimits {
 
     /// Session `id` of `source` ended; answers whether the table still held it (an
     /// evicted session was taken out when it was evicted).
-    pub fn release(&mut self, source: Source, id: SessionId) -> bool {
+    pub(crate) fn release(&mut self, source: Source, id: SessionId) -> bool {
         let Some(e) = self.table.get_mut(&source) else {
             return false;
         };
@@ -254,24 +252,22 @@ impl SourceLimits {
         true
     }
 
+    #[cfg(test)]
     /// Sessions under way from `peer`'s source.
-    pub fn active(&self, peer: IpAddr) -> usize {
+    pub(crate) fn active(&self, peer: IpAddr) -> usize {
         self.held(Source::of(peer))
     }
 
+    #[cfg(test)]
     /// Sessions under way in all.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.total
     }
 
+    #[cfg(test)]
     /// Sources in the table.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.table.len()
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
     }
 
     /// Drops the sources that hold nothing: no session, and a bucket full again.

@@ -60,6 +60,9 @@ counters! {
         buffer_waits,
         /// Users reset at once because the client could not reach the target.
         target_failed,
+        /// Users reset at once because the client has no service of their service's
+        /// name.
+        no_service,
         /// Users reset because, after the client's receipt, its pooled connection died
         /// or no outcome (reached, target failed) came in time: nothing is replayed.
         no_outcome,
@@ -151,6 +154,11 @@ counters! {
         failed,
         /// Sessions whose target could not be reached (told to the server).
         target_failed,
+        /// Sessions for a service this side does not have (told to the server).
+        no_service,
+        /// Pooled connections closed because their session's start could not be read
+        /// (the server replays it elsewhere: nothing was delivered).
+        bad_start,
         /// Bytes relayed target -> server side.
         bytes_up,
         /// Bytes relayed server side -> target.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use pool_testkit::load::{self, LoadProgress, LoadReport};
 use pool_tls::admit::make_token;
 use pool_tls::TunnelKey;
+use pool_tunnel::config::PerSource;
 use pool_tunnel::protocol::{self, unix_ms, GREETING_LEN};
-use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -26,9 +26,9 @@ use tunnel_common::{fast, LIMIT};
 fn server_cfg(max_sessions: usize) -> ServerConfig {
     ServerConfig {
         timeouts: fast(),
-        max_sessions,
         ..ServerConfig::loopback(TunnelKey::generate().unwrap())
     }
+    .map_services(|s| s.max_sessions = max_sessions)
 }
 
 fn client_cfg(server: &ServerHandle, target: SocketAddr) -> ClientConfig {
@@ -167,10 +167,9 @@ async fn mover(
 async fn as_many_silent_sources_as_slots_never_lock_honest_users_out() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
     let cap = 32;
-    let server = pool_tunnel::start_server(ServerConfig {
-        quiet: Duration::from_secs(1),
-        ..server_cfg(cap)
-    })
+    let server = pool_tunnel::start_server(server_cfg(cap).map_services(|s| {
+        s.quiet = Duration::from_secs(1);
+    }))
     .await
     .unwrap();
     let client = pool_tunnel::start_client(client_cfg(&server, echo))
@@ -277,14 +276,13 @@ async fn an_evicted_session_ends_with_a_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_source_past_its_rate_is_refused_only_when_others_wait() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
-    let server = pool_tunnel::start_server(ServerConfig {
+    let server = pool_tunnel::start_server(server_cfg(100).map_services(|s| {
         // A share of 10 new sessions a second; the source asks for 40 at once.
-        per_source: PerSource {
+        s.per_source = PerSource {
             sessions: 1000,
             new_per_s: 10.0,
-        },
-        ..server_cfg(100)
-    })
+        };
+    }))
     .await
     .unwrap();
     let client = pool_tunnel::start_client(client_cfg(&server, echo))

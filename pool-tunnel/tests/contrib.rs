@@ -301,7 +301,7 @@ fn a_key_in_the_credentials_directory_may_show_the_acl_mask_as_group_read() {
     let elsewhere = client_with_key_file(&key, None);
     assert!(elsewhere.contains("other users can read"), "{elsewhere}");
     let credential = client_with_key_file(&key, Some(&dir));
-    assert!(credential.contains("--ca needs --tls 2"), "{credential}");
+    assert!(credential.contains("--ca: needs tls 2"), "{credential}");
     // Writable by others is refused even there.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o602)).unwrap();
     let writable = client_with_key_file(&key, Some(&dir));

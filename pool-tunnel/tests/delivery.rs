@@ -30,7 +30,10 @@ fn timeouts(connect: Duration) -> Timeouts {
         heartbeat: Duration::from_millis(200),
         dead_after: Duration::from_secs(2),
         io: connect,
-        backoff: (Duration::from_millis(50), Duration::from_millis(300)),
+        backoff: pool_tunnel::config::Reconnect {
+            first: Duration::from_millis(50),
+            longest: Duration::from_millis(300),
+        },
     }
 }
 
@@ -56,12 +59,14 @@ impl Tunnel {
             .0
             .then(|| ServerTls::self_signed(["localhost"]).unwrap());
         let pin = cert.as_ref().map(ServerTls::fingerprint);
-        let server = pool_tunnel::start_server(ServerConfig {
-            timeouts: t.clone(),
-            relay,
-            tls: cert,
-            ..ServerConfig::loopback(pool_tls::TunnelKey::generate().unwrap())
-        })
+        let server = pool_tunnel::start_server(
+            ServerConfig {
+                timeouts: t.clone(),
+                tls: cert,
+                ..ServerConfig::loopback(pool_tls::TunnelKey::generate().unwrap())
+            }
+            .map_services(|s| s.relay = relay),
+        )
         .await
         .unwrap();
         let client = start_client(&server, pin, target, t, relay).await;
@@ -87,9 +92,9 @@ async fn start_client(
 ) -> ClientHandle {
     let mut cfg = ClientConfig {
         timeouts: t,
-        relay,
         ..ClientConfig::for_server(server, target)
-    };
+    }
+    .map_services(|s| s.relay = relay);
     if let Some(fp) = pin {
         cfg.mode = TlsMode::SelfSigned;
         cfg.pin = Some(fp);

@@ -14,8 +14,8 @@ use pool_testkit::load::{self, LoadProgress};
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::admit::make_token;
 use pool_tls::{ServerTls, TlsMode};
+use pool_tunnel::config::PerSource;
 use pool_tunnel::protocol::{self, GREETING_LEN, MAGIC};
-use pool_tunnel::server::PerSource;
 use pool_tunnel::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -60,15 +60,19 @@ async fn mode1_1000_short_sessions_64_at_once() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
     let cert = ServerTls::self_signed(["localhost"]).unwrap();
     let fp = cert.fingerprint();
-    let server = pool_tunnel::start_server(ServerConfig {
-        tls: Some(cert),
-        // Every user comes from 127.0.0.1: lift its share.
-        per_source: PerSource {
-            sessions: 100_000,
-            new_per_s: 1e9,
-        },
-        ..ServerConfig::loopback(key())
-    })
+    let server = pool_tunnel::start_server(
+        ServerConfig {
+            tls: Some(cert),
+            // Every user comes from 127.0.0.1: lift its share.
+            ..ServerConfig::loopback(key())
+        }
+        .map_services(|s| {
+            s.per_source = PerSource {
+                sessions: 100_000,
+                new_per_s: 1e9,
+            }
+        }),
+    )
     .await
     .unwrap();
     let client = pool_tunnel::start_client(ClientConfig {
@@ -369,15 +373,14 @@ async fn connect_from_other_net(last: u8, to: SocketAddr) -> std::io::Result<Tcp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_holding_and_flooding_the_public_port_starves_nobody_else() {
     let (echo, echo_task) = load::start_echo().await.unwrap();
-    let server = pool_tunnel::start_server(ServerConfig {
-        per_source: PerSource {
+    let server = pool_tunnel::start_server(server_cfg(key()).map_services(|s| {
+        s.per_source = PerSource {
             sessions: 64,
             new_per_s: 100.0,
-        },
+        };
         // The shares bind under contention: from three quarters of this cap on.
-        max_sessions: 256,
-        ..server_cfg(key())
-    })
+        s.max_sessions = 256;
+    }))
     .await
     .unwrap();
     let client = pool_tunnel::start_client(client_cfg(&server, echo))

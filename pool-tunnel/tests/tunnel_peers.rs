@@ -13,8 +13,8 @@ use pool_testkit::load;
 use pool_testkit::proxy::{Fault, FaultProxy, Script};
 use pool_tls::TlsMode;
 use pool_tokio::IdleWatch;
+use pool_tunnel::config::CandidateLimits;
 use pool_tunnel::protocol;
-use pool_tunnel::server::CandidateLimits;
 use pool_tunnel::{ClientConfig, ServerConfig, Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -259,13 +259,15 @@ async fn a_pin_and_key_in_a_state_dir_survive_a_server_restart() {
         async move {
             let (tls, _) = pool_tunnel::state::certificate(&dir, "localhost").unwrap();
             let (k, _, _) = pool_tunnel::state::tunnel_key(&dir).unwrap();
-            pool_tunnel::start_server(ServerConfig {
-                tunnel,
-                control: Some(control),
-                public,
-                tls: Some(tls),
-                ..server_cfg(k)
-            })
+            pool_tunnel::start_server(
+                ServerConfig {
+                    tunnel,
+                    control: Some(control),
+                    tls: Some(tls),
+                    ..server_cfg(k)
+                }
+                .map_services(|s| s.public = public),
+            )
             .await
             .unwrap()
         }

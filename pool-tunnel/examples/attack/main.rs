@@ -58,7 +58,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Res<()> {
     let Args { mode } = <Args as clap::Parser>::parse();
-    let _ = pool_tunnel::limits::raise_nofile();
+    let _ = pool_testkit::process::raise_nofile();
     let dir =
         std::env::temp_dir().join(format!("pool-tunnel-attack-{}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,19 +18,20 @@ use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::{lock, BoxIo, Control, Shared};
+use super::{lock, Control, Shared};
 use crate::candidates::{CandidateId, Candidates};
 use crate::limits::Backoff;
-use crate::protocol::{read_token, server_handshake, unix_ms, Session};
+use crate::protocol::BoxIo;
+use crate::protocol::{read_token, server_handshake, unix_ms, Session, HEARTBEAT};
 use crate::sources::Source;
 use crate::stats::{bump, QuietLog, Refusal};
 use crate::BoxError;
 
 /// Candidates whose admission token proved the key, at most (only key holders reach
 /// this table: it needs no per-source quota).
-pub const PROTECTED_SLOTS: usize = 16;
+pub(crate) const PROTECTED_SLOTS: usize = 16;
 /// How far an admission token's clock may be from the server's.
-pub const ADMIT_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const ADMIT_WINDOW: Duration = Duration::from_secs(120);
 /// Admission nonces remembered at most (see [`ReplayWindow`]).
 const ADMIT_MEMORY: usize = 4096;
 
@@ -202,7 +203,7 @@ pub(super) async fn control_accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     filter: IpFilter,
-    candidates: super::CandidateLimits,
+    candidates: crate::config::CandidateLimits,
     started_ms: u64,
 ) {
     let mut port = ControlPort {
@@ -330,7 +331,10 @@ async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             heartbeat.tick().await;
-            if write_flush(&mut wr, b"\n", t.dead_after).await.is_err() {
+            if write_flush(&mut wr, &[HEARTBEAT], t.dead_after)
+                .await
+                .is_err()
+            {
                 return "write failed or stalled";
             }
         }
@@ -344,7 +348,7 @@ async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session
                     return "no heartbeat from the client";
                 }
                 Ok(Ok(0)) => return "closed by the client",
-                Ok(Ok(n)) if buf[..n].iter().all(|&b| b == b'\n') => {}
+                Ok(Ok(n)) if buf[..n].iter().all(|&b| b == HEARTBEAT) => {}
                 Ok(Ok(_)) => return "unexpected bytes from the client",
                 Ok(Err(_)) => return "read error",
             }

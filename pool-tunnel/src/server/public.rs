@@ -1,5 +1,5 @@
-//! The public port's accept loop: the cap and the per-source shares of
-//! [`crate::sources`], and the reset of a session evicted to make room.
+//! A TCP service's accept loop on its public port: the cap and the per-source shares
+//! of [`crate::sources`], and the reset of a session evicted to make room.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::warn;
 
+use super::services::Service;
 use super::{lock, user_session, Shared};
+use crate::config::ServerService;
 use crate::limits::Backoff;
 use crate::relay::{peer_socket_options, Traffic};
 use crate::sources::{Refused, SessionId, Source, SourceLimits};
@@ -58,12 +60,24 @@ impl Drop for Slot {
     }
 }
 
+/// Accepts the users of `svc` until `stop` turns true, then stops accepting (its last
+/// handle on `listener` goes) and returns once every session it started has ended.
 pub(super) async fn public_accept_loop(
     shared: Arc<Shared>,
-    listener: TcpListener,
-    limits: SourceLimits,
-    quiet: Duration,
+    svc: ServerService,
+    listener: Arc<TcpListener>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let limits = SourceLimits::new(
+        svc.max_sessions,
+        svc.per_source.sessions,
+        svc.per_source.new_per_s,
+    );
+    let quiet = svc.quiet;
+    let service = Arc::new(Service {
+        name: svc.name.clone(),
+        relay: svc.relay,
+    });
     let public = Arc::new(std::sync::Mutex::new(Public {
         limits,
         held: HashMap::new(),
@@ -76,7 +90,12 @@ pub(super) async fn public_accept_loop(
     let each = !(pool_tokio::INHERITED_AT_ACCEPT && options.apply_listener(&listener).is_ok());
     loop {
         while sessions.try_join_next().is_some() {}
-        let (user, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            a = listener.accept() => a,
+        };
+        let (user, peer) = match accepted {
             Ok(pair) => {
                 backoff.succeeded();
                 pair
@@ -129,6 +148,7 @@ pub(super) async fn public_accept_loop(
             id: admitted.id,
         };
         let shared = shared.clone();
+        let service = service.clone();
         let traffic = Arc::new(Traffic::default());
         let seen = traffic.clone();
         // Spawned under the lock: the session's slot cannot be given back before its
@@ -136,7 +156,7 @@ pub(super) async fn public_accept_loop(
         let task = sessions.spawn(async move {
             let _slot = slot;
             let _running = shared.stats.session_running();
-            let ok = user_session(&shared, user, &seen).await;
+            let ok = user_session(&shared, &service, user, &seen).await;
             bump(if ok {
                 &shared.stats.relayed
             } else {
@@ -152,4 +172,8 @@ pub(super) async fn public_accept_loop(
             },
         );
     }
+    // Draining: no user is accepted any more (the listener closes unless the service
+    // that replaces this one holds it), and the sessions under way run to their end.
+    drop(listener);
+    while sessions.join_next().await.is_some() {}
 }

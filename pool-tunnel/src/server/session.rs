@@ -8,8 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
+use super::services::Service;
 use super::{Control, Shared};
-use crate::protocol::{REACHED, RECEIVED, TARGET_FAILED};
+use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED};
 use crate::relay::{
     graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
 };
@@ -21,7 +22,7 @@ const ATTEMPTS: usize = 16;
 /// The user's bytes the server sends before the client's [`RECEIVED`] and keeps for a
 /// replay, at most. Past it, the server reads nothing more from the user until the
 /// receipt (one round trip): nothing is ever sent that could not be replayed.
-pub const REPLAY_MAX: usize = 64 * 1024;
+pub(crate) const REPLAY_MAX: usize = 64 * 1024;
 /// Users' bytes all sessions together hold in memory for a replay, at most. Past it, a
 /// session sends what it holds and reads nothing more from its user until the receipt
 /// (the bytes wait in the kernel; counted in `buffer_waits`).
@@ -99,8 +100,23 @@ enum Handover {
 /// a clean end of stream for a session cut short. A user for whom no control connection
 /// comes within `control_wait` is reset at once (no client is there to accept); so is
 /// one whose control connection is lost before the receipt.
-pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: &Traffic) -> bool {
+pub(super) async fn user_session(
+    shared: &Shared,
+    service: &Service,
+    mut user: TcpStream,
+    traffic: &Traffic,
+) -> bool {
     reset(&user);
+    let (Ok(from), Ok(to)) = (user.peer_addr(), user.local_addr()) else {
+        return false; // already gone
+    };
+    // The session's start goes first, then the user's bytes; both are replayed alike.
+    let start = SessionStart {
+        service: service.name.clone(),
+        user: from,
+        public: to,
+    }
+    .encode();
     let mut control = shared.control.subscribe();
     // What the user sent already goes out with the start, in one write. A user that
     // shut down its write side before a byte (a half-close) still gets its session:
@@ -109,12 +125,14 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: 
     // receipt frees it.
     let mut budget = Buffered::new(&shared.buffered);
     let want = budget.reserve(CHUNK);
-    let (mut sent, mut user_done) = match early_bytes(&user, want) {
+    let (early, mut user_done) = match early_bytes(&user, want) {
         Early::Bytes(b) => (b, false),
         Early::HalfClosed => (Vec::new(), true),
         Early::Gone => return false,
     };
-    budget.unreserve(want - sent.len());
+    budget.unreserve(want - early.len());
+    let mut sent = start.clone();
+    sent.extend_from_slice(&early);
     if want < CHUNK {
         bump(&shared.stats.buffer_waits);
     }
@@ -161,16 +179,16 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: 
         }
     };
     // The copy is not needed any more: nothing is replayed after the receipt.
-    let sent = std::mem::take(&mut sent).len();
+    let sent = std::mem::take(&mut sent).len() - start.len();
     drop(budget);
     let reached = Opening::Expect(Expect {
         byte: REACHED,
         within: shared.t.outcome(),
     });
     let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, shared.relay, traffic, reached).await,
+        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, service.relay, traffic, reached).await,
         mut tls => {
-            let end = relay_with(&mut user, &mut tls, shared.relay, traffic, reached).await;
+            let end = relay_with(&mut user, &mut tls, service.relay, traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&user);
                 graceful(tls.tcp());
@@ -197,6 +215,10 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: 
         }
         RelayEnd::NotExpected(Some(TARGET_FAILED)) => {
             bump(&shared.stats.target_failed);
+            false
+        }
+        RelayEnd::NotExpected(Some(NO_SERVICE)) => {
+            bump(&shared.stats.no_service);
             false
         }
         RelayEnd::NotExpected(_) => {

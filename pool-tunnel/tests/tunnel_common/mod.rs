@@ -26,7 +26,10 @@ pub fn fast() -> Timeouts {
         heartbeat: Duration::from_millis(200),
         dead_after: Duration::from_millis(800),
         io: Duration::from_secs(2),
-        backoff: (Duration::from_millis(50), Duration::from_millis(300)),
+        backoff: pool_tunnel::config::Reconnect {
+            first: Duration::from_millis(50),
+            longest: Duration::from_millis(300),
+        },
     }
 }
 
