@@ -137,7 +137,7 @@ pub struct SimOptions {
     /// closed ([`Driver::idle_ready`](pool_core::driver::Driver::idle_ready)), instead
     /// of waiting for a sweep or a get to probe it. Default false (the scoreboard's
     /// figures are for pools that only probe). A client in in-band mode
-    /// ([`ClientConfigBuilder::in_band`](pool_core::ClientConfigBuilder::in_band))
+    /// ([`IdleWatch::Starts`](pool_core::IdleWatch::Starts))
     /// watches its connections whatever this says: that is how it learns of a start.
     pub watch_idle: bool,
 }
