@@ -13,8 +13,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
-use pool_core::{ConnId, DialTicket, GetFailure, Stage, Want};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
+use pool_core::{ConnId, DialTicket, Stage, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,9 +77,6 @@ impl<S: Side> Platform for Rt<S> {
     fn now(&self) -> Instant {
         now()
     }
-    fn alive(&self, conn: &mut QuicStream) -> bool {
-        conn.liveness().is_alive()
-    }
     fn peek(&self, conn: &mut QuicStream) -> Liveness {
         conn.liveness()
     }
@@ -94,6 +91,9 @@ impl<S: Side> Platform for Rt<S> {
     fn channel(&self) -> (Sender, Self::Wait) {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
+    }
+    fn sent(&self, rx: &mut Self::Wait) -> Option<Delivery> {
+        rx.try_recv().ok()
     }
     fn wake(&self) {
         self.wake.notify_one();
@@ -264,49 +264,9 @@ pub(crate) async fn get_for_user<S: Side>(
 ) -> Result<(ConnId, QuicStream), GetError> {
     let engine = side.engine();
     let start = now();
-    get(engine, want, timeout)
+    engine
+        .driver
+        .get_async(want, timeout)
         .await
         .map_err(|e| crate::error::get_error(e, want, &engine.rt().log, start))
-}
-
-async fn get<S: Side>(
-    engine: &Engine<S>,
-    want: Want,
-    timeout: Duration,
-) -> Result<(ConnId, QuicStream), GetFailure> {
-    let mut step = engine.driver.get(want, timeout);
-    loop {
-        let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
-            Step::Failed(e) => return Err(e),
-            Step::Wait(w) => w,
-        };
-        let mut guard = Waiting {
-            engine,
-            get: waiting.get,
-            rx: Some(waiting.wait),
-        };
-        let delivery = match guard.rx.as_mut() {
-            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
-            None => Err(GetFailure::Closed),
-        };
-        guard.rx = None;
-        step = engine.driver.arrived(waiting.get, delivery);
-    }
-}
-
-/// A waiting get; dropped before its answer came, it cancels the waiter, and an
-/// answer sent meanwhile goes back to the pool.
-struct Waiting<'a, S: Side> {
-    engine: &'a Engine<S>,
-    get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery>>,
-}
-
-impl<S: Side> Drop for Waiting<'_, S> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
-        }
-    }
 }

@@ -12,7 +12,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
 use pool_core::Liveness;
 use pool_core::{ConnId, DialTicket, GetFailure, IdleWatch, Want};
 use tokio::sync::{oneshot, Notify};
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::conn::PoolConn;
 use crate::failures::FailureLog;
 use crate::rt::now;
-use crate::stats::{Stats, WaitTotals};
+use crate::stats::Stats;
 
 type Delivery = pool_core::driver::Delivery<PoolConn>;
 
@@ -33,10 +33,6 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn engine(&self) -> &Engine<Self>;
     /// Starts a dial (the client's work; a server never gets one).
     fn dial(self: Arc<Self>, ticket: DialTicket);
-    /// Whether an idle connection may be handed out; never loses a byte.
-    fn alive(conn: &mut PoolConn, log: &FailureLog) -> bool {
-        Self::peek(conn, log).is_alive()
-    }
     /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
     /// wrong with a peer that once passed its handshake goes in the log (the server's
     /// does; this default finds nothing to note).
@@ -71,9 +67,6 @@ impl<S: Side> Platform for Rt<S> {
     fn now(&self) -> Instant {
         now()
     }
-    fn alive(&self, conn: &mut PoolConn) -> bool {
-        S::alive(conn, &self.log)
-    }
     fn peek(&self, conn: &mut PoolConn) -> Liveness {
         S::peek(conn, &self.log)
     }
@@ -104,6 +97,9 @@ impl<S: Side> Platform for Rt<S> {
     fn channel(&self) -> (Sender, Self::Wait) {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
+    }
+    fn sent(&self, rx: &mut Self::Wait) -> Option<Delivery> {
+        rx.try_recv().ok()
     }
     fn wake(&self) {
         self.wake.notify_one();
@@ -142,7 +138,6 @@ impl Reply<PoolConn> for Sender {
 pub(crate) struct Engine<S: Side> {
     pub(crate) driver: Driver<S::M, Rt<S>>,
     name: Box<str>,
-    waits: WaitTotals,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::Publisher,
 }
@@ -176,7 +171,6 @@ impl<S: Side> Engine<S> {
         Self {
             driver: Driver::new(m, rt),
             name: name.into(),
-            waits: WaitTotals::default(),
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Publisher::new(S::CLIENT, name),
         }
@@ -239,14 +233,32 @@ impl<S: Side> Engine<S> {
         r
     }
 
+    /// The core's answer to a get begun at `start`, as the user sees it: a failing
+    /// pool's last [`Failure`](crate::Failure) attached to the error.
+    pub(crate) fn answer<T>(
+        &self,
+        want: Want,
+        start: Instant,
+        res: Result<T, GetFailure>,
+    ) -> Result<T, crate::GetError> {
+        #[cfg(feature = "metrics")]
+        self.metrics
+            .get_wait
+            .record(now().saturating_duration_since(start));
+        let log = self.log();
+        let failing = || log.failing_since(start).map(Box::new);
+        res.map_err(|e| crate::GetError::from_core(e, want, failing, start, log.unreached()))
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let (status, counters) = self.driver.read(|m| (m.status(), m.counters()));
+        let (gets_waited, get_wait) = self.driver.waited();
         Stats {
             status,
             counters,
             last_failure: self.log().last(),
-            get_wait: self.waits.total(),
-            gets_waited: self.waits.count(),
+            get_wait,
+            gets_waited,
             client: S::CLIENT,
         }
     }
@@ -327,58 +339,6 @@ pub(crate) async fn get_for_user<S: Side>(
 ) -> Result<(ConnId, PoolConn), crate::GetError> {
     let engine = side.engine();
     let start = now();
-    let res = get(engine, want, timeout).await;
-    #[cfg(feature = "metrics")]
-    engine
-        .metrics
-        .get_wait
-        .record(now().saturating_duration_since(start));
-    let log = engine.log();
-    let failing = || log.failing_since(start).map(Box::new);
-    res.map_err(|e| crate::GetError::from_core(e, want, failing, start, log.unreached()))
-}
-
-/// A get: the protocol's steps, awaiting the answer when it has to wait.
-async fn get<S: Side>(
-    engine: &Engine<S>,
-    want: Want,
-    timeout: Duration,
-) -> Result<(ConnId, PoolConn), GetFailure> {
-    let mut step = engine.driver.get(want, timeout);
-    loop {
-        let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
-            Step::Failed(e) => return Err(e),
-            Step::Wait(w) => w,
-        };
-        let began = now();
-        let mut guard = Waiting {
-            engine,
-            get: waiting.get,
-            rx: Some(waiting.wait),
-        };
-        let delivery = match guard.rx.as_mut() {
-            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
-            None => Err(GetFailure::Closed),
-        };
-        guard.rx = None;
-        engine.waits.add(now().saturating_duration_since(began));
-        step = engine.driver.arrived(waiting.get, delivery);
-    }
-}
-
-/// A waiting get. Dropped before its answer came (the caller's future was dropped),
-/// it cancels the waiter; an answer sent meanwhile goes back to the pool.
-struct Waiting<'a, S: Side> {
-    engine: &'a Engine<S>,
-    get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery>>,
-}
-
-impl<S: Side> Drop for Waiting<'_, S> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
-        }
-    }
+    let res = engine.driver.get_async(want, timeout).await;
+    engine.answer(want, start, res)
 }

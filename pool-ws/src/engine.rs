@@ -13,8 +13,8 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
-use pool_core::{ConnId, DialTicket, GetFailure, Want};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
+use pool_core::DialTicket;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,15 +59,15 @@ impl<S: Side> Platform for Rt<S> {
     fn now(&self) -> Instant {
         now()
     }
-    fn alive(&self, conn: &mut S::C) -> bool {
-        conn.peek().is_alive()
-    }
     fn peek(&self, conn: &mut S::C) -> pool_core::Liveness {
         conn.peek()
     }
     fn channel(&self) -> (Self::Reply, Self::Wait) {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
+    }
+    fn sent(&self, rx: &mut Self::Wait) -> Option<Delivery<S::C>> {
+        rx.try_recv().ok()
     }
     fn wake(&self) {
         self.wake.notify_one();
@@ -184,49 +184,6 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
             _ = sleep.as_mut(), if armed.is_some() => armed = None,
             _ = rt.wake.notified() => {}
             _ = rt.cancel.cancelled() => return,
-        }
-    }
-}
-
-/// A get: the protocol's steps, awaiting the answer when it has to wait.
-pub(crate) async fn get<S: Side>(
-    engine: &Engine<S>,
-    want: Want,
-    timeout: Duration,
-) -> Result<(ConnId, S::C), GetFailure> {
-    let mut step = engine.driver.get(want, timeout);
-    loop {
-        let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
-            Step::Failed(e) => return Err(e),
-            Step::Wait(w) => w,
-        };
-        let mut guard = Waiting {
-            engine,
-            get: waiting.get,
-            rx: Some(waiting.wait),
-        };
-        let delivery = match guard.rx.as_mut() {
-            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
-            None => Err(GetFailure::Closed),
-        };
-        guard.rx = None;
-        step = engine.driver.arrived(waiting.get, delivery);
-    }
-}
-
-/// A waiting get. Dropped before its answer came (the caller's future was dropped),
-/// it cancels the waiter; an answer sent meanwhile goes back to the pool.
-struct Waiting<'a, S: Side> {
-    engine: &'a Engine<S>,
-    get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery<S::C>>>,
-}
-
-impl<S: Side> Drop for Waiting<'_, S> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::http;
 use crate::stream::{ws_config, Io, WsConn};
@@ -383,7 +383,12 @@ impl WsServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Any, timeout)
+            .await;
         got.map_err(GetError::from)
     }
 

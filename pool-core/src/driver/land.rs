@@ -130,6 +130,21 @@ impl<C, P: Platform<Conn = C>> Driver<ClientMachine<C>, P> {
         }
     }
 
+    /// A dial's connect and TLS are done. In single mode (the ticket reads no id) the
+    /// machine draws the connection's id ([`ClientMachine::assign_id`]), returned here:
+    /// the dial is complete. Otherwise `None`: the id read starts, under the deadline
+    /// the machine sets now ([`DialTicket::id_deadline`]).
+    pub fn handshake_done(&self, ticket: &mut DialTicket) -> Option<ConnId> {
+        self.input(|m, now| {
+            if ticket.reads_id() {
+                m.handle_handshake_done(ticket.serial(), now);
+                None
+            } else {
+                Some(m.assign_id(ticket))
+            }
+        })
+    }
+
     /// When the start header of a started connection handed out now must have come
     /// ([`START_WAIT`] from now): an accept reads it before then.
     pub fn start_deadline(&self) -> Instant {

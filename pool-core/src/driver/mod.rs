@@ -34,6 +34,7 @@
 mod get;
 mod land;
 mod role;
+mod wait;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -43,6 +44,7 @@ pub use crate::common::Readied;
 pub use crate::Liveness;
 pub use land::DialReport;
 pub use role::Role;
+pub use wait::Header;
 
 use crate::common::{Output, Probe};
 use crate::waiters::{WaiterKey, Want};
@@ -90,18 +92,13 @@ pub trait Platform {
     type Wait;
     /// The runtime's clock (tokio's, for paused-time tests; the simulator's).
     fn now(&self) -> Instant;
-    /// Whether an idle connection may be handed out. Must never consume a byte.
-    fn alive(&self, conn: &mut Self::Conn) -> bool;
-    /// A peek that tells a quiet connection from one with bytes waiting. Must never
-    /// consume a byte. The default knows only [`alive`](Self::alive), and calls every
-    /// live connection quiet: a platform that drives in-band activation
-    /// ([`Driver::idle_ready`]) overrides it.
-    fn peek(&self, conn: &mut Self::Conn) -> Liveness {
-        if self.alive(conn) {
-            Liveness::Idle
-        } else {
-            Liveness::Closed
-        }
+    /// The liveness probe: a peek that tells a quiet connection from one with bytes
+    /// waiting and from a dead one. Must never consume a byte.
+    fn peek(&self, conn: &mut Self::Conn) -> Liveness;
+    /// Whether an idle connection may be handed out. Must never consume a byte. The
+    /// default asks [`peek`](Self::peek); a platform with a cheaper answer overrides it.
+    fn alive(&self, conn: &mut Self::Conn) -> bool {
+        self.peek(conn).is_alive()
     }
     /// Watches a connection the pool is about to hold (it landed, or a spurious report
     /// was peeked quiet) for what the platform reports with [`Driver::idle_ready`]: a
@@ -118,6 +115,13 @@ pub trait Platform {
     }
     /// A reply channel for a get that has to wait.
     fn channel(&self) -> (Self::Reply, Self::Wait);
+    /// An answer already sent on `wait`, taken without waiting: what a cancelled get
+    /// gives back ([`Driver::cancel`]). A platform whose gets can be cancelled (an
+    /// async one, [`Driver::get_async`]) implements it; the default takes nothing.
+    fn sent(&self, wait: &mut Self::Wait) -> Option<Delivery<Self::Conn>> {
+        let _ = wait;
+        None
+    }
     /// The machine's next deadline moved closer, or a sweep batch waits: run
     /// [`Driver::turn`] soon. A wake with nobody sleeping must not be lost (tokio's
     /// `Notify::notify_one` keeps a permit; a condvar needs a flag beside it).
@@ -191,6 +195,7 @@ pub enum Step<C, W> {
 pub struct Driver<M: Role, P: Platform<Conn = M::Conn>> {
     state: Mutex<State<M, P::Reply>>,
     platform: P,
+    waits: wait::Waits,
 }
 
 impl<M: Role, P: Platform<Conn = M::Conn>> std::fmt::Debug for Driver<M, P> {
@@ -310,6 +315,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     /// right after.
     pub fn new(machine: M, platform: P) -> Self {
         Self {
+            waits: wait::Waits::default(),
             state: Mutex::new(State {
                 m: machine,
                 replies: HashMap::new(),

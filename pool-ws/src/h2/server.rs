@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::{FirstZero, LastFailure};
 
@@ -462,7 +462,12 @@ impl H2ServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Any, timeout)
+            .await;
         got.map_err(GetError::from)
     }
 
