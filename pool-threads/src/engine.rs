@@ -46,6 +46,7 @@ impl Platform for Threads {
     type Conn = ThreadConn;
     type Reply = SyncSender<Delivery>;
     type Wait = Receiver<Delivery>;
+    type Abort = ();
     fn now(&self) -> Instant {
         Instant::now()
     }

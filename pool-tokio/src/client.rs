@@ -216,9 +216,7 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
         }
     }
     let res = res.map(|conn| (conn.id, conn));
-    let report = engine.report(ticket.serial(), |driver| {
-        driver.dialed(ticket, res.map_err(|(stage, _)| stage))
-    });
+    let report = engine.report(|driver| driver.dialed(ticket, res.map_err(|(stage, _)| stage)));
     if !report.was_backing_off && report.backing_off && !closing {
         let failing = engine.log().failing();
         warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");

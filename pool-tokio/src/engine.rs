@@ -1,15 +1,15 @@
 //! The tokio adapter of pool-core's driver protocol ([`pool_core::driver`]).
 //!
-//! The protocol (lock, input, drain, perform outside the lock, probe, register a
-//! waiting get, cancel, shut down) is pool-core's [`Driver`], shared with pool-threads
-//! and the simulator. What is tokio's lives here: the [`Platform`] (tokio's clock, a
-//! `Notify` to wake the timer task, oneshot reply channels, spawning dials, cancelling
-//! a dial or handshake the core aborts), the timer task, and the async shape of a get.
+//! The protocol (lock, input, drain, perform outside the lock, probe, wait for an
+//! answer, cancel, accept, abort, shut down) is pool-core's [`Driver`], shared with
+//! pool-threads and the simulator. What is tokio's lives here: the [`Platform`]
+//! (tokio's clock, a `Notify` to wake the timer task, oneshot reply channels, a task
+//! and a cancel token per dial, the `epoll` watch through tokio's reactor), the timer
+//! task, and a get's error as the user sees it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
@@ -50,8 +50,6 @@ pub(crate) struct Rt<S> {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
-    /// The cancel token of each dial or handshake under way, by ticket serial.
-    running: Mutex<HashMap<u64, CancellationToken>>,
     /// The pool's last background failure (here, where a peek can note one).
     pub(crate) log: FailureLog,
     /// The held connections' `epoll` set (`None`: not watched, the sweep finds dead
@@ -64,6 +62,7 @@ impl<S: Side> Platform for Rt<S> {
     type Conn = PoolConn;
     type Reply = Sender;
     type Wait = oneshot::Receiver<Delivery>;
+    type Abort = CancellationToken;
     fn now(&self) -> Instant {
         now()
     }
@@ -104,24 +103,14 @@ impl<S: Side> Platform for Rt<S> {
     fn wake(&self) {
         self.wake.notify_one();
     }
-    fn start(&self, task: Task) {
+    fn start(&self, task: Task<CancellationToken>) {
         match task {
             Task::Dial(ticket) => match self.side.upgrade() {
                 Some(side) => S::dial(side, ticket),
                 None => drop(ticket), // the pool is gone
             },
-            Task::Abort(serial) => {
-                if let Some(token) = self.running().remove(&serial) {
-                    token.cancel();
-                }
-            }
+            Task::Abort(_, token) => token.iter().for_each(CancellationToken::cancel),
         }
-    }
-}
-
-impl<S> Rt<S> {
-    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -159,7 +148,6 @@ impl<S: Side> Engine<S> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handle,
-            running: Mutex::new(HashMap::new()),
             log: FailureLog::new(S::CLIENT),
             #[cfg(target_os = "linux")]
             watch: match watch {
@@ -216,18 +204,12 @@ impl<S: Side> Engine<S> {
         task: impl FnOnce(CancellationToken) -> F,
     ) {
         let token = self.rt().cancel.child_token();
-        self.rt().running().insert(serial, token.clone());
+        self.driver.running(serial, token.clone());
         self.spawn(task(token));
     }
 
-    /// The dial or handshake `serial` ended: `report` gives its ticket back to the
-    /// driver.
-    pub(crate) fn report<R>(
-        &self,
-        serial: u64,
-        report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R,
-    ) -> R {
-        self.rt().running().remove(&serial);
+    /// A dial or handshake ended: `report` gives its ticket back to the driver.
+    pub(crate) fn report<R>(&self, report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R) -> R {
         let r = report(&self.driver);
         self.rt().changed.notify_waiters();
         r

@@ -190,7 +190,6 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     let serial = ticket.serial();
     let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
     let res = step(&token, aborted, inner.establish(&ticket)).await;
-    inner.engine.ended(serial);
     let res = match res {
         Ok((id, mut conn)) if !ticket.reads_id() => {
             // Single mode: the machine's id, not the server's.

@@ -7,10 +7,9 @@
 //! clock, a `Notify` for the timer task, oneshot reply channels, a task per dial, and a
 //! cancel token per dial or handshake that the core aborts.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
@@ -48,14 +47,13 @@ pub(crate) struct Rt<S> {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
-    /// The cancel token of each dial or handshake under way, by ticket serial.
-    running: Mutex<HashMap<u64, CancellationToken>>,
 }
 
 impl<S: Side> Platform for Rt<S> {
     type Conn = S::C;
     type Reply = Sender<S::C>;
     type Wait = oneshot::Receiver<Delivery<S::C>>;
+    type Abort = CancellationToken;
     fn now(&self) -> Instant {
         now()
     }
@@ -72,24 +70,14 @@ impl<S: Side> Platform for Rt<S> {
     fn wake(&self) {
         self.wake.notify_one();
     }
-    fn start(&self, task: Task) {
+    fn start(&self, task: Task<CancellationToken>) {
         match task {
             Task::Dial(ticket) => match self.side.upgrade() {
                 Some(side) => S::dial(side, ticket),
                 None => drop(ticket), // the pool is gone
             },
-            Task::Abort(serial) => {
-                if let Some(token) = self.running().remove(&serial) {
-                    token.cancel();
-                }
-            }
+            Task::Abort(_, token) => token.iter().for_each(CancellationToken::cancel),
         }
-    }
-}
-
-impl<S> Rt<S> {
-    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -115,7 +103,6 @@ impl<S: Side> Engine<S> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handle,
-            running: Mutex::new(HashMap::new()),
         };
         Self {
             driver: Driver::new(m, rt),
@@ -145,13 +132,8 @@ impl<S: Side> Engine<S> {
         task: impl FnOnce(CancellationToken) -> F,
     ) {
         let token = self.rt().cancel.child_token();
-        self.rt().running().insert(serial, token.clone());
+        self.driver.running(serial, token.clone());
         self.spawn(task(token));
-    }
-
-    /// The dial or handshake `serial` ended: its token is dropped.
-    pub(crate) fn ended(&self, serial: u64) {
-        self.rt().running().remove(&serial);
     }
 
     /// Closes the pool: waiting gets are answered `Closed`, every task is told to stop.

@@ -256,7 +256,6 @@ async fn handshake(
         HandshakeError::Io("deadline passed or evicted".into()),
     );
     let res = step(&token, aborted, inner.upgrade(&mut ticket, tcp)).await;
-    inner.engine.ended(serial);
     let res = res.map_err(|(stage, e)| {
         debug!(serial, ?stage, error = %e, "upgrade failed");
         inner.last.set(e);

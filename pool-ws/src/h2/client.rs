@@ -217,7 +217,6 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     let serial = ticket.serial();
     let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
     let res = step(&token, aborted, inner.establish(&ticket)).await;
-    inner.engine.ended(serial);
     let res = match res {
         Ok((_, mut conn)) if !ticket.reads_id() => {
             let mine = inner.engine.driver.input(|m, _| m.assign_id(&mut ticket));

@@ -285,7 +285,6 @@ async fn open(
         HandshakeError::Io("deadline passed or evicted".into()),
     );
     let res = step(&token, aborted, inner.open(&mut ticket, req, respond, link)).await;
-    inner.engine.ended(serial);
     let res = res.map_err(|(stage, e)| {
         debug!(serial, ?stage, error = %e, "stream open failed");
         inner.last.set(e);
