@@ -33,6 +33,7 @@ impl Platform for Fake {
     type Conn = u64;
     type Reply = Tx;
     type Wait = mpsc::Receiver<Delivery<u64>>;
+    type Abort = ();
     fn now(&self) -> Instant {
         Instant::now()
     }

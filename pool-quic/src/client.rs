@@ -291,7 +291,7 @@ async fn dial(inner: Arc<Inner>, ticket: DialTicket, token: CancellationToken) {
         }
     }
     let res = res.map(|s| (s.id, s)).map_err(|(stage, _)| stage);
-    engine.report(ticket.serial(), |driver| driver.dialed(ticket, res));
+    engine.report(|driver| driver.dialed(ticket, res));
 }
 
 /// Held by every clone of a pool; the last one dropped closes the pool.

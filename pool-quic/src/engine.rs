@@ -7,14 +7,13 @@
 //! each, the liveness peek of a stream, and the watch: a stream's connection that
 //! ends reports the streams the pool holds on it).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
-use pool_core::{ConnId, DialTicket, GetFailure, Stage, Want};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
+use pool_core::{ConnId, DialTicket, Stage, Want};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,7 +65,6 @@ pub(crate) struct Rt<S> {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
-    running: Mutex<HashMap<u64, CancellationToken>>,
     pub(crate) log: FailureLog,
 }
 
@@ -74,11 +72,9 @@ impl<S: Side> Platform for Rt<S> {
     type Conn = QuicStream;
     type Reply = Sender;
     type Wait = oneshot::Receiver<Delivery>;
+    type Abort = CancellationToken;
     fn now(&self) -> Instant {
         now()
-    }
-    fn alive(&self, conn: &mut QuicStream) -> bool {
-        conn.liveness().is_alive()
     }
     fn peek(&self, conn: &mut QuicStream) -> Liveness {
         conn.liveness()
@@ -95,20 +91,19 @@ impl<S: Side> Platform for Rt<S> {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
     }
+    fn sent(&self, rx: &mut Self::Wait) -> Option<Delivery> {
+        rx.try_recv().ok()
+    }
     fn wake(&self) {
         self.wake.notify_one();
     }
-    fn start(&self, task: Task) {
+    fn start(&self, task: Task<CancellationToken>) {
         match task {
             Task::Dial(ticket) => match self.side.upgrade() {
                 Some(side) => S::dial(side, ticket),
                 None => drop(ticket),
             },
-            Task::Abort(serial) => {
-                if let Some(token) = self.running().remove(&serial) {
-                    token.cancel();
-                }
-            }
+            Task::Abort(_, token) => token.iter().for_each(CancellationToken::cancel),
         }
     }
     /// A stream the pool closes unused is reset, never finished: its peer must not
@@ -116,12 +111,6 @@ impl<S: Side> Platform for Rt<S> {
     fn close(&self, id: ConnId, mut conn: QuicStream) {
         conn.link().release(id);
         conn.reset(RESET_UNUSED);
-    }
-}
-
-impl<S> Rt<S> {
-    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -148,7 +137,6 @@ impl<S: Side> Engine<S> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handle,
-            running: Mutex::new(HashMap::new()),
             log: FailureLog::default(),
         };
         Self {
@@ -173,17 +161,12 @@ impl<S: Side> Engine<S> {
         task: impl FnOnce(CancellationToken) -> F,
     ) {
         let token = self.rt().cancel.child_token();
-        self.rt().running().insert(serial, token.clone());
+        self.driver.running(serial, token.clone());
         self.spawn(task(token));
     }
 
-    /// The dial or handshake `serial` ended: `report` gives its ticket back.
-    pub(crate) fn report<R>(
-        &self,
-        serial: u64,
-        report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R,
-    ) -> R {
-        self.rt().running().remove(&serial);
+    /// A dial or handshake ended: `report` gives its ticket back.
+    pub(crate) fn report<R>(&self, report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R) -> R {
         let r = report(&self.driver);
         self.rt().changed.notify_waiters();
         r
@@ -264,49 +247,9 @@ pub(crate) async fn get_for_user<S: Side>(
 ) -> Result<(ConnId, QuicStream), GetError> {
     let engine = side.engine();
     let start = now();
-    get(engine, want, timeout)
+    engine
+        .driver
+        .get_async(want, timeout)
         .await
         .map_err(|e| crate::error::get_error(e, want, &engine.rt().log, start))
-}
-
-async fn get<S: Side>(
-    engine: &Engine<S>,
-    want: Want,
-    timeout: Duration,
-) -> Result<(ConnId, QuicStream), GetFailure> {
-    let mut step = engine.driver.get(want, timeout);
-    loop {
-        let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
-            Step::Failed(e) => return Err(e),
-            Step::Wait(w) => w,
-        };
-        let mut guard = Waiting {
-            engine,
-            get: waiting.get,
-            rx: Some(waiting.wait),
-        };
-        let delivery = match guard.rx.as_mut() {
-            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
-            None => Err(GetFailure::Closed),
-        };
-        guard.rx = None;
-        step = engine.driver.arrived(waiting.get, delivery);
-    }
-}
-
-/// A waiting get; dropped before its answer came, it cancels the waiter, and an
-/// answer sent meanwhile goes back to the pool.
-struct Waiting<'a, S: Side> {
-    engine: &'a Engine<S>,
-    get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery>>,
-}
-
-impl<S: Side> Drop for Waiting<'_, S> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
-        }
-    }
 }

@@ -461,7 +461,7 @@ async fn stream_handshake(
             Err(stage)
         }
     };
-    engine.report(ticket.serial(), |driver| driver.handshaken(ticket, res));
+    engine.report(|driver| driver.handshaken(ticket, res));
 }
 
 /// Held by every clone of a pool; the last one dropped closes the pool.

@@ -96,10 +96,6 @@ impl ThreadConn {
             Stream::Plain(_) => false,
         }
     }
-
-    pub(crate) fn is_alive(&mut self) -> bool {
-        self.liveness().is_alive()
-    }
 }
 
 impl Read for ThreadConn {

@@ -34,13 +34,13 @@ fn left(deadline: Instant, what: &str) -> io::Result<Duration> {
 }
 
 impl Dialing {
-    /// Connect, TLS and id, as the ticket says; `handshaken` tells the machine when
-    /// the id read starts (its deadline moves). The id of a single-mode connection is
-    /// drawn later, by the machine, when the connection lands.
+    /// Connect, TLS and id, as the ticket says; `handshaken` tells the machine that
+    /// the id read starts (its deadline moves), or, in single mode, gives the id the
+    /// machine drew.
     pub(crate) fn establish(
         &self,
-        ticket: &DialTicket,
-        handshaken: impl FnOnce(u64),
+        ticket: &mut DialTicket,
+        handshaken: impl FnOnce(&mut DialTicket) -> Option<ConnId>,
     ) -> Result<ThreadConn, (Stage, io::Error)> {
         let hs = ticket.handshake_deadline();
         let connect = |at| (Stage::Connect, at);
@@ -58,11 +58,13 @@ impl Dialing {
             id: ConnId::from_random([0; 4]),
             stream,
         };
-        if ticket.reads_id() {
-            handshaken(ticket.serial());
-            let deadline = ticket.id_deadline(Instant::now());
-            conn.id = read_id(&mut conn, self.id_form, deadline).map_err(|e| (Stage::Id, e))?;
-        }
+        conn.id = match handshaken(ticket) {
+            Some(id) => id,
+            None => {
+                let deadline = ticket.id_deadline(Instant::now());
+                read_id(&mut conn, self.id_form, deadline).map_err(|e| (Stage::Id, e))?
+            }
+        };
         // Handed out blocking, with no timeout.
         let tcp = conn.tcp();
         tcp.set_read_timeout(None).map_err(connect)?;

@@ -11,9 +11,9 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Sleep, Step, Task};
+use pool_core::driver::{Driver, Header, Platform, Sleep, Task};
 use pool_core::Liveness;
-use pool_core::{ClientMachine, ConnId, DialTicket, GetFailure, Stage, Want};
+use pool_core::{ClientMachine, ConnId, DialTicket, Stage};
 
 use crate::conn::ThreadConn;
 use crate::dial::Dialing;
@@ -42,24 +42,13 @@ pub(crate) struct Threads {
     pub(crate) hang_ups: Option<pool_net::HangUps<ConnId>>,
 }
 
-/// A get's reply channel.
-pub(crate) struct Answer(SyncSender<Delivery>);
-
-impl Reply<ThreadConn> for Answer {
-    fn send(self, delivery: Delivery) -> Result<(), Delivery> {
-        self.0.send(delivery).map_err(|e| e.0)
-    }
-}
-
 impl Platform for Threads {
     type Conn = ThreadConn;
-    type Reply = Answer;
+    type Reply = SyncSender<Delivery>;
     type Wait = Receiver<Delivery>;
+    type Abort = ();
     fn now(&self) -> Instant {
         Instant::now()
-    }
-    fn alive(&self, conn: &mut ThreadConn) -> bool {
-        conn.is_alive()
     }
     fn peek(&self, conn: &mut ThreadConn) -> Liveness {
         conn.liveness()
@@ -83,9 +72,8 @@ impl Platform for Threads {
         #[cfg(not(target_os = "linux"))]
         let _ = conn;
     }
-    fn channel(&self) -> (Answer, Receiver<Delivery>) {
-        let (tx, rx) = mpsc::sync_channel(1);
-        (Answer(tx), rx)
+    fn channel(&self) -> (SyncSender<Delivery>, Receiver<Delivery>) {
+        mpsc::sync_channel(1)
     }
     fn wake(&self) {
         *lock(&self.poked) = true;
@@ -105,7 +93,7 @@ impl Platform for Threads {
 
 /// Reads the start header before `by`, with the socket's read timeout set meanwhile
 /// (and off again after); nothing when it did not come whole.
-fn read_start(conn: &mut ThreadConn, by: Instant) -> Option<[u8; pool_core::START.len()]> {
+pub(crate) fn read_start(conn: &mut ThreadConn, by: Instant) -> Header {
     use std::io::Read;
     let left = by.saturating_duration_since(Instant::now());
     conn.tcp()
@@ -158,58 +146,11 @@ impl Inner {
             let res = if p.stopping.load(Ordering::Acquire) {
                 Err(Stage::Connect)
             } else {
-                let handshaken = |serial| {
-                    self.driver
-                        .input(|m, now| m.handle_handshake_done(serial, now));
-                };
-                p.dialing
-                    .establish(&ticket, handshaken)
-                    .map_err(|(stage, _)| stage)
+                let handshaken = |t: &mut DialTicket| self.driver.handshake_done(t);
+                let res = p.dialing.establish(&mut ticket, handshaken);
+                res.map(|conn| (conn.id, conn)).map_err(|(stage, _)| stage)
             };
-            let res = res.map(|mut conn| {
-                if !ticket.reads_id() {
-                    // Single mode: no id on the wire; the machine draws one.
-                    conn.id = self.driver.input(|m, _| m.assign_id(&mut ticket));
-                }
-                (conn.id, conn)
-            });
             let _ = self.driver.dialed(ticket, res);
-        }
-    }
-
-    /// A get: the protocol's steps, blocking on the reply channel when it waits (the
-    /// core answers it `Timeout` at its deadline).
-    pub(crate) fn get(
-        &self,
-        want: Want,
-        timeout: Duration,
-    ) -> Result<(ConnId, ThreadConn), GetFailure> {
-        let mut step = self.driver.get(want, timeout);
-        loop {
-            step = match step {
-                Step::Ready(id, conn) => return Ok((id, conn)),
-                Step::Failed(e) => return Err(e),
-                Step::Wait(w) => {
-                    let delivery = w.wait.recv().unwrap_or(Err(GetFailure::Closed));
-                    self.driver.arrived(w.get, delivery)
-                }
-            };
-        }
-    }
-
-    /// An accept (in-band mode): the next connection the server started, its start
-    /// header read here before the core's deadline and checked by the core; one that
-    /// brings anything else is closed and counted, and the accept goes on.
-    pub(crate) fn accept(&self, timeout: Duration) -> Result<(ConnId, ThreadConn), GetFailure> {
-        let deadline = pool_core::deadline_after(Instant::now(), timeout);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (id, mut conn) = self.get(Want::Started, left)?;
-            let header = read_start(&mut conn, self.driver.start_deadline());
-            let header = header.as_ref().map_or(&[][..], |h| &h[..]);
-            if let Some(conn) = self.driver.check_start(id, conn, header) {
-                return Ok((id, conn));
-            }
         }
     }
 

@@ -253,13 +253,15 @@ impl ThreadClientPool {
     /// still bring it (Go: `ClientGet`). It passed the liveness probe; no byte of it
     /// was read by the pool.
     pub fn get(&self, id: ConnId, timeout: Duration) -> Result<ThreadConn, GetFailure> {
-        self.inner.get(Want::Id(id), timeout).map(|(_, c)| c)
+        let got = self.inner.driver.get_blocking(Want::Id(id), timeout);
+        got.map(|(_, c)| c)
     }
 
     /// Any live idle connection, oldest first; in single mode one is dialed at once
     /// when none is idle.
     pub fn get_any(&self, timeout: Duration) -> Result<ThreadConn, GetFailure> {
-        self.inner.get(Want::Any, timeout).map(|(_, c)| c)
+        let got = self.inner.driver.get_blocking(Want::Any, timeout);
+        got.map(|(_, c)| c)
     }
 
     /// The next connection the server started a session on (in-band mode,
@@ -268,7 +270,9 @@ impl ThreadClientPool {
     /// data follows unread. A connection that brings anything else within
     /// two seconds ([`pool_core::driver::START_WAIT`]) is closed and counted (`starts_dropped`).
     pub fn accept(&self, timeout: Duration) -> Result<ThreadConn, GetFailure> {
-        self.inner.accept(timeout).map(|(_, c)| c)
+        let read = engine::read_start;
+        let got = self.inner.driver.accept_blocking(timeout, read);
+        got.map(|(_, c)| c)
     }
 
     /// Idle connections ready to hand out (Go: `Active`).

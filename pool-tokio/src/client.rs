@@ -1,7 +1,7 @@
 //! The client pool: dials ahead so that idle connections wait at the server.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pool_core::{ClientMachine, ConfigError, ConnId, DialTicket, IdForm, IdReader, Stage, Want};
 use pool_net::SocketOptions;
@@ -163,16 +163,11 @@ impl Inner {
             id: ConnId::from_random([0; 4]),
             stream,
         };
-        if !ticket.reads_id() {
-            // Single mode: no id on the wire; the machine draws one.
-            conn.id = self.engine.driver.input(|m, _| m.assign_id(ticket));
+        // Single mode: the machine draws the id; otherwise its deadline moves.
+        if let Some(id) = self.engine.driver.handshake_done(ticket) {
+            conn.id = id;
             return Ok(conn);
         }
-        // The core's deadline becomes the id deadline.
-        let serial = ticket.serial();
-        self.engine
-            .driver
-            .input(|m, now| m.handle_handshake_done(serial, now));
         conn.id = match step(token, Stage::Id, read_id(&mut conn, self.id_form)).await {
             Err((_, cause @ StepError::ServerSpeaksTls)) => return Err((Stage::Protocol, cause)),
             r => r?,
@@ -245,9 +240,7 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
         }
     }
     let res = res.map(|conn| (conn.id, conn));
-    let report = engine.report(ticket.serial(), |driver| {
-        driver.dialed(ticket, res.map_err(|(stage, _)| stage))
-    });
+    let report = engine.report(|driver| driver.dialed(ticket, res.map_err(|(stage, _)| stage)));
     if !report.was_backing_off && report.backing_off && !closing {
         let failing = engine.log().failing();
         warn!(failure = %failing.map(|f| f.to_string()).unwrap_or_default(), "client pool backing off: the server looks unreachable");
@@ -417,24 +410,18 @@ impl ClientPool {
     ///
     /// As [`accept`](Self::accept).
     pub async fn accept_timeout(&self, timeout: Duration) -> Result<PoolConn, GetError> {
-        let deadline = pool_core::deadline_after(now(), timeout);
-        loop {
-            let left = deadline.saturating_duration_since(now());
-            let (id, mut conn) = engine::get_for_user(self.inner(), Want::Started, left).await?;
-            let driver = &self.inner().engine.driver;
-            let by = tokio::time::Instant::from_std(driver.start_deadline());
+        let engine = &self.inner().engine;
+        let start = now();
+        let read = |mut conn: PoolConn, by: Instant| async move {
             let mut header = [0u8; pool_core::START.len()];
+            let by = tokio::time::Instant::from_std(by);
             let read = tokio::time::timeout_at(by, conn.read_exact(&mut header)).await;
-            let header: &[u8] = if matches!(read, Ok(Ok(_))) {
-                &header
-            } else {
-                &[]
-            };
-            match driver.check_start(id, conn, header) {
-                Some(conn) => return Ok(conn),
-                None => debug!(%id, "a started connection brought no start header: closed"),
-            }
-        }
+            (conn, matches!(read, Ok(Ok(_))).then_some(header))
+        };
+        let res = engine.driver.accept_async(timeout, read).await;
+        engine
+            .answer(Want::Started, start, res)
+            .map(|(_, conn)| conn)
     }
 
     async fn take(&self, want: Want, timeout: Duration) -> Result<PoolConn, GetError> {

@@ -1,18 +1,18 @@
 //! The tokio adapter of pool-core's driver protocol ([`pool_core::driver`]).
 //!
-//! The protocol (lock, input, drain, perform outside the lock, probe, register a
-//! waiting get, cancel, shut down) is pool-core's [`Driver`], shared with pool-threads
-//! and the simulator. What is tokio's lives here: the [`Platform`] (tokio's clock, a
-//! `Notify` to wake the timer task, oneshot reply channels, spawning dials, cancelling
-//! a dial or handshake the core aborts), the timer task, and the async shape of a get.
+//! The protocol (lock, input, drain, perform outside the lock, probe, wait for an
+//! answer, cancel, accept, abort, shut down) is pool-core's [`Driver`], shared with
+//! pool-threads and the simulator. What is tokio's lives here: the [`Platform`]
+//! (tokio's clock, a `Notify` to wake the timer task, oneshot reply channels, a task
+//! and a cancel token per dial, the `epoll` watch through tokio's reactor), the timer
+//! task, and a get's error as the user sees it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
 use pool_core::Liveness;
 use pool_core::{ConnId, DialTicket, GetFailure, IdleWatch, Want};
 use tokio::sync::{oneshot, Notify};
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::conn::PoolConn;
 use crate::failures::FailureLog;
 use crate::rt::now;
-use crate::stats::{Stats, WaitTotals};
+use crate::stats::Stats;
 
 type Delivery = pool_core::driver::Delivery<PoolConn>;
 
@@ -33,10 +33,6 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     fn engine(&self) -> &Engine<Self>;
     /// Starts a dial (the client's work; a server never gets one).
     fn dial(self: Arc<Self>, ticket: DialTicket);
-    /// Whether an idle connection may be handed out; never loses a byte.
-    fn alive(conn: &mut PoolConn, log: &FailureLog) -> bool {
-        Self::peek(conn, log).is_alive()
-    }
     /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
     /// wrong with a peer that once passed its handshake goes in the log (the server's
     /// does; this default finds nothing to note).
@@ -54,8 +50,6 @@ pub(crate) struct Rt<S> {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
-    /// The cancel token of each dial or handshake under way, by ticket serial.
-    running: Mutex<HashMap<u64, CancellationToken>>,
     /// The pool's last background failure (here, where a peek can note one).
     pub(crate) log: FailureLog,
     /// The held connections' `epoll` set (`None`: not watched, the sweep finds dead
@@ -68,11 +62,9 @@ impl<S: Side> Platform for Rt<S> {
     type Conn = PoolConn;
     type Reply = Sender;
     type Wait = oneshot::Receiver<Delivery>;
+    type Abort = CancellationToken;
     fn now(&self) -> Instant {
         now()
-    }
-    fn alive(&self, conn: &mut PoolConn) -> bool {
-        S::alive(conn, &self.log)
     }
     fn peek(&self, conn: &mut PoolConn) -> Liveness {
         S::peek(conn, &self.log)
@@ -105,27 +97,20 @@ impl<S: Side> Platform for Rt<S> {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
     }
+    fn sent(&self, rx: &mut Self::Wait) -> Option<Delivery> {
+        rx.try_recv().ok()
+    }
     fn wake(&self) {
         self.wake.notify_one();
     }
-    fn start(&self, task: Task) {
+    fn start(&self, task: Task<CancellationToken>) {
         match task {
             Task::Dial(ticket) => match self.side.upgrade() {
                 Some(side) => S::dial(side, ticket),
                 None => drop(ticket), // the pool is gone
             },
-            Task::Abort(serial) => {
-                if let Some(token) = self.running().remove(&serial) {
-                    token.cancel();
-                }
-            }
+            Task::Abort(_, token) => token.iter().for_each(CancellationToken::cancel),
         }
-    }
-}
-
-impl<S> Rt<S> {
-    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -142,7 +127,6 @@ impl Reply<PoolConn> for Sender {
 pub(crate) struct Engine<S: Side> {
     pub(crate) driver: Driver<S::M, Rt<S>>,
     name: Box<str>,
-    waits: WaitTotals,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::Publisher,
 }
@@ -164,7 +148,6 @@ impl<S: Side> Engine<S> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handle,
-            running: Mutex::new(HashMap::new()),
             log: FailureLog::new(S::CLIENT),
             #[cfg(target_os = "linux")]
             watch: match watch {
@@ -176,7 +159,6 @@ impl<S: Side> Engine<S> {
         Self {
             driver: Driver::new(m, rt),
             name: name.into(),
-            waits: WaitTotals::default(),
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Publisher::new(S::CLIENT, name),
         }
@@ -222,31 +204,43 @@ impl<S: Side> Engine<S> {
         task: impl FnOnce(CancellationToken) -> F,
     ) {
         let token = self.rt().cancel.child_token();
-        self.rt().running().insert(serial, token.clone());
+        self.driver.running(serial, token.clone());
         self.spawn(task(token));
     }
 
-    /// The dial or handshake `serial` ended: `report` gives its ticket back to the
-    /// driver.
-    pub(crate) fn report<R>(
-        &self,
-        serial: u64,
-        report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R,
-    ) -> R {
-        self.rt().running().remove(&serial);
+    /// A dial or handshake ended: `report` gives its ticket back to the driver.
+    pub(crate) fn report<R>(&self, report: impl FnOnce(&Driver<S::M, Rt<S>>) -> R) -> R {
         let r = report(&self.driver);
         self.rt().changed.notify_waiters();
         r
     }
 
+    /// The core's answer to a get begun at `start`, as the user sees it: a failing
+    /// pool's last [`Failure`](crate::Failure) attached to the error.
+    pub(crate) fn answer<T>(
+        &self,
+        want: Want,
+        start: Instant,
+        res: Result<T, GetFailure>,
+    ) -> Result<T, crate::GetError> {
+        #[cfg(feature = "metrics")]
+        self.metrics
+            .get_wait
+            .record(now().saturating_duration_since(start));
+        let log = self.log();
+        let failing = || log.failing_since(start).map(Box::new);
+        res.map_err(|e| crate::GetError::from_core(e, want, failing, start, log.unreached()))
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let (status, counters) = self.driver.read(|m| (m.status(), m.counters()));
+        let (gets_waited, get_wait) = self.driver.waited();
         Stats {
             status,
             counters,
             last_failure: self.log().last(),
-            get_wait: self.waits.total(),
-            gets_waited: self.waits.count(),
+            get_wait,
+            gets_waited,
             client: S::CLIENT,
         }
     }
@@ -327,58 +321,6 @@ pub(crate) async fn get_for_user<S: Side>(
 ) -> Result<(ConnId, PoolConn), crate::GetError> {
     let engine = side.engine();
     let start = now();
-    let res = get(engine, want, timeout).await;
-    #[cfg(feature = "metrics")]
-    engine
-        .metrics
-        .get_wait
-        .record(now().saturating_duration_since(start));
-    let log = engine.log();
-    let failing = || log.failing_since(start).map(Box::new);
-    res.map_err(|e| crate::GetError::from_core(e, want, failing, start, log.unreached()))
-}
-
-/// A get: the protocol's steps, awaiting the answer when it has to wait.
-async fn get<S: Side>(
-    engine: &Engine<S>,
-    want: Want,
-    timeout: Duration,
-) -> Result<(ConnId, PoolConn), GetFailure> {
-    let mut step = engine.driver.get(want, timeout);
-    loop {
-        let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
-            Step::Failed(e) => return Err(e),
-            Step::Wait(w) => w,
-        };
-        let began = now();
-        let mut guard = Waiting {
-            engine,
-            get: waiting.get,
-            rx: Some(waiting.wait),
-        };
-        let delivery = match guard.rx.as_mut() {
-            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
-            None => Err(GetFailure::Closed),
-        };
-        guard.rx = None;
-        engine.waits.add(now().saturating_duration_since(began));
-        step = engine.driver.arrived(waiting.get, delivery);
-    }
-}
-
-/// A waiting get. Dropped before its answer came (the caller's future was dropped),
-/// it cancels the waiter; an answer sent meanwhile goes back to the pool.
-struct Waiting<'a, S: Side> {
-    engine: &'a Engine<S>,
-    get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery>>,
-}
-
-impl<S: Side> Drop for Waiting<'_, S> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
-        }
-    }
+    let res = engine.driver.get_async(want, timeout).await;
+    engine.answer(want, start, res)
 }

@@ -347,9 +347,8 @@ async fn handshake(
     };
     // Whether the core counts it: not when a newer connection evicted it, nor when
     // the pool closed.
-    let counted = engine.report(ticket.serial(), |driver| {
-        driver.handshaken(ticket, res.map_err(|(stage, _)| stage))
-    });
+    let counted =
+        engine.report(|driver| driver.handshaken(ticket, res.map_err(|(stage, _)| stage)));
     match failure {
         None => engine.log().succeed(),
         Some((stage, e)) => {

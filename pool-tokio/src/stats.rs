@@ -1,7 +1,6 @@
 //! What a pool reports.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use pool_core::{Counters, Status};
@@ -82,27 +81,5 @@ impl fmt::Display for Stats {
             Some(fail) => write!(f, "  last failure: {fail}"),
             None => write!(f, "  no failure"),
         }
-    }
-}
-
-/// The time spent by gets that had to wait, kept with two relaxed atomics beside the
-/// lock rather than under it: a get adds to them once, as it ends.
-#[derive(Default)]
-pub(crate) struct WaitTotals {
-    nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-impl WaitTotals {
-    pub(crate) fn add(&self, d: Duration) {
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(nanos, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn total(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Relaxed))
-    }
-    pub(crate) fn count(&self) -> u64 {
-        self.count.load(Relaxed)
     }
 }

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::stream::{ws_config, Io, WsConn};
 use crate::LastFailure;
@@ -190,7 +190,6 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     let serial = ticket.serial();
     let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
     let res = step(&token, aborted, inner.establish(&ticket)).await;
-    inner.engine.ended(serial);
     let res = match res {
         Ok((id, mut conn)) if !ticket.reads_id() => {
             // Single mode: the machine's id, not the server's.
@@ -267,7 +266,12 @@ impl WsClientPool {
     ///
     /// Dropping the future loses no connection.
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<WsConn, GetError> {
-        let got = engine::get(&self.inner().engine, Want::Id(id), timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Id(id), timeout)
+            .await;
         got.map(|(_, c)| c).map_err(GetError::from)
     }
 
@@ -277,7 +281,12 @@ impl WsClientPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Any, timeout)
+            .await;
         got.map_err(GetError::from)
     }
 

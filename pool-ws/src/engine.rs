@@ -7,14 +7,13 @@
 //! clock, a `Notify` for the timer task, oneshot reply channels, a task per dial, and a
 //! cancel token per dial or handshake that the core aborts.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Step, Task, WaitingGet};
-use pool_core::{ConnId, DialTicket, GetFailure, Want};
+use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
+use pool_core::DialTicket;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,19 +47,15 @@ pub(crate) struct Rt<S> {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
-    /// The cancel token of each dial or handshake under way, by ticket serial.
-    running: Mutex<HashMap<u64, CancellationToken>>,
 }
 
 impl<S: Side> Platform for Rt<S> {
     type Conn = S::C;
     type Reply = Sender<S::C>;
     type Wait = oneshot::Receiver<Delivery<S::C>>;
+    type Abort = CancellationToken;
     fn now(&self) -> Instant {
         now()
-    }
-    fn alive(&self, conn: &mut S::C) -> bool {
-        conn.peek().is_alive()
     }
     fn peek(&self, conn: &mut S::C) -> pool_core::Liveness {
         conn.peek()
@@ -69,27 +64,20 @@ impl<S: Side> Platform for Rt<S> {
         let (tx, rx) = oneshot::channel();
         (Sender(tx), rx)
     }
+    fn sent(&self, rx: &mut Self::Wait) -> Option<Delivery<S::C>> {
+        rx.try_recv().ok()
+    }
     fn wake(&self) {
         self.wake.notify_one();
     }
-    fn start(&self, task: Task) {
+    fn start(&self, task: Task<CancellationToken>) {
         match task {
             Task::Dial(ticket) => match self.side.upgrade() {
                 Some(side) => S::dial(side, ticket),
                 None => drop(ticket), // the pool is gone
             },
-            Task::Abort(serial) => {
-                if let Some(token) = self.running().remove(&serial) {
-                    token.cancel();
-                }
-            }
+            Task::Abort(_, token) => token.iter().for_each(CancellationToken::cancel),
         }
-    }
-}
-
-impl<S> Rt<S> {
-    fn running(&self) -> MutexGuard<'_, HashMap<u64, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -115,7 +103,6 @@ impl<S: Side> Engine<S> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handle,
-            running: Mutex::new(HashMap::new()),
         };
         Self {
             driver: Driver::new(m, rt),
@@ -145,13 +132,8 @@ impl<S: Side> Engine<S> {
         task: impl FnOnce(CancellationToken) -> F,
     ) {
         let token = self.rt().cancel.child_token();
-        self.rt().running().insert(serial, token.clone());
+        self.driver.running(serial, token.clone());
         self.spawn(task(token));
-    }
-
-    /// The dial or handshake `serial` ended: its token is dropped.
-    pub(crate) fn ended(&self, serial: u64) {
-        self.rt().running().remove(&serial);
     }
 
     /// Closes the pool: waiting gets are answered `Closed`, every task is told to stop.
@@ -184,49 +166,6 @@ pub(crate) async fn drive<S: Side>(side: Arc<S>) {
             _ = sleep.as_mut(), if armed.is_some() => armed = None,
             _ = rt.wake.notified() => {}
             _ = rt.cancel.cancelled() => return,
-        }
-    }
-}
-
-/// A get: the protocol's steps, awaiting the answer when it has to wait.
-pub(crate) async fn get<S: Side>(
-    engine: &Engine<S>,
-    want: Want,
-    timeout: Duration,
-) -> Result<(ConnId, S::C), GetFailure> {
-    let mut step = engine.driver.get(want, timeout);
-    loop {
-        let waiting = match step {
-            Step::Ready(id, conn) => return Ok((id, conn)),
-            Step::Failed(e) => return Err(e),
-            Step::Wait(w) => w,
-        };
-        let mut guard = Waiting {
-            engine,
-            get: waiting.get,
-            rx: Some(waiting.wait),
-        };
-        let delivery = match guard.rx.as_mut() {
-            Some(rx) => rx.await.unwrap_or(Err(GetFailure::Closed)),
-            None => Err(GetFailure::Closed),
-        };
-        guard.rx = None;
-        step = engine.driver.arrived(waiting.get, delivery);
-    }
-}
-
-/// A waiting get. Dropped before its answer came (the caller's future was dropped),
-/// it cancels the waiter; an answer sent meanwhile goes back to the pool.
-struct Waiting<'a, S: Side> {
-    engine: &'a Engine<S>,
-    get: WaitingGet,
-    rx: Option<oneshot::Receiver<Delivery<S::C>>>,
-}
-
-impl<S: Side> Drop for Waiting<'_, S> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            self.engine.driver.cancel(self.get, || rx.try_recv().ok());
         }
     }
 }

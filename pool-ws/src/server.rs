@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::http;
 use crate::stream::{ws_config, Io, WsConn};
@@ -256,7 +256,6 @@ async fn handshake(
         HandshakeError::Io("deadline passed or evicted".into()),
     );
     let res = step(&token, aborted, inner.upgrade(&mut ticket, tcp)).await;
-    inner.engine.ended(serial);
     let res = res.map_err(|(stage, e)| {
         debug!(serial, ?stage, error = %e, "upgrade failed");
         inner.last.set(e);
@@ -383,7 +382,12 @@ impl WsServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Any, timeout)
+            .await;
         got.map_err(GetError::from)
     }
 

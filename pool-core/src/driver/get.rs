@@ -27,7 +27,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         self.get_until(want, deadline)
     }
 
-    fn get_until(&self, want: Want, deadline: Instant) -> Step<M::Conn, P::Wait> {
+    pub(super) fn get_until(&self, want: Want, deadline: Instant) -> Step<M::Conn, P::Wait> {
         let now = self.p().now();
         let (mut pending, mut out) = {
             let mut st = self.lock();

@@ -108,6 +108,7 @@ impl<C, P: Platform<Conn = C>> Driver<ClientMachine<C>, P> {
     /// mode drawn by [`ClientMachine::assign_id`]), or the stage it failed at. The
     /// connection is watched before it lands; the ticket comes back exactly once.
     pub fn dialed(&self, ticket: DialTicket, result: Result<(ConnId, C), Stage>) -> DialReport {
+        drop(self.ended(ticket.serial()));
         match result {
             Ok((id, conn)) => self.land(id, conn, |m, conn, now| {
                 let was_backing_off = m.backing_off();
@@ -128,6 +129,21 @@ impl<C, P: Platform<Conn = C>> Driver<ClientMachine<C>, P> {
                 }
             }),
         }
+    }
+
+    /// A dial's connect and TLS are done. In single mode (the ticket reads no id) the
+    /// machine draws the connection's id ([`ClientMachine::assign_id`]), returned here:
+    /// the dial is complete. Otherwise `None`: the id read starts, under the deadline
+    /// the machine sets now ([`DialTicket::id_deadline`]).
+    pub fn handshake_done(&self, ticket: &mut DialTicket) -> Option<ConnId> {
+        self.input(|m, now| {
+            if ticket.reads_id() {
+                m.handle_handshake_done(ticket.serial(), now);
+                None
+            } else {
+                Some(m.assign_id(ticket))
+            }
+        })
     }
 
     /// When the start header of a started connection handed out now must have come
@@ -156,6 +172,7 @@ impl<C, P: Platform<Conn = C>> Driver<ServerMachine<C>, P> {
     /// it failed in a way worth telling the user about: not a handshake a newer
     /// connection evicted (the pool aborted it), nor one cut short by the pool's close.
     pub fn handshaken(&self, ticket: HandshakeTicket, result: Result<C, Stage>) -> bool {
+        drop(self.ended(ticket.serial()));
         match (result, ticket.id()) {
             (Ok(conn), Some(id)) => {
                 self.land(id, conn, |m, conn, now| m.handle_ready(ticket, conn, now));

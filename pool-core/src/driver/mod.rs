@@ -34,6 +34,7 @@
 mod get;
 mod land;
 mod role;
+mod wait;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -43,6 +44,7 @@ pub use crate::common::Readied;
 pub use crate::Liveness;
 pub use land::DialReport;
 pub use role::Role;
+pub use wait::Header;
 
 use crate::common::{Output, Probe};
 use crate::waiters::{WaiterKey, Want};
@@ -55,16 +57,18 @@ pub type Delivery<C> = Result<(ConnId, C), GetFailure>;
 /// (in-band mode) once its first byte arrived: the peer writes the header first.
 pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Work the driver asks the platform to start.
+/// Work the driver asks the platform to start. `A` is the platform's
+/// [`Abort`](Platform::Abort) handle.
 #[derive(Debug)]
 #[must_use = "a dial ticket must be started and reported back"]
-pub enum Task {
+pub enum Task<A = ()> {
     /// Start this dial; report it back exactly once (a client), with
     /// [`Driver::dialed`].
     Dial(DialTicket),
     /// Abort the dial or handshake with this serial (its deadline passed, or it was
-    /// evicted); its ticket still comes back, as a failure.
-    Abort(u64),
+    /// evicted), through the handle it was registered with ([`Driver::running`]), if
+    /// it still runs; its ticket still comes back, as a failure.
+    Abort(u64, Option<A>),
 }
 
 /// The sending half of a waiting get's reply channel.
@@ -88,20 +92,18 @@ pub trait Platform {
     type Reply: Reply<Self::Conn>;
     /// The receiving half, which the runtime's get waits on.
     type Wait;
+    /// What stops a dial or handshake under way ([`Driver::running`]): a cancel
+    /// token; `()` where a step ends by its own deadlines.
+    type Abort;
     /// The runtime's clock (tokio's, for paused-time tests; the simulator's).
     fn now(&self) -> Instant;
-    /// Whether an idle connection may be handed out. Must never consume a byte.
-    fn alive(&self, conn: &mut Self::Conn) -> bool;
-    /// A peek that tells a quiet connection from one with bytes waiting. Must never
-    /// consume a byte. The default knows only [`alive`](Self::alive), and calls every
-    /// live connection quiet: a platform that drives in-band activation
-    /// ([`Driver::idle_ready`]) overrides it.
-    fn peek(&self, conn: &mut Self::Conn) -> Liveness {
-        if self.alive(conn) {
-            Liveness::Idle
-        } else {
-            Liveness::Closed
-        }
+    /// The liveness probe: a peek that tells a quiet connection from one with bytes
+    /// waiting and from a dead one. Must never consume a byte.
+    fn peek(&self, conn: &mut Self::Conn) -> Liveness;
+    /// Whether an idle connection may be handed out. Must never consume a byte. The
+    /// default asks [`peek`](Self::peek); a platform with a cheaper answer overrides it.
+    fn alive(&self, conn: &mut Self::Conn) -> bool {
+        self.peek(conn).is_alive()
     }
     /// Watches a connection the pool is about to hold (it landed, or a spurious report
     /// was peeked quiet) for what the platform reports with [`Driver::idle_ready`]: a
@@ -118,6 +120,13 @@ pub trait Platform {
     }
     /// A reply channel for a get that has to wait.
     fn channel(&self) -> (Self::Reply, Self::Wait);
+    /// An answer already sent on `wait`, taken without waiting: what a cancelled get
+    /// gives back ([`Driver::cancel`]). A platform whose gets can be cancelled (an
+    /// async one, [`Driver::get_async`]) implements it; the default takes nothing.
+    fn sent(&self, wait: &mut Self::Wait) -> Option<Delivery<Self::Conn>> {
+        let _ = wait;
+        None
+    }
     /// The machine's next deadline moved closer, or a sweep batch waits: run
     /// [`Driver::turn`] soon. A wake with nobody sleeping must not be lost (tokio's
     /// `Notify::notify_one` keeps a permit; a condvar needs a flag beside it).
@@ -130,7 +139,7 @@ pub trait Platform {
         self.wake();
     }
     /// Starts a dial, or aborts a dial or handshake.
-    fn start(&self, task: Task);
+    fn start(&self, task: Task<Self::Abort>);
     /// Closes a connection. The default drops it (which also ends its watch).
     fn close(&self, id: ConnId, conn: Self::Conn) {
         drop((id, conn));
@@ -191,6 +200,10 @@ pub enum Step<C, W> {
 pub struct Driver<M: Role, P: Platform<Conn = M::Conn>> {
     state: Mutex<State<M, P::Reply>>,
     platform: P,
+    waits: wait::Waits,
+    /// The abort handle of each dial or handshake under way, by ticket serial: kept
+    /// apart from the machine's lock, as the platform's own step is.
+    aborts: Mutex<HashMap<u64, P::Abort>>,
 }
 
 impl<M: Role, P: Platform<Conn = M::Conn>> std::fmt::Debug for Driver<M, P> {
@@ -310,6 +323,8 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     /// right after.
     pub fn new(machine: M, platform: P) -> Self {
         Self {
+            waits: wait::Waits::default(),
+            aborts: Mutex::new(HashMap::new()),
             state: Mutex::new(State {
                 m: machine,
                 replies: HashMap::new(),
@@ -348,6 +363,21 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         #[cfg(debug_assertions)]
         LOCKS_HELD.with(|n| n.set(n.get() + 1));
         Locked { guard }
+    }
+
+    /// The dial or handshake `serial` is under way: `abort` stops it when the core
+    /// aborts it ([`Task::Abort`]). The handle is dropped when its ticket comes back.
+    pub fn running(&self, serial: u64, abort: P::Abort) {
+        self.aborts().insert(serial, abort);
+    }
+
+    /// The dial or handshake `serial` ended, or is aborted: its handle, if it had one.
+    fn ended(&self, serial: u64) -> Option<P::Abort> {
+        self.aborts().remove(&serial)
+    }
+
+    fn aborts(&self) -> MutexGuard<'_, HashMap<u64, P::Abort>> {
+        self.aborts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A read of the machine under the lock.
@@ -456,7 +486,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                     }
                 },
                 Output::Dial(t) => out.tasks.push(Task::Dial(t)),
-                Output::Abort(serial) => out.tasks.push(Task::Abort(serial)),
+                Output::Abort(serial) => out.tasks.push(Task::Abort(serial, None)),
                 Output::Close(id, conn) => out.close.push((id, conn)),
                 Output::Probe(p) if sweeping && out.probe.is_none() => out.probe = Some(p),
                 Output::Probe(p) => {
@@ -489,7 +519,10 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
                 self.p().wake_at(at);
             }
             for task in out.tasks {
-                self.p().start(task);
+                self.p().start(match task {
+                    Task::Dial(ticket) => Task::Dial(ticket),
+                    Task::Abort(serial, _) => Task::Abort(serial, self.ended(serial)),
+                });
             }
             let mut back = Vec::new();
             for (key, tx, delivery) in out.sends {

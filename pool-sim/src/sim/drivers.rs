@@ -38,7 +38,7 @@ impl SimPair {
                     self.client.read(|m| oracle.ticket(net, m, urgent));
                     self.start_dial(ticket);
                 }
-                Request::Task(End::Client, Task::Abort(serial)) => {
+                Request::Task(End::Client, Task::Abort(serial, _)) => {
                     // The core saw the dial's deadline pass: reading the id, or before.
                     let reading = self.net.conns.get(&serial).map(|c| c.reader.is_some());
                     let stage = if reading == Some(true) {
@@ -48,7 +48,7 @@ impl SimPair {
                     };
                     self.client_fail(serial, stage);
                 }
-                Request::Task(End::Server, Task::Abort(hs)) => {
+                Request::Task(End::Server, Task::Abort(hs, _)) => {
                     // Past its deadline (or evicted): the handshake's connection.
                     if let Some(serial) = self.hs_serials.get(&hs).copied() {
                         self.server_fail(serial, Stage::Tls);

@@ -138,6 +138,7 @@ impl Platform for Sim {
     type Conn = u64;
     type Reply = Tagged;
     type Wait = u64;
+    type Abort = ();
     fn now(&self) -> Instant {
         self.wire.now.get()
     }

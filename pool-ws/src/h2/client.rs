@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::LastFailure;
 
@@ -217,7 +217,6 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     let serial = ticket.serial();
     let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
     let res = step(&token, aborted, inner.establish(&ticket)).await;
-    inner.engine.ended(serial);
     let res = match res {
         Ok((_, mut conn)) if !ticket.reads_id() => {
             let mine = inner.engine.driver.input(|m, _| m.assign_id(&mut ticket));
@@ -281,7 +280,12 @@ impl H2ClientPool {
     ///
     /// [`GetError::Timeout`], [`GetError::NotFound`], [`GetError::Closed`].
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<H2Conn, GetError> {
-        let got = engine::get(&self.inner().engine, Want::Id(id), timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Id(id), timeout)
+            .await;
         got.map(|(_, c)| c).map_err(GetError::from)
     }
 
@@ -291,7 +295,12 @@ impl H2ClientPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Any, timeout)
+            .await;
         got.map_err(GetError::from)
     }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{self, drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::{FirstZero, LastFailure};
 
@@ -285,7 +285,6 @@ async fn open(
         HandshakeError::Io("deadline passed or evicted".into()),
     );
     let res = step(&token, aborted, inner.open(&mut ticket, req, respond, link)).await;
-    inner.engine.ended(serial);
     let res = res.map_err(|(stage, e)| {
         debug!(serial, ?stage, error = %e, "stream open failed");
         inner.last.set(e);
@@ -462,7 +461,12 @@ impl H2ServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = engine::get(&self.inner().engine, Want::Any, timeout).await;
+        let got = self
+            .inner()
+            .engine
+            .driver
+            .get_async(Want::Any, timeout)
+            .await;
         got.map_err(GetError::from)
     }
 
