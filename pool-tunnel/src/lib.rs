@@ -42,6 +42,7 @@ pub mod sources;
 pub mod state;
 pub mod stats;
 mod tasks;
+pub mod udp;
 
 pub use client::{start_client, ClientConfig, ClientHandle};
 pub use protocol::Timeouts;
