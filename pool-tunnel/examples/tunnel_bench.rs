@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p pool-tunnel --bin tunnel --example tunnel-bench
 //! target/release/examples/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
-//!                                      [--peer-rathole PATH] [--sessions-only | --download-only]
+//!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only]
 //! ```
 //!
 //! It starts the two `tunnel` processes (`$TUNNEL_BIN`, else
@@ -37,6 +37,10 @@
 //!   service), so it is the ceiling a two-process tunnel with this relay can reach here.
 //!   `chain_copy_mbps`: the same chain relaying with `tokio::io::copy_bidirectional`.
 //!   Baseline: straight to the service.
+//! - `udp_rtt_ms_p50`, `udp_rtt_ms_p99`, `udp_loss`: a DNS-like UDP service behind a
+//!   `--udp` pair with the delay between its processes, 1,000 requests a second from
+//!   10 user addresses. Baseline: the same service straight through a UDP relay with
+//!   the same delay each way (`tunnel_bench/udp.rs`).
 //! - `relay_copy_mbps`, `relay_splice_mbps`: one download through one relay in this
 //!   process, the userspace copy (the TLS path) and `splice(2)` (the plain path).
 //!   Baseline: `tokio::io::copy_bidirectional`.
@@ -59,6 +63,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
+
+#[path = "tunnel_bench/udp.rs"]
+mod udp;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -501,6 +508,11 @@ impl Pair {
     /// A server in `mode`; `lifted`: with the public port's per-source limits and cap
     /// lifted (the load comes from one address), else with the defaults.
     async fn start(dir: &Path, mode: u8, lifted: bool) -> Res<Self> {
+        Self::start_with(dir, mode, lifted, &[]).await
+    }
+
+    /// [`Pair::start`] with more arguments for the server.
+    async fn start_with(dir: &Path, mode: u8, lifted: bool, extra: &[&str]) -> Res<Self> {
         std::fs::create_dir_all(dir)?;
         let key = pool_tls::TunnelKey::generate()?.to_hex();
         write_private(&dir.join("key"), &key)?;
@@ -531,6 +543,7 @@ impl Pair {
         for (flag, v) in lift.into_iter().filter(|_| lifted) {
             args.extend([flag.into(), v.into()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut server = Proc::spawn(&bin(), &args)?;
         let mut pin = None;
         let end = Instant::now() + Duration::from_secs(10);
@@ -566,6 +579,17 @@ impl Pair {
         via: (SocketAddr, SocketAddr),
         cap: usize,
     ) -> Res<Proc> {
+        self.client_with(target, via, cap, &[]).await
+    }
+
+    /// [`Pair::client`] with more arguments.
+    async fn client_with(
+        &self,
+        target: SocketAddr,
+        via: (SocketAddr, SocketAddr),
+        cap: usize,
+        extra: &[&str],
+    ) -> Res<Proc> {
         let mut args: Vec<String> = vec!["client".into()];
         for (flag, v) in [
             ("--tunnel", via.0),
@@ -588,6 +612,7 @@ impl Pair {
             "--tunnel-key-file".into(),
             self.dir.join("key").display().to_string(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut c = Proc::spawn(&bin(), &args)?;
         c.wait_line("control: connected", Duration::from_secs(15))
             .await
@@ -701,12 +726,13 @@ async fn main() -> Res<()> {
         return relay_child(&listen, &up, copy).await;
     }
     let (mut quick, mut mode, mut delay_ms, mut json, mut peer) = (false, 0u8, 25u64, None, None);
-    let (mut sessions_only, mut download_only) = (false, false);
+    let (mut sessions_only, mut download_only, mut udp_only) = (false, false, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--sessions-only" => sessions_only = true,
             "--download-only" => download_only = true,
+            "--udp-only" => udp_only = true,
             "--mode" => {
                 mode = args
                     .next()
@@ -737,6 +763,11 @@ async fn main() -> Res<()> {
     let (target, arrivals) = service().await?;
     let mut figures = Vec::new();
     let wan = || Script::always(Fault::Latency(delay));
+    if udp_only {
+        figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(figures, json, quick);
+    }
     if download_only {
         // For iterating on (and profiling) the relay path: the download figure alone.
         let pair = Pair::start(&dir.join("download"), mode, true).await?;
@@ -823,6 +854,7 @@ async fn main() -> Res<()> {
     pair.server.stop().await;
     figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
     figures.extend(chain_figures(target, ChainRun::Both, dl_bytes, quick, secs).await?);
+    figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);
 
     // Memory, on a fresh pair: 16 idle pooled connections, then 1,000.
     let pair = Pair::start(&dir.join("memory"), mode, true).await?;

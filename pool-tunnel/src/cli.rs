@@ -169,6 +169,9 @@ pub struct ServerArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub udp: crate::udp::UdpArgs,
 }
 
 /// `tunnel client`.
@@ -211,6 +214,9 @@ pub struct ClientArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub udp: crate::udp::UdpArgs,
 }
 
 /// Where the key in use came from, to tell the user.
@@ -388,6 +394,14 @@ impl ServerArgs {
                 quiet: crate::server::DEFAULT_QUIET,
                 timeouts,
                 pool_handshake: crate::server::DEFAULT_POOL_HANDSHAKE,
+                // The public port's limits bound the associations.
+                udp: self.udp.limits(crate::udp::UdpLimits {
+                    max_associations: self.max_sessions as usize,
+                    per_source: self.max_sessions_per_source as usize,
+                    new_per_source_per_s: u32::try_from(self.new_sessions_per_source)
+                        .unwrap_or(u32::MAX),
+                    ..Default::default()
+                }),
             },
             key_source,
             warnings,
@@ -443,6 +457,7 @@ impl ClientArgs {
         cfg.min = self.min as usize;
         cfg.max = self.max as usize;
         cfg.relay = self.relay.limits();
+        cfg.udp = self.udp.limits(crate::udp::UdpLimits::default());
         Ok((cfg, source, warnings))
     }
 }

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::protocol::{
     client_handshake, default_control, fresh_session, send_token, split_host_port, Session,
-    Timeouts, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
+    Timeouts, KIND_TCP, KIND_UDP, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
 };
 use crate::relay::{
     graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
@@ -59,6 +59,9 @@ pub struct ClientConfig {
     pub relay: RelayLimits,
     /// Control deadlines.
     pub timeouts: Timeouts,
+    /// `Some`: the target is a UDP service, relayed within these limits
+    /// ([`crate::udp`]); `None`: a TCP one.
+    pub udp: Option<crate::udp::UdpLimits>,
 }
 
 impl ClientConfig {
@@ -79,6 +82,7 @@ impl ClientConfig {
             key,
             relay: RelayLimits::default(),
             timeouts: Timeouts::default(),
+            udp: None,
         }
     }
 
@@ -102,6 +106,10 @@ struct Shared {
     t: Timeouts,
     relay: RelayLimits,
     stats: ClientStats,
+    /// `Some`: the target is a UDP service.
+    udp: Option<crate::udp::UdpLimits>,
+    /// A UDP service's counters (all zero for a TCP one).
+    udp_stats: crate::udp::UdpStats,
     up: watch::Sender<bool>,
     /// This process's session tag, on every control connection it makes.
     session: Session,
@@ -129,6 +137,10 @@ impl ClientHandle {
     /// Counters.
     pub fn stats(&self) -> ClientSnapshot {
         self.shared.stats.snapshot()
+    }
+    /// A UDP service's counters (all zero for a TCP one).
+    pub fn udp_stats(&self) -> crate::udp::UdpSnapshot {
+        self.shared.udp_stats.snapshot()
     }
     /// Whether the control connection is up.
     pub fn control_up(&self) -> bool {
@@ -210,6 +222,8 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         t: cfg.timeouts,
         relay: cfg.relay,
         stats: ClientStats::default(),
+        udp: cfg.udp,
+        udp_stats: crate::udp::UdpStats::default(),
         up: watch::channel(false).0,
         session: fresh_session()?,
     });
@@ -381,6 +395,16 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
 async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
     let id = conn.id();
     reset(conn.stream().tcp());
+    // The session's kind came with the start header. Unread (the connection failed),
+    // nothing is received: the server starts it elsewhere.
+    let Ok(Ok(kind)) = timeout(s.t.io, conn.read_u8()).await else {
+        return false;
+    };
+    match (kind, &s.udp) {
+        (KIND_TCP, None) => {}
+        (KIND_UDP, Some(limits)) => return udp::udp_session(s, conn, limits).await,
+        _ => return udp::refuse_kind(s, conn, kind).await,
+    }
     let receipt = timeout(s.t.io, async {
         conn.write_all(&[RECEIVED]).await?;
         conn.flush().await
@@ -435,6 +459,8 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
     end == RelayEnd::Done
 }
+
+mod udp;
 
 #[cfg(test)]
 mod tests {

@@ -40,11 +40,19 @@ use tokio::time::timeout;
 
 use crate::BoxError;
 
-/// First bytes the server writes on a control connection (version 4: sessions start
-/// in band and the client acknowledges each with [`RECEIVED`] before it touches the
-/// target; a peer of another version is refused by it, so that no server replays
-/// what a client of another version may have delivered).
-pub const MAGIC: &[u8; 4] = b"NPT4";
+/// First bytes the server writes on a control connection (version 5: sessions start
+/// in band with a [`KIND_TCP`] or [`KIND_UDP`] byte, and the client acknowledges each
+/// with [`RECEIVED`] before it touches the target; a peer of another version is
+/// refused by it, so that no server replays what a client of another version may have
+/// delivered, nor sends it a kind byte it would take for the user's).
+pub const MAGIC: &[u8; 4] = b"NPT5";
+/// The first byte of a started session, right after the pool's start header: a TCP
+/// session, the user's bytes follow.
+pub const KIND_TCP: u8 = b'T';
+/// The first byte of a started session: a UDP association, frames follow
+/// ([`crate::udp`]). A client that does not serve this kind answers [`RECEIVED`] and
+/// [`TARGET_FAILED`].
+pub const KIND_UDP: u8 = b'U';
 /// Length of the server's greeting.
 pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
 pub use pool_tls::proof::{

@@ -24,6 +24,7 @@ use crate::BoxError;
 mod control;
 mod public;
 mod session;
+mod udp;
 
 pub use control::{ADMIT_WINDOW, PROTECTED_SLOTS};
 use session::user_session;
@@ -92,6 +93,9 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// TLS and the key proof of a connection to the tunnel (pool) port.
     pub pool_handshake: Duration,
+    /// `Some`: the public address is a UDP socket, served within these limits
+    /// ([`crate::udp`]); `None`: a TCP port.
+    pub udp: Option<crate::udp::UdpLimits>,
 }
 
 /// What one source (a /24, a /64) may take of the public port while it is contended.
@@ -149,6 +153,7 @@ impl ServerConfig {
             quiet: DEFAULT_QUIET,
             timeouts: Timeouts::default(),
             pool_handshake: DEFAULT_POOL_HANDSHAKE,
+            udp: None,
         }
     }
 
@@ -175,6 +180,9 @@ impl ServerConfig {
             .into());
         }
         check_secs("pool_handshake", self.pool_handshake)?;
+        if let Some(udp) = &self.udp {
+            udp.check()?;
+        }
         Ok(())
     }
 }
@@ -193,6 +201,8 @@ struct Shared {
     t: Timeouts,
     relay: RelayLimits,
     stats: ServerStats,
+    /// A UDP service's counters (all zero for a TCP one).
+    udp: Arc<crate::udp::UdpStats>,
     /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
     buffered: std::sync::atomic::AtomicUsize,
     control: watch::Sender<Option<Control>>,
@@ -237,6 +247,10 @@ impl ServerHandle {
     /// Counters.
     pub fn stats(&self) -> ServerSnapshot {
         self.shared.stats.snapshot()
+    }
+    /// A UDP service's counters (all zero for a TCP one).
+    pub fn udp_stats(&self) -> crate::udp::UdpSnapshot {
+        self.shared.udp.snapshot()
     }
     /// Whether an authenticated control connection is active.
     pub fn control_up(&self) -> bool {
@@ -322,7 +336,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     let control_l = TcpListener::bind(control_addr)
         .await
         .map_err(|e| format!("control {control_addr}: {e}"))?;
-    let public_l = TcpListener::bind(cfg.public)
+    let public_l = udp::Public::bind(cfg.public, cfg.udp.is_some())
         .await
         .map_err(|e| format!("public {}: {e}", cfg.public))?;
     let acceptor = match &cfg.tls {
@@ -335,6 +349,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         t: cfg.timeouts,
         relay: cfg.relay,
         stats: ServerStats::default(),
+        udp: Arc::default(),
         buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
         next_gen: AtomicU64::new(0),
@@ -358,16 +373,21 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         started_ms,
     ));
     names.insert(h.id(), "the control port's accept loop");
-    let h = loops.spawn(public::public_accept_loop(
-        shared.clone(),
-        public_l,
-        SourceLimits::new(
-            cfg.max_sessions,
-            cfg.per_source.sessions,
-            cfg.per_source.new_per_s,
-        ),
-        cfg.quiet,
-    ));
+    let h = match (public_l, cfg.udp) {
+        (udp::Public::Tcp(l), _) => loops.spawn(public::public_accept_loop(
+            shared.clone(),
+            l,
+            SourceLimits::new(
+                cfg.max_sessions,
+                cfg.per_source.sessions,
+                cfg.per_source.new_per_s,
+            ),
+            cfg.quiet,
+        )),
+        (udp::Public::Udp(s), limits) => {
+            loops.spawn(udp::udp_loop(shared.clone(), s, limits.unwrap_or_default()))
+        }
+    };
     names.insert(h.id(), "the public port's accept loop");
     let (failed_tx, failed) = watch::channel(None);
     let tasks = vec![tokio::spawn(crate::tasks::supervise(

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub mod load;
 mod serve;
 mod target;
 
@@ -56,6 +57,30 @@ pub const MAX_DATAGRAM: usize = 65_507;
 pub const FRAME_HEADER: usize = 2;
 /// Whole frames gathered for one write to the stream, at most (plus one frame).
 pub const BATCH: usize = 64 * 1024;
+
+/// The one-service flags of a UDP service (`--udp`), on both sides.
+#[derive(Debug, clap::Args)]
+pub struct UdpArgs {
+    /// Carry UDP instead of TCP: on the server the public address is a UDP socket and
+    /// each user address an association over one pooled connection (--max-sessions and
+    /// the per-source limits bound the associations); on the client the target is a
+    /// UDP service. Both sides need it.
+    #[arg(long)]
+    pub udp: bool,
+    /// End a UDP association after this many seconds without a datagram either way.
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "udp", value_parser = clap::value_parser!(u64).range(1..=crate::limits::SECS_LIMIT))]
+    pub udp_idle_timeout: u64,
+}
+
+impl UdpArgs {
+    /// `base` with the idle timeout of these flags; `None` without `--udp`.
+    pub fn limits(&self, base: UdpLimits) -> Option<UdpLimits> {
+        self.udp.then(|| UdpLimits {
+            idle: Duration::from_secs(self.udp_idle_timeout),
+            ..base
+        })
+    }
+}
 
 /// What a UDP service may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::{Control, Shared};
-use crate::protocol::{REACHED, RECEIVED, TARGET_FAILED};
+use crate::protocol::{KIND_TCP, REACHED, RECEIVED, TARGET_FAILED};
 use crate::relay::{
     graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
 };
@@ -115,6 +115,8 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: 
         Early::Gone => return false,
     };
     budget.unreserve(want - sent.len());
+    // The session's kind goes first, in the start's write.
+    sent.insert(0, KIND_TCP);
     if want < CHUNK {
         bump(&shared.stats.buffer_waits);
     }
@@ -161,7 +163,7 @@ pub(super) async fn user_session(shared: &Shared, mut user: TcpStream, traffic: 
         }
     };
     // The copy is not needed any more: nothing is replayed after the receipt.
-    let sent = std::mem::take(&mut sent).len();
+    let sent = std::mem::take(&mut sent).len() - 1;
     drop(budget);
     let reached = Opening::Expect(Expect {
         byte: REACHED,

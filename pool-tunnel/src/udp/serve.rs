@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::warn;
@@ -33,6 +33,10 @@ struct Entry {
     queued: Arc<AtomicU64>,
     activity: Arc<Activity>,
     task: AbortHandle,
+    /// Ends (its sender dropped) when the association's task has ended: a newcomer
+    /// that evicted it opens its stream only then, so that streams never outnumber
+    /// the cap.
+    gone: oneshot::Receiver<()>,
 }
 
 struct Table {
@@ -53,6 +57,9 @@ struct Slot {
     id: SessionId,
     addr: SocketAddr,
     queued: Arc<AtomicU64>,
+    /// Whether the association counts in `active` (from when its stream may open).
+    counted: bool,
+    _gone: oneshot::Sender<()>,
 }
 
 impl Drop for Slot {
@@ -67,7 +74,9 @@ impl Drop for Slot {
         self.stats
             .queued
             .fetch_sub(self.queued.swap(0, Relaxed), Relaxed);
-        self.stats.ended();
+        if self.counted {
+            self.stats.ended();
+        }
     }
 }
 
@@ -143,9 +152,11 @@ where
                 continue;
             }
         };
+        let mut evicted = None;
         if let Some(victim) = admitted.evict {
             if let Some(e) = t.by_id.remove(&victim).and_then(|a| t.by_addr.remove(&a)) {
                 e.task.abort();
+                evicted = Some(e.gone);
                 stats.evicted.fetch_add(1, Relaxed);
             }
         }
@@ -156,7 +167,7 @@ where
         let (tx, rx) = mpsc::channel(CHANNEL);
         let queued = Arc::new(AtomicU64::new(0));
         let activity = Arc::new(Activity::new());
-        stats.started();
+        let (gone_tx, gone) = oneshot::channel();
         let slot = Slot {
             table: table.clone(),
             stats: stats.clone(),
@@ -164,6 +175,8 @@ where
             id: admitted.id,
             addr: peer,
             queued: queued.clone(),
+            counted: false,
+            _gone: gone_tx,
         };
         let a = Association {
             socket: socket.clone(),
@@ -176,7 +189,12 @@ where
         let open = open.clone();
         // Spawned under the lock: the slot cannot be given back before its entry is in.
         let task = tasks.spawn(async move {
-            let _slot = slot;
+            let mut slot = slot;
+            if let Some(evicted) = evicted {
+                let _ = evicted.await;
+            }
+            a.stats.started();
+            slot.counted = true;
             let Some(stream) = open(first).await else {
                 a.stats.open_failed.fetch_add(1, Relaxed);
                 return;
@@ -198,6 +216,7 @@ where
                 queued,
                 activity,
                 task,
+                gone,
             },
         );
     }
