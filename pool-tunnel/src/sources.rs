@@ -548,7 +548,11 @@ mod tests {
         t.release(a.source, a.id);
         assert_eq!(t.len(), 1, "only the busy source");
         crowd(&mut t, later);
-        assert_eq!(t.admit(busy, later), Err(Refused::Rate), "its bucket is still spent");
+        assert_eq!(
+            t.admit(busy, later),
+            Err(Refused::Rate),
+            "its bucket is still spent"
+        );
     }
 
     #[test]
