@@ -43,7 +43,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub mod load;
 mod serve;
 mod target;
 

@@ -6,9 +6,9 @@ mod tunnel_common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use pool_testkit::udp_load::{query, service, Service};
 use pool_tls::{ServerTls, TlsMode};
 use pool_tunnel::config::{ServerService, ServiceProtocol};
-use pool_tunnel::udp::load::{query, service, Service};
 use pool_tunnel::udp::UdpLimits;
 use pool_tunnel::{start_client, start_server, ClientHandle, ServerHandle};
 use tokio::net::UdpSocket;
@@ -190,7 +190,7 @@ async fn a_udp_session_at_a_tcp_client_is_refused_and_counted_on_both_sides() {
     let client = start_client(client_cfg(&server, svc.addr)).await.unwrap();
     assert!(server.wait_control(LIMIT).await);
     let user = user_from([127, 0, 0, 1], server.public_addr()).await;
-    user.send(&pool_tunnel::udp::load::request(1, b"x.example.test"))
+    user.send(&pool_testkit::udp_load::request(1, b"x.example.test"))
         .await
         .unwrap();
     until("the client refuses the kind, the server counts it", || {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pool_bench::report::Figure;
 use pool_testkit::proxy::FaultProxy;
-use pool_tunnel::udp::load::{paced, service, PacedReport};
+use pool_testkit::udp_load::{paced, service, PacedReport};
 use tokio::net::UdpSocket;
 
 use crate::procs::Pair;
