@@ -206,6 +206,34 @@ async fn a_udp_session_at_a_tcp_client_is_refused_and_counted_on_both_sides() {
     assert_eq!(client.stats().relayed, 0, "nothing reached the TCP target");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_session_at_a_udp_client_is_reset_and_counted_on_both_sides() {
+    let svc = service("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = start_server(server_cfg(key())).await.unwrap();
+    let ccfg = client_cfg(&server, svc.addr).map_services(|s| s.protocol = ServiceProtocol::Udp);
+    let client = start_client(ccfg).await.unwrap();
+    assert!(server.wait_control(LIMIT).await);
+    // The session starts on the connect (many services speak first), so the reset may
+    // come before the user's first byte, even before its connect returned.
+    let user = async {
+        let mut user = tokio::net::TcpStream::connect(server.public_addr()).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut user, b"GET / HTTP/1.0\r\n\r\n").await?;
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut user, &mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let end = tokio::time::timeout(LIMIT, user)
+        .await
+        .expect("the user's connection ends");
+    let e = end.expect_err("a reset, not a clean end");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    until("both sides count the kind mismatch", || {
+        client.stats().wrong_kind == 1 && server.stats().wrong_kind == 1
+    })
+    .await;
+    assert_eq!(client.udp_stats().associations, 0, "no association started");
+}
+
 /// Runs the futures at once, each on its own task; their results in order.
 async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
