@@ -6,9 +6,11 @@
 //! A tunnel port is reached by strangers, so every slot they can take has a bound, a
 //! deadline and an eviction rule:
 //! - at most `max_handshakes` handshakes run at once, each under a deadline. When all
-//!   slots are taken, a new connection **evicts the oldest handshake** instead of
-//!   being refused: a slowloris peer cannot shut the legitimate client out, only make
-//!   its handshakes race against the arrival of newer connections;
+//!   slots are taken, a new connection **evicts the oldest silent handshake** (one
+//!   whose peer has sent no byte yet, as the driver reports with
+//!   [`ServerMachine::handle_spoke`]), else the oldest, instead of being refused: a
+//!   slowloris peer cannot shut the legitimate client out, and while it stays silent
+//!   it yields before a client that speaks first (a TLS client's ClientHello);
 //! - at most `pending_per_source` of them come from one source (a peer address cut to
 //!   a prefix, see [`Source`]); over it, the new connection evicts that source's own
 //!   oldest handshake;
@@ -112,6 +114,8 @@ pub struct ServerMachine<C> {
     next_serial: u64,
     /// Handshakes under way, by serial (the oldest first), with their source.
     live: BTreeMap<u64, Source>,
+    /// Of `live`, those whose peer has sent no byte yet (the oldest first).
+    silent: BTreeSet<u64>,
     /// What each source holds; an entry is removed when it holds nothing.
     sources: HashMap<Source, Held>,
     /// The source of each idle or settling connection, kept only with an idle quota.
@@ -177,6 +181,7 @@ impl<C> ServerMachine<C> {
             settling: VecDeque::new(),
             next_serial: 0,
             live: BTreeMap::new(),
+            silent: BTreeSet::new(),
             sources: HashMap::new(),
             owner: HashMap::default(),
             accept_failures: 0,
@@ -215,9 +220,11 @@ impl<C> ServerMachine<C> {
         let own = held.map_or(0, |h| h.pending.len());
         let victim = match self.cfg.admission.pending_per_source {
             Some(quota) if own >= quota => held.and_then(|h| h.pending.first().copied()),
-            _ if c.in_flight >= self.cfg.admission.max_handshakes => {
-                self.live.first_key_value().map(|(s, _)| *s)
-            }
+            _ if c.in_flight >= self.cfg.admission.max_handshakes => self
+                .silent
+                .first()
+                .copied()
+                .or_else(|| self.live.first_key_value().map(|(s, _)| *s)),
             _ => None,
         };
         // Handshakes do not count against the capacity: they have their own bound,
@@ -234,6 +241,7 @@ impl<C> ServerMachine<C> {
         self.next_serial += 1;
         let serial = self.next_serial;
         self.live.insert(serial, source);
+        self.silent.insert(serial);
         self.sources
             .entry(source)
             .or_default()
@@ -328,6 +336,7 @@ impl<C> ServerMachine<C> {
         let Some(source) = self.live.remove(&serial) else {
             return false;
         };
+        self.silent.remove(&serial);
         self.common.disarm(serial);
         self.common.in_flight -= 1;
         if let Some(h) = self.sources.get_mut(&source) {
@@ -384,6 +393,13 @@ impl<C> ServerMachine<C> {
         }
         self.sync_departures();
         n
+    }
+
+    /// The peer of handshake `ticket` has sent a byte: when every slot is taken, silent
+    /// handshakes are evicted before it. Harmless for a handshake evicted already, or
+    /// reported twice.
+    pub fn handle_spoke(&mut self, ticket: &HandshakeTicket) {
+        self.silent.remove(&ticket.serial);
     }
 
     /// The id for `ticket`, drawn from the machine's generator: never one that is idle

@@ -84,6 +84,31 @@ fn a_full_table_evicts_the_oldest_and_ignores_its_late_report() {
 }
 
 #[test]
+fn a_full_table_evicts_the_oldest_silent_handshake_before_one_that_spoke() {
+    let (mut m, now) = machine(cfg().admission(limits(3, None, None)).build().unwrap());
+    let client = admit(&mut m, now, "10.0.0.1");
+    m.handle_spoke(&client); // its ClientHello came
+    let s1 = admit(&mut m, now, "10.0.0.2");
+    let _s2 = admit(&mut m, now, "10.0.0.3");
+    let _s3 = admit(&mut m, now, "10.0.0.4");
+    assert_eq!(
+        m.poll_abort(),
+        Some(s1.serial()),
+        "the oldest silent one, not the client"
+    );
+    let _s4 = admit(&mut m, now, "10.0.0.5");
+    assert_ne!(m.poll_abort(), Some(client.serial()));
+    // Every one spoke: the oldest of all again.
+    let (mut m2, now2) = machine(cfg().admission(limits(2, None, None)).build().unwrap());
+    let a = admit(&mut m2, now2, "10.0.0.1");
+    let b = admit(&mut m2, now2, "10.0.0.2");
+    m2.handle_spoke(&a);
+    m2.handle_spoke(&b);
+    let _c = admit(&mut m2, now2, "10.0.0.3");
+    assert_eq!(m2.poll_abort(), Some(a.serial()), "none silent: the oldest");
+}
+
+#[test]
 fn silent_handshakes_never_make_the_pool_full() {
     // Capacity 2 and eight silent strangers: the client's connections still get in,
     // and only a connection past the capacity is refused, at accept or when ready.

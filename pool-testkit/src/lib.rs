@@ -25,6 +25,7 @@ pub mod pair;
 pub mod process;
 pub mod proxy;
 pub mod soak;
+pub mod udp_load;
 pub mod udp_proxy;
 #[cfg(unix)]
 pub mod watched;

@@ -264,6 +264,18 @@ impl Inner {
         if let Some(Err(e)) = self.socket.map(|o| o.apply_tcp(&tcp)) {
             debug!(error = %e, "socket options not applied");
         }
+        if self.acceptor.is_some() {
+            // A TLS client speaks first (its ClientHello): once a byte is in, this
+            // handshake is no longer silent, and silent ones yield first when every
+            // slot is taken (a slowloris crowd churns among itself).
+            // A peek, not `readable()`: readiness alone may be a false positive.
+            let hello = Box::pin(async {
+                let mut first = [0u8; 1];
+                tcp.peek(&mut first).await.map_err(StepError::from)
+            });
+            step(token, Stage::Tls, hello).await?;
+            self.engine.driver.input(|m, _| m.handle_spoke(ticket));
+        }
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {

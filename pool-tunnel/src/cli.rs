@@ -213,6 +213,9 @@ pub(crate) struct ServerArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub udp: crate::udp::UdpArgs,
 }
 
 /// `tunnel client`.
@@ -273,6 +276,9 @@ pub(crate) struct ClientArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub relay: RelayArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub udp: crate::udp::UdpArgs,
 }
 
 impl ServerArgs {
@@ -302,11 +308,11 @@ impl ServerArgs {
             services: vec![ServerServiceSettings {
                 name: DEFAULT_SERVICE.into(),
                 public: self.public,
-                protocol: None,
+                protocol: Some(self.udp.protocol()),
                 max_sessions: Some(self.max_sessions),
                 max_sessions_per_source: Some(self.max_sessions_per_source),
                 new_sessions_per_source: Some(self.new_sessions_per_source),
-                idle_timeout: Some(self.relay.idle_timeout),
+                idle_timeout: Some(self.udp.idle_timeout(self.relay.idle_timeout)),
                 half_close_timeout: Some(self.relay.half_close_timeout),
             }],
         })
@@ -347,9 +353,9 @@ impl ClientArgs {
             services: vec![ClientServiceSettings {
                 name: DEFAULT_SERVICE.into(),
                 target: self.target.clone(),
-                protocol: None,
+                protocol: Some(self.udp.protocol()),
                 proxy_protocol: None,
-                idle_timeout: Some(self.relay.idle_timeout),
+                idle_timeout: Some(self.udp.idle_timeout(self.relay.idle_timeout)),
                 half_close_timeout: Some(self.relay.half_close_timeout),
             }],
         })

@@ -23,6 +23,7 @@ use crate::config::{
 use crate::protocol::{
     client_handshake, default_control, fresh_session, send_token, split_host_port, BoxIo, Session,
     SessionStart, HEARTBEAT, NO_SERVICE, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
+    WRONG_KIND,
 };
 use crate::relay::{
     graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
@@ -52,6 +53,8 @@ struct Shared {
     key: TunnelKey,
     t: Timeouts,
     stats: ClientStats,
+    /// The UDP services' counters, all together (all zero without one).
+    udp_stats: crate::udp::UdpStats,
     up: watch::Sender<bool>,
     /// This process's session tag, on every control connection it makes.
     session: Session,
@@ -79,6 +82,10 @@ impl ClientHandle {
     /// Counters.
     pub fn stats(&self) -> ClientSnapshot {
         self.shared.stats.snapshot()
+    }
+    /// The UDP services' counters, all together (all zero without one).
+    pub fn udp_stats(&self) -> crate::udp::UdpSnapshot {
+        self.shared.udp_stats.snapshot()
     }
     /// Whether the control connection is up.
     pub fn control_up(&self) -> bool {
@@ -211,6 +218,7 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         key: cfg.key,
         t: cfg.timeouts,
         stats: ClientStats::default(),
+        udp_stats: crate::udp::UdpStats::default(),
         up: watch::channel(false).0,
         session: fresh_session()?,
     });
@@ -423,18 +431,15 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         refuse(s, conn, NO_SERVICE).await;
         return false;
     };
+    if service.protocol != start.kind {
+        udp::wrong_kind(s, &start, service.protocol);
+        refuse(s, conn, WRONG_KIND).await;
+        return false;
+    }
     match service.protocol {
         ServiceProtocol::Tcp => tcp_session(s, conn, &service, &start).await,
-        ServiceProtocol::Udp => udp_session(s, conn).await,
+        ServiceProtocol::Udp => udp::udp_session(s, conn, &service).await,
     }
-}
-
-/// A session of a UDP service: this build has none (a configuration holding one is
-/// refused by its check), so it is answered as a service this side does not have.
-async fn udp_session(s: &Shared, conn: PoolConn) -> bool {
-    bump(&s.stats.no_service);
-    refuse(s, conn, NO_SERVICE).await;
-    false
 }
 
 /// Answers the receipt and `outcome` in one write, then closes in order (so that the
@@ -527,6 +532,8 @@ async fn tcp_session(
         .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
     end == RelayEnd::Done
 }
+
+mod udp;
 
 #[cfg(test)]
 mod tests {

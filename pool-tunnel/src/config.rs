@@ -204,7 +204,8 @@ pub enum ServiceProtocol {
     /// TCP: one session per user connection (the default).
     #[default]
     Tcp,
-    /// UDP datagrams, per user association. Reserved: this build refuses it.
+    /// UDP datagrams: each user address an association over one pooled connection
+    /// ([`crate::udp`]).
     Udp,
 }
 
@@ -237,9 +238,9 @@ pub struct ServerService {
     pub name: String,
     /// Where users connect.
     pub public: SocketAddr,
-    /// TCP (UDP is reserved).
+    /// TCP or UDP; the client's service of this name must say the same.
     pub protocol: ServiceProtocol,
-    /// User sessions at once at most. At the cap a newcomer takes the newest session
+    /// User sessions at once at most (for UDP: associations). At the cap a newcomer takes the newest session
     /// of the source holding the most if its own source holds fewer, else it is
     /// closed at once (TUNNEL.md, Public port).
     pub max_sessions: usize,
@@ -274,7 +275,6 @@ impl ServerService {
         use crate::limits::{check_count, check_secs};
         let name = &self.name;
         check_name(name)?;
-        check_protocol(self.protocol).map_err(|e| format!("service {name}: {e}"))?;
         let within = |r: Result<(), String>| r.map_err(|e| format!("service {name}: {e}"));
         within(check_count("max_sessions", self.max_sessions))?;
         within(check_count("per_source sessions", self.per_source.sessions))?;
@@ -305,9 +305,9 @@ pub struct ClientService {
     pub name: String,
     /// The target, `HOST:PORT` (resolved at each connect).
     pub target: String,
-    /// TCP (UDP is reserved).
+    /// TCP or UDP; the server's service of this name must say the same.
     pub protocol: ServiceProtocol,
-    /// A PROXY protocol header to the target first, or none (the default).
+    /// A PROXY protocol header to the target first, or none (the default). TCP only.
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Relay deadlines.
     pub relay: RelayLimits,
@@ -331,7 +331,8 @@ impl ClientService {
         use crate::limits::check_secs;
         let name = &self.name;
         check_name(name)?;
-        check_protocol(self.protocol).map_err(|e| format!("service {name}: {e}"))?;
+        check_proxy_protocol(self.protocol, self.proxy_protocol)
+            .map_err(|e| format!("service {name}: {e}"))?;
         crate::protocol::split_host_port(&self.target)
             .map_err(|e| format!("service {name}: target: {e}"))?;
         check_secs("relay idle", self.relay.idle).map_err(|e| format!("service {name}: {e}"))?;
@@ -391,14 +392,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// The error of a service kind this build cannot run (see [`check_protocol`]).
-pub const UDP_UNSUPPORTED: &str = "protocol \"udp\" is not supported by this build (only \"tcp\")";
-
-/// Refuses a service kind this build cannot run.
-pub fn check_protocol(p: ServiceProtocol) -> Result<(), String> {
-    match p {
-        ServiceProtocol::Tcp => Ok(()),
-        ServiceProtocol::Udp => Err(UDP_UNSUPPORTED.into()),
+/// Refuses a PROXY protocol header on a UDP service: the header is written on a TCP
+/// connection to the target, and a UDP target has none.
+pub fn check_proxy_protocol(
+    protocol: ServiceProtocol,
+    proxy: Option<ProxyProtocol>,
+) -> Result<(), String> {
+    match (protocol, proxy) {
+        (ServiceProtocol::Udp, Some(_)) => {
+            Err("proxy_protocol: a PROXY protocol header goes to TCP targets only".into())
+        }
+        _ => Ok(()),
     }
 }
 

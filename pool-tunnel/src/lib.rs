@@ -45,6 +45,7 @@ mod sources;
 pub mod state;
 pub mod stats;
 mod tasks;
+pub mod udp;
 
 pub use app::main;
 pub use client::{start_client, ClientHandle};

@@ -247,6 +247,11 @@ pub fn record_server(s: &crate::stats::ServerSnapshot, control_up: bool) {
             ),
             (
                 "tunnel_session_events_total",
+                &[(EVENT, "wrong_kind")],
+                s.wrong_kind,
+            ),
+            (
+                "tunnel_session_events_total",
                 &[(EVENT, "no_outcome")],
                 s.no_outcome,
             ),
@@ -337,6 +342,11 @@ pub fn record_client(s: &crate::stats::ClientSnapshot, control_up: bool) {
                 "tunnel_session_events_total",
                 &[("event", "no_service")],
                 s.no_service,
+            ),
+            (
+                "tunnel_session_events_total",
+                &[("event", "wrong_kind")],
+                s.wrong_kind,
             ),
             (
                 "tunnel_session_events_total",

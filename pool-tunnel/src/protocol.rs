@@ -7,9 +7,9 @@
 //! | pool | id | 8 (hex) or 4 | server, after TLS | [`ID_LEN`] |
 //! | pool | key proof: challenge, response, confirm | 32, 64, 32 | server, client, server | `pool_tls::proof` |
 //! | pool | start header | 4 | server, on an idle pooled connection | [`START`] |
-//! | pool | session start: service, user, public address | 1 + name + 2 × (1 + 4 or 16 + 2) | server, after the start header | [`SessionStart`] |
+//! | pool | session start: kind, service, user, public address | 2 + name + 2 × (1 + 4 or 16 + 2) | server, after the start header | [`SessionStart`] |
 //! | pool | receipt | 1 | client, at once | [`RECEIVED`] |
-//! | pool | outcome | 1 | client, after the target connect | [`REACHED`], [`TARGET_FAILED`], [`NO_SERVICE`] |
+//! | pool | outcome | 1 | client, after the target connect | [`REACHED`], [`TARGET_FAILED`], [`NO_SERVICE`], [`WRONG_KIND`] |
 //! | control | admission token | 60 | client, before TLS | [`ADMIT_LEN`], [`ADMIT_MAGIC`] |
 //! | control | greeting | 36 | server, after TLS | [`MAGIC`], [`GREETING_LEN`] |
 //! | control | answer | 80 | client | [`SESSION_LEN`], [`CONTROL_RESPONSE_LEN`] |
@@ -67,16 +67,22 @@ use tokio::time::timeout;
 use crate::BoxError;
 
 /// First bytes the server writes on a control connection: `NPT` and the version of
-/// the tunnel's wire (5: each session's start names its service and its user; 4: the
-/// client acknowledges each session with [`RECEIVED`] before it touches the target).
-/// A client refuses a server of another version, and a server never starts a session
-/// for a client that has no control connection, so the two never pair: no server
-/// replays what a client of another version may have delivered, and no client reads
-/// a start it cannot parse.
-pub const MAGIC: &[u8; 4] = b"NPT5";
+/// the tunnel's wire (6: each session's start names its kind, TCP or UDP; 5: it names
+/// its service and its user; 4: the client acknowledges each session with [`RECEIVED`]
+/// before it touches the target). A client refuses a server of another version, and a
+/// server never starts a session for a client that has no control connection, so the
+/// two never pair: no server replays what a client of another version may have
+/// delivered, and no client reads a start it cannot parse.
+pub const MAGIC: &[u8; 4] = b"NPT6";
 /// The heartbeat, both ways on control, and the only byte control carries after the
 /// handshake.
 pub const HEARTBEAT: u8 = b'\n';
+/// The first byte of a [`SessionStart`] of a TCP service: the user's bytes follow the
+/// start.
+pub const KIND_TCP: u8 = b'T';
+/// The first byte of a [`SessionStart`] of a UDP service: an association, whose frames
+/// follow the start ([`crate::udp`]).
+pub const KIND_UDP: u8 = b'U';
 /// Length of the server's greeting.
 pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
 pub use pool_tls::proof::{
@@ -132,6 +138,11 @@ pub const OUTCOME_SLACK: Duration = Duration::from_secs(1);
 /// client does not, as during a reload of one side): the server resets the user at
 /// once and retries nothing.
 pub const NO_SERVICE: u8 = 0x18;
+/// The byte the client writes after [`RECEIVED`] instead of [`REACHED`] when its
+/// service of the start's name is of another kind (TCP at one side, UDP at the other,
+/// as when the two configurations disagree): the server resets the user (or drops the
+/// association) at once and retries nothing; both sides count it.
+pub const WRONG_KIND: u8 = 0x1a;
 
 /// Family bytes of an address in a [`SessionStart`].
 const FAMILY_V4: u8 = 4;
@@ -141,12 +152,15 @@ const FAMILY_V6: u8 = 6;
 /// ([`START`]) and before the user's bytes: which service the session is for, and the
 /// user's and the public port's addresses (for a PROXY protocol header at the target).
 ///
-/// Bytes: the name's length (1 to [`SERVICE_NAME_MAX`](crate::config::SERVICE_NAME_MAX))
-/// ‖ the name (ASCII) ‖ the user's address ‖ the public address, each address a family
-/// byte (4 or 6) ‖ its 4 or 16 bytes ‖ the port (2 bytes, big endian): 15 bytes and
-/// the name for IPv4, 39 and the name for IPv6.
+/// Bytes: the kind ([`KIND_TCP`] or [`KIND_UDP`]) ‖ the name's length (1 to
+/// [`SERVICE_NAME_MAX`](crate::config::SERVICE_NAME_MAX)) ‖ the name (ASCII) ‖ the
+/// user's address ‖ the public address, each address a family byte (4 or 6) ‖ its 4 or
+/// 16 bytes ‖ the port (2 bytes, big endian): 16 bytes and the name for IPv4, 40 and
+/// the name for IPv6.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionStart {
+    /// The service's kind: the client checks it against its service of that name.
+    pub kind: crate::config::ServiceProtocol,
     /// The service's name.
     pub service: String,
     /// Where the user connected from.
@@ -171,6 +185,9 @@ pub enum StartError {
     /// An address family other than 4 and 6.
     #[error("session start: address family {0}")]
     Family(u8),
+    /// A kind byte other than [`KIND_TCP`] and [`KIND_UDP`].
+    #[error("session start: kind {0:#04x}")]
+    Kind(u8),
 }
 
 fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
@@ -209,7 +226,11 @@ impl SessionStart {
     /// configuration is checked so).
     pub fn encode(&self) -> Vec<u8> {
         let name = self.service.as_bytes();
-        let mut out = Vec::with_capacity(1 + name.len() + 2 * 19);
+        let mut out = Vec::with_capacity(2 + name.len() + 2 * 19);
+        out.push(match self.kind {
+            crate::config::ServiceProtocol::Tcp => KIND_TCP,
+            crate::config::ServiceProtocol::Udp => KIND_UDP,
+        });
         out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(name);
         put_addr(&mut out, self.user);
@@ -219,6 +240,11 @@ impl SessionStart {
 
     /// Reads one from `r`, never a byte past it. The caller bounds the time.
     pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Self, StartError> {
+        let kind = match r.read_u8().await? {
+            KIND_TCP => crate::config::ServiceProtocol::Tcp,
+            KIND_UDP => crate::config::ServiceProtocol::Udp,
+            other => return Err(StartError::Kind(other)),
+        };
         let len = r.read_u8().await?;
         if len == 0 || usize::from(len) > crate::config::SERVICE_NAME_MAX {
             return Err(StartError::NameLength(len));
@@ -230,6 +256,7 @@ impl SessionStart {
         let user = read_addr(r).await?;
         let public = read_addr(r).await?;
         Ok(Self {
+            kind,
             service,
             user,
             public,
@@ -449,14 +476,14 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(256);
         let old = async move {
             let mut hello = [0u8; GREETING_LEN];
-            hello[..4].copy_from_slice(b"NPT4");
+            hello[..4].copy_from_slice(b"NPT5");
             a.write_all(&hello).await.unwrap();
             a
         };
         let (k, tag) = (key(1), fresh_session().unwrap());
         let (_a, r) = tokio::join!(old, client_handshake(&mut b, &k, &[], &tag));
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("wire version 4, this client version 5"), "{e}");
+        assert!(e.contains("wire version 5, this client version 6"), "{e}");
     }
 
     #[test]
@@ -473,6 +500,7 @@ mod tests {
             ("[::1]:1", "[2001:db8::1]:65535"),
         ] {
             let start = SessionStart {
+                kind: crate::config::ServiceProtocol::Udp,
                 service: "web-1.a_b".into(),
                 user: user.parse().unwrap(),
                 public: public.parse().unwrap(),
@@ -488,16 +516,18 @@ mod tests {
     #[tokio::test]
     async fn a_bad_session_start_is_a_typed_error() {
         let ok = SessionStart {
+            kind: crate::config::ServiceProtocol::Tcp,
             service: "web".into(),
             user: "127.0.0.1:1".parse().unwrap(),
             public: "127.0.0.1:2".parse().unwrap(),
         }
         .encode();
-        let cases: [(Vec<u8>, &str); 5] = [
-            (vec![0], "of 0 bytes"),
-            (vec![65], "of 65 bytes"),
-            ([&[3u8][..], b"w b"].concat(), "not one"),
-            ([&ok[..4], &[5u8][..]].concat(), "family 5"),
+        let cases: [(Vec<u8>, &str); 6] = [
+            (vec![b'X'], "kind 0x58"),
+            (vec![KIND_TCP, 0], "of 0 bytes"),
+            (vec![KIND_UDP, 65], "of 65 bytes"),
+            ([&[KIND_TCP, 3u8][..], b"w b"].concat(), "not one"),
+            ([&ok[..5], &[5u8][..]].concat(), "family 5"),
             (ok[..ok.len() - 1].to_vec(), "session start: "),
         ];
         for (bytes, says) in cases {

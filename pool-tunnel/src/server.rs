@@ -26,6 +26,7 @@ pub(crate) use control::ADMIT_WINDOW;
 mod public;
 mod services;
 mod session;
+mod udp;
 
 use session::user_session;
 
@@ -42,6 +43,8 @@ struct Shared {
     key: TunnelKey,
     t: Timeouts,
     stats: ServerStats,
+    /// The UDP services' counters, all together (all zero without one).
+    udp: Arc<crate::udp::UdpStats>,
     /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
     buffered: std::sync::atomic::AtomicUsize,
     control: watch::Sender<Option<Control>>,
@@ -117,6 +120,10 @@ impl ServerHandle {
     /// Counters.
     pub fn stats(&self) -> ServerSnapshot {
         self.shared.stats.snapshot()
+    }
+    /// The UDP services' counters, all together (all zero without one).
+    pub fn udp_stats(&self) -> crate::udp::UdpSnapshot {
+        self.shared.udp.snapshot()
     }
     /// Whether an authenticated control connection is active.
     pub fn control_up(&self) -> bool {
@@ -214,6 +221,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         key: cfg.key,
         t: cfg.timeouts,
         stats: ServerStats::default(),
+        udp: Arc::default(),
         buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
         next_gen: AtomicU64::new(0),

@@ -8,8 +8,8 @@
 //! The rules, in the order they are applied to a newcomer:
 //!
 //! 1. **A share that binds only under contention.** Each source is entitled to
-//!    `concurrent` sessions at once and `rate` new ones a second (a token bucket holding
-//!    `2 * rate`, at least 1). The port is *contended* while the sessions under way
+//!    `concurrent` sessions at once and `rate` new ones a second (`governor`'s keyed
+//!    limiter: a bucket of `2 * rate`, at least 1, refilled at `rate`). The port is *contended* while the sessions under way
 //!    reach three quarters of the cap, or for a second after a newcomer found the cap
 //!    full. Outside contention a source alone may go past its share (a reverse proxy or
 //!    a NAT in front of the port carries every user from one address); under it, a
@@ -25,14 +25,24 @@
 //!    cap has slots, each holding one silent session, locks nobody out, and a session
 //!    moving bytes is never evicted while a quiet one is held.
 //!
-//! The table holds only sources with a session under way or a bucket not yet full
-//! again, and never more than [`MAX_SOURCES`] entries: past that, entries with no
-//! session are dropped first. Sans-IO: time is an argument, and the caller resets the
-//! sessions it is told to evict.
+//! The table holds only sources with a session under way. The limiter keeps a state
+//! per source that started a session, never more than [`MAX_SOURCES`]: at the bound it
+//! drops the states of sources whose bucket is full again (idle keys,
+//! `retain_recent`), and when that frees less than a quarter it forgets them all (every
+//! bucket full again, as for a newcomer). Sans-IO: time is an argument (the limiter runs
+//! on a clock this table advances to each `now`), and the caller resets the sessions
+//! it is told to evict.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 
 /// The most sources the table keeps.
 pub(crate) const MAX_SOURCES: usize = 65_536;
@@ -80,12 +90,67 @@ impl Source {
     }
 }
 
-#[derive(Debug)]
-struct Entry {
-    /// Sessions under way, oldest first.
-    sessions: VecDeque<SessionId>,
-    tokens: f64,
-    last: Instant,
+/// Each source's rate: `governor`'s keyed limiter on a clock that [`Buckets::at`]
+/// moves to the table's `now`.
+struct Buckets {
+    limiter:
+        RateLimiter<Source, HashMapStateStore<Source>, FakeRelativeClock, NoOpMiddleware<Nanos>>,
+    quota: Quota,
+    clock: FakeRelativeClock,
+    /// The first `now` seen (the clock's zero), and how far the clock has been moved.
+    epoch: Option<Instant>,
+    moved: Duration,
+}
+
+impl Buckets {
+    fn new(rate: f64) -> Self {
+        // A bucket of twice the rate, at least 1; one token back every 1/rate s.
+        let burst = NonZeroU32::new((2.0 * rate).clamp(1.0, f64::from(u32::MAX)) as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .expect("a period above zero")
+            .allow_burst(burst);
+        let clock = FakeRelativeClock::default();
+        Self {
+            limiter: RateLimiter::hashmap_with_clock(quota, clock.clone()),
+            quota,
+            clock,
+            epoch: None,
+            moved: Duration::ZERO,
+        }
+    }
+
+    /// Moves the limiter's clock to `now` (never back).
+    fn at(&mut self, now: Instant) {
+        let epoch = *self.epoch.get_or_insert(now);
+        let since = now.saturating_duration_since(epoch);
+        if since > self.moved {
+            self.clock.advance(since - self.moved);
+            self.moved = since;
+        }
+    }
+
+    /// Takes a token of `source` at `now` if it has one.
+    fn take(&mut self, source: Source, now: Instant) -> bool {
+        self.at(now);
+        if self.limiter.len() >= MAX_SOURCES {
+            self.limiter.retain_recent();
+            if self.limiter.len() > MAX_SOURCES / 4 * 3 {
+                self.limiter = RateLimiter::hashmap_with_clock(self.quota, self.clock.clone());
+            }
+        }
+        self.limiter.check_key(&source).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Buckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buckets")
+            .field("quota", &self.quota)
+            .field("sources", &self.limiter.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cap, the shares, and what each source holds.
@@ -93,9 +158,10 @@ struct Entry {
 pub(crate) struct SourceLimits {
     max_total: usize,
     concurrent: usize,
-    rate: f64,
     total: usize,
-    table: HashMap<Source, Entry>,
+    /// Sources holding a session, their sessions oldest first.
+    table: HashMap<Source, VecDeque<SessionId>>,
+    buckets: Buckets,
     /// Sources holding a session, by how many they hold.
     by_held: BTreeSet<(usize, Source)>,
     contended_until: Option<Instant>,
@@ -106,24 +172,21 @@ impl SourceLimits {
     /// At most `max_total` sessions at once in all; under contention, at most
     /// `concurrent` at once and `rate` new ones a second per source.
     pub(crate) fn new(max_total: usize, concurrent: usize, rate: f64) -> Self {
+        let rate = if rate.is_finite() {
+            rate.max(0.1)
+        } else {
+            f64::from(u32::MAX)
+        };
         Self {
             max_total: max_total.max(1),
             concurrent: concurrent.max(1),
-            rate: if rate.is_finite() {
-                rate.max(0.1)
-            } else {
-                f64::MAX
-            },
             total: 0,
             table: HashMap::new(),
+            buckets: Buckets::new(rate),
             by_held: BTreeSet::new(),
             contended_until: None,
             next: 0,
         }
-    }
-
-    fn burst(&self) -> f64 {
-        (2.0 * self.rate).max(1.0)
     }
 
     /// Whether the shares bind at `now`: the cap is near, or was reached a moment ago.
@@ -131,9 +194,8 @@ impl SourceLimits {
         self.total * 4 >= self.max_total * 3 || self.contended_until.is_some_and(|t| now < t)
     }
 
-    #[cfg(test)]
     fn held(&self, source: Source) -> usize {
-        self.table.get(&source).map_or(0, |e| e.sessions.len())
+        self.table.get(&source).map_or(0, VecDeque::len)
     }
 
     fn reindex(&mut self, source: Source, from: usize, to: usize) {
@@ -145,9 +207,9 @@ impl SourceLimits {
         }
     }
 
-    #[cfg(test)]
     /// A session from `peer` arrives at `now`: admitted, maybe in another's place, or
     /// refused. No session counts as quiet: see [`SourceLimits::admit_quiet`].
+    #[cfg(test)]
     pub(crate) fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refused> {
         self.admit_quiet(peer, now, |_| false)
     }
@@ -162,49 +224,37 @@ impl SourceLimits {
         now: Instant,
         quiet: impl Fn(SessionId) -> bool,
     ) -> Result<Admitted, Refused> {
-        if self.table.len() >= MAX_SOURCES {
-            self.prune(now);
-        }
         let source = Source::of(peer);
         let contended = self.contended(now);
-        let (burst, rate, concurrent) = (self.burst(), self.rate, self.concurrent);
-        let e = self.table.entry(source).or_insert(Entry {
-            sessions: VecDeque::new(),
-            tokens: burst,
-            last: now,
-        });
-        let dt = now.saturating_duration_since(e.last).as_secs_f64();
-        e.tokens = (e.tokens + dt * rate).min(burst);
-        e.last = now;
-        let own = e.sessions.len();
-        if contended && own >= concurrent {
+        if contended && self.held(source) >= self.concurrent {
             return Err(Refused::Concurrent);
         }
-        if contended && e.tokens < 1.0 {
-            return Err(Refused::Rate);
-        }
-        let mut evict = None;
+        // At the cap: who yields, decided before a token is spent.
+        let mut yields = None;
         if self.total >= self.max_total {
             self.contended_until = Some(now + CONTENDED_FOR);
-            if let Some((victim, id)) = self.oldest_quiet(&quiet) {
-                evict = self.take(victim, id);
-            } else {
-                let heaviest = self.by_held.last().copied();
-                match heaviest {
-                    Some((most, victim)) if own + 1 < most => {
-                        evict = self.pop_newest(victim);
-                    }
+            yields = Some(match self.oldest_quiet(&quiet) {
+                Some(q) => Yield::Quiet(q),
+                None => match self.by_held.last().copied() {
+                    Some((most, victim)) if self.held(source) + 1 < most => Yield::Newest(victim),
                     _ => return Err(Refused::Full),
-                }
-            }
+                },
+            });
         }
-        self.next += 1;
-        let id = self.next;
-        let e = self.table.get_mut(&source).expect("inserted above");
         // Alone, a source may go past its share; it still spends its tokens, so that
         // when contention comes it is the first held to its rate.
-        e.tokens = (e.tokens - 1.0).max(0.0);
-        e.sessions.push_back(id);
+        if !self.buckets.take(source, now) && contended {
+            return Err(Refused::Rate);
+        }
+        let evict = match yields {
+            Some(Yield::Quiet((victim, id))) => self.take(victim, id),
+            Some(Yield::Newest(victim)) => self.pop_newest(victim),
+            None => None,
+        };
+        self.next += 1;
+        let id = self.next;
+        let own = self.held(source);
+        self.table.entry(source).or_default().push_back(id);
         self.total += 1;
         self.reindex(source, own, own + 1);
         Ok(Admitted { source, id, evict })
@@ -213,8 +263,8 @@ impl SourceLimits {
     /// The oldest quiet session of the heaviest source that holds one.
     fn oldest_quiet(&self, quiet: &impl Fn(SessionId) -> bool) -> Option<(Source, SessionId)> {
         self.by_held.iter().rev().find_map(|&(_, source)| {
-            let e = self.table.get(&source)?;
-            e.sessions
+            self.table
+                .get(&source)?
                 .iter()
                 .find(|&&id| quiet(id))
                 .map(|&id| (source, id))
@@ -229,10 +279,8 @@ impl SourceLimits {
     /// Takes the newest session of `source` out of the table.
     fn pop_newest(&mut self, source: Source) -> Option<SessionId> {
         let e = self.table.get_mut(&source)?;
-        let id = e.sessions.pop_back()?;
-        let left = e.sessions.len();
-        self.total -= 1;
-        self.reindex(source, left + 1, left);
+        let id = e.pop_back()?;
+        self.forget_if_empty(source);
         Some(id)
     }
 
@@ -242,46 +290,51 @@ impl SourceLimits {
         let Some(e) = self.table.get_mut(&source) else {
             return false;
         };
-        let Some(i) = e.sessions.iter().rposition(|&s| s == id) else {
+        let Some(i) = e.iter().rposition(|&s| s == id) else {
             return false;
         };
-        e.sessions.remove(i);
-        let left = e.sessions.len();
-        self.total -= 1;
-        self.reindex(source, left + 1, left);
+        e.remove(i);
+        self.forget_if_empty(source);
         true
     }
 
-    #[cfg(test)]
+    /// Counts one session of `source` fewer (just taken out), and drops its entry when
+    /// it holds none.
+    fn forget_if_empty(&mut self, source: Source) {
+        let left = self.held(source);
+        if left == 0 {
+            self.table.remove(&source);
+        }
+        self.total -= 1;
+        self.reindex(source, left + 1, left);
+    }
+
     /// Sessions under way from `peer`'s source.
+    #[cfg(test)]
     pub(crate) fn active(&self, peer: IpAddr) -> usize {
         self.held(Source::of(peer))
     }
 
-    #[cfg(test)]
     /// Sessions under way in all.
+    #[cfg(test)]
     pub(crate) fn total(&self) -> usize {
         self.total
     }
 
+    /// Sources with state: a session under way, or a bucket not yet full again (at
+    /// most [`MAX_SOURCES`] of these).
     #[cfg(test)]
-    /// Sources in the table.
     pub(crate) fn len(&self) -> usize {
-        self.table.len()
+        self.table.len().max(self.buckets.limiter.len())
     }
+}
 
-    /// Drops the sources that hold nothing: no session, and a bucket full again.
-    fn prune(&mut self, now: Instant) {
-        let (rate, burst) = (self.rate, self.burst());
-        self.table.retain(|_, e| {
-            let dt = now.saturating_duration_since(e.last).as_secs_f64();
-            !e.sessions.is_empty() || e.tokens + dt * rate < burst
-        });
-        if self.table.len() >= MAX_SOURCES {
-            // Every entry holds a session or a recent burst: drop idle ones anyway.
-            self.table.retain(|_, e| !e.sessions.is_empty());
-        }
-    }
+/// Who yields at the cap.
+enum Yield {
+    /// The oldest quiet session of the heaviest source holding one.
+    Quiet((Source, SessionId)),
+    /// The newest session of this source, the heaviest.
+    Newest(Source),
 }
 
 #[cfg(test)]
@@ -465,6 +518,36 @@ mod tests {
         assert_ne!(Source::of(a), Source::of(c));
         let m: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
         assert_eq!(Source::of(m), Source::of("10.1.2.200".parse().unwrap()));
+    }
+
+    #[test]
+    fn at_the_bound_idle_sources_are_forgotten_and_a_busy_one_is_not() {
+        let t0 = Instant::now();
+        // 1 a second, a bucket of 2.
+        let mut t = SourceLimits::new(1 << 20, 1 << 20, 1.0);
+        for i in 0..(MAX_SOURCES - 1) as u32 {
+            let peer = IpAddr::from((0x0a00_0000 + (i << 8)).to_be_bytes());
+            let a = t.admit(peer, t0).unwrap();
+            t.release(a.source, a.id);
+        }
+        // Ten seconds later every one of them has a full bucket again (idle). A busy
+        // source takes a token: the table reaches its bound.
+        let later = t0 + Duration::from_secs(10);
+        let busy = IpAddr::from([192, 0, 2, 1]);
+        let a = t.admit(busy, later).unwrap();
+        t.release(a.source, a.id);
+        assert_eq!(t.len(), MAX_SOURCES);
+        // Its next session finds the table at its bound: the idle states go, its own
+        // (a bucket not full) stays, and it spends its last token.
+        let a = t.admit(busy, later).unwrap();
+        t.release(a.source, a.id);
+        assert_eq!(t.len(), 1, "only the busy source");
+        crowd(&mut t, later);
+        assert_eq!(
+            t.admit(busy, later),
+            Err(Refused::Rate),
+            "its bucket is still spent"
+        );
     }
 
     #[test]

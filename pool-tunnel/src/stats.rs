@@ -19,6 +19,7 @@ macro_rules! counters {
         }
     };
 }
+pub(crate) use counters;
 
 counters! {
     /// What the server side counted.
@@ -63,6 +64,9 @@ counters! {
         /// Users reset at once because the client has no service of their service's
         /// name.
         no_service,
+        /// Users reset (or datagrams dropped) at once because the client's service of
+        /// that name is of another kind (TCP against UDP).
+        wrong_kind,
         /// Users reset because, after the client's receipt, its pooled connection died
         /// or no outcome (reached, target failed) came in time: nothing is replayed.
         no_outcome,
@@ -156,6 +160,9 @@ counters! {
         target_failed,
         /// Sessions for a service this side does not have (told to the server).
         no_service,
+        /// Sessions whose kind (TCP, UDP) is not their service's here (told to the
+        /// server).
+        wrong_kind,
         /// Pooled connections closed because their session's start could not be read
         /// (the server replays it elsewhere: nothing was delivered).
         bad_start,

@@ -25,7 +25,7 @@ fn check_names_the_line_and_field_of_every_mistake() {
     std::fs::write(
         &bad,
         "[server]\ntunnel = \"127.0.0.1:10101\"\nmax_sesions = 8\n\n\
-         [server.services.web]\npublic = \"127.0.0.1:8080\"\nprotocol = \"udp\"\n",
+         [server.services.web]\npublic = \"127.0.0.1:8080\"\nprotocol = \"sctp\"\n",
     )
     .unwrap();
     let out = Command::new(BIN).arg("check").arg(&bad).output().unwrap();
@@ -37,7 +37,7 @@ fn check_names_the_line_and_field_of_every_mistake() {
         "{err}"
     );
     assert!(
-        err.contains("line 7, column 12: server.services.web.protocol: protocol \"udp\" is not supported by this build"),
+        err.contains("line 7, column 12: server.services.web.protocol: unknown variant `sctp`"),
         "{err}"
     );
     let good = d.join("good.toml");
@@ -85,6 +85,30 @@ struct Running {
 }
 
 impl Running {
+    /// `tunnel SIDE --config CONF --pid-file PID`.
+    fn side(side: &str, conf: &Path, pid: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args([side, "--config"])
+            .arg(conf)
+            .arg("--pid-file")
+            .arg(pid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("POOL_TUNNEL_KEY")
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
     /// Waits for a line holding `needle`, within `LIMIT`; the line.
     fn wait_for(&self, needle: &str) -> String {
         let until = std::time::Instant::now() + LIMIT;
@@ -122,26 +146,7 @@ fn reload_adds_a_service_and_refuses_a_bad_file_running_on() {
     let pid = d.join("tunnel.pid");
     let (ports, a, b) = ((port(), port()), port(), port());
     std::fs::write(&conf, server_file(&d, ports, &[("a", a)])).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["server", "--config"])
-        .arg(&conf)
-        .arg("--pid-file")
-        .arg(&pid)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env_remove("POOL_TUNNEL_KEY")
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    let server = Running { child, lines };
+    let server = Running::side("server", &conf, &pid);
     server.wait_for("descriptor limit");
     // The pid file is written once the side runs.
     let until = std::time::Instant::now() + LIMIT;
@@ -176,6 +181,58 @@ fn reload_adds_a_service_and_refuses_a_bad_file_running_on() {
 }
 
 #[test]
+fn a_udp_service_from_the_file_answers_through_both_processes() {
+    let d = dir("udp");
+    // The target: answers each datagram in capitals, until a second without one.
+    let target = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    target.set_read_timeout(Some(LIMIT)).unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        while let Ok((n, from)) = target.recv_from(&mut b) {
+            let _ = target.send_to(&b[..n].to_ascii_uppercase(), from);
+        }
+    });
+    let key = d.join("tunnel.key");
+    std::fs::write(&key, pool_tls::TunnelKey::generate().unwrap().to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // A UDP public port: a free UDP port.
+    let public = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (tunnel, control) = (port(), port());
+    let conf = d.join("tunnel.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[server]\ntunnel = \"127.0.0.1:{tunnel}\"\ncontrol = \"127.0.0.1:{control}\"\n\
+             tls = 0\ninsecure_plaintext = true\nstate_dir = \"{state}\"\n\
+             tunnel_key_file = \"{key}\"\n\
+             [server.services.dns]\npublic = \"{public}\"\nprotocol = \"udp\"\n\
+             [client]\ntunnel = \"127.0.0.1:{tunnel}\"\ncontrol = \"127.0.0.1:{control}\"\n\
+             tls = 0\ninsecure_plaintext = true\nmin = 2\ntunnel_key_file = \"{key}\"\n\
+             [client.services.dns]\ntarget = \"{target_addr}\"\nprotocol = \"udp\"\n",
+            state = d.join("state").display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let server = Running::side("server", &conf, &d.join("server.pid"));
+    server.wait_for("descriptor limit");
+    let client = Running::side("client", &conf, &d.join("client.pid"));
+    client.wait_for("control: connected");
+    let user = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    user.set_read_timeout(Some(LIMIT)).unwrap();
+    user.send_to(b"ping", public).unwrap();
+    let mut b = [0u8; 64];
+    let (n, from) = user.recv_from(&mut b).unwrap();
+    assert_eq!((&b[..n], from), (&b"PING"[..], public));
+    drop((client, server));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn reload_refuses_a_pid_file_of_another_program() {
     let d = dir("stale");
     let pid = d.join("stale.pid");
@@ -203,7 +260,7 @@ fn the_documented_example_passes_its_check() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("ok; server: files, real-ip, web; client: files, real-ip, web"),
+        text.contains("ok; server: dns, files, real-ip, web; client: dns, files, real-ip, web"),
         "{text}"
     );
 }

@@ -237,16 +237,12 @@ async fn a_changed_service_restarts_on_its_socket_and_a_bad_reload_changes_nothi
     assert_eq!(r.changed, ["a"]);
     assert_eq!(server.service_addr("a"), Some(public));
     assert_eq!(ask(public).await.unwrap(), "alpha");
-    // A bad set (two services of one name; a UDP service) is refused whole.
+    // A bad set (two services of one name) is refused whole.
     let e = server
         .reload(vec![changed.clone(), changed.clone()])
         .await
         .unwrap_err();
     assert!(e.to_string().contains("used twice"), "{e}");
-    let mut udp = ServerService::new("u", any());
-    udp.protocol = pool_tunnel::config::ServiceProtocol::Udp;
-    let e = server.reload(vec![changed.clone(), udp]).await.unwrap_err();
-    assert!(e.to_string().contains("not supported by this build"), "{e}");
     // An address that cannot be bound (taken by someone else) refuses it too.
     let squatter = TcpListener::bind(any()).await.unwrap();
     let e = server

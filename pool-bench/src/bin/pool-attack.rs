@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p pool-bench --bin pool-attack -- --json attack.json
 //! cargo run --release -p pool-bench --bin pool-attack -- --quick
+//! ONLY=slowloris cargo run --release -p pool-bench --bin pool-attack   # one crowd attack
 //! ```
 
 use std::time::Duration;
@@ -41,6 +42,9 @@ async fn main() -> std::io::Result<()> {
         Crowd::Slowloris,
         Crowd::Flood,
     ] {
+        if std::env::var("ONLY").is_ok_and(|o| o != a.name()) {
+            continue;
+        }
         let mode = match a {
             Crowd::Silent | Crowd::Flood => TlsMode::Off,
             _ => TlsMode::SelfSigned,

@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use crate::config::{check_name, check_protocol, ProxyProtocol, ServiceProtocol};
+use crate::config::{check_name, check_proxy_protocol, ProxyProtocol, ServiceProtocol};
 use crate::limits::{COUNT_LIMIT, SECS_LIMIT};
 
 /// A TLS mode written `1` or `"1"` (or a name `TlsMode` reads).
@@ -221,9 +221,6 @@ impl ServerServiceSettings {
         if self.public.is_none() {
             out.push(problem("public", "missing: the address users connect to"));
         }
-        if let Err(e) = check_protocol(self.protocol.unwrap_or_default()) {
-            out.push(problem("protocol", e));
-        }
         count(&mut out, "max_sessions", self.max_sessions);
         count(
             &mut out,
@@ -295,8 +292,9 @@ impl ClientServiceSettings {
                 }
             }
         }
-        if let Err(e) = check_protocol(self.protocol.unwrap_or_default()) {
-            out.push(problem("protocol", e));
+        if let Err(e) = check_proxy_protocol(self.protocol.unwrap_or_default(), self.proxy_protocol)
+        {
+            out.push(problem("proxy_protocol", e));
         }
         secs(&mut out, "idle_timeout", self.idle_timeout);
         secs(&mut out, "half_close_timeout", self.half_close_timeout);

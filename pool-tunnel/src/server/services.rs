@@ -12,14 +12,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::{lock, public, Shared};
-use crate::config::{
-    check_services, RelayLimits, Reloaded, ServerService, ServiceProtocol, UDP_UNSUPPORTED,
-};
+use super::{lock, public, udp, Shared};
+use crate::config::{check_services, RelayLimits, Reloaded, ServerService, ServiceProtocol};
 
 /// What a user session needs of its service.
 pub(super) struct Service {
@@ -35,12 +33,16 @@ pub(super) enum Bound {
     /// A TCP listener (shared with the service that replaces this one on the same
     /// address, so that a reload refuses no user).
     Tcp(Arc<TcpListener>),
+    /// A UDP socket (likewise shared with the service that replaces this one: the old
+    /// one's associations end when it stops, and the new one takes the datagrams).
+    Udp(Arc<UdpSocket>),
 }
 
 impl Bound {
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
             Self::Tcp(l) => l.local_addr(),
+            Self::Udp(s) => s.local_addr(),
         }
     }
 }
@@ -53,7 +55,10 @@ async fn bind(svc: &ServerService) -> Result<Bound, String> {
             .await
             .map(|l| Bound::Tcp(Arc::new(l)))
             .map_err(|e| format!("service {name}: public {}: {e}", svc.public)),
-        ServiceProtocol::Udp => Err(format!("service {name}: {UDP_UNSUPPORTED}")),
+        ServiceProtocol::Udp => UdpSocket::bind(svc.public)
+            .await
+            .map(|s| Bound::Udp(Arc::new(s)))
+            .map_err(|e| format!("service {name}: public {} (udp): {e}", svc.public)),
     }
 }
 
@@ -62,6 +67,7 @@ async fn bind(svc: &ServerService) -> Result<Bound, String> {
 async fn serve(shared: Arc<Shared>, svc: ServerService, bound: Bound, stop: watch::Receiver<bool>) {
     match bound {
         Bound::Tcp(listener) => public::public_accept_loop(shared, svc, listener, stop).await,
+        Bound::Udp(socket) => udp::udp_loop(shared, svc, socket, stop).await,
     }
 }
 

@@ -10,7 +10,8 @@ use tokio::time::{timeout, Instant};
 
 use super::services::Service;
 use super::{Control, Shared};
-use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED};
+use crate::config::ServiceProtocol;
+use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED, WRONG_KIND};
 use crate::relay::{
     graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
 };
@@ -112,6 +113,7 @@ pub(super) async fn user_session(
     };
     // The session's start goes first, then the user's bytes; both are replayed alike.
     let start = SessionStart {
+        kind: ServiceProtocol::Tcp,
         service: service.name.clone(),
         user: from,
         public: to,
@@ -219,6 +221,10 @@ pub(super) async fn user_session(
         }
         RelayEnd::NotExpected(Some(NO_SERVICE)) => {
             bump(&shared.stats.no_service);
+            false
+        }
+        RelayEnd::NotExpected(Some(WRONG_KIND)) => {
+            bump(&shared.stats.wrong_kind);
             false
         }
         RelayEnd::NotExpected(_) => {

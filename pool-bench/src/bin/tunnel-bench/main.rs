@@ -5,7 +5,7 @@
 //! cargo build --release -p pool-tunnel --bin tunnel
 //! cargo build --release -p pool-bench --bin tunnel-bench
 //! target/release/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
-//!                                      [--peer-rathole PATH] [--sessions-only | --download-only]
+//!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only]
 //! ```
 //!
 //! It starts the two `tunnel` processes (`$TUNNEL_BIN`, else
@@ -38,6 +38,10 @@
 //!   service), so it is the ceiling a two-process tunnel with this relay can reach here.
 //!   `chain_copy_mbps`: the same chain relaying with `tokio::io::copy_bidirectional`.
 //!   Baseline: straight to the service.
+//! - `udp_rtt_ms_p50`, `udp_rtt_ms_p99`, `udp_loss`: a DNS-like UDP service behind a
+//!   `--udp` pair with the delay between its processes, 1,000 requests a second from
+//!   10 user addresses. Baseline: the same service straight through a UDP relay with
+//!   the same delay each way (`udp.rs`).
 //! - `relay_copy_mbps`, `relay_splice_mbps`: one download through one relay in this
 //!   process, the userspace copy (the TLS path) and `splice(2)` (the plain path).
 //!   Baseline: `tokio::io::copy_bidirectional`.
@@ -49,6 +53,7 @@ mod measure;
 mod peer;
 mod procs;
 mod relay;
+mod udp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,8 +93,11 @@ struct Args {
     #[arg(long, conflicts_with = "download_only")]
     sessions_only: bool,
     /// The download figures alone (for iterating on the relay path).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "udp_only")]
     download_only: bool,
+    /// The UDP figures alone.
+    #[arg(long, conflicts_with = "sessions_only")]
+    udp_only: bool,
     /// Runs as one link of the relay chain: `LISTEN UPSTREAM [copy]` (the bench starts
     /// itself so).
     #[arg(long, num_args = 2..=3, value_names = ["LISTEN", "UPSTREAM", "copy"], hide = true)]
@@ -111,6 +119,7 @@ async fn main() -> Res<()> {
         peer_rathole: peer,
         sessions_only,
         download_only,
+        udp_only,
         ..
     } = args;
     let delay = Duration::from_millis(delay_ms);
@@ -123,6 +132,11 @@ async fn main() -> Res<()> {
     let (target, arrivals) = service().await?;
     let mut figures = Vec::new();
     let wan = || Script::always(Fault::Latency(delay));
+    if udp_only {
+        figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(figures, json, quick);
+    }
     if download_only {
         // For iterating on (and profiling) the relay path: the download figure alone.
         let pair = Pair::start(&dir.join("download"), mode, true).await?;
@@ -209,6 +223,7 @@ async fn main() -> Res<()> {
     pair.server.kill().await;
     figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
     figures.extend(chain_figures(target, ChainRun::Both, dl_bytes, quick, secs).await?);
+    figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);
 
     // Memory, on a fresh pair: 16 idle pooled connections, then 1,000.
     let pair = Pair::start(&dir.join("memory"), mode, true).await?;

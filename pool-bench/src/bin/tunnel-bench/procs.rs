@@ -66,6 +66,16 @@ impl Pair {
     /// A server in `mode`; `lifted`: with the public port's per-source limits and cap
     /// lifted (the load comes from one address), else with the defaults.
     pub(crate) async fn start(dir: &Path, mode: u8, lifted: bool) -> Res<Self> {
+        Self::start_with(dir, mode, lifted, &[]).await
+    }
+
+    /// [`Pair::start`] with more arguments for the server.
+    pub(crate) async fn start_with(
+        dir: &Path,
+        mode: u8,
+        lifted: bool,
+        extra: &[&str],
+    ) -> Res<Self> {
         std::fs::create_dir_all(dir)?;
         let key = pool_tls::TunnelKey::generate()?.to_hex();
         write_private(&dir.join("key"), &key)?;
@@ -96,6 +106,7 @@ impl Pair {
         for (flag, v) in lift.into_iter().filter(|_| lifted) {
             args.extend([flag.into(), v.into()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut server = spawn(&bin(), &args)?;
         let mut pin = None;
         let end = Instant::now() + Duration::from_secs(10);
@@ -131,6 +142,17 @@ impl Pair {
         via: (SocketAddr, SocketAddr),
         cap: usize,
     ) -> Res<Proc> {
+        self.client_with(target, via, cap, &[]).await
+    }
+
+    /// [`Pair::client`] with more arguments.
+    pub(crate) async fn client_with(
+        &self,
+        target: SocketAddr,
+        via: (SocketAddr, SocketAddr),
+        cap: usize,
+        extra: &[&str],
+    ) -> Res<Proc> {
         let mut args: Vec<String> = vec!["client".into()];
         for (flag, v) in [
             ("--tunnel", via.0),
@@ -153,6 +175,7 @@ impl Pair {
             "--tunnel-key-file".into(),
             self.dir.join("key").display().to_string(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut c = spawn(&bin(), &args)?;
         c.wait_line("control: connected", Duration::from_secs(15))
             .await

@@ -73,7 +73,7 @@ max = 0
 public = "not an address"
 max_sessions = "many"
 colour = "blue"
-protocol = "udp"
+protocol = "sctp"
 
 [server.services."bad name"]
 public = "0.0.0.0:8081"
@@ -111,10 +111,7 @@ proxy_protocol = "v3"
     says("server.tsl", "unknown field");
     says("server.max", "must be 1 to");
     says("server.services.web.colour", "unknown field");
-    says(
-        "server.services.web.protocol",
-        "not supported by this build",
-    );
+    says("server.services.web.protocol", "unknown variant");
     says("client.tunnel", "missing");
     says("client.pin", "needs tls 1");
     says("client.services.web.target", "missing");
