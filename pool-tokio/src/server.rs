@@ -264,38 +264,43 @@ impl Inner {
         if let Some(Err(e)) = self.socket.map(|o| o.apply_tcp(&tcp)) {
             debug!(error = %e, "socket options not applied");
         }
+        // A client silent past `HELLO_WAIT` is told that this server runs TLS; if it
+        // then gives up before the deadline, it is named as the mode mismatch (a
+        // mode-0 client of this crate closes at once).
+        let mut hinted = false;
         if self.acceptor.is_some() {
             // A TLS client speaks first (its ClientHello): once a byte is in, this
             // handshake is no longer silent, and silent ones yield first when every
             // slot is taken (a slowloris crowd churns among itself).
             // A peek, not `readable()`: readiness alone may be a false positive.
+            let hinted_ref = &mut hinted;
             let hello = Box::pin(async {
+                *hinted_ref = crate::tls::hint_if_silent(&tcp).await;
                 let mut first = [0u8; 1];
                 tcp.peek(&mut first).await.map_err(StepError::from)
             });
-            step(token, Stage::Tls, hello).await?;
+            match step(token, Stage::Tls, hello).await {
+                Ok(_) => {}
+                // A deadline stays a deadline: a silent stranger is not a mismatch.
+                Err(e @ (_, StepError::Timeout)) => return Err(e),
+                Err(_) if hinted => return Err((Stage::Protocol, StepError::ClientSilent)),
+                Err(e) => return Err(e),
+            }
             self.engine.driver.input(|m, _| m.handle_spoke(ticket));
         }
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {
-                // A client silent past `HELLO_WAIT` is told that this server runs TLS;
-                // if it then gives up before the deadline, it is named as the mode
-                // mismatch (a mode-0 client of this crate closes at once).
-                let mut hinted = false;
-                let hinted_ref = &mut hinted;
                 let acceptor = acceptor.clone();
                 // Boxed, as the key proof below: a handshake task's future holds only
                 // what the mode needs (thousands are spawned to fill a pool).
                 let tls = Box::pin(async move {
-                    *hinted_ref = crate::tls::hint_if_silent(&tcp).await;
                     TlsConn::accept(acceptor, tcp)
                         .await
                         .map_err(StepError::from)
                 });
                 match step(token, Stage::Tls, tls).await {
                     Ok(s) => PoolStream::Tls(Box::new(s)),
-                    // A deadline stays a deadline: a silent stranger is not a mismatch.
                     Err(e @ (_, StepError::Timeout)) => return Err(e),
                     Err(_) if hinted => return Err((Stage::Protocol, StepError::ClientSilent)),
                     Err(e) => return Err(e),
