@@ -164,12 +164,15 @@ async fn a_slowloris_on_the_preface_evicts_the_oldest() {
         server.last_failure(),
         Some(HandshakeError::Preface(_))
     ));
+    // The stream `first` dialed ahead is reset by its close; until the server has seen
+    // that, it could hand it out, and `second` would not hold it.
+    first.close().await;
+    assert!(wait_until(|| server.status().idle == 0).await);
     // A real client still connects, and the pair made before still carries bytes.
     let second = H2ClientPool::builder(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
-    first.close().await;
     let (_, mut s2, mut c2) = take(&server, &second).await;
     roundtrip(&mut s2, &mut c2, 10_000, 4).await;
     roundtrip(&mut s, &mut c, 10_000, 5).await;

@@ -38,7 +38,10 @@ async fn wss_pairs_in_codes_1_and_2() {
     assert!(one.url().starts_with("wss://"));
     let (_, mut s, mut c) = take(&server, &one).await;
     roundtrip(&mut s, &mut c, 10_000, 1).await;
+    // Until the server has seen `one` close the connection it dialed ahead, it could
+    // hand that one out, and `two` would not hold it.
     one.close().await;
+    assert!(wait_until(|| server.status().idle == 0).await);
     let two = WsClientPool::builder(server.local_addr())
         .config(client_config(1))
         .host("localhost")
