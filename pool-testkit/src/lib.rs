@@ -18,6 +18,7 @@
 pub use pool_sim::{rng, stats};
 
 pub mod attack;
+pub mod count_proxy;
 pub mod dialers;
 pub mod load;
 pub mod pair;

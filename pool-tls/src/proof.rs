@@ -8,7 +8,8 @@
 //! `B` the channel binding ([`tls_binding`] in TLS modes 1 and 2, empty in mode 0):
 //!
 //! 1. server → client, [`CHALLENGE_LEN`] bytes: `Ns`, 32 fresh random bytes, written
-//!    right after the id.
+//!    in the same write as the id (in TLS modes, both in the server's first flight as
+//!    0.5-RTT data: `PROTOCOL.md`, "Flights").
 //! 2. client → server, [`RESPONSE_LEN`] bytes: `Nc ‖ HMAC-SHA256(K, "nodepass-pool/proof/v1/client" ‖ Ns ‖ Nc ‖ id ‖ B)`,
 //!    `Nc` 32 fresh random bytes.
 //! 3. server → client, [`CONFIRM_LEN`] bytes: `HMAC-SHA256(K, "nodepass-pool/proof/v1/server" ‖ Ns ‖ Nc ‖ id ‖ B)`.

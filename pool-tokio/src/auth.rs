@@ -1,30 +1,45 @@
 //! The tunnel-key step after the id: the I/O around `pool_tls::proof`.
 //!
+//! # Flights
+//!
+//! The proof's messages ride with the handshake's own, so a keyed connection costs
+//! the flights of an unkeyed one:
+//!
+//! - the server's `Ns` leaves in the same write as the id; in TLS modes both ride in
+//!   the server's first TLS flight, behind its `Finished`, as TLS 1.3 0.5-RTT data
+//!   (`send_half_rtt_data`: the server's config in a keyed pool sets it);
+//! - the client's response leaves as soon as it has read `id ‖ Ns` (in TLS modes,
+//!   right behind its own `Finished`);
+//! - the server's confirmation answers it.
+//!
 //! Each side reads exactly the bytes of the message it expects (`read_exact` on an
 //! array of that length), so payload that follows is never consumed. Both sides run
 //! under the deadline the core armed for the handshake (the caller aborts them when it
 //! passes), as the `Stage::Auth` step.
 
-use pool_tls::proof::{BINDING_LEN, CHALLENGE_LEN, CONFIRM_LEN, RESPONSE_LEN};
+use pool_tls::proof::{BINDING_LEN, CHALLENGE_LEN, CONFIRM_LEN, NONCE_LEN, RESPONSE_LEN};
 use pool_tls::{fresh_nonce, ClientProof, ProofError, ServerProof, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::conn::{PoolConn, PoolStream};
 use crate::error::StepError;
 
-/// The server's side: challenge, check the response, confirm. The connection is ready
-/// only when this returns `Ok`.
+/// The server's `Ns`, drawn before the id is written: the challenge leaves with it.
+pub(crate) fn server_nonce() -> Result<[u8; NONCE_LEN], StepError> {
+    fresh_nonce().map_err(|e| StepError::from(std::io::Error::other(e)))
+}
+
+/// The server's side once `id ‖ Ns` went out: check the response, confirm. The
+/// connection is ready only when this returns `Ok`.
 pub(crate) async fn server_auth(
     conn: &mut PoolConn,
     key: &TunnelKey,
     id_wire: &[u8],
+    ns: [u8; NONCE_LEN],
 ) -> Result<(), StepError> {
     let binding = binding(conn)?;
-    let ns = fresh_nonce().map_err(|e| StepError::from(std::io::Error::other(e)))?;
     let proof = ServerProof::new(key, ns, id_wire, or_empty(&binding));
     let exchange = async {
-        conn.write_all(&proof.challenge()).await?;
-        conn.flush().await?;
         let mut response = [0u8; RESPONSE_LEN];
         conn.read_exact(&mut response).await?;
         let confirm = proof.check_response(&response).map_err(|e| {

@@ -113,6 +113,16 @@ impl PoolBuilder<ServerSide> {
         // records the probe processes (`PoolConn::liveness`), never payload.
         let (acceptor, fingerprint) = self.tls.build()?.unzip();
         let fingerprint = fingerprint.flatten();
+        // With a key, the id and the proof's challenge leave in the server's first TLS
+        // flight, behind its `Finished` (0.5-RTT data; see `crate::auth`).
+        let acceptor = match (acceptor, &self.key) {
+            (Some(c), Some(_)) => {
+                let mut c = Arc::unwrap_or_clone(c);
+                c.send_half_rtt_data = true;
+                Some(Arc::new(c))
+            }
+            (acceptor, _) => acceptor,
+        };
         let listener = {
             let _guard = rt.enter();
             let io = |source| BuildError::Io {
@@ -288,14 +298,36 @@ impl Inner {
             }
             self.engine.driver.input(|m, _| m.handle_spoke(ticket));
         }
+        // With a key, `Ns` leaves in the same write as the id: the id's message is
+        // the proof's first (`crate::auth`).
+        let ns = match &self.key {
+            Some(_) => Some(crate::auth::server_nonce().map_err(|e| (Stage::Auth, e))?),
+            None => None,
+        };
+        let hello = |id: &ConnId| {
+            let wire = self.id_form.encode(id);
+            let mut hello = wire.as_ref().to_vec();
+            hello.extend_from_slice(ns.as_ref().map_or(&[][..], |n| &n[..]));
+            hello
+        };
+        // Keyed TLS: the id is drawn before the handshake, and the hello rides in the
+        // server's first flight (0.5-RTT data), not a flight of its own.
+        let early = match (&self.acceptor, &self.key) {
+            (Some(_), Some(_)) => {
+                let id = self.engine.driver.input(|m, _| m.assign_id(ticket));
+                hello(&id)
+            }
+            _ => Vec::new(),
+        };
         let stream = match &self.acceptor {
             None => PoolStream::Plain(tcp),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
+                let early = &early;
                 // Boxed, as the key proof below: a handshake task's future holds only
                 // what the mode needs (thousands are spawned to fill a pool).
                 let tls = Box::pin(async move {
-                    TlsConn::accept(acceptor, tcp)
+                    TlsConn::accept(acceptor, tcp, early)
                         .await
                         .map_err(StepError::from)
                 });
@@ -310,14 +342,17 @@ impl Inner {
         let id = self.engine.driver.input(|m, _| m.assign_id(ticket));
         let mut conn = PoolConn { id, stream };
         let wire = self.id_form.encode(&id);
-        let write = async {
-            conn.write_all(wire.as_ref()).await?;
-            conn.flush().await
-        };
-        step(token, Stage::Id, async {
-            write.await.map_err(StepError::from)
-        })
-        .await?;
+        if early.is_empty() {
+            let hello = hello(&id);
+            let write = async {
+                conn.write_all(&hello).await?;
+                conn.flush().await
+            };
+            step(token, Stage::Id, async {
+                write.await.map_err(StepError::from)
+            })
+            .await?;
+        }
         if let (PoolStream::Plain(tcp), None) = (&conn.stream, &self.key) {
             // A client in TLS mode sends its ClientHello at once: if it is already
             // here, say so now (it would otherwise sit idle until the client gives up).
@@ -329,8 +364,8 @@ impl Inner {
                 return Err((Stage::Protocol, StepError::ClientSpeaksTls));
             }
         }
-        if let Some(key) = &self.key {
-            let auth = Box::pin(crate::auth::server_auth(&mut conn, key, wire.as_ref()));
+        if let (Some(key), Some(ns)) = (&self.key, ns) {
+            let auth = Box::pin(crate::auth::server_auth(&mut conn, key, wire.as_ref(), ns));
             step(token, Stage::Auth, auth)
                 .await
                 .map_err(|(stage, e)| match e {

@@ -61,12 +61,23 @@ impl TlsConn {
         Ok(Self(TlsStream::Client(s)))
     }
 
-    /// Runs a server handshake on `tcp`.
+    /// Runs a server handshake on `tcp`. `first` is queued as application data before
+    /// the handshake starts: with `send_half_rtt_data` in `config` it leaves in the
+    /// server's first flight, right behind its `Finished` (TLS 1.3 0.5-RTT data),
+    /// otherwise as soon as the handshake is done.
     pub(crate) async fn accept(
         config: Arc<rustls::ServerConfig>,
         tcp: TcpStream,
+        first: &[u8],
     ) -> io::Result<Self> {
-        let s = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        let s = tokio_rustls::TlsAcceptor::from(config)
+            .accept_with(tcp, |c| {
+                if !first.is_empty() {
+                    // Buffered by rustls (far below its limit): cannot fail.
+                    let _ = io::Write::write_all(&mut c.writer(), first);
+                }
+            })
+            .await?;
         Ok(Self(TlsStream::Server(s)))
     }
 

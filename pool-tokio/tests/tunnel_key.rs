@@ -304,3 +304,46 @@ fn weak_keys_are_refused_where_users_make_them() {
     assert_eq!(TunnelKey::parse(&k.to_hex()).unwrap().to_hex(), k.to_hex());
     assert_eq!(format!("{k:?}"), "TunnelKey(..)");
 }
+
+/// Flights per pooled connection, counted by a proxy between the pools, with and
+/// without the key: each connection's flights, once both pools hold `n` idle.
+async fn flights(key: Option<&TunnelKey>, mode: TlsMode, n: usize) -> Vec<u64> {
+    let server = match key {
+        Some(k) => keyed_server(k, mode),
+        None => ServerPool::builder()
+            .bind(loopback())
+            .tls(if mode == TlsMode::Off {
+                ServeTls::Off
+            } else {
+                ServeTls::self_signed()
+            })
+            .build()
+            .unwrap(),
+    };
+    let proxy = pool_testkit::count_proxy::CountProxy::start(server.local_addr())
+        .await
+        .unwrap();
+    let client = keyed_client(proxy.addr(), key, mode, n);
+    assert!(server.wait_idle(n, T).await && client.wait_idle(n, T).await);
+    let flights = proxy.per_connection().iter().map(|t| t.flights).collect();
+    client.close().await;
+    server.close().await;
+    proxy.close().await;
+    flights
+}
+
+/// The proof's messages ride with the handshake's: in TLS mode a keyed connection is
+/// ready after the flights of an unkeyed one (ClientHello; the server's flight with
+/// `id ‖ Ns` behind its `Finished`; the client's `Finished` and response; the tickets
+/// and the confirmation), and in plain mode after three (`id ‖ Ns`; the response; the
+/// confirmation). A flight more fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_connection_costs_no_flight_more_than_an_unkeyed_one() {
+    let k = key(1);
+    let tls_plain = flights(None, TlsMode::SelfSigned, 4).await;
+    assert_eq!(tls_plain, [4; 4], "an unkeyed TLS connection");
+    let tls_keyed = flights(Some(&k), TlsMode::SelfSigned, 4).await;
+    assert_eq!(tls_keyed, tls_plain, "a keyed TLS connection");
+    let plain_keyed = flights(Some(&k), TlsMode::Off, 4).await;
+    assert_eq!(plain_keyed, [3; 4], "a keyed plain connection");
+}

@@ -45,7 +45,7 @@ async fn tls_pair(cfg: &Configs) -> (TlsConn, TlsConn) {
     let (c, s) = tcp_pair().await;
     let (c, s) = tokio::join!(
         TlsConn::connect(cfg.client.clone(), name(), c),
-        TlsConn::accept(cfg.server.clone(), s)
+        TlsConn::accept(cfg.server.clone(), s, &[])
     );
     (c.unwrap(), s.unwrap())
 }
@@ -197,7 +197,7 @@ async fn a_wrong_pin_fails_the_handshake_with_a_tls_error() {
     let (c, s) = tcp_pair().await;
     let (c, s) = tokio::join!(
         TlsConn::connect(client, name(), c),
-        TlsConn::accept(cfg.server.clone(), s)
+        TlsConn::accept(cfg.server.clone(), s, &[])
     );
     let e = c.unwrap_err();
     assert!(

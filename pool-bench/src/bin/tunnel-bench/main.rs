@@ -5,7 +5,7 @@
 //! cargo build --release -p pool-tunnel --bin tunnel
 //! cargo build --release -p pool-bench --bin tunnel-bench
 //! target/release/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
-//!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only]
+//!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only | --msgs-only]
 //! ```
 //!
 //! It starts the two `tunnel` processes (`$TUNNEL_BIN`, else
@@ -42,6 +42,10 @@
 //!   `--udp` pair with the delay between its processes, 1,000 requests a second from
 //!   10 user addresses. Baseline: the same service straight through a UDP relay with
 //!   the same delay each way (`udp.rs`).
+//! - `tunnel_msgs_per_pooled_conn`, `tunnel_round_trips_per_pooled_conn`: messages on
+//!   the wire (both directions) and round trips per pooled connection of the tunnel's
+//!   pools in mode 1 with the key, until idle and ready at both ends (`msgs.rs`).
+//!   Baseline: the same pools without the key (TLS 1.3 and the id).
 //! - `relay_copy_mbps`, `relay_splice_mbps`: one download through one relay in this
 //!   process, the userspace copy (the TLS path) and `splice(2)` (the plain path).
 //!   Baseline: `tokio::io::copy_bidirectional`.
@@ -50,6 +54,7 @@
 //! the first three are measured for rathole under the same harness too, as
 //! `rathole_*`. CI runs `--quick` without it.
 mod measure;
+mod msgs;
 mod peer;
 mod procs;
 mod relay;
@@ -98,6 +103,9 @@ struct Args {
     /// The UDP figures alone.
     #[arg(long, conflicts_with = "sessions_only")]
     udp_only: bool,
+    /// The messages-per-pooled-connection figures alone.
+    #[arg(long, conflicts_with_all = ["sessions_only", "download_only", "udp_only"])]
+    msgs_only: bool,
     /// Runs as one link of the relay chain: `LISTEN UPSTREAM [copy]` (the bench starts
     /// itself so).
     #[arg(long, num_args = 2..=3, value_names = ["LISTEN", "UPSTREAM", "copy"], hide = true)]
@@ -120,6 +128,7 @@ async fn main() -> Res<()> {
         sessions_only,
         download_only,
         udp_only,
+        msgs_only,
         ..
     } = args;
     let delay = Duration::from_millis(delay_ms);
@@ -132,6 +141,10 @@ async fn main() -> Res<()> {
     let (target, arrivals) = service().await?;
     let mut figures = Vec::new();
     let wan = || Script::always(Fault::Latency(delay));
+    if msgs_only {
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(msgs::figures().await?, json, quick);
+    }
     if udp_only {
         figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);
         let _ = std::fs::remove_dir_all(&dir);
@@ -224,6 +237,7 @@ async fn main() -> Res<()> {
     figures.push(one_source_ratio(&dir, target, mode, quick, secs).await?);
     figures.extend(chain_figures(target, ChainRun::Both, dl_bytes, quick, secs).await?);
     figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);
+    figures.extend(msgs::figures().await?);
 
     // Memory, on a fresh pair: 16 idle pooled connections, then 1,000.
     let pair = Pair::start(&dir.join("memory"), mode, true).await?;
