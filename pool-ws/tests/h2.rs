@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use common::{client_config, pattern, server_config, stranger, wait_until, WAIT};
 use pool_ws::h2::{H2ClientPool, H2Conn, H2ServerPool, StreamError, MAX_PREFACES};
-use pool_ws::{ConnId, HandshakeError, ServerTls};
+use pool_ws::{ConnId, HandshakeError, ServeTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn server_on(addr: std::net::SocketAddr, max: usize) -> H2ServerPool {
     H2ServerPool::builder()
         .config(server_config(max))
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind(addr)
         .build()
         .unwrap()
@@ -50,7 +50,8 @@ fn stream_error(e: &std::io::Error) -> Option<StreamError> {
 #[tokio::test]
 async fn streams_carry_bytes_both_ways_and_the_first_id_is_zero() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(4))
         .build()
         .unwrap();
@@ -80,7 +81,8 @@ async fn the_servers_capacity_is_its_stream_limit() {
         .handshake_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(cfg)
         .build()
         .unwrap();
@@ -96,7 +98,8 @@ async fn the_servers_capacity_is_its_stream_limit() {
 #[tokio::test]
 async fn a_reset_stream_is_a_named_error_and_leaves_the_pool() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(2))
         .build()
         .unwrap();
@@ -121,7 +124,8 @@ async fn a_reset_stream_is_a_named_error_and_leaves_the_pool() {
 async fn a_goaway_is_named_and_the_client_makes_a_new_connection() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
     let addr = server.local_addr();
-    let client = H2ClientPool::builder(addr)
+    let client = H2ClientPool::builder()
+        .address(addr)
         .config(client_config(2))
         .build()
         .unwrap();
@@ -147,7 +151,8 @@ async fn a_goaway_is_named_and_the_client_makes_a_new_connection() {
 #[tokio::test]
 async fn a_slowloris_on_the_preface_evicts_the_oldest() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
-    let first = H2ClientPool::builder(server.local_addr())
+    let first = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -169,7 +174,8 @@ async fn a_slowloris_on_the_preface_evicts_the_oldest() {
     first.close().await;
     assert!(wait_until(|| server.status().idle == 0).await);
     // A real client still connects, and the pair made before still carries bytes.
-    let second = H2ClientPool::builder(server.local_addr())
+    let second = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -189,17 +195,20 @@ async fn a_connection_that_opens_no_stream_is_closed_at_the_deadline() {
         .unwrap();
     let server = H2ServerPool::builder()
         .config(cfg)
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
     // A client pool of capacity 0 would not connect: make the connection by hand.
     let tcp = stranger(server.local_addr(), 2).await;
-    let tls = pool_ws::ClientTlsBuilder::new(pool_ws::TlsMode::SelfSigned)
-        .alpn(vec![b"h2".to_vec()])
-        .build()
-        .unwrap()
-        .unwrap();
+    let tls = pool_ws::ClientTls::SelfSigned {
+        pin: None,
+        name: None,
+    }
+    .build_alpn(&[b"h2"])
+    .unwrap()
+    .unwrap()
+    .0;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
@@ -228,11 +237,12 @@ async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
     let server = H2ServerPool::builder()
         .config(server_config(8))
         .client_ip("127.0.0.2")
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -241,11 +251,14 @@ async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
     client.close().await;
     // From the allowed address, a GET is answered 404 and counted.
     let tcp = stranger(server.local_addr(), 2).await;
-    let tls = pool_ws::ClientTlsBuilder::new(pool_ws::TlsMode::SelfSigned)
-        .alpn(vec![b"h2".to_vec()])
-        .build()
-        .unwrap()
-        .unwrap();
+    let tls = pool_ws::ClientTls::SelfSigned {
+        pin: None,
+        name: None,
+    }
+    .build_alpn(&[b"h2"])
+    .unwrap()
+    .unwrap()
+    .0;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
