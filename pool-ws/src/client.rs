@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::stream::{ws_config, Io, WsConn};
 use crate::LastFailure;
@@ -222,20 +222,11 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     inner.engine.driver.dialed(ticket, res);
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The client end of the WebSocket pool: the npws wire. Cheap to clone; the pool
 /// closes when the last clone is dropped or [`close`](Self::close) is called.
 #[derive(Clone)]
 pub struct WsClientPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
 }
 
 impl std::fmt::Debug for WsClientPool {
@@ -281,13 +272,8 @@ impl WsClientPool {
     ///
     /// Dropping the future loses no connection.
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<WsConn, GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Id(id), timeout)
-            .await;
-        got.map(|(_, c)| c).map_err(GetError::from)
+        let got = self.inner().engine.get(Want::Id(id), timeout).await;
+        got.map(|(_, c)| c)
     }
 
     /// Any live idle connection, oldest first.
@@ -296,13 +282,7 @@ impl WsClientPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Idle connections ready to hand out (Go: `Active`).
@@ -317,8 +297,7 @@ impl WsClientPool {
 
     /// Closes the pool and waits for its tasks to end.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
     }
 
     /// The status snapshot.

@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::http;
 use crate::stream::{ws_config, Io, WsConn};
@@ -304,15 +304,6 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The server end of the WebSocket pool: the npws wire. Cheap to clone; the pool
 /// closes when the last clone is dropped or [`close`](Self::close) is called.
 ///
@@ -322,7 +313,7 @@ impl Drop for Owner {
 /// start gets `00000000`, as the Go pools do; the next are random).
 #[derive(Clone)]
 pub struct WsServerPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
     local: SocketAddr,
     fingerprint: Option<Fingerprint>,
     get_timeout: Duration,
@@ -386,13 +377,7 @@ impl WsServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Closes every idle connection (Go: `Flush`); how many.
@@ -403,8 +388,7 @@ impl WsServerPool {
     /// Closes the pool and waits for its tasks to end: waiting gets fail with
     /// [`GetError::Closed`], idle connections and upgrades under way are closed.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
     }
 
     /// The status snapshot.

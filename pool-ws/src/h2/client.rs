@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::LastFailure;
 
@@ -241,20 +241,11 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     inner.engine.driver.dialed(ticket, res);
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The client end of the HTTP/2 pool: the nph2 wire. Cheap to clone; the pool closes
 /// when the last clone is dropped or [`close`](Self::close) is called.
 #[derive(Clone)]
 pub struct H2ClientPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
 }
 
 impl std::fmt::Debug for H2ClientPool {
@@ -289,13 +280,8 @@ impl H2ClientPool {
     ///
     /// [`GetError::Timeout`], [`GetError::NotFound`], [`GetError::Closed`].
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<H2Conn, GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Id(id), timeout)
-            .await;
-        got.map(|(_, c)| c).map_err(GetError::from)
+        let got = self.inner().engine.get(Want::Id(id), timeout).await;
+        got.map(|(_, c)| c)
     }
 
     /// Any live idle stream, oldest first.
@@ -304,13 +290,7 @@ impl H2ClientPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Idle streams ready to hand out.
@@ -326,8 +306,7 @@ impl H2ClientPool {
     /// Closes the pool and waits for its tasks to end. Streams handed out live on: the
     /// connection closes after the last of them.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
         drop(self.inner().link.lock().await.take());
     }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::{FirstZero, LastFailure};
 
@@ -391,15 +391,6 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The server end of the HTTP/2 pool: the nph2 wire. Cheap to clone; the pool closes
 /// when the last clone is dropped or [`close`](Self::close) is called.
 ///
@@ -408,7 +399,7 @@ impl Drop for Owner {
 /// not `POST /stream` `404`.
 #[derive(Clone)]
 pub struct H2ServerPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
     local: SocketAddr,
     fingerprint: Option<Fingerprint>,
     get_timeout: Duration,
@@ -467,13 +458,7 @@ impl H2ServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Closes every idle stream; how many.
@@ -485,8 +470,7 @@ impl H2ServerPool {
     /// idle streams reset; streams handed out live on, and each connection closes
     /// after its last.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
     }
 
     /// The status snapshot.
