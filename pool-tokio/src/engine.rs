@@ -31,8 +31,8 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     type M: Role<Conn = PoolConn> + Send + 'static;
     const CLIENT: bool;
     fn engine(&self) -> &Engine<Self>;
-    /// Starts a dial (the client's work; a server never gets one).
-    fn dial(self: Arc<Self>, ticket: DialTicket);
+    /// Starts a dial: the client's work (a server machine never asks for one).
+    fn dial(self: Arc<Self>, _ticket: DialTicket) {}
     /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
     /// wrong with a peer that once passed its handshake goes in the log (the server's
     /// does; this default finds nothing to note).
