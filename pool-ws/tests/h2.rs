@@ -43,6 +43,21 @@ async fn roundtrip(a: &mut H2Conn, b: &mut H2Conn, size: usize, seed: u8) {
     assert!(got_x == x && got_y == y, "bytes changed on the way");
 }
 
+/// A TLS connection offering `h2` from the stranger 127.0.0.2, made by hand (no pool).
+async fn stranger_h2_tls(
+    to: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = stranger(to, 2).await;
+    let unchecked = pool_ws::ClientTls::SelfSigned {
+        pin: None,
+        name: None,
+    };
+    let (tls, _) = unchecked.build_alpn(&[b"h2"]).unwrap().unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    connector.connect(name, tcp).await.unwrap()
+}
+
 fn stream_error(e: &std::io::Error) -> Option<StreamError> {
     e.get_ref()?.downcast_ref::<StreamError>().cloned()
 }
@@ -200,20 +215,7 @@ async fn a_connection_that_opens_no_stream_is_closed_at_the_deadline() {
         .build()
         .unwrap();
     // A client pool of capacity 0 would not connect: make the connection by hand.
-    let tcp = stranger(server.local_addr(), 2).await;
-    let tls = pool_ws::ClientTls::SelfSigned {
-        pin: None,
-        name: None,
-    }
-    .build_alpn(&[b"h2"])
-    .unwrap()
-    .unwrap()
-    .0;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = stranger_h2_tls(server.local_addr()).await;
     let (_send, conn) = h2::client::handshake(tls).await.unwrap();
     let ended = tokio::spawn(conn);
     // Nothing asked: the server closes the connection at its deadline.
@@ -250,20 +252,7 @@ async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
     assert!(server.counters().refused_filter > 0);
     client.close().await;
     // From the allowed address, a GET is answered 404 and counted.
-    let tcp = stranger(server.local_addr(), 2).await;
-    let tls = pool_ws::ClientTls::SelfSigned {
-        pin: None,
-        name: None,
-    }
-    .build_alpn(&[b"h2"])
-    .unwrap()
-    .unwrap()
-    .0;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = stranger_h2_tls(server.local_addr()).await;
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
