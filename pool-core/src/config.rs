@@ -68,6 +68,18 @@ pub enum IdleWatch {
     Starts,
 }
 
+impl IdleWatch {
+    /// What a readiness watch waits for: `None`, no watch; `Some(bytes)`, hang-ups,
+    /// and bytes too when `bytes` (in-band starts).
+    pub fn readiness(self) -> Option<bool> {
+        match self {
+            Self::Off => None,
+            Self::HangUps => Some(false),
+            Self::Starts => Some(true),
+        }
+    }
+}
+
 impl Default for IdleWatch {
     /// [`HangUps`](Self::HangUps) on Linux, [`Off`](Self::Off) elsewhere (no runtime
     /// of this workspace watches there).

@@ -23,6 +23,8 @@ struct Fake {
     dials: Mutex<Vec<DialTicket>>,
     watched: Mutex<Vec<ConnId>>,
     unwatched: Mutex<Vec<u64>>,
+    /// Connections with bytes already taken off their socket.
+    buffered: Mutex<Vec<u64>>,
     /// A report for this id made from inside the next peek (as a watch thread would,
     /// while the connection is out for it).
     report_during_peek: Mutex<Option<(ConnId, Weak<Pool>)>>,
@@ -62,6 +64,9 @@ impl Platform for Fake {
     }
     fn unwatch(&self, conn: &u64) {
         self.unwatched.lock().unwrap().push(*conn);
+    }
+    fn buffered(&self, conn: &mut u64) -> bool {
+        self.buffered.lock().unwrap().contains(conn)
     }
     fn channel(&self) -> (Tx, Self::Wait) {
         let (tx, rx) = mpsc::channel();
@@ -152,6 +157,20 @@ fn a_report_that_raced_ahead_of_the_landing_is_peeked_once_landed() {
         other => panic!("the landing did not look at it: {other:?}"),
     }
     assert_eq!(d.read(|m| m.counters()).started, 1);
+}
+
+#[test]
+fn a_landing_with_buffered_bytes_is_peeked_once_held_in_band_only() {
+    for in_band in [true, false] {
+        let (d, tickets) = dialing(1, in_band, false);
+        let t = tickets.into_iter().next().expect("ticket");
+        // The start came with the id's record: no readiness will ever report it.
+        d.platform().buffered.lock().unwrap().push(7);
+        set(&d, 7, Liveness::Pending);
+        let _ = d.dialed(t, Ok((id(7), 7)));
+        let started = d.read(|m| m.counters()).started;
+        assert_eq!(started, u64::from(in_band), "in band: {in_band}");
+    }
 }
 
 #[test]

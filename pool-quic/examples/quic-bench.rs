@@ -36,16 +36,21 @@ impl Pools {
         let loopback = "127.0.0.1:0".parse()?;
         if quic {
             let core = ServerConfig::builder().max_capacity(n + n / 10).build()?;
-            let server = pool_quic::ServerPool::builder(loopback)
+            let server = pool_quic::ServerPool::builder()
+                .bind(loopback)
                 .config(core)
                 .build()?;
             let core = ClientConfig::builder()
                 .capacity(n, n)
                 .parallelism(8)
                 .build()?;
-            let client = pool_quic::ClientPool::builder(server.local_addr())
+            let client = pool_quic::ClientPool::builder()
+                .address(server.local_addr())
                 .config(core)
-                .tls(ClientTls::Pinned(server.fingerprint()))
+                .tls(ClientTls::SelfSigned {
+                    pin: server.fingerprint(),
+                    name: None,
+                })
                 .build()?;
             Ok(Self::Quic(server, client))
         } else {

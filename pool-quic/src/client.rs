@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, DialTicket, IdForm};
+use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, DialTicket, IdForm, IntoConfig};
 use pool_core::{IdReader, Stage, Status, Want};
-use pool_tls::TunnelKey;
+use pool_tls::{ClientTls, TunnelKey};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::Endpoint;
 use tokio_util::sync::CancellationToken;
@@ -17,15 +17,15 @@ use crate::engine::{self, drive, now, seeded, step, watch_link, Engine, Side};
 use crate::error::{BuildError, Cause, GetError};
 use crate::link::{Link, Slot};
 use crate::stream::QuicStream;
-use crate::wire::{self, ClientTls, HELLO, ID_WIRE_LEN, STREAMS_PER_CONNECTION};
+use crate::wire::{self, ALPN, HELLO, ID_WIRE_LEN, STREAMS_PER_CONNECTION};
 
 /// Builder of a [`ClientPool`]. The pool's capacity, intervals, parallelism, deadlines
 /// and adaptation are pool-core's [`ClientConfig`]; what is QUIC's is set here.
 #[must_use]
 #[derive(Debug)]
 pub struct ClientPoolBuilder {
-    addr: SocketAddr,
-    core: ClientConfig,
+    addr: Option<SocketAddr>,
+    core: Result<ClientConfig, ConfigError>,
     tls: ClientTls,
     keepalive: Duration,
     get_timeout: Duration,
@@ -34,15 +34,23 @@ pub struct ClientPoolBuilder {
 }
 
 impl ClientPoolBuilder {
-    /// The pool's settings (Go: `minCap`, `maxCap`, `minIvl`, `maxIvl`). Default:
-    /// `ClientConfig::default()`. Single mode and in-band sessions are TCP's and are
-    /// refused; the id is always the wire's 4 raw bytes, whatever the id form says.
-    pub fn config(mut self, core: ClientConfig) -> Self {
-        self.core = core;
+    /// The server to dial. Required.
+    pub fn address(mut self, server: SocketAddr) -> Self {
+        self.addr = Some(server);
         self
     }
-    /// How the server's certificate is checked (Go: `tlsCode`, `hostname`). Default
-    /// [`ClientTls::DangerousNoVerify`], as the Go package's codes 0 and 1.
+    /// The pool's settings (Go: `minCap`, `maxCap`, `minIvl`, `maxIvl`): a
+    /// [`ClientConfig`] or its builder, whose errors `build` reports. Default:
+    /// `ClientConfig::default()`. Single mode and in-band sessions are TCP's and are
+    /// refused; the id is always the wire's 4 raw bytes, whatever the id form says.
+    pub fn config(mut self, core: impl IntoConfig<ClientConfig>) -> Self {
+        self.core = core.into_config();
+        self
+    }
+    /// How the server's certificate is checked (Go: `tlsCode`, `hostname`), as every
+    /// pool of the workspace takes it; the ALPN is set to `np-quic` here. QUIC is always
+    /// encrypted: [`ClientTls::Off`] (the default) is taken as
+    /// [`ClientTls::SelfSigned`] with no pin, as the Go package takes codes 0 and 1.
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = tls;
         self
@@ -84,6 +92,10 @@ impl ClientPoolBuilder {
     /// [`BuildError::Random`] if the secure generator fails.
     pub fn build(self) -> Result<ClientPool, BuildError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let addr = self
+            .addr
+            .ok_or(BuildError::Missing("the server's address (`address`)"))?;
+        let core = self.core?;
         let refuse = |first, hint| {
             Err(BuildError::Config(ConfigError::Conflict {
                 first,
@@ -91,20 +103,25 @@ impl ClientPoolBuilder {
                 hint,
             }))
         };
-        if self.core.mode() == pool_core::Mode::Single {
+        if core.mode() == pool_core::Mode::Single {
             return refuse(
                 "single mode",
                 "the np-quic wire always takes the server's id",
             );
         }
-        if self.core.in_band() {
+        if core.in_band() {
             return refuse(
                 "in-band sessions",
                 "start sessions with an id over your control channel",
             );
         }
-        let quic = Arc::new(self.tls.quic_config()?);
-        let local = self.bind.unwrap_or(match self.addr.ip() {
+        let (tls, name) = self
+            .tls
+            .encrypted()
+            .build_alpn(&[ALPN])?
+            .ok_or(BuildError::Quic("no TLS configuration".into()))?;
+        let quic = Arc::new(wire::quic_client(tls)?);
+        let local = self.bind.unwrap_or(match addr.ip() {
             IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         });
@@ -115,18 +132,15 @@ impl ClientPoolBuilder {
                 source,
             })?
         };
-        let server_name = self
-            .tls
-            .server_name()
-            .map_or_else(|| self.addr.ip().to_string(), str::to_owned);
-        let max_shards = wire::shards(self.core.max_capacity());
-        let machine = ClientMachine::new(self.core, seeded()?, now());
+        let server_name = name.map_or_else(|| addr.ip().to_string(), |n| n.to_str().into_owned());
+        let max_shards = wire::shards(core.max_capacity());
+        let machine = ClientMachine::new(core, seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), handle),
             endpoint,
             quic,
             keepalive: self.keepalive,
-            addr: self.addr,
+            addr,
             server_name,
             shards: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
@@ -311,7 +325,7 @@ impl Drop for Owner {
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use pool_quic::ClientPool;
-/// let pool = ClientPool::builder("127.0.0.1:10101".parse()?).build()?;
+/// let pool = ClientPool::builder().address("127.0.0.1:10101".parse()?).build()?;
 /// // `id` comes from the server's side over the application's control channel.
 /// let id = "0a0b0c0d".parse()?;
 /// let stream = pool.get(id).await?;
@@ -333,12 +347,12 @@ impl std::fmt::Debug for ClientPool {
 }
 
 impl ClientPool {
-    /// A builder for a pool that dials `server`.
-    pub fn builder(server: SocketAddr) -> ClientPoolBuilder {
+    /// A builder; name the server with [`address`](ClientPoolBuilder::address).
+    pub fn builder() -> ClientPoolBuilder {
         ClientPoolBuilder {
-            addr: server,
-            core: ClientConfig::default(),
-            tls: ClientTls::DangerousNoVerify,
+            addr: None,
+            core: Ok(ClientConfig::default()),
+            tls: ClientTls::Off,
             keepalive: Duration::from_secs(30),
             get_timeout: Duration::from_secs(5),
             bind: None,

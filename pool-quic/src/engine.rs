@@ -206,9 +206,7 @@ pub(crate) fn watch_link<S: Side>(side: &Arc<S>, link: Arc<Link>) {
             _ = link.conn.closed() => {}
             _ = engine.rt().cancel.cancelled() => return,
         }
-        for id in link.take_held() {
-            engine.driver.idle_ready(id);
-        }
+        engine.driver.idle_ready_all(link.take_held());
         engine.rt().changed.notify_waiters();
     });
 }

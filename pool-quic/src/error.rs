@@ -26,6 +26,9 @@ pub enum BuildError {
     /// A rustls configuration QUIC cannot use (no TLS 1.3 suite QUIC needs).
     #[error("TLS configuration unusable for QUIC: {0}")]
     Quic(String),
+    /// A required setting was not given.
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
     /// Built outside a tokio runtime.
     #[error("no tokio runtime: build the pool from inside one")]
     NoRuntime,

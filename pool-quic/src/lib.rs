@@ -55,10 +55,10 @@ pub use proof::{CLOSE_BAD_PROOF, PROOF};
 pub use server::{Limits, QuicCounters, ServerPool, ServerPoolBuilder, RESET_REFUSED};
 pub use stream::{QuicStream, RESET_UNUSED};
 pub use wire::{
-    shards, ClientTls, ALPN, CONNECTION_WINDOW, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS,
+    shards, ALPN, CONNECTION_WINDOW, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS,
     STREAMS_PER_CONNECTION, STREAM_WINDOW,
 };
 
 pub use pool_core::{ClientConfig, ConnId, ServerConfig};
-pub use pool_tls::TunnelKey;
+pub use pool_tls::{ClientTls, Roots, ServeTls, TunnelKey};
 pub use quinn;

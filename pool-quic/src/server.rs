@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use pool_core::{Admission, ConnId, HandshakeTicket, ServerConfig, ServerMachine, Stage, Status};
+use pool_core::{Admission, ConfigError, ConnId, HandshakeTicket, IntoConfig, ServerConfig};
+use pool_core::{ServerMachine, Stage, Status};
 use pool_core::{Want, ID_LEN};
 use pool_net::IpFilter;
-use pool_tls::{Fingerprint, ServerTls, TunnelKey};
+use pool_tls::{Fingerprint, ServeTls, TunnelKey};
 use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -19,7 +20,7 @@ use crate::engine::{self, drive, now, seeded, step, watch_link, Engine, Side};
 use crate::error::{BuildError, Cause, GetError};
 use crate::link::Link;
 use crate::stream::QuicStream;
-use crate::wire::{self, HELLO, STREAMS_PER_CONNECTION};
+use crate::wire::{self, ALPN, HELLO, STREAMS_PER_CONNECTION};
 
 /// The application error code a server resets a stream with when it refuses it (the
 /// pool is full, the source is over its quota, the pool is closing).
@@ -74,10 +75,9 @@ pub struct QuicCounters {
 /// are pool-core's [`ServerConfig`]; what is QUIC's is set here.
 #[must_use]
 pub struct ServerPoolBuilder {
-    bind: SocketAddr,
-    core: ServerConfig,
-    tls: Option<ServerTls>,
-    hostname: String,
+    bind: Option<SocketAddr>,
+    core: Result<ServerConfig, ConfigError>,
+    tls: ServeTls,
     filter: Result<IpFilter, pool_net::FilterError>,
     keepalive: Duration,
     get_timeout: Duration,
@@ -96,21 +96,24 @@ impl std::fmt::Debug for ServerPoolBuilder {
 }
 
 impl ServerPoolBuilder {
-    /// The pool's settings (Go: `maxCap`). Default `ServerConfig::default()`. The id
-    /// is always the wire's 4 raw bytes, whatever the id form says.
-    pub fn config(mut self, core: ServerConfig) -> Self {
-        self.core = core;
+    /// The UDP address to listen on. Required.
+    pub fn bind(mut self, at: SocketAddr) -> Self {
+        self.bind = Some(at);
         self
     }
-    /// The certificate to serve (Go: `tlsConfig`). Default: a self-signed one for the
-    /// [`hostname`](Self::hostname), made at build (QUIC is always encrypted).
-    pub fn tls(mut self, cert: ServerTls) -> Self {
-        self.tls = Some(cert);
+    /// The pool's settings (Go: `maxCap`): a [`ServerConfig`] or its builder, whose
+    /// errors `build` reports. Default `ServerConfig::default()`. The id is always the
+    /// wire's 4 raw bytes, whatever the id form says.
+    pub fn config(mut self, core: impl IntoConfig<ServerConfig>) -> Self {
+        self.core = core.into_config();
         self
     }
-    /// Name on a generated self-signed certificate. Default `localhost`.
-    pub fn hostname(mut self, name: impl Into<String>) -> Self {
-        self.hostname = name.into();
+    /// The certificate to serve (Go: `tlsConfig`), as every pool of the workspace
+    /// takes it; the ALPN is set to `np-quic` here. QUIC is always encrypted:
+    /// [`ServeTls::Off`] (the default) is taken as [`ServeTls::self_signed`], a
+    /// certificate for `localhost` made at build.
+    pub fn tls(mut self, tls: ServeTls) -> Self {
+        self.tls = tls;
         self
     }
     /// Allowed client addresses (Go: `clientIP`): empty means anyone, else addresses
@@ -157,11 +160,16 @@ impl ServerPoolBuilder {
     pub fn build(self) -> Result<ServerPool, BuildError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let filter = self.filter?;
-        let cert = match self.tls {
-            Some(c) => c,
-            None => ServerTls::self_signed([self.hostname.clone()])?,
-        };
-        let crypto = wire::quic_server(&cert.config()?)?;
+        let bind = self
+            .bind
+            .ok_or(BuildError::Missing("the address to listen on (`bind`)"))?;
+        let core = self.core?;
+        let (tls, fingerprint) = self
+            .tls
+            .encrypted()
+            .build_alpn(&[ALPN])?
+            .ok_or(BuildError::Quic("no TLS configuration".into()))?;
+        let crypto = wire::quic_server(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(wire::transport(
             self.keepalive,
@@ -172,7 +180,7 @@ impl ServerPoolBuilder {
         config.incoming_buffer_size_total(u64::from(self.limits.queued) * 1500);
         let endpoint = {
             let _guard = handle.enter();
-            Endpoint::server(config, self.bind).map_err(|source| BuildError::Io {
+            Endpoint::server(config, bind).map_err(|source| BuildError::Io {
                 what: "bind the server's UDP socket",
                 source,
             })?
@@ -181,8 +189,8 @@ impl ServerPoolBuilder {
             what: "the server's UDP address",
             source,
         })?;
-        let handshake_timeout = self.core.handshake_timeout();
-        let machine = ServerMachine::new(self.core, seeded()?, now());
+        let handshake_timeout = core.handshake_timeout();
+        let machine = ServerMachine::new(core, seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), handle),
             endpoint,
@@ -202,7 +210,7 @@ impl ServerPoolBuilder {
         Ok(ServerPool {
             owner: Arc::new(Owner(inner)),
             local,
-            fingerprint: cert.fingerprint(),
+            fingerprint,
             get_timeout: self.get_timeout,
         })
     }
@@ -481,7 +489,7 @@ impl Drop for Owner {
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use pool_quic::ServerPool;
-/// let pool = ServerPool::builder("127.0.0.1:10101".parse()?).build()?;
+/// let pool = ServerPool::builder().bind("127.0.0.1:10101".parse()?).build()?;
 /// let (id, stream) = pool.get().await?;
 /// // Send `id` to the client side over the control channel, then relay on `stream`.
 /// # drop((id, stream)); Ok(()) }
@@ -490,7 +498,7 @@ impl Drop for Owner {
 pub struct ServerPool {
     owner: Arc<Owner>,
     local: SocketAddr,
-    fingerprint: Fingerprint,
+    fingerprint: Option<Fingerprint>,
     get_timeout: Duration,
 }
 
@@ -504,13 +512,12 @@ impl std::fmt::Debug for ServerPool {
 }
 
 impl ServerPool {
-    /// A builder for a pool listening on `bind`.
-    pub fn builder(bind: SocketAddr) -> ServerPoolBuilder {
+    /// A builder; name the address to listen on with [`bind`](ServerPoolBuilder::bind).
+    pub fn builder() -> ServerPoolBuilder {
         ServerPoolBuilder {
-            bind,
-            core: ServerConfig::default(),
-            tls: None,
-            hostname: "localhost".into(),
+            bind: None,
+            core: Ok(ServerConfig::default()),
+            tls: ServeTls::Off,
             filter: Ok(IpFilter::any()),
             keepalive: Duration::from_secs(30),
             get_timeout: Duration::from_secs(5),
@@ -528,8 +535,9 @@ impl ServerPool {
         self.local
     }
 
-    /// The SHA-256 fingerprint of the certificate served, for a client to pin.
-    pub fn fingerprint(&self) -> Fingerprint {
+    /// The SHA-256 fingerprint of the certificate served, for a client to pin; `None`
+    /// with a rustls configuration of your own ([`ServeTls::Custom`]).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
     }
 

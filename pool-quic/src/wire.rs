@@ -1,11 +1,9 @@
 //! The wire of the NodePass QUIC pool: its constants, and the QUIC and TLS settings
 //! both ends use.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_tls::{ClientTlsBuilder, Fingerprint, TlsMode};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
@@ -74,84 +72,14 @@ pub(crate) fn transport(keepalive: Duration, streams: u32) -> Arc<TransportConfi
     Arc::new(t)
 }
 
-/// How a client pool checks the server's certificate. QUIC is always encrypted, so
-/// the Go package's codes 0 and 1 both mean "no check".
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum ClientTls {
-    /// Codes 0 and 1: any certificate is accepted (the Go package's
-    /// `InsecureSkipVerify`). Encrypted, but anyone in the path can read it.
-    DangerousNoVerify,
-    /// Code 1 with a pin: only the certificate with this SHA-256 fingerprint
-    /// ([`ServerPool::fingerprint`](crate::ServerPool::fingerprint)). The Go server
-    /// sees a plain code-1 client.
-    Pinned(Fingerprint),
-    /// Code 2: the chain is verified (bundled web roots, or the given CA file) and the
-    /// name is checked.
-    Verified {
-        /// The name the certificate must carry (and the SNI sent).
-        server_name: String,
-        /// A CA to trust instead of the bundled web roots.
-        ca_file: Option<PathBuf>,
-    },
-    /// A rustls configuration of your own (TLS 1.3; its ALPN is set to `np-quic`).
-    Custom(Arc<rustls::ClientConfig>),
-}
-
-impl ClientTls {
-    /// The Go package's codes: `Off` and `SelfSigned` do not check, `Verified` checks
-    /// `hostname`.
-    pub fn from_mode(mode: TlsMode, hostname: &str) -> Self {
-        match mode {
-            TlsMode::Verified => Self::Verified {
-                server_name: hostname.to_owned(),
-                ca_file: None,
-            },
-            _ => Self::DangerousNoVerify,
-        }
-    }
-
-    /// The server name to dial with, if this setting names one.
-    pub(crate) fn server_name(&self) -> Option<&str> {
-        match self {
-            Self::Verified { server_name, .. } => Some(server_name),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn quic_config(&self) -> Result<QuicClientConfig, BuildError> {
-        let alpn = vec![ALPN.to_vec()];
-        let config = match self {
-            Self::DangerousNoVerify => ClientTlsBuilder::new(TlsMode::SelfSigned).alpn(alpn),
-            Self::Pinned(fp) => ClientTlsBuilder::new(TlsMode::SelfSigned)
-                .pin(*fp)
-                .alpn(alpn),
-            Self::Verified { ca_file, .. } => {
-                let b = ClientTlsBuilder::new(TlsMode::Verified).alpn(alpn);
-                match ca_file {
-                    Some(path) => b.ca_file(path),
-                    None => b,
-                }
-            }
-            Self::Custom(c) => {
-                let mut c = (**c).clone();
-                c.alpn_protocols = alpn;
-                return quic_client(Arc::new(c));
-            }
-        }
-        .build()?;
-        let config = config.ok_or(BuildError::Quic("no TLS configuration".into()))?;
-        quic_client(config)
-    }
-}
-
-fn quic_client(c: Arc<rustls::ClientConfig>) -> Result<QuicClientConfig, BuildError> {
+/// A client's rustls configuration as QUIC takes it (TLS 1.3, ALPN `np-quic` set by
+/// [`ClientTls::build_alpn`](pool_tls::ClientTls::build_alpn)).
+pub(crate) fn quic_client(c: Arc<rustls::ClientConfig>) -> Result<QuicClientConfig, BuildError> {
     QuicClientConfig::try_from(c).map_err(|e| BuildError::Quic(e.to_string()))
 }
 
-/// A server's rustls configuration with the `np-quic` ALPN, TLS 1.3 only.
-pub(crate) fn quic_server(c: &Arc<rustls::ServerConfig>) -> Result<QuicServerConfig, BuildError> {
-    let mut c = (**c).clone();
-    c.alpn_protocols = vec![ALPN.to_vec()];
+/// A server's rustls configuration as QUIC takes it (TLS 1.3, ALPN `np-quic` set by
+/// [`ServeTls::build_alpn`](pool_tls::ServeTls::build_alpn)).
+pub(crate) fn quic_server(c: Arc<rustls::ServerConfig>) -> Result<QuicServerConfig, BuildError> {
     QuicServerConfig::try_from(c).map_err(|e| BuildError::Quic(e.to_string()))
 }

@@ -18,9 +18,13 @@ fn client_via(proxy: SocketAddr, server: &ServerPool, n: usize, keepalive: Durat
         .interval(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .unwrap();
-    ClientPool::builder(proxy)
+    ClientPool::builder()
+        .address(proxy)
         .config(core)
-        .tls(ClientTls::Pinned(server.fingerprint()))
+        .tls(ClientTls::SelfSigned {
+            pin: server.fingerprint(),
+            name: None,
+        })
         .keepalive(keepalive)
         .build()
         .unwrap()
@@ -141,7 +145,8 @@ async fn a_peer_that_vanishes_is_timed_out_after_three_keepalive_periods() {
         .build()
         .unwrap();
     let keepalive = Duration::from_millis(100);
-    let server = ServerPool::builder("127.0.0.1:0".parse().unwrap())
+    let server = ServerPool::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
         .config(core)
         .keepalive(keepalive)
         .build()
@@ -172,7 +177,8 @@ async fn after_a_server_restart_every_shard_comes_back() {
     let server = common::server(300);
     let addr = server.local_addr();
     // No pin: the restarted server makes a new self-signed certificate.
-    let client = ClientPool::builder(addr)
+    let client = ClientPool::builder()
+        .address(addr)
         .config(ClientConfig::builder().capacity(260, 260).build().unwrap())
         .build()
         .unwrap();
@@ -189,7 +195,11 @@ async fn after_a_server_restart_every_shard_comes_back() {
     // close: bind again until it is free (bounded).
     let mut server = None;
     for _ in 0..100 {
-        match ServerPool::builder(addr).config(core.clone()).build() {
+        match ServerPool::builder()
+            .bind(addr)
+            .config(core.clone())
+            .build()
+        {
             Ok(s) => {
                 server = Some(s);
                 break;

@@ -62,9 +62,13 @@ async fn our_client_pairs_with_a_go_server_by_the_ids_it_writes() {
         conn
     });
     let core = ClientConfig::builder().capacity(3, 3).build().unwrap();
-    let client = ClientPool::builder(addr)
+    let client = ClientPool::builder()
+        .address(addr)
         .config(core)
-        .tls(ClientTls::DangerousNoVerify)
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
         .build()
         .unwrap();
     let id: ConnId = "deadbe01".parse().unwrap();

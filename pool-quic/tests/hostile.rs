@@ -63,7 +63,8 @@ async fn our_client_against_a_server_of_another_alpn_names_it_in_the_get_error()
             let _ = i.await;
         }
     });
-    let client = ClientPool::builder(addr)
+    let client = ClientPool::builder()
+        .address(addr)
         .config(ClientConfig::builder().capacity(1, 1).build().unwrap())
         .get_timeout(Duration::from_secs(2))
         .build()
@@ -138,7 +139,8 @@ async fn odd_server(answer: fn(u32) -> Option<Vec<u8>>) -> std::net::SocketAddr 
 }
 
 async fn client_with_failure(addr: std::net::SocketAddr, n: usize) -> ClientPool {
-    let client = ClientPool::builder(addr)
+    let client = ClientPool::builder()
+        .address(addr)
         .config(ClientConfig::builder().capacity(n, n).build().unwrap())
         .build()
         .unwrap();

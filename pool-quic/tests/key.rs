@@ -15,7 +15,9 @@ fn keyed_server(key: Option<TunnelKey>) -> ServerPool {
         .handshake_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let b = ServerPool::builder("127.0.0.1:0".parse().unwrap()).config(core);
+    let b = ServerPool::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .config(core);
     match key {
         Some(k) => b.tunnel_key(k),
         None => b,
@@ -25,9 +27,13 @@ fn keyed_server(key: Option<TunnelKey>) -> ServerPool {
 }
 
 fn keyed_client(server: &ServerPool, key: TunnelKey, n: usize) -> ClientPool {
-    ClientPool::builder(server.local_addr())
+    ClientPool::builder()
+        .address(server.local_addr())
         .config(ClientConfig::builder().capacity(n, n).build().unwrap())
-        .tls(ClientTls::Pinned(server.fingerprint()))
+        .tls(ClientTls::SelfSigned {
+            pin: server.fingerprint(),
+            name: None,
+        })
         .tunnel_key(key)
         .build()
         .unwrap()

@@ -98,14 +98,18 @@ async fn streams_used_and_dropped_give_their_connection_room_back() {
 async fn a_pin_of_another_certificate_is_refused_in_the_handshake_and_named() {
     let server = common::server(4);
     let other = pool_tls::ServerTls::self_signed(["localhost"]).unwrap();
-    let client = pool_quic::ClientPool::builder(server.local_addr())
+    let client = pool_quic::ClientPool::builder()
+        .address(server.local_addr())
         .config(
             pool_quic::ClientConfig::builder()
                 .capacity(1, 1)
                 .build()
                 .unwrap(),
         )
-        .tls(pool_quic::ClientTls::Pinned(other.fingerprint()))
+        .tls(pool_quic::ClientTls::SelfSigned {
+            pin: Some(other.fingerprint()),
+            name: None,
+        })
         .get_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -137,7 +141,8 @@ async fn single_mode_and_in_band_sessions_are_refused_at_build() {
             .build()
             .unwrap(),
     ] {
-        let e = pool_quic::ClientPool::builder(addr)
+        let e = pool_quic::ClientPool::builder()
+            .address(addr)
             .config(core)
             .build()
             .unwrap_err();

@@ -16,7 +16,8 @@ fn server_with(limits: Limits, client_ip: &str) -> ServerPool {
         .handshake_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    ServerPool::builder("127.0.0.1:0".parse().unwrap())
+    ServerPool::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
         .config(core)
         .limits(limits)
         .client_ip(client_ip)
@@ -25,9 +26,13 @@ fn server_with(limits: Limits, client_ip: &str) -> ServerPool {
 }
 
 fn client(server: &ServerPool, n: usize) -> ClientPool {
-    ClientPool::builder(server.local_addr())
+    ClientPool::builder()
+        .address(server.local_addr())
         .config(ClientConfig::builder().capacity(n, n).build().unwrap())
-        .tls(ClientTls::Pinned(server.fingerprint()))
+        .tls(ClientTls::SelfSigned {
+            pin: server.fingerprint(),
+            name: None,
+        })
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap()

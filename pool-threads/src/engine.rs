@@ -1,17 +1,16 @@
 //! The plain-threads adapter of pool-core's driver protocol ([`pool_core::driver`]).
 //!
 //! The protocol (lock, input, drain, perform outside the lock, probe, register a
-//! waiting get, shut down) is pool-core's [`Driver`], the same code pool-tokio and the
-//! simulator run. What is left here is what threads do differently: a condvar and a
-//! flag for the timer thread, a channel of dial tickets to the workers, a blocking
-//! reply channel per waiting get.
+//! waiting get, shut down, the timer loop) is pool-core's [`Driver`], the same code
+//! pool-tokio and the simulator run. What is left here is what threads do differently:
+//! a channel of dial tickets to the workers, a blocking reply channel per waiting get.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pool_core::driver::{Driver, Header, Platform, Sleep, Task};
+use pool_core::driver::{Alarm, Driver, Header, Platform, Task};
 use pool_core::Liveness;
 use pool_core::{ClientMachine, ConnId, DialTicket, Stage};
 
@@ -26,16 +25,12 @@ pub(crate) struct Inner {
 
 /// The plain-threads [`Platform`].
 pub(crate) struct Threads {
-    /// Set by `wake`, cleared by the timer thread: a wake with nobody waiting on the
-    /// condvar is not lost.
-    pub(crate) poked: Mutex<bool>,
-    pub(crate) timer: Condvar,
+    /// What the timer thread sleeps on.
+    pub(crate) alarm: Alarm,
     /// Tickets to the dial workers; `None` once closed, which ends the workers.
     pub(crate) dials: Mutex<Option<Sender<DialTicket>>>,
     pub(crate) stopping: AtomicBool,
     pub(crate) dialing: Dialing,
-    /// In-band mode: bytes on an idle connection are a session the server started.
-    pub(crate) in_band: bool,
     /// The held connections watched for their peer's hang-up (Linux; `None`: the
     /// sweep finds dead peers).
     #[cfg(target_os = "linux")]
@@ -53,16 +48,17 @@ impl Platform for Threads {
     fn peek(&self, conn: &mut ThreadConn) -> Liveness {
         conn.liveness()
     }
-    /// Watched for hang-ups (and bytes, in in-band mode); peeked once held when bytes
-    /// the TLS session already took off the socket wait behind the id, in in-band mode.
+    /// Watched for hang-ups (and bytes, in in-band mode).
     fn watch(&self, id: ConnId, conn: &mut ThreadConn) -> bool {
         #[cfg(target_os = "linux")]
         if let Some(h) = &self.hang_ups {
             h.watch(id, conn.tcp());
-            return self.in_band && conn.has_unread();
         }
         let _ = (id, conn);
         false
+    }
+    fn buffered(&self, conn: &mut ThreadConn) -> bool {
+        conn.has_unread()
     }
     fn unwatch(&self, conn: &ThreadConn) {
         #[cfg(target_os = "linux")]
@@ -76,8 +72,7 @@ impl Platform for Threads {
         mpsc::sync_channel(1)
     }
     fn wake(&self) {
-        *lock(&self.poked) = true;
-        self.timer.notify_one();
+        self.alarm.ring();
     }
     /// A dial goes to the workers (dropped once the pool is closed: the machine is
     /// closed too). An abort needs nothing: a worker's blocking calls carry the same
@@ -110,32 +105,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// The timer thread: a turn of the protocol, then sleep until the deadline it
-    /// answers or until poked.
-    pub(crate) fn drive(&self) {
-        let p = self.driver.platform();
-        loop {
-            let until = match self.driver.turn() {
-                Sleep::Stop => return,
-                Sleep::Until(at) => Some(at),
-                Sleep::Idle => None,
-            };
-            let mut poked = lock(&p.poked);
-            while !*poked {
-                let left = until.map(|at| at.saturating_duration_since(Instant::now()));
-                poked = match left {
-                    Some(Duration::ZERO) => break,
-                    Some(d) => p
-                        .timer
-                        .wait_timeout(poked, d)
-                        .map_or_else(|e| e.into_inner().0, |r| r.0),
-                    None => p.timer.wait(poked).unwrap_or_else(|e| e.into_inner()),
-                };
-            }
-            *poked = false;
-        }
-    }
-
     /// A dial worker: takes tickets until the channel closes, dials, reports each once.
     pub(crate) fn work(&self, tickets: &Mutex<Receiver<DialTicket>>) {
         let p = self.driver.platform();
@@ -166,9 +135,7 @@ impl Inner {
                 let Ok(ids) = h.wait(Some(Duration::from_millis(200))) else {
                     return; // the sweep carries on alone
                 };
-                for id in ids {
-                    self.driver.idle_ready(id);
-                }
+                self.driver.idle_ready_all(ids);
             }
         }
     }

@@ -160,7 +160,7 @@ impl ThreadClientPoolBuilder {
             tls: self.tls.build()?,
             id_form: config.id_form(),
         };
-        let (in_band, watch) = (config.in_band(), config.watch());
+        let watch = config.watch();
         let m = ClientMachine::new(config, SeededRandom::from_seed(seed), Instant::now());
         #[cfg(target_os = "linux")]
         let hang_ups = match watch {
@@ -171,19 +171,17 @@ impl ThreadClientPoolBuilder {
         #[cfg(not(target_os = "linux"))]
         let _ = watch;
         #[cfg(not(target_os = "linux"))]
-        if in_band {
+        if watch == IdleWatch::Starts {
             return Err(BuildError::InBand(std::io::Error::other(
                 "no readiness watch on this platform",
             )));
         }
         let (tx, tickets) = std::sync::mpsc::channel();
         let threads = Threads {
-            poked: Mutex::new(false),
-            timer: std::sync::Condvar::new(),
+            alarm: pool_core::driver::Alarm::default(),
             dials: Mutex::new(Some(tx)),
             stopping: std::sync::atomic::AtomicBool::new(false),
             dialing,
-            in_band,
             #[cfg(target_os = "linux")]
             hang_ups,
         };
@@ -200,7 +198,9 @@ impl ThreadClientPoolBuilder {
             pool.spawn(format!("pool-dial-{i}"), move || inner.work(&tickets))?;
         }
         let inner = pool.inner.clone();
-        pool.spawn("pool-driver".into(), move || inner.drive())?;
+        pool.spawn("pool-driver".into(), move || {
+            inner.driver.run_blocking(&inner.driver.platform().alarm)
+        })?;
         #[cfg(target_os = "linux")]
         {
             let inner = pool.inner.clone();

@@ -125,6 +125,36 @@ impl ClientTls {
     }
 }
 
+impl ClientTls {
+    /// This choice for a transport that always encrypts (QUIC, HTTP/2):
+    /// [`Off`](Self::Off) is taken as [`SelfSigned`](Self::SelfSigned) with no pin, as
+    /// the Go pools take code 0 there.
+    pub fn encrypted(self) -> Self {
+        match self {
+            Self::Off => TlsMode::SelfSigned.into(),
+            tls => tls,
+        }
+    }
+
+    /// [`build`](Self::build), offering the transport's ALPN protocols (`h2`,
+    /// `np-quic`) in place of any the configuration had.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    #[allow(clippy::type_complexity)]
+    pub fn build_alpn(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>, TlsError> {
+        Ok(self.build()?.map(|(c, name)| {
+            let mut c = Arc::unwrap_or_clone(c);
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            (Arc::new(c), name)
+        }))
+    }
+}
+
 /// How a server pool speaks TLS. Default [`Off`](Self::Off).
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -171,5 +201,59 @@ impl ServeTls {
             Self::Cert(cert) => Some((cert.config()?, Some(cert.fingerprint()))),
             Self::Custom(c) => Some((c.clone(), None)),
         })
+    }
+
+    /// This choice for a transport that always encrypts (QUIC): [`Off`](Self::Off)
+    /// is taken as [`self_signed`](Self::self_signed).
+    pub fn encrypted(self) -> Self {
+        match self {
+            Self::Off => Self::self_signed(),
+            tls => tls,
+        }
+    }
+
+    /// [`build`](Self::build), offering the transport's ALPN protocols (`h2`,
+    /// `np-quic`) in place of any the configuration had.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    #[allow(clippy::type_complexity)]
+    pub fn build_alpn(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Option<(Arc<rustls::ServerConfig>, Option<Fingerprint>)>, TlsError> {
+        Ok(self.build()?.map(|(c, fp)| {
+            let mut c = Arc::unwrap_or_clone(c);
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            (Arc::new(c), fp)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transport_that_always_encrypts_takes_off_as_self_signed_with_its_alpn() {
+        let (client, name) = ClientTls::Off
+            .encrypted()
+            .build_alpn(&[b"h2"])
+            .unwrap()
+            .expect("encrypted");
+        assert_eq!(client.alpn_protocols, vec![b"h2".to_vec()]);
+        assert!(name.is_none());
+        assert!(ClientTls::Off.build_alpn(&[b"h2"]).unwrap().is_none());
+        let (server, fp) = ServeTls::Off
+            .encrypted()
+            .build_alpn(&[b"np-quic"])
+            .unwrap()
+            .expect("encrypted");
+        assert_eq!(server.alpn_protocols, vec![b"np-quic".to_vec()]);
+        assert!(
+            fp.is_some(),
+            "a generated certificate has a fingerprint to pin"
+        );
     }
 }

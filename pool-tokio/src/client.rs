@@ -274,19 +274,11 @@ pub struct ClientPool {
     get_timeout: Duration,
 }
 
-impl std::ops::Deref for ClientPool {
-    type Target = PoolHandle<ClientMachine<PoolConn>>;
-    fn deref(&self) -> &Self::Target {
-        &self.handle
-    }
-}
+crate::handle::deref_to_handle!(ClientPool, ClientMachine<PoolConn>);
 
 impl std::fmt::Debug for ClientPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientPool")
-            .field("name", &self.name())
-            .field("status", &self.stats().status)
-            .finish()
+        self.handle.debug(f.debug_struct("ClientPool"))
     }
 }
 

@@ -31,8 +31,8 @@ pub(crate) trait Side: Send + Sync + Sized + 'static {
     type M: Role<Conn = PoolConn> + Send + 'static;
     const CLIENT: bool;
     fn engine(&self) -> &Engine<Self>;
-    /// Starts a dial (the client's work; a server never gets one).
-    fn dial(self: Arc<Self>, ticket: DialTicket);
+    /// Starts a dial: the client's work (a server machine never asks for one).
+    fn dial(self: Arc<Self>, _ticket: DialTicket) {}
     /// A peek that tells quiet from bytes waiting; never loses a byte. What it finds
     /// wrong with a peer that once passed its handshake goes in the log (the server's
     /// does; this default finds nothing to note).
@@ -69,17 +69,17 @@ impl<S: Side> Platform for Rt<S> {
     fn peek(&self, conn: &mut PoolConn) -> Liveness {
         S::peek(conn, &self.log)
     }
-    /// Watched for hang-ups (and bytes, in in-band mode); peeked once held when bytes
-    /// the TLS session already took off the socket wait behind the id, in in-band mode:
-    /// no readiness will ever report those.
+    /// Watched for hang-ups (and bytes, in in-band mode).
     fn watch(&self, id: ConnId, conn: &mut PoolConn) -> bool {
         #[cfg(target_os = "linux")]
         if let Some(w) = &self.watch {
             w.watch(id, conn);
-            return w.bytes() && conn.has_unread();
         }
         let _ = (id, conn);
         false
+    }
+    fn buffered(&self, conn: &mut PoolConn) -> bool {
+        conn.has_unread()
     }
     /// Only where bytes are watched (in-band mode): a hang-up watch is one-shot, so a
     /// connection handed out while still registered is reported at most once (its
@@ -150,11 +150,9 @@ impl<S: Side> Engine<S> {
             handle,
             log: FailureLog::new(S::CLIENT),
             #[cfg(target_os = "linux")]
-            watch: match watch {
-                IdleWatch::Off => None,
-                IdleWatch::HangUps => crate::watch::IdleWatch::new(false).ok(),
-                IdleWatch::Starts => crate::watch::IdleWatch::new(true).ok(),
-            },
+            watch: watch
+                .readiness()
+                .and_then(|b| crate::watch::IdleWatch::new(b).ok()),
         };
         Self {
             driver: Driver::new(m, rt),
@@ -302,9 +300,7 @@ pub(crate) async fn watch_hang_ups<S: Side>(side: Arc<S>) {
                 },
                 _ = rt.cancel.cancelled() => return,
             };
-            for id in ids {
-                engine.driver.idle_ready(id);
-            }
+            engine.driver.idle_ready_all(ids);
             rt.changed.notify_waiters();
         }
     }

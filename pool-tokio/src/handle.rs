@@ -63,6 +63,13 @@ impl<M> PoolHandle<M> {
         }
     }
 
+    /// A pool's `Debug`: what `d` holds already, then its name and status.
+    pub(crate) fn debug(&self, mut d: std::fmt::DebugStruct<'_, '_>) -> std::fmt::Result {
+        d.field("name", &self.name())
+            .field("status", &self.stats().status)
+            .finish()
+    }
+
     /// The pool's name, set with the builder's `name` (default `pool`): the `name`
     /// label of its metrics.
     pub fn name(&self) -> &str {
@@ -202,6 +209,20 @@ impl<S: Side> Ops for EngineOf<S> {
         engine.rt().tasks.clone()
     }
 }
+
+/// `Deref` from a pool to its [`PoolHandle`] (field `handle`), where what both pools
+/// offer lives.
+macro_rules! deref_to_handle {
+    ($pool:ty, $machine:ty) => {
+        impl std::ops::Deref for $pool {
+            type Target = $crate::handle::PoolHandle<$machine>;
+            fn deref(&self) -> &Self::Target {
+                &self.handle
+            }
+        }
+    };
+}
+pub(crate) use deref_to_handle;
 
 /// Held by every clone of a pool's handle; the last one dropped closes the pool.
 pub(crate) struct Owner<S: Side>(pub(crate) Arc<S>);

@@ -211,13 +211,13 @@ fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
 
 struct Inner {
     engine: Engine<Self>,
-    filter: IpFilter,
     acceptor: Option<Arc<rustls::ServerConfig>>,
     /// Options to set on each accepted socket; `None` when the listener carries them
     /// and every accepted socket inherits them.
     socket: Option<SocketOptions>,
     id_form: IdForm,
     key: Option<TunnelKey>,
+    filter: IpFilter,
 }
 
 impl Side for Inner {
@@ -225,10 +225,6 @@ impl Side for Inner {
     const CLIENT: bool = false;
     fn engine(&self) -> &Engine<Self> {
         &self.engine
-    }
-    /// A server machine never asks for a dial.
-    fn dial(self: Arc<Self>, ticket: pool_core::DialTicket) {
-        drop(ticket);
     }
     /// Stricter than the client's rule: an idle server connection receives nothing
     /// from a pool client until the application takes it, so bytes pending on it come
@@ -521,20 +517,13 @@ pub struct ServerPool {
     get_timeout: Duration,
 }
 
-impl std::ops::Deref for ServerPool {
-    type Target = PoolHandle<ServerMachine<PoolConn>>;
-    fn deref(&self) -> &Self::Target {
-        &self.handle
-    }
-}
+crate::handle::deref_to_handle!(ServerPool, ServerMachine<PoolConn>);
 
 impl std::fmt::Debug for ServerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerPool")
-            .field("local", &self.local)
-            .field("name", &self.name())
-            .field("status", &self.stats().status)
-            .finish()
+        let mut d = f.debug_struct("ServerPool");
+        d.field("local", &self.local);
+        self.handle.debug(d)
     }
 }
 

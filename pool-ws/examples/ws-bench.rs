@@ -23,8 +23,9 @@ mod nginx;
 
 use pool_bench::report::{Figure, Report};
 use pool_testkit::pair::PairBuilder;
+use pool_tls::TlsMode;
 use pool_ws::h2::{H2ClientPool, H2ServerPool};
-use pool_ws::{ClientConfig, ClientTlsBuilder, ServerConfig, ServerTls, TlsMode};
+use pool_ws::{ClientConfig, ClientTls, ServeTls, ServerConfig};
 use pool_ws::{WsClientPool, WsServerPool};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -121,7 +122,7 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
                 .config(cfg)
                 .bind("127.0.0.1:0".parse()?);
             if kind == Kind::Wss {
-                sb = sb.tls(ServerTls::self_signed(["localhost"])?);
+                sb = sb.tls(ServeTls::self_signed());
             }
             let server = sb.build()?;
             let cfg = ClientConfig::builder()
@@ -129,9 +130,14 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
                 .interval(interval.0, interval.1)
                 .parallelism(8)
                 .build()?;
-            let mut cb = WsClientPool::builder(server.local_addr()).config(cfg);
+            let mut cb = WsClientPool::builder()
+                .address(server.local_addr())
+                .config(cfg);
             if kind == Kind::Wss {
-                cb = cb.tls(ClientTlsBuilder::new(TlsMode::SelfSigned));
+                cb = cb.tls(ClientTls::SelfSigned {
+                    pin: None,
+                    name: None,
+                });
             }
             Filled::Ws(server, cb.build()?)
         }
@@ -150,14 +156,17 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
                 .interval(interval.0, interval.1)
                 .parallelism(8)
                 .build()?;
-            let client = WsClientPool::builder(proxy.listen).config(cfg).build()?;
+            let client = WsClientPool::builder()
+                .address(proxy.listen)
+                .config(cfg)
+                .build()?;
             Filled::WsNginx(server, client, proxy)
         }
         Kind::H2 => {
             let cfg = ServerConfig::builder().max_capacity(max).build()?;
             let server = H2ServerPool::builder()
                 .config(cfg)
-                .tls(ServerTls::self_signed(["localhost"])?)
+                .tls(ServeTls::self_signed())
                 .bind("127.0.0.1:0".parse()?)
                 .build()?;
             let cfg = ClientConfig::builder()
@@ -165,7 +174,8 @@ async fn fill(kind: Kind, n: usize) -> Res<(Duration, Filled)> {
                 .interval(interval.0, interval.1)
                 .parallelism(8)
                 .build()?;
-            let client = H2ClientPool::builder(server.local_addr())
+            let client = H2ClientPool::builder()
+                .address(server.local_addr())
                 .config(cfg)
                 .build()?;
             Filled::H2(server, client)

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{ClientConfig, ClientMachine, ConnId, Counters, DialTicket, SeededRandom, Stage};
+use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, Counters, DialTicket};
+use pool_core::{IntoConfig, SeededRandom, Stage};
 use pool_core::{Status, Want};
 use pool_net::SocketOptions;
-use pool_tls::{ClientTlsBuilder, TlsMode};
+use pool_tls::{ClientTls, Roots};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::stream::{ws_config, Io, WsConn};
 use crate::LastFailure;
@@ -25,31 +26,38 @@ use crate::LastFailure;
 #[must_use]
 #[derive(Debug)]
 pub struct WsClientPoolBuilder {
-    addr: SocketAddr,
-    config: ClientConfig,
-    tls: Option<ClientTlsBuilder>,
+    addr: Option<SocketAddr>,
+    config: Result<ClientConfig, ConfigError>,
+    tls: Option<ClientTls>,
     host: Option<String>,
     path: String,
     socket: SocketOptions,
 }
 
 impl WsClientPoolBuilder {
-    /// The machine's settings: capacity, intervals, parallelism, deadlines, sweep.
-    /// The id form is the wire's (4 raw bytes). In single mode the id message is read
-    /// and the machine's own id kept. Default `ClientConfig::default()`.
-    pub fn config(mut self, config: ClientConfig) -> Self {
-        self.config = config;
+    /// The server to dial. Required.
+    pub fn address(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
         self
     }
-    /// TLS, as the Go pool's code: [`TlsMode::Off`] dials `ws://` (but `wss://`,
-    /// verified, when the port is 443), [`TlsMode::SelfSigned`] and
-    /// [`TlsMode::Verified`] dial `wss://`. Default code 0.
-    pub fn tls(mut self, tls: ClientTlsBuilder) -> Self {
+    /// The machine's settings: capacity, intervals, parallelism, deadlines, sweep: a
+    /// [`ClientConfig`] or its builder, whose errors `build` reports. The id form is
+    /// the wire's (4 raw bytes). In single mode the id message is read and the
+    /// machine's own id kept. Default `ClientConfig::default()`.
+    pub fn config(mut self, config: impl IntoConfig<ClientConfig>) -> Self {
+        self.config = config.into_config();
+        self
+    }
+    /// TLS, as every pool of the workspace takes it (the Go pool's code):
+    /// [`ClientTls::Off`] dials `ws://`, any other `wss://`. Not set, a pool dials
+    /// `ws://`, or `wss://` verified against the web roots when the port is 443, as the
+    /// Go pool does.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
         self
     }
-    /// The host name of the URL: the `Host` header and, over TLS, the server name.
-    /// Default the server's IP address.
+    /// The host name of the URL: the `Host` header and, over TLS, the server name
+    /// unless the [`ClientTls`] names one. Default the server's IP address.
     pub fn host(mut self, name: impl Into<String>) -> Self {
         self.host = Some(name.into());
         self
@@ -74,33 +82,39 @@ impl WsClientPoolBuilder {
     pub fn build(self) -> Result<WsClientPool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         crate::check_path(&self.path)?;
-        let tls = match self.tls {
-            Some(t) => t,
+        let addr = self
+            .addr
+            .ok_or(BuildError::Missing("the server's address (`address`)"))?;
+        let config = self.config?;
+        let tls = self.tls.unwrap_or(match addr.port() {
             // Code 0 on port 443 is `wss://`, verified, as the Go pool dials it.
-            None if self.addr.port() == 443 => ClientTlsBuilder::new(TlsMode::Verified),
-            None => ClientTlsBuilder::new(TlsMode::Off),
-        };
-        let tls = tls.build()?;
-        let host = self.host.unwrap_or_else(|| self.addr.ip().to_string());
-        let name = match &tls {
-            Some(_) => Some(pool_tls::server_name(&host)?),
+            443 => ClientTls::Verified {
+                roots: Roots::Web,
+                name: None,
+            },
+            _ => ClientTls::Off,
+        });
+        let host = self.host.unwrap_or_else(|| addr.ip().to_string());
+        let tls = match tls.build()? {
+            Some((c, Some(name))) => Some((c, Some(name))),
+            Some((c, None)) => Some((c, Some(pool_tls::server_name(&host)?))),
             None => None,
         };
         let scheme = if tls.is_some() { "wss" } else { "ws" };
-        let authority = match self.addr {
+        let authority = match addr {
             SocketAddr::V6(_) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
-                format!("[{host}]:{}", self.addr.port())
+                format!("[{host}]:{}", addr.port())
             }
-            _ => format!("{host}:{}", self.addr.port()),
+            _ => format!("{host}:{}", addr.port()),
         };
         let url = format!("{scheme}://{authority}{}", self.path);
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
-        let machine = ClientMachine::new(self.config, SeededRandom::from_seed(seed), now());
+        let machine = ClientMachine::new(config, SeededRandom::from_seed(seed), now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), rt),
-            addr: self.addr,
+            addr,
             url,
-            tls: tls.map(|c| (tokio_rustls::TlsConnector::from(c), name)),
+            tls: tls.map(|(c, name)| (tokio_rustls::TlsConnector::from(c), name)),
             socket: self.socket,
             last: LastFailure::default(),
         });
@@ -208,20 +222,11 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     inner.engine.driver.dialed(ticket, res);
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The client end of the WebSocket pool: the npws wire. Cheap to clone; the pool
 /// closes when the last clone is dropped or [`close`](Self::close) is called.
 #[derive(Clone)]
 pub struct WsClientPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
 }
 
 impl std::fmt::Debug for WsClientPool {
@@ -234,11 +239,12 @@ impl std::fmt::Debug for WsClientPool {
 }
 
 impl WsClientPool {
-    /// A builder dialing `addr`, with the defaults.
-    pub fn builder(addr: SocketAddr) -> WsClientPoolBuilder {
+    /// A builder with the defaults; name the server with
+    /// [`address`](WsClientPoolBuilder::address).
+    pub fn builder() -> WsClientPoolBuilder {
         WsClientPoolBuilder {
-            addr,
-            config: ClientConfig::default(),
+            addr: None,
+            config: Ok(ClientConfig::default()),
             tls: None,
             host: None,
             path: "/".into(),
@@ -266,13 +272,8 @@ impl WsClientPool {
     ///
     /// Dropping the future loses no connection.
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<WsConn, GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Id(id), timeout)
-            .await;
-        got.map(|(_, c)| c).map_err(GetError::from)
+        let got = self.inner().engine.get(Want::Id(id), timeout).await;
+        got.map(|(_, c)| c)
     }
 
     /// Any live idle connection, oldest first.
@@ -281,13 +282,7 @@ impl WsClientPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Idle connections ready to hand out (Go: `Active`).
@@ -302,8 +297,7 @@ impl WsClientPool {
 
     /// Closes the pool and waits for its tasks to end.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
     }
 
     /// The status snapshot.

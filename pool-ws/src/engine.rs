@@ -13,7 +13,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
-use pool_core::DialTicket;
+use pool_core::{ConnId, DialTicket, Want};
+
+use crate::error::GetError;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -90,6 +92,15 @@ impl<C> Reply<C> for Sender<C> {
     }
 }
 
+/// Closes the pool when the last clone of its handle goes.
+pub(crate) struct Owner<S: Side>(pub(crate) Arc<S>);
+
+impl<S: Side> Drop for Owner<S> {
+    fn drop(&mut self) {
+        self.0.engine().shut();
+    }
+}
+
 /// A pool's driver and its tasks.
 pub(crate) struct Engine<S: Side> {
     pub(crate) driver: Driver<S::M, Rt<S>>,
@@ -111,6 +122,22 @@ impl<S: Side> Engine<S> {
 
     pub(crate) fn rt(&self) -> &Rt<S> {
         self.driver.platform()
+    }
+
+    /// A get as every pool of this crate answers it.
+    pub(crate) async fn get(
+        &self,
+        want: Want,
+        timeout: Duration,
+    ) -> Result<(ConnId, S::C), GetError> {
+        let got = self.driver.get_async(want, timeout).await;
+        got.map_err(GetError::from)
+    }
+
+    /// Closes the pool and waits for its tasks to end.
+    pub(crate) async fn close(&self) {
+        self.shut();
+        self.rt().tasks.wait().await;
     }
 
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {

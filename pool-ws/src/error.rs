@@ -6,6 +6,9 @@ use pool_core::GetFailure;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// A bad setting.
+    #[error("bad configuration: {0}")]
+    Config(#[from] pool_core::ConfigError),
     /// Not called inside a tokio runtime.
     #[error("a WebSocket pool must be built inside a tokio runtime")]
     NoRuntime,

@@ -26,7 +26,7 @@
 //! use pool_ws::{WsClientPool, WsServerPool};
 //! use std::time::Duration;
 //! let server = WsServerPool::builder().bind("127.0.0.1:0".parse()?).build()?;
-//! let client = WsClientPool::builder(server.local_addr()).build()?;
+//! let client = WsClientPool::builder().address(server.local_addr()).build()?;
 //! let (id, _server_end) = server.get().await?;
 //! // `id` goes to the client side over the application's control channel.
 //! let _client_end = client.get(id, Duration::from_secs(2)).await?;
@@ -58,7 +58,7 @@ pub use server::{WsServerPool, WsServerPoolBuilder, REFUSERS, REFUSE_WAIT};
 pub use stream::{Io, WsConn, MAX_MESSAGE};
 
 pub use pool_core::{ClientConfig, ConnId, Counters, ServerConfig, Status};
-pub use pool_tls::{ClientTlsBuilder, ServerTls, TlsMode};
+pub use pool_tls::{ClientTls, Roots, ServeTls, ServerTls};
 
 /// The server's id generator: `00000000` first, as the Go pools' first connection
 /// after start, then the seeded generator's draws (the core draws a fresh one on a

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use pool_core::{Admission, ConnId, Counters, HandshakeTicket, Refusal, ServerConfig};
+use pool_core::{Admission, ConfigError, ConnId, Counters, HandshakeTicket, IntoConfig};
+use pool_core::{Refusal, ServerConfig};
 use pool_core::{ServerMachine, Stage, Status, Want};
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServerTls};
+use pool_tls::{Fingerprint, ServeTls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
@@ -18,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::http;
 use crate::stream::{ws_config, Io, WsConn};
@@ -36,11 +37,11 @@ pub const REFUSE_WAIT: Duration = Duration::from_secs(2);
 #[must_use]
 #[derive(Debug)]
 pub struct WsServerPoolBuilder {
-    config: ServerConfig,
+    config: Result<ServerConfig, ConfigError>,
     listen: Option<std::net::TcpListener>,
     bind: Option<SocketAddr>,
     filter: Result<IpFilter, pool_net::FilterError>,
-    tls: Option<ServerTls>,
+    tls: ServeTls,
     path: String,
     socket: SocketOptions,
     get_timeout: Duration,
@@ -49,10 +50,11 @@ pub struct WsServerPoolBuilder {
 impl WsServerPoolBuilder {
     /// The machine's settings: maximum capacity, handshakes at once and per source,
     /// the handshake deadline (TLS, upgrade and id message together), settle time,
-    /// sweep. The id form is the wire's: 4 raw bytes, whatever it says. Default
+    /// sweep: a [`ServerConfig`] or its builder, whose errors `build` reports. The id
+    /// form is the wire's: 4 raw bytes, whatever it says. Default
     /// `ServerConfig::default()`.
-    pub fn config(mut self, config: ServerConfig) -> Self {
-        self.config = config;
+    pub fn config(mut self, config: impl IntoConfig<ServerConfig>) -> Self {
+        self.config = config.into_config();
         self
     }
     /// Listens on `addr`. One of `bind` and `listener` is required.
@@ -71,9 +73,10 @@ impl WsServerPoolBuilder {
         self.filter = IpFilter::parse(spec);
         self
     }
-    /// Serves `wss://` with this certificate (TLS codes 1 and 2). Default plain `ws://`.
-    pub fn tls(mut self, cert: ServerTls) -> Self {
-        self.tls = Some(cert);
+    /// TLS, as every pool of the workspace takes it: [`ServeTls::Off`] (the default)
+    /// serves plain `ws://`, any other `wss://` (TLS codes 1 and 2).
+    pub fn tls(mut self, tls: ServeTls) -> Self {
+        self.tls = tls;
         self
     }
     /// The URL path of the upgrade. Default `/`, which (as the Go server) takes any
@@ -103,8 +106,9 @@ impl WsServerPoolBuilder {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         crate::check_path(&self.path)?;
         let filter = self.filter?;
-        let (acceptor, fingerprint) = match &self.tls {
-            Some(cert) => (Some(cert.config()?), Some(cert.fingerprint())),
+        let config = self.config?;
+        let (acceptor, fingerprint) = match self.tls.build()? {
+            Some((c, fp)) => (Some(c), fp),
             None => (None, None),
         };
         let io = |what| move |source| BuildError::Io { what, source };
@@ -122,7 +126,7 @@ impl WsServerPoolBuilder {
             .local_addr()
             .map_err(io("read the listener's address"))?;
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
-        let machine = ServerMachine::new(self.config, FirstZero::new(seed), now());
+        let machine = ServerMachine::new(config, FirstZero::new(seed), now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), rt),
             filter,
@@ -300,15 +304,6 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The server end of the WebSocket pool: the npws wire. Cheap to clone; the pool
 /// closes when the last clone is dropped or [`close`](Self::close) is called.
 ///
@@ -318,7 +313,7 @@ impl Drop for Owner {
 /// start gets `00000000`, as the Go pools do; the next are random).
 #[derive(Clone)]
 pub struct WsServerPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
     local: SocketAddr,
     fingerprint: Option<Fingerprint>,
     get_timeout: Duration,
@@ -337,11 +332,11 @@ impl WsServerPool {
     /// A builder with the defaults.
     pub fn builder() -> WsServerPoolBuilder {
         WsServerPoolBuilder {
-            config: ServerConfig::default(),
+            config: Ok(ServerConfig::default()),
             listen: None,
             bind: None,
             filter: Ok(IpFilter::any()),
-            tls: None,
+            tls: ServeTls::Off,
             path: "/".into(),
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
@@ -382,13 +377,7 @@ impl WsServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, WsConn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Closes every idle connection (Go: `Flush`); how many.
@@ -399,8 +388,7 @@ impl WsServerPool {
     /// Closes the pool and waits for its tasks to end: waiting gets fail with
     /// [`GetError::Closed`], idle connections and upgrades under way are closed.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
     }
 
     /// The status snapshot.

@@ -178,7 +178,8 @@ async fn a_slowloris_on_the_upgrade_holds_a_bounded_number_of_slots() {
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = pool_ws::WsClientPool::builder(server.local_addr())
+    let client = pool_ws::WsClientPool::builder()
+        .address(server.local_addr())
         .config(common::client_config(1))
         .build()
         .unwrap();

@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::wait_until;
 use pool_core::{Adapt, Adaptation, Decision, Observed, OfferedDemand, RoundInput};
 use pool_ws::h2::{H2ClientPool, H2ServerPool};
-use pool_ws::{ClientConfig, ConnId, GetError, ServerTls, WsClientPool, WsServerPool};
+use pool_ws::{ClientConfig, ConnId, GetError, ServeTls, WsClientPool, WsServerPool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Seen {
@@ -105,7 +105,11 @@ fn free_addr() -> SocketAddr {
 async fn the_websocket_pool_shows_the_policy_the_same_events() {
     let (cfg, log) = recorded();
     let addr = free_addr();
-    let client = WsClientPool::builder(addr).config(cfg).build().unwrap();
+    let client = WsClientPool::builder()
+        .address(addr)
+        .config(cfg)
+        .build()
+        .unwrap();
     let backing_off = || client.counters().dial_failures >= 4 && client.status().in_flight == 0;
     assert!(wait_until(backing_off).await, "dials not refused");
     let server = WsServerPool::builder().bind(addr).build().unwrap();
@@ -132,11 +136,15 @@ async fn the_websocket_pool_shows_the_policy_the_same_events() {
 async fn the_http2_pool_shows_the_policy_the_same_events() {
     let (cfg, log) = recorded();
     let addr = free_addr();
-    let client = H2ClientPool::builder(addr).config(cfg).build().unwrap();
+    let client = H2ClientPool::builder()
+        .address(addr)
+        .config(cfg)
+        .build()
+        .unwrap();
     let backing_off = || client.counters().dial_failures >= 4 && client.status().in_flight == 0;
     assert!(wait_until(backing_off).await, "dials not refused");
     let server = H2ServerPool::builder()
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind(addr)
         .build()
         .unwrap();

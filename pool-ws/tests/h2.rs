@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use common::{client_config, pattern, server_config, stranger, wait_until, WAIT};
 use pool_ws::h2::{H2ClientPool, H2Conn, H2ServerPool, StreamError, MAX_PREFACES};
-use pool_ws::{ConnId, HandshakeError, ServerTls};
+use pool_ws::{ConnId, HandshakeError, ServeTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn server_on(addr: std::net::SocketAddr, max: usize) -> H2ServerPool {
     H2ServerPool::builder()
         .config(server_config(max))
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind(addr)
         .build()
         .unwrap()
@@ -43,6 +43,21 @@ async fn roundtrip(a: &mut H2Conn, b: &mut H2Conn, size: usize, seed: u8) {
     assert!(got_x == x && got_y == y, "bytes changed on the way");
 }
 
+/// A TLS connection offering `h2` from the stranger 127.0.0.2, made by hand (no pool).
+async fn stranger_h2_tls(
+    to: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = stranger(to, 2).await;
+    let unchecked = pool_ws::ClientTls::SelfSigned {
+        pin: None,
+        name: None,
+    };
+    let (tls, _) = unchecked.build_alpn(&[b"h2"]).unwrap().unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    connector.connect(name, tcp).await.unwrap()
+}
+
 fn stream_error(e: &std::io::Error) -> Option<StreamError> {
     e.get_ref()?.downcast_ref::<StreamError>().cloned()
 }
@@ -50,7 +65,8 @@ fn stream_error(e: &std::io::Error) -> Option<StreamError> {
 #[tokio::test]
 async fn streams_carry_bytes_both_ways_and_the_first_id_is_zero() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(4))
         .build()
         .unwrap();
@@ -80,7 +96,8 @@ async fn the_servers_capacity_is_its_stream_limit() {
         .handshake_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(cfg)
         .build()
         .unwrap();
@@ -96,7 +113,8 @@ async fn the_servers_capacity_is_its_stream_limit() {
 #[tokio::test]
 async fn a_reset_stream_is_a_named_error_and_leaves_the_pool() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(2))
         .build()
         .unwrap();
@@ -121,7 +139,8 @@ async fn a_reset_stream_is_a_named_error_and_leaves_the_pool() {
 async fn a_goaway_is_named_and_the_client_makes_a_new_connection() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
     let addr = server.local_addr();
-    let client = H2ClientPool::builder(addr)
+    let client = H2ClientPool::builder()
+        .address(addr)
         .config(client_config(2))
         .build()
         .unwrap();
@@ -147,7 +166,8 @@ async fn a_goaway_is_named_and_the_client_makes_a_new_connection() {
 #[tokio::test]
 async fn a_slowloris_on_the_preface_evicts_the_oldest() {
     let server = server_on("127.0.0.1:0".parse().unwrap(), 8);
-    let first = H2ClientPool::builder(server.local_addr())
+    let first = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -169,7 +189,8 @@ async fn a_slowloris_on_the_preface_evicts_the_oldest() {
     first.close().await;
     assert!(wait_until(|| server.status().idle == 0).await);
     // A real client still connects, and the pair made before still carries bytes.
-    let second = H2ClientPool::builder(server.local_addr())
+    let second = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -189,22 +210,12 @@ async fn a_connection_that_opens_no_stream_is_closed_at_the_deadline() {
         .unwrap();
     let server = H2ServerPool::builder()
         .config(cfg)
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
     // A client pool of capacity 0 would not connect: make the connection by hand.
-    let tcp = stranger(server.local_addr(), 2).await;
-    let tls = pool_ws::ClientTlsBuilder::new(pool_ws::TlsMode::SelfSigned)
-        .alpn(vec![b"h2".to_vec()])
-        .build()
-        .unwrap()
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = stranger_h2_tls(server.local_addr()).await;
     let (_send, conn) = h2::client::handshake(tls).await.unwrap();
     let ended = tokio::spawn(conn);
     // Nothing asked: the server closes the connection at its deadline.
@@ -228,11 +239,12 @@ async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
     let server = H2ServerPool::builder()
         .config(server_config(8))
         .client_ip("127.0.0.2")
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = H2ClientPool::builder(server.local_addr())
+    let client = H2ClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -240,17 +252,7 @@ async fn a_filtered_address_is_answered_403_and_a_wrong_request_404() {
     assert!(server.counters().refused_filter > 0);
     client.close().await;
     // From the allowed address, a GET is answered 404 and counted.
-    let tcp = stranger(server.local_addr(), 2).await;
-    let tls = pool_ws::ClientTlsBuilder::new(pool_ws::TlsMode::SelfSigned)
-        .alpn(vec![b"h2".to_vec()])
-        .build()
-        .unwrap()
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = stranger_h2_tls(server.local_addr()).await;
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();

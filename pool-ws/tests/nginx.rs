@@ -30,7 +30,8 @@ async fn pairs_through_nginx_and_recovers_from_its_restart() {
         .unwrap();
     let mut nginx = nginx::Nginx::new(bin, server.local_addr());
     nginx.start().await;
-    let client = WsClientPool::builder(nginx.listen)
+    let client = WsClientPool::builder()
+        .address(nginx.listen)
         .host("localhost")
         .config(client_config(4))
         .build()

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{client_config, pair, roundtrip, server_config, take, wait_until, WAIT};
-use pool_ws::{ClientTlsBuilder, HandshakeError, ServerTls, TlsMode, WsClientPool, WsServerPool};
+use pool_ws::{ClientTls, HandshakeError, Roots, ServeTls, ServerTls, WsClientPool, WsServerPool};
 
 #[tokio::test]
 async fn pairs_carry_bytes_both_ways_and_the_first_id_is_zero() {
@@ -26,13 +26,17 @@ async fn wss_pairs_in_codes_1_and_2() {
     let cert = ServerTls::self_signed(["localhost"]).unwrap();
     let server = WsServerPool::builder()
         .config(server_config(4))
-        .tls(cert.clone())
+        .tls(ServeTls::Cert(cert.clone()))
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let one = WsClientPool::builder(server.local_addr())
+    let one = WsClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
-        .tls(ClientTlsBuilder::new(TlsMode::SelfSigned))
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
         .build()
         .unwrap();
     assert!(one.url().starts_with("wss://"));
@@ -42,14 +46,14 @@ async fn wss_pairs_in_codes_1_and_2() {
     // hand that one out, and `two` would not hold it.
     one.close().await;
     assert!(wait_until(|| server.status().idle == 0).await);
-    let two = WsClientPool::builder(server.local_addr())
+    let two = WsClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .host("localhost")
-        .tls(
-            ClientTlsBuilder::new(TlsMode::Verified)
-                .ca_der(cert.certificate_der().to_vec())
-                .web_roots(false),
-        )
+        .tls(ClientTls::Verified {
+            roots: Roots::CaDer(cert.certificate_der().to_vec()),
+            name: None,
+        })
         .build()
         .unwrap();
     let (_, mut s, mut c) = take(&server, &two).await;
@@ -62,11 +66,12 @@ async fn wss_pairs_in_codes_1_and_2() {
 async fn a_plain_client_against_wss_fails_by_name() {
     let server = WsServerPool::builder()
         .config(server_config(4))
-        .tls(ServerTls::self_signed(["localhost"]).unwrap())
+        .tls(ServeTls::self_signed())
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = WsClientPool::builder(server.local_addr())
+    let client = WsClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -101,7 +106,8 @@ async fn a_filtered_address_is_answered_403() {
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = WsClientPool::builder(server.local_addr())
+    let client = WsClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
         .build()
         .unwrap();
@@ -133,21 +139,24 @@ async fn an_unknown_id_is_not_found_and_close_answers_waiting_gets() {
 
 #[tokio::test]
 async fn code_0_on_port_443_dials_wss_and_other_ports_ws() {
-    let on_443 = WsClientPool::builder("127.0.0.1:443".parse().unwrap())
+    let on_443 = WsClientPool::builder()
+        .address("127.0.0.1:443".parse().unwrap())
         .config(client_config(1))
         .host("localhost")
         .build()
         .unwrap();
     assert_eq!(on_443.url(), "wss://localhost:443/");
     on_443.close().await;
-    let other = WsClientPool::builder("[::1]:8080".parse().unwrap())
+    let other = WsClientPool::builder()
+        .address("[::1]:8080".parse().unwrap())
         .config(client_config(1))
         .path("/tunnel")
         .build()
         .unwrap();
     assert_eq!(other.url(), "ws://[::1]:8080/tunnel");
     other.close().await;
-    let bad = WsClientPool::builder("127.0.0.1:1".parse().unwrap())
+    let bad = WsClientPool::builder()
+        .address("127.0.0.1:1".parse().unwrap())
         .path("no-slash")
         .build();
     assert!(matches!(bad, Err(pool_ws::BuildError::Path(_))));
@@ -175,9 +184,13 @@ async fn a_wss_client_against_a_plain_server_is_named_on_both_ends() {
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = WsClientPool::builder(server.local_addr())
+    let client = WsClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(1))
-        .tls(ClientTlsBuilder::new(TlsMode::SelfSigned))
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
         .build()
         .unwrap();
     assert!(wait_until(|| server.last_failure() == Some(HandshakeError::ClientSpeaksTls)).await);

@@ -72,6 +72,13 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
         }
     }
 
+    /// [`idle_ready`](Self::idle_ready) for each connection of one readiness report.
+    pub fn idle_ready_all(&self, ids: impl IntoIterator<Item = ConnId>) {
+        for id in ids {
+            self.idle_ready(id);
+        }
+    }
+
     /// [`idle_ready`](Self::idle_ready) for a hang-up: whether the connection left
     /// the pool dead.
     pub fn idle_closed(&self, id: ConnId) -> bool {
@@ -79,15 +86,16 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     }
 
     /// Lands `conn` as `id` with `land` under the lock, watched first with no lock
-    /// held; peeks at it once landed when the platform asks, or when a readiness
-    /// report for it came before it landed.
+    /// held; peeks at it once landed when the platform asks, when bytes wait
+    /// [`buffered`](Platform::buffered) in in-band mode, or when a readiness report
+    /// for it came before it landed.
     fn land<R>(
         &self,
         id: ConnId,
         mut conn: M::Conn,
         land: impl FnOnce(&mut M, M::Conn, Instant) -> R,
     ) -> R {
-        let early = self.p().watch(id, &mut conn);
+        let early = self.p().watch(id, &mut conn) || (self.in_band && self.p().buffered(&mut conn));
         let now = self.p().now();
         let (r, raced, out) = {
             let mut st = self.lock();

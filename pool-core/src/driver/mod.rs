@@ -34,6 +34,7 @@
 mod get;
 mod land;
 mod role;
+mod timer;
 mod wait;
 
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +45,7 @@ pub use crate::common::Readied;
 pub use crate::Liveness;
 pub use land::DialReport;
 pub use role::Role;
+pub use timer::Alarm;
 pub use wait::Header;
 
 use crate::common::{Output, Probe};
@@ -112,6 +114,14 @@ pub trait Platform {
     /// readiness will report. The default watches nothing.
     fn watch(&self, id: ConnId, conn: &mut Self::Conn) -> bool {
         let _ = (id, conn);
+        false
+    }
+    /// Whether bytes of this connection were already taken off the socket (a TLS
+    /// session's buffer): no readiness will report them, so in in-band mode the driver
+    /// peeks at a connection with such bytes once it holds it. Must never consume a
+    /// byte. The default finds none.
+    fn buffered(&self, conn: &mut Self::Conn) -> bool {
+        let _ = conn;
         false
     }
     /// Stops watching a connection the pool hands out. The default does nothing.
@@ -204,6 +214,9 @@ pub struct Driver<M: Role, P: Platform<Conn = M::Conn>> {
     /// The abort handle of each dial or handshake under way, by ticket serial: kept
     /// apart from the machine's lock, as the platform's own step is.
     aborts: Mutex<HashMap<u64, P::Abort>>,
+    /// In-band mode (a client watching for starts): a landing with bytes already
+    /// [`buffered`](Platform::buffered) is peeked once held.
+    in_band: bool,
 }
 
 impl<M: Role, P: Platform<Conn = M::Conn>> std::fmt::Debug for Driver<M, P> {
@@ -323,6 +336,7 @@ impl<M: Role, P: Platform<Conn = M::Conn>> Driver<M, P> {
     /// right after.
     pub fn new(machine: M, platform: P) -> Self {
         Self {
+            in_band: machine.in_band(),
             waits: wait::Waits::default(),
             aborts: Mutex::new(HashMap::new()),
             state: Mutex::new(State {

@@ -83,6 +83,10 @@ pub trait Role: sealed::Sealed {
     fn cancel(&mut self, key: WaiterKey) -> bool {
         self.shared_mut().cancel(key)
     }
+    /// Whether the peer starts sessions in band (a client's [`IdleWatch::Starts`](crate::IdleWatch::Starts)).
+    fn in_band(&self) -> bool {
+        false
+    }
     /// Whether it is closed.
     fn is_closed(&self) -> bool {
         self.shared().is_closed()
@@ -147,6 +151,9 @@ impl<C> Role for ClientMachine<C> {
     }
     fn status(&self) -> Status {
         Self::status(self)
+    }
+    fn in_band(&self) -> bool {
+        self.config().in_band()
     }
 }
 

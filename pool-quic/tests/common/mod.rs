@@ -22,7 +22,8 @@ pub(crate) fn server(max: usize) -> ServerPool {
         .settle(Duration::ZERO)
         .build()
         .unwrap();
-    ServerPool::builder("127.0.0.1:0".parse().unwrap())
+    ServerPool::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
         .config(core)
         .build()
         .unwrap()
@@ -39,9 +40,13 @@ pub(crate) fn client_to(
         .interval(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .unwrap();
-    ClientPool::builder(addr)
+    ClientPool::builder()
+        .address(addr)
         .config(core)
-        .tls(ClientTls::Pinned(server.fingerprint()))
+        .tls(ClientTls::SelfSigned {
+            pin: server.fingerprint(),
+            name: None,
+        })
         .build()
         .unwrap()
 }

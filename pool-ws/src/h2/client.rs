@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pool_core::{ClientConfig, ClientMachine, ConnId, Counters, DialTicket, SeededRandom, Stage};
+use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, Counters, DialTicket};
+use pool_core::{IntoConfig, SeededRandom, Stage};
 use pool_core::{Status, Want};
 use pool_net::SocketOptions;
-use pool_tls::{ClientTlsBuilder, TlsMode};
+use pool_tls::ClientTls;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::LastFailure;
 
@@ -25,28 +26,35 @@ use crate::LastFailure;
 #[must_use]
 #[derive(Debug)]
 pub struct H2ClientPoolBuilder {
-    addr: SocketAddr,
-    config: ClientConfig,
-    tls: Option<ClientTlsBuilder>,
+    addr: Option<SocketAddr>,
+    config: Result<ClientConfig, ConfigError>,
+    tls: ClientTls,
     host: Option<String>,
     socket: SocketOptions,
 }
 
 impl H2ClientPoolBuilder {
     /// The machine's settings: capacity (keep it within the server's capacity, its
-    /// maximum of concurrent streams), intervals, parallelism, deadlines.
-    pub fn config(mut self, config: ClientConfig) -> Self {
-        self.config = config;
+    /// maximum of concurrent streams), intervals, parallelism, deadlines: a
+    /// [`ClientConfig`] or its builder, whose errors `build` reports.
+    pub fn config(mut self, config: impl IntoConfig<ClientConfig>) -> Self {
+        self.config = config.into_config();
         self
     }
-    /// TLS: code 2 verifies, codes 0 and 1 do not (HTTP/2 runs over TLS here, as in
-    /// the Go pool). ALPN `h2` is set on it. Default code 1.
-    pub fn tls(mut self, tls: ClientTlsBuilder) -> Self {
-        self.tls = Some(tls);
+    /// The server to dial. Required.
+    pub fn address(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
         self
     }
-    /// The host name: the request's authority and the TLS server name. Default the
-    /// server's IP address.
+    /// TLS, as every pool of the workspace takes it; the ALPN is set to `h2` here.
+    /// HTTP/2 runs over TLS, as in the Go pool: [`ClientTls::Off`] (the default) is
+    /// taken as [`ClientTls::SelfSigned`] with no pin (codes 0 and 1 do not verify).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+    /// The host name: the request's authority and the TLS server name unless the
+    /// [`ClientTls`] names one. Default the server's IP address.
     pub fn host(mut self, name: impl Into<String>) -> Self {
         self.host = Some(name.into());
         self
@@ -64,29 +72,29 @@ impl H2ClientPoolBuilder {
     /// [`BuildError`] names what is wrong.
     pub fn build(self) -> Result<H2ClientPool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let h2 = || vec![b"h2".to_vec()];
-        let tls = self
+        let addr = self
+            .addr
+            .ok_or(BuildError::Missing("the server's address (`address`)"))?;
+        let config = self.config?;
+        let (tls, name) = self
             .tls
-            .unwrap_or_else(|| ClientTlsBuilder::new(TlsMode::SelfSigned));
-        let tls = match tls.alpn(h2()).build()? {
-            Some(c) => c,
-            // Code 0 is TLS without verification here, as the Go pool dials it.
-            None => ClientTlsBuilder::new(TlsMode::SelfSigned)
-                .alpn(h2())
-                .build()?
-                .ok_or(BuildError::Missing("a TLS configuration"))?,
+            .encrypted()
+            .build_alpn(&[b"h2"])?
+            .ok_or(BuildError::Missing("a TLS configuration"))?;
+        let host = self.host.unwrap_or_else(|| addr.ip().to_string());
+        let name = match name {
+            Some(name) => name,
+            None => pool_tls::server_name(&host)?,
         };
-        let host = self.host.unwrap_or_else(|| self.addr.ip().to_string());
-        let name = pool_tls::server_name(&host)?;
-        let authority = match self.addr {
+        let authority = match addr {
             SocketAddr::V6(_) if host.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{host}]"),
             _ => host,
         };
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
-        let machine = ClientMachine::new(self.config, SeededRandom::from_seed(seed), now());
+        let machine = ClientMachine::new(config, SeededRandom::from_seed(seed), now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), rt),
-            addr: self.addr,
+            addr,
             uri: format!("https://{authority}/stream"),
             connector: tokio_rustls::TlsConnector::from(tls),
             name,
@@ -233,20 +241,11 @@ async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToke
     inner.engine.driver.dialed(ticket, res);
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The client end of the HTTP/2 pool: the nph2 wire. Cheap to clone; the pool closes
 /// when the last clone is dropped or [`close`](Self::close) is called.
 #[derive(Clone)]
 pub struct H2ClientPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
 }
 
 impl std::fmt::Debug for H2ClientPool {
@@ -259,12 +258,13 @@ impl std::fmt::Debug for H2ClientPool {
 }
 
 impl H2ClientPool {
-    /// A builder dialing `addr`, with the defaults.
-    pub fn builder(addr: SocketAddr) -> H2ClientPoolBuilder {
+    /// A builder with the defaults; name the server with
+    /// [`address`](H2ClientPoolBuilder::address).
+    pub fn builder() -> H2ClientPoolBuilder {
         H2ClientPoolBuilder {
-            addr,
-            config: ClientConfig::default(),
-            tls: None,
+            addr: None,
+            config: Ok(ClientConfig::default()),
+            tls: ClientTls::Off,
             host: None,
             socket: SocketOptions::default(),
         }
@@ -280,13 +280,8 @@ impl H2ClientPool {
     ///
     /// [`GetError::Timeout`], [`GetError::NotFound`], [`GetError::Closed`].
     pub async fn get(&self, id: ConnId, timeout: Duration) -> Result<H2Conn, GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Id(id), timeout)
-            .await;
-        got.map(|(_, c)| c).map_err(GetError::from)
+        let got = self.inner().engine.get(Want::Id(id), timeout).await;
+        got.map(|(_, c)| c)
     }
 
     /// Any live idle stream, oldest first.
@@ -295,13 +290,7 @@ impl H2ClientPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_any(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Idle streams ready to hand out.
@@ -317,8 +306,7 @@ impl H2ClientPool {
     /// Closes the pool and waits for its tasks to end. Streams handed out live on: the
     /// connection closes after the last of them.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
         drop(self.inner().link.lock().await.take());
     }
 

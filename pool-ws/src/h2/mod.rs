@@ -15,13 +15,12 @@
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use pool_ws::h2::{H2ClientPool, H2ServerPool};
-//! use pool_ws::ServerTls;
 //! use std::time::Duration;
+//! // HTTP/2 runs over TLS: with no `tls`, a self-signed certificate is made at build.
 //! let server = H2ServerPool::builder()
-//!     .tls(ServerTls::self_signed(["localhost"])?)
 //!     .bind("127.0.0.1:0".parse()?)
 //!     .build()?;
-//! let client = H2ClientPool::builder(server.local_addr()).build()?;
+//! let client = H2ClientPool::builder().address(server.local_addr()).build()?;
 //! let (id, _server_end) = server.get().await?;
 //! let _client_end = client.get(id, Duration::from_secs(2)).await?;
 //! # Ok(()) }

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pool_core::{Admission, ConnId, Counters, HandshakeTicket, Refusal, ServerConfig};
+use pool_core::{Admission, ConfigError, ConnId, Counters, HandshakeTicket, IntoConfig};
+use pool_core::{Refusal, ServerConfig};
 use pool_core::{ServerMachine, Stage, Status, Want};
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServerTls};
+use pool_tls::{Fingerprint, ServeTls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
-use crate::engine::{drive, now, step, Engine, Side};
+use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::{FirstZero, LastFailure};
 
@@ -30,11 +31,11 @@ pub const MAX_PREFACES: usize = 64;
 #[must_use]
 #[derive(Debug)]
 pub struct H2ServerPoolBuilder {
-    config: ServerConfig,
+    config: Result<ServerConfig, ConfigError>,
     bind: Option<SocketAddr>,
     listen: Option<std::net::TcpListener>,
     filter: Result<IpFilter, pool_net::FilterError>,
-    tls: Option<ServerTls>,
+    tls: ServeTls,
     socket: SocketOptions,
     get_timeout: Duration,
 }
@@ -42,9 +43,10 @@ pub struct H2ServerPoolBuilder {
 impl H2ServerPoolBuilder {
     /// The machine's settings. Its maximum capacity is also each connection's maximum
     /// of concurrent streams; its handshake deadline bounds the TLS handshake plus the
-    /// preface of a connection, and the `0x00` plus id exchange of a stream.
-    pub fn config(mut self, config: ServerConfig) -> Self {
-        self.config = config;
+    /// preface of a connection, and the `0x00` plus id exchange of a stream. A
+    /// [`ServerConfig`] or its builder, whose errors `build` reports.
+    pub fn config(mut self, config: impl IntoConfig<ServerConfig>) -> Self {
+        self.config = config.into_config();
         self
     }
     /// Listens on `addr`. One of `bind` and `listener` is required.
@@ -63,9 +65,11 @@ impl H2ServerPoolBuilder {
         self.filter = IpFilter::parse(spec);
         self
     }
-    /// The certificate: required, HTTP/2 runs over TLS here (ALPN `h2`).
-    pub fn tls(mut self, cert: ServerTls) -> Self {
-        self.tls = Some(cert);
+    /// TLS, as every pool of the workspace takes it; the ALPN is set to `h2` here.
+    /// HTTP/2 runs over TLS: [`ServeTls::Off`] (the default) is taken as
+    /// [`ServeTls::self_signed`], a certificate for `localhost` made at build.
+    pub fn tls(mut self, tls: ServeTls) -> Self {
+        self.tls = tls;
         self
     }
     /// Socket options of every accepted connection.
@@ -87,11 +91,12 @@ impl H2ServerPoolBuilder {
     pub fn build(self) -> Result<H2ServerPool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let filter = self.filter?;
-        let cert = self
+        let config = self.config?;
+        let (tls, fingerprint) = self
             .tls
-            .ok_or(BuildError::Missing("a certificate: HTTP/2 runs over TLS"))?;
-        let mut tls = (*cert.config()?).clone();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
+            .encrypted()
+            .build_alpn(&[b"h2"])?
+            .ok_or(BuildError::Missing("a TLS configuration"))?;
         let io = |what| move |source| BuildError::Io { what, source };
         let std = match (self.listen, self.bind) {
             (Some(l), _) => l,
@@ -107,13 +112,13 @@ impl H2ServerPoolBuilder {
             .local_addr()
             .map_err(io("read the listener's address"))?;
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
-        let streams = u32::try_from(self.config.max_capacity()).unwrap_or(u32::MAX);
-        let deadline = self.config.handshake_timeout();
-        let machine = ServerMachine::new(self.config, FirstZero::new(seed), now());
+        let streams = u32::try_from(config.max_capacity()).unwrap_or(u32::MAX);
+        let deadline = config.handshake_timeout();
+        let machine = ServerMachine::new(config, FirstZero::new(seed), now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), rt),
             filter,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
             socket: self.socket,
             streams,
             deadline,
@@ -127,7 +132,7 @@ impl H2ServerPoolBuilder {
         Ok(H2ServerPool {
             owner: Arc::new(Owner(inner)),
             local,
-            fingerprint: cert.fingerprint(),
+            fingerprint,
             get_timeout: self.get_timeout,
         })
     }
@@ -386,15 +391,6 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Closes the pool when the last clone of it goes.
-struct Owner(Arc<Inner>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.0.engine.shut();
-    }
-}
-
 /// The server end of the HTTP/2 pool: the nph2 wire. Cheap to clone; the pool closes
 /// when the last clone is dropped or [`close`](Self::close) is called.
 ///
@@ -403,9 +399,9 @@ impl Drop for Owner {
 /// not `POST /stream` `404`.
 #[derive(Clone)]
 pub struct H2ServerPool {
-    owner: Arc<Owner>,
+    owner: Arc<Owner<Inner>>,
     local: SocketAddr,
-    fingerprint: Fingerprint,
+    fingerprint: Option<Fingerprint>,
     get_timeout: Duration,
 }
 
@@ -419,14 +415,14 @@ impl std::fmt::Debug for H2ServerPool {
 }
 
 impl H2ServerPool {
-    /// A builder with the defaults; [`tls`](H2ServerPoolBuilder::tls) is required.
+    /// A builder with the defaults.
     pub fn builder() -> H2ServerPoolBuilder {
         H2ServerPoolBuilder {
-            config: ServerConfig::default(),
+            config: Ok(ServerConfig::default()),
             bind: None,
             listen: None,
             filter: Ok(IpFilter::any()),
-            tls: None,
+            tls: ServeTls::Off,
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
         }
@@ -441,8 +437,9 @@ impl H2ServerPool {
         self.local
     }
 
-    /// The SHA-256 fingerprint of the certificate served.
-    pub fn fingerprint(&self) -> Fingerprint {
+    /// The SHA-256 fingerprint of the certificate served, for a client to pin; `None`
+    /// with a rustls configuration of your own ([`ServeTls::Custom`]).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
     }
 
@@ -461,13 +458,7 @@ impl H2ServerPool {
     ///
     /// As [`get`](Self::get).
     pub async fn get_timeout(&self, timeout: Duration) -> Result<(ConnId, H2Conn), GetError> {
-        let got = self
-            .inner()
-            .engine
-            .driver
-            .get_async(Want::Any, timeout)
-            .await;
-        got.map_err(GetError::from)
+        self.inner().engine.get(Want::Any, timeout).await
     }
 
     /// Closes every idle stream; how many.
@@ -479,8 +470,7 @@ impl H2ServerPool {
     /// idle streams reset; streams handed out live on, and each connection closes
     /// after its last.
     pub async fn close(&self) {
-        self.inner().engine.shut();
-        self.inner().engine.rt().tasks.wait().await;
+        self.inner().engine.close().await;
     }
 
     /// The status snapshot.

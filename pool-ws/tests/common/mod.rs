@@ -34,7 +34,8 @@ pub async fn pair(max: usize, n: usize) -> (WsServerPool, WsClientPool) {
         .bind("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let client = WsClientPool::builder(server.local_addr())
+    let client = WsClientPool::builder()
+        .address(server.local_addr())
         .config(client_config(n))
         .build()
         .unwrap();
