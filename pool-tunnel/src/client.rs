@@ -443,17 +443,15 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         refuse(s, conn, WRONG_KIND).await;
         return false;
     }
-    let ok = match service.protocol {
+    match service.protocol {
         ServiceProtocol::Tcp => {
             let _live = mine.session_running();
-            tcp_session(s, conn, &service, &start, mine).await
+            let ok = tcp_session(s, conn, &service, &start, mine).await;
+            bump(if ok { &mine.relayed } else { &mine.failed });
+            ok
         }
         ServiceProtocol::Udp => udp::udp_session(s, conn, &service, &counts.udp).await,
-    };
-    if service.protocol == ServiceProtocol::Tcp {
-        bump(if ok { &mine.relayed } else { &mine.failed });
     }
-    ok
 }
 
 /// Answers the receipt and `outcome` in one write, then closes in order (so that the
