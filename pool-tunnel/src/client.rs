@@ -29,7 +29,7 @@ use crate::relay::{
     graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
     Traffic,
 };
-use crate::stats::{bump, ClientSnapshot, ClientStats};
+use crate::stats::{bump, bump_both, ClientSnapshot, ClientStats, ServiceStats};
 use crate::BoxError;
 
 type ServiceMap = std::collections::HashMap<String, Arc<ClientService>>;
@@ -53,8 +53,8 @@ struct Shared {
     key: TunnelKey,
     t: Timeouts,
     stats: ClientStats,
-    /// The UDP services' counters, all together (all zero without one).
-    udp_stats: crate::udp::UdpStats,
+    /// Each service's counters (its UDP associations' among them).
+    per_service: crate::stats::PerService,
     up: watch::Sender<bool>,
     /// This process's session tag, on every control connection it makes.
     session: Session,
@@ -85,7 +85,12 @@ impl ClientHandle {
     }
     /// The UDP services' counters, all together (all zero without one).
     pub fn udp_stats(&self) -> crate::udp::UdpSnapshot {
-        self.shared.udp_stats.snapshot()
+        self.shared.per_service.udp_total()
+    }
+    /// Each service's counters, sorted by name: a service's from its first session on
+    /// (a removed service's included).
+    pub fn service_stats(&self) -> Vec<crate::stats::ServiceFigures> {
+        self.shared.per_service.figures()
     }
     /// Whether the control connection is up.
     pub fn control_up(&self) -> bool {
@@ -218,7 +223,7 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         key: cfg.key,
         t: cfg.timeouts,
         stats: ClientStats::default(),
-        udp_stats: crate::udp::UdpStats::default(),
+        per_service: crate::stats::PerService::default(),
         up: watch::channel(false).0,
         session: fresh_session()?,
     });
@@ -431,14 +436,21 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
         refuse(s, conn, NO_SERVICE).await;
         return false;
     };
+    let counts = s.per_service.service(&service.name);
+    let mine = &counts.sessions;
     if service.protocol != start.kind {
-        udp::wrong_kind(s, &start, service.protocol);
+        udp::wrong_kind(s, &start, service.protocol, &counts);
         refuse(s, conn, WRONG_KIND).await;
         return false;
     }
     match service.protocol {
-        ServiceProtocol::Tcp => tcp_session(s, conn, &service, &start).await,
-        ServiceProtocol::Udp => udp::udp_session(s, conn, &service).await,
+        ServiceProtocol::Tcp => {
+            let _live = mine.session_running();
+            let ok = tcp_session(s, conn, &service, &start, mine).await;
+            bump(if ok { &mine.relayed } else { &mine.failed });
+            ok
+        }
+        ServiceProtocol::Udp => udp::udp_session(s, conn, &service, &counts.udp).await,
     }
 }
 
@@ -467,6 +479,7 @@ async fn tcp_session(
     mut conn: PoolConn,
     svc: &ClientService,
     start: &SessionStart,
+    mine: &ServiceStats,
 ) -> bool {
     let id = conn.id();
     let receipt = timeout(s.t.io, async {
@@ -490,7 +503,7 @@ async fn tcp_session(
     let target = match target {
         Ok(Ok(t)) => t,
         why => {
-            bump(&s.stats.target_failed);
+            bump_both(&s.stats.target_failed, &mine.target_failed);
             debug!("session {id}: target {} unreachable: {why:?}", svc.target);
             // The server resets the user at once and retries nothing. An orderly close,
             // so that the byte is not dropped with the connection.
@@ -524,12 +537,11 @@ async fn tcp_session(
             end
         }
     };
-    s.stats
-        .bytes_down
-        .fetch_add(traffic.a_to_b.load(Relaxed), Relaxed);
-    s.stats
-        .bytes_up
-        .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
+    let (to_target, to_user) = (traffic.a_to_b.load(Relaxed), traffic.b_to_a.load(Relaxed));
+    s.stats.bytes_down.fetch_add(to_target, Relaxed);
+    s.stats.bytes_up.fetch_add(to_user, Relaxed);
+    mine.bytes_to_target.fetch_add(to_target, Relaxed);
+    mine.bytes_to_user.fetch_add(to_user, Relaxed);
     end == RelayEnd::Done
 }
 

@@ -149,237 +149,9 @@ impl Rate {
 /// when the control connection does not change.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
-/// A series: its name, its labels beside `role`, its value.
-type Series = (&'static str, &'static [(&'static str, &'static str)], u64);
+pub use series::{record_client, record_server, record_services};
 
-fn with_role(role: &'static str, labels: &[(&'static str, &'static str)]) -> Vec<metrics::Label> {
-    let mut all = vec![metrics::Label::new("role", role)];
-    all.extend(labels.iter().map(|&(k, v)| metrics::Label::new(k, v)));
-    all
-}
-
-fn counters(role: &'static str, series: &[Series]) {
-    for &(name, labels, v) in series {
-        metrics::counter!(name, with_role(role, labels)).absolute(v);
-    }
-}
-
-fn gauges(role: &'static str, series: &[Series]) {
-    for &(name, labels, v) in series {
-        metrics::gauge!(name, with_role(role, labels)).set(v as f64);
-    }
-}
-
-/// Copies the server side's counters to the recorder (series `tunnel_*{role="server"}`;
-/// TUNNEL.md's deployment section lists them).
-pub fn record_server(s: &crate::stats::ServerSnapshot, control_up: bool) {
-    const EVENT: &str = "event";
-    const REASON: &str = "reason";
-    counters(
-        "server",
-        &[
-            ("tunnel_users_total", &[], s.users),
-            (
-                "tunnel_users_refused_total",
-                &[(REASON, "full")],
-                s.users_refused,
-            ),
-            (
-                "tunnel_users_refused_total",
-                &[(REASON, "source")],
-                s.users_refused_source,
-            ),
-            ("tunnel_sessions_total", &[], s.sessions),
-            (
-                "tunnel_sessions_ended_total",
-                &[("outcome", "relayed")],
-                s.relayed,
-            ),
-            (
-                "tunnel_sessions_ended_total",
-                &[("outcome", "failed")],
-                s.failed,
-            ),
-            (
-                "tunnel_sessions_ended_total",
-                &[("outcome", "evicted")],
-                s.users_evicted,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "idle_closed")],
-                s.idle_closed,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "half_close_timeout")],
-                s.half_close_timeouts,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "orphaned")],
-                s.orphaned,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "not_taken")],
-                s.not_taken,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "dead_picked")],
-                s.dead_picked,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "replayed")],
-                s.replayed,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "target_failed")],
-                s.target_failed,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "no_service")],
-                s.no_service,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "wrong_kind")],
-                s.wrong_kind,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[(EVENT, "no_outcome")],
-                s.no_outcome,
-            ),
-            (
-                "tunnel_bytes_total",
-                &[("direction", "to_target")],
-                s.bytes_up,
-            ),
-            (
-                "tunnel_bytes_total",
-                &[("direction", "to_user")],
-                s.bytes_down,
-            ),
-            ("tunnel_control_connections_total", &[], s.control_ok),
-            (
-                "tunnel_control_refused_total",
-                &[(REASON, "no_token")],
-                s.control_no_token,
-            ),
-            (
-                "tunnel_control_refused_total",
-                &[(REASON, "bad_token")],
-                s.control_bad_token,
-            ),
-            (
-                "tunnel_control_refused_total",
-                &[(REASON, "replayed")],
-                s.control_replayed,
-            ),
-            (
-                "tunnel_control_refused_total",
-                &[(REASON, "handshake")],
-                s.control_handshake_failed,
-            ),
-            (
-                "tunnel_control_refused_total",
-                &[(REASON, "client_ip")],
-                s.control_ip_refused,
-            ),
-            (
-                "tunnel_control_unprotected_total",
-                &[(REASON, "skewed")],
-                s.control_skewed,
-            ),
-            (
-                "tunnel_control_unprotected_total",
-                &[(REASON, "predated")],
-                s.control_predated,
-            ),
-            ("tunnel_control_admitted_total", &[], s.control_admitted),
-            ("tunnel_control_evicted_total", &[], s.control_evicted),
-            ("tunnel_control_silent_total", &[], s.control_silent),
-            ("tunnel_client_restarts_total", &[], s.client_restarts),
-        ],
-    );
-    gauges(
-        "server",
-        &[
-            ("tunnel_sessions_active", &[], s.sessions_active),
-            ("tunnel_control_up", &[], u64::from(control_up)),
-        ],
-    );
-}
-
-/// Copies the client side's counters to the recorder (series `tunnel_*{role="client"}`).
-pub fn record_client(s: &crate::stats::ClientSnapshot, control_up: bool) {
-    let ended = s.relayed.saturating_add(s.failed);
-    counters(
-        "client",
-        &[
-            ("tunnel_sessions_total", &[], s.accepted),
-            (
-                "tunnel_sessions_ended_total",
-                &[("outcome", "relayed")],
-                s.relayed,
-            ),
-            (
-                "tunnel_sessions_ended_total",
-                &[("outcome", "failed")],
-                s.failed,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[("event", "target_failed")],
-                s.target_failed,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[("event", "no_service")],
-                s.no_service,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[("event", "wrong_kind")],
-                s.wrong_kind,
-            ),
-            (
-                "tunnel_session_events_total",
-                &[("event", "bad_start")],
-                s.bad_start,
-            ),
-            (
-                "tunnel_bytes_total",
-                &[("direction", "to_user")],
-                s.bytes_up,
-            ),
-            (
-                "tunnel_bytes_total",
-                &[("direction", "to_target")],
-                s.bytes_down,
-            ),
-            ("tunnel_control_connections_total", &[], s.control_ok),
-            ("tunnel_control_failed_total", &[], s.control_failed),
-            ("tunnel_control_silent_total", &[], s.control_silent),
-        ],
-    );
-    gauges(
-        "client",
-        &[
-            (
-                "tunnel_sessions_active",
-                &[],
-                s.accepted.saturating_sub(ended),
-            ),
-            ("tunnel_control_up", &[], u64::from(control_up)),
-        ],
-    );
-}
+mod series;
 
 /// Keeps the recorder's `tunnel_*` series current: copies the counters every
 /// [`FOLLOW_EVERY`], and at once when the control connection comes up or goes down
@@ -416,6 +188,7 @@ pub async fn follow_server(s: &crate::ServerHandle) -> Infallible {
         || {
             let up = s.control_up();
             record_server(&s.stats(), up);
+            record_services("server", &s.service_stats());
             up
         },
         |up| s.wait_control_state(up, FOLLOW_EVERY),
@@ -431,6 +204,7 @@ pub async fn follow_client(c: &crate::ClientHandle) -> Infallible {
         || {
             let up = c.control_up();
             record_client(&c.stats(), up);
+            record_services("client", &c.service_stats());
             up
         },
         |up| c.wait_control_state(up, FOLLOW_EVERY),

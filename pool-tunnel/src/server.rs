@@ -43,8 +43,8 @@ struct Shared {
     key: TunnelKey,
     t: Timeouts,
     stats: ServerStats,
-    /// The UDP services' counters, all together (all zero without one).
-    udp: Arc<crate::udp::UdpStats>,
+    /// Each service's counters (its UDP associations' among them).
+    per_service: crate::stats::PerService,
     /// Users' bytes held in memory for a replay, in all (see [`session::BUFFER_BUDGET`]).
     buffered: std::sync::atomic::AtomicUsize,
     control: watch::Sender<Option<Control>>,
@@ -123,7 +123,11 @@ impl ServerHandle {
     }
     /// The UDP services' counters, all together (all zero without one).
     pub fn udp_stats(&self) -> crate::udp::UdpSnapshot {
-        self.shared.udp.snapshot()
+        self.shared.per_service.udp_total()
+    }
+    /// Each service's counters, sorted by name (a removed service's included).
+    pub fn service_stats(&self) -> Vec<crate::stats::ServiceFigures> {
+        self.shared.per_service.figures()
     }
     /// Whether an authenticated control connection is active.
     pub fn control_up(&self) -> bool {
@@ -221,7 +225,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         key: cfg.key,
         t: cfg.timeouts,
         stats: ServerStats::default(),
-        udp: Arc::default(),
+        per_service: crate::stats::PerService::default(),
         buffered: std::sync::atomic::AtomicUsize::new(0),
         control: watch::channel(None).0,
         next_gen: AtomicU64::new(0),

@@ -1,7 +1,12 @@
-//! Counters of each side, readable while it runs.
+//! Counters of each side, readable while it runs: the side's own ([`ServerStats`],
+//! [`ClientStats`]) and each service's ([`PerService`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::udp::{UdpSnapshot, UdpStats};
 
 macro_rules! counters {
     ($(#[$m:meta])* $name:ident / $snap:ident { $($(#[$fm:meta])* $f:ident),* $(,)? }) => {
@@ -15,6 +20,13 @@ macro_rules! counters {
             /// The counters now.
             pub fn snapshot(&self) -> $snap {
                 $snap { $($f: self.$f.load(Relaxed),)* }
+            }
+        }
+        impl $snap {
+            /// Adds `other`'s figures to these, field by field (a gauge or a peak
+            /// too: the sum over the parts).
+            pub fn add(&mut self, other: &Self) {
+                $(self.$f = self.$f.saturating_add(other.$f);)*
             }
         }
     };
@@ -179,6 +191,132 @@ counters! {
     }
 }
 
+counters! {
+    /// What one service counted on one side (each side counts what it sees; a field
+    /// the side cannot see stays 0). A UDP service's associations are in
+    /// [`ServiceCounters::udp`]; these are its TCP sessions.
+    ServiceStats / ServiceSnapshot {
+        /// Server: user connections accepted on its public port.
+        users,
+        /// Server: users closed at once because the service's `max_sessions` were
+        /// running and their source held as many as any other.
+        users_refused,
+        /// Server: users closed at once because the port was contended and their
+        /// source held its share.
+        users_refused_source,
+        /// Server: sessions reset to make room at the cap for a fairer source.
+        users_evicted,
+        /// Sessions started (server: admitted; client: accepted for this service).
+        sessions,
+        /// Sessions running now (a gauge).
+        sessions_active,
+        /// Sessions whose relay ended cleanly.
+        relayed,
+        /// Sessions that failed (every other end).
+        failed,
+        /// Bytes relayed user -> target.
+        bytes_to_target,
+        /// Bytes relayed target -> user.
+        bytes_to_user,
+        /// The client could not reach the target.
+        target_failed,
+        /// Server: the client has no service of this name.
+        no_service,
+        /// The service is of another kind (TCP, UDP) on the other side.
+        wrong_kind,
+        /// Server: no outcome after the receipt, or its connection died.
+        no_outcome,
+        /// Server: nothing moved for the idle timeout.
+        idle_closed,
+        /// Server: one direction stayed open too long after the other closed.
+        half_close_timeouts,
+        /// Server: the client sent no receipt in time.
+        not_taken,
+        /// Server: the control connection was lost before the client's receipt.
+        orphaned,
+    }
+}
+
+impl ServiceStats {
+    /// Counts a session as started and running until the guard is dropped.
+    pub(crate) fn session_running(&self) -> Live<'_> {
+        bump(&self.sessions);
+        bump(&self.sessions_active);
+        Live(&self.sessions_active)
+    }
+}
+
+/// One running session in a gauge, until dropped.
+#[must_use = "the session counts as running only while the guard lives"]
+pub(crate) struct Live<'a>(&'a AtomicU64);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One service's counters on one side: its TCP sessions and its UDP associations.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    /// Its TCP sessions (all zero for a UDP service).
+    pub sessions: ServiceStats,
+    /// Its UDP associations (all zero for a TCP service).
+    pub udp: Arc<UdpStats>,
+}
+
+/// One service's figures at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFigures {
+    /// The service's name.
+    pub name: String,
+    /// Its TCP sessions.
+    pub sessions: ServiceSnapshot,
+    /// Its UDP associations.
+    pub udp: UdpSnapshot,
+}
+
+/// Each service's counters, by name. A service's entry is made when it first starts
+/// (the client: at its first session) and is kept when a reload removes the service,
+/// so that its counters never go back, and one added again counts on; entries are
+/// made only for names in the side's own configuration, never for a name read from
+/// the wire.
+#[derive(Debug, Default)]
+pub struct PerService(Mutex<BTreeMap<String, Arc<ServiceCounters>>>);
+
+impl PerService {
+    /// The counters of the service `name`, made on first use.
+    pub(crate) fn service(&self, name: &str) -> Arc<ServiceCounters> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = map.get(name) {
+            return c.clone();
+        }
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Every service's figures now, sorted by name.
+    pub fn figures(&self) -> Vec<ServiceFigures> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .map(|(name, c)| ServiceFigures {
+                name: name.clone(),
+                sessions: c.sessions.snapshot(),
+                udp: c.udp.snapshot(),
+            })
+            .collect()
+    }
+
+    /// The UDP services' counters, all together (gauges and peaks summed).
+    pub fn udp_total(&self) -> UdpSnapshot {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut total = UdpSnapshot::default();
+        for c in map.values() {
+            total.add(&c.udp.snapshot());
+        }
+        total
+    }
+}
+
 /// Why a stranger (or a key holder who failed) was turned away on the control port.
 /// Each reason's log lines are limited apart ([`QuietLog`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +385,12 @@ impl QuietLog {
 /// Adds one to a counter.
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+/// Adds one to a side's counter and to its service's.
+pub(crate) fn bump_both(side: &AtomicU64, service: &AtomicU64) {
+    bump(side);
+    bump(service);
 }
 
 #[cfg(test)]

@@ -27,8 +27,9 @@
 //!   client socket and a few KiB each;
 //! - an association ends after [`UdpLimits::idle`] without a datagram either way;
 //! - datagrams waiting for an association's stream: [`UdpLimits::queue`] bytes each and
-//!   [`UdpLimits::queue_total`] in all; past either, a datagram is dropped and counted
-//!   (`dropped`), as a router would drop it;
+//!   [`UdpLimits::queue_total`] for the service's associations together (each service
+//!   counts its own, [`serve`]'s `stats`); past either, a datagram is dropped and
+//!   counted (`dropped`, `dropped_full`), as a router would drop it;
 //! - in each direction at most one partial frame and one batch of whole ones
 //!   ([`BATCH`]) are held; an idle association holds no buffer but its read buffer.
 //!
@@ -110,7 +111,8 @@ pub struct UdpLimits {
     pub max_datagram: usize,
     /// Bytes of datagrams waiting for one association's stream, at most.
     pub queue: usize,
-    /// Bytes of datagrams waiting for every association's stream together, at most.
+    /// Bytes of datagrams waiting for every association's stream of the service
+    /// together, at most.
     pub queue_total: usize,
 }
 
@@ -219,8 +221,14 @@ crate::stats::counters! {
         bytes_up,
         /// Payload bytes target -> user.
         bytes_down,
-        /// Datagrams dropped: a queue or the total full, too long, or a send failed.
+        /// Datagrams dropped, for any reason (the sum of the three below).
         dropped,
+        /// Of `dropped`: the association's queue or the service's total was full.
+        dropped_full,
+        /// Of `dropped`: longer than [`UdpLimits::max_datagram`].
+        dropped_too_long,
+        /// Of `dropped`: the send failed (the target refused it: an ICMP error).
+        dropped_send_failed,
         /// Frames refused: longer than the limit. The association ends.
         bad_frames,
         /// Sessions of a kind this side does not serve (a UDP start at a TCP client, or
@@ -243,6 +251,28 @@ impl UdpStats {
     pub(crate) fn ended(&self) {
         self.active.fetch_sub(1, Relaxed);
     }
+
+    /// Counts a datagram dropped, and why.
+    pub(crate) fn drop_one(&self, why: Dropped) {
+        self.dropped.fetch_add(1, Relaxed);
+        let reason = match why {
+            Dropped::Full => &self.dropped_full,
+            Dropped::TooLong => &self.dropped_too_long,
+            Dropped::SendFailed => &self.dropped_send_failed,
+        };
+        reason.fetch_add(1, Relaxed);
+    }
+}
+
+/// Why a datagram was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// A queue or the total was full.
+    Full,
+    /// Longer than the limit.
+    TooLong,
+    /// The send failed.
+    SendFailed,
 }
 
 /// Appends `datagram` to `out` as one frame. The caller bounds the datagram's length

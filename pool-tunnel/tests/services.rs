@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_testkit::load::{self, LoadProgress};
-use pool_tunnel::config::{ClientService, ProxyProtocol, ServerService};
+use pool_testkit::udp_load::{self, query};
+use pool_tunnel::config::{ClientService, ProxyProtocol, ServerService, ServiceProtocol};
+use pool_tunnel::stats::ServiceFigures;
 use pool_tunnel::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 mod tunnel_common;
 use tunnel_common::*;
@@ -257,6 +259,217 @@ async fn a_changed_service_restarts_on_its_socket_and_a_bad_reload_changes_nothi
     assert_eq!(ask(public).await.unwrap(), "alpha");
     client.shutdown().await;
     server.shutdown().await;
+}
+
+/// A UDP service `name` on both sides, to `target`.
+fn udp_service(name: &str, target: SocketAddr) -> (ServerService, ClientService) {
+    let mut server = ServerService::new(name, any());
+    server.protocol = ServiceProtocol::Udp;
+    let mut client = ClientService::new(name, target.to_string());
+    client.protocol = ServiceProtocol::Udp;
+    (server, client)
+}
+
+/// The figures of the service `name` in `all`.
+fn figures(all: Vec<ServiceFigures>, name: &str) -> ServiceFigures {
+    all.into_iter().find(|f| f.name == name).unwrap()
+}
+
+/// Polls `ok` until it holds, for at most `LIMIT`.
+async fn until(what: &str, ok: impl Fn() -> bool) {
+    let give_up = tokio::time::Instant::now() + LIMIT;
+    while !ok() {
+        assert!(tokio::time::Instant::now() < give_up, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_a_udp_service_while_a_tcp_service_fails_no_session() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    let dns = udp_load::service(any()).await.unwrap();
+    let steady = ClientService::new("steady", echo.to_string());
+    let (server, client) = pair(&["steady"], vec![steady.clone()]).await;
+    let public = server.service_addr("steady").unwrap();
+    // Load on the TCP service for the whole of both reloads (bounded: 2,000 sessions,
+    // 8 at once, and `LIMIT`).
+    const SESSIONS: u64 = 2000;
+    let progress = Arc::new(LoadProgress::default());
+    let load = tokio::spawn(load::run_load(
+        public,
+        SESSIONS,
+        8,
+        16 * 1024,
+        LIMIT,
+        progress.clone(),
+    ));
+    let done = || progress.done.load(std::sync::atomic::Ordering::Relaxed);
+    until("the load under way", || done() >= 20).await;
+    // Added: the client first, so that no datagram finds the server ahead of it.
+    let (dns_server, dns_client) = udp_service("dns", dns.addr);
+    let r = client.reload(vec![steady.clone(), dns_client]).unwrap();
+    assert_eq!(r.added, ["dns"]);
+    let r = server
+        .reload(vec![ServerService::new("steady", any()), dns_server])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.added, r.unchanged),
+        (vec!["dns".into()], vec!["steady".into()])
+    );
+    let user = UdpSocket::bind(any()).await.unwrap();
+    user.connect(server.service_addr("dns").unwrap())
+        .await
+        .unwrap();
+    for id in 0..10u16 {
+        let name = format!("q{id}.example.test");
+        query(&user, id, name.as_bytes(), LIMIT).await.unwrap();
+    }
+    assert_eq!(server.udp_stats().active, 1);
+    // Removed: the server first, then the client.
+    let r = server
+        .reload(vec![ServerService::new("steady", any())])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.removed, r.unchanged),
+        (vec!["dns".into()], vec!["steady".into()])
+    );
+    assert_eq!(client.reload(vec![steady]).unwrap().removed, ["dns"]);
+    assert!(
+        done() < SESSIONS,
+        "the load was still running ({} done)",
+        done()
+    );
+    // A datagram has no session to drain: the association ends at once on both sides,
+    // and the port closes (a datagram to it is refused by the kernel).
+    until("the association ended on both sides", || {
+        server.udp_stats().active == 0 && client.udp_stats().active == 0
+    })
+    .await;
+    let refused = async {
+        let mut buf = [0u8; 64];
+        loop {
+            let _ = user
+                .send(&udp_load::request(99, b"gone.example.test"))
+                .await;
+            let got = tokio::time::timeout(Duration::from_millis(200), user.recv(&mut buf)).await;
+            if let Ok(Err(e)) = got {
+                break e.kind();
+            }
+        }
+    };
+    let why = tokio::time::timeout(LIMIT, refused).await.unwrap();
+    assert_eq!(why, std::io::ErrorKind::ConnectionRefused);
+    // Zero failed sessions on the TCP service: at its users, and in its own counters.
+    let report = load.await.unwrap();
+    assert_all_passed(&report, SESSIONS);
+    // Each side counts a session once its relay ended, which may be after its user
+    // saw the end. The server counts each user once; the client may also count a
+    // session the server replayed on another pooled connection (no user saw it).
+    let n = SESSIONS;
+    let steady = |h: Vec<ServiceFigures>| figures(h, "steady").sessions;
+    until("every session counted on both sides", || {
+        let (s, c) = (
+            steady(server.service_stats()),
+            steady(client.service_stats()),
+        );
+        s.relayed + s.failed == n && c.relayed == n
+    })
+    .await;
+    assert_eq!(steady(server.service_stats()).failed, 0);
+    let dns_figures = figures(server.service_stats(), "dns").udp;
+    assert_eq!(
+        (dns_figures.datagrams_up, dns_figures.datagrams_down),
+        (10, 10)
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
+}
+
+/// Writes a byte on `s` and reads it back from the echo.
+async fn echo_once(s: &mut TcpStream) -> std::io::Result<()> {
+    s.write_all(b"x").await?;
+    let mut b = [0u8; 1];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut b)).await??;
+    Ok(())
+}
+
+/// Waits until `s` ends (a close or a reset; no byte comes), for at most `LIMIT`.
+async fn ended(s: &mut TcpStream) {
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(LIMIT, s.read(&mut b)).await;
+    assert!(matches!(r, Ok(Ok(0) | Err(_))), "not ended: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_keeps_its_own_limits() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    // "small" holds 2 sessions at once, "short" ends a session idle for 300 ms, "big"
+    // has the defaults; all three through one pool.
+    let mut small = ServerService::new("small", any());
+    small.max_sessions = 2;
+    let mut short = ServerService::new("short", any());
+    short.relay.idle = Duration::from_millis(300);
+    short.quiet = Duration::from_millis(300);
+    let server = pool_tunnel::start_server(ServerConfig {
+        services: vec![small, short, ServerService::new("big", any())],
+        ..server_cfg(key())
+    })
+    .await
+    .unwrap();
+    let client = pool_tunnel::start_client(ClientConfig {
+        services: ["small", "short", "big"]
+            .map(|n| ClientService::new(n, echo.to_string()))
+            .into(),
+        ..client_cfg(&server, any())
+    })
+    .await
+    .unwrap();
+    assert!(server.wait_control(LIMIT).await);
+    let addr = |n| server.service_addr(n).unwrap();
+    let open = |n| async move {
+        let mut s = TcpStream::connect(addr(n)).await.unwrap();
+        echo_once(&mut s).await.unwrap();
+        s
+    };
+    // "small" at its cap: the next user is closed at once (same source, no quiet one).
+    let mut held = vec![open("small").await, open("small").await];
+    let mut third = TcpStream::connect(addr("small")).await.unwrap();
+    ended(&mut third).await;
+    // "big" takes more than "small"'s cap meanwhile.
+    let mut big = Vec::new();
+    for _ in 0..5 {
+        big.push(open("big").await);
+    }
+    // "short" ends its silent session at its idle timeout; "big"'s sessions, silent as
+    // long, live on, and so do "small"'s.
+    let mut quiet = open("short").await;
+    ended(&mut quiet).await;
+    for s in big.iter_mut().chain(held.iter_mut()) {
+        echo_once(s).await.unwrap();
+    }
+    let of = |n| figures(server.service_stats(), n).sessions;
+    // The idle session's user saw its reset before its task counted it.
+    until("the idle session counted", || of("short").failed == 1).await;
+    let (small, short, big_f) = (of("small"), of("short"), of("big"));
+    assert_eq!(
+        (small.users_refused, small.sessions_active),
+        (1, 2),
+        "{small:?}"
+    );
+    assert_eq!(
+        (big_f.users_refused, big_f.sessions_active),
+        (0, 5),
+        "{big_f:?}"
+    );
+    assert_eq!((short.idle_closed, short.relayed), (1, 0), "{short:?}");
+    assert_eq!(big_f.idle_closed + small.idle_closed, 0);
+    drop((held, big));
+    client.shutdown().await;
+    server.shutdown().await;
+    echo_task.abort();
 }
 
 /// What a target that reads a PROXY header learned.

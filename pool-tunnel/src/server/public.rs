@@ -77,7 +77,10 @@ pub(super) async fn public_accept_loop(
     let service = Arc::new(Service {
         name: svc.name.clone(),
         relay: svc.relay,
+        stats: shared.per_service.service(&svc.name),
     });
+    let counts = service.stats.clone();
+    let counts = &counts.sessions;
     let public = Arc::new(std::sync::Mutex::new(Public {
         limits,
         held: HashMap::new(),
@@ -108,6 +111,7 @@ pub(super) async fn public_accept_loop(
             }
         };
         bump(&shared.stats.users);
+        bump(&counts.users);
         let mut guard = lock(&public);
         let p = &mut *guard;
         // The cap, and under contention each source's share: see `crate::sources`. A
@@ -122,21 +126,25 @@ pub(super) async fn public_accept_loop(
             Ok(a) => a,
             Err(Refused::Full) => {
                 bump(&shared.stats.users_refused);
+                bump(&counts.users_refused);
                 continue; // closed at once
             }
             Err(_) => {
                 bump(&shared.stats.users_refused_source);
+                bump(&counts.users_refused_source);
                 continue; // closed at once
             }
         };
         if let Some(held) = admitted.evict.and_then(|v| p.held.remove(&v)) {
             held.reset();
             bump(&shared.stats.users_evicted);
+            bump(&counts.users_evicted);
         }
         let Ok(socket) = user.as_fd().try_clone_to_owned() else {
             // Out of descriptors: this user is refused, not a running one reset later.
             p.limits.release(admitted.source, admitted.id);
             bump(&shared.stats.users_refused);
+            bump(&counts.users_refused);
             continue;
         };
         if each {
@@ -156,12 +164,16 @@ pub(super) async fn public_accept_loop(
         let task = sessions.spawn(async move {
             let _slot = slot;
             let _running = shared.stats.session_running();
+            let _live = service.stats.sessions.session_running();
             let ok = user_session(&shared, &service, user, &seen).await;
-            bump(if ok {
-                &shared.stats.relayed
+            let (all, mine) = (&shared.stats, &service.stats.sessions);
+            if ok {
+                bump(&all.relayed);
+                bump(&mine.relayed);
             } else {
-                &shared.stats.failed
-            });
+                bump(&all.failed);
+                bump(&mine.failed);
+            }
         });
         p.held.insert(
             admitted.id,

@@ -25,6 +25,8 @@ pub(super) struct Service {
     pub(super) name: String,
     /// Its relay deadlines.
     pub(super) relay: RelayLimits,
+    /// Its counters.
+    pub(super) stats: Arc<crate::stats::ServiceCounters>,
 }
 
 /// A service's public socket, by kind.

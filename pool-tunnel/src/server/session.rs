@@ -15,7 +15,7 @@ use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED
 use crate::relay::{
     graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
 };
-use crate::stats::bump;
+use crate::stats::{bump, bump_both};
 
 /// Pooled connections one user session tries at most: each was found closed or broken
 /// before the client's receipt (dead when picked).
@@ -108,6 +108,7 @@ pub(super) async fn user_session(
     traffic: &Traffic,
 ) -> bool {
     reset(&user);
+    let mine = &service.stats.sessions;
     let (Ok(from), Ok(to)) = (user.peer_addr(), user.local_addr()) else {
         return false; // already gone
     };
@@ -170,11 +171,11 @@ pub(super) async fn user_session(
             Handover::Received(conn) => break conn,
             Handover::Dead => bump(&shared.stats.dead_picked),
             Handover::Unconfirmed => {
-                bump(&shared.stats.not_taken);
+                bump_both(&shared.stats.not_taken, &mine.not_taken);
                 return false;
             }
             Handover::Orphaned => {
-                bump(&shared.stats.orphaned);
+                bump_both(&shared.stats.orphaned, &mine.orphaned);
                 return false;
             }
             Handover::UserGone => return false,
@@ -199,36 +200,36 @@ pub(super) async fn user_session(
         }
     };
     let up = traffic.a_to_b.load(Relaxed) + sent as u64;
+    let down = traffic.b_to_a.load(Relaxed);
     shared.stats.bytes_up.fetch_add(up, Relaxed);
-    shared
-        .stats
-        .bytes_down
-        .fetch_add(traffic.b_to_a.load(Relaxed), Relaxed);
+    shared.stats.bytes_down.fetch_add(down, Relaxed);
+    mine.bytes_to_target.fetch_add(up, Relaxed);
+    mine.bytes_to_user.fetch_add(down, Relaxed);
     match end {
         RelayEnd::Done => true,
         RelayEnd::Error => false,
         RelayEnd::Idle => {
-            bump(&shared.stats.idle_closed);
+            bump_both(&shared.stats.idle_closed, &mine.idle_closed);
             false
         }
         RelayEnd::HalfClosed => {
-            bump(&shared.stats.half_close_timeouts);
+            bump_both(&shared.stats.half_close_timeouts, &mine.half_close_timeouts);
             false
         }
         RelayEnd::NotExpected(Some(TARGET_FAILED)) => {
-            bump(&shared.stats.target_failed);
+            bump_both(&shared.stats.target_failed, &mine.target_failed);
             false
         }
         RelayEnd::NotExpected(Some(NO_SERVICE)) => {
-            bump(&shared.stats.no_service);
+            bump_both(&shared.stats.no_service, &mine.no_service);
             false
         }
         RelayEnd::NotExpected(Some(WRONG_KIND)) => {
-            bump(&shared.stats.wrong_kind);
+            bump_both(&shared.stats.wrong_kind, &mine.wrong_kind);
             false
         }
         RelayEnd::NotExpected(_) => {
-            bump(&shared.stats.no_outcome);
+            bump_both(&shared.stats.no_outcome, &mine.no_outcome);
             false
         }
     }

@@ -16,7 +16,7 @@ use crate::config::{ServerService, ServiceProtocol};
 use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED, WRONG_KIND};
 use crate::relay::{graceful, reset};
 use crate::stats::bump;
-use crate::udp::UdpLimits;
+use crate::udp::{UdpLimits, UdpStats};
 
 /// Pooled connections one association's start tries at most: each was found closed
 /// before the client's receipt.
@@ -30,10 +30,11 @@ pub(super) async fn udp_loop(
     socket: Arc<UdpSocket>,
     stop: watch::Receiver<bool>,
 ) {
-    let stats = shared.udp.clone();
+    let stats = shared.per_service.service(&svc.name).udp.clone();
     let limits = UdpLimits::for_server(&svc);
     let public = socket.local_addr().unwrap_or(svc.public);
     let name: Arc<str> = svc.name.into();
+    let counts = stats.clone();
     let open = move |user: SocketAddr, first: Vec<u8>| {
         let start = SessionStart {
             kind: ServiceProtocol::Udp,
@@ -41,7 +42,7 @@ pub(super) async fn udp_loop(
             user,
             public,
         };
-        open(shared.clone(), start, first)
+        open(shared.clone(), counts.clone(), start, first)
     };
     crate::udp::serve(socket, open, limits, stats, stop).await;
 }
@@ -53,7 +54,12 @@ pub(super) async fn udp_loop(
 /// the outcome's deadline. `None` when any of it fails (counted in `open_failed` by the
 /// caller; also in `target_failed`, `no_service` or `wrong_kind` when the client
 /// answered so).
-async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Option<PoolConn> {
+async fn open(
+    shared: Arc<Shared>,
+    udp: Arc<UdpStats>,
+    start: SessionStart,
+    first: Vec<u8>,
+) -> Option<PoolConn> {
     let mut sent = start.encode();
     sent.extend_from_slice(&first);
     drop(first);
@@ -67,7 +73,7 @@ async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Optio
         let (_, mut conn) = shared.pool.start_with(&sent, shared.t.get).await.ok()?;
         reset(conn.stream().tcp());
         if tries > 0 {
-            shared.udp.replayed.fetch_add(1, Relaxed);
+            udp.replayed.fetch_add(1, Relaxed);
         }
         let receipt = tokio::select! {
             r = conn.read_u8() => r,
@@ -87,7 +93,7 @@ async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Optio
             }
             Ok(Ok(TARGET_FAILED)) => {
                 bump(&shared.stats.target_failed);
-                shared.udp.target_failed.fetch_add(1, Relaxed);
+                udp.target_failed.fetch_add(1, Relaxed);
                 None
             }
             Ok(Ok(NO_SERVICE)) => {
@@ -96,7 +102,7 @@ async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Optio
             }
             Ok(Ok(WRONG_KIND)) => {
                 bump(&shared.stats.wrong_kind);
-                shared.udp.kind_refused.fetch_add(1, Relaxed);
+                udp.kind_refused.fetch_add(1, Relaxed);
                 None
             }
             _ => None,

@@ -14,7 +14,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{encode, Activity, Deframer, UdpEnd, UdpLimits, UdpStats, BATCH, FRAME_HEADER};
+use super::{
+    encode, Activity, Deframer, Dropped, UdpEnd, UdpLimits, UdpStats, BATCH, FRAME_HEADER,
+};
 use crate::limits::Backoff;
 use crate::sources::{Refused, SessionId, Source, SourceLimits};
 
@@ -131,7 +133,7 @@ pub async fn serve<F, Fut, S>(
             }
         };
         if n > limits.max_datagram {
-            stats.dropped.fetch_add(1, Relaxed);
+            stats.drop_one(Dropped::TooLong);
             continue;
         }
         let datagram = &buf[..n];
@@ -238,7 +240,7 @@ fn enqueue(e: &Entry, datagram: &[u8], limits: &UdpLimits, stats: &UdpStats) {
     let mine = e.queued.load(Relaxed);
     let all = stats.queued.load(Relaxed);
     if mine + cost > limits.queue as u64 || all + cost > limits.queue_total as u64 {
-        stats.dropped.fetch_add(1, Relaxed);
+        stats.drop_one(Dropped::Full);
         return;
     }
     // Counted before it is sent: the task takes it off when it reads it.
@@ -248,7 +250,7 @@ fn enqueue(e: &Entry, datagram: &[u8], limits: &UdpLimits, stats: &UdpStats) {
     if e.tx.try_send(datagram.to_vec()).is_err() {
         e.queued.fetch_sub(cost, Relaxed);
         stats.queued.fetch_sub(cost, Relaxed);
-        stats.dropped.fetch_add(1, Relaxed);
+        stats.drop_one(Dropped::Full);
         return;
     }
     e.activity.moved();
@@ -303,7 +305,7 @@ impl Association {
                                         self.stats.datagrams_down.fetch_add(1, Relaxed);
                                         self.stats.bytes_down.fetch_add(len, Relaxed);
                                     } else {
-                                        self.stats.dropped.fetch_add(1, Relaxed);
+                                        self.stats.drop_one(Dropped::SendFailed);
                                     }
                                     self.activity.moved();
                                 }

@@ -9,7 +9,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::serve::Outgoing;
-use super::{Activity, Deframer, UdpEnd, UdpLimits, UdpStats, BATCH, FRAME_HEADER};
+use super::{Activity, Deframer, Dropped, UdpEnd, UdpLimits, UdpStats, BATCH, FRAME_HEADER};
 
 /// Bytes read from the stream at once.
 const READ: usize = 4096;
@@ -66,7 +66,7 @@ where
                                     stats.datagrams_up.fetch_add(1, Relaxed);
                                     stats.bytes_up.fetch_add(f.len() as u64, Relaxed);
                                 } else {
-                                    stats.dropped.fetch_add(1, Relaxed);
+                                    stats.drop_one(Dropped::SendFailed);
                                 }
                                 activity.moved();
                             }
@@ -121,7 +121,7 @@ fn gather(target: &UdpSocket, out: &mut Vec<u8>, max: usize, stats: &UdpStats) -
             }
             Ok(_) => {
                 out.truncate(start);
-                stats.dropped.fetch_add(1, Relaxed);
+                stats.drop_one(Dropped::TooLong);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 out.truncate(start);
@@ -130,7 +130,7 @@ fn gather(target: &UdpSocket, out: &mut Vec<u8>, max: usize, stats: &UdpStats) -
             Err(_) => {
                 // An ICMP error for an earlier datagram (nothing listens there).
                 out.truncate(start);
-                stats.dropped.fetch_add(1, Relaxed);
+                stats.drop_one(Dropped::SendFailed);
             }
         }
     }

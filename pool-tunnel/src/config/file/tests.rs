@@ -151,3 +151,34 @@ fn plaintext_needs_the_insecure_word_in_a_file_too() {
     let ok = src.replace("tls = 0", "tls = 0\ninsecure_plaintext = true");
     assert!(parse(&ok).is_ok());
 }
+
+#[test]
+fn tls_is_the_pairs_never_a_services() {
+    let src = r#"[server]
+tunnel = "0.0.0.0:10101"
+
+[server.services.web]
+public = "0.0.0.0:8080"
+tls = 2
+
+[client]
+tunnel = "server.example:10101"
+
+[client.services.web]
+target = "127.0.0.1:8000"
+pin = "ab"
+"#;
+    let got = mistakes(src);
+    let at: Vec<(usize, &str, bool)> = got
+        .iter()
+        .map(|(l, f, m)| (*l, f.as_str(), m.contains("unknown field")))
+        .collect();
+    assert_eq!(
+        at,
+        [
+            (6, "server.services.web.tls", true),
+            (13, "client.services.web.pin", true),
+        ],
+        "{got:#?}"
+    );
+}
