@@ -10,7 +10,7 @@ use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, Counters, Dial
 use pool_core::{IntoConfig, SeededRandom, Stage};
 use pool_core::{Status, Want};
 use pool_net::SocketOptions;
-use pool_tls::ClientTls;
+use pool_tls::{ClientTls, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -20,6 +20,7 @@ use tracing::debug;
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
 use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
+use crate::proof::{self, H2_SCOPE, PROOF};
 use crate::LastFailure;
 
 /// Builder of an [`H2ClientPool`].
@@ -31,6 +32,7 @@ pub struct H2ClientPoolBuilder {
     tls: ClientTls,
     host: Option<String>,
     socket: SocketOptions,
+    key: Option<TunnelKey>,
 }
 
 impl H2ClientPoolBuilder {
@@ -62,6 +64,15 @@ impl H2ClientPoolBuilder {
     /// Socket options of the connection.
     pub fn socket_options(mut self, o: SocketOptions) -> Self {
         self.socket = o;
+        self
+    }
+    /// Proves this key once per connection, on its first stream, before any pooled
+    /// stream rides on it: a mutual challenge-response over fresh nonces bound to the
+    /// TLS session. A connection whose server fails its side (or refuses ours) is
+    /// dropped, and the dial counted in `auth_failures`. Not part of the Go wire: set
+    /// it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
         self
     }
 
@@ -101,6 +112,7 @@ impl H2ClientPoolBuilder {
             socket: self.socket,
             link: tokio::sync::Mutex::new(None),
             last: LastFailure::default(),
+            key: self.key,
         });
         inner.engine.spawn(drive(inner.clone()));
         Ok(H2ClientPool {
@@ -122,6 +134,7 @@ pub(crate) struct Inner {
     /// The connection every stream rides on, while it is up.
     link: tokio::sync::Mutex<Option<(Sender, Link)>>,
     last: LastFailure,
+    key: Option<TunnelKey>,
 }
 
 impl Side for Inner {
@@ -156,6 +169,12 @@ impl Inner {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err((Stage::Protocol, HandshakeError::NoH2));
         }
+        let binding = match self.key {
+            Some(_) => proof::tls_binding(tls.get_ref().1)
+                .map_err(|e| (Stage::Auth, e))?
+                .to_vec(),
+            None => Vec::new(),
+        };
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -171,8 +190,51 @@ impl Inner {
             debug!(result = ?r, "HTTP/2 connection ended");
             down.down();
         });
+        if let Some(key) = &self.key {
+            let proved = self.prove(send.clone(), key, &binding, link.clone()).await;
+            if let Err(e) = proved {
+                link.down();
+                return Err((Stage::Auth, e));
+            }
+        }
         *held = Some((send.clone(), link.clone()));
         Ok((send, link))
+    }
+
+    /// The connection's proof, on its first stream: `POST /stream` with `0x01`, the
+    /// challenge in the `200` body, the response, the confirmation; both bodies end.
+    async fn prove(
+        &self,
+        send: Sender,
+        key: &TunnelKey,
+        binding: &[u8],
+        link: Link,
+    ) -> Result<(), HandshakeError> {
+        let refused = |e: h2::Error| match e.reason() {
+            Some(r) if r == proof::H2_REFUSED => proof::bad("the server refused the proof"),
+            _ => HandshakeError::Io(e.to_string()),
+        };
+        let mut send = send.ready().await.map_err(refused)?;
+        let req = http::Request::post(self.uri.as_str())
+            .body(())
+            .map_err(|e| HandshakeError::Ws(e.to_string()))?;
+        let (response, mut body) = send.send_request(req, false).map_err(refused)?;
+        body.send_data(Bytes::from_static(&[PROOF]), false)
+            .map_err(refused)?;
+        let response = response.await.map_err(|e| match e.reason() {
+            // An unkeyed server resets a stream that does not start with 0x00.
+            Some(h2::Reason::PROTOCOL_ERROR) => proof::bad("the server takes no key"),
+            _ => refused(e),
+        })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HandshakeError::Status(response.status().as_u16()));
+        }
+        let mut conn = H2Conn::new(body, response.into_body(), Bytes::new(), link);
+        proof::client(&mut conn, key, H2_SCOPE, binding).await?;
+        // The proof is done; the stream's end is a courtesy the peer may have made moot
+        // by dropping its side already.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
+        Ok(())
     }
 
     /// A stream: `POST /stream` with `0x00`, a `200`, the id.
@@ -267,6 +329,7 @@ impl H2ClientPool {
             tls: ClientTls::Off,
             host: None,
             socket: SocketOptions::default(),
+            key: None,
         }
     }
 
