@@ -275,7 +275,7 @@ async fn raw_dial(server: &WsServerPool) -> Raw {
 }
 
 #[tokio::test]
-async fn a_proof_replayed_from_another_connection_fails() {
+async fn a_proof_replayed_from_another_connection_or_session_fails() {
     let k = key(9);
     let server = ws_server(Some(k.clone()));
     // A genuine response on its own connection verifies: the harness proves right.
@@ -307,5 +307,70 @@ async fn a_proof_replayed_from_another_connection_fails() {
         .expect("closed");
     assert!(!matches!(next, Some(Ok(Message::Binary(_)))), "{next:?}");
     assert_eq!(server.counters().created, 1);
+    // A fresh response to this connection's own challenge and id, made with another
+    // session's binding (what a relay between two TLS sessions holds): refused.
+    let mut c = raw_dial(&server).await;
+    let nonce = pool_tls::fresh_nonce().unwrap();
+    let (_, response) = ClientProof::respond(&k, &c.challenge, nonce, &c.scope, &a.binding);
+    assert_ne!(a.binding, c.binding);
+    c.ws.send(Message::binary(response.to_vec())).await.unwrap();
+    assert!(wait_until(|| server.counters().auth_failures == 2).await);
+    let next = tokio::time::timeout(WAIT, c.ws.next())
+        .await
+        .expect("closed");
+    assert!(!matches!(next, Some(Ok(Message::Binary(_)))), "{next:?}");
+    assert_eq!(server.counters().created, 1);
     server.close().await;
+}
+
+#[tokio::test]
+async fn a_keyed_h2_client_names_a_server_that_never_confirms() {
+    // A TLS HTTP/2 server that takes the proof stream and never answers it.
+    let (tls, _) = ServeTls::self_signed()
+        .build_alpn(&[b"h2"])
+        .unwrap()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mute = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let tls = tokio_rustls::TlsAcceptor::from(tls.clone());
+            held.push(tokio::spawn(async move {
+                let Ok(tls) = tls.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let mut streams = Vec::new();
+                while let Some(Ok(s)) = conn.accept().await {
+                    streams.push(s);
+                }
+            }));
+        }
+    });
+    let cfg = pool_ws::ClientConfig::builder()
+        .capacity(1, 1)
+        .handshake_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let client = H2ClientPool::builder()
+        .address(addr)
+        .config(cfg)
+        .tunnel_key(key(11))
+        .build()
+        .unwrap();
+    assert!(wait_until(|| client.counters().auth_failures >= 1).await);
+    assert!(
+        bad_proof(client.last_failure()),
+        "{:?}",
+        client.last_failure()
+    );
+    assert_eq!(client.counters().created, 0);
+    client.close().await;
+    mute.abort();
 }

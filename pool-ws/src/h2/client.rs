@@ -2,6 +2,7 @@
 //! and a `POST /stream` for each pooled stream.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,7 +154,8 @@ impl Side for Inner {
 impl Inner {
     /// The connection, made first when there is none or it ended (one dial makes it,
     /// the others wait for it).
-    async fn sender(&self) -> Result<(Sender, Link), Failed> {
+    /// `proving` is set while this dial runs the connection's proof.
+    async fn sender(&self, proving: &AtomicBool) -> Result<(Sender, Link), Failed> {
         let mut held = self.link.lock().await;
         if let Some((s, l)) = held.as_ref().filter(|(_, l)| l.is_up()) {
             return Ok((s.clone(), l.clone()));
@@ -191,11 +193,13 @@ impl Inner {
             down.down();
         });
         if let Some(key) = &self.key {
+            proving.store(true, Ordering::Relaxed);
             let proved = self.prove(send.clone(), key, &binding, link.clone()).await;
             if let Err(e) = proved {
                 link.down();
                 return Err((Stage::Auth, e));
             }
+            proving.store(false, Ordering::Relaxed);
         }
         *held = Some((send.clone(), link.clone()));
         Ok((send, link))
@@ -238,8 +242,12 @@ impl Inner {
     }
 
     /// A stream: `POST /stream` with `0x00`, a `200`, the id.
-    async fn establish(&self, ticket: &DialTicket) -> Result<(ConnId, H2Conn), Failed> {
-        let (send, link) = self.sender().await?;
+    async fn establish(
+        &self,
+        ticket: &DialTicket,
+        proving: &AtomicBool,
+    ) -> Result<(ConnId, H2Conn), Failed> {
+        let (send, link) = self.sender(proving).await?;
         let h2_err = |stage| {
             move |e: h2::Error| match e.is_go_away() {
                 true => (
@@ -286,7 +294,15 @@ impl Inner {
 async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToken) {
     let serial = ticket.serial();
     let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
-    let res = step(&token, aborted, inner.establish(&ticket)).await;
+    let proving = AtomicBool::new(false);
+    let res = step(&token, aborted, inner.establish(&ticket, &proving)).await;
+    let res = res.map_err(|failed| match failed {
+        (Stage::Connect, _) if token.is_cancelled() && proving.load(Ordering::Relaxed) => (
+            Stage::Auth,
+            proof::bad("no confirmation within the deadline"),
+        ),
+        failed => failed,
+    });
     let res = match res {
         Ok((_, mut conn)) if !ticket.reads_id() => {
             let mine = inner.engine.driver.input(|m, _| m.assign_id(&mut ticket));
