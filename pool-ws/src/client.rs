@@ -9,7 +9,7 @@ use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, Counters, Dial
 use pool_core::{IntoConfig, SeededRandom, Stage};
 use pool_core::{Status, Want};
 use pool_net::SocketOptions;
-use pool_tls::{ClientTls, Roots};
+use pool_tls::{ClientTls, Roots, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
+use crate::proof;
 use crate::stream::{ws_config, Io, WsConn};
 use crate::LastFailure;
 
@@ -32,6 +33,7 @@ pub struct WsClientPoolBuilder {
     host: Option<String>,
     path: String,
     socket: SocketOptions,
+    key: Option<TunnelKey>,
 }
 
 impl WsClientPoolBuilder {
@@ -70,6 +72,15 @@ impl WsClientPoolBuilder {
     /// Socket options of every dialed connection. Default `SocketOptions::default()`.
     pub fn socket_options(mut self, o: SocketOptions) -> Self {
         self.socket = o;
+        self
+    }
+    /// Proves this key on every connection right after the id, before it is pooled, in
+    /// a mutual challenge-response over fresh nonces bound to the TLS session (unbound
+    /// on plain `ws://`, as the TCP pools' mode 0); a connection whose server fails its
+    /// side is dropped and counted in `auth_failures`. Not part of the Go wire: set it
+    /// on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
         self
     }
 
@@ -117,6 +128,7 @@ impl WsClientPoolBuilder {
             tls: tls.map(|(c, name)| (tokio_rustls::TlsConnector::from(c), name)),
             socket: self.socket,
             last: LastFailure::default(),
+            key: self.key,
         });
         inner.engine.spawn(drive(inner.clone()));
         Ok(WsClientPool {
@@ -134,6 +146,7 @@ pub(crate) struct Inner {
     tls: Option<Connector>,
     socket: SocketOptions,
     last: LastFailure,
+    key: Option<TunnelKey>,
 }
 
 type Failed = (Stage, HandshakeError);
@@ -198,12 +211,35 @@ impl Inner {
         conn.set_id(id);
         Ok((id, conn))
     }
+
+    /// [`establish`](Self::establish), then the proof when keyed: each until it ends
+    /// or the core aborts the dial.
+    async fn handshake(
+        &self,
+        ticket: &DialTicket,
+        token: &CancellationToken,
+    ) -> Result<(ConnId, WsConn), Failed> {
+        let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
+        let (id, mut conn) = step(token, aborted, self.establish(ticket)).await?;
+        if let Some(key) = &self.key {
+            let raw = pool_core::IdForm::Raw4.encode(&id);
+            let auth = async {
+                let binding = proof::ws_binding(conn.io())?;
+                let scope = proof::ws_scope(raw.as_ref());
+                proof::client(&mut conn, key, &scope, &binding).await
+            };
+            let aborted = proof::bad("no confirmation within the deadline");
+            step(token, aborted, auth)
+                .await
+                .map_err(|e| (Stage::Auth, e))?;
+        }
+        Ok((id, conn))
+    }
 }
 
 async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToken) {
     let serial = ticket.serial();
-    let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
-    let res = step(&token, aborted, inner.establish(&ticket)).await;
+    let res = inner.handshake(&ticket, &token).await;
     let res = match res {
         Ok((id, mut conn)) if !ticket.reads_id() => {
             // Single mode: the machine's id, not the server's.
@@ -249,6 +285,7 @@ impl WsClientPool {
             host: None,
             path: "/".into(),
             socket: SocketOptions::default(),
+            key: None,
         }
     }
 

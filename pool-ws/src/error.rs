@@ -128,6 +128,12 @@ pub enum HandshakeError {
     /// The first message was not the 4-byte binary id.
     #[error("the id message was not 4 bytes of binary: {0}")]
     BadId(String),
+    /// The tunnel-key proof failed: the peer holds another key or none, refused ours,
+    /// or did not finish the proof within the handshake deadline. Counted in
+    /// `auth_failures` (and, per HTTP/2 connection, in the server's
+    /// [`failed_proofs`](crate::h2::H2ServerPool::failed_proofs)).
+    #[error("tunnel-key proof: {0}")]
+    BadProof(&'static str),
     /// TLS did not agree on ALPN `h2`.
     #[error("the peer did not agree on ALPN h2")]
     NoH2,

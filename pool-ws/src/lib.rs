@@ -33,6 +33,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With a [`TunnelKey`] on both ends (`tunnel_key` on each builder), every TLS
+//! connection proves the key once before anything on it is pooled: pool-tls's mutual
+//! challenge-response over fresh nonces, bound to the TLS session by its exporter (on
+//! plain `ws://` unbound, as the TCP pools' mode 0). A peer without the key is refused
+//! and counted ([`HandshakeError::BadProof`]); without a key the wire is the Go
+//! pools'. The bytes are in the crate's README.
+//!
 //! Bad input ends in a named error or a counted refusal: a request that is not an
 //! upgrade is answered `426`/`400` and counted (`protocol_mismatches`), a request head
 //! over 8 KiB `431`, a text message or an oversized one ends the stream with a
@@ -46,6 +53,7 @@ mod engine;
 mod error;
 pub mod h2;
 mod http;
+mod proof;
 mod server;
 mod stream;
 
@@ -54,11 +62,12 @@ use std::sync::Mutex;
 pub use client::{WsClientPool, WsClientPoolBuilder};
 pub use error::{BuildError, FrameError, GetError, HandshakeError};
 pub use http::MAX_HEAD;
+pub use proof::{H2_SCOPE, PROOF, WS_SCOPE};
 pub use server::{WsServerPool, WsServerPoolBuilder, REFUSERS, REFUSE_WAIT};
 pub use stream::{Io, WsConn, MAX_MESSAGE};
 
 pub use pool_core::{ClientConfig, ConnId, Counters, ServerConfig, Status};
-pub use pool_tls::{ClientTls, Roots, ServeTls, ServerTls};
+pub use pool_tls::{ClientTls, Roots, ServeTls, ServerTls, TunnelKey};
 
 /// The server's id generator: `00000000` first, as the Go pools' first connection
 /// after start, then the seeded generator's draws (the core draws a fresh one on a

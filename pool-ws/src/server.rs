@@ -10,7 +10,7 @@ use pool_core::{Admission, ConfigError, ConnId, Counters, HandshakeTicket, IntoC
 use pool_core::{Refusal, ServerConfig};
 use pool_core::{ServerMachine, Stage, Status, Want};
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServeTls};
+use pool_tls::{Fingerprint, ServeTls, ServerProof, TunnelKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
@@ -22,6 +22,7 @@ use tracing::debug;
 use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
 use crate::http;
+use crate::proof;
 use crate::stream::{ws_config, Io, WsConn};
 use crate::{FirstZero, LastFailure};
 
@@ -45,6 +46,7 @@ pub struct WsServerPoolBuilder {
     path: String,
     socket: SocketOptions,
     get_timeout: Duration,
+    key: Option<TunnelKey>,
 }
 
 impl WsServerPoolBuilder {
@@ -96,6 +98,17 @@ impl WsServerPoolBuilder {
         self.get_timeout = d;
         self
     }
+    /// Admits a connection only once it proved this key, right after the id, in a
+    /// mutual challenge-response over fresh nonces bound to the TLS session (unbound
+    /// on plain `ws://`, as the TCP pools' mode 0); the bytes are in the crate's
+    /// README. Any other connection is closed within the handshake deadline and
+    /// counted in `auth_failures`; the settle time, unless set, is zero
+    /// ([`ServerConfig::keyed`]). Not part of the Go wire: set it on both ends or on
+    /// neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
+        self
+    }
 
     /// Binds and starts the accept loop. Call inside a tokio runtime.
     ///
@@ -106,7 +119,10 @@ impl WsServerPoolBuilder {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         crate::check_path(&self.path)?;
         let filter = self.filter?;
-        let config = self.config?;
+        let mut config = self.config?;
+        if self.key.is_some() {
+            config = config.keyed();
+        }
         let (acceptor, fingerprint) = match self.tls.build()? {
             Some((c, fp)) => (Some(c), fp),
             None => (None, None),
@@ -135,6 +151,7 @@ impl WsServerPoolBuilder {
             socket: self.socket,
             refusers: Arc::new(Semaphore::new(REFUSERS)),
             last: LastFailure::default(),
+            key: self.key,
         });
         inner.engine.spawn(accept_loop(inner.clone(), listener));
         inner.engine.spawn(drive(inner.clone()));
@@ -155,6 +172,7 @@ pub(crate) struct Inner {
     socket: SocketOptions,
     refusers: Arc<Semaphore>,
     last: LastFailure,
+    key: Option<TunnelKey>,
 }
 
 impl Side for Inner {
@@ -171,13 +189,14 @@ impl Side for Inner {
 type Failed = (Stage, HandshakeError);
 
 impl Inner {
-    /// TLS, the upgrade, the id message: each until it ends or the core aborts the
-    /// handshake (its deadline passed, a newer connection evicted it, the pool closed).
+    /// TLS, the upgrade, the id message (with the proof's challenge behind the id when
+    /// keyed): each until it ends or the core aborts the handshake (its deadline
+    /// passed, a newer connection evicted it, the pool closed).
     async fn upgrade(
         &self,
         ticket: &mut HandshakeTicket,
         tcp: TcpStream,
-    ) -> Result<WsConn, Failed> {
+    ) -> Result<(WsConn, Option<ServerProof>), Failed> {
         let _ = self.socket.apply_tcp(&tcp);
         let mut io = match &self.acceptor {
             None => Io::Plain(tcp),
@@ -215,10 +234,44 @@ impl Inner {
         let mut ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config())).await;
         let id = self.engine.driver.input(|m, _| m.assign_id(ticket));
         let raw = pool_core::IdForm::Raw4.encode(&id);
-        ws.send(Message::binary(raw.as_ref().to_vec()))
+        let mut first = raw.as_ref().to_vec();
+        let proof = match &self.key {
+            None => None,
+            Some(key) => {
+                let auth = |e| (Stage::Auth, e);
+                let binding = proof::ws_binding(ws.get_ref()).map_err(auth)?;
+                let scope = proof::ws_scope(raw.as_ref());
+                let p = proof::server_start(key, &scope, &binding).map_err(auth)?;
+                first.extend_from_slice(&p.challenge());
+                Some(p)
+            }
+        };
+        ws.send(Message::binary(first))
             .await
             .map_err(|e| (Stage::Id, HandshakeError::Io(e.to_string())))?;
-        Ok(WsConn::new(id, ws))
+        Ok((WsConn::new(id, ws), proof))
+    }
+
+    /// The upgrade, then the rest of the proof when keyed.
+    async fn handshake(
+        &self,
+        ticket: &mut HandshakeTicket,
+        tcp: TcpStream,
+        token: &CancellationToken,
+    ) -> Result<WsConn, Failed> {
+        let aborted = (
+            Stage::Id,
+            HandshakeError::Io("deadline passed or evicted".into()),
+        );
+        let (mut conn, proof) = step(token, aborted, self.upgrade(ticket, tcp)).await?;
+        if let Some(p) = proof {
+            let aborted = proof::bad("no response within the deadline, or evicted");
+            let fin = async { proof::server_finish(&mut conn, p).await };
+            step(token, aborted, fin)
+                .await
+                .map_err(|e| (Stage::Auth, e))?;
+        }
+        Ok(conn)
     }
 
     /// Answers a refused connection `403` or `503`, within [`REFUSE_WAIT`], when a
@@ -255,11 +308,7 @@ async fn handshake(
     token: CancellationToken,
 ) {
     let serial = ticket.serial();
-    let aborted = (
-        Stage::Id,
-        HandshakeError::Io("deadline passed or evicted".into()),
-    );
-    let res = step(&token, aborted, inner.upgrade(&mut ticket, tcp)).await;
+    let res = inner.handshake(&mut ticket, tcp, &token).await;
     let res = res.map_err(|(stage, e)| {
         debug!(serial, ?stage, error = %e, "upgrade failed");
         inner.last.set(e);
@@ -340,6 +389,7 @@ impl WsServerPool {
             path: "/".into(),
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
+            key: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! and a `POST /stream` for each pooled stream.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use pool_core::{ClientConfig, ClientMachine, ConfigError, ConnId, Counters, Dial
 use pool_core::{IntoConfig, SeededRandom, Stage};
 use pool_core::{Status, Want};
 use pool_net::SocketOptions;
-use pool_tls::ClientTls;
+use pool_tls::{ClientTls, TunnelKey};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -20,6 +21,7 @@ use tracing::debug;
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
 use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
+use crate::proof::{self, H2_SCOPE, PROOF};
 use crate::LastFailure;
 
 /// Builder of an [`H2ClientPool`].
@@ -31,6 +33,7 @@ pub struct H2ClientPoolBuilder {
     tls: ClientTls,
     host: Option<String>,
     socket: SocketOptions,
+    key: Option<TunnelKey>,
 }
 
 impl H2ClientPoolBuilder {
@@ -62,6 +65,15 @@ impl H2ClientPoolBuilder {
     /// Socket options of the connection.
     pub fn socket_options(mut self, o: SocketOptions) -> Self {
         self.socket = o;
+        self
+    }
+    /// Proves this key once per connection, on its first stream, before any pooled
+    /// stream rides on it: a mutual challenge-response over fresh nonces bound to the
+    /// TLS session. A connection whose server fails its side (or refuses ours) is
+    /// dropped, and the dial counted in `auth_failures`. Not part of the Go wire: set
+    /// it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
         self
     }
 
@@ -101,6 +113,7 @@ impl H2ClientPoolBuilder {
             socket: self.socket,
             link: tokio::sync::Mutex::new(None),
             last: LastFailure::default(),
+            key: self.key,
         });
         inner.engine.spawn(drive(inner.clone()));
         Ok(H2ClientPool {
@@ -122,6 +135,7 @@ pub(crate) struct Inner {
     /// The connection every stream rides on, while it is up.
     link: tokio::sync::Mutex<Option<(Sender, Link)>>,
     last: LastFailure,
+    key: Option<TunnelKey>,
 }
 
 impl Side for Inner {
@@ -140,7 +154,8 @@ impl Side for Inner {
 impl Inner {
     /// The connection, made first when there is none or it ended (one dial makes it,
     /// the others wait for it).
-    async fn sender(&self) -> Result<(Sender, Link), Failed> {
+    /// `proving` is set while this dial runs the connection's proof.
+    async fn sender(&self, proving: &AtomicBool) -> Result<(Sender, Link), Failed> {
         let mut held = self.link.lock().await;
         if let Some((s, l)) = held.as_ref().filter(|(_, l)| l.is_up()) {
             return Ok((s.clone(), l.clone()));
@@ -156,6 +171,12 @@ impl Inner {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err((Stage::Protocol, HandshakeError::NoH2));
         }
+        let binding = match self.key {
+            Some(_) => proof::tls_binding(tls.get_ref().1)
+                .map_err(|e| (Stage::Auth, e))?
+                .to_vec(),
+            None => Vec::new(),
+        };
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -171,13 +192,62 @@ impl Inner {
             debug!(result = ?r, "HTTP/2 connection ended");
             down.down();
         });
+        if let Some(key) = &self.key {
+            proving.store(true, Ordering::Relaxed);
+            let proved = self.prove(send.clone(), key, &binding, link.clone()).await;
+            if let Err(e) = proved {
+                link.down();
+                return Err((Stage::Auth, e));
+            }
+            proving.store(false, Ordering::Relaxed);
+        }
         *held = Some((send.clone(), link.clone()));
         Ok((send, link))
     }
 
+    /// The connection's proof, on its first stream: `POST /stream` with `0x01`, the
+    /// challenge in the `200` body, the response, the confirmation; both bodies end.
+    async fn prove(
+        &self,
+        send: Sender,
+        key: &TunnelKey,
+        binding: &[u8],
+        link: Link,
+    ) -> Result<(), HandshakeError> {
+        let refused = |e: h2::Error| match e.reason() {
+            Some(r) if r == proof::H2_REFUSED => proof::bad("the server refused the proof"),
+            _ => HandshakeError::Io(e.to_string()),
+        };
+        let mut send = send.ready().await.map_err(refused)?;
+        let req = http::Request::post(self.uri.as_str())
+            .body(())
+            .map_err(|e| HandshakeError::Ws(e.to_string()))?;
+        let (response, mut body) = send.send_request(req, false).map_err(refused)?;
+        body.send_data(Bytes::from_static(&[PROOF]), false)
+            .map_err(refused)?;
+        let response = response.await.map_err(|e| match e.reason() {
+            // An unkeyed server resets a stream that does not start with 0x00.
+            Some(h2::Reason::PROTOCOL_ERROR) => proof::bad("the server takes no key"),
+            _ => refused(e),
+        })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HandshakeError::Status(response.status().as_u16()));
+        }
+        let mut conn = H2Conn::new(body, response.into_body(), Bytes::new(), link);
+        proof::client(&mut conn, key, H2_SCOPE, binding).await?;
+        // The proof is done; the stream's end is a courtesy the peer may have made moot
+        // by dropping its side already.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
+        Ok(())
+    }
+
     /// A stream: `POST /stream` with `0x00`, a `200`, the id.
-    async fn establish(&self, ticket: &DialTicket) -> Result<(ConnId, H2Conn), Failed> {
-        let (send, link) = self.sender().await?;
+    async fn establish(
+        &self,
+        ticket: &DialTicket,
+        proving: &AtomicBool,
+    ) -> Result<(ConnId, H2Conn), Failed> {
+        let (send, link) = self.sender(proving).await?;
         let h2_err = |stage| {
             move |e: h2::Error| match e.is_go_away() {
                 true => (
@@ -224,7 +294,15 @@ impl Inner {
 async fn dial(inner: Arc<Inner>, mut ticket: DialTicket, token: CancellationToken) {
     let serial = ticket.serial();
     let aborted = (Stage::Connect, HandshakeError::Io("deadline passed".into()));
-    let res = step(&token, aborted, inner.establish(&ticket)).await;
+    let proving = AtomicBool::new(false);
+    let res = step(&token, aborted, inner.establish(&ticket, &proving)).await;
+    let res = res.map_err(|failed| match failed {
+        (Stage::Connect, _) if token.is_cancelled() && proving.load(Ordering::Relaxed) => (
+            Stage::Auth,
+            proof::bad("no confirmation within the deadline"),
+        ),
+        failed => failed,
+    });
     let res = match res {
         Ok((_, mut conn)) if !ticket.reads_id() => {
             let mine = inner.engine.driver.input(|m, _| m.assign_id(&mut ticket));
@@ -267,6 +345,7 @@ impl H2ClientPool {
             tls: ClientTls::Off,
             host: None,
             socket: SocketOptions::default(),
+            key: None,
         }
     }
 

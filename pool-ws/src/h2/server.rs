@@ -2,6 +2,7 @@
 //! stream under the id its response body starts with.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use pool_core::{Admission, ConfigError, ConnId, Counters, HandshakeTicket, IntoC
 use pool_core::{Refusal, ServerConfig};
 use pool_core::{ServerMachine, Stage, Status, Want};
 use pool_net::{IpFilter, SocketOptions};
-use pool_tls::{Fingerprint, ServeTls};
+use pool_tls::{Fingerprint, ServeTls, TunnelKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -20,6 +21,7 @@ use tracing::debug;
 use super::{H2Conn, Link, CONN_WINDOW, STREAM_WINDOW};
 use crate::engine::{drive, now, step, Engine, Owner, Side};
 use crate::error::{BuildError, GetError, HandshakeError};
+use crate::proof::{self, H2_REFUSED, H2_SCOPE, PROOF};
 use crate::{FirstZero, LastFailure};
 
 /// Connections in their TLS handshake or HTTP/2 preface at once at most; a new one past
@@ -38,6 +40,7 @@ pub struct H2ServerPoolBuilder {
     tls: ServeTls,
     socket: SocketOptions,
     get_timeout: Duration,
+    key: Option<TunnelKey>,
 }
 
 impl H2ServerPoolBuilder {
@@ -82,6 +85,17 @@ impl H2ServerPoolBuilder {
         self.get_timeout = d;
         self
     }
+    /// Admits a connection's streams only once the connection proved this key on its
+    /// first stream, in a mutual challenge-response over fresh nonces bound to the TLS
+    /// session (the bytes are in the crate's README). A connection that does not, by
+    /// the handshake deadline after its preface, is refused (`GOAWAY` with
+    /// `INADEQUATE_SECURITY`) and counted in [`H2ServerPool::failed_proofs`]; until it
+    /// has, it holds one of the [`MAX_PREFACES`] slots. Not part of the Go wire: set
+    /// it on both ends or on neither. Default none.
+    pub fn tunnel_key(mut self, key: TunnelKey) -> Self {
+        self.key = Some(key);
+        self
+    }
 
     /// Binds and starts the accept loop. Call inside a tokio runtime.
     ///
@@ -91,7 +105,10 @@ impl H2ServerPoolBuilder {
     pub fn build(self) -> Result<H2ServerPool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let filter = self.filter?;
-        let config = self.config?;
+        let mut config = self.config?;
+        if self.key.is_some() {
+            config = config.keyed();
+        }
         let (tls, fingerprint) = self
             .tls
             .encrypted()
@@ -125,7 +142,9 @@ impl H2ServerPoolBuilder {
             prefaces: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(0),
             preface_failures: AtomicU64::new(0),
+            failed_proofs: AtomicU64::new(0),
             last: LastFailure::default(),
+            key: self.key,
         });
         inner.engine.spawn(accept_loop(inner.clone(), listener));
         inner.engine.spawn(drive(inner.clone()));
@@ -149,7 +168,9 @@ pub(crate) struct Inner {
     prefaces: Mutex<VecDeque<(u64, CancellationToken)>>,
     next: AtomicU64,
     preface_failures: AtomicU64,
+    failed_proofs: AtomicU64,
     last: LastFailure,
+    key: Option<TunnelKey>,
 }
 
 impl Side for Inner {
@@ -165,6 +186,7 @@ impl Side for Inner {
 
 type Failed = (Stage, HandshakeError);
 type Respond = h2::server::SendResponse<Bytes>;
+type Conn = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
 
 fn answer(code: u16) -> http::Response<()> {
     let mut r = http::Response::new(());
@@ -177,27 +199,65 @@ impl Inner {
         self.prefaces.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// TLS with ALPN `h2`, then the HTTP/2 preface and settings.
-    async fn preface(
-        &self,
-        tcp: TcpStream,
-    ) -> Result<
-        h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
-        HandshakeError,
-    > {
+    /// TLS with ALPN `h2`, then the HTTP/2 preface and settings; with the session's
+    /// channel binding when keyed.
+    async fn preface(&self, tcp: TcpStream) -> Result<(Conn, Vec<u8>), HandshakeError> {
         let _ = self.socket.apply_tcp(&tcp);
         let tls = self.acceptor.accept(tcp).await;
         let tls = tls.map_err(|e| HandshakeError::Tls(e.to_string()))?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(HandshakeError::NoH2);
         }
-        h2::server::Builder::new()
+        let binding = match self.key {
+            Some(_) => proof::tls_binding(tls.get_ref().1)?.to_vec(),
+            None => Vec::new(),
+        };
+        let conn = h2::server::Builder::new()
             .max_concurrent_streams(self.streams)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
             .handshake(tls)
             .await
-            .map_err(|e| HandshakeError::Preface(e.to_string()))
+            .map_err(|e| HandshakeError::Preface(e.to_string()))?;
+        Ok((conn, binding))
+    }
+
+    /// The connection's proof on its first stream: `POST /stream` with `0x01`, `200`
+    /// with `Ns`, then `Nc ‖ tag_c` in, `tag_s` out, and both bodies end.
+    async fn prove(
+        &self,
+        key: &TunnelKey,
+        binding: &[u8],
+        req: http::Request<h2::RecvStream>,
+        mut respond: Respond,
+        link: Link,
+    ) -> Result<(), HandshakeError> {
+        if req.method() != http::Method::POST || req.uri().path() != "/stream" {
+            respond.send_reset(H2_REFUSED);
+            return Err(proof::bad("the first stream is not POST /stream"));
+        }
+        let mut recv = req.into_body();
+        let io = |e: h2::Error| HandshakeError::Io(e.to_string());
+        let mut first = match recv.data().await {
+            Some(data) => data.map_err(io)?,
+            None => return Err(proof::bad("the first stream has an empty body")),
+        };
+        let _ = recv.flow_control().release_capacity(first.len());
+        if first.first() != Some(&PROOF) {
+            respond.send_reset(H2_REFUSED);
+            return Err(proof::bad("the first stream is not a proof (no key)"));
+        }
+        let rest = first.split_off(1);
+        let p = proof::server_start(key, H2_SCOPE, binding)?;
+        let mut send = respond.send_response(answer(200), false).map_err(io)?;
+        send.send_data(Bytes::copy_from_slice(&p.challenge()), false)
+            .map_err(io)?;
+        let mut conn = H2Conn::new(send, recv, rest, link);
+        proof::server_finish(&mut conn, p).await?;
+        // The proof is done; the stream's end is a courtesy the peer may have made moot
+        // by dropping its side already.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
+        Ok(())
     }
 
     /// The `0x00` at the head of the request body, then `200` and the id.
@@ -320,12 +380,15 @@ async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
     };
     let evicted = HandshakeError::Preface("evicted by a newer connection".into());
     let res = step(&token, evicted, preface).await;
-    inner.prefaces().retain(|(s, _)| *s != serial);
-    let mut conn = match res {
+    if inner.key.is_none() {
+        inner.prefaces().retain(|(s, _)| *s != serial);
+    }
+    let (mut conn, binding) = match res {
         Ok(c) => c,
         Err(e) => {
             debug!(%peer, error = %e, "HTTP/2 preface failed");
             inner.preface_failures.fetch_add(1, Ordering::Relaxed);
+            inner.prefaces().retain(|(s, _)| *s != serial);
             inner.last.set(e);
             return;
         }
@@ -333,18 +396,52 @@ async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
     let link = Link::new();
     let cancel = inner.engine.rt().cancel.clone();
     let mut closing = false;
-    // A connection that opens no stream within the deadline after its preface is
-    // closed: a stranger's empty connection holds nothing for long.
+    // A connection that opens no stream (or, keyed, proves no key) within the deadline
+    // after its preface is closed: a stranger's empty connection holds nothing for long.
     let first = tokio::time::sleep(inner.deadline);
     tokio::pin!(first);
     let mut opened = false;
+    let mut proven = inner.key.is_none();
+    let mut proving: Option<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> = None;
     loop {
+        let waiting = if inner.key.is_some() {
+            !proven
+        } else {
+            !opened
+        };
         let next = tokio::select! {
             n = conn.accept() => n,
-            _ = &mut first, if !opened => {
+            Some(r) = async { Some(proving.as_mut()?.await) }, if proving.is_some() => {
+                proving = None;
+                match r {
+                    Ok(()) => {
+                        proven = true;
+                        inner.prefaces().retain(|(s, _)| *s != serial);
+                        continue;
+                    }
+                    Err(e) => {
+                        refuse(&inner, &mut conn, peer, e).await;
+                        break;
+                    }
+                }
+            }
+            _ = &mut first, if waiting => {
                 debug!(%peer, "no stream within the deadline: connection closed");
+                if inner.key.is_some() {
+                    let e = proof::bad("no proof within the deadline");
+                    refuse(&inner, &mut conn, peer, e).await;
+                    break;
+                }
                 inner.preface_failures.fetch_add(1, Ordering::Relaxed);
                 inner.last.set(HandshakeError::Preface("no stream within the deadline".into()));
+                break;
+            }
+            _ = token.cancelled(), if !proven && !cancel.is_cancelled() => {
+                if cancel.is_cancelled() {
+                    continue; // the pool closes: the arm below says so
+                }
+                let e = proof::bad("evicted by a newer connection before its proof");
+                refuse(&inner, &mut conn, peer, e).await;
                 break;
             }
             _ = cancel.cancelled(), if !closing => {
@@ -355,6 +452,20 @@ async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
             }
         };
         match next {
+            Some(Ok((req, respond))) if !proven => {
+                opened = true;
+                // Unproven only when keyed.
+                let Some(key) = inner.key.as_ref() else { break };
+                if proving.is_some() {
+                    // A keyed client opens nothing before its proof ends.
+                    drop((req, respond));
+                    let e = proof::bad("a stream before the proof ended");
+                    refuse(&inner, &mut conn, peer, e).await;
+                    break;
+                }
+                let p = inner.prove(key, &binding, req, respond, link.clone());
+                proving = Some(Box::pin(p));
+            }
             Some(Ok((req, respond))) => {
                 opened = true;
                 inner.stream(req, respond, peer, &link);
@@ -366,7 +477,19 @@ async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr) {
             None => break,
         }
     }
+    inner.prefaces().retain(|(s, _)| *s != serial);
     link.down();
+}
+
+/// Refuses a connection whose proof failed: counted, `GOAWAY` with
+/// `INADEQUATE_SECURITY`, then closed once that is written or the deadline passed.
+async fn refuse(inner: &Inner, conn: &mut Conn, peer: SocketAddr, e: HandshakeError) {
+    debug!(%peer, error = %e, "tunnel-key proof failed: connection refused");
+    inner.failed_proofs.fetch_add(1, Ordering::Relaxed);
+    inner.last.set(e);
+    conn.abrupt_shutdown(H2_REFUSED);
+    let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
+    let _ = tokio::time::timeout(inner.deadline, closed).await;
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
@@ -425,6 +548,7 @@ impl H2ServerPool {
             tls: ServeTls::Off,
             socket: SocketOptions::default(),
             get_timeout: Duration::from_secs(5),
+            key: None,
         }
     }
 
@@ -487,6 +611,12 @@ impl H2ServerPool {
     /// evicted, or that opened no stream within the handshake deadline after it.
     pub fn preface_failures(&self) -> u64 {
         self.inner().preface_failures.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because their tunnel-key proof failed, ran out of time or
+    /// was evicted by a newer connection (keyed pools only).
+    pub fn failed_proofs(&self) -> u64 {
+        self.inner().failed_proofs.load(Ordering::Relaxed)
     }
 
     /// Why the last connection or stream failed, if one did.
