@@ -35,8 +35,10 @@ pub struct ClientPoolBuilder {
 
 impl ClientPoolBuilder {
     /// The pool's settings (Go: `minCap`, `maxCap`, `minIvl`, `maxIvl`). Default:
-    /// `ClientConfig::default()`. Single mode and in-band sessions are TCP's and are
-    /// refused; the id is always the wire's 4 raw bytes, whatever the id form says.
+    /// `ClientConfig::default()`. Single mode is TCP's and is refused; the id is always
+    /// the wire's 4 raw bytes, whatever the id form says. In-band sessions
+    /// (`IdleWatch::Starts`) watch every idle stream for the server's start
+    /// ([`ClientPool::accept`]).
     pub fn config(mut self, core: ClientConfig) -> Self {
         self.core = core;
         self
@@ -79,7 +81,7 @@ impl ClientPoolBuilder {
     /// # Errors
     ///
     /// [`BuildError::NoRuntime`] outside a runtime, [`BuildError::Config`] for single
-    /// or in-band mode, [`BuildError::Tls`] or [`BuildError::Quic`] for TLS settings
+    /// mode, [`BuildError::Tls`] or [`BuildError::Quic`] for TLS settings
     /// that cannot work, [`BuildError::Io`] when the socket cannot be bound,
     /// [`BuildError::Random`] if the secure generator fails.
     pub fn build(self) -> Result<ClientPool, BuildError> {
@@ -95,12 +97,6 @@ impl ClientPoolBuilder {
             return refuse(
                 "single mode",
                 "the np-quic wire always takes the server's id",
-            );
-        }
-        if self.core.in_band() {
-            return refuse(
-                "in-band sessions",
-                "start sessions with an id over your control channel",
             );
         }
         let quic = Arc::new(self.tls.quic_config()?);
@@ -120,6 +116,7 @@ impl ClientPoolBuilder {
             .server_name()
             .map_or_else(|| self.addr.ip().to_string(), str::to_owned);
         let max_shards = wire::shards(self.core.max_capacity());
+        let in_band = self.core.in_band();
         let machine = ClientMachine::new(self.core, seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), handle),
@@ -133,6 +130,9 @@ impl ClientPoolBuilder {
             max_shards,
             key: self.key,
         });
+        if in_band {
+            engine::watch_starts(&inner);
+        }
         inner.engine.spawn(drive(inner.clone()));
         Ok(ClientPool {
             owner: Arc::new(Owner(inner)),
@@ -384,6 +384,37 @@ impl ClientPool {
     pub async fn get_any(&self) -> Result<QuicStream, GetError> {
         let got = engine::get_for_user(self.inner(), Want::Any, self.get_timeout).await;
         got.map(|(_, s)| s)
+    }
+
+    /// In-band mode (`IdleWatch::Starts` in the builder's config): the next stream the
+    /// server started ([`ServerPool::start_with`](crate::ServerPool::start_with)), its
+    /// start header ([`pool_core::START`]) read and checked; the session's bytes follow
+    /// on it. No id travels over a control channel. Not part of the Go wire.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] when nothing was started in time, [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// A stream still waiting in the pool is never lost; one whose header is being
+    /// read when the future is dropped is reset.
+    pub async fn accept_timeout(&self, timeout: Duration) -> Result<QuicStream, GetError> {
+        use tokio::io::AsyncReadExt;
+        let engine = &self.inner().engine;
+        let start = now();
+        let read = |mut s: QuicStream, by: std::time::Instant| async move {
+            let mut header = [0u8; pool_core::START.len()];
+            let by = tokio::time::Instant::from_std(by);
+            let read = tokio::time::timeout_at(by, s.read_exact(&mut header)).await;
+            (s, matches!(read, Ok(Ok(_))).then_some(header))
+        };
+        engine
+            .driver
+            .accept_async(timeout, read)
+            .await
+            .map(|(_, s)| s)
+            .map_err(|e| crate::error::get_error(e, Want::Started, &engine.rt().log, start))
     }
 
     /// Resets every idle stream (Go: `Flush`); how many.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_tokio::{AdmissionLimits, IpFilter, ServeTls, ServerPool, TunnelKey};
+
+use crate::transport::{ServerPools, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -39,7 +41,7 @@ struct Control {
 }
 
 struct Shared {
-    pool: ServerPool,
+    pool: ServerPools,
     key: TunnelKey,
     t: Timeouts,
     stats: ServerStats,
@@ -109,8 +111,8 @@ impl ServerHandle {
     pub fn control_addr(&self) -> SocketAddr {
         self.control
     }
-    /// The server pool.
-    pub fn pool(&self) -> &ServerPool {
+    /// The server pool, whichever its transport.
+    pub fn pool(&self) -> &ServerPools {
         &self.shared.pool
     }
     /// The key in use.
@@ -177,26 +179,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         Some(spec) => IpFilter::parse(spec).map_err(|e| format!("--client-ip: {e}"))?,
         None => IpFilter::any(),
     };
-    let mut b = ServerPool::builder()
-        .bind(cfg.tunnel)
-        .config(
-            pool_tokio::ServerConfig::builder()
-                .max_capacity(cfg.max_capacity)
-                .handshake_timeout(cfg.pool_handshake)
-                .admission(AdmissionLimits {
-                    // At most a quarter of the descriptors, whatever the limit.
-                    max_handshakes: crate::limits::within_descriptors(HANDSHAKE_SLOTS, 4),
-                    ..AdmissionLimits::default()
-                }),
-        )
-        .tunnel_key(cfg.key.clone())
-        .filter(filter.clone());
-    if let Some(tls) = &cfg.tls {
-        b = b.tls(ServeTls::Cert(tls.clone()));
-    }
-    let pool = b
-        .build()
-        .map_err(|e| format!("tunnel {}: {e}", cfg.tunnel))?;
+    let pool = server_pool(&cfg, &filter)?;
     let tunnel = pool.local_addr();
     let control_addr = match cfg.control {
         Some(a) => a,
@@ -270,6 +253,45 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         reloads,
         tasks,
         failed,
+    })
+}
+
+/// The pool on the tunnel port, over the configured transport, with the tunnel key's
+/// proof on every pooled connection (TCP) or QUIC connection.
+fn server_pool(cfg: &ServerConfig, filter: &IpFilter) -> Result<ServerPools, BoxError> {
+    let at = |e: &dyn std::fmt::Display| format!("tunnel {} ({}): {e}", cfg.tunnel, cfg.transport);
+    let core = pool_tokio::ServerConfig::builder()
+        .max_capacity(cfg.max_capacity)
+        .handshake_timeout(cfg.pool_handshake);
+    Ok(match cfg.transport {
+        Transport::Tcp => {
+            let mut b = ServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core.admission(AdmissionLimits {
+                    // At most a quarter of the descriptors, whatever the limit.
+                    max_handshakes: crate::limits::within_descriptors(HANDSHAKE_SLOTS, 4),
+                    ..AdmissionLimits::default()
+                }))
+                .tunnel_key(cfg.key.clone())
+                .filter(filter.clone());
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(ServeTls::Cert(tls.clone()));
+            }
+            ServerPools::Tcp(b.build().map_err(|e| at(&e))?)
+        }
+        Transport::Quic => {
+            let mut b = pool_quic::ServerPool::builder(cfg.tunnel)
+                .config(core.build().map_err(|e| at(&e))?)
+                .tunnel_key(cfg.key.clone());
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            // QUIC is always TLS: mode 0 runs on a certificate made for this run.
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(tls.clone());
+            }
+            ServerPools::Quic(b.build().map_err(|e| at(&e))?)
+        }
     })
 }
 

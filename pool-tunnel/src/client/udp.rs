@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use pool_tokio::PoolConn;
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::{debug, warn};
@@ -11,8 +10,8 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::config::{ClientService, ServiceProtocol};
 use crate::protocol::{SessionStart, REACHED, RECEIVED, TARGET_FAILED};
-use crate::relay::graceful;
 use crate::stats::bump;
+use crate::transport::Pooled;
 use crate::udp::{connect_target, relay_target, UdpEnd, UdpLimits};
 
 /// One association the server started for `svc`: [`RECEIVED`] first (from then on
@@ -20,7 +19,7 @@ use crate::udp::{connect_target, relay_target, UdpEnd, UdpLimits};
 /// target and [`REACHED`] (or [`TARGET_FAILED`] when the target's address does not
 /// resolve or take a connect within the io deadline), then the relay until the server
 /// ends the association or it is idle.
-pub(super) async fn udp_session(s: &Shared, mut conn: PoolConn, svc: &ClientService) -> bool {
+pub(super) async fn udp_session(s: &Shared, mut conn: Pooled, svc: &ClientService) -> bool {
     let id = conn.id();
     let limits = UdpLimits::for_client(svc);
     let receipt = timeout(s.t.io, async {
@@ -39,7 +38,7 @@ pub(super) async fn udp_session(s: &Shared, mut conn: PoolConn, svc: &ClientServ
             debug!("association {id}: target {} unusable: {why:?}", svc.target);
             // The server drops the association and retries nothing. An orderly close,
             // so that the byte is not dropped with the connection.
-            graceful(conn.stream().tcp());
+            conn.disarm();
             let _ = timeout(s.t.io, async {
                 conn.write_all(&[TARGET_FAILED]).await?;
                 conn.flush().await

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use pool_tokio::PoolConn;
+use crate::transport::Pooled;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -14,7 +14,6 @@ use tokio::time::timeout;
 use super::Shared;
 use crate::config::{ServerService, ServiceProtocol};
 use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED, WRONG_KIND};
-use crate::relay::{graceful, reset};
 use crate::stats::bump;
 use crate::udp::UdpLimits;
 
@@ -53,7 +52,7 @@ pub(super) async fn udp_loop(
 /// the outcome's deadline. `None` when any of it fails (counted in `open_failed` by the
 /// caller; also in `target_failed`, `no_service` or `wrong_kind` when the client
 /// answered so).
-async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Option<PoolConn> {
+async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Option<Pooled> {
     let mut sent = start.encode();
     sent.extend_from_slice(&first);
     drop(first);
@@ -64,8 +63,7 @@ async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Optio
             _ => return None,
         };
         let mut ctl = ctl?;
-        let (_, mut conn) = shared.pool.start_with(&sent, shared.t.get).await.ok()?;
-        reset(conn.stream().tcp());
+        let mut conn = shared.pool.start_with(&sent, shared.t.get).await?;
         if tries > 0 {
             shared.udp.replayed.fetch_add(1, Relaxed);
         }
@@ -82,7 +80,7 @@ async fn open(shared: Arc<Shared>, start: SessionStart, first: Vec<u8>) -> Optio
         return match timeout(shared.t.outcome(), conn.read_u8()).await {
             Ok(Ok(REACHED)) => {
                 // An association has no end a reset must tell apart: it closes in order.
-                graceful(conn.stream().tcp());
+                conn.disarm();
                 Some(conn)
             }
             Ok(Ok(TARGET_FAILED)) => {

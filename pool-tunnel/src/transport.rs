@@ -1,0 +1,418 @@
+//! The pool seam: the tunnel's sessions, control and relay over any of the pools
+//! (`--transport`), through one enum of pools per side and one of pooled streams.
+//!
+//! Every transport gives the same three things: a server pool that starts a session
+//! in band on an idle pooled stream ([`ServerPools::start_with`]), a client pool that
+//! accepts it ([`ClientPools::accept_timeout`]), and a [`Pooled`] stream that is a byte
+//! stream and can be cut with a reset the peer reads as an error, never as a clean
+//! end: TCP `SO_LINGER` 0, QUIC `RESET_STREAM` (and `STOP_SENDING`). A [`Pooled`] is
+//! armed to be cut from the moment the tunnel has it; [`Pooled::disarm`] before a
+//! clean end.
+//!
+//! TCP keeps its own relay: a plain pooled connection is spliced as before
+//! ([`Pooled::into_tcp`]).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pool_core::ConnId;
+use pool_tokio::{PoolConn, PoolStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::relay::{graceful, reset};
+
+/// Which pool the tunnel runs over: the same on both sides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP connections (TLS in modes 1 and 2), one per pooled connection: the default.
+    #[default]
+    Tcp,
+    /// QUIC streams (np-quic, always TLS 1.3), up to 128 per QUIC connection.
+    Quic,
+}
+
+impl Transport {
+    /// Its name, as `--transport` and `transport =` take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Quic => "quic",
+        }
+    }
+
+    /// Its byte in the control handshake.
+    pub(crate) fn wire(self) -> u8 {
+        match self {
+            Self::Tcp => b't',
+            Self::Quic => b'q',
+        }
+    }
+
+    /// The transport of a control handshake's byte, if it names one.
+    pub(crate) fn from_wire(b: u8) -> Option<Self> {
+        match b {
+            b't' => Some(Self::Tcp),
+            b'q' => Some(Self::Quic),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Self::Tcp),
+            "quic" => Ok(Self::Quic),
+            _ => Err(format!("`{s}`: not a transport (tcp, quic)")),
+        }
+    }
+}
+
+/// The application error code of a QUIC stream the tunnel cuts short.
+pub const QUIC_CUT: u32 = 0x74;
+
+/// A pooled stream of any transport, armed to be cut (reset) when dropped until
+/// [`disarm`](Self::disarm)ed.
+#[derive(Debug)]
+pub enum Pooled {
+    /// A TCP (or TLS) pooled connection; armed with `SO_LINGER` 0.
+    Tcp(PoolConn),
+    /// A QUIC stream.
+    Quic(Armed<pool_quic::QuicStream>),
+}
+
+/// A pooled stream as the relay takes it.
+#[derive(Debug)]
+pub enum ForRelay {
+    /// A TCP (or TLS) connection: relayed as before (spliced when plain).
+    Tcp(PoolStream),
+    /// Any other: relayed as a byte stream.
+    Stream(Pooled),
+}
+
+/// A stream that is cut when dropped while `armed`.
+#[derive(Debug)]
+pub struct Armed<S: Cut> {
+    stream: S,
+    armed: bool,
+}
+
+impl<S: Cut> Armed<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            armed: true,
+        }
+    }
+}
+
+impl<S: Cut> Drop for Armed<S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stream.cut();
+        }
+    }
+}
+
+/// A stream that can be cut with a reset its peer reads as an error.
+pub trait Cut {
+    /// Cuts it.
+    fn cut(&mut self);
+}
+
+impl Cut for pool_quic::QuicStream {
+    fn cut(&mut self) {
+        self.reset(pool_quic::quinn::VarInt::from_u32(QUIC_CUT));
+    }
+}
+
+impl Pooled {
+    fn tcp(conn: PoolConn) -> Self {
+        reset(conn.stream().tcp());
+        Self::Tcp(conn)
+    }
+
+    /// The id both pools know it by.
+    pub fn id(&self) -> ConnId {
+        match self {
+            Self::Tcp(c) => c.id(),
+            Self::Quic(s) => s.stream.id(),
+        }
+    }
+
+    /// Closing it is an orderly end again (after a relay that ended cleanly, or
+    /// before a last answer that must not be dropped with the stream).
+    pub fn disarm(&mut self) {
+        match self {
+            Self::Tcp(c) => graceful(c.stream().tcp()),
+            Self::Quic(s) => s.armed = false,
+        }
+    }
+
+    /// Cuts it now: the peer's reads fail with a reset.
+    pub fn cut(mut self) {
+        if let Self::Tcp(c) = &self {
+            reset(c.stream().tcp());
+        }
+        if let Self::Quic(s) = &mut self {
+            s.armed = true;
+        }
+        drop(self);
+    }
+
+    /// The TCP connection, for the splicing relay; anything else as it is.
+    pub fn into_tcp(self) -> ForRelay {
+        match self {
+            Self::Tcp(c) => ForRelay::Tcp(c.into_inner()),
+            other => ForRelay::Stream(other),
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Pooled::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Pooled::Quic(a) => {
+                let $s = Pin::new(&mut a.stream);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Pooled {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Pooled {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self, s => s.poll_write(cx, b))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// The server side's pool.
+#[derive(Debug)]
+pub enum ServerPools {
+    /// TCP / TLS.
+    Tcp(pool_tokio::ServerPool),
+    /// QUIC.
+    Quic(pool_quic::ServerPool),
+}
+
+impl ServerPools {
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Self::Tcp(_) => Transport::Tcp,
+            Self::Quic(_) => Transport::Quic,
+        }
+    }
+
+    /// The TCP pool, when the tunnel runs over TCP.
+    pub fn tcp(&self) -> Option<&pool_tokio::ServerPool> {
+        match self {
+            Self::Tcp(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The QUIC pool, when the tunnel runs over QUIC.
+    pub fn quic(&self) -> Option<&pool_quic::ServerPool> {
+        match self {
+            Self::Quic(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Where clients dial (a UDP port for QUIC).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        match self {
+            Self::Tcp(p) => p.local_addr(),
+            Self::Quic(p) => p.local_addr(),
+        }
+    }
+
+    /// Starts a session in band: the start header and `first` on an idle pooled
+    /// stream, armed to be cut.
+    pub(crate) async fn start_with(&self, first: &[u8], within: Duration) -> Option<Pooled> {
+        match self {
+            Self::Tcp(p) => p
+                .start_with(first, within)
+                .await
+                .ok()
+                .map(|(_, c)| Pooled::tcp(c)),
+            Self::Quic(p) => p
+                .start_with(first, within)
+                .await
+                .ok()
+                .map(|(_, s)| Pooled::Quic(Armed::new(s))),
+        }
+    }
+
+    /// Idle pooled streams.
+    pub fn idle(&self) -> usize {
+        match self {
+            Self::Tcp(p) => p.stats().status.idle,
+            Self::Quic(p) => p.status().idle,
+        }
+    }
+
+    /// Pooled streams (idle and handed out).
+    pub fn active(&self) -> usize {
+        match self {
+            Self::Tcp(p) => p.active(),
+            Self::Quic(p) => p.active(),
+        }
+    }
+
+    /// Closes every idle pooled stream.
+    pub fn flush(&self) {
+        match self {
+            Self::Tcp(p) => p.flush(),
+            Self::Quic(p) => {
+                p.flush();
+            }
+        }
+    }
+
+    /// Waits until `n` streams are idle, or `within` passes; whether they are.
+    pub async fn wait_idle(&self, n: usize, within: Duration) -> bool {
+        match self {
+            Self::Tcp(p) => p.wait_idle(n, within).await,
+            Self::Quic(p) => p.wait_idle(n, within).await,
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Tcp(p) => p.close().await,
+            Self::Quic(p) => p.close().await,
+        }
+    }
+}
+
+/// Why an accept gave nothing.
+pub(crate) enum AcceptError {
+    /// The pool is closed.
+    Closed,
+    /// Nothing started in time, or no server yet.
+    Nothing,
+}
+
+/// The client side's pool.
+#[derive(Debug)]
+pub enum ClientPools {
+    /// TCP / TLS.
+    Tcp(pool_tokio::ClientPool),
+    /// QUIC.
+    Quic(pool_quic::ClientPool),
+}
+
+impl ClientPools {
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Self::Tcp(_) => Transport::Tcp,
+            Self::Quic(_) => Transport::Quic,
+        }
+    }
+
+    /// The TCP pool, when the tunnel runs over TCP.
+    pub fn tcp(&self) -> Option<&pool_tokio::ClientPool> {
+        match self {
+            Self::Tcp(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The QUIC pool, when the tunnel runs over QUIC.
+    pub fn quic(&self) -> Option<&pool_quic::ClientPool> {
+        match self {
+            Self::Quic(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The next stream the server started, armed to be cut.
+    pub(crate) async fn accept_timeout(&self, within: Duration) -> Result<Pooled, AcceptError> {
+        match self {
+            Self::Tcp(p) => match p.accept_timeout(within).await {
+                Ok(c) => Ok(Pooled::tcp(c)),
+                Err(pool_tokio::GetError::Closed) => Err(AcceptError::Closed),
+                Err(_) => Err(AcceptError::Nothing),
+            },
+            Self::Quic(p) => match p.accept_timeout(within).await {
+                Ok(s) => Ok(Pooled::Quic(Armed::new(s))),
+                Err(pool_quic::GetError::Closed) => Err(AcceptError::Closed),
+                Err(_) => Err(AcceptError::Nothing),
+            },
+        }
+    }
+
+    /// Idle pooled streams.
+    pub fn idle(&self) -> usize {
+        match self {
+            Self::Tcp(p) => p.stats().status.idle,
+            Self::Quic(p) => p.status().idle,
+        }
+    }
+
+    /// Pooled streams (idle and handed out).
+    pub fn active(&self) -> usize {
+        match self {
+            Self::Tcp(p) => p.active(),
+            Self::Quic(p) => p.active(),
+        }
+    }
+
+    /// The pool's capacity now.
+    pub fn capacity(&self) -> usize {
+        match self {
+            Self::Tcp(p) => p.capacity(),
+            Self::Quic(p) => p.capacity(),
+        }
+    }
+
+    /// Waits until `n` streams are idle, or `within` passes; whether they are.
+    pub async fn wait_idle(&self, n: usize, within: Duration) -> bool {
+        match self {
+            Self::Tcp(p) => p.wait_idle(n, within).await,
+            Self::Quic(p) => p.wait_idle(n, within).await,
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Tcp(p) => p.close().await,
+            Self::Quic(p) => p.close().await,
+        }
+    }
+}
