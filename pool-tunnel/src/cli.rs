@@ -130,15 +130,20 @@ pub(crate) struct ServerArgs {
         conflicts_with = "config"
     )]
     pub tunnel: Option<SocketAddr>,
-    /// The pool's transport: tcp (TLS per --tls), quic (a UDP port, always TLS 1.3).
-    /// The client must give the same.
+    /// The pool's transport: tcp (TLS per --tls), quic (a UDP port, always TLS 1.3),
+    /// ws (WebSocket; wss in modes 1 and 2), h2 (HTTP/2, always TLS). The client must
+    /// give the same.
     #[arg(
         long,
         conflicts_with = "config",
-        value_name = "tcp|quic",
+        value_name = "tcp|quic|ws|h2",
         default_value = "tcp"
     )]
     pub transport: crate::Transport,
+    /// Allow --transport ws or h2, whose pools prove no tunnel key: anyone who reaches
+    /// the tunnel port can enter the pool and be handed users' sessions.
+    #[arg(long, conflicts_with = "config")]
+    pub insecure_no_pool_key: bool,
     /// Address users connect to (the one service, `default`).
     #[arg(
         long,
@@ -238,14 +243,17 @@ pub(crate) struct ClientArgs {
         conflicts_with = "config"
     )]
     pub tunnel: Option<String>,
-    /// The pool's transport: tcp or quic, as the server's.
+    /// The pool's transport: tcp, quic, ws or h2, as the server's.
     #[arg(
         long,
         conflicts_with = "config",
-        value_name = "tcp|quic",
+        value_name = "tcp|quic|ws|h2",
         default_value = "tcp"
     )]
     pub transport: crate::Transport,
+    /// Allow --transport ws or h2, whose pools prove no tunnel key (as the server's).
+    #[arg(long, conflicts_with = "config")]
+    pub insecure_no_pool_key: bool,
     /// The service behind the tunnel (the one service, `default`).
     #[arg(
         long,
@@ -310,6 +318,7 @@ impl ServerArgs {
             settings: ServerSettings {
                 tunnel: self.tunnel,
                 transport: Some(self.transport),
+                insecure_no_pool_key: Some(self.insecure_no_pool_key),
                 control: self.control,
                 tls: Some(self.tls),
                 insecure_plaintext: Some(self.insecure_plaintext),
@@ -359,6 +368,7 @@ impl ClientArgs {
             settings: ClientSettings {
                 tunnel: self.tunnel.clone(),
                 transport: Some(self.transport),
+                insecure_no_pool_key: Some(self.insecure_no_pool_key),
                 control: self.control.clone(),
                 tls: Some(self.tls),
                 insecure_plaintext: Some(self.insecure_plaintext),

@@ -175,6 +175,7 @@ impl Drop for ClientHandle {
 pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
     let (host, _) = split_host_port(&cfg.tunnel).map_err(|e| format!("--tunnel: {e}"))?;
     cfg.check()?;
+    crate::transport::check_pool_key(cfg.transport, cfg.insecure_no_pool_key)?;
     let control = match cfg.control.clone() {
         Some(c) => c,
         None => default_control(&cfg.tunnel)?,
@@ -259,11 +260,7 @@ async fn client_pool(
                 .build()?,
         ),
         Transport::Quic => {
-            let addr = tokio::net::lookup_host(&cfg.tunnel)
-                .await
-                .map_err(|e| format!("--tunnel {}: {e}", cfg.tunnel))?
-                .next()
-                .ok_or_else(|| format!("--tunnel {}: no address", cfg.tunnel))?;
+            let addr = resolve(&cfg.tunnel).await?;
             // QUIC is always TLS: mode 0 and mode 1 without a pin take any certificate,
             // as the np-quic wire's codes 0 and 1 do; the key proof still binds to it.
             let tls = match (cfg.mode, cfg.pin) {
@@ -282,7 +279,49 @@ async fn client_pool(
                     .build()?,
             )
         }
+        Transport::Ws | Transport::H2 => {
+            let addr = resolve(&cfg.tunnel).await?;
+            // HTTP/2 runs on TLS: mode 0 takes any certificate there.
+            let mode = match (cfg.transport, cfg.mode) {
+                (Transport::H2, TlsMode::Off) => TlsMode::SelfSigned,
+                (_, m) => m,
+            };
+            let mut tls = pool_tls::ClientTlsBuilder::new(mode);
+            if let (TlsMode::SelfSigned, Some(pin)) = (mode, cfg.pin) {
+                tls = tls.pin(pin);
+            }
+            if let (TlsMode::Verified, Some(ca)) = (mode, &cfg.ca) {
+                tls = tls.ca_file(ca);
+            }
+            let core = core.build()?;
+            if cfg.transport == Transport::Ws {
+                ClientPools::Ws(
+                    pool_ws::WsClientPool::builder(addr)
+                        .config(core)
+                        .tls(tls)
+                        .host(name)
+                        .build()?,
+                )
+            } else {
+                ClientPools::H2(
+                    pool_ws::h2::H2ClientPool::builder(addr)
+                        .config(core)
+                        .tls(tls)
+                        .host(name)
+                        .build()?,
+                )
+            }
+        }
     })
+}
+
+/// The first address of `HOST:PORT`.
+async fn resolve(tunnel: &str) -> Result<std::net::SocketAddr, BoxError> {
+    Ok(tokio::net::lookup_host(tunnel)
+        .await
+        .map_err(|e| format!("--tunnel {tunnel}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--tunnel {tunnel}: no address"))?)
 }
 
 /// Accepts the sessions the server starts in band, one task each, until the pool

@@ -169,6 +169,9 @@ pub struct ServerConfig {
     pub tunnel: SocketAddr,
     /// The pool's transport; the client's must be the same.
     pub transport: crate::transport::Transport,
+    /// Runs a transport whose pool proves no tunnel key (`ws`, `h2`): see
+    /// [`check_pool_key`](crate::transport::check_pool_key).
+    pub insecure_no_pool_key: bool,
     /// Where the control connection comes in. `None`: tunnel port + 1 (or port 0 when
     /// the tunnel port is 0).
     pub control: Option<SocketAddr>,
@@ -472,6 +475,7 @@ impl ServerConfig {
         Self {
             tunnel: any,
             transport: crate::transport::Transport::Tcp,
+            insecure_no_pool_key: false,
             control: Some(any),
             tls: None,
             client_ip: None,
@@ -530,6 +534,9 @@ pub struct ClientConfig {
     pub tunnel: String,
     /// The pool's transport; the server's must be the same.
     pub transport: crate::transport::Transport,
+    /// Runs a transport whose pool proves no tunnel key (`ws`, `h2`): see
+    /// [`check_pool_key`](crate::transport::check_pool_key).
+    pub insecure_no_pool_key: bool,
     /// The server's control address; `None`: the tunnel host, tunnel port + 1.
     pub control: Option<String>,
     /// TLS mode of pool and control.
@@ -563,6 +570,7 @@ impl ClientConfig {
         Self {
             tunnel,
             transport: crate::transport::Transport::Tcp,
+            insecure_no_pool_key: false,
             control,
             mode: TlsMode::Off,
             hostname: None,

@@ -200,7 +200,9 @@ where
         };
         let full = n == buf.len() && n < BUF_MAX;
         last.store(start.elapsed().as_millis() as u64, Relaxed);
-        if w.write_all(&buf[..n]).await.is_err() {
+        // A flush for the writers that hold bytes back until one (a WebSocket's
+        // messages); a socket's and a QUIC stream's are free.
+        if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
             return Way::Failed;
         }
         count.fetch_add(n as u64, Relaxed);

@@ -174,6 +174,7 @@ impl Drop for ServerHandle {
 /// Binds the three ports and starts the server side.
 pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
     cfg.check()?;
+    crate::transport::check_pool_key(cfg.transport, cfg.insecure_no_pool_key)?;
     let started_ms = unix_ms();
     let filter = match &cfg.client_ip {
         Some(spec) => IpFilter::parse(spec).map_err(|e| format!("--client-ip: {e}"))?,
@@ -291,6 +292,33 @@ fn server_pool(cfg: &ServerConfig, filter: &IpFilter) -> Result<ServerPools, Box
                 b = b.tls(tls.clone());
             }
             ServerPools::Quic(b.build().map_err(|e| at(&e))?)
+        }
+        Transport::Ws => {
+            let mut b = pool_ws::WsServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core.build().map_err(|e| at(&e))?);
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            // Mode 0 is plain `ws://`, as TCP's mode 0 is plain TCP.
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(tls.clone());
+            }
+            ServerPools::Ws(b.build().map_err(|e| at(&e))?)
+        }
+        Transport::H2 => {
+            let mut b = pool_ws::h2::H2ServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core.build().map_err(|e| at(&e))?);
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            // HTTP/2 runs on TLS (ALPN h2): mode 0 on a certificate made for this run.
+            let tls = match &cfg.tls {
+                Some(tls) => tls.clone(),
+                None => pool_tls::ServerTls::self_signed([crate::config::DEFAULT_HOSTNAME])?,
+            };
+            ServerPools::H2(b.tls(tls).build().map_err(|e| at(&e))?)
         }
     })
 }

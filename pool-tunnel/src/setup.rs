@@ -226,6 +226,7 @@ pub(crate) fn server(
         config: ServerConfig {
             tunnel,
             transport: s.transport.unwrap_or_default(),
+            insecure_no_pool_key: s.insecure_no_pool_key.unwrap_or(false),
             control: s.control,
             tls,
             client_ip: s.client_ip.clone(),
@@ -297,6 +298,7 @@ pub(crate) fn client(file: &ClientFile, env_key: Option<String>) -> Result<Clien
     );
     cfg.services = services;
     cfg.transport = s.transport.unwrap_or_default();
+    cfg.insecure_no_pool_key = s.insecure_no_pool_key.unwrap_or(false);
     cfg.mode = mode;
     cfg.hostname = s.hostname.clone();
     cfg.ca = s.ca.clone();

@@ -9,6 +9,11 @@
 //! armed to be cut from the moment the tunnel has it; [`Pooled::disarm`] before a
 //! clean end.
 //!
+//! The WebSocket and HTTP/2 pools prove no tunnel key on their connections: a stranger
+//! who reaches the tunnel port could enter the pool and be handed users' sessions. The
+//! tunnel runs them only with the explicit `--insecure-no-pool-key`
+//! ([`check_pool_key`]).
+//!
 //! TCP keeps its own relay: a plain pooled connection is spliced as before
 //! ([`Pooled::into_tcp`]).
 
@@ -32,6 +37,11 @@ pub enum Transport {
     Tcp,
     /// QUIC streams (np-quic, always TLS 1.3), up to 128 per QUIC connection.
     Quic,
+    /// WebSocket connections (npws: `ws://`, `wss://` in modes 1 and 2), one TCP
+    /// connection each, through HTTP proxies.
+    Ws,
+    /// HTTP/2 streams (nph2, always TLS), over one TLS connection.
+    H2,
 }
 
 impl Transport {
@@ -40,6 +50,8 @@ impl Transport {
         match self {
             Self::Tcp => "tcp",
             Self::Quic => "quic",
+            Self::Ws => "ws",
+            Self::H2 => "h2",
         }
     }
 
@@ -48,6 +60,8 @@ impl Transport {
         match self {
             Self::Tcp => b't',
             Self::Quic => b'q',
+            Self::Ws => b'w',
+            Self::H2 => b'h',
         }
     }
 
@@ -56,6 +70,8 @@ impl Transport {
         match b {
             b't' => Some(Self::Tcp),
             b'q' => Some(Self::Quic),
+            b'w' => Some(Self::Ws),
+            b'h' => Some(Self::H2),
             _ => None,
         }
     }
@@ -73,7 +89,9 @@ impl std::str::FromStr for Transport {
         match s {
             "tcp" => Ok(Self::Tcp),
             "quic" => Ok(Self::Quic),
-            _ => Err(format!("`{s}`: not a transport (tcp, quic)")),
+            "ws" => Ok(Self::Ws),
+            "h2" => Ok(Self::H2),
+            _ => Err(format!("`{s}`: not a transport (tcp, quic, ws, h2)")),
         }
     }
 }
@@ -89,6 +107,10 @@ pub enum Pooled {
     Tcp(PoolConn),
     /// A QUIC stream.
     Quic(Armed<pool_quic::QuicStream>),
+    /// A WebSocket connection (boxed: it is large).
+    Ws(Box<Armed<pool_ws::WsConn>>),
+    /// An HTTP/2 stream.
+    H2(Armed<pool_ws::h2::H2Conn>),
 }
 
 /// A pooled stream as the relay takes it.
@@ -130,6 +152,21 @@ pub trait Cut {
     fn cut(&mut self);
 }
 
+/// `SO_LINGER` 0 on the connection under the WebSocket: dropped, it sends an RST, and
+/// the peer's read fails (no close frame passes for a clean end).
+impl Cut for pool_ws::WsConn {
+    fn cut(&mut self) {
+        reset(self.io().tcp());
+    }
+}
+
+/// `RST_STREAM` (`CANCEL`).
+impl Cut for pool_ws::h2::H2Conn {
+    fn cut(&mut self) {
+        self.reset();
+    }
+}
+
 impl Cut for pool_quic::QuicStream {
     fn cut(&mut self) {
         self.reset(pool_quic::quinn::VarInt::from_u32(QUIC_CUT));
@@ -142,11 +179,20 @@ impl Pooled {
         Self::Tcp(conn)
     }
 
+    /// A WebSocket connection, whose `shutdown` half-closes (an empty message) as the
+    /// relay needs.
+    fn ws(mut conn: pool_ws::WsConn) -> Self {
+        conn.set_half_close(true);
+        Self::Ws(Box::new(Armed::new(conn)))
+    }
+
     /// The id both pools know it by.
     pub fn id(&self) -> ConnId {
         match self {
             Self::Tcp(c) => c.id(),
             Self::Quic(s) => s.stream.id(),
+            Self::Ws(s) => s.stream.id(),
+            Self::H2(s) => s.stream.id(),
         }
     }
 
@@ -156,16 +202,18 @@ impl Pooled {
         match self {
             Self::Tcp(c) => graceful(c.stream().tcp()),
             Self::Quic(s) => s.armed = false,
+            Self::Ws(s) => s.armed = false,
+            Self::H2(s) => s.armed = false,
         }
     }
 
     /// Cuts it now: the peer's reads fail with a reset.
     pub fn cut(mut self) {
-        if let Self::Tcp(c) = &self {
-            reset(c.stream().tcp());
-        }
-        if let Self::Quic(s) = &mut self {
-            s.armed = true;
+        match &mut self {
+            Self::Tcp(c) => reset(c.stream().tcp()),
+            Self::Quic(s) => s.armed = true,
+            Self::Ws(s) => s.armed = true,
+            Self::H2(s) => s.armed = true,
         }
         drop(self);
     }
@@ -187,6 +235,14 @@ macro_rules! each {
                 $e
             }
             Pooled::Quic(a) => {
+                let $s = Pin::new(&mut a.stream);
+                $e
+            }
+            Pooled::Ws(a) => {
+                let $s = Pin::new(&mut a.stream);
+                $e
+            }
+            Pooled::H2(a) => {
                 let $s = Pin::new(&mut a.stream);
                 $e
             }
@@ -223,6 +279,10 @@ pub enum ServerPools {
     Tcp(pool_tokio::ServerPool),
     /// QUIC.
     Quic(pool_quic::ServerPool),
+    /// WebSocket.
+    Ws(pool_ws::WsServerPool),
+    /// HTTP/2.
+    H2(pool_ws::h2::H2ServerPool),
 }
 
 impl ServerPools {
@@ -231,6 +291,8 @@ impl ServerPools {
         match self {
             Self::Tcp(_) => Transport::Tcp,
             Self::Quic(_) => Transport::Quic,
+            Self::Ws(_) => Transport::Ws,
+            Self::H2(_) => Transport::H2,
         }
     }
 
@@ -255,6 +317,8 @@ impl ServerPools {
         match self {
             Self::Tcp(p) => p.local_addr(),
             Self::Quic(p) => p.local_addr(),
+            Self::Ws(p) => p.local_addr(),
+            Self::H2(p) => p.local_addr(),
         }
     }
 
@@ -272,6 +336,16 @@ impl ServerPools {
                 .await
                 .ok()
                 .map(|(_, s)| Pooled::Quic(Armed::new(s))),
+            Self::Ws(p) => p
+                .start_with(first, within)
+                .await
+                .ok()
+                .map(|(_, s)| Pooled::ws(s)),
+            Self::H2(p) => p
+                .start_with(first, within)
+                .await
+                .ok()
+                .map(|(_, s)| Pooled::H2(Armed::new(s))),
         }
     }
 
@@ -280,14 +354,18 @@ impl ServerPools {
         match self {
             Self::Tcp(p) => p.stats().status.idle,
             Self::Quic(p) => p.status().idle,
+            Self::Ws(p) => p.status().idle,
+            Self::H2(p) => p.status().idle,
         }
     }
 
-    /// Pooled streams (idle and handed out).
+    /// Idle pooled streams (Go: `Active`).
     pub fn active(&self) -> usize {
         match self {
             Self::Tcp(p) => p.active(),
             Self::Quic(p) => p.active(),
+            Self::Ws(p) => p.status().idle,
+            Self::H2(p) => p.status().idle,
         }
     }
 
@@ -298,6 +376,12 @@ impl ServerPools {
             Self::Quic(p) => {
                 p.flush();
             }
+            Self::Ws(p) => {
+                p.flush();
+            }
+            Self::H2(p) => {
+                p.flush();
+            }
         }
     }
 
@@ -306,6 +390,8 @@ impl ServerPools {
         match self {
             Self::Tcp(p) => p.wait_idle(n, within).await,
             Self::Quic(p) => p.wait_idle(n, within).await,
+            Self::Ws(p) => wait_for(|| p.status().idle >= n, within).await,
+            Self::H2(p) => wait_for(|| p.status().idle >= n, within).await,
         }
     }
 
@@ -314,6 +400,8 @@ impl ServerPools {
         match self {
             Self::Tcp(p) => p.close().await,
             Self::Quic(p) => p.close().await,
+            Self::Ws(p) => p.close().await,
+            Self::H2(p) => p.close().await,
         }
     }
 }
@@ -333,6 +421,10 @@ pub enum ClientPools {
     Tcp(pool_tokio::ClientPool),
     /// QUIC.
     Quic(pool_quic::ClientPool),
+    /// WebSocket.
+    Ws(pool_ws::WsClientPool),
+    /// HTTP/2.
+    H2(pool_ws::h2::H2ClientPool),
 }
 
 impl ClientPools {
@@ -341,6 +433,8 @@ impl ClientPools {
         match self {
             Self::Tcp(_) => Transport::Tcp,
             Self::Quic(_) => Transport::Quic,
+            Self::Ws(_) => Transport::Ws,
+            Self::H2(_) => Transport::H2,
         }
     }
 
@@ -373,6 +467,16 @@ impl ClientPools {
                 Err(pool_quic::GetError::Closed) => Err(AcceptError::Closed),
                 Err(_) => Err(AcceptError::Nothing),
             },
+            Self::Ws(p) => match p.accept_timeout(within).await {
+                Ok(s) => Ok(Pooled::ws(s)),
+                Err(pool_ws::GetError::Closed) => Err(AcceptError::Closed),
+                Err(_) => Err(AcceptError::Nothing),
+            },
+            Self::H2(p) => match p.accept_timeout(within).await {
+                Ok(s) => Ok(Pooled::H2(Armed::new(s))),
+                Err(pool_ws::GetError::Closed) => Err(AcceptError::Closed),
+                Err(_) => Err(AcceptError::Nothing),
+            },
         }
     }
 
@@ -381,14 +485,18 @@ impl ClientPools {
         match self {
             Self::Tcp(p) => p.stats().status.idle,
             Self::Quic(p) => p.status().idle,
+            Self::Ws(p) => p.status().idle,
+            Self::H2(p) => p.status().idle,
         }
     }
 
-    /// Pooled streams (idle and handed out).
+    /// Idle pooled streams (Go: `Active`).
     pub fn active(&self) -> usize {
         match self {
             Self::Tcp(p) => p.active(),
             Self::Quic(p) => p.active(),
+            Self::Ws(p) => p.status().idle,
+            Self::H2(p) => p.status().idle,
         }
     }
 
@@ -397,6 +505,8 @@ impl ClientPools {
         match self {
             Self::Tcp(p) => p.capacity(),
             Self::Quic(p) => p.capacity(),
+            Self::Ws(p) => p.status().capacity,
+            Self::H2(p) => p.status().capacity,
         }
     }
 
@@ -405,6 +515,8 @@ impl ClientPools {
         match self {
             Self::Tcp(p) => p.wait_idle(n, within).await,
             Self::Quic(p) => p.wait_idle(n, within).await,
+            Self::Ws(p) => wait_for(|| p.status().idle >= n, within).await,
+            Self::H2(p) => wait_for(|| p.status().idle >= n, within).await,
         }
     }
 
@@ -413,6 +525,35 @@ impl ClientPools {
         match self {
             Self::Tcp(p) => p.close().await,
             Self::Quic(p) => p.close().await,
+            Self::Ws(p) => p.close().await,
+            Self::H2(p) => p.close().await,
         }
+    }
+}
+
+/// Polls `done` until it holds or `within` passes (pools with no wait of their own).
+async fn wait_for(done: impl Fn() -> bool, within: Duration) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    while !done() {
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Refuses a transport whose pool proves no tunnel key, unless `insecure` (the user's
+/// explicit `--insecure-no-pool-key`).
+pub fn check_pool_key(transport: Transport, insecure: bool) -> Result<(), crate::BoxError> {
+    match transport {
+        Transport::Ws | Transport::H2 if !insecure => Err(format!(
+            "--transport {transport}: its pool proves no tunnel key on its connections, so \
+             anyone who reaches the tunnel port can enter the pool and be handed users' \
+             sessions; give --insecure-no-pool-key (`insecure_no_pool_key = true`) on both \
+             sides to run it anyway, or use tcp or quic"
+        )
+        .into()),
+        _ => Ok(()),
     }
 }

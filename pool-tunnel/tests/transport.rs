@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tunnel_common::*;
 
 /// The transports other than TCP (TCP has the other test files).
-const OTHERS: [Transport; 1] = [Transport::Quic];
+const OTHERS: [Transport; 3] = [Transport::Quic, Transport::Ws, Transport::H2];
 
 async fn pair(
     transport: Transport,
@@ -25,12 +25,14 @@ async fn pair(
 ) -> (pool_tunnel::ServerHandle, pool_tunnel::ClientHandle) {
     let server = pool_tunnel::start_server(ServerConfig {
         transport,
+        insecure_no_pool_key: true,
         max_capacity: 64,
         ..server_cfg(key())
     })
     .await
     .unwrap();
     let mut cfg = ClientConfig {
+        insecure_no_pool_key: true,
         min: 4,
         max: 16,
         ..client_cfg(&server, target)
@@ -130,6 +132,33 @@ async fn a_wrong_key_is_refused_over_quic() {
     assert_eq!(server.stats().control_ok, 0);
     client.shutdown().await;
     server.shutdown().await;
+    echo_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_and_h2_need_the_explicit_word_for_a_pool_without_a_key() {
+    let (echo, echo_task) = load::start_echo().await.unwrap();
+    for t in [Transport::Ws, Transport::H2] {
+        let e = pool_tunnel::start_server(ServerConfig {
+            transport: t,
+            ..server_cfg(key())
+        })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("--insecure-no-pool-key"), "{t}: {e}");
+        let (server, _client) = pair(t, echo, None).await;
+        let e = pool_tunnel::start_client(ClientConfig {
+            insecure_no_pool_key: false,
+            ..client_cfg(&server, echo)
+        })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("proves no tunnel key"), "{t}: {e}");
+    }
     echo_task.abort();
 }
 

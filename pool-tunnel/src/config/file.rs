@@ -57,6 +57,7 @@ fn tls_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsMode>, D::Error
 pub(crate) struct ServerSettings {
     pub(crate) tunnel: Option<SocketAddr>,
     pub(crate) transport: Option<Transport>,
+    pub(crate) insecure_no_pool_key: Option<bool>,
     pub(crate) control: Option<SocketAddr>,
     #[serde(default, deserialize_with = "tls_mode")]
     pub(crate) tls: Option<TlsMode>,
@@ -93,6 +94,7 @@ pub(crate) struct ServerServiceSettings {
 pub(crate) struct ClientSettings {
     pub(crate) tunnel: Option<String>,
     pub(crate) transport: Option<Transport>,
+    pub(crate) insecure_no_pool_key: Option<bool>,
     pub(crate) control: Option<String>,
     #[serde(default, deserialize_with = "tls_mode")]
     pub(crate) tls: Option<TlsMode>,
