@@ -26,8 +26,8 @@ use crate::protocol::{
     TARGET_FAILED, WRONG_KIND,
 };
 use crate::relay::{
-    graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
-    Traffic,
+    graceful, peer_socket_options, relay_flushing, relay_tcp_with, relay_with, reset, Lead,
+    Opening, RelayEnd, Traffic,
 };
 use crate::stats::{bump, ClientSnapshot, ClientStats};
 use crate::transport::{AcceptError, ClientPools, ForRelay, Pooled, Transport};
@@ -604,7 +604,7 @@ async fn tcp_session(
         }
         ForRelay::Stream(mut stream) => {
             let mut target = target;
-            let end = relay_with(&mut stream, &mut target, svc.relay, &traffic, reached).await;
+            let end = relay_flushing(&mut stream, &mut target, svc.relay, &traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&target);
                 stream.disarm();

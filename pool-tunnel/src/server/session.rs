@@ -13,7 +13,7 @@ use super::{Control, Shared};
 use crate::config::ServiceProtocol;
 use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED, WRONG_KIND};
 use crate::relay::{
-    graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
+    graceful, relay_flushing, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
 };
 use crate::stats::bump;
 use crate::transport::{ForRelay, Pooled};
@@ -200,7 +200,7 @@ pub(super) async fn user_session(
             end
         }
         ForRelay::Stream(mut stream) => {
-            let end = relay_with(&mut user, &mut stream, service.relay, traffic, reached).await;
+            let end = relay_flushing(&mut user, &mut stream, service.relay, traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&user);
                 stream.disarm();
