@@ -9,8 +9,9 @@
 //! - `tunnel_T_mbps`: one download, no added delay. Baseline: the TCP tunnel's
 //!   `tunnel_mbps` of the same run (its mode).
 //! - `tunnel_T_rss_per_stream_kib` (not with `--quick`): both processes' resident
-//!   memory with 1,000 idle pooled streams less that with 16, per stream. Baseline: the
-//!   TCP tunnel's figure per connection of the same run.
+//!   memory with 1,000 idle pooled streams (a fresh client, after 5 s) less that with 16
+//!   (a fresh client, after 2 s), per stream; the server process is the same. Baseline:
+//!   the TCP tunnel's figure per connection of the same run.
 //!
 //! `ws` and `h2` run with `--insecure-no-pool-key` (their pools prove no key).
 
@@ -121,11 +122,16 @@ pub(crate) async fn figures(
                 dl_bytes / 1_000_000
             )),
         );
-        let rss16 = rss_kib(pair.server.pid()) + rss_kib(client.pid());
         client.kill().await;
 
-        // Memory per idle pooled stream.
+        // Memory per idle pooled stream: a fresh client with 16, then one with 1,000.
         if !quick {
+            let client = pair
+                .client_with(target, (pair.tunnel, pair.control), 16, &extra)
+                .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss16 = rss_kib(pair.server.pid()) + rss_kib(client.pid());
+            client.kill().await;
             let client = pair
                 .client_with(target, (pair.tunnel, pair.control), 1000, &extra)
                 .await?;
@@ -140,8 +146,8 @@ pub(crate) async fn figures(
             )
             .note(format!(
                 "--transport {t}, mode {mode}, both processes, (RSS with 1,000 idle pooled \
-                 streams after 5 s - with 16 after the download) / 984; baseline: the TCP \
-                 tunnel's per connection of this run"
+                 streams after 5 s - with 16 after 2 s, fresh clients) / 984; baseline: the \
+                 TCP tunnel's per connection of this run"
             ));
             if base.tcp_rss_per_conn.is_none() {
                 f.baseline = None;

@@ -151,3 +151,27 @@ fn plaintext_needs_the_insecure_word_in_a_file_too() {
     let ok = src.replace("tls = 0", "tls = 0\ninsecure_plaintext = true");
     assert!(parse(&ok).is_ok());
 }
+
+#[test]
+fn a_pair_on_two_transports_is_a_mistake_naming_both() {
+    let same = GOOD
+        .replace("[server]\n", "[server]\ntransport = \"quic\"\n")
+        .replace("[client]\n", "[client]\ntransport = \"quic\"\n");
+    let f = parse(&same).unwrap();
+    assert_eq!(f.server.unwrap().settings.transport, Some(Transport::Quic));
+    let other = same.replace(
+        "[client]\ntransport = \"quic\"",
+        "[client]\ntransport = \"ws\"",
+    );
+    let got = mistakes(&other);
+    assert_eq!(got[0].1, "client.transport", "{got:?}");
+    assert!(
+        got[0]
+            .2
+            .contains("the server runs over quic, the client over ws"),
+        "{got:?}"
+    );
+    // One side alone may take any transport; a name that is none is a mistake.
+    let got = mistakes("[client]\ntunnel = \"h:1\"\ntransport = \"udp\"\n");
+    assert_eq!(got[0].1, "client.transport", "{got:?}");
+}
