@@ -38,7 +38,7 @@ impl ClientPoolBuilder {
     /// `ClientConfig::default()`. Single mode is TCP's and is refused; the id is always
     /// the wire's 4 raw bytes, whatever the id form says. In-band sessions
     /// (`IdleWatch::Starts`) watch every idle stream for the server's start
-    /// ([`ClientPool::accept`]).
+    /// ([`ClientPool::accept_timeout`]).
     pub fn config(mut self, core: ClientConfig) -> Self {
         self.core = core;
         self

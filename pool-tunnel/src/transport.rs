@@ -2,10 +2,11 @@
 //! (`--transport`), through one enum of pools per side and one of pooled streams.
 //!
 //! Every transport gives the same three things: a server pool that starts a session
-//! in band on an idle pooled stream ([`ServerPools::start_with`]), a client pool that
-//! accepts it ([`ClientPools::accept_timeout`]), and a [`Pooled`] stream that is a byte
+//! in band on an idle pooled stream (`ServerPools::start_with`), a client pool that
+//! accepts it (`ClientPools::accept_timeout`), and a [`Pooled`] stream that is a byte
 //! stream and can be cut with a reset the peer reads as an error, never as a clean
-//! end: TCP `SO_LINGER` 0, QUIC `RESET_STREAM` (and `STOP_SENDING`). A [`Pooled`] is
+//! end: TCP `SO_LINGER` 0, QUIC `RESET_STREAM` (and `STOP_SENDING`), an RST under a
+//! WebSocket, HTTP/2 `RST_STREAM`. A [`Pooled`] is
 //! armed to be cut from the moment the tunnel has it; [`Pooled::disarm`] before a
 //! clean end.
 //!
