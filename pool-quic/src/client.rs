@@ -41,8 +41,10 @@ impl ClientPoolBuilder {
     }
     /// The pool's settings (Go: `minCap`, `maxCap`, `minIvl`, `maxIvl`): a
     /// [`ClientConfig`] or its builder, whose errors `build` reports. Default:
-    /// `ClientConfig::default()`. Single mode and in-band sessions are TCP's and are
-    /// refused; the id is always the wire's 4 raw bytes, whatever the id form says.
+    /// `ClientConfig::default()`. Single mode is TCP's and is refused; the id is always
+    /// the wire's 4 raw bytes, whatever the id form says. In-band sessions
+    /// (`IdleWatch::Starts`) watch every idle stream for the server's start
+    /// ([`ClientPool::accept_timeout`]).
     pub fn config(mut self, core: impl IntoConfig<ClientConfig>) -> Self {
         self.core = core.into_config();
         self
@@ -87,7 +89,7 @@ impl ClientPoolBuilder {
     /// # Errors
     ///
     /// [`BuildError::NoRuntime`] outside a runtime, [`BuildError::Config`] for single
-    /// or in-band mode, [`BuildError::Tls`] or [`BuildError::Quic`] for TLS settings
+    /// mode, [`BuildError::Tls`] or [`BuildError::Quic`] for TLS settings
     /// that cannot work, [`BuildError::Io`] when the socket cannot be bound,
     /// [`BuildError::Random`] if the secure generator fails.
     pub fn build(self) -> Result<ClientPool, BuildError> {
@@ -109,12 +111,6 @@ impl ClientPoolBuilder {
                 "the np-quic wire always takes the server's id",
             );
         }
-        if core.in_band() {
-            return refuse(
-                "in-band sessions",
-                "start sessions with an id over your control channel",
-            );
-        }
         let (tls, name) = self
             .tls
             .encrypted()
@@ -134,6 +130,7 @@ impl ClientPoolBuilder {
         };
         let server_name = name.map_or_else(|| addr.ip().to_string(), |n| n.to_str().into_owned());
         let max_shards = wire::shards(core.max_capacity());
+        let in_band = core.in_band();
         let machine = ClientMachine::new(core, seeded()?, now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), handle),
@@ -147,6 +144,9 @@ impl ClientPoolBuilder {
             max_shards,
             key: self.key,
         });
+        if in_band {
+            engine::watch_starts(&inner);
+        }
         inner.engine.spawn(drive(inner.clone()));
         Ok(ClientPool {
             owner: Arc::new(Owner(inner)),
@@ -398,6 +398,37 @@ impl ClientPool {
     pub async fn get_any(&self) -> Result<QuicStream, GetError> {
         let got = engine::get_for_user(self.inner(), Want::Any, self.get_timeout).await;
         got.map(|(_, s)| s)
+    }
+
+    /// In-band mode (`IdleWatch::Starts` in the builder's config): the next stream the
+    /// server started ([`ServerPool::start_with`](crate::ServerPool::start_with)), its
+    /// start header ([`pool_core::START`]) read and checked; the session's bytes follow
+    /// on it. No id travels over a control channel. Not part of the Go wire.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] when nothing was started in time, [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// A stream still waiting in the pool is never lost; one whose header is being
+    /// read when the future is dropped is reset.
+    pub async fn accept_timeout(&self, timeout: Duration) -> Result<QuicStream, GetError> {
+        use tokio::io::AsyncReadExt;
+        let engine = &self.inner().engine;
+        let start = now();
+        let read = |mut s: QuicStream, by: std::time::Instant| async move {
+            let mut header = [0u8; pool_core::START.len()];
+            let by = tokio::time::Instant::from_std(by);
+            let read = tokio::time::timeout_at(by, s.read_exact(&mut header)).await;
+            (s, matches!(read, Ok(Ok(_))).then_some(header))
+        };
+        engine
+            .driver
+            .accept_async(timeout, read)
+            .await
+            .map(|(_, s)| s)
+            .map_err(|e| crate::error::get_error(e, Want::Started, &engine.rt().log, start))
     }
 
     /// Resets every idle stream (Go: `Flush`); how many.

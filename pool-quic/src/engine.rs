@@ -66,6 +66,8 @@ pub(crate) struct Rt<S> {
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
     pub(crate) log: FailureLog,
+    /// Where held streams' wakers report, in in-band mode ([`watch_starts`]).
+    starts: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnId>>,
 }
 
 impl<S: Side> Platform for Rt<S> {
@@ -80,9 +82,17 @@ impl<S: Side> Platform for Rt<S> {
         conn.liveness()
     }
     /// Held streams are reported when their connection ends; one whose connection has
-    /// ended already is peeked at once.
+    /// ended already is peeked at once. In in-band mode each held stream is also
+    /// reported when bytes (the peer's start), its end or a reset arrive.
     fn watch(&self, id: ConnId, conn: &mut QuicStream) -> bool {
-        conn.link().hold(id)
+        let ended = conn.link().hold(id);
+        match self.starts.get() {
+            Some(tx) => {
+                let waker = std::task::Waker::from(Arc::new(StartWaker { tx: tx.clone(), id }));
+                conn.watch_bytes(waker) || ended
+            }
+            None => ended,
+        }
     }
     fn unwatch(&self, conn: &QuicStream) {
         conn.link().release(conn.id);
@@ -114,6 +124,19 @@ impl<S: Side> Platform for Rt<S> {
     }
 }
 
+/// Reports one held stream to the task that runs [`Driver::idle_ready`] for it: a
+/// waker may be called under quinn's connection lock, where a peek cannot run.
+struct StartWaker {
+    tx: tokio::sync::mpsc::UnboundedSender<ConnId>,
+    id: ConnId,
+}
+
+impl std::task::Wake for StartWaker {
+    fn wake(self: Arc<Self>) {
+        let _ = self.tx.send(self.id);
+    }
+}
+
 /// A get's reply channel.
 pub(crate) struct Sender(oneshot::Sender<Delivery>);
 
@@ -138,6 +161,7 @@ impl<S: Side> Engine<S> {
             tasks: TaskTracker::new(),
             handle,
             log: FailureLog::default(),
+            starts: std::sync::OnceLock::new(),
         };
         Self {
             driver: Driver::new(m, rt),
@@ -208,6 +232,31 @@ pub(crate) fn watch_link<S: Side>(side: &Arc<S>, link: Arc<Link>) {
         }
         engine.driver.idle_ready_all(link.take_held());
         engine.rt().changed.notify_waiters();
+    });
+}
+
+/// In-band mode: every held stream is watched for bytes, and a task peeks at each one
+/// reported (the peer's start goes to an accept). Each held stream has at most one
+/// waker armed, so the queue holds at most one report per held stream and wake.
+pub(crate) fn watch_starts<S: Side>(side: &Arc<S>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    if side.engine().rt().starts.set(tx).is_err() {
+        return;
+    }
+    let me = Arc::downgrade(side);
+    let cancel = side.engine().rt().cancel.clone();
+    side.engine().spawn(async move {
+        loop {
+            let id = tokio::select! {
+                id = rx.recv() => id,
+                _ = cancel.cancelled() => return,
+            };
+            let (Some(id), Some(me)) = (id, me.upgrade()) else {
+                return;
+            };
+            me.engine().driver.idle_ready(id);
+            me.engine().rt().changed.notify_waiters();
+        }
     });
 }
 

@@ -566,6 +566,35 @@ impl ServerPool {
         engine::get_for_user(self.inner(), Want::Any, timeout).await
     }
 
+    /// In-band sessions: the oldest idle stream with [`pool_core::START`] and `first`
+    /// written on it in one write; the client pool's
+    /// [`accept`](crate::ClientPool::accept_timeout) receives it as soon as they
+    /// arrive. A stream whose write fails (its peer reset it) is reset and the next one
+    /// is tried, within `timeout`. Not part of the Go wire.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn start_with(
+        &self,
+        first: &[u8],
+        timeout: Duration,
+    ) -> Result<(ConnId, QuicStream), GetError> {
+        use tokio::io::AsyncWriteExt;
+        let deadline = pool_core::deadline_after(now(), timeout);
+        let mut message = Vec::with_capacity(pool_core::START.len() + first.len());
+        message.extend_from_slice(&pool_core::START);
+        message.extend_from_slice(first);
+        loop {
+            let left = deadline.saturating_duration_since(now());
+            let (id, mut s) = engine::get_for_user(self.inner(), Want::Any, left).await?;
+            match tokio::time::timeout(left, s.write_all(&message)).await {
+                Ok(Ok(())) => return Ok((id, s)),
+                _ => s.reset(crate::RESET_UNUSED),
+            }
+        }
+    }
+
     /// Resets every idle stream (Go: `Flush`); how many.
     #[doc(alias = "Flush")]
     pub fn flush(&self) -> usize {

@@ -34,6 +34,9 @@ pub struct QuicStream {
     /// The peer finished its side: nothing comes after `stash`.
     fin: bool,
     link: Arc<Link>,
+    /// Woken when bytes, the end or a reset arrive while the pool holds the stream
+    /// idle (in-band sessions: the peer's start); `None` outside that mode.
+    watcher: Option<Waker>,
     /// Counts the stream against its connection's stream budget while it lives.
     _slot: Slot,
 }
@@ -64,6 +67,7 @@ impl QuicStream {
             at: 0,
             fin: false,
             link,
+            watcher: None,
             _slot: slot,
         }
     }
@@ -96,6 +100,14 @@ impl QuicStream {
         &self.link
     }
 
+    /// Arms `waker` to be woken when bytes, the end or a reset arrive on the held
+    /// stream, and answers whether something is there already (then the pool peeks
+    /// at once).
+    pub(crate) fn watch_bytes(&mut self, waker: Waker) -> bool {
+        self.watcher = Some(waker);
+        self.liveness() != Liveness::Idle
+    }
+
     /// Whether the stream may be handed out, and whether bytes wait on it, without
     /// losing a byte: what a peek reads is kept and served first to the reader. A
     /// stream whose peer finished it with nothing left is dead, as a TCP connection
@@ -117,7 +129,12 @@ impl QuicStream {
             // flow control holds at the peer.
             return Liveness::Pending;
         }
-        let mut cx = Context::from_waker(Waker::noop());
+        // The watcher, where there is one: a peek must not take its place in quinn.
+        let waker = self
+            .watcher
+            .clone()
+            .unwrap_or_else(|| Waker::noop().clone());
+        let mut cx = Context::from_waker(&waker);
         let mut buf = [0u8; 2048];
         match self.recv.poll_read(&mut cx, &mut buf) {
             Poll::Pending => Liveness::Idle,

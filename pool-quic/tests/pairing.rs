@@ -129,23 +129,58 @@ async fn a_pin_of_another_certificate_is_refused_in_the_handshake_and_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_mode_and_in_band_sessions_are_refused_at_build() {
+async fn single_mode_is_refused_at_build() {
     let addr = "127.0.0.1:9".parse().unwrap();
-    for core in [
-        pool_quic::ClientConfig::builder()
-            .mode(pool_core::Mode::Single)
-            .build()
-            .unwrap(),
-        pool_quic::ClientConfig::builder()
-            .watch(pool_core::IdleWatch::Starts)
-            .build()
-            .unwrap(),
-    ] {
-        let e = pool_quic::ClientPool::builder()
-            .address(addr)
-            .config(core)
-            .build()
-            .unwrap_err();
-        assert!(matches!(e, pool_quic::BuildError::Config(_)), "{e}");
+    let core = pool_quic::ClientConfig::builder()
+        .mode(pool_core::Mode::Single)
+        .build()
+        .unwrap();
+    let e = pool_quic::ClientPool::builder()
+        .address(addr)
+        .config(core)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, pool_quic::BuildError::Config(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_band_starts_reach_the_client_on_their_stream_without_an_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = common::server(8);
+    let core = pool_quic::ClientConfig::builder()
+        .capacity(4, 8)
+        .watch(pool_core::IdleWatch::Starts)
+        .build()
+        .unwrap();
+    let client = pool_quic::ClientPool::builder()
+        .address(server.local_addr())
+        .config(core)
+        .build()
+        .unwrap();
+    assert!(client.wait_idle(4, Duration::from_secs(5)).await);
+    assert!(server.wait_idle(4, Duration::from_secs(5)).await);
+    for n in 0..8u8 {
+        let first = [b'a' + n; 100];
+        let (id, mut s) = server
+            .start_with(&first, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut c = client.accept_timeout(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(c.id(), id, "the stream the server started");
+        let mut got = [0u8; 100];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, first, "the session's bytes follow the header");
+        c.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
     }
+    // Nothing started: an accept waits out its time.
+    let e = client
+        .accept_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GetError::Timeout { .. }), "{e}");
+    client.close().await;
+    server.close().await;
 }

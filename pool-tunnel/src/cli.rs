@@ -130,6 +130,16 @@ pub(crate) struct ServerArgs {
         conflicts_with = "config"
     )]
     pub tunnel: Option<SocketAddr>,
+    /// The pool's transport: tcp (TLS per --tls), quic (a UDP port, always TLS 1.3),
+    /// ws (WebSocket; wss in modes 1 and 2), h2 (HTTP/2, always TLS). The client must
+    /// give the same.
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "tcp|quic|ws|h2",
+        default_value = "tcp"
+    )]
+    pub transport: crate::Transport,
     /// Address users connect to (the one service, `default`).
     #[arg(
         long,
@@ -229,6 +239,14 @@ pub(crate) struct ClientArgs {
         conflicts_with = "config"
     )]
     pub tunnel: Option<String>,
+    /// The pool's transport: tcp, quic, ws or h2, as the server's.
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "tcp|quic|ws|h2",
+        default_value = "tcp"
+    )]
+    pub transport: crate::Transport,
     /// The service behind the tunnel (the one service, `default`).
     #[arg(
         long,
@@ -292,6 +310,7 @@ impl ServerArgs {
         Ok(ServerFile {
             settings: ServerSettings {
                 tunnel: self.tunnel,
+                transport: Some(self.transport),
                 control: self.control,
                 tls: Some(self.tls),
                 insecure_plaintext: Some(self.insecure_plaintext),
@@ -340,6 +359,7 @@ impl ClientArgs {
         Ok(ClientFile {
             settings: ClientSettings {
                 tunnel: self.tunnel.clone(),
+                transport: Some(self.transport),
                 control: self.control.clone(),
                 tls: Some(self.tls),
                 insecure_plaintext: Some(self.insecure_plaintext),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pool_core::{Random, SeededRandom};
 use pool_tls::{ClientTls, Roots, TlsMode};
-use pool_tokio::{ClientPool, IdleWatch, PoolConn, PoolStream, TcpDialer, TunnelKey};
+use pool_tokio::{ClientPool, IdleWatch, PoolStream, TcpDialer, TunnelKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -21,15 +21,16 @@ use crate::config::{
     check_client_services, ClientConfig, ClientService, Reloaded, ServiceProtocol, Timeouts,
 };
 use crate::protocol::{
-    client_handshake, default_control, fresh_session, send_token, split_host_port, BoxIo, Session,
-    SessionStart, HEARTBEAT, NO_SERVICE, REACHED, REACHED_WITH_ANSWER, RECEIVED, TARGET_FAILED,
-    WRONG_KIND,
+    client_handshake_over, default_control, fresh_session, send_token, split_host_port, BoxIo,
+    Session, SessionStart, HEARTBEAT, NO_SERVICE, REACHED, REACHED_WITH_ANSWER, RECEIVED,
+    TARGET_FAILED, WRONG_KIND,
 };
 use crate::relay::{
-    graceful, peer_socket_options, relay_tcp_with, relay_with, reset, Lead, Opening, RelayEnd,
-    Traffic,
+    graceful, peer_socket_options, relay_flushing, relay_tcp_with, relay_with, reset, Lead,
+    Opening, RelayEnd, Traffic,
 };
 use crate::stats::{bump, bump_both, ClientSnapshot, ClientStats, ServiceStats};
+use crate::transport::{AcceptError, ClientPools, ForRelay, Pooled, Transport};
 use crate::BoxError;
 
 type ServiceMap = std::collections::HashMap<String, Arc<ClientService>>;
@@ -44,7 +45,7 @@ fn service_map(services: Vec<ClientService>) -> Arc<ServiceMap> {
 }
 
 struct Shared {
-    pool: ClientPool,
+    pool: ClientPools,
     control: String,
     /// The services by name; a reload swaps the whole map, and a session keeps the
     /// service it started with.
@@ -71,8 +72,8 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    /// The client pool.
-    pub fn pool(&self) -> &ClientPool {
+    /// The client pool, whichever its transport.
+    pub fn pool(&self) -> &ClientPools {
         &self.shared.pool
     }
     /// When the pool was built.
@@ -179,7 +180,7 @@ impl Drop for ClientHandle {
 pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
     let (host, _) = split_host_port(&cfg.tunnel).map_err(|e| format!("--tunnel: {e}"))?;
     cfg.check()?;
-    let control = match cfg.control {
+    let control = match cfg.control.clone() {
         Some(c) => c,
         None => default_control(&cfg.tunnel)?,
     };
@@ -196,16 +197,6 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
             name: Some(name.clone()),
         },
     };
-    let b = ClientPool::builder()
-        .dialer(TcpDialer::host(cfg.tunnel.clone()))
-        .config(
-            pool_tokio::ClientConfig::builder()
-                .capacity(cfg.min, cfg.max)
-                .parallelism(cfg.parallelism)
-                .watch(IdleWatch::Starts),
-        )
-        .tls(client_tls.clone())
-        .tunnel_key(cfg.key.clone());
     let tls = match client_tls.build()? {
         Some((c, server)) => Some((
             TlsConnector::from(c),
@@ -214,7 +205,7 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
         None => None,
     };
     let started = Instant::now();
-    let pool = b.build()?;
+    let pool = client_pool(&cfg, client_tls, &name).await?;
     let shared = Arc::new(Shared {
         pool,
         control,
@@ -252,6 +243,67 @@ pub async fn start_client(cfg: ClientConfig) -> Result<ClientHandle, BoxError> {
     })
 }
 
+/// The pool that dials the tunnel port, over the configured transport, with the
+/// tunnel key's proof on every pooled TCP connection, or once per QUIC, WebSocket or
+/// HTTP/2 connection.
+async fn client_pool(
+    cfg: &ClientConfig,
+    client_tls: ClientTls,
+    name: &str,
+) -> Result<ClientPools, BoxError> {
+    let core = pool_tokio::ClientConfig::builder()
+        .capacity(cfg.min, cfg.max)
+        .parallelism(cfg.parallelism)
+        .watch(IdleWatch::Starts);
+    Ok(match cfg.transport {
+        Transport::Tcp => ClientPools::Tcp(
+            ClientPool::builder()
+                .dialer(TcpDialer::host(cfg.tunnel.clone()))
+                .config(core)
+                .tls(client_tls)
+                .tunnel_key(cfg.key.clone())
+                .build()?,
+        ),
+        // QUIC and HTTP/2 are always TLS: mode 0 takes any certificate there, as the
+        // np-quic and nph2 wires' code 0 does; the key proof still binds to it.
+        Transport::Quic => ClientPools::Quic(
+            pool_quic::ClientPool::builder()
+                .address(resolve(&cfg.tunnel).await?)
+                .config(core)
+                .tls(client_tls)
+                .tunnel_key(cfg.key.clone())
+                .build()?,
+        ),
+        Transport::Ws => ClientPools::Ws(
+            pool_ws::WsClientPool::builder()
+                .address(resolve(&cfg.tunnel).await?)
+                .config(core)
+                .tls(client_tls)
+                .host(name)
+                .tunnel_key(cfg.key.clone())
+                .build()?,
+        ),
+        Transport::H2 => ClientPools::H2(
+            pool_ws::h2::H2ClientPool::builder()
+                .address(resolve(&cfg.tunnel).await?)
+                .config(core)
+                .tls(client_tls)
+                .host(name)
+                .tunnel_key(cfg.key.clone())
+                .build()?,
+        ),
+    })
+}
+
+/// The first address of `HOST:PORT`.
+async fn resolve(tunnel: &str) -> Result<std::net::SocketAddr, BoxError> {
+    Ok(tokio::net::lookup_host(tunnel)
+        .await
+        .map_err(|e| format!("--tunnel {tunnel}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--tunnel {tunnel}: no address"))?)
+}
+
 /// Accepts the sessions the server starts in band, one task each, until the pool
 /// closes (then the supervisor stops the client side, and says so). Sessions end with
 /// the handle (their tasks are aborted with this one).
@@ -261,8 +313,8 @@ async fn accept_loop(shared: Arc<Shared>) {
         while sessions.try_join_next().is_some() {}
         let conn = match shared.pool.accept_timeout(Duration::from_secs(3600)).await {
             Ok(conn) => conn,
-            Err(pool_tokio::GetError::Closed) => return,
-            Err(_) => continue, // nothing started for an hour, or no server yet
+            Err(AcceptError::Closed) => return,
+            Err(AcceptError::Nothing) => continue, // nothing started for an hour, or no server yet
         };
         bump(&shared.stats.accepted);
         let shared = shared.clone();
@@ -341,7 +393,8 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
                     false => format!("TLS: {e}"),
                 })?;
             let binding = pool_tls::tls_binding(tls.get_ref().1)?;
-            client_handshake(&mut tls, &s.key, &binding, &s.session).await?;
+            client_handshake_over(&mut tls, &s.key, &binding, &s.session, s.pool.transport())
+                .await?;
             Ok(Box::new(tls))
         }
         None => {
@@ -350,7 +403,7 @@ async fn connect_control(s: &Shared) -> Result<BoxIo, BoxError> {
             if let Ok(Ok(0) | Err(_)) = timeout(s.t.io, tcp.peek(&mut first)).await {
                 return Err(closed_before("the greeting").into());
             }
-            client_handshake(&mut tcp, &s.key, &[], &s.session).await?;
+            client_handshake_over(&mut tcp, &s.key, &[], &s.session, s.pool.transport()).await?;
             Ok(Box::new(tcp))
         }
     }
@@ -418,9 +471,8 @@ async fn run_control(shared: &Arc<Shared>, io: BoxIo) -> String {
 /// service, which user), then the session by the service's kind. A start that cannot
 /// be read closes the connection before the receipt: nothing was delivered, so the
 /// server may replay it elsewhere.
-async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
+async fn client_session(s: &Shared, mut conn: Pooled) -> bool {
     let id = conn.id();
-    reset(conn.stream().tcp());
     let start = match timeout(s.t.answer, SessionStart::read(&mut conn)).await {
         Ok(Ok(start)) => start,
         why => {
@@ -457,8 +509,8 @@ async fn client_session(s: &Shared, mut conn: PoolConn) -> bool {
 /// Answers the receipt and `outcome` in one write, then closes in order (so that the
 /// bytes are not dropped with the connection): the server resets the user at once and
 /// retries nothing.
-async fn refuse(s: &Shared, mut conn: PoolConn, outcome: u8) {
-    graceful(conn.stream().tcp());
+async fn refuse(s: &Shared, mut conn: Pooled, outcome: u8) {
+    conn.disarm();
     let _ = timeout(s.t.io, async {
         conn.write_all(&[RECEIVED, outcome]).await?;
         conn.flush().await
@@ -476,7 +528,7 @@ async fn refuse(s: &Shared, mut conn: PoolConn, outcome: u8) {
 /// answer.
 async fn tcp_session(
     s: &Shared,
-    mut conn: PoolConn,
+    mut conn: Pooled,
     svc: &ClientService,
     start: &SessionStart,
     mine: &ServiceStats,
@@ -507,7 +559,7 @@ async fn tcp_session(
             debug!("session {id}: target {} unreachable: {why:?}", svc.target);
             // The server resets the user at once and retries nothing. An orderly close,
             // so that the byte is not dropped with the connection.
-            graceful(conn.stream().tcp());
+            conn.disarm();
             let _ = timeout(s.t.io, async {
                 conn.write_all(&[TARGET_FAILED]).await?;
                 conn.flush().await
@@ -525,14 +577,25 @@ async fn tcp_session(
         within: REACHED_WITH_ANSWER,
     });
     let traffic = Traffic::default();
-    let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_with(tcp, target, svc.relay, &traffic, reached).await,
-        mut tls => {
+    let end = match conn.into_tcp() {
+        ForRelay::Tcp(PoolStream::Plain(tcp)) => {
+            relay_tcp_with(tcp, target, svc.relay, &traffic, reached).await
+        }
+        ForRelay::Tcp(mut tls) => {
             let mut target = target;
             let end = relay_with(&mut tls, &mut target, svc.relay, &traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&target);
                 graceful(tls.tcp());
+            }
+            end
+        }
+        ForRelay::Stream(mut stream) => {
+            let mut target = target;
+            let end = relay_flushing(&mut stream, &mut target, svc.relay, &traffic, reached).await;
+            if end == RelayEnd::Done {
+                graceful(&target);
+                stream.disarm();
             }
             end
         }

@@ -165,8 +165,10 @@ impl Default for RelayLimits {
 /// The public side.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Where the pool listens (clients dial in here).
+    /// Where the pool listens (clients dial in here): a TCP port, or a UDP one for QUIC.
     pub tunnel: SocketAddr,
+    /// The pool's transport; the client's must be the same.
+    pub transport: crate::transport::Transport,
     /// Where the control connection comes in. `None`: tunnel port + 1 (or port 0 when
     /// the tunnel port is 0).
     pub control: Option<SocketAddr>,
@@ -469,6 +471,7 @@ impl ServerConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             tunnel: any,
+            transport: crate::transport::Transport::Tcp,
             control: Some(any),
             tls: None,
             client_ip: None,
@@ -525,6 +528,8 @@ pub fn check_services(services: &[ServerService]) -> Result<(), BoxError> {
 pub struct ClientConfig {
     /// The server's tunnel address, `HOST:PORT`.
     pub tunnel: String,
+    /// The pool's transport; the server's must be the same.
+    pub transport: crate::transport::Transport,
     /// The server's control address; `None`: the tunnel host, tunnel port + 1.
     pub control: Option<String>,
     /// TLS mode of pool and control.
@@ -557,6 +562,7 @@ impl ClientConfig {
     pub fn new(tunnel: String, control: Option<String>, target: String, key: TunnelKey) -> Self {
         Self {
             tunnel,
+            transport: crate::transport::Transport::Tcp,
             control,
             mode: TlsMode::Off,
             hostname: None,
@@ -571,14 +577,18 @@ impl ClientConfig {
         }
     }
 
-    /// A client of `server` (in this process) forwarding to `target`.
+    /// A client of `server` (in this process) forwarding to `target`, on its
+    /// transport.
     pub fn for_server(server: &crate::ServerHandle, target: std::net::SocketAddr) -> Self {
-        Self::new(
-            server.tunnel_addr().to_string(),
-            Some(server.control_addr().to_string()),
-            target.to_string(),
-            server.key().clone(),
-        )
+        Self {
+            transport: server.pool().transport(),
+            ..Self::new(
+                server.tunnel_addr().to_string(),
+                Some(server.control_addr().to_string()),
+                target.to_string(),
+                server.key().clone(),
+            )
+        }
     }
 }
 

@@ -45,12 +45,14 @@ mod sources;
 pub mod state;
 pub mod stats;
 mod tasks;
+pub mod transport;
 pub mod udp;
 
 pub use app::main;
 pub use client::{start_client, ClientHandle};
 pub use config::{ClientConfig, ServerConfig, Timeouts};
 pub use server::{start_server, ServerHandle};
+pub use transport::Transport;
 
 /// Errors of setup: shown to the user, never matched on.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

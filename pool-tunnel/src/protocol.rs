@@ -64,16 +64,18 @@ pub use pool_tokio::START;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
+use crate::transport::Transport;
 use crate::BoxError;
 
 /// First bytes the server writes on a control connection: `NPT` and the version of
-/// the tunnel's wire (6: each session's start names its kind, TCP or UDP; 5: it names
+/// the tunnel's wire (7: both sides of the control handshake name their transport;
+/// 6: each session's start names its kind, TCP or UDP; 5: it names
 /// its service and its user; 4: the client acknowledges each session with [`RECEIVED`]
 /// before it touches the target). A client refuses a server of another version, and a
 /// server never starts a session for a client that has no control connection, so the
 /// two never pair: no server replays what a client of another version may have
 /// delivered, and no client reads a start it cannot parse.
-pub const MAGIC: &[u8; 4] = b"NPT6";
+pub const MAGIC: &[u8; 4] = b"NPT7";
 /// The heartbeat, both ways on control, and the only byte control carries after the
 /// handshake.
 pub const HEARTBEAT: u8 = b'\n';
@@ -83,8 +85,8 @@ pub const KIND_TCP: u8 = b'T';
 /// The first byte of a [`SessionStart`] of a UDP service: an association, whose frames
 /// follow the start ([`crate::udp`]).
 pub const KIND_UDP: u8 = b'U';
-/// Length of the server's greeting.
-pub const GREETING_LEN: usize = MAGIC.len() + NONCE_LEN;
+/// Length of the server's greeting: [`MAGIC`], the transport's byte, the nonce.
+pub const GREETING_LEN: usize = MAGIC.len() + 1 + NONCE_LEN;
 pub use pool_tls::proof::{
     CONFIRM_LEN as CONTROL_CONFIRM_LEN, RESPONSE_LEN as CONTROL_RESPONSE_LEN,
 };
@@ -105,8 +107,16 @@ pub fn fresh_session() -> Result<Session, BoxError> {
     Ok(s)
 }
 
-fn control_context(session: &Session) -> Vec<u8> {
-    [CONTROL_CONTEXT, session].concat()
+fn control_context(session: &Session, transport: Transport) -> Vec<u8> {
+    [CONTROL_CONTEXT, session, &[transport.wire()]].concat()
+}
+
+/// The words for two sides on different transports.
+fn transport_mismatch(server: Transport, client: Transport) -> String {
+    format!(
+        "the server runs the tunnel over {server}, the client over {client}: give the same \
+         --transport (or `transport =`) on both sides"
+    )
 }
 /// The byte the client writes on a started pooled connection as soon as its pool
 /// accepted it (start header read), before it does anything else: before the target
@@ -305,31 +315,55 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The server's half of the handshake, after TLS. `binding` is the TLS channel binding
-/// (empty in mode 0). `Ok` when the client proved the key, with the session tag it
-/// proved; the confirmation is sent.
+/// The server's half of the handshake over TCP ([`server_handshake_over`]).
 pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     key: &TunnelKey,
     binding: &[u8],
     answer_within: Duration,
 ) -> Result<Session, BoxError> {
+    server_handshake_over(io, key, binding, answer_within, Transport::Tcp).await
+}
+
+/// The server's half of the handshake, after TLS, for a tunnel over `transport`.
+/// `binding` is the TLS channel binding (empty in mode 0). `Ok` when the client proved
+/// the key, with the session tag it proved; the confirmation is sent. A client on
+/// another transport is refused with both named.
+pub async fn server_handshake_over<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    key: &TunnelKey,
+    binding: &[u8],
+    answer_within: Duration,
+    transport: Transport,
+) -> Result<Session, BoxError> {
     let ns = pool_tls::fresh_nonce()?;
     let mut hello = [0u8; GREETING_LEN];
     hello[..MAGIC.len()].copy_from_slice(MAGIC);
-    hello[MAGIC.len()..].copy_from_slice(&ns);
+    hello[MAGIC.len()] = transport.wire();
+    hello[MAGIC.len() + 1..].copy_from_slice(&ns);
     io.write_all(&hello).await?;
     io.flush().await?;
-    let mut answer = [0u8; SESSION_LEN + RESPONSE_LEN];
-    match timeout(answer_within, io.read_exact(&mut answer)).await {
-        Ok(Ok(_)) => {}
+    let mut answer = [0u8; 1 + SESSION_LEN + RESPONSE_LEN];
+    let read = timeout(answer_within, async {
+        // The transport's byte first: a client on another one sends only that.
+        io.read_exact(&mut answer[..1]).await?;
+        match Transport::from_wire(answer[0]) {
+            Some(t) if t == transport => {}
+            Some(t) => return Ok(Err(transport_mismatch(transport, t))),
+            None => return Ok(Err("not a tunnel client (unknown transport)".into())),
+        }
+        io.read_exact(&mut answer[1..]).await.map(|_| Ok(()))
+    });
+    match read.await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(why))) => return Err(why.into()),
         Ok(Err(e)) => return Err(format!("short answer: {e}").into()),
         Err(_) => return Err(format!("no answer within {answer_within:?}").into()),
     }
-    let (session, response) = answer.split_at(SESSION_LEN);
+    let (session, response) = answer[1..].split_at(SESSION_LEN);
     let session: Session = session.try_into().map_err(|_| "short session tag")?;
     let response: &[u8; RESPONSE_LEN] = response.try_into().map_err(|_| "short answer")?;
-    let proof = ServerProof::new(key, ns, &control_context(&session), binding);
+    let proof = ServerProof::new(key, ns, &control_context(&session, transport), binding);
     let confirm = proof
         .check_response(response)
         .map_err(|_| "wrong tunnel key (or not a tunnel client)")?;
@@ -338,36 +372,63 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(session)
 }
 
-/// The client's half of the handshake, after TLS, for the client process whose tag is
-/// `session`. `Ok` when the server proved the key.
+/// The client's half of the handshake over TCP ([`client_handshake_over`]).
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     key: &TunnelKey,
     binding: &[u8],
     session: &Session,
 ) -> Result<(), BoxError> {
+    client_handshake_over(io, key, binding, session, Transport::Tcp).await
+}
+
+/// The client's half of the handshake, after TLS, for the client process whose tag is
+/// `session`, on a tunnel over `transport`. `Ok` when the server proved the key. A
+/// server on another transport is refused with both named, before anything computed
+/// with the key is sent.
+pub async fn client_handshake_over<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    key: &TunnelKey,
+    binding: &[u8],
+    session: &Session,
+    transport: Transport,
+) -> Result<(), BoxError> {
     let mut hello = [0u8; GREETING_LEN];
-    io.read_exact(&mut hello)
+    let mut head = [0u8; MAGIC.len()];
+    io.read_exact(&mut head)
         .await
         .map_err(|e| format!("no greeting: {e}"))?;
-    if hello[..3] == MAGIC[..3] && hello[3] != MAGIC[3] {
+    if head[..3] == MAGIC[..3] && head[3] != MAGIC[3] {
         return Err(format!(
             "the server speaks the tunnel's wire version {}, this client version {}: run \
              the same release on both sides",
-            char::from(hello[3]),
+            char::from(head[3]),
             char::from(MAGIC[3])
         )
         .into());
     }
-    if &hello[..MAGIC.len()] != MAGIC {
+    if &head != MAGIC {
         return Err("not a tunnel control port (bad greeting)".into());
     }
+    io.read_exact(&mut hello[MAGIC.len()..])
+        .await
+        .map_err(|e| format!("no greeting: {e}"))?;
+    match Transport::from_wire(hello[MAGIC.len()]) {
+        Some(t) if t == transport => {}
+        Some(t) => {
+            // This side's transport alone, so that the server names both too.
+            let _ = io.write_all(&[transport.wire()]).await;
+            let _ = io.flush().await;
+            return Err(transport_mismatch(t, transport).into());
+        }
+        None => return Err("not a tunnel control port (unknown transport)".into()),
+    }
     let mut ns = [0u8; NONCE_LEN];
-    ns.copy_from_slice(&hello[MAGIC.len()..]);
+    ns.copy_from_slice(&hello[MAGIC.len() + 1..]);
     let nc = pool_tls::fresh_nonce()?;
-    let context = control_context(session);
+    let context = control_context(session, transport);
     let (proof, response) = ClientProof::respond(key, &ns, nc, &context, binding);
-    io.write_all(&[session.as_slice(), &response].concat())
+    io.write_all(&[&[transport.wire()][..], session.as_slice(), &response].concat())
         .await?;
     io.flush().await?;
     let mut confirm = [0u8; CONFIRM_LEN];
@@ -445,11 +506,13 @@ mod tests {
             // Answers with the key for one tag, then sends another in its place.
             let mut hello = [0u8; GREETING_LEN];
             b.read_exact(&mut hello).await.unwrap();
-            let ns: [u8; NONCE_LEN] = hello[MAGIC.len()..].try_into().unwrap();
+            let ns: [u8; NONCE_LEN] = hello[MAGIC.len() + 1..].try_into().unwrap();
             let (honest, other) = ([1u8; SESSION_LEN], [2u8; SESSION_LEN]);
             let nc = pool_tls::fresh_nonce().unwrap();
-            let (_, response) = ClientProof::respond(&k, &ns, nc, &control_context(&honest), &[]);
-            b.write_all(&[other.as_slice(), &response].concat())
+            let t = Transport::Tcp;
+            let (_, response) =
+                ClientProof::respond(&k, &ns, nc, &control_context(&honest, t), &[]);
+            b.write_all(&[&[t.wire()][..], other.as_slice(), &response].concat())
                 .await
                 .unwrap();
         };
@@ -483,12 +546,53 @@ mod tests {
         let (k, tag) = (key(1), fresh_session().unwrap());
         let (_a, r) = tokio::join!(old, client_handshake(&mut b, &k, &[], &tag));
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("wire version 5, this client version 6"), "{e}");
+        assert!(e.contains("wire version 5, this client version 7"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_transport_mismatch_is_named_on_both_sides() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let (k, tag) = (key(1), fresh_session().unwrap());
+        let within = Duration::from_secs(5);
+        let server = server_handshake_over(&mut a, &k, &[], within, Transport::Quic);
+        let client = async {
+            let r = client_handshake_over(&mut b, &k, &[], &tag, Transport::Tcp).await;
+            drop(b);
+            r
+        };
+        let (s, c) = tokio::join!(server, client);
+        let c = c.unwrap_err().to_string();
+        assert!(
+            c.contains("server runs the tunnel over quic, the client over tcp"),
+            "{c}"
+        );
+        let s = s.unwrap_err().to_string();
+        assert!(
+            s.contains("server runs the tunnel over quic, the client over tcp"),
+            "{s}"
+        );
+        // A client that answers anyway on another transport is named by the server.
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let server = server_handshake_over(&mut a, &k, &[], within, Transport::Tcp);
+        let liar = async {
+            let mut hello = [0u8; GREETING_LEN];
+            b.read_exact(&mut hello).await.unwrap();
+            let mut answer = vec![Transport::Quic.wire()];
+            answer.extend_from_slice(&[0u8; SESSION_LEN + RESPONSE_LEN]);
+            b.write_all(&answer).await.unwrap();
+            b
+        };
+        let (s, _b) = tokio::join!(server, liar);
+        let s = s.unwrap_err().to_string();
+        assert!(
+            s.contains("server runs the tunnel over tcp, the client over quic"),
+            "{s}"
+        );
     }
 
     #[test]
     fn the_control_context_is_no_pool_id_length() {
-        assert!(![4, 8].contains(&control_context(&[0; SESSION_LEN]).len()));
+        assert!(![4, 8].contains(&control_context(&[0; SESSION_LEN], Transport::Quic).len()));
         assert_eq!(CONTROL_RESPONSE_LEN, 2 * NONCE_LEN);
         assert_eq!(CONTROL_CONFIRM_LEN, 32);
     }

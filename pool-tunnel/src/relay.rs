@@ -159,6 +159,7 @@ async fn copy_one<R, W>(
     last: &AtomicU64,
     start: Instant,
     opening: Opening,
+    flush: bool,
 ) -> Way
 where
     R: AsyncRead + Unpin,
@@ -201,6 +202,9 @@ where
         let full = n == buf.len() && n < BUF_MAX;
         last.store(start.elapsed().as_millis() as u64, Relaxed);
         if w.write_all(&buf[..n]).await.is_err() {
+            return Way::Failed;
+        }
+        if flush && w.flush().await.is_err() {
             return Way::Failed;
         }
         count.fetch_add(n as u64, Relaxed);
@@ -272,6 +276,37 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_both(a, b, limits, traffic, opening, false).await
+}
+
+/// [`relay_with`] for streams that hold written bytes until a flush (a WebSocket's
+/// messages): each write is flushed.
+pub async fn relay_flushing<A, B>(
+    a: A,
+    b: B,
+    limits: RelayLimits,
+    traffic: &Traffic,
+    opening: Opening,
+) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_both(a, b, limits, traffic, opening, true).await
+}
+
+async fn relay_both<A, B>(
+    a: A,
+    b: B,
+    limits: RelayLimits,
+    traffic: &Traffic,
+    opening: Opening,
+    flush: bool,
+) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let start = traffic.born;
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
@@ -282,8 +317,17 @@ where
         &traffic.last,
         start,
         Opening::Plain,
+        flush,
     );
-    let down = copy_one(br, aw, &traffic.b_to_a, &traffic.last, start, opening);
+    let down = copy_one(
+        br,
+        aw,
+        &traffic.b_to_a,
+        &traffic.last,
+        start,
+        opening,
+        flush,
+    );
     drive(up, down, start, limits, traffic).await
 }
 

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_tokio::{AdmissionLimits, IpFilter, ServeTls, ServerPool, TunnelKey};
+
+use crate::transport::{ServerPools, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -39,7 +41,7 @@ struct Control {
 }
 
 struct Shared {
-    pool: ServerPool,
+    pool: ServerPools,
     key: TunnelKey,
     t: Timeouts,
     stats: ServerStats,
@@ -109,8 +111,8 @@ impl ServerHandle {
     pub fn control_addr(&self) -> SocketAddr {
         self.control
     }
-    /// The server pool.
-    pub fn pool(&self) -> &ServerPool {
+    /// The server pool, whichever its transport.
+    pub fn pool(&self) -> &ServerPools {
         &self.shared.pool
     }
     /// The key in use.
@@ -181,26 +183,7 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         Some(spec) => IpFilter::parse(spec).map_err(|e| format!("--client-ip: {e}"))?,
         None => IpFilter::any(),
     };
-    let mut b = ServerPool::builder()
-        .bind(cfg.tunnel)
-        .config(
-            pool_tokio::ServerConfig::builder()
-                .max_capacity(cfg.max_capacity)
-                .handshake_timeout(cfg.pool_handshake)
-                .admission(AdmissionLimits {
-                    // At most a quarter of the descriptors, whatever the limit.
-                    max_handshakes: crate::limits::within_descriptors(HANDSHAKE_SLOTS, 4),
-                    ..AdmissionLimits::default()
-                }),
-        )
-        .tunnel_key(cfg.key.clone())
-        .filter(filter.clone());
-    if let Some(tls) = &cfg.tls {
-        b = b.tls(ServeTls::Cert(tls.clone()));
-    }
-    let pool = b
-        .build()
-        .map_err(|e| format!("tunnel {}: {e}", cfg.tunnel))?;
+    let pool = server_pool(&cfg, &filter)?;
     let tunnel = pool.local_addr();
     let control_addr = match cfg.control {
         Some(a) => a,
@@ -274,6 +257,73 @@ pub async fn start_server(cfg: ServerConfig) -> Result<ServerHandle, BoxError> {
         reloads,
         tasks,
         failed,
+    })
+}
+
+/// The pool on the tunnel port, over the configured transport, with the tunnel key's
+/// proof on every pooled connection (TCP) or QUIC connection.
+fn server_pool(cfg: &ServerConfig, filter: &IpFilter) -> Result<ServerPools, BoxError> {
+    let at = |e: &dyn std::fmt::Display| format!("tunnel {} ({}): {e}", cfg.tunnel, cfg.transport);
+    let core = pool_tokio::ServerConfig::builder()
+        .max_capacity(cfg.max_capacity)
+        .handshake_timeout(cfg.pool_handshake);
+    Ok(match cfg.transport {
+        Transport::Tcp => {
+            let mut b = ServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core.admission(AdmissionLimits {
+                    // At most a quarter of the descriptors, whatever the limit.
+                    max_handshakes: crate::limits::within_descriptors(HANDSHAKE_SLOTS, 4),
+                    ..AdmissionLimits::default()
+                }))
+                .tunnel_key(cfg.key.clone())
+                .filter(filter.clone());
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(ServeTls::Cert(tls.clone()));
+            }
+            ServerPools::Tcp(b.build().map_err(|e| at(&e))?)
+        }
+        // QUIC and HTTP/2 are always TLS: with no certificate (mode 0) each makes one
+        // for this run. WebSocket's mode 0 is plain `ws://`, as TCP's is plain TCP.
+        Transport::Quic => {
+            let mut b = pool_quic::ServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core)
+                .tunnel_key(cfg.key.clone());
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(ServeTls::Cert(tls.clone()));
+            }
+            ServerPools::Quic(b.build().map_err(|e| at(&e))?)
+        }
+        Transport::Ws => {
+            let mut b = pool_ws::WsServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core)
+                .tunnel_key(cfg.key.clone());
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(ServeTls::Cert(tls.clone()));
+            }
+            ServerPools::Ws(b.build().map_err(|e| at(&e))?)
+        }
+        Transport::H2 => {
+            let mut b = pool_ws::h2::H2ServerPool::builder()
+                .bind(cfg.tunnel)
+                .config(core)
+                .tunnel_key(cfg.key.clone());
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(ServeTls::Cert(tls.clone()));
+            }
+            ServerPools::H2(b.build().map_err(|e| at(&e))?)
+        }
     })
 }
 

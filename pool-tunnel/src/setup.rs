@@ -225,6 +225,7 @@ pub(crate) fn server(
     Ok(ServerSetup {
         config: ServerConfig {
             tunnel,
+            transport: s.transport.unwrap_or_default(),
             control: s.control,
             tls,
             client_ip: s.client_ip.clone(),
@@ -295,6 +296,7 @@ pub(crate) fn client(file: &ClientFile, env_key: Option<String>) -> Result<Clien
         key,
     );
     cfg.services = services;
+    cfg.transport = s.transport.unwrap_or_default();
     cfg.mode = mode;
     cfg.hostname = s.hostname.clone();
     cfg.ca = s.ca.clone();

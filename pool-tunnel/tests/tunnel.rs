@@ -44,7 +44,10 @@ async fn mode1_200_sessions_every_byte_checked() {
     let r = run(server.public_addr(), 200, 16 * 1024).await;
     assert_all_passed(&r, 200);
     assert_eq!(client.stats().control_ok, 1);
-    assert_eq!(server.pool().stats().counters.auth_failures, 0);
+    assert_eq!(
+        server.pool().tcp().unwrap().stats().counters.auth_failures,
+        0
+    );
     client.shutdown().await;
     server.shutdown().await;
     echo_task.abort();
@@ -96,7 +99,11 @@ async fn mode1_1000_short_sessions_64_at_once() {
     .await;
     // Shown when the test fails.
     eprintln!("server {:?}", server.stats());
-    eprintln!("client {:?} {}", client.stats(), client.pool().stats());
+    eprintln!(
+        "client {:?} {}",
+        client.stats(),
+        client.pool().tcp().unwrap().stats()
+    );
     assert_all_passed(&r, 1_000);
     assert_eq!(client.stats().control_ok, 1, "control never fell silent");
     client.shutdown().await;
@@ -181,7 +188,7 @@ async fn a_wrong_key_is_refused_and_users_are_answered_at_once() {
     assert_eq!(server.stats().control_ok, 0);
     // Its pool connections never entered the server's pool.
     assert_eq!(server.pool().active(), 0);
-    assert!(server.pool().stats().counters.auth_failures > 0);
+    assert!(server.pool().tcp().unwrap().stats().counters.auth_failures > 0);
     // No control: users are closed by the server once `control_wait` passes, never
     // relayed, and never left to the users' own deadline (`LIMIT`).
     let r = run(server.public_addr(), 5, 1024).await;
@@ -235,7 +242,7 @@ async fn a_stranger_that_knows_no_key_never_gets_a_user_byte_on_any_port() {
     );
     let (got, closed) = drain(&mut on_control, Duration::from_secs(3)).await;
     assert!(got.is_empty() && closed, "{} bytes", got.len());
-    assert!(server.pool().stats().counters.auth_failures >= 2);
+    assert!(server.pool().tcp().unwrap().stats().counters.auth_failures >= 2);
     assert_eq!(server.stats().control_ok, 1);
     client.shutdown().await;
     server.shutdown().await;

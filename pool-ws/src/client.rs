@@ -120,6 +120,7 @@ impl WsClientPoolBuilder {
         };
         let url = format!("{scheme}://{authority}{}", self.path);
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
+        let in_band = config.in_band();
         let machine = ClientMachine::new(config, SeededRandom::from_seed(seed), now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), rt),
@@ -130,6 +131,9 @@ impl WsClientPoolBuilder {
             last: LastFailure::default(),
             key: self.key,
         });
+        if in_band {
+            crate::engine::watch_starts(&inner);
+        }
         inner.engine.spawn(drive(inner.clone()));
         Ok(WsClientPool {
             owner: Arc::new(Owner(inner)),
@@ -325,6 +329,23 @@ impl WsClientPool {
     /// Idle connections ready to hand out (Go: `Active`).
     pub fn idle(&self) -> usize {
         self.status().idle
+    }
+
+    /// In-band mode (`IdleWatch::Starts` in the config): the next connection the server
+    /// started (`start_with` on the server pool), its start header
+    /// ([`pool_core::START`]) read and checked; the session's bytes follow on it. No
+    /// id travels over a control channel. Not part of the Go wire.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] when nothing was started in time, [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// One still waiting in the pool is never lost; one whose header is being read
+    /// when the future is dropped is closed.
+    pub async fn accept_timeout(&self, timeout: Duration) -> Result<WsConn, GetError> {
+        crate::engine::accept(self.inner(), timeout).await
     }
 
     /// Closes every idle connection (Go: `Flush`); how many.

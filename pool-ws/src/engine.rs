@@ -13,7 +13,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use pool_core::driver::{Driver, Platform, Reply, Role, Sleep, Task};
-use pool_core::{ConnId, DialTicket, Want};
+use pool_core::{ClientMachine, ConnId, DialTicket, Want};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::GetError;
 use tokio::sync::{oneshot, Notify};
@@ -24,8 +25,12 @@ type Delivery<C> = pool_core::driver::Delivery<C>;
 
 /// A connection the pool holds: WebSocket or HTTP/2 stream.
 pub(crate) trait Pooled: Send + 'static {
-    /// Whether it is quiet, has bytes waiting, or is dead; never consumes a byte.
+    /// Whether it is quiet, has bytes waiting, or is dead; never loses a byte.
     fn peek(&mut self) -> pool_core::Liveness;
+    /// In-band mode: arms `waker` to be woken when a message, the end or a reset
+    /// arrives on the held connection (what is read is kept for the reader); answers
+    /// whether something is there already (then the pool peeks at once).
+    fn watch_bytes(&mut self, waker: std::task::Waker) -> bool;
 }
 
 /// The runtime's clock: tokio's, so that paused-time tests control the core too.
@@ -49,6 +54,8 @@ pub(crate) struct Rt<S> {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     handle: tokio::runtime::Handle,
+    /// Where held connections' wakers report, in in-band mode ([`watch_starts`]).
+    starts: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnId>>,
 }
 
 impl<S: Side> Platform for Rt<S> {
@@ -61,6 +68,17 @@ impl<S: Side> Platform for Rt<S> {
     }
     fn peek(&self, conn: &mut S::C) -> pool_core::Liveness {
         conn.peek()
+    }
+    /// In in-band mode each held connection is reported when a message, its end or a
+    /// reset arrives; otherwise nothing is watched (the sweep finds dead peers).
+    fn watch(&self, id: ConnId, conn: &mut S::C) -> bool {
+        match self.starts.get() {
+            Some(tx) => {
+                let tx = tx.clone();
+                conn.watch_bytes(std::task::Waker::from(Arc::new(StartWaker { tx, id })))
+            }
+            None => false,
+        }
     }
     fn channel(&self) -> (Self::Reply, Self::Wait) {
         let (tx, rx) = oneshot::channel();
@@ -114,6 +132,7 @@ impl<S: Side> Engine<S> {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handle,
+            starts: std::sync::OnceLock::new(),
         };
         Self {
             driver: Driver::new(m, rt),
@@ -206,5 +225,94 @@ pub(crate) async fn step<T, E>(
     tokio::select! {
         r = fut => r,
         _ = token.cancelled() => Err(aborted),
+    }
+}
+
+/// Reports one held connection to the task that peeks at it: a waker may be called
+/// where a peek cannot run (inside the connection's own poll).
+struct StartWaker {
+    tx: tokio::sync::mpsc::UnboundedSender<ConnId>,
+    id: ConnId,
+}
+
+impl std::task::Wake for StartWaker {
+    fn wake(self: Arc<Self>) {
+        let _ = self.tx.send(self.id);
+    }
+}
+
+/// In-band mode: every held connection is watched for the peer's start, and a task
+/// peeks at each one reported (a start goes to an accept). Each held connection has at
+/// most one waker armed, so the queue holds at most one report per held connection
+/// and wake.
+pub(crate) fn watch_starts<S: Side>(side: &Arc<S>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    if side.engine().rt().starts.set(tx).is_err() {
+        return;
+    }
+    let me = Arc::downgrade(side);
+    let cancel = side.engine().rt().cancel.clone();
+    side.engine().spawn(async move {
+        loop {
+            let id = tokio::select! {
+                id = rx.recv() => id,
+                _ = cancel.cancelled() => return,
+            };
+            let (Some(id), Some(me)) = (id, me.upgrade()) else {
+                return;
+            };
+            me.engine().driver.idle_ready(id);
+        }
+    });
+}
+
+/// An accept of a client pool in in-band mode: the next connection the server
+/// started, its start header read and checked.
+pub(crate) async fn accept<S>(side: &Arc<S>, timeout: Duration) -> Result<S::C, GetError>
+where
+    S: Side<M = ClientMachine<<S as Side>::C>>,
+    S::C: AsyncRead + Unpin,
+{
+    let read = |mut c: S::C, by: Instant| async move {
+        let mut header = [0u8; pool_core::START.len()];
+        let by = tokio::time::Instant::from_std(by);
+        let read = tokio::time::timeout_at(by, c.read_exact(&mut header)).await;
+        (c, matches!(read, Ok(Ok(_))).then_some(header))
+    };
+    let got = side.engine().driver.accept_async(timeout, read).await;
+    got.map(|(_, c)| c).map_err(GetError::from)
+}
+
+/// A start of a server pool in in-band mode: the oldest idle connection with the start
+/// header and `first` written on it in one write; one whose write fails is dropped
+/// and the next one tried, within `timeout`.
+pub(crate) async fn start_with<S>(
+    side: &Arc<S>,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(ConnId, S::C), GetError>
+where
+    S: Side,
+    S::C: AsyncWrite + Unpin,
+{
+    let deadline = pool_core::deadline_after(now(), timeout);
+    let mut message = Vec::with_capacity(pool_core::START.len() + first.len());
+    message.extend_from_slice(&pool_core::START);
+    message.extend_from_slice(first);
+    loop {
+        let left = deadline.saturating_duration_since(now());
+        let (id, mut c) = side
+            .engine()
+            .driver
+            .get_async(Want::Any, left)
+            .await
+            .map_err(GetError::from)?;
+        let write = async {
+            c.write_all(&message).await?;
+            c.flush().await
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(left, write).await {
+            return Ok((id, c));
+        }
     }
 }

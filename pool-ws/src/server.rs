@@ -430,6 +430,22 @@ impl WsServerPool {
         self.inner().engine.get(Want::Any, timeout).await
     }
 
+    /// In-band sessions: the oldest idle connection with [`pool_core::START`] and `first`
+    /// written on it in one write; the client pool's `accept_timeout` receives it as
+    /// soon as they arrive. One whose write fails is closed and the next one tried,
+    /// within `timeout`. Not part of the Go wire.
+    ///
+    /// # Errors
+    ///
+    /// As `get`.
+    pub async fn start_with(
+        &self,
+        first: &[u8],
+        timeout: Duration,
+    ) -> Result<(ConnId, WsConn), GetError> {
+        crate::engine::start_with(self.inner(), first, timeout).await
+    }
+
     /// Closes every idle connection (Go: `Flush`); how many.
     pub fn flush(&self) -> usize {
         self.inner().engine.driver.flush()

@@ -116,6 +116,13 @@ pub struct WsConn {
     at: usize,
     /// The read side saw the close, or failed.
     read_done: bool,
+    /// In-band mode, while the pool holds it: woken when a message arrives.
+    watcher: Option<std::task::Waker>,
+    /// `shutdown` ends this side's byte stream with an empty binary message (a
+    /// half-close) instead of a close frame ([`set_half_close`](Self::set_half_close)).
+    half_close: bool,
+    /// The half-close went (its flush may still be under way).
+    half_closed: bool,
 }
 
 impl WsConn {
@@ -126,6 +133,9 @@ impl WsConn {
             rest: Bytes::new(),
             at: 0,
             read_done: false,
+            watcher: None,
+            half_close: false,
+            half_closed: false,
         }
     }
 
@@ -160,6 +170,15 @@ impl WsConn {
         l
     }
 
+    /// Half-closes: from now on [`shutdown`](tokio::io::AsyncWriteExt::shutdown) sends
+    /// an empty binary message, which ends the byte stream the peer reads while the
+    /// other way stays open (a close frame ends both ways). Not part of the Go wire:
+    /// both ends must agree on it. An empty binary message is the end of the stream on
+    /// every [`WsConn`] (this pool never sends one otherwise).
+    pub fn set_half_close(&mut self, on: bool) {
+        self.half_close = on;
+    }
+
     /// Sends a close frame and ends the connection at once with a reset (`SO_LINGER`
     /// 0): a session cut short must never look complete to the other side.
     pub fn abort(self) {
@@ -170,7 +189,48 @@ impl WsConn {
 
 impl crate::engine::Pooled for WsConn {
     fn peek(&mut self) -> pool_core::Liveness {
-        self.liveness()
+        match self.watcher.clone() {
+            Some(w) => self.poll_watched(&w),
+            None => self.liveness(),
+        }
+    }
+    fn watch_bytes(&mut self, waker: std::task::Waker) -> bool {
+        self.watcher = Some(waker.clone());
+        self.poll_watched(&waker) != pool_core::Liveness::Idle
+    }
+}
+
+impl WsConn {
+    /// A peek in in-band mode: reads the next message, if one came, and keeps its
+    /// payload for the reader; `waker` is woken when one comes.
+    fn poll_watched(&mut self, waker: &std::task::Waker) -> pool_core::Liveness {
+        use pool_core::Liveness;
+        if self.at < self.rest.len() {
+            return Liveness::Pending;
+        }
+        if self.read_done {
+            return Liveness::Closed;
+        }
+        let mut cx = Context::from_waker(waker);
+        loop {
+            match Pin::new(&mut self.ws).poll_next(&mut cx) {
+                Poll::Pending => return Liveness::Idle,
+                Poll::Ready(Some(Ok(Message::Binary(b)))) if !b.is_empty() => {
+                    self.rest = b;
+                    self.at = 0;
+                    return Liveness::Pending;
+                }
+                Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Poll::Ready(Some(Ok(Message::Close(_) | Message::Binary(_))) | None) => {
+                    self.read_done = true;
+                    return Liveness::Closed;
+                }
+                Poll::Ready(Some(Ok(Message::Text(_)) | Err(_))) => {
+                    self.read_done = true;
+                    return Liveness::Dead(io::ErrorKind::InvalidData);
+                }
+            }
+        }
     }
 }
 
@@ -224,6 +284,11 @@ impl AsyncRead for WsConn {
             }
             let next = ready!(Pin::new(&mut me.ws).poll_next(cx));
             match next {
+                // The peer's half-close (see `set_half_close`).
+                Some(Ok(Message::Binary(b))) if b.is_empty() => {
+                    me.read_done = true;
+                    return Poll::Ready(Ok(()));
+                }
                 Some(Ok(Message::Binary(b))) => {
                     me.rest = b;
                     me.at = 0;
@@ -270,7 +335,24 @@ impl AsyncWrite for WsConn {
             .map_err(io_error)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(Pin::new(&mut self.get_mut().ws).poll_close(cx)) {
+        let me = self.get_mut();
+        if me.half_close {
+            let mut ws = Pin::new(&mut me.ws);
+            if me.half_close {
+                ready!(ws.as_mut().poll_ready(cx)).map_err(io_error)?;
+                ws.as_mut()
+                    .start_send(Message::binary(Vec::new()))
+                    .map_err(io_error)?;
+                // Sent once: what is left is the flush.
+                me.half_close = false;
+                me.half_closed = true;
+            }
+            return Pin::new(&mut me.ws).poll_flush(cx).map_err(io_error);
+        }
+        if me.half_closed {
+            return Pin::new(&mut me.ws).poll_flush(cx).map_err(io_error);
+        }
+        match ready!(Pin::new(&mut me.ws).poll_close(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 Poll::Ready(Ok(()))

@@ -199,3 +199,47 @@ async fn a_wss_client_against_a_plain_server_is_named_on_both_ends() {
     client.close().await;
     server.close().await;
 }
+
+#[tokio::test]
+async fn in_band_starts_and_a_half_close_reach_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = WsServerPool::builder()
+        .config(server_config(4))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let core = pool_ws::ClientConfig::builder()
+        .capacity(2, 2)
+        .interval(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(50),
+        )
+        .watch(pool_core::IdleWatch::Starts)
+        .build()
+        .unwrap();
+    let client = WsClientPool::builder()
+        .address(server.local_addr())
+        .config(core)
+        .build()
+        .unwrap();
+    assert!(wait_until(|| client.idle() == 2 && server.status().idle == 2).await);
+    for round in 0..4u8 {
+        let (id, mut s) = server.start_with(&[round; 300], WAIT).await.unwrap();
+        let mut c = client.accept_timeout(WAIT).await.unwrap();
+        assert_eq!(c.id(), id);
+        let mut got = [0u8; 300];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [round; 300]);
+        // The server half-closes: the client reads the end, and still answers.
+        s.set_half_close(true);
+        s.shutdown().await.unwrap();
+        assert_eq!(c.read(&mut got).await.unwrap(), 0, "the end of the stream");
+        c.write_all(b"after").await.unwrap();
+        c.flush().await.unwrap();
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"after");
+    }
+    client.close().await;
+    server.close().await;
+}

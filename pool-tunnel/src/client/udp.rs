@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use pool_tokio::PoolConn;
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::{debug, warn};
@@ -11,8 +10,8 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::config::{ClientService, ServiceProtocol};
 use crate::protocol::{SessionStart, REACHED, RECEIVED, TARGET_FAILED};
-use crate::relay::graceful;
 use crate::stats::{bump, ServiceCounters};
+use crate::transport::Pooled;
 use crate::udp::{connect_target, relay_target, UdpEnd, UdpLimits, UdpStats};
 
 /// One association the server started for `svc`: [`RECEIVED`] first (from then on
@@ -22,7 +21,7 @@ use crate::udp::{connect_target, relay_target, UdpEnd, UdpLimits, UdpStats};
 /// ends the association or it is idle.
 pub(super) async fn udp_session(
     s: &Shared,
-    mut conn: PoolConn,
+    mut conn: Pooled,
     svc: &ClientService,
     udp: &UdpStats,
 ) -> bool {
@@ -44,7 +43,7 @@ pub(super) async fn udp_session(
             debug!("association {id}: target {} unusable: {why:?}", svc.target);
             // The server drops the association and retries nothing. An orderly close,
             // so that the byte is not dropped with the connection.
-            graceful(conn.stream().tcp());
+            conn.disarm();
             let _ = timeout(s.t.io, async {
                 conn.write_all(&[TARGET_FAILED]).await?;
                 conn.flush().await

@@ -32,6 +32,7 @@ use toml::Spanned;
 
 use crate::config::{check_name, check_proxy_protocol, ProxyProtocol, ServiceProtocol};
 use crate::limits::{COUNT_LIMIT, SECS_LIMIT};
+use crate::transport::Transport;
 
 /// A TLS mode written `1` or `"1"` (or a name `TlsMode` reads).
 fn tls_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsMode>, D::Error> {
@@ -55,6 +56,7 @@ fn tls_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsMode>, D::Error
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerSettings {
     pub(crate) tunnel: Option<SocketAddr>,
+    pub(crate) transport: Option<Transport>,
     pub(crate) control: Option<SocketAddr>,
     #[serde(default, deserialize_with = "tls_mode")]
     pub(crate) tls: Option<TlsMode>,
@@ -90,6 +92,7 @@ pub(crate) struct ServerServiceSettings {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientSettings {
     pub(crate) tunnel: Option<String>,
+    pub(crate) transport: Option<Transport>,
     pub(crate) control: Option<String>,
     #[serde(default, deserialize_with = "tls_mode")]
     pub(crate) tls: Option<TlsMode>,
@@ -525,6 +528,22 @@ pub(crate) fn parse(src: &str) -> Result<FileConfig, Mistakes> {
             ClientServiceSettings::problems,
             |v, n| v.name = n,
         ));
+    }
+    if let (Some(srv), Some(cl)) = (&out.server, &out.client) {
+        let (a, b) = (
+            srv.settings.transport.unwrap_or_default(),
+            cl.settings.transport.unwrap_or_default(),
+        );
+        if a != b {
+            r.push(
+                0..0,
+                "client.transport".into(),
+                format!(
+                    "the server runs over {a}, the client over {b}: both sides of a pair \
+                     take the same transport"
+                ),
+            );
+        }
     }
     for (k, v) in root.iter() {
         r.push(

@@ -22,7 +22,7 @@ use super::{lock, Control, Shared};
 use crate::candidates::{CandidateId, Candidates};
 use crate::limits::Backoff;
 use crate::protocol::BoxIo;
-use crate::protocol::{read_token, server_handshake, unix_ms, Session, HEARTBEAT};
+use crate::protocol::{read_token, server_handshake_over, unix_ms, Session, HEARTBEAT};
 use crate::sources::Source;
 use crate::stats::{bump, QuietLog, Refusal};
 use crate::BoxError;
@@ -285,12 +285,26 @@ async fn authenticate(
                 .map_err(|_| "no TLS handshake in time")?
                 .map_err(|e| format!("TLS: {e}"))?;
             let binding = pool_tls::tls_binding(tls.get_ref().1)?;
-            let session = server_handshake(&mut tls, &shared.key, &binding, t.answer).await?;
+            let session = server_handshake_over(
+                &mut tls,
+                &shared.key,
+                &binding,
+                t.answer,
+                shared.pool.transport(),
+            )
+            .await?;
             Ok((Box::new(tls), session))
         }
         None => {
             let mut tcp = tcp;
-            let session = server_handshake(&mut tcp, &shared.key, &[], t.answer).await?;
+            let session = server_handshake_over(
+                &mut tcp,
+                &shared.key,
+                &[],
+                t.answer,
+                shared.pool.transport(),
+            )
+            .await?;
             Ok((Box::new(tcp), session))
         }
     }
@@ -305,7 +319,7 @@ async fn authenticate(
 async fn serve_control(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, session: Session) {
     let previous = lock(&shared.session).replace(session);
     if previous.is_some_and(|p| p != session) {
-        let stale = shared.pool.stats().status.idle;
+        let stale = shared.pool.idle();
         shared.pool.flush();
         bump(&shared.stats.client_restarts);
         info!("control: {peer} is a new client process: {stale} pooled connections of the previous one closed");

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use pool_tokio::{PoolConn, PoolStream};
+use pool_tokio::PoolStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -13,9 +13,10 @@ use super::{Control, Shared};
 use crate::config::ServiceProtocol;
 use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED, WRONG_KIND};
 use crate::relay::{
-    graceful, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
+    graceful, relay_flushing, relay_tcp_with, relay_with, reset, Expect, Opening, RelayEnd, Traffic,
 };
 use crate::stats::{bump, bump_both};
+use crate::transport::{ForRelay, Pooled};
 
 /// Pooled connections one user session tries at most: each was found closed or broken
 /// before the client's receipt (dead when picked).
@@ -71,7 +72,7 @@ impl Drop for Buffered<'_> {
 enum Handover {
     /// The client received the start ([`RECEIVED`]): from now on only it may deliver
     /// the user's bytes.
-    Received(PoolConn),
+    Received(Pooled),
     /// Closed or broken before the receipt: the client never read the bytes, so they
     /// may go on another connection.
     Dead,
@@ -150,11 +151,10 @@ pub(super) async fn user_session(
             _ => return false,
         };
         let Some(mut ctl) = ctl else { return false };
-        let Ok((_, conn)) = shared.pool.start_with(&sent, shared.t.get).await else {
+        // Whatever ends this connection from now on, but a clean relay, is a cut.
+        let Some(conn) = shared.pool.start_with(&sent, shared.t.get).await else {
             return false;
         };
-        // Whatever ends this connection from now on, but a clean relay, is a cut.
-        reset(conn.stream().tcp());
         if tries > 1 {
             bump(&shared.stats.replayed);
         }
@@ -188,13 +188,23 @@ pub(super) async fn user_session(
         byte: REACHED,
         within: shared.t.outcome(),
     });
-    let end = match conn.into_inner() {
-        PoolStream::Plain(tcp) => relay_tcp_with(user, tcp, service.relay, traffic, reached).await,
-        mut tls => {
+    let end = match conn.into_tcp() {
+        ForRelay::Tcp(PoolStream::Plain(tcp)) => {
+            relay_tcp_with(user, tcp, service.relay, traffic, reached).await
+        }
+        ForRelay::Tcp(mut tls) => {
             let end = relay_with(&mut user, &mut tls, service.relay, traffic, reached).await;
             if end == RelayEnd::Done {
                 graceful(&user);
                 graceful(tls.tcp());
+            }
+            end
+        }
+        ForRelay::Stream(mut stream) => {
+            let end = relay_flushing(&mut user, &mut stream, service.relay, traffic, reached).await;
+            if end == RelayEnd::Done {
+                graceful(&user);
+                stream.disarm();
             }
             end
         }
@@ -247,7 +257,7 @@ pub(super) async fn user_session(
 async fn handover(
     shared: &Shared,
     user: &mut TcpStream,
-    mut conn: PoolConn,
+    mut conn: Pooled,
     ctl: &mut Control,
     (sent, budget): (&mut Vec<u8>, &mut Buffered<'_>),
     user_done: &mut bool,
@@ -316,7 +326,7 @@ async fn handover(
 /// `None` when it all went. The client has the start: nothing is replayed now.
 async fn finish(
     shared: &Shared,
-    conn: &mut PoolConn,
+    conn: &mut Pooled,
     rest: &[u8],
     ctl: &mut Control,
 ) -> Option<Handover> {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use pool_tokio::PoolConn;
+use crate::transport::Pooled;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -14,7 +14,6 @@ use tokio::time::timeout;
 use super::Shared;
 use crate::config::{ServerService, ServiceProtocol};
 use crate::protocol::{SessionStart, NO_SERVICE, REACHED, RECEIVED, TARGET_FAILED, WRONG_KIND};
-use crate::relay::{graceful, reset};
 use crate::stats::bump;
 use crate::udp::{UdpLimits, UdpStats};
 
@@ -59,7 +58,7 @@ async fn open(
     udp: Arc<UdpStats>,
     start: SessionStart,
     first: Vec<u8>,
-) -> Option<PoolConn> {
+) -> Option<Pooled> {
     let mut sent = start.encode();
     sent.extend_from_slice(&first);
     drop(first);
@@ -70,8 +69,7 @@ async fn open(
             _ => return None,
         };
         let mut ctl = ctl?;
-        let (_, mut conn) = shared.pool.start_with(&sent, shared.t.get).await.ok()?;
-        reset(conn.stream().tcp());
+        let mut conn = shared.pool.start_with(&sent, shared.t.get).await?;
         if tries > 0 {
             udp.replayed.fetch_add(1, Relaxed);
         }
@@ -88,7 +86,7 @@ async fn open(
         return match timeout(shared.t.outcome(), conn.read_u8()).await {
             Ok(Ok(REACHED)) => {
                 // An association has no end a reset must tell apart: it closes in order.
-                graceful(conn.stream().tcp());
+                conn.disarm();
                 Some(conn)
             }
             Ok(Ok(TARGET_FAILED)) => {

@@ -103,6 +103,7 @@ impl H2ClientPoolBuilder {
             _ => host,
         };
         let seed = pool_tls::secure_seed().map_err(|_| BuildError::Random)?;
+        let in_band = config.in_band();
         let machine = ClientMachine::new(config, SeededRandom::from_seed(seed), now());
         let inner = Arc::new_cyclic(|me| Inner {
             engine: Engine::new(machine, me.clone(), rt),
@@ -115,6 +116,9 @@ impl H2ClientPoolBuilder {
             last: LastFailure::default(),
             key: self.key,
         });
+        if in_band {
+            crate::engine::watch_starts(&inner);
+        }
         inner.engine.spawn(drive(inner.clone()));
         Ok(H2ClientPool {
             owner: Arc::new(Owner(inner)),
@@ -375,6 +379,23 @@ impl H2ClientPool {
     /// Idle streams ready to hand out.
     pub fn idle(&self) -> usize {
         self.status().idle
+    }
+
+    /// In-band mode (`IdleWatch::Starts` in the config): the next stream the server
+    /// started (`start_with` on the server pool), its start header
+    /// ([`pool_core::START`]) read and checked; the session's bytes follow on it. No
+    /// id travels over a control channel. Not part of the Go wire.
+    ///
+    /// # Errors
+    ///
+    /// [`GetError::Timeout`] when nothing was started in time, [`GetError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// One still waiting in the pool is never lost; one whose header is being read
+    /// when the future is dropped is closed.
+    pub async fn accept_timeout(&self, timeout: Duration) -> Result<H2Conn, GetError> {
+        crate::engine::accept(self.inner(), timeout).await
     }
 
     /// Closes every idle stream; how many.

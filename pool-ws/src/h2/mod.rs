@@ -121,6 +121,8 @@ pub struct H2Conn {
     link: Link,
     read_done: bool,
     write_done: bool,
+    /// In-band mode, while the pool holds it: woken when data arrives.
+    watcher: Option<std::task::Waker>,
 }
 
 impl std::fmt::Debug for H2Conn {
@@ -147,6 +149,7 @@ impl H2Conn {
             link,
             read_done: false,
             write_done: false,
+            watcher: None,
         }
     }
 
@@ -164,13 +167,54 @@ impl crate::engine::Pooled for H2Conn {
     /// Dead when the connection is down, the peer's body ended or the peer reset the
     /// stream; alive otherwise (nothing is read).
     fn peek(&mut self) -> Liveness {
-        if !self.link.is_up() || self.recv.is_end_stream() || self.was_reset() {
-            return Liveness::Closed;
-        }
         if !self.rest.is_empty() {
             return Liveness::Pending;
         }
+        if !self.link.is_up() || self.recv.is_end_stream() || self.was_reset() {
+            return Liveness::Closed;
+        }
+        if let Some(w) = self.watcher.clone() {
+            return self.poll_watched(&w);
+        }
         Liveness::Idle
+    }
+    fn watch_bytes(&mut self, waker: std::task::Waker) -> bool {
+        self.watcher = Some(waker);
+        self.peek() != Liveness::Idle
+    }
+}
+
+impl H2Conn {
+    /// A peek in in-band mode: takes the next `DATA` frame, if one came, and keeps it
+    /// for the reader; the watcher is woken when one comes.
+    fn poll_watched(&mut self, waker: &std::task::Waker) -> Liveness {
+        if self.read_done {
+            return Liveness::Closed;
+        }
+        let mut cx = Context::from_waker(waker);
+        loop {
+            match self.recv.poll_data(&mut cx) {
+                Poll::Pending => return Liveness::Idle,
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if !data.is_empty() {
+                        self.rest = data;
+                        return Liveness::Pending;
+                    }
+                }
+                Poll::Ready(None | Some(Err(_))) => {
+                    self.read_done = true;
+                    return Liveness::Closed;
+                }
+            }
+        }
+    }
+
+    /// Resets the stream (`RST_STREAM` `CANCEL`): the peer's reads fail with a reset,
+    /// never a clean end, even after this side ended its body.
+    pub fn reset(&mut self) {
+        self.write_done = true;
+        self.send.send_reset(h2::Reason::CANCEL);
     }
 }
 

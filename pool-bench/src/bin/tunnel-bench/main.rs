@@ -50,6 +50,11 @@
 //!   process, the userspace copy (the TLS path) and `splice(2)` (the plain path).
 //!   Baseline: `tokio::io::copy_bidirectional`.
 //!
+//! - `tunnel_T_ttfb_ms_p50`, `tunnel_T_sessions_per_s`, `tunnel_T_mbps`,
+//!   `tunnel_T_rss_per_stream_kib` for each `--transports` (default `quic,ws,h2`): the
+//!   tunnel over that transport, beside the target or the TCP figures of the same run
+//!   (`transports.rs`).
+//!
 //! With `--peer-rathole PATH` (a `rathole` binary, e.g. from `cargo install rathole`),
 //! the first three are measured for rathole under the same harness too, as
 //! `rathole_*`. CI runs `--quick` without it.
@@ -58,6 +63,7 @@ mod msgs;
 mod peer;
 mod procs;
 mod relay;
+mod transports;
 mod udp;
 
 use std::net::SocketAddr;
@@ -106,6 +112,10 @@ struct Args {
     /// The messages-per-pooled-connection figures alone.
     #[arg(long, conflicts_with_all = ["sessions_only", "download_only", "udp_only"])]
     msgs_only: bool,
+    /// The transports other than TCP to measure the tunnel over (comma separated; empty:
+    /// none).
+    #[arg(long, default_value = "quic,ws,h2", value_delimiter = ',')]
+    transports: Vec<String>,
     /// Runs as one link of the relay chain: `LISTEN UPSTREAM [copy]` (the bench starts
     /// itself so).
     #[arg(long, num_args = 2..=3, value_names = ["LISTEN", "UPSTREAM", "copy"], hide = true)]
@@ -129,8 +139,16 @@ async fn main() -> Res<()> {
         download_only,
         udp_only,
         msgs_only,
+        transports: which,
         ..
     } = args;
+    let which: Vec<String> = which.into_iter().filter(|t| !t.is_empty()).collect();
+    if let Some(t) = which
+        .iter()
+        .find(|t| !["quic", "ws", "h2"].contains(&t.as_str()))
+    {
+        return Err(format!("--transports: `{t}` is not quic, ws or h2").into());
+    }
     let delay = Duration::from_millis(delay_ms);
     let (n_ttfb, dl_bytes, secs) = if quick {
         (20, 16_000_000, 1.0)
@@ -258,6 +276,30 @@ async fn main() -> Res<()> {
     )));
     client.kill().await;
     pair.server.kill().await;
+
+    let value = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f.name == name)
+            .map_or(0.0, |f| f.value)
+    };
+    let base = transports::Baselines {
+        chain_sps: value("chain_sessions_per_s"),
+        tcp_mbps: value("tunnel_mbps"),
+        tcp_rss_per_conn: filled.then_some((rss1000 - rss16) / 984.0),
+    };
+    let more = transports::figures(
+        &which,
+        &dir.join("transports"),
+        (target, &arrivals),
+        mode,
+        delay,
+        quick,
+        dl_bytes,
+        &base,
+    )
+    .await?;
+    figures.extend(more);
 
     if let Some(path) = peer {
         let (public, procs, _wan) =

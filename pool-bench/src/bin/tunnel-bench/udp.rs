@@ -26,7 +26,7 @@ const USERS: usize = 10;
 
 /// A UDP relay in front of `target` that holds each datagram `delay` in each direction
 /// (one upstream socket per user address); its address. Runs until the bench ends.
-async fn delaying_relay(target: SocketAddr, delay: Duration) -> Res<SocketAddr> {
+pub(crate) async fn delaying_relay(target: SocketAddr, delay: Duration) -> Res<SocketAddr> {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
     let addr = front.local_addr()?;
     tokio::spawn(async move {

@@ -182,3 +182,27 @@ pin = "ab"
         "{got:#?}"
     );
 }
+
+#[test]
+fn a_pair_on_two_transports_is_a_mistake_naming_both() {
+    let same = GOOD
+        .replace("[server]\n", "[server]\ntransport = \"quic\"\n")
+        .replace("[client]\n", "[client]\ntransport = \"quic\"\n");
+    let f = parse(&same).unwrap();
+    assert_eq!(f.server.unwrap().settings.transport, Some(Transport::Quic));
+    let other = same.replace(
+        "[client]\ntransport = \"quic\"",
+        "[client]\ntransport = \"ws\"",
+    );
+    let got = mistakes(&other);
+    assert_eq!(got[0].1, "client.transport", "{got:?}");
+    assert!(
+        got[0]
+            .2
+            .contains("the server runs over quic, the client over ws"),
+        "{got:?}"
+    );
+    // One side alone may take any transport; a name that is none is a mistake.
+    let got = mistakes("[client]\ntunnel = \"h:1\"\ntransport = \"udp\"\n");
+    assert_eq!(got[0].1, "client.transport", "{got:?}");
+}
