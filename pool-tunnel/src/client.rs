@@ -304,6 +304,10 @@ async fn resolve(tunnel: &str) -> Result<std::net::SocketAddr, BoxError> {
         .ok_or_else(|| format!("--tunnel {tunnel}: no address"))?)
 }
 
+/// How long the accept loop waits before it asks again after an accept that failed at
+/// once.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 /// Accepts the sessions the server starts in band, one task each, until the pool
 /// closes (then the supervisor stops the client side, and says so). Sessions end with
 /// the handle (their tasks are aborted with this one).
@@ -311,10 +315,20 @@ async fn accept_loop(shared: Arc<Shared>) {
     let mut sessions = JoinSet::new();
     loop {
         while sessions.try_join_next().is_some() {}
+        let asked = tokio::time::Instant::now();
         let conn = match shared.pool.accept_timeout(Duration::from_secs(3600)).await {
             Ok(conn) => conn,
             Err(AcceptError::Closed) => return,
-            Err(AcceptError::Nothing) => continue, // nothing started for an hour, or no server yet
+            Err(AcceptError::Nothing) => {
+                // Nothing started for an hour, or no server yet: a pool that never
+                // reached its server fails an accept at once while it backs off, and
+                // asking again at once would spin (and, polling nothing, never yield
+                // to the abort that ends this task).
+                if asked.elapsed() < ACCEPT_PAUSE {
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+                continue;
+            }
         };
         bump(&shared.stats.accepted);
         let shared = shared.clone();

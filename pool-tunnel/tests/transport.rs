@@ -138,6 +138,60 @@ async fn a_wrong_key_is_refused_over_every_transport() {
     echo_task.abort();
 }
 
+/// A client whose pool never reached its server fails each accept at once while it backs
+/// off: its accept loop waits between them. Asking again at once spun a core and, polling
+/// nothing, never yielded to the shutdown (the mismatch test above hung on it).
+///
+/// Its own runtime, shut down with a bound: a spinning task would hold a worker forever
+/// and hang the test's end instead of failing it.
+#[test]
+fn a_client_that_never_reached_its_server_does_not_spin() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let more = rt.block_on(async {
+        let (echo, echo_task) = load::start_echo().await.unwrap();
+        // The QUIC server's tunnel port is UDP: a TCP dial there is refused.
+        let server = pool_tunnel::start_server(ServerConfig {
+            transport: Transport::Quic,
+            ..server_cfg(key())
+        })
+        .await
+        .unwrap();
+        let client = pool_tunnel::start_client(ClientConfig {
+            transport: Transport::Tcp,
+            min: 1,
+            max: 1,
+            ..client_cfg(&server, echo)
+        })
+        .await
+        .unwrap();
+        let failed = || client.pool().tcp().unwrap().stats().counters.unreachable;
+        let mut first = 0;
+        for _ in 0..250 {
+            first = failed();
+            if first > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(first > 0, "the pool never gave up on its server");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // About five in half a second; a spinning loop makes hundreds of thousands.
+        let more = failed() - first;
+        if more < 50 {
+            client.shutdown().await;
+            server.shutdown().await;
+        }
+        echo_task.abort();
+        more
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    assert!(more < 50, "{more} accepts failed in 0.5 s");
+}
+
 /// Log lines written by every task of this binary.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
