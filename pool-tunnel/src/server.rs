@@ -267,6 +267,22 @@ fn server_pool(cfg: &ServerConfig, filter: &IpFilter) -> Result<ServerPools, Box
     let core = pool_tokio::ServerConfig::builder()
         .max_capacity(cfg.max_capacity)
         .handshake_timeout(cfg.pool_handshake);
+    // The QUIC, WebSocket and HTTP/2 builders take the same settings by the same names.
+    macro_rules! keyed {
+        ($pool:ty) => {{
+            let mut b = <$pool>::builder()
+                .bind(cfg.tunnel)
+                .config(core)
+                .tunnel_key(cfg.key.clone());
+            if let Some(spec) = &cfg.client_ip {
+                b = b.client_ip(spec);
+            }
+            if let Some(tls) = &cfg.tls {
+                b = b.tls(ServeTls::Cert(tls.clone()));
+            }
+            b.build().map_err(|e| at(&e))?
+        }};
+    }
     Ok(match cfg.transport {
         Transport::Tcp => {
             let mut b = ServerPool::builder()
@@ -285,45 +301,9 @@ fn server_pool(cfg: &ServerConfig, filter: &IpFilter) -> Result<ServerPools, Box
         }
         // QUIC and HTTP/2 are always TLS: with no certificate (mode 0) each makes one
         // for this run. WebSocket's mode 0 is plain `ws://`, as TCP's is plain TCP.
-        Transport::Quic => {
-            let mut b = pool_quic::ServerPool::builder()
-                .bind(cfg.tunnel)
-                .config(core)
-                .tunnel_key(cfg.key.clone());
-            if let Some(spec) = &cfg.client_ip {
-                b = b.client_ip(spec);
-            }
-            if let Some(tls) = &cfg.tls {
-                b = b.tls(ServeTls::Cert(tls.clone()));
-            }
-            ServerPools::Quic(b.build().map_err(|e| at(&e))?)
-        }
-        Transport::Ws => {
-            let mut b = pool_ws::WsServerPool::builder()
-                .bind(cfg.tunnel)
-                .config(core)
-                .tunnel_key(cfg.key.clone());
-            if let Some(spec) = &cfg.client_ip {
-                b = b.client_ip(spec);
-            }
-            if let Some(tls) = &cfg.tls {
-                b = b.tls(ServeTls::Cert(tls.clone()));
-            }
-            ServerPools::Ws(b.build().map_err(|e| at(&e))?)
-        }
-        Transport::H2 => {
-            let mut b = pool_ws::h2::H2ServerPool::builder()
-                .bind(cfg.tunnel)
-                .config(core)
-                .tunnel_key(cfg.key.clone());
-            if let Some(spec) = &cfg.client_ip {
-                b = b.client_ip(spec);
-            }
-            if let Some(tls) = &cfg.tls {
-                b = b.tls(ServeTls::Cert(tls.clone()));
-            }
-            ServerPools::H2(b.build().map_err(|e| at(&e))?)
-        }
+        Transport::Quic => ServerPools::Quic(keyed!(pool_quic::ServerPool)),
+        Transport::Ws => ServerPools::Ws(keyed!(pool_ws::WsServerPool)),
+        Transport::H2 => ServerPools::H2(keyed!(pool_ws::h2::H2ServerPool)),
     })
 }
 
