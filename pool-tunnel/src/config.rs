@@ -51,9 +51,9 @@ pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 /// crowd of silent peers is held to this deadline rather than refused at once (which
 /// invites an immediate reconnect, and a churn that starves the accept loop).
 pub const DEFAULT_POOL_HANDSHAKE: Duration = Duration::from_secs(2);
-/// Default [`ServerService::quiet`]: longer than a session's start takes (the receipt
-/// deadline), short against the idle timeout a quiet session would otherwise hold its
-/// slot for.
+/// Default [`ServerService::quiet`]: short against the idle timeout a quiet session
+/// would otherwise hold its slot for. A session's start does not count (a session is
+/// quiet only from when its relay opened).
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(10);
 
 /// Deadlines of the tunnel (the pools keep their own, set in the server and client
@@ -251,10 +251,10 @@ pub struct ServerService {
     pub per_source: PerSource,
     /// Relay deadlines.
     pub relay: RelayLimits,
-    /// A session that moved no byte either way for this long is *quiet*: at the cap it
-    /// yields its slot to a newcomer before any session moving bytes does
-    /// (TUNNEL.md, Public port). Outside the cap it costs nothing: the relay's idle
-    /// timeout still ends it.
+    /// A session that moved no byte either way for this long since its relay opened
+    /// (while it starts it never is) is *quiet*: at the cap it yields its slot to a
+    /// newcomer before any session moving bytes does (TUNNEL.md, Public port).
+    /// Outside the cap it costs nothing: the relay's idle timeout still ends it.
     pub quiet: Duration,
 }
 

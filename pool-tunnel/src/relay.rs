@@ -14,7 +14,10 @@
 //! still pass as FINs (`shutdown` is not affected by the linger), so neither peer
 //! mistakes a cut for a clean end of stream.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::Duration;
 
 pub use crate::config::RelayLimits;
@@ -99,8 +102,12 @@ pub struct Traffic {
     pub b_to_a: AtomicU64,
     /// When this was made: the relay's deadlines count from here until a byte moves.
     born: Instant,
-    /// Milliseconds since `born` at the last byte moved.
+    /// Milliseconds since `born` at the last byte moved (or the relay opened).
     last: AtomicU64,
+    /// Whether the relay has opened: its opening (an expected first byte, a lead)
+    /// went, or it had none. Until then the session is still starting, under the
+    /// start's own deadlines, and is never quiet.
+    opened: AtomicBool,
 }
 
 impl Default for Traffic {
@@ -110,16 +117,34 @@ impl Default for Traffic {
             b_to_a: AtomicU64::new(0),
             born: Instant::now(),
             last: AtomicU64::new(0),
+            opened: AtomicBool::new(false),
         }
     }
 }
 
 impl Traffic {
-    /// How long no byte has moved either way at `now` (since this was made, if none
-    /// has yet).
+    /// How long no byte has moved either way at `now`, counted from when the relay
+    /// opened at the earliest: zero while the session is still starting (waiting for
+    /// a pooled connection, the client's receipt or the target's outcome), however
+    /// long that takes.
     pub fn quiet_for(&self, now: Instant) -> Duration {
+        if !self.opened.load(Acquire) {
+            return Duration::ZERO;
+        }
         let last = self.born + Duration::from_millis(self.last.load(Relaxed));
         now.saturating_duration_since(last)
+    }
+
+    /// The relay opened now: its quiet time counts from here.
+    fn open(&self) {
+        self.moved();
+        self.opened.store(true, Release);
+    }
+
+    /// A byte moved now.
+    fn moved(&self) {
+        self.last
+            .store(self.born.elapsed().as_millis() as u64, Relaxed);
     }
 }
 
@@ -156,8 +181,7 @@ async fn copy_one<R, W>(
     mut r: R,
     mut w: W,
     count: &AtomicU64,
-    last: &AtomicU64,
-    start: Instant,
+    traffic: &Traffic,
     opening: Opening,
     flush: bool,
 ) -> Way
@@ -175,6 +199,7 @@ where
             if let Some(way) = expect_outcome(first, buf[0], e) {
                 return way;
             }
+            traffic.open();
         }
         Opening::Lead(lead) => {
             buf[0] = lead.byte;
@@ -187,7 +212,7 @@ where
                 return Way::Failed;
             }
             count.fetch_add(n as u64, Relaxed);
-            last.store(start.elapsed().as_millis() as u64, Relaxed);
+            traffic.open();
             if ended {
                 return ended_way(w.shutdown().await.is_ok());
             }
@@ -200,7 +225,7 @@ where
             Err(_) => return Way::Failed,
         };
         let full = n == buf.len() && n < BUF_MAX;
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        traffic.moved();
         if w.write_all(&buf[..n]).await.is_err() {
             return Way::Failed;
         }
@@ -208,7 +233,7 @@ where
             return Way::Failed;
         }
         count.fetch_add(n as u64, Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        traffic.moved();
         if full {
             buf = vec![0u8; BUF_MAX];
         }
@@ -308,26 +333,13 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let start = traffic.born;
+    if matches!(opening, Opening::Plain) {
+        traffic.open();
+    }
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    let up = copy_one(
-        ar,
-        bw,
-        &traffic.a_to_b,
-        &traffic.last,
-        start,
-        Opening::Plain,
-        flush,
-    );
-    let down = copy_one(
-        br,
-        aw,
-        &traffic.b_to_a,
-        &traffic.last,
-        start,
-        opening,
-        flush,
-    );
+    let up = copy_one(ar, bw, &traffic.a_to_b, traffic, Opening::Plain, flush);
+    let down = copy_one(br, aw, &traffic.b_to_a, traffic, opening, flush);
     drive(up, down, start, limits, traffic).await
 }
 
@@ -359,15 +371,11 @@ pub async fn relay_tcp_with(
     #[cfg(target_os = "linux")]
     let end = {
         let start = traffic.born;
-        let up = splice::one_way(
-            &a,
-            &b,
-            &traffic.a_to_b,
-            &traffic.last,
-            start,
-            Opening::Plain,
-        );
-        let down = splice::one_way(&b, &a, &traffic.b_to_a, &traffic.last, start, opening);
+        if matches!(opening, Opening::Plain) {
+            traffic.open();
+        }
+        let up = splice::one_way(&a, &b, &traffic.a_to_b, traffic, Opening::Plain);
+        let down = splice::one_way(&b, &a, &traffic.b_to_a, traffic, opening);
         drive(up, down, start, limits, traffic).await
     };
     #[cfg(not(target_os = "linux"))]

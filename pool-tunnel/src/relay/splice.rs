@@ -12,9 +12,8 @@ use std::sync::Mutex;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use super::{Expect, Lead, Opening, Way};
+use super::{Expect, Lead, Opening, Traffic, Way};
 
 /// At most this much in the pipe at once (the default pipe size).
 const CHUNK: usize = 64 * 1024;
@@ -69,8 +68,7 @@ pub(super) async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     count: &AtomicU64,
-    last: &AtomicU64,
-    start: Instant,
+    traffic: &Traffic,
     opening: Opening,
 ) -> Way {
     match opening {
@@ -79,11 +77,12 @@ pub(super) async fn one_way(
             if let Some(way) = expect_first(from, e).await {
                 return way;
             }
+            traffic.open();
         }
         Opening::Lead(lead) => match lead_with_first(from, to, lead).await {
             Some((n, ended)) => {
                 count.fetch_add(n as u64, Relaxed);
-                last.store(start.elapsed().as_millis() as u64, Relaxed);
+                traffic.open();
                 if ended {
                     return super::ended_way(
                         rustix::net::shutdown(to, rustix::net::Shutdown::Write).is_ok(),
@@ -96,7 +95,7 @@ pub(super) async fn one_way(
     let Ok(pipe) = take_pipe() else {
         return Way::Failed;
     };
-    let ok = pump(from, to, &pipe, count, last, start).await;
+    let ok = pump(from, to, &pipe, count, traffic).await;
     // Only a relay that ended at EOF left its pipe empty; any other end may have
     // left bytes in it that the next session must never see.
     if ok {
@@ -155,8 +154,7 @@ async fn pump(
     to: &TcpStream,
     (pipe_r, pipe_w): &Pipe,
     count: &AtomicU64,
-    last: &AtomicU64,
-    start: Instant,
+    traffic: &Traffic,
 ) -> bool {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     loop {
@@ -174,7 +172,7 @@ async fn pump(
             }
             Err(_) => return false,
         };
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        traffic.moved();
         let mut left = n;
         while left > 0 {
             let drained = to.try_io(Interest::WRITABLE, || {
@@ -192,7 +190,7 @@ async fn pump(
             }
         }
         count.fetch_add(n as u64, Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        traffic.moved();
     }
     rustix::net::shutdown(to, rustix::net::Shutdown::Write).is_ok()
 }

@@ -359,3 +359,84 @@ async fn both_halves_closing_is_done() {
     assert_eq!(back, b"pong!");
     assert_eq!(t.b_to_a.load(Relaxed), 5);
 }
+
+/// Yields until `f` holds, at most `n` times; answers whether it did. No time passes
+/// on a paused clock.
+async fn yields_until(n: usize, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..n {
+        if f() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    f()
+}
+
+/// A session still waiting for its opening (the server's relay waits for the client's
+/// outcome byte) is never quiet, however long that takes: the public port must not
+/// evict a session that has not started. Once the byte came its quiet time counts
+/// from there, and any byte moved starts it again.
+#[tokio::test(start_paused = true)]
+async fn a_relay_is_quiet_only_from_when_it_opened() {
+    let expect = Opening::Expect(Expect {
+        byte: LEAD,
+        within: Duration::from_secs(60),
+    });
+    let (a, mut a_peer) = tokio::io::duplex(64);
+    let (b, mut b_peer) = tokio::io::duplex(64);
+    let t = std::sync::Arc::new(Traffic::default());
+    let t2 = t.clone();
+    let relay =
+        tokio::spawn(async move { relay_with(a, b, RelayLimits::default(), &t2, expect).await });
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        t.quiet_for(Instant::now()),
+        Duration::ZERO,
+        "quiet while starting"
+    );
+    b_peer.write_all(&[LEAD]).await.unwrap();
+    assert!(yields_until(1000, || t.opened.load(Acquire)).await);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let q = t.quiet_for(Instant::now());
+    assert!(
+        q >= Duration::from_secs(2) && q < Duration::from_secs(3),
+        "quiet for {q:?}, counted from the opening"
+    );
+    b_peer.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    a_peer.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"x");
+    assert!(t.quiet_for(Instant::now()) < Duration::from_secs(1));
+    drop((a_peer, b_peer));
+    relay.await.unwrap();
+}
+
+/// The same on the splice path: never quiet before the outcome byte, whatever the
+/// instant asked about; quiet from it after.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_spliced_relay_is_quiet_only_from_when_it_opened() {
+    let _one = SPLICE.lock().await;
+    let expect = Opening::Expect(Expect {
+        byte: LEAD,
+        within: Duration::from_secs(30),
+    });
+    let (a_peer, a) = tcp_pair().await;
+    let (b, mut b_peer) = tcp_pair().await;
+    let t = std::sync::Arc::new(Traffic::default());
+    let t2 = t.clone();
+    let relay =
+        tokio::spawn(
+            async move { relay_tcp_with(a, b, RelayLimits::default(), &t2, expect).await },
+        );
+    let hour = Duration::from_secs(3600);
+    assert_eq!(t.quiet_for(Instant::now() + hour), Duration::ZERO);
+    b_peer.write_all(&[LEAD]).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !t.opened.load(Acquire) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(t.quiet_for(Instant::now() + hour) >= hour);
+    drop((a_peer, b_peer));
+    relay.await.unwrap();
+}

@@ -28,7 +28,8 @@ struct Public {
 /// A running session, as the accept loop may have to end it.
 struct Held {
     task: tokio::task::AbortHandle,
-    /// The session's bytes and when the last one moved: a quiet session yields first.
+    /// The session's bytes and when the last one moved since its relay opened: a quiet
+    /// session yields first, one still starting never.
     traffic: Arc<Traffic>,
     /// A second descriptor of the user's socket: an evicted user gets a reset (linger
     /// 0), never a clean end that passes for a complete answer. The socket closes
@@ -115,7 +116,9 @@ pub(super) async fn public_accept_loop(
         let mut guard = lock(&public);
         let p = &mut *guard;
         // The cap, and under contention each source's share: see `crate::sources`. A
-        // session that moved nothing for `quiet` yields first at the cap.
+        // session that moved nothing for `quiet` since its relay opened yields first at
+        // the cap; one still starting (a slow pool, a slow target) is not quiet, so a
+        // newcomer never resets a user whose session has not begun.
         let now = tokio::time::Instant::now();
         let held = &p.held;
         let is_quiet = |id| {
