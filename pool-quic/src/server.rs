@@ -174,16 +174,19 @@ impl ServerPoolBuilder {
         config.transport_config(wire::transport(
             self.keepalive,
             STREAMS_PER_CONNECTION + wire::CREDIT_SLACK,
+            false,
         ));
         config.max_incoming(self.limits.connections.max(1));
         config.incoming_buffer_size(64 * 1024);
         config.incoming_buffer_size_total(u64::from(self.limits.queued) * 1500);
         let endpoint = {
             let _guard = handle.enter();
-            Endpoint::server(config, bind).map_err(|source| BuildError::Io {
-                what: "bind the server's UDP socket",
-                source,
-            })?
+            wire::udp_socket(bind)
+                .and_then(|socket| wire::endpoint(socket, Some(config)))
+                .map_err(|source| BuildError::Io {
+                    what: "bind the server's UDP socket",
+                    source,
+                })?
         };
         let local = endpoint.local_addr().map_err(|source| BuildError::Io {
             what: "the server's UDP address",
