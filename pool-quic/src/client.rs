@@ -235,7 +235,7 @@ impl Inner {
 
     async fn connect(&self) -> Result<Arc<Link>, Cause> {
         let mut config = quinn::ClientConfig::new(self.quic.clone());
-        let loopback = self.addr.ip().is_loopback();
+        let loopback = self.addr.ip().to_canonical().is_loopback();
         config.transport_config(wire::transport(self.keepalive, 0, loopback));
         let conn = self
             .endpoint

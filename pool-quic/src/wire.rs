@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::BuildError;
@@ -65,12 +65,12 @@ pub const CONNECTION_WINDOW: u32 = 15 << 20;
 /// at its `rmem_max` / `wmem_max`.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// The largest UDP payload either end accepts and the most path MTU discovery tries:
-/// ten of them (the most quinn sends in one segmentation-offload batch) fit in one
-/// 65,507-byte UDP send, which a larger size would overflow and lose whole. Where the
-/// path carries it (loopback, a jumbo-frame LAN) each packet carries four and a half
-/// times the bytes of one sized for Ethernet; elsewhere discovery stops at what the
-/// path carries, and a probe lost on the way is not taken for congestion.
+/// The largest UDP payload either end accepts, and the size of every packet towards a
+/// loopback address, whose path carries 64 KiB datagrams: ten of them (the most quinn
+/// sends in one segmentation-offload batch) fit in one 65,507-byte UDP send, which a
+/// larger size would overflow and lose whole. Each packet then carries four and a half
+/// times the bytes of one sized for Ethernet (1,452). Towards any other address the
+/// path's MTU is discovered as quinn does by default (up to 1,452).
 pub const MAX_UDP_PAYLOAD: u16 = 6550;
 
 /// The endpoint settings of both ends: [`MAX_UDP_PAYLOAD`].
@@ -106,15 +106,17 @@ pub(crate) fn endpoint(
 
 /// The transport settings of both ends: keep-alive at `keepalive`, idle timeout three
 /// times it, at most `streams` concurrent bidirectional streams opened by the peer,
-/// no unidirectional streams, bounded receive windows, path MTU discovery up to
-/// [`MAX_UDP_PAYLOAD`]. Towards a `loopback` peer, whose path carries 64 KiB
-/// datagrams, packets start at [`MAX_UDP_PAYLOAD`] and stay there: no discovery, and
-/// no fall back to 1,200 bytes when a loaded host drops a burst.
+/// no unidirectional streams, bounded receive windows. Towards a `loopback` peer every
+/// packet is up to [`MAX_UDP_PAYLOAD`] bytes from the first, with no discovery (nothing
+/// to discover) and no fall back to 1,200 bytes when a loaded host drops a burst; once
+/// the peer's transport parameters arrive, no packet is larger than its own largest
+/// payload.
 pub(crate) fn transport(keepalive: Duration, streams: u32, loopback: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     if loopback {
         t.initial_mtu(MAX_UDP_PAYLOAD);
         t.min_mtu(MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(None);
     }
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
@@ -123,9 +125,6 @@ pub(crate) fn transport(keepalive: Duration, streams: u32, loopback: bool) -> Ar
     t.max_idle_timeout(IdleTimeout::try_from(idle).ok());
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    let mut mtu = MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
-    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
