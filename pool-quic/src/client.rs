@@ -123,10 +123,12 @@ impl ClientPoolBuilder {
         });
         let endpoint = {
             let _guard = handle.enter();
-            Endpoint::client(local).map_err(|source| BuildError::Io {
-                what: "bind the client's UDP socket",
-                source,
-            })?
+            wire::udp_socket(local)
+                .and_then(|socket| wire::endpoint(socket, None))
+                .map_err(|source| BuildError::Io {
+                    what: "bind the client's UDP socket",
+                    source,
+                })?
         };
         let server_name = name.map_or_else(|| addr.ip().to_string(), |n| n.to_str().into_owned());
         let max_shards = wire::shards(core.max_capacity());
@@ -233,7 +235,8 @@ impl Inner {
 
     async fn connect(&self) -> Result<Arc<Link>, Cause> {
         let mut config = quinn::ClientConfig::new(self.quic.clone());
-        config.transport_config(wire::transport(self.keepalive, 0));
+        let loopback = self.addr.ip().to_canonical().is_loopback();
+        config.transport_config(wire::transport(self.keepalive, 0, loopback));
         let conn = self
             .endpoint
             .connect_with(config, self.addr, &self.server_name)?

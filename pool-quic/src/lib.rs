@@ -55,8 +55,8 @@ pub use proof::{CLOSE_BAD_PROOF, PROOF};
 pub use server::{Limits, QuicCounters, ServerPool, ServerPoolBuilder, RESET_REFUSED};
 pub use stream::{QuicStream, RESET_UNUSED};
 pub use wire::{
-    shards, ALPN, CONNECTION_WINDOW, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS,
-    STREAMS_PER_CONNECTION, STREAM_WINDOW,
+    shards, ALPN, CONNECTION_WINDOW, CREDIT_SLACK, HELLO, ID_WIRE_LEN, MAX_SHARDS, MAX_UDP_PAYLOAD,
+    SOCKET_BUFFER, STREAMS_PER_CONNECTION, STREAM_WINDOW,
 };
 
 pub use pool_core::{ClientConfig, ConnId, ServerConfig};

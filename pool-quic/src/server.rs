@@ -174,16 +174,25 @@ impl ServerPoolBuilder {
         config.transport_config(wire::transport(
             self.keepalive,
             STREAMS_PER_CONNECTION + wire::CREDIT_SLACK,
+            false,
         ));
         config.max_incoming(self.limits.connections.max(1));
         config.incoming_buffer_size(64 * 1024);
         config.incoming_buffer_size_total(u64::from(self.limits.queued) * 1500);
+        let mut loopback = config.clone();
+        loopback.transport_config(wire::transport(
+            self.keepalive,
+            STREAMS_PER_CONNECTION + wire::CREDIT_SLACK,
+            true,
+        ));
         let endpoint = {
             let _guard = handle.enter();
-            Endpoint::server(config, bind).map_err(|source| BuildError::Io {
-                what: "bind the server's UDP socket",
-                source,
-            })?
+            wire::udp_socket(bind)
+                .and_then(|socket| wire::endpoint(socket, Some(config)))
+                .map_err(|source| BuildError::Io {
+                    what: "bind the server's UDP socket",
+                    source,
+                })?
         };
         let local = endpoint.local_addr().map_err(|source| BuildError::Io {
             what: "the server's UDP address",
@@ -204,6 +213,7 @@ impl ServerPoolBuilder {
             failed: AtomicU64::new(0),
             failed_proofs: AtomicU64::new(0),
             key: self.key,
+            loopback: Arc::new(loopback),
         });
         inner.engine.spawn(accept_loop(inner.clone()));
         inner.engine.spawn(drive(inner.clone()));
@@ -230,6 +240,9 @@ pub(crate) struct Inner {
     failed: AtomicU64,
     failed_proofs: AtomicU64,
     key: Option<TunnelKey>,
+    /// The settings of a connection from a loopback address: its packets start at the
+    /// largest size (see [`wire::transport`]).
+    loopback: Arc<quinn::ServerConfig>,
 }
 
 impl Side for Inner {
@@ -372,7 +385,12 @@ async fn connection(inner: Arc<Inner>, incoming: Incoming, held: Held, slot: Han
     let peer = incoming.remote_address();
     let cancel = inner.engine.rt().cancel.clone();
     let up = async {
-        let connecting = incoming.accept().map_err(Cause::from)?;
+        let connecting = if peer.ip().to_canonical().is_loopback() {
+            incoming.accept_with(inner.loopback.clone())
+        } else {
+            incoming.accept()
+        };
+        let connecting = connecting.map_err(Cause::from)?;
         connecting.await.map_err(Cause::from)
     };
     let conn = tokio::select! {

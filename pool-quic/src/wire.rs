@@ -1,11 +1,13 @@
 //! The wire of the NodePass QUIC pool: its constants, and the QUIC and TLS settings
 //! both ends use.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::BuildError;
 
@@ -57,11 +59,65 @@ pub const STREAM_WINDOW: u32 = 6 << 20;
 /// it bounds what strangers can make a server buffer.
 pub const CONNECTION_WINDOW: u32 = 15 << 20;
 
+/// The kernel buffers asked for each UDP socket, each way. The default (about 208 KiB)
+/// overflows under a full-rate stream on a fast path, and every datagram it drops
+/// costs a loss recovery and a smaller congestion window; the kernel caps the request
+/// at its `rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The largest UDP payload either end accepts, and the size of every packet towards a
+/// loopback address, whose path carries 64 KiB datagrams: ten of them (the most quinn
+/// sends in one segmentation-offload batch) fit in one 65,507-byte UDP send, which a
+/// larger size would overflow and lose whole. Each packet then carries four and a half
+/// times the bytes of one sized for Ethernet (1,452). Towards any other address the
+/// path's MTU is discovered as quinn does by default (up to 1,452).
+pub const MAX_UDP_PAYLOAD: u16 = 6550;
+
+/// The endpoint settings of both ends: [`MAX_UDP_PAYLOAD`].
+pub(crate) fn endpoint_config() -> EndpointConfig {
+    let mut c = EndpointConfig::default();
+    // Only values under 1200 are refused, which this is not.
+    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    c
+}
+
+/// A UDP socket bound to `at`, with [`SOCKET_BUFFER`] asked for each way (a request
+/// the kernel refuses leaves its default); an IPv6 one also takes IPv4 where it can.
+pub(crate) fn udp_socket(at: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
+    if at.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&at.into())?;
+    Ok(socket.into())
+}
+
+/// An endpoint on `socket` with [`endpoint_config`], serving `server` if given.
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<Endpoint> {
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    Endpoint::new(endpoint_config(), server, socket, runtime)
+}
+
 /// The transport settings of both ends: keep-alive at `keepalive`, idle timeout three
 /// times it, at most `streams` concurrent bidirectional streams opened by the peer,
-/// no unidirectional streams, bounded receive windows.
-pub(crate) fn transport(keepalive: Duration, streams: u32) -> Arc<TransportConfig> {
+/// no unidirectional streams, bounded receive windows. Towards a `loopback` peer every
+/// packet is up to [`MAX_UDP_PAYLOAD`] bytes from the first, with no discovery (nothing
+/// to discover) and no fall back to 1,200 bytes when a loaded host drops a burst; once
+/// the peer's transport parameters arrive, no packet is larger than its own largest
+/// payload.
+pub(crate) fn transport(keepalive: Duration, streams: u32, loopback: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
+    if loopback {
+        t.initial_mtu(MAX_UDP_PAYLOAD);
+        t.min_mtu(MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(None);
+    }
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.keep_alive_interval(Some(keepalive));

@@ -6,6 +6,7 @@
 //! cargo build --release -p pool-bench --bin tunnel-bench
 //! target/release/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
 //!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only | --msgs-only]
+//!                                      [--quic-only [--quic-vs PATH]]
 //! ```
 //!
 //! It starts the two `tunnel` processes (`$TUNNEL_BIN`, else
@@ -62,6 +63,7 @@ mod measure;
 mod msgs;
 mod peer;
 mod procs;
+mod quic;
 mod relay;
 mod transports;
 mod udp;
@@ -112,6 +114,14 @@ struct Args {
     /// The messages-per-pooled-connection figures alone.
     #[arg(long, conflicts_with_all = ["sessions_only", "download_only", "udp_only"])]
     msgs_only: bool,
+    /// The QUIC tunnel's download and sessions alone, alternated with their baselines
+    /// (for iterating on the QUIC path; `quic.rs`).
+    #[arg(long, conflicts_with_all = ["sessions_only", "download_only", "udp_only", "msgs_only"])]
+    quic_only: bool,
+    /// With `--quic-only`: another `tunnel` binary whose QUIC tunnel is measured in the
+    /// same rounds (an A/B against this build).
+    #[arg(long, value_name = "PATH", requires = "quic_only")]
+    quic_vs: Option<PathBuf>,
     /// The transports other than TCP to measure the tunnel over (comma separated; empty:
     /// none).
     #[arg(long, default_value = "quic,ws,h2", value_delimiter = ',')]
@@ -139,6 +149,8 @@ async fn main() -> Res<()> {
         download_only,
         udp_only,
         msgs_only,
+        quic_only,
+        quic_vs,
         transports: which,
         ..
     } = args;
@@ -162,6 +174,13 @@ async fn main() -> Res<()> {
     if msgs_only {
         let _ = std::fs::remove_dir_all(&dir);
         return publish(msgs::figures().await?, json, quick);
+    }
+    if quic_only {
+        let vs = quic_vs.as_deref();
+        let at = dir.join("quic");
+        figures.extend(quic::figures(&at, target, mode, quick, dl_bytes, secs, vs).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(figures, json, quick);
     }
     if udp_only {
         figures.extend(udp::figures(&dir.join("udp"), mode, delay, quick).await?);

@@ -60,6 +60,8 @@ pub(crate) struct Pair {
     pub(crate) public: SocketAddr,
     pin: Option<String>,
     pub(crate) server: Proc,
+    /// The `tunnel` binary of both processes.
+    program: PathBuf,
 }
 
 impl Pair {
@@ -71,6 +73,17 @@ impl Pair {
 
     /// [`Pair::start`] with more arguments for the server.
     pub(crate) async fn start_with(
+        dir: &Path,
+        mode: u8,
+        lifted: bool,
+        extra: &[&str],
+    ) -> Res<Self> {
+        Self::start_program(&bin(), dir, mode, lifted, extra).await
+    }
+
+    /// [`Pair::start_with`] with another `tunnel` binary (for its client too).
+    pub(crate) async fn start_program(
+        program: &Path,
         dir: &Path,
         mode: u8,
         lifted: bool,
@@ -107,7 +120,7 @@ impl Pair {
             args.extend([flag.into(), v.into()]);
         }
         args.extend(extra.iter().map(|a| a.to_string()));
-        let mut server = spawn(&bin(), &args)?;
+        let mut server = spawn(program, &args)?;
         let mut pin = None;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
@@ -132,6 +145,7 @@ impl Pair {
             public,
             pin,
             server,
+            program: program.to_owned(),
         })
     }
 
@@ -176,7 +190,7 @@ impl Pair {
             self.dir.join("key").display().to_string(),
         ]);
         args.extend(extra.iter().map(|a| a.to_string()));
-        let mut c = spawn(&bin(), &args)?;
+        let mut c = spawn(&self.program, &args)?;
         c.wait_line("control: connected", Duration::from_secs(15))
             .await
             .ok_or("the tunnel client did not connect")?;
