@@ -235,8 +235,12 @@ impl Inner {
 
     async fn connect(&self) -> Result<Arc<Link>, Cause> {
         let mut config = quinn::ClientConfig::new(self.quic.clone());
-        let loopback = self.addr.ip().to_canonical().is_loopback();
-        config.transport_config(wire::transport(self.keepalive, 0, loopback));
+        let path = if self.addr.ip().to_canonical().is_loopback() {
+            wire::Path::LoopbackDialer
+        } else {
+            wire::Path::Other
+        };
+        config.transport_config(wire::transport(self.keepalive, 0, path));
         let conn = self
             .endpoint
             .connect_with(config, self.addr, &self.server_name)?

@@ -174,7 +174,7 @@ impl ServerPoolBuilder {
         config.transport_config(wire::transport(
             self.keepalive,
             STREAMS_PER_CONNECTION + wire::CREDIT_SLACK,
-            false,
+            wire::Path::Other,
         ));
         config.max_incoming(self.limits.connections.max(1));
         config.incoming_buffer_size(64 * 1024);
@@ -183,7 +183,7 @@ impl ServerPoolBuilder {
         loopback.transport_config(wire::transport(
             self.keepalive,
             STREAMS_PER_CONNECTION + wire::CREDIT_SLACK,
-            true,
+            wire::Path::LoopbackAcceptor,
         ));
         let endpoint = {
             let _guard = handle.enter();

@@ -104,19 +104,43 @@ pub(crate) fn endpoint(
     Endpoint::new(endpoint_config(), server, socket, runtime)
 }
 
+/// Where a connection's packets go, which sets how large they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// Any address but loopback: quinn's default path MTU discovery (up to 1,452).
+    Other,
+    /// A loopback server, from the dialing side. Packets are up to [`MAX_UDP_PAYLOAD`]
+    /// once the server's transport parameters have capped them at its own largest
+    /// payload, but the padded Initial that goes before those parameters is 1,200
+    /// bytes: a server that reads 1,452-byte datagrams (quic-go without GRO) would
+    /// drop a larger one whole and never answer.
+    LoopbackDialer,
+    /// A loopback client, from the accepting side, which has the client's largest
+    /// payload from its first Initial before it sends anything: every packet is up to
+    /// [`MAX_UDP_PAYLOAD`] (or the client's own limit), and a burst lost on a loaded
+    /// host never drops it to 1,200 bytes for the rest of the connection.
+    LoopbackAcceptor,
+}
+
 /// The transport settings of both ends: keep-alive at `keepalive`, idle timeout three
 /// times it, at most `streams` concurrent bidirectional streams opened by the peer,
-/// no unidirectional streams, bounded receive windows. Towards a `loopback` peer every
-/// packet is up to [`MAX_UDP_PAYLOAD`] bytes from the first, with no discovery (nothing
-/// to discover) and no fall back to 1,200 bytes when a loaded host drops a burst; once
-/// the peer's transport parameters arrive, no packet is larger than its own largest
-/// payload.
-pub(crate) fn transport(keepalive: Duration, streams: u32, loopback: bool) -> Arc<TransportConfig> {
+/// no unidirectional streams, bounded receive windows, and packets sized for the
+/// [`Path`]. Towards a loopback peer there is no path MTU discovery (nothing to
+/// discover); once the peer's transport parameters arrive, no packet is larger than
+/// its own largest payload.
+pub(crate) fn transport(keepalive: Duration, streams: u32, path: Path) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    if loopback {
-        t.initial_mtu(MAX_UDP_PAYLOAD);
-        t.min_mtu(MAX_UDP_PAYLOAD);
-        t.mtu_discovery_config(None);
+    match path {
+        Path::Other => {}
+        Path::LoopbackDialer => {
+            t.initial_mtu(MAX_UDP_PAYLOAD);
+            t.mtu_discovery_config(None);
+        }
+        Path::LoopbackAcceptor => {
+            t.initial_mtu(MAX_UDP_PAYLOAD);
+            t.min_mtu(MAX_UDP_PAYLOAD);
+            t.mtu_discovery_config(None);
+        }
     }
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));

@@ -85,3 +85,36 @@ async fn our_client_pairs_with_a_go_server_by_the_ids_it_writes() {
     conn.close(0u32.into(), b"done");
     client.close().await;
 }
+
+/// quic-go reads datagrams into 1,452-byte buffers unless GRO is on, and drops a larger
+/// one whole: our client's first Initial, sent before the server's transport
+/// parameters say how large a packet it takes, must fit, even towards loopback where
+/// later packets are larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_first_initial_to_a_loopback_server_fits_a_go_servers_read_buffer() {
+    let go = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = ClientPool::builder()
+        .address(go.local_addr().unwrap())
+        .config(ClientConfig::builder().capacity(1, 1).build().unwrap())
+        .tls(ClientTls::SelfSigned {
+            pin: None,
+            name: None,
+        })
+        .build()
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), go.recv_from(&mut buf))
+        .await
+        .expect("no Initial came")
+        .unwrap();
+    assert!(
+        buf[0] & 0xf0 == 0xc0,
+        "a long-header Initial: {:#x}",
+        buf[0]
+    );
+    assert!(
+        (1200..=1452).contains(&n),
+        "the first Initial is {n} bytes; a Go server reads at most 1,452"
+    );
+    client.close().await;
+}
