@@ -19,6 +19,9 @@
 //! - **Control is TCP** (TLS per mode) on every transport: it does not cross an HTTP
 //!   proxy, and here goes straight to the server, as it must in any deployment.
 //!
+//! Through nginx the pool refills by itself after nginx restarts, and a session cut
+//! short still reaches the user as a reset.
+//!
 //! nginx runs as a child process of the test (`pool_testkit::nginx`: `daemon off`, its
 //! own configuration in a temp dir), never as the system service. Where nginx is
 //! missing the tests say so and pass; under CI (`CI` set) a missing nginx fails them.
@@ -32,6 +35,8 @@ use pool_testkit::load;
 use pool_testkit::nginx::{self, Nginx, TlsFiles};
 use pool_tls::{Fingerprint, ServerTls, TlsMode};
 use pool_tunnel::{ClientConfig, ServerConfig, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tunnel_common::*;
 
 /// Polls `cond` every 10 ms until it holds or [`LIMIT`] passes: whether it held.
@@ -188,4 +193,59 @@ async fn wss_through_a_tls_terminating_nginx_fails_the_key_proof() {
     client.shutdown().await;
     server.shutdown().await;
     echo_task.abort();
+}
+
+/// The tunnel cuts the pooled WebSocket connection with an RST; nginx passes the cut on
+/// to the server as a plain close with no WebSocket close frame, which the server's side
+/// reads as a reset: the user's stream still ends in a reset, never a clean end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_short_behind_nginx_reaches_the_user_as_a_reset() {
+    let Some(bin) = nginx::for_test("the cut-through-nginx test") else {
+        return;
+    };
+    let (target, target_task) = cutting_target().await;
+    let server = pool_tunnel::start_server(ServerConfig {
+        transport: Transport::Ws,
+        ..server_cfg(key())
+    })
+    .await
+    .unwrap();
+    let mut proxy = Nginx::new(bin, server.tunnel_addr());
+    proxy.start().await;
+    let client = pool_tunnel::start_client(ClientConfig {
+        tunnel: proxy.listen.to_string(),
+        min: 2,
+        max: 2,
+        ..client_cfg(&server, target)
+    })
+    .await
+    .unwrap();
+    assert!(
+        client.wait_control(LIMIT).await,
+        "{}",
+        client.failed().await
+    );
+    assert!(
+        server.pool().wait_idle(1, LIMIT).await,
+        "{}",
+        proxy.error_log()
+    );
+    let mut user = TcpStream::connect(server.public_addr()).await.unwrap();
+    user.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let end = loop {
+        match tokio::time::timeout(LIMIT, user.read(&mut buf)).await {
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => break Err(e),
+            Err(_) => panic!("no end within {LIMIT:?}"),
+        }
+    };
+    assert_eq!(got, b"partial", "the bytes before the cut arrive");
+    let e = end.expect_err("a cut must not end as a clean end of stream");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    client.shutdown().await;
+    server.shutdown().await;
+    target_task.abort();
 }
