@@ -12,7 +12,7 @@ use std::time::Duration;
 use pool_testkit::load;
 use pool_tunnel::{ClientConfig, ServerConfig, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tunnel_common::*;
 
 /// The transports other than TCP (TCP has the other test files).
@@ -57,29 +57,6 @@ async fn each_transport_carries_checked_bytes_both_ways() {
         server.shutdown().await;
     }
     echo_task.abort();
-}
-
-/// A target that answers part of a response and then resets its connection.
-async fn cutting_target() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 5];
-                if s.read_exact(&mut buf).await.is_err() {
-                    return;
-                }
-                let _ = s.write_all(b"partial").await;
-                let _ = s.flush().await;
-                // Until the bytes left, so that the cut comes after them.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                pool_tunnel::relay::reset(&s);
-                drop(s);
-            });
-        }
-    });
-    (at, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

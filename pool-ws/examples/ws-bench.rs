@@ -18,10 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-#[path = "support/nginx.rs"]
-mod nginx;
-
 use pool_bench::report::{Figure, Report};
+use pool_testkit::nginx;
 use pool_testkit::pair::PairBuilder;
 use pool_tls::TlsMode;
 use pool_ws::h2::{H2ClientPool, H2ServerPool};

@@ -7,20 +7,13 @@
 
 mod common;
 
-#[path = "../examples/support/nginx.rs"]
-mod nginx;
-
 use common::{client_config, roundtrip, server_config, take, wait_until};
+use pool_testkit::nginx;
 use pool_ws::{WsClientPool, WsServerPool};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairs_through_nginx_and_recovers_from_its_restart() {
-    let Some(bin) = nginx::binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the nginx test: install nginx"
-        );
-        eprintln!("nginx not found: skipping the reverse-proxy test (apt-get install nginx)");
+    let Some(bin) = nginx::for_test("the reverse-proxy test") else {
         return;
     };
     let server = WsServerPool::builder()

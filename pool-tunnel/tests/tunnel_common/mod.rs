@@ -1,6 +1,6 @@
 //! What the tunnel's test files share (included with `mod tunnel_common;`): short
-//! deadlines, configurations, a load run and its checks, connections from chosen
-//! sources.
+//! deadlines, configurations, a load run and its checks, a target that cuts its
+//! connections short, connections from chosen sources.
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,8 +10,8 @@ use std::time::Duration;
 use pool_testkit::load::{self, LoadProgress, LoadReport};
 use pool_tls::TunnelKey;
 use pool_tunnel::{ClientConfig, ServerConfig, ServerHandle, Timeouts};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 
@@ -100,4 +100,27 @@ pub async fn connect_from(last: u8, to: SocketAddr) -> std::io::Result<TcpStream
     let s = TcpSocket::new_v4()?;
     s.bind(SocketAddr::new(IpAddr::from([127, 0, 0, last]), 0))?;
     s.connect(to).await
+}
+
+/// A target that answers part of a response and then resets its connection.
+pub async fn cutting_target() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 5];
+                if s.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                let _ = s.write_all(b"partial").await;
+                let _ = s.flush().await;
+                // Until the bytes left, so that the cut comes after them.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                pool_tunnel::relay::reset(&s);
+                drop(s);
+            });
+        }
+    });
+    (at, task)
 }

@@ -5,7 +5,7 @@
 //! cargo build --release -p pool-tunnel --bin tunnel
 //! cargo build --release -p pool-bench --bin tunnel-bench
 //! target/release/tunnel-bench [--quick] [--mode 0|1] [--delay-ms 25] [--json FILE]
-//!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only | --msgs-only]
+//!                                      [--peer-rathole PATH] [--sessions-only | --download-only | --udp-only | --msgs-only | --nginx-only]
 //!                                      [--quic-only [--quic-vs PATH]]
 //! ```
 //!
@@ -55,12 +55,17 @@
 //!   `tunnel_T_rss_per_stream_kib` for each `--transports` (default `quic,ws,h2`): the
 //!   tunnel over that transport, beside the target or the TCP figures of the same run
 //!   (`transports.rs`).
+//! - `tunnel_ws_nginx_ttfb_ms_p50`, `tunnel_ws_nginx_sessions_per_s`,
+//!   `tunnel_ws_nginx_mbps` (`--nginx-only` alone): the tunnel over WebSocket through
+//!   nginx in front of the tunnel port, beside the same straight to it, mode 0
+//!   (`nginx.rs`); none where nginx is missing.
 //!
 //! With `--peer-rathole PATH` (a `rathole` binary, e.g. from `cargo install rathole`),
 //! the first three are measured for rathole under the same harness too, as
 //! `rathole_*`. CI runs `--quick` without it.
 mod measure;
 mod msgs;
+mod nginx;
 mod peer;
 mod procs;
 mod quic;
@@ -122,6 +127,9 @@ struct Args {
     /// same rounds (an A/B against this build).
     #[arg(long, value_name = "PATH", requires = "quic_only")]
     quic_vs: Option<PathBuf>,
+    /// The WebSocket-through-nginx figures alone.
+    #[arg(long, conflicts_with_all = ["sessions_only", "download_only", "udp_only", "msgs_only", "quic_only"])]
+    nginx_only: bool,
     /// The transports other than TCP to measure the tunnel over (comma separated; empty:
     /// none).
     #[arg(long, default_value = "quic,ws,h2", value_delimiter = ',')]
@@ -151,6 +159,7 @@ async fn main() -> Res<()> {
         msgs_only,
         quic_only,
         quic_vs,
+        nginx_only,
         transports: which,
         ..
     } = args;
@@ -179,6 +188,12 @@ async fn main() -> Res<()> {
         let vs = quic_vs.as_deref();
         let at = dir.join("quic");
         figures.extend(quic::figures(&at, target, mode, quick, dl_bytes, secs, vs).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+        return publish(figures, json, quick);
+    }
+    if nginx_only {
+        let at = (target, &arrivals);
+        figures.extend(nginx::figures(&dir.join("nginx"), at, delay, quick, dl_bytes).await?);
         let _ = std::fs::remove_dir_all(&dir);
         return publish(figures, json, quick);
     }
@@ -319,6 +334,8 @@ async fn main() -> Res<()> {
     )
     .await?;
     figures.extend(more);
+    let at = (target, &arrivals);
+    figures.extend(nginx::figures(&dir.join("nginx"), at, delay, quick, dl_bytes).await?);
 
     if let Some(path) = peer {
         let (public, procs, _wan) =
