@@ -135,6 +135,8 @@ struct Rig {
     disruptions: AtomicU64,
     /// Faults done so far (conditions set and events).
     faults: AtomicU64,
+    /// Events done so far: stalls, rebinds, shards killed, restarts.
+    events: [AtomicU64; 4],
 }
 
 impl Rig {
@@ -182,6 +184,7 @@ impl Rig {
             keepalive,
             disruptions: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            events: Default::default(),
         }
     }
 
@@ -254,6 +257,13 @@ impl Rig {
         };
         if done {
             self.faults.fetch_add(1, Ordering::Relaxed);
+            let kind = match fault {
+                QuicFault::Stall(_) => 0,
+                QuicFault::Rebind => 1,
+                QuicFault::KillShard => 2,
+                _ => 3,
+            };
+            self.events[kind].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -417,6 +427,14 @@ async fn soak(cfg: &SoakConfig) -> SoakReport {
         eprintln!("quic server {:?}", rig.current().map(|s| s.counters()));
         eprintln!("quic client {:?}", rig.client.counters());
         eprintln!("quic proxy {:?}", rig.proxy.stats());
+        let n = |i: usize| rig.events[i].load(Ordering::Relaxed);
+        eprintln!(
+            "quic events: stalls={} rebinds={} shards_killed={} restarts={}",
+            n(0),
+            n(1),
+            n(2),
+            n(3)
+        );
     }
     let faults = rig.faults.load(Ordering::Relaxed);
     rig.close().await;
