@@ -9,7 +9,8 @@
 //! - `tunnel-bench`: the `tunnel` binary's first byte, throughput, sessions and memory,
 //!   beside a direct connection and rathole;
 //! - `pool-attack`: the attacks of `pool_testkit::attack` at full size;
-//! - `pool-soak`: the soak runner of `pool_testkit::soak` for as long as asked.
+//! - `pool-soak`: the soak runners of `pool_testkit::soak` and `pool_testkit::quic_soak`
+//!   (the TCP pools, then the QUIC pools) for as long as asked.
 #![forbid(unsafe_code)]
 
 pub mod flash;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_tokio::{GetError, PoolConn, TlsMode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pair::{open_fds, PairBuilder};
 use crate::proxy::{Fault, FaultProxy, Script};
@@ -42,6 +42,9 @@ pub struct SoakConfig {
     pub max_payload: usize,
     /// Print progress to stderr every second.
     pub progress: bool,
+    /// At most this many pairs are tried in all, whatever the duration (the fault
+    /// matrix's cells stop on a count).
+    pub max_pairs: u64,
 }
 
 impl SoakConfig {
@@ -55,6 +58,7 @@ impl SoakConfig {
             fault_p: 0.2,
             max_payload: 16 * 1024,
             progress: false,
+            max_pairs: 10_000_000,
         }
     }
 }
@@ -86,22 +90,103 @@ impl SoakReport {
         self.mismatched == 0 && self.lost_bytes == 0 && self.leaked_fds == 0 && self.panics == 0
     }
 
-    /// The one-line summary the soak binary ends with.
+    /// The one-line summary the soak binary ends with (the TCP pools).
     pub fn line(&self) -> String {
+        self.line_labelled("soak")
+    }
+
+    /// The same summary under another label (`soak_quic` for the QUIC pools).
+    pub fn line_labelled(&self, label: &str) -> String {
         format!(
-            "soak: pairs={} mismatched={} lost_bytes={} leaked_fds={} panics={} faults={}",
+            "{label}: pairs={} mismatched={} lost_bytes={} leaked_fds={} panics={} faults={}",
             self.pairs, self.mismatched, self.lost_bytes, self.leaked_fds, self.panics, self.faults
         )
     }
+
+    /// Every counter as `(name, value)`, defects first after `pairs`.
+    pub fn counters(&self) -> [(&'static str, u64); 8] {
+        [
+            ("pairs", self.pairs),
+            ("mismatched", self.mismatched),
+            ("lost_bytes", self.lost_bytes),
+            ("leaked_fds", self.leaked_fds),
+            ("panics", self.panics),
+            ("faults", self.faults),
+            ("excused", self.excused),
+            ("get_failures", self.get_failures),
+        ]
+    }
 }
 
+/// The counters of two runs side by side, one row per counter: the TCP pools' and the
+/// QUIC pools' (`-` for a run not made).
+pub fn columns(tcp: Option<&SoakReport>, quic: Option<&SoakReport>) -> String {
+    let cell = |r: Option<&SoakReport>, i: usize| {
+        r.map_or("-".to_owned(), |r| r.counters()[i].1.to_string())
+    };
+    let mut out = format!("{:<14}{:>12}{:>12}\n", "counter", "tcp", "quic");
+    for (i, (name, _)) in SoakReport::default().counters().iter().enumerate() {
+        out.push_str(&format!(
+            "{name:<14}{:>12}{:>12}\n",
+            cell(tcp, i),
+            cell(quic, i)
+        ));
+    }
+    out
+}
+
+/// The counts the workers of a run share.
 #[derive(Default)]
-struct Tally {
-    pairs: AtomicU64,
-    mismatched: AtomicU64,
-    lost_bytes: AtomicU64,
-    excused: AtomicU64,
-    get_failures: AtomicU64,
+pub(crate) struct Tally {
+    pub(crate) pairs: AtomicU64,
+    pub(crate) mismatched: AtomicU64,
+    pub(crate) lost_bytes: AtomicU64,
+    pub(crate) excused: AtomicU64,
+    pub(crate) get_failures: AtomicU64,
+    /// Pairs tried so far (the bound of [`SoakConfig::max_pairs`]).
+    pub(crate) tried: AtomicU64,
+}
+
+impl Tally {
+    /// Counts one more try: its number from 0, or `None` once `max` were tried.
+    pub(crate) fn try_one(&self, max: u64) -> Option<u64> {
+        let n = self.tried.fetch_add(1, Ordering::Relaxed);
+        (n < max).then_some(n)
+    }
+
+    /// The report of what was counted (descriptors are counted by [`measured`]).
+    pub(crate) fn report(&self, panics: u64, faults: u64) -> SoakReport {
+        SoakReport {
+            pairs: self.pairs.load(Ordering::Relaxed),
+            mismatched: self.mismatched.load(Ordering::Relaxed),
+            lost_bytes: self.lost_bytes.load(Ordering::Relaxed),
+            leaked_fds: 0,
+            panics,
+            faults,
+            excused: self.excused.load(Ordering::Relaxed),
+            get_failures: self.get_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts how one checked pair ended; `excusable` says whether a failure on it
+    /// came from an injected fault that may cut a pair.
+    pub(crate) fn outcome(&self, outcome: Result<(), (usize, bool)>, excusable: bool) {
+        match outcome {
+            Ok(()) => {
+                self.pairs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((_, true)) => {
+                self.mismatched.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((missing, false)) => {
+                if excusable {
+                    self.excused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.lost_bytes.fetch_add(missing as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// The faults a soak draws from.
@@ -122,6 +207,37 @@ pub fn soak_faults() -> Vec<Fault> {
 
 /// Runs a soak on a runtime of its own (two worker threads) and reports.
 pub fn run(cfg: &SoakConfig) -> SoakReport {
+    measured(cfg.progress, true, || {
+        soak(cfg, Script::random(cfg.seed, cfg.fault_p, soak_faults()))
+    })
+}
+
+/// One cell of the fault matrix on the TCP pools: `pairs` pairs checked end to end
+/// while half the connections (drawn from `seed`) get `fault`.
+pub fn run_case(fault: Fault, pairs: u64, seed: u64) -> SoakReport {
+    case(fault, pairs, seed, true)
+}
+
+/// [`run_case`], counting the descriptors left open or not (a caller running cells
+/// side by side counts them once for all).
+pub(crate) fn case(fault: Fault, pairs: u64, seed: u64, count_fds: bool) -> SoakReport {
+    let mut cfg = SoakConfig::seconds(60);
+    cfg.seed = seed;
+    cfg.workers = 2;
+    cfg.max_payload = 4096;
+    cfg.max_pairs = pairs;
+    measured(false, count_fds, || {
+        soak(&cfg, Script::random(seed, 0.5, vec![fault]))
+    })
+}
+
+/// Runs `work` on a runtime of its own (two worker threads). With `count_fds`, its
+/// report gains the descriptors still open after it beyond those open before
+/// ([`settle_fds`]).
+pub(crate) fn measured<F>(progress: bool, count_fds: bool, work: impl FnOnce() -> F) -> SoakReport
+where
+    F: std::future::Future<Output = SoakReport>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,33 +247,42 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
     // signal socket pair, made once with the first runtime) are not leaks.
     let baseline = open_fds();
     let report = rt.block_on(async {
-        let mut report = soak(cfg).await;
-        let mut after = open_fds();
-        // Bounded: 150 polls of 20 ms.
-        for _ in 0..150 {
-            if after <= baseline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            after = open_fds();
+        let mut report = work().await;
+        if count_fds {
+            report.leaked_fds = settle_fds(baseline).await;
         }
-        report.leaked_fds = after.saturating_sub(baseline) as u64;
         report
     });
-    if report.leaked_fds > 0 && cfg.progress {
+    if report.leaked_fds > 0 && progress {
         eprintln!("open descriptors after close: {:?}", fd_targets());
     }
     rt.shutdown_timeout(Duration::from_secs(5));
     report
 }
 
-async fn soak(cfg: &SoakConfig) -> SoakReport {
+/// The descriptors open beyond `baseline`, once they stop closing: polled every
+/// 20 ms for up to 5 s. A QUIC endpoint keeps its socket until its connections have
+/// drained, and one closed in its handshake (no round-trip sample yet) drains for
+/// three probe timeouts of about 1 s each.
+pub(crate) async fn settle_fds(baseline: usize) -> u64 {
+    let mut after = open_fds();
+    for _ in 0..250 {
+        if after <= baseline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = open_fds();
+    }
+    after.saturating_sub(baseline) as u64
+}
+
+async fn soak(cfg: &SoakConfig, script: Script) -> SoakReport {
     let hs = Duration::from_secs(1);
     let pair = PairBuilder::new()
         .tls(TlsMode::SelfSigned)
         .capacity(8, 64)
         .interval(Duration::from_millis(50), Duration::from_millis(500))
-        .through_proxy(Script::random(cfg.seed, cfg.fault_p, soak_faults()))
+        .through_proxy(script)
         .server(move |b| {
             b.handshake_timeout(hs)
                 .sweep_interval(Duration::from_millis(200))
@@ -179,10 +304,11 @@ async fn soak(cfg: &SoakConfig) -> SoakReport {
         let tally = tally.clone();
         let seed = cfg.seed.wrapping_mul(0x1000_0001).wrapping_add(w as u64);
         let max = cfg.max_payload.max(1);
+        let max_pairs = cfg.max_pairs;
         handles.push(tokio::spawn(async move {
             let mut rng = SplitMix64::new(seed);
-            // Bounded by the deadline, and by a count no run reaches.
-            for _ in 0..10_000_000u64 {
+            // Bounded by the deadline and by the count of pairs.
+            while tally.try_one(max_pairs).is_some() {
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
@@ -192,7 +318,7 @@ async fn soak(cfg: &SoakConfig) -> SoakReport {
     }
     if cfg.progress {
         let start = Instant::now();
-        while tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             eprintln!(
                 "[{:>4}s] pairs={} excused={} get_failures={} faults={} client_idle={} server_idle={}",
@@ -226,16 +352,7 @@ async fn soak(cfg: &SoakConfig) -> SoakReport {
     }
     pair.close().await;
     drop(pair);
-    SoakReport {
-        pairs: tally.pairs.load(Ordering::Relaxed),
-        mismatched: tally.mismatched.load(Ordering::Relaxed),
-        lost_bytes: tally.lost_bytes.load(Ordering::Relaxed),
-        leaked_fds: 0,
-        panics,
-        faults,
-        excused: tally.excused.load(Ordering::Relaxed),
-        get_failures: tally.get_failures.load(Ordering::Relaxed),
-    }
+    tally.report(panics, faults)
 }
 
 /// What each open descriptor points at (`/proc/self/fd` links), for leak reports.
@@ -298,35 +415,23 @@ async fn one_pair(pair: &crate::pair::Pair, tally: &Tally, rng: &mut SplitMix64,
     })
     .await;
     let outcome = match res {
-        Ok((r, rest)) => r.map_err(|(missing, changed)| (missing, changed, rest)),
-        Err(_) => Err((0, false, n1 + n2)),
+        Ok((r, rest)) => r.map_err(|(missing, changed)| (missing + rest, changed)),
+        Err(_) => Err((n1 + n2, false)),
     };
-    match outcome {
-        Ok(()) => {
-            tally.pairs.fetch_add(1, Ordering::Relaxed);
-        }
-        Err((_, true, _)) => {
-            tally.mismatched.fetch_add(1, Ordering::Relaxed);
-        }
-        Err((missing, false, rest)) => {
-            if excusable {
-                tally.excused.fetch_add(1, Ordering::Relaxed);
-            } else {
-                tally
-                    .lost_bytes
-                    .fetch_add((missing + rest) as u64, Ordering::Relaxed);
-            }
-        }
-    }
+    tally.outcome(outcome, excusable);
 }
 
 /// Writes `bytes` on `from` while reading them on `to`. On failure: how many bytes
 /// did not arrive, and whether the ones that did were changed.
-async fn transfer(
-    from: &mut PoolConn,
-    to: &mut PoolConn,
+pub(crate) async fn transfer<A, B>(
+    from: &mut A,
+    to: &mut B,
     bytes: &[u8],
-) -> Result<(), (usize, bool)> {
+) -> Result<(), (usize, bool)>
+where
+    A: AsyncWrite + Unpin,
+    B: AsyncRead + Unpin,
+{
     let write = async {
         from.write_all(bytes).await?;
         from.flush().await

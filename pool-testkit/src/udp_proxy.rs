@@ -143,8 +143,21 @@ impl Shared {
             return;
         };
         if after.is_zero() {
-            for _ in 0..copies {
-                let _ = sock.try_send_to(data, to);
+            for sent in 0..copies {
+                // A socket the reactor has not yet seen writable (a fresh upstream
+                // socket) refuses a `try_send`: that datagram is sent by a task
+                // instead of being lost.
+                if let Err(e) = sock.try_send_to(data, to) {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        let (sock, data) = (sock.clone(), data.to_vec());
+                        tokio::spawn(async move {
+                            for _ in sent..copies {
+                                let _ = sock.send_to(&data, to).await;
+                            }
+                        });
+                        return;
+                    }
+                }
             }
             return;
         }
@@ -295,5 +308,38 @@ impl UdpProxy {
 impl Drop for UdpProxy {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first datagram of a client reaches the target and the answer comes back,
+    /// though the client's upstream socket is made on that datagram (a socket the
+    /// reactor has not seen writable yet refuses `try_send_to`).
+    #[tokio::test]
+    async fn a_clients_first_datagram_is_forwarded() {
+        let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let proxy = UdpProxy::start(target.local_addr().unwrap(), Faults::none(), 1)
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"first", proxy.local_addr()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let wait = Duration::from_secs(5);
+        let (n, from) = tokio::time::timeout(wait, target.recv_from(&mut buf))
+            .await
+            .expect("the first datagram reached the target")
+            .unwrap();
+        assert_eq!(&buf[..n], b"first");
+        target.send_to(b"answer", from).await.unwrap();
+        let (n, _) = tokio::time::timeout(wait, client.recv_from(&mut buf))
+            .await
+            .expect("the answer came back")
+            .unwrap();
+        assert_eq!(&buf[..n], b"answer");
+        assert_eq!(proxy.stats().forwarded, 2);
+        proxy.close();
     }
 }

@@ -62,11 +62,14 @@
 //!
 //! With `--peer-rathole PATH` (a `rathole` binary, e.g. from `cargo install rathole`),
 //! the first three are measured for rathole under the same harness too, as
-//! `rathole_*`. CI runs `--quick` without it.
+//! `rathole_*`, and its messages per data channel (plain and Noise) beside ours,
+//! `rathole_msgs_per_data_channel` and `rathole_noise_msgs_per_data_channel`
+//! (`peer_msgs.rs`; with `--msgs-only` too). CI runs `--quick` without it.
 mod measure;
 mod msgs;
 mod nginx;
 mod peer;
+mod peer_msgs;
 mod procs;
 mod quic;
 mod relay;
@@ -181,8 +184,12 @@ async fn main() -> Res<()> {
     let mut figures = Vec::new();
     let wan = || Script::always(Fault::Latency(delay));
     if msgs_only {
+        let mut figures = msgs::figures().await?;
+        if let Some(path) = &peer {
+            figures.extend(rathole_msgs(path, &dir, &figures).await?);
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        return publish(msgs::figures().await?, json, quick);
+        return publish(figures, json, quick);
     }
     if quic_only {
         let vs = quic_vs.as_deref();
@@ -338,6 +345,8 @@ async fn main() -> Res<()> {
     figures.extend(nginx::figures(&dir.join("nginx"), at, delay, quick, dl_bytes).await?);
 
     if let Some(path) = peer {
+        let more = rathole_msgs(&path, &dir, &figures).await?;
+        figures.extend(more);
         let (public, procs, _wan) =
             rathole(&path, &dir.join("rathole"), target, delay, false).await?;
         let t = ttfb(public, &arrivals, n_ttfb, 2_000_000).await;
@@ -419,6 +428,15 @@ async fn one_source_ratio(
          alternated; the ratio is the figure (target >= 0.9)"
         )),
     )
+}
+
+/// rathole's messages per data channel (`peer_msgs.rs`), beside ours from `figures`.
+async fn rathole_msgs(path: &Path, dir: &Path, figures: &[Figure]) -> Res<Vec<Figure>> {
+    let ours = figures
+        .iter()
+        .find(|f| f.name == "tunnel_msgs_per_pooled_conn")
+        .map_or(0.0, |f| f.value);
+    peer_msgs::figures(path, &dir.join("rathole-msgs"), ours).await
 }
 
 /// Prints the figures, and writes them as pool-bench JSON to `json` if given.

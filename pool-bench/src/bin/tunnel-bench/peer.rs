@@ -17,11 +17,27 @@ pub(crate) async fn rathole(
     delay: Duration,
     noise: bool,
 ) -> Res<(SocketAddr, Vec<Proc>, Vec<FaultProxy>)> {
-    std::fs::create_dir_all(dir)?;
     let (control, public) = (free_addr(), free_addr());
-    let token = pool_tls::TunnelKey::generate()?.to_hex();
     let wan = FaultProxy::start(control, Script::always(Fault::Latency(delay))).await?;
-    // Its Noise transport (rathole's encrypted mode), with a key pair it makes.
+    let procs = start(path, dir, (control, wan.addr()), public, target, noise)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((public, procs, vec![wan]))
+}
+
+/// Writes the two configurations and starts rathole's server on `control.0` and its
+/// client dialing `control.1` (the server's address, or a proxy in front of it), for
+/// one TCP service from `public` to `target`; with `noise`, over its Noise transport
+/// (rathole's encrypted mode), with a key pair it makes.
+pub(crate) fn start(
+    path: &Path,
+    dir: &Path,
+    (control, remote): (SocketAddr, SocketAddr),
+    public: SocketAddr,
+    target: SocketAddr,
+    noise: bool,
+) -> Res<Vec<Proc>> {
+    std::fs::create_dir_all(dir)?;
+    let token = pool_tls::TunnelKey::generate()?.to_hex();
     let (server_noise, client_noise) = if noise {
         let out = std::process::Command::new(path).arg("--genkey").output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -46,7 +62,7 @@ pub(crate) async fn rathole(
     )?;
     std::fs::write(
         dir.join("client.toml"),
-        format!("[client]\nremote_addr = \"{}\"\n{client_noise}[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n", wan.addr()),
+        format!("[client]\nremote_addr = \"{remote}\"\n{client_noise}[client.services.bench]\ntoken = \"{token}\"\nlocal_addr = \"{target}\"\n"),
     )?;
     let s = spawn(
         path,
@@ -62,6 +78,5 @@ pub(crate) async fn rathole(
             dir.join("client.toml").display().to_string(),
         ],
     )?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok((public, vec![s, c], vec![wan]))
+    Ok(vec![s, c])
 }
