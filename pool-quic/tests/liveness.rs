@@ -59,5 +59,12 @@ async fn an_idle_stream_its_peer_finished_empty_or_whose_connection_closed_is_ne
     let mut want = [live, later];
     want.sort();
     assert_eq!(got, want);
+    // The two gets examine only what they pass: a dead stream that landed behind both
+    // live ones is still idle. One more get examines (and evicts) whatever is left and
+    // finds nothing live.
+    assert!(server
+        .get_timeout(std::time::Duration::from_millis(200))
+        .await
+        .is_err());
     assert_eq!(server.counters().evicted_dead, 2);
 }
