@@ -156,12 +156,14 @@ mod series;
 /// Keeps the recorder's `tunnel_*` series current: copies the counters every
 /// [`FOLLOW_EVERY`], and at once when the control connection comes up or goes down
 /// (each change seen counts in `tunnel_control_changes_total{to="up"|"down"}`; a
-/// process starts with control down). `record` copies the counters and answers
-/// whether control is up; `wait(up)` waits until control is `up`, or at most
-/// [`FOLLOW_EVERY`]. Never ends.
+/// process starts with control down). `is_up` answers whether control is up;
+/// `record(up)` copies the counters, and `up` as the gauge `tunnel_control_up`, after
+/// the change is counted: a scrape that sees the gauge move sees the change counted.
+/// `wait(up)` waits until control is `up`, or at most [`FOLLOW_EVERY`]. Never ends.
 async fn follow<F>(
     role: &'static str,
-    record: impl Fn() -> bool,
+    is_up: impl Fn() -> bool,
+    record: impl Fn(bool),
     wait: impl Fn(bool) -> F,
 ) -> Infallible
 where
@@ -169,13 +171,14 @@ where
 {
     let mut up = false;
     loop {
-        let now = record();
+        let now = is_up();
         if now != up {
             up = now;
             let to = if up { "up" } else { "down" };
             metrics::counter!("tunnel_control_changes_total", "role" => role, "to" => to)
                 .increment(1);
         }
+        record(up);
         wait(!up).await;
     }
 }
@@ -185,11 +188,10 @@ where
 pub async fn follow_server(s: &crate::ServerHandle) -> Infallible {
     follow(
         "server",
-        || {
-            let up = s.control_up();
+        || s.control_up(),
+        |up| {
             record_server(&s.stats(), up);
             record_services("server", &s.service_stats());
-            up
         },
         |up| s.wait_control_state(up, FOLLOW_EVERY),
     )
@@ -201,11 +203,10 @@ pub async fn follow_server(s: &crate::ServerHandle) -> Infallible {
 pub async fn follow_client(c: &crate::ClientHandle) -> Infallible {
     follow(
         "client",
-        || {
-            let up = c.control_up();
+        || c.control_up(),
+        |up| {
             record_client(&c.stats(), up);
             record_services("client", &c.service_stats());
-            up
         },
         |up| c.wait_control_state(up, FOLLOW_EVERY),
     )
