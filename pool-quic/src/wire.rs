@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::BuildError;
@@ -134,11 +134,7 @@ pub(crate) fn transport(keepalive: Duration, streams: u32, path: Path) -> Arc<Tr
         Path::Other => {}
         Path::LoopbackDialer => {
             t.initial_mtu(MAX_UDP_PAYLOAD);
-            // Nothing to search at the start (it starts at the top); after a burst lost
-            // on a loaded host drops packets to 1,200 bytes, the search climbs back.
-            let mut mtud = MtuDiscoveryConfig::default();
-            mtud.upper_bound(MAX_UDP_PAYLOAD);
-            t.mtu_discovery_config(Some(mtud));
+            t.mtu_discovery_config(None);
         }
         Path::LoopbackAcceptor => {
             t.initial_mtu(MAX_UDP_PAYLOAD);
