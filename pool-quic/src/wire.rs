@@ -113,7 +113,8 @@ pub(crate) enum Path {
     /// once the server's transport parameters have capped them at its own largest
     /// payload, but the padded Initial that goes before those parameters is 1,200
     /// bytes: a server that reads 1,452-byte datagrams (quic-go without GRO) would
-    /// drop a larger one whole and never answer.
+    /// drop a larger one whole and never answer. The price: a burst lost on a loaded
+    /// host can drop its packets to 1,200 bytes for the rest of the connection.
     LoopbackDialer,
     /// A loopback client, from the accepting side, which has the client's largest
     /// payload from its first Initial before it sends anything: every packet is up to
