@@ -305,7 +305,7 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
 }
 
 /// One cell of the fault matrix on the QUIC pools: `pairs` pairs checked end to end
-/// (two workers, up to 16 KiB each way; more, up to [`CHANCE_ROUNDS`] times as many,
+/// (two workers, up to 16 KiB each way; more, up to eight times as many,
 /// until a condition that acts by chance has acted) with `fault` set from the start if
 /// it is a condition, or done twice (after a third and two thirds of the pairs) if it is an
 /// event. Returns the report and what the proxy did to the datagrams.
