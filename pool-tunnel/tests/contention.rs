@@ -21,7 +21,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 mod tunnel_common;
-use tunnel_common::{fast, LIMIT};
+use tunnel_common::{fast, until, LIMIT};
 
 fn server_cfg(max_sessions: usize) -> ServerConfig {
     ServerConfig {
@@ -56,18 +56,6 @@ fn active(server: &ServerHandle) -> u64 {
         - st.users_evicted
         - st.relayed
         - st.failed
-}
-
-/// Waits (bounded) until `f` holds; answers whether it did.
-async fn until(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + LIMIT;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
 }
 
 /// Strangers from `nets` (each its own /24) open `each` sessions apiece, send 1 KiB on

@@ -29,8 +29,6 @@
 
 mod tunnel_common;
 
-use std::time::Duration;
-
 use pool_testkit::load;
 use pool_testkit::nginx::{self, Nginx, TlsFiles};
 use pool_tls::{Fingerprint, ServerTls, TlsMode};
@@ -39,16 +37,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_common::*;
 
-/// Polls `cond` every 10 ms until it holds or [`LIMIT`] passes: whether it held.
-async fn until(mut cond: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + LIMIT;
-    while !cond() {
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
+/// A tunnel server on plain `ws` with the test key, nginx in front of its tunnel port,
+/// and a client relaying to `target` whose pool (`min`..`max`) goes through nginx and
+/// whose control goes straight to the server; answers once control is up and `ready`
+/// pooled connections are idle at the server.
+async fn through_nginx(
+    bin: std::path::PathBuf,
+    target: std::net::SocketAddr,
+    (min, max, ready): (usize, usize, usize),
+) -> (pool_tunnel::ServerHandle, Nginx, pool_tunnel::ClientHandle) {
+    let server = pool_tunnel::start_server(ServerConfig {
+        transport: Transport::Ws,
+        max_capacity: 64,
+        ..server_cfg(key())
+    })
+    .await
+    .unwrap();
+    let mut proxy = Nginx::new(bin, server.tunnel_addr());
+    proxy.start().await;
+    let client = pool_tunnel::start_client(ClientConfig {
+        tunnel: proxy.listen.to_string(),
+        min,
+        max,
+        ..client_cfg(&server, target)
+    })
+    .await
+    .unwrap();
+    assert!(
+        client.wait_control(LIMIT).await,
+        "{}",
+        client.failed().await
+    );
+    assert!(
+        server.pool().wait_idle(ready, LIMIT).await,
+        "no pooled connection through nginx: {}",
+        proxy.error_log()
+    );
+    (server, proxy, client)
 }
 
 /// Why the client's WebSocket pool last failed a connection.
@@ -65,34 +90,7 @@ async fn plain_ws_through_nginx_carries_checked_bytes_and_recovers_from_its_rest
         return;
     };
     let (echo, echo_task) = load::start_echo().await.unwrap();
-    let server = pool_tunnel::start_server(ServerConfig {
-        transport: Transport::Ws,
-        max_capacity: 64,
-        ..server_cfg(key())
-    })
-    .await
-    .unwrap();
-    let mut proxy = Nginx::new(bin, server.tunnel_addr());
-    proxy.start().await;
-    // The pool through nginx; control straight to the server.
-    let client = pool_tunnel::start_client(ClientConfig {
-        tunnel: proxy.listen.to_string(),
-        min: 4,
-        max: 16,
-        ..client_cfg(&server, echo)
-    })
-    .await
-    .unwrap();
-    assert!(
-        client.wait_control(LIMIT).await,
-        "{}",
-        client.failed().await
-    );
-    assert!(
-        server.pool().wait_idle(4, LIMIT).await,
-        "no pooled connection through nginx: {}",
-        proxy.error_log()
-    );
+    let (server, mut proxy, client) = through_nginx(bin, echo, (4, 16, 4)).await;
     let r = run(server.public_addr(), 40, 64 * 1024).await;
     assert_all_passed(&r, 40);
 
@@ -204,32 +202,7 @@ async fn a_stream_cut_short_behind_nginx_reaches_the_user_as_a_reset() {
         return;
     };
     let (target, target_task) = cutting_target().await;
-    let server = pool_tunnel::start_server(ServerConfig {
-        transport: Transport::Ws,
-        ..server_cfg(key())
-    })
-    .await
-    .unwrap();
-    let mut proxy = Nginx::new(bin, server.tunnel_addr());
-    proxy.start().await;
-    let client = pool_tunnel::start_client(ClientConfig {
-        tunnel: proxy.listen.to_string(),
-        min: 2,
-        max: 2,
-        ..client_cfg(&server, target)
-    })
-    .await
-    .unwrap();
-    assert!(
-        client.wait_control(LIMIT).await,
-        "{}",
-        client.failed().await
-    );
-    assert!(
-        server.pool().wait_idle(1, LIMIT).await,
-        "{}",
-        proxy.error_log()
-    );
+    let (server, _nginx, client) = through_nginx(bin, target, (2, 2, 1)).await;
     let mut user = TcpStream::connect(server.public_addr()).await.unwrap();
     user.write_all(b"hello").await.unwrap();
     let mut got = Vec::new();

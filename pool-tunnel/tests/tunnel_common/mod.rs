@@ -15,6 +15,18 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 
+/// Polls `cond` every 10 ms until it holds or [`LIMIT`] passes: whether it held.
+pub async fn until(mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + LIMIT;
+    while !cond() {
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Short deadlines, so refusals and losses show within a second or two.
 pub fn fast() -> Timeouts {
     Timeouts {
