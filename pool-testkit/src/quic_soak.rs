@@ -36,7 +36,7 @@ use pool_tls::ServerTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::rng::SplitMix64;
-use crate::soak::{measured, transfer, SoakConfig, SoakReport, Tally};
+use crate::soak::{measured, payloads, transfer, SoakConfig, SoakReport, Tally};
 use crate::udp_proxy::{Faults, UdpProxy, UdpStats};
 
 /// One fault on the QUIC pools' path.
@@ -494,12 +494,8 @@ async fn one_pair(rig: &Rig, tally: &Tally, rng: &mut SplitMix64, max: usize) ->
         tally.mismatched.fetch_add(1, Ordering::Relaxed);
         return true;
     }
-    let n1 = 1 + rng.below(max as u64) as usize;
-    let n2 = 1 + rng.below(max as u64) as usize;
-    let mut a = vec![0u8; n1];
-    rng.fill(&mut a);
-    let mut b = vec![0u8; n2];
-    rng.fill(&mut b);
+    let (a, b) = payloads(rng, max);
+    let (n1, n2) = (a.len(), b.len());
     let res = tokio::time::timeout(Duration::from_secs(10), async {
         transfer(&mut s, &mut c, &a)
             .await

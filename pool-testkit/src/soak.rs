@@ -231,9 +231,16 @@ pub(crate) fn case(fault: Fault, pairs: u64, seed: u64, count_fds: bool) -> Soak
     })
 }
 
-/// Runs `work` on a runtime of its own (two worker threads). With `count_fds`, its
-/// report gains the descriptors still open after it beyond those open before
-/// ([`settle_fds`]).
+/// A pair's two payloads, one each way, of 1 to `max` random bytes each.
+pub(crate) fn payloads(rng: &mut SplitMix64, max: usize) -> (Vec<u8>, Vec<u8>) {
+    let n1 = 1 + rng.below(max as u64) as usize;
+    let n2 = 1 + rng.below(max as u64) as usize;
+    let (mut a, mut b) = (vec![0u8; n1], vec![0u8; n2]);
+    rng.fill(&mut a);
+    rng.fill(&mut b);
+    (a, b)
+}
+
 pub(crate) fn measured<F>(progress: bool, count_fds: bool, work: impl FnOnce() -> F) -> SoakReport
 where
     F: std::future::Future<Output = SoakReport>,
@@ -400,12 +407,8 @@ async fn one_pair(pair: &crate::pair::Pair, tally: &Tally, rng: &mut SplitMix64,
         return;
     }
     let excusable = faulted(pair.proxy.as_ref(), &c);
-    let n1 = 1 + rng.below(max as u64) as usize;
-    let n2 = 1 + rng.below(max as u64) as usize;
-    let mut a = vec![0u8; n1];
-    rng.fill(&mut a);
-    let mut b = vec![0u8; n2];
-    rng.fill(&mut b);
+    let (a, b) = payloads(rng, max);
+    let (n1, n2) = (a.len(), b.len());
     let res = tokio::time::timeout(Duration::from_secs(10), async {
         let r1 = transfer(&mut s, &mut c, &a).await;
         if r1.is_err() {
